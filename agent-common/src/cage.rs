@@ -1,0 +1,31 @@
+//! Per-cage configuration and counters, keyed by the cage's cgroup id.
+
+/// Raw (`SOCK_RAW`), packet and other non-TCP/UDP network sockets are allowed.
+pub const CAGE_F_ALLOW_RAW: u32 = 1 << 0;
+
+/// What the kernel needs to know about one cage. Written by user space only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CageConfig {
+    /// The daemon's number for the agent; user space maps it back to `agent:NAME`.
+    pub agent_id: u32,
+    /// Key prefix of this agent's entries in the egress tries. A policy change fills a fresh
+    /// slot and then swaps this one field, so a decision sees one whole policy or the other.
+    pub policy_slot: u32,
+    /// `CAGE_F_*` bits.
+    pub flags: u32,
+    /// Allowed decisions: 0 emits no event, 1 every one, N about one in N. Denials always emit.
+    pub allow_sample: u32,
+}
+
+/// Counters kept by the kernel per cage, per CPU (user space sums them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CageStats {
+    /// Decisions that allowed the operation.
+    pub allowed: u64,
+    /// Decisions that denied the operation.
+    pub denied: u64,
+    /// Events that could not be reserved in the ring buffer.
+    pub lost: u64,
+}

@@ -1,0 +1,169 @@
+//! Egress decisions: the allow-list maps' keys and values, and the decision event.
+
+use crate::event::EventHeader;
+
+/// Rule bits: which transport a [`PortRule`] admits.
+pub const PROTO_TCP: u8 = 1 << 0;
+/// See [`PROTO_TCP`].
+pub const PROTO_UDP: u8 = 1 << 1;
+
+/// How many port rules one trie entry can hold (its own plus those of every shorter prefix
+/// that covers it; user space folds them in so the longest match alone decides).
+pub const MAX_PORT_RULES: usize = 16;
+
+/// `rule_id` when no allow rule matched (default deny).
+pub const RULE_DEFAULT_DENY: u32 = u32::MAX;
+/// `rule_id` when a raw, packet or otherwise non-TCP/UDP socket was refused.
+pub const RULE_SOCKET_KIND: u32 = u32::MAX - 1;
+/// `rule_id` when the caller is in no known cage (fail closed).
+pub const RULE_NO_CAGE: u32 = u32::MAX - 2;
+/// `rule_id` when a socket was allowed by the cage's raw-socket permission.
+pub const RULE_SOCKET_ALLOWED: u32 = u32::MAX - 3;
+
+/// Which hook decided.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// cgroup/connect4
+    Connect4 = 1,
+    /// cgroup/connect6
+    Connect6 = 2,
+    /// cgroup/sendmsg4
+    Sendmsg4 = 3,
+    /// cgroup/sendmsg6
+    Sendmsg6 = 4,
+    /// cgroup/sock_create
+    SockCreate = 5,
+}
+
+impl Hook {
+    /// The hook for a raw value from an event, if it is one.
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Connect4,
+            2 => Self::Connect6,
+            3 => Self::Sendmsg4,
+            4 => Self::Sendmsg6,
+            5 => Self::SockCreate,
+            _ => return None,
+        })
+    }
+
+    /// The section-style name, e.g. `connect4`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Connect4 => "connect4",
+            Self::Connect6 => "connect6",
+            Self::Sendmsg4 => "sendmsg4",
+            Self::Sendmsg6 => "sendmsg6",
+            Self::SockCreate => "sock_create",
+        }
+    }
+}
+
+/// The outcome of a decision.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The operation went ahead.
+    Allow = 1,
+    /// The operation failed with EPERM.
+    Deny = 2,
+}
+
+impl Verdict {
+    /// The verdict for a raw value from an event, if it is one.
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Allow),
+            2 => Some(Self::Deny),
+            _ => None,
+        }
+    }
+}
+
+/// Data half of an IPv4 trie key: the policy slot (big-endian, matched in full) and the
+/// address. The trie's prefix length is 32 + the CIDR's length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Key4 {
+    /// Policy slot, big-endian so that it forms the key's leading bits.
+    pub slot_be: [u8; 4],
+    /// IPv4 address, network order.
+    pub addr: [u8; 4],
+}
+
+/// Data half of an IPv6 trie key; see [`Key4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Key6 {
+    /// Policy slot, big-endian.
+    pub slot_be: [u8; 4],
+    /// IPv6 address, network order.
+    pub addr: [u8; 16],
+}
+
+/// Bits of a trie key taken by the slot.
+pub const SLOT_BITS: u32 = 32;
+
+/// One port range and protocol set admitted for a prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRule {
+    /// Lowest admitted port (host order).
+    pub port_lo: u16,
+    /// Highest admitted port (host order).
+    pub port_hi: u16,
+    /// `PROTO_*` bits.
+    pub protocols: u8,
+    /// Padding, zero.
+    pub _pad: [u8; 3],
+    /// Index of the rule in the agent's `egress.allow` list; reported on events.
+    pub rule_id: u32,
+}
+
+/// Trie value: every rule that applies to destinations under the entry's prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRules {
+    /// How many of `rules` are used.
+    pub count: u32,
+    /// The rules, first match wins.
+    pub rules: [PortRule; MAX_PORT_RULES],
+}
+
+impl Default for PortRules {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            rules: [PortRule::default(); MAX_PORT_RULES],
+        }
+    }
+}
+
+/// One egress decision, as the kernel reports it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EgressEvent {
+    /// Common fields.
+    pub header: EventHeader,
+    /// Destination address, network order; IPv4 (and IPv4-mapped IPv6 judged as IPv4) in the
+    /// first four bytes.
+    pub addr: [u8; 16],
+    /// Index of the rule that decided, or one of the `RULE_*` constants.
+    pub rule_id: u32,
+    /// Destination port, host order (0 for sock_create).
+    pub port: u16,
+    /// Address family judged: `AF_INET` (2) or `AF_INET6` (10); for sock_create, the socket's.
+    pub family: u16,
+    /// IP protocol number (6 TCP, 17 UDP, ...), or the socket's protocol for sock_create.
+    pub protocol: u16,
+    /// Socket type (`SOCK_STREAM` 1, `SOCK_DGRAM` 2, `SOCK_RAW` 3, ...).
+    pub sock_type: u16,
+    /// [`Verdict`] as u8.
+    pub verdict: u8,
+    /// [`Hook`] as u8.
+    pub hook: u8,
+    /// Padding, zero.
+    pub _pad: [u8; 2],
+}

@@ -1,0 +1,18 @@
+//! User-space only: let aya read and write these types in maps.
+
+use crate::{
+    cage::{CageConfig, CageStats},
+    egress::{Key4, Key6, PortRules},
+};
+
+// SAFETY: all are #[repr(C)] plain data with no padding-sensitive invariants; any bit pattern
+// is a valid value.
+unsafe impl aya::Pod for CageConfig {}
+// SAFETY: as above.
+unsafe impl aya::Pod for CageStats {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Key4 {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Key6 {}
+// SAFETY: as above.
+unsafe impl aya::Pod for PortRules {}

@@ -1,0 +1,270 @@
+//! Egress: cgroup sock_addr hooks (connect4/6, sendmsg4/6) and sock_create.
+//!
+//! Attached to agentcage's parent cgroup, so they run for sockets created in any cage. The
+//! decision is one hash lookup (the cage) and one LPM-trie lookup (the destination), whatever
+//! the size of the allow list.
+
+use agent_common::{
+    cage::{CageConfig, CAGE_F_ALLOW_RAW},
+    egress::{
+        EgressEvent, Hook, Key4, Key6, PortRules, Verdict, MAX_PORT_RULES, PROTO_TCP, PROTO_UDP,
+        RULE_DEFAULT_DENY, RULE_NO_CAGE, RULE_SOCKET_ALLOWED, RULE_SOCKET_KIND, SLOT_BITS,
+    },
+    event::KIND_EGRESS,
+};
+use aya_ebpf::{
+    helpers::generated::{bpf_get_current_cgroup_id, bpf_get_prandom_u32},
+    macros::{cgroup_sock, cgroup_sock_addr},
+    maps::lpm_trie::Key,
+    programs::{SockAddrContext, SockContext},
+};
+use aya_log_ebpf::warn;
+
+use crate::{
+    events::{count, header, Counter},
+    maps::{CAGES, EGRESS_V4, EGRESS_V6, EVENTS},
+};
+
+/// Return values of cgroup sock programs.
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+
+const AF_UNIX: u32 = 1;
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+const AF_NETLINK: u32 = 16;
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+const IPPROTO_IP: u32 = 0;
+const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
+const IPPROTO_MPTCP: u32 = 262;
+
+#[cgroup_sock_addr(connect4)]
+pub fn agentcage_connect4(ctx: SockAddrContext) -> i32 {
+    on_v4(&ctx, Hook::Connect4)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn agentcage_sendmsg4(ctx: SockAddrContext) -> i32 {
+    on_v4(&ctx, Hook::Sendmsg4)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn agentcage_connect6(ctx: SockAddrContext) -> i32 {
+    on_v6(&ctx, Hook::Connect6)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn agentcage_sendmsg6(ctx: SockAddrContext) -> i32 {
+    on_v6(&ctx, Hook::Sendmsg6)
+}
+
+/// What is being judged, gathered from the hook's context.
+struct Attempt {
+    family: u16,
+    addr: [u8; 16],
+    port: u16,
+    protocol: u32,
+    sock_type: u32,
+    hook: Hook,
+}
+
+#[inline(always)]
+fn on_v4(ctx: &SockAddrContext, hook: Hook) -> i32 {
+    // SAFETY: the kernel hands every sock_addr program a valid context.
+    let sa = unsafe { &*ctx.sock_addr };
+    let mut addr = [0u8; 16];
+    // user_ip4 holds the address in network order; its in-memory bytes are the address.
+    addr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+    decide(&Attempt {
+        family: AF_INET as u16,
+        addr,
+        port: u16::from_be(sa.user_port as u16),
+        protocol: sa.protocol,
+        sock_type: sa.type_,
+        hook,
+    })
+}
+
+#[inline(always)]
+fn on_v6(ctx: &SockAddrContext, hook: Hook) -> i32 {
+    // SAFETY: as in on_v4.
+    let sa = unsafe { &*ctx.sock_addr };
+    // The verifier allows only 4-byte loads of user_ip6, one word at a time.
+    let words = [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]];
+    let mut addr = [0u8; 16];
+    let mut family = AF_INET6 as u16;
+    // ::ffff:a.b.c.d is an IPv4 destination: judge it by the IPv4 list.
+    if words[0] == 0 && words[1] == 0 && words[2] == u32::from_be(0x0000_ffff) {
+        family = AF_INET as u16;
+        addr[..4].copy_from_slice(&words[3].to_ne_bytes());
+    } else {
+        addr[0..4].copy_from_slice(&words[0].to_ne_bytes());
+        addr[4..8].copy_from_slice(&words[1].to_ne_bytes());
+        addr[8..12].copy_from_slice(&words[2].to_ne_bytes());
+        addr[12..16].copy_from_slice(&words[3].to_ne_bytes());
+    }
+    decide(&Attempt {
+        family,
+        addr,
+        port: u16::from_be(sa.user_port as u16),
+        protocol: sa.protocol,
+        sock_type: sa.type_,
+        hook,
+    })
+}
+
+/// Looks the destination up in the caller's cage policy and reports the decision.
+#[inline(always)]
+fn decide(attempt: &Attempt) -> i32 {
+    // SAFETY: a helper without preconditions.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let Some(cage) = cage_of(cgroup_id) else {
+        // The socket belongs to a cage (else this program would not run) but the caller is in
+        // none the daemon knows: fail closed.
+        report(attempt, None, cgroup_id, Verdict::Deny, RULE_NO_CAGE);
+        return DENY;
+    };
+    let proto_bit = match attempt.protocol {
+        IPPROTO_TCP | IPPROTO_MPTCP => PROTO_TCP,
+        IPPROTO_UDP => PROTO_UDP,
+        _ => 0,
+    };
+    let rules = if attempt.family == AF_INET as u16 {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(&attempt.addr[..4]);
+        let key = Key::new(
+            SLOT_BITS + 32,
+            Key4 {
+                slot_be: cage.policy_slot.to_be_bytes(),
+                addr: a,
+            },
+        );
+        EGRESS_V4.get(&key)
+    } else {
+        let key = Key::new(
+            SLOT_BITS + 128,
+            Key6 {
+                slot_be: cage.policy_slot.to_be_bytes(),
+                addr: attempt.addr,
+            },
+        );
+        EGRESS_V6.get(&key)
+    };
+    let rule_id = rules.map_or(RULE_DEFAULT_DENY, |r| matching_rule(r, attempt.port, proto_bit));
+    let verdict = if rule_id == RULE_DEFAULT_DENY {
+        Verdict::Deny
+    } else {
+        Verdict::Allow
+    };
+    report(attempt, Some(&cage), cgroup_id, verdict, rule_id);
+    match verdict {
+        Verdict::Allow => ALLOW,
+        Verdict::Deny => DENY,
+    }
+}
+
+/// The first rule admitting `port` over `proto_bit`, or `RULE_DEFAULT_DENY`.
+#[inline(always)]
+fn matching_rule(rules: &PortRules, port: u16, proto_bit: u8) -> u32 {
+    let count = rules.count as usize;
+    for i in 0..MAX_PORT_RULES {
+        if i >= count {
+            break;
+        }
+        let r = &rules.rules[i];
+        if r.protocols & proto_bit != 0 && port >= r.port_lo && port <= r.port_hi {
+            return r.rule_id;
+        }
+    }
+    RULE_DEFAULT_DENY
+}
+
+#[inline(always)]
+fn cage_of(cgroup_id: u64) -> Option<CageConfig> {
+    // SAFETY: the value is copied out at once; user space replaces values whole.
+    CAGES.get_ptr(&cgroup_id).map(|p| unsafe { *p })
+}
+
+/// Counts the decision and sends its event (allows subject to the cage's sampling).
+#[inline(always)]
+fn report(attempt: &Attempt, cage: Option<&CageConfig>, cgroup_id: u64, verdict: Verdict, rule_id: u32) {
+    let emit = match verdict {
+        Verdict::Deny => {
+            count(cgroup_id, Counter::Denied);
+            true
+        }
+        Verdict::Allow => {
+            count(cgroup_id, Counter::Allowed);
+            match cage.map_or(1, |c| c.allow_sample) {
+                0 => false,
+                1 => true,
+                // SAFETY: a helper without preconditions.
+                n => (unsafe { bpf_get_prandom_u32() }) % n == 0,
+            }
+        }
+    };
+    if !emit {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<EgressEvent>(0) else {
+        count(cgroup_id, Counter::Lost);
+        return;
+    };
+    entry.write(EgressEvent {
+        header: header(KIND_EGRESS, cage.map_or(0, |c| c.agent_id), cgroup_id),
+        addr: attempt.addr,
+        rule_id,
+        port: attempt.port,
+        family: attempt.family,
+        protocol: attempt.protocol as u16,
+        sock_type: attempt.sock_type as u16,
+        verdict: verdict as u8,
+        hook: attempt.hook as u8,
+        _pad: [0; 2],
+    });
+    entry.submit(0);
+}
+
+/// Refuses raw, packet and other non-TCP/UDP network sockets unless the cage allows them.
+/// Local IPC (unix, netlink) is not egress and always passes.
+#[cgroup_sock(sock_create)]
+pub fn agentcage_sock_create(ctx: SockContext) -> i32 {
+    // SAFETY: the kernel hands every cgroup sock program a valid context.
+    let sk = unsafe { &*ctx.sock };
+    let (family, sock_type, protocol) = (sk.family, sk.type_, sk.protocol);
+    let plain_ip = (family == AF_INET || family == AF_INET6)
+        && match sock_type {
+            SOCK_STREAM => matches!(protocol, IPPROTO_IP | IPPROTO_TCP | IPPROTO_MPTCP),
+            SOCK_DGRAM => matches!(protocol, IPPROTO_IP | IPPROTO_UDP),
+            _ => false,
+        };
+    if plain_ip || family == AF_UNIX || family == AF_NETLINK {
+        return ALLOW;
+    }
+    // SAFETY: a helper without preconditions.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let cage = cage_of(cgroup_id);
+    let (verdict, rule_id) = match cage {
+        Some(c) if c.flags & CAGE_F_ALLOW_RAW != 0 => (Verdict::Allow, RULE_SOCKET_ALLOWED),
+        Some(_) => (Verdict::Deny, RULE_SOCKET_KIND),
+        None => {
+            warn!(&ctx, "agentcage: socket from unknown cgroup {} refused", cgroup_id);
+            (Verdict::Deny, RULE_NO_CAGE)
+        }
+    };
+    let attempt = Attempt {
+        family: family as u16,
+        addr: [0; 16],
+        port: 0,
+        protocol,
+        sock_type,
+        hook: Hook::SockCreate,
+    };
+    report(&attempt, cage.as_ref(), cgroup_id, verdict, rule_id);
+    match verdict {
+        Verdict::Allow => ALLOW,
+        Verdict::Deny => DENY,
+    }
+}

@@ -1,0 +1,54 @@
+//! Filling the common header and counting what could not be reported.
+
+use agent_common::event::EventHeader;
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid,
+    generated::bpf_ktime_get_boot_ns,
+};
+
+use crate::maps::{CAGE_STATS, GLOBAL_LOST};
+
+/// The header for an event of `kind` raised by the current task.
+#[inline(always)]
+pub fn header(kind: u32, agent_id: u32, cgroup_id: u64) -> EventHeader {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    EventHeader {
+        kind,
+        agent_id,
+        // SAFETY: a helper without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        cgroup_id,
+        pid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+/// Which counter of `CageStats` to bump.
+#[derive(Clone, Copy)]
+pub enum Counter {
+    Allowed,
+    Denied,
+    Lost,
+}
+
+/// Adds one to a cage's counter; a lost event of an unknown cage goes to `GLOBAL_LOST`.
+/// Both maps are per CPU, so a plain add cannot race; user space sums the CPUs.
+#[inline(always)]
+pub fn count(cgroup_id: u64, counter: Counter) {
+    if let Some(stats) = CAGE_STATS.get_ptr_mut(&cgroup_id) {
+        // SAFETY: this CPU's copy of a live map value; nothing else writes it concurrently.
+        unsafe {
+            match counter {
+                Counter::Allowed => (*stats).allowed += 1,
+                Counter::Denied => (*stats).denied += 1,
+                Counter::Lost => (*stats).lost += 1,
+            }
+        }
+    } else if let Counter::Lost = counter {
+        if let Some(lost) = GLOBAL_LOST.get_ptr_mut(0) {
+            // SAFETY: as above.
+            unsafe { *lost += 1 };
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! agentcage's eBPF programs. One module per hook family; decisions come from maps alone.
+#![no_std]
+#![no_main]
+
+mod egress;
+mod events;
+mod maps;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier proves panics unreachable; nothing here ever runs.
+    loop {}
+}
+
+/// GPL-compatible so that GPL-only helpers (bpf_get_current_comm...) are usable.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,30 @@
+//! Every map the programs use. Names come from `agent_common::maps` (the static's name is the
+//! map's name) so user space finds them.
+
+use agent_common::{
+    cage::{CageConfig, CageStats},
+    egress::{Key4, Key6, PortRules},
+    maps::{EVENTS_BYTES, MAX_CAGES, MAX_EGRESS_ENTRIES},
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+
+#[map]
+pub static CAGES: HashMap<u64, CageConfig> = HashMap::with_max_entries(MAX_CAGES, 0);
+
+#[map]
+pub static CAGE_STATS: PerCpuHashMap<u64, CageStats> = PerCpuHashMap::with_max_entries(MAX_CAGES, 0);
+
+#[map]
+pub static EGRESS_V4: LpmTrie<Key4, PortRules> = LpmTrie::with_max_entries(MAX_EGRESS_ENTRIES, 0);
+
+#[map]
+pub static EGRESS_V6: LpmTrie<Key6, PortRules> = LpmTrie::with_max_entries(MAX_EGRESS_ENTRIES, 0);
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[map]
+pub static GLOBAL_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

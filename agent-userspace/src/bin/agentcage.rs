@@ -1,0 +1,15 @@
+//! The agentcage command line.
+
+use agentcage::cli::{dispatch, Cli};
+use clap::Parser as _;
+
+fn main() {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("agentcage: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Loading the programs, attaching them to the parent cgroup, and pinning their links so
+//! that enforcement outlives the daemon when cages still hold processes.
+
+use std::{
+    fs::{self, File},
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    programs::{
+        links::{FdLink, PinnedLink},
+        CgroupAttachMode, CgroupSock, CgroupSockAddr,
+    },
+    Ebpf,
+};
+use nix::mount::{mount, MsFlags};
+
+use super::BpfError;
+
+/// Which kind of cgroup program a name is.
+#[derive(Clone, Copy, Debug)]
+pub enum ProgramKind {
+    /// cgroup/connect4, sendmsg4, ... (`BPF_PROG_TYPE_CGROUP_SOCK_ADDR`).
+    SockAddr,
+    /// cgroup/sock_create (`BPF_PROG_TYPE_CGROUP_SOCK`).
+    Sock,
+}
+
+/// Every program the daemon attaches to the parent cgroup.
+pub const PROGRAMS: [(&str, ProgramKind); 5] = [
+    ("agentcage_connect4", ProgramKind::SockAddr),
+    ("agentcage_connect6", ProgramKind::SockAddr),
+    ("agentcage_sendmsg4", ProgramKind::SockAddr),
+    ("agentcage_sendmsg6", ProgramKind::SockAddr),
+    ("agentcage_sock_create", ProgramKind::Sock),
+];
+
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// Mounts bpffs at /sys/fs/bpf unless a bpf file system is already there.
+pub fn ensure_bpffs() -> Result<bool, BpfError> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(|source| BpfError::Io {
+        op: "reading",
+        path: "/proc/self/mountinfo".into(),
+        source,
+    })?;
+    let mounted = mountinfo.lines().any(|l| {
+        l.split_once(" - ").is_some_and(|(left, right)| {
+            right.starts_with("bpf ") && left.split_whitespace().nth(4) == Some(BPFFS)
+        })
+    });
+    if mounted {
+        return Ok(false);
+    }
+    mount(
+        Some("bpf"),
+        BPFFS,
+        Some("bpf"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| BpfError::Io {
+        op: "mounting bpffs at",
+        path: BPFFS.into(),
+        source: io::Error::from(e),
+    })?;
+    Ok(true)
+}
+
+/// The programs, loaded and attached to one cgroup; dropping this detaches them unless they
+/// were pinned first.
+pub struct AttachedPrograms {
+    links: Vec<(&'static str, FdLink)>,
+}
+
+impl AttachedPrograms {
+    /// Loads and attaches every program in [`PROGRAMS`] to `cgroup` with bpf links. Cgroup
+    /// links are always multi-attach (the kernel refuses any flag on them), so an earlier
+    /// daemon's pinned links can overlap with these during a restart, leaving no gap.
+    pub fn attach(ebpf: &mut Ebpf, cgroup: &Path) -> Result<Self, BpfError> {
+        let cgroup_file = File::open(cgroup).map_err(|source| BpfError::Io {
+            op: "opening cgroup",
+            path: cgroup.to_path_buf(),
+            source,
+        })?;
+        let mut links = Vec::with_capacity(PROGRAMS.len());
+        for (name, kind) in PROGRAMS {
+            let program = ebpf.program_mut(name).ok_or(BpfError::MissingProgram(name))?;
+            let wrap = |source| BpfError::Program { name, source };
+            let link = match kind {
+                ProgramKind::SockAddr => {
+                    let p: &mut CgroupSockAddr =
+                        program.try_into().map_err(|_| BpfError::MissingProgram(name))?;
+                    p.load().map_err(wrap)?;
+                    let id = p
+                        .attach(&cgroup_file, CgroupAttachMode::Single)
+                        .map_err(wrap)?;
+                    FdLink::try_from(p.take_link(id).map_err(wrap)?)
+                }
+                ProgramKind::Sock => {
+                    let p: &mut CgroupSock =
+                        program.try_into().map_err(|_| BpfError::MissingProgram(name))?;
+                    p.load().map_err(wrap)?;
+                    let id = p
+                        .attach(&cgroup_file, CgroupAttachMode::Single)
+                        .map_err(wrap)?;
+                    FdLink::try_from(p.take_link(id).map_err(wrap)?)
+                }
+            }
+            .map_err(|e| BpfError::Pin {
+                path: PathBuf::from(name),
+                what: format!("taking the link: {e}"),
+            })?;
+            links.push((name, link));
+        }
+        Ok(Self { links })
+    }
+
+    /// Pins every link under `dir` so the programs stay attached after this process exits.
+    pub fn pin(self, dir: &Path) -> Result<(), BpfError> {
+        fs::create_dir_all(dir).map_err(|source| BpfError::Io {
+            op: "creating pin directory",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        for (name, link) in self.links {
+            let path = dir.join(name);
+            link.pin(&path).map_err(|e| BpfError::Pin {
+                path: path.clone(),
+                what: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Detaches links an earlier daemon pinned under `dir` (call after attaching anew, so there
+/// is no moment without enforcement). Returns how many were released.
+pub fn release_pinned(dir: &Path) -> Result<usize, BpfError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => {
+            return Err(BpfError::Io {
+                op: "listing pin directory",
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut released = 0;
+    for entry in entries.flatten() {
+        let path: PathBuf = entry.path();
+        let pinned = PinnedLink::from_pin(&path).map_err(|e| BpfError::Pin {
+            path: path.clone(),
+            what: e.to_string(),
+        })?;
+        // Unpinning removes the bpffs file; dropping the FdLink then detaches the program.
+        drop(pinned.unpin().map_err(|source| BpfError::Io {
+            op: "unpinning",
+            path: path.clone(),
+            source,
+        })?);
+        released += 1;
+    }
+    let _ = fs::remove_dir(dir);
+    Ok(released)
+}

@@ -1,0 +1,174 @@
+//! Typed access to the programs' maps. Policy changes fill a fresh slot, then swap the
+//! cage's slot in one map update, then delete the old slot: a decision never sees half of two
+//! policies.
+
+use agent_common::{
+    cage::{CageConfig, CageStats},
+    egress::{Key4, Key6, PortRules, SLOT_BITS},
+    maps,
+};
+use aya::{
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
+    },
+    util::nr_cpus,
+    Ebpf,
+};
+
+use super::BpfError;
+use crate::policy::CompiledEgress;
+
+/// The keys one policy slot put in the tries, so the slot can be emptied later.
+#[derive(Default)]
+pub struct SlotEntries {
+    slot: u32,
+    v4: Vec<Key<Key4>>,
+    v6: Vec<Key<Key6>>,
+}
+
+impl SlotEntries {
+    /// The slot these entries belong to.
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+}
+
+/// The egress maps, taken out of the loaded object.
+pub struct EgressMaps {
+    cages: HashMap<MapData, u64, CageConfig>,
+    stats: PerCpuHashMap<MapData, u64, CageStats>,
+    v4: LpmTrie<MapData, Key4, PortRules>,
+    v6: LpmTrie<MapData, Key6, PortRules>,
+    global_lost: PerCpuArray<MapData, u64>,
+    cpus: usize,
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, BpfError> {
+    let map = ebpf.take_map(name).ok_or(BpfError::Map {
+        name,
+        what: "missing from the eBPF object".into(),
+    })?;
+    T::try_from(map).map_err(|e| map_err(name, e))
+}
+
+fn map_err(name: &'static str, e: MapError) -> BpfError {
+    BpfError::Map {
+        name,
+        what: e.to_string(),
+    }
+}
+
+impl EgressMaps {
+    /// Takes the maps out of `ebpf`.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
+        let cpus = nr_cpus().map_err(|(what, e)| BpfError::Map {
+            name: maps::CAGE_STATS,
+            what: format!("{what}: {e}"),
+        })?;
+        Ok(Self {
+            cages: take(ebpf, maps::CAGES)?,
+            stats: take(ebpf, maps::CAGE_STATS)?,
+            v4: take(ebpf, maps::EGRESS_V4)?,
+            v6: take(ebpf, maps::EGRESS_V6)?,
+            global_lost: take(ebpf, maps::GLOBAL_LOST)?,
+            cpus,
+        })
+    }
+
+    /// Writes a compiled policy into `slot`. On failure, whatever was written is removed.
+    pub fn fill_slot(&mut self, slot: u32, compiled: &CompiledEgress) -> Result<SlotEntries, BpfError> {
+        let mut entries = SlotEntries {
+            slot,
+            ..Default::default()
+        };
+        let result = self.fill_into(&mut entries, compiled);
+        if let Err(e) = result {
+            self.clear_slot(&entries);
+            return Err(e);
+        }
+        Ok(entries)
+    }
+
+    fn fill_into(&mut self, entries: &mut SlotEntries, compiled: &CompiledEgress) -> Result<(), BpfError> {
+        let slot_be = entries.slot.to_be_bytes();
+        for (addr, prefix, rules) in &compiled.v4 {
+            let key = Key::new(SLOT_BITS + prefix, Key4 { slot_be, addr: *addr });
+            self.v4
+                .insert(&key, rules, 0)
+                .map_err(|e| capacity(maps::EGRESS_V4, e))?;
+            entries.v4.push(key);
+        }
+        for (addr, prefix, rules) in &compiled.v6 {
+            let key = Key::new(SLOT_BITS + prefix, Key6 { slot_be, addr: *addr });
+            self.v6
+                .insert(&key, rules, 0)
+                .map_err(|e| capacity(maps::EGRESS_V6, e))?;
+            entries.v6.push(key);
+        }
+        Ok(())
+    }
+
+    /// Deletes a slot's entries (best effort: a missing entry is already gone).
+    pub fn clear_slot(&mut self, entries: &SlotEntries) {
+        for key in &entries.v4 {
+            let _ = self.v4.remove(key);
+        }
+        for key in &entries.v6 {
+            let _ = self.v6.remove(key);
+        }
+    }
+
+    /// Installs or replaces a cage's configuration in one map update, and makes sure it has
+    /// counters.
+    pub fn set_cage(&mut self, cgroup_id: u64, config: CageConfig) -> Result<(), BpfError> {
+        if self.stats.get(&cgroup_id, 0).is_err() {
+            let zeros = PerCpuValues::try_from(vec![CageStats::default(); self.cpus])
+                .map_err(|e| BpfError::Map {
+                    name: maps::CAGE_STATS,
+                    what: e.to_string(),
+                })?;
+            self.stats
+                .insert(cgroup_id, zeros, 0)
+                .map_err(|e| capacity(maps::CAGE_STATS, e))?;
+        }
+        self.cages
+            .insert(cgroup_id, config, 0)
+            .map_err(|e| capacity(maps::CAGES, e))
+    }
+
+    /// Forgets a removed cage.
+    pub fn remove_cage(&mut self, cgroup_id: u64) {
+        let _ = self.cages.remove(&cgroup_id);
+        let _ = self.stats.remove(&cgroup_id);
+    }
+
+    /// A cage's counters, summed over CPUs.
+    pub fn stats(&self, cgroup_id: u64) -> CageStats {
+        self.stats
+            .get(&cgroup_id, 0)
+            .map(|per_cpu| {
+                per_cpu.iter().fold(CageStats::default(), |acc, s| CageStats {
+                    allowed: acc.allowed + s.allowed,
+                    denied: acc.denied + s.denied,
+                    lost: acc.lost + s.lost,
+                })
+            })
+            .unwrap_or_default()
+    }
+
+    /// Events lost for callers in no known cage.
+    pub fn global_lost(&self) -> u64 {
+        self.global_lost
+            .get(&0, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or_default()
+    }
+}
+
+fn capacity(name: &'static str, e: MapError) -> BpfError {
+    BpfError::Capacity(format!("{name}: {e}"))
+}

@@ -1,0 +1,108 @@
+//! Cages: one cgroup v2 directory per agent, below one parent cgroup that the egress programs
+//! are attached to.
+
+mod cgroupfs;
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+pub use cgroupfs::{cgroup_of_pid, find_cgroup2_mount, CgroupDir};
+
+/// Errors of cage management.
+#[derive(Debug, thiserror::Error)]
+pub enum CageError {
+    /// /proc/self/mountinfo could not be read.
+    #[error("reading /proc/self/mountinfo: {0}")]
+    MountInfo(#[source] io::Error),
+    /// No cgroup2 file system is mounted.
+    #[error("no cgroup v2 file system is mounted (looked for fstype cgroup2 in /proc/self/mountinfo)")]
+    NoCgroup2,
+    /// A cgroup file or directory operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The error from the kernel.
+        #[source]
+        source: io::Error,
+    },
+    /// A cgroup file held something unexpected.
+    #[error("unexpected content in {path}: {what}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        what: String,
+    },
+}
+
+/// Shorthand for attaching the operation and path to an I/O error.
+pub(crate) fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CageError + 'a {
+    move |source| CageError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The parent cgroup that holds every cage.
+#[derive(Debug, Clone)]
+pub struct CageRoot {
+    dir: CgroupDir,
+}
+
+impl CageRoot {
+    /// Creates (or reuses) the parent cgroup `name` directly below the cgroup2 mount.
+    pub fn create(mount: &Path, name: &str) -> Result<Self, CageError> {
+        let path = mount.join(name);
+        match fs::create_dir(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err("creating cgroup", &path)(e)),
+        }
+        Ok(Self {
+            dir: CgroupDir::new(path),
+        })
+    }
+
+    /// The parent cgroup.
+    pub fn dir(&self) -> &CgroupDir {
+        &self.dir
+    }
+
+    /// The cage of `agent`, created if missing.
+    pub fn ensure_cage(&self, agent: &str) -> Result<CgroupDir, CageError> {
+        let path = self.dir.path().join(agent);
+        match fs::create_dir(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err("creating cage", &path)(e)),
+        }
+        Ok(CgroupDir::new(path))
+    }
+
+    /// The cages that exist now (left by an earlier daemon, or made by this one), by agent name.
+    pub fn existing_cages(&self) -> Result<Vec<(String, CgroupDir)>, CageError> {
+        let path = self.dir.path();
+        let mut cages = Vec::new();
+        for entry in fs::read_dir(path).map_err(io_err("listing cgroup", path))? {
+            let entry = entry.map_err(io_err("listing cgroup", path))?;
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                if let Some(name) = entry.file_name().to_str() {
+                    cages.push((name.to_owned(), CgroupDir::new(entry.path())));
+                }
+            }
+        }
+        cages.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(cages)
+    }
+
+    /// Removes the parent cgroup; fails (EBUSY) while any cage or process is left in it.
+    pub fn remove(&self) -> Result<(), CageError> {
+        self.dir.remove()
+    }
+}

@@ -1,0 +1,127 @@
+//! One function per subcommand.
+
+use std::io::Write as _;
+
+use anyhow::{bail, Context as _, Result};
+
+use super::{run, Cli, Command, Output, PolicyCommand};
+use crate::{
+    control::{Client, Request, Response, StatusReport},
+    doctor,
+    policy::{validate_agent_name, Policy},
+};
+
+/// Runs the parsed command line; returns the process exit code.
+pub fn dispatch(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Run(args) => run::run(&cli.socket, &args),
+        Command::Adopt { agent, pid } => {
+            validate_agent_name(&agent)?;
+            let mut client = Client::connect(&cli.socket)?;
+            match client.call(&Request::Adopt { agent, pid })? {
+                Response::Adopted { agent, pid, cgroup } => {
+                    println!("process {pid} is now in the cage of agent:{agent} ({cgroup})");
+                    Ok(0)
+                }
+                other => bail!("unexpected response: {other:?}"),
+            }
+        }
+        Command::Status { output } => {
+            let mut client = Client::connect(&cli.socket)?;
+            match client.call(&Request::Status)? {
+                Response::Status(report) => {
+                    match output {
+                        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                        Output::Text => print_status(&report),
+                    }
+                    Ok(0)
+                }
+                other => bail!("unexpected response: {other:?}"),
+            }
+        }
+        Command::Events { follow } => events(&cli, follow),
+        Command::Doctor { output } => {
+            let report = doctor::probe();
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Text => print!("{report}"),
+            }
+            Ok(if report.egress_ready() { 0 } else { 1 })
+        }
+        Command::Policy(PolicyCommand::Check { file }) => {
+            let policy = Policy::load(&file)?;
+            println!(
+                "{}: ok (version {}, {} agent(s){}, sha256 {})",
+                file.display(),
+                policy.version,
+                policy.agents.len(),
+                if policy.default_agent.is_some() { " and a default_agent" } else { "" },
+                policy.hash()
+            );
+            Ok(0)
+        }
+        Command::Policy(PolicyCommand::Reload) => {
+            let mut client = Client::connect(&cli.socket)?;
+            match client.call(&Request::Reload)? {
+                Response::Reloaded { source, policy_hash } => {
+                    println!("{source}: in force (sha256 {policy_hash})");
+                    Ok(0)
+                }
+                other => bail!("unexpected response: {other:?}"),
+            }
+        }
+    }
+}
+
+fn events(cli: &Cli, follow: bool) -> Result<i32> {
+    let mut client = Client::connect(&cli.socket)?;
+    client.send(&Request::Events { follow })?;
+    let stdout = std::io::stdout();
+    while let Some(response) = client.next()? {
+        let mut out = stdout.lock();
+        match response {
+            Response::Event { event } => {
+                serde_json::to_writer(&mut out, &event)?;
+                writeln!(out)?;
+            }
+            Response::Lost { count } => {
+                writeln!(out, "{{\"lost\":{count}}}")?;
+                eprintln!("agentcage: {count} events were missed because this reader was too slow");
+            }
+            Response::Subscribed => eprintln!("agentcage: following events (Ctrl-C to stop)"),
+            Response::Error { message } => bail!("{message}"),
+            other => bail!("unexpected response: {other:?}"),
+        }
+        out.flush().context("writing events")?;
+    }
+    Ok(0)
+}
+
+fn print_status(report: &StatusReport) {
+    println!("policy   {} (sha256 {})", report.policy_source, report.policy_hash);
+    println!("cgroups  {}", report.cgroup_root);
+    if report.global_lost > 0 {
+        println!("lost     {} events from callers in no known cage", report.global_lost);
+    }
+    if report.agents.is_empty() {
+        println!("no agents are running");
+        return;
+    }
+    println!(
+        "{:<20} {:<10} {:>8} {:>8} {:>6}  {:<24} cgroup",
+        "AGENT", "PIDS", "ALLOWED", "DENIED", "LOST", "PID LIST"
+    );
+    for a in &report.agents {
+        let pids: Vec<String> = a.pids.iter().map(u32::to_string).collect();
+        println!(
+            "{:<20} {:<10} {:>8} {:>8} {:>6}  {:<24} {}",
+            a.identity,
+            a.pids.len(),
+            a.allowed,
+            a.denied,
+            a.lost,
+            pids.join(","),
+            a.cgroup
+        );
+    }
+}

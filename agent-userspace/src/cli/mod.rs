@@ -1,0 +1,95 @@
+//! The `agentcage` command line: thin wrappers over the control protocol, plus the local
+//! `doctor` and `policy check`.
+
+mod commands;
+mod run;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use commands::dispatch;
+
+use crate::control::DEFAULT_SOCKET;
+
+/// agentcage: run AI agents in kernel-enforced cages.
+#[derive(Debug, Parser)]
+#[command(name = "agentcage", version, about)]
+pub struct Cli {
+    /// The daemon's control socket.
+    #[arg(long, global = true, env = "AGENTCAGE_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format.
+#[derive(Clone, Copy, Debug, Default, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    /// For people.
+    #[default]
+    Text,
+    /// For machines.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command as an agent, inside its cage from its first instruction.
+    Run(RunArgs),
+    /// Move a running process (and its threads) into an agent's cage.
+    Adopt {
+        /// The agent's name.
+        #[arg(long)]
+        agent: String,
+        /// The process.
+        #[arg(long)]
+        pid: u32,
+    },
+    /// Agents, cages, pids and counters.
+    Status {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Print events as JSON lines.
+    Events {
+        /// Keep printing new events as they happen.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// What this kernel can do for agentcage, probed.
+    Doctor {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// `agentcage run` arguments.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The agent's name (its identity is `agent:NAME`).
+    #[arg(long)]
+    pub agent: String,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// `agentcage policy ...`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Parse and validate a policy file; errors point at file:line:column.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Ask the daemon to reload its policy file (a broken one is refused, the old one stays).
+    Reload,
+}

@@ -1,0 +1,106 @@
+//! A blocking client for the CLI: connect, send one request, read responses.
+
+use std::{
+    io::{self, BufRead as _, BufReader, Write as _},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+};
+
+use super::{Request, Response};
+
+/// Errors talking to the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket does not exist or nobody listens on it.
+    #[error("agentcaged is not running (no listener at {path}): start it with `cargo xtask run` or `agentcaged --policy FILE`")]
+    NotRunning {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// The socket's permissions refused us.
+    #[error("permission denied connecting to {path}: the control socket admits root and the group agentcaged was started with (--group)")]
+    PermissionDenied {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// Any other I/O failure.
+    #[error("talking to agentcaged at {path}: {source}")]
+    Io {
+        /// The socket path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The daemon sent something that is not a response.
+    #[error("agentcaged sent an unreadable response: {0}")]
+    Protocol(String),
+    /// The daemon refused the request.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A connection to the daemon.
+pub struct Client {
+    path: PathBuf,
+    reader: BufReader<UnixStream>,
+}
+
+impl Client {
+    /// Connects to the daemon's socket.
+    pub fn connect(path: &Path) -> Result<Self, ClientError> {
+        let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NotRunning {
+                path: path.to_path_buf(),
+            },
+            io::ErrorKind::PermissionDenied => ClientError::PermissionDenied {
+                path: path.to_path_buf(),
+            },
+            _ => ClientError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            },
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            reader: BufReader::new(stream),
+        })
+    }
+
+    fn io(&self, source: io::Error) -> ClientError {
+        ClientError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Sends a request.
+    pub fn send(&mut self, request: &Request) -> Result<(), ClientError> {
+        let mut line = serde_json::to_vec(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        self.reader.get_mut().write_all(&line).map_err(|e| self.io(e))
+    }
+
+    /// The next response, or None when the daemon closed the connection.
+    pub fn next(&mut self) -> Result<Option<Response>, ClientError> {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).map_err(|e| self.io(e))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        serde_json::from_str(&line)
+            .map(Some)
+            .map_err(|e| ClientError::Protocol(format!("{e}: {line:?}")))
+    }
+
+    /// Sends a request and returns its first response; an `Error` response becomes
+    /// [`ClientError::Refused`].
+    pub fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
+        self.send(request)?;
+        match self.next()? {
+            Some(Response::Error { message }) => Err(ClientError::Refused(message)),
+            Some(r) => Ok(r),
+            None => Err(ClientError::Protocol("connection closed without a response".into())),
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Requests and responses. Each is one JSON object on one line.
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::Event;
+
+/// What a client asks.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Is the daemon there, and which policy is in force?
+    Ping,
+    /// Create the agent's cage if needed and keep it while this connection is open.
+    Prepare {
+        /// The agent's name.
+        agent: String,
+    },
+    /// Move the calling process itself (by its kernel-reported pid) into the agent's cage.
+    Join {
+        /// The agent's name.
+        agent: String,
+    },
+    /// Move a running process, with all its threads, into the agent's cage.
+    Adopt {
+        /// The agent's name.
+        agent: String,
+        /// The process to move.
+        pid: u32,
+    },
+    /// Agents, cages, counters.
+    Status,
+    /// Events: the recent ones, or (follow) every new one as it happens.
+    Events {
+        /// Stream new events until the client goes away.
+        follow: bool,
+    },
+    /// Read the policy file again; a broken one is refused and the old one stays.
+    Reload,
+}
+
+/// What the daemon answers.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    /// Answer to [`Request::Ping`].
+    Pong {
+        /// The daemon's version.
+        version: String,
+        /// SHA-256 of the policy in force.
+        policy_hash: String,
+    },
+    /// The cage exists and is held for this connection.
+    Prepared {
+        /// The agent's name.
+        agent: String,
+        /// Its identity, `agent:NAME`.
+        identity: String,
+        /// The cage's cgroup directory.
+        cgroup: String,
+        /// SHA-256 of the policy the agent runs under.
+        policy_hash: String,
+    },
+    /// The caller is now in the cage.
+    Joined {
+        /// The agent's name.
+        agent: String,
+        /// The cage's cgroup directory.
+        cgroup: String,
+    },
+    /// The process is now in the cage.
+    Adopted {
+        /// The agent's name.
+        agent: String,
+        /// The process moved.
+        pid: u32,
+        /// The cage's cgroup directory.
+        cgroup: String,
+    },
+    /// Answer to [`Request::Status`].
+    Status(StatusReport),
+    /// A follow subscription is live: every event from now on will be sent.
+    Subscribed,
+    /// One event.
+    Event {
+        /// The event.
+        event: Event,
+    },
+    /// Events this client missed (it read too slowly); they were not lost elsewhere.
+    Lost {
+        /// How many.
+        count: u64,
+    },
+    /// The policy was reloaded.
+    Reloaded {
+        /// The file.
+        source: String,
+        /// SHA-256 of the new policy.
+        policy_hash: String,
+    },
+    /// The request failed; nothing was changed.
+    Error {
+        /// What went wrong, for a person.
+        message: String,
+    },
+}
+
+/// The daemon's state, for `agentcage status`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StatusReport {
+    /// The daemon's version.
+    pub version: String,
+    /// The policy file in force.
+    pub policy_source: String,
+    /// Its SHA-256.
+    pub policy_hash: String,
+    /// The parent cgroup of every cage.
+    pub cgroup_root: String,
+    /// Events lost for callers in no known cage.
+    pub global_lost: u64,
+    /// One entry per cage.
+    pub agents: Vec<AgentStatus>,
+}
+
+/// One agent's cage.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AgentStatus {
+    /// The agent's name.
+    pub name: String,
+    /// `agent:NAME`.
+    pub identity: String,
+    /// The cage's cgroup directory.
+    pub cgroup: String,
+    /// The cage's cgroup id.
+    pub cgroup_id: u64,
+    /// Processes in the cage.
+    pub pids: Vec<u32>,
+    /// Allowed decisions.
+    pub allowed: u64,
+    /// Denied decisions.
+    pub denied: u64,
+    /// Events that could not be reported (ring buffer full).
+    pub lost: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_request_has_the_wire_form_run_prebuilds() {
+        // `agentcage run` builds this line before fork and sends it from the child, so its
+        // exact form is part of the protocol.
+        let line = serde_json::to_string(&Request::Join { agent: "demo".into() }).unwrap();
+        assert_eq!(line, r#"{"op":"join","agent":"demo"}"#);
+        let ok = serde_json::to_string(&Response::Joined {
+            agent: "demo".into(),
+            cgroup: "/x".into(),
+        })
+        .unwrap();
+        assert!(ok.starts_with(r#"{"type":"joined""#));
+    }
+}

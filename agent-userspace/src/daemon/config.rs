@@ -1,0 +1,45 @@
+//! The daemon's settings (command line, with environment fallbacks).
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+use crate::control::DEFAULT_SOCKET;
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// agentcaged: the agentcage host daemon.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "agentcaged", version, about)]
+pub struct DaemonConfig {
+    /// The policy file to enforce.
+    #[arg(long, env = "AGENTCAGE_POLICY", default_value = "/etc/agentcage/policies/default.yaml")]
+    pub policy: PathBuf,
+    /// The control socket.
+    #[arg(long, env = "AGENTCAGE_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// A group (name or gid) whose members may use the control socket besides root.
+    #[arg(long, env = "AGENTCAGE_GROUP")]
+    pub group: Option<String>,
+    /// Name of the parent cgroup (below the cgroup v2 mount) that holds every cage; also
+    /// names the bpffs pin directory. Lets several daemons (tests) run side by side.
+    #[arg(long, env = "AGENTCAGE_CGROUP", default_value = "agentcage")]
+    pub cgroup_name: String,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl DaemonConfig {
+    /// Where links are pinned when enforcement must outlive the daemon.
+    pub fn pin_dir(&self) -> PathBuf {
+        PathBuf::from("/sys/fs/bpf").join(&self.cgroup_name)
+    }
+}

@@ -1,0 +1,211 @@
+//! agentcaged: loads the programs once, attaches them to the cages' parent cgroup, keeps the
+//! maps in line with the policy and the cages, and serves the control socket.
+//!
+//! The kernel decides from maps alone; the daemon is never in the path of a decision, so a
+//! slow or dead daemon lets nothing through.
+
+mod config;
+mod server;
+mod state;
+mod tasks;
+
+pub use config::{DaemonConfig, LogFormat};
+pub use state::StateError;
+
+use std::{io, path::PathBuf, sync::Arc};
+
+use agent_common::maps::EVENTS;
+use aya::maps::RingBuf;
+use nix::sys::inotify::{InitFlags, Inotify};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
+
+use crate::{
+    bpf::{self, AttachedPrograms, BpfError, EgressMaps},
+    cage::{find_cgroup2_mount, CageError, CageRoot},
+    control::AccessPolicy,
+    events::EventBus,
+    policy::{Policy, PolicyError},
+};
+use server::Shared;
+use state::State;
+
+/// Why the daemon could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Not running as root.
+    #[error("agentcaged must run as root (it loads eBPF programs and manages cgroups)")]
+    NotRoot,
+    /// The policy file is broken.
+    #[error("policy refused: {0}")]
+    Policy(#[from] PolicyError),
+    /// cgroup discovery or management failed.
+    #[error(transparent)]
+    Cage(#[from] CageError),
+    /// Loading, attaching or pinning failed.
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+    /// The state could not be set up.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Another daemon serves the socket.
+    #[error("another agentcaged is already serving {0}")]
+    AlreadyRunning(PathBuf),
+    /// The configured group does not exist.
+    #[error("control socket group: {0}")]
+    Group(#[source] io::Error),
+    /// A file operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel refused something else.
+    #[error("{0}: {1}")]
+    Sys(&'static str, #[source] io::Error),
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Err(DaemonError::NotRoot);
+    }
+    let policy = Policy::load(&config.policy)?;
+    let access = match &config.group {
+        Some(g) => AccessPolicy::with_group(g).map_err(DaemonError::Group)?,
+        None => AccessPolicy::root_only(),
+    };
+    if bpf::ensure_bpffs()? {
+        info!("mounted bpffs at /sys/fs/bpf");
+    }
+    let mount = find_cgroup2_mount()?;
+    let root = CageRoot::create(&mount, &config.cgroup_name)?;
+    info!(cgroup_root = %root.dir().path().display(), "cgroup v2 found");
+
+    let started = start(config.clone(), policy, root.clone(), access).await;
+    if started.is_err() {
+        // Leave nothing behind but what holds processes.
+        let _ = root.remove();
+    }
+    started
+}
+
+async fn start(
+    config: DaemonConfig,
+    policy: Policy,
+    root: CageRoot,
+    access: AccessPolicy,
+) -> Result<(), DaemonError> {
+    let mut ebpf = aya::Ebpf::load(bpf::EBPF_OBJECT).map_err(BpfError::from)?;
+    let kernel_log = match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            warn!(error = %e, "kernel-side logs unavailable");
+            None
+        }
+    };
+    let maps = EgressMaps::take(&mut ebpf)?;
+    let ring: RingBuf<_> = ebpf
+        .take_map(EVENTS)
+        .ok_or(BpfError::Map {
+            name: EVENTS,
+            what: "missing from the eBPF object".into(),
+        })
+        .and_then(|m| {
+            RingBuf::try_from(m).map_err(|e| BpfError::Map {
+                name: EVENTS,
+                what: e.to_string(),
+            })
+        })?;
+    let inotify = Arc::new(
+        Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .map_err(|e| DaemonError::Sys("inotify_init", e.into()))?,
+    );
+    let mut state = State::new(policy, config.policy.clone(), maps, root.clone(), Arc::clone(&inotify));
+    // Cages an earlier daemon left (kept enforced by its pinned programs) get maps entries
+    // before the new programs attach, so they are never judged as unknown.
+    let adopted = state.adopt_existing()?;
+    if !adopted.is_empty() {
+        info!(agents = ?adopted, "took over cages left by an earlier daemon");
+    }
+    let programs = AttachedPrograms::attach(&mut ebpf, root.dir().path())?;
+    // Only now drop the earlier daemon's links: there was no moment without enforcement.
+    let released = bpf::release_pinned(&config.pin_dir())?;
+    if released > 0 {
+        info!(released, "detached the programs an earlier daemon had pinned");
+    }
+    let listener = server::bind(&config.socket, &access)?;
+    let shared = Arc::new(Shared {
+        state: std::sync::Mutex::new(state),
+        bus: EventBus::new(),
+        access,
+    });
+    {
+        let st = shared.state();
+        info!(
+            socket = %config.socket.display(),
+            policy = st.policy().source(),
+            policy_hash = st.policy().hash(),
+            "agentcaged ready"
+        );
+    }
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(tasks::read_events(Arc::clone(&shared), ring));
+    tasks.spawn(tasks::watch_cages(Arc::clone(&shared), inotify));
+    if let Some(log) = kernel_log {
+        tasks.spawn(tasks::forward_kernel_log(log));
+    }
+    tasks.spawn(tasks::accept(Arc::clone(&shared), listener));
+
+    wait_for_stop(&shared).await;
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+
+    let _ = std::fs::remove_file(&config.socket);
+    let kept = shared.state().shutdown();
+    if kept.is_empty() {
+        drop(programs);
+        root.remove()?;
+        info!("stopped: no cage held a process; programs detached and cgroups removed");
+    } else {
+        let pin_dir = config.pin_dir();
+        programs.pin(&pin_dir)?;
+        warn!(
+            agents = ?kept,
+            pins = %pin_dir.display(),
+            "stopped while cages still hold processes: their egress stays enforced by the pinned \
+             programs with the last policy; start agentcaged again to manage them"
+        );
+    }
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT; reloads the policy on SIGHUP meanwhile.
+async fn wait_for_stop(shared: &Shared) {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        error!("cannot install signal handlers; stopping");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: stopping"); return; }
+            _ = int.recv() => { info!("SIGINT: stopping"); return; }
+            _ = hup.recv() => {
+                let result = shared.state().reload();
+                if let Err(e) = result {
+                    error!(error = %e, "SIGHUP: policy reload refused; the previous policy stays in force");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! The daemon's state: the policy in force, the cages, and the maps that enforce both. Every
+//! change goes through here, under one lock, so cage creation, joins, reloads and removal
+//! never interleave.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::PathBuf,
+    sync::Arc,
+};
+
+use agent_common::{
+    cage::{CageConfig, CAGE_F_ALLOW_RAW},
+    egress::{
+        Hook, Verdict, RULE_DEFAULT_DENY, RULE_NO_CAGE, RULE_SOCKET_ALLOWED, RULE_SOCKET_KIND,
+    },
+};
+use nix::sys::inotify::{AddWatchFlags, Inotify, WatchDescriptor};
+use tracing::{info, warn};
+
+use crate::{
+    bpf::{BpfError, EgressMaps, SlotEntries},
+    cage::{CageError, CageRoot, CgroupDir},
+    control::{AgentStatus, StatusReport},
+    events::{EgressDetail, Event, EventDetail, RawEvent},
+    identity::AgentIdentity,
+    policy::{compile_egress, validate_agent_name, CompiledEgress, Policy, PolicyError},
+};
+
+/// Errors of state changes; each message is meant for the person who asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The policy has no entry for the agent and no default_agent.
+    #[error("unknown agent {agent:?}: policy {policy} has no agents.{agent} entry and no default_agent")]
+    UnknownAgent {
+        /// The agent's name.
+        agent: String,
+        /// The policy file.
+        policy: String,
+    },
+    /// The policy refused something (bad name, broken file, uncompilable rules).
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// A cgroup operation failed.
+    #[error(transparent)]
+    Cage(#[from] CageError),
+    /// A map update failed.
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+    /// A non-root client asked to move a process it does not own.
+    #[error("permission denied: process {pid} belongs to uid {owner}, not to the caller (uid {caller})")]
+    NotYours {
+        /// The process.
+        pid: u32,
+        /// Its owner.
+        owner: u32,
+        /// The caller.
+        caller: u32,
+    },
+    /// The process does not exist.
+    #[error("no process {0}")]
+    NoProcess(u32),
+    /// Watching a cage for emptiness failed.
+    #[error("watching {path}: {source}")]
+    Watch {
+        /// The file watched.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// One agent's cage.
+struct Cage {
+    identity: AgentIdentity,
+    agent_id: u32,
+    dir: CgroupDir,
+    cgroup_id: u64,
+    slot: SlotEntries,
+    /// Open client connections that need the cage to exist (e.g. `run` before its child joins).
+    holds: usize,
+    watch: WatchDescriptor,
+}
+
+/// Everything the daemon manages.
+pub struct State {
+    policy: Arc<Policy>,
+    policy_path: PathBuf,
+    maps: EgressMaps,
+    root: CageRoot,
+    cages: BTreeMap<String, Cage>,
+    agent_ids: HashMap<String, u32>,
+    names: HashMap<u32, String>,
+    next_slot: u32,
+    inotify: Arc<Inotify>,
+    watches: HashMap<WatchDescriptor, String>,
+    /// CLOCK_REALTIME minus CLOCK_BOOTTIME, to put wall-clock times on kernel timestamps.
+    boot_to_wall_ns: i128,
+}
+
+impl State {
+    /// A state with no cages yet.
+    pub fn new(
+        policy: Policy,
+        policy_path: PathBuf,
+        maps: EgressMaps,
+        root: CageRoot,
+        inotify: Arc<Inotify>,
+    ) -> Self {
+        Self {
+            policy: Arc::new(policy),
+            policy_path,
+            maps,
+            root,
+            cages: BTreeMap::new(),
+            agent_ids: HashMap::new(),
+            names: HashMap::new(),
+            next_slot: 1,
+            inotify,
+            watches: HashMap::new(),
+            boot_to_wall_ns: boot_to_wall_ns(),
+        }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+
+    fn agent_id(&mut self, agent: &str) -> u32 {
+        if let Some(id) = self.agent_ids.get(agent) {
+            return *id;
+        }
+        // Ids start at 1: 0 means "no agent" on events.
+        let id = self.agent_ids.len() as u32 + 1;
+        self.agent_ids.insert(agent.to_owned(), id);
+        self.names.insert(id, agent.to_owned());
+        id
+    }
+
+    fn take_slot(&mut self) -> u32 {
+        let slot = self.next_slot;
+        self.next_slot = self.next_slot.wrapping_add(1).max(1);
+        slot
+    }
+
+    /// What `agent` gets under `policy`: its rules and its cage flags. An agent the policy
+    /// does not know gets nothing (deny all) when `strict` is false, an error when true.
+    fn compile_for(policy: &Policy, agent: &str, strict: bool) -> Result<(CompiledEgress, u32, u32), StateError> {
+        match policy.agent(agent) {
+            Some(p) => {
+                let compiled = compile_egress(agent, &p.egress)?;
+                let flags = if p.egress.raw_sockets { CAGE_F_ALLOW_RAW } else { 0 };
+                Ok((compiled, flags, p.egress.allow_events.sample_rate()))
+            }
+            None if strict => Err(StateError::UnknownAgent {
+                agent: agent.to_owned(),
+                policy: policy.source().to_owned(),
+            }),
+            None => Ok((CompiledEgress { v4: Vec::new(), v6: Vec::new() }, 0, 1)),
+        }
+    }
+
+    /// Installs the kernel state for a cage directory; `strict` refuses agents the policy
+    /// does not name (new cages), otherwise they are caged with nothing allowed (cages found
+    /// from an earlier daemon, whose processes must never run unrestricted).
+    fn install(&mut self, agent: &str, dir: CgroupDir, strict: bool) -> Result<(), StateError> {
+        let (compiled, flags, allow_sample) = Self::compile_for(&self.policy, agent, strict)?;
+        let cgroup_id = dir.id()?;
+        let agent_id = self.agent_id(agent);
+        let slot = self.take_slot();
+        let entries = self.maps.fill_slot(slot, &compiled)?;
+        let config = CageConfig { agent_id, policy_slot: slot, flags, allow_sample };
+        if let Err(e) = self.maps.set_cage(cgroup_id, config) {
+            self.maps.clear_slot(&entries);
+            return Err(e.into());
+        }
+        let events = dir.events_file();
+        let watch = self
+            .inotify
+            .add_watch(&events, AddWatchFlags::IN_MODIFY)
+            .map_err(|source| StateError::Watch { path: events, source })?;
+        self.watches.insert(watch, agent.to_owned());
+        self.cages.insert(
+            agent.to_owned(),
+            Cage {
+                identity: AgentIdentity::for_agent(agent),
+                agent_id,
+                dir,
+                cgroup_id,
+                slot: entries,
+                holds: 0,
+                watch,
+            },
+        );
+        Ok(())
+    }
+
+    /// Takes over cages left by an earlier daemon (their processes were kept enforced by
+    /// pinned programs); returns their names.
+    pub fn adopt_existing(&mut self) -> Result<Vec<String>, StateError> {
+        let mut found = Vec::new();
+        for (name, dir) in self.root.existing_cages()? {
+            if self.policy.agent(&name).is_none() {
+                warn!(agent = %name, "cage left by an earlier daemon has no policy entry: nothing is allowed to it");
+            }
+            self.install(&name, dir, false)?;
+            found.push(name);
+        }
+        Ok(found)
+    }
+
+    /// The cage of `agent`, created (and enforced) if it does not exist yet.
+    fn ensure_cage(&mut self, agent: &str) -> Result<&Cage, StateError> {
+        validate_agent_name(agent)?;
+        if !self.cages.contains_key(agent) {
+            // Check the policy before touching the file system.
+            Self::compile_for(&self.policy, agent, true)?;
+            let dir = self.root.ensure_cage(agent)?;
+            if let Err(e) = self.install(agent, dir.clone(), true) {
+                let _ = dir.remove();
+                return Err(e);
+            }
+            info!(agent, identity = %AgentIdentity::for_agent(agent), policy_hash = self.policy.hash(), "cage created");
+        }
+        self.cages.get(agent).ok_or_else(|| StateError::UnknownAgent {
+            agent: agent.to_owned(),
+            policy: self.policy.source().to_owned(),
+        })
+    }
+
+    /// Creates the cage if needed and holds it until [`Self::release`].
+    pub fn hold(&mut self, agent: &str) -> Result<(String, String), StateError> {
+        self.ensure_cage(agent)?;
+        let hash = self.policy.hash().to_owned();
+        let cage = self.cages.get_mut(agent).ok_or_else(|| StateError::NoProcess(0))?;
+        cage.holds += 1;
+        Ok((cage.dir.path().display().to_string(), hash))
+    }
+
+    /// Drops one hold; removes the cage if nothing holds it and it is empty.
+    pub fn release(&mut self, agent: &str) {
+        if let Some(cage) = self.cages.get_mut(agent) {
+            cage.holds = cage.holds.saturating_sub(1);
+        }
+        self.remove_if_idle(agent);
+    }
+
+    /// Moves process `pid` into the agent's cage. `caller_uid` is the client's; a non-root
+    /// client may only move its own processes.
+    pub fn move_into(&mut self, agent: &str, pid: u32, caller_uid: u32) -> Result<String, StateError> {
+        let owner = fs::metadata(format!("/proc/{pid}"))
+            .map_err(|_| StateError::NoProcess(pid))?
+            .uid();
+        if caller_uid != 0 && owner != caller_uid {
+            return Err(StateError::NotYours { pid, owner, caller: caller_uid });
+        }
+        let cage = self.ensure_cage(agent)?;
+        cage.dir.add_process(pid)?;
+        let path = cage.dir.path().display().to_string();
+        info!(agent, pid, cgroup = %path, "process caged");
+        Ok(path)
+    }
+
+    /// A cage's cgroup.events changed: remove the cage if it emptied and nothing holds it.
+    pub fn on_watch(&mut self, watch: WatchDescriptor) {
+        if let Some(agent) = self.watches.get(&watch).cloned() {
+            self.remove_if_idle(&agent);
+        }
+    }
+
+    fn remove_if_idle(&mut self, agent: &str) {
+        let Some(cage) = self.cages.get(agent) else { return };
+        if cage.holds > 0 || cage.dir.populated().unwrap_or(true) {
+            return;
+        }
+        // rmdir first: it fails if a process slipped in, and then the cage stays enforced.
+        if let Err(e) = cage.dir.remove() {
+            warn!(agent, error = %e, "cage not removed");
+            return;
+        }
+        if let Some(cage) = self.cages.remove(agent) {
+            let _ = self.inotify.rm_watch(cage.watch);
+            self.watches.remove(&cage.watch);
+            self.maps.remove_cage(cage.cgroup_id);
+            self.maps.clear_slot(&cage.slot);
+            info!(agent, "cage removed: its last process exited");
+        }
+    }
+
+    /// Reads the policy file again and swaps it in for every cage. A policy that fails to
+    /// parse, validate or compile is refused and the old one stays in force.
+    pub fn reload(&mut self) -> Result<Arc<Policy>, StateError> {
+        let policy = Policy::load(&self.policy_path)?;
+        self.apply(policy)
+    }
+
+    /// Swaps `policy` in: compile everything first, fill fresh slots, then switch each cage
+    /// with one map update, then free the old slots.
+    pub fn apply(&mut self, policy: Policy) -> Result<Arc<Policy>, StateError> {
+        let mut compiled = Vec::with_capacity(self.cages.len());
+        for agent in self.cages.keys() {
+            compiled.push((agent.clone(), Self::compile_for(&policy, agent, false)?));
+        }
+        let mut filled: Vec<(String, SlotEntries, CageConfig)> = Vec::new();
+        for (agent, (rules, flags, allow_sample)) in compiled {
+            let slot = self.take_slot();
+            match self.maps.fill_slot(slot, &rules) {
+                Ok(entries) => {
+                    let agent_id = self.cages[&agent].agent_id;
+                    let config = CageConfig { agent_id, policy_slot: slot, flags, allow_sample };
+                    filled.push((agent, entries, config));
+                }
+                Err(e) => {
+                    for (_, entries, _) in &filled {
+                        self.maps.clear_slot(entries);
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        for (agent, entries, config) in filled {
+            let Some(cage) = self.cages.get_mut(&agent) else { continue };
+            if let Err(e) = self.maps.set_cage(cage.cgroup_id, config) {
+                warn!(agent, error = %e, "cage kept its previous policy");
+                self.maps.clear_slot(&entries);
+                continue;
+            }
+            let old = std::mem::replace(&mut cage.slot, entries);
+            self.maps.clear_slot(&old);
+        }
+        self.policy = Arc::new(policy);
+        info!(source = self.policy.source(), policy_hash = self.policy.hash(), "policy in force");
+        Ok(Arc::clone(&self.policy))
+    }
+
+    /// Agents, cages and counters.
+    pub fn status(&self) -> StatusReport {
+        let agents = self
+            .cages
+            .iter()
+            .map(|(name, cage)| {
+                let stats = self.maps.stats(cage.cgroup_id);
+                AgentStatus {
+                    name: name.clone(),
+                    identity: cage.identity.to_string(),
+                    cgroup: cage.dir.path().display().to_string(),
+                    cgroup_id: cage.cgroup_id,
+                    pids: cage.dir.procs().unwrap_or_default(),
+                    allowed: stats.allowed,
+                    denied: stats.denied,
+                    lost: stats.lost,
+                }
+            })
+            .collect();
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            policy_source: self.policy.source().to_owned(),
+            policy_hash: self.policy.hash().to_owned(),
+            cgroup_root: self.root.dir().path().display().to_string(),
+            global_lost: self.maps.global_lost(),
+            agents,
+        }
+    }
+
+    /// Turns a kernel record into an event with the agent's identity and the rule's text.
+    pub fn enrich(&self, raw: &RawEvent) -> Event {
+        let RawEvent::Egress(e) = raw;
+        let agent = self.names.get(&e.header.agent_id);
+        let rule_text = agent
+            .and_then(|a| self.policy.agent(a))
+            .and_then(|p| p.egress.allow.get(e.rule_id as usize))
+            .map(|r| r.describe());
+        let rule = match e.rule_id {
+            RULE_DEFAULT_DENY => "default-deny".to_owned(),
+            RULE_SOCKET_KIND => "socket-kind".to_owned(),
+            RULE_SOCKET_ALLOWED => "raw-sockets-allowed".to_owned(),
+            RULE_NO_CAGE => "no-cage".to_owned(),
+            n => format!("egress.allow[{n}]"),
+        };
+        let hook = Hook::from_u8(e.hook);
+        let dst_addr = match (hook, e.family) {
+            (Some(Hook::SockCreate), _) => None,
+            (_, 2) => Some(std::net::IpAddr::from([e.addr[0], e.addr[1], e.addr[2], e.addr[3]])),
+            (_, _) => Some(std::net::IpAddr::from(e.addr)),
+        };
+        let time = i128::from(e.header.ts_ns) + self.boot_to_wall_ns;
+        Event {
+            time_unix_nano: u64::try_from(time).unwrap_or(0),
+            agent: agent.map(|a| AgentIdentity::for_agent(a).to_string()),
+            pid: e.header.pid,
+            tgid: e.header.tgid,
+            comm: comm_str(&e.header.comm),
+            cgroup_id: e.header.cgroup_id,
+            policy_hash: self.policy.hash().to_owned(),
+            detail: EventDetail::Egress(EgressDetail {
+                hook: hook.map_or_else(|| e.hook.to_string(), |h| h.name().to_owned()),
+                family: match e.family {
+                    2 => "ipv4".to_owned(),
+                    10 => "ipv6".to_owned(),
+                    f => f.to_string(),
+                },
+                protocol: match e.protocol {
+                    6 => "tcp".to_owned(),
+                    17 => "udp".to_owned(),
+                    p => p.to_string(),
+                },
+                sock_type: match e.sock_type {
+                    1 => "stream".to_owned(),
+                    2 => "dgram".to_owned(),
+                    3 => "raw".to_owned(),
+                    t => t.to_string(),
+                },
+                dst_addr,
+                dst_port: e.port,
+                verdict: match Verdict::from_u8(e.verdict) {
+                    Some(Verdict::Allow) => "allow".to_owned(),
+                    Some(Verdict::Deny) => "deny".to_owned(),
+                    None => e.verdict.to_string(),
+                },
+                rule,
+                rule_text,
+            }),
+        }
+    }
+
+    /// Removes every empty cage; returns the names of cages that still hold processes.
+    pub fn shutdown(&mut self) -> Vec<String> {
+        let agents: Vec<String> = self.cages.keys().cloned().collect();
+        for agent in &agents {
+            if let Some(cage) = self.cages.get_mut(agent) {
+                cage.holds = 0;
+            }
+            self.remove_if_idle(agent);
+        }
+        self.cages.keys().cloned().collect()
+    }
+}
+
+fn comm_str(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+fn boot_to_wall_ns() -> i128 {
+    use nix::time::{clock_gettime, ClockId};
+    let ns = |c| {
+        clock_gettime(c)
+            .map(|t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()))
+            .unwrap_or(0)
+    };
+    ns(ClockId::CLOCK_REALTIME) - ns(ClockId::CLOCK_BOOTTIME)
+}

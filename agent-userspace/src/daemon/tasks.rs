@@ -1,0 +1,119 @@
+//! The daemon's long-running tasks: ring-buffer reader, cage watcher, kernel-log forwarder,
+//! and the accept loop.
+
+use std::{
+    os::fd::{AsRawFd, RawFd},
+    sync::Arc,
+};
+
+use aya::maps::{MapData, RingBuf};
+use nix::{errno::Errno, sys::inotify::Inotify};
+use tokio::{io::unix::AsyncFd, net::UnixListener};
+use tracing::{error, warn};
+
+use super::server::{self, Shared};
+use crate::events::decode;
+
+/// Registers a descriptor-owning value with tokio's reactor.
+fn register<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
+    // SAFETY: each T here owns its descriptor (ring buffer map, inotify instance, log ring) and
+    // keeps it open for as long as the AsyncFd holds T.
+    unsafe { AsyncFd::register(inner) }.map_err(|e| e.into_parts().1)
+}
+
+/// Reads kernel events, enriches them and publishes them on the bus.
+pub async fn read_events(shared: Arc<Shared>, ring: RingBuf<MapData>) {
+    let mut fd = match register(ring) {
+        Ok(fd) => fd,
+        Err(e) => {
+            error!(error = %e, "cannot poll the event ring buffer: no events will be reported");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                error!(error = %e, "event ring buffer poll failed");
+                return;
+            }
+        };
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            match decode(&item) {
+                Ok(raw) => {
+                    drop(item);
+                    let event = shared.state().enrich(&raw);
+                    shared.bus.publish(event);
+                }
+                Err(e) => warn!(error = %e, "undecodable event record skipped"),
+            }
+        }
+        guard.clear_ready();
+    }
+}
+
+/// Lets tokio poll the inotify instance the state adds watches to.
+struct InotifyFd(Arc<Inotify>);
+
+impl AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> RawFd {
+        use std::os::fd::AsFd as _;
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+/// Removes cages whose last process exited (cgroup.events changes).
+pub async fn watch_cages(shared: Arc<Shared>, inotify: Arc<Inotify>) {
+    let fd = match register(InotifyFd(Arc::clone(&inotify))) {
+        Ok(fd) => fd,
+        Err(e) => {
+            error!(error = %e, "cannot poll inotify: empty cages will not be removed");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match fd.readable().await {
+            Ok(g) => g,
+            Err(e) => {
+                error!(error = %e, "inotify poll failed");
+                return;
+            }
+        };
+        match inotify.read_events() {
+            Ok(events) => {
+                let mut state = shared.state();
+                for event in events {
+                    state.on_watch(event.wd);
+                }
+            }
+            Err(Errno::EAGAIN) => guard.clear_ready(),
+            Err(e) => {
+                error!(error = %e, "reading inotify failed");
+                return;
+            }
+        }
+    }
+}
+
+/// Forwards aya-log records from the programs to the daemon's log.
+pub async fn forward_kernel_log(log: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    let Ok(mut fd) = register(log) else { return };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else { return };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}
+
+/// Accepts control connections, one task each.
+pub async fn accept(shared: Arc<Shared>, listener: UnixListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(server::serve(Arc::clone(&shared), stream));
+            }
+            Err(e) => warn!(error = %e, "accept failed"),
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! `agentcage doctor`: what this kernel offers, probed rather than assumed.
+
+use std::{fmt, fs, path::Path};
+
+use aya::{
+    maps::MapType,
+    programs::{LsmAttachType, ProgramType},
+    sys::{is_map_supported, is_program_supported},
+};
+use serde::Serialize;
+
+use crate::cage::find_cgroup2_mount;
+
+/// One probed capability.
+#[derive(Clone, Debug, Serialize)]
+pub struct Probe {
+    /// What was probed.
+    pub name: &'static str,
+    /// What agentcage uses it for.
+    pub used_for: &'static str,
+    /// Whether the kernel loads it (None: the probe itself failed).
+    pub supported: Option<bool>,
+    /// Why the probe failed, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Everything `doctor` found.
+#[derive(Clone, Debug, Serialize)]
+pub struct DoctorReport {
+    /// `uname -r`.
+    pub kernel: String,
+    /// Where cgroup v2 is mounted, if it is.
+    pub cgroup2_mount: Option<String>,
+    /// cgroup.freeze and cgroup.kill exist (pause and kill of a whole cage).
+    pub cgroup_freeze_kill: bool,
+    /// Whether bpffs is mounted at /sys/fs/bpf (the daemon mounts it if not).
+    pub bpffs_mounted: bool,
+    /// The active LSMs from /sys/kernel/security/lsm, if securityfs is mounted.
+    pub active_lsms: Option<Vec<String>>,
+    /// Whether `bpf` is among the active LSMs (a loaded LSM program enforces only then).
+    pub bpf_lsm_active: Option<bool>,
+    /// Program and map types, probed by loading them.
+    pub probes: Vec<Probe>,
+}
+
+impl DoctorReport {
+    /// Whether egress enforcement (cgroup hooks, trie, ring buffer) can run here.
+    pub fn egress_ready(&self) -> bool {
+        self.cgroup2_mount.is_some()
+            && self
+                .probes
+                .iter()
+                .filter(|p| p.used_for.starts_with("egress"))
+                .all(|p| p.supported == Some(true))
+    }
+}
+
+fn program(name: &'static str, used_for: &'static str, t: ProgramType) -> Probe {
+    let (supported, error) = match is_program_supported(t) {
+        Ok(s) => (Some(s), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    Probe { name, used_for, supported, error }
+}
+
+fn map(name: &'static str, used_for: &'static str, t: MapType) -> Probe {
+    let (supported, error) = match is_map_supported(t) {
+        Ok(s) => (Some(s), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    Probe { name, used_for, supported, error }
+}
+
+/// Probes the running kernel.
+pub fn probe() -> DoctorReport {
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    let cgroup2 = find_cgroup2_mount().ok();
+    let cgroup_freeze_kill = cgroup2.as_ref().is_some_and(|m| {
+        // The root cgroup has neither file; look at any child cgroup.
+        fs::read_dir(m).ok().into_iter().flatten().flatten().any(|e| {
+            e.path().join("cgroup.freeze").exists() && e.path().join("cgroup.kill").exists()
+        })
+    });
+    let bpffs_mounted = fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| m.lines().any(|l| l.contains(" /sys/fs/bpf ") && l.contains(" - bpf ")))
+        .unwrap_or(false);
+    let active_lsms = fs::read_to_string(Path::new("/sys/kernel/security/lsm"))
+        .ok()
+        .map(|s| s.trim().split(',').map(str::to_owned).collect::<Vec<_>>());
+    let bpf_lsm_active = active_lsms.as_ref().map(|l| l.iter().any(|x| x == "bpf"));
+    let probes = vec![
+        program("cgroup_sock_addr", "egress: connect4/6, sendmsg4/6", ProgramType::CgroupSockAddr),
+        program("cgroup_sock", "egress: sock_create (raw/packet sockets)", ProgramType::CgroupSock),
+        map("lpm_trie", "egress: allow-list matching", MapType::LpmTrie),
+        map("ringbuf", "egress: events to user space", MapType::RingBuf),
+        map("percpu_hash", "egress: per-cage counters", MapType::PerCpuHash),
+        program("cgroup_skb", "future: packet accounting", ProgramType::CgroupSkb),
+        program("raw_tracepoint", "capture: kill tier", ProgramType::RawTracePoint),
+        program("tracepoint", "capture: process events", ProgramType::TracePoint),
+        program("tracing (tp_btf/fentry)", "capture: process events", ProgramType::Tracing),
+        program("lsm", "deny tier: exec/file enforcement", ProgramType::Lsm(LsmAttachType::Mac)),
+    ];
+    DoctorReport {
+        kernel,
+        cgroup2_mount: cgroup2.map(|p| p.display().to_string()),
+        cgroup_freeze_kill,
+        bpffs_mounted,
+        active_lsms,
+        bpf_lsm_active,
+        probes,
+    }
+}
+
+impl fmt::Display for DoctorReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let yes_no = |b: bool| if b { "yes" } else { "no" };
+        writeln!(f, "kernel            {}", self.kernel)?;
+        writeln!(f, "cgroup v2         {}", self.cgroup2_mount.as_deref().unwrap_or("NOT MOUNTED"))?;
+        writeln!(f, "freeze/kill       {}", yes_no(self.cgroup_freeze_kill))?;
+        writeln!(f, "bpffs             {}", if self.bpffs_mounted { "mounted" } else { "not mounted (agentcaged mounts it)" })?;
+        match (&self.active_lsms, self.bpf_lsm_active) {
+            (Some(l), Some(active)) => writeln!(f, "LSMs              {} (bpf LSM {})", l.join(","), if active { "active" } else { "NOT active" })?,
+            _ => writeln!(f, "LSMs              unknown (securityfs not mounted)")?,
+        }
+        writeln!(f, "probes (loaded into this kernel):")?;
+        for p in &self.probes {
+            let state = match (p.supported, &p.error) {
+                (Some(true), _) => "ok".to_owned(),
+                (Some(false), _) => "refused".to_owned(),
+                (None, Some(e)) => format!("probe failed: {e}"),
+                (None, None) => "unknown".to_owned(),
+            };
+            writeln!(f, "  {:<26} {:<10} {}", p.name, state, p.used_for)?;
+        }
+        writeln!(f, "egress enforcement {}", if self.egress_ready() { "ready" } else { "NOT POSSIBLE on this kernel" })
+    }
+}

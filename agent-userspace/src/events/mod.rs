@@ -1,0 +1,68 @@
+//! Events: decoded from the kernel's ring buffer, enriched with the agent's identity and the
+//! policy in force, and fanned out on a bus to independent consumers.
+
+mod bus;
+mod decode;
+
+pub use bus::EventBus;
+pub use decode::{decode, DecodeError, RawEvent};
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// One event as consumers see it (and as `agentcage events` prints it, one JSON line each).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    /// Wall-clock time of the kernel's timestamp, nanoseconds since the Unix epoch.
+    pub time_unix_nano: u64,
+    /// The agent's identity (`agent:NAME`), or null when the caller was in no known cage.
+    pub agent: Option<String>,
+    /// Thread id.
+    pub pid: u32,
+    /// Process id.
+    pub tgid: u32,
+    /// The task's command name.
+    pub comm: String,
+    /// cgroup id of the caller.
+    pub cgroup_id: u64,
+    /// SHA-256 of the policy in force.
+    pub policy_hash: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub detail: EventDetail,
+}
+
+/// The family-specific part of an event.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventDetail {
+    /// An egress decision.
+    Egress(EgressDetail),
+}
+
+/// An egress decision.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EgressDetail {
+    /// The hook that decided (`connect4`, `sendmsg6`, `sock_create`, ...).
+    pub hook: String,
+    /// `ipv4` or `ipv6` (the family judged: IPv4-mapped IPv6 is `ipv4`), or the socket family
+    /// number for sock_create of other families.
+    pub family: String,
+    /// `tcp`, `udp`, or the protocol number.
+    pub protocol: String,
+    /// `stream`, `dgram`, `raw`, or the type number.
+    pub sock_type: String,
+    /// Destination address (none for sock_create).
+    pub dst_addr: Option<IpAddr>,
+    /// Destination port (0 for sock_create).
+    pub dst_port: u16,
+    /// `allow` or `deny`.
+    pub verdict: String,
+    /// The rule that decided: `egress.allow[N]`, `default-deny`, `socket-kind`,
+    /// `raw-sockets-allowed` or `no-cage`.
+    pub rule: String,
+    /// The rule's text, for allow-list rules.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rule_text: Option<String>,
+}

@@ -1,0 +1,22 @@
+//! agentcage: kernel-enforced containment for AI agents.
+//!
+//! The library behind the `agentcaged` daemon and the `agentcage` CLI, one module per
+//! capability:
+//! - [`cage`]: cgroup v2 discovery and the agents' cages;
+//! - [`bpf`]: loading, attaching and pinning the eBPF programs, and their maps;
+//! - [`policy`]: the policy files (schema, parsing with locations, compiling to maps, hashing);
+//! - [`events`]: decoding kernel events and the event bus;
+//! - [`control`]: the control socket's protocol, server (peer checks) and client;
+//! - [`daemon`]: the daemon's state and main loop;
+//! - [`cli`]: the command line;
+//! - [`doctor`]: what this kernel can do, probed.
+
+pub mod bpf;
+pub mod cage;
+pub mod cli;
+pub mod control;
+pub mod daemon;
+pub mod doctor;
+pub mod events;
+pub mod identity;
+pub mod policy;
