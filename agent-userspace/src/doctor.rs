@@ -61,7 +61,12 @@ fn program(name: &'static str, used_for: &'static str, t: ProgramType) -> Probe 
         Ok(s) => (Some(s), None),
         Err(e) => (None, Some(e.to_string())),
     };
-    Probe { name, used_for, supported, error }
+    Probe {
+        name,
+        used_for,
+        supported,
+        error,
+    }
 }
 
 fn map(name: &'static str, used_for: &'static str, t: MapType) -> Probe {
@@ -69,7 +74,12 @@ fn map(name: &'static str, used_for: &'static str, t: MapType) -> Probe {
         Ok(s) => (Some(s), None),
         Err(e) => (None, Some(e.to_string())),
     };
-    Probe { name, used_for, supported, error }
+    Probe {
+        name,
+        used_for,
+        supported,
+        error,
+    }
 }
 
 /// Probes the running kernel.
@@ -80,28 +90,68 @@ pub fn probe() -> DoctorReport {
     let cgroup2 = find_cgroup2_mount().ok();
     let cgroup_freeze_kill = cgroup2.as_ref().is_some_and(|m| {
         // The root cgroup has neither file; look at any child cgroup.
-        fs::read_dir(m).ok().into_iter().flatten().flatten().any(|e| {
-            e.path().join("cgroup.freeze").exists() && e.path().join("cgroup.kill").exists()
-        })
+        fs::read_dir(m)
+            .ok()
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                e.path().join("cgroup.freeze").exists() && e.path().join("cgroup.kill").exists()
+            })
     });
     let bpffs_mounted = fs::read_to_string("/proc/self/mountinfo")
-        .map(|m| m.lines().any(|l| l.contains(" /sys/fs/bpf ") && l.contains(" - bpf ")))
+        .map(|m| {
+            m.lines()
+                .any(|l| l.contains(" /sys/fs/bpf ") && l.contains(" - bpf "))
+        })
         .unwrap_or(false);
     let active_lsms = fs::read_to_string(Path::new("/sys/kernel/security/lsm"))
         .ok()
         .map(|s| s.trim().split(',').map(str::to_owned).collect::<Vec<_>>());
     let bpf_lsm_active = active_lsms.as_ref().map(|l| l.iter().any(|x| x == "bpf"));
     let probes = vec![
-        program("cgroup_sock_addr", "egress: connect4/6, sendmsg4/6", ProgramType::CgroupSockAddr),
-        program("cgroup_sock", "egress: sock_create (raw/packet sockets)", ProgramType::CgroupSock),
+        program(
+            "cgroup_sock_addr",
+            "egress: connect4/6, sendmsg4/6",
+            ProgramType::CgroupSockAddr,
+        ),
+        program(
+            "cgroup_sock",
+            "egress: sock_create (raw/packet sockets)",
+            ProgramType::CgroupSock,
+        ),
         map("lpm_trie", "egress: allow-list matching", MapType::LpmTrie),
         map("ringbuf", "egress: events to user space", MapType::RingBuf),
-        map("percpu_hash", "egress: per-cage counters", MapType::PerCpuHash),
-        program("cgroup_skb", "future: packet accounting", ProgramType::CgroupSkb),
-        program("raw_tracepoint", "capture: kill tier", ProgramType::RawTracePoint),
-        program("tracepoint", "capture: process events", ProgramType::TracePoint),
-        program("tracing (tp_btf/fentry)", "capture: process events", ProgramType::Tracing),
-        program("lsm", "deny tier: exec/file enforcement", ProgramType::Lsm(LsmAttachType::Mac)),
+        map(
+            "percpu_hash",
+            "egress: per-cage counters",
+            MapType::PerCpuHash,
+        ),
+        program(
+            "cgroup_skb",
+            "future: packet accounting",
+            ProgramType::CgroupSkb,
+        ),
+        program(
+            "raw_tracepoint",
+            "capture: kill tier",
+            ProgramType::RawTracePoint,
+        ),
+        program(
+            "tracepoint",
+            "capture: process events",
+            ProgramType::TracePoint,
+        ),
+        program(
+            "tracing (tp_btf/fentry)",
+            "capture: process events",
+            ProgramType::Tracing,
+        ),
+        program(
+            "lsm",
+            "deny tier: exec/file enforcement",
+            ProgramType::Lsm(LsmAttachType::Mac),
+        ),
     ];
     DoctorReport {
         kernel,
@@ -118,11 +168,28 @@ impl fmt::Display for DoctorReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let yes_no = |b: bool| if b { "yes" } else { "no" };
         writeln!(f, "kernel            {}", self.kernel)?;
-        writeln!(f, "cgroup v2         {}", self.cgroup2_mount.as_deref().unwrap_or("NOT MOUNTED"))?;
+        writeln!(
+            f,
+            "cgroup v2         {}",
+            self.cgroup2_mount.as_deref().unwrap_or("NOT MOUNTED")
+        )?;
         writeln!(f, "freeze/kill       {}", yes_no(self.cgroup_freeze_kill))?;
-        writeln!(f, "bpffs             {}", if self.bpffs_mounted { "mounted" } else { "not mounted (agentcaged mounts it)" })?;
+        writeln!(
+            f,
+            "bpffs             {}",
+            if self.bpffs_mounted {
+                "mounted"
+            } else {
+                "not mounted (agentcaged mounts it)"
+            }
+        )?;
         match (&self.active_lsms, self.bpf_lsm_active) {
-            (Some(l), Some(active)) => writeln!(f, "LSMs              {} (bpf LSM {})", l.join(","), if active { "active" } else { "NOT active" })?,
+            (Some(l), Some(active)) => writeln!(
+                f,
+                "LSMs              {} (bpf LSM {})",
+                l.join(","),
+                if active { "active" } else { "NOT active" }
+            )?,
             _ => writeln!(f, "LSMs              unknown (securityfs not mounted)")?,
         }
         writeln!(f, "probes (loaded into this kernel):")?;
@@ -135,6 +202,14 @@ impl fmt::Display for DoctorReport {
             };
             writeln!(f, "  {:<26} {:<10} {}", p.name, state, p.used_for)?;
         }
-        writeln!(f, "egress enforcement {}", if self.egress_ready() { "ready" } else { "NOT POSSIBLE on this kernel" })
+        writeln!(
+            f,
+            "egress enforcement {}",
+            if self.egress_ready() {
+                "ready"
+            } else {
+                "NOT POSSIBLE on this kernel"
+            }
+        )
     }
 }

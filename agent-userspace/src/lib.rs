@@ -9,7 +9,8 @@
 //! - [`control`]: the control socket's protocol, server (peer checks) and client;
 //! - [`daemon`]: the daemon's state and main loop;
 //! - [`cli`]: the command line;
-//! - [`doctor`]: what this kernel can do, probed.
+//! - [`doctor`]: what this kernel can do, probed;
+//! - [`errors`]: rendering error chains for people.
 
 pub mod bpf;
 pub mod cage;
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod control;
 pub mod daemon;
 pub mod doctor;
+pub mod errors;
 pub mod events;
 pub mod identity;
 pub mod policy;

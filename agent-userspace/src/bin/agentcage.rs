@@ -1,6 +1,9 @@
 //! The agentcage command line.
 
-use agentcage::cli::{dispatch, Cli};
+use agentcage::{
+    cli::{dispatch, Cli},
+    errors::render,
+};
 use clap::Parser as _;
 
 fn main() {
@@ -8,7 +11,7 @@ fn main() {
     match dispatch(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("agentcage: {e:#}");
+            eprintln!("agentcage: {}", render(e.as_ref()));
             std::process::exit(2);
         }
     }

@@ -5,10 +5,20 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    if let Err(e) = run() {
+        tracing::error!("{}", agentcage::errors::render(e.as_ref()));
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let config = DaemonConfig::parse();
-    let filter = EnvFilter::try_from_env("AGENTCAGE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_env("AGENTCAGE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -18,5 +28,6 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(daemon::run(config)).context("agentcaged")
+    runtime.block_on(daemon::run(config))?;
+    Ok(())
 }

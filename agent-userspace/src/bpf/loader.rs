@@ -86,12 +86,15 @@ impl AttachedPrograms {
         })?;
         let mut links = Vec::with_capacity(PROGRAMS.len());
         for (name, kind) in PROGRAMS {
-            let program = ebpf.program_mut(name).ok_or(BpfError::MissingProgram(name))?;
+            let program = ebpf
+                .program_mut(name)
+                .ok_or(BpfError::MissingProgram(name))?;
             let wrap = |source| BpfError::Program { name, source };
             let link = match kind {
                 ProgramKind::SockAddr => {
-                    let p: &mut CgroupSockAddr =
-                        program.try_into().map_err(|_| BpfError::MissingProgram(name))?;
+                    let p: &mut CgroupSockAddr = program
+                        .try_into()
+                        .map_err(|_| BpfError::MissingProgram(name))?;
                     p.load().map_err(wrap)?;
                     let id = p
                         .attach(&cgroup_file, CgroupAttachMode::Single)
@@ -99,8 +102,9 @@ impl AttachedPrograms {
                     FdLink::try_from(p.take_link(id).map_err(wrap)?)
                 }
                 ProgramKind::Sock => {
-                    let p: &mut CgroupSock =
-                        program.try_into().map_err(|_| BpfError::MissingProgram(name))?;
+                    let p: &mut CgroupSock = program
+                        .try_into()
+                        .map_err(|_| BpfError::MissingProgram(name))?;
                     p.load().map_err(wrap)?;
                     let id = p
                         .attach(&cgroup_file, CgroupAttachMode::Single)

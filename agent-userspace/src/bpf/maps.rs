@@ -80,7 +80,11 @@ impl EgressMaps {
     }
 
     /// Writes a compiled policy into `slot`. On failure, whatever was written is removed.
-    pub fn fill_slot(&mut self, slot: u32, compiled: &CompiledEgress) -> Result<SlotEntries, BpfError> {
+    pub fn fill_slot(
+        &mut self,
+        slot: u32,
+        compiled: &CompiledEgress,
+    ) -> Result<SlotEntries, BpfError> {
         let mut entries = SlotEntries {
             slot,
             ..Default::default()
@@ -93,17 +97,33 @@ impl EgressMaps {
         Ok(entries)
     }
 
-    fn fill_into(&mut self, entries: &mut SlotEntries, compiled: &CompiledEgress) -> Result<(), BpfError> {
+    fn fill_into(
+        &mut self,
+        entries: &mut SlotEntries,
+        compiled: &CompiledEgress,
+    ) -> Result<(), BpfError> {
         let slot_be = entries.slot.to_be_bytes();
         for (addr, prefix, rules) in &compiled.v4 {
-            let key = Key::new(SLOT_BITS + prefix, Key4 { slot_be, addr: *addr });
+            let key = Key::new(
+                SLOT_BITS + prefix,
+                Key4 {
+                    slot_be,
+                    addr: *addr,
+                },
+            );
             self.v4
                 .insert(&key, rules, 0)
                 .map_err(|e| capacity(maps::EGRESS_V4, e))?;
             entries.v4.push(key);
         }
         for (addr, prefix, rules) in &compiled.v6 {
-            let key = Key::new(SLOT_BITS + prefix, Key6 { slot_be, addr: *addr });
+            let key = Key::new(
+                SLOT_BITS + prefix,
+                Key6 {
+                    slot_be,
+                    addr: *addr,
+                },
+            );
             self.v6
                 .insert(&key, rules, 0)
                 .map_err(|e| capacity(maps::EGRESS_V6, e))?;
@@ -126,10 +146,12 @@ impl EgressMaps {
     /// counters.
     pub fn set_cage(&mut self, cgroup_id: u64, config: CageConfig) -> Result<(), BpfError> {
         if self.stats.get(&cgroup_id, 0).is_err() {
-            let zeros = PerCpuValues::try_from(vec![CageStats::default(); self.cpus])
-                .map_err(|e| BpfError::Map {
-                    name: maps::CAGE_STATS,
-                    what: e.to_string(),
+            let zeros =
+                PerCpuValues::try_from(vec![CageStats::default(); self.cpus]).map_err(|e| {
+                    BpfError::Map {
+                        name: maps::CAGE_STATS,
+                        what: e.to_string(),
+                    }
                 })?;
             self.stats
                 .insert(cgroup_id, zeros, 0)
@@ -151,11 +173,13 @@ impl EgressMaps {
         self.stats
             .get(&cgroup_id, 0)
             .map(|per_cpu| {
-                per_cpu.iter().fold(CageStats::default(), |acc, s| CageStats {
-                    allowed: acc.allowed + s.allowed,
-                    denied: acc.denied + s.denied,
-                    lost: acc.lost + s.lost,
-                })
+                per_cpu
+                    .iter()
+                    .fold(CageStats::default(), |acc, s| CageStats {
+                        allowed: acc.allowed + s.allowed,
+                        denied: acc.denied + s.denied,
+                        lost: acc.lost + s.lost,
+                    })
             })
             .unwrap_or_default()
     }

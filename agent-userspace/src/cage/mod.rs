@@ -17,7 +17,9 @@ pub enum CageError {
     #[error("reading /proc/self/mountinfo: {0}")]
     MountInfo(#[source] io::Error),
     /// No cgroup2 file system is mounted.
-    #[error("no cgroup v2 file system is mounted (looked for fstype cgroup2 in /proc/self/mountinfo)")]
+    #[error(
+        "no cgroup v2 file system is mounted (looked for fstype cgroup2 in /proc/self/mountinfo)"
+    )]
     NoCgroup2,
     /// A cgroup file or directory operation failed.
     #[error("{op} {path}: {source}")]
@@ -41,7 +43,10 @@ pub enum CageError {
 }
 
 /// Shorthand for attaching the operation and path to an I/O error.
-pub(crate) fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CageError + 'a {
+pub(crate) fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> CageError + 'a {
     move |source| CageError::Io {
         op,
         path: path.to_path_buf(),

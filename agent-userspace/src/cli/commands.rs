@@ -55,7 +55,11 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                 file.display(),
                 policy.version,
                 policy.agents.len(),
-                if policy.default_agent.is_some() { " and a default_agent" } else { "" },
+                if policy.default_agent.is_some() {
+                    " and a default_agent"
+                } else {
+                    ""
+                },
                 policy.hash()
             );
             Ok(0)
@@ -63,7 +67,10 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Policy(PolicyCommand::Reload) => {
             let mut client = Client::connect(&cli.socket)?;
             match client.call(&Request::Reload)? {
-                Response::Reloaded { source, policy_hash } => {
+                Response::Reloaded {
+                    source,
+                    policy_hash,
+                } => {
                     println!("{source}: in force (sha256 {policy_hash})");
                     Ok(0)
                 }
@@ -77,7 +84,7 @@ fn events(cli: &Cli, follow: bool) -> Result<i32> {
     let mut client = Client::connect(&cli.socket)?;
     client.send(&Request::Events { follow })?;
     let stdout = std::io::stdout();
-    while let Some(response) = client.next()? {
+    while let Some(response) = client.read_response()? {
         let mut out = stdout.lock();
         match response {
             Response::Event { event } => {
@@ -98,10 +105,16 @@ fn events(cli: &Cli, follow: bool) -> Result<i32> {
 }
 
 fn print_status(report: &StatusReport) {
-    println!("policy   {} (sha256 {})", report.policy_source, report.policy_hash);
+    println!(
+        "policy   {} (sha256 {})",
+        report.policy_source, report.policy_hash
+    );
     println!("cgroups  {}", report.cgroup_root);
     if report.global_lost > 0 {
-        println!("lost     {} events from callers in no known cage", report.global_lost);
+        println!(
+            "lost     {} events from callers in no known cage",
+            report.global_lost
+        );
     }
     if report.agents.is_empty() {
         println!("no agents are running");

@@ -44,8 +44,14 @@ pub fn run(socket: &Path, args: &RunArgs) -> Result<i32> {
     // Prepare: the daemon checks the agent against the policy, creates the cage and holds it
     // while this connection stays open, so it cannot vanish before the child joins.
     let mut hold = Client::connect(socket)?;
-    let policy_hash = match hold.call(&Request::Prepare { agent: args.agent.clone() })? {
-        Response::Prepared { policy_hash, .. } => policy_hash,
+    let (policy_hash, raw_sockets) = match hold.call(&Request::Prepare {
+        agent: args.agent.clone(),
+    })? {
+        Response::Prepared {
+            policy_hash,
+            raw_sockets,
+            ..
+        } => (policy_hash, raw_sockets),
         other => bail!("unexpected response: {other:?}"),
     };
 
@@ -57,13 +63,19 @@ pub fn run(socket: &Path, args: &RunArgs) -> Result<i32> {
 
     let (program, rest) = args.command.split_first().context("no command given")?;
     let mut command = Command::new(program);
-    command.args(rest).env("AGENTCAGE_AGENT", &args.agent).env("AGENTCAGE_POLICY_HASH", &policy_hash);
+    command
+        .args(rest)
+        .env("AGENTCAGE_AGENT", &args.agent)
+        .env("AGENTCAGE_POLICY_HASH", &policy_hash);
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe calls (socket, connect, write, read, close, sigprocmask) on memory
     // prepared before the fork; it allocates nothing.
     unsafe {
         command.pre_exec(move || {
             join.send_from_child()?;
+            if !raw_sockets {
+                drop_net_raw()?;
+            }
             let set = forwarded_set();
             libc::pthread_sigmask(libc::SIG_UNBLOCK, set.as_ref(), std::ptr::null_mut());
             Ok(())
@@ -122,6 +134,64 @@ fn forward_signals(set: SigSet, child: Pid) {
     }
 }
 
+/// Takes CAP_NET_RAW away for good: packet (AF_PACKET) sockets are invisible to the cgroup
+/// socket hooks, so without the capability is how they stay closed. Root drops it from the
+/// bounding set and every capability set; anyone else gets no_new_privs, so no file
+/// capability (ping's) can grant it. Async-signal-safe.
+fn drop_net_raw() -> io::Result<()> {
+    const CAP_NET_RAW: libc::c_ulong = 13;
+    const VERSION_3: u32 = 0x2008_0522;
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    // SAFETY: prctl and capget/capset with correctly sized, initialised structures.
+    unsafe {
+        if libc::prctl(libc::PR_CAPBSET_DROP, CAP_NET_RAW, 0, 0, 0) != 0 {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            return Ok(());
+        }
+        let mut header = Header {
+            version: VERSION_3,
+            pid: 0,
+        };
+        let mut data = [Data {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        }; 2];
+        if libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let bit = !(1u32 << CAP_NET_RAW);
+        data[0].effective &= bit;
+        data[0].permitted &= bit;
+        data[0].inheritable &= bit;
+        if libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Ambient capabilities must be in permitted; lowering is harmless if absent.
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_LOWER,
+            CAP_NET_RAW,
+            0,
+            0,
+        );
+    }
+    Ok(())
+}
+
 /// Everything the child needs to join the cage, prepared before fork.
 struct JoinRequest {
     addr: libc::sockaddr_un,
@@ -142,9 +212,15 @@ impl JoinRequest {
             *dst = *src as libc::c_char;
         }
         let addr_len = (size_of::<libc::sa_family_t>() + path.len() + 1) as libc::socklen_t;
-        let mut line = serde_json::to_vec(&Request::Join { agent: agent.to_owned() })?;
+        let mut line = serde_json::to_vec(&Request::Join {
+            agent: agent.to_owned(),
+        })?;
         line.push(b'\n');
-        Ok(Self { addr, addr_len, line })
+        Ok(Self {
+            addr,
+            addr_len,
+            line,
+        })
     }
 
     /// In the child: connect, ask to be moved, wait for the answer. Async-signal-safe.
@@ -169,7 +245,13 @@ impl JoinRequest {
         let mut sent = 0;
         while sent < self.line.len() {
             // SAFETY: the slice bounds are checked by the loop.
-            let n = unsafe { libc::write(fd, self.line[sent..].as_ptr().cast(), self.line.len() - sent) };
+            let n = unsafe {
+                libc::write(
+                    fd,
+                    self.line[sent..].as_ptr().cast(),
+                    self.line.len() - sent,
+                )
+            };
             if n <= 0 {
                 return Err(io::Error::last_os_error());
             }

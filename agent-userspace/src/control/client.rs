@@ -76,13 +76,17 @@ impl Client {
 
     /// Sends a request.
     pub fn send(&mut self, request: &Request) -> Result<(), ClientError> {
-        let mut line = serde_json::to_vec(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut line =
+            serde_json::to_vec(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
         line.push(b'\n');
-        self.reader.get_mut().write_all(&line).map_err(|e| self.io(e))
+        self.reader
+            .get_mut()
+            .write_all(&line)
+            .map_err(|e| self.io(e))
     }
 
     /// The next response, or None when the daemon closed the connection.
-    pub fn next(&mut self) -> Result<Option<Response>, ClientError> {
+    pub fn read_response(&mut self) -> Result<Option<Response>, ClientError> {
         let mut line = String::new();
         let n = self.reader.read_line(&mut line).map_err(|e| self.io(e))?;
         if n == 0 {
@@ -96,11 +100,20 @@ impl Client {
     /// Sends a request and returns its first response; an `Error` response becomes
     /// [`ClientError::Refused`].
     pub fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
-        self.send(request)?;
-        match self.next()? {
+        if let Err(e) = self.send(request) {
+            // A refused peer is sent the reason and disconnected before it can write: read
+            // the reason rather than report a broken pipe.
+            return match self.read_response() {
+                Ok(Some(Response::Error { message })) => Err(ClientError::Refused(message)),
+                _ => Err(e),
+            };
+        }
+        match self.read_response()? {
             Some(Response::Error { message }) => Err(ClientError::Refused(message)),
             Some(r) => Ok(r),
-            None => Err(ClientError::Protocol("connection closed without a response".into())),
+            None => Err(ClientError::Protocol(
+                "connection closed without a response".into(),
+            )),
         }
     }
 }

@@ -22,11 +22,21 @@ impl Peer {
     /// Reads the peer's credentials from a connected Unix socket.
     pub fn of(socket: &impl AsRawFd) -> io::Result<Self> {
         let fd = socket.as_raw_fd();
-        let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+        let mut cred = libc::ucred {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        };
         let mut len = size_of::<libc::ucred>() as libc::socklen_t;
         // SAFETY: fd is a live socket, cred/len point to writable memory of the given size.
         let rc = unsafe {
-            libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, (&raw mut cred).cast(), &mut len)
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&raw mut cred).cast(),
+                &mut len,
+            )
         };
         if rc != 0 {
             return Err(io::Error::last_os_error());
@@ -47,7 +57,13 @@ fn peer_groups(fd: i32) -> io::Result<Vec<u32>> {
         let mut len = (groups.len() * size_of::<u32>()) as libc::socklen_t;
         // SAFETY: the buffer holds `len` writable bytes.
         let rc = unsafe {
-            libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERGROUPS, groups.as_mut_ptr().cast(), &mut len)
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
         };
         if rc == 0 {
             groups.truncate(len as usize / size_of::<u32>());
@@ -81,7 +97,9 @@ impl AccessPolicy {
             Ok(gid) => gid,
             Err(_) => Group::from_name(group)
                 .map_err(io::Error::from)?
-                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no group named {group:?}")))?
+                .ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, format!("no group named {group:?}"))
+                })?
                 .gid
                 .as_raw(),
         };
@@ -121,16 +139,26 @@ mod tests {
     use super::*;
 
     fn peer(uid: u32, gid: u32, groups: &[u32]) -> Peer {
-        Peer { pid: 1, uid, gid, groups: groups.to_vec() }
+        Peer {
+            pid: 1,
+            uid,
+            gid,
+            groups: groups.to_vec(),
+        }
     }
 
     #[test]
     fn root_always_passes_others_need_the_group() {
         let root_only = AccessPolicy::root_only();
         assert!(root_only.check(&peer(0, 0, &[])).is_ok());
-        assert!(root_only.check(&peer(1000, 1000, &[])).unwrap_err().contains("not root"));
+        assert!(root_only
+            .check(&peer(1000, 1000, &[]))
+            .unwrap_err()
+            .contains("not root"));
 
-        let grouped = AccessPolicy { group: Some(("agents".into(), 4242)) };
+        let grouped = AccessPolicy {
+            group: Some(("agents".into(), 4242)),
+        };
         assert!(grouped.check(&peer(1000, 4242, &[])).is_ok());
         assert!(grouped.check(&peer(1000, 1000, &[4242])).is_ok());
         let refused = grouped.check(&peer(1000, 1000, &[27])).unwrap_err();

@@ -59,6 +59,10 @@ pub enum Response {
         cgroup: String,
         /// SHA-256 of the policy the agent runs under.
         policy_hash: String,
+        /// Whether the policy lets the agent use raw and packet sockets; when not, `run` also
+        /// removes CAP_NET_RAW from the agent (packet sockets are invisible to the cgroup
+        /// hooks).
+        raw_sockets: bool,
     },
     /// The caller is now in the cage.
     Joined {
@@ -150,7 +154,10 @@ mod tests {
     fn join_request_has_the_wire_form_run_prebuilds() {
         // `agentcage run` builds this line before fork and sends it from the child, so its
         // exact form is part of the protocol.
-        let line = serde_json::to_string(&Request::Join { agent: "demo".into() }).unwrap();
+        let line = serde_json::to_string(&Request::Join {
+            agent: "demo".into(),
+        })
+        .unwrap();
         assert_eq!(line, r#"{"op":"join","agent":"demo"}"#);
         let ok = serde_json::to_string(&Response::Joined {
             agent: "demo".into(),

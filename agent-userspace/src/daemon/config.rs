@@ -20,7 +20,11 @@ pub enum LogFormat {
 #[command(name = "agentcaged", version, about)]
 pub struct DaemonConfig {
     /// The policy file to enforce.
-    #[arg(long, env = "AGENTCAGE_POLICY", default_value = "/etc/agentcage/policies/default.yaml")]
+    #[arg(
+        long,
+        env = "AGENTCAGE_POLICY",
+        default_value = "/etc/agentcage/policies/default.yaml"
+    )]
     pub policy: PathBuf,
     /// The control socket.
     #[arg(long, env = "AGENTCAGE_SOCKET", default_value = DEFAULT_SOCKET)]

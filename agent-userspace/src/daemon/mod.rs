@@ -126,7 +126,13 @@ async fn start(
         Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .map_err(|e| DaemonError::Sys("inotify_init", e.into()))?,
     );
-    let mut state = State::new(policy, config.policy.clone(), maps, root.clone(), Arc::clone(&inotify));
+    let mut state = State::new(
+        policy,
+        config.policy.clone(),
+        maps,
+        root.clone(),
+        Arc::clone(&inotify),
+    );
     // Cages an earlier daemon left (kept enforced by its pinned programs) get maps entries
     // before the new programs attach, so they are never judged as unknown.
     let adopted = state.adopt_existing()?;
@@ -137,7 +143,10 @@ async fn start(
     // Only now drop the earlier daemon's links: there was no moment without enforcement.
     let released = bpf::release_pinned(&config.pin_dir())?;
     if released > 0 {
-        info!(released, "detached the programs an earlier daemon had pinned");
+        info!(
+            released,
+            "detached the programs an earlier daemon had pinned"
+        );
     }
     let listener = server::bind(&config.socket, &access)?;
     let shared = Arc::new(Shared {

@@ -60,7 +60,8 @@ pub fn bind(path: &Path, access: &AccessPolicy) -> Result<UnixListener, DaemonEr
     let listener = UnixListener::bind(path).map_err(io_err("binding"))?;
     chown(path, None, Some(access.gid().unwrap_or(Gid::from_raw(0))))
         .map_err(|e| io_err("setting the group of")(e.into()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o660)).map_err(io_err("setting the mode of"))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o660))
+        .map_err(io_err("setting the mode of"))?;
     Ok(listener)
 }
 
@@ -94,7 +95,10 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream) {
             Ok(r) => r,
             Err(e) => {
                 let message = format!("malformed request: {e}");
-                if send(&mut write, &Response::Error { message }).await.is_err() {
+                if send(&mut write, &Response::Error { message })
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 continue;
@@ -126,14 +130,21 @@ fn handle(shared: &Shared, peer: &Peer, request: Request, held: &mut Vec<String>
             version: env!("CARGO_PKG_VERSION").to_owned(),
             policy_hash: state.policy().hash().to_owned(),
         }),
-        Request::Prepare { agent } => state.hold(&agent).map(|(cgroup, policy_hash)| {
+        Request::Prepare { agent } => state.hold(&agent).map(|h| {
             held.push(agent.clone());
-            info!(agent, pid = peer.pid, uid = peer.uid, policy_hash, "agent run starting");
+            info!(
+                agent,
+                pid = peer.pid,
+                uid = peer.uid,
+                policy_hash = h.policy_hash,
+                "agent run starting"
+            );
             Response::Prepared {
                 identity: crate::identity::AgentIdentity::for_agent(&agent).to_string(),
                 agent,
-                cgroup,
-                policy_hash,
+                cgroup: h.cgroup,
+                policy_hash: h.policy_hash,
+                raw_sockets: h.raw_sockets,
             }
         }),
         Request::Join { agent } => state
@@ -151,7 +162,9 @@ fn handle(shared: &Shared, peer: &Peer, request: Request, held: &mut Vec<String>
     };
     result.unwrap_or_else(|e| {
         warn!(error = %e, uid = peer.uid, pid = peer.pid, "request refused");
-        Response::Error { message: e.to_string() }
+        Response::Error {
+            message: e.to_string(),
+        }
     })
 }
 
@@ -166,7 +179,9 @@ fn unreachable_events() -> Result<Response, super::state::StateError> {
 async fn stream_events(shared: &Shared, write: &mut OwnedWriteHalf, follow: bool) -> bool {
     if !follow {
         for event in shared.bus.recent() {
-            let r = Response::Event { event: (*event).clone() };
+            let r = Response::Event {
+                event: (*event).clone(),
+            };
             if send(write, &r).await.is_err() {
                 return false;
             }
@@ -179,7 +194,9 @@ async fn stream_events(shared: &Shared, write: &mut OwnedWriteHalf, follow: bool
     }
     loop {
         let response = match rx.recv().await {
-            Ok(event) => Response::Event { event: (*event).clone() },
+            Ok(event) => Response::Event {
+                event: (*event).clone(),
+            },
             // A slow reader is told exactly how many it missed.
             Err(RecvError::Lagged(count)) => Response::Lost { count },
             Err(RecvError::Closed) => return false,

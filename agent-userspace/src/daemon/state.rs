@@ -32,7 +32,9 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// The policy has no entry for the agent and no default_agent.
-    #[error("unknown agent {agent:?}: policy {policy} has no agents.{agent} entry and no default_agent")]
+    #[error(
+        "unknown agent {agent:?}: policy {policy} has no agents.{agent} entry and no default_agent"
+    )]
     UnknownAgent {
         /// The agent's name.
         agent: String,
@@ -49,7 +51,9 @@ pub enum StateError {
     #[error(transparent)]
     Bpf(#[from] BpfError),
     /// A non-root client asked to move a process it does not own.
-    #[error("permission denied: process {pid} belongs to uid {owner}, not to the caller (uid {caller})")]
+    #[error(
+        "permission denied: process {pid} belongs to uid {owner}, not to the caller (uid {caller})"
+    )]
     NotYours {
         /// The process.
         pid: u32,
@@ -70,6 +74,16 @@ pub enum StateError {
         #[source]
         source: nix::Error,
     },
+}
+
+/// What a client holding a cage is told.
+pub struct Held {
+    /// The cage's cgroup directory.
+    pub cgroup: String,
+    /// SHA-256 of the policy in force.
+    pub policy_hash: String,
+    /// Whether the agent may use raw and packet sockets.
+    pub raw_sockets: bool,
 }
 
 /// One agent's cage.
@@ -148,18 +162,33 @@ impl State {
 
     /// What `agent` gets under `policy`: its rules and its cage flags. An agent the policy
     /// does not know gets nothing (deny all) when `strict` is false, an error when true.
-    fn compile_for(policy: &Policy, agent: &str, strict: bool) -> Result<(CompiledEgress, u32, u32), StateError> {
+    fn compile_for(
+        policy: &Policy,
+        agent: &str,
+        strict: bool,
+    ) -> Result<(CompiledEgress, u32, u32), StateError> {
         match policy.agent(agent) {
             Some(p) => {
                 let compiled = compile_egress(agent, &p.egress)?;
-                let flags = if p.egress.raw_sockets { CAGE_F_ALLOW_RAW } else { 0 };
+                let flags = if p.egress.raw_sockets {
+                    CAGE_F_ALLOW_RAW
+                } else {
+                    0
+                };
                 Ok((compiled, flags, p.egress.allow_events.sample_rate()))
             }
             None if strict => Err(StateError::UnknownAgent {
                 agent: agent.to_owned(),
                 policy: policy.source().to_owned(),
             }),
-            None => Ok((CompiledEgress { v4: Vec::new(), v6: Vec::new() }, 0, 1)),
+            None => Ok((
+                CompiledEgress {
+                    v4: Vec::new(),
+                    v6: Vec::new(),
+                },
+                0,
+                1,
+            )),
         }
     }
 
@@ -172,7 +201,12 @@ impl State {
         let agent_id = self.agent_id(agent);
         let slot = self.take_slot();
         let entries = self.maps.fill_slot(slot, &compiled)?;
-        let config = CageConfig { agent_id, policy_slot: slot, flags, allow_sample };
+        let config = CageConfig {
+            agent_id,
+            policy_slot: slot,
+            flags,
+            allow_sample,
+        };
         if let Err(e) = self.maps.set_cage(cgroup_id, config) {
             self.maps.clear_slot(&entries);
             return Err(e.into());
@@ -181,7 +215,10 @@ impl State {
         let watch = self
             .inotify
             .add_watch(&events, AddWatchFlags::IN_MODIFY)
-            .map_err(|source| StateError::Watch { path: events, source })?;
+            .map_err(|source| StateError::Watch {
+                path: events,
+                source,
+            })?;
         self.watches.insert(watch, agent.to_owned());
         self.cages.insert(
             agent.to_owned(),
@@ -225,19 +262,35 @@ impl State {
             }
             info!(agent, identity = %AgentIdentity::for_agent(agent), policy_hash = self.policy.hash(), "cage created");
         }
-        self.cages.get(agent).ok_or_else(|| StateError::UnknownAgent {
-            agent: agent.to_owned(),
-            policy: self.policy.source().to_owned(),
-        })
+        self.cages
+            .get(agent)
+            .ok_or_else(|| StateError::UnknownAgent {
+                agent: agent.to_owned(),
+                policy: self.policy.source().to_owned(),
+            })
     }
 
     /// Creates the cage if needed and holds it until [`Self::release`].
-    pub fn hold(&mut self, agent: &str) -> Result<(String, String), StateError> {
+    pub fn hold(&mut self, agent: &str) -> Result<Held, StateError> {
         self.ensure_cage(agent)?;
-        let hash = self.policy.hash().to_owned();
-        let cage = self.cages.get_mut(agent).ok_or_else(|| StateError::NoProcess(0))?;
+        let policy_hash = self.policy.hash().to_owned();
+        let raw_sockets = self
+            .policy
+            .agent(agent)
+            .is_some_and(|p| p.egress.raw_sockets);
+        let cage = self
+            .cages
+            .get_mut(agent)
+            .ok_or_else(|| StateError::UnknownAgent {
+                agent: agent.to_owned(),
+                policy: policy_hash.clone(),
+            })?;
         cage.holds += 1;
-        Ok((cage.dir.path().display().to_string(), hash))
+        Ok(Held {
+            cgroup: cage.dir.path().display().to_string(),
+            policy_hash,
+            raw_sockets,
+        })
     }
 
     /// Drops one hold; removes the cage if nothing holds it and it is empty.
@@ -250,12 +303,21 @@ impl State {
 
     /// Moves process `pid` into the agent's cage. `caller_uid` is the client's; a non-root
     /// client may only move its own processes.
-    pub fn move_into(&mut self, agent: &str, pid: u32, caller_uid: u32) -> Result<String, StateError> {
+    pub fn move_into(
+        &mut self,
+        agent: &str,
+        pid: u32,
+        caller_uid: u32,
+    ) -> Result<String, StateError> {
         let owner = fs::metadata(format!("/proc/{pid}"))
             .map_err(|_| StateError::NoProcess(pid))?
             .uid();
         if caller_uid != 0 && owner != caller_uid {
-            return Err(StateError::NotYours { pid, owner, caller: caller_uid });
+            return Err(StateError::NotYours {
+                pid,
+                owner,
+                caller: caller_uid,
+            });
         }
         let cage = self.ensure_cage(agent)?;
         cage.dir.add_process(pid)?;
@@ -272,7 +334,9 @@ impl State {
     }
 
     fn remove_if_idle(&mut self, agent: &str) {
-        let Some(cage) = self.cages.get(agent) else { return };
+        let Some(cage) = self.cages.get(agent) else {
+            return;
+        };
         if cage.holds > 0 || cage.dir.populated().unwrap_or(true) {
             return;
         }
@@ -310,7 +374,12 @@ impl State {
             match self.maps.fill_slot(slot, &rules) {
                 Ok(entries) => {
                     let agent_id = self.cages[&agent].agent_id;
-                    let config = CageConfig { agent_id, policy_slot: slot, flags, allow_sample };
+                    let config = CageConfig {
+                        agent_id,
+                        policy_slot: slot,
+                        flags,
+                        allow_sample,
+                    };
                     filled.push((agent, entries, config));
                 }
                 Err(e) => {
@@ -322,7 +391,9 @@ impl State {
             }
         }
         for (agent, entries, config) in filled {
-            let Some(cage) = self.cages.get_mut(&agent) else { continue };
+            let Some(cage) = self.cages.get_mut(&agent) else {
+                continue;
+            };
             if let Err(e) = self.maps.set_cage(cage.cgroup_id, config) {
                 warn!(agent, error = %e, "cage kept its previous policy");
                 self.maps.clear_slot(&entries);
@@ -332,7 +403,11 @@ impl State {
             self.maps.clear_slot(&old);
         }
         self.policy = Arc::new(policy);
-        info!(source = self.policy.source(), policy_hash = self.policy.hash(), "policy in force");
+        info!(
+            source = self.policy.source(),
+            policy_hash = self.policy.hash(),
+            "policy in force"
+        );
         Ok(Arc::clone(&self.policy))
     }
 
@@ -383,7 +458,9 @@ impl State {
         let hook = Hook::from_u8(e.hook);
         let dst_addr = match (hook, e.family) {
             (Some(Hook::SockCreate), _) => None,
-            (_, 2) => Some(std::net::IpAddr::from([e.addr[0], e.addr[1], e.addr[2], e.addr[3]])),
+            (_, 2) => Some(std::net::IpAddr::from([
+                e.addr[0], e.addr[1], e.addr[2], e.addr[3],
+            ])),
             (_, _) => Some(std::net::IpAddr::from(e.addr)),
         };
         let time = i128::from(e.header.ts_ns) + self.boot_to_wall_ns;

@@ -100,7 +100,9 @@ pub async fn watch_cages(shared: Arc<Shared>, inotify: Arc<Inotify>) {
 pub async fn forward_kernel_log(log: aya_log::EbpfLogger<&'static dyn log::Log>) {
     let Ok(mut fd) = register(log) else { return };
     loop {
-        let Ok(mut guard) = fd.readable_mut().await else { return };
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
         guard.get_inner_mut().flush();
         guard.clear_ready();
     }

@@ -27,10 +27,14 @@ pub enum DecodeError {
 
 /// Decodes one record.
 pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
-    let kind_bytes: [u8; 4] = bytes
-        .get(..4)
-        .and_then(|b| b.try_into().ok())
-        .ok_or(DecodeError::Short { got: bytes.len(), need: 4 })?;
+    let kind_bytes: [u8; 4] =
+        bytes
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(DecodeError::Short {
+                got: bytes.len(),
+                need: 4,
+            })?;
     match u32::from_ne_bytes(kind_bytes) {
         KIND_EGRESS => read::<EgressEvent>(bytes).map(RawEvent::Egress),
         other => Err(DecodeError::UnknownKind(other)),
@@ -40,7 +44,10 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
 fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
     let need = size_of::<T>();
     if bytes.len() < need {
-        return Err(DecodeError::Short { got: bytes.len(), need });
+        return Err(DecodeError::Short {
+            got: bytes.len(),
+            need,
+        });
     }
     // SAFETY: the length is checked above, T is a #[repr(C)] plain-data type from
     // agent-common for which any bit pattern is valid, and read_unaligned copes with the ring

@@ -1,0 +1,366 @@
+//! The daemon's life cycle and control plane, end to end: policy refusal, restarts, pinned
+//! enforcement, adoption, the control socket's access checks, and `agentcage run` standing in
+//! for its command.
+
+#[path = "support/harness.rs"]
+mod harness;
+
+use std::{
+    fs,
+    os::unix::process::CommandExt as _,
+    process::{Command, Stdio},
+};
+
+use harness::{attached_programs, stderr, stdout, tcp_listener, tcp_listener_at, Daemon};
+
+fn allow_port(port: u16) -> String {
+    format!(
+        "version: 1\nagents:\n  tester:\n    egress:\n      allow:\n        - cidr: 127.0.0.1/32\n          ports: [{port}]\n          protocols: [tcp]\n"
+    )
+}
+
+#[test]
+fn a_broken_policy_is_refused_with_its_location_and_the_old_one_keeps_enforcing() {
+    let (_l, port) = tcp_listener("127.0.0.1");
+    let _l2 = tcp_listener_at("127.0.0.2", port);
+    let daemon = Daemon::start(&allow_port(port));
+    let mut cage = daemon.serve_in("tester");
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{port}")), "ok");
+
+    // Line 6, column 17: the CIDR value.
+    let broken = allow_port(port).replace("127.0.0.1/32", "127.0.0.1/33");
+    let reload = daemon.rewrite_policy(&broken);
+    assert!(!reload.status.success(), "a broken policy must be refused");
+    let message = stderr(&reload);
+    let location = format!("{}:6:17", daemon.policy.display());
+    assert!(
+        message.contains(&location),
+        "error must point at {location}: {message}"
+    );
+    assert!(message.contains("127.0.0.1/33"), "{message}");
+
+    // The old policy still decides, for the running cage and for new runs.
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{port}")), "ok");
+    assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), "err 1");
+    let fresh = daemon.probe_in("tester", &["connect", &format!("127.0.0.1:{port}")]);
+    assert_eq!(stdout(&fresh), "ok");
+    cage.finish();
+
+    // A daemon started on the broken file refuses to start, naming the place.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("broken.yaml");
+    fs::write(&policy, &broken).unwrap();
+    let socket = dir.path().join("s.sock");
+    let log = Daemon::start_with(dir, policy.clone(), socket, "agentcage-test-broken".into())
+        .err()
+        .expect("agentcaged must not start on a broken policy");
+    assert!(log.contains(&format!("{}:6:17", policy.display())), "{log}");
+    daemon.stop();
+}
+
+#[test]
+fn a_good_policy_reload_changes_decisions_without_restarting_agents() {
+    let (_l, port) = tcp_listener("127.0.0.1");
+    let (_l2, port2) = tcp_listener("127.0.0.1");
+    let daemon = Daemon::start(&allow_port(port));
+    let mut cage = daemon.serve_in("tester");
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{port2}")), "err 1");
+    let reload = daemon.rewrite_policy(&allow_port(port2));
+    assert!(reload.status.success(), "{}", stderr(&reload));
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{port2}")), "ok");
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{port}")), "err 1");
+    cage.finish();
+    daemon.stop();
+}
+
+#[test]
+fn restarts_keep_enforcing_and_never_attach_twice() {
+    let (_l, port) = tcp_listener("127.0.0.1");
+    let _l2 = tcp_listener_at("127.0.0.2", port);
+    let daemon = Daemon::start(&allow_port(port));
+    let root = daemon.cgroup_root();
+    assert_eq!(
+        attached_programs(&root),
+        5,
+        "connect4/6, sendmsg4/6, sock_create"
+    );
+    let mut cage = daemon.serve_in("tester");
+
+    // Stopped while a cage holds a process: the programs stay, pinned.
+    let (dir, policy, socket, name) = daemon.stop_keeping_paths();
+    assert_eq!(attached_programs(&root), 5);
+    assert_eq!(
+        cage.op(&format!("connect 127.0.0.2:{port}")),
+        "err 1",
+        "still enforced with no daemon"
+    );
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{port}")), "ok");
+
+    // A new daemon takes over: still exactly one set of programs.
+    let daemon = Daemon::start_with(dir, policy, socket, name).expect("restart");
+    assert_eq!(
+        attached_programs(&root),
+        5,
+        "a restart must not attach the programs twice"
+    );
+    assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), "err 1");
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{port}")), "ok");
+    let status = daemon
+        .cli()
+        .args(["status", "-o", "json"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let agents = status["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 1);
+    assert_eq!(agents[0]["identity"], "agent:tester");
+    assert!(agents[0]["pids"]
+        .as_array()
+        .unwrap()
+        .contains(&cage.pid.into()));
+
+    // Once the cage empties, a stop leaves nothing behind.
+    assert!(cage.finish().success());
+    daemon.stop_keeping_paths();
+    assert!(!root.exists(), "the parent cgroup is removed");
+    assert!(
+        !std::path::Path::new("/sys/fs/bpf")
+            .join(root.file_name().unwrap())
+            .exists(),
+        "no pins are left"
+    );
+}
+
+#[test]
+fn adopt_moves_a_running_process_into_the_cage() {
+    let (_l, port) = tcp_listener("127.0.0.1");
+    let _l2 = tcp_listener_at("127.0.0.2", port);
+    let daemon = Daemon::start(&allow_port(port));
+    let events = daemon.follow_events();
+    // A process started outside any cage...
+    let mut outsider = Command::new(harness::probe())
+        .arg("serve")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = outsider.stdin.take().unwrap();
+    let out = harness::Lines::spawn(outsider.stdout.take().unwrap());
+    out.wait_for("the probe", |l| l.starts_with("ready"));
+    let op = |stdin: &mut std::process::ChildStdin, op: &str| {
+        use std::io::Write as _;
+        writeln!(stdin, "{op}").unwrap();
+        out.wait_for(op, |l| l == "ok" || l.starts_with("err "))
+    };
+    assert_eq!(op(&mut stdin, &format!("connect 127.0.0.2:{port}")), "ok");
+
+    // ...is adopted, and from then on every new socket is judged.
+    let adopt = daemon
+        .cli()
+        .args([
+            "adopt",
+            "--agent",
+            "tester",
+            "--pid",
+            &outsider.id().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(adopt.status.success(), "{}", stderr(&adopt));
+    assert_eq!(
+        op(&mut stdin, &format!("connect 127.0.0.2:{port}")),
+        "err 1"
+    );
+    assert_eq!(op(&mut stdin, &format!("connect 127.0.0.1:{port}")), "ok");
+    // It kept CAP_NET_RAW (adoption cannot take it), so the kernel hook is what refuses.
+    assert_eq!(op(&mut stdin, "raw"), "err 1");
+    let raw = events.wait_event("the raw socket denial", |e| e["hook"] == "sock_create");
+    assert_eq!(raw["verdict"], "deny");
+    assert_eq!(raw["rule"], "socket-kind");
+    assert_eq!(raw["sock_type"], "raw");
+    assert_eq!(raw["agent"], "agent:tester");
+
+    let status = daemon
+        .cli()
+        .args(["status", "-o", "json"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let agent = &status["agents"][0];
+    assert_eq!(agent["denied"], 2);
+    assert_eq!(agent["allowed"], 1);
+    assert_eq!(agent["lost"], 0);
+
+    // When its last process exits the cage is removed.
+    let cage_dir = daemon.cgroup_root().join("tester");
+    assert!(cage_dir.exists());
+    drop(stdin);
+    outsider.wait().unwrap();
+    daemon
+        .log
+        .wait_for("the cage removal", |l| l.contains("cage removed"));
+    assert!(!cage_dir.exists());
+    daemon.stop();
+}
+
+#[test]
+fn unknown_agents_and_bad_names_get_clear_errors() {
+    let daemon = Daemon::start(&allow_port(1));
+    let unknown = daemon
+        .cli()
+        .args(["run", "--agent", "nobody", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        stderr(&unknown).contains("unknown agent \"nobody\""),
+        "{}",
+        stderr(&unknown)
+    );
+    let bad = daemon
+        .cli()
+        .args(["run", "--agent", "../etc", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("../etc"), "{}", stderr(&bad));
+    assert!(!daemon.cgroup_root().join("nobody").exists());
+    daemon.stop();
+}
+
+#[test]
+fn run_passes_on_exit_codes_and_signals() {
+    let daemon = Daemon::start(&allow_port(1));
+    let code = daemon
+        .cli()
+        .args(["run", "--agent", "tester", "--", "sh", "-c", "exit 7"])
+        .status()
+        .unwrap();
+    assert_eq!(code.code(), Some(7));
+
+    // SIGTERM to `agentcage run` reaches the agent, which dies of it: 128 + 15.
+    let mut run = daemon
+        .cli()
+        .args([
+            "run",
+            "--agent",
+            "tester",
+            "--",
+            "sh",
+            "-c",
+            "echo started; exec sleep 600",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = harness::Lines::spawn(run.stdout.take().unwrap());
+    out.wait_for("the agent to start", |l| l == "started");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(run.id() as i32, libc::SIGTERM) };
+    assert_eq!(run.wait().unwrap().code(), Some(128 + 15));
+    daemon.stop();
+}
+
+#[test]
+fn the_control_socket_refuses_other_users() {
+    let daemon = Daemon::start(&allow_port(1));
+    let mode = fs::metadata(&daemon.socket).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(mode.permissions().mode() & 0o777, 0o660);
+    // Let uid 65534 reach the socket's directory.
+    fs::set_permissions(daemon.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+
+    // A plain unprivileged user: the socket's mode refuses it.
+    let plain = daemon
+        .cli()
+        .arg("status")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(!plain.status.success());
+    assert!(
+        stderr(&plain).contains("permission denied"),
+        "{}",
+        stderr(&plain)
+    );
+
+    // One that can bypass file permissions (CAP_DAC_OVERRIDE) but is neither root nor in
+    // the group: the daemon's own peer-credential check refuses it, and says why.
+    let mut cmd = daemon.cli();
+    cmd.arg("status");
+    // SAFETY: only async-signal-safe calls (prctl, setgroups, setres[ug]id, capset).
+    unsafe { cmd.pre_exec(become_nobody_with_dac_override) };
+    let sneaky = cmd.output().unwrap();
+    assert!(!sneaky.status.success(), "{}", stdout(&sneaky));
+    let message = stderr(&sneaky);
+    assert!(
+        message.contains("uid 65534") && message.contains("not root"),
+        "{message}"
+    );
+    daemon.stop();
+}
+
+/// Drops to uid/gid 65534 keeping CAP_DAC_OVERRIDE across exec (as an ambient capability).
+fn become_nobody_with_dac_override() -> std::io::Result<()> {
+    const CAP_DAC_OVERRIDE: u32 = 1;
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let check = |rc: libc::c_long| {
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    // SAFETY: plain syscalls with valid arguments.
+    unsafe {
+        check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0).into())?;
+        check(libc::setgroups(0, std::ptr::null()).into())?;
+        check(libc::setresgid(65534, 65534, 65534).into())?;
+        check(libc::setresuid(65534, 65534, 65534).into())?;
+        let bit = 1u32 << CAP_DAC_OVERRIDE;
+        let mut header = Header {
+            version: 0x2008_0522,
+            pid: 0,
+        };
+        let data = [
+            Data {
+                effective: bit,
+                permitted: bit,
+                inheritable: bit,
+            },
+            Data {
+                effective: 0,
+                permitted: 0,
+                inheritable: 0,
+            },
+        ];
+        check(libc::syscall(
+            libc::SYS_capset,
+            &raw mut header,
+            data.as_ptr(),
+        ))?;
+        check(
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE,
+                CAP_DAC_OVERRIDE as libc::c_ulong,
+                0,
+                0,
+            )
+            .into(),
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! Egress enforcement, end to end: the real daemon, real cages, real sockets on loopback.
+//! 127.0.0.1 (and ::1) are allowed where the policy says so; 127.0.0.2 and other loopback
+//! addresses stand in for denied destinations.
+
+#[path = "support/harness.rs"]
+mod harness;
+
+use std::{io::ErrorKind, net::TcpStream};
+
+use harness::{stdout, tcp_listener, tcp_listener_at, udp_listener, Daemon};
+
+const EPERM: &str = "err 1";
+
+fn policy(agent_rules: &str) -> String {
+    format!(
+        "version: 1\nagents:\n  tester:\n    egress:\n      allow:\n{agent_rules}\n      allow_events: all\n"
+    )
+}
+
+#[test]
+fn tcp_connect_allowed_and_denied_with_a_deny_event_naming_the_rule() {
+    let (_ok_listener, port) = tcp_listener("127.0.0.1");
+    let _denied_listener = tcp_listener_at("127.0.0.2", port);
+    let daemon = Daemon::start(&policy(&format!(
+        "        - cidr: 127.0.0.1/32\n          ports: [{port}]\n          protocols: [tcp]"
+    )));
+    let events = daemon.follow_events();
+
+    let allowed = daemon.probe_in("tester", &["connect", &format!("127.0.0.1:{port}")]);
+    assert_eq!(stdout(&allowed), "ok", "{allowed:?}");
+    assert!(allowed.status.success());
+
+    let denied = daemon.probe_in("tester", &["connect", &format!("127.0.0.2:{port}")]);
+    assert_eq!(
+        stdout(&denied),
+        EPERM,
+        "a denied connect must fail with EPERM: {denied:?}"
+    );
+    // The probe exits with the errno and `agentcage run` passes the status on.
+    assert_eq!(denied.status.code(), Some(1));
+
+    let allow = events.wait_event("the allow event", |e| e["verdict"] == "allow");
+    assert_eq!(allow["agent"], "agent:tester");
+    assert_eq!(allow["rule"], "egress.allow[0]");
+    assert_eq!(allow["dst_addr"], "127.0.0.1");
+    assert_eq!(allow["dst_port"], port);
+    let deny = events.wait_event("the deny event", |e| e["verdict"] == "deny");
+    assert_eq!(deny["agent"], "agent:tester");
+    assert_eq!(deny["rule"], "default-deny");
+    assert_eq!(deny["hook"], "connect4");
+    assert_eq!(deny["protocol"], "tcp");
+    assert_eq!(deny["dst_addr"], "127.0.0.2");
+    assert_eq!(deny["dst_port"], port);
+    assert_eq!(deny["comm"], "probe");
+    assert!(deny["pid"].as_u64().unwrap() > 0);
+    assert!(deny["cgroup_id"].as_u64().unwrap() > 0);
+    assert_eq!(deny["policy_hash"].as_str().unwrap().len(), 64);
+    daemon.stop();
+}
+
+#[test]
+fn udp_datagrams_reach_allowed_listeners_only() {
+    let (allowed_rx, allowed_port) = udp_listener("127.0.0.1");
+    let (denied_rx, denied_port) = udp_listener("127.0.0.2");
+    let daemon = Daemon::start(&policy(&format!(
+        "        - cidr: 127.0.0.1/32\n          ports: [{allowed_port}]\n          protocols: [udp]"
+    )));
+
+    let sent = daemon.probe_in(
+        "tester",
+        &["udp", &format!("127.0.0.1:{allowed_port}"), "hello"],
+    );
+    assert_eq!(stdout(&sent), "ok");
+    let mut buf = [0u8; 64];
+    // Loopback delivery completes inside sendto, and the probe has exited: it is queued.
+    let (n, _) = allowed_rx
+        .recv_from(&mut buf)
+        .expect("allowed datagram arrived");
+    assert_eq!(&buf[..n], b"hello");
+
+    for op in ["udp", "udp-connected"] {
+        let denied = daemon.probe_in("tester", &[op, &format!("127.0.0.2:{denied_port}"), "leak"]);
+        assert_eq!(stdout(&denied), EPERM, "{op}: {denied:?}");
+    }
+    // The same port but TCP-only would not admit UDP either: protocol matters.
+    let err = denied_rx
+        .recv_from(&mut buf)
+        .expect_err("nothing may reach the denied listener");
+    assert_eq!(err.kind(), ErrorKind::WouldBlock);
+    daemon.stop();
+}
+
+#[test]
+fn ipv4_mapped_ipv6_is_judged_as_ipv4() {
+    let (_l, port) = tcp_listener("127.0.0.1");
+    let _l2 = tcp_listener_at("127.0.0.2", port);
+    let daemon = Daemon::start(&policy(&format!(
+        "        - cidr: 127.0.0.1/32\n          ports: [{port}]\n          protocols: [tcp]"
+    )));
+    let ok = daemon.probe_in(
+        "tester",
+        &["connect", &format!("[::ffff:127.0.0.1]:{port}")],
+    );
+    assert_eq!(stdout(&ok), "ok", "{ok:?}");
+    let denied = daemon.probe_in(
+        "tester",
+        &["connect", &format!("[::ffff:127.0.0.2]:{port}")],
+    );
+    assert_eq!(stdout(&denied), EPERM, "{denied:?}");
+    daemon.stop();
+}
+
+#[test]
+fn ipv6_rules_apply_to_ipv6_destinations() {
+    let (_l, port) = tcp_listener("::1");
+    let (_l4, port4) = tcp_listener("127.0.0.1");
+    // ::1 allowed on one port; IPv4 loopback not listed at all.
+    let daemon = Daemon::start(&policy(&format!(
+        "        - cidr: ::1/128\n          ports: [{port}]\n          protocols: [tcp]"
+    )));
+    let ok = daemon.probe_in("tester", &["connect", &format!("[::1]:{port}")]);
+    assert_eq!(stdout(&ok), "ok", "{ok:?}");
+    let other_port = daemon.probe_in("tester", &["connect", &format!("[::1]:{port4}")]);
+    assert_eq!(stdout(&other_port), EPERM);
+    // Loopback is not special: unlisted IPv4 loopback is denied.
+    let v4 = daemon.probe_in("tester", &["connect", &format!("127.0.0.1:{port4}")]);
+    assert_eq!(stdout(&v4), EPERM);
+    daemon.stop();
+}
+
+#[test]
+fn raw_and_packet_sockets_are_refused_in_the_cage_only() {
+    let daemon = Daemon::start(&policy("        - cidr: 127.0.0.1/32"));
+    for op in ["raw", "packet"] {
+        let caged = daemon.probe_in("tester", &[op]);
+        assert_eq!(stdout(&caged), EPERM, "{op} in the cage: {caged:?}");
+        let outside = std::process::Command::new(harness::probe())
+            .arg(op)
+            .output()
+            .unwrap();
+        assert_eq!(
+            stdout(&outside),
+            "ok",
+            "{op} outside any cage (as root): {outside:?}"
+        );
+    }
+    daemon.stop();
+}
+
+#[test]
+fn raw_sockets_can_be_allowed_by_policy() {
+    let daemon = Daemon::start(
+        "version: 1\nagents:\n  tester:\n    egress:\n      allow: []\n      raw_sockets: true\n",
+    );
+    let caged = daemon.probe_in("tester", &["raw"]);
+    assert_eq!(stdout(&caged), "ok", "{caged:?}");
+    daemon.stop();
+}
+
+#[test]
+fn children_are_caged_and_outsiders_are_not() {
+    let (_l, port) = tcp_listener("127.0.0.1");
+    let _l2 = tcp_listener_at("127.0.0.2", port);
+    let daemon = Daemon::start(&policy(&format!(
+        "        - cidr: 127.0.0.1/32\n          ports: [{port}]"
+    )));
+    // A child forked after caging inherits the cage.
+    let denied = daemon.probe_in("tester", &["fork-connect", &format!("127.0.0.2:{port}")]);
+    assert_eq!(stdout(&denied), EPERM, "{denied:?}");
+    let allowed = daemon.probe_in("tester", &["fork-connect", &format!("127.0.0.1:{port}")]);
+    assert_eq!(stdout(&allowed), "ok", "{allowed:?}");
+    // This test process is in no cage: the daemon's programs leave it alone.
+    TcpStream::connect(("127.0.0.2", port)).expect("uncaged connect to 127.0.0.2 works");
+    daemon.stop();
+}
+
+#[test]
+fn cidr_edges_are_exact() {
+    // 127.0.1.0/30 holds .0 to .3; .255 before it and .4 after it are outside.
+    let (_first, port) = tcp_listener("127.0.1.0");
+    let _last = tcp_listener_at("127.0.1.3", port);
+    let _before = tcp_listener_at("127.0.0.255", port);
+    let _after = tcp_listener_at("127.0.1.4", port);
+    let daemon = Daemon::start(&policy(&format!(
+        "        - cidr: 127.0.1.0/30\n          ports: [{}-{port}]\n          protocols: [tcp]",
+        port - 1
+    )));
+    let mut cage = daemon.serve_in("tester");
+    assert_eq!(cage.op(&format!("connect 127.0.1.0:{port}")), "ok");
+    assert_eq!(cage.op(&format!("connect 127.0.1.3:{port}")), "ok");
+    assert_eq!(cage.op(&format!("connect 127.0.0.255:{port}")), EPERM);
+    assert_eq!(cage.op(&format!("connect 127.0.1.4:{port}")), EPERM);
+    // Port edges: the range's top is in, one above is out (nothing listens there, so an
+    // allowed connect is refused by the stack, ECONNREFUSED = 111, not by the policy).
+    assert_eq!(
+        cage.op(&format!("connect 127.0.1.0:{}", port - 1)),
+        "err 111"
+    );
+    if port < u16::MAX {
+        assert_eq!(cage.op(&format!("connect 127.0.1.0:{}", port + 1)), EPERM);
+    }
+    assert!(cage.finish().success());
+    daemon.stop();
+}
+
+#[test]
+fn longest_prefix_match_still_sees_broader_rules() {
+    // A narrow rule for one port must not hide a broad rule for another.
+    let (_l, port) = tcp_listener("127.0.0.1");
+    let (_u, uport) = udp_listener("127.0.0.1");
+    let daemon = Daemon::start(&policy(&format!(
+        "        - cidr: 127.0.0.0/8\n          ports: [{uport}]\n          protocols: [udp]\n        - cidr: 127.0.0.1/32\n          ports: [{port}]\n          protocols: [tcp]"
+    )));
+    let mut cage = daemon.serve_in("tester");
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{port}")), "ok");
+    assert_eq!(cage.op(&format!("udp 127.0.0.1:{uport} x")), "ok");
+    assert_eq!(cage.op(&format!("udp 127.0.0.1:{port} x")), EPERM);
+    cage.finish();
+    daemon.stop();
+}

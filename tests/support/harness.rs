@@ -1,0 +1,427 @@
+//! Test harness: a real agentcaged per test (own socket, own parent cgroup, own pin
+//! directory, so tests run in parallel), the real agentcage CLI, and loopback listeners.
+//!
+//! Waiting is always for a condition (a log line, a printed line), bounded by a deadline;
+//! never a fixed sleep.
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    net::{TcpListener, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    thread,
+    time::Duration,
+};
+
+/// How long any awaited condition may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub fn agentcaged() -> &'static str {
+    env!("CARGO_BIN_EXE_agentcaged")
+}
+
+pub fn agentcage() -> &'static str {
+    env!("CARGO_BIN_EXE_agentcage")
+}
+
+/// The probe example (built by `cargo test` next to the test binaries).
+pub fn probe() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/debug/deps/TEST-hash -> target/debug/examples/probe
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("examples")
+        .join("probe");
+    assert!(
+        path.is_file(),
+        "probe example not built at {}",
+        path.display()
+    );
+    path
+}
+
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the end-to-end tests need root (real eBPF, real cgroups)"
+    );
+}
+
+/// Lines of a child's output, collected by a thread and awaited with a deadline.
+pub struct Lines {
+    rx: mpsc::Receiver<String>,
+    pub all: Arc<Mutex<Vec<String>>>,
+}
+
+impl Lines {
+    pub fn spawn(reader: impl std::io::Read + Send + 'static) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let all = Arc::new(Mutex::new(Vec::new()));
+        let keep = Arc::clone(&all);
+        thread::spawn(move || {
+            for line in BufReader::new(reader).lines() {
+                let Ok(line) = line else { break };
+                keep.lock().unwrap().push(line.clone());
+                if tx.send(line).is_err() {
+                    // Nobody waits any more; keep draining so the child never blocks.
+                }
+            }
+        });
+        Self { rx, all }
+    }
+
+    /// The next line satisfying `pred`, or a panic naming `what` after the deadline.
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) if pred(&line) => return line,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "timed out waiting for {what}; output so far:\n{}",
+                    self.all.lock().unwrap().join("\n")
+                ),
+            }
+        }
+    }
+}
+
+/// One running daemon.
+pub struct Daemon {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub policy: PathBuf,
+    pub cgroup_name: String,
+    pub log: Lines,
+}
+
+impl Daemon {
+    /// Starts agentcaged on `policy_yaml` and waits until it is ready.
+    pub fn start(policy_yaml: &str) -> Self {
+        require_root();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let policy = dir.path().join("policy.yaml");
+        fs::write(&policy, policy_yaml).expect("write policy");
+        let cgroup_name = format!(
+            "agentcage-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let socket = dir.path().join("agentcage.sock");
+        Self::start_with(dir, policy, socket, cgroup_name).expect("agentcaged did not become ready")
+    }
+
+    /// Starts a daemon on existing paths (e.g. a restart); Err(log) if it exits instead.
+    pub fn start_with(
+        dir: tempfile::TempDir,
+        policy: PathBuf,
+        socket: PathBuf,
+        cgroup_name: String,
+    ) -> Result<Self, String> {
+        let mut child = Command::new(agentcaged())
+            .arg("--policy")
+            .arg(&policy)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--cgroup-name")
+            .arg(&cgroup_name)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG_STYLE", "never")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn agentcaged");
+        let log = Lines::spawn(child.stderr.take().unwrap());
+        let ready = {
+            let deadline = std::time::Instant::now() + DEADLINE;
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match log.rx.recv_timeout(left) {
+                    Ok(line) if line.contains("agentcaged ready") => break true,
+                    Ok(_) => {}
+                    // Disconnected: the daemon exited (stderr closed).
+                    Err(_) => break false,
+                }
+            }
+        };
+        let mut daemon = Self {
+            child: Some(child),
+            dir,
+            socket,
+            policy,
+            cgroup_name,
+            log,
+        };
+        if ready {
+            Ok(daemon)
+        } else {
+            let _ = daemon.child.as_mut().unwrap().kill();
+            let _ = daemon.child.take().unwrap().wait();
+            Err(daemon.log.all.lock().unwrap().join("\n"))
+        }
+    }
+
+    /// The parent cgroup of this daemon's cages.
+    pub fn cgroup_root(&self) -> PathBuf {
+        cgroup2_mount().join(&self.cgroup_name)
+    }
+
+    pub fn pin_dir(&self) -> PathBuf {
+        PathBuf::from("/sys/fs/bpf").join(&self.cgroup_name)
+    }
+
+    /// `agentcage --socket S ARGS...`
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new(agentcage());
+        c.arg("--socket").arg(&self.socket);
+        c
+    }
+
+    /// `agentcage run --agent AGENT -- probe OP...`, returning its output.
+    pub fn probe_in(&self, agent: &str, op: &[&str]) -> Output {
+        self.cli()
+            .args(["run", "--agent", agent, "--"])
+            .arg(probe())
+            .args(op)
+            .output()
+            .expect("run agentcage")
+    }
+
+    /// Starts a probe that holds the cage and takes operations on stdin.
+    pub fn serve_in(&self, agent: &str) -> Served {
+        let mut child = self
+            .cli()
+            .args(["run", "--agent", agent, "--"])
+            .arg(probe())
+            .arg("serve")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run agentcage");
+        let stdin = child.stdin.take().unwrap();
+        let out = Lines::spawn(child.stdout.take().unwrap());
+        let ready = out.wait_for("the probe to start", |l| l.starts_with("ready "));
+        let pid = ready.trim_start_matches("ready ").parse().unwrap();
+        Served {
+            child,
+            stdin: Some(stdin),
+            out,
+            pid,
+        }
+    }
+
+    /// Reloads the policy file after replacing it with `yaml`.
+    pub fn rewrite_policy(&self, yaml: &str) -> Output {
+        fs::write(&self.policy, yaml).unwrap();
+        self.cli().args(["policy", "reload"]).output().unwrap()
+    }
+
+    /// Follows events; returns once the subscription is live.
+    pub fn follow_events(&self) -> Follower {
+        let mut child = self
+            .cli()
+            .args(["events", "--follow"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let err = Lines::spawn(child.stderr.take().unwrap());
+        let out: ChildStdout = child.stdout.take().unwrap();
+        err.wait_for("the event subscription", |l| l.contains("following events"));
+        Follower {
+            child,
+            lines: Lines::spawn(out),
+        }
+    }
+
+    /// SIGTERM and wait; returns the daemon's log.
+    pub fn stop(mut self) -> String {
+        self.terminate();
+        self.log.all.lock().unwrap().join("\n")
+    }
+
+    fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let status = child.wait().unwrap();
+            assert!(
+                status.success(),
+                "agentcaged exited with {status}:\n{}",
+                self.log.all.lock().unwrap().join("\n")
+            );
+        }
+    }
+
+    /// Hands the paths over for a restart without cleaning up.
+    pub fn stop_keeping_paths(mut self) -> (tempfile::TempDir, PathBuf, PathBuf, String) {
+        self.terminate();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let name = std::mem::take(&mut self.cgroup_name);
+        (dir, self.policy.clone(), self.socket.clone(), name)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if !self.cgroup_name.is_empty() {
+            cleanup_cgroup(&self.cgroup_root());
+            let _ = fs::remove_dir_all(self.pin_dir());
+        }
+    }
+}
+
+/// Kills whatever a failed test left in the cgroup tree and removes it.
+pub fn cleanup_cgroup(root: &Path) {
+    if !root.exists() {
+        return;
+    }
+    if let Ok(entries) = fs::read_dir(root) {
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                let _ = fs::write(e.path().join("cgroup.kill"), "1");
+                // rmdir succeeds once the killed processes are reaped; retry boundedly.
+                for _ in 0..200 {
+                    if fs::remove_dir(e.path()).is_ok() {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    let _ = fs::remove_dir(root);
+}
+
+/// A probe serving operations inside a cage.
+pub struct Served {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    pub out: Lines,
+    pub pid: u32,
+}
+
+impl Served {
+    /// Runs one operation in the cage; returns "ok" or "err N".
+    pub fn op(&mut self, op: &str) -> String {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{op}").unwrap();
+        stdin.flush().unwrap();
+        self.out
+            .wait_for(op, |l| l == "ok" || l.starts_with("err "))
+    }
+
+    /// Closes stdin and waits for the probe (and `agentcage run`) to exit.
+    pub fn finish(mut self) -> std::process::ExitStatus {
+        drop(self.stdin.take());
+        self.child.wait().unwrap()
+    }
+}
+
+/// `agentcage events --follow` running.
+pub struct Follower {
+    child: Child,
+    pub lines: Lines,
+}
+
+impl Follower {
+    /// The next event (as JSON) matching `pred`.
+    pub fn wait_event(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let line = self.lines.wait_for(what, |l| {
+            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| pred(&v))
+        });
+        serde_json::from_str(&line).unwrap()
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The cgroup v2 mount, from mountinfo.
+pub fn cgroup2_mount() -> PathBuf {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    text.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            right
+                .starts_with("cgroup2 ")
+                .then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap()))
+        })
+        .expect("cgroup2 mounted")
+}
+
+/// A TCP listener on a loopback address; accepted connections are simply dropped.
+pub fn tcp_listener(ip: &str) -> (TcpListener, u16) {
+    let l = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}: {e}"));
+    let port = l.local_addr().unwrap().port();
+    (l, port)
+}
+
+/// A TCP listener on `ip` at a given port.
+pub fn tcp_listener_at(ip: &str, port: u16) -> TcpListener {
+    TcpListener::bind((ip, port)).unwrap_or_else(|e| panic!("bind {ip}:{port}: {e}"))
+}
+
+/// A non-blocking UDP socket on a loopback address.
+pub fn udp_listener(ip: &str) -> (UdpSocket, u16) {
+    let s = UdpSocket::bind((ip, 0)).unwrap();
+    s.set_nonblocking(true).unwrap();
+    let port = s.local_addr().unwrap().port();
+    (s, port)
+}
+
+/// Stdout of an output, trimmed.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+/// Stderr of an output.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// How many programs `bpftool` says are attached to `cgroup` itself.
+pub fn attached_programs(cgroup: &Path) -> usize {
+    let out = Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .expect("bpftool (installed by `cargo xtask setup`)");
+    assert!(out.status.success(), "bpftool failed: {}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        return 0;
+    }
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v.as_array().map_or(0, Vec::len)
+}

@@ -1,0 +1,118 @@
+//! A tiny workload for the end-to-end tests: performs one network operation (or a stream of
+//! them, read from stdin) and prints `ok` or `err ERRNO` for each, so a test can tell a
+//! policy denial (EPERM) from anything else. Run inside cages by `agentcage run`.
+
+use std::{
+    io::{self, BufRead as _, Write as _},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    process::exit,
+};
+
+fn errno(e: &io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(-1)
+}
+
+fn report(r: io::Result<()>) -> i32 {
+    match r {
+        Ok(()) => {
+            println!("ok");
+            0
+        }
+        Err(e) => {
+            println!("err {}", errno(&e));
+            errno(&e)
+        }
+    }
+}
+
+fn addr(s: &str) -> io::Result<SocketAddr> {
+    s.parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{s}: {e}")))
+}
+
+fn local_for(dst: &SocketAddr) -> &'static str {
+    if dst.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+}
+
+/// Runs one operation; the result is Ok or the OS error.
+fn op(args: &[&str]) -> io::Result<()> {
+    match args {
+        ["connect", a] => TcpStream::connect(addr(a)?).map(drop),
+        ["udp", a, payload] => {
+            let dst = addr(a)?;
+            let s = UdpSocket::bind(local_for(&dst))?;
+            s.send_to(payload.as_bytes(), dst).map(drop)
+        }
+        ["udp-connected", a, payload] => {
+            let dst = addr(a)?;
+            let s = UdpSocket::bind(local_for(&dst))?;
+            s.connect(dst)?;
+            s.send(payload.as_bytes()).map(drop)
+        }
+        ["raw"] => socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
+        ["packet"] => socket(libc::AF_PACKET, libc::SOCK_RAW, 0),
+        ["fork-connect", a] => fork_connect(a),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("unknown operation {args:?}"),
+        )),
+    }
+}
+
+fn socket(family: i32, ty: i32, proto: i32) -> io::Result<()> {
+    // SAFETY: plain syscalls on a descriptor we own.
+    let fd = unsafe { libc::socket(family, ty, proto) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
+/// Forks; the child connects and exits with the errno; the parent reports it.
+fn fork_connect(a: &str) -> io::Result<()> {
+    let dst = addr(a)?;
+    // SAFETY: the probe is single-threaded, so the child may run ordinary code.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            let code = TcpStream::connect(dst)
+                .map(|_| 0)
+                .unwrap_or_else(|e| errno(&e));
+            // SAFETY: leave the child without running the parent's exit handlers.
+            unsafe { libc::_exit(code) }
+        }
+        child => {
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(child, &mut status, 0) };
+            match libc::WEXITSTATUS(status) {
+                0 => Ok(()),
+                e => Err(io::Error::from_raw_os_error(e)),
+            }
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    if args == ["serve"] {
+        // Hold the cage and take operations from stdin, one a line, until stdin closes.
+        println!("ready {}", std::process::id());
+        let _ = io::stdout().flush();
+        for line in io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            let words: Vec<&str> = line.split_whitespace().collect();
+            report(op(&words));
+            let _ = io::stdout().flush();
+        }
+        return;
+    }
+    exit(report(op(&args)));
+}
