@@ -92,7 +92,12 @@ fn on_v6(ctx: &SockAddrContext, hook: Hook) -> i32 {
     // SAFETY: as in on_v4.
     let sa = unsafe { &*ctx.sock_addr };
     // The verifier allows only 4-byte loads of user_ip6, one word at a time.
-    let words = [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]];
+    let words = [
+        sa.user_ip6[0],
+        sa.user_ip6[1],
+        sa.user_ip6[2],
+        sa.user_ip6[3],
+    ];
     let mut addr = [0u8; 16];
     let mut family = AF_INET6 as u16;
     // ::ffff:a.b.c.d is an IPv4 destination: judge it by the IPv4 list.
@@ -152,7 +157,9 @@ fn decide(attempt: &Attempt) -> i32 {
         );
         EGRESS_V6.get(&key)
     };
-    let rule_id = rules.map_or(RULE_DEFAULT_DENY, |r| matching_rule(r, attempt.port, proto_bit));
+    let rule_id = rules.map_or(RULE_DEFAULT_DENY, |r| {
+        matching_rule(r, attempt.port, proto_bit)
+    });
     let verdict = if rule_id == RULE_DEFAULT_DENY {
         Verdict::Deny
     } else {
@@ -189,7 +196,13 @@ fn cage_of(cgroup_id: u64) -> Option<CageConfig> {
 
 /// Counts the decision and sends its event (allows subject to the cage's sampling).
 #[inline(always)]
-fn report(attempt: &Attempt, cage: Option<&CageConfig>, cgroup_id: u64, verdict: Verdict, rule_id: u32) {
+fn report(
+    attempt: &Attempt,
+    cage: Option<&CageConfig>,
+    cgroup_id: u64,
+    verdict: Verdict,
+    rule_id: u32,
+) {
     let emit = match verdict {
         Verdict::Deny => {
             count(cgroup_id, Counter::Denied);
@@ -250,7 +263,10 @@ pub fn agentcage_sock_create(ctx: SockContext) -> i32 {
         Some(c) if c.flags & CAGE_F_ALLOW_RAW != 0 => (Verdict::Allow, RULE_SOCKET_ALLOWED),
         Some(_) => (Verdict::Deny, RULE_SOCKET_KIND),
         None => {
-            warn!(&ctx, "agentcage: socket from unknown cgroup {} refused", cgroup_id);
+            warn!(
+                &ctx,
+                "agentcage: socket from unknown cgroup {} refused", cgroup_id
+            );
             (Verdict::Deny, RULE_NO_CAGE)
         }
     };

@@ -2,8 +2,7 @@
 
 use agent_common::event::EventHeader;
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid,
-    generated::bpf_ktime_get_boot_ns,
+    bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_ktime_get_boot_ns,
 };
 
 use crate::maps::{CAGE_STATS, GLOBAL_LOST};

@@ -15,7 +15,8 @@ use aya_ebpf::{
 pub static CAGES: HashMap<u64, CageConfig> = HashMap::with_max_entries(MAX_CAGES, 0);
 
 #[map]
-pub static CAGE_STATS: PerCpuHashMap<u64, CageStats> = PerCpuHashMap::with_max_entries(MAX_CAGES, 0);
+pub static CAGE_STATS: PerCpuHashMap<u64, CageStats> =
+    PerCpuHashMap::with_max_entries(MAX_CAGES, 0);
 
 #[map]
 pub static EGRESS_V4: LpmTrie<Key4, PortRules> = LpmTrie::with_max_entries(MAX_EGRESS_ENTRIES, 0);
