@@ -364,3 +364,37 @@ fn become_nobody_with_dac_override() -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn caged_processes_cannot_use_the_control_socket() {
+    let daemon = Daemon::start(
+        "version: 1\nagents:\n  tester:\n    egress:\n      allow: []\n  lax:\n    egress:\n      allow:\n        - cidr: 0.0.0.0/0\n",
+    );
+    // A (root) agent trying to start itself again as a laxer agent, or to read the daemon.
+    let socket = daemon.socket.to_str().unwrap().to_owned();
+    let inner = format!(
+        "{cli} --socket {socket} run --agent lax -- true; echo run=$?; {cli} --socket {socket} status; echo status=$?",
+        cli = harness::agentcage()
+    );
+    let out = daemon
+        .cli()
+        .args(["run", "--agent", "tester", "--", "sh", "-c", &inner])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(
+        text.contains("run=2") && text.contains("status=2"),
+        "{text}\n{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("inside an agentcage cage"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !daemon.cgroup_root().join("lax").exists(),
+        "no cage was made for the laxer agent"
+    );
+    daemon.stop();
+}

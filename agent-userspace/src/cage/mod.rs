@@ -58,6 +58,9 @@ pub(crate) fn io_err<'a>(
 #[derive(Debug, Clone)]
 pub struct CageRoot {
     dir: CgroupDir,
+    /// The parent's path as /proc/PID/cgroup shows it (relative to the mount), e.g.
+    /// `/agentcage`.
+    relative: String,
 }
 
 impl CageRoot {
@@ -71,7 +74,22 @@ impl CageRoot {
         }
         Ok(Self {
             dir: CgroupDir::new(path),
+            relative: format!("/{name}"),
         })
+    }
+
+    /// Whether process `pid` is in a cage (or the parent itself). A process that cannot be
+    /// looked up counts as caged: callers use this to refuse, so it fails closed.
+    pub fn holds_pid(&self, pid: u32) -> bool {
+        match cgroup_of_pid(pid) {
+            Ok(path) => {
+                path == self.relative
+                    || path
+                        .strip_prefix(&self.relative)
+                        .is_some_and(|rest| rest.starts_with('/'))
+            }
+            Err(_) => true,
+        }
     }
 
     /// The parent cgroup.
@@ -84,7 +102,7 @@ impl CageRoot {
         let path = self.dir.path().join(agent);
         match fs::create_dir(&path) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => {}
             Err(e) => return Err(io_err("creating cage", &path)(e)),
         }
         Ok(CgroupDir::new(path))

@@ -80,6 +80,22 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream) {
         let _ = send(&mut write, &Response::Error { message }).await;
         return;
     }
+    // An agent must not steer its own containment (join a laxer cage, reload policy...):
+    // nothing from inside a cage is served.
+    let caged = shared.state().root().holds_pid(peer.pid);
+    if caged {
+        warn!(
+            uid = peer.uid,
+            pid = peer.pid,
+            "control connection from inside a cage refused"
+        );
+        let message = format!(
+            "refused: process {} is inside an agentcage cage, and caged processes may not use the control socket",
+            peer.pid
+        );
+        let _ = send(&mut write, &Response::Error { message }).await;
+        return;
+    }
     let mut held: Vec<String> = Vec::new();
     let mut lines = BufReader::new(read).lines();
     loop {

@@ -143,6 +143,11 @@ impl State {
         &self.policy
     }
 
+    /// The parent cgroup of every cage.
+    pub fn root(&self) -> &CageRoot {
+        &self.root
+    }
+
     fn agent_id(&mut self, agent: &str) -> u32 {
         if let Some(id) = self.agent_ids.get(agent) {
             return *id;
