@@ -55,6 +55,7 @@ fn tcp_connect_allowed_and_denied_with_a_deny_event_naming_the_rule() {
     assert!(deny["pid"].as_u64().unwrap() > 0);
     assert!(deny["cgroup_id"].as_u64().unwrap() > 0);
     assert_eq!(deny["policy_hash"].as_str().unwrap().len(), 64);
+    assert!(deny["kernel_ts_ns"].as_u64().unwrap() > allow["kernel_ts_ns"].as_u64().unwrap());
     daemon.stop();
 }
 

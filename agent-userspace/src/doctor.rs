@@ -9,7 +9,7 @@ use aya::{
 };
 use serde::Serialize;
 
-use crate::cage::find_cgroup2_mount;
+use crate::{cage::find_cgroup2_mount, errors::render};
 
 /// One probed capability.
 #[derive(Clone, Debug, Serialize)]
@@ -59,7 +59,7 @@ impl DoctorReport {
 fn program(name: &'static str, used_for: &'static str, t: ProgramType) -> Probe {
     let (supported, error) = match is_program_supported(t) {
         Ok(s) => (Some(s), None),
-        Err(e) => (None, Some(e.to_string())),
+        Err(e) => (None, Some(render(&e))),
     };
     Probe {
         name,
@@ -72,7 +72,7 @@ fn program(name: &'static str, used_for: &'static str, t: ProgramType) -> Probe 
 fn map(name: &'static str, used_for: &'static str, t: MapType) -> Probe {
     let (supported, error) = match is_map_supported(t) {
         Ok(s) => (Some(s), None),
-        Err(e) => (None, Some(e.to_string())),
+        Err(e) => (None, Some(render(&e))),
     };
     Probe {
         name,
@@ -88,17 +88,7 @@ pub fn probe() -> DoctorReport {
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_else(|e| format!("unknown ({e})"));
     let cgroup2 = find_cgroup2_mount().ok();
-    let cgroup_freeze_kill = cgroup2.as_ref().is_some_and(|m| {
-        // The root cgroup has neither file; look at any child cgroup.
-        fs::read_dir(m)
-            .ok()
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|e| {
-                e.path().join("cgroup.freeze").exists() && e.path().join("cgroup.kill").exists()
-            })
-    });
+    let cgroup_freeze_kill = cgroup2.as_deref().is_some_and(has_freeze_and_kill);
     let bpffs_mounted = fs::read_to_string("/proc/self/mountinfo")
         .map(|m| {
             m.lines()
@@ -164,6 +154,17 @@ pub fn probe() -> DoctorReport {
     }
 }
 
+/// The root cgroup has neither cgroup.freeze nor cgroup.kill, so look in a throwaway child.
+fn has_freeze_and_kill(mount: &Path) -> bool {
+    let probe = mount.join(format!("agentcage-doctor-{}", std::process::id()));
+    if fs::create_dir(&probe).is_err() {
+        return false;
+    }
+    let found = probe.join("cgroup.freeze").exists() && probe.join("cgroup.kill").exists();
+    let _ = fs::remove_dir(&probe);
+    found
+}
+
 impl fmt::Display for DoctorReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let yes_no = |b: bool| if b { "yes" } else { "no" };
@@ -197,7 +198,7 @@ impl fmt::Display for DoctorReport {
             let state = match (p.supported, &p.error) {
                 (Some(true), _) => "ok".to_owned(),
                 (Some(false), _) => "refused".to_owned(),
-                (None, Some(e)) => format!("probe failed: {e}"),
+                (None, Some(e)) => format!("refused ({e})"),
                 (None, None) => "unknown".to_owned(),
             };
             writeln!(f, "  {:<26} {:<10} {}", p.name, state, p.used_for)?;

@@ -471,6 +471,7 @@ impl State {
         let time = i128::from(e.header.ts_ns) + self.boot_to_wall_ns;
         Event {
             time_unix_nano: u64::try_from(time).unwrap_or(0),
+            kernel_ts_ns: e.header.ts_ns,
             agent: agent.map(|a| AgentIdentity::for_agent(a).to_string()),
             pid: e.header.pid,
             tgid: e.header.tgid,

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 pub struct Event {
     /// Wall-clock time of the kernel's timestamp, nanoseconds since the Unix epoch.
     pub time_unix_nano: u64,
+    /// The kernel's own timestamp (CLOCK_BOOTTIME, ns): monotonic, for ordering.
+    pub kernel_ts_ns: u64,
     /// The agent's identity (`agent:NAME`), or null when the caller was in no known cage.
     pub agent: Option<String>,
     /// Thread id.
