@@ -119,6 +119,19 @@ fn restarts_keep_enforcing_and_never_attach_twice() {
         .unwrap()
         .contains(&cage.pid.into()));
 
+    // Even a daemon killed outright leaves the cage enforced (its links were pinned at
+    // start), and the next one again attaches exactly one set.
+    let (dir, policy, socket, name) = daemon.kill_keeping_paths();
+    assert_eq!(
+        cage.op(&format!("connect 127.0.0.2:{port}")),
+        "err 1",
+        "still enforced after SIGKILL"
+    );
+    assert_eq!(attached_programs(&root), 5);
+    let daemon = Daemon::start_with(dir, policy, socket, name).expect("restart after SIGKILL");
+    assert_eq!(attached_programs(&root), 5);
+    assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), "err 1");
+
     // Once the cage empties, a stop leaves nothing behind.
     assert!(cage.finish().success());
     daemon.stop_keeping_paths();

@@ -274,6 +274,19 @@ impl Daemon {
     /// Hands the paths over for a restart without cleaning up.
     pub fn stop_keeping_paths(mut self) -> (tempfile::TempDir, PathBuf, PathBuf, String) {
         self.terminate();
+        self.into_paths()
+    }
+
+    /// SIGKILLs the daemon (no chance to clean up) and hands the paths over.
+    pub fn kill_keeping_paths(mut self) -> (tempfile::TempDir, PathBuf, PathBuf, String) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        self.into_paths()
+    }
+
+    fn into_paths(mut self) -> (tempfile::TempDir, PathBuf, PathBuf, String) {
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         let name = std::mem::take(&mut self.cgroup_name);
         (dir, self.policy.clone(), self.socket.clone(), name)

@@ -68,80 +68,110 @@ pub fn ensure_bpffs() -> Result<bool, BpfError> {
     Ok(true)
 }
 
-/// The programs, loaded and attached to one cgroup; dropping this detaches them unless they
-/// were pinned first.
+/// The programs, loaded, attached to one cgroup, and pinned at once: should the daemon die
+/// in any way (even SIGKILL), the pins keep the programs attached and enforcing.
 pub struct AttachedPrograms {
-    links: Vec<(&'static str, FdLink)>,
+    pins: Vec<(PathBuf, PinnedLink)>,
+    dir: PathBuf,
 }
 
 impl AttachedPrograms {
-    /// Loads and attaches every program in [`PROGRAMS`] to `cgroup` with bpf links. Cgroup
-    /// links are always multi-attach (the kernel refuses any flag on them), so an earlier
-    /// daemon's pinned links can overlap with these during a restart, leaving no gap.
-    pub fn attach(ebpf: &mut Ebpf, cgroup: &Path) -> Result<Self, BpfError> {
+    /// Loads and attaches every program in [`PROGRAMS`] to `cgroup` with bpf links, and pins
+    /// each as `DIR/NAME-TAG` (bpffs refuses dots in names). Cgroup links are always multi-attach (the kernel refuses any
+    /// flag on them), so an earlier daemon's pinned links overlap with these during a
+    /// restart, leaving no gap.
+    pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, dir: &Path, tag: &str) -> Result<Self, BpfError> {
         let cgroup_file = File::open(cgroup).map_err(|source| BpfError::Io {
             op: "opening cgroup",
             path: cgroup.to_path_buf(),
             source,
         })?;
-        let mut links = Vec::with_capacity(PROGRAMS.len());
-        for (name, kind) in PROGRAMS {
-            let program = ebpf
-                .program_mut(name)
-                .ok_or(BpfError::MissingProgram(name))?;
-            let wrap = |source| BpfError::Program { name, source };
-            let link = match kind {
-                ProgramKind::SockAddr => {
-                    let p: &mut CgroupSockAddr = program
-                        .try_into()
-                        .map_err(|_| BpfError::MissingProgram(name))?;
-                    p.load().map_err(wrap)?;
-                    let id = p
-                        .attach(&cgroup_file, CgroupAttachMode::Single)
-                        .map_err(wrap)?;
-                    FdLink::try_from(p.take_link(id).map_err(wrap)?)
-                }
-                ProgramKind::Sock => {
-                    let p: &mut CgroupSock = program
-                        .try_into()
-                        .map_err(|_| BpfError::MissingProgram(name))?;
-                    p.load().map_err(wrap)?;
-                    let id = p
-                        .attach(&cgroup_file, CgroupAttachMode::Single)
-                        .map_err(wrap)?;
-                    FdLink::try_from(p.take_link(id).map_err(wrap)?)
-                }
-            }
-            .map_err(|e| BpfError::Pin {
-                path: PathBuf::from(name),
-                what: format!("taking the link: {e}"),
-            })?;
-            links.push((name, link));
-        }
-        Ok(Self { links })
-    }
-
-    /// Pins every link under `dir` so the programs stay attached after this process exits.
-    pub fn pin(self, dir: &Path) -> Result<(), BpfError> {
         fs::create_dir_all(dir).map_err(|source| BpfError::Io {
             op: "creating pin directory",
             path: dir.to_path_buf(),
             source,
         })?;
-        for (name, link) in self.links {
-            let path = dir.join(name);
-            link.pin(&path).map_err(|e| BpfError::Pin {
-                path: path.clone(),
-                what: e.to_string(),
-            })?;
+        let mut attached = Self {
+            pins: Vec::with_capacity(PROGRAMS.len()),
+            dir: dir.to_path_buf(),
+        };
+        for (name, kind) in PROGRAMS {
+            let link = attach_one(ebpf, &cgroup_file, name, kind);
+            let path = dir.join(format!("{name}-{tag}"));
+            let pinned = link.and_then(|link| {
+                link.pin(&path).map_err(|e| BpfError::Pin {
+                    path: path.clone(),
+                    what: crate::errors::render(&e),
+                })
+            });
+            match pinned {
+                Ok(p) => attached.pins.push((path, p)),
+                Err(e) => {
+                    // Undo the ones already made; the caller reports the error.
+                    attached.detach();
+                    return Err(e);
+                }
+            }
         }
-        Ok(())
+        Ok(attached)
+    }
+
+    /// Unpins and detaches every program (no cage needs them any more).
+    pub fn detach(self) {
+        for (path, pinned) in self.pins {
+            match pinned.unpin() {
+                // Dropping the last reference detaches the program.
+                Ok(link) => drop(link),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not unpin"),
+            }
+        }
+        let _ = fs::remove_dir(&self.dir);
+    }
+
+    /// Leaves the programs pinned and attached after this process exits.
+    pub fn keep(self) {
+        drop(self.pins);
     }
 }
 
-/// Detaches links an earlier daemon pinned under `dir` (call after attaching anew, so there
-/// is no moment without enforcement). Returns how many were released.
-pub fn release_pinned(dir: &Path) -> Result<usize, BpfError> {
+fn attach_one(
+    ebpf: &mut Ebpf,
+    cgroup: &File,
+    name: &'static str,
+    kind: ProgramKind,
+) -> Result<FdLink, BpfError> {
+    let program = ebpf
+        .program_mut(name)
+        .ok_or(BpfError::MissingProgram(name))?;
+    let wrap = |source| BpfError::Program { name, source };
+    match kind {
+        ProgramKind::SockAddr => {
+            let p: &mut CgroupSockAddr = program
+                .try_into()
+                .map_err(|_| BpfError::MissingProgram(name))?;
+            p.load().map_err(wrap)?;
+            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(wrap)?;
+            FdLink::try_from(p.take_link(id).map_err(wrap)?)
+        }
+        ProgramKind::Sock => {
+            let p: &mut CgroupSock = program
+                .try_into()
+                .map_err(|_| BpfError::MissingProgram(name))?;
+            p.load().map_err(wrap)?;
+            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(wrap)?;
+            FdLink::try_from(p.take_link(id).map_err(wrap)?)
+        }
+    }
+    .map_err(|e| BpfError::Pin {
+        path: PathBuf::from(name),
+        what: format!("taking the link: {e}"),
+    })
+}
+
+/// Detaches links that an earlier daemon pinned under `dir` (those not tagged `keep_tag`).
+/// Called after this daemon's own are attached, so there is no moment without enforcement.
+/// Returns how many were released.
+pub fn release_pinned(dir: &Path, keep_tag: &str) -> Result<usize, BpfError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
@@ -153,12 +183,16 @@ pub fn release_pinned(dir: &Path) -> Result<usize, BpfError> {
             })
         }
     };
+    let suffix = format!("-{keep_tag}");
     let mut released = 0;
     for entry in entries.flatten() {
         let path: PathBuf = entry.path();
+        if path.to_string_lossy().ends_with(&suffix) {
+            continue;
+        }
         let pinned = PinnedLink::from_pin(&path).map_err(|e| BpfError::Pin {
             path: path.clone(),
-            what: e.to_string(),
+            what: crate::errors::render(&e),
         })?;
         // Unpinning removes the bpffs file; dropping the FdLink then detaches the program.
         drop(pinned.unpin().map_err(|source| BpfError::Io {
@@ -168,6 +202,5 @@ pub fn release_pinned(dir: &Path) -> Result<usize, BpfError> {
         })?);
         released += 1;
     }
-    let _ = fs::remove_dir(dir);
     Ok(released)
 }

@@ -139,16 +139,30 @@ async fn start(
     if !adopted.is_empty() {
         info!(agents = ?adopted, "took over cages left by an earlier daemon");
     }
-    let programs = AttachedPrograms::attach(&mut ebpf, root.dir().path())?;
+    let pin_dir = config.pin_dir();
+    let tag = pin_tag();
+    let programs = AttachedPrograms::attach(&mut ebpf, root.dir().path(), &pin_dir, &tag)?;
     // Only now drop the earlier daemon's links: there was no moment without enforcement.
-    let released = bpf::release_pinned(&config.pin_dir())?;
+    let released = match bpf::release_pinned(&pin_dir, &tag) {
+        Ok(n) => n,
+        Err(e) => {
+            programs.detach();
+            return Err(e.into());
+        }
+    };
     if released > 0 {
         info!(
             released,
             "detached the programs an earlier daemon had pinned"
         );
     }
-    let listener = server::bind(&config.socket, &access)?;
+    let listener = match server::bind(&config.socket, &access) {
+        Ok(l) => l,
+        Err(e) => {
+            programs.detach();
+            return Err(e);
+        }
+    };
     let shared = Arc::new(Shared {
         state: std::sync::Mutex::new(state),
         bus: EventBus::new(),
@@ -179,12 +193,11 @@ async fn start(
     let _ = std::fs::remove_file(&config.socket);
     let kept = shared.state().shutdown();
     if kept.is_empty() {
-        drop(programs);
+        programs.detach();
         root.remove()?;
         info!("stopped: no cage held a process; programs detached and cgroups removed");
     } else {
-        let pin_dir = config.pin_dir();
-        programs.pin(&pin_dir)?;
+        programs.keep();
         warn!(
             agents = ?kept,
             pins = %pin_dir.display(),
@@ -193,6 +206,15 @@ async fn start(
         );
     }
     Ok(())
+}
+
+/// Names this daemon's pins apart from any earlier daemon's: pid and start time.
+fn pin_tag() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{}-{now}", std::process::id())
 }
 
 /// Waits for SIGTERM or SIGINT; reloads the policy on SIGHUP meanwhile.

@@ -331,6 +331,14 @@ impl State {
         Ok(path)
     }
 
+    /// Removes every cage that is empty and unheld (e.g. ones an earlier daemon left).
+    pub fn tidy(&mut self) {
+        let agents: Vec<String> = self.cages.keys().cloned().collect();
+        for agent in agents {
+            self.remove_if_idle(&agent);
+        }
+    }
+
     /// A cage's cgroup.events changed: remove the cage if it emptied and nothing holds it.
     pub fn on_watch(&mut self, watch: WatchDescriptor) {
         if let Some(agent) = self.watches.get(&watch).cloned() {
@@ -511,13 +519,10 @@ impl State {
 
     /// Removes every empty cage; returns the names of cages that still hold processes.
     pub fn shutdown(&mut self) -> Vec<String> {
-        let agents: Vec<String> = self.cages.keys().cloned().collect();
-        for agent in &agents {
-            if let Some(cage) = self.cages.get_mut(agent) {
-                cage.holds = 0;
-            }
-            self.remove_if_idle(agent);
+        for cage in self.cages.values_mut() {
+            cage.holds = 0;
         }
+        self.tidy();
         self.cages.keys().cloned().collect()
     }
 }
