@@ -316,20 +316,7 @@ fn the_control_socket_refuses_other_users() {
 
 /// Drops to uid/gid 65534 keeping CAP_DAC_OVERRIDE across exec (as an ambient capability).
 fn become_nobody_with_dac_override() -> std::io::Result<()> {
-    const CAP_DAC_OVERRIDE: u32 = 1;
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let check = |rc: libc::c_long| {
+    let check = |rc: libc::c_int| {
         if rc < 0 {
             Err(std::io::Error::last_os_error())
         } else {
@@ -338,44 +325,12 @@ fn become_nobody_with_dac_override() -> std::io::Result<()> {
     };
     // SAFETY: plain syscalls with valid arguments.
     unsafe {
-        check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0).into())?;
-        check(libc::setgroups(0, std::ptr::null()).into())?;
-        check(libc::setresgid(65534, 65534, 65534).into())?;
-        check(libc::setresuid(65534, 65534, 65534).into())?;
-        let bit = 1u32 << CAP_DAC_OVERRIDE;
-        let mut header = Header {
-            version: 0x2008_0522,
-            pid: 0,
-        };
-        let data = [
-            Data {
-                effective: bit,
-                permitted: bit,
-                inheritable: bit,
-            },
-            Data {
-                effective: 0,
-                permitted: 0,
-                inheritable: 0,
-            },
-        ];
-        check(libc::syscall(
-            libc::SYS_capset,
-            &raw mut header,
-            data.as_ptr(),
-        ))?;
-        check(
-            libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_RAISE,
-                CAP_DAC_OVERRIDE as libc::c_ulong,
-                0,
-                0,
-            )
-            .into(),
-        )?;
+        check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0))?;
+        check(libc::setgroups(0, std::ptr::null()))?;
+        check(libc::setresgid(65534, 65534, 65534))?;
+        check(libc::setresuid(65534, 65534, 65534))?;
     }
-    Ok(())
+    agentcage::caps::raise_ambient(agentcage::caps::CAP_DAC_OVERRIDE)
 }
 
 #[test]

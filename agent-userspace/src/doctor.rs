@@ -57,20 +57,19 @@ impl DoctorReport {
 }
 
 fn program(name: &'static str, used_for: &'static str, t: ProgramType) -> Probe {
-    let (supported, error) = match is_program_supported(t) {
-        Ok(s) => (Some(s), None),
-        Err(e) => (None, Some(render(&e))),
-    };
-    Probe {
-        name,
-        used_for,
-        supported,
-        error,
-    }
+    outcome(name, used_for, is_program_supported(t))
 }
 
 fn map(name: &'static str, used_for: &'static str, t: MapType) -> Probe {
-    let (supported, error) = match is_map_supported(t) {
+    outcome(name, used_for, is_map_supported(t))
+}
+
+fn outcome<E: std::error::Error + 'static>(
+    name: &'static str,
+    used_for: &'static str,
+    result: Result<bool, E>,
+) -> Probe {
+    let (supported, error) = match result {
         Ok(s) => (Some(s), None),
         Err(e) => (None, Some(render(&e))),
     };

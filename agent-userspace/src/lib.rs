@@ -3,6 +3,7 @@
 //! The library behind the `agentcaged` daemon and the `agentcage` CLI, one module per
 //! capability:
 //! - [`cage`]: cgroup v2 discovery and the agents' cages;
+//! - [`caps`]: capability sets, changed between fork and exec;
 //! - [`bpf`]: loading, attaching and pinning the eBPF programs, and their maps;
 //! - [`policy`]: the policy files (schema, parsing with locations, compiling to maps, hashing);
 //! - [`events`]: decoding kernel events and the event bus;
@@ -14,6 +15,7 @@
 
 pub mod bpf;
 pub mod cage;
+pub mod caps;
 pub mod cli;
 pub mod control;
 pub mod daemon;

@@ -74,7 +74,7 @@ pub fn run(socket: &Path, args: &RunArgs) -> Result<i32> {
         command.pre_exec(move || {
             join.send_from_child()?;
             if !raw_sockets {
-                drop_net_raw()?;
+                crate::caps::drop_net_raw()?;
             }
             let set = forwarded_set();
             libc::pthread_sigmask(libc::SIG_UNBLOCK, set.as_ref(), std::ptr::null_mut());
@@ -132,64 +132,6 @@ fn forward_signals(set: SigSet, child: Pid) {
             }
         }
     }
-}
-
-/// Takes CAP_NET_RAW away for good: packet (AF_PACKET) sockets are invisible to the cgroup
-/// socket hooks, so without the capability is how they stay closed. Root drops it from the
-/// bounding set and every capability set; anyone else gets no_new_privs, so no file
-/// capability (ping's) can grant it. Async-signal-safe.
-fn drop_net_raw() -> io::Result<()> {
-    const CAP_NET_RAW: libc::c_ulong = 13;
-    const VERSION_3: u32 = 0x2008_0522;
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    // SAFETY: prctl and capget/capset with correctly sized, initialised structures.
-    unsafe {
-        if libc::prctl(libc::PR_CAPBSET_DROP, CAP_NET_RAW, 0, 0, 0) != 0 {
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            return Ok(());
-        }
-        let mut header = Header {
-            version: VERSION_3,
-            pid: 0,
-        };
-        let mut data = [Data {
-            effective: 0,
-            permitted: 0,
-            inheritable: 0,
-        }; 2];
-        if libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let bit = !(1u32 << CAP_NET_RAW);
-        data[0].effective &= bit;
-        data[0].permitted &= bit;
-        data[0].inheritable &= bit;
-        if libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // Ambient capabilities must be in permitted; lowering is harmless if absent.
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_LOWER,
-            CAP_NET_RAW,
-            0,
-            0,
-        );
-    }
-    Ok(())
 }
 
 /// Everything the child needs to join the cage, prepared before fork.
