@@ -184,6 +184,7 @@ async fn start(
     if let Some(log) = kernel_log {
         tasks.spawn(tasks::forward_kernel_log(log));
     }
+    tasks.spawn(tasks::report_losses(Arc::clone(&shared)));
     tasks.spawn(tasks::accept(Arc::clone(&shared), listener));
 
     wait_for_stop(&shared).await;

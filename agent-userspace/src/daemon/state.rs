@@ -453,6 +453,16 @@ impl State {
         }
     }
 
+    /// Events lost so far: every live cage's plus those of callers in no cage.
+    pub fn total_lost(&self) -> u64 {
+        let caged: u64 = self
+            .cages
+            .values()
+            .map(|c| self.maps.stats(c.cgroup_id).lost)
+            .sum();
+        caged + self.maps.global_lost()
+    }
+
     /// Turns a kernel record into an event with the agent's identity and the rule's text.
     pub fn enrich(&self, raw: &RawEvent) -> Event {
         let RawEvent::Egress(e) = raw;

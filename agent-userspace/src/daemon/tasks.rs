@@ -108,6 +108,25 @@ pub async fn forward_kernel_log(log: aya_log::EbpfLogger<&'static dyn log::Log>)
     }
 }
 
+/// Says in the log when the kernel could not report events (ring buffer full), so loss never
+/// goes unnoticed even when nobody runs `agentcage status`.
+pub async fn report_losses(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
+    let mut last = 0;
+    loop {
+        every.tick().await;
+        let total = shared.state().total_lost();
+        if total > last {
+            warn!(
+                lost = total - last,
+                total,
+                "events lost: the ring buffer was full (agentcage status shows them per agent)"
+            );
+        }
+        last = total;
+    }
+}
+
 /// Accepts control connections, one task each.
 pub async fn accept(shared: Arc<Shared>, listener: UnixListener) {
     loop {
