@@ -51,9 +51,15 @@ fn a_broken_policy_is_refused_with_its_location_and_the_old_one_keeps_enforcing(
     let policy = dir.path().join("broken.yaml");
     fs::write(&policy, &broken).unwrap();
     let socket = dir.path().join("s.sock");
-    let log = Daemon::start_with(dir, policy.clone(), socket, "agentcage-test-broken".into())
-        .err()
-        .expect("agentcaged must not start on a broken policy");
+    let log = Daemon::start_with(
+        dir,
+        policy.clone(),
+        socket,
+        "agentcage-test-broken".into(),
+        &[],
+    )
+    .err()
+    .expect("agentcaged must not start on a broken policy");
     assert!(log.contains(&format!("{}:6:17", policy.display())), "{log}");
     daemon.stop();
 }
@@ -97,7 +103,7 @@ fn restarts_keep_enforcing_and_never_attach_twice() {
     assert_eq!(cage.op(&format!("connect 127.0.0.1:{port}")), "ok");
 
     // A new daemon takes over: still exactly one set of programs.
-    let daemon = Daemon::start_with(dir, policy, socket, name).expect("restart");
+    let daemon = Daemon::start_with(dir, policy, socket, name, &[]).expect("restart");
     assert_eq!(
         attached_programs(&root),
         5,
@@ -128,7 +134,7 @@ fn restarts_keep_enforcing_and_never_attach_twice() {
         "still enforced after SIGKILL"
     );
     assert_eq!(attached_programs(&root), 5);
-    let daemon = Daemon::start_with(dir, policy, socket, name).expect("restart after SIGKILL");
+    let daemon = Daemon::start_with(dir, policy, socket, name, &[]).expect("restart after SIGKILL");
     assert_eq!(attached_programs(&root), 5);
     assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), "err 1");
 
@@ -363,6 +369,38 @@ fn caged_processes_cannot_use_the_control_socket() {
     assert!(
         !daemon.cgroup_root().join("lax").exists(),
         "no cage was made for the laxer agent"
+    );
+    daemon.stop();
+}
+
+#[test]
+fn the_configured_group_may_use_the_control_socket() {
+    // gid 65534 (nogroup) is the configured group; uid 65534 in it may talk to the daemon.
+    let daemon = Daemon::start_args(&allow_port(1), &["--group", "65534"]);
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(daemon.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let member = daemon
+        .cli()
+        .arg("status")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(member.status.success(), "{}", stderr(&member));
+    assert!(stdout(&member).contains("no agents are running"));
+    // The same user outside the group (primary group 100) is refused.
+    let outsider = daemon
+        .cli()
+        .arg("status")
+        .uid(65534)
+        .gid(100)
+        .output()
+        .unwrap();
+    assert!(!outsider.status.success());
+    assert!(
+        stderr(&outsider).contains("permission denied"),
+        "{}",
+        stderr(&outsider)
     );
     daemon.stop();
 }

@@ -219,3 +219,28 @@ fn longest_prefix_match_still_sees_broader_rules() {
     cage.finish();
     daemon.stop();
 }
+
+#[test]
+fn allow_events_none_reports_denials_only() {
+    let (_l, port) = tcp_listener("127.0.0.1");
+    let daemon = Daemon::start(&format!(
+        "version: 1\nagents:\n  tester:\n    egress:\n      allow:\n        - cidr: 127.0.0.1/32\n          ports: [{port}]\n      allow_events: none\n"
+    ));
+    let events = daemon.follow_events();
+    let mut cage = daemon.serve_in("tester");
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{port}")), "ok");
+    assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), EPERM);
+    // Events arrive in order through one ring buffer: the first one is the denial.
+    let first = events.wait_event("the first event", |_| true);
+    assert_eq!(first["verdict"], "deny", "{first}");
+    cage.finish();
+    // The allowed connect was still counted.
+    let status = daemon
+        .cli()
+        .args(["status", "-o", "json"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["agents"][0]["allowed"], 1, "{status}");
+    daemon.stop();
+}

@@ -115,6 +115,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts agentcaged on `policy_yaml` and waits until it is ready.
     pub fn start(policy_yaml: &str) -> Self {
+        Self::start_args(policy_yaml, &[])
+    }
+
+    /// Starts agentcaged with extra arguments.
+    pub fn start_args(policy_yaml: &str, args: &[&str]) -> Self {
         require_root();
         let dir = tempfile::tempdir().expect("tempdir");
         let policy = dir.path().join("policy.yaml");
@@ -125,7 +130,8 @@ impl Daemon {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         let socket = dir.path().join("agentcage.sock");
-        Self::start_with(dir, policy, socket, cgroup_name).expect("agentcaged did not become ready")
+        Self::start_with(dir, policy, socket, cgroup_name, args)
+            .expect("agentcaged did not become ready")
     }
 
     /// Starts a daemon on existing paths (e.g. a restart); Err(log) if it exits instead.
@@ -134,8 +140,10 @@ impl Daemon {
         policy: PathBuf,
         socket: PathBuf,
         cgroup_name: String,
+        args: &[&str],
     ) -> Result<Self, String> {
         let mut child = Command::new(agentcaged())
+            .args(args)
             .arg("--policy")
             .arg(&policy)
             .arg("--socket")
