@@ -233,7 +233,6 @@ fn allow_events_none_reports_denials_only() {
     // Events arrive in order through one ring buffer: the first one is the denial.
     let first = events.wait_event("the first event", |_| true);
     assert_eq!(first["verdict"], "deny", "{first}");
-    cage.finish();
     // The allowed connect was still counted.
     let status = daemon
         .cli()
@@ -242,5 +241,7 @@ fn allow_events_none_reports_denials_only() {
         .unwrap();
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["agents"][0]["allowed"], 1, "{status}");
+    assert_eq!(status["agents"][0]["denied"], 1, "{status}");
+    cage.finish();
     daemon.stop();
 }
