@@ -20,7 +20,6 @@ fn main() -> anyhow::Result<()> {
         bail!("bpf-linker not found in .tools/bin or on PATH: run `cargo xtask setup` first");
     }
     env::set_var("PATH", &joined);
-    println!("cargo:rerun-if-env-changed=PATH");
 
     let ebpf_dir = repo.join("agent-ebpf");
     let root_dir = ebpf_dir.to_str().context("non-UTF-8 path to agent-ebpf")?;

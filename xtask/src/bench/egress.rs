@@ -1,0 +1,831 @@
+//! `cargo xtask bench egress`: what caging costs a connect().
+//!
+//! Three variants run the same workload, `xtask __connect-loop` (N connect()+close() pairs to
+//! a loopback listener, timed by the process itself with a monotonic clock):
+//! - (a) uncaged;
+//! - (b) caged by agentcaged, whose policy allows 100 destinations (the matching one last);
+//! - (c) in a plain cgroup filtered by nftables (`socket cgroupv2` + a 100-entry interval set).
+//!
+//! The loop closes with SO_LINGER 0 (a RST), so that no TIME_WAIT sockets pile up and exhaust
+//! the ephemeral ports over the hundreds of thousands of connects of a bench.
+//!
+//! Runs are interleaved round by round (a, b, c, a, b, c, ...) so that drift in the machine's
+//! speed hits every variant alike, and each variant's median is reported.
+
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Args;
+
+use crate::setup::run_setup;
+use crate::util::{capture, cargo, cmd, describe, output, repo_root, require_root, run};
+
+/// The agent the generated policy defines.
+const AGENT: &str = "bench";
+/// The cgroup agentcaged makes its cages under, apart from any real one.
+const DAEMON_CGROUP: &str = "agentcage-bench";
+/// The cgroup (directly under the cgroup2 root) that variant (c) filters.
+const NFT_CGROUP: &str = "agentcage-bench-nft";
+const NFT_TABLE: &str = "agentcage_bench";
+/// Where nft looks up `socket cgroupv2` paths, whatever the cgroup2 mount is.
+const NFT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// Allow-list entries on both sides: RULES - 1 that never match, then the listener.
+const RULES: usize = 100;
+const TARGET_B_OVER_A: f64 = 1.05;
+const TARGET_B_OVER_C: f64 = 1.0;
+/// Bound on the daemon's start-up; readiness itself is polled, not assumed after a sleep.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(50);
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// For the filter checks: a dropped SYN would otherwise wait for TCP's retries.
+const PROBE_TIMEOUT_MS: u64 = 500;
+/// The loopback address that no variant's rules allow; a listener waits there too, so that a
+/// failed connect means filtered, not refused.
+const DENIED_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+const LISTEN_BACKLOG: libc::c_int = 4096;
+
+#[derive(Args)]
+pub struct EgressArgs {
+    /// connect()+close() pairs per run.
+    #[arg(long, default_value_t = 20_000)]
+    iterations: u32,
+    /// Rounds; each runs every variant once.
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
+    /// Variants to run, as letters: a = uncaged, b = caged by agentcaged, c = nftables.
+    #[arg(long, default_value = "abc")]
+    variants: String,
+}
+
+#[derive(Args)]
+pub struct ConnectLoopArgs {
+    /// The listener to connect to.
+    #[arg(long)]
+    addr: SocketAddr,
+    #[arg(long)]
+    iterations: u32,
+    /// A cgroup v2 directory to move into first.
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+    /// Close with SO_LINGER 0 (a RST) instead of a FIN, leaving no TIME_WAIT socket.
+    #[arg(long)]
+    abort: bool,
+}
+
+#[derive(Args)]
+pub struct ConnectProbeArgs {
+    #[arg(long)]
+    addr: SocketAddr,
+    /// A cgroup v2 directory to move into first.
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+    #[arg(long, default_value_t = PROBE_TIMEOUT_MS)]
+    timeout_ms: u64,
+}
+
+/// `xtask __connect-loop`: prints ns per connect()+close() and nothing else.
+pub fn connect_loop(args: &ConnectLoopArgs) -> Result<()> {
+    ensure!(args.iterations > 0, "--iterations must be at least 1");
+    if let Some(dir) = &args.cgroup {
+        join_cgroup(dir)?;
+    }
+    let start = Instant::now();
+    for i in 0..args.iterations {
+        let stream = TcpStream::connect(args.addr)
+            .with_context(|| format!("connect #{i} to {} failed", args.addr))?;
+        if args.abort {
+            set_linger_zero(&stream)?;
+        }
+        // Dropping the stream closes it.
+    }
+    let ns = start.elapsed().as_nanos() as f64 / f64::from(args.iterations);
+    println!("{ns:.1}");
+    Ok(())
+}
+
+/// `xtask __connect-probe`: prints `connected` or `failed: <error>`; either is a success, as
+/// only the caller knows which it expected.
+pub fn connect_probe(args: &ConnectProbeArgs) -> Result<()> {
+    if let Some(dir) = &args.cgroup {
+        join_cgroup(dir)?;
+    }
+    match TcpStream::connect_timeout(&args.addr, Duration::from_millis(args.timeout_ms)) {
+        Ok(_) => println!("connected"),
+        Err(e) => println!("failed: {e}"),
+    }
+    Ok(())
+}
+
+/// Makes close() send a RST and free the socket at once, without TIME_WAIT.
+fn set_linger_zero(stream: &TcpStream) -> Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket `stream` owns, and a pointer to a live linger of the given size.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::from_ref(&linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("setsockopt(SO_LINGER)");
+    }
+    Ok(())
+}
+
+fn join_cgroup(dir: &Path) -> Result<()> {
+    let procs = dir.join("cgroup.procs");
+    fs::write(&procs, std::process::id().to_string())
+        .with_context(|| format!("moving into {}", procs.display()))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Uncaged,
+    Caged,
+    Nft,
+}
+
+impl Variant {
+    fn letter(self) -> char {
+        match self {
+            Self::Uncaged => 'a',
+            Self::Caged => 'b',
+            Self::Nft => 'c',
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Uncaged => "uncaged",
+            Self::Caged => "caged by agentcaged",
+            Self::Nft => "nftables cgroupv2 + set",
+        }
+    }
+}
+
+fn parse_variants(s: &str) -> Result<Vec<Variant>> {
+    let mut out = Vec::new();
+    for ch in s.chars() {
+        let v = match ch {
+            'a' => Variant::Uncaged,
+            'b' => Variant::Caged,
+            'c' => Variant::Nft,
+            _ => bail!("--variants takes letters from \"abc\", not {ch:?}"),
+        };
+        if !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    ensure!(!out.is_empty(), "--variants is empty");
+    Ok(out)
+}
+
+pub fn bench_egress(args: &EgressArgs) -> Result<()> {
+    require_root("`cargo xtask bench egress`")?;
+    ensure!(
+        args.iterations > 0 && args.rounds > 0,
+        "--iterations and --rounds must be at least 1"
+    );
+    let variants = parse_variants(&args.variants)?;
+    run_setup()?;
+
+    let exe = std::env::current_exe().context("finding the xtask binary")?;
+    let port = start_listeners()?;
+    let allowed = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
+    let denied = SocketAddr::V4(SocketAddrV4::new(DENIED_IP, port));
+    let bench = Bench {
+        exe,
+        allowed,
+        denied,
+    };
+    // Unfiltered, both must connect; otherwise a failure below would prove nothing.
+    for addr in [allowed, denied] {
+        ensure!(
+            bench.probe(&mut bench.uncaged(&bench.probe_argv(addr, None)))?,
+            "the benchmark's own listener at {addr} is unreachable"
+        );
+    }
+
+    // Declared before the guards below, so it is removed after they have finished with it.
+    let work = WorkDir::new()?;
+    let daemon = if variants.contains(&Variant::Caged) {
+        let d = Daemon::start(&work.0, port)?;
+        bench.check_filter("b", |argv| d.run_cmd(argv), None)?;
+        Some(d)
+    } else {
+        None
+    };
+    let nft = if variants.contains(&Variant::Nft) {
+        let n = NftCgroup::new(&work.0, port)?;
+        let _table = n.load()?;
+        bench.check_filter("c", |argv| bench.uncaged(argv), Some(&n.dir))?;
+        Some(n)
+    } else {
+        None
+    };
+
+    let run_one = |v: Variant, iterations: u32| -> Result<f64> {
+        match v {
+            Variant::Uncaged => {
+                bench.measure(&mut bench.uncaged(&bench.loop_argv(iterations, None)))
+            }
+            Variant::Caged => {
+                let d = daemon.as_ref().expect("daemon started for variant b");
+                bench.measure(&mut d.run_cmd(&bench.loop_argv(iterations, None)))
+            }
+            Variant::Nft => {
+                let n = nft.as_ref().expect("nft cgroup made for variant c");
+                // Loaded for this run only: its output chain sees every packet on the host, so
+                // leaving it in place would tax the other variants too.
+                let _table = n.load()?;
+                bench.measure(&mut bench.uncaged(&bench.loop_argv(iterations, Some(&n.dir))))
+            }
+        }
+    };
+
+    // One short unrecorded run each: first-run costs (page cache, the daemon's first cage) are
+    // not what is measured.
+    for &v in &variants {
+        run_one(v, (args.iterations / 10).max(100))
+            .with_context(|| format!("warm-up run of ({}) {}", v.letter(), v.label()))?;
+    }
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    for round in 1..=args.rounds {
+        for (i, &v) in variants.iter().enumerate() {
+            let ns = run_one(v, args.iterations)
+                .with_context(|| format!("round {round}: ({}) {}", v.letter(), v.label()))?;
+            eprintln!(
+                "round {round}/{}: ({}) {:<24} {ns:>10.0} ns/op",
+                args.rounds,
+                v.letter(),
+                v.label()
+            );
+            samples[i].push(ns);
+        }
+    }
+
+    println!(
+        "bench egress: {} connect()+close(RST) to {allowed} per run, {} rounds interleaved, \
+         median ns/op",
+        args.iterations, args.rounds
+    );
+    if variants.contains(&Variant::Caged) {
+        println!("  (agentcaged runs throughout, during the other variants' runs too)");
+    }
+    if variants.contains(&Variant::Nft) {
+        println!("  (the nft table is loaded for (c)'s runs only)");
+    }
+    let mut medians = Vec::new();
+    for (&v, s) in variants.iter().zip(&samples) {
+        let m = median(s);
+        let mut runs = String::new();
+        for x in s {
+            let _ = write!(runs, " {x:.0}");
+        }
+        println!(
+            "  ({}) {:<24} {m:>10.0} ns/op   (runs:{runs})",
+            v.letter(),
+            v.label()
+        );
+        medians.push((v, m));
+    }
+    let get = |v: Variant| medians.iter().find(|(w, _)| *w == v).map(|&(_, m)| m);
+    if let Some(b) = get(Variant::Caged) {
+        for (other, target) in [
+            (Variant::Uncaged, TARGET_B_OVER_A),
+            (Variant::Nft, TARGET_B_OVER_C),
+        ] {
+            if let Some(o) = get(other) {
+                let ratio = b / o;
+                println!(
+                    "  b/{} = {ratio:.3}   target <= {target:.2}: {}",
+                    other.letter(),
+                    if ratio <= target { "met" } else { "NOT met" }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What every variant shares: the workload binary and the two addresses.
+struct Bench {
+    exe: PathBuf,
+    allowed: SocketAddr,
+    denied: SocketAddr,
+}
+
+impl Bench {
+    fn loop_argv(&self, iterations: u32, cgroup: Option<&Path>) -> Vec<String> {
+        let mut argv = vec![
+            self.exe.to_string_lossy().into_owned(),
+            "__connect-loop".into(),
+            "--addr".into(),
+            self.allowed.to_string(),
+            "--iterations".into(),
+            iterations.to_string(),
+            // A FIN close leaves a TIME_WAIT socket for 60 s; some 100,000 connects fill the
+            // ~28,000 ephemeral ports with them, and connect() then spends a varying, often
+            // huge, time searching for a port (runs of 30 us/op and 140 us/op alternated).
+            "--abort".into(),
+        ];
+        if let Some(dir) = cgroup {
+            argv.extend(["--cgroup".into(), dir.to_string_lossy().into_owned()]);
+        }
+        argv
+    }
+
+    fn probe_argv(&self, addr: SocketAddr, cgroup: Option<&Path>) -> Vec<String> {
+        let mut argv = vec![
+            self.exe.to_string_lossy().into_owned(),
+            "__connect-probe".into(),
+            "--addr".into(),
+            addr.to_string(),
+        ];
+        if let Some(dir) = cgroup {
+            argv.extend(["--cgroup".into(), dir.to_string_lossy().into_owned()]);
+        }
+        argv
+    }
+
+    fn uncaged(&self, argv: &[String]) -> Command {
+        let mut c = cmd(&argv[0]);
+        c.args(&argv[1..]);
+        c
+    }
+
+    /// Runs a loop and reads its figure (the last line: a wrapper may print before it).
+    fn measure(&self, c: &mut Command) -> Result<f64> {
+        let out = output(c)?;
+        let last = out
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        last.trim()
+            .parse()
+            .with_context(|| format!("`{}` printed no ns/op figure: {out:?}", describe(c)))
+    }
+
+    /// Runs a probe: whether it connected.
+    fn probe(&self, c: &mut Command) -> Result<bool> {
+        let out = output(c)?;
+        if out.lines().any(|l| l.trim() == "connected") {
+            Ok(true)
+        } else if out.lines().any(|l| l.starts_with("failed:")) {
+            Ok(false)
+        } else {
+            bail!("`{}` printed no probe result: {out:?}", describe(c))
+        }
+    }
+
+    /// Proves a variant filters before it is measured: the listener's address connects, the
+    /// other loopback address (where a listener also waits) does not.
+    fn check_filter(
+        &self,
+        name: &str,
+        wrap: impl Fn(&[String]) -> Command,
+        cgroup: Option<&Path>,
+    ) -> Result<()> {
+        ensure!(
+            self.probe(&mut wrap(&self.probe_argv(self.allowed, cgroup)))?,
+            "variant ({name}): a connect to the allowed {} failed",
+            self.allowed
+        );
+        ensure!(
+            !self.probe(&mut wrap(&self.probe_argv(self.denied, cgroup)))?,
+            "variant ({name}) does not filter: a connect to {} (not allowed) succeeded",
+            self.denied
+        );
+        eprintln!(
+            "variant ({name}) filters: {} connects, {} does not",
+            self.allowed, self.denied
+        );
+        Ok(())
+    }
+}
+
+/// Listeners on 127.0.0.1:PORT and 127.0.0.2:PORT that accept and close, on threads that live
+/// as long as the process. Returns PORT.
+fn start_listeners() -> Result<u16> {
+    let mut last_err = None;
+    // The kernel picks a port free on 127.0.0.1; it may be taken on 127.0.0.2, so retry.
+    for _ in 0..20 {
+        let first = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding 127.0.0.1:0")?;
+        let port = first.local_addr()?.port();
+        match TcpListener::bind((DENIED_IP, port)) {
+            Ok(second) => {
+                for l in [first, second] {
+                    // std listens with a backlog of 128, which a tight connect loop overruns
+                    // whenever this thread is not scheduled in time; each overflow costs the
+                    // client a 1 s SYN retransmit, ruining the figure. listen() again raises it
+                    // (the kernel caps it at net.core.somaxconn).
+                    // SAFETY: a valid listening socket that `l` owns.
+                    if unsafe { libc::listen(l.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+                        return Err(std::io::Error::last_os_error())
+                            .context("raising the listener's backlog");
+                    }
+                    std::thread::spawn(move || {
+                        for conn in l.incoming() {
+                            drop(conn);
+                        }
+                    });
+                }
+                return Ok(port);
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.expect("tried at least once")).context("binding a second listener on 127.0.0.2")
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The allow-list shared by the policy and the nft set: RULES - 1 loopback /32s that the
+/// workload never targets, spaced so that no two are adjacent (nft would merge neighbours into
+/// one interval), then the listener's 127.0.0.1.
+fn allow_list() -> Vec<Ipv4Addr> {
+    let mut v: Vec<Ipv4Addr> = (0..RULES - 1)
+        .map(|i| Ipv4Addr::new(127, 1, u8::try_from(i).expect("RULES <= 256"), 1))
+        .collect();
+    v.push(Ipv4Addr::LOCALHOST);
+    v
+}
+
+fn policy_yaml(port: u16) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# Generated by `cargo xtask bench egress`: {} rules that never match, then the listener.",
+        RULES - 1
+    );
+    s.push_str("version: 1\nagents:\n");
+    let _ = writeln!(s, "  {AGENT}:");
+    s.push_str("    egress:\n      allow_events: none\n      allow:\n");
+    for ip in allow_list() {
+        let _ = writeln!(
+            s,
+            "        - {{ cidr: {ip}/32, ports: [{port}], protocols: [tcp] }}"
+        );
+    }
+    s
+}
+
+fn nft_ruleset(port: u16) -> String {
+    let elements: Vec<String> = allow_list().iter().map(|ip| format!("{ip}/32")).collect();
+    format!(
+        "table ip {NFT_TABLE} {{\n\
+         \tset allowed {{\n\
+         \t\ttype ipv4_addr\n\
+         \t\tflags interval\n\
+         \t\telements = {{ {} }}\n\
+         \t}}\n\
+         \tchain output {{\n\
+         \t\ttype filter hook output priority 0; policy accept;\n\
+         \t\tsocket cgroupv2 level 1 \"{NFT_CGROUP}\" ip daddr @allowed tcp dport {port} accept\n\
+         \t\tsocket cgroupv2 level 1 \"{NFT_CGROUP}\" drop\n\
+         \t}}\n\
+         }}\n",
+        elements.join(", ")
+    )
+}
+
+/// A scratch directory for the generated files and the daemon's socket, removed on drop.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn new() -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("agentcage-bench-{}", std::process::id()));
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// agentcaged running in the background; stopped with SIGTERM on drop, error or not.
+struct Daemon {
+    child: Child,
+    cli: PathBuf,
+    sock: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(work: &Path, port: u16) -> Result<Self> {
+        run(cargo().args(["build", "--release", "--bins", "-p", "agent-userspace"]))?;
+        let bin = repo_root().join("target/release");
+        let policy = work.join("bench-policy.yaml");
+        fs::write(&policy, policy_yaml(port))
+            .with_context(|| format!("writing {}", policy.display()))?;
+        let sock = work.join("agentcage.sock");
+        let log = work.join("agentcaged.log");
+        let log_file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+
+        let mut c = cmd(bin.join("agentcaged"));
+        c.arg("--policy")
+            .arg(&policy)
+            .arg("--socket")
+            .arg(&sock)
+            .args(["--cgroup-name", DAEMON_CGROUP])
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file);
+        // Drop does not run when xtask itself is killed; this stops the daemon then too, so
+        // that it does not linger holding the bench's cgroup name.
+        // SAFETY: prctl is async-signal-safe, as pre_exec requires.
+        unsafe {
+            c.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        eprintln!("+ {} &", describe(&c));
+        let child = c
+            .spawn()
+            .with_context(|| format!("could not start `{}`", describe(&c)))?;
+        // The guard exists from here on, so a failure below still stops the daemon.
+        let mut d = Self {
+            child,
+            cli: bin.join("agentcage"),
+            sock,
+            log,
+        };
+        d.wait_ready()?;
+        Ok(d)
+    }
+
+    /// Ready = the socket exists and `agentcage status` answers through it.
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut last = String::from("its socket does not exist yet");
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "agentcaged exited ({status}) before it was ready; its log:\n{}",
+                    self.log_tail()
+                );
+            }
+            if self.sock.exists() {
+                let mut c = self.cli_cmd();
+                c.arg("status");
+                let out = capture(&mut c)?;
+                if out.status.success() {
+                    eprintln!("agentcaged is ready ({})", describe(&c));
+                    return Ok(());
+                }
+                last = format!(
+                    "`{}`: {}",
+                    describe(&c),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "agentcaged not ready after {READY_TIMEOUT:?} ({last}); its log:\n{}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn cli_cmd(&self) -> Command {
+        let mut c = cmd(&self.cli);
+        c.arg("--socket").arg(&self.sock);
+        c
+    }
+
+    /// `agentcage run --agent bench -- ARGV`.
+    fn run_cmd(&self, argv: &[String]) -> Command {
+        let mut c = self.cli_cmd();
+        c.args(["run", "--agent", AGENT, "--"]).args(argv);
+        c
+    }
+
+    fn log_tail(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill has no memory preconditions; the pid is our own unreaped child.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(POLL);
+        }
+        eprintln!("agentcaged ignored SIGTERM for {STOP_TIMEOUT:?}; killing it");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Variant (c)'s cgroup, and on a hybrid host its bind mount under /sys/fs/cgroup; both
+/// removed on drop.
+struct NftCgroup {
+    dir: PathBuf,
+    ruleset: PathBuf,
+    /// The bind mount's target, once made (it is only needed when cgroup2 is elsewhere).
+    bind: Option<PathBuf>,
+}
+
+impl NftCgroup {
+    fn new(work: &Path, port: u16) -> Result<Self> {
+        // Leftovers of an interrupted run would make the steps below fail.
+        let _ = capture(cmd("nft").args(["delete", "table", "ip", NFT_TABLE]));
+        let root = cgroup2_mount()?;
+        let dir = root.join(NFT_CGROUP);
+        make_dir(&dir)?;
+        let ruleset = work.join("bench.nft");
+        fs::write(&ruleset, nft_ruleset(port))
+            .with_context(|| format!("writing {}", ruleset.display()))?;
+        let mut me = Self {
+            dir,
+            ruleset,
+            bind: None,
+        };
+        if root != Path::new(NFT_CGROUP_ROOT) {
+            // nft resolves `socket cgroupv2` paths under /sys/fs/cgroup only; a bind mount of
+            // the cgroup there gives it the same inode, i.e. the same cgroup id.
+            let target = Path::new(NFT_CGROUP_ROOT).join(NFT_CGROUP);
+            if mount_points()?.contains(&target) {
+                run(cmd("umount").arg(&target))?;
+            }
+            make_dir(&target)?;
+            run(cmd("mount").arg("--bind").arg(&me.dir).arg(&target))?;
+            me.bind = Some(target);
+        }
+        Ok(me)
+    }
+
+    fn load(&self) -> Result<NftTable> {
+        output(cmd("nft").arg("-f").arg(&self.ruleset))?;
+        Ok(NftTable)
+    }
+}
+
+impl Drop for NftCgroup {
+    fn drop(&mut self) {
+        if let Some(target) = &self.bind {
+            if let Err(e) = output(cmd("umount").arg(target)) {
+                eprintln!("cleanup: {e:#}");
+            }
+            if let Err(e) = fs::remove_dir(target) {
+                eprintln!("cleanup: removing {}: {e}", target.display());
+            }
+        }
+        if let Err(e) = fs::remove_dir(&self.dir) {
+            eprintln!("cleanup: removing {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// The loaded nft table; deleted on drop.
+struct NftTable;
+
+impl Drop for NftTable {
+    fn drop(&mut self) {
+        if let Err(e) = output(cmd("nft").args(["delete", "table", "ip", NFT_TABLE])) {
+            eprintln!("cleanup: {e:#}");
+        }
+    }
+}
+
+fn make_dir(dir: &Path) -> Result<()> {
+    match fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("creating {}", dir.display())),
+    }
+}
+
+/// (mount point, fstype) of every mount, from /proc/self/mountinfo.
+fn mounts() -> Result<Vec<(PathBuf, String)>> {
+    let info =
+        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    Ok(info
+        .lines()
+        .filter_map(|line| {
+            // "ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE ..."
+            let (head, tail) = line.split_once(" - ")?;
+            let mount_point = head.split(' ').nth(4)?;
+            let fstype = tail.split(' ').next()?;
+            Some((PathBuf::from(unescape(mount_point)), fstype.to_owned()))
+        })
+        .collect())
+}
+
+fn mount_points() -> Result<Vec<PathBuf>> {
+    Ok(mounts()?.into_iter().map(|(p, _)| p).collect())
+}
+
+/// Where cgroup v2 is mounted: /sys/fs/cgroup on most hosts, /sys/fs/cgroup/unified on hybrid
+/// ones such as this project's machines.
+fn cgroup2_mount() -> Result<PathBuf> {
+    mounts()?
+        .into_iter()
+        .find(|(_, fstype)| fstype == "cgroup2")
+        .map(|(p, _)| p)
+        .context("no cgroup2 mount in /proc/self/mountinfo")
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal.and_then(|d| {
+            let v = d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
+            u8::try_from(v).ok()
+        }) {
+            Some(byte) => {
+                out.push(byte);
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unescapes_mountinfo() {
+        assert_eq!(unescape(r"/a\040b"), "/a b");
+        assert_eq!(unescape(r"/plain"), "/plain");
+        assert_eq!(unescape(r"/end\04"), r"/end\04");
+    }
+
+    #[test]
+    fn allow_list_has_the_listener_last_and_no_neighbours() {
+        let v = allow_list();
+        assert_eq!(v.len(), RULES);
+        assert_eq!(v.last(), Some(&Ipv4Addr::LOCALHOST));
+        assert!(!v.contains(&DENIED_IP));
+    }
+
+    #[test]
+    fn policy_lists_every_rule_once() {
+        let p = policy_yaml(4242);
+        assert_eq!(p.matches("- { cidr: ").count(), RULES);
+        assert!(p.contains("- { cidr: 127.0.0.1/32, ports: [4242], protocols: [tcp] }\n"));
+        assert!(p.ends_with("protocols: [tcp] }\n"));
+    }
+
+    #[test]
+    fn median_of_even_and_odd() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}

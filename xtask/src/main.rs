@@ -1,0 +1,87 @@
+//! The project's task runner: `cargo xtask <command>` (see README). Each command lives in its
+//! own module; this file only parses the command line.
+
+mod bench;
+mod build;
+mod run;
+mod setup;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run, test and benchmark agentcage"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what a fresh machine lacks (Debian packages, nightly rust-src, bpf-linker in
+    /// .tools/). Idempotent.
+    Setup,
+    /// Setup, then build every binary of the workspace.
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Setup, build, then run agentcaged in the foreground with policies/default.yaml (root).
+    Run {
+        /// Extra arguments for agentcaged, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// The whole suite: setup, fmt check, clippy, build, tests (root).
+    Test {
+        /// Extra arguments for the test binaries (`cargo test -- ARGS`), after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks (they measure and report; they pass or fail nothing).
+    Bench {
+        #[command(subcommand)]
+        bench: bench::Bench,
+    },
+    /// The benchmark's workload, run as a separate process so every variant runs the same code.
+    #[command(name = "__connect-loop", hide = true)]
+    ConnectLoop(bench::egress::ConnectLoopArgs),
+    /// One connect with a timeout, to check that a variant's filter really filters.
+    #[command(name = "__connect-probe", hide = true)]
+    ConnectProbe(bench::egress::ConnectProbeArgs),
+}
+
+fn main() -> ExitCode {
+    match dispatch(Cli::parse().cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Printed here rather than by returning the error, which would add a stack
+            // backtrace of xtask itself whenever RUST_BACKTRACE is set: noise, not help.
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Setup => setup::run_setup(),
+        Cmd::Build { release } => build::build(release),
+        Cmd::Run { args } => run::run_daemon(&args),
+        Cmd::Test { args } => test::test(&args),
+        Cmd::Bench { bench } => bench::run_bench(bench),
+        Cmd::ConnectLoop(args) => bench::egress::connect_loop(&args),
+        Cmd::ConnectProbe(args) => bench::egress::connect_probe(&args),
+    }
+}
