@@ -191,7 +191,7 @@ fn matching_rule(rules: &PortRules, port: u16, proto_bit: u8) -> u32 {
 #[inline(always)]
 fn cage_of(cgroup_id: u64) -> Option<CageConfig> {
     // SAFETY: the value is copied out at once; user space replaces values whole.
-    CAGES.get_ptr(&cgroup_id).map(|p| unsafe { *p })
+    CAGES.get_ptr(cgroup_id).map(|p| unsafe { *p })
 }
 
 /// Counts the decision and sends its event (allows subject to the cage's sampling).

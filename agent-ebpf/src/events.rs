@@ -35,7 +35,7 @@ pub enum Counter {
 /// Both maps are per CPU, so a plain add cannot race; user space sums the CPUs.
 #[inline(always)]
 pub fn count(cgroup_id: u64, counter: Counter) {
-    if let Some(stats) = CAGE_STATS.get_ptr_mut(&cgroup_id) {
+    if let Some(stats) = CAGE_STATS.get_ptr_mut(cgroup_id) {
         // SAFETY: this CPU's copy of a live map value; nothing else writes it concurrently.
         unsafe {
             match counter {

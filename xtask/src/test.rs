@@ -1,12 +1,17 @@
 //! `cargo xtask test`: the whole suite, the one command README and CI run.
 
-use std::time::{Duration, Instant};
+use std::{
+    cell::Cell,
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 
 use crate::build::{build_bins, WORKSPACE_HOST};
 use crate::setup::run_setup;
-use crate::util::{cargo, require_root, run};
+use crate::util::{cargo, cmd, describe, require_root, run};
 
 struct Step<'a> {
     name: &'static str,
@@ -16,7 +21,53 @@ struct Step<'a> {
     run: Box<dyn Fn() -> Result<()> + 'a>,
 }
 
+/// Passed and failed tests, summed over every test binary's `test result:` line.
+#[derive(Default)]
+struct Totals {
+    passed: Cell<u64>,
+    failed: Cell<u64>,
+}
+
+/// Runs cargo test, echoing its output and adding up its `test result:` lines.
+fn run_counting(c: &mut Command, totals: &Totals) -> Result<()> {
+    let line = describe(c);
+    eprintln!("+ {line}");
+    let mut child = c
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start `{line}`"))?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for l in BufReader::new(stdout).lines() {
+        let l = l.context("reading cargo test output")?;
+        println!("{l}");
+        if let Some(rest) = l.strip_prefix("test result: ") {
+            totals
+                .passed
+                .set(totals.passed.get() + count(rest, " passed"));
+            totals
+                .failed
+                .set(totals.failed.get() + count(rest, " failed"));
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    if !status.success() {
+        bail!("`{line}` failed ({status})");
+    }
+    Ok(())
+}
+
+/// The number before `what` in e.g. `ok. 9 passed; 0 failed; ...`.
+fn count(result: &str, what: &str) -> u64 {
+    result
+        .split(';')
+        .find_map(|part| part.trim_end().strip_suffix(what))
+        .and_then(|n| n.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 pub fn test(extra: &[String]) -> Result<()> {
+    let totals = Totals::default();
     // The end-to-end tests start the real daemon, so without root they could only fail.
     require_root("`cargo xtask test`")?;
 
@@ -44,6 +95,30 @@ pub fn test(extra: &[String]) -> Result<()> {
             }),
         },
         Step {
+            // The eBPF crate is not a host crate: lint it for its own target, as
+            // aya-build builds it (nightly, build-std).
+            name: "clippy-ebpf",
+            blocking: false,
+            run: Box::new(|| {
+                run(cmd("rustup").args([
+                    "run",
+                    "nightly",
+                    "cargo",
+                    "clippy",
+                    "--package",
+                    "agent-ebpf",
+                    "--bins",
+                    "--target",
+                    "bpfel-unknown-none",
+                    "-Z",
+                    "build-std=core",
+                    "--",
+                    "-D",
+                    "warnings",
+                ]))
+            }),
+        },
+        Step {
             name: "build",
             // The tests would only repeat its errors.
             blocking: true,
@@ -58,7 +133,7 @@ pub fn test(extra: &[String]) -> Result<()> {
                 if !extra.is_empty() {
                     c.arg("--").args(extra);
                 }
-                run(&mut c)
+                run_counting(&mut c, &totals)
             }),
         },
     ];
@@ -94,6 +169,12 @@ pub fn test(extra: &[String]) -> Result<()> {
         secs(start.elapsed()),
         results.join(", ")
     );
+    // The plain closing line CI reads: how many tests ran, and how many failed.
+    println!(
+        "tests: {} passed, {} failed",
+        totals.passed.get(),
+        totals.failed.get()
+    );
     if !failed.is_empty() {
         bail!("xtask test failed: {}", failed.join(", "));
     }
@@ -102,4 +183,19 @@ pub fn test(extra: &[String]) -> Result<()> {
 
 fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count;
+
+    #[test]
+    fn counts_result_lines() {
+        let r = "ok. 9 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.33s";
+        assert_eq!(count(r, " passed"), 9);
+        assert_eq!(count(r, " failed"), 0);
+        let f = "FAILED. 8 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out";
+        assert_eq!(count(f, " passed"), 8);
+        assert_eq!(count(f, " failed"), 2);
+    }
 }
