@@ -55,7 +55,7 @@ fn a_broken_policy_is_refused_with_its_location_and_the_old_one_keeps_enforcing(
         dir,
         policy.clone(),
         socket,
-        "agentcage-test-broken".into(),
+        format!("agentcage-test-broken-{}", std::process::id()),
         &[],
     )
     .err()
@@ -402,5 +402,64 @@ fn the_configured_group_may_use_the_control_socket() {
         "{}",
         stderr(&outsider)
     );
+    daemon.stop();
+}
+
+#[test]
+fn a_second_daemon_refuses_to_start_and_leaves_the_first_intact() {
+    let (_l, port) = tcp_listener("127.0.0.1");
+    let _l2 = tcp_listener_at("127.0.0.2", port);
+    let daemon = Daemon::start(&allow_port(port));
+    let root = daemon.cgroup_root();
+    let mut cage = daemon.serve_in("tester");
+    let pins = || fs::read_dir(daemon.pin_dir()).unwrap().count();
+    assert_eq!(pins(), 5);
+
+    // Same socket: refused before it touches anything.
+    let dir = tempfile::tempdir().unwrap();
+    let same_socket = Daemon::start_with(
+        dir,
+        daemon.policy.clone(),
+        daemon.socket.clone(),
+        format!("{}-other", daemon.cgroup_name),
+        &[],
+    )
+    .err()
+    .expect("a second daemon on the same socket must not start");
+    assert!(same_socket.contains("already serving"), "{same_socket}");
+
+    // Same cgroup, other socket: refused by the cgroup lock.
+    let dir = tempfile::tempdir().unwrap();
+    let other_socket = dir.path().join("other.sock");
+    let same_cgroup = Daemon::start_with(
+        dir,
+        daemon.policy.clone(),
+        other_socket.clone(),
+        daemon.cgroup_name.clone(),
+        &[],
+    )
+    .err()
+    .expect("a second daemon on the same cgroup must not start");
+    assert!(
+        same_cgroup.contains("another agentcaged manages"),
+        "{same_cgroup}"
+    );
+    assert!(
+        !other_socket.exists(),
+        "the refused daemon removes its socket"
+    );
+
+    // The first daemon is untouched: its pins, its programs, its enforcement, its socket.
+    assert_eq!(pins(), 5);
+    assert_eq!(attached_programs(&root), 5);
+    assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), "err 1");
+    assert!(daemon
+        .cli()
+        .arg("status")
+        .output()
+        .unwrap()
+        .status
+        .success());
+    cage.finish();
     daemon.stop();
 }

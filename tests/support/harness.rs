@@ -183,6 +183,8 @@ impl Daemon {
         } else {
             let _ = daemon.child.as_mut().unwrap().kill();
             let _ = daemon.child.take().unwrap().wait();
+            // What a daemon that never started would clean up may belong to another one.
+            daemon.cgroup_name.clear();
             Err(daemon.log.all.lock().unwrap().join("\n"))
         }
     }

@@ -32,6 +32,9 @@ pub enum CageError {
         #[source]
         source: io::Error,
     },
+    /// Another daemon manages this parent cgroup.
+    #[error("another agentcaged manages {0} (it holds the lock on that cgroup)")]
+    Busy(PathBuf),
     /// A cgroup file held something unexpected.
     #[error("unexpected content in {path}: {what}")]
     Parse {
@@ -76,6 +79,22 @@ impl CageRoot {
             dir: CgroupDir::new(path),
             relative: format!("/{name}"),
         })
+    }
+
+    /// Takes the exclusive lock on the parent cgroup directory that says this process
+    /// manages it; held until the returned value is dropped.
+    pub fn lock(&self) -> Result<nix::fcntl::Flock<fs::File>, CageError> {
+        let path = self.dir.path();
+        let dir = fs::File::open(path).map_err(io_err("opening", path))?;
+        nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+            |(_, e)| {
+                if e == nix::errno::Errno::EWOULDBLOCK {
+                    CageError::Busy(path.to_path_buf())
+                } else {
+                    io_err("locking", path)(e.into())
+                }
+            },
+        )
     }
 
     /// Whether process `pid` is in a cage (or the parent itself). A process that cannot be

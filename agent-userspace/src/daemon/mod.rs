@@ -80,18 +80,27 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         Some(g) => AccessPolicy::with_group(g).map_err(DaemonError::Group)?,
         None => AccessPolicy::root_only(),
     };
-    if bpf::ensure_bpffs()? {
-        info!("mounted bpffs at /sys/fs/bpf");
+    // The socket and the cgroup lock come first: a second daemon must fail before it touches
+    // anything the first one owns (its pins above all).
+    let listener = server::bind(&config.socket, &access)?;
+    let started = async {
+        if bpf::ensure_bpffs()? {
+            info!("mounted bpffs at /sys/fs/bpf");
+        }
+        let mount = find_cgroup2_mount()?;
+        let root = CageRoot::create(&mount, &config.cgroup_name)?;
+        let lock = root.lock()?;
+        info!(cgroup_root = %root.dir().path().display(), "cgroup v2 found");
+        let started = start(config.clone(), policy, root.clone(), access, listener).await;
+        if started.is_err() {
+            // Leave nothing behind but what holds processes.
+            let _ = root.remove();
+        }
+        drop(lock);
+        started
     }
-    let mount = find_cgroup2_mount()?;
-    let root = CageRoot::create(&mount, &config.cgroup_name)?;
-    info!(cgroup_root = %root.dir().path().display(), "cgroup v2 found");
-
-    let started = start(config.clone(), policy, root.clone(), access).await;
-    if started.is_err() {
-        // Leave nothing behind but what holds processes.
-        let _ = root.remove();
-    }
+    .await;
+    let _ = std::fs::remove_file(&config.socket);
     started
 }
 
@@ -100,6 +109,7 @@ async fn start(
     policy: Policy,
     root: CageRoot,
     access: AccessPolicy,
+    listener: tokio::net::UnixListener,
 ) -> Result<(), DaemonError> {
     let mut ebpf = aya::Ebpf::load(bpf::EBPF_OBJECT).map_err(BpfError::from)?;
     let kernel_log = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -156,13 +166,6 @@ async fn start(
             "detached the programs an earlier daemon had pinned"
         );
     }
-    let listener = match server::bind(&config.socket, &access) {
-        Ok(l) => l,
-        Err(e) => {
-            programs.detach();
-            return Err(e);
-        }
-    };
     let shared = Arc::new(Shared {
         state: std::sync::Mutex::new(state),
         bus: EventBus::new(),
@@ -191,7 +194,6 @@ async fn start(
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
 
-    let _ = std::fs::remove_file(&config.socket);
     let kept = shared.state().shutdown();
     if kept.is_empty() {
         programs.detach();
