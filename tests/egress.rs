@@ -95,19 +95,36 @@ fn udp_datagrams_reach_allowed_listeners_only() {
 fn ipv4_mapped_ipv6_is_judged_as_ipv4() {
     let (_l, port) = tcp_listener("127.0.0.1");
     let _l2 = tcp_listener_at("127.0.0.2", port);
+    let (udp_ok, uport) = udp_listener("127.0.0.1");
+    let (udp_denied, uport2) = udp_listener("127.0.0.2");
     let daemon = Daemon::start(&policy(&format!(
-        "        - cidr: 127.0.0.1/32\n          ports: [{port}]\n          protocols: [tcp]"
+        "        - cidr: 127.0.0.1/32\n          ports: [{port}, {uport}]"
     )));
-    let ok = daemon.probe_in(
-        "tester",
-        &["connect", &format!("[::ffff:127.0.0.1]:{port}")],
+    let mut cage = daemon.serve_in("tester");
+    // connect6 and sendmsg6 both see the mapped address and judge it by the IPv4 list.
+    assert_eq!(cage.op(&format!("connect [::ffff:127.0.0.1]:{port}")), "ok");
+    assert_eq!(
+        cage.op(&format!("connect [::ffff:127.0.0.2]:{port}")),
+        EPERM
     );
-    assert_eq!(stdout(&ok), "ok", "{ok:?}");
-    let denied = daemon.probe_in(
-        "tester",
-        &["connect", &format!("[::ffff:127.0.0.2]:{port}")],
+    assert_eq!(
+        cage.op(&format!("udp [::ffff:127.0.0.1]:{uport} mapped")),
+        "ok"
     );
-    assert_eq!(stdout(&denied), EPERM, "{denied:?}");
+    assert_eq!(
+        cage.op(&format!("udp [::ffff:127.0.0.2]:{uport2} leak")),
+        EPERM
+    );
+    let mut buf = [0u8; 16];
+    let (n, _) = udp_ok
+        .recv_from(&mut buf)
+        .expect("the allowed mapped datagram arrived");
+    assert_eq!(&buf[..n], b"mapped");
+    assert_eq!(
+        udp_denied.recv_from(&mut buf).unwrap_err().kind(),
+        ErrorKind::WouldBlock
+    );
+    cage.finish();
     daemon.stop();
 }
 
