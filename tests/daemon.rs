@@ -156,22 +156,9 @@ fn adopt_moves_a_running_process_into_the_cage() {
     let _l2 = tcp_listener_at("127.0.0.2", port);
     let daemon = Daemon::start(&allow_port(port));
     let events = daemon.follow_events();
-    // A process started outside any cage...
-    let mut outsider = Command::new(harness::probe())
-        .arg("serve")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = outsider.stdin.take().unwrap();
-    let out = harness::Lines::spawn(outsider.stdout.take().unwrap());
-    out.wait_for("the probe", |l| l.starts_with("ready"));
-    let op = |stdin: &mut std::process::ChildStdin, op: &str| {
-        use std::io::Write as _;
-        writeln!(stdin, "{op}").unwrap();
-        out.wait_for(op, |l| l == "ok" || l.starts_with("err "))
-    };
-    assert_eq!(op(&mut stdin, &format!("connect 127.0.0.2:{port}")), "ok");
+    // A process started outside any cage (without the capabilities that could undo one)...
+    let mut outsider = harness::serve_outside(true);
+    assert_eq!(outsider.op(&format!("connect 127.0.0.2:{port}")), "ok");
 
     // ...is adopted, and from then on every new socket is judged.
     let adopt = daemon
@@ -181,23 +168,21 @@ fn adopt_moves_a_running_process_into_the_cage() {
             "--agent",
             "tester",
             "--pid",
-            &outsider.id().to_string(),
+            &outsider.pid.to_string(),
         ])
         .output()
         .unwrap();
     assert!(adopt.status.success(), "{}", stderr(&adopt));
-    assert_eq!(
-        op(&mut stdin, &format!("connect 127.0.0.2:{port}")),
-        "err 1"
-    );
-    assert_eq!(op(&mut stdin, &format!("connect 127.0.0.1:{port}")), "ok");
-    // It kept CAP_NET_RAW (adoption cannot take it), so the kernel hook is what refuses.
-    assert_eq!(op(&mut stdin, "raw"), "err 1");
-    let raw = events.wait_event("the raw socket denial", |e| e["hook"] == "sock_create");
-    assert_eq!(raw["verdict"], "deny");
-    assert_eq!(raw["rule"], "socket-kind");
-    assert_eq!(raw["sock_type"], "raw");
-    assert_eq!(raw["agent"], "agent:tester");
+    assert_eq!(outsider.op(&format!("connect 127.0.0.2:{port}")), "err 1");
+    assert_eq!(outsider.op(&format!("connect 127.0.0.1:{port}")), "ok");
+    // UDP-Lite needs no capability: the kernel hook is what refuses it.
+    assert_eq!(outsider.op("udplite"), "err 1");
+    let refused = events.wait_event("the socket-kind denial", |e| e["hook"] == "sock_create");
+    assert_eq!(refused["verdict"], "deny");
+    assert_eq!(refused["rule"], "socket-kind");
+    assert_eq!(refused["sock_type"], "dgram");
+    assert_eq!(refused["protocol"], "136");
+    assert_eq!(refused["agent"], "agent:tester");
 
     let status = daemon
         .cli()
@@ -213,12 +198,92 @@ fn adopt_moves_a_running_process_into_the_cage() {
     // When its last process exits the cage is removed.
     let cage_dir = daemon.cgroup_root().join("tester");
     assert!(cage_dir.exists());
-    drop(stdin);
-    outsider.wait().unwrap();
+    assert!(outsider.finish().success());
     daemon
         .log
         .wait_for("the cage removal", |l| l.contains("cage removed"));
     assert!(!cage_dir.exists());
+    daemon.stop();
+}
+
+#[test]
+fn adopt_refuses_processes_that_could_undo_their_cage() {
+    let daemon = Daemon::start(&allow_port(1));
+    let adopt = |pid: u32| {
+        daemon
+            .cli()
+            .args(["adopt", "--agent", "tester", "--pid", &pid.to_string()])
+            .output()
+            .unwrap()
+    };
+    let init = adopt(1);
+    assert!(!init.status.success());
+    assert!(stderr(&init).contains("it is init"), "{}", stderr(&init));
+
+    // A root process with its full capability set could detach the programs.
+    let mut mighty = harness::serve_outside(false);
+    let refused = adopt(mighty.pid);
+    assert!(!refused.status.success());
+    let message = stderr(&refused);
+    assert!(
+        message.contains("CAP_SYS_ADMIN") && message.contains("CAP_NET_RAW"),
+        "{message}"
+    );
+    assert!(!daemon.cgroup_root().join("tester").exists());
+    assert_eq!(mighty.op("bpf"), "ok", "it is still uncaged and mighty");
+    mighty.finish();
+
+    // A caged process does not change cages, even through an uncaged helper.
+    let caged = daemon.serve_in("tester");
+    let moved = adopt(caged.pid);
+    assert!(!moved.status.success());
+    assert!(
+        stderr(&moved).contains("in a cage already"),
+        "{}",
+        stderr(&moved)
+    );
+    caged.finish();
+    daemon.stop();
+}
+
+#[test]
+fn run_takes_away_what_could_undo_the_cage() {
+    let daemon = Daemon::start(&allow_port(1));
+    // Root inside the cage still cannot reach the BPF programs that cage it.
+    let caged = daemon.probe_in("tester", &["bpf"]);
+    assert_eq!(stdout(&caged), "err 1", "{caged:?}");
+    let outside = Command::new(harness::probe()).arg("bpf").output().unwrap();
+    assert_eq!(stdout(&outside), "ok");
+    daemon.stop();
+}
+
+#[test]
+fn a_connection_opened_before_caging_is_refused_after_it() {
+    let daemon = Daemon::start(
+        "version: 1\nagents:\n  tester:\n    egress:\n      allow: []\n  lax:\n    egress:\n      allow:\n        - cidr: 0.0.0.0/0\n",
+    );
+    let mut outsider = harness::serve_outside(true);
+    let socket = daemon.socket.display().to_string();
+    assert_eq!(outsider.op(&format!("ctl-connect {socket}")), "ok");
+    let pong = outsider.op(r#"ctl-send {"op":"ping"}"#);
+    assert!(pong.contains(r#""type":"pong""#), "{pong}");
+    let adopt = daemon
+        .cli()
+        .args([
+            "adopt",
+            "--agent",
+            "tester",
+            "--pid",
+            &outsider.pid.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(adopt.status.success(), "{}", stderr(&adopt));
+    // The same connection, now from inside a cage: refused, and no laxer cage is joined.
+    let join = outsider.op(r#"ctl-send {"op":"join","agent":"lax"}"#);
+    assert!(join.contains("inside an agentcage cage"), "{join}");
+    assert!(!daemon.cgroup_root().join("lax").exists());
+    outsider.finish();
     daemon.stop();
 }
 

@@ -338,7 +338,32 @@ pub fn cleanup_cgroup(root: &Path) {
     let _ = fs::remove_dir(root);
 }
 
-/// A probe serving operations inside a cage.
+/// A probe serving operations outside any cage, as root; with `cageable` it first drops the
+/// capabilities the daemon refuses to cage (as `agentcage run` does).
+pub fn serve_outside(cageable: bool) -> Served {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = Command::new(probe());
+    cmd.arg("serve")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    if cageable {
+        // SAFETY: drop_for_cage is async-signal-safe.
+        unsafe { cmd.pre_exec(|| agentcage::caps::drop_for_cage(false)) };
+    }
+    let mut child = cmd.spawn().expect("spawn probe");
+    let stdin = child.stdin.take().unwrap();
+    let out = Lines::spawn(child.stdout.take().unwrap());
+    let ready = out.wait_for("the probe to start", |l| l.starts_with("ready "));
+    let pid = ready.trim_start_matches("ready ").parse().unwrap();
+    Served {
+        child,
+        stdin: Some(stdin),
+        out,
+        pid,
+    }
+}
+
+/// A probe serving operations, in a cage or not.
 pub struct Served {
     pub child: Child,
     stdin: Option<ChildStdin>,
@@ -352,8 +377,9 @@ impl Served {
         let stdin = self.stdin.as_mut().unwrap();
         writeln!(stdin, "{op}").unwrap();
         stdin.flush().unwrap();
-        self.out
-            .wait_for(op, |l| l == "ok" || l.starts_with("err "))
+        self.out.wait_for(op, |l| {
+            l == "ok" || l.starts_with("ok ") || l.starts_with("err ")
+        })
     }
 
     /// Closes stdin and waits for the probe (and `agentcage run`) to exit.

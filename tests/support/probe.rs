@@ -3,8 +3,9 @@
 //! policy denial (EPERM) from anything else. Run inside cages by `agentcage run`.
 
 use std::{
-    io::{self, BufRead as _, Write as _},
+    io::{self, BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
+    os::unix::net::UnixStream,
     process::exit,
 };
 
@@ -54,6 +55,9 @@ fn op(args: &[&str]) -> io::Result<()> {
             s.send(payload.as_bytes()).map(drop)
         }
         ["raw"] => socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
+        // Needs no capability, and is neither TCP nor UDP: only the sock_create hook stops it.
+        ["udplite"] => socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE),
+        ["bpf"] => bpf_next_link_id(),
         ["packet"] => socket(libc::AF_PACKET, libc::SOCK_RAW, 0),
         ["fork-connect", a] => fork_connect(a),
         _ => Err(io::Error::new(
@@ -61,6 +65,26 @@ fn op(args: &[&str]) -> io::Result<()> {
             format!("unknown operation {args:?}"),
         )),
     }
+}
+
+/// BPF_LINK_GET_NEXT_ID: the first step of listing (and then detaching) BPF links.
+fn bpf_next_link_id() -> io::Result<()> {
+    const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
+    let mut attr = [0u32; 4];
+    // SAFETY: bpf(2) reads start_id and writes next_id within the zeroed 16-byte attr.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_GET_NEXT_ID,
+            attr.as_mut_ptr(),
+            size_of_val(&attr),
+        )
+    };
+    // ENOENT just means "no link": the call itself was allowed.
+    if rc < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT) {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn socket(family: i32, ty: i32, proto: i32) -> io::Result<()> {
@@ -99,6 +123,13 @@ fn fork_connect(a: &str) -> io::Result<()> {
     }
 }
 
+fn ctl_send(control: &mut BufReader<UnixStream>, json: &str) -> io::Result<String> {
+    writeln!(control.get_mut(), "{json}")?;
+    let mut answer = String::new();
+    control.read_line(&mut answer)?;
+    Ok(answer.trim().to_owned())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -106,10 +137,23 @@ fn main() {
         // Hold the cage and take operations from stdin, one a line, until stdin closes.
         println!("ready {}", std::process::id());
         let _ = io::stdout().flush();
+        // A control-socket connection kept across lines: `ctl-connect PATH`, then
+        // `ctl-send JSON` prints the daemon's first response line.
+        let mut control: Option<BufReader<UnixStream>> = None;
         for line in io::stdin().lock().lines() {
             let Ok(line) = line else { break };
-            let words: Vec<&str> = line.split_whitespace().collect();
-            report(op(&words));
+            if let Some(path) = line.strip_prefix("ctl-connect ") {
+                report(UnixStream::connect(path).map(|s| control = Some(BufReader::new(s))));
+            } else if let Some(json) = line.strip_prefix("ctl-send ") {
+                match control.as_mut().map(|c| ctl_send(c, json)) {
+                    Some(Ok(answer)) => println!("ok {answer}"),
+                    Some(Err(e)) => println!("err {}", errno(&e)),
+                    None => println!("err -1"),
+                }
+            } else {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                report(op(&words));
+            }
             let _ = io::stdout().flush();
         }
         return;

@@ -97,18 +97,13 @@ impl CageRoot {
         )
     }
 
-    /// Whether process `pid` is in a cage (or the parent itself). A process that cannot be
-    /// looked up counts as caged: callers use this to refuse, so it fails closed.
-    pub fn holds_pid(&self, pid: u32) -> bool {
-        match cgroup_of_pid(pid) {
-            Ok(path) => {
-                path == self.relative
-                    || path
-                        .strip_prefix(&self.relative)
-                        .is_some_and(|rest| rest.starts_with('/'))
-            }
-            Err(_) => true,
-        }
+    /// Whether process `pid` is in a cage (or the parent itself).
+    pub fn holds_pid(&self, pid: u32) -> Result<bool, CageError> {
+        let path = cgroup_of_pid(pid)?;
+        Ok(path == self.relative
+            || path
+                .strip_prefix(&self.relative)
+                .is_some_and(|rest| rest.starts_with('/')))
     }
 
     /// The parent cgroup.

@@ -41,6 +41,13 @@ const FORWARDED: [Signal; 8] = [
 /// Runs the command; returns its exit code (128 + signal when killed, as shells do).
 pub fn run(socket: &Path, args: &RunArgs) -> Result<i32> {
     validate_agent_name(&args.agent)?;
+    // This process stays outside the cage with the agent's uid: make it off limits to
+    // ptrace, /proc/PID/mem and pidfd_getfd from the agent (exec makes the agent itself
+    // dumpable again).
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        bail!("prctl(PR_SET_DUMPABLE): {}", io::Error::last_os_error());
+    }
     // Prepare: the daemon checks the agent against the policy, creates the cage and holds it
     // while this connection stays open, so it cannot vanish before the child joins.
     let mut hold = Client::connect(socket)?;
@@ -72,10 +79,9 @@ pub fn run(socket: &Path, args: &RunArgs) -> Result<i32> {
     // prepared before the fork; it allocates nothing.
     unsafe {
         command.pre_exec(move || {
+            // Capabilities first: the daemon refuses to cage a process that could undo it.
+            crate::caps::drop_for_cage(raw_sockets)?;
             join.send_from_child()?;
-            if !raw_sockets {
-                crate::caps::drop_net_raw()?;
-            }
             let set = forwarded_set();
             libc::pthread_sigmask(libc::SIG_UNBLOCK, set.as_ref(), std::ptr::null_mut());
             Ok(())
@@ -89,10 +95,12 @@ pub fn run(socket: &Path, args: &RunArgs) -> Result<i32> {
         ))
     })?;
 
+    // The child is in the cage (exec only happens after the daemon moved it), so the hold is
+    // done with; closing it now leaves the agent no open control connection to reach for.
+    drop(hold);
     let child_pid = Pid::from_raw(i32::try_from(child.id()).context("pid out of range")?);
     thread::spawn(move || forward_signals(signals, child_pid));
     let status = child.wait().context("waiting for the agent")?;
-    drop(hold);
     Ok(match (status.code(), status.signal()) {
         (Some(code), _) => code,
         (None, Some(sig)) => 128 + sig,

@@ -75,6 +75,9 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     if !nix::unistd::Uid::effective().is_root() {
         return Err(DaemonError::NotRoot);
     }
+    // Handlers first: a signal during start-up is then handled once we are up, instead of
+    // killing the daemon half-way (with cgroups and pins made).
+    let signals = Signals::install()?;
     let policy = Policy::load(&config.policy)?;
     let access = match &config.group {
         Some(g) => AccessPolicy::with_group(g).map_err(DaemonError::Group)?,
@@ -91,7 +94,15 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         let root = CageRoot::create(&mount, &config.cgroup_name)?;
         let lock = root.lock()?;
         info!(cgroup_root = %root.dir().path().display(), "cgroup v2 found");
-        let started = start(config.clone(), policy, root.clone(), access, listener).await;
+        let started = start(
+            config.clone(),
+            policy,
+            root.clone(),
+            access,
+            listener,
+            signals,
+        )
+        .await;
         if started.is_err() {
             // Leave nothing behind but what holds processes.
             let _ = root.remove();
@@ -110,6 +121,7 @@ async fn start(
     root: CageRoot,
     access: AccessPolicy,
     listener: tokio::net::UnixListener,
+    signals: Signals,
 ) -> Result<(), DaemonError> {
     let mut ebpf = aya::Ebpf::load(bpf::EBPF_OBJECT).map_err(BpfError::from)?;
     let kernel_log = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -166,6 +178,8 @@ async fn start(
             "detached the programs an earlier daemon had pinned"
         );
     }
+    // Cages an earlier daemon left that have emptied since go now.
+    state.tidy();
     let shared = Arc::new(Shared {
         state: std::sync::Mutex::new(state),
         bus: EventBus::new(),
@@ -190,14 +204,16 @@ async fn start(
     tasks.spawn(tasks::report_losses(Arc::clone(&shared)));
     tasks.spawn(tasks::accept(Arc::clone(&shared), listener));
 
-    wait_for_stop(&shared).await;
+    signals.wait_for_stop(&shared).await;
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
 
+    // From here no request can make or fill a cage (connections still open are refused), so
+    // the decision below cannot be overtaken.
     let kept = shared.state().shutdown();
-    if kept.is_empty() {
+    let removed = kept.is_empty() && root.remove().is_ok();
+    if removed {
         programs.detach();
-        root.remove()?;
         info!("stopped: no cage held a process; programs detached and cgroups removed");
     } else {
         programs.keep();
@@ -220,24 +236,35 @@ fn pin_tag() -> String {
     format!("{}-{now}", std::process::id())
 }
 
-/// Waits for SIGTERM or SIGINT; reloads the policy on SIGHUP meanwhile.
-async fn wait_for_stop(shared: &Shared) {
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        error!("cannot install signal handlers; stopping");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => { info!("SIGTERM: stopping"); return; }
-            _ = int.recv() => { info!("SIGINT: stopping"); return; }
-            _ = hup.recv() => {
-                let result = shared.state().reload();
-                if let Err(e) = result {
-                    error!(error = %e, "SIGHUP: policy reload refused; the previous policy stays in force");
+/// The signals the daemon acts on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, DaemonError> {
+        let install =
+            |kind| signal(kind).map_err(|e| DaemonError::Sys("installing signal handlers", e));
+        Ok(Self {
+            term: install(SignalKind::terminate())?,
+            int: install(SignalKind::interrupt())?,
+            hup: install(SignalKind::hangup())?,
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT; reloads the policy on SIGHUP meanwhile.
+    async fn wait_for_stop(mut self, shared: &Shared) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => { info!("SIGTERM: stopping"); return; }
+                _ = self.int.recv() => { info!("SIGINT: stopping"); return; }
+                _ = self.hup.recv() => {
+                    let result = shared.state().reload();
+                    if let Err(e) = result {
+                        error!(error = %e, "SIGHUP: policy reload refused; the previous policy stays in force");
+                    }
                 }
             }
         }

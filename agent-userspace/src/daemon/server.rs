@@ -9,7 +9,7 @@ use std::{
 
 use nix::unistd::{chown, Gid};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{unix::OwnedWriteHalf, UnixListener, UnixStream},
     sync::broadcast::error::RecvError,
 };
@@ -20,6 +20,9 @@ use crate::{
     control::{AccessPolicy, Peer, Request, Response},
     events::EventBus,
 };
+
+/// The longest request line served.
+const MAX_REQUEST: u64 = 64 * 1024;
 
 /// Shared by every connection.
 pub struct Shared {
@@ -80,33 +83,34 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream) {
         let _ = send(&mut write, &Response::Error { message }).await;
         return;
     }
-    // An agent must not steer its own containment (join a laxer cage, reload policy...):
-    // nothing from inside a cage is served.
-    let caged = shared.state().root().holds_pid(peer.pid);
-    if caged {
-        warn!(
-            uid = peer.uid,
-            pid = peer.pid,
-            "control connection from inside a cage refused"
-        );
-        let message = format!(
-            "refused: process {} is inside an agentcage cage, and caged processes may not use the control socket",
-            peer.pid
-        );
-        let _ = send(&mut write, &Response::Error { message }).await;
-        return;
-    }
     let mut held: Vec<String> = Vec::new();
-    let mut lines = BufReader::new(read).lines();
+    let mut reader = BufReader::new(read);
     loop {
-        let line = match lines.next_line().await {
-            Ok(Some(l)) => l,
-            Ok(None) => break,
+        let mut line = String::new();
+        match (&mut reader)
+            .take(MAX_REQUEST + 1)
+            .read_line(&mut line)
+            .await
+        {
+            Ok(0) => break,
+            Ok(_) => {}
             Err(e) => {
                 debug!(error = %e, "control connection read failed");
                 break;
             }
-        };
+        }
+        if line.len() as u64 > MAX_REQUEST {
+            let message = format!("request longer than {MAX_REQUEST} bytes: connection closed");
+            let _ = send(&mut write, &Response::Error { message }).await;
+            break;
+        }
+        // An agent must not steer its own containment (join a laxer cage, reload policy...):
+        // nothing from inside a cage is served. Checked on every request, since a process
+        // may have been caged after it connected.
+        if let Some(message) = caged_peer(&shared, &peer) {
+            let _ = send(&mut write, &Response::Error { message }).await;
+            break;
+        }
         let request: Request = match serde_json::from_str(&line) {
             Ok(r) => r,
             Err(e) => {
@@ -137,6 +141,24 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream) {
             state.release(&agent);
         }
     }
+}
+
+/// Why a peer inside a cage (or one whose cgroup cannot be read) is refused, if it is.
+fn caged_peer(shared: &Shared, peer: &Peer) -> Option<String> {
+    let message = match shared.state().root().holds_pid(peer.pid) {
+        Ok(false) => return None,
+        Ok(true) => format!(
+            "refused: process {} is inside an agentcage cage, and caged processes may not use \
+             the control socket",
+            peer.pid
+        ),
+        Err(e) => format!(
+            "refused: cannot tell whether process {} is in a cage ({e})",
+            peer.pid
+        ),
+    };
+    warn!(uid = peer.uid, pid = peer.pid, "{message}");
+    Some(message)
 }
 
 fn handle(shared: &Shared, peer: &Peer, request: Request, held: &mut Vec<String>) -> Response {

@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use crate::{
     bpf::{BpfError, EgressMaps, SlotEntries},
     cage::{CageError, CageRoot, CgroupDir},
+    caps,
     control::{AgentStatus, StatusReport},
     events::{EgressDetail, Event, EventDetail, RawEvent},
     identity::AgentIdentity,
@@ -65,6 +66,17 @@ pub enum StateError {
     /// The process does not exist.
     #[error("no process {0}")]
     NoProcess(u32),
+    /// The daemon is shutting down.
+    #[error("agentcaged is shutting down and takes no process into a cage")]
+    Stopping,
+    /// The process may not be caged (init, the daemon, a kernel thread, or one caged already).
+    #[error("refused to cage process {pid}: {why}")]
+    Uncageable {
+        /// The process.
+        pid: u32,
+        /// Why.
+        why: String,
+    },
     /// Watching a cage for emptiness failed.
     #[error("watching {path}: {source}")]
     Watch {
@@ -112,6 +124,8 @@ pub struct State {
     watches: HashMap<WatchDescriptor, String>,
     /// CLOCK_REALTIME minus CLOCK_BOOTTIME, to put wall-clock times on kernel timestamps.
     boot_to_wall_ns: i128,
+    /// Set by [`Self::shutdown`]: no cage may be made or filled any more.
+    stopping: bool,
 }
 
 impl State {
@@ -135,6 +149,7 @@ impl State {
             inotify,
             watches: HashMap::new(),
             boot_to_wall_ns: boot_to_wall_ns(),
+            stopping: false,
         }
     }
 
@@ -256,6 +271,9 @@ impl State {
 
     /// The cage of `agent`, created (and enforced) if it does not exist yet.
     fn ensure_cage(&mut self, agent: &str) -> Result<&Cage, StateError> {
+        if self.stopping {
+            return Err(StateError::Stopping);
+        }
         validate_agent_name(agent)?;
         if !self.cages.contains_key(agent) {
             // Check the policy before touching the file system.
@@ -324,11 +342,49 @@ impl State {
                 caller: caller_uid,
             });
         }
+        self.check_cageable(agent, pid)?;
         let cage = self.ensure_cage(agent)?;
         cage.dir.add_process(pid)?;
         let path = cage.dir.path().display().to_string();
         info!(agent, pid, cgroup = %path, "process caged");
         Ok(path)
+    }
+
+    /// Refuses processes that must not be caged, or could undo their cage.
+    fn check_cageable(&self, agent: &str, pid: u32) -> Result<(), StateError> {
+        let refuse = |why: String| Err(StateError::Uncageable { pid, why });
+        if pid == 1 {
+            return refuse("it is init; every service it starts would be caged too".into());
+        }
+        if pid == std::process::id() {
+            return refuse("it is agentcaged itself".into());
+        }
+        if is_kernel_thread(pid) {
+            return refuse("it is a kernel thread".into());
+        }
+        // A process whose cgroup cannot be read is refused too: fail closed.
+        if self.root.holds_pid(pid).unwrap_or(true) {
+            return refuse("it is in a cage already; an agent does not change cages".into());
+        }
+        let raw_sockets = self
+            .policy
+            .agent(agent)
+            .is_some_and(|p| p.egress.raw_sockets);
+        let held = caps::held_by(pid).map_err(|_| StateError::NoProcess(pid))?;
+        let escape = held & caps::forbidden_mask(raw_sockets);
+        if escape != 0 {
+            return refuse(format!(
+                "it holds {}, with which it could undo its cage; drop them first (agentcage run \
+                 does){}",
+                caps::names(escape).join(", "),
+                if escape == 1 << caps::CAP_NET_RAW {
+                    " or allow raw_sockets for the agent"
+                } else {
+                    ""
+                }
+            ));
+        }
+        Ok(())
     }
 
     /// Removes every cage that is empty and unheld (e.g. ones an earlier daemon left).
@@ -527,14 +583,30 @@ impl State {
         }
     }
 
-    /// Removes every empty cage; returns the names of cages that still hold processes.
+    /// Stops taking processes in, removes every empty cage, and returns the names of cages
+    /// that still hold processes.
     pub fn shutdown(&mut self) -> Vec<String> {
+        self.stopping = true;
         for cage in self.cages.values_mut() {
             cage.holds = 0;
         }
         self.tidy();
         self.cages.keys().cloned().collect()
     }
+}
+
+/// Kernel threads carry PF_KTHREAD in the flags field of /proc/PID/stat.
+fn is_kernel_thread(pid: u32) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name (which may hold spaces and parentheses):
+            // state ppid pgrp session tty_nr tpgid flags ...
+            let rest = stat.get(stat.rfind(')')? + 1..)?;
+            rest.split_whitespace().nth(6)?.parse::<u64>().ok()
+        })
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
 }
 
 fn comm_str(comm: &[u8; 16]) -> String {

@@ -128,13 +128,29 @@ pub async fn report_losses(shared: Arc<Shared>) {
 }
 
 /// Accepts control connections, one task each.
+/// At most this many control connections are served at once; more wait in the backlog.
+const MAX_CONNECTIONS: usize = 256;
+
+/// Accepts control connections, one task each, at most [`MAX_CONNECTIONS`] at once.
 pub async fn accept(shared: Arc<Shared>, listener: UnixListener) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(server::serve(Arc::clone(&shared), stream));
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    server::serve(shared, stream).await;
+                    drop(slot);
+                });
             }
-            Err(e) => warn!(error = %e, "accept failed"),
+            Err(e) => {
+                // Out of descriptors or memory: say so once per pause, not in a busy loop.
+                warn!(error = %e, "accept failed; pausing the control socket for 100 ms");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
         }
     }
 }
