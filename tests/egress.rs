@@ -83,7 +83,9 @@ fn udp_datagrams_reach_allowed_listeners_only() {
         let denied = daemon.probe_in("tester", &[op, &format!("127.0.0.2:{denied_port}"), "leak"]);
         assert_eq!(stdout(&denied), EPERM, "{op}: {denied:?}");
     }
-    // The same port but TCP-only would not admit UDP either: protocol matters.
+    // Protocol matters: the UDP-only rule does not admit TCP to the same address and port.
+    let tcp = daemon.probe_in("tester", &["connect", &format!("127.0.0.1:{allowed_port}")]);
+    assert_eq!(stdout(&tcp), EPERM, "{tcp:?}");
     let err = denied_rx
         .recv_from(&mut buf)
         .expect_err("nothing may reach the denied listener");

@@ -11,6 +11,11 @@ pub struct EventHeader {
     pub kind: u32,
     /// The agent's number (see [`crate::cage::CageConfig::agent_id`]); 0 when unknown.
     pub agent_id: u32,
+    /// The policy slot that decided (see [`crate::cage::CageConfig::policy_slot`]), so user
+    /// space names the rule of the policy that was in force, even across a reload.
+    pub policy_slot: u32,
+    /// Padding, zero.
+    pub _pad: u32,
     /// `bpf_ktime_get_boot_ns()` at the decision (CLOCK_BOOTTIME).
     pub ts_ns: u64,
     /// cgroup v2 id of the calling task.

@@ -226,7 +226,12 @@ fn report(
         return;
     };
     entry.write(EgressEvent {
-        header: header(KIND_EGRESS, cage.map_or(0, |c| c.agent_id), cgroup_id),
+        header: header(
+            KIND_EGRESS,
+            cage.map_or(0, |c| c.agent_id),
+            cage.map_or(0, |c| c.policy_slot),
+            cgroup_id,
+        ),
         addr: attempt.addr,
         rule_id,
         port: attempt.port,

@@ -9,11 +9,13 @@ use crate::maps::{CAGE_STATS, GLOBAL_LOST};
 
 /// The header for an event of `kind` raised by the current task.
 #[inline(always)]
-pub fn header(kind: u32, agent_id: u32, cgroup_id: u64) -> EventHeader {
+pub fn header(kind: u32, agent_id: u32, policy_slot: u32, cgroup_id: u64) -> EventHeader {
     let pid_tgid = bpf_get_current_pid_tgid();
     EventHeader {
         kind,
         agent_id,
+        policy_slot,
+        _pad: 0,
         // SAFETY: a helper without preconditions.
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },
         cgroup_id,

@@ -28,6 +28,8 @@ pub struct Probe {
 /// Everything `doctor` found.
 #[derive(Clone, Debug, Serialize)]
 pub struct DoctorReport {
+    /// Whether the probes ran as root (as non-root they fail whatever the kernel can do).
+    pub as_root: bool,
     /// `uname -r`.
     pub kernel: String,
     /// Where cgroup v2 is mounted, if it is.
@@ -143,6 +145,7 @@ pub fn probe() -> DoctorReport {
         ),
     ];
     DoctorReport {
+        as_root: nix::unistd::Uid::effective().is_root(),
         kernel,
         cgroup2_mount: cgroup2.map(|p| p.display().to_string()),
         cgroup_freeze_kill,
@@ -167,6 +170,13 @@ fn has_freeze_and_kill(mount: &Path) -> bool {
 impl fmt::Display for DoctorReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let yes_no = |b: bool| if b { "yes" } else { "no" };
+        if !self.as_root {
+            writeln!(
+                f,
+                "NOT ROOT: loading probe programs and making cgroups need root; run \
+                 `sudo agentcage doctor` for what this kernel can do"
+            )?;
+        }
         writeln!(f, "kernel            {}", self.kernel)?;
         writeln!(
             f,
@@ -202,14 +212,11 @@ impl fmt::Display for DoctorReport {
             };
             writeln!(f, "  {:<26} {:<10} {}", p.name, state, p.used_for)?;
         }
-        writeln!(
-            f,
-            "egress enforcement {}",
-            if self.egress_ready() {
-                "ready"
-            } else {
-                "NOT POSSIBLE on this kernel"
-            }
-        )
+        let verdict = match (self.egress_ready(), self.as_root) {
+            (true, _) => "ready",
+            (false, true) => "NOT POSSIBLE on this kernel",
+            (false, false) => "unknown (not root)",
+        };
+        writeln!(f, "egress enforcement {verdict}")
     }
 }

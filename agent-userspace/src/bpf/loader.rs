@@ -170,17 +170,16 @@ fn attach_one(
 
 /// Detaches links that an earlier daemon pinned under `dir` (those not tagged `keep_tag`).
 /// Called after this daemon's own are attached, so there is no moment without enforcement.
-/// Returns how many were released.
-pub fn release_pinned(dir: &Path, keep_tag: &str) -> Result<usize, BpfError> {
+/// Returns how many were released. Entries that cannot be released are left and logged:
+/// an extra link still enforcing is safe, and this daemon's own links stay either way.
+pub fn release_pinned(dir: &Path, keep_tag: &str) -> usize {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(source) => {
-            return Err(BpfError::Io {
-                op: "listing pin directory",
-                path: dir.to_path_buf(),
-                source,
-            })
+        Err(e) => {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot list earlier pins");
+            }
+            return 0;
         }
     };
     let suffix = format!("-{keep_tag}");
@@ -190,17 +189,19 @@ pub fn release_pinned(dir: &Path, keep_tag: &str) -> Result<usize, BpfError> {
         if path.to_string_lossy().ends_with(&suffix) {
             continue;
         }
-        let pinned = PinnedLink::from_pin(&path).map_err(|e| BpfError::Pin {
-            path: path.clone(),
-            what: crate::errors::render(&e),
-        })?;
         // Unpinning removes the bpffs file; dropping the FdLink then detaches the program.
-        drop(pinned.unpin().map_err(|source| BpfError::Io {
-            op: "unpinning",
-            path: path.clone(),
-            source,
-        })?);
-        released += 1;
+        match PinnedLink::from_pin(&path).map(PinnedLink::unpin) {
+            Ok(Ok(link)) => {
+                drop(link);
+                released += 1;
+            }
+            Ok(Err(e)) => tracing::warn!(path = %path.display(), error = %e, "cannot unpin"),
+            Err(e) => tracing::warn!(
+                path = %path.display(),
+                error = %crate::errors::render(&e),
+                "not a pinned link: left alone"
+            ),
+        }
     }
-    Ok(released)
+    released
 }

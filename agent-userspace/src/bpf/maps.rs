@@ -145,7 +145,8 @@ impl EgressMaps {
     /// Installs or replaces a cage's configuration in one map update, and makes sure it has
     /// counters.
     pub fn set_cage(&mut self, cgroup_id: u64, config: CageConfig) -> Result<(), BpfError> {
-        if self.stats.get(&cgroup_id, 0).is_err() {
+        let new = self.stats.get(&cgroup_id, 0).is_err();
+        if new {
             let zeros =
                 PerCpuValues::try_from(vec![CageStats::default(); self.cpus]).map_err(|e| {
                     BpfError::Map {
@@ -157,9 +158,12 @@ impl EgressMaps {
                 .insert(cgroup_id, zeros, 0)
                 .map_err(|e| capacity(maps::CAGE_STATS, e))?;
         }
-        self.cages
-            .insert(cgroup_id, config, 0)
-            .map_err(|e| capacity(maps::CAGES, e))
+        self.cages.insert(cgroup_id, config, 0).map_err(|e| {
+            if new {
+                let _ = self.stats.remove(&cgroup_id);
+            }
+            capacity(maps::CAGES, e)
+        })
     }
 
     /// Forgets a removed cage.

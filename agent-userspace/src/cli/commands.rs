@@ -28,7 +28,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Status { output } => {
             let mut client = Client::connect(&cli.socket)?;
-            match client.call(&Request::Status)? {
+            match client.call(&Request::Status {})? {
                 Response::Status(report) => {
                     match output {
                         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
@@ -66,7 +66,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Policy(PolicyCommand::Reload) => {
             let mut client = Client::connect(&cli.socket)?;
-            match client.call(&Request::Reload)? {
+            match client.call(&Request::Reload {})? {
                 Response::Reloaded {
                     source,
                     policy_hash,

@@ -6,10 +6,10 @@ use crate::events::Event;
 
 /// What a client asks.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Is the daemon there, and which policy is in force?
-    Ping,
+    Ping {},
     /// Create the agent's cage if needed and keep it while this connection is open.
     Prepare {
         /// The agent's name.
@@ -28,14 +28,14 @@ pub enum Request {
         pid: u32,
     },
     /// Agents, cages, counters.
-    Status,
+    Status {},
     /// Events: the recent ones, or (follow) every new one as it happens.
     Events {
         /// Stream new events until the client goes away.
         follow: bool,
     },
     /// Read the policy file again; a broken one is refused and the old one stays.
-    Reload,
+    Reload {},
 }
 
 /// What the daemon answers.
@@ -149,6 +149,15 @@ pub struct AgentStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let e = serde_json::from_str::<Request>(r#"{"op":"status","extra":1}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `extra`"), "{e}");
+        let e = serde_json::from_str::<Request>(r#"{"op":"adopt","agent":"a","pid":1,"x":2}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown field `x`"), "{e}");
+    }
 
     #[test]
     fn join_request_has_the_wire_form_run_prebuilds() {

@@ -165,13 +165,7 @@ async fn start(
     let tag = pin_tag();
     let programs = AttachedPrograms::attach(&mut ebpf, root.dir().path(), &pin_dir, &tag)?;
     // Only now drop the earlier daemon's links: there was no moment without enforcement.
-    let released = match bpf::release_pinned(&pin_dir, &tag) {
-        Ok(n) => n,
-        Err(e) => {
-            programs.detach();
-            return Err(e.into());
-        }
-    };
+    let released = bpf::release_pinned(&pin_dir, &tag);
     if released > 0 {
         info!(
             released,

@@ -164,7 +164,7 @@ fn caged_peer(shared: &Shared, peer: &Peer) -> Option<String> {
 fn handle(shared: &Shared, peer: &Peer, request: Request, held: &mut Vec<String>) -> Response {
     let mut state = shared.state();
     let result = match request {
-        Request::Ping => Ok(Response::Pong {
+        Request::Ping {} => Ok(Response::Pong {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             policy_hash: state.policy().hash().to_owned(),
         }),
@@ -191,8 +191,8 @@ fn handle(shared: &Shared, peer: &Peer, request: Request, held: &mut Vec<String>
         Request::Adopt { agent, pid } => state
             .move_into(&agent, pid, peer.uid)
             .map(|cgroup| Response::Adopted { agent, pid, cgroup }),
-        Request::Status => Ok(Response::Status(state.status())),
-        Request::Reload => state.reload().map(|p| Response::Reloaded {
+        Request::Status {} => Ok(Response::Status(state.status())),
+        Request::Reload {} => state.reload().map(|p| Response::Reloaded {
             source: p.source().to_owned(),
             policy_hash: p.hash().to_owned(),
         }),

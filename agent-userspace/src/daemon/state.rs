@@ -126,7 +126,14 @@ pub struct State {
     boot_to_wall_ns: i128,
     /// Set by [`Self::shutdown`]: no cage may be made or filled any more.
     stopping: bool,
+    /// The policy each slot was compiled from, live slots and recently retired ones, so an
+    /// event still in the ring buffer after a reload names the rule that really decided.
+    slot_policies: HashMap<u32, Arc<Policy>>,
+    retired: std::collections::VecDeque<u32>,
 }
+
+/// How many retired slots keep their policy for late events.
+const RETIRED_SLOTS: usize = 1024;
 
 impl State {
     /// A state with no cages yet.
@@ -150,6 +157,8 @@ impl State {
             watches: HashMap::new(),
             boot_to_wall_ns: boot_to_wall_ns(),
             stopping: false,
+            slot_policies: HashMap::new(),
+            retired: std::collections::VecDeque::new(),
         }
     }
 
@@ -221,6 +230,7 @@ impl State {
         let agent_id = self.agent_id(agent);
         let slot = self.take_slot();
         let entries = self.maps.fill_slot(slot, &compiled)?;
+        self.slot_policies.insert(slot, Arc::clone(&self.policy));
         let config = CageConfig {
             agent_id,
             policy_slot: slot,
@@ -418,7 +428,7 @@ impl State {
             let _ = self.inotify.rm_watch(cage.watch);
             self.watches.remove(&cage.watch);
             self.maps.remove_cage(cage.cgroup_id);
-            self.maps.clear_slot(&cage.slot);
+            self.retire(&cage.slot);
             info!(agent, "cage removed: its last process exited");
         }
     }
@@ -433,6 +443,7 @@ impl State {
     /// Swaps `policy` in: compile everything first, fill fresh slots, then switch each cage
     /// with one map update, then free the old slots.
     pub fn apply(&mut self, policy: Policy) -> Result<Arc<Policy>, StateError> {
+        let policy = Arc::new(policy);
         let mut compiled = Vec::with_capacity(self.cages.len());
         for agent in self.cages.keys() {
             compiled.push((agent.clone(), Self::compile_for(&policy, agent, false)?));
@@ -468,10 +479,12 @@ impl State {
                 self.maps.clear_slot(&entries);
                 continue;
             }
+            self.slot_policies
+                .insert(entries.slot(), Arc::clone(&policy));
             let old = std::mem::replace(&mut cage.slot, entries);
-            self.maps.clear_slot(&old);
+            self.retire(&old);
         }
-        self.policy = Arc::new(policy);
+        self.policy = policy;
         info!(
             source = self.policy.source(),
             policy_hash = self.policy.hash(),
@@ -519,12 +532,28 @@ impl State {
         caged + self.maps.global_lost()
     }
 
-    /// Turns a kernel record into an event with the agent's identity and the rule's text.
+    /// Empties a slot no cage uses any more, keeping its policy a while for late events.
+    fn retire(&mut self, entries: &SlotEntries) {
+        self.maps.clear_slot(entries);
+        self.retired.push_back(entries.slot());
+        while self.retired.len() > RETIRED_SLOTS {
+            if let Some(old) = self.retired.pop_front() {
+                self.slot_policies.remove(&old);
+            }
+        }
+    }
+
+    /// Turns a kernel record into an event with the agent's identity and the rule's text, as
+    /// the policy that decided has them.
     pub fn enrich(&self, raw: &RawEvent) -> Event {
         let RawEvent::Egress(e) = raw;
+        let policy = self
+            .slot_policies
+            .get(&e.header.policy_slot)
+            .unwrap_or(&self.policy);
         let agent = self.names.get(&e.header.agent_id);
         let rule_text = agent
-            .and_then(|a| self.policy.agent(a))
+            .and_then(|a| policy.agent(a))
             .and_then(|p| p.egress.allow.get(e.rule_id as usize))
             .map(|r| r.describe());
         let rule = match e.rule_id {
@@ -551,7 +580,7 @@ impl State {
             tgid: e.header.tgid,
             comm: comm_str(&e.header.comm),
             cgroup_id: e.header.cgroup_id,
-            policy_hash: self.policy.hash().to_owned(),
+            policy_hash: policy.hash().to_owned(),
             detail: EventDetail::Egress(EgressDetail {
                 hook: hook.map_or_else(|| e.hook.to_string(), |h| h.name().to_owned()),
                 family: match e.family {

@@ -66,6 +66,8 @@ mod tests {
             header: EventHeader {
                 kind: KIND_EGRESS,
                 agent_id: 7,
+                policy_slot: 3,
+                _pad: 0,
                 ts_ns: 42,
                 cgroup_id: 1234,
                 pid: 10,
