@@ -198,5 +198,9 @@ impl EgressMaps {
 }
 
 fn capacity(name: &'static str, e: MapError) -> BpfError {
-    BpfError::Capacity(format!("{name}: {e}"))
+    BpfError::Capacity(format!(
+        "{name} is full or refused the entry (it is shared by every running agent and policy \
+         version): {}",
+        crate::errors::render(&e)
+    ))
 }

@@ -53,13 +53,46 @@ impl Policy {
 
         // Compile now, so that a policy the kernel cannot hold is refused when it is loaded,
         // with a position, rather than when an agent starts.
+        let mut entries = (0, 0);
+        let mut add = |(v4, v6): (usize, usize)| {
+            entries.0 += v4;
+            entries.1 += v6;
+        };
         for (name, agent) in &agents {
             let path = [Step::Key("agents"), Step::Key(name)];
-            check_compiles(text, source, &format!("agents.{name}.egress"), &path, agent)?;
+            add(check_compiles(
+                text,
+                source,
+                &format!("agents.{name}.egress"),
+                &path,
+                agent,
+            )?);
         }
         if let Some(agent) = &default_agent {
             let path = [Step::Key("default_agent")];
-            check_compiles(text, source, "default_agent.egress", &path, agent)?;
+            add(check_compiles(
+                text,
+                source,
+                "default_agent.egress",
+                &path,
+                agent,
+            )?);
+        }
+        // A reload holds the old and the new policy in the maps side by side: a policy may
+        // take half of each.
+        let room = (agent_common::maps::MAX_EGRESS_ENTRIES / 2) as usize;
+        for (family, needed) in [("IPv4", entries.0), ("IPv6", entries.1)] {
+            if needed > room {
+                return Err(PolicyError::InvalidUnlocated {
+                    file: source.to_owned(),
+                    message: format!(
+                        "the policy needs {needed} {family} allow-list entries in the kernel \
+                         (one per distinct CIDR per agent), more than the {room} that fit \
+                         (half the map, so a reload can hold old and new side by side); \
+                         merge CIDRs into wider prefixes"
+                    ),
+                });
+            }
         }
 
         let canonical = hash::canonical_form(version, &agents, default_agent.as_ref());
@@ -164,16 +197,17 @@ fn yaml_error(file: &str, err: &serde_norway::Error) -> PolicyError {
     }
 }
 
-/// Compiles one agent's egress policy, placing any error at the rule (or list) it names.
+/// Compiles one agent's egress policy, placing any error at the rule (or list) it names;
+/// returns how many IPv4 and IPv6 trie entries it takes.
 fn check_compiles(
     text: &str,
     file: &str,
     label: &str,
     agent_path: &[Step<'_>],
     agent: &AgentPolicy,
-) -> Result<(), PolicyError> {
+) -> Result<(usize, usize), PolicyError> {
     let err = match compile::compile_at(label, &agent.egress) {
-        Ok(_) => return Ok(()),
+        Ok(c) => return Ok((c.v4.len(), c.v6.len())),
         Err(e) => e,
     };
     let mut path = agent_path.to_vec();
@@ -207,6 +241,20 @@ mod tests {
             Ok(p) => panic!("expected an error, got {p:?}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn policies_larger_than_the_kernel_maps_are_refused_at_load() {
+        let mut yaml = String::from("version: 1\nagents:\n  big:\n    egress:\n      allow:\n");
+        for i in 0..40_000u32 {
+            let a = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+            yaml.push_str(&format!("        - cidr: {a}/32\n"));
+        }
+        let e = err(&yaml);
+        assert!(
+            e.starts_with("policies/x.yaml: the policy needs 40000 IPv4 allow-list entries"),
+            "{e}"
+        );
     }
 
     const DEMO: &str = "\
