@@ -11,7 +11,7 @@ fn main() {
     match dispatch(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("agentcage: {}", render(e.as_ref()));
+            eprintln!("agentcage: {}", render(&e));
             std::process::exit(2);
         }
     }

@@ -2,9 +2,7 @@
 
 use std::io::Write as _;
 
-use anyhow::{bail, Context as _, Result};
-
-use super::{run, Cli, Command, Output, PolicyCommand};
+use super::{run, Cli, CliError, Command, Output, PolicyCommand};
 use crate::{
     control::{Client, Request, Response, StatusReport},
     doctor,
@@ -12,7 +10,7 @@ use crate::{
 };
 
 /// Runs the parsed command line; returns the process exit code.
-pub fn dispatch(cli: Cli) -> Result<i32> {
+pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
     match cli.command {
         Command::Run(args) => run::run(&cli.socket, &args),
         Command::Adopt { agent, pid } => {
@@ -23,7 +21,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                     println!("process {pid} is now in the cage of agent:{agent} ({cgroup})");
                     Ok(0)
                 }
-                other => bail!("unexpected response: {other:?}"),
+                other => Err(CliError::unexpected(&other)),
             }
         }
         Command::Status { output } => {
@@ -36,7 +34,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                     }
                     Ok(0)
                 }
-                other => bail!("unexpected response: {other:?}"),
+                other => Err(CliError::unexpected(&other)),
             }
         }
         Command::Events { follow } => events(&cli, follow),
@@ -74,32 +72,36 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
                     println!("{source}: in force (sha256 {policy_hash})");
                     Ok(0)
                 }
-                other => bail!("unexpected response: {other:?}"),
+                other => Err(CliError::unexpected(&other)),
             }
         }
     }
 }
 
-fn events(cli: &Cli, follow: bool) -> Result<i32> {
+fn events(cli: &Cli, follow: bool) -> Result<i32, CliError> {
     let mut client = Client::connect(&cli.socket)?;
     client.send(&Request::Events { follow })?;
     let stdout = std::io::stdout();
     while let Some(response) = client.read_response()? {
         let mut out = stdout.lock();
-        match response {
-            Response::Event { event } => {
-                serde_json::to_writer(&mut out, &event)?;
-                writeln!(out)?;
-            }
+        let line = match response {
+            Response::Event { event } => serde_json::to_string(&event)?,
             Response::Lost { count } => {
-                writeln!(out, "{{\"lost\":{count}}}")?;
                 eprintln!("agentcage: {count} events were missed because this reader was too slow");
+                format!("{{\"lost\":{count}}}")
             }
-            Response::Subscribed => eprintln!("agentcage: following events (Ctrl-C to stop)"),
-            Response::Error { message } => bail!("{message}"),
-            other => bail!("unexpected response: {other:?}"),
-        }
-        out.flush().context("writing events")?;
+            Response::Subscribed => {
+                eprintln!("agentcage: following events (Ctrl-C to stop)");
+                continue;
+            }
+            Response::Error { message } => {
+                return Err(crate::control::ClientError::Refused(message).into())
+            }
+            other => return Err(CliError::unexpected(&other)),
+        };
+        writeln!(out, "{line}")
+            .and_then(|()| out.flush())
+            .map_err(CliError::os("writing events"))?;
     }
     Ok(0)
 }

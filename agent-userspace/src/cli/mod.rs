@@ -10,6 +10,48 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use commands::dispatch;
 
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Talking to the daemon failed, or it refused the request.
+    #[error(transparent)]
+    Client(#[from] crate::control::ClientError),
+    /// A policy file or an agent name is invalid.
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    /// The daemon answered with something this command does not expect.
+    #[error("unexpected response from agentcaged: {0}")]
+    Unexpected(String),
+    /// An operating-system call failed.
+    #[error("{what}: {source}")]
+    Os {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Output could not be encoded as JSON.
+    #[error("encoding JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The command line cannot be carried out as given.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl CliError {
+    /// An [`CliError::Os`] for `what`.
+    pub(crate) fn os(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let what = what.into();
+        move |source| Self::Os { what, source }
+    }
+
+    /// An [`CliError::Unexpected`] for a response.
+    pub(crate) fn unexpected(response: &crate::control::Response) -> Self {
+        Self::Unexpected(format!("{response:?}"))
+    }
+}
+
 use crate::control::DEFAULT_SOCKET;
 
 /// agentcage: run AI agents in kernel-enforced cages.

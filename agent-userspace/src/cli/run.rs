@@ -14,13 +14,12 @@ use std::{
     thread,
 };
 
-use anyhow::{bail, Context as _, Result};
 use nix::{
     sys::signal::{kill, SigSet, Signal},
     unistd::Pid,
 };
 
-use super::RunArgs;
+use super::{CliError, RunArgs};
 use crate::{
     control::{Client, Request, Response},
     policy::validate_agent_name,
@@ -39,14 +38,16 @@ const FORWARDED: [Signal; 8] = [
 ];
 
 /// Runs the command; returns its exit code (128 + signal when killed, as shells do).
-pub fn run(socket: &Path, args: &RunArgs) -> Result<i32> {
+pub fn run(socket: &Path, args: &RunArgs) -> Result<i32, CliError> {
     validate_agent_name(&args.agent)?;
     // This process stays outside the cage with the agent's uid: make it off limits to
     // ptrace, /proc/PID/mem and pidfd_getfd from the agent (exec makes the agent itself
     // dumpable again).
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
-        bail!("prctl(PR_SET_DUMPABLE): {}", io::Error::last_os_error());
+        return Err(CliError::os("prctl(PR_SET_DUMPABLE)")(
+            io::Error::last_os_error(),
+        ));
     }
     // Prepare: the daemon checks the agent against the policy, creates the cage and holds it
     // while this connection stays open, so it cannot vanish before the child joins.
@@ -59,16 +60,21 @@ pub fn run(socket: &Path, args: &RunArgs) -> Result<i32> {
             raw_sockets,
             ..
         } => (policy_hash, raw_sockets),
-        other => bail!("unexpected response: {other:?}"),
+        other => return Err(CliError::unexpected(&other)),
     };
 
     let join = JoinRequest::new(socket, &args.agent)?;
     let signals = forwarded_set();
     // Block the forwarded signals before spawning so none is lost between spawn and the
     // forwarding thread; the child unblocks them before exec.
-    signals.thread_block().context("blocking signals")?;
+    signals
+        .thread_block()
+        .map_err(|e| CliError::os("blocking signals")(e.into()))?;
 
-    let (program, rest) = args.command.split_first().context("no command given")?;
+    let (program, rest) = args
+        .command
+        .split_first()
+        .ok_or_else(|| CliError::Usage("no command given".into()))?;
     let mut command = Command::new(program);
     command
         .args(rest)
@@ -89,18 +95,20 @@ pub fn run(socket: &Path, args: &RunArgs) -> Result<i32> {
     }
     let mut child = command.spawn().map_err(|e| {
         let _ = forwarded_set().thread_unblock();
-        anyhow::Error::new(e).context(format!(
+        CliError::os(format!(
             "starting {program:?} in the cage of agent:{} (the daemon must move it in before it runs)",
             args.agent
-        ))
+        ))(e)
     })?;
 
     // The child is in the cage (exec only happens after the daemon moved it), so the hold is
     // done with; closing it now leaves the agent no open control connection to reach for.
     drop(hold);
-    let child_pid = Pid::from_raw(i32::try_from(child.id()).context("pid out of range")?);
+    let child_pid = Pid::from_raw(child.id() as i32);
     thread::spawn(move || forward_signals(signals, child_pid));
-    let status = child.wait().context("waiting for the agent")?;
+    let status = child
+        .wait()
+        .map_err(CliError::os("waiting for the agent"))?;
     Ok(match (status.code(), status.signal()) {
         (Some(code), _) => code,
         (None, Some(sig)) => 128 + sig,
@@ -150,13 +158,16 @@ struct JoinRequest {
 }
 
 impl JoinRequest {
-    fn new(socket: &Path, agent: &str) -> Result<Self> {
+    fn new(socket: &Path, agent: &str) -> Result<Self, CliError> {
         // SAFETY: sockaddr_un is plain data; all-zero is a valid value.
         let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
         addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
         let path = socket.as_os_str().as_bytes();
         if path.len() >= addr.sun_path.len() {
-            bail!("socket path {} is too long", socket.display());
+            return Err(CliError::Usage(format!(
+                "socket path {} is too long",
+                socket.display()
+            )));
         }
         for (dst, src) in addr.sun_path.iter_mut().zip(path) {
             *dst = *src as libc::c_char;
