@@ -528,3 +528,33 @@ fn a_second_daemon_refuses_to_start_and_leaves_the_first_intact() {
     cage.finish();
     daemon.stop();
 }
+
+#[test]
+fn sighup_reloads_the_policy_file() {
+    let (_l, port) = tcp_listener("127.0.0.1");
+    let (_l2, port2) = tcp_listener("127.0.0.1");
+    let daemon = Daemon::start(&allow_port(port));
+    let mut cage = daemon.serve_in("tester");
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{port2}")), "err 1");
+    fs::write(&daemon.policy, allow_port(port2)).unwrap();
+    let pid = daemon.pid();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    daemon
+        .log
+        .wait_for("the reload", |l| l.contains("policy in force"));
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{port2}")), "ok");
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{port}")), "err 1");
+
+    // A broken file on SIGHUP is refused in the log, and the policy stays.
+    fs::write(&daemon.policy, "version: 2\n").unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    let refused = daemon
+        .log
+        .wait_for("the refusal", |l| l.contains("policy reload refused"));
+    assert!(refused.contains("policy.yaml:1:10"), "{refused}");
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{port2}")), "ok");
+    cage.finish();
+    daemon.stop();
+}

@@ -189,6 +189,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// The parent cgroup of this daemon's cages.
     pub fn cgroup_root(&self) -> PathBuf {
         cgroup2_mount().join(&self.cgroup_name)
