@@ -521,6 +521,12 @@ default_agent:
             "{}",
             err(&yaml)
         );
+        let yaml = DEMO.replace("sample:10", "sample:4294967296");
+        assert!(
+            err(&yaml).contains("4294967296 is larger than 4294967295"),
+            "{}",
+            err(&yaml)
+        );
         let yaml = DEMO.replace("ports: [8000-8099, 443]", "ports: 443");
         assert_eq!(
             err(&yaml),

@@ -98,6 +98,10 @@ impl AllowEvents {
                     // setting identical for both spellings.
                     Ok(1) => Ok(Self::All),
                     Ok(n) => Ok(Self::Sample(n)),
+                    Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => Err(format!(
+                        "invalid allow_events {s:?}: {n} is larger than {}; {EXPECTED}",
+                        u32::MAX
+                    )),
                     Err(_) => Err(format!(
                         "invalid allow_events {s:?}: {n:?} is not a whole number; {EXPECTED}"
                     )),
