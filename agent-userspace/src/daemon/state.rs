@@ -119,6 +119,7 @@ pub struct State {
     cages: BTreeMap<String, Cage>,
     agent_ids: HashMap<String, u32>,
     names: HashMap<u32, String>,
+    next_agent_id: u32,
     next_slot: u32,
     inotify: Arc<Inotify>,
     watches: HashMap<WatchDescriptor, String>,
@@ -131,6 +132,9 @@ pub struct State {
     slot_policies: HashMap<u32, Arc<Policy>>,
     retired: std::collections::VecDeque<u32>,
 }
+
+/// How many agent names are remembered for events before only live ones are kept.
+const MAX_KNOWN_AGENTS: usize = 16_384;
 
 /// How many retired slots keep their policy for late events.
 const RETIRED_SLOTS: usize = 1024;
@@ -152,6 +156,7 @@ impl State {
             cages: BTreeMap::new(),
             agent_ids: HashMap::new(),
             names: HashMap::new(),
+            next_agent_id: 0,
             next_slot: 1,
             inotify,
             watches: HashMap::new(),
@@ -176,8 +181,16 @@ impl State {
         if let Some(id) = self.agent_ids.get(agent) {
             return *id;
         }
-        // Ids start at 1: 0 means "no agent" on events.
-        let id = self.agent_ids.len() as u32 + 1;
+        // Names of agents that ran once are kept (late events still name them), up to a
+        // bound: past it, only agents with a cage keep theirs.
+        if self.agent_ids.len() >= MAX_KNOWN_AGENTS {
+            let live: Vec<u32> = self.cages.values().map(|c| c.agent_id).collect();
+            self.names.retain(|id, _| live.contains(id));
+            self.agent_ids.retain(|_, id| live.contains(id));
+        }
+        // Ids start at 1: 0 means "no agent" on events. Never reused.
+        self.next_agent_id += 1;
+        let id = self.next_agent_id;
         self.agent_ids.insert(agent.to_owned(), id);
         self.names.insert(id, agent.to_owned());
         id
