@@ -161,17 +161,7 @@ fn adopt_moves_a_running_process_into_the_cage() {
     assert_eq!(outsider.op(&format!("connect 127.0.0.2:{port}")), "ok");
 
     // ...is adopted, and from then on every new socket is judged.
-    let adopt = daemon
-        .cli()
-        .args([
-            "adopt",
-            "--agent",
-            "tester",
-            "--pid",
-            &outsider.pid.to_string(),
-        ])
-        .output()
-        .unwrap();
+    let adopt = daemon.adopt("tester", outsider.pid);
     assert!(adopt.status.success(), "{}", stderr(&adopt));
     assert_eq!(outsider.op(&format!("connect 127.0.0.2:{port}")), "err 1");
     assert_eq!(outsider.op(&format!("connect 127.0.0.1:{port}")), "ok");
@@ -209,13 +199,7 @@ fn adopt_moves_a_running_process_into_the_cage() {
 #[test]
 fn adopt_refuses_processes_that_could_undo_their_cage() {
     let daemon = Daemon::start(&allow_port(1));
-    let adopt = |pid: u32| {
-        daemon
-            .cli()
-            .args(["adopt", "--agent", "tester", "--pid", &pid.to_string()])
-            .output()
-            .unwrap()
-    };
+    let adopt = |pid: u32| daemon.adopt("tester", pid);
     let init = adopt(1);
     assert!(!init.status.success());
     assert!(stderr(&init).contains("it is init"), "{}", stderr(&init));
@@ -267,17 +251,7 @@ fn a_connection_opened_before_caging_is_refused_after_it() {
     assert_eq!(outsider.op(&format!("ctl-connect {socket}")), "ok");
     let pong = outsider.op(r#"ctl-send {"op":"ping"}"#);
     assert!(pong.contains(r#""type":"pong""#), "{pong}");
-    let adopt = daemon
-        .cli()
-        .args([
-            "adopt",
-            "--agent",
-            "tester",
-            "--pid",
-            &outsider.pid.to_string(),
-        ])
-        .output()
-        .unwrap();
+    let adopt = daemon.adopt("tester", outsider.pid);
     assert!(adopt.status.success(), "{}", stderr(&adopt));
     // The same connection, now from inside a cage: refused, and no laxer cage is joined.
     let join = outsider.op(r#"ctl-send {"op":"join","agent":"lax"}"#);

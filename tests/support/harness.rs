@@ -222,25 +222,19 @@ impl Daemon {
 
     /// Starts a probe that holds the cage and takes operations on stdin.
     pub fn serve_in(&self, agent: &str) -> Served {
-        let mut child = self
-            .cli()
-            .args(["run", "--agent", agent, "--"])
+        let mut cmd = self.cli();
+        cmd.args(["run", "--agent", agent, "--"])
             .arg(probe())
-            .arg("serve")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("run agentcage");
-        let stdin = child.stdin.take().unwrap();
-        let out = Lines::spawn(child.stdout.take().unwrap());
-        let ready = out.wait_for("the probe to start", |l| l.starts_with("ready "));
-        let pid = ready.trim_start_matches("ready ").parse().unwrap();
-        Served {
-            child,
-            stdin: Some(stdin),
-            out,
-            pid,
-        }
+            .arg("serve");
+        Served::start(&mut cmd)
+    }
+
+    /// `agentcage adopt --agent AGENT --pid PID`.
+    pub fn adopt(&self, agent: &str, pid: u32) -> Output {
+        self.cli()
+            .args(["adopt", "--agent", agent, "--pid", &pid.to_string()])
+            .output()
+            .expect("run agentcage")
     }
 
     /// Reloads the policy file after replacing it with `yaml`.
@@ -355,17 +349,7 @@ pub fn serve_outside(cageable: bool) -> Served {
         // SAFETY: drop_for_cage is async-signal-safe.
         unsafe { cmd.pre_exec(|| agentcage::caps::drop_for_cage(false)) };
     }
-    let mut child = cmd.spawn().expect("spawn probe");
-    let stdin = child.stdin.take().unwrap();
-    let out = Lines::spawn(child.stdout.take().unwrap());
-    let ready = out.wait_for("the probe to start", |l| l.starts_with("ready "));
-    let pid = ready.trim_start_matches("ready ").parse().unwrap();
-    Served {
-        child,
-        stdin: Some(stdin),
-        out,
-        pid,
-    }
+    Served::start(&mut cmd)
 }
 
 /// A probe serving operations, in a cage or not.
@@ -377,6 +361,25 @@ pub struct Served {
 }
 
 impl Served {
+    /// Spawns `cmd` (a probe in serve mode, or what runs one) and waits for it to be ready.
+    fn start(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn probe");
+        let stdin = child.stdin.take().unwrap();
+        let out = Lines::spawn(child.stdout.take().unwrap());
+        let ready = out.wait_for("the probe to start", |l| l.starts_with("ready "));
+        let pid = ready.trim_start_matches("ready ").parse().unwrap();
+        Self {
+            child,
+            stdin: Some(stdin),
+            out,
+            pid,
+        }
+    }
+
     /// Runs one operation in the cage; returns "ok" or "err N".
     pub fn op(&mut self, op: &str) -> String {
         let stdin = self.stdin.as_mut().unwrap();
