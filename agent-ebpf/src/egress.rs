@@ -13,6 +13,7 @@ use agent_common::{
     event::KIND_EGRESS,
 };
 use aya_ebpf::{
+    bindings::bpf_sock_addr,
     helpers::generated::{bpf_get_current_cgroup_id, bpf_get_prandom_u32},
     macros::{cgroup_sock, cgroup_sock_addr},
     maps::lpm_trie::Key,
@@ -70,6 +71,21 @@ struct Attempt {
     hook: Hook,
 }
 
+impl Attempt {
+    /// The attempt a sock_addr context describes, with the destination as judged.
+    #[inline(always)]
+    fn of(sa: &bpf_sock_addr, family: u16, addr: [u8; 16], hook: Hook) -> Self {
+        Self {
+            family,
+            addr,
+            port: u16::from_be(sa.user_port as u16),
+            protocol: sa.protocol,
+            sock_type: sa.type_,
+            hook,
+        }
+    }
+}
+
 #[inline(always)]
 fn on_v4(ctx: &SockAddrContext, hook: Hook) -> i32 {
     // SAFETY: the kernel hands every sock_addr program a valid context.
@@ -77,14 +93,7 @@ fn on_v4(ctx: &SockAddrContext, hook: Hook) -> i32 {
     let mut addr = [0u8; 16];
     // user_ip4 holds the address in network order; its in-memory bytes are the address.
     addr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
-    decide(&Attempt {
-        family: AF_INET as u16,
-        addr,
-        port: u16::from_be(sa.user_port as u16),
-        protocol: sa.protocol,
-        sock_type: sa.type_,
-        hook,
-    })
+    decide(&Attempt::of(sa, AF_INET as u16, addr, hook))
 }
 
 #[inline(always)]
@@ -110,14 +119,7 @@ fn on_v6(ctx: &SockAddrContext, hook: Hook) -> i32 {
         addr[8..12].copy_from_slice(&words[2].to_ne_bytes());
         addr[12..16].copy_from_slice(&words[3].to_ne_bytes());
     }
-    decide(&Attempt {
-        family,
-        addr,
-        port: u16::from_be(sa.user_port as u16),
-        protocol: sa.protocol,
-        sock_type: sa.type_,
-        hook,
-    })
+    decide(&Attempt::of(sa, family, addr, hook))
 }
 
 /// Looks the destination up in the caller's cage policy and reports the decision.
