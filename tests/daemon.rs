@@ -11,7 +11,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use harness::{attached_programs, stderr, stdout, tcp_listener, tcp_listener_at, Daemon};
+use harness::{attached_programs, stderr, stdout, tcp_listener, tcp_listener_at, Daemon, Outsider};
 
 fn allow_port(port: u16) -> String {
     format!(
@@ -157,7 +157,7 @@ fn adopt_moves_a_running_process_into_the_cage() {
     let daemon = Daemon::start(&allow_port(port));
     let events = daemon.follow_events();
     // A process started outside any cage (without the capabilities that could undo one)...
-    let mut outsider = harness::serve_outside(true);
+    let mut outsider = harness::serve_outside(Outsider::Cageable);
     assert_eq!(outsider.op(&format!("connect 127.0.0.2:{port}")), "ok");
 
     // ...is adopted, and from then on every new socket is judged.
@@ -204,18 +204,30 @@ fn adopt_refuses_processes_that_could_undo_their_cage() {
     assert!(!init.status.success());
     assert!(stderr(&init).contains("it is init"), "{}", stderr(&init));
 
-    // A root process with its full capability set could detach the programs.
-    let mut mighty = harness::serve_outside(false);
+    // Root owns the cgroup and bpf files a cage is made of.
+    let mut mighty = harness::serve_outside(Outsider::Root);
     let refused = adopt(mighty.pid);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("runs as root"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(mighty.op("bpf"), "ok", "it is still uncaged and mighty");
+    mighty.finish();
+
+    // An unprivileged process that could regain capabilities by exec (a setuid or
+    // file-capability binary) is refused too, naming what it could regain.
+    let nobody = harness::serve_outside(Outsider::Nobody);
+    let refused = adopt(nobody.pid);
     assert!(!refused.status.success());
     let message = stderr(&refused);
     assert!(
-        message.contains("CAP_SYS_ADMIN") && message.contains("CAP_NET_RAW"),
+        message.contains("could regain at exec") && message.contains("CAP_SYS_ADMIN"),
         "{message}"
     );
+    nobody.finish();
     assert!(!daemon.cgroup_root().join("tester").exists());
-    assert_eq!(mighty.op("bpf"), "ok", "it is still uncaged and mighty");
-    mighty.finish();
 
     // A caged process does not change cages, even through an uncaged helper.
     let caged = daemon.serve_in("tester");
@@ -243,10 +255,14 @@ fn run_takes_away_what_could_undo_the_cage() {
 
 #[test]
 fn a_connection_opened_before_caging_is_refused_after_it() {
-    let daemon = Daemon::start(
+    // The outsider runs as nobody: let its group use the control socket.
+    let daemon = Daemon::start_args(
         "version: 1\nagents:\n  tester:\n    egress:\n      allow: []\n  lax:\n    egress:\n      allow:\n        - cidr: 0.0.0.0/0\n",
+        &["--group", "65534"],
     );
-    let mut outsider = harness::serve_outside(true);
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(daemon.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let mut outsider = harness::serve_outside(Outsider::Cageable);
     let socket = daemon.socket.display().to_string();
     assert_eq!(outsider.op(&format!("ctl-connect {socket}")), "ok");
     let pong = outsider.op(r#"ctl-send {"op":"ping"}"#);

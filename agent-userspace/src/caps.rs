@@ -90,9 +90,12 @@ pub fn drop_for_cage(raw_sockets: bool) -> io::Result<()> {
         }
         if let Err(e) = prctl(libc::PR_CAPBSET_DROP, cap) {
             match e.raw_os_error() {
-                // Not privileged to change the bounding set: it has nothing to drop now, and
-                // no_new_privs stops it from gaining anything at exec.
-                Some(libc::EPERM) => return prctl(libc::PR_SET_NO_NEW_PRIVS, 1),
+                // Not privileged to change the bounding set: no_new_privs stops exec from
+                // granting anything; the sets it may hold are cleared below all the same.
+                Some(libc::EPERM) => {
+                    prctl(libc::PR_SET_NO_NEW_PRIVS, 1)?;
+                    break;
+                }
                 // A capability this kernel does not know.
                 Some(libc::EINVAL) => continue,
                 _ => return Err(e),
@@ -126,26 +129,55 @@ pub fn drop_for_cage(raw_sockets: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// The capabilities process `pid` holds or could use: effective, permitted and ambient
-/// sets, from /proc/PID/status.
-pub fn held_by(pid: u32) -> io::Result<u64> {
+/// What /proc/PID/status says of a process's privileges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Privileges {
+    /// Effective, permitted and ambient sets together: what it can use now.
+    pub held: u64,
+    /// The bounding set: what it could gain at exec.
+    pub bounding: u64,
+    /// no_new_privs: exec can grant it nothing it does not hold.
+    pub no_new_privs: bool,
+    /// Whether any of its user ids (real, effective, saved, fs) is 0.
+    pub root: bool,
+}
+
+impl Privileges {
+    /// The forbidden capabilities it holds now or could gain at exec.
+    pub fn forbidden(&self, raw_sockets: bool) -> u64 {
+        let mask = forbidden_mask(raw_sockets);
+        let could_gain = if self.no_new_privs { 0 } else { self.bounding };
+        (self.held | could_gain) & mask
+    }
+}
+
+/// The privileges of process `pid`.
+pub fn privileges_of(pid: u32) -> io::Result<Privileges> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    parse_held(&status)
+    parse_status(&status)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no capability lines in status"))
 }
 
-fn parse_held(status: &str) -> Option<u64> {
+fn parse_status(status: &str) -> Option<Privileges> {
+    let mut p = Privileges::default();
     let mut found = false;
-    let mut held = 0;
     for line in status.lines() {
-        for key in ["CapEff:", "CapPrm:", "CapAmb:"] {
-            if let Some(hex) = line.strip_prefix(key) {
-                held |= u64::from_str_radix(hex.trim(), 16).ok()?;
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        match key {
+            "CapEff" | "CapPrm" | "CapAmb" => {
+                p.held |= u64::from_str_radix(value, 16).ok()?;
                 found = true;
             }
+            "CapBnd" => p.bounding = u64::from_str_radix(value, 16).ok()?,
+            "NoNewPrivs" => p.no_new_privs = value == "1",
+            "Uid" => p.root = value.split_whitespace().any(|u| u == "0"),
+            _ => {}
         }
     }
-    found.then_some(held)
+    found.then_some(p)
 }
 
 /// Names of the capabilities in `mask` that this module knows, for messages.
@@ -197,17 +229,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_status_capability_lines() {
-        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapPrm:\t0000000000002000\n\
-                      CapEff:\t0000000000000000\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000008000000000\n";
-        let held = parse_held(status).unwrap();
-        assert_eq!(held, (1 << 13) | (1 << 39));
+    fn parses_status_privileges() {
+        let status = "Name:\tx\nUid:\t1000\t1000\t1000\t1000\nCapInh:\t0000000000000000\n\
+                      CapPrm:\t0000000000002000\nCapEff:\t0000000000000000\n\
+                      CapBnd:\t0000000000200000\nCapAmb:\t0000008000000000\nNoNewPrivs:\t0\n";
+        let p = parse_status(status).unwrap();
+        assert_eq!(p.held, (1 << 13) | (1 << 39));
+        assert!(!p.root);
+        // CAP_SYS_ADMIN (21) is only in the bounding set: exec could grant it.
         assert_eq!(
-            names(held & forbidden_mask(false)),
-            ["CAP_NET_RAW", "CAP_BPF"]
+            names(p.forbidden(false)),
+            ["CAP_NET_RAW", "CAP_SYS_ADMIN", "CAP_BPF"]
         );
-        assert_eq!(names(held & forbidden_mask(true)), ["CAP_BPF"]);
-        assert!(parse_held("Name:\tx\n").is_none());
+        assert_eq!(names(p.forbidden(true)), ["CAP_SYS_ADMIN", "CAP_BPF"]);
+        let nnp = parse_status(&status.replace("NoNewPrivs:\t0", "NoNewPrivs:\t1")).unwrap();
+        assert_eq!(names(nnp.forbidden(true)), ["CAP_BPF"]);
+        let root = status.replace("1000\t1000\t1000\t1000", "1000\t0\t1000\t1000");
+        assert!(parse_status(&root).unwrap().root);
+        assert!(parse_status("Name:\tx\n").is_none());
     }
 
     #[test]

@@ -337,16 +337,28 @@ pub fn cleanup_cgroup(root: &Path) {
     let _ = fs::remove_dir(root);
 }
 
-/// A probe serving operations outside any cage, as root; with `cageable` it first drops the
-/// capabilities the daemon refuses to cage (as `agentcage run` does).
-pub fn serve_outside(cageable: bool) -> Served {
+/// Who a probe started outside any cage runs as.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Outsider {
+    /// Root with every capability.
+    Root,
+    /// uid/gid 65534, but free to regain capabilities by exec (no no_new_privs).
+    Nobody,
+    /// uid/gid 65534 with no_new_privs: fit for a cage.
+    Cageable,
+}
+
+/// A probe serving operations outside any cage.
+pub fn serve_outside(who: Outsider) -> Served {
     use std::os::unix::process::CommandExt as _;
     let mut cmd = Command::new(probe());
-    cmd.arg("serve")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    if cageable {
-        // SAFETY: drop_for_cage is async-signal-safe.
+    cmd.arg("serve");
+    if who != Outsider::Root {
+        // std clears the supplementary groups when root changes uid.
+        cmd.uid(65534).gid(65534);
+    }
+    if who == Outsider::Cageable {
+        // SAFETY: drop_for_cage is async-signal-safe; it runs after the uid change.
         unsafe { cmd.pre_exec(|| agentcage::caps::drop_for_cage(false)) };
     }
     Served::start(&mut cmd)

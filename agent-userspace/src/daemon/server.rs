@@ -186,10 +186,10 @@ fn handle(shared: &Shared, peer: &Peer, request: Request, held: &mut Vec<String>
             }
         }),
         Request::Join { agent } => state
-            .move_into(&agent, peer.pid, peer.uid)
+            .move_into(&agent, peer.pid, peer.uid, false)
             .map(|cgroup| Response::Joined { agent, cgroup }),
         Request::Adopt { agent, pid } => state
-            .move_into(&agent, pid, peer.uid)
+            .move_into(&agent, pid, peer.uid, true)
             .map(|cgroup| Response::Adopted { agent, pid, cgroup }),
         Request::Status {} => Ok(Response::Status(state.status())),
         Request::Reload {} => state.reload().map(|p| Response::Reloaded {

@@ -348,12 +348,14 @@ impl State {
     }
 
     /// Moves process `pid` into the agent's cage. `caller_uid` is the client's; a non-root
-    /// client may only move its own processes.
+    /// client may only move its own processes. `adopting` is false when the process asked
+    /// for itself (`agentcage run`'s child, which has made itself fit for a cage).
     pub fn move_into(
         &mut self,
         agent: &str,
         pid: u32,
         caller_uid: u32,
+        adopting: bool,
     ) -> Result<String, StateError> {
         let owner = fs::metadata(format!("/proc/{pid}"))
             .map_err(|_| StateError::NoProcess(pid))?
@@ -365,7 +367,7 @@ impl State {
                 caller: caller_uid,
             });
         }
-        self.check_cageable(agent, pid)?;
+        self.check_cageable(agent, pid, adopting)?;
         let cage = self.ensure_cage(agent)?;
         cage.dir.add_process(pid)?;
         let path = cage.dir.path().display().to_string();
@@ -374,7 +376,7 @@ impl State {
     }
 
     /// Refuses processes that must not be caged, or could undo their cage.
-    fn check_cageable(&self, agent: &str, pid: u32) -> Result<(), StateError> {
+    fn check_cageable(&self, agent: &str, pid: u32, adopting: bool) -> Result<(), StateError> {
         let refuse = |why: String| Err(StateError::Uncageable { pid, why });
         if pid == 1 {
             return refuse("it is init; every service it starts would be caged too".into());
@@ -393,11 +395,19 @@ impl State {
             .policy
             .agent(agent)
             .is_some_and(|p| p.egress.raw_sockets);
-        let held = caps::held_by(pid).map_err(|_| StateError::NoProcess(pid))?;
-        let escape = held & caps::forbidden_mask(raw_sockets);
+        let privileges = caps::privileges_of(pid).map_err(|_| StateError::NoProcess(pid))?;
+        if adopting && privileges.root {
+            return refuse(
+                "it runs as root, which owns the cgroup and bpf files a cage is made of; start \
+                 root agents with agentcage run, which hides those from them"
+                    .into(),
+            );
+        }
+        let escape = privileges.forbidden(raw_sockets);
         if escape != 0 {
             return refuse(format!(
-                "it holds {}, with which it could undo its cage; drop them first (agentcage run \
+                "it holds (or could regain at exec) {}, with which it could undo its cage; drop \
+                 them from every set and the bounding set, or set no_new_privs (agentcage run \
                  does){}",
                 caps::names(escape).join(", "),
                 if escape == 1 << caps::CAP_NET_RAW {
