@@ -13,6 +13,9 @@ use std::{
 
 use harness::{attached_programs, stderr, stdout, tcp_listener, tcp_listener_at, Daemon, Outsider};
 
+/// How many programs the daemon attaches (and pins).
+const PROGRAMS: usize = agentcage::bpf::PROGRAMS.len();
+
 fn allow_port(port: u16) -> String {
     format!(
         "version: 1\nagents:\n  tester:\n    egress:\n      allow:\n        - cidr: 127.0.0.1/32\n          ports: [{port}]\n          protocols: [tcp]\n"
@@ -87,14 +90,14 @@ fn restarts_keep_enforcing_and_never_attach_twice() {
     let root = daemon.cgroup_root();
     assert_eq!(
         attached_programs(&root),
-        5,
-        "connect4/6, sendmsg4/6, sock_create"
+        PROGRAMS,
+        "connect4/6, sendmsg4/6, sock_create, skb egress"
     );
     let mut cage = daemon.serve_in("tester");
 
     // Stopped while a cage holds a process: the programs stay, pinned.
     let (dir, policy, socket, name) = daemon.stop_keeping_paths();
-    assert_eq!(attached_programs(&root), 5);
+    assert_eq!(attached_programs(&root), PROGRAMS);
     assert_eq!(
         cage.op(&format!("connect 127.0.0.2:{port}")),
         "err 1",
@@ -106,7 +109,7 @@ fn restarts_keep_enforcing_and_never_attach_twice() {
     let daemon = Daemon::start_with(dir, policy, socket, name, &[]).expect("restart");
     assert_eq!(
         attached_programs(&root),
-        5,
+        PROGRAMS,
         "a restart must not attach the programs twice"
     );
     assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), "err 1");
@@ -133,9 +136,9 @@ fn restarts_keep_enforcing_and_never_attach_twice() {
         "err 1",
         "still enforced after SIGKILL"
     );
-    assert_eq!(attached_programs(&root), 5);
+    assert_eq!(attached_programs(&root), PROGRAMS);
     let daemon = Daemon::start_with(dir, policy, socket, name, &[]).expect("restart after SIGKILL");
-    assert_eq!(attached_programs(&root), 5);
+    assert_eq!(attached_programs(&root), PROGRAMS);
     assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), "err 1");
 
     // Once the cage empties, a stop leaves nothing behind.
@@ -468,7 +471,7 @@ fn a_second_daemon_refuses_to_start_and_leaves_the_first_intact() {
     let root = daemon.cgroup_root();
     let mut cage = daemon.serve_in("tester");
     let pins = || fs::read_dir(daemon.pin_dir()).unwrap().count();
-    assert_eq!(pins(), 5);
+    assert_eq!(pins(), PROGRAMS);
 
     // Same socket: refused before it touches anything.
     let dir = tempfile::tempdir().unwrap();
@@ -505,8 +508,8 @@ fn a_second_daemon_refuses_to_start_and_leaves_the_first_intact() {
     );
 
     // The first daemon is untouched: its pins, its programs, its enforcement, its socket.
-    assert_eq!(pins(), 5);
-    assert_eq!(attached_programs(&root), 5);
+    assert_eq!(pins(), PROGRAMS);
+    assert_eq!(attached_programs(&root), PROGRAMS);
     assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), "err 1");
     assert!(daemon
         .cli()

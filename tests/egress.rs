@@ -264,3 +264,27 @@ fn allow_events_none_reports_denials_only() {
     cage.finish();
     daemon.stop();
 }
+
+#[test]
+fn packets_with_routing_headers_are_dropped_even_to_allowed_destinations() {
+    let (_u, port) = udp_listener("::1");
+    let daemon = Daemon::start(&policy("        - cidr: ::1/128"));
+    let events = daemon.follow_events();
+    let mut cage = daemon.serve_in("tester");
+    assert_eq!(cage.op(&format!("udp [::1]:{port} plain")), "ok");
+    // The judged address is allowed, but a routing header could take the packet anywhere.
+    assert_eq!(cage.op(&format!("udp6-rthdr [::1]:{port} routed")), EPERM);
+    let drop = events.wait_event("the drop", |e| e["hook"] == "skb_egress");
+    assert_eq!(drop["verdict"], "deny");
+    assert_eq!(drop["rule"], "routing-header");
+    assert_eq!(drop["dst_addr"], "::1");
+    assert_eq!(drop["agent"], "agent:tester");
+    cage.finish();
+    // Outside any cage the same send goes out.
+    let outside = std::process::Command::new(harness::probe())
+        .args(["udp6-rthdr", &format!("[::1]:{port}"), "routed"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&outside), "ok");
+    daemon.stop();
+}

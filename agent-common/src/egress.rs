@@ -19,6 +19,11 @@ pub const RULE_SOCKET_KIND: u32 = u32::MAX - 1;
 pub const RULE_NO_CAGE: u32 = u32::MAX - 2;
 /// `rule_id` when a socket was allowed by the cage's raw-socket permission.
 pub const RULE_SOCKET_ALLOWED: u32 = u32::MAX - 3;
+/// `rule_id` when an IPv4 packet carried options (a source route can send it elsewhere
+/// than the address that was judged).
+pub const RULE_IP_OPTIONS: u32 = u32::MAX - 4;
+/// `rule_id` when an IPv6 packet carried a routing header (likewise).
+pub const RULE_ROUTING_HEADER: u32 = u32::MAX - 5;
 
 /// Which hook decided.
 #[repr(u8)]
@@ -34,6 +39,8 @@ pub enum Hook {
     Sendmsg6 = 4,
     /// cgroup/sock_create
     SockCreate = 5,
+    /// cgroup_skb/egress (packets whose headers could redirect them)
+    SkbEgress = 6,
 }
 
 impl Hook {
@@ -45,6 +52,7 @@ impl Hook {
             3 => Self::Sendmsg4,
             4 => Self::Sendmsg6,
             5 => Self::SockCreate,
+            6 => Self::SkbEgress,
             _ => return None,
         })
     }
@@ -57,6 +65,7 @@ impl Hook {
             Self::Sendmsg4 => "sendmsg4",
             Self::Sendmsg6 => "sendmsg6",
             Self::SockCreate => "sock_create",
+            Self::SkbEgress => "skb_egress",
         }
     }
 }

@@ -62,13 +62,13 @@ pub fn agentcage_sendmsg6(ctx: SockAddrContext) -> i32 {
 }
 
 /// What is being judged, gathered from the hook's context.
-struct Attempt {
-    family: u16,
-    addr: [u8; 16],
-    port: u16,
-    protocol: u32,
-    sock_type: u32,
-    hook: Hook,
+pub(crate) struct Attempt {
+    pub(crate) family: u16,
+    pub(crate) addr: [u8; 16],
+    pub(crate) port: u16,
+    pub(crate) protocol: u32,
+    pub(crate) sock_type: u32,
+    pub(crate) hook: Hook,
 }
 
 impl Attempt {
@@ -191,14 +191,14 @@ fn matching_rule(rules: &PortRules, port: u16, proto_bit: u8) -> u32 {
 }
 
 #[inline(always)]
-fn cage_of(cgroup_id: u64) -> Option<CageConfig> {
+pub(crate) fn cage_of(cgroup_id: u64) -> Option<CageConfig> {
     // SAFETY: the value is copied out at once; user space replaces values whole.
     CAGES.get_ptr(cgroup_id).map(|p| unsafe { *p })
 }
 
 /// Counts the decision and sends its event (allows subject to the cage's sampling).
 #[inline(always)]
-fn report(
+pub(crate) fn report(
     attempt: &Attempt,
     cage: Option<&CageConfig>,
     cgroup_id: u64,

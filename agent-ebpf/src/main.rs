@@ -5,6 +5,7 @@
 mod egress;
 mod events;
 mod maps;
+mod packets;
 
 #[cfg(not(test))]
 #[panic_handler]

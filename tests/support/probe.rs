@@ -60,6 +60,7 @@ fn op(args: &[&str]) -> io::Result<()> {
         ["bpf"] => bpf_next_link_id(),
         ["packet"] => socket(libc::AF_PACKET, libc::SOCK_RAW, 0),
         ["fork-connect", a] => fork_connect(a),
+        ["udp6-rthdr", a, payload] => udp6_with_routing_header(a, payload),
         _ => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("unknown operation {args:?}"),
@@ -85,6 +86,38 @@ fn bpf_next_link_id() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Sends a UDP datagram to `a` (IPv6) carrying a segment-routing header (type 4) whose only
+/// segment is `a` itself: harmless here, but the same header could name any other address.
+fn udp6_with_routing_header(a: &str, payload: &str) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let dst = addr(a)?;
+    let SocketAddr::V6(v6) = dst else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "needs an IPv6 address",
+        ));
+    };
+    let s = UdpSocket::bind("[::]:0")?;
+    // next header (filled by the kernel), length 2 (one segment), type 4, segments left 0,
+    // last entry 0, flags 0, tag 0, then the segment.
+    let mut srh = vec![0u8, 2, 4, 0, 0, 0, 0, 0];
+    srh.extend_from_slice(&v6.ip().octets());
+    // SAFETY: setsockopt with a buffer of the length given.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_RTHDR,
+            srh.as_ptr().cast(),
+            srh.len() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    s.send_to(payload.as_bytes(), dst).map(drop)
 }
 
 fn socket(family: i32, ty: i32, proto: i32) -> io::Result<()> {

@@ -10,7 +10,7 @@ use std::{
 use aya::{
     programs::{
         links::{FdLink, PinnedLink},
-        CgroupAttachMode, CgroupSock, CgroupSockAddr,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
     },
     Ebpf,
 };
@@ -25,15 +25,18 @@ pub enum ProgramKind {
     SockAddr,
     /// cgroup/sock_create (`BPF_PROG_TYPE_CGROUP_SOCK`).
     Sock,
+    /// cgroup_skb/egress (`BPF_PROG_TYPE_CGROUP_SKB`).
+    SkbEgress,
 }
 
 /// Every program the daemon attaches to the parent cgroup.
-pub const PROGRAMS: [(&str, ProgramKind); 5] = [
+pub const PROGRAMS: [(&str, ProgramKind); 6] = [
     ("agentcage_connect4", ProgramKind::SockAddr),
     ("agentcage_connect6", ProgramKind::SockAddr),
     ("agentcage_sendmsg4", ProgramKind::SockAddr),
     ("agentcage_sendmsg6", ProgramKind::SockAddr),
     ("agentcage_sock_create", ProgramKind::Sock),
+    ("agentcage_skb_egress", ProgramKind::SkbEgress),
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";
@@ -159,6 +162,20 @@ fn attach_one(
                 .map_err(|_| BpfError::MissingProgram(name))?;
             p.load().map_err(wrap)?;
             let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(wrap)?;
+            FdLink::try_from(p.take_link(id).map_err(wrap)?)
+        }
+        ProgramKind::SkbEgress => {
+            let p: &mut CgroupSkb = program
+                .try_into()
+                .map_err(|_| BpfError::MissingProgram(name))?;
+            p.load().map_err(wrap)?;
+            let id = p
+                .attach(
+                    cgroup,
+                    CgroupSkbAttachType::Egress,
+                    CgroupAttachMode::Single,
+                )
+                .map_err(wrap)?;
             FdLink::try_from(p.take_link(id).map_err(wrap)?)
         }
     }

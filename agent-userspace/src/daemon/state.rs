@@ -13,7 +13,8 @@ use std::{
 use agent_common::{
     cage::{CageConfig, CAGE_F_ALLOW_RAW},
     egress::{
-        Hook, Verdict, RULE_DEFAULT_DENY, RULE_NO_CAGE, RULE_SOCKET_ALLOWED, RULE_SOCKET_KIND,
+        Hook, Verdict, RULE_DEFAULT_DENY, RULE_IP_OPTIONS, RULE_NO_CAGE, RULE_ROUTING_HEADER,
+        RULE_SOCKET_ALLOWED, RULE_SOCKET_KIND,
     },
 };
 use nix::sys::inotify::{AddWatchFlags, Inotify, WatchDescriptor};
@@ -584,6 +585,8 @@ impl State {
             RULE_SOCKET_KIND => "socket-kind".to_owned(),
             RULE_SOCKET_ALLOWED => "raw-sockets-allowed".to_owned(),
             RULE_NO_CAGE => "no-cage".to_owned(),
+            RULE_IP_OPTIONS => "ip-options".to_owned(),
+            RULE_ROUTING_HEADER => "routing-header".to_owned(),
             n => format!("egress.allow[{n}]"),
         };
         let hook = Hook::from_u8(e.hook);
