@@ -246,6 +246,38 @@ fn adopt_refuses_processes_that_could_undo_their_cage() {
 }
 
 #[test]
+fn a_root_agent_cannot_reach_the_files_its_cage_is_made_of() {
+    let (_l, port) = tcp_listener("127.0.0.1");
+    let _l2 = tcp_listener_at("127.0.0.2", port);
+    let daemon = Daemon::start(&allow_port(port));
+    let mount = harness::cgroup2_mount();
+    let mut cage = daemon.serve_in("tester");
+    // Outside, root can list both; inside, they are empty read-only mounts.
+    assert!(daemon.pin_dir().exists());
+    assert_eq!(
+        cage.op(&format!("list {}", daemon.pin_dir().display())),
+        "err 2"
+    );
+    assert_eq!(
+        cage.op(&format!("list {}", daemon.cgroup_root().display())),
+        "err 2"
+    );
+    // Writing itself into the root cgroup would leave the cage: not from in there.
+    let escape = cage.op(&format!("escape-cgroup {}", mount.display()));
+    assert!(escape.starts_with("err "), "{escape}");
+    assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), "err 1");
+    // The policy file's directory is read-only for it.
+    let policy_dir = daemon.policy.parent().unwrap().display().to_string();
+    assert_eq!(
+        cage.op(&format!("escape-cgroup {policy_dir}")),
+        "err 30",
+        "EROFS"
+    );
+    cage.finish();
+    daemon.stop();
+}
+
+#[test]
 fn run_takes_away_what_could_undo_the_cage() {
     let daemon = Daemon::start(&allow_port(1));
     // Root inside the cage still cannot reach the BPF programs that cage it.

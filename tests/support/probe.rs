@@ -61,6 +61,12 @@ fn op(args: &[&str]) -> io::Result<()> {
         ["packet"] => socket(libc::AF_PACKET, libc::SOCK_RAW, 0),
         ["fork-connect", a] => fork_connect(a),
         ["udp6-rthdr", a, payload] => udp6_with_routing_header(a, payload),
+        // Try to leave the cage: move ourselves into the cgroup at DIR.
+        ["escape-cgroup", dir] => std::fs::write(
+            format!("{dir}/cgroup.procs"),
+            std::process::id().to_string(),
+        ),
+        ["list", dir] => std::fs::read_dir(dir).map(drop),
         _ => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("unknown operation {args:?}"),

@@ -3,6 +3,7 @@
 
 mod commands;
 mod run;
+mod shield;
 
 use std::path::PathBuf;
 

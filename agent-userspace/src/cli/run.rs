@@ -19,7 +19,7 @@ use nix::{
     unistd::Pid,
 };
 
-use super::{CliError, RunArgs};
+use super::{shield::Shield, CliError, RunArgs};
 use crate::{
     control::{Client, Request, Response},
     policy::validate_agent_name,
@@ -52,18 +52,20 @@ pub fn run(socket: &Path, args: &RunArgs) -> Result<i32, CliError> {
     // Prepare: the daemon checks the agent against the policy, creates the cage and holds it
     // while this connection stays open, so it cannot vanish before the child joins.
     let mut hold = Client::connect(socket)?;
-    let (policy_hash, raw_sockets) = match hold.call(&Request::Prepare {
+    let (policy_hash, raw_sockets, policy_source) = match hold.call(&Request::Prepare {
         agent: args.agent.clone(),
     })? {
         Response::Prepared {
             policy_hash,
             raw_sockets,
+            policy_source,
             ..
-        } => (policy_hash, raw_sockets),
+        } => (policy_hash, raw_sockets, policy_source),
         other => return Err(CliError::unexpected(&other)),
     };
 
     let join = JoinRequest::new(socket, &args.agent)?;
+    let shield = Shield::for_root_agent(&policy_source)?;
     let signals = forwarded_set();
     // Block the forwarded signals before spawning so none is lost between spawn and the
     // forwarding thread; the child unblocks them before exec.
@@ -85,7 +87,11 @@ pub fn run(socket: &Path, args: &RunArgs) -> Result<i32, CliError> {
     // prepared before the fork; it allocates nothing.
     unsafe {
         command.pre_exec(move || {
-            // Capabilities first: the daemon refuses to cage a process that could undo it.
+            // Hide what a root agent could undo its cage with, while we may still mount;
+            // then the capabilities: the daemon refuses to cage a process that could undo it.
+            if let Some(shield) = &shield {
+                shield.raise()?;
+            }
             crate::caps::drop_for_cage(raw_sockets)?;
             join.send_from_child()?;
             let set = forwarded_set();

@@ -63,6 +63,8 @@ pub enum Response {
         /// removes CAP_NET_RAW from the agent (packet sockets are invisible to the cgroup
         /// hooks).
         raw_sockets: bool,
+        /// The policy file; `run` makes its directory read-only for a root agent.
+        policy_source: String,
     },
     /// The caller is now in the cage.
     Joined {

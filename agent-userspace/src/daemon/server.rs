@@ -183,6 +183,7 @@ fn handle(shared: &Shared, peer: &Peer, request: Request, held: &mut Vec<String>
                 cgroup: h.cgroup,
                 policy_hash: h.policy_hash,
                 raw_sockets: h.raw_sockets,
+                policy_source: h.policy_source,
             }
         }),
         Request::Join { agent } => state

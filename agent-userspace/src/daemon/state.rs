@@ -97,6 +97,8 @@ pub struct Held {
     pub policy_hash: String,
     /// Whether the agent may use raw and packet sockets.
     pub raw_sockets: bool,
+    /// The policy file.
+    pub policy_source: String,
 }
 
 /// One agent's cage.
@@ -337,6 +339,7 @@ impl State {
             cgroup: cage.dir.path().display().to_string(),
             policy_hash,
             raw_sockets,
+            policy_source: self.policy.source().to_owned(),
         })
     }
 
