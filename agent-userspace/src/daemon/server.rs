@@ -23,6 +23,8 @@ use crate::{
 
 /// The longest request line served.
 const MAX_REQUEST: u64 = 64 * 1024;
+/// How long a connection may sit without sending its next request.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Shared by every connection.
 pub struct Shared {
@@ -83,19 +85,26 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream) {
         let _ = send(&mut write, &Response::Error { message }).await;
         return;
     }
+    // Caged peers are turned away at once, so they cannot even hold connections open.
+    if let Some(message) = caged_peer(&shared, &peer) {
+        let _ = send(&mut write, &Response::Error { message }).await;
+        return;
+    }
     let mut held: Vec<String> = Vec::new();
     let mut reader = BufReader::new(read);
     loop {
         let mut line = String::new();
-        match (&mut reader)
-            .take(MAX_REQUEST + 1)
-            .read_line(&mut line)
-            .await
-        {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) => {
-                debug!(error = %e, "control connection read failed");
+        let mut limited = (&mut reader).take(MAX_REQUEST + 1);
+        match tokio::time::timeout(IDLE, limited.read_line(&mut line)).await {
+            Ok(Ok(0)) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                let message = format!("unreadable request: {e}");
+                let _ = send(&mut write, &Response::Error { message }).await;
+                break;
+            }
+            Err(_) => {
+                debug!(pid = peer.pid, "idle control connection closed");
                 break;
             }
         }
