@@ -583,3 +583,43 @@ fn sighup_reloads_the_policy_file() {
     cage.finish();
     daemon.stop();
 }
+
+#[test]
+fn a_detached_program_is_put_back() {
+    let (_l, port) = tcp_listener("127.0.0.1");
+    let _l2 = tcp_listener_at("127.0.0.2", port);
+    let daemon = Daemon::start(&allow_port(port));
+    let root = daemon.cgroup_root();
+    let mut cage = daemon.serve_in("tester");
+    // Root outside every cage detaches the connect4 link, as bpftool lets it.
+    let cgroup_id = {
+        use std::os::unix::fs::MetadataExt as _;
+        fs::metadata(&root).unwrap().ino()
+    };
+    let links = Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .unwrap();
+    let links: serde_json::Value = serde_json::from_slice(&links.stdout).unwrap();
+    let link = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["cgroup_id"] == cgroup_id && l["attach_type"] == "cgroup_inet4_connect")
+        .expect("our connect4 link");
+    let id = link["id"].to_string();
+    let detach = Command::new("bpftool")
+        .args(["link", "detach", "id", &id])
+        .output()
+        .unwrap();
+    assert!(detach.status.success(), "{}", stderr(&detach));
+    // The daemon notices and attaches it again.
+    daemon
+        .log
+        .wait_for("the repair", |l| l.contains("programs re-attached"));
+    assert_eq!(attached_programs(&root), PROGRAMS);
+    assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), "err 1");
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{port}")), "ok");
+    cage.finish();
+    daemon.stop();
+}

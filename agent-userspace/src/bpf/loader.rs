@@ -10,7 +10,7 @@ use std::{
 use aya::{
     programs::{
         links::{FdLink, PinnedLink},
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, ProgramError,
     },
     Ebpf,
 };
@@ -29,14 +29,15 @@ pub enum ProgramKind {
     SkbEgress,
 }
 
-/// Every program the daemon attaches to the parent cgroup.
-pub const PROGRAMS: [(&str, ProgramKind); 6] = [
-    ("agentcage_connect4", ProgramKind::SockAddr),
-    ("agentcage_connect6", ProgramKind::SockAddr),
-    ("agentcage_sendmsg4", ProgramKind::SockAddr),
-    ("agentcage_sendmsg6", ProgramKind::SockAddr),
-    ("agentcage_sock_create", ProgramKind::Sock),
-    ("agentcage_skb_egress", ProgramKind::SkbEgress),
+/// Every program the daemon attaches to the parent cgroup, with its kernel attach type
+/// (`enum bpf_attach_type`), by which the kernel lists what is attached.
+pub const PROGRAMS: [(&str, ProgramKind, u32); 6] = [
+    ("agentcage_connect4", ProgramKind::SockAddr, 10),
+    ("agentcage_connect6", ProgramKind::SockAddr, 11),
+    ("agentcage_sendmsg4", ProgramKind::SockAddr, 14),
+    ("agentcage_sendmsg6", ProgramKind::SockAddr, 15),
+    ("agentcage_sock_create", ProgramKind::Sock, 2),
+    ("agentcage_skb_egress", ProgramKind::SkbEgress, 1),
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";
@@ -76,6 +77,8 @@ pub fn ensure_bpffs() -> Result<bool, BpfError> {
 pub struct AttachedPrograms {
     pins: Vec<(PathBuf, PinnedLink)>,
     dir: PathBuf,
+    cgroup: PathBuf,
+    tag: String,
 }
 
 impl AttachedPrograms {
@@ -97,8 +100,10 @@ impl AttachedPrograms {
         let mut attached = Self {
             pins: Vec::with_capacity(PROGRAMS.len()),
             dir: dir.to_path_buf(),
+            cgroup: cgroup.to_path_buf(),
+            tag: tag.to_owned(),
         };
-        for (name, kind) in PROGRAMS {
+        for (name, kind, _) in PROGRAMS {
             let link = attach_one(ebpf, &cgroup_file, name, kind);
             let path = dir.join(format!("{name}-{tag}"));
             let pinned = link.and_then(|link| {
@@ -117,6 +122,56 @@ impl AttachedPrograms {
             }
         }
         Ok(attached)
+    }
+
+    /// The programs of ours that the kernel no longer lists on the cgroup: someone (root,
+    /// outside any cage) detached their links.
+    pub fn missing(&self, ebpf: &Ebpf) -> Result<Vec<&'static str>, BpfError> {
+        let cgroup = File::open(&self.cgroup).map_err(|source| BpfError::Io {
+            op: "opening cgroup",
+            path: self.cgroup.clone(),
+            source,
+        })?;
+        let mut missing = Vec::new();
+        for (name, _, attach_type) in PROGRAMS {
+            let id = ebpf
+                .program(name)
+                .and_then(|p| p.info().ok())
+                .map(|i| i.id())
+                .ok_or(BpfError::MissingProgram(name))?;
+            let attached =
+                attached_program_ids(&cgroup, attach_type).map_err(|source| BpfError::Io {
+                    op: "querying the programs attached to",
+                    path: self.cgroup.clone(),
+                    source,
+                })?;
+            if !attached.contains(&id) {
+                missing.push(name);
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Attaches and pins `names` again, replacing their detached links.
+    pub fn repair(&mut self, ebpf: &mut Ebpf, names: &[&'static str]) -> Result<(), BpfError> {
+        let cgroup = File::open(&self.cgroup).map_err(|source| BpfError::Io {
+            op: "opening cgroup",
+            path: self.cgroup.clone(),
+            source,
+        })?;
+        for (name, kind, _) in PROGRAMS.into_iter().filter(|(n, _, _)| names.contains(n)) {
+            let link = attach_one(ebpf, &cgroup, name, kind)?;
+            let path = self.dir.join(format!("{name}-{}", self.tag));
+            // The old pin holds a dead link; its file must go before the new one is pinned.
+            self.pins.retain(|(p, _)| p != &path);
+            let _ = fs::remove_file(&path);
+            let pinned = link.pin(&path).map_err(|e| BpfError::Pin {
+                path: path.clone(),
+                what: crate::errors::render(&e),
+            })?;
+            self.pins.push((path, pinned));
+        }
+        Ok(())
     }
 
     /// Unpins and detaches every program (no cage needs them any more).
@@ -147,12 +202,17 @@ fn attach_one(
         .program_mut(name)
         .ok_or(BpfError::MissingProgram(name))?;
     let wrap = |source| BpfError::Program { name, source };
+    // Loaded once; a repair attaches the loaded program again.
+    let load = |r: Result<(), ProgramError>| match r {
+        Ok(()) | Err(ProgramError::AlreadyLoaded) => Ok(()),
+        Err(source) => Err(BpfError::Program { name, source }),
+    };
     match kind {
         ProgramKind::SockAddr => {
             let p: &mut CgroupSockAddr = program
                 .try_into()
                 .map_err(|_| BpfError::MissingProgram(name))?;
-            p.load().map_err(wrap)?;
+            load(p.load())?;
             let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(wrap)?;
             FdLink::try_from(p.take_link(id).map_err(wrap)?)
         }
@@ -160,7 +220,7 @@ fn attach_one(
             let p: &mut CgroupSock = program
                 .try_into()
                 .map_err(|_| BpfError::MissingProgram(name))?;
-            p.load().map_err(wrap)?;
+            load(p.load())?;
             let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(wrap)?;
             FdLink::try_from(p.take_link(id).map_err(wrap)?)
         }
@@ -168,7 +228,7 @@ fn attach_one(
             let p: &mut CgroupSkb = program
                 .try_into()
                 .map_err(|_| BpfError::MissingProgram(name))?;
-            p.load().map_err(wrap)?;
+            load(p.load())?;
             let id = p
                 .attach(
                     cgroup,
@@ -183,6 +243,50 @@ fn attach_one(
         path: PathBuf::from(name),
         what: format!("taking the link: {e}"),
     })
+}
+
+/// The ids of the programs attached to `cgroup` for `attach_type` (BPF_PROG_QUERY).
+fn attached_program_ids(cgroup: &File, attach_type: u32) -> io::Result<Vec<u32>> {
+    use std::os::fd::AsRawFd as _;
+    /// The `query` member of `union bpf_attr`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct Query {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        _pad: u32,
+        prog_attach_flags: u64,
+        link_ids: u64,
+        link_attach_flags: u64,
+        revision: u64,
+    }
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    let mut ids = vec![0u32; 64];
+    let mut attr = Query {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_type,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        ..Default::default()
+    };
+    // SAFETY: attr is a valid bpf_attr query of the size given; prog_ids has prog_cnt slots.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_QUERY,
+            &raw mut attr,
+            size_of::<Query>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    ids.truncate(attr.prog_cnt as usize);
+    Ok(ids)
 }
 
 /// Detaches links that an earlier daemon pinned under `dir` (those not tagged `keep_tag`).

@@ -163,7 +163,7 @@ async fn start(
     }
     let pin_dir = config.pin_dir();
     let tag = pin_tag();
-    let programs = AttachedPrograms::attach(&mut ebpf, root.dir().path(), &pin_dir, &tag)?;
+    let mut programs = AttachedPrograms::attach(&mut ebpf, root.dir().path(), &pin_dir, &tag)?;
     // Only now drop the earlier daemon's links: there was no moment without enforcement.
     let released = bpf::release_pinned(&pin_dir, &tag);
     if released > 0 {
@@ -198,7 +198,11 @@ async fn start(
     tasks.spawn(tasks::report_losses(Arc::clone(&shared)));
     tasks.spawn(tasks::accept(Arc::clone(&shared), listener));
 
-    signals.wait_for_stop(&shared).await;
+    signals
+        .wait_for_stop(&shared, || {
+            watch_links(&mut programs, &mut ebpf, root.dir().path())
+        })
+        .await;
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
 
@@ -219,6 +223,31 @@ async fn start(
         );
     }
     Ok(())
+}
+
+/// How often the daemon checks that its programs are still attached.
+const WATCHDOG_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Puts back any program whose link someone detached (root outside every cage can), and
+/// says so loudly: the kernel would otherwise stop judging the cages.
+fn watch_links(programs: &mut AttachedPrograms, ebpf: &mut aya::Ebpf, root: &std::path::Path) {
+    let missing = match programs.missing(ebpf) {
+        Ok(m) if m.is_empty() => return,
+        Ok(m) => m,
+        Err(e) => {
+            error!(error = %e, "cannot check that the programs are still attached");
+            return;
+        }
+    };
+    error!(programs = ?missing, "programs were detached from the cages by someone else; re-attaching");
+    match programs.repair(ebpf, &missing) {
+        Ok(()) => warn!(programs = ?missing, "programs re-attached"),
+        Err(e) => {
+            // Fail closed: with a hook missing, nothing in a cage may run until it is back.
+            let frozen = std::fs::write(root.join("cgroup.freeze"), "1").is_ok();
+            error!(error = %e, frozen, "could not re-attach the programs; every cage is frozen");
+        }
+    }
 }
 
 /// Names this daemon's pins apart from any earlier daemon's: pid and start time.
@@ -248,10 +277,13 @@ impl Signals {
         })
     }
 
-    /// Waits for SIGTERM or SIGINT; reloads the policy on SIGHUP meanwhile.
-    async fn wait_for_stop(mut self, shared: &Shared) {
+    /// Waits for SIGTERM or SIGINT; reloads the policy on SIGHUP and runs `watchdog` every
+    /// [`WATCHDOG_PERIOD`] meanwhile.
+    async fn wait_for_stop(mut self, shared: &Shared, mut watchdog: impl FnMut()) {
+        let mut every = tokio::time::interval(WATCHDOG_PERIOD);
         loop {
             tokio::select! {
+                _ = every.tick() => watchdog(),
                 _ = self.term.recv() => { info!("SIGTERM: stopping"); return; }
                 _ = self.int.recv() => { info!("SIGINT: stopping"); return; }
                 _ = self.hup.recv() => {
