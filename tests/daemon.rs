@@ -11,7 +11,10 @@ use std::{
     process::{Command, Stdio},
 };
 
-use harness::{attached_programs, stderr, stdout, tcp_listener, tcp_listener_at, Daemon, Outsider};
+use harness::{
+    assert_refused, attached_programs, listener_pair, stderr, stdout, tcp_listener, Daemon,
+    Outsider,
+};
 
 /// How many programs the daemon attaches (and pins).
 const PROGRAMS: usize = agentcage::bpf::PROGRAMS.len();
@@ -24,8 +27,7 @@ fn allow_port(port: u16) -> String {
 
 #[test]
 fn a_broken_policy_is_refused_with_its_location_and_the_old_one_keeps_enforcing() {
-    let (_l, port) = tcp_listener("127.0.0.1");
-    let _l2 = tcp_listener_at("127.0.0.2", port);
+    let (_listeners, port) = listener_pair();
     let daemon = Daemon::start(&allow_port(port));
     let mut cage = daemon.serve_in("tester");
     assert_eq!(cage.op(&format!("connect 127.0.0.1:{port}")), "ok");
@@ -84,8 +86,7 @@ fn a_good_policy_reload_changes_decisions_without_restarting_agents() {
 
 #[test]
 fn restarts_keep_enforcing_and_never_attach_twice() {
-    let (_l, port) = tcp_listener("127.0.0.1");
-    let _l2 = tcp_listener_at("127.0.0.2", port);
+    let (_listeners, port) = listener_pair();
     let daemon = Daemon::start(&allow_port(port));
     let root = daemon.cgroup_root();
     assert_eq!(
@@ -155,8 +156,7 @@ fn restarts_keep_enforcing_and_never_attach_twice() {
 
 #[test]
 fn adopt_moves_a_running_process_into_the_cage() {
-    let (_l, port) = tcp_listener("127.0.0.1");
-    let _l2 = tcp_listener_at("127.0.0.2", port);
+    let (_listeners, port) = listener_pair();
     let daemon = Daemon::start(&allow_port(port));
     let events = daemon.follow_events();
     // A process started outside any cage (without the capabilities that could undo one)...
@@ -204,18 +204,12 @@ fn adopt_refuses_processes_that_could_undo_their_cage() {
     let daemon = Daemon::start(&allow_port(1));
     let adopt = |pid: u32| daemon.adopt("tester", pid);
     let init = adopt(1);
-    assert!(!init.status.success());
-    assert!(stderr(&init).contains("it is init"), "{}", stderr(&init));
+    assert_refused(&init, "it is init");
 
     // Root owns the cgroup and bpf files a cage is made of.
     let mut mighty = harness::serve_outside(Outsider::Root);
     let refused = adopt(mighty.pid);
-    assert!(!refused.status.success());
-    assert!(
-        stderr(&refused).contains("runs as root"),
-        "{}",
-        stderr(&refused)
-    );
+    assert_refused(&refused, "runs as root");
     assert_eq!(mighty.op("bpf"), "ok", "it is still uncaged and mighty");
     mighty.finish();
 
@@ -235,20 +229,14 @@ fn adopt_refuses_processes_that_could_undo_their_cage() {
     // A caged process does not change cages, even through an uncaged helper.
     let caged = daemon.serve_in("tester");
     let moved = adopt(caged.pid);
-    assert!(!moved.status.success());
-    assert!(
-        stderr(&moved).contains("in a cage already"),
-        "{}",
-        stderr(&moved)
-    );
+    assert_refused(&moved, "in a cage already");
     caged.finish();
     daemon.stop();
 }
 
 #[test]
 fn a_root_agent_cannot_reach_the_files_its_cage_is_made_of() {
-    let (_l, port) = tcp_listener("127.0.0.1");
-    let _l2 = tcp_listener_at("127.0.0.2", port);
+    let (_listeners, port) = listener_pair();
     let daemon = Daemon::start(&allow_port(port));
     let mount = harness::cgroup2_mount();
     let mut cage = daemon.serve_in("tester");
@@ -331,8 +319,7 @@ fn unknown_agents_and_bad_names_get_clear_errors() {
         .args(["run", "--agent", "../etc", "--", "true"])
         .output()
         .unwrap();
-    assert!(!bad.status.success());
-    assert!(stderr(&bad).contains("../etc"), "{}", stderr(&bad));
+    assert_refused(&bad, "../etc");
     assert!(!daemon.cgroup_root().join("nobody").exists());
     daemon.stop();
 }
@@ -387,12 +374,7 @@ fn the_control_socket_refuses_other_users() {
         .gid(65534)
         .output()
         .unwrap();
-    assert!(!plain.status.success());
-    assert!(
-        stderr(&plain).contains("permission denied"),
-        "{}",
-        stderr(&plain)
-    );
+    assert_refused(&plain, "permission denied");
 
     // One that can bypass file permissions (CAP_DAC_OVERRIDE) but is neither root nor in
     // the group: the daemon's own peer-credential check refuses it, and says why.
@@ -486,19 +468,13 @@ fn the_configured_group_may_use_the_control_socket() {
         .gid(100)
         .output()
         .unwrap();
-    assert!(!outsider.status.success());
-    assert!(
-        stderr(&outsider).contains("permission denied"),
-        "{}",
-        stderr(&outsider)
-    );
+    assert_refused(&outsider, "permission denied");
     daemon.stop();
 }
 
 #[test]
 fn a_second_daemon_refuses_to_start_and_leaves_the_first_intact() {
-    let (_l, port) = tcp_listener("127.0.0.1");
-    let _l2 = tcp_listener_at("127.0.0.2", port);
+    let (_listeners, port) = listener_pair();
     let daemon = Daemon::start(&allow_port(port));
     let root = daemon.cgroup_root();
     let mut cage = daemon.serve_in("tester");
@@ -586,8 +562,7 @@ fn sighup_reloads_the_policy_file() {
 
 #[test]
 fn a_detached_program_is_put_back() {
-    let (_l, port) = tcp_listener("127.0.0.1");
-    let _l2 = tcp_listener_at("127.0.0.2", port);
+    let (_listeners, port) = listener_pair();
     let daemon = Daemon::start(&allow_port(port));
     let root = daemon.cgroup_root();
     let mut cage = daemon.serve_in("tester");

@@ -7,7 +7,7 @@ mod harness;
 
 use std::{io::ErrorKind, net::TcpStream};
 
-use harness::{stdout, tcp_listener, tcp_listener_at, udp_listener, Daemon};
+use harness::{listener_pair, stdout, tcp_listener, tcp_listener_at, udp_listener, Daemon};
 
 const EPERM: &str = "err 1";
 
@@ -95,8 +95,7 @@ fn udp_datagrams_reach_allowed_listeners_only() {
 
 #[test]
 fn ipv4_mapped_ipv6_is_judged_as_ipv4() {
-    let (_l, port) = tcp_listener("127.0.0.1");
-    let _l2 = tcp_listener_at("127.0.0.2", port);
+    let (_listeners, port) = listener_pair();
     let (udp_ok, uport) = udp_listener("127.0.0.1");
     let (udp_denied, uport2) = udp_listener("127.0.0.2");
     let daemon = Daemon::start(&policy(&format!(
@@ -179,8 +178,7 @@ fn raw_sockets_can_be_allowed_by_policy() {
 
 #[test]
 fn children_are_caged_and_outsiders_are_not() {
-    let (_l, port) = tcp_listener("127.0.0.1");
-    let _l2 = tcp_listener_at("127.0.0.2", port);
+    let (_listeners, port) = listener_pair();
     let daemon = Daemon::start(&policy(&format!(
         "        - cidr: 127.0.0.1/32\n          ports: [{port}]"
     )));

@@ -456,6 +456,21 @@ pub fn tcp_listener(ip: &str) -> (TcpListener, u16) {
     (l, port)
 }
 
+/// Listeners on 127.0.0.1 and 127.0.0.2 at the same port: the allowed and the denied
+/// destination of most tests. Keep the pair alive while connecting.
+pub fn listener_pair() -> ((TcpListener, TcpListener), u16) {
+    let (allowed, port) = tcp_listener("127.0.0.1");
+    let denied = tcp_listener_at("127.0.0.2", port);
+    ((allowed, denied), port)
+}
+
+/// Asserts that a command failed and said `needle` on stderr.
+pub fn assert_refused(output: &Output, needle: &str) {
+    assert!(!output.status.success(), "expected a failure: {output:?}");
+    let err = stderr(output);
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+}
+
 /// A TCP listener on `ip` at a given port.
 pub fn tcp_listener_at(ip: &str, port: u16) -> TcpListener {
     TcpListener::bind((ip, port)).unwrap_or_else(|e| panic!("bind {ip}:{port}: {e}"))
