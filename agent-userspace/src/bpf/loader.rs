@@ -207,37 +207,23 @@ fn attach_one(
         Ok(()) | Err(ProgramError::AlreadyLoaded) => Ok(()),
         Err(source) => Err(BpfError::Program { name, source }),
     };
-    match kind {
-        ProgramKind::SockAddr => {
-            let p: &mut CgroupSockAddr = program
-                .try_into()
-                .map_err(|_| BpfError::MissingProgram(name))?;
-            load(p.load())?;
-            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(wrap)?;
-            FdLink::try_from(p.take_link(id).map_err(wrap)?)
-        }
-        ProgramKind::Sock => {
-            let p: &mut CgroupSock = program
-                .try_into()
-                .map_err(|_| BpfError::MissingProgram(name))?;
-            load(p.load())?;
-            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(wrap)?;
-            FdLink::try_from(p.take_link(id).map_err(wrap)?)
-        }
-        ProgramKind::SkbEgress => {
-            let p: &mut CgroupSkb = program
+    // The three program types differ only in their type and attach arguments.
+    macro_rules! attach_as {
+        ($ty:ty $(, $arg:expr)*) => {{
+            let p: &mut $ty = program
                 .try_into()
                 .map_err(|_| BpfError::MissingProgram(name))?;
             load(p.load())?;
             let id = p
-                .attach(
-                    cgroup,
-                    CgroupSkbAttachType::Egress,
-                    CgroupAttachMode::Single,
-                )
+                .attach(cgroup, $($arg,)* CgroupAttachMode::Single)
                 .map_err(wrap)?;
             FdLink::try_from(p.take_link(id).map_err(wrap)?)
-        }
+        }};
+    }
+    match kind {
+        ProgramKind::SockAddr => attach_as!(CgroupSockAddr),
+        ProgramKind::Sock => attach_as!(CgroupSock),
+        ProgramKind::SkbEgress => attach_as!(CgroupSkb, CgroupSkbAttachType::Egress),
     }
     .map_err(|e| BpfError::Pin {
         path: PathBuf::from(name),

@@ -114,20 +114,9 @@ impl CgroupDir {
         self.path.join("cgroup.events")
     }
 
-    /// SIGKILLs every process in the cgroup and below, atomically (cgroup.kill).
-    pub fn kill(&self) -> Result<(), CageError> {
-        let path = self.path.join("cgroup.kill");
-        fs::write(&path, "1").map_err(io_err("writing", &path))
-    }
-
     /// Removes the (empty) cgroup.
     pub fn remove(&self) -> Result<(), CageError> {
         fs::remove_dir(&self.path).map_err(io_err("removing cgroup", &self.path))
-    }
-
-    /// Whether the directory still exists.
-    pub fn exists(&self) -> bool {
-        self.path.is_dir()
     }
 }
 
