@@ -168,9 +168,10 @@ fn decide(attempt: &Attempt) -> i32 {
         Verdict::Allow
     };
     report(attempt, Some(&cage), cgroup_id, verdict, rule_id);
-    match verdict {
-        Verdict::Allow => ALLOW,
-        Verdict::Deny => DENY,
+    if verdict == Verdict::Allow {
+        ALLOW
+    } else {
+        DENY
     }
 }
 
@@ -210,6 +211,7 @@ pub(crate) fn report(
             count(cgroup_id, Counter::Denied);
             true
         }
+        Verdict::Killed | Verdict::Observed => true,
         Verdict::Allow => {
             count(cgroup_id, Counter::Allowed);
             match cage.map_or(1, |c| c.allow_sample) {
@@ -224,7 +226,7 @@ pub(crate) fn report(
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<EgressEvent>(0) else {
-        count(cgroup_id, Counter::Lost);
+        count(cgroup_id, Counter::Lost(KIND_EGRESS));
         return;
     };
     entry.write(EgressEvent {
@@ -286,8 +288,9 @@ pub fn agentcage_sock_create(ctx: SockContext) -> i32 {
         hook: Hook::SockCreate,
     };
     report(&attempt, cage.as_ref(), cgroup_id, verdict, rule_id);
-    match verdict {
-        Verdict::Allow => ALLOW,
-        Verdict::Deny => DENY,
+    if verdict == Verdict::Allow {
+        ALLOW
+    } else {
+        DENY
     }
 }

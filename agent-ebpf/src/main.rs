@@ -4,8 +4,12 @@
 
 mod egress;
 mod events;
+mod exec;
+mod files;
+mod kernel;
 mod maps;
 mod packets;
+mod process;
 
 #[cfg(not(test))]
 #[panic_handler]
