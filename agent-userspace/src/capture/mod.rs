@@ -6,4 +6,4 @@ mod hashes;
 mod tree;
 
 pub use hashes::HashCache;
-pub use tree::{ProcessNode, ProcessTree};
+pub use tree::{render, ProcessNode, ProcessTree};

@@ -68,6 +68,9 @@ pub enum StateError {
     /// The process does not exist.
     #[error("no process {0}")]
     NoProcess(u32),
+    /// No agent of that name has run since the daemon started.
+    #[error("no agent {0:?} has run under this daemon")]
+    NoSuchAgent(String),
     /// The daemon is shutting down.
     #[error("agentcaged is shutting down and takes no process into a cage")]
     Stopping,
@@ -474,6 +477,13 @@ impl State {
         let cage = self.ensure_cage(agent)?;
         cage.dir.add_process(pid)?;
         let path = cage.dir.path().display().to_string();
+        let agent_id = cage.agent_id;
+        // Its fork happened outside the cage, so the tree learns of it here.
+        let (ppid, program, argv) = process_info(pid);
+        let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+            .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+            .unwrap_or(0);
+        self.tree(agent_id).on_join(pid, ppid, program, argv, ts);
         info!(agent, pid, cgroup = %path, "process caged");
         Ok(path)
     }
@@ -640,6 +650,8 @@ impl State {
                     allowed: stats.allowed,
                     denied: stats.denied,
                     lost: stats.lost,
+                    lost_by_kind: lost_by_kind(&stats.lost_by_kind),
+                    killed: stats.killed,
                 }
             })
             .collect();
@@ -649,6 +661,10 @@ impl State {
             policy_hash: self.policy.hash().to_owned(),
             cgroup_root: self.root.dir().path().display().to_string(),
             global_lost: self.maps.global_lost(),
+            tier: self.kernel.tier.to_string(),
+            tier_missing: self.kernel.missing.clone(),
+            content_hashes: self.kernel.content_hashes,
+            hooks: self.kernel.hooks.clone(),
             agents,
         }
     }
@@ -693,7 +709,8 @@ impl State {
             RawEvent::Egress(e) => EventDetail::Egress(enrich::egress(e, agent_policy)),
             RawEvent::Exec(e) => {
                 let d = enrich::exec(e, agent_policy);
-                if d.verdict == "allow" {
+                // A killed exec did replace the image (then died); a denied one did not.
+                if d.verdict != "deny" {
                     self.tree(h.agent_id).on_exec(
                         h.tgid,
                         e.ppid,
@@ -748,24 +765,17 @@ impl State {
     }
 
     /// The processes of `agent`, alive and recently ended.
-    pub fn processes(&self, agent: &str) -> Option<Vec<ProcessNode>> {
-        let id = self.agent_ids.get(agent)?;
-        Some(
-            self.trees
-                .get(id)
-                .map(ProcessTree::nodes)
-                .unwrap_or_default(),
-        )
+    pub fn processes(&self, agent: &str) -> Result<Vec<ProcessNode>, StateError> {
+        let id = self
+            .agent_ids
+            .get(agent)
+            .ok_or_else(|| StateError::NoSuchAgent(agent.to_owned()))?;
+        Ok(self.trees.get(id).map(ProcessTree::nodes).unwrap_or_default())
     }
 
     /// Records the host-wide hooks' states once they are attached.
     pub fn set_hooks(&mut self, hooks: Vec<HookStatus>) {
         self.kernel.hooks = hooks;
-    }
-
-    /// What the kernel gives.
-    pub fn kernel(&self) -> &KernelInfo {
-        &self.kernel
     }
 
     /// Stops taking processes in, removes every empty cage, and returns the names of cages
@@ -778,6 +788,25 @@ impl State {
         self.tidy();
         self.cages.keys().cloned().collect()
     }
+}
+
+/// Parent, program and arguments of a live process, from /proc (empty when unreadable).
+fn process_info(pid: u32) -> (u32, String, Vec<String>) {
+    let ppid = fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("PPid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0);
+    let program = fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let argv = fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| crate::events::process::split_argv(&b))
+        .unwrap_or_default();
+    (ppid, program, argv)
 }
 
 /// Kernel threads carry PF_KTHREAD in the flags field of /proc/PID/stat.
@@ -807,4 +836,19 @@ fn boot_to_wall_ns() -> i128 {
             .unwrap_or(0)
     };
     ns(ClockId::CLOCK_REALTIME) - ns(ClockId::CLOCK_BOOTTIME)
+}
+
+/// Per-kind loss counters by kind name.
+fn lost_by_kind(counts: &[u64; agent_common::event::KIND_COUNT]) -> BTreeMap<String, u64> {
+    use agent_common::event::{KIND_EGRESS, KIND_EXEC, KIND_EXIT, KIND_FILE, KIND_FORK};
+    [
+        ("egress", KIND_EGRESS),
+        ("exec", KIND_EXEC),
+        ("fork", KIND_FORK),
+        ("exit", KIND_EXIT),
+        ("file", KIND_FILE),
+    ]
+    .into_iter()
+    .map(|(name, kind)| (name.to_owned(), counts[kind as usize]))
+    .collect()
 }
