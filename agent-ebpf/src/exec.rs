@@ -38,7 +38,7 @@ pub fn judge_inode(cage: &CageConfig, dev: u32, ino: u64) -> (Verdict, u32) {
         ino,
     };
     // SAFETY: the value is copied out at once; user space replaces values whole.
-    if let Some(rule) = unsafe { EXEC_INODES.get(&key) } {
+    if let Some(rule) = unsafe { EXEC_INODES.get(key) } {
         return verdict_of(rule);
     }
     default_of(cage)
@@ -99,7 +99,7 @@ fn bprm_check(ctx: &LsmContext, hashes: bool) -> i32 {
         ino,
     };
     // SAFETY: as in judge_inode.
-    let mut decided = unsafe { EXEC_INODES.get(&key) }.map(verdict_of);
+    let mut decided = unsafe { EXEC_INODES.get(key) }.map(verdict_of);
     if decided.is_none() && hashes && cage.flags & CAGE_F_EXEC_HASHES != 0 {
         let mut hk = HashKey {
             slot: cage.policy_slot,
@@ -109,7 +109,7 @@ fn bprm_check(ctx: &LsmContext, hashes: bool) -> i32 {
         let algo = unsafe { bpf_ima_file_hash(file.cast(), hk.sha256.as_mut_ptr().cast(), 32) };
         if algo == HASH_ALGO_SHA256 {
             // SAFETY: as above.
-            decided = unsafe { EXEC_HASHES.get(&hk) }.map(verdict_of);
+            decided = unsafe { EXEC_HASHES.get(hk) }.map(verdict_of);
         } else if cage.flags & CAGE_F_EXEC_DEFAULT_DENY == 0 {
             // A deny list by content that cannot be checked: fail closed.
             decided = Some((Verdict::Deny, EXEC_RULE_DEFAULT));

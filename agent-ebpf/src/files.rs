@@ -47,14 +47,14 @@ pub fn agentcage_file_open(ctx: LsmContext) -> i32 {
     if mode & FMODE_WRITE != 0 {
         access |= ACCESS_WRITE;
     }
-    let mut dentry = read::<*const u8>(file, s.file_dentry).unwrap_or(core::ptr::null());
+    let mut dentry = read::<*const u8>(file, s.file_dentry).unwrap_or_default();
     let mut found: Option<(FileRule, u8)> = None;
     let mut opened = (0u32, 0u64);
     for depth in 0..MAX_FILE_DEPTH {
         if dentry.is_null() {
             break;
         }
-        let inode = read::<*const u8>(dentry, s.dentry_inode).unwrap_or(core::ptr::null());
+        let inode = read::<*const u8>(dentry, s.dentry_inode).unwrap_or_default();
         let (dev, ino) = inode_id(&s, inode);
         if depth == 0 {
             opened = (dev, ino);
@@ -65,11 +65,11 @@ pub fn agentcage_file_open(ctx: LsmContext) -> i32 {
             ino,
         };
         // SAFETY: the value is copied out at once; user space replaces values whole.
-        if let Some(rule) = unsafe { FILE_RULES.get(&key) } {
+        if let Some(rule) = unsafe { FILE_RULES.get(key) } {
             found = Some((*rule, depth as u8));
             break;
         }
-        let parent = read::<*const u8>(dentry, s.dentry_parent).unwrap_or(core::ptr::null());
+        let parent = read::<*const u8>(dentry, s.dentry_parent).unwrap_or_default();
         // The root of a file system is its own parent.
         if parent == dentry {
             break;

@@ -51,7 +51,7 @@ pub fn read<T>(base: *const u8, offset: u32) -> Option<T> {
 #[inline(always)]
 pub fn inode_id(s: &KernelSettings, inode: *const u8) -> (u32, u64) {
     let ino = read::<u64>(inode, s.inode_ino).unwrap_or(0);
-    let sb = read::<*const u8>(inode, s.inode_sb).unwrap_or(core::ptr::null());
+    let sb = read::<*const u8>(inode, s.inode_sb).unwrap_or_default();
     let dev = read::<u32>(sb, s.sb_dev).unwrap_or(0);
     (dev, ino)
 }
@@ -59,6 +59,6 @@ pub fn inode_id(s: &KernelSettings, inode: *const u8) -> (u32, u64) {
 /// Device and inode of the file behind a `file *`.
 #[inline(always)]
 pub fn file_id(s: &KernelSettings, file: *const u8) -> (u32, u64) {
-    let inode = read::<*const u8>(file, s.file_inode).unwrap_or(core::ptr::null());
+    let inode = read::<*const u8>(file, s.file_inode).unwrap_or_default();
     inode_id(s, inode)
 }

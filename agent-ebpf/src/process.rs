@@ -44,7 +44,7 @@ pub fn agentcage_exec(ctx: RawTracePointContext) -> i32 {
     let s = settings();
     let task: *const u8 = ctx.arg(0);
     let bprm: *const u8 = ctx.arg(2);
-    let file = read::<*const u8>(bprm, s.bprm_file).unwrap_or(core::ptr::null());
+    let file = read::<*const u8>(bprm, s.bprm_file).unwrap_or_default();
     let (dev, ino) = file_id(&s, file);
     let (verdict, rule_id) = match judge_inode(&cage, dev, ino) {
         // The deny tier's LSM hook has already refused what it refuses; what reaches here
@@ -97,7 +97,7 @@ pub fn emit_exec(
     // SAFETY: `e` points at a reserved record of the right size, owned until submit.
     unsafe {
         (*e).header = header(KIND_EXEC, cage.agent_id, cage.policy_slot, cgroup_id);
-        let parent = read::<*const u8>(task, s.task_real_parent).unwrap_or(core::ptr::null());
+        let parent = read::<*const u8>(task, s.task_real_parent).unwrap_or_default();
         (*e).ppid = read::<u32>(parent, s.task_tgid).unwrap_or(0);
         let uid_gid = bpf_get_current_uid_gid();
         (*e).uid = uid_gid as u32;
@@ -120,7 +120,7 @@ pub fn emit_exec(
         // Before the new image exists (the LSM hook) the arguments are not in a user
         // address space yet: the task's mm is still the old one, so skip them there.
         if flags & EXEC_F_FROM_LSM == 0 {
-            let mm = read::<*const u8>(task, s.task_mm).unwrap_or(core::ptr::null());
+            let mm = read::<*const u8>(task, s.task_mm).unwrap_or_default();
             let start = read::<u64>(mm, s.mm_arg_start).unwrap_or(0);
             let end = read::<u64>(mm, s.mm_arg_end).unwrap_or(0);
             let total = end.saturating_sub(start);

@@ -74,9 +74,7 @@ impl GlobalHooks {
                 let link = p
                     .take_link(id)
                     .map_err(|source| BpfError::Program { name, source })?;
-                FdLink::from(link)
-                    .try_into()
-                    .map_err(|_| BpfError::MissingProgram(name))
+                Ok(FdLink::from(link))
             })();
             match result.and_then(|l: FdLink| hooks.pin(l, name, dir, tag)) {
                 Ok(()) => hooks.note(name, &format!("raw_tracepoint/{tp}"), purpose, "attached"),

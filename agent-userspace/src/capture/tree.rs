@@ -29,6 +29,9 @@ pub struct ProcessNode {
     pub exit: Option<ExitDetail>,
     /// Kernel timestamp (CLOCK_BOOTTIME ns) of the first event about it.
     pub first_seen_ns: u64,
+    /// Kernel timestamp of the last event about it.
+    #[serde(skip)]
+    last_ns: u64,
 }
 
 /// The processes of one agent, alive and recently ended.
@@ -83,19 +86,28 @@ impl ProcessTree {
         let program = p.program.clone();
         let argv = p.argv.clone();
         let c = self.node(child, ts);
+        // A pid that ended before this fork was reused: a new process. (One whose events
+        // are later than the fork is this child, reported out of order.)
+        if c.exit.is_some() && c.last_ns <= ts {
+            *c = ProcessNode {
+                pid: child,
+                first_seen_ns: ts,
+                ..ProcessNode::default()
+            };
+        }
         c.ppid = parent;
+        c.last_ns = c.last_ns.max(ts);
         // A fork runs its parent's program until it execs.
         if c.program.is_empty() {
             c.program = program;
             c.argv = argv;
         }
-        // A reused pid is a new process.
-        c.exit = None;
     }
 
     /// `pid` now runs `program`.
     pub fn on_exec(&mut self, pid: u32, ppid: u32, program: String, argv: Vec<String>, ts: u64) {
         let n = self.node(pid, ts);
+        n.last_ns = n.last_ns.max(ts);
         if ppid != 0 {
             n.ppid = ppid;
         }
@@ -110,6 +122,7 @@ impl ProcessTree {
             n.program = comm.to_owned();
         }
         n.exit = Some(exit);
+        n.last_ns = n.last_ns.max(ts);
         self.ended.push_back(pid);
     }
 

@@ -61,7 +61,10 @@ pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
                 Ok(Response::Status(s)) => report.hooks = Some(s.hooks),
                 Ok(other) => report.hooks_unknown = Some(format!("unexpected answer {other:?}")),
                 Err(e) => {
-                    report.hooks_unknown = Some(format!("no daemon answers on {}: {e}", cli.socket.display()))
+                    report.hooks_unknown = Some(format!(
+                        "no daemon answers on {}: {e}",
+                        cli.socket.display()
+                    ))
                 }
             }
             match output {

@@ -242,8 +242,9 @@ async fn start(
     let kept = shared.state().shutdown();
     let removed = kept.is_empty() && root.remove().is_ok();
     if removed {
-        programs.detach();
+        // Hooks first: detaching the cgroup programs also removes the (then empty) pin dir.
         hooks.detach();
+        programs.detach();
         info!("stopped: no cage held a process; programs detached and cgroups removed");
     } else {
         programs.keep();

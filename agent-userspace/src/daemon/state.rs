@@ -134,6 +134,9 @@ struct Cage {
     watch: WatchDescriptor,
 }
 
+/// Where the inodes of a slot's file rules were found: (dev, inode) → path.
+type InodePaths = HashMap<(u32, u64), String>;
+
 /// What the kernel gives, found at start.
 #[derive(Clone, Debug)]
 pub struct KernelInfo {
@@ -155,7 +158,7 @@ pub struct State {
     /// The last event sequence number given per agent id.
     seqs: HashMap<u32, u64>,
     /// Paths of the inodes each slot's file rules name, for events.
-    slot_paths: HashMap<u32, Arc<HashMap<(u32, u64), String>>>,
+    slot_paths: HashMap<u32, Arc<InodePaths>>,
     policy: Arc<Policy>,
     policy_path: PathBuf,
     maps: EgressMaps,
@@ -770,7 +773,11 @@ impl State {
             .agent_ids
             .get(agent)
             .ok_or_else(|| StateError::NoSuchAgent(agent.to_owned()))?;
-        Ok(self.trees.get(id).map(ProcessTree::nodes).unwrap_or_default())
+        Ok(self
+            .trees
+            .get(id)
+            .map(ProcessTree::nodes)
+            .unwrap_or_default())
     }
 
     /// Records the host-wide hooks' states once they are attached.
