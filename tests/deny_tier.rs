@@ -121,3 +121,25 @@ fn protected_files_cannot_be_opened_even_through_a_symlink() {
     // Outside the cage the file reads fine.
     assert_eq!(fs::read_to_string(&secret).unwrap(), "s3cret");
 }
+
+#[test]
+fn the_lsm_connect_hook_refuses_first_and_reports_once() {
+    let (_listeners, port) = harness::listener_pair();
+    let daemon = Daemon::start(&format!(
+        "version: 1\nagents:\n  t:\n    egress:\n      allow:\n        - cidr: 127.0.0.1/32\n          ports: [{port}]\n"
+    ));
+    daemon.expect_tier("deny");
+    let events = daemon.follow_events();
+    let mut cage = daemon.serve_in("t");
+    assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), EPERM);
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{port}")), "ok");
+    let denied = events.wait_event("the refusal", |e| {
+        e["kind"] == "egress" && e["verdict"] == "deny"
+    });
+    assert_eq!(denied["hook"], "lsm_socket_connect", "{denied}");
+    // The allowed connect is reported by the cgroup hook, once.
+    let allowed = events.wait_event("the allowed connect", |e| {
+        e["kind"] == "egress" && e["verdict"] == "allow"
+    });
+    assert_eq!(allowed["hook"], "connect4");
+}

@@ -42,6 +42,9 @@ pub enum Hook {
     SockCreate = 5,
     /// cgroup_skb/egress (packets whose headers could redirect them)
     SkbEgress = 6,
+    /// The deny tier's BPF LSM `socket_connect`, a second line that judges the caller's
+    /// cage even for a socket made outside it.
+    LsmConnect = 7,
 }
 
 impl Hook {
@@ -54,6 +57,7 @@ impl Hook {
             4 => Self::Sendmsg6,
             5 => Self::SockCreate,
             6 => Self::SkbEgress,
+            7 => Self::LsmConnect,
             _ => return None,
         })
     }
@@ -67,6 +71,7 @@ impl Hook {
             Self::Sendmsg6 => "sendmsg6",
             Self::SockCreate => "sock_create",
             Self::SkbEgress => "skb_egress",
+            Self::LsmConnect => "lsm_socket_connect",
         }
     }
 }

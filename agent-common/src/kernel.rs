@@ -51,4 +51,6 @@ pub struct KernelSettings {
     pub dentry_parent: u32,
     /// `dentry.d_inode`.
     pub dentry_inode: u32,
+    /// `socket.type`.
+    pub socket_type: u32,
 }

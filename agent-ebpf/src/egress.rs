@@ -133,6 +133,18 @@ fn decide(attempt: &Attempt) -> i32 {
         report(attempt, None, cgroup_id, Verdict::Deny, RULE_NO_CAGE);
         return DENY;
     };
+    let (verdict, rule_id) = judge(attempt, &cage);
+    report(attempt, Some(&cage), cgroup_id, verdict, rule_id);
+    if verdict == Verdict::Allow {
+        ALLOW
+    } else {
+        DENY
+    }
+}
+
+/// The cage policy's verdict on an attempt, and the deciding rule.
+#[inline(always)]
+pub(crate) fn judge(attempt: &Attempt, cage: &CageConfig) -> (Verdict, u32) {
     let proto_bit = match attempt.protocol {
         IPPROTO_TCP | IPPROTO_MPTCP => PROTO_TCP,
         IPPROTO_UDP => PROTO_UDP,
@@ -167,12 +179,7 @@ fn decide(attempt: &Attempt) -> i32 {
     } else {
         Verdict::Allow
     };
-    report(attempt, Some(&cage), cgroup_id, verdict, rule_id);
-    if verdict == Verdict::Allow {
-        ALLOW
-    } else {
-        DENY
-    }
+    (verdict, rule_id)
 }
 
 /// The first rule admitting `port` over `proto_bit`, or `RULE_DEFAULT_DENY`.

@@ -27,6 +27,7 @@ static SETTINGS: KernelSettings = KernelSettings {
     sb_dev: 0,
     dentry_parent: 0,
     dentry_inode: 0,
+    socket_type: 0,
 };
 
 /// The settings user space wrote. A volatile read, so the compiler cannot fold the zeros

@@ -3,6 +3,7 @@
 #![no_main]
 
 mod egress;
+mod egress_lsm;
 mod events;
 mod exec;
 mod files;

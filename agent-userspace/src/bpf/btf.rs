@@ -240,6 +240,7 @@ pub fn kernel_settings(btf: &Btf) -> Result<KernelSettings, BtfError> {
         sb_dev: btf.offset_of("super_block.s_dev")?,
         dentry_parent: btf.offset_of("dentry.d_parent")?,
         dentry_inode: btf.offset_of("dentry.d_inode")?,
+        socket_type: btf.offset_of("socket.type")?,
     })
 }
 

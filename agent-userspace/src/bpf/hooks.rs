@@ -86,10 +86,17 @@ impl GlobalHooks {
         }
         let lsm_purpose = "deny tier: exec refused with EPERM";
         let file_purpose = "deny tier: protected opens refused with EPERM; watched opens reported";
+        let connect_purpose =
+            "deny tier: egress second line, judges the caller's cage (also for passed-in sockets)";
         if tier == Tier::Kill {
             for (name, hook, purpose) in [
                 ("agentcage_bprm_check", "bprm_check_security", lsm_purpose),
                 ("agentcage_file_open", "file_open", file_purpose),
+                (
+                    "agentcage_socket_connect",
+                    "socket_connect",
+                    connect_purpose,
+                ),
             ] {
                 hooks.note(
                     name,
@@ -106,6 +113,11 @@ impl GlobalHooks {
         for (name, hook, purpose) in [
             (bprm, "bprm_check_security", lsm_purpose),
             ("agentcage_file_open", "file_open", file_purpose),
+            (
+                "agentcage_socket_connect",
+                "socket_connect",
+                connect_purpose,
+            ),
         ] {
             if let Err(e) = hooks.attach_lsm(ebpf, &btf, name, hook, dir, tag) {
                 hooks.drop_all();
@@ -138,6 +150,7 @@ impl GlobalHooks {
             }
         };
         load_one_lsm(ebpf, btf, "agentcage_file_open", "file_open")?;
+        load_one_lsm(ebpf, btf, "agentcage_socket_connect", "socket_connect")?;
         Ok(bprm)
     }
 
