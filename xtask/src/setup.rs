@@ -21,6 +21,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "procps",
     // mount/umount for the benchmark's cgroup bind mount.
     "util-linux",
+    // The auditd baseline of `cargo xtask bench capture`.
+    "auditd",
 ];
 
 /// The bpf-linker release that links our eBPF crate (the newest that builds with the pinned
