@@ -6,7 +6,9 @@
 //! renamed copy of a denied binary is still denied; that needs a sleepable program.
 
 use agent_common::{
-    cage::{CageConfig, CAGE_F_EXEC_DEFAULT_DENY, CAGE_F_EXEC_HASHES},
+    cage::{
+        CageConfig, CAGE_F_EXEC_DEFAULT_DENY, CAGE_F_EXEC_DIGESTS_REQUIRED, CAGE_F_EXEC_HASHES,
+    },
     event::Verdict,
     file::InodeKey,
     process::{ExecRule, HashKey, EXEC_DENY, EXEC_F_FROM_LSM, EXEC_RULE_DEFAULT},
@@ -20,7 +22,7 @@ use aya_ebpf::{
 use crate::{
     egress::cage_of,
     events::{count, Counter},
-    kernel::{file_id, settings},
+    kernel::{bprm_file_offset, file_id, settings},
     maps::{EXEC_HASHES, EXEC_INODES},
     process::emit_exec,
 };
@@ -88,10 +90,12 @@ fn bprm_check(ctx: &LsmContext, hashes: bool) -> i32 {
     };
     let s = settings();
     let bprm: *const u8 = ctx.arg(0);
-    // A direct load at an offset the verifier knows (SETTINGS is frozen rodata), so the
-    // result stays a typed `struct file *`, as bpf_ima_file_hash requires.
-    // SAFETY: bprm is the hook's valid argument and bprm_file the offset of its `file`.
-    let file = unsafe { *(bprm.add(s.bprm_file as usize) as *const *mut core::ffi::c_void) };
+    // A direct load at an offset the verifier knows (read straight from the frozen rodata,
+    // not through a stack copy), so the result stays a typed `struct file *`, as
+    // bpf_ima_file_hash requires.
+    let offset = bprm_file_offset();
+    // SAFETY: bprm is the hook's valid argument and `offset` that of its `file` field.
+    let file = unsafe { *(bprm.add(offset as usize) as *const *mut core::ffi::c_void) };
     let (dev, ino) = file_id(&s, file as *const u8);
     let key = InodeKey {
         slot: cage.policy_slot,
@@ -99,7 +103,10 @@ fn bprm_check(ctx: &LsmContext, hashes: bool) -> i32 {
         ino,
     };
     // SAFETY: as in judge_inode.
-    let mut decided = unsafe { EXEC_INODES.get(key) }.map(verdict_of);
+    let by_inode = unsafe { EXEC_INODES.get(key) }.map(verdict_of);
+    // A deny by file settles it; otherwise content is checked before an allow by file, so
+    // an allowed file overwritten with a denied binary's bytes is still denied.
+    let mut decided = by_inode.filter(|(v, _)| *v == Verdict::Deny);
     if decided.is_none() && hashes && cage.flags & CAGE_F_EXEC_HASHES != 0 {
         let mut hk = HashKey {
             slot: cage.policy_slot,
@@ -110,12 +117,13 @@ fn bprm_check(ctx: &LsmContext, hashes: bool) -> i32 {
         if algo == HASH_ALGO_SHA256 {
             // SAFETY: as above.
             decided = unsafe { EXEC_HASHES.get(hk) }.map(verdict_of);
-        } else if cage.flags & CAGE_F_EXEC_DEFAULT_DENY == 0 {
-            // A deny list by content that cannot be checked: fail closed.
+        } else if cage.flags & CAGE_F_EXEC_DIGESTS_REQUIRED != 0 {
+            // The policy names content (sha256: rules) that cannot be checked: fail closed.
+            // Digests derived from deny paths only add to the rules by file, which stand.
             decided = Some((Verdict::Deny, EXEC_RULE_DEFAULT));
         }
     }
-    let (verdict, rule_id) = decided.unwrap_or_else(|| default_of(&cage));
+    let (verdict, rule_id) = decided.or(by_inode).unwrap_or_else(|| default_of(&cage));
     if verdict == Verdict::Deny {
         count(cgroup_id, Counter::Denied);
         emit_exec(

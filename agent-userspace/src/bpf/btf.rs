@@ -241,6 +241,10 @@ pub fn kernel_settings(btf: &Btf) -> Result<KernelSettings, BtfError> {
         dentry_parent: btf.offset_of("dentry.d_parent")?,
         dentry_inode: btf.offset_of("dentry.d_inode")?,
         socket_type: btf.offset_of("socket.type")?,
+        task_signal: btf.offset_of("task_struct.signal")?,
+        signal_live: btf.offset_of("signal_struct.live")?,
+        file_flags: btf.offset_of("file.f_flags")?,
+        path_dentry: btf.offset_of("path.dentry")?,
     })
 }
 

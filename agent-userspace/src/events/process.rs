@@ -90,6 +90,9 @@ pub struct FileDetail {
     pub depth: u8,
     /// `read`, `write` or `read+write`.
     pub access: String,
+    /// What was attempted: `open`, `truncate`, `unlink`, `rename`, `link`, `create` or
+    /// `userns_create`.
+    pub op: String,
     /// `deny` (refused with EPERM) or `observed`.
     pub verdict: String,
     /// `files.protect[N]` or `files.watch[N]`.
