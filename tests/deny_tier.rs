@@ -196,3 +196,29 @@ fn protected_places_cannot_be_escaped_or_changed_by_other_calls() {
     assert_eq!(cage.op(&format!("rename {d}/outside {d}/renamed")), "ok");
     assert_eq!(cage.op(&format!("create {d}/fresh")), "ok");
 }
+
+/// A denied program run through the dynamic loader is mapped, not exec'd: `mmap_file`
+/// refuses it all the same.
+#[test]
+fn a_denied_program_cannot_run_through_the_dynamic_loader() {
+    let bins = tempfile::tempdir().unwrap();
+    let denied = copy_of("/bin/touch", bins.path(), "denied-touch");
+    let daemon = Daemon::start(&format!(
+        "version: 1\nagents:\n  t:\n    exec:\n      deny: [{denied}]\n"
+    ));
+    daemon.expect_tier("deny");
+    let events = daemon.follow_events();
+    let mut cage = daemon.serve_in("t");
+    let marker = bins.path().join("ran");
+    let loader = "/lib64/ld-linux-x86-64.so.2";
+    let answer = cage.op(&format!("exec {loader} {denied} {}", marker.display()));
+    assert_ne!(answer, "ok");
+    assert!(!marker.exists(), "nothing of the denied program ran");
+    let e = events.wait_event("the refused mapping", |e| {
+        e["kind"] == "exec" && e["hook"] == "lsm_mmap"
+    });
+    assert_eq!(e["verdict"], "deny");
+    assert_eq!(e["rule"], "exec.deny[0]");
+    // The loader itself is fine with an allowed program.
+    assert_eq!(cage.op(&format!("exec {loader} /bin/true")), "ok");
+}

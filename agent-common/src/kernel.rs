@@ -61,4 +61,6 @@ pub struct KernelSettings {
     pub file_flags: u32,
     /// `path.dentry`.
     pub path_dentry: u32,
+    /// Which argument of the `mmap_file` LSM hook is `prot` (kernels differ).
+    pub mmap_prot_arg: u32,
 }

@@ -11,7 +11,7 @@ use agent_common::{
     },
     event::Verdict,
     file::InodeKey,
-    process::{ExecRule, HashKey, EXEC_DENY, EXEC_F_FROM_LSM, EXEC_RULE_DEFAULT},
+    process::{ExecRule, HashKey, EXEC_DENY, EXEC_F_FROM_LSM, EXEC_F_MMAP, EXEC_RULE_DEFAULT},
 };
 use aya_ebpf::{
     helpers::generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ima_file_hash},
@@ -141,4 +141,60 @@ fn bprm_check(ctx: &LsmContext, hashes: bool) -> i32 {
         return -EPERM;
     }
     0
+}
+
+const PROT_EXEC: u64 = 4;
+
+/// `mmap_file(file, [reqprot,] prot, flags)`: a program run through the dynamic loader
+/// (`ld.so /usr/bin/dd`) is mapped executable without an exec. Deny rules by file apply
+/// there too; an allow list does not (every shared library is mapped so).
+#[lsm(hook = "mmap_file")]
+pub fn agentcage_mmap_file(ctx: LsmContext) -> i32 {
+    let s = settings();
+    // Where `prot` sits differs across kernels; the hook's result is the argument after
+    // `flags`, which follows `prot`.
+    let (prot, previous): (u64, i32) = if s.mmap_prot_arg == 1 {
+        (ctx.arg(1), ctx.arg(3))
+    } else {
+        (ctx.arg(2), ctx.arg(4))
+    };
+    if previous != 0 {
+        return previous;
+    }
+    if prot & PROT_EXEC == 0 {
+        return 0;
+    }
+    let file: *const u8 = ctx.arg(0);
+    if file.is_null() {
+        return 0;
+    }
+    // SAFETY: a helper without preconditions.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let Some(cage) = cage_of(cgroup_id) else {
+        return 0;
+    };
+    let (dev, ino) = file_id(&s, file);
+    let key = InodeKey {
+        slot: cage.policy_slot,
+        dev,
+        ino,
+    };
+    // SAFETY: as in judge_inode.
+    let Some((Verdict::Deny, rule_id)) = (unsafe { EXEC_INODES.get(key) }).map(verdict_of) else {
+        return 0;
+    };
+    count(cgroup_id, Counter::Denied);
+    emit_exec(
+        &s,
+        &cage,
+        cgroup_id,
+        // SAFETY: a helper without preconditions.
+        unsafe { bpf_get_current_task() } as *const u8,
+        core::ptr::null(),
+        (dev, ino),
+        Verdict::Deny,
+        rule_id,
+        EXEC_F_FROM_LSM | EXEC_F_MMAP,
+    );
+    -EPERM
 }

@@ -45,7 +45,12 @@ const TRACEPOINTS: [(&str, &str, &str); 3] = [
 const FILES: &str = "deny tier: file rules (refuse protected, report watched)";
 
 /// The deny tier's LSM hooks other than exec: (program, hook, purpose).
-const LSM_HOOKS: [(&str, &str, &str); 12] = [
+const LSM_HOOKS: [(&str, &str, &str); 13] = [
+    (
+        "agentcage_mmap_file",
+        "mmap_file",
+        "deny tier: exec deny rules also for programs mapped by the dynamic loader",
+    ),
     (
         "agentcage_socket_connect",
         "socket_connect",

@@ -13,7 +13,7 @@ use agent_common::{
         OP_UNLINK, OP_USERNS, RULE_TOO_DEEP, RULE_USERNS,
     },
     maps::MAX_FILE_DEPTH,
-    process::{ExecEvent, EXEC_F_ARGV_TRUNCATED, EXEC_F_FROM_LSM, EXEC_RULE_DEFAULT},
+    process::{ExecEvent, EXEC_F_ARGV_TRUNCATED, EXEC_F_FROM_LSM, EXEC_F_MMAP, EXEC_RULE_DEFAULT},
 };
 
 use crate::{
@@ -114,7 +114,9 @@ pub fn exec(e: &ExecEvent, policy: Option<&AgentPolicy>) -> ExecDetail {
         sha256: None,
         sha256_error: None,
         verdict: verdict_name(e.verdict),
-        hook: if e.flags & EXEC_F_FROM_LSM != 0 {
+        hook: if e.flags & EXEC_F_MMAP != 0 {
+            "lsm_mmap".to_owned()
+        } else if e.flags & EXEC_F_FROM_LSM != 0 {
             "lsm".to_owned()
         } else {
             "tracepoint".to_owned()
