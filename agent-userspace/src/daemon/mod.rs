@@ -5,11 +5,13 @@
 //! slow or dead daemon lets nothing through.
 
 mod config;
+mod file;
 mod server;
 mod state;
 mod tasks;
 
 pub use config::{DaemonConfig, LogFormat};
+pub use file::{ConfigFile, ConfigFileError};
 pub use state::StateError;
 
 use std::{io, path::PathBuf, sync::Arc};
@@ -65,6 +67,12 @@ pub enum DaemonError {
         #[source]
         source: io::Error,
     },
+    /// The configuration file is broken.
+    #[error(transparent)]
+    ConfigFile(#[from] ConfigFileError),
+    /// Telemetry could not start (bad configuration, spool not writable).
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
     /// The kernel refused something else.
     #[error("{0}: {1}")]
     Sys(&'static str, #[source] io::Error),
@@ -79,6 +87,12 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     // killing the daemon half-way (with cgroups and pins made).
     let signals = Signals::install()?;
     let policy = Policy::load(&config.policy)?;
+    // Read before anything is made: a broken file must stop the daemon with nothing changed.
+    let mut file = match &config.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    file.telemetry.apply_env(|k| std::env::var(k).ok())?;
     let access = match &config.group {
         Some(g) => AccessPolicy::with_group(g).map_err(DaemonError::Group)?,
         None => AccessPolicy::root_only(),
@@ -96,6 +110,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         info!(cgroup_root = %root.dir().path().display(), "cgroup v2 found");
         let started = start(
             config.clone(),
+            file,
             policy,
             root.clone(),
             access,
@@ -117,6 +132,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
 
 async fn start(
     config: DaemonConfig,
+    file: ConfigFile,
     policy: Policy,
     root: CageRoot,
     access: AccessPolicy,
@@ -155,6 +171,31 @@ async fn start(
         root.clone(),
         Arc::clone(&inotify),
     );
+    let bus = EventBus::new();
+    state.set_bus(bus.clone());
+    // Started before the programs attach: a telemetry configuration that cannot work stops
+    // the daemon with nothing attached, and the spool subscribes before any event is read.
+    let shared_slot = Arc::new(std::sync::OnceLock::<std::sync::Weak<Shared>>::new());
+    let telemetry = if file.telemetry.active() {
+        let slot = Arc::clone(&shared_slot);
+        let identity = crate::telemetry::Identity {
+            policy_hash: state.policy().hash().to_owned(),
+            instance_id: pin_tag(),
+        };
+        Some(crate::telemetry::Telemetry::start(
+            &file.telemetry,
+            &file.spool,
+            &bus,
+            &identity,
+            Arc::new(move || {
+                slot.get()
+                    .and_then(std::sync::Weak::upgrade)
+                    .map_or(0, |s| s.state().total_lost())
+            }),
+        )?)
+    } else {
+        None
+    };
     // Cages an earlier daemon left (kept enforced by its pinned programs) get maps entries
     // before the new programs attach, so they are never judged as unknown.
     let adopted = state.adopt_existing()?;
@@ -176,9 +217,10 @@ async fn start(
     state.tidy();
     let shared = Arc::new(Shared {
         state: std::sync::Mutex::new(state),
-        bus: EventBus::new(),
+        bus,
         access,
     });
+    let _ = shared_slot.set(Arc::downgrade(&shared));
     {
         let st = shared.state();
         info!(
@@ -205,6 +247,9 @@ async fn start(
         .await;
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
+    if let Some(t) = telemetry {
+        t.shutdown().await;
+    }
 
     // From here no request can make or fill a cage (connections still open are refused), so
     // the decision below cannot be overtaken.

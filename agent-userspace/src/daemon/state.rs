@@ -25,7 +25,7 @@ use crate::{
     cage::{CageError, CageRoot, CgroupDir},
     caps,
     control::{AgentStatus, StatusReport},
-    events::{EgressDetail, Event, EventDetail, RawEvent},
+    events::{EgressDetail, Event, EventBus, EventDetail, RawEvent, SessionDetail},
     identity::AgentIdentity,
     policy::{compile_egress, validate_agent_name, CompiledEgress, Policy, PolicyError},
 };
@@ -111,6 +111,8 @@ struct Cage {
     /// Open client connections that need the cage to exist (e.g. `run` before its child joins).
     holds: usize,
     watch: WatchDescriptor,
+    /// When the cage was made (or taken over): the start of the agent's session.
+    started_unix_nano: u64,
 }
 
 /// Everything the daemon manages.
@@ -134,6 +136,8 @@ pub struct State {
     /// event still in the ring buffer after a reload names the rule that really decided.
     slot_policies: HashMap<u32, Arc<Policy>>,
     retired: std::collections::VecDeque<u32>,
+    /// Where session starts and ends are published (set once the bus exists).
+    bus: Option<EventBus>,
 }
 
 /// How many agent names are remembered for events before only live ones are kept.
@@ -167,7 +171,35 @@ impl State {
             stopping: false,
             slot_policies: HashMap::new(),
             retired: std::collections::VecDeque::new(),
+            bus: None,
         }
+    }
+
+    /// Publishes session starts and ends on `bus` from now on.
+    pub fn set_bus(&mut self, bus: EventBus) {
+        self.bus = Some(bus);
+    }
+
+    /// Says on the bus that `agent`'s session started or ended.
+    fn publish_session(&self, agent: &str, action: &str) {
+        let (Some(bus), Some(cage)) = (&self.bus, self.cages.get(agent)) else {
+            return;
+        };
+        let now = crate::spool::now_unix_nano();
+        bus.publish(Event {
+            time_unix_nano: now,
+            kernel_ts_ns: u64::try_from(i128::from(now) - self.boot_to_wall_ns).unwrap_or(0),
+            agent: Some(cage.identity.to_string()),
+            pid: 0,
+            tgid: 0,
+            comm: String::new(),
+            cgroup_id: cage.cgroup_id,
+            policy_hash: self.policy.hash().to_owned(),
+            detail: EventDetail::Session(SessionDetail {
+                action: action.to_owned(),
+                started_unix_nano: cage.started_unix_nano,
+            }),
+        });
     }
 
     /// The policy in force.
@@ -276,6 +308,7 @@ impl State {
                 slot: entries,
                 holds: 0,
                 watch,
+                started_unix_nano: crate::spool::now_unix_nano(),
             },
         );
         Ok(())
@@ -310,6 +343,7 @@ impl State {
                 return Err(e);
             }
             info!(agent, identity = %AgentIdentity::for_agent(agent), policy_hash = self.policy.hash(), "cage created");
+            self.publish_session(agent, "start");
         }
         self.cages
             .get(agent)
@@ -451,6 +485,7 @@ impl State {
             warn!(agent, error = %e, "cage not removed");
             return;
         }
+        self.publish_session(agent, "end");
         if let Some(cage) = self.cages.remove(agent) {
             let _ = self.inotify.rm_watch(cage.watch);
             self.watches.remove(&cage.watch);

@@ -41,6 +41,17 @@ pub struct Event {
 pub enum EventDetail {
     /// An egress decision.
     Egress(EgressDetail),
+    /// An agent session began (its cage was made) or ended (the cage was removed).
+    Session(SessionDetail),
+}
+
+/// An agent session's start or end: one trace per session in the exported telemetry.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SessionDetail {
+    /// `start` or `end`.
+    pub action: String,
+    /// When the session started, ns since the Unix epoch.
+    pub started_unix_nano: u64,
 }
 
 /// An egress decision.
