@@ -36,7 +36,9 @@ impl Cursors {
         for r in readers {
             cursors.readers.entry((*r).to_owned()).or_insert(start);
         }
-        cursors.readers.retain(|name, _| readers.contains(&name.as_str()));
+        cursors
+            .readers
+            .retain(|name, _| readers.contains(&name.as_str()));
         Ok(cursors)
     }
 

@@ -78,8 +78,8 @@ impl SpoolError {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "entry", rename_all = "snake_case")]
 pub enum Entry {
-    /// An event from the bus.
-    Event(Event),
+    /// An event from the bus (boxed: events are much larger than the other entries).
+    Event(Box<Event>),
     /// Events that were never exported: dropped by the size bound, or missed by the spool's
     /// own consumer of the bus.
     Dropped {

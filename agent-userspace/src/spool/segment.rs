@@ -138,7 +138,9 @@ impl Segment {
                     }
                 }
                 // A kind this version does not know (written by a newer one): skip it.
-                Err(e) => warn!(path = %self.path.display(), error = %e, "spool: unreadable record skipped"),
+                Err(e) => {
+                    warn!(path = %self.path.display(), error = %e, "spool: unreadable record skipped")
+                }
             }
         }
     }

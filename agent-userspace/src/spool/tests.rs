@@ -4,7 +4,7 @@ use super::*;
 use crate::events::{EgressDetail, EventDetail};
 
 fn event(n: u64) -> Entry {
-    Entry::Event(Event {
+    Entry::Event(Box::new(Event {
         time_unix_nano: n,
         kernel_ts_ns: n,
         agent: Some("agent:t".into()),
@@ -24,7 +24,7 @@ fn event(n: u64) -> Entry {
             rule: "default-deny".into(),
             rule_text: None,
         }),
-    })
+    }))
 }
 
 fn config(dir: &Path, max: u64, seg: u64) -> SpoolConfig {
@@ -49,16 +49,26 @@ fn readers_resume_after_restart_from_their_own_cursor() {
             assert_eq!(spool.append(event(n)).unwrap(), n);
         }
         assert!(spool.stats().segments > 1, "rotation happened");
-        assert_eq!(seqs(&spool.read("logs", 10).unwrap()), (1..=10).collect::<Vec<_>>());
+        assert_eq!(
+            seqs(&spool.read("logs", 10).unwrap()),
+            (1..=10).collect::<Vec<_>>()
+        );
         spool.ack("logs", 10).unwrap();
         spool.ack("traces", 60).unwrap();
         // Not acknowledged: read again from the same place.
         assert_eq!(spool.read("logs", 3).unwrap()[0].seq, 11);
     }
     let mut spool = Spool::open(&cfg, &["logs", "traces"]).unwrap();
-    assert_eq!(seqs(&spool.read("logs", 5).unwrap()), vec![11, 12, 13, 14, 15]);
+    assert_eq!(
+        seqs(&spool.read("logs", 5).unwrap()),
+        vec![11, 12, 13, 14, 15]
+    );
     assert_eq!(spool.read("traces", 1).unwrap()[0].seq, 61);
-    assert_eq!(spool.append(event(101)).unwrap(), 101, "seqs continue, never reused");
+    assert_eq!(
+        spool.append(event(101)).unwrap(),
+        101,
+        "seqs continue, never reused"
+    );
     assert_eq!(spool.read("traces", 1000).unwrap().len(), 41);
     assert_eq!(spool.stats().dropped, 0);
 }
@@ -86,7 +96,11 @@ fn the_bound_drops_oldest_and_counts_what_was_never_exported() {
     let mut spool = Spool::open(&cfg, &["r"]).unwrap();
     for n in 1..=300 {
         spool.append(event(n)).unwrap();
-        assert!(spool.stats().bytes <= 8192 + 2048, "bound held: {:?}", spool.stats());
+        assert!(
+            spool.stats().bytes <= 8192 + 2048,
+            "bound held: {:?}",
+            spool.stats()
+        );
     }
     let stats = spool.stats();
     assert!(stats.dropped > 0);
@@ -106,7 +120,10 @@ fn the_bound_drops_oldest_and_counts_what_was_never_exported() {
     assert_eq!(records[0].seq, stats.dropped + 1);
     // The count survives a restart.
     drop(spool);
-    assert_eq!(Spool::open(&cfg, &["r"]).unwrap().stats().dropped, stats.dropped);
+    assert_eq!(
+        Spool::open(&cfg, &["r"]).unwrap().stats().dropped,
+        stats.dropped
+    );
 }
 
 #[test]
@@ -138,6 +155,8 @@ fn a_partly_written_last_record_is_removed_on_open() {
 #[test]
 fn a_bound_smaller_than_two_segments_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let e = Spool::open(&config(dir.path(), 1000, 800), &["r"]).err().unwrap();
+    let e = Spool::open(&config(dir.path(), 1000, 800), &["r"])
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("twice segment_bytes"), "{e}");
 }

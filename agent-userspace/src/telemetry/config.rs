@@ -144,9 +144,10 @@ impl TelemetryConfig {
         if let Some(e) = self.signal_endpoints.get(signal) {
             return Ok(e.clone());
         }
-        let base = self.endpoint.clone().ok_or_else(|| {
-            TelemetryError::Config(format!("no OTLP endpoint for {signal}"))
-        })?;
+        let base = self
+            .endpoint
+            .clone()
+            .ok_or_else(|| TelemetryError::Config(format!("no OTLP endpoint for {signal}")))?;
         Ok(match self.protocol {
             Protocol::Grpc => base,
             Protocol::HttpProtobuf => format!("{}/v1/{signal}", base.trim_end_matches('/')),
@@ -170,7 +171,11 @@ mod tests {
     use super::*;
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        }
     }
 
     #[test]
@@ -183,12 +188,18 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318/"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:9/t"),
-            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test, team=sec"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment=test, team=sec",
+            ),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "250"),
         ]))
         .unwrap();
         assert!(c.active());
-        assert_eq!(c.endpoint_for("logs").unwrap(), "http://127.0.0.1:4318/v1/logs");
+        assert_eq!(
+            c.endpoint_for("logs").unwrap(),
+            "http://127.0.0.1:4318/v1/logs"
+        );
         assert_eq!(c.endpoint_for("traces").unwrap(), "http://127.0.0.1:9/t");
         assert_eq!(c.timeout(), Duration::from_millis(250));
         assert_eq!(c.resource_attributes["team"], "sec");
@@ -207,6 +218,9 @@ mod tests {
             .apply_env(env(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "10s")]))
             .unwrap_err();
         assert!(e.to_string().contains("OTEL_EXPORTER_OTLP_TIMEOUT"), "{e}");
-        assert!(!TelemetryConfig::default().active(), "no endpoint, no export");
+        assert!(
+            !TelemetryConfig::default().active(),
+            "no endpoint, no export"
+        );
     }
 }

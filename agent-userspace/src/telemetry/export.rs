@@ -203,8 +203,7 @@ impl Exporter {
                 }
                 continue;
             };
-            let described: Vec<Described> =
-                batch.iter().map(|r| describe(r, &self.node)).collect();
+            let described: Vec<Described> = batch.iter().map(|r| describe(r, &self.node)).collect();
             let result = tokio::time::timeout(self.timeout, self.sink.send(&described)).await;
             match result {
                 Ok(Ok(())) => {

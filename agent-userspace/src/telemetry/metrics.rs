@@ -27,12 +27,25 @@ pub struct Instruments {
     budget: Counter<f64>,
 }
 
+/// The spool's figures at one collection.
+pub struct SpoolGauges {
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// Events dropped since the spool was made.
+    pub dropped: u64,
+    /// Per reader, records not yet acknowledged.
+    pub backlog: Vec<(&'static str, u64)>,
+}
+
+/// Reads the spool's figures.
+pub type SpoolReading = Arc<dyn Fn() -> SpoolGauges + Send + Sync>;
+
 /// Values read at each collection.
 pub struct Observed {
     /// Events the kernel could not report.
     pub kernel_lost: Arc<dyn Fn() -> u64 + Send + Sync>,
     /// Spool bytes, dropped count, and backlog per reader.
-    pub spool: Arc<dyn Fn() -> (u64, u64, Vec<(&'static str, u64)>) + Send + Sync>,
+    pub spool: SpoolReading,
 }
 
 impl Instruments {
@@ -48,21 +61,21 @@ impl Instruments {
         meter
             .u64_observable_counter(sc::METRIC_SPOOL_DROPPED)
             .with_description("Events never exported: spool size bound reached, or bus lag")
-            .with_callback(move |o| o.observe(spool().1, &[]))
+            .with_callback(move |o| o.observe(spool().dropped, &[]))
             .build();
         let spool = Arc::clone(&observed.spool);
         meter
             .u64_observable_gauge(sc::METRIC_SPOOL_SIZE)
             .with_unit("By")
             .with_description("Bytes in the spool")
-            .with_callback(move |o| o.observe(spool().0, &[]))
+            .with_callback(move |o| o.observe(spool().bytes, &[]))
             .build();
         let spool = observed.spool;
         meter
             .u64_observable_gauge(sc::METRIC_SPOOL_BACKLOG)
             .with_description("Records in the spool not yet acknowledged by the collector")
             .with_callback(move |o| {
-                for (signal, n) in spool().2 {
+                for (signal, n) in spool().backlog {
                     o.observe(n, &[KeyValue::new("signal", signal)]);
                 }
             })
@@ -132,8 +145,10 @@ impl Instruments {
 
     /// Records the cost of an agent's model usage.
     pub fn record_cost(&self, agent: &str, amount: f64) {
-        self.cost
-            .add(amount, &[KeyValue::new(sc::GEN_AI_AGENT_NAME, agent.to_owned())]);
+        self.cost.add(
+            amount,
+            &[KeyValue::new(sc::GEN_AI_AGENT_NAME, agent.to_owned())],
+        );
     }
 
     /// Records use of one of an agent's budgets.

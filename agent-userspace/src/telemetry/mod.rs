@@ -114,12 +114,20 @@ impl Telemetry {
                         .iter()
                         .map(|r| (*r, stats.last_seq.saturating_sub(s.cursor(r).unwrap_or(0))))
                         .collect();
-                    (stats.bytes, stats.dropped, backlog)
+                    metrics::SpoolGauges {
+                        bytes: stats.bytes,
+                        dropped: stats.dropped,
+                        backlog,
+                    }
                 }),
             },
         );
 
-        let last = spool.lock().unwrap_or_else(|p| p.into_inner()).stats().last_seq;
+        let last = spool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stats()
+            .last_seq;
         let (written, written_rx) = watch::channel(last);
         let (stop, stop_rx) = watch::channel(false);
         let writer = tokio::spawn(write_spool(
@@ -196,7 +204,7 @@ async fn write_spool(
         let result = match entry {
             Ok(event) => {
                 instruments.on_event(&event, now_unix_nano());
-                s.append(Entry::Event((*event).clone())).map(drop)
+                s.append(Entry::Event(Box::new((*event).clone()))).map(drop)
             }
             Err(missed) => s.record_lag(missed),
         };

@@ -259,7 +259,10 @@ fn session(event: &Event, d: &SessionDetail) -> KindParts {
         end: time_of(event.time_unix_nano),
         root: true,
         error: None,
-        attributes: vec![KeyValue::new(sc::GEN_AI_OPERATION_NAME, sc::OP_INVOKE_AGENT)],
+        attributes: vec![KeyValue::new(
+            sc::GEN_AI_OPERATION_NAME,
+            sc::OP_INVOKE_AGENT,
+        )],
     });
     (
         sc::EVENT_SESSION,

@@ -31,7 +31,11 @@ pub fn node_id(config: &TelemetryConfig) -> String {
     config
         .node_id
         .clone()
-        .or_else(|| std::env::var("AGENTCAGE_NODE_ID").ok().filter(|s| !s.is_empty()))
+        .or_else(|| {
+            std::env::var("AGENTCAGE_NODE_ID")
+                .ok()
+                .filter(|s| !s.is_empty())
+        })
         .unwrap_or_else(host_name)
 }
 
