@@ -38,6 +38,14 @@ pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
             }
         }
         Command::Events { follow } => events(&cli, follow),
+        Command::Completions { shell } => {
+            super::assets::completions(shell);
+            Ok(0)
+        }
+        Command::Manpages { dir } => {
+            super::assets::manpages(&dir)?;
+            Ok(0)
+        }
         Command::Doctor { output } => {
             let report = doctor::probe();
             match output {

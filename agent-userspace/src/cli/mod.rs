@@ -1,6 +1,7 @@
 //! The `agentcage` command line: thin wrappers over the control protocol, plus the local
 //! `doctor` and `policy check`.
 
+mod assets;
 mod commands;
 mod run;
 mod shield;
@@ -112,6 +113,17 @@ pub enum Command {
     /// Policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages of agentcage and agentcaged into a directory (packaging).
+    #[command(hide = true)]
+    Manpages {
+        /// The directory.
+        dir: PathBuf,
+    },
 }
 
 /// `agentcage run` arguments.
