@@ -25,6 +25,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // installs from PyPI with pip.
     "libpython3.11",
     "python3-pip",
+    // The dashboard test renders the page in headless Chromium.
+    "chromium",
 ];
 
 /// The Rotel release the telemetry tests send to (a Rust OTLP collector shipped on PyPI).

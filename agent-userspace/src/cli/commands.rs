@@ -38,6 +38,18 @@ pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
             }
         }
         Command::Events { follow } => events(&cli, follow),
+        Command::Top { interval_ms, once } => super::top::top(
+            &cli.socket,
+            std::time::Duration::from_millis(interval_ms),
+            once,
+        ),
+        Command::Dashboard => match Client::connect(&cli.socket)?.call(&Request::Dashboard {})? {
+            Response::Dashboard { url } => {
+                println!("{url}");
+                Ok(0)
+            }
+            other => Err(CliError::unexpected(&other)),
+        },
         Command::Completions { shell } => {
             super::assets::completions(shell);
             Ok(0)

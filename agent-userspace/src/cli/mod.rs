@@ -5,6 +5,7 @@ mod assets;
 mod commands;
 mod run;
 mod shield;
+mod top;
 
 use std::path::PathBuf;
 
@@ -113,6 +114,17 @@ pub enum Command {
     /// Policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// A live view: agents, rung, budgets used, recent denials (Ctrl-C to stop).
+    Top {
+        /// Redraw period in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Print one frame and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Print the address of the daemon's local web dashboard (with its access token).
+    Dashboard,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.

@@ -36,6 +36,8 @@ pub enum Request {
     },
     /// Read the policy file again; a broken one is refused and the old one stays.
     Reload {},
+    /// The local web dashboard's address, with its access token.
+    Dashboard {},
 }
 
 /// What the daemon answers.
@@ -102,6 +104,11 @@ pub enum Response {
         source: String,
         /// SHA-256 of the new policy.
         policy_hash: String,
+    },
+    /// Answer to [`Request::Dashboard`].
+    Dashboard {
+        /// The address to open, token included (in the fragment).
+        url: String,
     },
     /// The request failed; nothing was changed.
     Error {

@@ -38,6 +38,8 @@ pub struct ConfigFile {
     pub telemetry: TelemetryConfig,
     /// The spool's directory and bounds.
     pub spool: SpoolConfig,
+    /// The local web dashboard.
+    pub dashboard: super::DashboardConfig,
 }
 
 impl ConfigFile {

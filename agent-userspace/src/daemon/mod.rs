@@ -5,12 +5,14 @@
 //! slow or dead daemon lets nothing through.
 
 mod config;
+mod dashboard;
 mod file;
 mod server;
 mod state;
 mod tasks;
 
 pub use config::{DaemonConfig, LogFormat};
+pub use dashboard::DashboardConfig;
 pub use file::{ConfigFile, ConfigFileError};
 pub use state::StateError;
 
@@ -73,6 +75,9 @@ pub enum DaemonError {
     /// Telemetry could not start (bad configuration, spool not writable).
     #[error(transparent)]
     Telemetry(#[from] crate::telemetry::TelemetryError),
+    /// The dashboard cannot be served as configured.
+    #[error("dashboard: {0}")]
+    Dashboard(String),
     /// The kernel refused something else.
     #[error("{0}: {1}")]
     Sys(&'static str, #[source] io::Error),
@@ -93,6 +98,11 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         None => ConfigFile::default(),
     };
     file.telemetry.apply_env(|k| std::env::var(k).ok())?;
+    if let Some(listen) = file.dashboard.listen.filter(|l| !l.ip().is_loopback()) {
+        return Err(DaemonError::Dashboard(format!(
+            "dashboard.listen {listen} is not a loopback address: the dashboard is local only"
+        )));
+    }
     let access = match &config.group {
         Some(g) => AccessPolicy::with_group(g).map_err(DaemonError::Group)?,
         None => AccessPolicy::root_only(),
@@ -173,6 +183,17 @@ async fn start(
     );
     let bus = EventBus::new();
     state.set_bus(bus.clone());
+    let dashboard = match file.dashboard.listen {
+        Some(listen) => {
+            let listener = dashboard::bind(listen).await?;
+            let token: Arc<str> = dashboard::new_token()?.into();
+            let addr = listener
+                .local_addr()
+                .map_err(|e| DaemonError::Dashboard(e.to_string()))?;
+            Some((listener, token, format!("http://{addr}/")))
+        }
+        None => None,
+    };
     // Started before the programs attach: a telemetry configuration that cannot work stops
     // the daemon with nothing attached, and the spool subscribes before any event is read.
     let shared_slot = Arc::new(std::sync::OnceLock::<std::sync::Weak<Shared>>::new());
@@ -219,6 +240,9 @@ async fn start(
         state: std::sync::Mutex::new(state),
         bus,
         access,
+        dashboard: dashboard
+            .as_ref()
+            .map(|(_, token, url)| format!("{url}#token={token}")),
     });
     let _ = shared_slot.set(Arc::downgrade(&shared));
     {
@@ -239,6 +263,9 @@ async fn start(
     }
     tasks.spawn(tasks::report_losses(Arc::clone(&shared)));
     tasks.spawn(tasks::accept(Arc::clone(&shared), listener));
+    if let Some((listener, token, _)) = dashboard {
+        tasks.spawn(dashboard::serve(Arc::clone(&shared), listener, token));
+    }
 
     signals
         .wait_for_stop(&shared, || {
