@@ -87,7 +87,7 @@ pub enum Entry {
         time_unix_nano: u64,
         /// How many.
         count: u64,
-        /// Why: `size_bound` or `bus_lag`.
+        /// Why: `size_bound`, `bus_lag` or `write_error`.
         reason: String,
     },
 }
@@ -160,6 +160,12 @@ impl Spool {
         }
         let dir = config.dir.clone();
         fs::create_dir_all(&dir).map_err(SpoolError::io("creating", &dir))?;
+        // Events name agents, processes and destinations: root's eyes only.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                .map_err(SpoolError::io("restricting", &dir))?;
+        }
         let cursors = Cursors::load(&dir, readers)?;
         let mut segments = BTreeMap::new();
         for entry in fs::read_dir(&dir).map_err(SpoolError::io("listing", &dir))? {
@@ -234,15 +240,15 @@ impl Spool {
         Ok(dropped)
     }
 
-    /// Counts events that never reached the spool (the bus outran its consumer), durably, and
-    /// records that as an entry.
-    pub fn record_lag(&mut self, count: u64) -> Result<(), SpoolError> {
+    /// Counts events that never reached the spool (`bus_lag`: the bus outran its consumer;
+    /// `write_error`: an append failed), durably, and records that as an entry.
+    pub fn record_loss(&mut self, count: u64, reason: &str) -> Result<(), SpoolError> {
         self.cursors.add_dropped(count);
         self.cursors.save(&self.dir)?;
         self.append(Entry::Dropped {
             time_unix_nano: now_unix_nano(),
             count,
-            reason: "bus_lag".into(),
+            reason: reason.into(),
         })?;
         Ok(())
     }

@@ -197,22 +197,33 @@ async fn write_spool(
     mut stop: watch::Receiver<bool>,
     instruments: Instruments,
 ) {
-    let append = |entry: Result<Arc<Event>, u64>| {
+    // Events whose append failed (disk full, I/O error): counted and reported as soon as the
+    // spool takes writes again.
+    let mut unwritten: u64 = 0;
+    let mut append = |entry: Result<Arc<Event>, u64>| {
         let mut s = spool.lock().unwrap_or_else(|p| p.into_inner());
+        if unwritten > 0 && s.record_loss(unwritten, "write_error").is_ok() {
+            unwritten = 0;
+        }
         // Appends are small writes to a local file (page cache): cheap enough to do here,
         // and doing them in order keeps the spool in bus order.
         let result = match entry {
             Ok(event) => {
                 instruments.on_event(&event, now_unix_nano());
-                s.append(Entry::Event(Box::new((*event).clone()))).map(drop)
+                s.append(Entry::Event(Box::new((*event).clone())))
+                    .map(drop)
+                    .map_err(|e| (e, 1))
             }
-            Err(missed) => s.record_lag(missed),
+            Err(missed) => s.record_loss(missed, "bus_lag").map_err(|e| (e, missed)),
         };
         match result {
             Ok(()) => {
                 let _ = written.send(s.stats().last_seq);
             }
-            Err(e) => error!(error = %e, "telemetry: an event could not be written to the spool"),
+            Err((e, lost)) => {
+                unwritten += lost;
+                error!(error = %e, unwritten, "telemetry: events could not be written to the spool");
+            }
         }
     };
     loop {
