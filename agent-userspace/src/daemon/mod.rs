@@ -256,7 +256,8 @@ async fn start(
     }
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(tasks::read_events(Arc::clone(&shared), ring));
+    let (stop_reading, reading_stop) = tokio::sync::watch::channel(false);
+    let reader = tokio::spawn(tasks::read_events(Arc::clone(&shared), ring, reading_stop));
     tasks.spawn(tasks::watch_cages(Arc::clone(&shared), inotify));
     if let Some(log) = kernel_log {
         tasks.spawn(tasks::forward_kernel_log(log));
@@ -272,6 +273,9 @@ async fn start(
             watch_links(&mut programs, &mut ebpf, root.dir().path())
         })
         .await;
+    // Events already in the ring buffer go to the bus (and the spool) before anything stops.
+    let _ = stop_reading.send(true);
+    let _ = reader.await;
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     if let Some(t) = telemetry {

@@ -21,8 +21,14 @@ fn register<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
     unsafe { AsyncFd::register(inner) }.map_err(|e| e.into_parts().1)
 }
 
-/// Reads kernel events, enriches them and publishes them on the bus.
-pub async fn read_events(shared: Arc<Shared>, ring: RingBuf<MapData>) {
+/// Reads kernel events, enriches them and publishes them on the bus; when `stop` changes,
+/// publishes what the ring buffer still holds and returns, so a stopping daemon hands every
+/// event it was told about to the bus (and the spool).
+pub async fn read_events(
+    shared: Arc<Shared>,
+    ring: RingBuf<MapData>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut fd = match register(ring) {
         Ok(fd) => fd,
         Err(e) => {
@@ -30,15 +36,7 @@ pub async fn read_events(shared: Arc<Shared>, ring: RingBuf<MapData>) {
             return;
         }
     };
-    loop {
-        let mut guard = match fd.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
-                error!(error = %e, "event ring buffer poll failed");
-                return;
-            }
-        };
-        let ring = guard.get_inner_mut();
+    let drain = |ring: &mut RingBuf<MapData>| {
         while let Some(item) = ring.next() {
             match decode(&item) {
                 Ok(raw) => {
@@ -49,7 +47,25 @@ pub async fn read_events(shared: Arc<Shared>, ring: RingBuf<MapData>) {
                 Err(e) => warn!(error = %e, "undecodable event record skipped"),
             }
         }
-        guard.clear_ready();
+    };
+    loop {
+        tokio::select! {
+            ready = fd.readable_mut() => {
+                let mut guard = match ready {
+                    Ok(g) => g,
+                    Err(e) => {
+                        error!(error = %e, "event ring buffer poll failed");
+                        return;
+                    }
+                };
+                drain(guard.get_inner_mut());
+                guard.clear_ready();
+            }
+            _ = stop.changed() => {
+                drain(fd.get_mut());
+                return;
+            }
+        }
     }
 }
 
