@@ -325,3 +325,94 @@ pub fn span_data(
         instrumentation_scope: scope.clone(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::EgressDetail;
+
+    fn record(seq: u64, detail: EventDetail) -> Record {
+        Record {
+            seq,
+            entry: Entry::Event(Box::new(Event {
+                time_unix_nano: 2_000_000_000,
+                kernel_ts_ns: 1,
+                agent: Some("agent:a".into()),
+                pid: 11,
+                tgid: 10,
+                comm: "curl".into(),
+                cgroup_id: 99,
+                policy_hash: "h".into(),
+                detail,
+            })),
+        }
+    }
+
+    fn deny() -> EventDetail {
+        EventDetail::Egress(EgressDetail {
+            hook: "connect4".into(),
+            family: "ipv4".into(),
+            protocol: "tcp".into(),
+            sock_type: "stream".into(),
+            dst_addr: Some([127, 0, 0, 2].into()),
+            dst_port: 8080,
+            verdict: "deny".into(),
+            rule: "default-deny".into(),
+            rule_text: None,
+        })
+    }
+
+    #[test]
+    fn a_resent_record_has_the_same_ids_and_decisions_hang_under_the_session_root() {
+        let a = describe(&record(7, deny()), "node");
+        let again = describe(&record(7, deny()), "node");
+        assert_eq!(a.ids, again.ids, "derived, not random");
+        let other = describe(&record(8, deny()), "node");
+        assert_ne!(a.ids.span_id, other.ids.span_id);
+        assert_eq!(
+            a.ids.trace_id, other.ids.trace_id,
+            "same session, same trace"
+        );
+        let end = describe(
+            &record(
+                9,
+                EventDetail::Session(SessionDetail {
+                    action: "end".into(),
+                    started_unix_nano: 1_000_000_000,
+                }),
+            ),
+            "node",
+        );
+        let scope = InstrumentationScope::builder("t").build();
+        let root = span_data(&end, &scope).expect("the end of a session is its root span");
+        let child = span_data(&a, &scope).unwrap();
+        assert_eq!(root.name, "invoke_agent a");
+        assert_eq!(root.parent_span_id, SpanId::INVALID);
+        assert_eq!(child.parent_span_id, root.span_context.span_id());
+        assert_eq!(child.span_context.trace_id(), root.span_context.trace_id());
+        assert_eq!(root.start_time, time_of(1_000_000_000));
+        // Another node's session with the same cgroup id is another trace.
+        assert_ne!(
+            describe(&record(7, deny()), "other").ids.trace_id,
+            a.ids.trace_id
+        );
+    }
+
+    #[test]
+    fn a_denial_is_a_warning_with_typed_network_and_process_attributes() {
+        let d = describe(&record(1, deny()), "n");
+        assert_eq!(d.event_name, sc::EVENT_EGRESS_DECISION);
+        assert_eq!(d.severity, Severity::Warn);
+        let get = |k: &str| {
+            d.attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == k)
+                .map(|kv| kv.value.clone())
+        };
+        assert_eq!(get(sc::SERVER_PORT), Some(Value::I64(8080)));
+        assert_eq!(get(sc::PROCESS_PID), Some(Value::I64(10)));
+        assert_eq!(get(sc::SERVER_ADDRESS), Some(Value::from("127.0.0.2")));
+        assert_eq!(get(sc::GEN_AI_AGENT_NAME), Some(Value::from("a")));
+        assert_eq!(get(sc::EVENT_SEQ), Some(Value::I64(1)));
+    }
+}
