@@ -138,6 +138,18 @@ fn check_typed_export(protocol: &str) {
             .cloned()
     });
     assert!(!decided.attrs.contains_key("process.pid"), "{decided:#?}");
+
+    // Policy events: a refused reload is an ERROR record naming the problem.
+    let refused = daemon.rewrite_policy("version: 1\nagents: [\n");
+    assert!(!refused.status.success());
+    let record = collector.wait_for("the refused reload", |items| {
+        logs_named(items, "agentcage.policy.reload")
+            .first()
+            .map(|i| (*i).clone())
+    });
+    assert_eq!(record.attr("agentcage.policy.result"), Some("Str(refused)"));
+    assert_eq!(record.field("SeverityText"), Some("ERROR"));
+    assert!(record.attr("error.message").is_some(), "{record:#?}");
     let _ = daemon.stop();
 }
 

@@ -270,7 +270,7 @@ async fn start(
 
     signals
         .wait_for_stop(&shared, || {
-            watch_links(&mut programs, &mut ebpf, root.dir().path())
+            watch_links(&mut programs, &mut ebpf, root.dir().path(), &shared)
         })
         .await;
     // Events already in the ring buffer go to the bus (and the spool) before anything stops.
@@ -306,7 +306,12 @@ const WATCHDOG_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Puts back any program whose link someone detached (root outside every cage can), and
 /// says so loudly: the kernel would otherwise stop judging the cages.
-fn watch_links(programs: &mut AttachedPrograms, ebpf: &mut aya::Ebpf, root: &std::path::Path) {
+fn watch_links(
+    programs: &mut AttachedPrograms,
+    ebpf: &mut aya::Ebpf,
+    root: &std::path::Path,
+    shared: &Shared,
+) {
     let missing = match programs.missing(ebpf) {
         Ok(m) if m.is_empty() => return,
         Ok(m) => m,
@@ -322,6 +327,15 @@ fn watch_links(programs: &mut AttachedPrograms, ebpf: &mut aya::Ebpf, root: &std
             // Fail closed: with a hook missing, nothing in a cage may run until it is back.
             let frozen = std::fs::write(root.join("cgroup.freeze"), "1").is_ok();
             error!(error = %e, frozen, "could not re-attach the programs; every cage is frozen");
+            let hash = shared.state().policy().hash().to_owned();
+            shared.bus.publish(crate::events::Event::daemon(
+                &hash,
+                crate::events::EventDetail::Containment(crate::events::ContainmentDetail {
+                    action: "freeze_all".into(),
+                    reason: format!("programs {missing:?} detached and not re-attachable: {e}"),
+                    done: frozen,
+                }),
+            ));
         }
     }
 }

@@ -25,7 +25,7 @@ use crate::{
     cage::{CageError, CageRoot, CgroupDir},
     caps,
     control::{AgentStatus, StatusReport},
-    events::{EgressDetail, Event, EventBus, EventDetail, RawEvent, SessionDetail},
+    events::{EgressDetail, Event, EventBus, EventDetail, PolicyDetail, RawEvent, SessionDetail},
     identity::AgentIdentity,
     policy::{compile_egress, validate_agent_name, CompiledEgress, Policy, PolicyError},
 };
@@ -498,8 +498,31 @@ impl State {
     /// Reads the policy file again and swaps it in for every cage. A policy that fails to
     /// parse, validate or compile is refused and the old one stays in force.
     pub fn reload(&mut self) -> Result<Arc<Policy>, StateError> {
-        let policy = Policy::load(&self.policy_path)?;
-        self.apply(policy)
+        let result = Policy::load(&self.policy_path)
+            .map_err(StateError::from)
+            .and_then(|policy| self.apply(policy));
+        if let Some(bus) = &self.bus {
+            let (hash, detail) = match &result {
+                Ok(p) => (
+                    p.hash().to_owned(),
+                    PolicyDetail {
+                        result: "applied".into(),
+                        source: p.source().to_owned(),
+                        error: None,
+                    },
+                ),
+                Err(e) => (
+                    self.policy.hash().to_owned(),
+                    PolicyDetail {
+                        result: "refused".into(),
+                        source: self.policy_path.display().to_string(),
+                        error: Some(crate::errors::render(e)),
+                    },
+                ),
+            };
+            bus.publish(Event::daemon(&hash, EventDetail::Policy(detail)));
+        }
+        result
     }
 
     /// Swaps `policy` in: compile everything first, fill fresh slots, then switch each cage

@@ -35,6 +35,26 @@ pub struct Event {
     pub detail: EventDetail,
 }
 
+impl Event {
+    /// An event of the daemon itself (not from the kernel): now, no process, no cage.
+    pub fn daemon(policy_hash: &str, detail: EventDetail) -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        Self {
+            time_unix_nano: now,
+            kernel_ts_ns: 0,
+            agent: None,
+            pid: 0,
+            tgid: 0,
+            comm: String::new(),
+            cgroup_id: 0,
+            policy_hash: policy_hash.to_owned(),
+            detail,
+        }
+    }
+}
+
 /// The family-specific part of an event.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -43,6 +63,33 @@ pub enum EventDetail {
     Egress(EgressDetail),
     /// An agent session began (its cage was made) or ended (the cage was removed).
     Session(SessionDetail),
+    /// The policy was reloaded, or a reload was refused.
+    Policy(PolicyDetail),
+    /// The daemon contained agents (e.g. froze every cage when it could not re-attach a program).
+    Containment(ContainmentDetail),
+}
+
+/// A policy reload, applied or refused.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PolicyDetail {
+    /// `applied` or `refused`.
+    pub result: String,
+    /// The policy file.
+    pub source: String,
+    /// Why it was refused.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+}
+
+/// A containment action taken by the daemon.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ContainmentDetail {
+    /// What was done (`freeze_all`).
+    pub action: String,
+    /// Why.
+    pub reason: String,
+    /// Whether it took effect.
+    pub done: bool,
 }
 
 /// An agent session's start or end: one trace per session in the exported telemetry.

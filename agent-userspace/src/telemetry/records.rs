@@ -22,7 +22,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::semconv as sc;
 use crate::{
-    events::{EgressDetail, Event, EventDetail, SessionDetail},
+    events::{ContainmentDetail, EgressDetail, Event, EventDetail, PolicyDetail, SessionDetail},
     spool::{Entry, Record},
 };
 
@@ -136,6 +136,8 @@ pub fn describe(record: &Record, node: &str) -> Described {
             let (event_name, severity, body, span, more) = match &event.detail {
                 EventDetail::Egress(d) => egress(event, d),
                 EventDetail::Session(d) => session(event, d),
+                EventDetail::Policy(d) => policy(d),
+                EventDetail::Containment(d) => containment(d),
             };
             attributes.extend(more);
             Described {
@@ -173,6 +175,8 @@ fn common(event: &Event) -> Vec<KeyValue> {
     let kind = match &event.detail {
         EventDetail::Egress(_) => "egress",
         EventDetail::Session(_) => "session",
+        EventDetail::Policy(_) => "policy",
+        EventDetail::Containment(_) => "containment",
     };
     let mut out = vec![
         KeyValue::new(sc::EVENT_KIND, kind),
@@ -270,6 +274,50 @@ fn session(event: &Event, d: &SessionDetail) -> KindParts {
         format!("session of agent {agent} {}", d.action),
         span,
         attrs,
+    )
+}
+
+fn policy(d: &PolicyDetail) -> KindParts {
+    let mut attrs = vec![
+        KeyValue::new(sc::POLICY_RESULT, d.result.clone()),
+        KeyValue::new(sc::POLICY_SOURCE, d.source.clone()),
+    ];
+    if let Some(e) = &d.error {
+        attrs.push(KeyValue::new(sc::ERROR_MESSAGE, e.clone()));
+    }
+    let refused = d.result != "applied";
+    (
+        sc::EVENT_POLICY,
+        if refused {
+            Severity::Error
+        } else {
+            Severity::Info
+        },
+        match &d.error {
+            Some(e) => format!("policy reload {}: {e}", d.result),
+            None => format!("policy reload {}: {}", d.result, d.source),
+        },
+        None,
+        attrs,
+    )
+}
+
+fn containment(d: &ContainmentDetail) -> KindParts {
+    (
+        sc::EVENT_CONTAINMENT,
+        Severity::Error,
+        format!(
+            "{} ({}): {}",
+            d.action,
+            if d.done { "done" } else { "FAILED" },
+            d.reason
+        ),
+        None,
+        vec![
+            KeyValue::new(sc::CONTAINMENT_ACTION, d.action.clone()),
+            KeyValue::new(sc::CONTAINMENT_DONE, d.done),
+            KeyValue::new(sc::ERROR_MESSAGE, d.reason.clone()),
+        ],
     )
 }
 

@@ -87,6 +87,16 @@ pub const SESSION_ACTION: &str = "agentcage.session.action";
 pub const DROPPED_COUNT: &str = "agentcage.dropped.count";
 /// Why events were dropped (`size_bound`, `bus_lag`).
 pub const DROPPED_REASON: &str = "agentcage.dropped.reason";
+/// `applied` or `refused` (policy reloads).
+pub const POLICY_RESULT: &str = "agentcage.policy.result";
+/// The policy file.
+pub const POLICY_SOURCE: &str = "agentcage.policy.source";
+/// What the daemon did to contain agents (`freeze_all`).
+pub const CONTAINMENT_ACTION: &str = "agentcage.containment.action";
+/// Whether the containment action took effect.
+pub const CONTAINMENT_DONE: &str = "agentcage.containment.done";
+/// `error.message`: why something failed.
+pub const ERROR_MESSAGE: &str = "error.message";
 /// An approval's id (reported by applications; issue 4).
 pub const APPROVAL_ID: &str = "agentcage.approval.id";
 /// A ticket's id (reported by applications; issue 4).
@@ -101,6 +111,8 @@ pub const BUDGET: &str = "agentcage.budget";
 pub const EVENT_EGRESS_DECISION: &str = "agentcage.egress.decision";
 /// An agent session started or ended (its cage was made or removed).
 pub const EVENT_SESSION: &str = "agentcage.session";
+/// A policy reload, applied or refused.
+pub const EVENT_POLICY: &str = "agentcage.policy.reload";
 /// Events that were never exported.
 pub const EVENT_DROPPED: &str = "agentcage.telemetry.dropped";
 /// A process execution (issue 3's exec events map here).
