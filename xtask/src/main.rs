@@ -3,6 +3,7 @@
 
 mod bench;
 mod build;
+mod package;
 mod run;
 mod setup;
 mod test;
@@ -46,6 +47,9 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Setup, release build, then the .deb (systemd unit, config, completions, man pages) in
+    /// target/debian/.
+    Package,
     /// Benchmarks (they measure and report; they pass or fail nothing).
     Bench {
         #[command(subcommand)]
@@ -86,6 +90,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Build { release } => build::build(release),
         Cmd::Run { args } => run::run_daemon(&args),
         Cmd::Test { args } => test::test(&args),
+        Cmd::Package => package::package(),
         Cmd::Bench { bench } => bench::run_bench(bench),
         Cmd::ConnectLoop(args) => bench::egress::connect_loop(&args),
         Cmd::ConnectProbe(args) => bench::egress::connect_probe(&args),

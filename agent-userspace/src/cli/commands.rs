@@ -52,6 +52,26 @@ pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
                 other => Err(CliError::unexpected(&other)),
             }
         }
+        Command::Top { interval_ms, once } => super::top::top(
+            &cli.socket,
+            std::time::Duration::from_millis(interval_ms),
+            once,
+        ),
+        Command::Dashboard => match Client::connect(&cli.socket)?.call(&Request::Dashboard {})? {
+            Response::Dashboard { url } => {
+                println!("{url}");
+                Ok(0)
+            }
+            other => Err(CliError::unexpected(&other)),
+        },
+        Command::Completions { shell } => {
+            super::assets::completions(shell);
+            Ok(0)
+        }
+        Command::Manpages { dir } => {
+            super::assets::manpages(&dir)?;
+            Ok(0)
+        }
         Command::Doctor { output } => {
             let mut report = doctor::probe();
             let status = Client::connect(&cli.socket)

@@ -1,9 +1,11 @@
 //! The `agentcage` command line: thin wrappers over the control protocol, plus the local
 //! `doctor` and `policy check`.
 
+mod assets;
 mod commands;
 mod run;
 mod shield;
+mod top;
 
 use std::path::PathBuf;
 
@@ -121,6 +123,28 @@ pub enum Command {
     /// Policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// A live view: agents, rung, budgets used, recent denials (Ctrl-C to stop).
+    Top {
+        /// Redraw period in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Print one frame and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Print the address of the daemon's local web dashboard (with its access token).
+    Dashboard,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages of agentcage and agentcaged into a directory (packaging).
+    #[command(hide = true)]
+    Manpages {
+        /// The directory.
+        dir: PathBuf,
+    },
 }
 
 /// `agentcage run` arguments.

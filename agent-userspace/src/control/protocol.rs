@@ -41,6 +41,8 @@ pub enum Request {
         /// The agent's name.
         agent: String,
     },
+    /// The local web dashboard's address, with its access token.
+    Dashboard {},
 }
 
 /// What the daemon answers.
@@ -114,6 +116,11 @@ pub enum Response {
         agent: String,
         /// Its processes, by pid.
         processes: Vec<crate::capture::ProcessNode>,
+    },
+    /// Answer to [`Request::Dashboard`].
+    Dashboard {
+        /// The address to open, token included (in the fragment).
+        url: String,
     },
     /// The request failed; nothing was changed.
     Error {

@@ -39,6 +39,10 @@ pub struct DaemonConfig {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// The configuration file (YAML: `telemetry:` and `spool:` sections). The
+    /// `OTEL_EXPORTER_OTLP_*` environment variables override it.
+    #[arg(long, env = "AGENTCAGE_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 impl DaemonConfig {

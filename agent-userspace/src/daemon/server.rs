@@ -34,6 +34,8 @@ pub struct Shared {
     pub bus: EventBus,
     /// Who may connect.
     pub access: AccessPolicy,
+    /// The dashboard's address with its token, when it is served.
+    pub dashboard: Option<String>,
 }
 
 impl Shared {
@@ -210,6 +212,16 @@ fn handle(shared: &Shared, peer: &Peer, request: Request, held: &mut Vec<String>
             policy_hash: p.hash().to_owned(),
         }),
         Request::Events { .. } => unreachable_events(),
+        // The control socket's checks (root or the group, never a caged process) are the
+        // dashboard's authorisation: its token is handed out only here.
+        Request::Dashboard {} => Ok(match &shared.dashboard {
+            Some(url) => Response::Dashboard { url: url.clone() },
+            None => Response::Error {
+                message: "the dashboard is not enabled: set dashboard.listen (a loopback address) \
+                          in the daemon's configuration file"
+                    .into(),
+            },
+        }),
     };
     result.unwrap_or_else(|e| {
         warn!(error = %e, uid = peer.uid, pid = peer.pid, "request refused");

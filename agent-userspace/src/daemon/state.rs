@@ -24,7 +24,9 @@ use crate::{
     caps,
     capture::{ProcessNode, ProcessTree},
     control::{AgentStatus, StatusReport},
-    events::{Event, EventDetail, ExitDetail, ForkDetail, RawEvent},
+    events::{
+        Event, EventBus, EventDetail, ExitDetail, ForkDetail, PolicyDetail, RawEvent, SessionDetail,
+    },
     identity::AgentIdentity,
     policy::{
         compile_egress, compile_exec, compile_files, validate_agent_name, AgentPolicy,
@@ -130,6 +132,8 @@ struct Cage {
     /// Open client connections that need the cage to exist (e.g. `run` before its child joins).
     holds: usize,
     watch: WatchDescriptor,
+    /// When the cage was made (or taken over): the start of the agent's session.
+    started_unix_nano: u64,
 }
 
 /// Where the inodes of a slot's file rules were found: (dev, inode) → path.
@@ -178,6 +182,12 @@ pub struct State {
     retired: std::collections::VecDeque<u32>,
     /// Retired slots whose entries are still in the maps, with when they were retired.
     draining: std::collections::VecDeque<(std::time::Instant, SlotEntries)>,
+    /// Where session starts and ends are published (set once the bus exists).
+    bus: Option<EventBus>,
+    /// Wakes the event reader to publish session ends.
+    wake: Option<Arc<tokio::sync::Notify>>,
+    /// Session ends for the reader to publish after the cage's last kernel events.
+    pending_ends: Vec<(u32, Event)>,
 }
 
 /// How many agent names are remembered for events before only live ones are kept.
@@ -220,6 +230,67 @@ impl State {
             slot_policies: HashMap::new(),
             retired: std::collections::VecDeque::new(),
             draining: std::collections::VecDeque::new(),
+            bus: None,
+            wake: None,
+            pending_ends: Vec::new(),
+        }
+    }
+
+    /// Publishes session starts and ends on `bus` from now on; `wake` is notified when a
+    /// session end waits for the event reader.
+    pub fn set_bus(&mut self, bus: EventBus, wake: Arc<tokio::sync::Notify>) {
+        self.bus = Some(bus);
+        self.wake = Some(wake);
+    }
+
+    /// Session ends waiting to be published, with their sequence numbers now assigned. The
+    /// event reader takes them right after it has emptied the ring buffer, so a session's
+    /// end comes after every kernel event of its cage (those were all in the ring before
+    /// the cage emptied).
+    pub fn take_session_ends(&mut self) -> Vec<Event> {
+        let pending = std::mem::take(&mut self.pending_ends);
+        pending
+            .into_iter()
+            .map(|(agent_id, mut e)| {
+                e.agent_seq = self.next_seq(agent_id);
+                e
+            })
+            .collect()
+    }
+
+    /// Says on the bus that `agent`'s session started; queues its end for the reader.
+    fn publish_session(&mut self, agent: &str, action: &str) {
+        let Some(agent_id) = self.cages.get(agent).map(|c| c.agent_id) else {
+            return;
+        };
+        let end = action == "end";
+        let seq = if end { 0 } else { self.next_seq(agent_id) };
+        let (Some(bus), Some(cage)) = (&self.bus, self.cages.get(agent)) else {
+            return;
+        };
+        let now = crate::spool::now_unix_nano();
+        let event = Event {
+            time_unix_nano: now,
+            kernel_ts_ns: u64::try_from(i128::from(now) - self.boot_to_wall_ns).unwrap_or(0),
+            agent: Some(cage.identity.to_string()),
+            agent_seq: seq,
+            pid: 0,
+            tgid: 0,
+            comm: String::new(),
+            cgroup_id: cage.cgroup_id,
+            policy_hash: self.policy.hash().to_owned(),
+            detail: EventDetail::Session(SessionDetail {
+                action: action.to_owned(),
+                started_unix_nano: cage.started_unix_nano,
+            }),
+        };
+        if !end {
+            bus.publish(event);
+            return;
+        }
+        self.pending_ends.push((agent_id, event));
+        if let Some(wake) = &self.wake {
+            wake.notify_one();
         }
     }
 
@@ -392,6 +463,7 @@ impl State {
                 slot: entries,
                 holds: 0,
                 watch,
+                started_unix_nano: crate::spool::now_unix_nano(),
             },
         );
         Ok(())
@@ -426,6 +498,7 @@ impl State {
                 return Err(e);
             }
             info!(agent, identity = %AgentIdentity::for_agent(agent), policy_hash = self.policy.hash(), "cage created");
+            self.publish_session(agent, "start");
         }
         self.cages
             .get(agent)
@@ -574,6 +647,7 @@ impl State {
             warn!(agent, error = %e, "cage not removed");
             return;
         }
+        self.publish_session(agent, "end");
         if let Some(cage) = self.cages.remove(agent) {
             let _ = self.inotify.rm_watch(cage.watch);
             self.watches.remove(&cage.watch);
@@ -586,8 +660,31 @@ impl State {
     /// Reads the policy file again and swaps it in for every cage. A policy that fails to
     /// parse, validate or compile is refused and the old one stays in force.
     pub fn reload(&mut self) -> Result<Arc<Policy>, StateError> {
-        let policy = Policy::load(&self.policy_path)?;
-        self.apply(policy)
+        let result = Policy::load(&self.policy_path)
+            .map_err(StateError::from)
+            .and_then(|policy| self.apply(policy));
+        if let Some(bus) = &self.bus {
+            let (hash, detail) = match &result {
+                Ok(p) => (
+                    p.hash().to_owned(),
+                    PolicyDetail {
+                        result: "applied".into(),
+                        source: p.source().to_owned(),
+                        error: None,
+                    },
+                ),
+                Err(e) => (
+                    self.policy.hash().to_owned(),
+                    PolicyDetail {
+                        result: "refused".into(),
+                        source: self.policy_path.display().to_string(),
+                        error: Some(crate::errors::render(e)),
+                    },
+                ),
+            };
+            bus.publish(Event::daemon(&hash, EventDetail::Policy(detail)));
+        }
+        result
     }
 
     /// Swaps `policy` in: compile everything first, fill fresh slots, then switch each cage
@@ -769,19 +866,13 @@ impl State {
                 EventDetail::File(enrich::file(e, agent_policy, paths.map(|p| &**p)))
             }
         };
-        let seq = if h.agent_id == 0 {
-            0
-        } else {
-            let s = self.seqs.entry(h.agent_id).or_default();
-            *s += 1;
-            *s
-        };
+        let seq = self.next_seq(h.agent_id);
         let time = i128::from(h.ts_ns) + self.boot_to_wall_ns;
         Event {
             time_unix_nano: u64::try_from(time).unwrap_or(0),
             kernel_ts_ns: h.ts_ns,
             agent: agent.map(|a| AgentIdentity::for_agent(&a).to_string()),
-            seq,
+            agent_seq: seq,
             pid: h.pid,
             tgid: h.tgid,
             comm,
@@ -789,6 +880,16 @@ impl State {
             policy_hash: policy.hash().to_owned(),
             detail,
         }
+    }
+
+    /// The next number in the agent's event sequence (0 for no agent).
+    fn next_seq(&mut self, agent_id: u32) -> u64 {
+        if agent_id == 0 {
+            return 0;
+        }
+        let s = self.seqs.entry(agent_id).or_default();
+        *s += 1;
+        *s
     }
 
     fn tree(&mut self, agent_id: u32) -> &mut ProcessTree {

@@ -24,8 +24,15 @@ fn register<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
     unsafe { AsyncFd::register(inner) }.map_err(|e| e.into_parts().1)
 }
 
-/// Reads kernel events, enriches them and publishes them on the bus.
-pub async fn read_events(shared: Arc<Shared>, ring: RingBuf<MapData>) {
+/// Reads kernel events, enriches them and publishes them on the bus; when `stop` changes,
+/// publishes what the ring buffer still holds and returns, so a stopping daemon hands every
+/// event it was told about to the bus (and the spool).
+pub async fn read_events(
+    shared: Arc<Shared>,
+    ring: RingBuf<MapData>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    wake: Arc<tokio::sync::Notify>,
+) {
     let mut fd = match register(ring) {
         Ok(fd) => fd,
         Err(e) => {
@@ -34,15 +41,7 @@ pub async fn read_events(shared: Arc<Shared>, ring: RingBuf<MapData>) {
         }
     };
     let mut hashes = HashCache::default();
-    loop {
-        let mut guard = match fd.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
-                error!(error = %e, "event ring buffer poll failed");
-                return;
-            }
-        };
-        let ring = guard.get_inner_mut();
+    let mut drain = |ring: &mut RingBuf<MapData>| {
         while let Some(item) = ring.next() {
             match decode(&item) {
                 Ok(raw) => {
@@ -60,7 +59,32 @@ pub async fn read_events(shared: Arc<Shared>, ring: RingBuf<MapData>) {
                 Err(e) => warn!(error = %e, "undecodable event record skipped"),
             }
         }
-        guard.clear_ready();
+        // The ring is empty now: whatever a removed cage did is published, so its
+        // session's end may follow.
+        let ends = shared.state().take_session_ends();
+        for end in ends {
+            shared.bus.publish(end);
+        }
+    };
+    loop {
+        tokio::select! {
+            ready = fd.readable_mut() => {
+                let mut guard = match ready {
+                    Ok(g) => g,
+                    Err(e) => {
+                        error!(error = %e, "event ring buffer poll failed");
+                        return;
+                    }
+                };
+                drain(guard.get_inner_mut());
+                guard.clear_ready();
+            }
+            () = wake.notified() => drain(fd.get_mut()),
+            _ = stop.changed() => {
+                drain(fd.get_mut());
+                return;
+            }
+        }
     }
 }
 

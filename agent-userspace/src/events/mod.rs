@@ -25,7 +25,7 @@ pub struct Event {
     /// Position among the agent's events, from 1, in the order the kernel produced them
     /// (ring-buffer order); a gap never occurs without a loss being counted.
     #[serde(default)]
-    pub seq: u64,
+    pub agent_seq: u64,
     /// Thread id.
     pub pid: u32,
     /// Process id.
@@ -39,6 +39,27 @@ pub struct Event {
     /// What happened.
     #[serde(flatten)]
     pub detail: EventDetail,
+}
+
+impl Event {
+    /// An event of the daemon itself (not from the kernel): now, no process, no cage.
+    pub fn daemon(policy_hash: &str, detail: EventDetail) -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        Self {
+            time_unix_nano: now,
+            kernel_ts_ns: 0,
+            agent: None,
+            agent_seq: 0,
+            pid: 0,
+            tgid: 0,
+            comm: String::new(),
+            cgroup_id: 0,
+            policy_hash: policy_hash.to_owned(),
+            detail,
+        }
+    }
 }
 
 /// The family-specific part of an event.
@@ -55,6 +76,44 @@ pub enum EventDetail {
     Exit(ExitDetail),
     /// An open of a watched or protected file.
     File(FileDetail),
+    /// An agent session began (its cage was made) or ended (the cage was removed).
+    Session(SessionDetail),
+    /// The policy was reloaded, or a reload was refused.
+    Policy(PolicyDetail),
+    /// The daemon contained agents (e.g. froze every cage when it could not re-attach a program).
+    Containment(ContainmentDetail),
+}
+
+/// A policy reload, applied or refused.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PolicyDetail {
+    /// `applied` or `refused`.
+    pub result: String,
+    /// The policy file.
+    pub source: String,
+    /// Why it was refused.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+}
+
+/// A containment action taken by the daemon.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ContainmentDetail {
+    /// What was done (`freeze_all`).
+    pub action: String,
+    /// Why.
+    pub reason: String,
+    /// Whether it took effect.
+    pub done: bool,
+}
+
+/// An agent session's start or end: one trace per session in the exported telemetry.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SessionDetail {
+    /// `start` or `end`.
+    pub action: String,
+    /// When the session started, ns since the Unix epoch.
+    pub started_unix_nano: u64,
 }
 
 /// An egress decision.
