@@ -2,6 +2,13 @@
 
 /// Raw (`SOCK_RAW`), packet and other non-TCP/UDP network sockets are allowed.
 pub const CAGE_F_ALLOW_RAW: u32 = 1 << 0;
+/// A hard budget limit was reached: every new connect and send is denied with
+/// [`crate::egress::Verdict::Budget`] until the daemon lifts it.
+pub const CAGE_F_THROTTLED: u32 = 1 << 1;
+/// The approval-required rung: destinations outside the allow list are denied with
+/// [`crate::egress::Verdict::PendingApproval`] unless a person approved that destination
+/// (an [`crate::approval::ApprovalKey`] naming it, unexpired).
+pub const CAGE_F_APPROVAL_ALL: u32 = 1 << 2;
 
 /// What the kernel needs to know about one cage. Written by user space only.
 #[repr(C)]

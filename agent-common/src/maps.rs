@@ -8,6 +8,10 @@ pub const CAGE_STATS: &str = "CAGE_STATS";
 pub const EGRESS_V4: &str = "EGRESS_V4";
 /// IPv6 egress allow list: [`crate::egress::Key6`] → [`crate::egress::PortRules`].
 pub const EGRESS_V6: &str = "EGRESS_V6";
+/// Approvals: [`crate::approval::ApprovalKey`] → expiry (boot-time ns).
+pub const APPROVALS: &str = "APPROVALS";
+/// How many approvals can be in force at once.
+pub const MAX_APPROVALS: u32 = 4096;
 /// The ring buffer every event goes through.
 pub const EVENTS: &str = "EVENTS";
 /// Events lost because the agent was unknown when the ring buffer was full.

@@ -1,6 +1,7 @@
 //! User-space only: let aya read and write these types in maps.
 
 use crate::{
+    approval::ApprovalKey,
     cage::{CageConfig, CageStats},
     egress::{Key4, Key6, PortRules},
 };
@@ -16,3 +17,5 @@ unsafe impl aya::Pod for Key4 {}
 unsafe impl aya::Pod for Key6 {}
 // SAFETY: as above.
 unsafe impl aya::Pod for PortRules {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ApprovalKey {}

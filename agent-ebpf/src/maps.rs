@@ -2,9 +2,10 @@
 //! map's name) so user space finds them.
 
 use agent_common::{
+    approval::{ApprovalExpiry, ApprovalKey},
     cage::{CageConfig, CageStats},
     egress::{Key4, Key6, PortRules},
-    maps::{EVENTS_BYTES, MAX_CAGES, MAX_EGRESS_ENTRIES},
+    maps::{EVENTS_BYTES, MAX_APPROVALS, MAX_CAGES, MAX_EGRESS_ENTRIES},
 };
 use aya_ebpf::{
     macros::map,
@@ -29,3 +30,7 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 #[map]
 pub static GLOBAL_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static APPROVALS: HashMap<ApprovalKey, ApprovalExpiry> =
+    HashMap::with_max_entries(MAX_APPROVALS, 0);

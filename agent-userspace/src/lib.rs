@@ -10,6 +10,7 @@
 //! - [`control`]: the control socket's protocol, server (peer checks) and client;
 //! - [`daemon`]: the daemon's state and main loop;
 //! - [`cli`]: the command line;
+//! - [`runtime`]: containment, approvals, budgets, assertions, application events;
 //! - [`doctor`]: what this kernel can do, probed;
 //! - [`errors`]: rendering error chains for people.
 
@@ -24,3 +25,4 @@ pub mod errors;
 pub mod events;
 pub mod identity;
 pub mod policy;
+pub mod runtime;

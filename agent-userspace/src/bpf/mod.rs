@@ -1,10 +1,12 @@
 //! The eBPF side as user space sees it: the embedded object, loading and attaching it to the
 //! cages' parent cgroup, pinning for lasting enforcement, and typed access to its maps.
 
+mod approvals;
 mod loader;
 mod maps;
 
 pub use loader::{ensure_bpffs, release_pinned, AttachedPrograms, ProgramKind, PROGRAMS};
+pub use approvals::ApprovalMap;
 pub use maps::{EgressMaps, SlotEntries};
 
 use std::{io, path::PathBuf};

@@ -13,7 +13,7 @@ use std::{
 use agent_common::{
     cage::{CageConfig, CAGE_F_ALLOW_RAW},
     egress::{
-        Hook, Verdict, RULE_DEFAULT_DENY, RULE_IP_OPTIONS, RULE_NO_CAGE, RULE_ROUTING_HEADER,
+        Hook, Verdict, RULE_BUDGET, RULE_DEFAULT_DENY, RULE_IP_OPTIONS, RULE_NO_CAGE, RULE_ROUTING_HEADER,
         RULE_SOCKET_ALLOWED, RULE_SOCKET_KIND,
     },
 };
@@ -590,6 +590,7 @@ impl State {
             RULE_NO_CAGE => "no-cage".to_owned(),
             RULE_IP_OPTIONS => "ip-options".to_owned(),
             RULE_ROUTING_HEADER => "routing-header".to_owned(),
+            RULE_BUDGET => "budget".to_owned(),
             n => format!("egress.allow[{n}]"),
         };
         let hook = Hook::from_u8(e.hook);
@@ -633,6 +634,8 @@ impl State {
                 verdict: match Verdict::from_u8(e.verdict) {
                     Some(Verdict::Allow) => "allow".to_owned(),
                     Some(Verdict::Deny) => "deny".to_owned(),
+                    Some(Verdict::PendingApproval) => "pending-approval".to_owned(),
+                    Some(Verdict::Budget) => "budget".to_owned(),
                     None => e.verdict.to_string(),
                 },
                 rule,

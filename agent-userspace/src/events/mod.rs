@@ -1,8 +1,13 @@
 //! Events: decoded from the kernel's ring buffer, enriched with the agent's identity and the
 //! policy in force, and fanned out on a bus to independent consumers.
 
+mod app;
 mod bus;
 mod decode;
+mod runtime;
+
+pub use app::{AppEvent, Phase};
+pub use runtime::{ApprovalDetail, AssertionDetail, BudgetDetail, ContainmentDetail};
 
 pub use bus::EventBus;
 pub use decode::{decode, DecodeError, RawEvent};
@@ -41,6 +46,16 @@ pub struct Event {
 pub enum EventDetail {
     /// An egress decision.
     Egress(EgressDetail),
+    /// What the agent's application reported.
+    App(AppEvent),
+    /// The cage moved to a containment rung.
+    Containment(ContainmentDetail),
+    /// An approval was requested or decided.
+    Approval(ApprovalDetail),
+    /// A budget limit was reached.
+    Budget(BudgetDetail),
+    /// A temporal assertion was violated.
+    Assertion(AssertionDetail),
 }
 
 /// An egress decision.
@@ -59,7 +74,7 @@ pub struct EgressDetail {
     pub dst_addr: Option<IpAddr>,
     /// Destination port (0 for sock_create).
     pub dst_port: u16,
-    /// `allow` or `deny`.
+    /// `allow`, `deny`, `pending-approval` or `budget`.
     pub verdict: String,
     /// The rule that decided: `egress.allow[N]`, `default-deny`, `socket-kind`,
     /// `raw-sockets-allowed` or `no-cage`.

@@ -9,13 +9,21 @@ mod compile;
 mod error;
 mod hash;
 mod locate;
+mod runtime;
 mod schema;
 
 use std::{collections::BTreeMap, fs, path::Path};
 
 pub use compile::{compile_egress, CompiledEgress};
 pub use error::PolicyError;
-pub use schema::{AgentPolicy, AllowEvents, AllowRule, EgressPolicy, PortRange, SCHEMA_VERSION};
+pub use compile::compile_read_only;
+pub use runtime::{
+    ApprovalPolicy, Budgets, Collective, Collectives, ContainmentPolicy, DenyRate, Limit,
+    LoopRule, Rung, Span, TimeLimit,
+};
+pub use schema::{
+    json_schema, AgentPolicy, AllowEvents, AllowRule, EgressPolicy, PortRange, SCHEMA_VERSION,
+};
 
 use locate::{locate, Step};
 use schema::RawPolicy;
@@ -32,6 +40,10 @@ pub struct Policy {
     pub agents: BTreeMap<String, AgentPolicy>,
     /// The policy for agents not named in `agents`; `None` refuses them.
     pub default_agent: Option<AgentPolicy>,
+    /// User groups and their shared budgets.
+    pub groups: Collectives,
+    /// Workflows and their shared budgets.
+    pub workflows: Collectives,
     source: String,
     hash: String,
 }
@@ -49,7 +61,15 @@ impl Policy {
             });
         }
         let raw: RawPolicy = serde_norway::from_str(text).map_err(|e| yaml_error(source, &e))?;
-        let (version, agents, default_agent) = raw.into_parts();
+        let RawPolicy {
+            version,
+            agents,
+            default_agent,
+            groups,
+            workflows,
+        } = raw;
+        let (version, agents) = (version.0, agents.0);
+        check_memberships(source, &agents, default_agent.as_ref(), &groups, &workflows)?;
 
         // Compile now, so that a policy the kernel cannot hold is refused when it is loaded,
         // with a position, rather than when an agent starts.
@@ -95,11 +115,18 @@ impl Policy {
             }
         }
 
-        let canonical = hash::canonical_form(version, &agents, default_agent.as_ref());
+        let canonical = hash::canonical_form(
+            version,
+            &agents,
+            default_agent.as_ref(),
+            (&groups, &workflows),
+        );
         Ok(Self {
             version,
             agents,
             default_agent,
+            groups,
+            workflows,
             source: source.to_owned(),
             hash: hash::sha256_hex(&canonical),
         })
@@ -129,6 +156,50 @@ impl Policy {
     pub fn source(&self) -> &str {
         &self.source
     }
+
+    /// The canonical text form the hash is taken of: one line per setting, stable across
+    /// key order, whitespace and comments (what `agentcage policy diff` compares).
+    pub fn canonical(&self) -> String {
+        hash::canonical_form(
+            self.version,
+            &self.agents,
+            self.default_agent.as_ref(),
+            (&self.groups, &self.workflows),
+        )
+    }
+}
+
+/// Every group and workflow an agent names must be defined at the top level, so that a typo
+/// never silently leaves an agent outside a shared budget.
+fn check_memberships(
+    source: &str,
+    agents: &BTreeMap<String, AgentPolicy>,
+    default_agent: Option<&AgentPolicy>,
+    groups: &Collectives,
+    workflows: &Collectives,
+) -> Result<(), PolicyError> {
+    let all = agents
+        .iter()
+        .map(|(n, a)| (format!("agents.{n}"), a))
+        .chain(default_agent.map(|a| ("default_agent".to_owned(), a)));
+    for (path, agent) in all {
+        for (what, names, defined) in [
+            ("groups", &agent.groups, groups),
+            ("workflows", &agent.workflows, workflows),
+        ] {
+            if let Some(missing) = names.iter().find(|n| !defined.contains_key(*n)) {
+                return Err(PolicyError::InvalidUnlocated {
+                    file: source.to_owned(),
+                    message: format!(
+                        "{path}.{what}: {missing:?} is not defined; expected one of the names \
+                         under the top-level {what}: ({})",
+                        defined.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks that `name` can be an agent's name: 1-64 characters of `A-Z a-z 0-9 . _ -`, not
@@ -206,7 +277,7 @@ fn check_compiles(
     agent_path: &[Step<'_>],
     agent: &AgentPolicy,
 ) -> Result<(usize, usize), PolicyError> {
-    let err = match compile::compile_at(label, &agent.egress) {
+    let err = match compile::compile_at(label, &agent.egress, false) {
         Ok(c) => return Ok((c.v4.len(), c.v6.len())),
         Err(e) => e,
     };
@@ -290,6 +361,9 @@ default_agent:
                 ],
                 protocols: PROTO_TCP,
                 comment: Some("local dev server".into()),
+                name: None,
+                requires_approval: false,
+                read_only: false,
             }]
         );
         assert!(!demo.raw_sockets);
