@@ -148,6 +148,10 @@ impl Daemon {
             .arg(&policy)
             .arg("--socket")
             .arg(&socket)
+            .arg("--app-socket")
+            .arg(app_socket_of(&socket))
+            .arg("--snapshot-dir")
+            .arg(snapshots_of(&socket))
             .arg("--cgroup-name")
             .arg(&cgroup_name)
             .env("NO_COLOR", "1")
@@ -187,6 +191,16 @@ impl Daemon {
             daemon.cgroup_name.clear();
             Err(daemon.log.all.lock().unwrap().join("\n"))
         }
+    }
+
+    /// The application socket (beside the control socket).
+    pub fn app_socket(&self) -> PathBuf {
+        app_socket_of(&self.socket)
+    }
+
+    /// Where forensic snapshots go (beside the control socket).
+    pub fn snapshot_dir(&self) -> PathBuf {
+        snapshots_of(&self.socket)
     }
 
     /// The daemon's process id.
@@ -313,6 +327,14 @@ impl Drop for Daemon {
             let _ = fs::remove_dir_all(self.pin_dir());
         }
     }
+}
+
+fn app_socket_of(socket: &Path) -> PathBuf {
+    socket.with_file_name("app.sock")
+}
+
+fn snapshots_of(socket: &Path) -> PathBuf {
+    socket.with_file_name("snapshots")
 }
 
 /// Kills whatever a failed test left in the cgroup tree and removes it.

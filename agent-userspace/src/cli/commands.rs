@@ -62,6 +62,20 @@ pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
             );
             Ok(0)
         }
+        Command::Policy(
+            c @ (PolicyCommand::Apply { .. }
+            | PolicyCommand::Diff { .. }
+            | PolicyCommand::Show
+            | PolicyCommand::Schema),
+        ) => super::contain::policy(&cli.socket, c),
+        Command::Contain { .. }
+        | Command::Pause { .. }
+        | Command::Resume { .. }
+        | Command::Kill { .. }
+        | Command::Approvals { .. }
+        | Command::Approve { .. }
+        | Command::Deny { .. }
+        | Command::Event(_) => super::contain::dispatch(&cli),
         Command::Policy(PolicyCommand::Reload) => {
             let mut client = Client::connect(&cli.socket)?;
             match client.call(&Request::Reload {})? {

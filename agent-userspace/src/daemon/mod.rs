@@ -10,7 +10,7 @@ mod state;
 mod tasks;
 
 pub use config::{DaemonConfig, LogFormat};
-pub use state::StateError;
+pub use state::{Contained, StateError};
 
 use std::{io, path::PathBuf, sync::Arc};
 
@@ -21,14 +21,14 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::{
-    bpf::{self, AttachedPrograms, BpfError, EgressMaps},
+    bpf::{self, ApprovalMap, AttachedPrograms, BpfError, EgressMaps},
     cage::{find_cgroup2_mount, CageError, CageRoot},
     control::AccessPolicy,
     events::EventBus,
     policy::{Policy, PolicyError},
 };
 use server::Shared;
-use state::State;
+use state::{RuntimeParts, State};
 
 /// Why the daemon could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +86,13 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     // The socket and the cgroup lock come first: a second daemon must fail before it touches
     // anything the first one owns (its pins above all).
     let listener = server::bind(&config.socket, &access)?;
+    let app_listener = match server::bind_app(&config.app_socket) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = std::fs::remove_file(&config.socket);
+            return Err(e);
+        }
+    };
     let started = async {
         if bpf::ensure_bpffs()? {
             info!("mounted bpffs at /sys/fs/bpf");
@@ -99,7 +106,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             policy,
             root.clone(),
             access,
-            listener,
+            (listener, app_listener),
             signals,
         )
         .await;
@@ -112,6 +119,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     }
     .await;
     let _ = std::fs::remove_file(&config.socket);
+    let _ = std::fs::remove_file(&config.app_socket);
     started
 }
 
@@ -120,7 +128,7 @@ async fn start(
     policy: Policy,
     root: CageRoot,
     access: AccessPolicy,
-    listener: tokio::net::UnixListener,
+    (listener, app_listener): (tokio::net::UnixListener, tokio::net::UnixListener),
     signals: Signals,
 ) -> Result<(), DaemonError> {
     let mut ebpf = aya::Ebpf::load(bpf::EBPF_OBJECT).map_err(BpfError::from)?;
@@ -132,6 +140,10 @@ async fn start(
         }
     };
     let maps = EgressMaps::take(&mut ebpf)?;
+    let approval_map = ApprovalMap::take(&mut ebpf)?;
+    let bus = EventBus::new();
+    // Subscribed before anything is published, so the run-time checks miss nothing.
+    let runtime_rx = bus.subscribe();
     let ring: RingBuf<_> = ebpf
         .take_map(EVENTS)
         .ok_or(BpfError::Map {
@@ -154,6 +166,11 @@ async fn start(
         maps,
         root.clone(),
         Arc::clone(&inotify),
+        RuntimeParts {
+            approval_map,
+            bus: bus.clone(),
+            snapshot_dir: config.snapshot_dir.clone(),
+        },
     );
     // Cages an earlier daemon left (kept enforced by its pinned programs) get maps entries
     // before the new programs attach, so they are never judged as unknown.
@@ -176,7 +193,7 @@ async fn start(
     state.tidy();
     let shared = Arc::new(Shared {
         state: std::sync::Mutex::new(state),
-        bus: EventBus::new(),
+        bus,
         access,
     });
     {
@@ -197,6 +214,15 @@ async fn start(
     }
     tasks.spawn(tasks::report_losses(Arc::clone(&shared)));
     tasks.spawn(tasks::accept(Arc::clone(&shared), listener));
+    tasks.spawn(tasks::accept_app(Arc::clone(&shared), app_listener));
+    tasks.spawn(tasks::run_checks(Arc::clone(&shared), runtime_rx));
+    tasks.spawn(tasks::tick(Arc::clone(&shared)));
+    match tasks::PolicyWatch::new(&config.policy) {
+        Ok(w) => {
+            tasks.spawn(tasks::watch_policy(Arc::clone(&shared), w));
+        }
+        Err(e) => warn!(error = %e, "cannot watch the policy directory: reload with SIGHUP or `agentcage policy reload`"),
+    }
 
     signals
         .wait_for_stop(&shared, || {

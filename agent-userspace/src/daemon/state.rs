@@ -10,8 +10,12 @@ use std::{
     sync::Arc,
 };
 
+mod enforce;
+
+pub use enforce::Contained;
+
 use agent_common::{
-    cage::{CageConfig, CAGE_F_ALLOW_RAW},
+    cage::{CageConfig, CAGE_F_ALLOW_RAW, CAGE_F_APPROVAL_ALL, CAGE_F_THROTTLED},
     egress::{
         Hook, Verdict, RULE_BUDGET, RULE_DEFAULT_DENY, RULE_IP_OPTIONS, RULE_NO_CAGE, RULE_ROUTING_HEADER,
         RULE_SOCKET_ALLOWED, RULE_SOCKET_KIND,
@@ -21,13 +25,22 @@ use nix::sys::inotify::{AddWatchFlags, Inotify, WatchDescriptor};
 use tracing::{info, warn};
 
 use crate::{
-    bpf::{BpfError, EgressMaps, SlotEntries},
+    bpf::{ApprovalMap, BpfError, EgressMaps, SlotEntries},
     cage::{CageError, CageRoot, CgroupDir},
     caps,
     control::{AgentStatus, StatusReport},
-    events::{EgressDetail, Event, EventDetail, RawEvent},
+    events::{EgressDetail, Event, EventBus, EventDetail, RawEvent},
     identity::AgentIdentity,
-    policy::{compile_egress, validate_agent_name, CompiledEgress, Policy, PolicyError},
+    policy::{
+        compile_egress, compile_read_only, validate_agent_name, CompiledEgress, Policy,
+        PolicyError,
+    },
+    runtime::{
+        approvals::{ApprovalError, Approvals},
+        budgets::Meter,
+        containment::ContainError,
+        AgentRuntime, Rung,
+    },
 };
 
 /// Errors of state changes; each message is meant for the person who asked.
@@ -78,6 +91,27 @@ pub enum StateError {
         /// Why.
         why: String,
     },
+    /// The request cannot be carried out as given.
+    #[error("{0}")]
+    Usage(String),
+    /// The policy file could not be written.
+    #[error("writing the policy file {path}: {source}")]
+    PolicyFile {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No cage of that agent exists.
+    #[error("agent {0:?} has no cage (it is not running); `agentcage status` lists the agents")]
+    NoCage(String),
+    /// An approval decision was refused.
+    #[error(transparent)]
+    Approval(#[from] ApprovalError),
+    /// Freezing, killing or the snapshot failed.
+    #[error(transparent)]
+    Contain(#[from] ContainError),
     /// Watching a cage for emptiness failed.
     #[error("watching {path}: {source}")]
     Watch {
@@ -134,6 +168,37 @@ pub struct State {
     /// event still in the ring buffer after a reload names the rule that really decided.
     slot_policies: HashMap<u32, Arc<Policy>>,
     retired: std::collections::VecDeque<u32>,
+    /// Per agent session: rung, budgets, assertions, last events.
+    runtimes: HashMap<String, AgentRuntime>,
+    /// Budget usage of user groups and workflows (`group:NAME`, `workflow:NAME`).
+    scope_meters: HashMap<String, Meter>,
+    /// Approval requests and decisions.
+    approvals: Approvals,
+    /// The kernel's grants.
+    approval_map: ApprovalMap,
+    /// Where the daemon's own events go.
+    bus: EventBus,
+    /// Where forensic snapshots are written.
+    snapshot_dir: PathBuf,
+}
+
+/// The kernel-side mode of a cage, besides its policy.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct KernelMode {
+    /// The containment rung.
+    pub(crate) rung: Rung,
+    /// Over a hard budget.
+    pub(crate) throttled: bool,
+}
+
+/// What the daemon needs to run the policy's run-time parts.
+pub struct RuntimeParts {
+    /// The kernel's approvals map.
+    pub approval_map: ApprovalMap,
+    /// The event bus.
+    pub bus: EventBus,
+    /// Where forensic snapshots go.
+    pub snapshot_dir: PathBuf,
 }
 
 /// How many agent names are remembered for events before only live ones are kept.
@@ -150,6 +215,7 @@ impl State {
         maps: EgressMaps,
         root: CageRoot,
         inotify: Arc<Inotify>,
+        parts: RuntimeParts,
     ) -> Self {
         Self {
             policy: Arc::new(policy),
@@ -167,6 +233,12 @@ impl State {
             stopping: false,
             slot_policies: HashMap::new(),
             retired: std::collections::VecDeque::new(),
+            runtimes: HashMap::new(),
+            scope_meters: HashMap::new(),
+            approvals: Approvals::default(),
+            approval_map: parts.approval_map,
+            bus: parts.bus,
+            snapshot_dir: parts.snapshot_dir,
         }
     }
 
@@ -211,16 +283,34 @@ impl State {
         policy: &Policy,
         agent: &str,
         strict: bool,
+        mode: KernelMode,
     ) -> Result<(CompiledEgress, u32, u32), StateError> {
+        let mode_flags = match (mode.rung, mode.throttled) {
+            (Rung::ApprovalRequired, false) => CAGE_F_APPROVAL_ALL,
+            (Rung::ApprovalRequired, true) => CAGE_F_APPROVAL_ALL | CAGE_F_THROTTLED,
+            (_, true) => CAGE_F_THROTTLED,
+            (_, false) => 0,
+        };
         match policy.agent(agent) {
             Some(p) => {
-                let compiled = compile_egress(agent, &p.egress)?;
+                // A paused or killed cage is frozen; should it thaw before it is resumed,
+                // it gets the narrowest egress, the read-only set.
+                let compiled = match mode.rung {
+                    Rung::ReadOnly | Rung::Paused | Rung::Killed => {
+                        compile_read_only(agent, &p.egress)?
+                    }
+                    Rung::Observe | Rung::ApprovalRequired => compile_egress(agent, &p.egress)?,
+                };
                 let flags = if p.egress.raw_sockets {
                     CAGE_F_ALLOW_RAW
                 } else {
                     0
                 };
-                Ok((compiled, flags, p.egress.allow_events.sample_rate()))
+                Ok((
+                    compiled,
+                    flags | mode_flags,
+                    p.egress.allow_events.sample_rate(),
+                ))
             }
             None if strict => Err(StateError::UnknownAgent {
                 agent: agent.to_owned(),
@@ -231,7 +321,7 @@ impl State {
                     v4: Vec::new(),
                     v6: Vec::new(),
                 },
-                0,
+                mode_flags,
                 1,
             )),
         }
@@ -241,7 +331,8 @@ impl State {
     /// does not name (new cages), otherwise they are caged with nothing allowed (cages found
     /// from an earlier daemon, whose processes must never run unrestricted).
     fn install(&mut self, agent: &str, dir: CgroupDir, strict: bool) -> Result<(), StateError> {
-        let (compiled, flags, allow_sample) = Self::compile_for(&self.policy, agent, strict)?;
+        let (compiled, flags, allow_sample) =
+            Self::compile_for(&self.policy, agent, strict, KernelMode::default())?;
         let cgroup_id = dir.id()?;
         let agent_id = self.agent_id(agent);
         let slot = self.take_slot();
@@ -266,6 +357,10 @@ impl State {
                 source,
             })?;
         self.watches.insert(watch, agent.to_owned());
+        self.runtimes.insert(
+            agent.to_owned(),
+            AgentRuntime::new(self.policy.agent(agent), crate::runtime::boot_ns()),
+        );
         self.cages.insert(
             agent.to_owned(),
             Cage {
@@ -303,7 +398,7 @@ impl State {
         validate_agent_name(agent)?;
         if !self.cages.contains_key(agent) {
             // Check the policy before touching the file system.
-            Self::compile_for(&self.policy, agent, true)?;
+            Self::compile_for(&self.policy, agent, true, KernelMode::default())?;
             let dir = self.root.ensure_cage(agent)?;
             if let Err(e) = self.install(agent, dir.clone(), true) {
                 let _ = dir.remove();
@@ -456,6 +551,9 @@ impl State {
             self.watches.remove(&cage.watch);
             self.maps.remove_cage(cage.cgroup_id);
             self.retire(&cage.slot);
+            self.runtimes.remove(agent);
+            self.approvals.forget_cage(cage.cgroup_id);
+            self.approval_map.revoke_cage(cage.cgroup_id);
             info!(agent, "cage removed: its last process exited");
         }
     }
@@ -464,6 +562,10 @@ impl State {
     /// parse, validate or compile is refused and the old one stays in force.
     pub fn reload(&mut self) -> Result<Arc<Policy>, StateError> {
         let policy = Policy::load(&self.policy_path)?;
+        if policy.hash() == self.policy.hash() {
+            // Unchanged (e.g. the file was rewritten by `policy apply`): nothing to swap.
+            return Ok(Arc::clone(&self.policy));
+        }
         self.apply(policy)
     }
 
@@ -473,7 +575,8 @@ impl State {
         let policy = Arc::new(policy);
         let mut compiled = Vec::with_capacity(self.cages.len());
         for agent in self.cages.keys() {
-            compiled.push((agent.clone(), Self::compile_for(&policy, agent, false)?));
+            let mode = self.kernel_mode(agent);
+            compiled.push((agent.clone(), Self::compile_for(&policy, agent, false, mode)?));
         }
         let mut filled: Vec<(String, SlotEntries, CageConfig)> = Vec::new();
         for (agent, (rules, flags, allow_sample)) in compiled {
@@ -512,6 +615,7 @@ impl State {
             self.retire(&old);
         }
         self.policy = policy;
+        self.after_policy_change();
         info!(
             source = self.policy.source(),
             policy_hash = self.policy.hash(),
@@ -536,6 +640,12 @@ impl State {
                     allowed: stats.allowed,
                     denied: stats.denied,
                     lost: stats.lost,
+                    rung: self
+                        .runtimes
+                        .get(name)
+                        .map(|r| r.rung.name().to_owned())
+                        .unwrap_or_default(),
+                    throttled: self.runtimes.get(name).is_some_and(|r| r.throttled),
                 }
             })
             .collect();

@@ -315,6 +315,19 @@ mod tests {
     }
 
     #[test]
+    fn the_published_schema_is_the_generated_one() {
+        let committed = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../policies/schema.json"
+        ));
+        assert!(
+            committed == json_schema(),
+            "policies/schema.json is stale: regenerate it with \
+             `agentcage policy schema > policies/schema.json`"
+        );
+    }
+
+    #[test]
     fn policies_larger_than_the_kernel_maps_are_refused_at_load() {
         let mut yaml = String::from("version: 1\nagents:\n  big:\n    egress:\n      allow:\n");
         for i in 0..40_000u32 {

@@ -273,6 +273,30 @@ impl Approvals {
         out
     }
 
+    /// Ends an approval now (its rule changed, or the kernel refused the grant).
+    pub fn expire_one(&mut self, id: u64) -> Option<&Request> {
+        let r = self.requests.get_mut(&id)?;
+        let approver = match &r.status {
+            Status::Approved { approver, .. } => approver.clone(),
+            Status::Pending => "nobody".to_owned(),
+            _ => return Some(r),
+        };
+        r.status = Status::Expired { approver };
+        Some(r)
+    }
+
+    /// The id of the agent's pending or approved request for `subject`, if any.
+    pub fn open_id(&self, agent: &str, subject: &Subject) -> Option<u64> {
+        self.requests
+            .values()
+            .find(|r| {
+                r.agent == agent
+                    && r.subject == *subject
+                    && matches!(r.status, Status::Pending | Status::Approved { .. })
+            })
+            .map(|r| r.id)
+    }
+
     /// Whether the agent holds an unexpired approval of `subject`.
     pub fn is_approved(&self, agent: &str, subject: &Subject, now_boot_ns: u64) -> bool {
         self.requests.values().any(|r| {

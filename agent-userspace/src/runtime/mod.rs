@@ -32,6 +32,8 @@ pub struct AgentRuntime {
     pub denials: VecDeque<u64>,
     /// When the session began (boot ns), for the wall-clock budget.
     pub started_ns: u64,
+    /// The kernel's count of allowed decisions when last metered.
+    pub egress_seen: u64,
     /// The agent's last events, for forensic snapshots.
     pub recent: VecDeque<std::sync::Arc<crate::events::Event>>,
 }
@@ -49,6 +51,7 @@ impl AgentRuntime {
             meter: budgets::Meter::default(),
             denials: VecDeque::new(),
             started_ns: now_ns,
+            egress_seen: 0,
             recent: VecDeque::new(),
         }
     }
