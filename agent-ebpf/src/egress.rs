@@ -137,7 +137,13 @@ fn decide(attempt: &Attempt) -> i32 {
     };
     // Over a hard budget: no new egress at all, whatever the allow list says.
     if cage.flags & CAGE_F_THROTTLED != 0 {
-        report(attempt, Some(&cage), cgroup_id, Verdict::Budget, RULE_BUDGET);
+        report(
+            attempt,
+            Some(&cage),
+            cgroup_id,
+            Verdict::Budget,
+            RULE_BUDGET,
+        );
         return DENY;
     }
     let proto_bit = match attempt.protocol {

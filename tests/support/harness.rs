@@ -102,6 +102,14 @@ impl Lines {
     }
 }
 
+impl Lines {
+    /// The next line within `within`, if one comes: for asserting that nothing happens
+    /// (a frozen process makes no progress), never for waiting on something.
+    pub fn next_within(&self, within: Duration) -> Option<String> {
+        self.rx.recv_timeout(within).ok()
+    }
+}
+
 /// One running daemon.
 pub struct Daemon {
     child: Option<Child>,
@@ -422,6 +430,13 @@ impl Served {
         self.out.wait_for(op, |l| {
             l == "ok" || l.starts_with("ok ") || l.starts_with("err ")
         })
+    }
+
+    /// Sends one operation without waiting for its answer.
+    pub fn send(&mut self, op: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{op}").unwrap();
+        stdin.flush().unwrap();
     }
 
     /// Closes stdin and waits for the probe (and `agentcage run`) to exit.

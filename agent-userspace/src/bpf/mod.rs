@@ -5,8 +5,8 @@ mod approvals;
 mod loader;
 mod maps;
 
-pub use loader::{ensure_bpffs, release_pinned, AttachedPrograms, ProgramKind, PROGRAMS};
 pub use approvals::ApprovalMap;
+pub use loader::{ensure_bpffs, release_pinned, AttachedPrograms, ProgramKind, PROGRAMS};
 pub use maps::{EgressMaps, SlotEntries};
 
 use std::{io, path::PathBuf};

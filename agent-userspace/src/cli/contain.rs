@@ -212,9 +212,8 @@ fn app_event(socket: &Path, command: &EventCommand) -> Result<i32, CliError> {
     reader
         .read_line(&mut answer)
         .map_err(CliError::os("reading the answer"))?;
-    let reply: AppReply = serde_json::from_str(&answer).map_err(|e| {
-        CliError::Unexpected(format!("{e}: {answer:?}"))
-    })?;
+    let reply: AppReply = serde_json::from_str(&answer)
+        .map_err(|e| CliError::Unexpected(format!("{e}: {answer:?}")))?;
     println!("{}", answer.trim());
     match reply {
         AppReply::Accepted {
@@ -266,7 +265,10 @@ pub fn policy(socket: &Path, command: PolicyCommand) -> Result<i32, CliError> {
             let policy = Policy::load(&file)?;
             let (source, hash, canonical) = in_force(socket)?;
             if hash == policy.hash() {
-                println!("{}: same as the policy in force (sha256 {hash})", file.display());
+                println!(
+                    "{}: same as the policy in force (sha256 {hash})",
+                    file.display()
+                );
                 return Ok(0);
             }
             let new = policy.canonical();

@@ -221,7 +221,9 @@ async fn start(
         Ok(w) => {
             tasks.spawn(tasks::watch_policy(Arc::clone(&shared), w));
         }
-        Err(e) => warn!(error = %e, "cannot watch the policy directory: reload with SIGHUP or `agentcage policy reload`"),
+        Err(e) => {
+            warn!(error = %e, "cannot watch the policy directory: reload with SIGHUP or `agentcage policy reload`")
+        }
     }
 
     signals

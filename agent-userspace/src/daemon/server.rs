@@ -216,23 +216,30 @@ fn handle(shared: &Shared, peer: &Peer, request: Request, held: &mut Vec<String>
             })
         }
         Request::PolicyApply { yaml, source } => state.apply_text(&yaml, &source).map(|p| {
-                info!(uid = peer.uid, pid = peer.pid, policy_hash = p.hash(), "policy applied");
-                Response::Reloaded {
-                    source: p.source().to_owned(),
-                    policy_hash: p.hash().to_owned(),
-                }
-            }),
+            info!(
+                uid = peer.uid,
+                pid = peer.pid,
+                policy_hash = p.hash(),
+                "policy applied"
+            );
+            Response::Reloaded {
+                source: p.source().to_owned(),
+                policy_hash: p.hash().to_owned(),
+            }
+        }),
         Request::Contain { agent, rung } => crate::runtime::Rung::parse(&rung)
             .map_err(super::state::StateError::Usage)
-            .and_then(|rung| {
-                state.contain(&agent, rung, &format!("manual ({})", who(peer)))
-            })
+            .and_then(|rung| state.contain(&agent, rung, &format!("manual ({})", who(peer))))
             .map(|c| Response::Contained {
                 cages: vec![contained(&c)],
             }),
-        Request::Resume { agent } => state.resume(&agent, &who(peer)).map(|c| Response::Contained {
-            cages: vec![contained(&c)],
-        }),
+        Request::Resume { agent } => {
+            state
+                .resume(&agent, &who(peer))
+                .map(|c| Response::Contained {
+                    cages: vec![contained(&c)],
+                })
+        }
         Request::Kill { agent, all } => match (agent, all) {
             (None, true) => {
                 let cages = state

@@ -17,8 +17,8 @@ pub use enforce::Contained;
 use agent_common::{
     cage::{CageConfig, CAGE_F_ALLOW_RAW, CAGE_F_APPROVAL_ALL, CAGE_F_THROTTLED},
     egress::{
-        Hook, Verdict, RULE_BUDGET, RULE_DEFAULT_DENY, RULE_IP_OPTIONS, RULE_NO_CAGE, RULE_ROUTING_HEADER,
-        RULE_SOCKET_ALLOWED, RULE_SOCKET_KIND,
+        Hook, Verdict, RULE_BUDGET, RULE_DEFAULT_DENY, RULE_IP_OPTIONS, RULE_NO_CAGE,
+        RULE_ROUTING_HEADER, RULE_SOCKET_ALLOWED, RULE_SOCKET_KIND,
     },
 };
 use nix::sys::inotify::{AddWatchFlags, Inotify, WatchDescriptor};
@@ -32,8 +32,7 @@ use crate::{
     events::{EgressDetail, Event, EventBus, EventDetail, RawEvent},
     identity::AgentIdentity,
     policy::{
-        compile_egress, compile_read_only, validate_agent_name, CompiledEgress, Policy,
-        PolicyError,
+        compile_egress, compile_read_only, validate_agent_name, CompiledEgress, Policy, PolicyError,
     },
     runtime::{
         approvals::{ApprovalError, Approvals},
@@ -576,7 +575,10 @@ impl State {
         let mut compiled = Vec::with_capacity(self.cages.len());
         for agent in self.cages.keys() {
             let mode = self.kernel_mode(agent);
-            compiled.push((agent.clone(), Self::compile_for(&policy, agent, false, mode)?));
+            compiled.push((
+                agent.clone(),
+                Self::compile_for(&policy, agent, false, mode)?,
+            ));
         }
         let mut filled: Vec<(String, SlotEntries, CageConfig)> = Vec::new();
         for (agent, (rules, flags, allow_sample)) in compiled {

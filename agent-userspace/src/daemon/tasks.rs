@@ -227,7 +227,7 @@ impl PolicyWatch {
             .unwrap_or(std::path::Path::new("."));
         inotify.add_watch(
             dir,
-            AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CREATE,
+            AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MOVED_TO,
         )?;
         Ok(Self {
             inotify,

@@ -99,9 +99,9 @@ impl AppEvent {
             }
         };
         let ms = |field: &str, v: Option<f64>| match v {
-            Some(x) if !(x.is_finite() && x >= 0.0) => {
-                Err(format!("{field} must be a non-negative number of milliseconds"))
-            }
+            Some(x) if !(x.is_finite() && x >= 0.0) => Err(format!(
+                "{field} must be a non-negative number of milliseconds"
+            )),
             _ => Ok(()),
         };
         match self {

@@ -9,8 +9,7 @@
 use std::collections::BTreeMap;
 
 use agent_common::egress::{
-    PortRule, PortRules, MAX_PORT_RULES, PROTO_TCP, PROTO_UDP, RULE_F_APPROVAL,
-    RULE_SOCKET_ALLOWED,
+    PortRule, PortRules, MAX_PORT_RULES, PROTO_TCP, PROTO_UDP, RULE_F_APPROVAL, RULE_SOCKET_ALLOWED,
 };
 use ipnet::IpNet;
 

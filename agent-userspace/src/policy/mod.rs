@@ -14,12 +14,12 @@ mod schema;
 
 use std::{collections::BTreeMap, fs, path::Path};
 
+pub use compile::compile_read_only;
 pub use compile::{compile_egress, CompiledEgress};
 pub use error::PolicyError;
-pub use compile::compile_read_only;
 pub use runtime::{
-    ApprovalPolicy, Budgets, Collective, Collectives, ContainmentPolicy, DenyRate, Limit,
-    LoopRule, Rung, Span, TimeLimit,
+    ApprovalPolicy, Budgets, Collective, Collectives, ContainmentPolicy, DenyRate, Limit, LoopRule,
+    Rung, Span, TimeLimit,
 };
 pub use schema::{
     json_schema, AgentPolicy, AllowEvents, AllowRule, EgressPolicy, PortRange, SCHEMA_VERSION,

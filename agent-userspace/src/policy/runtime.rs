@@ -10,9 +10,19 @@ use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
 /// A rung of the containment ladder, least to most severe.
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
 )]
-#[derive(JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Rung {
     /// Decisions as the policy says; nothing more.
@@ -180,7 +190,6 @@ impl ApprovalPolicy {
         *self == Self::default()
     }
 }
-
 
 /// A soft and a hard limit on a count or amount.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -16,12 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    cage::CageRoot,
-    control::Peer,
-    events::AppEvent,
-    policy::validate_agent_name,
-};
+use crate::{cage::CageRoot, control::Peer, events::AppEvent, policy::validate_agent_name};
 
 /// One message from the application.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -113,9 +108,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.agent.as_deref(), Some("payer"));
-        assert!(matches!(m.event, AppEvent::ModelCall { input_tokens: 10, .. }));
-        let e = serde_json::from_str::<AppMessage>(r#"{"event":{"app":"plan","x":1}}"#)
-            .unwrap_err();
+        assert!(matches!(
+            m.event,
+            AppEvent::ModelCall {
+                input_tokens: 10,
+                ..
+            }
+        ));
+        let e =
+            serde_json::from_str::<AppMessage>(r#"{"event":{"app":"plan","x":1}}"#).unwrap_err();
         assert!(e.to_string().contains("unknown field `x`"), "{e}");
         let r = serde_json::to_string(&AppReply::Accepted {
             decision: Decision::Refuse,

@@ -91,7 +91,10 @@ impl fmt::Display for Pattern {
         f.write_str(self.kind.name())?;
         match &self.arg {
             None => Ok(()),
-            Some(a) if a.chars().all(|c| c.is_ascii_alphanumeric() || "._-:/".contains(c)) => {
+            Some(a)
+                if a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-:/".contains(c)) =>
+            {
                 write!(f, "({a})")
             }
             Some(a) => write!(f, "({a:?})"),
@@ -288,7 +291,11 @@ fn pattern(tokens: &[Token], at: &mut usize) -> Result<Pattern, String> {
         *at += 1;
         match tokens.get(*at) {
             Some(Token::Word(a) | Token::Quoted(a)) if !a.is_empty() => arg = Some(a.clone()),
-            other => return Err(format!("expected an argument in {word}(...), found {other:?}")),
+            other => {
+                return Err(format!(
+                    "expected an argument in {word}(...), found {other:?}"
+                ))
+            }
         }
         *at += 1;
         if tokens.get(*at) != Some(&Token::Close) {
@@ -489,8 +496,8 @@ mod tests {
 
     #[test]
     fn within_fires_when_the_deadline_passes_unanswered() {
-        let a = Assertion::parse("ticket_comment within 60s after exec(\"kubectl apply\")")
-            .unwrap();
+        let a =
+            Assertion::parse("ticket_comment within 60s after exec(\"kubectl apply\")").unwrap();
         let mut s = Session::new(vec![a]);
         let exec = obs(PatternKind::Exec, Some("kubectl apply -f x.yaml"), 10);
         assert!(s.observe(&exec).is_empty());

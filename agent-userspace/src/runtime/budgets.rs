@@ -139,7 +139,10 @@ impl Meter {
         let secs = |s: Option<crate::policy::Span>| s.map(|s| s.0.as_secs_f64());
         let mut out = Vec::new();
         // Per call: a slow call alerts each time (not once), hard limits once.
-        for (level, lim) in [(Level::Soft, secs(limit.soft)), (Level::Hard, secs(limit.hard))] {
+        for (level, lim) in [
+            (Level::Soft, secs(limit.soft)),
+            (Level::Hard, secs(limit.hard)),
+        ] {
             if let Some(lim) = lim {
                 if took.as_secs_f64() >= lim
                     && (level == Level::Soft || self.reported.insert((which.name(), level)))
@@ -177,8 +180,10 @@ impl Meter {
         let window = u64::try_from(rule.window.0.as_nanos()).unwrap_or(u64::MAX);
         // Bound the memory a looping agent can make the daemon use.
         if self.repeats.len() > 4096 {
-            self.repeats
-                .retain(|_, seen| seen.back().is_some_and(|&t| now_ns.saturating_sub(t) < window));
+            self.repeats.retain(|_, seen| {
+                seen.back()
+                    .is_some_and(|&t| now_ns.saturating_sub(t) < window)
+            });
         }
         let seen = self.repeats.entry(key.to_owned()).or_default();
         seen.push_back(now_ns);

@@ -336,7 +336,12 @@ fn socket_table(base: &Path) -> BTreeMap<String, (String, String, String, String
                 let path = f.get(7).map_or_else(String::new, |p| (*p).to_owned());
                 out.insert(
                     (*inode).to_owned(),
-                    ("unix".to_owned(), path, String::new(), (*f.get(5).unwrap_or(&"")).to_owned()),
+                    (
+                        "unix".to_owned(),
+                        path,
+                        String::new(),
+                        (*f.get(5).unwrap_or(&"")).to_owned(),
+                    ),
                 );
             }
         }
@@ -394,6 +399,8 @@ mod tests {
             assert_eq!(Rung::parse(r.name()).unwrap(), r);
         }
         assert_eq!(Rung::parse("read-only").unwrap(), Rung::ReadOnly);
-        assert!(Rung::parse("frozen").unwrap_err().contains("expected observe"));
+        assert!(Rung::parse("frozen")
+            .unwrap_err()
+            .contains("expected observe"));
     }
 }

@@ -19,7 +19,7 @@ use crate::{
         approvals::{Request, Status, Subject},
         assertions::{Observed, PatternKind, Violation},
         boot_ns,
-        budgets::{Breach, Latency, Level, Meter, Metric},
+        budgets::{Breach, Latency, Level, Metric},
         containment::{self, SnapshotInfo},
         Rung,
     },
@@ -327,7 +327,8 @@ impl State {
         let until_unix =
             u64::try_from(i128::from(until_boot) + self.boot_to_wall_ns).unwrap_or(u64::MAX);
         // Check the state first (a decided request must not be granted in the kernel).
-        self.approvals.approve(id, approver, until_boot, until_unix)?;
+        self.approvals
+            .approve(id, approver, until_boot, until_unix)?;
         if let Some(key) = request.subject.kernel_key(request.cgroup_id) {
             if let Err(e) = self.approval_map.grant(&key, until_boot) {
                 let _ = self.approvals.expire_one(id);
@@ -335,7 +336,14 @@ impl State {
             }
         }
         let request = self.approvals.get(id).cloned().unwrap_or(request);
-        info!(id, agent = request.agent, approver, ?duration, subject = request.subject.describe(), "approved");
+        info!(
+            id,
+            agent = request.agent,
+            approver,
+            ?duration,
+            subject = request.subject.describe(),
+            "approved"
+        );
         self.publish_approval(&request);
         let name = request.subject.assertion_name();
         self.observe(
@@ -386,7 +394,13 @@ impl State {
         let cgroup_id = self.cages.get(agent)?.cgroup_id;
         if let Some(r) = self.approvals.request(agent, cgroup_id, subject.clone()) {
             let r = r.clone();
-            warn!(id = r.id, agent, subject = r.subject.describe(), "approval needed: agentcage approve {}", r.id);
+            warn!(
+                id = r.id,
+                agent,
+                subject = r.subject.describe(),
+                "approval needed: agentcage approve {}",
+                r.id
+            );
             self.publish_approval(&r);
             return Some(r.id);
         }
@@ -432,16 +446,17 @@ impl State {
                 );
             }
             "pending-approval" => {
-                let subject = match rule_index(&e.rule) {
-                    Some(i) => agent_policy.and_then(|p| p.egress.allow.get(i)).map(|r| {
-                        Subject::Rule {
-                            index: u32::try_from(i).unwrap_or(u32::MAX),
-                            name: r.name.clone(),
-                            text: r.describe(),
-                        }
-                    }),
-                    None => destination(e),
-                };
+                let subject =
+                    match rule_index(&e.rule) {
+                        Some(i) => agent_policy.and_then(|p| p.egress.allow.get(i)).map(|r| {
+                            Subject::Rule {
+                                index: u32::try_from(i).unwrap_or(u32::MAX),
+                                name: r.name.clone(),
+                                text: r.describe(),
+                            }
+                        }),
+                        None => destination(e),
+                    };
                 if let Some(subject) = subject {
                     self.request_approval(&agent, subject);
                 }
@@ -518,7 +533,12 @@ impl State {
             .agent(agent)
             .map_or(Rung::Paused, |p| p.containment.on_assertion);
         for v in &violations {
-            warn!(agent, assertion = v.assertion, violation = v.what, "assertion violated");
+            warn!(
+                agent,
+                assertion = v.assertion,
+                violation = v.what,
+                "assertion violated"
+            );
             self.publish(
                 agent,
                 0,
@@ -538,7 +558,15 @@ impl State {
     /// Reports budget breaches; a hard one throttles every agent in its scope.
     fn breaches(&mut self, agent: &str, breaches: Vec<(String, Breach)>) {
         for (scope, b) in breaches {
-            warn!(agent, scope, budget = b.budget, level = b.level.name(), value = b.value, limit = b.limit, "budget limit reached");
+            warn!(
+                agent,
+                scope,
+                budget = b.budget,
+                level = b.level.name(),
+                value = b.value,
+                limit = b.limit,
+                "budget limit reached"
+            );
             let members: Vec<String> = if scope == "agent" {
                 vec![agent.to_owned()]
             } else {
@@ -570,11 +598,13 @@ impl State {
         self.cages
             .keys()
             .filter(|a| {
-                self.policy.agent(a).is_some_and(|p| match scope.split_once(':') {
-                    Some(("group", g)) => p.groups.iter().any(|x| x == g),
-                    Some(("workflow", w)) => p.workflows.iter().any(|x| x == w),
-                    _ => false,
-                })
+                self.policy
+                    .agent(a)
+                    .is_some_and(|p| match scope.split_once(':') {
+                        Some(("group", g)) => p.groups.iter().any(|x| x == g),
+                        Some(("workflow", w)) => p.workflows.iter().any(|x| x == w),
+                        _ => false,
+                    })
             })
             .cloned()
             .collect()
@@ -629,7 +659,7 @@ impl State {
             .filter_map(|(s, c)| c.map(|c| (s, c.budgets.clone())))
             .collect::<Vec<_>>();
         for (scope, budgets) in scopes {
-            let meter = self.scope_meters.entry(scope.clone()).or_insert_with(Meter::default);
+            let meter = self.scope_meters.entry(scope.clone()).or_default();
             out.extend(
                 meter
                     .add(&budgets, metric, amount)
@@ -697,7 +727,12 @@ impl State {
                     }
                 }
                 self.breaches(agent, b);
-                refusal = self.tool_refusal(agent, &policy, Subject::Tool { name: name.clone() }, policy.approvals.tools.contains(name));
+                refusal = self.tool_refusal(
+                    agent,
+                    &policy,
+                    Subject::Tool { name: name.clone() },
+                    policy.approvals.tools.contains(name),
+                );
                 Some((PatternKind::ToolCall, Some(name.clone())))
             }
             AppEvent::ToolCall {
@@ -709,7 +744,11 @@ impl State {
                 if let (Some(ms), Some(rt)) = (latency_ms, self.runtimes.get_mut(agent)) {
                     let b = rt
                         .meter
-                        .latency(&policy.budgets, Latency::Tool, Duration::from_secs_f64(ms / 1000.0))
+                        .latency(
+                            &policy.budgets,
+                            Latency::Tool,
+                            Duration::from_secs_f64(ms / 1000.0),
+                        )
                         .into_iter()
                         .map(|x| ("agent".to_owned(), x))
                         .collect();
