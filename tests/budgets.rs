@@ -185,3 +185,52 @@ agents:
     cage.finish();
     daemon.stop();
 }
+
+#[test]
+fn agentcage_event_reports_from_inside_the_cage() {
+    let (_l, port) = tcp_listener("127.0.0.1");
+    let daemon = Daemon::start(&budgeted(port));
+    let events = daemon.follow_events();
+    let app = daemon.app_socket();
+    let out = daemon
+        .cli()
+        .args(["run", "--agent", "spender", "--", harness::agentcage()])
+        .arg("--app-socket")
+        .arg(&app)
+        .args([
+            "event",
+            "model-call",
+            "big-model",
+            "--input-tokens",
+            "7",
+            "--output-tokens",
+            "3",
+            "--cost-usd",
+            "0.02",
+            "--queue-ms",
+            "5",
+            "--model-ms",
+            "120",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(harness::stdout(&out).contains(r#""decision":"allow""#));
+    let e = events.wait_event("the model call", |e| e["kind"] == "app");
+    assert_eq!(e["model"], "big-model");
+    assert_eq!(e["output_tokens"], 3);
+    assert_eq!(e["queue_ms"], 5.0);
+    assert_eq!(e["model_ms"], 120.0);
+    assert_eq!(e["agent"], "agent:spender");
+
+    // Outside every cage the same command is refused.
+    let outside = daemon
+        .cli()
+        .arg("--app-socket")
+        .arg(&app)
+        .args(["event", "plan"])
+        .output()
+        .unwrap();
+    harness::assert_refused(&outside, "is in no agentcage cage");
+    daemon.stop();
+}

@@ -383,7 +383,15 @@ impl State {
             if self.policy.agent(&name).is_none() {
                 warn!(agent = %name, "cage left by an earlier daemon has no policy entry: nothing is allowed to it");
             }
+            let frozen = crate::runtime::containment::is_frozen(&dir).unwrap_or(false);
             self.install(&name, dir, false)?;
+            if frozen {
+                // Paused by an earlier daemon: it stays paused until someone resumes it.
+                if let Some(rt) = self.runtimes.get_mut(&name) {
+                    rt.rung = Rung::Paused;
+                }
+                warn!(agent = %name, "cage left paused by an earlier daemon: agentcage resume {name} to thaw it");
+            }
             found.push(name);
         }
         Ok(found)

@@ -70,6 +70,7 @@ impl Policy {
         } = raw;
         let (version, agents) = (version.0, agents.0);
         check_memberships(source, &agents, default_agent.as_ref(), &groups, &workflows)?;
+        check_assertions(source, &agents, default_agent.as_ref())?;
 
         // Compile now, so that a policy the kernel cannot hold is refused when it is loaded,
         // with a position, rather than when an agent starts.
@@ -167,6 +168,37 @@ impl Policy {
             (&self.groups, &self.workflows),
         )
     }
+}
+
+/// Assertions over egress see allowed connections through their events: with sampled or no
+/// allow events they would miss some, and silently pass.
+fn check_assertions(
+    source: &str,
+    agents: &BTreeMap<String, AgentPolicy>,
+    default_agent: Option<&AgentPolicy>,
+) -> Result<(), PolicyError> {
+    use crate::runtime::assertions::PatternKind;
+    let all = agents
+        .iter()
+        .map(|(n, a)| (format!("agents.{n}"), a))
+        .chain(default_agent.map(|a| ("default_agent".to_owned(), a)));
+    for (path, agent) in all {
+        let on_egress = agent
+            .assertions
+            .iter()
+            .find(|a| a.patterns().iter().any(|p| p.kind == PatternKind::Egress));
+        if let (Some(a), false) = (on_egress, agent.egress.allow_events == AllowEvents::All) {
+            return Err(PolicyError::InvalidUnlocated {
+                file: source.to_owned(),
+                message: format!(
+                    "{path}.assertions: `{a}` watches egress, but {path}.egress.allow_events is \
+                     {}; the assertion would miss unreported connections: set allow_events: all",
+                    agent.egress.allow_events
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Every group and workflow an agent names must be defined at the top level, so that a typo
@@ -312,6 +344,45 @@ mod tests {
             Ok(p) => panic!("expected an error, got {p:?}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn run_time_sections_parse_and_are_checked() {
+        let p = Policy::from_yaml(
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../policies/examples/payments.yaml"
+            )),
+            "payments.yaml",
+        )
+        .unwrap();
+        let payer = &p.agents["payer"];
+        assert!(payer.egress.allow[1].requires_approval);
+        assert!(payer.egress.allow[0].read_only);
+        assert_eq!(payer.egress.allow[1].name.as_deref(), Some("payments"));
+        assert_eq!(payer.approvals.default_for.0.as_secs(), 600);
+        assert_eq!(payer.budgets.tokens.unwrap().hard, Some(500_000.0));
+        assert_eq!(payer.containment.on_assertion, Rung::Killed);
+        assert_eq!(payer.assertions.len(), 2);
+        assert!(p.canonical().contains("requires_approval"));
+
+        let e = err("version: 1\nagents:\n  a:\n    groups: [finanse]\ngroups:\n  finance: {}\n");
+        assert!(
+            e.contains("agents.a.groups: \"finanse\" is not defined"),
+            "{e}"
+        );
+        let e = err("version: 1\nagents:\n  a:\n    egress:\n      allow_events: none\n    assertions: [plan precedes egress(x)]\n");
+        assert!(e.contains("set allow_events: all"), "{e}");
+        let e = err("version: 1\nagents:\n  a:\n    containment:\n      on_budget: frozen\n");
+        assert!(e.starts_with("policies/x.yaml:5:18:"), "{e}");
+        let e = err("version: 1\nagents:\n  a:\n    budgets:\n      wall_clock: {hard: soon}\n");
+        assert!(e.contains("invalid duration \"soon\""), "{e}");
+        // Key order and layout do not change the hash of the run-time sections either.
+        let one = "version: 1\nagents:\n  a:\n    budgets: {tokens: {soft: 1, hard: 2}}\n";
+        let two = "version: 1\nagents:\n  a:\n    budgets:\n      tokens:\n        hard: 2\n        soft: 1\n";
+        let h = |y| Policy::from_yaml(y, "t").unwrap().hash().to_owned();
+        assert_eq!(h(one), h(two));
+        assert_ne!(h(one), h(&one.replace("hard: 2", "hard: 3")));
     }
 
     #[test]

@@ -209,6 +209,16 @@ fn tokenize(s: &str) -> Result<Vec<Token>, String> {
 }
 
 impl Assertion {
+    /// Both patterns.
+    pub fn patterns(&self) -> [&Pattern; 2] {
+        match self {
+            Self::Precedes { first, then } => [first, then],
+            Self::Within {
+                follow, trigger, ..
+            } => [follow, trigger],
+        }
+    }
+
     /// Parses one assertion; the error says what was expected where.
     pub fn parse(text: &str) -> Result<Self, String> {
         let fail = |why: String| {
