@@ -273,6 +273,30 @@ agents:
 }
 
 #[test]
+fn a_deny_rate_anomaly_narrows_the_agent_to_read_only() {
+    let (_a, ro) = tcp_listener("127.0.0.1");
+    let (_b, rw) = tcp_listener("127.0.0.1");
+    let policy = two_ports(ro, rw).replace(
+        "  other:\n",
+        "    containment:\n      deny_rate: {denials: 3, window: 1h, rung: read_only}\n  other:\n",
+    );
+    let daemon = Daemon::start(&policy);
+    let events = daemon.follow_events();
+    let mut cage = daemon.serve_in("tester");
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{rw}")), "ok");
+    for _ in 0..3 {
+        assert_eq!(cage.op("connect 127.0.0.2:1"), "err 1");
+    }
+    let c = events.wait_event("the anomaly", |e| e["kind"] == "containment");
+    assert_eq!(c["rung"], "read_only");
+    assert_eq!(c["reason"], "deny-rate anomaly");
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{rw}")), "err 1");
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{ro}")), "ok");
+    cage.finish();
+    daemon.stop();
+}
+
+#[test]
 fn containment_of_an_unknown_agent_or_rung_is_refused() {
     let daemon = Daemon::start(&two_ports(1, 2));
     let out = daemon.cli().args(["pause", "nobody"]).output().unwrap();

@@ -70,7 +70,7 @@ impl Policy {
         } = raw;
         let (version, agents) = (version.0, agents.0);
         check_memberships(source, &agents, default_agent.as_ref(), &groups, &workflows)?;
-        check_assertions(source, &agents, default_agent.as_ref())?;
+        check_run_time(source, &agents, default_agent.as_ref())?;
 
         // Compile now, so that a policy the kernel cannot hold is refused when it is loaded,
         // with a position, rather than when an agent starts.
@@ -170,9 +170,10 @@ impl Policy {
     }
 }
 
-/// Assertions over egress see allowed connections through their events: with sampled or no
-/// allow events they would miss some, and silently pass.
-fn check_assertions(
+/// Values of the run-time sections that serde cannot check alone; and assertions over
+/// egress, which see allowed connections through their events (with sampled or no allow
+/// events they would miss some, and silently pass).
+fn check_run_time(
     source: &str,
     agents: &BTreeMap<String, AgentPolicy>,
     default_agent: Option<&AgentPolicy>,
@@ -183,6 +184,11 @@ fn check_assertions(
         .map(|(n, a)| (format!("agents.{n}"), a))
         .chain(default_agent.map(|a| ("default_agent".to_owned(), a)));
     for (path, agent) in all {
+        runtime::check_values(&path, &agent.budgets, &agent.containment, &agent.approvals)
+            .map_err(|message| PolicyError::InvalidUnlocated {
+                file: source.to_owned(),
+                message,
+            })?;
         let on_egress = agent
             .assertions
             .iter()
@@ -375,6 +381,11 @@ mod tests {
         assert!(e.contains("set allow_events: all"), "{e}");
         let e = err("version: 1\nagents:\n  a:\n    containment:\n      on_budget: frozen\n");
         assert!(e.starts_with("policies/x.yaml:5:18:"), "{e}");
+        let e = err("version: 1\nagents:\n  a:\n    budgets:\n      tokens: {soft: 5, hard: 1}\n");
+        assert!(
+            e.contains("agents.a.budgets.tokens: the soft limit 5 is above"),
+            "{e}"
+        );
         let e = err("version: 1\nagents:\n  a:\n    budgets:\n      wall_clock: {hard: soon}\n");
         assert!(e.contains("invalid duration \"soon\""), "{e}");
         // Key order and layout do not change the hash of the run-time sections either.

@@ -346,3 +346,67 @@ pub struct Collective {
 
 /// The named user groups or workflows of a policy.
 pub type Collectives = BTreeMap<String, Collective>;
+
+/// Checks the values a schema range states but serde does not enforce; the message names the
+/// field under `path` (e.g. `agents.payer`).
+pub(crate) fn check_values(
+    path: &str,
+    budgets: &Budgets,
+    containment: &ContainmentPolicy,
+    approvals: &ApprovalPolicy,
+) -> Result<(), String> {
+    let limits = [
+        ("tokens", budgets.tokens),
+        ("usd", budgets.usd),
+        ("tool_calls", budgets.tool_calls),
+        ("egress_connections", budgets.egress_connections),
+    ];
+    for (name, limit) in limits {
+        let Some(l) = limit else { continue };
+        for (level, v) in [("soft", l.soft), ("hard", l.hard)] {
+            if let Some(v) = v {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(format!(
+                        "{path}.budgets.{name}.{level}: {v} is not a non-negative number"
+                    ));
+                }
+            }
+        }
+        if let (Some(s), Some(h)) = (l.soft, l.hard) {
+            if s > h {
+                return Err(format!(
+                    "{path}.budgets.{name}: the soft limit {s} is above the hard limit {h}; \
+                     expected soft <= hard"
+                ));
+            }
+        }
+    }
+    if let Some(r) = budgets.loop_rule {
+        if r.repeats < 2 {
+            return Err(format!(
+                "{path}.budgets.loop.repeats: {} is less than 2; a loop repeats at least once",
+                r.repeats
+            ));
+        }
+    }
+    if let Some(d) = containment.deny_rate {
+        if d.denials == 0 {
+            return Err(format!(
+                "{path}.containment.deny_rate.denials: expected at least 1"
+            ));
+        }
+    }
+    if !(1..=10_000).contains(&containment.snapshot_events) {
+        return Err(format!(
+            "{path}.containment.snapshot_events: {} is outside 1-10000",
+            containment.snapshot_events
+        ));
+    }
+    if approvals.default_for > approvals.max_for {
+        return Err(format!(
+            "{path}.approvals: default_for ({}) is longer than max_for ({})",
+            approvals.default_for, approvals.max_for
+        ));
+    }
+    Ok(())
+}

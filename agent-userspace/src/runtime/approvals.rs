@@ -163,6 +163,9 @@ pub enum ApprovalError {
 
 /// How many decided requests are remembered.
 const KEEP_DECIDED: usize = 1024;
+/// How many requests may wait at once; past it no new one is raised (the kernel keeps
+/// denying), so an agent probing many destinations cannot grow the daemon's memory.
+const MAX_PENDING: usize = 1024;
 
 /// Every request of this daemon.
 #[derive(Debug, Default)]
@@ -180,7 +183,12 @@ impl Approvals {
                 && r.subject == subject
                 && matches!(r.status, Status::Pending | Status::Approved { .. })
         });
-        if open {
+        let pending = self
+            .requests
+            .values()
+            .filter(|r| matches!(r.status, Status::Pending))
+            .count();
+        if open || pending >= MAX_PENDING {
             return None;
         }
         self.next_id += 1;

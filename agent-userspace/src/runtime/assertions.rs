@@ -5,8 +5,8 @@
 //! assertion := pattern "precedes" pattern
 //!            | pattern "within" DURATION "after" pattern
 //! pattern   := KIND [ "(" ARG ")" ]
-//! KIND      := approval | egress | exec | tool_call | plan | ticket_comment | model_call
-//!            | notify
+//! KIND      := approval | reported_approval | egress | exec | tool_call | plan
+//!            | ticket_comment | model_call | notify
 //! ARG       := NAME | "quoted text"
 //! ```
 //!
@@ -24,8 +24,11 @@ use crate::policy::Span;
 /// Kinds of events a pattern can name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PatternKind {
-    /// A person approved something (`agentcage approve`), or the application reported one.
+    /// A person approved something with `agentcage approve` (the agent cannot forge it).
     Approval,
+    /// The application reported an approval it obtained itself (as trustworthy as the
+    /// agent that sends it).
+    ReportedApproval,
     /// An egress decision the kernel allowed; the argument is the rule's `name`.
     Egress,
     /// A command was run; the argument is a prefix of its command line.
@@ -43,8 +46,9 @@ pub enum PatternKind {
 }
 
 impl PatternKind {
-    const ALL: [(&'static str, Self); 8] = [
+    const ALL: [(&'static str, Self); 9] = [
         ("approval", Self::Approval),
+        ("reported_approval", Self::ReportedApproval),
         ("egress", Self::Egress),
         ("exec", Self::Exec),
         ("tool_call", Self::ToolCall),
@@ -224,8 +228,9 @@ impl Assertion {
         let fail = |why: String| {
             Err(format!(
                 "invalid assertion {text:?}: {why}; expected `A precedes B` or `A within \
-                 DURATION after B`, where A and B are approval, egress, exec, tool_call, plan, \
-                 ticket_comment, model_call or notify, optionally with an argument in ()"
+                 DURATION after B`, where A and B are approval, reported_approval, egress, exec, \
+                 tool_call, plan, ticket_comment, model_call or notify, optionally with an \
+                 argument in ()"
             ))
         };
         let tokens = match tokenize(text) {

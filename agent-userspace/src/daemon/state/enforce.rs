@@ -758,7 +758,10 @@ impl State {
                 None
             }
             AppEvent::Plan { .. } => Some((PatternKind::Plan, None)),
-            AppEvent::Approval { name, .. } => Some((PatternKind::Approval, Some(name.clone()))),
+            // The application's word only: `approval(X)` needs a person's `agentcage approve`.
+            AppEvent::Approval { name, .. } => {
+                Some((PatternKind::ReportedApproval, Some(name.clone())))
+            }
             AppEvent::TicketComment { ticket, .. } => {
                 Some((PatternKind::TicketComment, Some(ticket.clone())))
             }
