@@ -45,11 +45,22 @@ fn frozen(dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Waits (bounded) until process `pid` no longer exists.
+/// Whether process `pid` still runs (a zombie has died: it only waits to be reaped).
+fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let state = s.get(s.rfind(')')? + 2..)?.chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
+}
+
+/// Waits (bounded) until process `pid` no longer runs.
 fn wait_gone(pid: u32) {
     let deadline = std::time::Instant::now() + DEADLINE;
-    // Polls the kernel's own answer; the wait ends the moment the process is reaped.
-    while Path::new(&format!("/proc/{pid}")).exists() {
+    // Polls the kernel's own answer; the wait ends the moment the process is dead.
+    while alive(pid) {
         assert!(
             std::time::Instant::now() < deadline,
             "process {pid} still exists"
@@ -154,6 +165,12 @@ fn kill_leaves_no_process_of_the_cage_and_keeps_the_snapshot() {
     let events = daemon.follow_events();
     let mut cage = daemon.serve_in("tester");
     assert_eq!(cage.op(&format!("connect 127.0.0.1:{ro}")), "ok");
+    // A second process in the cage: the kill must take every one.
+    let child: u32 = cage
+        .op("fork-hold")
+        .strip_prefix("ok ")
+        .and_then(|p| p.parse().ok())
+        .expect("a child pid");
     let pid = cage.pid;
     let hash = {
         let s = daemon
@@ -168,7 +185,9 @@ fn kill_leaves_no_process_of_the_cage_and_keeps_the_snapshot() {
     let out = daemon.cli().args(["kill", "tester"]).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let snap = snapshot_path(&stdout(&out));
+    // The daemon answers once the cgroup is empty; the exiting tasks finish dying at once.
     wait_gone(pid);
+    wait_gone(child);
     let status = cage.finish();
     assert_eq!(status.code(), Some(128 + 9), "the agent died of SIGKILL");
     let procs = cage_dir(&daemon, "tester").join("cgroup.procs");
@@ -185,6 +204,11 @@ fn kill_leaves_no_process_of_the_cage_and_keeps_the_snapshot() {
         .iter()
         .find(|p| p["pid"] == pid)
         .expect("the probe is in the snapshot");
+    let kid = procs
+        .iter()
+        .find(|p| p["pid"] == child)
+        .expect("its child is in the snapshot");
+    assert_eq!(kid["ppid"], pid, "the process tree");
     assert!(
         me["cmdline"][0].as_str().unwrap().ends_with("probe"),
         "{me}"
