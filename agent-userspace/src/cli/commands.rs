@@ -137,18 +137,24 @@ fn print_status(report: &StatusReport) {
         return;
     }
     println!(
-        "{:<20} {:<10} {:>8} {:>8} {:>6}  {:<24} cgroup",
-        "AGENT", "PIDS", "ALLOWED", "DENIED", "LOST", "PID LIST"
+        "{:<20} {:<10} {:>8} {:>8} {:>6}  {:<18} {:<24} cgroup",
+        "AGENT", "PIDS", "ALLOWED", "DENIED", "LOST", "RUNG", "PID LIST"
     );
     for a in &report.agents {
         let pids: Vec<String> = a.pids.iter().map(u32::to_string).collect();
+        let rung = if a.throttled {
+            format!("{} throttled", a.rung)
+        } else {
+            a.rung.clone()
+        };
         println!(
-            "{:<20} {:<10} {:>8} {:>8} {:>6}  {:<24} {}",
+            "{:<20} {:<10} {:>8} {:>8} {:>6}  {:<18} {:<24} {}",
             a.identity,
             a.pids.len(),
             a.allowed,
             a.denied,
             a.lost,
+            rung,
             pids.join(","),
             a.cgroup
         );

@@ -595,7 +595,8 @@ impl<'de> Deserialize<'de> for Version {
     }
 }
 
-/// The whole file as written.
+/// An agentcage policy file: the agents, what each may do, and what happens when something
+/// goes wrong (see docs/POLICY.md).
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "agentcage policy, schema version 1")]

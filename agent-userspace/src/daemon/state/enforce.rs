@@ -729,14 +729,12 @@ impl State {
                 self.breaches(agent, b);
                 refusal = self.tool_refusal(
                     agent,
-                    &policy,
                     Subject::Tool { name: name.clone() },
                     policy.approvals.tools.contains(name),
                 );
                 Some((PatternKind::ToolCall, Some(name.clone())))
             }
             AppEvent::ToolCall {
-                name,
                 phase: Phase::End,
                 latency_ms,
                 ..
@@ -754,7 +752,6 @@ impl State {
                         .collect();
                     self.breaches(agent, b);
                 }
-                let _ = name;
                 None
             }
             AppEvent::Plan { .. } => Some((PatternKind::Plan, None)),
@@ -776,7 +773,6 @@ impl State {
                 if let Some(prefix) = &needs {
                     refusal = self.tool_refusal(
                         agent,
-                        &policy,
                         Subject::Exec {
                             command: prefix.clone(),
                         },
@@ -819,7 +815,6 @@ impl State {
     fn tool_refusal(
         &mut self,
         agent: &str,
-        _policy: &AgentPolicy,
         subject: Subject,
         needs_approval: bool,
     ) -> Option<(String, Option<u64>)> {
