@@ -366,7 +366,7 @@ async fn send(write: &mut OwnedWriteHalf, response: &Response) -> io::Result<()>
 /// process inside the cage it speaks for (checked on every message, by the sender's pid as
 /// the kernel reported it at connect time).
 pub async fn serve_app(shared: Arc<Shared>, stream: UnixStream) {
-    use crate::runtime::appevents::{sender_agent, AppMessage, AppReply};
+    use crate::runtime::appevents::{sender_agent, start_time, AppMessage, AppReply};
     let peer = match Peer::of(&stream) {
         Ok(p) => p,
         Err(e) => {
@@ -374,6 +374,8 @@ pub async fn serve_app(shared: Arc<Shared>, stream: UnixStream) {
             return;
         }
     };
+    // Which process connected, for good: a pid alone could be reused by another cage's.
+    let started = start_time(peer.pid);
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     loop {
@@ -394,7 +396,7 @@ pub async fn serve_app(shared: Arc<Shared>, stream: UnixStream) {
             },
             Ok(msg) => {
                 let mut state = shared.state();
-                match sender_agent(state.root(), &peer, msg.agent.as_deref()) {
+                match sender_agent(state.root(), &peer, started, msg.agent.as_deref()) {
                     Err(message) => {
                         warn!(pid = peer.pid, uid = peer.uid, "{message}");
                         AppReply::Error { message }

@@ -61,11 +61,47 @@ pub enum AppReply {
     },
 }
 
+/// When process `pid` started (field 22 of /proc/PID/stat, in clock ticks since boot): with
+/// the pid, it names one process for good, so a pid reused after the sender exited is told
+/// apart from the sender.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command (which may hold spaces and parentheses): state is field 3, start
+    // time field 22.
+    stat.get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
 /// The agent whose cage the sender is in: the cage directory's name. The daemon refuses a
-/// sender in no cage, and a claim naming another agent.
-pub fn sender_agent(root: &CageRoot, peer: &Peer, claimed: Option<&str>) -> Result<String, String> {
+/// sender in no cage, a claim naming another agent, and a connection whose process has
+/// exited (`started` is its start time at connect, see [`start_time`]; a process with the
+/// same pid later is another one).
+pub fn sender_agent(
+    root: &CageRoot,
+    peer: &Peer,
+    started: Option<u64>,
+    claimed: Option<&str>,
+) -> Result<String, String> {
+    let same_process = || started.is_some() && start_time(peer.pid) == started;
+    let gone = || {
+        format!(
+            "refused: process {} that opened this connection has exited; application events \
+             are accepted only from the process that connected",
+            peer.pid
+        )
+    };
+    if !same_process() {
+        return Err(gone());
+    }
     let cgroup = crate::cage::cgroup_of_pid(peer.pid)
         .map_err(|e| format!("cannot tell which cage process {} is in: {e}", peer.pid))?;
+    // Read again after the cgroup: the cgroup read above was the connecting process's.
+    if !same_process() {
+        return Err(gone());
+    }
     let rel = root_relative(root);
     let own = cgroup
         .strip_prefix(&rel)
@@ -100,6 +136,16 @@ fn root_relative(root: &CageRoot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn start_times_name_one_process() {
+        let me = start_time(std::process::id()).expect("our own start time");
+        assert_eq!(start_time(std::process::id()), Some(me));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert_eq!(start_time(pid), None, "reaped: gone");
+    }
 
     #[test]
     fn wire_forms() {
