@@ -234,3 +234,81 @@ fn agentcage_event_reports_from_inside_the_cage() {
     harness::assert_refused(&outside, "is in no agentcage cage");
     daemon.stop();
 }
+
+#[test]
+fn a_group_budget_is_shared_and_throttles_every_member() {
+    let policy = "version: 1
+agents:
+  one:
+    groups: [team]
+  two:
+    groups: [team]
+  loner: {}
+groups:
+  team:
+    budgets:
+      usd: {hard: 1.0}
+";
+    let daemon = Daemon::start(policy);
+    let events = daemon.follow_events();
+    let app = daemon.app_socket();
+    let mut cages: Vec<_> = ["one", "two", "loner"]
+        .iter()
+        .map(|a| {
+            let mut c = daemon.serve_in(a);
+            assert_eq!(c.op(&format!("ctl-connect {}", app.display())), "ok");
+            c
+        })
+        .collect();
+    // 0.5 + 0.5 USD: neither agent alone reaches the limit, the group does.
+    for c in &mut cages[..2] {
+        assert!(c.op(&model_call(1)).contains(r#""decision":"allow""#));
+    }
+    let e = events.wait_event("the group's breach", |e| {
+        e["kind"] == "budget" && e["level"] == "hard"
+    });
+    assert_eq!(e["scope"], "group:team");
+    assert_eq!(e["budget"], "usd");
+    let s = daemon
+        .cli()
+        .args(["status", "-o", "json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&s.stdout).unwrap();
+    let throttled = |name: &str| {
+        v["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name)
+            .unwrap()["throttled"]
+            .as_bool()
+            .unwrap()
+    };
+    assert!(throttled("one") && throttled("two"), "{v}");
+    assert!(!throttled("loner"), "not in the group");
+    for c in cages {
+        c.finish();
+    }
+    daemon.stop();
+}
+
+#[test]
+fn the_wall_clock_budget_runs_out_by_itself() {
+    let policy = "version: 1
+agents:
+  slow:
+    budgets:
+      wall_clock: {soft: 1s}
+";
+    let daemon = Daemon::start(policy);
+    let events = daemon.follow_events();
+    let cage = daemon.serve_in("slow");
+    // No sleep: the daemon's clock does the waiting, the test waits for its event.
+    let e = events.wait_event("the wall-clock alert", |e| e["kind"] == "budget");
+    assert_eq!(e["budget"], "wall_clock");
+    assert_eq!(e["level"], "soft");
+    assert!(e["value"].as_f64().unwrap() >= 1.0);
+    cage.finish();
+    daemon.stop();
+}

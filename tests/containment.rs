@@ -321,6 +321,46 @@ fn a_deny_rate_anomaly_narrows_the_agent_to_read_only() {
 }
 
 #[test]
+fn a_missed_obligation_is_a_violation_when_its_time_is_up() {
+    let policy = "version: 1
+agents:
+  ops:
+    assertions:
+      - ticket_comment within 3s after exec(\"kubectl apply\")
+    containment:
+      on_assertion: read_only
+";
+    let daemon = Daemon::start(policy);
+    let events = daemon.follow_events();
+    let mut cage = daemon.serve_in("ops");
+    let app = daemon.app_socket();
+    assert_eq!(cage.op(&format!("ctl-connect {}", app.display())), "ok");
+    let exec = r#"ctl-send {"event":{"app":"exec","command":"kubectl apply -f a.yaml"}}"#;
+    let comment = r#"ctl-send {"event":{"app":"ticket_comment","ticket":"OPS-1"}}"#;
+    // Kept: a comment follows in time.
+    assert!(cage.op(exec).contains("accepted"));
+    assert!(cage.op(comment).contains("accepted"));
+    // Missed: nothing follows; the daemon's clock says when the second is up.
+    assert!(cage.op(exec).contains("accepted"));
+    let v = events.wait_event("the violation", |e| e["kind"] == "assertion");
+    assert_eq!(
+        v["violation"],
+        "no ticket_comment within the window after exec(\"kubectl apply\")"
+    );
+    let c = events.wait_event("the containment", |e| e["kind"] == "containment");
+    assert_eq!(c["rung"], "read_only");
+    // Exactly one violation: the kept obligation raised none.
+    let lines = events.lines.all.lock().unwrap().clone();
+    let violations = lines
+        .iter()
+        .filter(|l| l.contains(r#""kind":"assertion""#))
+        .count();
+    assert_eq!(violations, 1);
+    cage.finish();
+    daemon.stop();
+}
+
+#[test]
 fn containment_of_an_unknown_agent_or_rung_is_refused() {
     let daemon = Daemon::start(&two_ports(1, 2));
     let out = daemon.cli().args(["pause", "nobody"]).output().unwrap();
