@@ -105,6 +105,7 @@ fn read_only_rung_limits_egress_to_the_read_only_set_in_the_kernel() {
         .unwrap();
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["agents"][0]["rung"], "read_only");
+    assert_eq!(status["agents"][0]["policy_hash"], status["policy_hash"]);
 
     // A reload keeps the rung, with the new policy's read-only set.
     let reload = daemon.rewrite_policy(&two_ports(rw, ro));

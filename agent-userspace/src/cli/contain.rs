@@ -107,7 +107,7 @@ fn describe(r: &ApprovalRequest) -> String {
                 humantime::format_rfc3339_seconds(until)
             )
         }
-        Status::Denied { approver } => format!("denied by {approver}"),
+        Status::Denied { approver, .. } => format!("denied by {approver}"),
         Status::Expired { approver } => format!("expired (approved by {approver})"),
     };
     format!(

@@ -239,6 +239,9 @@ pub struct AgentStatus {
     /// Over a hard budget: new egress is denied (verdict `budget`).
     #[serde(default)]
     pub throttled: bool,
+    /// SHA-256 of the policy the cage's kernel entries were compiled from.
+    #[serde(default)]
+    pub policy_hash: String,
 }
 
 #[cfg(test)]

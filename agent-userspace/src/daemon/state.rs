@@ -656,6 +656,11 @@ impl State {
                         .map(|r| r.rung.name().to_owned())
                         .unwrap_or_default(),
                     throttled: self.runtimes.get(name).is_some_and(|r| r.throttled),
+                    policy_hash: self
+                        .slot_policies
+                        .get(&cage.slot.slot())
+                        .map(|p| p.hash().to_owned())
+                        .unwrap_or_default(),
                 }
             })
             .collect();

@@ -113,6 +113,9 @@ pub enum Status {
     Denied {
         /// Who.
         approver: String,
+        /// When (CLOCK_BOOTTIME ns): the same subject is not asked again for a while.
+        #[serde(default)]
+        at_boot_ns: u64,
     },
     /// The approval lapsed.
     Expired {
@@ -163,6 +166,9 @@ pub enum ApprovalError {
 
 /// How many decided requests are remembered.
 const KEEP_DECIDED: usize = 1024;
+/// After a denial, how long the same agent's attempts at the same subject raise no new
+/// request (they are still denied): a person said no, and a retrying agent must not flood them.
+pub const ASK_AGAIN_AFTER_NS: u64 = 60_000_000_000;
 /// How many requests may wait at once; past it no new one is raised (the kernel keeps
 /// denying), so an agent probing many destinations cannot grow the daemon's memory.
 const MAX_PENDING: usize = 1024;
@@ -175,13 +181,25 @@ pub struct Approvals {
 }
 
 impl Approvals {
-    /// Raises a request unless one for the same agent and subject is pending or approved;
-    /// returns the new request.
-    pub fn request(&mut self, agent: &str, cgroup_id: u64, subject: Subject) -> Option<&Request> {
+    /// Raises a request unless one for the same agent and subject is pending or approved, or
+    /// was denied less than [`ASK_AGAIN_AFTER_NS`] ago; returns the new request.
+    pub fn request(
+        &mut self,
+        agent: &str,
+        cgroup_id: u64,
+        subject: Subject,
+        now_boot_ns: u64,
+    ) -> Option<&Request> {
         let open = self.requests.values().any(|r| {
             r.agent == agent
                 && r.subject == subject
-                && matches!(r.status, Status::Pending | Status::Approved { .. })
+                && match r.status {
+                    Status::Pending | Status::Approved { .. } => true,
+                    Status::Denied { at_boot_ns, .. } => {
+                        now_boot_ns.saturating_sub(at_boot_ns) < ASK_AGAIN_AFTER_NS
+                    }
+                    Status::Expired { .. } => false,
+                }
         });
         let pending = self
             .requests
@@ -225,10 +243,16 @@ impl Approvals {
     }
 
     /// Refuses a pending request.
-    pub fn deny(&mut self, id: u64, approver: &str) -> Result<&Request, ApprovalError> {
+    pub fn deny(
+        &mut self,
+        id: u64,
+        approver: &str,
+        now_boot_ns: u64,
+    ) -> Result<&Request, ApprovalError> {
         let r = self.pending(id)?;
         r.status = Status::Denied {
             approver: approver.to_owned(),
+            at_boot_ns: now_boot_ns,
         };
         Ok(r)
     }
@@ -325,6 +349,7 @@ impl Approvals {
             if r.cgroup_id == cgroup_id && matches!(r.status, Status::Pending) {
                 r.status = Status::Denied {
                     approver: "agentcaged (the cage was removed)".into(),
+                    at_boot_ns: 0,
                 };
             }
         }
@@ -358,9 +383,12 @@ mod tests {
     #[test]
     fn one_open_request_per_subject_and_expiry() {
         let mut a = Approvals::default();
-        let id = a.request("x", 1, tool("payout")).unwrap().id;
-        assert!(a.request("x", 1, tool("payout")).is_none(), "deduplicated");
-        assert!(a.request("y", 2, tool("payout")).is_some(), "per agent");
+        let id = a.request("x", 1, tool("payout"), 0).unwrap().id;
+        assert!(
+            a.request("x", 1, tool("payout"), 0).is_none(),
+            "deduplicated"
+        );
+        assert!(a.request("y", 2, tool("payout"), 0).is_some(), "per agent");
         assert!(!a.is_approved("x", &tool("payout"), 0));
         a.approve(id, "uid 0", 100, 1).unwrap();
         assert!(a.is_approved("x", &tool("payout"), 99));
@@ -374,7 +402,23 @@ mod tests {
         );
         assert_eq!(a.expire(100).len(), 1);
         assert!(a.expire(200).is_empty());
-        assert!(a.request("x", 1, tool("payout")).is_some(), "asks again");
-        assert_eq!(a.deny(999, "me").unwrap_err(), ApprovalError::Unknown(999));
+        assert!(a.request("x", 1, tool("payout"), 0).is_some(), "asks again");
+        assert_eq!(
+            a.deny(999, "me", 0).unwrap_err(),
+            ApprovalError::Unknown(999)
+        );
+    }
+
+    #[test]
+    fn a_denial_is_not_asked_again_at_once() {
+        let mut a = Approvals::default();
+        let id = a.request("x", 1, tool("t"), 0).unwrap().id;
+        a.deny(id, "me", 10).unwrap();
+        assert!(a
+            .request("x", 1, tool("t"), 10 + ASK_AGAIN_AFTER_NS - 1)
+            .is_none());
+        assert!(a
+            .request("x", 1, tool("t"), 10 + ASK_AGAIN_AFTER_NS)
+            .is_some());
     }
 }

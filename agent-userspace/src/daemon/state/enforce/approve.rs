@@ -83,7 +83,7 @@ impl State {
 
     /// Refuses request `id`.
     pub fn deny(&mut self, id: u64, approver: &str) -> Result<Request, StateError> {
-        let request = self.approvals.deny(id, approver)?.clone();
+        let request = self.approvals.deny(id, approver, boot_ns())?.clone();
         info!(id, agent = request.agent, approver, "approval denied");
         self.publish_approval(&request);
         Ok(request)
@@ -97,7 +97,7 @@ impl State {
                 until_unix_nano,
                 ..
             } => ("approved", Some(approver.clone()), Some(*until_unix_nano)),
-            Status::Denied { approver } => ("denied", Some(approver.clone()), None),
+            Status::Denied { approver, .. } => ("denied", Some(approver.clone()), None),
             Status::Expired { approver } => ("expired", Some(approver.clone()), None),
         };
         self.publish(
@@ -116,7 +116,10 @@ impl State {
     /// Raises a request for `subject` unless one is open; returns the open or new id.
     pub(super) fn request_approval(&mut self, agent: &str, subject: Subject) -> Option<u64> {
         let cgroup_id = self.cages.get(agent)?.cgroup_id;
-        if let Some(r) = self.approvals.request(agent, cgroup_id, subject.clone()) {
+        if let Some(r) = self
+            .approvals
+            .request(agent, cgroup_id, subject.clone(), boot_ns())
+        {
             let r = r.clone();
             warn!(
                 id = r.id,
