@@ -167,6 +167,11 @@ fn approval_required_rung_holds_destinations_outside_the_allow_list() {
         .unwrap();
     assert!(ok.status.success(), "{}", stderr(&ok));
     assert_eq!(cage.op(&dst), "ok", "that destination, approved");
+    // Tool calls wait for a person on this rung too, even those the policy does not name.
+    let app = daemon.app_socket();
+    assert_eq!(cage.op(&format!("ctl-connect {}", app.display())), "ok");
+    let held = cage.op(r#"ctl-send {"event":{"app":"tool_call","name":"search","phase":"start"}}"#);
+    assert!(held.contains(r#""reason":"pending-approval""#), "{held}");
     cage.finish();
     daemon.stop();
 }

@@ -124,8 +124,14 @@ impl State {
                         },
                         true,
                     );
-                } else if self.runtimes.get(agent).is_some_and(|r| r.throttled) {
-                    refusal = Some(("budget".into(), None));
+                } else {
+                    refusal = self.tool_refusal(
+                        agent,
+                        Subject::Exec {
+                            command: command.clone(),
+                        },
+                        false,
+                    );
                 }
                 Some((PatternKind::Exec, Some(command.clone())))
             }
@@ -171,6 +177,8 @@ impl State {
         if rt.rung >= Rung::Paused {
             return Some(("contained".into(), None));
         }
+        // On the approval-required rung every tool call and command waits for a person.
+        let needs_approval = needs_approval || rt.rung == Rung::ApprovalRequired;
         if needs_approval && !self.approvals.is_approved(agent, &subject, boot_ns()) {
             let id = self.request_approval(agent, subject);
             return Some(("pending-approval".into(), id));
