@@ -12,6 +12,7 @@
 //! - [`control`]: the control socket's protocol, server (peer checks) and client;
 //! - [`daemon`]: the daemon's state and main loop;
 //! - [`cli`]: the command line;
+//! - [`runtime`]: containment, approvals, budgets, assertions, application events;
 //! - [`doctor`]: what this kernel can do, probed;
 //! - [`errors`]: rendering error chains for people.
 
@@ -27,5 +28,6 @@ pub mod errors;
 pub mod events;
 pub mod identity;
 pub mod policy;
+pub mod runtime;
 pub mod spool;
 pub mod telemetry;

@@ -15,7 +15,7 @@ mod tasks;
 pub use config::{DaemonConfig, LogFormat};
 pub use dashboard::DashboardConfig;
 pub use file::{ConfigFile, ConfigFileError};
-pub use state::StateError;
+pub use state::{Contained, StateError};
 
 use std::{io, path::PathBuf, sync::Arc};
 
@@ -26,14 +26,14 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::{
-    bpf::{self, AttachedPrograms, BpfError, EgressMaps, GlobalHooks},
+    bpf::{self, ApprovalMap, AttachedPrograms, BpfError, EgressMaps, GlobalHooks},
     cage::{find_cgroup2_mount, CageError, CageRoot},
     control::AccessPolicy,
     events::EventBus,
     policy::{Policy, PolicyError},
 };
 use server::Shared;
-use state::{KernelInfo, State};
+use state::{KernelInfo, RuntimeParts, State};
 
 /// Why the daemon could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +111,13 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     // The socket and the cgroup lock come first: a second daemon must fail before it touches
     // anything the first one owns (its pins above all).
     let listener = server::bind(&config.socket, &access)?;
+    let app_listener = match server::bind_app(&config.app_socket) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = std::fs::remove_file(&config.socket);
+            return Err(e);
+        }
+    };
     let started = async {
         if bpf::ensure_bpffs()? {
             info!("mounted bpffs at /sys/fs/bpf");
@@ -125,7 +132,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             policy,
             root.clone(),
             access,
-            listener,
+            (listener, app_listener),
             signals,
         )
         .await;
@@ -138,6 +145,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     }
     .await;
     let _ = std::fs::remove_file(&config.socket);
+    let _ = std::fs::remove_file(&config.app_socket);
     started
 }
 
@@ -147,7 +155,7 @@ async fn start(
     policy: Policy,
     root: CageRoot,
     access: AccessPolicy,
-    listener: tokio::net::UnixListener,
+    (listener, app_listener): (tokio::net::UnixListener, tokio::net::UnixListener),
     signals: Signals,
 ) -> Result<(), DaemonError> {
     let bpf::Loaded {
@@ -169,6 +177,10 @@ async fn start(
         }
     };
     let maps = EgressMaps::take(&mut ebpf)?;
+    let approval_map = ApprovalMap::take(&mut ebpf)?;
+    let bus = EventBus::new();
+    // Subscribed before anything is published, so the run-time checks miss nothing.
+    let runtime_rx = bus.subscribe();
     let ring: RingBuf<_> = ebpf
         .take_map(EVENTS)
         .ok_or(BpfError::Map {
@@ -203,10 +215,14 @@ async fn start(
         root.clone(),
         Arc::clone(&inotify),
         kernel,
+        RuntimeParts {
+            approval_map,
+            bus: bus.clone(),
+            snapshot_dir: config.snapshot_dir.clone(),
+        },
     );
-    let bus = EventBus::new();
     let wake = Arc::new(tokio::sync::Notify::new());
-    state.set_bus(bus.clone(), Arc::clone(&wake));
+    state.set_wake(Arc::clone(&wake));
     let dashboard = match file.dashboard.listen {
         Some(listen) => {
             let listener = dashboard::bind(listen).await?;
@@ -304,6 +320,17 @@ async fn start(
     if let Some((listener, token, _)) = dashboard {
         tasks.spawn(dashboard::serve(Arc::clone(&shared), listener, token));
     }
+    tasks.spawn(tasks::accept_app(Arc::clone(&shared), app_listener));
+    tasks.spawn(tasks::run_checks(Arc::clone(&shared), runtime_rx));
+    tasks.spawn(tasks::tick(Arc::clone(&shared)));
+    match tasks::PolicyWatch::new(&config.policy) {
+        Ok(w) => {
+            tasks.spawn(tasks::watch_policy(Arc::clone(&shared), w));
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot watch the policy directory: reload with SIGHUP or `agentcage policy reload`")
+        }
+    }
 
     signals
         .wait_for_stop(&shared, || {
@@ -372,9 +399,18 @@ fn watch_links(
             shared.bus.publish(crate::events::Event::daemon(
                 &hash,
                 crate::events::EventDetail::Containment(crate::events::ContainmentDetail {
-                    action: "freeze_all".into(),
-                    reason: format!("programs {missing:?} detached and not re-attachable: {e}"),
-                    done: frozen,
+                    rung: if frozen { "paused" } else { "unchanged" }.into(),
+                    previous: "any".into(),
+                    reason: format!(
+                        "watchdog: programs {missing:?} detached and not re-attachable ({e}); \
+                         every cage {}",
+                        if frozen {
+                            "frozen"
+                        } else {
+                            "could NOT be frozen"
+                        }
+                    ),
+                    snapshot: None,
                 }),
             ));
         }

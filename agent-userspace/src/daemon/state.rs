@@ -10,16 +10,20 @@ use std::{
     sync::Arc,
 };
 
+mod enforce;
+
+pub use enforce::Contained;
+
 use agent_common::cage::{
-    CageConfig, CAGE_F_ALLOW_RAW, CAGE_F_EXEC_DEFAULT_DENY, CAGE_F_EXEC_DIGESTS_REQUIRED,
-    CAGE_F_EXEC_HASHES, CAGE_F_FILES,
+    CageConfig, CAGE_F_ALLOW_RAW, CAGE_F_APPROVAL_ALL, CAGE_F_EXEC_DEFAULT_DENY,
+    CAGE_F_EXEC_DIGESTS_REQUIRED, CAGE_F_EXEC_HASHES, CAGE_F_FILES, CAGE_F_THROTTLED,
 };
 use nix::sys::inotify::{AddWatchFlags, Inotify, WatchDescriptor};
 use tracing::{info, warn};
 
 use super::enrich;
 use crate::{
-    bpf::{BpfError, EgressMaps, HookStatus, SlotEntries, Tier},
+    bpf::{ApprovalMap, BpfError, EgressMaps, HookStatus, SlotEntries, Tier},
     cage::{CageError, CageRoot, CgroupDir},
     caps,
     capture::{ProcessNode, ProcessTree},
@@ -29,8 +33,14 @@ use crate::{
     },
     identity::AgentIdentity,
     policy::{
-        compile_egress, compile_exec, compile_files, validate_agent_name, AgentPolicy,
-        CompiledAgent, Enforcement, Policy, PolicyError,
+        compile_egress, compile_exec, compile_files, compile_read_only, validate_agent_name,
+        AgentPolicy, CompiledAgent, Enforcement, Policy, PolicyError,
+    },
+    runtime::{
+        approvals::{ApprovalError, Approvals},
+        budgets::Meter,
+        containment::ContainError,
+        AgentRuntime, Rung,
     },
 };
 
@@ -99,6 +109,27 @@ pub enum StateError {
         /// What the kernel lacks.
         missing: String,
     },
+    /// The request cannot be carried out as given.
+    #[error("{0}")]
+    Usage(String),
+    /// The policy file could not be written.
+    #[error("writing the policy file {path}: {source}")]
+    PolicyFile {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No cage of that agent exists.
+    #[error("agent {0:?} has no cage (it is not running); `agentcage status` lists the agents")]
+    NoCage(String),
+    /// An approval decision was refused.
+    #[error(transparent)]
+    Approval(#[from] ApprovalError),
+    /// Freezing, killing or the snapshot failed.
+    #[error(transparent)]
+    Contain(#[from] ContainError),
     /// Watching a cage for emptiness failed.
     #[error("watching {path}: {source}")]
     Watch {
@@ -182,12 +213,41 @@ pub struct State {
     retired: std::collections::VecDeque<u32>,
     /// Retired slots whose entries are still in the maps, with when they were retired.
     draining: std::collections::VecDeque<(std::time::Instant, SlotEntries)>,
-    /// Where session starts and ends are published (set once the bus exists).
-    bus: Option<EventBus>,
     /// Wakes the event reader to publish session ends.
     wake: Option<Arc<tokio::sync::Notify>>,
     /// Session ends for the reader to publish after the cage's last kernel events.
     pending_ends: Vec<(u32, Event)>,
+    /// Per agent session: rung, budgets, assertions, last events.
+    runtimes: HashMap<String, AgentRuntime>,
+    /// Budget usage of user groups and workflows (`group:NAME`, `workflow:NAME`).
+    scope_meters: HashMap<String, Meter>,
+    /// Approval requests and decisions.
+    approvals: Approvals,
+    /// The kernel's grants.
+    approval_map: ApprovalMap,
+    /// Where the daemon's own events go.
+    bus: EventBus,
+    /// Where forensic snapshots are written.
+    snapshot_dir: PathBuf,
+}
+
+/// The kernel-side mode of a cage, besides its policy.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct KernelMode {
+    /// The containment rung.
+    pub(crate) rung: Rung,
+    /// Over a hard budget.
+    pub(crate) throttled: bool,
+}
+
+/// What the daemon needs to run the policy's run-time parts.
+pub struct RuntimeParts {
+    /// The kernel's approvals map.
+    pub approval_map: ApprovalMap,
+    /// The event bus.
+    pub bus: EventBus,
+    /// Where forensic snapshots go.
+    pub snapshot_dir: PathBuf,
 }
 
 /// How many agent names are remembered for events before only live ones are kept.
@@ -208,6 +268,7 @@ impl State {
         root: CageRoot,
         inotify: Arc<Inotify>,
         kernel: KernelInfo,
+        parts: RuntimeParts,
     ) -> Self {
         Self {
             kernel,
@@ -230,16 +291,19 @@ impl State {
             slot_policies: HashMap::new(),
             retired: std::collections::VecDeque::new(),
             draining: std::collections::VecDeque::new(),
-            bus: None,
             wake: None,
             pending_ends: Vec::new(),
+            runtimes: HashMap::new(),
+            scope_meters: HashMap::new(),
+            approvals: Approvals::default(),
+            approval_map: parts.approval_map,
+            bus: parts.bus,
+            snapshot_dir: parts.snapshot_dir,
         }
     }
 
-    /// Publishes session starts and ends on `bus` from now on; `wake` is notified when a
-    /// session end waits for the event reader.
-    pub fn set_bus(&mut self, bus: EventBus, wake: Arc<tokio::sync::Notify>) {
-        self.bus = Some(bus);
+    /// From now on, `wake` is notified when a session end waits for the event reader.
+    pub fn set_wake(&mut self, wake: Arc<tokio::sync::Notify>) {
         self.wake = Some(wake);
     }
 
@@ -265,7 +329,8 @@ impl State {
         };
         let end = action == "end";
         let seq = if end { 0 } else { self.next_seq(agent_id) };
-        let (Some(bus), Some(cage)) = (&self.bus, self.cages.get(agent)) else {
+        let bus = &self.bus;
+        let Some(cage) = self.cages.get(agent) else {
             return;
         };
         let now = crate::spool::now_unix_nano();
@@ -338,7 +403,14 @@ impl State {
         agent: &str,
         strict: bool,
         adopting: bool,
+        mode: KernelMode,
     ) -> Result<(CompiledAgent, u32, u32), StateError> {
+        let mode_flags = match (mode.rung, mode.throttled) {
+            (Rung::ApprovalRequired, false) => CAGE_F_APPROVAL_ALL,
+            (Rung::ApprovalRequired, true) => CAGE_F_APPROVAL_ALL | CAGE_F_THROTTLED,
+            (_, true) => CAGE_F_THROTTLED,
+            (_, false) => 0,
+        };
         let Some(p) = policy.agent(agent) else {
             if strict {
                 return Err(StateError::UnknownAgent {
@@ -346,15 +418,21 @@ impl State {
                     policy: policy.source().to_owned(),
                 });
             }
-            return Ok((CompiledAgent::default(), 0, 1));
+            return Ok((CompiledAgent::default(), mode_flags, 1));
         };
         let at = if policy.agents.contains_key(agent) {
             format!("agents.{agent}")
         } else {
             "default_agent".to_owned()
         };
+        // A paused or killed cage is frozen; should it thaw before it is resumed, it gets the
+        // narrowest egress, the read-only set.
+        let egress = match mode.rung {
+            Rung::ReadOnly | Rung::Paused | Rung::Killed => compile_read_only(agent, &p.egress)?,
+            Rung::Observe | Rung::ApprovalRequired => compile_egress(agent, &p.egress)?,
+        };
         let compiled = CompiledAgent {
-            egress: compile_egress(agent, &p.egress)?,
+            egress,
             exec: compile_exec(&format!("{at}.exec"), &p.exec),
             files: compile_files(&format!("{at}.files"), &p.files),
         };
@@ -383,7 +461,7 @@ impl State {
             // can enforce.
             warn!(agent, error = %err, "cage enforced with the kill tier only");
         }
-        let mut flags = 0;
+        let mut flags = mode_flags;
         if p.egress.raw_sockets {
             flags |= CAGE_F_ALLOW_RAW;
         }
@@ -421,8 +499,14 @@ impl State {
     /// does not name (new cages), otherwise they are caged with nothing allowed (cages found
     /// from an earlier daemon, whose processes must never run unrestricted).
     fn install(&mut self, agent: &str, dir: CgroupDir, strict: bool) -> Result<(), StateError> {
-        let (compiled, flags, allow_sample) =
-            Self::compile_for(&self.policy, &self.kernel, agent, strict, !strict)?;
+        let (compiled, flags, allow_sample) = Self::compile_for(
+            &self.policy,
+            &self.kernel,
+            agent,
+            strict,
+            !strict,
+            KernelMode::default(),
+        )?;
         let cgroup_id = dir.id()?;
         let agent_id = self.agent_id(agent);
         let slot = self.take_slot();
@@ -453,6 +537,10 @@ impl State {
             }
         };
         self.watches.insert(watch, agent.to_owned());
+        self.runtimes.insert(
+            agent.to_owned(),
+            AgentRuntime::new(self.policy.agent(agent), crate::runtime::boot_ns()),
+        );
         self.cages.insert(
             agent.to_owned(),
             Cage {
@@ -477,7 +565,15 @@ impl State {
             if self.policy.agent(&name).is_none() {
                 warn!(agent = %name, "cage left by an earlier daemon has no policy entry: nothing is allowed to it");
             }
+            let frozen = crate::runtime::containment::is_frozen(&dir).unwrap_or(false);
             self.install(&name, dir, false)?;
+            if frozen {
+                // Paused by an earlier daemon: it stays paused until someone resumes it.
+                if let Some(rt) = self.runtimes.get_mut(&name) {
+                    rt.rung = Rung::Paused;
+                }
+                warn!(agent = %name, "cage left paused by an earlier daemon: agentcage resume {name} to thaw it");
+            }
             found.push(name);
         }
         Ok(found)
@@ -491,7 +587,14 @@ impl State {
         validate_agent_name(agent)?;
         if !self.cages.contains_key(agent) {
             // Check the policy before touching the file system.
-            Self::compile_for(&self.policy, &self.kernel, agent, true, false)?;
+            Self::compile_for(
+                &self.policy,
+                &self.kernel,
+                agent,
+                true,
+                false,
+                KernelMode::default(),
+            )?;
             let dir = self.root.ensure_cage(agent)?;
             if let Err(e) = self.install(agent, dir.clone(), true) {
                 let _ = dir.remove();
@@ -652,6 +755,9 @@ impl State {
             let _ = self.inotify.rm_watch(cage.watch);
             self.watches.remove(&cage.watch);
             self.maps.remove_cage(cage.cgroup_id);
+            self.runtimes.remove(agent);
+            self.approvals.forget_cage(cage.cgroup_id);
+            self.approval_map.revoke_cage(cage.cgroup_id);
             self.retire(cage.slot);
             info!(agent, "cage removed: its last process exited");
         }
@@ -662,28 +768,33 @@ impl State {
     pub fn reload(&mut self) -> Result<Arc<Policy>, StateError> {
         let result = Policy::load(&self.policy_path)
             .map_err(StateError::from)
-            .and_then(|policy| self.apply(policy));
-        if let Some(bus) = &self.bus {
-            let (hash, detail) = match &result {
-                Ok(p) => (
-                    p.hash().to_owned(),
-                    PolicyDetail {
-                        result: "applied".into(),
-                        source: p.source().to_owned(),
-                        error: None,
-                    },
-                ),
-                Err(e) => (
-                    self.policy.hash().to_owned(),
-                    PolicyDetail {
-                        result: "refused".into(),
-                        source: self.policy_path.display().to_string(),
-                        error: Some(crate::errors::render(e)),
-                    },
-                ),
-            };
-            bus.publish(Event::daemon(&hash, EventDetail::Policy(detail)));
-        }
+            .and_then(|policy| {
+                if policy.hash() == self.policy.hash() {
+                    // Unchanged (e.g. the file was rewritten by `policy apply`): nothing to swap.
+                    return Ok(Arc::clone(&self.policy));
+                }
+                self.apply(policy)
+            });
+        let (hash, detail) = match &result {
+            Ok(p) => (
+                p.hash().to_owned(),
+                PolicyDetail {
+                    result: "applied".into(),
+                    source: p.source().to_owned(),
+                    error: None,
+                },
+            ),
+            Err(e) => (
+                self.policy.hash().to_owned(),
+                PolicyDetail {
+                    result: "refused".into(),
+                    source: self.policy_path.display().to_string(),
+                    error: Some(crate::errors::render(e)),
+                },
+            ),
+        };
+        self.bus
+            .publish(Event::daemon(&hash, EventDetail::Policy(detail)));
         result
     }
 
@@ -693,9 +804,10 @@ impl State {
         let policy = Arc::new(policy);
         let mut compiled = Vec::with_capacity(self.cages.len());
         for agent in self.cages.keys() {
+            let mode = self.kernel_mode(agent);
             compiled.push((
                 agent.clone(),
-                Self::compile_for(&policy, &self.kernel, agent, false, false)?,
+                Self::compile_for(&policy, &self.kernel, agent, false, false, mode)?,
             ));
         }
         let mut filled: Vec<(String, SlotEntries, CageConfig)> = Vec::new();
@@ -737,6 +849,7 @@ impl State {
             self.retire(old);
         }
         self.policy = policy;
+        self.after_policy_change();
         info!(
             source = self.policy.source(),
             policy_hash = self.policy.hash(),
@@ -763,6 +876,17 @@ impl State {
                     lost: stats.lost,
                     lost_by_kind: lost_by_kind(&stats.lost_by_kind),
                     killed: stats.killed,
+                    rung: self
+                        .runtimes
+                        .get(name)
+                        .map(|r| r.rung.name().to_owned())
+                        .unwrap_or_default(),
+                    throttled: self.runtimes.get(name).is_some_and(|r| r.throttled),
+                    policy_hash: self
+                        .slot_policies
+                        .get(&cage.slot.slot())
+                        .map(|p| p.hash().to_owned())
+                        .unwrap_or_default(),
                 }
             })
             .collect();

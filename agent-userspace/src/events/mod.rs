@@ -1,9 +1,14 @@
 //! Events: decoded from the kernel's ring buffer, enriched with the agent's identity and the
 //! policy in force, and fanned out on a bus to independent consumers.
 
+mod app;
 mod bus;
 mod decode;
 pub mod process;
+mod runtime;
+
+pub use app::{AppEvent, Phase};
+pub use runtime::{ApprovalDetail, AssertionDetail, BudgetDetail, ContainmentDetail};
 
 pub use bus::EventBus;
 pub use decode::{decode, DecodeError, RawEvent};
@@ -80,8 +85,16 @@ pub enum EventDetail {
     Session(SessionDetail),
     /// The policy was reloaded, or a reload was refused.
     Policy(PolicyDetail),
-    /// The daemon contained agents (e.g. froze every cage when it could not re-attach a program).
+    /// What the agent's application reported.
+    App(AppEvent),
+    /// The cage moved to a containment rung.
     Containment(ContainmentDetail),
+    /// An approval was requested or decided.
+    Approval(ApprovalDetail),
+    /// A budget limit was reached.
+    Budget(BudgetDetail),
+    /// A temporal assertion was violated.
+    Assertion(AssertionDetail),
 }
 
 /// A policy reload, applied or refused.
@@ -94,17 +107,6 @@ pub struct PolicyDetail {
     /// Why it was refused.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
-}
-
-/// A containment action taken by the daemon.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ContainmentDetail {
-    /// What was done (`freeze_all`).
-    pub action: String,
-    /// Why.
-    pub reason: String,
-    /// Whether it took effect.
-    pub done: bool,
 }
 
 /// An agent session's start or end: one trace per session in the exported telemetry.
@@ -132,7 +134,7 @@ pub struct EgressDetail {
     pub dst_addr: Option<IpAddr>,
     /// Destination port (0 for sock_create).
     pub dst_port: u16,
-    /// `allow` or `deny`.
+    /// `allow`, `deny`, `pending-approval` or `budget`.
     pub verdict: String,
     /// The rule that decided: `egress.allow[N]`, `default-deny`, `socket-kind`,
     /// `raw-sockets-allowed` or `no-cage`.

@@ -122,6 +122,51 @@ impl Instruments {
             }
             self.decisions.add(1, &attrs);
         }
+        let agent = event
+            .agent
+            .as_deref()
+            .map_or("", |a| a.strip_prefix("agent:").unwrap_or(a));
+        match &event.detail {
+            EventDetail::Exec(d) => self.decisions.add(
+                1,
+                &[
+                    KeyValue::new(sc::VERDICT, d.verdict.clone()),
+                    KeyValue::new(sc::HOOK, d.hook.clone()),
+                    KeyValue::new(sc::GEN_AI_AGENT_NAME, agent.to_owned()),
+                ],
+            ),
+            EventDetail::File(d) => self.decisions.add(
+                1,
+                &[
+                    KeyValue::new(sc::VERDICT, d.verdict.clone()),
+                    KeyValue::new(sc::HOOK, format!("file_{}", d.op)),
+                    KeyValue::new(sc::GEN_AI_AGENT_NAME, agent.to_owned()),
+                ],
+            ),
+            EventDetail::App(crate::events::AppEvent::ModelCall {
+                input_tokens,
+                output_tokens,
+                cost_usd,
+                queue_ms,
+                model_ms,
+                ..
+            }) => {
+                self.record_tokens(agent, *input_tokens, *output_tokens);
+                self.record_cost(agent, *cost_usd);
+                if let Some(q) = queue_ms {
+                    self.record_latency("model_queue", q / 1e3);
+                }
+                if let Some(m) = model_ms {
+                    self.record_latency("model", m / 1e3);
+                }
+            }
+            EventDetail::App(crate::events::AppEvent::ToolCall {
+                latency_ms: Some(t),
+                ..
+            }) => self.record_latency("tool", t / 1e3),
+            EventDetail::Budget(b) => self.record_budget(agent, &b.budget, b.value),
+            _ => {}
+        }
     }
 
     /// Records a latency (`queueing`, `model` or `tool`), in seconds.

@@ -137,7 +137,11 @@ pub fn describe(record: &Record, node: &str) -> Described {
                 EventDetail::Egress(d) => egress(event, d),
                 EventDetail::Session(d) => session(event, d),
                 EventDetail::Policy(d) => policy(d),
-                EventDetail::Containment(d) => containment(d),
+                EventDetail::Containment(d) => containment(event, d),
+                EventDetail::App(a) => app(event, a),
+                EventDetail::Approval(d) => approval(d),
+                EventDetail::Budget(d) => budget(d),
+                EventDetail::Assertion(d) => assertion(d),
                 EventDetail::Exec(d) => exec(event, d),
                 EventDetail::Fork(d) => (
                     sc::EVENT_PROCESS_FORK,
@@ -187,6 +191,10 @@ fn common(event: &Event) -> Vec<KeyValue> {
         EventDetail::Session(_) => "session",
         EventDetail::Policy(_) => "policy",
         EventDetail::Containment(_) => "containment",
+        EventDetail::App(_) => "app",
+        EventDetail::Approval(_) => "approval",
+        EventDetail::Budget(_) => "budget",
+        EventDetail::Assertion(_) => "assertion",
         EventDetail::Exec(_) => "exec",
         EventDetail::Fork(_) => "fork",
         EventDetail::Exit(_) => "exit",
@@ -410,21 +418,166 @@ fn policy(d: &PolicyDetail) -> KindParts {
     )
 }
 
-fn containment(d: &ContainmentDetail) -> KindParts {
+fn containment(event: &Event, d: &ContainmentDetail) -> KindParts {
+    let mut attrs = vec![
+        KeyValue::new(sc::CONTAINMENT_RUNG, d.rung.clone()),
+        KeyValue::new(sc::CONTAINMENT_PREVIOUS, d.previous.clone()),
+        KeyValue::new(sc::CONTAINMENT_REASON, d.reason.clone()),
+    ];
+    if let Some(s) = &d.snapshot {
+        attrs.push(KeyValue::new(sc::CONTAINMENT_SNAPSHOT, s.clone()));
+    }
+    let time = time_of(event.time_unix_nano);
+    let span = SpanPlan {
+        name: format!("contain {}", d.rung),
+        start: time,
+        end: time,
+        root: false,
+        error: None,
+        attributes: Vec::new(),
+    };
+    let severity = if d.rung == "observe" {
+        Severity::Info
+    } else {
+        Severity::Error
+    };
     (
         sc::EVENT_CONTAINMENT,
-        Severity::Error,
+        severity,
+        format!("{} -> {}: {}", d.previous, d.rung, d.reason),
+        Some(span),
+        attrs,
+    )
+}
+
+fn app(event: &Event, a: &crate::events::AppEvent) -> KindParts {
+    use crate::events::{AppEvent, Phase};
+    let time = time_of(event.time_unix_nano);
+    match a {
+        AppEvent::ToolCall {
+            name,
+            args_digest,
+            phase,
+            call_id,
+            latency_ms,
+        } => {
+            let mut attrs = vec![
+                KeyValue::new(sc::GEN_AI_OPERATION_NAME, sc::OP_EXECUTE_TOOL),
+                KeyValue::new(sc::GEN_AI_TOOL_NAME, name.clone()),
+            ];
+            if let Some(c) = call_id {
+                attrs.push(KeyValue::new(sc::GEN_AI_TOOL_CALL_ID, c.clone()));
+            }
+            if let Some(d) = args_digest {
+                attrs.push(KeyValue::new(sc::TOOL_ARGS_DIGEST, d.clone()));
+            }
+            // The span is complete at the call's end: it starts latency_ms before.
+            let span = (*phase == Phase::End).then(|| {
+                let took = Duration::from_secs_f64(latency_ms.unwrap_or(0.0) / 1e3);
+                SpanPlan {
+                    name: format!("{} {name}", sc::OP_EXECUTE_TOOL),
+                    start: time.checked_sub(took).unwrap_or(time),
+                    end: time,
+                    root: false,
+                    error: None,
+                    attributes: Vec::new(),
+                }
+            });
+            let body = match phase {
+                Phase::Start => format!("tool call {name} started"),
+                Phase::End => format!("tool call {name} ended"),
+            };
+            (sc::EVENT_TOOL_CALL, Severity::Info, body, span, attrs)
+        }
+        AppEvent::ModelCall {
+            model,
+            input_tokens,
+            output_tokens,
+            cost_usd,
+            ..
+        } => (
+            sc::EVENT_MODEL_CALL,
+            Severity::Info,
+            format!("model call {model}: {input_tokens} in, {output_tokens} out, ${cost_usd}"),
+            None,
+            vec![
+                KeyValue::new(sc::GEN_AI_REQUEST_MODEL, model.clone()),
+                KeyValue::new(sc::GEN_AI_USAGE_INPUT_TOKENS, *input_tokens as i64),
+                KeyValue::new(sc::GEN_AI_USAGE_OUTPUT_TOKENS, *output_tokens as i64),
+                KeyValue::new(sc::COST_USD, *cost_usd),
+            ],
+        ),
+        AppEvent::TicketComment { ticket, .. } => (
+            sc::EVENT_APP,
+            Severity::Info,
+            format!("ticket comment on {ticket}"),
+            None,
+            vec![KeyValue::new(sc::TICKET_ID, ticket.clone())],
+        ),
+        other => (
+            sc::EVENT_APP,
+            Severity::Info,
+            serde_json::to_string(other).unwrap_or_default(),
+            None,
+            Vec::new(),
+        ),
+    }
+}
+
+fn approval(d: &crate::events::ApprovalDetail) -> KindParts {
+    let mut attrs = vec![
+        KeyValue::new(sc::APPROVAL_ID, d.id as i64),
+        KeyValue::new(sc::APPROVAL_STATE, d.state.clone()),
+        KeyValue::new(sc::APPROVAL_SUBJECT, d.subject.clone()),
+    ];
+    if let Some(a) = &d.approver {
+        attrs.push(KeyValue::new(sc::APPROVAL_APPROVER, a.clone()));
+    }
+    (
+        sc::EVENT_APPROVAL,
+        if d.state == "requested" {
+            Severity::Warn
+        } else {
+            Severity::Info
+        },
+        format!("approval {} {}: {}", d.id, d.state, d.subject),
+        None,
+        attrs,
+    )
+}
+
+fn budget(d: &crate::events::BudgetDetail) -> KindParts {
+    (
+        sc::EVENT_BUDGET,
+        if d.level == "hard" {
+            Severity::Error
+        } else {
+            Severity::Warn
+        },
         format!(
-            "{} ({}): {}",
-            d.action,
-            if d.done { "done" } else { "FAILED" },
-            d.reason
+            "{} budget {} of {}: {} of {}",
+            d.level, d.budget, d.scope, d.value, d.limit
         ),
         None,
         vec![
-            KeyValue::new(sc::CONTAINMENT_ACTION, d.action.clone()),
-            KeyValue::new(sc::CONTAINMENT_DONE, d.done),
-            KeyValue::new(sc::ERROR_MESSAGE, d.reason.clone()),
+            KeyValue::new(sc::BUDGET, d.budget.clone()),
+            KeyValue::new(sc::BUDGET_SCOPE, d.scope.clone()),
+            KeyValue::new(sc::BUDGET_LEVEL, d.level.clone()),
+            KeyValue::new(sc::BUDGET_VALUE, d.value),
+            KeyValue::new(sc::BUDGET_LIMIT, d.limit),
+        ],
+    )
+}
+
+fn assertion(d: &crate::events::AssertionDetail) -> KindParts {
+    (
+        sc::EVENT_ASSERTION,
+        Severity::Error,
+        format!("assertion violated: {}: {}", d.assertion, d.violation),
+        None,
+        vec![
+            KeyValue::new(sc::ASSERTION, d.assertion.clone()),
+            KeyValue::new(sc::ERROR_MESSAGE, d.violation.clone()),
         ],
     )
 }

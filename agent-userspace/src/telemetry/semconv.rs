@@ -91,10 +91,6 @@ pub const DROPPED_REASON: &str = "agentcage.dropped.reason";
 pub const POLICY_RESULT: &str = "agentcage.policy.result";
 /// The policy file.
 pub const POLICY_SOURCE: &str = "agentcage.policy.source";
-/// What the daemon did to contain agents (`freeze_all`).
-pub const CONTAINMENT_ACTION: &str = "agentcage.containment.action";
-/// Whether the containment action took effect.
-pub const CONTAINMENT_DONE: &str = "agentcage.containment.done";
 /// `error.message`: why something failed.
 pub const ERROR_MESSAGE: &str = "error.message";
 /// An approval's id (reported by applications; issue 4).
@@ -166,3 +162,46 @@ pub const METRIC_LATENCY: &str = "agentcage.latency";
 
 /// The instrumentation scope of everything the daemon emits.
 pub const SCOPE: &str = "agentcaged";
+
+/// The rung a cage moved to.
+pub const CONTAINMENT_RUNG: &str = "agentcage.containment.rung";
+/// The rung before.
+pub const CONTAINMENT_PREVIOUS: &str = "agentcage.containment.previous";
+/// Why it moved.
+pub const CONTAINMENT_REASON: &str = "agentcage.containment.reason";
+/// The forensic snapshot written.
+pub const CONTAINMENT_SNAPSHOT: &str = "agentcage.containment.snapshot";
+/// A tool call reported by the application.
+pub const EVENT_TOOL_CALL: &str = "agentcage.app.tool_call";
+/// A model call reported by the application.
+pub const EVENT_MODEL_CALL: &str = "agentcage.app.model_call";
+/// Another application event (plan, approval, ticket comment, notify, exec).
+pub const EVENT_APP: &str = "agentcage.app";
+/// An approval requested or decided.
+pub const EVENT_APPROVAL: &str = "agentcage.approval";
+/// A budget limit reached.
+pub const EVENT_BUDGET: &str = "agentcage.budget";
+/// A temporal assertion violated.
+pub const EVENT_ASSERTION: &str = "agentcage.assertion";
+/// GenAI: the model asked for.
+pub const GEN_AI_REQUEST_MODEL: &str = "gen_ai.request.model";
+/// Digest of a tool call's arguments.
+pub const TOOL_ARGS_DIGEST: &str = "agentcage.tool.args_digest";
+/// Cost of a model call in US dollars.
+pub const COST_USD: &str = "agentcage.cost.usd";
+/// An approval's state.
+pub const APPROVAL_STATE: &str = "agentcage.approval.state";
+/// What an approval is for.
+pub const APPROVAL_SUBJECT: &str = "agentcage.approval.subject";
+/// Who decided an approval.
+pub const APPROVAL_APPROVER: &str = "agentcage.approval.approver";
+/// Whose budget (`agent`, `group:NAME`, `workflow:NAME`).
+pub const BUDGET_SCOPE: &str = "agentcage.budget.scope";
+/// `soft` or `hard`.
+pub const BUDGET_LEVEL: &str = "agentcage.budget.level";
+/// The value reached.
+pub const BUDGET_VALUE: &str = "agentcage.budget.value";
+/// The limit.
+pub const BUDGET_LIMIT: &str = "agentcage.budget.limit";
+/// A temporal assertion's text.
+pub const ASSERTION: &str = "agentcage.assertion";
