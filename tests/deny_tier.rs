@@ -222,3 +222,33 @@ fn a_denied_program_cannot_run_through_the_dynamic_loader() {
     // The loader itself is fine with an allowed program.
     assert_eq!(cage.op(&format!("exec {loader} /bin/true")), "ok");
 }
+
+/// The read-only rung also stops writes where the kernel can refuse them: no regular file
+/// may be written or created, while reads and /dev/null still work.
+#[test]
+fn the_read_only_rung_refuses_file_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let notes = dir.path().join("notes");
+    fs::write(&notes, "n").unwrap();
+    let daemon = Daemon::start("version: 1\nagents:\n  t: {}\n");
+    daemon.expect_tier("deny");
+    let mut cage = daemon.serve_in("t");
+    let n = notes.display();
+    assert_eq!(cage.op(&format!("open {n} w")), "ok", "writable before");
+    let out = daemon
+        .cli()
+        .args(["contain", "t", "read_only"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", harness::stderr(&out));
+    assert_eq!(cage.op(&format!("open {n} w")), EPERM);
+    assert_eq!(
+        cage.op(&format!("create {}/new", dir.path().display())),
+        EPERM
+    );
+    assert_eq!(cage.op(&format!("open {n} r")), "ok", "reads go on");
+    assert_eq!(cage.op("open /dev/null w"), "ok", "devices are not files");
+    let out = daemon.cli().args(["resume", "t"]).output().unwrap();
+    assert!(out.status.success(), "{}", harness::stderr(&out));
+    assert_eq!(cage.op(&format!("open {n} w")), "ok", "writable again");
+}

@@ -20,6 +20,9 @@ pub const CAGE_F_THROTTLED: u32 = 1 << 5;
 /// [`crate::egress::Verdict::PendingApproval`] unless a person approved that destination
 /// (an [`crate::approval::ApprovalKey`] naming it, unexpired).
 pub const CAGE_F_APPROVAL_ALL: u32 = 1 << 6;
+/// The read-only rung: no regular file may be opened for writing, truncated, created,
+/// removed, renamed or linked (deny tier only).
+pub const CAGE_F_READ_ONLY: u32 = 1 << 7;
 
 /// What the kernel needs to know about one cage. Written by user space only.
 #[repr(C)]

@@ -62,6 +62,8 @@ pub struct FileEvent {
 pub const RULE_TOO_DEEP: u32 = u32::MAX;
 /// Rule id of a refused user namespace.
 pub const RULE_USERNS: u32 = u32::MAX - 1;
+/// Rule id of a write refused because the cage is on the read-only rung.
+pub const RULE_READ_ONLY: u32 = u32::MAX - 2;
 
 /// open(2) and the like (`file_open`).
 pub const OP_OPEN: u8 = 0;

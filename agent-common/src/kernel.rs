@@ -63,4 +63,6 @@ pub struct KernelSettings {
     pub path_dentry: u32,
     /// Which argument of the `mmap_file` LSM hook is `prot` (kernels differ).
     pub mmap_prot_arg: u32,
+    /// `inode.i_mode`.
+    pub inode_mode: u32,
 }

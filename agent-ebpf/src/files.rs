@@ -9,7 +9,7 @@
 //! file system's root is refused: fail closed.
 
 use agent_common::{
-    cage::{CageConfig, CAGE_F_FILES},
+    cage::{CageConfig, CAGE_F_FILES, CAGE_F_READ_ONLY},
     event::{Verdict, KIND_FILE},
     file::{
         FileEvent, FileRule, InodeKey, ACCESS_READ, ACCESS_WRITE, OP_CREATE, OP_LINK, OP_OPEN,
@@ -31,19 +31,23 @@ const EPERM: i32 = 1;
 const FMODE_READ: u32 = 1;
 const FMODE_WRITE: u32 = 2;
 const O_TRUNC: u32 = 0o1000;
+const S_IFMT: u16 = 0o170000;
+const S_IFREG: u16 = 0o100000;
 const ANY: u8 = ACCESS_READ | ACCESS_WRITE;
 /// The rule id reported when the walk ran out of depth.
 const RULE_TOO_DEEP: u32 = agent_common::file::RULE_TOO_DEEP;
 /// The rule id reported for a refused user namespace.
 const RULE_USERNS: u32 = agent_common::file::RULE_USERNS;
+/// The rule id reported for a write refused on the read-only rung.
+const RULE_READ_ONLY: u32 = agent_common::file::RULE_READ_ONLY;
 
-/// The caller's cage, if it has file rules.
+/// The caller's cage, if it has file rules or is on the read-only rung.
 #[inline(always)]
 fn caged() -> Option<(u64, CageConfig)> {
     // SAFETY: a helper without preconditions.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let cage = cage_of(cgroup_id)?;
-    (cage.flags & CAGE_F_FILES != 0).then_some((cgroup_id, cage))
+    (cage.flags & (CAGE_F_FILES | CAGE_F_READ_ONLY) != 0).then_some((cgroup_id, cage))
 }
 
 /// What a walk up from a dentry found.
@@ -101,6 +105,28 @@ fn judge(dentry: *const u8, access: u8, op: u8) -> i32 {
         return 0;
     };
     let s = settings();
+    // The read-only rung: no writes to regular files, nor any change of names. Opens of
+    // devices, pipes and sockets (e.g. /dev/null) stay possible.
+    if cage.flags & CAGE_F_READ_ONLY != 0 && access & ACCESS_WRITE != 0 {
+        let inode = read::<*const u8>(dentry, s.dentry_inode).unwrap_or_default();
+        let mode = read::<u16>(inode, s.inode_mode).unwrap_or(S_IFREG);
+        if op != OP_OPEN || mode & S_IFMT == S_IFREG {
+            let file = inode_id(&s, inode);
+            return report(
+                &cage,
+                cgroup_id,
+                file,
+                access,
+                op,
+                Verdict::Deny,
+                RULE_READ_ONLY,
+                0,
+            );
+        }
+    }
+    if cage.flags & CAGE_F_FILES == 0 {
+        return 0;
+    }
     let found = walk(&s, cage.policy_slot, dentry);
     let (verdict, rule_id, depth) = match found.rule {
         Some((rule, depth)) if rule.protect & access != 0 => (Verdict::Deny, rule.rule_id, depth),
@@ -268,6 +294,9 @@ pub fn agentcage_userns_create(ctx: LsmContext) -> i32 {
     let Some((cgroup_id, cage)) = caged() else {
         return 0;
     };
+    if cage.flags & CAGE_F_FILES == 0 {
+        return 0;
+    }
     report(
         &cage,
         cgroup_id,

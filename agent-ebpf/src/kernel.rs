@@ -33,6 +33,7 @@ static SETTINGS: KernelSettings = KernelSettings {
     file_flags: 0,
     path_dentry: 0,
     mmap_prot_arg: 0,
+    inode_mode: 0,
 };
 
 /// The settings user space wrote. A volatile read, so the compiler cannot fold the zeros

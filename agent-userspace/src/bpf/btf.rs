@@ -279,6 +279,7 @@ pub fn kernel_settings(btf: &Btf) -> Result<KernelSettings, BtfError> {
         file_flags: btf.offset_of("file.f_flags")?,
         path_dentry: btf.offset_of("path.dentry")?,
         mmap_prot_arg: btf.param_index("bpf_lsm_mmap_file", "prot").unwrap_or(2),
+        inode_mode: btf.offset_of("inode.i_mode")?,
     })
 }
 

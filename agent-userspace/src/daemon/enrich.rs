@@ -10,7 +10,7 @@ use agent_common::{
     event::Verdict,
     file::{
         FileEvent, ACCESS_READ, ACCESS_WRITE, OP_CREATE, OP_LINK, OP_OPEN, OP_RENAME, OP_TRUNCATE,
-        OP_UNLINK, OP_USERNS, RULE_TOO_DEEP, RULE_USERNS,
+        OP_UNLINK, OP_USERNS, RULE_READ_ONLY, RULE_TOO_DEEP, RULE_USERNS,
     },
     maps::MAX_FILE_DEPTH,
     process::{ExecEvent, EXEC_F_ARGV_TRUNCATED, EXEC_F_FROM_LSM, EXEC_F_MMAP, EXEC_RULE_DEFAULT},
@@ -143,6 +143,10 @@ pub fn file(
         RULE_USERNS => (
             "no-userns".to_owned(),
             Some("no user namespaces in a cage with file rules".to_owned()),
+        ),
+        RULE_READ_ONLY => (
+            "read-only".to_owned(),
+            Some("the cage is on the read-only rung: no writes".to_owned()),
         ),
         id => {
             let text = policy.and_then(|p| p.files.describe_rule(id));

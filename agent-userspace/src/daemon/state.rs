@@ -16,7 +16,8 @@ pub use enforce::Contained;
 
 use agent_common::cage::{
     CageConfig, CAGE_F_ALLOW_RAW, CAGE_F_APPROVAL_ALL, CAGE_F_EXEC_DEFAULT_DENY,
-    CAGE_F_EXEC_DIGESTS_REQUIRED, CAGE_F_EXEC_HASHES, CAGE_F_FILES, CAGE_F_THROTTLED,
+    CAGE_F_EXEC_DIGESTS_REQUIRED, CAGE_F_EXEC_HASHES, CAGE_F_FILES, CAGE_F_READ_ONLY,
+    CAGE_F_THROTTLED,
 };
 use nix::sys::inotify::{AddWatchFlags, Inotify, WatchDescriptor};
 use tracing::{info, warn};
@@ -405,12 +406,16 @@ impl State {
         adopting: bool,
         mode: KernelMode,
     ) -> Result<(CompiledAgent, u32, u32), StateError> {
-        let mode_flags = match (mode.rung, mode.throttled) {
+        let mut mode_flags = match (mode.rung, mode.throttled) {
             (Rung::ApprovalRequired, false) => CAGE_F_APPROVAL_ALL,
             (Rung::ApprovalRequired, true) => CAGE_F_APPROVAL_ALL | CAGE_F_THROTTLED,
             (_, true) => CAGE_F_THROTTLED,
             (_, false) => 0,
         };
+        // Read-only also means no file writes, where the kernel can refuse them.
+        if mode.rung == Rung::ReadOnly && kernel.tier == Tier::Deny {
+            mode_flags |= CAGE_F_READ_ONLY;
+        }
         let Some(p) = policy.agent(agent) else {
             if strict {
                 return Err(StateError::UnknownAgent {
