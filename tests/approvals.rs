@@ -205,3 +205,61 @@ fn tool_calls_needing_approval_are_refused_until_approved() {
     cage.finish();
     daemon.stop();
 }
+
+/// `approvals.exec`: the kernel refuses (deny tier) or kills (kill tier) the gated program
+/// until a person approves; the request names the command.
+#[test]
+fn a_gated_program_runs_only_once_approved() {
+    let bins = tempfile::tempdir().unwrap();
+    let gated = bins.path().join("gated-touch");
+    std::fs::copy("/bin/touch", &gated).unwrap();
+    let g = gated.display().to_string();
+    let daemon = Daemon::start(&format!(
+        "version: 1\nagents:\n  t:\n    approvals:\n      exec: [\"{g} --deploy\"]\n"
+    ));
+    let refused = if daemon.status()["tier"] == "deny" {
+        "126"
+    } else {
+        "137"
+    };
+    let events = daemon.follow_events();
+    let (first, second) = (bins.path().join("first"), bins.path().join("second"));
+    let mut shell = daemon
+        .cli()
+        .args(["run", "--agent", "t", "--", "/bin/sh", "-c"])
+        .arg(format!(
+            "{g} {}; echo r1=$?; read go; {g} {}; echo r2=$?",
+            first.display(),
+            second.display()
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = harness::Lines::spawn(shell.stdout.take().unwrap());
+    assert_eq!(
+        out.wait_for("the first try", |l| l.starts_with("r1=")),
+        format!("r1={refused}")
+    );
+    assert!(!first.exists(), "nothing of the gated program ran");
+    let e = events.wait_event("the refused exec", |e| {
+        e["kind"] == "exec" && e["filename"] == g.as_str()
+    });
+    assert_eq!(e["verdict"], "pending-approval");
+    assert_eq!(e["rule"], "approvals.exec[0]");
+    let id = requested(&events);
+    let ok = daemon
+        .cli()
+        .args(["approve", &id.to_string(), "--for", "10m"])
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    use std::io::Write as _;
+    shell.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert_eq!(
+        out.wait_for("the second try", |l| l.starts_with("r2=")),
+        "r2=0"
+    );
+    assert!(second.exists(), "the approved program ran");
+    assert!(shell.wait().unwrap().success());
+}

@@ -19,6 +19,10 @@ pub const EXEC_F_FROM_LSM: u32 = 1 << 2;
 /// refused by the `mmap_file` hook.
 pub const EXEC_F_MMAP: u32 = 1 << 3;
 
+/// The kill tier killed the process (set with the `pending-approval` verdict, which keeps
+/// its name so user space raises the approval request).
+pub const EXEC_F_KILLED: u32 = 1 << 4;
+
 /// The default decision applied (no exec rule matched).
 pub const EXEC_RULE_DEFAULT: u32 = u32::MAX;
 
@@ -93,6 +97,13 @@ pub struct ExecRule {
 pub const EXEC_ALLOW: u32 = 1;
 /// The exec is refused (deny tier) or its process killed (kill tier).
 pub const EXEC_DENY: u32 = 2;
+/// The exec waits for a person's approval (`approvals.exec`): refused (or killed) with the
+/// verdict `pending-approval` unless `APPROVALS` holds an unexpired grant for
+/// (cage, `rule_id`).
+pub const EXEC_APPROVAL: u32 = 3;
+/// Rule ids of `approvals.exec` entries start here (index added), apart from the egress
+/// rule ids that share the `APPROVALS` map.
+pub const EXEC_APPROVAL_RULE_BASE: u32 = 0x4000_0000;
 
 /// Key of the exec-by-content map: a policy slot and a SHA-256 digest.
 #[repr(C)]

@@ -219,7 +219,7 @@ pub(crate) fn judge(attempt: &Attempt, cage: &CageConfig, cgroup_id: u64) -> (Ve
 /// Whether a person's grant for `key` exists and has not expired. The expiry is checked here,
 /// at the decision, so a lapsed grant denies even before user space removes it.
 #[inline(always)]
-fn approved(key: &ApprovalKey) -> bool {
+pub(crate) fn approved(key: &ApprovalKey) -> bool {
     // SAFETY: the value is copied out at once.
     let Some(expiry) = APPROVALS.get_ptr(key).map(|p| unsafe { *p }) else {
         return false;

@@ -6,12 +6,16 @@
 //! renamed copy of a denied binary is still denied; that needs a sleepable program.
 
 use agent_common::{
+    approval::ApprovalKey,
     cage::{
         CageConfig, CAGE_F_EXEC_DEFAULT_DENY, CAGE_F_EXEC_DIGESTS_REQUIRED, CAGE_F_EXEC_HASHES,
     },
     event::Verdict,
     file::InodeKey,
-    process::{ExecRule, HashKey, EXEC_DENY, EXEC_F_FROM_LSM, EXEC_F_MMAP, EXEC_RULE_DEFAULT},
+    process::{
+        ExecRule, HashKey, EXEC_APPROVAL, EXEC_DENY, EXEC_F_FROM_LSM, EXEC_F_MMAP,
+        EXEC_RULE_DEFAULT,
+    },
 };
 use aya_ebpf::{
     helpers::generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ima_file_hash},
@@ -20,7 +24,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    egress::cage_of,
+    egress::{approved, cage_of},
     events::{count, Counter},
     kernel::{bprm_file_offset, file_id, settings},
     maps::{EXEC_HASHES, EXEC_INODES},
@@ -33,7 +37,7 @@ const HASH_ALGO_SHA256: i64 = 4;
 
 /// The rule for a file by inode, else the cage's default.
 #[inline(always)]
-pub fn judge_inode(cage: &CageConfig, dev: u32, ino: u64) -> (Verdict, u32) {
+pub fn judge_inode(cage: &CageConfig, cgroup_id: u64, dev: u32, ino: u64) -> (Verdict, u32) {
     let key = InodeKey {
         slot: cage.policy_slot,
         dev,
@@ -41,7 +45,7 @@ pub fn judge_inode(cage: &CageConfig, dev: u32, ino: u64) -> (Verdict, u32) {
     };
     // SAFETY: the value is copied out at once; user space replaces values whole.
     if let Some(rule) = unsafe { EXEC_INODES.get(key) } {
-        return verdict_of(rule);
+        return verdict_with_approval(rule, cgroup_id);
     }
     default_of(cage)
 }
@@ -52,6 +56,26 @@ fn verdict_of(rule: &ExecRule) -> (Verdict, u32) {
         (Verdict::Deny, rule.rule_id)
     } else {
         (Verdict::Allow, rule.rule_id)
+    }
+}
+
+/// As [`verdict_of`], with an approval rule settled by the cage's grants.
+#[inline(always)]
+fn verdict_with_approval(rule: &ExecRule, cgroup_id: u64) -> (Verdict, u32) {
+    if rule.action != EXEC_APPROVAL {
+        return verdict_of(rule);
+    }
+    let key = ApprovalKey {
+        cgroup_id,
+        rule_id: rule.rule_id,
+        port: 0,
+        family: 0,
+        addr: [0; 16],
+    };
+    if approved(&key) {
+        (Verdict::Allow, rule.rule_id)
+    } else {
+        (Verdict::PendingApproval, rule.rule_id)
     }
 }
 
@@ -103,10 +127,11 @@ fn bprm_check(ctx: &LsmContext, hashes: bool) -> i32 {
         ino,
     };
     // SAFETY: as in judge_inode.
-    let by_inode = unsafe { EXEC_INODES.get(key) }.map(verdict_of);
-    // A deny by file settles it; otherwise content is checked before an allow by file, so
-    // an allowed file overwritten with a denied binary's bytes is still denied.
-    let mut decided = by_inode.filter(|(v, _)| *v == Verdict::Deny);
+    let by_inode = unsafe { EXEC_INODES.get(key) }.map(|r| verdict_with_approval(r, cgroup_id));
+    // A deny (or a missing approval) by file settles it; otherwise content is checked
+    // before an allow by file, so an allowed file overwritten with a denied binary's bytes
+    // is still denied.
+    let mut decided = by_inode.filter(|(v, _)| *v != Verdict::Allow);
     if decided.is_none() && hashes && cage.flags & CAGE_F_EXEC_HASHES != 0 {
         let mut hk = HashKey {
             slot: cage.policy_slot,
@@ -124,7 +149,7 @@ fn bprm_check(ctx: &LsmContext, hashes: bool) -> i32 {
         }
     }
     let (verdict, rule_id) = decided.or(by_inode).unwrap_or_else(|| default_of(&cage));
-    if verdict == Verdict::Deny {
+    if verdict != Verdict::Allow {
         count(cgroup_id, Counter::Denied);
         emit_exec(
             &s,

@@ -11,7 +11,7 @@ use agent_common::{
     kernel::{KernelSettings, TIER_KILL},
     process::{
         ExecEvent, ExitEvent, ForkEvent, ARGV_BYTES, EXEC_F_ARGV_TRUNCATED, EXEC_F_ARGV_UNREADABLE,
-        EXEC_F_FROM_LSM, FILENAME_BYTES,
+        EXEC_F_FROM_LSM, EXEC_F_KILLED, FILENAME_BYTES,
     },
 };
 use aya_ebpf::{
@@ -46,20 +46,27 @@ pub fn agentcage_exec(ctx: RawTracePointContext) -> i32 {
     let bprm: *const u8 = ctx.arg(2);
     let file = read::<*const u8>(bprm, s.bprm_file).unwrap_or_default();
     let (dev, ino) = file_id(&s, file);
-    let (verdict, rule_id) = match judge_inode(&cage, dev, ino) {
+    let mut flags = 0;
+    let (verdict, rule_id) = match judge_inode(&cage, cgroup_id, dev, ino) {
         // The deny tier's LSM hook has already refused what it refuses; what reaches here
         // was allowed (a race with a reload is settled in favour of the decision made).
-        (Verdict::Deny, rule) if s.tier == TIER_KILL => {
+        (v @ (Verdict::Deny | Verdict::PendingApproval), rule) if s.tier == TIER_KILL => {
             // SAFETY: a helper without preconditions; the signal targets the current task.
             if unsafe { bpf_send_signal(SIGKILL) } == 0 {
                 count(cgroup_id, Counter::Killed);
-                (Verdict::Killed, rule)
+                flags |= EXEC_F_KILLED;
+                // A missing approval keeps its verdict, so user space raises the request.
+                if v == Verdict::Deny {
+                    (Verdict::Killed, rule)
+                } else {
+                    (v, rule)
+                }
             } else {
                 count(cgroup_id, Counter::Denied);
                 (Verdict::KillFailed, rule)
             }
         }
-        (Verdict::Deny, rule) => (Verdict::Allow, rule),
+        (Verdict::Deny | Verdict::PendingApproval, rule) => (Verdict::Allow, rule),
         other => other,
     };
     emit_exec(
@@ -71,7 +78,7 @@ pub fn agentcage_exec(ctx: RawTracePointContext) -> i32 {
         (dev, ino),
         verdict,
         rule_id,
-        0,
+        flags,
     );
     0
 }

@@ -13,7 +13,10 @@ use agent_common::{
         OP_UNLINK, OP_USERNS, RULE_READ_ONLY, RULE_TOO_DEEP, RULE_USERNS,
     },
     maps::MAX_FILE_DEPTH,
-    process::{ExecEvent, EXEC_F_ARGV_TRUNCATED, EXEC_F_FROM_LSM, EXEC_F_MMAP, EXEC_RULE_DEFAULT},
+    process::{
+        ExecEvent, EXEC_APPROVAL_RULE_BASE, EXEC_F_ARGV_TRUNCATED, EXEC_F_FROM_LSM, EXEC_F_KILLED,
+        EXEC_F_MMAP, EXEC_RULE_DEFAULT,
+    },
 };
 
 use crate::{
@@ -86,23 +89,31 @@ pub fn egress(e: &EgressEvent, policy: Option<&AgentPolicy>) -> EgressDetail {
 /// An exec; the content hash is filled in later, outside the state lock.
 pub fn exec(e: &ExecEvent, policy: Option<&AgentPolicy>) -> ExecDetail {
     let len = (e.argv_len as usize).min(e.argv.len());
-    let (rule, rule_text) = if e.rule_id == EXEC_RULE_DEFAULT {
-        let default = policy.map_or("allow", |p| match p.exec.default {
-            crate::policy::ExecDefault::Allow => "allow",
-            crate::policy::ExecDefault::Deny => "deny",
-        });
-        (
-            "default".to_owned(),
-            Some(format!("exec.default {default}")),
-        )
-    } else {
-        let text = policy.and_then(|p| p.exec.describe_rule(e.rule_id));
-        let name = text
-            .as_deref()
-            .and_then(|t| t.split_once(' '))
-            .map_or_else(|| format!("exec[{}]", e.rule_id), |(n, _)| n.to_owned());
-        (name, text)
-    };
+    let (rule, rule_text) =
+        if e.rule_id >= EXEC_APPROVAL_RULE_BASE && e.rule_id != EXEC_RULE_DEFAULT {
+            let i = e.rule_id - EXEC_APPROVAL_RULE_BASE;
+            let command = policy.and_then(|p| p.approvals.exec.get(i as usize));
+            (
+                format!("approvals.exec[{i}]"),
+                command.map(|c| format!("approvals.exec[{i}] {c} (needs a person's approval)")),
+            )
+        } else if e.rule_id == EXEC_RULE_DEFAULT {
+            let default = policy.map_or("allow", |p| match p.exec.default {
+                crate::policy::ExecDefault::Allow => "allow",
+                crate::policy::ExecDefault::Deny => "deny",
+            });
+            (
+                "default".to_owned(),
+                Some(format!("exec.default {default}")),
+            )
+        } else {
+            let text = policy.and_then(|p| p.exec.describe_rule(e.rule_id));
+            let name = text
+                .as_deref()
+                .and_then(|t| t.split_once(' '))
+                .map_or_else(|| format!("exec[{}]", e.rule_id), |(n, _)| n.to_owned());
+            (name, text)
+        };
     ExecDetail {
         filename: c_str(&e.filename),
         argv: split_argv(&e.argv[..len]),
@@ -115,6 +126,7 @@ pub fn exec(e: &ExecEvent, policy: Option<&AgentPolicy>) -> ExecDetail {
         sha256: None,
         sha256_error: None,
         verdict: verdict_name(e.verdict),
+        killed: e.flags & EXEC_F_KILLED != 0 || e.verdict == Verdict::Killed as u8,
         hook: if e.flags & EXEC_F_MMAP != 0 {
             "lsm_mmap".to_owned()
         } else if e.flags & EXEC_F_FROM_LSM != 0 {

@@ -438,7 +438,7 @@ impl State {
         };
         let compiled = CompiledAgent {
             egress,
-            exec: compile_exec(&format!("{at}.exec"), &p.exec),
+            exec: compile_exec(&format!("{at}.exec"), &p.exec, &p.approvals.exec),
             files: compile_files(&format!("{at}.files"), &p.files),
         };
         for unmatched in compiled

@@ -30,6 +30,9 @@ pub struct ExecDetail {
     pub sha256_error: Option<String>,
     /// `allow`, `deny` (refused with EPERM) or `killed` (SIGKILL before the new image ran).
     pub verdict: String,
+    /// The kill tier killed the process (with `killed`, and with `pending-approval`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub killed: bool,
     /// `lsm` (bprm_check_security, before the exec), `lsm_mmap` (mapped executable without
     /// exec, e.g. by the dynamic loader) or `tracepoint` (sched_process_exec).
     pub hook: String,

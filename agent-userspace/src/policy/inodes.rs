@@ -15,7 +15,7 @@ use std::{
 
 use agent_common::{
     file::FileRule,
-    process::{ExecRule, EXEC_ALLOW, EXEC_DENY},
+    process::{ExecRule, EXEC_ALLOW, EXEC_APPROVAL, EXEC_APPROVAL_RULE_BASE, EXEC_DENY},
 };
 use sha2::{Digest, Sha256};
 
@@ -161,7 +161,7 @@ pub fn sha256_file(path: &Path) -> io::Result<[u8; 32]> {
 }
 
 /// Resolves `exec`; `at` names the section in errors (e.g. `agents.a.exec`).
-pub fn compile_exec(at: &str, exec: &ExecPolicy) -> CompiledExec {
+pub fn compile_exec(at: &str, exec: &ExecPolicy, approvals: &[String]) -> CompiledExec {
     let mut out = CompiledExec {
         default_deny: exec.default == ExecDefault::Deny,
         ..CompiledExec::default()
@@ -222,12 +222,64 @@ pub fn compile_exec(at: &str, exec: &ExecPolicy) -> CompiledExec {
             }
         }
     }
+    // Commands that wait for approval: the kernel gates their program (by file), whatever
+    // the arguments; a deny rule still wins.
+    for (i, command) in approvals.iter().enumerate() {
+        let name = format!("{at}: approvals.exec[{i}]");
+        let Some(program) = command.split_whitespace().next() else {
+            continue;
+        };
+        let Some(path) = find_program(program) else {
+            out.unmatched
+                .push(format!("{name} {program}: no such program"));
+            continue;
+        };
+        match identity(&path) {
+            Ok(id) => insert_inode(
+                &mut out.inodes,
+                id,
+                ExecRule {
+                    action: EXEC_APPROVAL,
+                    rule_id: EXEC_APPROVAL_RULE_BASE + i as u32,
+                },
+            ),
+            Err(e) => out
+                .unmatched
+                .push(format!("{name} {}: {e}", path.display())),
+        }
+    }
     out
 }
 
+/// An absolute program path, or the first match in the usual system directories.
+fn find_program(program: &str) -> Option<PathBuf> {
+    if program.starts_with('/') {
+        return Path::new(program).is_file().then(|| PathBuf::from(program));
+    }
+    [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ]
+    .iter()
+    .map(|d| Path::new(d).join(program))
+    .find(|p| p.is_file())
+}
+
+/// Deny beats approval beats allow for the same file.
 fn insert_inode(map: &mut BTreeMap<(u32, u64), ExecRule>, key: (u32, u64), rule: ExecRule) {
-    let keep_existing_deny = map.get(&key).is_some_and(|r| r.action == EXEC_DENY);
-    if !keep_existing_deny {
+    let rank = |action| match action {
+        EXEC_DENY => 2,
+        EXEC_APPROVAL => 1,
+        _ => 0,
+    };
+    if map
+        .get(&key)
+        .is_none_or(|r| rank(r.action) <= rank(rule.action))
+    {
         map.insert(key, rule);
     }
 }
@@ -309,7 +361,7 @@ mod tests {
             allow: vec![ExecMatch::Path(p.clone())],
             deny: vec![ExecMatch::Path(p)],
         };
-        let c = compile_exec("agents.a.exec", &exec);
+        let c = compile_exec("agents.a.exec", &exec, &[]);
         let rule = c.inodes.values().next().unwrap();
         assert_eq!((rule.action, rule.rule_id), (EXEC_DENY, 1));
         let digest = sha256_file(&bin).unwrap();

@@ -43,6 +43,9 @@ pub enum Subject {
     Exec {
         /// The command prefix the policy names.
         command: String,
+        /// Its index in `approvals.exec` when the kernel gates it (an exec it refused).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        index: Option<u32>,
     },
 }
 
@@ -58,7 +61,7 @@ impl Subject {
             },
             Self::Destination { text, .. } => format!("egress to {text}"),
             Self::Tool { name } => format!("tool {name}"),
-            Self::Exec { command } => format!("exec {command}"),
+            Self::Exec { command, .. } => format!("exec {command}"),
         }
     }
 
@@ -68,7 +71,7 @@ impl Subject {
             Self::Rule { name, .. } => name.clone(),
             Self::Destination { text, .. } => Some(text.clone()),
             Self::Tool { name } => Some(name.clone()),
-            Self::Exec { command } => Some(command.clone()),
+            Self::Exec { command, .. } => Some(command.clone()),
         }
     }
 
@@ -89,7 +92,12 @@ impl Subject {
                 family: *family,
                 addr: *addr,
             }),
-            Self::Tool { .. } | Self::Exec { .. } => None,
+            Self::Exec { index: Some(i), .. } => Some(ApprovalKey {
+                cgroup_id,
+                rule_id: agent_common::process::EXEC_APPROVAL_RULE_BASE + i,
+                ..ApprovalKey::default()
+            }),
+            Self::Tool { .. } | Self::Exec { index: None, .. } => None,
         }
     }
 }

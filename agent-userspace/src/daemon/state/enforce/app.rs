@@ -121,6 +121,7 @@ impl State {
                         agent,
                         Subject::Exec {
                             command: prefix.clone(),
+                            index: None,
                         },
                         true,
                     );
@@ -129,6 +130,7 @@ impl State {
                         agent,
                         Subject::Exec {
                             command: command.clone(),
+                            index: None,
                         },
                         false,
                     );

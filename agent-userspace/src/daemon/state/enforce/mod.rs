@@ -186,6 +186,29 @@ impl State {
             return;
         };
         rt.remember(Arc::clone(event), keep);
+        // An exec the kernel refused for want of approval raises the request.
+        if let EventDetail::Exec(x) = &event.detail {
+            if x.verdict == "pending-approval" {
+                let index = x
+                    .rule
+                    .strip_prefix("approvals.exec[")
+                    .and_then(|r| r.strip_suffix(']'))
+                    .and_then(|i| i.parse::<u32>().ok());
+                let command = index.and_then(|i| {
+                    agent_policy.and_then(|p| p.approvals.exec.get(i as usize).cloned())
+                });
+                if let (Some(index), Some(command)) = (index, command) {
+                    self.request_approval(
+                        &agent,
+                        Subject::Exec {
+                            command,
+                            index: Some(index),
+                        },
+                    );
+                }
+            }
+            return;
+        }
         let EventDetail::Egress(e) = &event.detail else {
             return;
         };
