@@ -186,8 +186,25 @@ impl State {
             return;
         };
         rt.remember(Arc::clone(event), keep);
-        // An exec the kernel refused for want of approval raises the request.
+        // An exec the kernel refused for want of approval raises the request; one that ran
+        // counts for assertions (`exec("terraform apply")`), its program named as typed.
         if let EventDetail::Exec(x) = &event.detail {
+            if x.verdict == "allow" {
+                let mut words = x.argv.clone();
+                if let Some(first) = words.first_mut() {
+                    if let Some(base) = first.rsplit('/').next() {
+                        *first = base.to_owned();
+                    }
+                }
+                self.observe(
+                    &agent,
+                    Observed {
+                        kind: PatternKind::Exec,
+                        arg: Some(words.join(" ")),
+                        at_ns: event.kernel_ts_ns,
+                    },
+                );
+            }
             if x.verdict == "pending-approval" {
                 let index = x
                     .rule
