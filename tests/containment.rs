@@ -166,6 +166,10 @@ fn kill_leaves_no_process_of_the_cage_and_keeps_the_snapshot() {
     let events = daemon.follow_events();
     let mut cage = daemon.serve_in("tester");
     assert_eq!(cage.op(&format!("connect 127.0.0.1:{ro}")), "ok");
+    // Events reach the daemon asynchronously: the snapshot can only hold those it has.
+    events.wait_event("the allowed connect", |e| {
+        e["kind"] == "egress" && e["dst_port"] == ro
+    });
     // A second process in the cage: the kill must take every one.
     let child: u32 = cage
         .op("fork-hold")
