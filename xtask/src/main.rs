@@ -7,6 +7,7 @@ mod run;
 mod setup;
 mod test;
 mod util;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -46,6 +47,9 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Setup, build, then the test suites on Debian 12's kernel under qemu: once with BPF LSM
+    /// active (deny tier), once without (kill tier). Root is not needed.
+    VmTest(vm::VmArgs),
     /// Benchmarks (they measure and report; they pass or fail nothing).
     Bench {
         #[command(subcommand)]
@@ -80,6 +84,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Build { release } => build::build(release),
         Cmd::Run { args } => run::run_daemon(&args),
         Cmd::Test { args } => test::test(&args),
+        Cmd::VmTest(args) => vm::vm_test(&args),
         Cmd::Bench { bench } => bench::run_bench(bench),
         Cmd::ConnectLoop(args) => bench::egress::connect_loop(&args),
         Cmd::ConnectProbe(args) => bench::egress::connect_probe(&args),

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use crate::util::{self, capture, cmd, output, run, tools_dir};
 
 /// Debian packages the build, the tests and the benchmarks need. One list, so that a new need
-/// (e.g. the qemu VM harness) is one line here.
+/// is one line here.
 pub const DEBIAN_PACKAGES: &[&str] = &[
     // The restart test counts the programs attached to a cgroup with it.
     "bpftool",
@@ -21,6 +21,11 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "procps",
     // mount/umount for the benchmark's cgroup bind mount.
     "util-linux",
+    // `cargo xtask vm-test`: the emulator, the VM's shell and tools, and the initramfs
+    // archiver.
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
 ];
 
 /// The bpf-linker release that links our eBPF crate (the newest that builds with the pinned
@@ -31,6 +36,7 @@ pub fn run_setup() -> Result<()> {
     debian_packages().context("setup: Debian packages")?;
     rust_src().context("setup: rust-src for the nightly toolchain")?;
     bpf_linker().context("setup: bpf-linker")?;
+    crate::vm::kernel::fetch_kernel().context("setup: the VM kernel")?;
     Ok(())
 }
 

@@ -57,7 +57,7 @@ fn run_counting(c: &mut Command, totals: &Totals) -> Result<()> {
 }
 
 /// The number before `what` in e.g. `ok. 9 passed; 0 failed; ...`.
-fn count(result: &str, what: &str) -> u64 {
+pub fn count(result: &str, what: &str) -> u64 {
     result
         .split(';')
         .find_map(|part| part.trim_end().strip_suffix(what))

@@ -1,0 +1,281 @@
+//! `cargo xtask vm-test`: the test suites on a second kernel. Debian 12's cloud kernel
+//! (fetched by `cargo xtask setup`) boots under qemu (TCG) from an initramfs holding the test
+//! executables; once with its default LSM list, where BPF LSM is active (the deny tier), and
+//! once with BPF LSM left out of `lsm=` (the kill tier). See docs/KERNEL.md.
+
+pub mod artifacts;
+mod console;
+mod init;
+mod initramfs;
+pub mod kernel;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::setup::run_setup;
+use crate::util::repo_root;
+use console::{Qemu, Verdict};
+use init::{BootScript, Run};
+use initramfs::Stage;
+
+/// One boot of the VM kernel and the test targets it runs.
+#[derive(Debug)]
+pub struct Boot {
+    /// Its name, in `--boot` and in the summary line `vm(NAME): ...`.
+    pub name: &'static str,
+    /// The kernel's `lsm=`, or None for the kernel's default list.
+    pub lsm: Option<&'static str>,
+    /// Whether BPF LSM must be active (checked in the VM: a boot that is not the kernel it
+    /// claims to be fails).
+    pub bpf_lsm: bool,
+    /// Test targets (`[[test]]` names), run in this order. A name the build lacks is an error.
+    pub tests: &'static [&'static str],
+    /// Environment of the test executables.
+    pub env: &'static [(&'static str, &'static str)],
+}
+
+/// Which test targets run in which boot.
+pub const VM_SUITES: &[Boot] = &[
+    Boot {
+        name: "deny",
+        lsm: None,
+        bpf_lsm: true,
+        tests: &["egress"],
+        env: &[("AGENTCAGE_EXPECT_TIER", "deny")],
+    },
+    Boot {
+        name: "kill",
+        // The kernel's default list without `bpf` (and tomoyo, which nothing here needs).
+        lsm: Some("lockdown,capability,landlock,yama,apparmor"),
+        bpf_lsm: false,
+        tests: &["egress"],
+        env: &[("AGENTCAGE_EXPECT_TIER", "kill")],
+    },
+];
+
+/// The VM's vCPUs; the tests run with as many threads.
+const VCPUS: u32 = 2;
+
+/// Seconds one boot may take by default, from qemu's start to its exit.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 600;
+
+#[derive(clap::Args, Default)]
+pub struct VmArgs {
+    /// Run only this boot (repeatable; default: every boot in VM_SUITES).
+    #[arg(long = "boot", value_name = "NAME")]
+    pub boots: Vec<String>,
+    /// Seconds one boot may take before it is killed and counted as failed.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TIMEOUT_SECS)]
+    pub timeout: u64,
+    /// Extra arguments for the test executables (e.g. a test name filter), after `--`.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+/// One boot's result.
+pub struct Outcome {
+    pub name: &'static str,
+    pub verdict: Verdict,
+}
+
+impl Outcome {
+    /// The summary line, e.g. `vm(deny): 12 passed, 0 failed`.
+    pub fn summary(&self) -> String {
+        format!(
+            "vm({}): {} passed, {} failed",
+            self.name, self.verdict.passed, self.verdict.failed
+        )
+    }
+}
+
+/// `cargo xtask vm-test`: setup, then [`run`], then the summary; an error if anything failed.
+pub fn vm_test(args: &VmArgs) -> Result<()> {
+    run_setup()?;
+    let outcomes = run(args)?;
+    report(&outcomes)
+}
+
+/// Prints every boot's summary and errors; an error if any boot failed.
+pub fn report(outcomes: &[Outcome]) -> Result<()> {
+    for o in outcomes {
+        println!("{}", o.summary());
+        for e in &o.verdict.errors {
+            println!("  vm({}): {e}", o.name);
+        }
+    }
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| o.verdict.failed > 0)
+        .map(|o| o.name)
+        .collect();
+    if !failed.is_empty() {
+        bail!("VM boots failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Builds, assembles the initramfs and boots each selected boot in turn.
+pub fn run(args: &VmArgs) -> Result<Vec<Outcome>> {
+    let boots = select(&args.boots)?;
+    let kernel = kernel::kernel()?;
+    let artifacts = artifacts::build()?;
+
+    // Every boot's targets are resolved before anything boots: a missing one is an error
+    // in the table, not a test failure.
+    let mut scripts = Vec::new();
+    for boot in &boots {
+        let runs = boot
+            .tests
+            .iter()
+            .map(|&name| {
+                Ok(Run {
+                    name,
+                    exe: artifacts.test(name)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        scripts.push(BootScript {
+            name: boot.name,
+            env: boot.env,
+            runs,
+        });
+    }
+
+    let t = Instant::now();
+    let initrd = kernel::vm_dir().join("initramfs.cpio.gz");
+    let mut stage = Stage::new(kernel::vm_dir().join("initramfs"))?;
+    // /init's interpreter, at the path its first line names.
+    let busybox = Path::new(init::BUSYBOX);
+    if !is_executable(busybox) {
+        bail!(
+            "{} is missing (`cargo xtask setup` installs busybox-static)",
+            busybox.display()
+        );
+    }
+    stage.executable(busybox)?;
+    for exe in artifacts.bins.values().chain(artifacts.examples.values()) {
+        stage.executable(exe)?;
+    }
+    for s in &scripts {
+        for r in &s.runs {
+            stage.executable(r.exe)?;
+        }
+    }
+    // The tests count attached programs with it.
+    stage.executable(&which("bpftool")?)?;
+    for dir in ["/proc", "/sys", "/dev", "/run", "/root"] {
+        stage.dir(dir, 0o755)?;
+    }
+    stage.dir("/tmp", 0o1777)?;
+    // Tests switch to uid/gid 65534 by number; the names keep tools that print them happy.
+    stage.file(
+        "/etc/passwd",
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        0o644,
+    )?;
+    stage.file("/etc/group", "root:x:0:\nnogroup:x:65534:\n", 0o644)?;
+    // cargo runs integration tests in their package's directory.
+    let cwd = repo_root().join("agent-userspace");
+    stage.host_path(&cwd, false)?;
+    let script = init::script(&scripts, &cwd, VCPUS, &args.args);
+    stage.file("/init", &script, 0o755)?;
+    stage.archive(&initrd)?;
+    let size = std::fs::metadata(&initrd)
+        .with_context(|| format!("reading {}", initrd.display()))?
+        .len();
+    eprintln!(
+        "vm: initramfs {} ({} MiB) in {:.1}s",
+        initrd.display(),
+        size >> 20,
+        t.elapsed().as_secs_f64()
+    );
+
+    let mut outcomes = Vec::new();
+    for boot in boots {
+        let t = Instant::now();
+        let qemu = Qemu {
+            kernel: &kernel,
+            initrd: &initrd,
+            boot: boot.name,
+            lsm: boot.lsm,
+            vcpus: VCPUS,
+        };
+        eprintln!("== vm({}): booting {}", boot.name, kernel.display());
+        let report = qemu.run(
+            &format!("vm({})| ", boot.name),
+            Duration::from_secs(args.timeout),
+        )?;
+        let verdict = report.verdict(boot.tests, boot.name, boot.bpf_lsm);
+        eprintln!(
+            "== vm({}): {:.1}s, kernel {}, LSMs {}",
+            boot.name,
+            t.elapsed().as_secs_f64(),
+            report.kernel.as_deref().unwrap_or("?"),
+            report.lsm.as_deref().unwrap_or("?")
+        );
+        outcomes.push(Outcome {
+            name: boot.name,
+            verdict,
+        });
+    }
+    Ok(outcomes)
+}
+
+/// The boots named (all when none is), or an error naming the unknown one.
+fn select(names: &[String]) -> Result<Vec<&'static Boot>> {
+    if names.is_empty() {
+        return Ok(VM_SUITES.iter().collect());
+    }
+    names
+        .iter()
+        .map(|n| {
+            VM_SUITES.iter().find(|b| b.name == n).with_context(|| {
+                format!(
+                    "no VM boot named {n:?} (boots: {})",
+                    VM_SUITES
+                        .iter()
+                        .map(|b| b.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
+/// `name` found on PATH, as the tests would find it.
+fn which(name: &str) -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+        .with_context(|| format!("{name} is not on PATH (`cargo xtask setup` installs it)"))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{select, VM_SUITES};
+
+    #[test]
+    fn boots_are_selected_by_name() {
+        assert_eq!(select(&[]).unwrap().len(), VM_SUITES.len());
+        assert_eq!(select(&["kill".into()]).unwrap()[0].name, "kill");
+        let err = select(&["bogus".into()]).unwrap_err().to_string();
+        assert!(err.contains("\"bogus\"") && err.contains("deny"), "{err}");
+    }
+
+    #[test]
+    fn the_deny_boot_keeps_bpf_lsm_and_the_kill_boot_drops_it() {
+        for b in VM_SUITES {
+            let lsm_has_bpf = b.lsm.is_none_or(|l| l.split(',').any(|m| m == "bpf"));
+            assert_eq!(lsm_has_bpf, b.bpf_lsm, "boot {}", b.name);
+        }
+    }
+}
