@@ -48,7 +48,7 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Setup, build, then the test suites on Debian 12's kernel under qemu: once with BPF LSM
-    /// active (deny tier), once without (kill tier). Root is not needed.
+    /// active (deny tier), once without (kill tier).
     VmTest(vm::VmArgs),
     /// Benchmarks (they measure and report; they pass or fail nothing).
     Bench {

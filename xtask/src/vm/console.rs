@@ -69,8 +69,7 @@ impl Qemu<'_> {
                 match r.read_until(b'\n', &mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
-                        let l = String::from_utf8_lossy(&buf);
-                        let l = l.trim_end_matches(['\n', '\r']).to_owned();
+                        let l = plain(&String::from_utf8_lossy(&buf));
                         if tx.send(l).is_err() {
                             break;
                         }
@@ -103,6 +102,32 @@ impl Qemu<'_> {
         }
         Ok(report)
     }
+}
+
+/// A console line without its line end, terminal escape sequences and other control
+/// characters: the firmware clears the screen, which would wipe the terminal that echoes it.
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                // CSI (`ESC [ params final`) or a two-character escape (`ESC c`).
+                if chars.next_if_eq(&'[').is_some() {
+                    while chars
+                        .next()
+                        .is_some_and(|p| !('\u{40}'..='\u{7e}').contains(&p))
+                    {}
+                } else {
+                    chars.next();
+                }
+            }
+            '\t' => out.push(c),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// One test executable's outcome as the console told it.
@@ -271,7 +296,7 @@ impl Report {
 mod tests {
     use std::time::Duration;
 
-    use super::Report;
+    use super::{plain, Report};
 
     fn report(lines: &[&str]) -> Report {
         let mut r = Report::default();
@@ -341,6 +366,15 @@ mod tests {
         let v = r.verdict(&["egress"], "kill", false);
         assert!(v.failed >= 1);
         assert!(v.errors[0].contains("never reached"), "{:?}", v.errors);
+    }
+
+    #[test]
+    fn escapes_and_control_characters_are_dropped() {
+        assert_eq!(
+            plain("\u{1b}c\u{1b}[?7l\u{1b}[2J\u{1b}[0mSeaBIOS (version 1.16)\r\n"),
+            "SeaBIOS (version 1.16)"
+        );
+        assert_eq!(plain("a\tb"), "a\tb");
     }
 
     #[test]

@@ -33,9 +33,19 @@ pub struct BootScript<'a> {
     pub runs: Vec<Run<'a>>,
 }
 
-/// The /init script for all boots; `cwd` is where the tests run (cargo runs them in their
-/// package's directory), `args` go to every test executable.
-pub fn script(boots: &[BootScript<'_>], cwd: &Path, test_threads: u32, args: &[String]) -> String {
+/// How the test executables run in every boot.
+pub struct TestRun<'a> {
+    /// Where they run (cargo runs them in their package's directory).
+    pub cwd: &'a Path,
+    /// Environment common to every boot.
+    pub env: &'a [(&'a str, &'a str)],
+    pub test_threads: u32,
+    /// Extra arguments for every executable.
+    pub args: &'a [String],
+}
+
+/// The /init script for all boots.
+pub fn script(boots: &[BootScript<'_>], run: &TestRun<'_>) -> String {
     let mut s = String::new();
     s.push_str(&format!(
         r#"#!{BUSYBOX} sh
@@ -74,29 +84,33 @@ echo "{MARKER} boot $boot"
 echo "{MARKER} kernel $(uname -r)"
 echo "{MARKER} lsm $(cat /sys/kernel/security/lsm)"
 must cd {cwd}
-
 "#,
-        cwd = quote(&cwd.to_string_lossy()),
+        cwd = quote(&run.cwd.to_string_lossy()),
     ));
+    for (k, v) in run.env {
+        writeln!(s, "export {k}={}", quote(v)).unwrap();
+    }
+    s.push('\n');
     s.push_str("case \"$boot\" in\n");
     for boot in boots {
         writeln!(s, "{})", quote(boot.name)).unwrap();
         for (k, v) in boot.env {
             writeln!(s, "    export {k}={}", quote(v)).unwrap();
         }
-        for run in &boot.runs {
-            writeln!(s, "    echo \"{MARKER} start {}\"", run.name).unwrap();
+        for exe in &boot.runs {
+            writeln!(s, "    echo \"{MARKER} start {}\"", exe.name).unwrap();
             write!(
                 s,
-                "    {} --test-threads={test_threads}",
-                quote(&run.exe.to_string_lossy())
+                "    {} --test-threads={}",
+                quote(&exe.exe.to_string_lossy()),
+                run.test_threads
             )
             .unwrap();
-            for a in args {
+            for a in run.args {
                 write!(s, " {}", quote(a)).unwrap();
             }
             s.push('\n');
-            writeln!(s, "    echo \"{MARKER} exit {} $?\"", run.name).unwrap();
+            writeln!(s, "    echo \"{MARKER} exit {} $?\"", exe.name).unwrap();
         }
         s.push_str("    ;;\n");
     }
@@ -115,7 +129,7 @@ fn quote(s: &str) -> String {
 mod tests {
     use std::path::Path;
 
-    use super::{quote, script, BootScript, Run};
+    use super::{quote, script, BootScript, Run, TestRun};
 
     #[test]
     fn quotes_for_the_shell() {
@@ -133,7 +147,15 @@ mod tests {
                 exe: Path::new("/r/target/debug/deps/egress-1"),
             }],
         }];
-        let s = script(&boots, Path::new("/r/agent-userspace"), 2, &["udp".into()]);
+        let s = script(
+            &boots,
+            &TestRun {
+                cwd: Path::new("/r/agent-userspace"),
+                env: &[("AGENTCAGE_TEST_DEADLINE_SECS", "60")],
+                test_threads: 2,
+                args: &["udp".into()],
+            },
+        );
         assert!(s.starts_with("#!/bin/busybox sh\n"));
         let expected = "'deny')\n    export AGENTCAGE_EXPECT_TIER='deny'\n    \
                         echo \"@@vmtest start egress\"\n    \
@@ -141,6 +163,10 @@ mod tests {
                         echo \"@@vmtest exit egress $?\"\n    ;;\n";
         assert!(s.contains(expected), "{s}");
         assert!(s.contains("must cd '/r/agent-userspace'"), "{s}");
+        assert!(
+            s.contains("\nexport AGENTCAGE_TEST_DEADLINE_SECS='60'\n"),
+            "{s}"
+        );
         assert!(s.trim_end().ends_with("poweroff -f"));
     }
 }

@@ -58,10 +58,15 @@ pub const VM_SUITES: &[Boot] = &[
 /// The VM's vCPUs; the tests run with as many threads.
 const VCPUS: u32 = 2;
 
-/// Seconds one boot may take by default, from qemu's start to its exit.
-pub const DEFAULT_TIMEOUT_SECS: u64 = 600;
+/// Environment of the test executables in every boot. Emulation makes everything several
+/// times slower (loading the programs alone takes seconds), so the harness's deadlines for
+/// awaited conditions grow.
+const VM_ENV: &[(&str, &str)] = &[("AGENTCAGE_TEST_DEADLINE_SECS", "60")];
 
-#[derive(clap::Args, Default)]
+/// Seconds one boot may take by default, from qemu's start to its exit.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 480;
+
+#[derive(clap::Args)]
 pub struct VmArgs {
     /// Run only this boot (repeatable; default: every boot in VM_SUITES).
     #[arg(long = "boot", value_name = "NAME")]
@@ -179,7 +184,15 @@ pub fn run(args: &VmArgs) -> Result<Vec<Outcome>> {
     // cargo runs integration tests in their package's directory.
     let cwd = repo_root().join("agent-userspace");
     stage.host_path(&cwd, false)?;
-    let script = init::script(&scripts, &cwd, VCPUS, &args.args);
+    let script = init::script(
+        &scripts,
+        &init::TestRun {
+            cwd: &cwd,
+            env: VM_ENV,
+            test_threads: VCPUS,
+            args: &args.args,
+        },
+    );
     stage.file("/init", &script, 0o755)?;
     stage.archive(&initrd)?;
     let size = std::fs::metadata(&initrd)
