@@ -479,7 +479,7 @@ fn a_second_daemon_refuses_to_start_and_leaves_the_first_intact() {
     let root = daemon.cgroup_root();
     let mut cage = daemon.serve_in("tester");
     let pins = || fs::read_dir(daemon.pin_dir()).unwrap().count();
-    assert_eq!(pins(), PROGRAMS);
+    assert_eq!(pins(), daemon.expected_pins());
 
     // Same socket: refused before it touches anything.
     let dir = tempfile::tempdir().unwrap();
@@ -516,7 +516,7 @@ fn a_second_daemon_refuses_to_start_and_leaves_the_first_intact() {
     );
 
     // The first daemon is untouched: its pins, its programs, its enforcement, its socket.
-    assert_eq!(pins(), PROGRAMS);
+    assert_eq!(pins(), daemon.expected_pins());
     assert_eq!(attached_programs(&root), PROGRAMS);
     assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), "err 1");
     assert!(daemon

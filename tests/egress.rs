@@ -39,12 +39,16 @@ fn tcp_connect_allowed_and_denied_with_a_deny_event_naming_the_rule() {
     // The probe exits with the errno and `agentcage run` passes the status on.
     assert_eq!(denied.status.code(), Some(1));
 
-    let allow = events.wait_event("the allow event", |e| e["verdict"] == "allow");
+    let allow = events.wait_event("the allow event", |e| {
+        e["kind"] == "egress" && e["verdict"] == "allow"
+    });
     assert_eq!(allow["agent"], "agent:tester");
     assert_eq!(allow["rule"], "egress.allow[0]");
     assert_eq!(allow["dst_addr"], "127.0.0.1");
     assert_eq!(allow["dst_port"], port);
-    let deny = events.wait_event("the deny event", |e| e["verdict"] == "deny");
+    let deny = events.wait_event("the deny event", |e| {
+        e["kind"] == "egress" && e["verdict"] == "deny"
+    });
     assert_eq!(deny["agent"], "agent:tester");
     assert_eq!(deny["rule"], "default-deny");
     assert_eq!(deny["hook"], "connect4");
@@ -248,7 +252,7 @@ fn allow_events_none_reports_denials_only() {
     assert_eq!(cage.op(&format!("connect 127.0.0.1:{port}")), "ok");
     assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), EPERM);
     // Events arrive in order through one ring buffer: the first one is the denial.
-    let first = events.wait_event("the first event", |_| true);
+    let first = events.wait_event("the first egress event", |e| e["kind"] == "egress");
     assert_eq!(first["verdict"], "deny", "{first}");
     // The allowed connect was still counted.
     let status = daemon

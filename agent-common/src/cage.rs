@@ -1,7 +1,15 @@
 //! Per-cage configuration and counters, keyed by the cage's cgroup id.
 
+use crate::event::KIND_COUNT;
+
 /// Raw (`SOCK_RAW`), packet and other non-TCP/UDP network sockets are allowed.
 pub const CAGE_F_ALLOW_RAW: u32 = 1 << 0;
+/// An exec that no exec rule allows is refused (default deny).
+pub const CAGE_F_EXEC_DEFAULT_DENY: u32 = 1 << 1;
+/// The policy slot has exec rules by content: hash each executed file (deny tier only).
+pub const CAGE_F_EXEC_HASHES: u32 = 1 << 2;
+/// The policy slot has file rules: look opened files up (deny tier only).
+pub const CAGE_F_FILES: u32 = 1 << 3;
 
 /// What the kernel needs to know about one cage. Written by user space only.
 #[repr(C)]
@@ -28,4 +36,8 @@ pub struct CageStats {
     pub denied: u64,
     /// Events that could not be reserved in the ring buffer.
     pub lost: u64,
+    /// `lost`, by event kind (`KIND_*` is the index).
+    pub lost_by_kind: [u64; KIND_COUNT],
+    /// Processes killed by the kill tier.
+    pub killed: u64,
 }

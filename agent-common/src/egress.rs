@@ -1,6 +1,7 @@
 //! Egress decisions: the allow-list maps' keys and values, and the decision event.
 
 use crate::event::EventHeader;
+pub use crate::event::Verdict;
 
 /// Rule bits: which transport a [`PortRule`] admits.
 pub const PROTO_TCP: u8 = 1 << 0;
@@ -41,6 +42,9 @@ pub enum Hook {
     SockCreate = 5,
     /// cgroup_skb/egress (packets whose headers could redirect them)
     SkbEgress = 6,
+    /// The deny tier's BPF LSM `socket_connect`, a second line that judges the caller's
+    /// cage even for a socket made outside it.
+    LsmConnect = 7,
 }
 
 impl Hook {
@@ -53,6 +57,7 @@ impl Hook {
             4 => Self::Sendmsg6,
             5 => Self::SockCreate,
             6 => Self::SkbEgress,
+            7 => Self::LsmConnect,
             _ => return None,
         })
     }
@@ -66,27 +71,7 @@ impl Hook {
             Self::Sendmsg6 => "sendmsg6",
             Self::SockCreate => "sock_create",
             Self::SkbEgress => "skb_egress",
-        }
-    }
-}
-
-/// The outcome of a decision.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// The operation went ahead.
-    Allow = 1,
-    /// The operation failed with EPERM.
-    Deny = 2,
-}
-
-impl Verdict {
-    /// The verdict for a raw value from an event, if it is one.
-    pub const fn from_u8(v: u8) -> Option<Self> {
-        match v {
-            1 => Some(Self::Allow),
-            2 => Some(Self::Deny),
-            _ => None,
+            Self::LsmConnect => "lsm_socket_connect",
         }
     }
 }

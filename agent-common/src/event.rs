@@ -1,7 +1,17 @@
-//! The header every event in the ring buffer starts with.
+//! The header every event in the ring buffer starts with, and the verdicts events carry.
 
-/// Event kinds; the first field of every record.
+/// An egress decision ([`crate::egress::EgressEvent`]).
 pub const KIND_EGRESS: u32 = 1;
+/// A program image replaced by exec, or an exec refused ([`crate::process::ExecEvent`]).
+pub const KIND_EXEC: u32 = 2;
+/// A new process (not a thread) ([`crate::process::ForkEvent`]).
+pub const KIND_FORK: u32 = 3;
+/// A process ended ([`crate::process::ExitEvent`]).
+pub const KIND_EXIT: u32 = 4;
+/// An open of a watched or protected file ([`crate::file::FileEvent`]).
+pub const KIND_FILE: u32 = 5;
+/// One more than the largest kind: the length of per-kind counter arrays.
+pub const KIND_COUNT: usize = 6;
 
 /// Fields common to every event.
 #[repr(C)]
@@ -26,4 +36,42 @@ pub struct EventHeader {
     pub tgid: u32,
     /// The task's comm, NUL-padded.
     pub comm: [u8; 16],
+}
+
+/// The outcome of a decision.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The operation went ahead.
+    Allow = 1,
+    /// The operation failed with EPERM.
+    Deny = 2,
+    /// The operation could not be refused on this kernel, so the process was killed with
+    /// SIGKILL before it returned to user space (the kill tier).
+    Killed = 3,
+    /// Nothing was decided: the event only reports (a watched file, a fork, an exit).
+    Observed = 4,
+}
+
+impl Verdict {
+    /// The verdict for a raw value from an event, if it is one.
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Allow),
+            2 => Some(Self::Deny),
+            3 => Some(Self::Killed),
+            4 => Some(Self::Observed),
+            _ => None,
+        }
+    }
+
+    /// The lower-case name events use.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::Killed => "killed",
+            Self::Observed => "observed",
+        }
+    }
 }

@@ -8,7 +8,10 @@
 pub mod cage;
 pub mod egress;
 pub mod event;
+pub mod file;
+pub mod kernel;
 pub mod maps;
+pub mod process;
 
 #[cfg(feature = "user")]
 mod user;

@@ -8,6 +8,14 @@ pub const CAGE_STATS: &str = "CAGE_STATS";
 pub const EGRESS_V4: &str = "EGRESS_V4";
 /// IPv6 egress allow list: [`crate::egress::Key6`] → [`crate::egress::PortRules`].
 pub const EGRESS_V6: &str = "EGRESS_V6";
+/// [`crate::file::InodeKey`] → [`crate::process::ExecRule`]: exec rules by file.
+pub const EXEC_INODES: &str = "EXEC_INODES";
+/// [`crate::process::HashKey`] → [`crate::process::ExecRule`]: exec rules by content.
+pub const EXEC_HASHES: &str = "EXEC_HASHES";
+/// [`crate::file::InodeKey`] → [`crate::file::FileRule`]: file rules.
+pub const FILE_RULES: &str = "FILE_RULES";
+/// One [`crate::kernel::KernelSettings`] at index 0.
+pub const SETTINGS: &str = "SETTINGS";
 /// The ring buffer every event goes through.
 pub const EVENTS: &str = "EVENTS";
 /// Events lost because the agent was unknown when the ring buffer was full.
@@ -17,5 +25,9 @@ pub const GLOBAL_LOST: &str = "GLOBAL_LOST";
 pub const MAX_CAGES: u32 = 4096;
 /// Entries in each egress trie, across all agents and policy slots.
 pub const MAX_EGRESS_ENTRIES: u32 = 65_536;
+/// Entries in each exec-rule and file-rule map, across all agents and policy slots.
+pub const MAX_INODE_RULES: u32 = 16_384;
+/// How many directories above an opened file are looked up for file rules.
+pub const MAX_FILE_DEPTH: u32 = 16;
 /// Ring buffer size in bytes (a power of two, a multiple of the page size).
-pub const EVENTS_BYTES: u32 = 4 * 1024 * 1024;
+pub const EVENTS_BYTES: u32 = 16 * 1024 * 1024;

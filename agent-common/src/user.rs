@@ -3,6 +3,9 @@
 use crate::{
     cage::{CageConfig, CageStats},
     egress::{Key4, Key6, PortRules},
+    file::{FileRule, InodeKey},
+    kernel::KernelSettings,
+    process::{ExecRule, HashKey},
 };
 
 // SAFETY: all are #[repr(C)] plain data with no padding-sensitive invariants; any bit pattern
@@ -16,3 +19,13 @@ unsafe impl aya::Pod for Key4 {}
 unsafe impl aya::Pod for Key6 {}
 // SAFETY: as above.
 unsafe impl aya::Pod for PortRules {}
+// SAFETY: as above.
+unsafe impl aya::Pod for InodeKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for FileRule {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ExecRule {}
+// SAFETY: as above.
+unsafe impl aya::Pod for HashKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for KernelSettings {}

@@ -133,6 +133,18 @@ fn decide(attempt: &Attempt) -> i32 {
         report(attempt, None, cgroup_id, Verdict::Deny, RULE_NO_CAGE);
         return DENY;
     };
+    let (verdict, rule_id) = judge(attempt, &cage);
+    report(attempt, Some(&cage), cgroup_id, verdict, rule_id);
+    if verdict == Verdict::Allow {
+        ALLOW
+    } else {
+        DENY
+    }
+}
+
+/// The cage policy's verdict on an attempt, and the deciding rule.
+#[inline(always)]
+pub(crate) fn judge(attempt: &Attempt, cage: &CageConfig) -> (Verdict, u32) {
     let proto_bit = match attempt.protocol {
         IPPROTO_TCP | IPPROTO_MPTCP => PROTO_TCP,
         IPPROTO_UDP => PROTO_UDP,
@@ -167,11 +179,7 @@ fn decide(attempt: &Attempt) -> i32 {
     } else {
         Verdict::Allow
     };
-    report(attempt, Some(&cage), cgroup_id, verdict, rule_id);
-    match verdict {
-        Verdict::Allow => ALLOW,
-        Verdict::Deny => DENY,
-    }
+    (verdict, rule_id)
 }
 
 /// The first rule admitting `port` over `proto_bit`, or `RULE_DEFAULT_DENY`.
@@ -210,6 +218,7 @@ pub(crate) fn report(
             count(cgroup_id, Counter::Denied);
             true
         }
+        Verdict::Killed | Verdict::Observed => true,
         Verdict::Allow => {
             count(cgroup_id, Counter::Allowed);
             match cage.map_or(1, |c| c.allow_sample) {
@@ -224,7 +233,7 @@ pub(crate) fn report(
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<EgressEvent>(0) else {
-        count(cgroup_id, Counter::Lost);
+        count(cgroup_id, Counter::Lost(KIND_EGRESS));
         return;
     };
     entry.write(EgressEvent {
@@ -297,8 +306,9 @@ pub fn agentcage_sock_create(ctx: SockContext) -> i32 {
         hook: Hook::SockCreate,
     };
     report(&attempt, cage.as_ref(), cgroup_id, verdict, rule_id);
-    match verdict {
-        Verdict::Allow => ALLOW,
-        Verdict::Deny => DENY,
+    if verdict == Verdict::Allow {
+        ALLOW
+    } else {
+        DENY
     }
 }

@@ -1,6 +1,6 @@
 //! Filling the common header and counting what could not be reported.
 
-use agent_common::event::EventHeader;
+use agent_common::event::{EventHeader, KIND_COUNT};
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_ktime_get_boot_ns,
 };
@@ -56,7 +56,10 @@ pub fn header_without_task(
 pub enum Counter {
     Allowed,
     Denied,
-    Lost,
+    /// A process killed by the kill tier.
+    Killed,
+    /// An event of this kind could not be reserved.
+    Lost(u32),
 }
 
 /// Adds one to a cage's counter; a lost event of an unknown cage goes to `GLOBAL_LOST`.
@@ -69,10 +72,18 @@ pub fn count(cgroup_id: u64, counter: Counter) {
             match counter {
                 Counter::Allowed => (*stats).allowed += 1,
                 Counter::Denied => (*stats).denied += 1,
-                Counter::Lost => (*stats).lost += 1,
+                Counter::Killed => (*stats).killed += 1,
+                Counter::Lost(kind) => {
+                    (*stats).lost += 1;
+                    // A bounds check the verifier can follow; kinds are always in range.
+                    let i = kind as usize;
+                    if i < KIND_COUNT {
+                        (*stats).lost_by_kind[i] += 1;
+                    }
+                }
             }
         }
-    } else if let Counter::Lost = counter {
+    } else if let Counter::Lost(_) = counter {
         if let Some(lost) = GLOBAL_LOST.get_ptr_mut(0) {
             // SAFETY: as above.
             unsafe { *lost += 1 };

@@ -3,9 +3,14 @@
 #![no_main]
 
 mod egress;
+mod egress_lsm;
 mod events;
+mod exec;
+mod files;
+mod kernel;
 mod maps;
 mod packets;
+mod process;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -4,7 +4,9 @@
 use agent_common::{
     cage::{CageConfig, CageStats},
     egress::{Key4, Key6, PortRules},
-    maps::{EVENTS_BYTES, MAX_CAGES, MAX_EGRESS_ENTRIES},
+    file::{FileRule, InodeKey},
+    maps::{EVENTS_BYTES, MAX_CAGES, MAX_EGRESS_ENTRIES, MAX_INODE_RULES},
+    process::{ExecRule, HashKey},
 };
 use aya_ebpf::{
     macros::map,
@@ -29,3 +31,12 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 #[map]
 pub static GLOBAL_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static EXEC_INODES: HashMap<InodeKey, ExecRule> = HashMap::with_max_entries(MAX_INODE_RULES, 0);
+
+#[map]
+pub static EXEC_HASHES: HashMap<HashKey, ExecRule> = HashMap::with_max_entries(MAX_INODE_RULES, 0);
+
+#[map]
+pub static FILE_RULES: HashMap<InodeKey, FileRule> = HashMap::with_max_entries(MAX_INODE_RULES, 0);

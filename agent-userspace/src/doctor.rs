@@ -44,6 +44,15 @@ pub struct DoctorReport {
     pub bpf_lsm_active: Option<bool>,
     /// Program and map types, probed by loading them.
     pub probes: Vec<Probe>,
+    /// The enforcement tier this kernel gives for exec and file rules, and what is missing
+    /// for the deny tier.
+    pub tier: crate::bpf::TierProbe,
+    /// The running daemon's hooks and their states, when a daemon answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<Vec<crate::bpf::HookStatus>>,
+    /// Why the hooks are not listed, if they are not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hooks_unknown: Option<String>,
 }
 
 impl DoctorReport {
@@ -153,6 +162,9 @@ pub fn probe() -> DoctorReport {
         active_lsms,
         bpf_lsm_active,
         probes,
+        tier: crate::bpf::tier::probe(),
+        hooks: None,
+        hooks_unknown: None,
     }
 }
 
@@ -217,6 +229,29 @@ impl fmt::Display for DoctorReport {
             (false, true) => "NOT POSSIBLE on this kernel",
             (false, false) => "unknown (not root)",
         };
-        writeln!(f, "egress enforcement {verdict}")
+        writeln!(f, "egress enforcement {verdict}")?;
+        match (self.tier.tier, &self.tier.missing) {
+            (crate::bpf::Tier::Deny, _) => writeln!(
+                f,
+                "exec/file tier    deny (forbidden execs and opens fail with EPERM)"
+            )?,
+            (crate::bpf::Tier::Kill, missing) => writeln!(
+                f,
+                "exec/file tier    kill (forbidden execs are killed with SIGKILL; file rules and \
+                 enforcement: deny are refused)\n  missing: {}",
+                missing.as_deref().unwrap_or("BPF LSM")
+            )?,
+        }
+        match (&self.hooks, &self.hooks_unknown) {
+            (Some(hooks), _) => {
+                writeln!(f, "hooks (the running daemon's):")?;
+                for h in hooks {
+                    writeln!(f, "  {:<36} {:<10} {}", h.hook, h.state, h.purpose)?;
+                }
+            }
+            (None, Some(why)) => writeln!(f, "hooks             unknown: {why}")?,
+            (None, None) => {}
+        }
+        Ok(())
     }
 }

@@ -16,6 +16,7 @@
 pub mod bpf;
 pub mod cage;
 pub mod caps;
+pub mod capture;
 pub mod cli;
 pub mod control;
 pub mod daemon;

@@ -251,6 +251,40 @@ impl Daemon {
         self.cli().args(["policy", "reload"]).output().unwrap()
     }
 
+    /// `agentcage status -o json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.cli().args(["status", "-o", "json"]).output().unwrap();
+        assert!(out.status.success(), "status failed: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).expect("status is JSON")
+    }
+
+    /// Asserts the daemon runs in `want` tier (`deny` or `kill`), and that this agrees with
+    /// AGENTCAGE_EXPECT_TIER when the test runner (cargo xtask test / vm-test) sets it: a
+    /// probe that picked the wrong tier fails here rather than running the wrong suite.
+    pub fn expect_tier(&self, want: &str) {
+        if let Ok(expected) = std::env::var("AGENTCAGE_EXPECT_TIER") {
+            assert_eq!(
+                expected, want,
+                "this suite is for the {want} tier but the runner expects {expected}"
+            );
+        }
+        let status = self.status();
+        assert_eq!(
+            status["tier"], want,
+            "the daemon runs in tier {} ({}); this suite needs {want}",
+            status["tier"], status["tier_missing"]
+        );
+    }
+
+    /// Links the daemon pinned: its cgroup programs and its attached host-wide hooks.
+    pub fn expected_pins(&self) -> usize {
+        let hooks = self.status()["hooks"]
+            .as_array()
+            .map(|h| h.iter().filter(|h| h["state"] == "attached").count())
+            .unwrap_or(0);
+        agentcage::bpf::PROGRAMS.len() + hooks
+    }
+
     /// Follows events; returns once the subscription is live.
     pub fn follow_events(&self) -> Follower {
         let mut child = self

@@ -1,5 +1,5 @@
-//! A tiny workload for the end-to-end tests: performs one network operation (or a stream of
-//! them, read from stdin) and prints `ok` or `err ERRNO` for each, so a test can tell a
+//! A tiny workload for the end-to-end tests: performs one network, file or exec operation (or
+//! a stream of them, read from stdin) and prints `ok` or `err ERRNO` for each, so a test can tell a
 //! policy denial (EPERM) from anything else. Run inside cages by `agentcage run`.
 
 use std::{
@@ -67,6 +67,21 @@ fn op(args: &[&str]) -> io::Result<()> {
             std::process::id().to_string(),
         ),
         ["list", dir] => std::fs::read_dir(dir).map(drop),
+        // Opens a file for reading (r), writing (w) or both (rw).
+        ["open", path, mode] => std::fs::OpenOptions::new()
+            .read(mode.contains('r'))
+            .write(mode.contains('w'))
+            .open(path)
+            .map(drop),
+        // Runs a program and waits: ok if it ran and exited 0, the errno if exec failed.
+        ["exec", program, args @ ..] => {
+            let status = std::process::Command::new(program).args(args).status()?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(io::Error::other(format!("{program} ended with {status}")))
+            }
+        }
         _ => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("unknown operation {args:?}"),

@@ -61,6 +61,12 @@ enum Cmd {
     /// One connect with a timeout, to check that a variant's filter really filters.
     #[command(name = "__connect-probe", hide = true)]
     ConnectProbe(bench::egress::ConnectProbeArgs),
+    /// getpid()+openat()+close() in a loop, for `bench capture`.
+    #[command(name = "__syscall-loop", hide = true)]
+    SyscallLoop(bench::capture::SyscallLoopArgs),
+    /// fork+exec of /bin/true in a loop, for `bench capture`.
+    #[command(name = "__exec-loop", hide = true)]
+    ExecLoop(bench::capture::ExecLoopArgs),
 }
 
 fn main() -> ExitCode {
@@ -88,5 +94,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Bench { bench } => bench::run_bench(bench),
         Cmd::ConnectLoop(args) => bench::egress::connect_loop(&args),
         Cmd::ConnectProbe(args) => bench::egress::connect_probe(&args),
+        Cmd::SyscallLoop(args) => bench::capture::syscall_loop(&args),
+        Cmd::ExecLoop(args) => bench::capture::exec_loop(&args),
     }
 }

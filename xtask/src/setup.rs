@@ -21,6 +21,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "procps",
     // mount/umount for the benchmark's cgroup bind mount.
     "util-linux",
+    // The auditd baseline of `cargo xtask bench capture`.
+    "auditd",
     // `cargo xtask vm-test`: the emulator, the VM's shell and tools, and the initramfs
     // archiver.
     "qemu-system-x86",

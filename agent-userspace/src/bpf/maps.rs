@@ -5,7 +5,9 @@
 use agent_common::{
     cage::{CageConfig, CageStats},
     egress::{Key4, Key6, PortRules, SLOT_BITS},
+    file::{FileRule, InodeKey},
     maps,
+    process::{ExecRule, HashKey},
 };
 use aya::{
     maps::{
@@ -17,7 +19,7 @@ use aya::{
 };
 
 use super::BpfError;
-use crate::policy::CompiledEgress;
+use crate::policy::CompiledAgent;
 
 /// The keys one policy slot put in the tries, so the slot can be emptied later.
 #[derive(Default)]
@@ -25,6 +27,9 @@ pub struct SlotEntries {
     slot: u32,
     v4: Vec<Key<Key4>>,
     v6: Vec<Key<Key6>>,
+    exec_inodes: Vec<InodeKey>,
+    exec_hashes: Vec<HashKey>,
+    files: Vec<InodeKey>,
 }
 
 impl SlotEntries {
@@ -40,6 +45,9 @@ pub struct EgressMaps {
     stats: PerCpuHashMap<MapData, u64, CageStats>,
     v4: LpmTrie<MapData, Key4, PortRules>,
     v6: LpmTrie<MapData, Key6, PortRules>,
+    exec_inodes: HashMap<MapData, InodeKey, ExecRule>,
+    exec_hashes: HashMap<MapData, HashKey, ExecRule>,
+    file_rules: HashMap<MapData, InodeKey, FileRule>,
     global_lost: PerCpuArray<MapData, u64>,
     cpus: usize,
 }
@@ -74,6 +82,9 @@ impl EgressMaps {
             stats: take(ebpf, maps::CAGE_STATS)?,
             v4: take(ebpf, maps::EGRESS_V4)?,
             v6: take(ebpf, maps::EGRESS_V6)?,
+            exec_inodes: take(ebpf, maps::EXEC_INODES)?,
+            exec_hashes: take(ebpf, maps::EXEC_HASHES)?,
+            file_rules: take(ebpf, maps::FILE_RULES)?,
             global_lost: take(ebpf, maps::GLOBAL_LOST)?,
             cpus,
         })
@@ -83,7 +94,7 @@ impl EgressMaps {
     pub fn fill_slot(
         &mut self,
         slot: u32,
-        compiled: &CompiledEgress,
+        compiled: &CompiledAgent,
     ) -> Result<SlotEntries, BpfError> {
         let mut entries = SlotEntries {
             slot,
@@ -100,9 +111,35 @@ impl EgressMaps {
     fn fill_into(
         &mut self,
         entries: &mut SlotEntries,
-        compiled: &CompiledEgress,
+        compiled: &CompiledAgent,
     ) -> Result<(), BpfError> {
-        let slot_be = entries.slot.to_be_bytes();
+        let slot = entries.slot;
+        for (&(dev, ino), rule) in &compiled.exec.inodes {
+            let key = InodeKey { slot, dev, ino };
+            self.exec_inodes
+                .insert(key, rule, 0)
+                .map_err(|e| capacity(maps::EXEC_INODES, e))?;
+            entries.exec_inodes.push(key);
+        }
+        for (digest, rule) in &compiled.exec.hashes {
+            let key = HashKey {
+                slot,
+                sha256: *digest,
+            };
+            self.exec_hashes
+                .insert(key, rule, 0)
+                .map_err(|e| capacity(maps::EXEC_HASHES, e))?;
+            entries.exec_hashes.push(key);
+        }
+        for (&(dev, ino), rule) in &compiled.files.inodes {
+            let key = InodeKey { slot, dev, ino };
+            self.file_rules
+                .insert(key, rule, 0)
+                .map_err(|e| capacity(maps::FILE_RULES, e))?;
+            entries.files.push(key);
+        }
+        let compiled = &compiled.egress;
+        let slot_be = slot.to_be_bytes();
         for (addr, prefix, rules) in &compiled.v4 {
             let key = Key::new(
                 SLOT_BITS + prefix,
@@ -139,6 +176,15 @@ impl EgressMaps {
         }
         for key in &entries.v6 {
             let _ = self.v6.remove(key);
+        }
+        for key in &entries.exec_inodes {
+            let _ = self.exec_inodes.remove(key);
+        }
+        for key in &entries.exec_hashes {
+            let _ = self.exec_hashes.remove(key);
+        }
+        for key in &entries.files {
+            let _ = self.file_rules.remove(key);
         }
     }
 
@@ -177,13 +223,16 @@ impl EgressMaps {
         self.stats
             .get(&cgroup_id, 0)
             .map(|per_cpu| {
-                per_cpu
-                    .iter()
-                    .fold(CageStats::default(), |acc, s| CageStats {
-                        allowed: acc.allowed + s.allowed,
-                        denied: acc.denied + s.denied,
-                        lost: acc.lost + s.lost,
-                    })
+                per_cpu.iter().fold(CageStats::default(), |mut acc, s| {
+                    acc.allowed += s.allowed;
+                    acc.denied += s.denied;
+                    acc.lost += s.lost;
+                    acc.killed += s.killed;
+                    for (a, b) in acc.lost_by_kind.iter_mut().zip(s.lost_by_kind) {
+                        *a += b;
+                    }
+                    acc
+                })
             })
             .unwrap_or_default()
     }

@@ -1,11 +1,16 @@
 //! The eBPF side as user space sees it: the embedded object, loading and attaching it to the
 //! cages' parent cgroup, pinning for lasting enforcement, and typed access to its maps.
 
+pub mod btf;
+mod hooks;
 mod loader;
 mod maps;
+pub mod tier;
 
+pub use hooks::{lsm_btf, GlobalHooks, HookStatus};
 pub use loader::{ensure_bpffs, release_pinned, AttachedPrograms, ProgramKind, PROGRAMS};
 pub use maps::{EgressMaps, SlotEntries};
+pub use tier::{Tier, TierProbe};
 
 use std::{io, path::PathBuf};
 
@@ -54,6 +59,9 @@ pub enum BpfError {
         #[source]
         source: io::Error,
     },
+    /// The kernel's struct layout could not be read from its BTF.
+    #[error(transparent)]
+    Btf(#[from] btf::BtfError),
     /// The policy holds more entries than the maps can.
     #[error("policy does not fit the kernel maps: {0}")]
     Capacity(String),
@@ -61,3 +69,55 @@ pub enum BpfError {
 
 /// The embedded eBPF object, built by build.rs from agent-ebpf.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
+
+/// What loading found out about this kernel.
+pub struct Loaded {
+    /// The object, with `SETTINGS` written and, in the deny tier, the LSM programs loaded.
+    pub ebpf: aya::Ebpf,
+    /// The tier the programs were set up for.
+    pub tier: Tier,
+    /// Why the tier is not deny, if it is not.
+    pub missing: Option<String>,
+}
+
+/// Loads the object for the best tier this kernel gives: the probe's, and if the LSM
+/// programs then fail to load, the kill tier (the tier is frozen into the object, so that
+/// takes a second load).
+pub fn load() -> Result<Loaded, BpfError> {
+    let mut settings = btf::kernel_settings(&btf::Btf::from_sys_fs()?)?;
+    let probe = tier::probe();
+    let mut missing = probe.missing;
+    if probe.tier == Tier::Deny {
+        settings.tier = Tier::Deny.code();
+        let mut ebpf = load_with(&settings)?;
+        match lsm_btf().and_then(|btf| GlobalHooks::load_lsm(&mut ebpf, &btf)) {
+            Ok(_) => {
+                return Ok(Loaded {
+                    ebpf,
+                    tier: Tier::Deny,
+                    missing: None,
+                })
+            }
+            Err(e) => {
+                let why = format!(
+                    "BPF LSM: the LSM programs do not load: {}",
+                    crate::errors::render(&e)
+                );
+                tracing::warn!(reason = %why, "falling back to the kill tier");
+                missing = Some(why);
+            }
+        }
+    }
+    settings.tier = Tier::Kill.code();
+    Ok(Loaded {
+        ebpf: load_with(&settings)?,
+        tier: Tier::Kill,
+        missing,
+    })
+}
+
+fn load_with(settings: &agent_common::kernel::KernelSettings) -> Result<aya::Ebpf, BpfError> {
+    Ok(aya::EbpfLoader::new()
+        .override_global(agent_common::maps::SETTINGS, settings, true)
+        .load(EBPF_OBJECT)?)
+}

@@ -38,8 +38,35 @@ pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
             }
         }
         Command::Events { follow } => events(&cli, follow),
+        Command::Ps { agent, output } => {
+            validate_agent_name(&agent)?;
+            let mut client = Client::connect(&cli.socket)?;
+            match client.call(&Request::Processes { agent })? {
+                Response::Processes { processes, .. } => {
+                    match output {
+                        Output::Json => println!("{}", serde_json::to_string_pretty(&processes)?),
+                        Output::Text => print!("{}", crate::capture::render(&processes)),
+                    }
+                    Ok(0)
+                }
+                other => Err(CliError::unexpected(&other)),
+            }
+        }
         Command::Doctor { output } => {
-            let report = doctor::probe();
+            let mut report = doctor::probe();
+            let status = Client::connect(&cli.socket)
+                .map_err(|e| e.to_string())
+                .and_then(|mut c| c.call(&Request::Status {}).map_err(|e| e.to_string()));
+            match status {
+                Ok(Response::Status(s)) => report.hooks = Some(s.hooks),
+                Ok(other) => report.hooks_unknown = Some(format!("unexpected answer {other:?}")),
+                Err(e) => {
+                    report.hooks_unknown = Some(format!(
+                        "no daemon answers on {}: {e}",
+                        cli.socket.display()
+                    ))
+                }
+            }
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                 Output::Text => print!("{report}"),
@@ -112,6 +139,10 @@ fn print_status(report: &StatusReport) {
         report.policy_source, report.policy_hash
     );
     println!("cgroups  {}", report.cgroup_root);
+    match &report.tier_missing {
+        None => println!("tier     {}", report.tier),
+        Some(why) => println!("tier     {} ({why})", report.tier),
+    }
     if report.global_lost > 0 {
         println!(
             "lost     {} events from callers in no known cage",
@@ -123,17 +154,18 @@ fn print_status(report: &StatusReport) {
         return;
     }
     println!(
-        "{:<20} {:<10} {:>8} {:>8} {:>6}  {:<24} cgroup",
-        "AGENT", "PIDS", "ALLOWED", "DENIED", "LOST", "PID LIST"
+        "{:<20} {:<10} {:>8} {:>8} {:>6} {:>6}  {:<24} cgroup",
+        "AGENT", "PIDS", "ALLOWED", "DENIED", "KILLED", "LOST", "PID LIST"
     );
     for a in &report.agents {
         let pids: Vec<String> = a.pids.iter().map(u32::to_string).collect();
         println!(
-            "{:<20} {:<10} {:>8} {:>8} {:>6}  {:<24} {}",
+            "{:<20} {:<10} {:>8} {:>8} {:>6} {:>6}  {:<24} {}",
             a.identity,
             a.pids.len(),
             a.allowed,
             a.denied,
+            a.killed,
             a.lost,
             pids.join(","),
             a.cgroup

@@ -103,6 +103,15 @@ pub enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// An agent's process tree: its processes with their programs, arguments and how they
+    /// ended.
+    Ps {
+        /// The agent's name.
+        agent: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// What this kernel can do for agentcage, probed.
     Doctor {
         /// Output format.

@@ -36,6 +36,11 @@ pub enum Request {
     },
     /// Read the policy file again; a broken one is refused and the old one stays.
     Reload {},
+    /// The agent's process tree: live processes and recently ended ones.
+    Processes {
+        /// The agent's name.
+        agent: String,
+    },
 }
 
 /// What the daemon answers.
@@ -103,6 +108,13 @@ pub enum Response {
         /// SHA-256 of the new policy.
         policy_hash: String,
     },
+    /// Answer to [`Request::Processes`].
+    Processes {
+        /// The agent's name.
+        agent: String,
+        /// Its processes, by pid.
+        processes: Vec<crate::capture::ProcessNode>,
+    },
     /// The request failed; nothing was changed.
     Error {
         /// What went wrong, for a person.
@@ -123,6 +135,18 @@ pub struct StatusReport {
     pub cgroup_root: String,
     /// Events lost for callers in no known cage.
     pub global_lost: u64,
+    /// The enforcement tier: `deny` (BPF LSM) or `kill`.
+    #[serde(default)]
+    pub tier: String,
+    /// Why the tier is not deny, naming what the kernel lacks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier_missing: Option<String>,
+    /// Whether exec rules by content (sha256) are enforced.
+    #[serde(default)]
+    pub content_hashes: bool,
+    /// Every host-wide hook and its state.
+    #[serde(default)]
+    pub hooks: Vec<crate::bpf::HookStatus>,
     /// One entry per cage.
     pub agents: Vec<AgentStatus>,
 }
@@ -146,6 +170,12 @@ pub struct AgentStatus {
     pub denied: u64,
     /// Events that could not be reported (ring buffer full).
     pub lost: u64,
+    /// `lost` by event kind (`egress`, `exec`, `fork`, `exit`, `file`).
+    #[serde(default)]
+    pub lost_by_kind: std::collections::BTreeMap<String, u64>,
+    /// Processes killed by the kill tier.
+    #[serde(default)]
+    pub killed: u64,
 }
 
 #[cfg(test)]

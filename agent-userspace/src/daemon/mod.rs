@@ -5,6 +5,7 @@
 //! slow or dead daemon lets nothing through.
 
 mod config;
+mod enrich;
 mod server;
 mod state;
 mod tasks;
@@ -21,14 +22,14 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::{
-    bpf::{self, AttachedPrograms, BpfError, EgressMaps},
+    bpf::{self, AttachedPrograms, BpfError, EgressMaps, GlobalHooks},
     cage::{find_cgroup2_mount, CageError, CageRoot},
     control::AccessPolicy,
     events::EventBus,
     policy::{Policy, PolicyError},
 };
 use server::Shared;
-use state::State;
+use state::{KernelInfo, State};
 
 /// Why the daemon could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +124,17 @@ async fn start(
     listener: tokio::net::UnixListener,
     signals: Signals,
 ) -> Result<(), DaemonError> {
-    let mut ebpf = aya::Ebpf::load(bpf::EBPF_OBJECT).map_err(BpfError::from)?;
+    let bpf::Loaded {
+        mut ebpf,
+        tier,
+        missing,
+    } = bpf::load()?;
+    match &missing {
+        None => info!(%tier, "enforcement tier: deny (BPF LSM refuses forbidden execs and opens)"),
+        Some(why) => {
+            warn!(%tier, missing = %why, "enforcement tier: kill (forbidden execs are killed with SIGKILL; file rules cannot be enforced)")
+        }
+    }
     let kernel_log = match aya_log::EbpfLogger::init(&mut ebpf) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -148,12 +159,24 @@ async fn start(
         Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .map_err(|e| DaemonError::Sys("inotify_init", e.into()))?,
     );
+    // The hooks' states are known once they attach; content hashing is assumed from the
+    // loaded exec program until then.
+    let kernel = KernelInfo {
+        tier,
+        missing,
+        content_hashes: tier == bpf::Tier::Deny
+            && ebpf
+                .program("agentcage_bprm_check")
+                .is_some_and(|p| p.info().is_ok()),
+        hooks: Vec::new(),
+    };
     let mut state = State::new(
         policy,
         config.policy.clone(),
         maps,
         root.clone(),
         Arc::clone(&inotify),
+        kernel,
     );
     // Cages an earlier daemon left (kept enforced by its pinned programs) get maps entries
     // before the new programs attach, so they are never judged as unknown.
@@ -164,6 +187,14 @@ async fn start(
     let pin_dir = config.pin_dir();
     let tag = pin_tag();
     let mut programs = AttachedPrograms::attach(&mut ebpf, root.dir().path(), &pin_dir, &tag)?;
+    let hooks = match GlobalHooks::attach(&mut ebpf, tier, &pin_dir, &tag) {
+        Ok(h) => h,
+        Err(e) => {
+            programs.detach();
+            return Err(e.into());
+        }
+    };
+    state.set_hooks(hooks.status.clone());
     // Only now drop the earlier daemon's links: there was no moment without enforcement.
     let released = bpf::release_pinned(&pin_dir, &tag);
     if released > 0 {
@@ -211,10 +242,13 @@ async fn start(
     let kept = shared.state().shutdown();
     let removed = kept.is_empty() && root.remove().is_ok();
     if removed {
+        // Hooks first: detaching the cgroup programs also removes the (then empty) pin dir.
+        hooks.detach();
         programs.detach();
         info!("stopped: no cage held a process; programs detached and cgroups removed");
     } else {
         programs.keep();
+        hooks.keep();
         warn!(
             agents = ?kept,
             pins = %pin_dir.display(),

@@ -198,6 +198,9 @@ fn handle(shared: &Shared, peer: &Peer, request: Request, held: &mut Vec<String>
         Request::Join { agent } => state
             .move_into(&agent, peer.pid, peer.uid, false)
             .map(|cgroup| Response::Joined { agent, cgroup }),
+        Request::Processes { agent } => state
+            .processes(&agent)
+            .map(|processes| Response::Processes { agent, processes }),
         Request::Adopt { agent, pid } => state
             .move_into(&agent, pid, peer.uid, true)
             .map(|cgroup| Response::Adopted { agent, pid, cgroup }),

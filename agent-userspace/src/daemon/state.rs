@@ -10,24 +10,25 @@ use std::{
     sync::Arc,
 };
 
-use agent_common::{
-    cage::{CageConfig, CAGE_F_ALLOW_RAW},
-    egress::{
-        Hook, Verdict, RULE_DEFAULT_DENY, RULE_IP_OPTIONS, RULE_NO_CAGE, RULE_ROUTING_HEADER,
-        RULE_SOCKET_ALLOWED, RULE_SOCKET_KIND,
-    },
+use agent_common::cage::{
+    CageConfig, CAGE_F_ALLOW_RAW, CAGE_F_EXEC_DEFAULT_DENY, CAGE_F_EXEC_HASHES, CAGE_F_FILES,
 };
 use nix::sys::inotify::{AddWatchFlags, Inotify, WatchDescriptor};
 use tracing::{info, warn};
 
+use super::enrich;
 use crate::{
-    bpf::{BpfError, EgressMaps, SlotEntries},
+    bpf::{BpfError, EgressMaps, HookStatus, SlotEntries, Tier},
     cage::{CageError, CageRoot, CgroupDir},
     caps,
+    capture::{ProcessNode, ProcessTree},
     control::{AgentStatus, StatusReport},
-    events::{EgressDetail, Event, EventDetail, RawEvent},
+    events::{Event, EventDetail, ExitDetail, ForkDetail, RawEvent},
     identity::AgentIdentity,
-    policy::{compile_egress, validate_agent_name, CompiledEgress, Policy, PolicyError},
+    policy::{
+        compile_egress, compile_exec, compile_files, validate_agent_name, AgentPolicy,
+        CompiledAgent, Enforcement, InodeError, Policy, PolicyError,
+    },
 };
 
 /// Errors of state changes; each message is meant for the person who asked.
@@ -67,6 +68,9 @@ pub enum StateError {
     /// The process does not exist.
     #[error("no process {0}")]
     NoProcess(u32),
+    /// No agent of that name has run since the daemon started.
+    #[error("no agent {0:?} has run under this daemon")]
+    NoSuchAgent(String),
     /// The daemon is shutting down.
     #[error("agentcaged is shutting down and takes no process into a cage")]
     Stopping,
@@ -77,6 +81,23 @@ pub enum StateError {
         pid: u32,
         /// Why.
         why: String,
+    },
+    /// A file named by an exec or file rule could not be read.
+    #[error(transparent)]
+    Inodes(#[from] InodeError),
+    /// The agent's policy needs the deny tier and this kernel gives only the kill tier.
+    #[error(
+        "refused to start agent {agent:?}: its policy needs the deny tier ({needs}), but this \
+         kernel cannot refuse operations: {missing}. Run it on a kernel with BPF LSM active \
+         (see `agentcage doctor`), or remove {needs} from its policy"
+    )]
+    TierUnavailable {
+        /// The agent.
+        agent: String,
+        /// What in its policy needs the deny tier.
+        needs: String,
+        /// What the kernel lacks.
+        missing: String,
     },
     /// Watching a cage for emptiness failed.
     #[error("watching {path}: {source}")]
@@ -113,8 +134,31 @@ struct Cage {
     watch: WatchDescriptor,
 }
 
+/// Where the inodes of a slot's file rules were found: (dev, inode) → path.
+type InodePaths = HashMap<(u32, u64), String>;
+
+/// What the kernel gives, found at start.
+#[derive(Clone, Debug)]
+pub struct KernelInfo {
+    /// The enforcement tier.
+    pub tier: Tier,
+    /// Why the tier is not deny, if it is not.
+    pub missing: Option<String>,
+    /// Whether exec rules by content are enforced.
+    pub content_hashes: bool,
+    /// The host-wide hooks' states.
+    pub hooks: Vec<HookStatus>,
+}
+
 /// Everything the daemon manages.
 pub struct State {
+    kernel: KernelInfo,
+    /// Each agent's processes, kept after its cage goes (by agent id).
+    trees: HashMap<u32, ProcessTree>,
+    /// The last event sequence number given per agent id.
+    seqs: HashMap<u32, u64>,
+    /// Paths of the inodes each slot's file rules name, for events.
+    slot_paths: HashMap<u32, Arc<InodePaths>>,
     policy: Arc<Policy>,
     policy_path: PathBuf,
     maps: EgressMaps,
@@ -150,8 +194,13 @@ impl State {
         maps: EgressMaps,
         root: CageRoot,
         inotify: Arc<Inotify>,
+        kernel: KernelInfo,
     ) -> Self {
         Self {
+            kernel,
+            trees: HashMap::new(),
+            seqs: HashMap::new(),
+            slot_paths: HashMap::new(),
             policy: Arc::new(policy),
             policy_path,
             maps,
@@ -206,47 +255,103 @@ impl State {
     }
 
     /// What `agent` gets under `policy`: its rules and its cage flags. An agent the policy
-    /// does not know gets nothing (deny all) when `strict` is false, an error when true.
+    /// does not know gets nothing (deny all) when `strict` is false, an error when true; so
+    /// does an agent whose policy needs a tier this kernel lacks.
     fn compile_for(
         policy: &Policy,
+        kernel: &KernelInfo,
         agent: &str,
         strict: bool,
-    ) -> Result<(CompiledEgress, u32, u32), StateError> {
-        match policy.agent(agent) {
-            Some(p) => {
-                let compiled = compile_egress(agent, &p.egress)?;
-                let flags = if p.egress.raw_sockets {
-                    CAGE_F_ALLOW_RAW
-                } else {
-                    0
-                };
-                Ok((compiled, flags, p.egress.allow_events.sample_rate()))
+        adopting: bool,
+    ) -> Result<(CompiledAgent, u32, u32), StateError> {
+        let Some(p) = policy.agent(agent) else {
+            if strict {
+                return Err(StateError::UnknownAgent {
+                    agent: agent.to_owned(),
+                    policy: policy.source().to_owned(),
+                });
             }
-            None if strict => Err(StateError::UnknownAgent {
-                agent: agent.to_owned(),
-                policy: policy.source().to_owned(),
-            }),
-            None => Ok((
-                CompiledEgress {
-                    v4: Vec::new(),
-                    v6: Vec::new(),
-                },
-                0,
-                1,
-            )),
+            return Ok((CompiledAgent::default(), 0, 1));
+        };
+        let at = if policy.agents.contains_key(agent) {
+            format!("agents.{agent}")
+        } else {
+            "default_agent".to_owned()
+        };
+        let compiled = CompiledAgent {
+            egress: compile_egress(agent, &p.egress)?,
+            exec: compile_exec(&format!("{at}.exec"), &p.exec)?,
+            files: compile_files(&format!("{at}.files"), &p.files)?,
+        };
+        for unmatched in compiled
+            .exec
+            .unmatched
+            .iter()
+            .chain(&compiled.files.unmatched)
+        {
+            warn!(agent, rule = %unmatched, "rule matches no file now; it covers nothing until the policy is applied again");
         }
+        if let Some(needs) = Self::needs_deny_tier(p, &compiled, kernel) {
+            let missing = kernel
+                .missing
+                .clone()
+                .unwrap_or_else(|| "the kernel's IMA cannot hash files for BPF".to_owned());
+            let err = StateError::TierUnavailable {
+                agent: agent.to_owned(),
+                needs,
+                missing,
+            };
+            if !adopting {
+                return Err(err);
+            }
+            // A cage left by an earlier daemon cannot be refused; it gets what this kernel
+            // can enforce.
+            warn!(agent, error = %err, "cage enforced with the kill tier only");
+        }
+        let mut flags = 0;
+        if p.egress.raw_sockets {
+            flags |= CAGE_F_ALLOW_RAW;
+        }
+        if compiled.exec.default_deny {
+            flags |= CAGE_F_EXEC_DEFAULT_DENY;
+        }
+        if !compiled.exec.hashes.is_empty() && kernel.content_hashes {
+            flags |= CAGE_F_EXEC_HASHES;
+        }
+        if !compiled.files.inodes.is_empty() {
+            flags |= CAGE_F_FILES;
+        }
+        Ok((compiled, flags, p.egress.allow_events.sample_rate()))
+    }
+
+    /// What in the agent's policy this kernel cannot enforce, if anything.
+    fn needs_deny_tier(p: &AgentPolicy, c: &CompiledAgent, kernel: &KernelInfo) -> Option<String> {
+        let deny = kernel.tier == Tier::Deny;
+        if p.enforcement == Enforcement::Deny && !deny {
+            return Some("enforcement: deny".to_owned());
+        }
+        if !p.files.is_empty() && !deny {
+            return Some("files rules, which only BPF LSM can enforce".to_owned());
+        }
+        if c.exec.has_digest_rules && !(deny && kernel.content_hashes) {
+            return Some("exec rules by sha256, which need BPF LSM with IMA hashing".to_owned());
+        }
+        None
     }
 
     /// Installs the kernel state for a cage directory; `strict` refuses agents the policy
     /// does not name (new cages), otherwise they are caged with nothing allowed (cages found
     /// from an earlier daemon, whose processes must never run unrestricted).
     fn install(&mut self, agent: &str, dir: CgroupDir, strict: bool) -> Result<(), StateError> {
-        let (compiled, flags, allow_sample) = Self::compile_for(&self.policy, agent, strict)?;
+        let (compiled, flags, allow_sample) =
+            Self::compile_for(&self.policy, &self.kernel, agent, strict, !strict)?;
         let cgroup_id = dir.id()?;
         let agent_id = self.agent_id(agent);
         let slot = self.take_slot();
         let entries = self.maps.fill_slot(slot, &compiled)?;
         self.slot_policies.insert(slot, Arc::clone(&self.policy));
+        self.slot_paths
+            .insert(slot, Arc::new(compiled.files.paths.clone()));
         let config = CageConfig {
             agent_id,
             policy_slot: slot,
@@ -303,7 +408,7 @@ impl State {
         validate_agent_name(agent)?;
         if !self.cages.contains_key(agent) {
             // Check the policy before touching the file system.
-            Self::compile_for(&self.policy, agent, true)?;
+            Self::compile_for(&self.policy, &self.kernel, agent, true, false)?;
             let dir = self.root.ensure_cage(agent)?;
             if let Err(e) = self.install(agent, dir.clone(), true) {
                 let _ = dir.remove();
@@ -375,6 +480,13 @@ impl State {
         let cage = self.ensure_cage(agent)?;
         cage.dir.add_process(pid)?;
         let path = cage.dir.path().display().to_string();
+        let agent_id = cage.agent_id;
+        // Its fork happened outside the cage, so the tree learns of it here.
+        let (ppid, program, argv) = process_info(pid);
+        let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+            .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+            .unwrap_or(0);
+        self.tree(agent_id).on_join(pid, ppid, program, argv, ts);
         info!(agent, pid, cgroup = %path, "process caged");
         Ok(path)
     }
@@ -473,13 +585,18 @@ impl State {
         let policy = Arc::new(policy);
         let mut compiled = Vec::with_capacity(self.cages.len());
         for agent in self.cages.keys() {
-            compiled.push((agent.clone(), Self::compile_for(&policy, agent, false)?));
+            compiled.push((
+                agent.clone(),
+                Self::compile_for(&policy, &self.kernel, agent, false, false)?,
+            ));
         }
         let mut filled: Vec<(String, SlotEntries, CageConfig)> = Vec::new();
         for (agent, (rules, flags, allow_sample)) in compiled {
             let slot = self.take_slot();
             match self.maps.fill_slot(slot, &rules) {
                 Ok(entries) => {
+                    self.slot_paths
+                        .insert(slot, Arc::new(rules.files.paths.clone()));
                     let agent_id = self.cages[&agent].agent_id;
                     let config = CageConfig {
                         agent_id,
@@ -536,6 +653,8 @@ impl State {
                     allowed: stats.allowed,
                     denied: stats.denied,
                     lost: stats.lost,
+                    lost_by_kind: lost_by_kind(&stats.lost_by_kind),
+                    killed: stats.killed,
                 }
             })
             .collect();
@@ -545,6 +664,10 @@ impl State {
             policy_hash: self.policy.hash().to_owned(),
             cgroup_root: self.root.dir().path().display().to_string(),
             global_lost: self.maps.global_lost(),
+            tier: self.kernel.tier.to_string(),
+            tier_missing: self.kernel.missing.clone(),
+            content_hashes: self.kernel.content_hashes,
+            hooks: self.kernel.hooks.clone(),
             agents,
         }
     }
@@ -566,79 +689,100 @@ impl State {
         while self.retired.len() > RETIRED_SLOTS {
             if let Some(old) = self.retired.pop_front() {
                 self.slot_policies.remove(&old);
+                self.slot_paths.remove(&old);
             }
         }
     }
 
-    /// Turns a kernel record into an event with the agent's identity and the rule's text, as
-    /// the policy that decided has them.
-    pub fn enrich(&self, raw: &RawEvent) -> Event {
-        let RawEvent::Egress(e) = raw;
-        let policy = self
-            .slot_policies
-            .get(&e.header.policy_slot)
-            .unwrap_or(&self.policy);
-        let agent = self.names.get(&e.header.agent_id);
-        let rule_text = agent
-            .and_then(|a| policy.agent(a))
-            .and_then(|p| p.egress.allow.get(e.rule_id as usize))
-            .map(|r| r.describe());
-        let rule = match e.rule_id {
-            RULE_DEFAULT_DENY => "default-deny".to_owned(),
-            RULE_SOCKET_KIND => "socket-kind".to_owned(),
-            RULE_SOCKET_ALLOWED => "raw-sockets-allowed".to_owned(),
-            RULE_NO_CAGE => "no-cage".to_owned(),
-            RULE_IP_OPTIONS => "ip-options".to_owned(),
-            RULE_ROUTING_HEADER => "routing-header".to_owned(),
-            n => format!("egress.allow[{n}]"),
+    /// Turns a kernel record into an event with the agent's identity, its place in the
+    /// agent's sequence and the rule's text as the policy that decided has them; keeps the
+    /// agent's process tree up to date.
+    pub fn enrich(&mut self, raw: &RawEvent) -> Event {
+        let h = *raw.header();
+        let policy = Arc::clone(
+            self.slot_policies
+                .get(&h.policy_slot)
+                .unwrap_or(&self.policy),
+        );
+        let agent = self.names.get(&h.agent_id).cloned();
+        let agent_policy = agent.as_deref().and_then(|a| policy.agent(a));
+        let comm = comm_str(&h.comm);
+        let ts = h.ts_ns;
+        let detail = match raw {
+            RawEvent::Egress(e) => EventDetail::Egress(enrich::egress(e, agent_policy)),
+            RawEvent::Exec(e) => {
+                let d = enrich::exec(e, agent_policy);
+                // A killed exec did replace the image (then died); a denied one did not.
+                if d.verdict != "deny" {
+                    self.tree(h.agent_id).on_exec(
+                        h.tgid,
+                        e.ppid,
+                        d.filename.clone(),
+                        d.argv.clone(),
+                        ts,
+                    );
+                }
+                EventDetail::Exec(d)
+            }
+            RawEvent::Fork(e) => {
+                self.tree(h.agent_id)
+                    .on_fork(h.tgid, &comm, e.child_tgid, ts);
+                EventDetail::Fork(ForkDetail {
+                    child_pid: e.child_tgid,
+                })
+            }
+            RawEvent::Exit(e) => {
+                let d = ExitDetail::from_status(e.exit_code);
+                self.tree(h.agent_id).on_exit(h.tgid, &comm, d.clone(), ts);
+                EventDetail::Exit(d)
+            }
+            RawEvent::File(e) => {
+                let paths = self.slot_paths.get(&h.policy_slot);
+                EventDetail::File(enrich::file(e, agent_policy, paths.map(|p| &**p)))
+            }
         };
-        let hook = Hook::from_u8(e.hook);
-        let dst_addr = match (hook, e.family) {
-            (Some(Hook::SockCreate), _) => None,
-            (_, 2) => Some(std::net::IpAddr::from([
-                e.addr[0], e.addr[1], e.addr[2], e.addr[3],
-            ])),
-            (_, _) => Some(std::net::IpAddr::from(e.addr)),
+        let seq = if h.agent_id == 0 {
+            0
+        } else {
+            let s = self.seqs.entry(h.agent_id).or_default();
+            *s += 1;
+            *s
         };
-        let time = i128::from(e.header.ts_ns) + self.boot_to_wall_ns;
+        let time = i128::from(h.ts_ns) + self.boot_to_wall_ns;
         Event {
             time_unix_nano: u64::try_from(time).unwrap_or(0),
-            kernel_ts_ns: e.header.ts_ns,
-            agent: agent.map(|a| AgentIdentity::for_agent(a).to_string()),
-            pid: e.header.pid,
-            tgid: e.header.tgid,
-            comm: comm_str(&e.header.comm),
-            cgroup_id: e.header.cgroup_id,
+            kernel_ts_ns: h.ts_ns,
+            agent: agent.map(|a| AgentIdentity::for_agent(&a).to_string()),
+            seq,
+            pid: h.pid,
+            tgid: h.tgid,
+            comm,
+            cgroup_id: h.cgroup_id,
             policy_hash: policy.hash().to_owned(),
-            detail: EventDetail::Egress(EgressDetail {
-                hook: hook.map_or_else(|| e.hook.to_string(), |h| h.name().to_owned()),
-                family: match e.family {
-                    2 => "ipv4".to_owned(),
-                    10 => "ipv6".to_owned(),
-                    f => f.to_string(),
-                },
-                protocol: match e.protocol {
-                    6 => "tcp".to_owned(),
-                    17 => "udp".to_owned(),
-                    p => p.to_string(),
-                },
-                sock_type: match e.sock_type {
-                    1 => "stream".to_owned(),
-                    2 => "dgram".to_owned(),
-                    3 => "raw".to_owned(),
-                    t => t.to_string(),
-                },
-                dst_addr,
-                dst_port: e.port,
-                verdict: match Verdict::from_u8(e.verdict) {
-                    Some(Verdict::Allow) => "allow".to_owned(),
-                    Some(Verdict::Deny) => "deny".to_owned(),
-                    None => e.verdict.to_string(),
-                },
-                rule,
-                rule_text,
-            }),
+            detail,
         }
+    }
+
+    fn tree(&mut self, agent_id: u32) -> &mut ProcessTree {
+        self.trees.entry(agent_id).or_default()
+    }
+
+    /// The processes of `agent`, alive and recently ended.
+    pub fn processes(&self, agent: &str) -> Result<Vec<ProcessNode>, StateError> {
+        let id = self
+            .agent_ids
+            .get(agent)
+            .ok_or_else(|| StateError::NoSuchAgent(agent.to_owned()))?;
+        Ok(self
+            .trees
+            .get(id)
+            .map(ProcessTree::nodes)
+            .unwrap_or_default())
+    }
+
+    /// Records the host-wide hooks' states once they are attached.
+    pub fn set_hooks(&mut self, hooks: Vec<HookStatus>) {
+        self.kernel.hooks = hooks;
     }
 
     /// Stops taking processes in, removes every empty cage, and returns the names of cages
@@ -651,6 +795,25 @@ impl State {
         self.tidy();
         self.cages.keys().cloned().collect()
     }
+}
+
+/// Parent, program and arguments of a live process, from /proc (empty when unreadable).
+fn process_info(pid: u32) -> (u32, String, Vec<String>) {
+    let ppid = fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("PPid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0);
+    let program = fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let argv = fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| crate::events::process::split_argv(&b))
+        .unwrap_or_default();
+    (ppid, program, argv)
 }
 
 /// Kernel threads carry PF_KTHREAD in the flags field of /proc/PID/stat.
@@ -680,4 +843,19 @@ fn boot_to_wall_ns() -> i128 {
             .unwrap_or(0)
     };
     ns(ClockId::CLOCK_REALTIME) - ns(ClockId::CLOCK_BOOTTIME)
+}
+
+/// Per-kind loss counters by kind name.
+fn lost_by_kind(counts: &[u64; agent_common::event::KIND_COUNT]) -> BTreeMap<String, u64> {
+    use agent_common::event::{KIND_EGRESS, KIND_EXEC, KIND_EXIT, KIND_FILE, KIND_FORK};
+    [
+        ("egress", KIND_EGRESS),
+        ("exec", KIND_EXEC),
+        ("fork", KIND_FORK),
+        ("exit", KIND_EXIT),
+        ("file", KIND_FILE),
+    ]
+    .into_iter()
+    .map(|(name, kind)| (name.to_owned(), counts[kind as usize]))
+    .collect()
 }

@@ -12,7 +12,10 @@ use tokio::{io::unix::AsyncFd, net::UnixListener};
 use tracing::{error, warn};
 
 use super::server::{self, Shared};
-use crate::events::decode;
+use crate::{
+    capture::HashCache,
+    events::{decode, EventDetail, RawEvent},
+};
 
 /// Registers a descriptor-owning value with tokio's reactor.
 fn register<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
@@ -30,6 +33,7 @@ pub async fn read_events(shared: Arc<Shared>, ring: RingBuf<MapData>) {
             return;
         }
     };
+    let mut hashes = HashCache::default();
     loop {
         let mut guard = match fd.readable_mut().await {
             Ok(g) => g,
@@ -43,7 +47,14 @@ pub async fn read_events(shared: Arc<Shared>, ring: RingBuf<MapData>) {
             match decode(&item) {
                 Ok(raw) => {
                     drop(item);
-                    let event = shared.state().enrich(&raw);
+                    let mut event = shared.state().enrich(&raw);
+                    // Hashing reads the file: outside the state lock, from a cache.
+                    if let (EventDetail::Exec(d), RawEvent::Exec(e)) = (&mut event.detail, &raw) {
+                        match hashes.hash(event.tgid, &d.filename, e.dev, e.ino) {
+                            Ok(h) => d.sha256 = Some(h),
+                            Err(why) => d.sha256_error = Some(why),
+                        }
+                    }
                     shared.bus.publish(event);
                 }
                 Err(e) => warn!(error = %e, "undecodable event record skipped"),

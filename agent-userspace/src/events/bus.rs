@@ -13,7 +13,7 @@ use super::Event;
 /// How many recent events are kept for `agentcage events` without `--follow`.
 const RECENT: usize = 1024;
 /// How far a live consumer may fall behind before it starts missing events.
-const CHANNEL: usize = 16 * 1024;
+const CHANNEL: usize = 64 * 1024;
 
 /// Fan-out of events to consumers.
 #[derive(Clone)]

@@ -1,12 +1,38 @@
 //! Turning ring-buffer records into typed values, checked for size and kind.
 
-use agent_common::{egress::EgressEvent, event::KIND_EGRESS};
+use agent_common::{
+    egress::EgressEvent,
+    event::{KIND_EGRESS, KIND_EXEC, KIND_EXIT, KIND_FILE, KIND_FORK},
+    file::FileEvent,
+    process::{ExecEvent, ExitEvent, ForkEvent},
+};
 
 /// A record from the ring buffer, copied out of it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum RawEvent {
     /// An egress decision.
     Egress(EgressEvent),
+    /// An exec (boxed: it carries the file name and arguments).
+    Exec(Box<ExecEvent>),
+    /// A new process.
+    Fork(ForkEvent),
+    /// A process ended.
+    Exit(ExitEvent),
+    /// An open of a watched or protected file.
+    File(FileEvent),
+}
+
+impl RawEvent {
+    /// The common header.
+    pub fn header(&self) -> &agent_common::event::EventHeader {
+        match self {
+            Self::Egress(e) => &e.header,
+            Self::Exec(e) => &e.header,
+            Self::Fork(e) => &e.header,
+            Self::Exit(e) => &e.header,
+            Self::File(e) => &e.header,
+        }
+    }
 }
 
 /// Why a record could not be decoded.
@@ -37,6 +63,10 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
             })?;
     match u32::from_ne_bytes(kind_bytes) {
         KIND_EGRESS => read::<EgressEvent>(bytes).map(RawEvent::Egress),
+        KIND_EXEC => read::<ExecEvent>(bytes).map(|e| RawEvent::Exec(Box::new(e))),
+        KIND_FORK => read::<ForkEvent>(bytes).map(RawEvent::Fork),
+        KIND_EXIT => read::<ExitEvent>(bytes).map(RawEvent::Exit),
+        KIND_FILE => read::<FileEvent>(bytes).map(RawEvent::File),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -94,7 +124,9 @@ mod tests {
     #[test]
     fn decodes_egress_records() {
         let e = sample();
-        let RawEvent::Egress(got) = decode(&bytes_of(&e)).unwrap();
+        let RawEvent::Egress(got) = decode(&bytes_of(&e)).unwrap() else {
+            panic!("an egress record decodes as egress");
+        };
         assert_eq!(got.header.agent_id, 7);
         assert_eq!(got.port, 8080);
         assert_eq!(got.addr[..4], [127, 0, 0, 2]);

@@ -3,9 +3,11 @@
 
 mod bus;
 mod decode;
+pub mod process;
 
 pub use bus::EventBus;
 pub use decode::{decode, DecodeError, RawEvent};
+pub use process::{ExecDetail, ExitDetail, FileDetail, ForkDetail};
 
 use std::net::IpAddr;
 
@@ -20,6 +22,10 @@ pub struct Event {
     pub kernel_ts_ns: u64,
     /// The agent's identity (`agent:NAME`), or null when the caller was in no known cage.
     pub agent: Option<String>,
+    /// Position among the agent's events, from 1, in the order the kernel produced them
+    /// (ring-buffer order); a gap never occurs without a loss being counted.
+    #[serde(default)]
+    pub seq: u64,
     /// Thread id.
     pub pid: u32,
     /// Process id.
@@ -41,6 +47,14 @@ pub struct Event {
 pub enum EventDetail {
     /// An egress decision.
     Egress(EgressDetail),
+    /// An exec.
+    Exec(ExecDetail),
+    /// A new process.
+    Fork(ForkDetail),
+    /// A process ended.
+    Exit(ExitDetail),
+    /// An open of a watched or protected file.
+    File(FileDetail),
 }
 
 /// An egress decision.

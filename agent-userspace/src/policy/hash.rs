@@ -8,7 +8,10 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use sha2::{Digest, Sha256};
 
-use super::schema::{protocol_names, AgentPolicy};
+use super::{
+    exec::Enforcement,
+    schema::{protocol_names, AgentPolicy},
+};
 
 /// First line of the canonical form; bump it if the form ever changes meaning.
 const HEADER: &str = "agentcage-policy canonical-form 1";
@@ -40,6 +43,29 @@ pub(crate) fn canonical_form(
 }
 
 fn write_agent(out: &mut String, agent: &AgentPolicy) {
+    // Sections at their defaults write nothing, so policies without them keep their hash.
+    if agent.enforcement != Enforcement::Any {
+        let _ = writeln!(out, "  enforcement {}", agent.enforcement);
+    }
+    if !agent.exec.is_empty() {
+        let x = &agent.exec;
+        let _ = writeln!(out, "  exec default={:?}", x.default);
+        for m in &x.allow {
+            let _ = writeln!(out, "    allow {m}");
+        }
+        for m in &x.deny {
+            let _ = writeln!(out, "    deny {m}");
+        }
+    }
+    if !agent.files.is_empty() {
+        out.push_str("  files\n");
+        for r in &agent.files.protect {
+            let _ = writeln!(out, "    protect {} {}", r.access, r.path);
+        }
+        for r in &agent.files.watch {
+            let _ = writeln!(out, "    watch {} {}", r.access, r.path);
+        }
+    }
     let e = &agent.egress;
     let _ = writeln!(
         out,

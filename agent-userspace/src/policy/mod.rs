@@ -7,7 +7,9 @@
 
 mod compile;
 mod error;
+mod exec;
 mod hash;
+mod inodes;
 mod locate;
 mod schema;
 
@@ -15,10 +17,27 @@ use std::{collections::BTreeMap, fs, path::Path};
 
 pub use compile::{compile_egress, CompiledEgress};
 pub use error::PolicyError;
+pub use exec::{
+    Access, Enforcement, ExecDefault, ExecMatch, ExecPolicy, FilePattern, FileRuleSpec, FilesPolicy,
+};
+pub use inodes::{
+    compile_exec, compile_files, kernel_dev, CompiledExec, CompiledFiles, InodeError,
+};
 pub use schema::{AgentPolicy, AllowEvents, AllowRule, EgressPolicy, PortRange, SCHEMA_VERSION};
 
 use locate::{locate, Step};
 use schema::RawPolicy;
+
+/// Everything the kernel needs for one agent: egress tries, exec and file rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompiledAgent {
+    /// Egress trie entries.
+    pub egress: CompiledEgress,
+    /// Exec rules by inode and by digest.
+    pub exec: CompiledExec,
+    /// File rules by inode.
+    pub files: CompiledFiles,
+}
 
 /// Longest agent name (it becomes a cgroup directory name).
 pub const MAX_AGENT_NAME_LEN: usize = 64;

@@ -18,7 +18,10 @@ use serde::{
     Deserialize, Serialize,
 };
 
-use super::validate_agent_name;
+use super::{
+    exec::{Enforcement, ExecPolicy, FilesPolicy},
+    validate_agent_name,
+};
 
 /// The only schema version this build understands.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -30,6 +33,15 @@ pub struct AgentPolicy {
     /// Outbound network access.
     #[serde(default)]
     pub egress: EgressPolicy,
+    /// The kernel tier the agent needs: `any` (default) or `deny`.
+    #[serde(default)]
+    pub enforcement: Enforcement,
+    /// Which programs may run.
+    #[serde(default)]
+    pub exec: ExecPolicy,
+    /// Which files may not be opened, and which opens are reported.
+    #[serde(default)]
+    pub files: FilesPolicy,
 }
 
 /// Outbound network access: default deny, plus an ordered allow list.

@@ -453,7 +453,7 @@ fn start_listeners() -> Result<u16> {
     Err(last_err.expect("tried at least once")).context("binding a second listener on 127.0.0.2")
 }
 
-fn median(xs: &[f64]) -> f64 {
+pub(super) fn median(xs: &[f64]) -> f64 {
     let mut v = xs.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -514,10 +514,10 @@ fn nft_ruleset(port: u16) -> String {
 }
 
 /// A scratch directory for the generated files and the daemon's socket, removed on drop.
-struct WorkDir(PathBuf);
+pub(super) struct WorkDir(pub(super) PathBuf);
 
 impl WorkDir {
-    fn new() -> Result<Self> {
+    pub(super) fn new() -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("agentcage-bench-{}", std::process::id()));
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Self(dir))
@@ -531,7 +531,7 @@ impl Drop for WorkDir {
 }
 
 /// agentcaged running in the background; stopped with SIGTERM on drop, error or not.
-struct Daemon {
+pub(super) struct Daemon {
     child: Child,
     cli: PathBuf,
     sock: PathBuf,
@@ -540,11 +540,15 @@ struct Daemon {
 
 impl Daemon {
     fn start(work: &Path, port: u16) -> Result<Self> {
+        Self::start_with_policy(work, &policy_yaml(port), DAEMON_CGROUP)
+    }
+
+    /// Builds (release) and starts agentcaged on `yaml`, parent cgroup `cgroup_name`.
+    pub(super) fn start_with_policy(work: &Path, yaml: &str, cgroup_name: &str) -> Result<Self> {
         run(cargo().args(["build", "--release", "--bins", "-p", "agent-userspace"]))?;
         let bin = repo_root().join("target/release");
         let policy = work.join("bench-policy.yaml");
-        fs::write(&policy, policy_yaml(port))
-            .with_context(|| format!("writing {}", policy.display()))?;
+        fs::write(&policy, yaml).with_context(|| format!("writing {}", policy.display()))?;
         let sock = work.join("agentcage.sock");
         let log = work.join("agentcaged.log");
         let log_file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
@@ -554,7 +558,7 @@ impl Daemon {
             .arg(&policy)
             .arg("--socket")
             .arg(&sock)
-            .args(["--cgroup-name", DAEMON_CGROUP])
+            .args(["--cgroup-name", cgroup_name])
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
@@ -626,7 +630,7 @@ impl Daemon {
     }
 
     /// `agentcage run --agent bench -- ARGV`.
-    fn run_cmd(&self, argv: &[String]) -> Command {
+    pub(super) fn run_cmd(&self, argv: &[String]) -> Command {
         let mut c = self.cli_cmd();
         c.args(["run", "--agent", AGENT, "--"]).args(argv);
         c

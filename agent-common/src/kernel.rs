@@ -1,0 +1,56 @@
+//! Settings user space gives the programs before attaching them: the enforcement tier and
+//! the offsets of the kernel struct fields they read.
+//!
+//! Rust eBPF has no CO-RE field relocations, so the offsets are read from the running
+//! kernel's BTF (/sys/kernel/btf/vmlinux) at start and handed over in the `SETTINGS` map;
+//! the same object then works on every kernel whose BTF names these fields.
+
+/// The kernel refuses operations (BPF LSM is active): EPERM.
+pub const TIER_DENY: u32 = 1;
+/// The kernel cannot refuse, so the offending process is killed with SIGKILL.
+pub const TIER_KILL: u32 = 2;
+
+/// Byte offsets of the fields the programs read, and the tier.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelSettings {
+    /// [`TIER_DENY`] or [`TIER_KILL`]; 0 until user space has written the settings, when
+    /// the programs report but decide nothing.
+    pub tier: u32,
+    /// `task_struct.tgid`.
+    pub task_tgid: u32,
+    /// `task_struct.pid`.
+    pub task_pid: u32,
+    /// `task_struct.real_parent`.
+    pub task_real_parent: u32,
+    /// `task_struct.mm`.
+    pub task_mm: u32,
+    /// `task_struct.exit_code`.
+    pub task_exit_code: u32,
+    /// `mm_struct.arg_start`.
+    pub mm_arg_start: u32,
+    /// `mm_struct.arg_end`.
+    pub mm_arg_end: u32,
+    /// `linux_binprm.file`.
+    pub bprm_file: u32,
+    /// `linux_binprm.filename`.
+    pub bprm_filename: u32,
+    /// `file.f_inode`.
+    pub file_inode: u32,
+    /// `file.f_path.dentry`.
+    pub file_dentry: u32,
+    /// `file.f_mode`.
+    pub file_mode: u32,
+    /// `inode.i_ino`.
+    pub inode_ino: u32,
+    /// `inode.i_sb`.
+    pub inode_sb: u32,
+    /// `super_block.s_dev`.
+    pub sb_dev: u32,
+    /// `dentry.d_parent`.
+    pub dentry_parent: u32,
+    /// `dentry.d_inode`.
+    pub dentry_inode: u32,
+    /// `socket.type`.
+    pub socket_type: u32,
+}

@@ -1,0 +1,101 @@
+//! Process events: exec, fork and exit, from which user space rebuilds each agent's tree.
+
+use crate::event::EventHeader;
+
+/// Bytes of the executed file's name kept (NUL-terminated).
+pub const FILENAME_BYTES: usize = 256;
+/// Bytes of the argument vector kept (NUL-separated, as in /proc/PID/cmdline).
+pub const ARGV_BYTES: usize = 1024;
+
+/// The argument vector was longer than [`ARGV_BYTES`] and was cut.
+pub const EXEC_F_ARGV_TRUNCATED: u32 = 1 << 0;
+/// The argument vector could not be read (the new image's memory was not readable).
+pub const EXEC_F_ARGV_UNREADABLE: u32 = 1 << 1;
+/// The decision came from the BPF LSM hook (`bprm_check_security`), before the old image
+/// was replaced; otherwise from the `sched_process_exec` tracepoint after it.
+pub const EXEC_F_FROM_LSM: u32 = 1 << 2;
+
+/// The default decision applied (no exec rule matched).
+pub const EXEC_RULE_DEFAULT: u32 = u32::MAX;
+
+/// An exec, as the kernel saw it. `header.pid/tgid` are the process after exec.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    /// Common fields.
+    pub header: EventHeader,
+    /// The parent's process id (`real_parent->tgid`).
+    pub ppid: u32,
+    /// Real user id.
+    pub uid: u32,
+    /// Real group id.
+    pub gid: u32,
+    /// `EXEC_F_*` bits.
+    pub flags: u32,
+    /// Inode number of the executed file (for a script, of its interpreter once loaded).
+    pub ino: u64,
+    /// Device of the executed file, in the kernel's encoding (`MAJOR << 20 | MINOR`).
+    pub dev: u32,
+    /// Index of the exec rule that decided, or [`EXEC_RULE_DEFAULT`].
+    pub rule_id: u32,
+    /// [`crate::event::Verdict`] as u8.
+    pub verdict: u8,
+    /// Padding, zero.
+    pub _pad: [u8; 3],
+    /// Bytes of `argv` that are valid.
+    pub argv_len: u32,
+    /// The file name exec was given, as the kernel resolved it from (`bprm->filename`).
+    pub filename: [u8; FILENAME_BYTES],
+    /// The arguments, NUL-separated.
+    pub argv: [u8; ARGV_BYTES],
+}
+
+/// A new process. `header` describes the parent (the task that called fork or clone).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForkEvent {
+    /// Common fields (of the parent).
+    pub header: EventHeader,
+    /// The child's process id.
+    pub child_tgid: u32,
+    /// Padding, zero.
+    pub _pad: u32,
+}
+
+/// A process ended (its thread-group leader exited).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitEvent {
+    /// Common fields.
+    pub header: EventHeader,
+    /// `task->exit_code`, encoded as wait(2) reports it: exit status in bits 8-15, the
+    /// terminating signal in bits 0-6.
+    pub exit_code: u32,
+    /// Padding, zero.
+    pub _pad: u32,
+}
+
+/// An exec rule in the kernel: what to do with a file (by inode) or a content hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecRule {
+    /// [`EXEC_ALLOW`] or [`EXEC_DENY`].
+    pub action: u32,
+    /// Index of the rule in the policy's exec lists (allow first, then deny).
+    pub rule_id: u32,
+}
+
+/// The exec may go ahead.
+pub const EXEC_ALLOW: u32 = 1;
+/// The exec is refused (deny tier) or its process killed (kill tier).
+pub const EXEC_DENY: u32 = 2;
+
+/// Key of the exec-by-content map: a policy slot and a SHA-256 digest.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HashKey {
+    /// Policy slot.
+    pub slot: u32,
+    /// SHA-256 of the file's contents.
+    pub sha256: [u8; 32],
+}

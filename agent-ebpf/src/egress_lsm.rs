@@ -1,0 +1,76 @@
+//! Egress in the deny tier, second line: the BPF LSM hook `socket_connect`.
+//!
+//! It runs before the cgroup connect hooks and judges the *caller's* cage with the same
+//! maps, so a socket created outside a cage and passed in is judged too (the cgroup hooks
+//! judge the socket's cgroup). It reports only refusals: allowed connects are reported by the
+//! cgroup hooks, once.
+
+use agent_common::egress::{Hook, Verdict};
+use aya_ebpf::{helpers::generated::bpf_get_current_cgroup_id, macros::lsm, programs::LsmContext};
+
+use crate::{
+    egress::{cage_of, judge, report, Attempt},
+    kernel::{read, settings},
+};
+
+const EPERM: i32 = 1;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const SOCK_STREAM: u16 = 1;
+const SOCK_DGRAM: u16 = 2;
+
+/// `socket_connect(struct socket *sock, struct sockaddr *address, int addrlen)`.
+#[lsm(hook = "socket_connect")]
+pub fn agentcage_socket_connect(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    // SAFETY: a helper without preconditions.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let Some(cage) = cage_of(cgroup_id) else {
+        return 0;
+    };
+    let s = settings();
+    let sock: *const u8 = ctx.arg(0);
+    let sa: *const u8 = ctx.arg(1);
+    let family = read::<u16>(sa, 0).unwrap_or(0);
+    if family != AF_INET && family != AF_INET6 {
+        return 0;
+    }
+    let port = u16::from_be(read::<u16>(sa, 2).unwrap_or(0));
+    let mut addr = [0u8; 16];
+    let mut judged = family;
+    if family == AF_INET {
+        addr[..4].copy_from_slice(&read::<[u8; 4]>(sa, 4).unwrap_or_default());
+    } else {
+        let a6 = read::<[u8; 16]>(sa, 8).unwrap_or_default();
+        // ::ffff:a.b.c.d is judged as IPv4, as the cgroup hooks do.
+        if a6[..10] == [0; 10] && a6[10] == 0xff && a6[11] == 0xff {
+            judged = AF_INET;
+            addr[..4].copy_from_slice(&a6[12..]);
+        } else {
+            addr = a6;
+        }
+    }
+    let sock_type = read::<u16>(sock, s.socket_type).unwrap_or(0);
+    let protocol = match sock_type {
+        SOCK_STREAM => 6,
+        SOCK_DGRAM => 17,
+        _ => 0,
+    };
+    let attempt = Attempt {
+        family: judged,
+        addr,
+        port,
+        protocol,
+        sock_type: u32::from(sock_type),
+        hook: Hook::LsmConnect,
+    };
+    let (verdict, rule_id) = judge(&attempt, &cage);
+    if verdict == Verdict::Allow {
+        return 0;
+    }
+    report(&attempt, Some(&cage), cgroup_id, verdict, rule_id);
+    -EPERM
+}

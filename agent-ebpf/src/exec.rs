@@ -1,0 +1,136 @@
+//! Exec enforcement in the deny tier: the BPF LSM hook `bprm_check_security`, which runs
+//! before the old image is replaced, so a refusal is a plain EPERM from execve.
+//!
+//! Rules by file key on (device, inode): a hard link is the same file, a copy is not. Rules
+//! by content key on the SHA-256 the kernel's IMA computes (`bpf_ima_file_hash`), so a
+//! renamed copy of a denied binary is still denied; that needs a sleepable program.
+
+use agent_common::{
+    cage::{CageConfig, CAGE_F_EXEC_DEFAULT_DENY, CAGE_F_EXEC_HASHES},
+    event::Verdict,
+    file::InodeKey,
+    process::{ExecRule, HashKey, EXEC_DENY, EXEC_F_FROM_LSM, EXEC_RULE_DEFAULT},
+};
+use aya_ebpf::{
+    helpers::generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ima_file_hash},
+    macros::lsm,
+    programs::LsmContext,
+};
+
+use crate::{
+    egress::cage_of,
+    events::{count, Counter},
+    kernel::{file_id, settings},
+    maps::{EXEC_HASHES, EXEC_INODES},
+    process::emit_exec,
+};
+
+const EPERM: i32 = 1;
+/// `HASH_ALGO_SHA256` in the kernel's `enum hash_algo`.
+const HASH_ALGO_SHA256: i64 = 4;
+
+/// The rule for a file by inode, else the cage's default.
+#[inline(always)]
+pub fn judge_inode(cage: &CageConfig, dev: u32, ino: u64) -> (Verdict, u32) {
+    let key = InodeKey {
+        slot: cage.policy_slot,
+        dev,
+        ino,
+    };
+    // SAFETY: the value is copied out at once; user space replaces values whole.
+    if let Some(rule) = unsafe { EXEC_INODES.get(key) } {
+        return verdict_of(rule);
+    }
+    default_of(cage)
+}
+
+#[inline(always)]
+fn verdict_of(rule: &ExecRule) -> (Verdict, u32) {
+    if rule.action == EXEC_DENY {
+        (Verdict::Deny, rule.rule_id)
+    } else {
+        (Verdict::Allow, rule.rule_id)
+    }
+}
+
+#[inline(always)]
+fn default_of(cage: &CageConfig) -> (Verdict, u32) {
+    if cage.flags & CAGE_F_EXEC_DEFAULT_DENY != 0 {
+        (Verdict::Deny, EXEC_RULE_DEFAULT)
+    } else {
+        (Verdict::Allow, EXEC_RULE_DEFAULT)
+    }
+}
+
+/// With content rules: inode rules first, then the file's SHA-256, then the default.
+#[lsm(hook = "bprm_check_security", sleepable)]
+pub fn agentcage_bprm_check(ctx: LsmContext) -> i32 {
+    bprm_check(&ctx, true)
+}
+
+/// Without content rules, for kernels whose IMA cannot hash for BPF.
+#[lsm(hook = "bprm_check_security")]
+pub fn agentcage_bprm_check_inode(ctx: LsmContext) -> i32 {
+    bprm_check(&ctx, false)
+}
+
+#[inline(always)]
+fn bprm_check(ctx: &LsmContext, hashes: bool) -> i32 {
+    // An earlier LSM's refusal stands.
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    // SAFETY: a helper without preconditions.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let Some(cage) = cage_of(cgroup_id) else {
+        return 0;
+    };
+    let s = settings();
+    let bprm: *const u8 = ctx.arg(0);
+    // A direct load at an offset the verifier knows (SETTINGS is frozen rodata), so the
+    // result stays a typed `struct file *`, as bpf_ima_file_hash requires.
+    // SAFETY: bprm is the hook's valid argument and bprm_file the offset of its `file`.
+    let file = unsafe { *(bprm.add(s.bprm_file as usize) as *const *mut core::ffi::c_void) };
+    let (dev, ino) = file_id(&s, file as *const u8);
+    let key = InodeKey {
+        slot: cage.policy_slot,
+        dev,
+        ino,
+    };
+    // SAFETY: as in judge_inode.
+    let mut decided = unsafe { EXEC_INODES.get(key) }.map(verdict_of);
+    if decided.is_none() && hashes && cage.flags & CAGE_F_EXEC_HASHES != 0 {
+        let mut hk = HashKey {
+            slot: cage.policy_slot,
+            sha256: [0; 32],
+        };
+        // SAFETY: file is the typed pointer the helper checks; the buffer is 32 bytes.
+        let algo = unsafe { bpf_ima_file_hash(file.cast(), hk.sha256.as_mut_ptr().cast(), 32) };
+        if algo == HASH_ALGO_SHA256 {
+            // SAFETY: as above.
+            decided = unsafe { EXEC_HASHES.get(hk) }.map(verdict_of);
+        } else if cage.flags & CAGE_F_EXEC_DEFAULT_DENY == 0 {
+            // A deny list by content that cannot be checked: fail closed.
+            decided = Some((Verdict::Deny, EXEC_RULE_DEFAULT));
+        }
+    }
+    let (verdict, rule_id) = decided.unwrap_or_else(|| default_of(&cage));
+    if verdict == Verdict::Deny {
+        count(cgroup_id, Counter::Denied);
+        emit_exec(
+            &s,
+            &cage,
+            cgroup_id,
+            // SAFETY: a helper without preconditions.
+            unsafe { bpf_get_current_task() } as *const u8,
+            bprm,
+            (dev, ino),
+            verdict,
+            rule_id,
+            EXEC_F_FROM_LSM,
+        );
+        return -EPERM;
+    }
+    0
+}

@@ -1,0 +1,65 @@
+//! The running kernel's struct layout and enforcement tier, set by user space at load.
+//!
+//! `SETTINGS` lives in `.rodata`, which aya freezes after writing it: the verifier then
+//! knows every field as a constant, so an offset added to a BTF pointer is a fixed offset
+//! it can check (bpf_ima_file_hash needs exactly that), and a tier test folds away.
+
+use agent_common::kernel::KernelSettings;
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+
+#[unsafe(no_mangle)]
+static SETTINGS: KernelSettings = KernelSettings {
+    tier: 0,
+    task_tgid: 0,
+    task_pid: 0,
+    task_real_parent: 0,
+    task_mm: 0,
+    task_exit_code: 0,
+    mm_arg_start: 0,
+    mm_arg_end: 0,
+    bprm_file: 0,
+    bprm_filename: 0,
+    file_inode: 0,
+    file_dentry: 0,
+    file_mode: 0,
+    inode_ino: 0,
+    inode_sb: 0,
+    sb_dev: 0,
+    dentry_parent: 0,
+    dentry_inode: 0,
+    socket_type: 0,
+};
+
+/// The settings user space wrote. A volatile read, so the compiler cannot fold the zeros
+/// above into the program.
+#[inline(always)]
+pub fn settings() -> KernelSettings {
+    // SAFETY: a plain static, valid for reads for the program's life.
+    unsafe { core::ptr::read_volatile(&SETTINGS) }
+}
+
+/// Reads a `T` at `base + offset` in kernel memory; `None` if the memory is not readable.
+#[inline(always)]
+pub fn read<T>(base: *const u8, offset: u32) -> Option<T> {
+    if base.is_null() {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address and fails instead of faulting.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize) as *const T).ok() }
+}
+
+/// Device (kernel encoding) and inode number of an `inode *`.
+#[inline(always)]
+pub fn inode_id(s: &KernelSettings, inode: *const u8) -> (u32, u64) {
+    let ino = read::<u64>(inode, s.inode_ino).unwrap_or(0);
+    let sb = read::<*const u8>(inode, s.inode_sb).unwrap_or_default();
+    let dev = read::<u32>(sb, s.sb_dev).unwrap_or(0);
+    (dev, ino)
+}
+
+/// Device and inode of the file behind a `file *`.
+#[inline(always)]
+pub fn file_id(s: &KernelSettings, file: *const u8) -> (u32, u64) {
+    let inode = read::<*const u8>(file, s.file_inode).unwrap_or_default();
+    inode_id(s, inode)
+}

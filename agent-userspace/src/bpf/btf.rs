@@ -1,0 +1,280 @@
+//! Field offsets from the running kernel's BTF, for the programs that read kernel structs.
+//!
+//! Rust eBPF has no CO-RE field relocations, so user space does the relocation: it looks the
+//! fields up in /sys/kernel/btf/vmlinux and hands the offsets to the programs (see
+//! `agent_common::kernel`). Only the small part of BTF needed for that is read here: aya-obj
+//! keeps its BTF accessors private and btf-rs is LGPL, while the format is short and stable
+//! (Documentation/bpf/btf.rst).
+
+use std::{collections::HashMap, path::Path};
+
+use agent_common::kernel::KernelSettings;
+
+/// Where the kernel publishes its own BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Why the kernel's layout could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    /// The BTF file could not be read.
+    #[error("reading {path}: {source} (the kernel needs CONFIG_DEBUG_INFO_BTF)")]
+    Read {
+        /// The file.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The data is not BTF this reader understands.
+    #[error("{0}: not valid BTF")]
+    Malformed(String),
+    /// A struct or field the programs need is not in this kernel.
+    #[error("the kernel's BTF has no {0}")]
+    Missing(String),
+}
+
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_TYPE_TAG: u32 = 18;
+
+#[derive(Clone, Copy)]
+struct Member {
+    name_off: u32,
+    type_id: u32,
+    bit_offset: u32,
+}
+
+struct Type {
+    name_off: u32,
+    kind: u32,
+    /// For modifiers and typedefs, the type they refer to.
+    referee: u32,
+    members: Vec<Member>,
+}
+
+/// The parsed types of one BTF blob.
+pub struct Btf {
+    types: Vec<Type>,
+    strings: Vec<u8>,
+    structs_by_name: HashMap<String, u32>,
+}
+
+fn u32_at(data: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?))
+}
+
+impl Btf {
+    /// Reads the running kernel's BTF.
+    pub fn from_sys_fs() -> Result<Self, BtfError> {
+        Self::from_file(Path::new(VMLINUX_BTF))
+    }
+
+    /// Reads BTF from a file.
+    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+        let data = std::fs::read(path).map_err(|source| BtfError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&data).ok_or_else(|| BtfError::Malformed(path.display().to_string()))
+    }
+
+    /// Parses little-endian BTF; `None` if it is malformed.
+    pub fn parse(data: &[u8]) -> Option<Self> {
+        if data.get(0..2)? != [0x9f, 0xeb] {
+            return None;
+        }
+        let hdr_len = u32_at(data, 4)? as usize;
+        let (type_off, type_len) = (u32_at(data, 8)? as usize, u32_at(data, 12)? as usize);
+        let (str_off, str_len) = (u32_at(data, 16)? as usize, u32_at(data, 20)? as usize);
+        let types_data = data.get(hdr_len + type_off..hdr_len + type_off + type_len)?;
+        let strings = data
+            .get(hdr_len + str_off..hdr_len + str_off + str_len)?
+            .to_vec();
+        // Type id 0 is void.
+        let mut types = vec![Type {
+            name_off: 0,
+            kind: 0,
+            referee: 0,
+            members: Vec::new(),
+        }];
+        let mut at = 0;
+        while at < types_data.len() {
+            let name_off = u32_at(types_data, at)?;
+            let info = u32_at(types_data, at + 4)?;
+            let size_type = u32_at(types_data, at + 8)?;
+            at += 12;
+            let vlen = (info & 0xffff) as usize;
+            let kind = (info >> 24) & 0x1f;
+            let kind_flag = info >> 31 == 1;
+            let mut members = Vec::new();
+            let extra = match kind {
+                1 | 14 | 17 => 4, // int, var, decl_tag
+                3 => 12,          // array
+                KIND_STRUCT | KIND_UNION => {
+                    for i in 0..vlen {
+                        let m = at + i * 12;
+                        let offset = u32_at(types_data, m + 8)?;
+                        members.push(Member {
+                            name_off: u32_at(types_data, m)?,
+                            type_id: u32_at(types_data, m + 4)?,
+                            bit_offset: if kind_flag {
+                                offset & 0x00ff_ffff
+                            } else {
+                                offset
+                            },
+                        });
+                    }
+                    12 * vlen
+                }
+                6 | 13 => 8 * vlen,        // enum, func_proto
+                15 | 19 => 12 * vlen,      // datasec, enum64
+                2 | 7..=12 | 16 | 18 => 0, // ptr, fwd, typedef, modifiers, func, float, type_tag
+                _ => return None,
+            };
+            at += extra;
+            types.push(Type {
+                name_off,
+                kind,
+                referee: size_type,
+                members,
+            });
+        }
+        let mut btf = Self {
+            types,
+            strings,
+            structs_by_name: HashMap::new(),
+        };
+        for (id, t) in btf.types.iter().enumerate() {
+            // Forward declarations and empty duplicates carry no members; the definition wins.
+            if (t.kind == KIND_STRUCT || t.kind == KIND_UNION) && !t.members.is_empty() {
+                let name = btf.name(t.name_off).to_owned();
+                if !name.is_empty() {
+                    btf.structs_by_name.entry(name).or_insert(id as u32);
+                }
+            }
+        }
+        Some(btf)
+    }
+
+    fn name(&self, off: u32) -> &str {
+        let rest = self.strings.get(off as usize..).unwrap_or_default();
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        std::str::from_utf8(&rest[..end]).unwrap_or("")
+    }
+
+    /// Strips typedefs and qualifiers.
+    fn resolve(&self, mut id: u32) -> u32 {
+        for _ in 0..32 {
+            match self.types.get(id as usize).map(|t| t.kind) {
+                Some(KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG) => {
+                    id = self.types[id as usize].referee
+                }
+                _ => break,
+            }
+        }
+        id
+    }
+
+    /// Bit offset and type of `field` in the struct or union `id`, looking through
+    /// anonymous members (as in `mm_struct`, whose fields sit in an unnamed struct).
+    fn member(&self, id: u32, field: &str) -> Option<(u32, u32)> {
+        let t = self.types.get(self.resolve(id) as usize)?;
+        for m in &t.members {
+            let name = self.name(m.name_off);
+            if name == field {
+                return Some((m.bit_offset, m.type_id));
+            }
+            if name.is_empty() {
+                if let Some((off, ty)) = self.member(m.type_id, field) {
+                    return Some((m.bit_offset + off, ty));
+                }
+            }
+        }
+        None
+    }
+
+    /// Byte offset of `path` (e.g. `file.f_path.dentry`): a struct name, then fields.
+    pub fn offset_of(&self, path: &str) -> Result<u32, BtfError> {
+        let missing = || BtfError::Missing(path.to_owned());
+        let mut parts = path.split('.');
+        let name = parts.next().ok_or_else(missing)?;
+        let mut id = *self
+            .structs_by_name
+            .get(name)
+            .ok_or_else(|| BtfError::Missing(format!("struct {name}")))?;
+        let mut bits = 0;
+        for field in parts {
+            let (off, ty) = self.member(id, field).ok_or_else(missing)?;
+            bits += off;
+            id = ty;
+        }
+        if bits % 8 != 0 {
+            return Err(missing());
+        }
+        Ok(bits / 8)
+    }
+}
+
+/// The offsets the programs need, from this kernel's BTF; `tier` is left for the caller.
+pub fn kernel_settings(btf: &Btf) -> Result<KernelSettings, BtfError> {
+    Ok(KernelSettings {
+        tier: 0,
+        task_tgid: btf.offset_of("task_struct.tgid")?,
+        task_pid: btf.offset_of("task_struct.pid")?,
+        task_real_parent: btf.offset_of("task_struct.real_parent")?,
+        task_mm: btf.offset_of("task_struct.mm")?,
+        task_exit_code: btf.offset_of("task_struct.exit_code")?,
+        mm_arg_start: btf.offset_of("mm_struct.arg_start")?,
+        mm_arg_end: btf.offset_of("mm_struct.arg_end")?,
+        bprm_file: btf.offset_of("linux_binprm.file")?,
+        bprm_filename: btf.offset_of("linux_binprm.filename")?,
+        file_inode: btf.offset_of("file.f_inode")?,
+        file_dentry: btf.offset_of("file.f_path.dentry")?,
+        file_mode: btf.offset_of("file.f_mode")?,
+        inode_ino: btf.offset_of("inode.i_ino")?,
+        inode_sb: btf.offset_of("inode.i_sb")?,
+        sb_dev: btf.offset_of("super_block.s_dev")?,
+        dentry_parent: btf.offset_of("dentry.d_parent")?,
+        dentry_inode: btf.offset_of("dentry.d_inode")?,
+        socket_type: btf.offset_of("socket.type")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The running kernel's layout: every field is found, and the offsets are plausible
+    /// (inside their structs, distinct where the fields differ).
+    #[test]
+    fn reads_this_kernels_layout() {
+        let btf = Btf::from_sys_fs().expect("this machine's kernel has BTF");
+        let s = kernel_settings(&btf).expect("every field the programs read exists");
+        assert_ne!(s.task_tgid, s.task_pid);
+        assert_eq!(
+            s.task_tgid,
+            s.task_pid + 4,
+            "pid and tgid are adjacent in task_struct"
+        );
+        assert!(s.mm_arg_end > s.mm_arg_start);
+        assert_eq!(s.mm_arg_end, s.mm_arg_start + 8);
+        // f_path is { vfsmount *mnt; dentry *dentry }.
+        assert_eq!(
+            s.file_dentry,
+            btf.offset_of("file.f_path").unwrap() + 8,
+            "dentry follows mnt in struct path"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let btf = Btf::from_sys_fs().unwrap();
+        let e = btf.offset_of("task_struct.no_such_field").unwrap_err();
+        assert!(e.to_string().contains("task_struct.no_such_field"), "{e}");
+        assert!(Btf::parse(b"not btf at all").is_none());
+    }
+}

@@ -1,0 +1,244 @@
+//! The host-wide hooks: scheduler tracepoints for process capture (and the kill tier), and
+//! the BPF LSM hooks of the deny tier. Unlike the cgroup programs they attach to the kernel,
+//! not to a cgroup, and filter by cage inside. Their links are pinned like the cgroup ones,
+//! so enforcement outlives the daemon; tracing links cannot be detached, only closed, and
+//! the daemon holds them open.
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    programs::{links::FdLink, links::PinnedLink, Lsm, RawTracePoint},
+    Btf, Ebpf,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{tier::Tier, BpfError};
+
+/// A hook's state, for `doctor` and `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookStatus {
+    /// The program.
+    pub program: String,
+    /// Where it attaches, e.g. `raw_tracepoint/sched_process_exec`.
+    pub hook: String,
+    /// What it does for agentcage.
+    pub purpose: String,
+    /// `attached`, or why not.
+    pub state: String,
+}
+
+/// Scheduler tracepoints: (program, tracepoint, purpose).
+const TRACEPOINTS: [(&str, &str, &str); 3] = [
+    (
+        "agentcage_exec",
+        "sched_process_exec",
+        "exec capture; kill-tier exec enforcement",
+    ),
+    ("agentcage_fork", "sched_process_fork", "process tree"),
+    (
+        "agentcage_exit",
+        "sched_process_exit",
+        "process tree, exit codes",
+    ),
+];
+
+/// The attached host-wide hooks and what they give.
+pub struct GlobalHooks {
+    pins: Vec<(PathBuf, PinnedLink)>,
+    /// Every hook's state.
+    pub status: Vec<HookStatus>,
+    /// Whether exec rules by content are enforced (the sleepable LSM program with IMA).
+    pub content_hashes: bool,
+}
+
+impl GlobalHooks {
+    /// Attaches the tracepoints and, in the deny tier, the LSM hooks; pins each link as
+    /// `DIR/NAME-TAG`. An LSM hook that fails is an error: the caller loads again for the
+    /// kill tier rather than run the deny tier half-attached.
+    pub fn attach(ebpf: &mut Ebpf, tier: Tier, dir: &Path, tag: &str) -> Result<Self, BpfError> {
+        let mut hooks = Self {
+            pins: Vec::new(),
+            status: Vec::new(),
+            content_hashes: false,
+        };
+        for (name, tp, purpose) in TRACEPOINTS {
+            let result = (|| {
+                let p: &mut RawTracePoint = program(ebpf, name)?;
+                match p.load() {
+                    Ok(()) | Err(aya::programs::ProgramError::AlreadyLoaded) => {}
+                    Err(source) => return Err(BpfError::Program { name, source }),
+                }
+                let id = p
+                    .attach(tp)
+                    .map_err(|source| BpfError::Program { name, source })?;
+                let link = p
+                    .take_link(id)
+                    .map_err(|source| BpfError::Program { name, source })?;
+                Ok(FdLink::from(link))
+            })();
+            match result.and_then(|l: FdLink| hooks.pin(l, name, dir, tag)) {
+                Ok(()) => hooks.note(name, &format!("raw_tracepoint/{tp}"), purpose, "attached"),
+                Err(e) => {
+                    hooks.drop_all();
+                    return Err(e);
+                }
+            }
+        }
+        let lsm_purpose = "deny tier: exec refused with EPERM";
+        let file_purpose = "deny tier: protected opens refused with EPERM; watched opens reported";
+        let connect_purpose =
+            "deny tier: egress second line, judges the caller's cage (also for passed-in sockets)";
+        if tier == Tier::Kill {
+            for (name, hook, purpose) in [
+                ("agentcage_bprm_check", "bprm_check_security", lsm_purpose),
+                ("agentcage_file_open", "file_open", file_purpose),
+                (
+                    "agentcage_socket_connect",
+                    "socket_connect",
+                    connect_purpose,
+                ),
+            ] {
+                hooks.note(
+                    name,
+                    &format!("lsm/{hook}"),
+                    purpose,
+                    "not loaded: kill tier (no BPF LSM)",
+                );
+            }
+            return Ok(hooks);
+        }
+        let btf = lsm_btf()?;
+        let bprm = Self::load_lsm(ebpf, &btf)?;
+        hooks.content_hashes = bprm == "agentcage_bprm_check";
+        for (name, hook, purpose) in [
+            (bprm, "bprm_check_security", lsm_purpose),
+            ("agentcage_file_open", "file_open", file_purpose),
+            (
+                "agentcage_socket_connect",
+                "socket_connect",
+                connect_purpose,
+            ),
+        ] {
+            if let Err(e) = hooks.attach_lsm(ebpf, &btf, name, hook, dir, tag) {
+                hooks.drop_all();
+                return Err(e);
+            }
+            hooks.note(name, &format!("lsm/{hook}"), purpose, "attached");
+        }
+        Ok(hooks)
+    }
+
+    /// Loads the deny tier's LSM programs (without attaching them) and returns the name of
+    /// the exec program that loaded: the content-hash variant if the kernel's IMA can hash
+    /// for BPF, else the inode-only one. An error means this kernel cannot give the deny
+    /// tier after all.
+    pub fn load_lsm(ebpf: &mut Ebpf, btf: &Btf) -> Result<&'static str, BpfError> {
+        let bprm = match load_one_lsm(ebpf, btf, "agentcage_bprm_check", "bprm_check_security") {
+            Ok(()) => "agentcage_bprm_check",
+            Err(first) => {
+                tracing::warn!(
+                    error = %first,
+                    "exec rules by content unavailable (no bpf_ima_file_hash); exec rules by file only"
+                );
+                load_one_lsm(
+                    ebpf,
+                    btf,
+                    "agentcage_bprm_check_inode",
+                    "bprm_check_security",
+                )?;
+                "agentcage_bprm_check_inode"
+            }
+        };
+        load_one_lsm(ebpf, btf, "agentcage_file_open", "file_open")?;
+        load_one_lsm(ebpf, btf, "agentcage_socket_connect", "socket_connect")?;
+        Ok(bprm)
+    }
+
+    fn attach_lsm(
+        &mut self,
+        ebpf: &mut Ebpf,
+        btf: &Btf,
+        name: &'static str,
+        hook: &str,
+        dir: &Path,
+        tag: &str,
+    ) -> Result<(), BpfError> {
+        load_one_lsm(ebpf, btf, name, hook)?;
+        let p: &mut Lsm = program(ebpf, name)?;
+        let id = p
+            .attach()
+            .map_err(|source| BpfError::Program { name, source })?;
+        let link = p
+            .take_link(id)
+            .map_err(|source| BpfError::Program { name, source })?;
+        self.pin(FdLink::from(link), name, dir, tag)
+    }
+
+    fn pin(&mut self, link: FdLink, name: &str, dir: &Path, tag: &str) -> Result<(), BpfError> {
+        let path = dir.join(format!("{name}-{tag}"));
+        let pinned = link.pin(&path).map_err(|e| BpfError::Pin {
+            path: path.clone(),
+            what: crate::errors::render(&e),
+        })?;
+        self.pins.push((path, pinned));
+        Ok(())
+    }
+
+    fn note(&mut self, program: &str, hook: &str, purpose: &str, state: &str) {
+        self.status.push(HookStatus {
+            program: program.to_owned(),
+            hook: hook.to_owned(),
+            purpose: purpose.to_owned(),
+            state: state.to_owned(),
+        });
+    }
+
+    fn drop_all(&mut self) {
+        for (path, pinned) in self.pins.drain(..) {
+            if let Err(e) = pinned.unpin() {
+                tracing::warn!(path = %path.display(), error = %e, "could not unpin");
+            }
+        }
+    }
+
+    /// Unpins and detaches every hook.
+    pub fn detach(mut self) {
+        self.drop_all();
+    }
+
+    /// Leaves the hooks pinned and attached after this process exits.
+    pub fn keep(self) {
+        drop(self.pins);
+    }
+}
+
+/// The kernel's BTF, which LSM programs are loaded against.
+pub fn lsm_btf() -> Result<Btf, BpfError> {
+    Btf::from_sys_fs().map_err(|e| BpfError::Map {
+        name: "BTF",
+        what: e.to_string(),
+    })
+}
+
+fn load_one_lsm(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    name: &'static str,
+    hook: &str,
+) -> Result<(), BpfError> {
+    let p: &mut Lsm = program(ebpf, name)?;
+    match p.load(hook, btf) {
+        Ok(()) | Err(aya::programs::ProgramError::AlreadyLoaded) => Ok(()),
+        Err(source) => Err(BpfError::Program { name, source }),
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, BpfError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program>,
+{
+    ebpf.program_mut(name)
+        .ok_or(BpfError::MissingProgram(name))?
+        .try_into()
+        .map_err(|_| BpfError::MissingProgram(name))
+}

@@ -1,0 +1,285 @@
+//! Exec and file rules → the kernel's per-inode and per-digest entries.
+//!
+//! The kernel judges files by (device, inode), so paths and globs are resolved here, when a
+//! policy is applied: a symlink or hard link to a named file is the same file, and a file
+//! created later under a named path is not covered (name its directory instead). Deny rules
+//! by path also carry the file's current SHA-256, so the deny tier refuses copies too.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs::File,
+    io,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use agent_common::{
+    file::FileRule,
+    process::{ExecRule, EXEC_ALLOW, EXEC_DENY},
+};
+use sha2::{Digest, Sha256};
+
+use super::exec::{ExecDefault, ExecMatch, ExecPolicy, FileRuleSpec, FilesPolicy};
+
+/// A pattern that could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum InodeError {
+    /// A file named by a rule could not be read or hashed.
+    #[error("{rule}: {path}: {source}")]
+    Io {
+        /// The rule, e.g. `agents.a.exec.deny[0]`.
+        rule: String,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The kernel's encoding of a device number (`MAJOR << 20 | MINOR`, as in `sb->s_dev`);
+/// stat(2) reports the user-space encoding.
+pub fn kernel_dev(st_dev: u64) -> u32 {
+    let (major, minor) = (libc::major(st_dev), libc::minor(st_dev));
+    (major << 20) | (minor & 0xf_ffff)
+}
+
+/// Exec rules for one agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompiledExec {
+    /// (dev, inode) → rule.
+    pub inodes: BTreeMap<(u32, u64), ExecRule>,
+    /// SHA-256 → rule.
+    pub hashes: BTreeMap<[u8; 32], ExecRule>,
+    /// Whether unmatched execs are refused.
+    pub default_deny: bool,
+    /// Whether a rule is by content only (`sha256:`), which only the deny tier enforces.
+    pub has_digest_rules: bool,
+    /// Patterns that matched nothing, for a warning.
+    pub unmatched: Vec<String>,
+}
+
+/// File rules for one agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompiledFiles {
+    /// (dev, inode) → rule.
+    pub inodes: BTreeMap<(u32, u64), FileRule>,
+    /// The path each inode was found at, for events.
+    pub paths: HashMap<(u32, u64), String>,
+    /// Patterns that matched nothing, for a warning.
+    pub unmatched: Vec<String>,
+}
+
+/// Files a pattern names now. `DIR/**` names DIR itself (rules on a directory cover what is
+/// below it); other globs are expanded.
+fn resolve(pattern: &str) -> Vec<PathBuf> {
+    if let Some(dir) = pattern.strip_suffix("/**") {
+        if !glob_chars(dir) {
+            let dir = if dir.is_empty() { "/" } else { dir };
+            return Path::new(dir)
+                .exists()
+                .then(|| PathBuf::from(dir))
+                .into_iter()
+                .collect();
+        }
+    }
+    if !glob_chars(pattern) {
+        return Path::new(pattern)
+            .exists()
+            .then(|| PathBuf::from(pattern))
+            .into_iter()
+            .collect();
+    }
+    glob::glob(pattern)
+        .map(|paths| paths.flatten().collect())
+        .unwrap_or_default()
+}
+
+fn glob_chars(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+fn identity(path: &Path) -> io::Result<(u32, u64)> {
+    // Follow symlinks: the kernel sees the file they point to.
+    let meta = std::fs::metadata(path)?;
+    Ok((kernel_dev(meta.dev()), meta.ino()))
+}
+
+/// SHA-256 of a file's content.
+pub fn sha256_file(path: &Path) -> io::Result<[u8; 32]> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    io::copy(&mut file, &mut hasher)?;
+    Ok(hasher.finalize().into())
+}
+
+/// Resolves `exec`; `at` names the section in errors (e.g. `agents.a.exec`).
+pub fn compile_exec(at: &str, exec: &ExecPolicy) -> Result<CompiledExec, InodeError> {
+    let mut out = CompiledExec {
+        default_deny: exec.default == ExecDefault::Deny,
+        ..CompiledExec::default()
+    };
+    // Allow rules first, then deny rules: a deny overwrites an allow for the same file.
+    let rules = exec
+        .allow
+        .iter()
+        .map(|m| (m, EXEC_ALLOW, "allow"))
+        .chain(exec.deny.iter().map(|m| (m, EXEC_DENY, "deny")));
+    for (id, (m, action, list)) in rules.enumerate() {
+        let rule = ExecRule {
+            action,
+            rule_id: id as u32,
+        };
+        let index = if action == EXEC_ALLOW {
+            id
+        } else {
+            id - exec.allow.len()
+        };
+        let name = format!("{at}.{list}[{index}]");
+        match m {
+            ExecMatch::Sha256(d) => {
+                out.has_digest_rules = true;
+                insert_hash(&mut out.hashes, *d, rule);
+            }
+            ExecMatch::Path(p) => {
+                let files = resolve(p);
+                if files.is_empty() {
+                    out.unmatched.push(format!("{name} {p}"));
+                }
+                for path in files {
+                    if path.is_dir() {
+                        continue;
+                    }
+                    let id = identity(&path).map_err(|source| InodeError::Io {
+                        rule: name.clone(),
+                        path: path.clone(),
+                        source,
+                    })?;
+                    insert_inode(&mut out.inodes, id, rule);
+                    if action == EXEC_DENY {
+                        let digest = sha256_file(&path).map_err(|source| InodeError::Io {
+                            rule: name.clone(),
+                            path: path.clone(),
+                            source,
+                        })?;
+                        insert_hash(&mut out.hashes, digest, rule);
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn insert_inode(map: &mut BTreeMap<(u32, u64), ExecRule>, key: (u32, u64), rule: ExecRule) {
+    let keep_existing_deny = map.get(&key).is_some_and(|r| r.action == EXEC_DENY);
+    if !keep_existing_deny {
+        map.insert(key, rule);
+    }
+}
+
+fn insert_hash(map: &mut BTreeMap<[u8; 32], ExecRule>, key: [u8; 32], rule: ExecRule) {
+    let keep_existing_deny = map.get(&key).is_some_and(|r| r.action == EXEC_DENY);
+    if !keep_existing_deny {
+        map.insert(key, rule);
+    }
+}
+
+/// Resolves `files`; `at` names the section in errors.
+pub fn compile_files(at: &str, files: &FilesPolicy) -> Result<CompiledFiles, InodeError> {
+    let mut out = CompiledFiles::default();
+    let specs = files
+        .protect
+        .iter()
+        .map(|s| (s, true, "protect"))
+        .chain(files.watch.iter().map(|s| (s, false, "watch")));
+    for (id, (spec, protect, list)) in specs.enumerate() {
+        let FileRuleSpec { path, access } = spec;
+        let index = if protect {
+            id
+        } else {
+            id - files.protect.len()
+        };
+        let name = format!("{at}.{list}[{index}]");
+        let found = resolve(&path.0);
+        if found.is_empty() {
+            out.unmatched.push(format!("{name} {path}"));
+        }
+        for p in found {
+            let key = identity(&p).map_err(|source| InodeError::Io {
+                rule: name.clone(),
+                path: p.clone(),
+                source,
+            })?;
+            let entry = out.inodes.entry(key).or_insert(FileRule {
+                rule_id: id as u32,
+                ..FileRule::default()
+            });
+            if protect {
+                entry.protect |= access.bits();
+                entry.rule_id = id as u32;
+            } else {
+                entry.watch |= access.bits();
+            }
+            out.paths
+                .entry(key)
+                .or_insert_with(|| p.display().to_string());
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Access;
+
+    fn spec(path: &str, access: Access) -> FileRuleSpec {
+        FileRuleSpec {
+            path: super::super::FilePattern(path.to_owned()),
+            access,
+        }
+    }
+
+    #[test]
+    fn deny_wins_and_carries_the_content_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("tool");
+        std::fs::write(&bin, b"#!/bin/sh\necho hi\n").unwrap();
+        let p = bin.display().to_string();
+        let exec = ExecPolicy {
+            default: ExecDefault::Allow,
+            allow: vec![ExecMatch::Path(p.clone())],
+            deny: vec![ExecMatch::Path(p)],
+        };
+        let c = compile_exec("agents.a.exec", &exec).unwrap();
+        let rule = c.inodes.values().next().unwrap();
+        assert_eq!((rule.action, rule.rule_id), (EXEC_DENY, 1));
+        let digest = sha256_file(&bin).unwrap();
+        assert_eq!(c.hashes[&digest].action, EXEC_DENY);
+        assert!(!c.has_digest_rules);
+    }
+
+    #[test]
+    fn directories_and_globs_resolve_to_inodes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.key"), b"1").unwrap();
+        std::fs::write(dir.path().join("b.txt"), b"2").unwrap();
+        let d = dir.path().display();
+        let files = FilesPolicy {
+            protect: vec![spec(&format!("{d}/*.key"), Access::default())],
+            watch: vec![
+                spec(&format!("{d}/**"), Access::default()),
+                spec(&format!("{d}/none-*"), Access::default()),
+            ],
+        };
+        let c = compile_files("agents.a.files", &files).unwrap();
+        assert_eq!(c.inodes.len(), 2, "the .key file and the directory");
+        assert_eq!(c.unmatched.len(), 1);
+        assert!(
+            c.unmatched[0].contains("files.watch[1]"),
+            "{:?}",
+            c.unmatched
+        );
+    }
+}

@@ -1,0 +1,145 @@
+//! The deny tier (BPF LSM active, as on Debian 12's kernel under `cargo xtask vm-test`):
+//! forbidden execs and opens fail with EPERM, by file and by content.
+//!
+//! Not part of the host's `cargo test` (the host kernel refuses BPF LSM): `cargo xtask
+//! vm-test` runs it inside the VM, where AGENTCAGE_EXPECT_TIER=deny.
+
+#[path = "support/harness.rs"]
+mod harness;
+
+use std::{fs, os::unix::fs::PermissionsExt as _};
+
+use harness::Daemon;
+
+const EPERM: &str = "err 1";
+
+fn copy_of(src: &str, dir: &std::path::Path, name: &str) -> String {
+    let path = dir.join(name);
+    fs::copy(src, &path).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn denied_execs_fail_with_eperm_even_renamed_and_allowed_ones_run() {
+    let bins = tempfile::tempdir().unwrap();
+    let denied = copy_of("/bin/true", bins.path(), "denied-true");
+    let daemon = Daemon::start(&format!(
+        "version: 1\nagents:\n  t:\n    exec:\n      deny: [{denied}]\n"
+    ));
+    daemon.expect_tier("deny");
+    assert_eq!(
+        daemon.status()["content_hashes"],
+        true,
+        "IMA hashing is available"
+    );
+    let events = daemon.follow_events();
+    let mut cage = daemon.serve_in("t");
+
+    assert_eq!(cage.op(&format!("exec {denied}")), EPERM);
+    // A copy made after the policy was applied is the same content: still denied.
+    let renamed = copy_of(&denied, bins.path(), "innocent-name");
+    assert_eq!(cage.op(&format!("exec {renamed}")), EPERM);
+    // Another binary runs.
+    assert_eq!(cage.op("exec /bin/true"), "ok");
+
+    let e = events.wait_event("the refused exec", |e| {
+        e["kind"] == "exec" && e["filename"] == denied.as_str()
+    });
+    assert_eq!(e["verdict"], "deny");
+    assert_eq!(e["hook"], "lsm");
+    assert_eq!(e["rule"], "exec.deny[0]");
+    // Outside the cage, the denied binary runs.
+    assert!(std::process::Command::new(&denied)
+        .status()
+        .unwrap()
+        .success());
+}
+
+#[test]
+fn an_allow_list_refuses_everything_else() {
+    let bins = tempfile::tempdir().unwrap();
+    let listed = copy_of("/bin/true", bins.path(), "listed");
+    let probe = harness::probe();
+    let daemon = Daemon::start(&format!(
+        "version: 1\nagents:\n  t:\n    exec:\n      default: deny\n      allow: [{}, {listed}]\n",
+        probe.display()
+    ));
+    daemon.expect_tier("deny");
+    let mut cage = daemon.serve_in("t");
+    assert_eq!(cage.op(&format!("exec {listed}")), "ok");
+    assert_eq!(cage.op("exec /bin/true"), EPERM);
+}
+
+#[test]
+fn protected_files_cannot_be_opened_even_through_a_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    fs::write(&secret, "s3cret").unwrap();
+    let readable = dir.path().join("readable");
+    fs::write(&readable, "hello").unwrap();
+    let vault = dir.path().join("vault");
+    fs::create_dir(&vault).unwrap();
+    fs::write(vault.join("key"), "k").unwrap();
+    let link = dir.path().join("link-to-secret");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    let daemon = Daemon::start(&format!(
+        "version: 1\nagents:\n  t:\n    files:\n      protect:\n        - path: {}\n        - path: {}/**\n        - path: {}\n          access: write\n",
+        secret.display(),
+        vault.display(),
+        readable.display()
+    ));
+    daemon.expect_tier("deny");
+    let events = daemon.follow_events();
+    let mut cage = daemon.serve_in("t");
+
+    assert_eq!(cage.op(&format!("open {} r", secret.display())), EPERM);
+    assert_eq!(
+        cage.op(&format!("open {} r", link.display())),
+        EPERM,
+        "via a symlink"
+    );
+    assert_eq!(
+        cage.op(&format!("open {}/key r", vault.display())),
+        EPERM,
+        "below a protected directory"
+    );
+    assert_eq!(
+        cage.op(&format!("open {} r", readable.display())),
+        "ok",
+        "read is allowed"
+    );
+    assert_eq!(
+        cage.op(&format!("open {} w", readable.display())),
+        EPERM,
+        "write is not"
+    );
+
+    let e = events.wait_event("the refused open", |e| e["kind"] == "file");
+    assert_eq!(e["verdict"], "deny");
+    assert_eq!(e["rule"], "files.protect[0]");
+    // Outside the cage the file reads fine.
+    assert_eq!(fs::read_to_string(&secret).unwrap(), "s3cret");
+}
+
+#[test]
+fn the_lsm_connect_hook_refuses_first_and_reports_once() {
+    let (_listeners, port) = harness::listener_pair();
+    let daemon = Daemon::start(&format!(
+        "version: 1\nagents:\n  t:\n    egress:\n      allow:\n        - cidr: 127.0.0.1/32\n          ports: [{port}]\n"
+    ));
+    daemon.expect_tier("deny");
+    let events = daemon.follow_events();
+    let mut cage = daemon.serve_in("t");
+    assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), EPERM);
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{port}")), "ok");
+    let denied = events.wait_event("the refusal", |e| {
+        e["kind"] == "egress" && e["verdict"] == "deny"
+    });
+    assert_eq!(denied["hook"], "lsm_socket_connect", "{denied}");
+    // The allowed connect is reported by the cgroup hook, once.
+    let allowed = events.wait_event("the allowed connect", |e| {
+        e["kind"] == "egress" && e["verdict"] == "allow"
+    });
+    assert_eq!(allowed["hook"], "connect4");
+}
