@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -12,8 +12,8 @@ use serde::Deserialize;
 use crate::build::WORKSPACE_HOST;
 use crate::util::{cargo, describe};
 
-/// What `cargo test --no-run` built: test executables by target name, and the binaries and
-/// examples the tests start.
+/// What the build made: test executables by target name, and the binaries and examples the
+/// tests start.
 #[derive(Debug, Default)]
 pub struct Artifacts {
     /// `[[test]]` targets, by name.
@@ -43,30 +43,47 @@ struct Profile {
     test: bool,
 }
 
-/// Builds the workspace's tests, binaries and examples (`cargo test --no-run`) and returns
-/// where cargo put them.
-pub fn build() -> Result<Artifacts> {
-    let mut c = cargo();
-    c.arg("test")
-        .args(WORKSPACE_HOST)
-        .args(["--no-run", "--message-format=json-render-diagnostics"]);
-    let line = describe(&c);
-    eprintln!("+ {line}");
-    let mut child = c
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("could not start `{line}`"))?;
-    let stdout = child.stdout.take().context("cargo stdout")?;
+/// Builds the binaries and examples the tests start (`cargo build --bins --examples`) and
+/// test targets `tests` (`cargo test --no-run --test NAME...`, which also builds those
+/// declared `test = false` because they need a kernel the host lacks), and returns where
+/// cargo put them. A name that is no test target fails the build.
+pub fn build(tests: &[&str]) -> Result<Artifacts> {
     let mut artifacts = Artifacts::default();
-    for l in BufReader::new(stdout).lines() {
-        let l = l.context("reading cargo's JSON messages")?;
-        artifacts.add(&l)?;
+    let mut c = cargo();
+    c.arg("build")
+        .args(WORKSPACE_HOST)
+        .args(["--bins", "--examples"]);
+    artifacts.read(&mut c)?;
+    let mut c = cargo();
+    c.arg("test").args(WORKSPACE_HOST).arg("--no-run");
+    for t in tests {
+        c.arg("--test").arg(t);
     }
-    let status = child.wait().context("waiting for cargo")?;
-    if !status.success() {
-        bail!("`{line}` failed ({status})");
-    }
+    artifacts.read(&mut c)?;
     Ok(artifacts)
+}
+
+impl Artifacts {
+    /// Runs cargo command `c` with JSON messages and records the executables it names.
+    fn read(&mut self, c: &mut Command) -> Result<()> {
+        c.arg("--message-format=json-render-diagnostics");
+        let line = describe(c);
+        eprintln!("+ {line}");
+        let mut child = c
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("could not start `{line}`"))?;
+        let stdout = child.stdout.take().context("cargo stdout")?;
+        for l in BufReader::new(stdout).lines() {
+            let l = l.context("reading cargo's JSON messages")?;
+            self.add(&l)?;
+        }
+        let status = child.wait().context("waiting for cargo")?;
+        if !status.success() {
+            bail!("`{line}` failed ({status})");
+        }
+        Ok(())
+    }
 }
 
 impl Artifacts {
