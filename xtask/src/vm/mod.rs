@@ -292,10 +292,20 @@ fn select(names: &[String]) -> Result<Vec<&'static Boot>> {
         .collect()
 }
 
-/// `name` found on PATH, as the tests would find it.
+/// `name` found on PATH, as the tests would find it, or else in the usual system
+/// directories (a user's PATH may lack the sbin ones, where bpftool lives).
 fn which(name: &str) -> Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
+    let system = [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ];
     std::env::split_paths(&path)
+        .chain(system.iter().map(PathBuf::from))
         .map(|d| d.join(name))
         .find(|p| is_executable(p))
         .with_context(|| format!("{name} is not on PATH (`cargo xtask setup` installs it)"))
