@@ -40,8 +40,7 @@ fn denied_execs_fail_with_eperm_even_renamed_and_allowed_ones_run() {
     // A copy made after the policy was applied is the same content: still denied.
     let renamed = copy_of(&denied, bins.path(), "innocent-name");
     assert_eq!(cage.op(&format!("exec {renamed}")), EPERM);
-    // Another binary runs (not /bin/true: the denied file is a copy of it, so the same
-    // content, which is denied wherever it lies).
+    // Another binary (other content: /bin/true's is denied along with its copy) runs.
     assert_eq!(cage.op("exec /bin/echo"), "ok");
 
     let e = events.wait_event("the refused exec", |e| {
@@ -69,7 +68,7 @@ fn an_allow_list_refuses_everything_else() {
     daemon.expect_tier("deny");
     let mut cage = daemon.serve_in("t");
     assert_eq!(cage.op(&format!("exec {listed}")), "ok");
-    assert_eq!(cage.op("exec /bin/true"), EPERM);
+    assert_eq!(cage.op("exec /bin/echo"), EPERM);
 }
 
 #[test]
@@ -143,4 +142,83 @@ fn the_lsm_connect_hook_refuses_first_and_reports_once() {
         e["kind"] == "egress" && e["verdict"] == "allow"
     });
     assert_eq!(allowed["hook"], "connect4");
+}
+
+/// A protected file cannot be renamed away, given a second name, truncated or replaced,
+/// nothing can be created in a protected directory, and no user namespace can be made (in
+/// one, the agent could mount over protected paths).
+#[test]
+fn protected_places_cannot_be_escaped_or_changed_by_other_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = dir.path().join("vault");
+    fs::create_dir(&vault).unwrap();
+    let key = vault.join("key");
+    fs::write(&key, "k").unwrap();
+    let outside = dir.path().join("outside");
+    fs::write(&outside, "o").unwrap();
+    let d = dir.path().display();
+    let daemon = Daemon::start(&format!(
+        "version: 1\nagents:\n  t:\n    files:\n      protect:\n        - path: {}/**\n",
+        vault.display()
+    ));
+    daemon.expect_tier("deny");
+    let mut cage = daemon.serve_in("t");
+    let k = key.display();
+    let v = vault.display();
+    for (op, what) in [
+        (
+            format!("link {k} {d}/alias"),
+            "a hard link to a protected file",
+        ),
+        (
+            format!("rename {k} {d}/moved"),
+            "renaming a protected file away",
+        ),
+        (
+            format!("rename {d}/outside {k}"),
+            "replacing a protected file",
+        ),
+        (format!("truncate {k}"), "truncate(2)"),
+        (format!("open-trunc {k}"), "O_TRUNC on a read-only open"),
+        (format!("unlink {k}"), "unlink"),
+        (
+            format!("create {v}/new"),
+            "creating in a protected directory",
+        ),
+        (format!("mkdir {v}/sub"), "mkdir in a protected directory"),
+        ("userns".to_owned(), "a new user namespace"),
+    ] {
+        assert_eq!(cage.op(&op), EPERM, "{what} must be refused ({op})");
+    }
+    assert_eq!(fs::read_to_string(&key).unwrap(), "k", "the file is intact");
+    assert!(!dir.path().join("alias").exists());
+    // Outside the protected directory all of it works.
+    assert_eq!(cage.op(&format!("rename {d}/outside {d}/renamed")), "ok");
+    assert_eq!(cage.op(&format!("create {d}/fresh")), "ok");
+}
+
+/// A denied program run through the dynamic loader is mapped, not exec'd: `mmap_file`
+/// refuses it all the same.
+#[test]
+fn a_denied_program_cannot_run_through_the_dynamic_loader() {
+    let bins = tempfile::tempdir().unwrap();
+    let denied = copy_of("/bin/touch", bins.path(), "denied-touch");
+    let daemon = Daemon::start(&format!(
+        "version: 1\nagents:\n  t:\n    exec:\n      deny: [{denied}]\n"
+    ));
+    daemon.expect_tier("deny");
+    let events = daemon.follow_events();
+    let mut cage = daemon.serve_in("t");
+    let marker = bins.path().join("ran");
+    let loader = "/lib64/ld-linux-x86-64.so.2";
+    let answer = cage.op(&format!("exec {loader} {denied} {}", marker.display()));
+    assert_ne!(answer, "ok");
+    assert!(!marker.exists(), "nothing of the denied program ran");
+    let e = events.wait_event("the refused mapping", |e| {
+        e["kind"] == "exec" && e["hook"] == "lsm_mmap"
+    });
+    assert_eq!(e["verdict"], "deny");
+    assert_eq!(e["rule"], "exec.deny[0]");
+    // The loader itself is fine with an allowed program.
+    assert_eq!(cage.op(&format!("exec {loader} /bin/true")), "ok");
 }

@@ -10,6 +10,9 @@ pub const CAGE_F_EXEC_DEFAULT_DENY: u32 = 1 << 1;
 pub const CAGE_F_EXEC_HASHES: u32 = 1 << 2;
 /// The policy slot has file rules: look opened files up (deny tier only).
 pub const CAGE_F_FILES: u32 = 1 << 3;
+/// The policy names content (`sha256:` rules): an exec whose content cannot be hashed is
+/// refused rather than judged by file alone.
+pub const CAGE_F_EXEC_DIGESTS_REQUIRED: u32 = 1 << 4;
 
 /// What the kernel needs to know about one cage. Written by user space only.
 #[repr(C)]

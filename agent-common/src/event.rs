@@ -51,6 +51,9 @@ pub enum Verdict {
     Killed = 3,
     /// Nothing was decided: the event only reports (a watched file, a fork, an exit).
     Observed = 4,
+    /// The kill tier's SIGKILL could not be sent (the helper failed): the operation went
+    /// ahead although the policy forbids it. Reported so it is never silent.
+    KillFailed = 5,
 }
 
 impl Verdict {
@@ -61,6 +64,7 @@ impl Verdict {
             2 => Some(Self::Deny),
             3 => Some(Self::Killed),
             4 => Some(Self::Observed),
+            5 => Some(Self::KillFailed),
             _ => None,
         }
     }
@@ -72,6 +76,7 @@ impl Verdict {
             Self::Deny => "deny",
             Self::Killed => "killed",
             Self::Observed => "observed",
+            Self::KillFailed => "kill-failed",
         }
     }
 }

@@ -52,6 +52,29 @@ pub struct FileEvent {
     pub verdict: u8,
     /// How many directories up the matching rule's inode was (0: the file itself).
     pub depth: u8,
+    /// `OP_*`: what was attempted.
+    pub op: u8,
     /// Padding, zero.
-    pub _pad: [u8; 5],
+    pub _pad: [u8; 4],
 }
+
+/// Rule id of a refusal because the walk up the directories ran out of depth.
+pub const RULE_TOO_DEEP: u32 = u32::MAX;
+/// Rule id of a refused user namespace.
+pub const RULE_USERNS: u32 = u32::MAX - 1;
+
+/// open(2) and the like (`file_open`).
+pub const OP_OPEN: u8 = 0;
+/// truncate(2) (`path_truncate`).
+pub const OP_TRUNCATE: u8 = 1;
+/// unlink(2) or rmdir(2).
+pub const OP_UNLINK: u8 = 2;
+/// rename(2), from or to a protected place.
+pub const OP_RENAME: u8 = 3;
+/// link(2) of a protected file, or into a protected directory.
+pub const OP_LINK: u8 = 4;
+/// Creating a file, directory, node or symlink in a protected directory.
+pub const OP_CREATE: u8 = 5;
+/// A new user namespace, refused in cages with file rules (in one the agent could mount
+/// over protected paths).
+pub const OP_USERNS: u8 = 6;

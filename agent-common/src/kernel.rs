@@ -53,4 +53,14 @@ pub struct KernelSettings {
     pub dentry_inode: u32,
     /// `socket.type`.
     pub socket_type: u32,
+    /// `task_struct.signal`.
+    pub task_signal: u32,
+    /// `signal_struct.live` (an `atomic_t`: its counter is at offset 0).
+    pub signal_live: u32,
+    /// `file.f_flags`.
+    pub file_flags: u32,
+    /// `path.dentry`.
+    pub path_dentry: u32,
+    /// Which argument of the `mmap_file` LSM hook is `prot` (kernels differ).
+    pub mmap_prot_arg: u32,
 }

@@ -28,6 +28,6 @@ pub const MAX_EGRESS_ENTRIES: u32 = 65_536;
 /// Entries in each exec-rule and file-rule map, across all agents and policy slots.
 pub const MAX_INODE_RULES: u32 = 16_384;
 /// How many directories above an opened file are looked up for file rules.
-pub const MAX_FILE_DEPTH: u32 = 16;
+pub const MAX_FILE_DEPTH: u32 = 32;
 /// Ring buffer size in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 16 * 1024 * 1024;

@@ -15,6 +15,10 @@ pub const EXEC_F_ARGV_UNREADABLE: u32 = 1 << 1;
 /// was replaced; otherwise from the `sched_process_exec` tracepoint after it.
 pub const EXEC_F_FROM_LSM: u32 = 1 << 2;
 
+/// The program was mapped executable without exec (e.g. through the dynamic loader) and
+/// refused by the `mmap_file` hook.
+pub const EXEC_F_MMAP: u32 = 1 << 3;
+
 /// The default decision applied (no exec rule matched).
 pub const EXEC_RULE_DEFAULT: u32 = u32::MAX;
 

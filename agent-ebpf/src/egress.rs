@@ -218,7 +218,7 @@ pub(crate) fn report(
             count(cgroup_id, Counter::Denied);
             true
         }
-        Verdict::Killed | Verdict::Observed => true,
+        Verdict::Killed | Verdict::Observed | Verdict::KillFailed => true,
         Verdict::Allow => {
             count(cgroup_id, Counter::Allowed);
             match cage.map_or(1, |c| c.allow_sample) {

@@ -6,10 +6,12 @@
 //! renamed copy of a denied binary is still denied; that needs a sleepable program.
 
 use agent_common::{
-    cage::{CageConfig, CAGE_F_EXEC_DEFAULT_DENY, CAGE_F_EXEC_HASHES},
+    cage::{
+        CageConfig, CAGE_F_EXEC_DEFAULT_DENY, CAGE_F_EXEC_DIGESTS_REQUIRED, CAGE_F_EXEC_HASHES,
+    },
     event::Verdict,
     file::InodeKey,
-    process::{ExecRule, HashKey, EXEC_DENY, EXEC_F_FROM_LSM, EXEC_RULE_DEFAULT},
+    process::{ExecRule, HashKey, EXEC_DENY, EXEC_F_FROM_LSM, EXEC_F_MMAP, EXEC_RULE_DEFAULT},
 };
 use aya_ebpf::{
     helpers::generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ima_file_hash},
@@ -20,7 +22,7 @@ use aya_ebpf::{
 use crate::{
     egress::cage_of,
     events::{count, Counter},
-    kernel::{file_id, settings},
+    kernel::{bprm_file_offset, file_id, settings},
     maps::{EXEC_HASHES, EXEC_INODES},
     process::emit_exec,
 };
@@ -88,10 +90,12 @@ fn bprm_check(ctx: &LsmContext, hashes: bool) -> i32 {
     };
     let s = settings();
     let bprm: *const u8 = ctx.arg(0);
-    // A direct load at an offset the verifier knows (SETTINGS is frozen rodata), so the
-    // result stays a typed `struct file *`, as bpf_ima_file_hash requires.
-    // SAFETY: bprm is the hook's valid argument and bprm_file the offset of its `file`.
-    let file = unsafe { *(bprm.add(s.bprm_file as usize) as *const *mut core::ffi::c_void) };
+    // A direct load at an offset the verifier knows (read straight from the frozen rodata,
+    // not through a stack copy), so the result stays a typed `struct file *`, as
+    // bpf_ima_file_hash requires.
+    let offset = bprm_file_offset();
+    // SAFETY: bprm is the hook's valid argument and `offset` that of its `file` field.
+    let file = unsafe { *(bprm.add(offset as usize) as *const *mut core::ffi::c_void) };
     let (dev, ino) = file_id(&s, file as *const u8);
     let key = InodeKey {
         slot: cage.policy_slot,
@@ -99,7 +103,10 @@ fn bprm_check(ctx: &LsmContext, hashes: bool) -> i32 {
         ino,
     };
     // SAFETY: as in judge_inode.
-    let mut decided = unsafe { EXEC_INODES.get(key) }.map(verdict_of);
+    let by_inode = unsafe { EXEC_INODES.get(key) }.map(verdict_of);
+    // A deny by file settles it; otherwise content is checked before an allow by file, so
+    // an allowed file overwritten with a denied binary's bytes is still denied.
+    let mut decided = by_inode.filter(|(v, _)| *v == Verdict::Deny);
     if decided.is_none() && hashes && cage.flags & CAGE_F_EXEC_HASHES != 0 {
         let mut hk = HashKey {
             slot: cage.policy_slot,
@@ -110,12 +117,13 @@ fn bprm_check(ctx: &LsmContext, hashes: bool) -> i32 {
         if algo == HASH_ALGO_SHA256 {
             // SAFETY: as above.
             decided = unsafe { EXEC_HASHES.get(hk) }.map(verdict_of);
-        } else if cage.flags & CAGE_F_EXEC_DEFAULT_DENY == 0 {
-            // A deny list by content that cannot be checked: fail closed.
+        } else if cage.flags & CAGE_F_EXEC_DIGESTS_REQUIRED != 0 {
+            // The policy names content (sha256: rules) that cannot be checked: fail closed.
+            // Digests derived from deny paths only add to the rules by file, which stand.
             decided = Some((Verdict::Deny, EXEC_RULE_DEFAULT));
         }
     }
-    let (verdict, rule_id) = decided.unwrap_or_else(|| default_of(&cage));
+    let (verdict, rule_id) = decided.or(by_inode).unwrap_or_else(|| default_of(&cage));
     if verdict == Verdict::Deny {
         count(cgroup_id, Counter::Denied);
         emit_exec(
@@ -133,4 +141,60 @@ fn bprm_check(ctx: &LsmContext, hashes: bool) -> i32 {
         return -EPERM;
     }
     0
+}
+
+const PROT_EXEC: u64 = 4;
+
+/// `mmap_file(file, [reqprot,] prot, flags)`: a program run through the dynamic loader
+/// (`ld.so /usr/bin/dd`) is mapped executable without an exec. Deny rules by file apply
+/// there too; an allow list does not (every shared library is mapped so).
+#[lsm(hook = "mmap_file")]
+pub fn agentcage_mmap_file(ctx: LsmContext) -> i32 {
+    let s = settings();
+    // Where `prot` sits differs across kernels; the hook's result is the argument after
+    // `flags`, which follows `prot`.
+    let (prot, previous): (u64, i32) = if s.mmap_prot_arg == 1 {
+        (ctx.arg(1), ctx.arg(3))
+    } else {
+        (ctx.arg(2), ctx.arg(4))
+    };
+    if previous != 0 {
+        return previous;
+    }
+    if prot & PROT_EXEC == 0 {
+        return 0;
+    }
+    let file: *const u8 = ctx.arg(0);
+    if file.is_null() {
+        return 0;
+    }
+    // SAFETY: a helper without preconditions.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let Some(cage) = cage_of(cgroup_id) else {
+        return 0;
+    };
+    let (dev, ino) = file_id(&s, file);
+    let key = InodeKey {
+        slot: cage.policy_slot,
+        dev,
+        ino,
+    };
+    // SAFETY: as in judge_inode.
+    let Some((Verdict::Deny, rule_id)) = (unsafe { EXEC_INODES.get(key) }).map(verdict_of) else {
+        return 0;
+    };
+    count(cgroup_id, Counter::Denied);
+    emit_exec(
+        &s,
+        &cage,
+        cgroup_id,
+        // SAFETY: a helper without preconditions.
+        unsafe { bpf_get_current_task() } as *const u8,
+        core::ptr::null(),
+        (dev, ino),
+        Verdict::Deny,
+        rule_id,
+        EXEC_F_FROM_LSM | EXEC_F_MMAP,
+    );
+    -EPERM
 }

@@ -28,6 +28,11 @@ static SETTINGS: KernelSettings = KernelSettings {
     dentry_parent: 0,
     dentry_inode: 0,
     socket_type: 0,
+    task_signal: 0,
+    signal_live: 0,
+    file_flags: 0,
+    path_dentry: 0,
+    mmap_prot_arg: 0,
 };
 
 /// The settings user space wrote. A volatile read, so the compiler cannot fold the zeros
@@ -36,6 +41,14 @@ static SETTINGS: KernelSettings = KernelSettings {
 pub fn settings() -> KernelSettings {
     // SAFETY: a plain static, valid for reads for the program's life.
     unsafe { core::ptr::read_volatile(&SETTINGS) }
+}
+
+/// `linux_binprm.file`, read on its own from the frozen global: the verifier must see it as
+/// a constant where a typed pointer is derived from it.
+#[inline(always)]
+pub fn bprm_file_offset() -> u32 {
+    // SAFETY: a plain static, valid for reads for the program's life.
+    unsafe { core::ptr::read_volatile(&raw const SETTINGS.bprm_file) }
 }
 
 /// Reads a `T` at `base + offset` in kernel memory; `None` if the memory is not readable.

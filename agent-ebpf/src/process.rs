@@ -16,8 +16,8 @@ use agent_common::{
 };
 use aya_ebpf::{
     helpers::generated::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_probe_read_kernel_str, bpf_probe_read_user, bpf_send_signal,
+        bpf_get_current_cgroup_id, bpf_get_current_uid_gid, bpf_probe_read_kernel_str,
+        bpf_probe_read_user, bpf_send_signal,
     },
     macros::raw_tracepoint,
     programs::RawTracePointContext,
@@ -51,9 +51,13 @@ pub fn agentcage_exec(ctx: RawTracePointContext) -> i32 {
         // was allowed (a race with a reload is settled in favour of the decision made).
         (Verdict::Deny, rule) if s.tier == TIER_KILL => {
             // SAFETY: a helper without preconditions; the signal targets the current task.
-            unsafe { bpf_send_signal(SIGKILL) };
-            count(cgroup_id, Counter::Killed);
-            (Verdict::Killed, rule)
+            if unsafe { bpf_send_signal(SIGKILL) } == 0 {
+                count(cgroup_id, Counter::Killed);
+                (Verdict::Killed, rule)
+            } else {
+                count(cgroup_id, Counter::Denied);
+                (Verdict::KillFailed, rule)
+            }
         }
         (Verdict::Deny, rule) => (Verdict::Allow, rule),
         other => other,
@@ -179,8 +183,9 @@ pub fn agentcage_fork(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// `sched_process_exit(struct task_struct *p)`, run by the exiting task: reported when the
-/// thread-group leader exits, with the status its parent will reap.
+/// `sched_process_exit(struct task_struct *p)`, run by each exiting thread: reported once,
+/// by the last thread of the process (`signal->live` has dropped to 0 by then), with the
+/// status its parent will reap.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn agentcage_exit(_ctx: RawTracePointContext) -> i32 {
     // SAFETY: a helper without preconditions.
@@ -188,14 +193,15 @@ pub fn agentcage_exit(_ctx: RawTracePointContext) -> i32 {
     let Some(cage) = cage_of(cgroup_id) else {
         return 0;
     };
-    // SAFETY: as above.
-    let pid_tgid = unsafe { bpf_get_current_pid_tgid() };
-    if pid_tgid as u32 != (pid_tgid >> 32) as u32 {
-        return 0;
-    }
     let s = settings();
     // SAFETY: as above.
     let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() } as *const u8;
+    let signal = read::<*const u8>(task, s.task_signal).unwrap_or_default();
+    // Unreadable counts as alive: one missed exit is better than a process marked ended
+    // while it runs.
+    if read::<i32>(signal, s.signal_live).unwrap_or(1) != 0 {
+        return 0;
+    }
     let exit_code = read::<u32>(task, s.task_exit_code).unwrap_or(0);
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
         count(cgroup_id, Counter::Lost(KIND_EXIT));

@@ -5,6 +5,7 @@
 use std::{
     io::{self, BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
+    os::unix::fs::OpenOptionsExt as _,
     os::unix::net::UnixStream,
     process::exit,
 };
@@ -23,6 +24,14 @@ fn report(r: io::Result<()>) -> i32 {
             println!("err {}", errno(&e));
             errno(&e)
         }
+    }
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -73,6 +82,23 @@ fn op(args: &[&str]) -> io::Result<()> {
             .write(mode.contains('w'))
             .open(path)
             .map(drop),
+        ["open-trunc", path] => std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_TRUNC)
+            .open(path)
+            .map(drop),
+        ["truncate", path] => {
+            let c = std::ffi::CString::new(*path)?;
+            // SAFETY: a NUL-terminated path.
+            check(unsafe { libc::truncate(c.as_ptr(), 0) })
+        }
+        ["link", from, to] => std::fs::hard_link(from, to),
+        ["rename", from, to] => std::fs::rename(from, to),
+        ["unlink", path] => std::fs::remove_file(path),
+        ["create", path] => std::fs::File::create(path).map(drop),
+        ["mkdir", path] => std::fs::create_dir(path),
+        // SAFETY: unshare has no memory preconditions.
+        ["userns"] => check(unsafe { libc::unshare(libc::CLONE_NEWUSER) }),
         // Runs a program and waits: ok if it ran and exited 0, the errno if exec failed.
         ["exec", program, args @ ..] => {
             let status = std::process::Command::new(program).args(args).status()?;

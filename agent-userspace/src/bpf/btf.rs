@@ -40,6 +40,7 @@ const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
 const KIND_TYPE_TAG: u32 = 18;
+const KIND_FUNC: u32 = 12;
 
 #[derive(Clone, Copy)]
 struct Member {
@@ -61,6 +62,7 @@ pub struct Btf {
     types: Vec<Type>,
     strings: Vec<u8>,
     structs_by_name: HashMap<String, u32>,
+    funcs_by_name: HashMap<String, u32>,
 }
 
 fn u32_at(data: &[u8], at: usize) -> Option<u32> {
@@ -130,7 +132,19 @@ impl Btf {
                     }
                     12 * vlen
                 }
-                6 | 13 => 8 * vlen,        // enum, func_proto
+                13 => {
+                    // func_proto: parameters (name, type); kept as members, index as offset.
+                    for i in 0..vlen {
+                        let m = at + i * 8;
+                        members.push(Member {
+                            name_off: u32_at(types_data, m)?,
+                            type_id: u32_at(types_data, m + 4)?,
+                            bit_offset: i as u32,
+                        });
+                    }
+                    8 * vlen
+                }
+                6 => 8 * vlen,             // enum
                 15 | 19 => 12 * vlen,      // datasec, enum64
                 2 | 7..=12 | 16 | 18 => 0, // ptr, fwd, typedef, modifiers, func, float, type_tag
                 _ => return None,
@@ -147,8 +161,13 @@ impl Btf {
             types,
             strings,
             structs_by_name: HashMap::new(),
+            funcs_by_name: HashMap::new(),
         };
         for (id, t) in btf.types.iter().enumerate() {
+            if t.kind == KIND_FUNC {
+                let name = btf.name(t.name_off).to_owned();
+                btf.funcs_by_name.entry(name).or_insert(id as u32);
+            }
             // Forward declarations and empty duplicates carry no members; the definition wins.
             if (t.kind == KIND_STRUCT || t.kind == KIND_UNION) && !t.members.is_empty() {
                 let name = btf.name(t.name_off).to_owned();
@@ -197,6 +216,20 @@ impl Btf {
         None
     }
 
+    /// Position (from 0) of parameter `param` of function `func`: LSM hooks gain and lose
+    /// parameters across kernel versions.
+    pub fn param_index(&self, func: &str, param: &str) -> Result<u32, BtfError> {
+        let missing = || BtfError::Missing(format!("parameter {param} of {func}"));
+        let id = *self.funcs_by_name.get(func).ok_or_else(missing)?;
+        let proto = self.types.get(id as usize).ok_or_else(missing)?.referee;
+        let t = self.types.get(proto as usize).ok_or_else(missing)?;
+        t.members
+            .iter()
+            .find(|m| self.name(m.name_off) == param)
+            .map(|m| m.bit_offset)
+            .ok_or_else(missing)
+    }
+
     /// Byte offset of `path` (e.g. `file.f_path.dentry`): a struct name, then fields.
     pub fn offset_of(&self, path: &str) -> Result<u32, BtfError> {
         let missing = || BtfError::Missing(path.to_owned());
@@ -241,6 +274,11 @@ pub fn kernel_settings(btf: &Btf) -> Result<KernelSettings, BtfError> {
         dentry_parent: btf.offset_of("dentry.d_parent")?,
         dentry_inode: btf.offset_of("dentry.d_inode")?,
         socket_type: btf.offset_of("socket.type")?,
+        task_signal: btf.offset_of("task_struct.signal")?,
+        signal_live: btf.offset_of("signal_struct.live")?,
+        file_flags: btf.offset_of("file.f_flags")?,
+        path_dentry: btf.offset_of("path.dentry")?,
+        mmap_prot_arg: btf.param_index("bpf_lsm_mmap_file", "prot").unwrap_or(2),
     })
 }
 
@@ -268,6 +306,15 @@ mod tests {
             btf.offset_of("file.f_path").unwrap() + 8,
             "dentry follows mnt in struct path"
         );
+    }
+
+    #[test]
+    fn finds_hook_parameters() {
+        let btf = Btf::from_sys_fs().unwrap();
+        // security_file_open(struct file *file): one parameter.
+        assert_eq!(btf.param_index("security_file_open", "file").unwrap(), 0);
+        let prot = btf.param_index("security_mmap_file", "prot").unwrap();
+        assert!((1..=2).contains(&prot), "prot is parameter {prot}");
     }
 
     #[test]

@@ -42,6 +42,37 @@ const TRACEPOINTS: [(&str, &str, &str); 3] = [
     ),
 ];
 
+const FILES: &str = "deny tier: file rules (refuse protected, report watched)";
+
+/// The deny tier's LSM hooks other than exec: (program, hook, purpose).
+const LSM_HOOKS: [(&str, &str, &str); 13] = [
+    (
+        "agentcage_mmap_file",
+        "mmap_file",
+        "deny tier: exec deny rules also for programs mapped by the dynamic loader",
+    ),
+    (
+        "agentcage_socket_connect",
+        "socket_connect",
+        "deny tier: egress second line, judges the caller's cage (also for passed-in sockets)",
+    ),
+    ("agentcage_file_open", "file_open", FILES),
+    ("agentcage_path_truncate", "path_truncate", FILES),
+    ("agentcage_inode_unlink", "inode_unlink", FILES),
+    ("agentcage_inode_rmdir", "inode_rmdir", FILES),
+    ("agentcage_inode_rename", "inode_rename", FILES),
+    ("agentcage_inode_link", "inode_link", FILES),
+    ("agentcage_inode_create", "inode_create", FILES),
+    ("agentcage_inode_mkdir", "inode_mkdir", FILES),
+    ("agentcage_inode_mknod", "inode_mknod", FILES),
+    ("agentcage_inode_symlink", "inode_symlink", FILES),
+    (
+        "agentcage_userns_create",
+        "userns_create",
+        "deny tier: no user namespaces in cages with file rules",
+    ),
+];
+
 /// The attached host-wide hooks and what they give.
 pub struct GlobalHooks {
     pins: Vec<(PathBuf, PinnedLink)>,
@@ -85,19 +116,14 @@ impl GlobalHooks {
             }
         }
         let lsm_purpose = "deny tier: exec refused with EPERM";
-        let file_purpose = "deny tier: protected opens refused with EPERM; watched opens reported";
-        let connect_purpose =
-            "deny tier: egress second line, judges the caller's cage (also for passed-in sockets)";
         if tier == Tier::Kill {
-            for (name, hook, purpose) in [
-                ("agentcage_bprm_check", "bprm_check_security", lsm_purpose),
-                ("agentcage_file_open", "file_open", file_purpose),
-                (
-                    "agentcage_socket_connect",
-                    "socket_connect",
-                    connect_purpose,
-                ),
-            ] {
+            hooks.note(
+                "agentcage_bprm_check",
+                "lsm/bprm_check_security",
+                lsm_purpose,
+                "not loaded: kill tier (no BPF LSM)",
+            );
+            for (name, hook, purpose) in LSM_HOOKS {
                 hooks.note(
                     name,
                     &format!("lsm/{hook}"),
@@ -110,15 +136,10 @@ impl GlobalHooks {
         let btf = lsm_btf()?;
         let bprm = Self::load_lsm(ebpf, &btf)?;
         hooks.content_hashes = bprm == "agentcage_bprm_check";
-        for (name, hook, purpose) in [
-            (bprm, "bprm_check_security", lsm_purpose),
-            ("agentcage_file_open", "file_open", file_purpose),
-            (
-                "agentcage_socket_connect",
-                "socket_connect",
-                connect_purpose,
-            ),
-        ] {
+        let all = [(bprm, "bprm_check_security", lsm_purpose)]
+            .into_iter()
+            .chain(LSM_HOOKS);
+        for (name, hook, purpose) in all {
             if let Err(e) = hooks.attach_lsm(ebpf, &btf, name, hook, dir, tag) {
                 hooks.drop_all();
                 return Err(e);
@@ -149,8 +170,9 @@ impl GlobalHooks {
                 "agentcage_bprm_check_inode"
             }
         };
-        load_one_lsm(ebpf, btf, "agentcage_file_open", "file_open")?;
-        load_one_lsm(ebpf, btf, "agentcage_socket_connect", "socket_connect")?;
+        for (name, hook, _) in LSM_HOOKS {
+            load_one_lsm(ebpf, btf, name, hook)?;
+        }
         Ok(bprm)
     }
 

@@ -107,6 +107,14 @@ impl ProcessTree {
     /// `pid` now runs `program`.
     pub fn on_exec(&mut self, pid: u32, ppid: u32, program: String, argv: Vec<String>, ts: u64) {
         let n = self.node(pid, ts);
+        // An ended process whose pid shows up again later is a new process.
+        if n.exit.is_some() && n.last_ns <= ts {
+            *n = ProcessNode {
+                pid,
+                first_seen_ns: ts,
+                ..ProcessNode::default()
+            };
+        }
         n.last_ns = n.last_ns.max(ts);
         if ppid != 0 {
             n.ppid = ppid;

@@ -8,8 +8,12 @@ use agent_common::{
         RULE_SOCKET_ALLOWED, RULE_SOCKET_KIND,
     },
     event::Verdict,
-    file::{FileEvent, ACCESS_READ, ACCESS_WRITE},
-    process::{ExecEvent, EXEC_F_ARGV_TRUNCATED, EXEC_F_FROM_LSM, EXEC_RULE_DEFAULT},
+    file::{
+        FileEvent, ACCESS_READ, ACCESS_WRITE, OP_CREATE, OP_LINK, OP_OPEN, OP_RENAME, OP_TRUNCATE,
+        OP_UNLINK, OP_USERNS, RULE_TOO_DEEP, RULE_USERNS,
+    },
+    maps::MAX_FILE_DEPTH,
+    process::{ExecEvent, EXEC_F_ARGV_TRUNCATED, EXEC_F_FROM_LSM, EXEC_F_MMAP, EXEC_RULE_DEFAULT},
 };
 
 use crate::{
@@ -110,7 +114,9 @@ pub fn exec(e: &ExecEvent, policy: Option<&AgentPolicy>) -> ExecDetail {
         sha256: None,
         sha256_error: None,
         verdict: verdict_name(e.verdict),
-        hook: if e.flags & EXEC_F_FROM_LSM != 0 {
+        hook: if e.flags & EXEC_F_MMAP != 0 {
+            "lsm_mmap".to_owned()
+        } else if e.flags & EXEC_F_FROM_LSM != 0 {
             "lsm".to_owned()
         } else {
             "tracepoint".to_owned()
@@ -126,11 +132,26 @@ pub fn file(
     policy: Option<&AgentPolicy>,
     paths: Option<&HashMap<(u32, u64), String>>,
 ) -> FileDetail {
-    let text = policy.and_then(|p| p.files.describe_rule(e.rule_id));
-    let rule = text
-        .as_deref()
-        .and_then(|t| t.split_once(' '))
-        .map_or_else(|| format!("files[{}]", e.rule_id), |(n, _)| n.to_owned());
+    let (rule, text) = match e.rule_id {
+        RULE_TOO_DEEP => (
+            "too-deep".to_owned(),
+            Some(format!(
+                "more than {MAX_FILE_DEPTH} directories deep in a cage with file rules"
+            )),
+        ),
+        RULE_USERNS => (
+            "no-userns".to_owned(),
+            Some("no user namespaces in a cage with file rules".to_owned()),
+        ),
+        id => {
+            let text = policy.and_then(|p| p.files.describe_rule(id));
+            let rule = text
+                .as_deref()
+                .and_then(|t| t.split_once(' '))
+                .map_or_else(|| format!("files[{id}]"), |(n, _)| n.to_owned());
+            (rule, text)
+        }
+    };
     let access = match (e.access & ACCESS_READ != 0, e.access & ACCESS_WRITE != 0) {
         (true, true) => "read+write",
         (true, false) => "read",
@@ -147,6 +168,17 @@ pub fn file(
         inode: e.ino,
         depth: e.depth,
         access: access.to_owned(),
+        op: match e.op {
+            OP_OPEN => "open",
+            OP_TRUNCATE => "truncate",
+            OP_UNLINK => "unlink",
+            OP_RENAME => "rename",
+            OP_LINK => "link",
+            OP_CREATE => "create",
+            OP_USERNS => "userns_create",
+            _ => "other",
+        }
+        .to_owned(),
         verdict: verdict_name(e.verdict),
         rule,
         rule_text: text,

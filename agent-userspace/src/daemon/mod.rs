@@ -231,7 +231,8 @@ async fn start(
 
     signals
         .wait_for_stop(&shared, || {
-            watch_links(&mut programs, &mut ebpf, root.dir().path())
+            watch_links(&mut programs, &mut ebpf, root.dir().path());
+            shared.state().reap_retired();
         })
         .await;
     tasks.abort_all();

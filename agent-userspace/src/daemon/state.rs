@@ -11,7 +11,8 @@ use std::{
 };
 
 use agent_common::cage::{
-    CageConfig, CAGE_F_ALLOW_RAW, CAGE_F_EXEC_DEFAULT_DENY, CAGE_F_EXEC_HASHES, CAGE_F_FILES,
+    CageConfig, CAGE_F_ALLOW_RAW, CAGE_F_EXEC_DEFAULT_DENY, CAGE_F_EXEC_DIGESTS_REQUIRED,
+    CAGE_F_EXEC_HASHES, CAGE_F_FILES,
 };
 use nix::sys::inotify::{AddWatchFlags, Inotify, WatchDescriptor};
 use tracing::{info, warn};
@@ -27,7 +28,7 @@ use crate::{
     identity::AgentIdentity,
     policy::{
         compile_egress, compile_exec, compile_files, validate_agent_name, AgentPolicy,
-        CompiledAgent, Enforcement, InodeError, Policy, PolicyError,
+        CompiledAgent, Enforcement, Policy, PolicyError,
     },
 };
 
@@ -82,9 +83,6 @@ pub enum StateError {
         /// Why.
         why: String,
     },
-    /// A file named by an exec or file rule could not be read.
-    #[error(transparent)]
-    Inodes(#[from] InodeError),
     /// The agent's policy needs the deny tier and this kernel gives only the kill tier.
     #[error(
         "refused to start agent {agent:?}: its policy needs the deny tier ({needs}), but this \
@@ -178,10 +176,15 @@ pub struct State {
     /// event still in the ring buffer after a reload names the rule that really decided.
     slot_policies: HashMap<u32, Arc<Policy>>,
     retired: std::collections::VecDeque<u32>,
+    /// Retired slots whose entries are still in the maps, with when they were retired.
+    draining: std::collections::VecDeque<(std::time::Instant, SlotEntries)>,
 }
 
 /// How many agent names are remembered for events before only live ones are kept.
 const MAX_KNOWN_AGENTS: usize = 16_384;
+
+/// How long a retired slot's entries stay in the maps for decisions already under way.
+const SLOT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How many retired slots keep their policy for late events.
 const RETIRED_SLOTS: usize = 1024;
@@ -216,6 +219,7 @@ impl State {
             stopping: false,
             slot_policies: HashMap::new(),
             retired: std::collections::VecDeque::new(),
+            draining: std::collections::VecDeque::new(),
         }
     }
 
@@ -280,8 +284,8 @@ impl State {
         };
         let compiled = CompiledAgent {
             egress: compile_egress(agent, &p.egress)?,
-            exec: compile_exec(&format!("{at}.exec"), &p.exec)?,
-            files: compile_files(&format!("{at}.files"), &p.files)?,
+            exec: compile_exec(&format!("{at}.exec"), &p.exec),
+            files: compile_files(&format!("{at}.files"), &p.files),
         };
         for unmatched in compiled
             .exec
@@ -317,6 +321,9 @@ impl State {
         }
         if !compiled.exec.hashes.is_empty() && kernel.content_hashes {
             flags |= CAGE_F_EXEC_HASHES;
+        }
+        if compiled.exec.has_digest_rules {
+            flags |= CAGE_F_EXEC_DIGESTS_REQUIRED;
         }
         if !compiled.files.inodes.is_empty() {
             flags |= CAGE_F_FILES;
@@ -363,13 +370,17 @@ impl State {
             return Err(e.into());
         }
         let events = dir.events_file();
-        let watch = self
-            .inotify
-            .add_watch(&events, AddWatchFlags::IN_MODIFY)
-            .map_err(|source| StateError::Watch {
-                path: events,
-                source,
-            })?;
+        let watch = match self.inotify.add_watch(&events, AddWatchFlags::IN_MODIFY) {
+            Ok(w) => w,
+            Err(source) => {
+                self.maps.remove_cage(cgroup_id);
+                self.maps.clear_slot(&entries);
+                return Err(StateError::Watch {
+                    path: events,
+                    source,
+                });
+            }
+        };
         self.watches.insert(watch, agent.to_owned());
         self.cages.insert(
             agent.to_owned(),
@@ -567,7 +578,7 @@ impl State {
             let _ = self.inotify.rm_watch(cage.watch);
             self.watches.remove(&cage.watch);
             self.maps.remove_cage(cage.cgroup_id);
-            self.retire(&cage.slot);
+            self.retire(cage.slot);
             info!(agent, "cage removed: its last process exited");
         }
     }
@@ -626,7 +637,7 @@ impl State {
             self.slot_policies
                 .insert(entries.slot(), Arc::clone(&policy));
             let old = std::mem::replace(&mut cage.slot, entries);
-            self.retire(&old);
+            self.retire(old);
         }
         self.policy = policy;
         info!(
@@ -683,13 +694,30 @@ impl State {
     }
 
     /// Empties a slot no cage uses any more, keeping its policy a while for late events.
-    fn retire(&mut self, entries: &SlotEntries) {
-        self.maps.clear_slot(entries);
+    fn retire(&mut self, entries: SlotEntries) {
         self.retired.push_back(entries.slot());
+        // Emptied after a grace period, not now: a program that read the cage's old slot
+        // just before the switch may still be looking it up (the sleepable exec hook can
+        // spend milliseconds hashing), and an emptied slot would judge by defaults.
+        self.draining
+            .push_back((std::time::Instant::now(), entries));
+        self.reap_retired();
         while self.retired.len() > RETIRED_SLOTS {
             if let Some(old) = self.retired.pop_front() {
                 self.slot_policies.remove(&old);
                 self.slot_paths.remove(&old);
+            }
+        }
+    }
+
+    /// Empties the retired slots whose grace period is over.
+    pub fn reap_retired(&mut self) {
+        while let Some((at, _)) = self.draining.front() {
+            if at.elapsed() < SLOT_GRACE {
+                break;
+            }
+            if let Some((_, entries)) = self.draining.pop_front() {
+                self.maps.clear_slot(&entries);
             }
         }
     }

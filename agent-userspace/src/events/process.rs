@@ -30,7 +30,8 @@ pub struct ExecDetail {
     pub sha256_error: Option<String>,
     /// `allow`, `deny` (refused with EPERM) or `killed` (SIGKILL before the new image ran).
     pub verdict: String,
-    /// `lsm` (bprm_check_security, before the exec) or `tracepoint` (sched_process_exec).
+    /// `lsm` (bprm_check_security, before the exec), `lsm_mmap` (mapped executable without
+    /// exec, e.g. by the dynamic loader) or `tracepoint` (sched_process_exec).
     pub hook: String,
     /// The rule that decided: `exec.allow[N]`, `exec.deny[N]` or `default`.
     pub rule: String,
@@ -90,6 +91,9 @@ pub struct FileDetail {
     pub depth: u8,
     /// `read`, `write` or `read+write`.
     pub access: String,
+    /// What was attempted: `open`, `truncate`, `unlink`, `rename`, `link`, `create` or
+    /// `userns_create`.
+    pub op: String,
     /// `deny` (refused with EPERM) or `observed`.
     pub verdict: String,
     /// `files.protect[N]` or `files.watch[N]`.

@@ -21,27 +21,67 @@ use sha2::{Digest, Sha256};
 
 use super::exec::{ExecDefault, ExecMatch, ExecPolicy, FileRuleSpec, FilesPolicy};
 
-/// A pattern that could not be resolved.
-#[derive(Debug, thiserror::Error)]
-pub enum InodeError {
-    /// A file named by a rule could not be read or hashed.
-    #[error("{rule}: {path}: {source}")]
-    Io {
-        /// The rule, e.g. `agents.a.exec.deny[0]`.
-        rule: String,
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: io::Error,
-    },
-}
-
 /// The kernel's encoding of a device number (`MAJOR << 20 | MINOR`, as in `sb->s_dev`);
 /// stat(2) reports the user-space encoding.
 pub fn kernel_dev(st_dev: u64) -> u32 {
     let (major, minor) = (libc::major(st_dev), libc::minor(st_dev));
     (major << 20) | (minor & 0xf_ffff)
+}
+
+/// The `sb->s_dev` of the file system holding `f`, as the kernel hooks see it. stat(2)'s
+/// st_dev is not always that (btrfs reports a device per subvolume, overlayfs may report
+/// a layer's), so it is read from the file's mount (statx `STATX_MNT_ID`) in
+/// /proc/self/mountinfo, whose third field is the super block's device.
+pub fn kernel_dev_of(f: &impl std::os::fd::AsFd) -> Option<u32> {
+    use std::os::fd::AsRawFd as _;
+    const STATX_MNT_ID: u32 = 0x1000;
+    // SAFETY: an all-zero statx is a valid output buffer.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid fd, an empty NUL-terminated path with AT_EMPTY_PATH, and a buffer.
+    let rc = unsafe {
+        libc::statx(
+            f.as_fd().as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            STATX_MNT_ID,
+            &raw mut stx,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    if stx.stx_mask & STATX_MNT_ID == 0 {
+        // Kernels before 5.8: stat's device is the best there is.
+        return Some((stx.stx_dev_major << 20) | (stx.stx_dev_minor & 0xf_ffff));
+    }
+    mount_dev(stx.stx_mnt_id)
+}
+
+thread_local! {
+    /// Mount id → kernel device, from mountinfo; read again on a miss (a new mount).
+    static MOUNT_DEVS: std::cell::RefCell<HashMap<u64, u32>> = Default::default();
+}
+
+fn mount_dev(mnt_id: u64) -> Option<u32> {
+    if let Some(d) = MOUNT_DEVS.with(|m| m.borrow().get(&mnt_id).copied()) {
+        return Some(d);
+    }
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let fresh: HashMap<u64, u32> = text
+        .lines()
+        .filter_map(|l| {
+            let mut fields = l.split_whitespace();
+            let id = fields.next()?.parse().ok()?;
+            let (major, minor) = fields.nth(1)?.split_once(':')?;
+            Some((
+                id,
+                (major.parse::<u32>().ok()? << 20) | minor.parse::<u32>().ok()?,
+            ))
+        })
+        .collect();
+    let found = fresh.get(&mnt_id).copied();
+    MOUNT_DEVS.with(|m| *m.borrow_mut() = fresh);
+    found
 }
 
 /// Exec rules for one agent.
@@ -55,7 +95,7 @@ pub struct CompiledExec {
     pub default_deny: bool,
     /// Whether a rule is by content only (`sha256:`), which only the deny tier enforces.
     pub has_digest_rules: bool,
-    /// Patterns that matched nothing, for a warning.
+    /// Patterns that matched nothing or files that could not be read, for a warning.
     pub unmatched: Vec<String>,
 }
 
@@ -66,7 +106,7 @@ pub struct CompiledFiles {
     pub inodes: BTreeMap<(u32, u64), FileRule>,
     /// The path each inode was found at, for events.
     pub paths: HashMap<(u32, u64), String>,
-    /// Patterns that matched nothing, for a warning.
+    /// Patterns that matched nothing or files that could not be read, for a warning.
     pub unmatched: Vec<String>,
 }
 
@@ -100,9 +140,16 @@ fn glob_chars(s: &str) -> bool {
 }
 
 fn identity(path: &Path) -> io::Result<(u32, u64)> {
-    // Follow symlinks: the kernel sees the file they point to.
-    let meta = std::fs::metadata(path)?;
-    Ok((kernel_dev(meta.dev()), meta.ino()))
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // Follow symlinks (the kernel sees the file they point to); O_PATH opens nothing.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(path)?;
+    let ino = f.metadata()?.ino();
+    let dev = kernel_dev_of(&f)
+        .ok_or_else(|| io::Error::other("cannot tell the file system's device"))?;
+    Ok((dev, ino))
 }
 
 /// SHA-256 of a file's content.
@@ -114,7 +161,7 @@ pub fn sha256_file(path: &Path) -> io::Result<[u8; 32]> {
 }
 
 /// Resolves `exec`; `at` names the section in errors (e.g. `agents.a.exec`).
-pub fn compile_exec(at: &str, exec: &ExecPolicy) -> Result<CompiledExec, InodeError> {
+pub fn compile_exec(at: &str, exec: &ExecPolicy) -> CompiledExec {
     let mut out = CompiledExec {
         default_deny: exec.default == ExecDefault::Deny,
         ..CompiledExec::default()
@@ -142,33 +189,40 @@ pub fn compile_exec(at: &str, exec: &ExecPolicy) -> Result<CompiledExec, InodeEr
                 insert_hash(&mut out.hashes, *d, rule);
             }
             ExecMatch::Path(p) => {
-                let files = resolve(p);
+                // Programs are files: a directory pattern means the files below it
+                // (`DIR/**` recursively, as glob reads it).
+                let files: Vec<PathBuf> = glob::glob(p)
+                    .map(|paths| paths.flatten().filter(|f| f.is_file()).collect())
+                    .unwrap_or_default();
                 if files.is_empty() {
-                    out.unmatched.push(format!("{name} {p}"));
+                    out.unmatched.push(format!("{name} {p}: matches no file"));
                 }
                 for path in files {
-                    if path.is_dir() {
-                        continue;
-                    }
-                    let id = identity(&path).map_err(|source| InodeError::Io {
-                        rule: name.clone(),
-                        path: path.clone(),
-                        source,
-                    })?;
+                    // A file that vanished or cannot be read is reported, not fatal: the
+                    // agent could otherwise block every reload by planting one.
+                    let id = match identity(&path) {
+                        Ok(id) => id,
+                        Err(e) => {
+                            out.unmatched
+                                .push(format!("{name} {}: {e}", path.display()));
+                            continue;
+                        }
+                    };
                     insert_inode(&mut out.inodes, id, rule);
                     if action == EXEC_DENY {
-                        let digest = sha256_file(&path).map_err(|source| InodeError::Io {
-                            rule: name.clone(),
-                            path: path.clone(),
-                            source,
-                        })?;
-                        insert_hash(&mut out.hashes, digest, rule);
+                        match sha256_file(&path) {
+                            Ok(digest) => insert_hash(&mut out.hashes, digest, rule),
+                            Err(e) => out.unmatched.push(format!(
+                                "{name} {}: content not hashed, copies are not denied: {e}",
+                                path.display()
+                            )),
+                        }
                     }
                 }
             }
         }
     }
-    Ok(out)
+    out
 }
 
 fn insert_inode(map: &mut BTreeMap<(u32, u64), ExecRule>, key: (u32, u64), rule: ExecRule) {
@@ -186,7 +240,7 @@ fn insert_hash(map: &mut BTreeMap<[u8; 32], ExecRule>, key: [u8; 32], rule: Exec
 }
 
 /// Resolves `files`; `at` names the section in errors.
-pub fn compile_files(at: &str, files: &FilesPolicy) -> Result<CompiledFiles, InodeError> {
+pub fn compile_files(at: &str, files: &FilesPolicy) -> CompiledFiles {
     let mut out = CompiledFiles::default();
     let specs = files
         .protect
@@ -203,14 +257,17 @@ pub fn compile_files(at: &str, files: &FilesPolicy) -> Result<CompiledFiles, Ino
         let name = format!("{at}.{list}[{index}]");
         let found = resolve(&path.0);
         if found.is_empty() {
-            out.unmatched.push(format!("{name} {path}"));
+            out.unmatched
+                .push(format!("{name} {path}: matches nothing"));
         }
         for p in found {
-            let key = identity(&p).map_err(|source| InodeError::Io {
-                rule: name.clone(),
-                path: p.clone(),
-                source,
-            })?;
+            let key = match identity(&p) {
+                Ok(k) => k,
+                Err(e) => {
+                    out.unmatched.push(format!("{name} {}: {e}", p.display()));
+                    continue;
+                }
+            };
             let entry = out.inodes.entry(key).or_insert(FileRule {
                 rule_id: id as u32,
                 ..FileRule::default()
@@ -226,7 +283,7 @@ pub fn compile_files(at: &str, files: &FilesPolicy) -> Result<CompiledFiles, Ino
                 .or_insert_with(|| p.display().to_string());
         }
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
@@ -252,7 +309,7 @@ mod tests {
             allow: vec![ExecMatch::Path(p.clone())],
             deny: vec![ExecMatch::Path(p)],
         };
-        let c = compile_exec("agents.a.exec", &exec).unwrap();
+        let c = compile_exec("agents.a.exec", &exec);
         let rule = c.inodes.values().next().unwrap();
         assert_eq!((rule.action, rule.rule_id), (EXEC_DENY, 1));
         let digest = sha256_file(&bin).unwrap();
@@ -273,7 +330,7 @@ mod tests {
                 spec(&format!("{d}/none-*"), Access::default()),
             ],
         };
-        let c = compile_files("agents.a.files", &files).unwrap();
+        let c = compile_files("agents.a.files", &files);
         assert_eq!(c.inodes.len(), 2, "the .key file and the directory");
         assert_eq!(c.unmatched.len(), 1);
         assert!(

@@ -21,7 +21,7 @@ pub use exec::{
     Access, Enforcement, ExecDefault, ExecMatch, ExecPolicy, FilePattern, FileRuleSpec, FilesPolicy,
 };
 pub use inodes::{
-    compile_exec, compile_files, kernel_dev, CompiledExec, CompiledFiles, InodeError,
+    compile_exec, compile_files, kernel_dev, kernel_dev_of, CompiledExec, CompiledFiles,
 };
 pub use schema::{AgentPolicy, AllowEvents, AllowRule, EgressPolicy, PortRange, SCHEMA_VERSION};
 
