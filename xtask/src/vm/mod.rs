@@ -83,7 +83,7 @@ const VCPUS: u32 = 2;
 const VM_ENV: &[(&str, &str)] = &[("AGENTCAGE_TEST_DEADLINE_SECS", "60")];
 
 /// Seconds one boot may take by default, from qemu's start to its exit.
-pub const DEFAULT_TIMEOUT_SECS: u64 = 480;
+pub const DEFAULT_TIMEOUT_SECS: u64 = 600;
 
 #[derive(clap::Args)]
 pub struct VmArgs {
