@@ -258,7 +258,7 @@ fn allow_events_none_reports_denials_only() {
     assert_eq!(cage.op(&format!("connect 127.0.0.1:{port}")), "ok");
     assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), EPERM);
     // Events arrive in order through one ring buffer: the first one is the denial.
-    let first = events.wait_event("the first egress event", |e| e["kind"] == "egress");
+    let first = events.wait_event("the first decision", |e| e["kind"] == "egress");
     assert_eq!(first["verdict"], "deny", "{first}");
     // The allowed connect was still counted.
     let status = daemon

@@ -13,6 +13,13 @@ pub const CAGE_F_FILES: u32 = 1 << 3;
 /// The policy names content (`sha256:` rules): an exec whose content cannot be hashed is
 /// refused rather than judged by file alone.
 pub const CAGE_F_EXEC_DIGESTS_REQUIRED: u32 = 1 << 4;
+/// A hard budget limit was reached: every new connect and send is denied with
+/// [`crate::egress::Verdict::Budget`] until the daemon lifts it.
+pub const CAGE_F_THROTTLED: u32 = 1 << 5;
+/// The approval-required rung: destinations outside the allow list are denied with
+/// [`crate::egress::Verdict::PendingApproval`] unless a person approved that destination
+/// (an [`crate::approval::ApprovalKey`] naming it, unexpired).
+pub const CAGE_F_APPROVAL_ALL: u32 = 1 << 6;
 
 /// What the kernel needs to know about one cage. Written by user space only.
 #[repr(C)]

@@ -8,6 +8,11 @@ pub const PROTO_TCP: u8 = 1 << 0;
 /// See [`PROTO_TCP`].
 pub const PROTO_UDP: u8 = 1 << 1;
 
+/// [`PortRule::flags`] bit: a match allows only while a person's approval of the rule for
+/// this cage is unexpired (see [`crate::approval`]); otherwise the verdict is
+/// [`Verdict::PendingApproval`].
+pub const RULE_F_APPROVAL: u8 = 1 << 0;
+
 /// How many port rules one trie entry can hold (its own plus those of every shorter prefix
 /// that covers it; user space folds them in so the longest match alone decides).
 pub const MAX_PORT_RULES: usize = 16;
@@ -25,6 +30,8 @@ pub const RULE_SOCKET_ALLOWED: u32 = u32::MAX - 3;
 pub const RULE_IP_OPTIONS: u32 = u32::MAX - 4;
 /// `rule_id` when an IPv6 packet carried a routing header (likewise).
 pub const RULE_ROUTING_HEADER: u32 = u32::MAX - 5;
+/// `rule_id` when the cage is throttled because a hard budget limit was reached.
+pub const RULE_BUDGET: u32 = u32::MAX - 6;
 
 /// Which hook decided.
 #[repr(u8)]
@@ -110,8 +117,10 @@ pub struct PortRule {
     pub port_hi: u16,
     /// `PROTO_*` bits.
     pub protocols: u8,
+    /// `RULE_F_*` bits.
+    pub flags: u8,
     /// Padding, zero.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 2],
     /// Index of the rule in the agent's `egress.allow` list; reported on events.
     pub rule_id: u32,
 }

@@ -54,6 +54,11 @@ pub enum Verdict {
     /// The kill tier's SIGKILL could not be sent (the helper failed): the operation went
     /// ahead although the policy forbids it. Reported so it is never silent.
     KillFailed = 5,
+    /// The operation failed with EPERM because it needs a person's approval that it does not
+    /// have (yet, or any more).
+    PendingApproval = 6,
+    /// The operation failed with EPERM because the cage is over a hard budget limit.
+    Budget = 7,
 }
 
 impl Verdict {
@@ -65,6 +70,8 @@ impl Verdict {
             3 => Some(Self::Killed),
             4 => Some(Self::Observed),
             5 => Some(Self::KillFailed),
+            6 => Some(Self::PendingApproval),
+            7 => Some(Self::Budget),
             _ => None,
         }
     }
@@ -77,6 +84,8 @@ impl Verdict {
             Self::Killed => "killed",
             Self::Observed => "observed",
             Self::KillFailed => "kill-failed",
+            Self::PendingApproval => "pending-approval",
+            Self::Budget => "budget",
         }
     }
 }

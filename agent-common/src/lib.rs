@@ -5,6 +5,7 @@
 //! names and sizes both sides use.
 #![no_std]
 
+pub mod approval;
 pub mod cage;
 pub mod egress;
 pub mod event;

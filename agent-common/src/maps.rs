@@ -16,6 +16,10 @@ pub const EXEC_HASHES: &str = "EXEC_HASHES";
 pub const FILE_RULES: &str = "FILE_RULES";
 /// One [`crate::kernel::KernelSettings`] at index 0.
 pub const SETTINGS: &str = "SETTINGS";
+/// Approvals: [`crate::approval::ApprovalKey`] → expiry (boot-time ns).
+pub const APPROVALS: &str = "APPROVALS";
+/// How many approvals can be in force at once.
+pub const MAX_APPROVALS: u32 = 4096;
 /// The ring buffer every event goes through.
 pub const EVENTS: &str = "EVENTS";
 /// Events lost because the agent was unknown when the ring buffer was full.

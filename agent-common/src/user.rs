@@ -1,6 +1,7 @@
 //! User-space only: let aya read and write these types in maps.
 
 use crate::{
+    approval::ApprovalKey,
     cage::{CageConfig, CageStats},
     egress::{Key4, Key6, PortRules},
     file::{FileRule, InodeKey},
@@ -29,3 +30,4 @@ unsafe impl aya::Pod for ExecRule {}
 unsafe impl aya::Pod for HashKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for KernelSettings {}
+unsafe impl aya::Pod for ApprovalKey {}

@@ -5,16 +5,18 @@
 //! the size of the allow list.
 
 use agent_common::{
-    cage::{CageConfig, CAGE_F_ALLOW_RAW},
+    approval::ApprovalKey,
+    cage::{CageConfig, CAGE_F_ALLOW_RAW, CAGE_F_APPROVAL_ALL, CAGE_F_THROTTLED},
     egress::{
         EgressEvent, Hook, Key4, Key6, PortRules, Verdict, MAX_PORT_RULES, PROTO_TCP, PROTO_UDP,
-        RULE_DEFAULT_DENY, RULE_NO_CAGE, RULE_SOCKET_ALLOWED, RULE_SOCKET_KIND, SLOT_BITS,
+        RULE_BUDGET, RULE_DEFAULT_DENY, RULE_F_APPROVAL, RULE_NO_CAGE, RULE_SOCKET_ALLOWED,
+        RULE_SOCKET_KIND, SLOT_BITS,
     },
     event::KIND_EGRESS,
 };
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    helpers::generated::{bpf_get_current_cgroup_id, bpf_get_prandom_u32},
+    helpers::generated::{bpf_get_current_cgroup_id, bpf_get_prandom_u32, bpf_ktime_get_boot_ns},
     macros::{cgroup_sock, cgroup_sock_addr},
     maps::lpm_trie::Key,
     programs::{SockAddrContext, SockContext},
@@ -23,7 +25,7 @@ use aya_log_ebpf::warn;
 
 use crate::{
     events::{count, header, header_without_task, Counter},
-    maps::{CAGES, EGRESS_V4, EGRESS_V6, EVENTS},
+    maps::{APPROVALS, CAGES, EGRESS_V4, EGRESS_V6, EVENTS},
 };
 
 /// Return values of cgroup sock programs.
@@ -133,7 +135,7 @@ fn decide(attempt: &Attempt) -> i32 {
         report(attempt, None, cgroup_id, Verdict::Deny, RULE_NO_CAGE);
         return DENY;
     };
-    let (verdict, rule_id) = judge(attempt, &cage);
+    let (verdict, rule_id) = judge(attempt, &cage, cgroup_id);
     report(attempt, Some(&cage), cgroup_id, verdict, rule_id);
     if verdict == Verdict::Allow {
         ALLOW
@@ -142,9 +144,14 @@ fn decide(attempt: &Attempt) -> i32 {
     }
 }
 
-/// The cage policy's verdict on an attempt, and the deciding rule.
+/// The cage policy's verdict on an attempt, and the deciding rule: the budget throttle,
+/// then the allow list, then approvals.
 #[inline(always)]
-pub(crate) fn judge(attempt: &Attempt, cage: &CageConfig) -> (Verdict, u32) {
+pub(crate) fn judge(attempt: &Attempt, cage: &CageConfig, cgroup_id: u64) -> (Verdict, u32) {
+    // Over a hard budget: no new egress at all, whatever the allow list says.
+    if cage.flags & CAGE_F_THROTTLED != 0 {
+        return (Verdict::Budget, RULE_BUDGET);
+    }
     let proto_bit = match attempt.protocol {
         IPPROTO_TCP | IPPROTO_MPTCP => PROTO_TCP,
         IPPROTO_UDP => PROTO_UDP,
@@ -171,20 +178,61 @@ pub(crate) fn judge(attempt: &Attempt, cage: &CageConfig) -> (Verdict, u32) {
         );
         EGRESS_V6.get(&key)
     };
-    let rule_id = rules.map_or(RULE_DEFAULT_DENY, |r| {
+    let (rule_id, rule_flags) = rules.map_or((RULE_DEFAULT_DENY, 0), |r| {
         matching_rule(r, attempt.port, proto_bit)
     });
     let verdict = if rule_id == RULE_DEFAULT_DENY {
-        Verdict::Deny
+        if cage.flags & CAGE_F_APPROVAL_ALL != 0 {
+            // The approval-required rung: a destination a person approved passes.
+            let key = ApprovalKey {
+                cgroup_id,
+                rule_id,
+                port: attempt.port,
+                family: attempt.family,
+                addr: attempt.addr,
+            };
+            if approved(&key) {
+                Verdict::Allow
+            } else {
+                Verdict::PendingApproval
+            }
+        } else {
+            Verdict::Deny
+        }
+    } else if rule_flags & RULE_F_APPROVAL != 0 {
+        let key = ApprovalKey {
+            cgroup_id,
+            rule_id,
+            ..ApprovalKey::default()
+        };
+        if approved(&key) {
+            Verdict::Allow
+        } else {
+            Verdict::PendingApproval
+        }
     } else {
         Verdict::Allow
     };
     (verdict, rule_id)
 }
 
-/// The first rule admitting `port` over `proto_bit`, or `RULE_DEFAULT_DENY`.
+/// Whether a person's grant for `key` exists and has not expired. The expiry is checked here,
+/// at the decision, so a lapsed grant denies even before user space removes it.
 #[inline(always)]
-fn matching_rule(rules: &PortRules, port: u16, proto_bit: u8) -> u32 {
+fn approved(key: &ApprovalKey) -> bool {
+    // SAFETY: the value is copied out at once.
+    let Some(expiry) = APPROVALS.get_ptr(key).map(|p| unsafe { *p }) else {
+        return false;
+    };
+    // SAFETY: a helper without preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    now < expiry
+}
+
+/// The first rule admitting `port` over `proto_bit` and its `RULE_F_*` flags, or
+/// `RULE_DEFAULT_DENY`.
+#[inline(always)]
+fn matching_rule(rules: &PortRules, port: u16, proto_bit: u8) -> (u32, u8) {
     let count = rules.count as usize;
     for i in 0..MAX_PORT_RULES {
         if i >= count {
@@ -192,10 +240,10 @@ fn matching_rule(rules: &PortRules, port: u16, proto_bit: u8) -> u32 {
         }
         let r = &rules.rules[i];
         if r.protocols & proto_bit != 0 && port >= r.port_lo && port <= r.port_hi {
-            return r.rule_id;
+            return (r.rule_id, r.flags);
         }
     }
-    RULE_DEFAULT_DENY
+    (RULE_DEFAULT_DENY, 0)
 }
 
 #[inline(always)]
@@ -214,7 +262,7 @@ pub(crate) fn report(
     rule_id: u32,
 ) {
     let emit = match verdict {
-        Verdict::Deny => {
+        Verdict::Deny | Verdict::PendingApproval | Verdict::Budget => {
             count(cgroup_id, Counter::Denied);
             true
         }

@@ -67,7 +67,7 @@ pub fn agentcage_socket_connect(ctx: LsmContext) -> i32 {
         sock_type: u32::from(sock_type),
         hook: Hook::LsmConnect,
     };
-    let (verdict, rule_id) = judge(&attempt, &cage);
+    let (verdict, rule_id) = judge(&attempt, &cage, cgroup_id);
     if verdict == Verdict::Allow {
         return 0;
     }

@@ -2,10 +2,11 @@
 //! map's name) so user space finds them.
 
 use agent_common::{
+    approval::{ApprovalExpiry, ApprovalKey},
     cage::{CageConfig, CageStats},
     egress::{Key4, Key6, PortRules},
     file::{FileRule, InodeKey},
-    maps::{EVENTS_BYTES, MAX_CAGES, MAX_EGRESS_ENTRIES, MAX_INODE_RULES},
+    maps::{EVENTS_BYTES, MAX_APPROVALS, MAX_CAGES, MAX_EGRESS_ENTRIES, MAX_INODE_RULES},
     process::{ExecRule, HashKey},
 };
 use aya_ebpf::{
@@ -40,3 +41,7 @@ pub static EXEC_HASHES: HashMap<HashKey, ExecRule> = HashMap::with_max_entries(M
 
 #[map]
 pub static FILE_RULES: HashMap<InodeKey, FileRule> = HashMap::with_max_entries(MAX_INODE_RULES, 0);
+
+#[map]
+pub static APPROVALS: HashMap<ApprovalKey, ApprovalExpiry> =
+    HashMap::with_max_entries(MAX_APPROVALS, 0);

@@ -7,9 +7,12 @@
 //! - [`bpf`]: loading, attaching and pinning the eBPF programs, and their maps;
 //! - [`policy`]: the policy files (schema, parsing with locations, compiling to maps, hashing);
 //! - [`events`]: decoding kernel events and the event bus;
+//! - [`spool`]: the durable on-disk spool events are exported from;
+//! - [`telemetry`]: OTLP export of the spool (logs, traces) and metrics;
 //! - [`control`]: the control socket's protocol, server (peer checks) and client;
 //! - [`daemon`]: the daemon's state and main loop;
 //! - [`cli`]: the command line;
+//! - [`runtime`]: containment, approvals, budgets, assertions, application events;
 //! - [`doctor`]: what this kernel can do, probed;
 //! - [`errors`]: rendering error chains for people.
 
@@ -25,3 +28,6 @@ pub mod errors;
 pub mod events;
 pub mod identity;
 pub mod policy;
+pub mod runtime;
+pub mod spool;
+pub mod telemetry;

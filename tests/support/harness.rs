@@ -22,15 +22,19 @@ use std::{
     time::Duration,
 };
 
-/// How long any awaited condition may take before the test fails: 20 s, or
+/// How long an awaited condition may take on the host before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// How long any awaited condition may take before the test fails: [`DEADLINE`], or
 /// `AGENTCAGE_TEST_DEADLINE_SECS` where everything runs slower (`cargo xtask vm-test` sets it:
 /// under qemu's emulation loading the programs alone takes seconds).
 pub fn deadline() -> Duration {
-    let secs = std::env::var("AGENTCAGE_TEST_DEADLINE_SECS").map_or(20, |v| {
-        v.parse()
-            .unwrap_or_else(|_| panic!("AGENTCAGE_TEST_DEADLINE_SECS={v:?} is not a number"))
-    });
-    Duration::from_secs(secs)
+    std::env::var("AGENTCAGE_TEST_DEADLINE_SECS").map_or(DEADLINE, |v| {
+        Duration::from_secs(
+            v.parse()
+                .unwrap_or_else(|_| panic!("AGENTCAGE_TEST_DEADLINE_SECS={v:?} is not a number")),
+        )
+    })
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -110,6 +114,14 @@ impl Lines {
     }
 }
 
+impl Lines {
+    /// The next line within `within`, if one comes: for asserting that nothing happens
+    /// (a frozen process makes no progress), never for waiting on something.
+    pub fn next_within(&self, within: Duration) -> Option<String> {
+        self.rx.recv_timeout(within).ok()
+    }
+}
+
 /// One running daemon.
 pub struct Daemon {
     child: Option<Child>,
@@ -156,6 +168,10 @@ impl Daemon {
             .arg(&policy)
             .arg("--socket")
             .arg(&socket)
+            .arg("--app-socket")
+            .arg(app_socket_of(&socket))
+            .arg("--snapshot-dir")
+            .arg(snapshots_of(&socket))
             .arg("--cgroup-name")
             .arg(&cgroup_name)
             .env("NO_COLOR", "1")
@@ -195,6 +211,16 @@ impl Daemon {
             daemon.cgroup_name.clear();
             Err(daemon.log.all.lock().unwrap().join("\n"))
         }
+    }
+
+    /// The application socket (beside the control socket).
+    pub fn app_socket(&self) -> PathBuf {
+        app_socket_of(&self.socket)
+    }
+
+    /// Where forensic snapshots go (beside the control socket).
+    pub fn snapshot_dir(&self) -> PathBuf {
+        snapshots_of(&self.socket)
     }
 
     /// The daemon's process id.
@@ -357,6 +383,14 @@ impl Drop for Daemon {
     }
 }
 
+fn app_socket_of(socket: &Path) -> PathBuf {
+    socket.with_file_name("app.sock")
+}
+
+fn snapshots_of(socket: &Path) -> PathBuf {
+    socket.with_file_name("snapshots")
+}
+
 /// Kills whatever a failed test left in the cgroup tree and removes it.
 pub fn cleanup_cgroup(root: &Path) {
     if !root.exists() {
@@ -442,6 +476,13 @@ impl Served {
         self.out.wait_for(op, |l| {
             l == "ok" || l.starts_with("ok ") || l.starts_with("err ")
         })
+    }
+
+    /// Sends one operation without waiting for its answer.
+    pub fn send(&mut self, op: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{op}").unwrap();
+        stdin.flush().unwrap();
     }
 
     /// Closes stdin and waits for the probe (and `agentcage run`) to exit.

@@ -203,6 +203,19 @@ fn fork_connect(a: &str) -> io::Result<()> {
     }
 }
 
+/// Forks a child that waits forever (a second process in the cage) and prints its pid.
+fn fork_hold() -> io::Result<i32> {
+    // SAFETY: the probe is single-threaded, so the child may run ordinary code.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => loop {
+            // SAFETY: waits for a signal; the child never returns.
+            unsafe { libc::pause() };
+        },
+        child => Ok(child),
+    }
+}
+
 fn ctl_send(control: &mut BufReader<UnixStream>, json: &str) -> io::Result<String> {
     writeln!(control.get_mut(), "{json}")?;
     let mut answer = String::new();
@@ -229,6 +242,11 @@ fn main() {
                     Some(Ok(answer)) => println!("ok {answer}"),
                     Some(Err(e)) => println!("err {}", errno(&e)),
                     None => println!("err -1"),
+                }
+            } else if line == "fork-hold" {
+                match fork_hold() {
+                    Ok(child) => println!("ok {child}"),
+                    Err(e) => println!("err {}", errno(&e)),
                 }
             } else {
                 let words: Vec<&str> = line.split_whitespace().collect();

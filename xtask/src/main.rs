@@ -3,6 +3,7 @@
 
 mod bench;
 mod build;
+mod package;
 mod run;
 mod setup;
 mod test;
@@ -50,6 +51,9 @@ enum Cmd {
     /// Setup, build, then the test suites on Debian 12's kernel under qemu: once with BPF LSM
     /// active (deny tier), once without (kill tier).
     VmTest(vm::VmArgs),
+    /// Setup, release build, then the .deb (systemd unit, config, completions, man pages) in
+    /// target/debian/.
+    Package,
     /// Benchmarks (they measure and report; they pass or fail nothing).
     Bench {
         #[command(subcommand)]
@@ -91,6 +95,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Run { args } => run::run_daemon(&args),
         Cmd::Test { args } => test::test(&args),
         Cmd::VmTest(args) => vm::vm_test(&args),
+        Cmd::Package => package::package(),
         Cmd::Bench { bench } => bench::run_bench(bench),
         Cmd::ConnectLoop(args) => bench::egress::connect_loop(&args),
         Cmd::ConnectProbe(args) => bench::egress::connect_probe(&args),

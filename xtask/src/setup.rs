@@ -28,7 +28,16 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
+    // Rotel, the OpenTelemetry collector of the telemetry tests, links libpython3.11 and
+    // installs from PyPI with pip.
+    "libpython3.11",
+    "python3-pip",
+    // The dashboard test renders the page in headless Chromium.
+    "chromium",
 ];
+
+/// The Rotel release the telemetry tests send to (a Rust OTLP collector shipped on PyPI).
+const ROTEL_VERSION: &str = "0.0.1a15";
 
 /// The bpf-linker release that links our eBPF crate (the newest that builds with the pinned
 /// nightly; see docs/KERNEL.md).
@@ -39,6 +48,38 @@ pub fn run_setup() -> Result<()> {
     rust_src().context("setup: rust-src for the nightly toolchain")?;
     bpf_linker().context("setup: bpf-linker")?;
     crate::vm::kernel::fetch_kernel().context("setup: the VM kernel")?;
+    rotel().context("setup: Rotel (OpenTelemetry collector for the tests)")?;
+    Ok(())
+}
+
+/// Installs Rotel into `.tools/rotel` with pip (`--target`: nothing of the system's Python
+/// changes). The version is recorded beside it, so a pinned upgrade reinstalls.
+fn rotel() -> Result<()> {
+    let dir = tools_dir().join("rotel");
+    let bin = dir.join("rotel").join("rotel-agent");
+    let stamp = dir.join(".agentcage-version");
+    if bin.exists() && fs::read_to_string(&stamp).ok().as_deref() == Some(ROTEL_VERSION) {
+        println!("setup: Rotel {ROTEL_VERSION} already in {}", dir.display());
+        return Ok(());
+    }
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    run(cmd("python3")
+        .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"])
+        .arg(&dir)
+        .arg(format!("rotel=={ROTEL_VERSION}"))
+        // Debian's pip refuses installs outside a venv unless told; --target touches only
+        // our directory.
+        .env("PIP_BREAK_SYSTEM_PACKAGES", "1"))?;
+    if !bin.exists() {
+        bail!("pip installed rotel but {} is missing", bin.display());
+    }
+    fs::write(&stamp, ROTEL_VERSION).with_context(|| format!("writing {}", stamp.display()))?;
+    println!(
+        "setup: installed Rotel {ROTEL_VERSION} into {}",
+        dir.display()
+    );
     Ok(())
 }
 

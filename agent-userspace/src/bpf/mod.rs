@@ -1,12 +1,14 @@
 //! The eBPF side as user space sees it: the embedded object, loading and attaching it to the
 //! cages' parent cgroup, pinning for lasting enforcement, and typed access to its maps.
 
+mod approvals;
 pub mod btf;
 mod hooks;
 mod loader;
 mod maps;
 pub mod tier;
 
+pub use approvals::ApprovalMap;
 pub use hooks::{lsm_btf, GlobalHooks, HookStatus};
 pub use loader::{ensure_bpffs, release_pinned, AttachedPrograms, ProgramKind, PROGRAMS};
 pub use maps::{EgressMaps, SlotEntries};

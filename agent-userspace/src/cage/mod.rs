@@ -106,6 +106,11 @@ impl CageRoot {
                 .is_some_and(|rest| rest.starts_with('/')))
     }
 
+    /// The parent's path as /proc/PID/cgroup shows it, e.g. `/agentcage`.
+    pub fn relative(&self) -> &str {
+        &self.relative
+    }
+
     /// The parent cgroup.
     pub fn dir(&self) -> &CgroupDir {
         &self.dir

@@ -52,6 +52,26 @@ pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
                 other => Err(CliError::unexpected(&other)),
             }
         }
+        Command::Top { interval_ms, once } => super::top::top(
+            &cli.socket,
+            std::time::Duration::from_millis(interval_ms),
+            once,
+        ),
+        Command::Dashboard => match Client::connect(&cli.socket)?.call(&Request::Dashboard {})? {
+            Response::Dashboard { url } => {
+                println!("{url}");
+                Ok(0)
+            }
+            other => Err(CliError::unexpected(&other)),
+        },
+        Command::Completions { shell } => {
+            super::assets::completions(shell);
+            Ok(0)
+        }
+        Command::Manpages { dir } => {
+            super::assets::manpages(&dir)?;
+            Ok(0)
+        }
         Command::Doctor { output } => {
             let mut report = doctor::probe();
             let status = Client::connect(&cli.socket)
@@ -89,6 +109,20 @@ pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
             );
             Ok(0)
         }
+        Command::Policy(
+            c @ (PolicyCommand::Apply { .. }
+            | PolicyCommand::Diff { .. }
+            | PolicyCommand::Show
+            | PolicyCommand::Schema),
+        ) => super::contain::policy(&cli.socket, c),
+        Command::Contain { .. }
+        | Command::Pause { .. }
+        | Command::Resume { .. }
+        | Command::Kill { .. }
+        | Command::Approvals { .. }
+        | Command::Approve { .. }
+        | Command::Deny { .. }
+        | Command::Event(_) => super::contain::dispatch(&cli),
         Command::Policy(PolicyCommand::Reload) => {
             let mut client = Client::connect(&cli.socket)?;
             match client.call(&Request::Reload {})? {
@@ -154,19 +188,25 @@ fn print_status(report: &StatusReport) {
         return;
     }
     println!(
-        "{:<20} {:<10} {:>8} {:>8} {:>6} {:>6}  {:<24} cgroup",
-        "AGENT", "PIDS", "ALLOWED", "DENIED", "KILLED", "LOST", "PID LIST"
+        "{:<20} {:<10} {:>8} {:>8} {:>6} {:>6}  {:<18} {:<24} cgroup",
+        "AGENT", "PIDS", "ALLOWED", "DENIED", "KILLED", "LOST", "RUNG", "PID LIST"
     );
     for a in &report.agents {
         let pids: Vec<String> = a.pids.iter().map(u32::to_string).collect();
+        let rung = if a.throttled {
+            format!("{} throttled", a.rung)
+        } else {
+            a.rung.clone()
+        };
         println!(
-            "{:<20} {:<10} {:>8} {:>8} {:>6} {:>6}  {:<24} {}",
+            "{:<20} {:<10} {:>8} {:>8} {:>6} {:>6}  {:<18} {:<24} {}",
             a.identity,
             a.pids.len(),
             a.allowed,
             a.denied,
             a.killed,
             a.lost,
+            rung,
             pids.join(","),
             a.cgroup
         );

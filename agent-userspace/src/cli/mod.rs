@@ -1,9 +1,12 @@
 //! The `agentcage` command line: thin wrappers over the control protocol, plus the local
 //! `doctor` and `policy check`.
 
+mod assets;
 mod commands;
+mod contain;
 mod run;
 mod shield;
+mod top;
 
 use std::path::PathBuf;
 
@@ -53,7 +56,7 @@ impl CliError {
     }
 }
 
-use crate::control::DEFAULT_SOCKET;
+use crate::control::{DEFAULT_APP_SOCKET, DEFAULT_SOCKET};
 
 /// agentcage: run AI agents in kernel-enforced cages.
 #[derive(Debug, Parser)]
@@ -62,6 +65,9 @@ pub struct Cli {
     /// The daemon's control socket.
     #[arg(long, global = true, env = "AGENTCAGE_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// The daemon's application socket (for `agentcage event`).
+    #[arg(long, global = true, env = "AGENTCAGE_APP_SOCKET", default_value = DEFAULT_APP_SOCKET)]
+    pub app_socket: PathBuf,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -121,6 +127,157 @@ pub enum Command {
     /// Policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// A live view: agents, rung, budgets used, recent denials (Ctrl-C to stop).
+    Top {
+        /// Redraw period in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Print one frame and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Print the address of the daemon's local web dashboard (with its access token).
+    Dashboard,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages of agentcage and agentcaged into a directory (packaging).
+    #[command(hide = true)]
+    Manpages {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// Move an agent's cage to a containment rung: observe, read_only, approval_required,
+    /// paused or killed.
+    Contain {
+        /// The agent.
+        agent: String,
+        /// The rung.
+        rung: String,
+    },
+    /// Freeze an agent's processes and write a forensic snapshot.
+    Pause {
+        /// The agent.
+        agent: String,
+    },
+    /// Thaw a paused agent and put it back on observe (lifting a budget throttle).
+    Resume {
+        /// The agent.
+        agent: String,
+    },
+    /// Kill every process of an agent's cage (a forensic snapshot is written first);
+    /// `--all` kills every cage (the kill switch).
+    Kill {
+        /// The agent.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        agent: Option<String>,
+        /// Every cage.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Approval requests, pending and decided.
+    Approvals {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Grant an approval request.
+    Approve {
+        /// The request's id.
+        id: u64,
+        /// For how long (e.g. 90s, 10m); the policy's approvals.default_for otherwise.
+        #[arg(long = "for", value_parser = parse_span)]
+        duration: Option<std::time::Duration>,
+    },
+    /// Refuse an approval request.
+    Deny {
+        /// The request's id.
+        id: u64,
+    },
+    /// Report an application event from inside a cage (tool calls, plans, model calls...).
+    #[command(subcommand)]
+    Event(EventCommand),
+}
+
+fn parse_span(s: &str) -> Result<std::time::Duration, String> {
+    crate::policy::Span::parse(s).map(|s| s.0)
+}
+
+/// `agentcage event ...`: each prints the daemon's answer; exit status 3 when the action
+/// may not go ahead (over budget, contained, waiting for an approval).
+#[derive(Clone, Debug, Subcommand)]
+pub enum EventCommand {
+    /// A tool call starts or ends.
+    ToolCall {
+        /// The tool.
+        name: String,
+        /// start or end.
+        #[arg(long, default_value = "start")]
+        phase: String,
+        /// Digest of the arguments.
+        #[arg(long)]
+        args_digest: Option<String>,
+        /// Ties an end to its start.
+        #[arg(long)]
+        call_id: Option<String>,
+        /// For an end: how long it took, in milliseconds.
+        #[arg(long)]
+        latency_ms: Option<f64>,
+    },
+    /// A plan.
+    Plan {
+        /// A summary.
+        #[arg(long)]
+        summary: Option<String>,
+    },
+    /// An approval the application obtained itself.
+    Approval {
+        /// What was approved.
+        name: String,
+        /// Who approved.
+        #[arg(long)]
+        approver: Option<String>,
+    },
+    /// A ticket comment.
+    TicketComment {
+        /// The ticket.
+        ticket: String,
+        /// Digest of the comment.
+        #[arg(long)]
+        digest: Option<String>,
+    },
+    /// A model call.
+    ModelCall {
+        /// The model.
+        model: String,
+        /// Input tokens.
+        #[arg(long, default_value_t = 0)]
+        input_tokens: u64,
+        /// Output tokens.
+        #[arg(long, default_value_t = 0)]
+        output_tokens: u64,
+        /// Cost in US dollars.
+        #[arg(long, default_value_t = 0.0)]
+        cost_usd: f64,
+        /// Queueing time, ms.
+        #[arg(long)]
+        queue_ms: Option<f64>,
+        /// Model time, ms.
+        #[arg(long)]
+        model_ms: Option<f64>,
+    },
+    /// A notification to a channel.
+    Notify {
+        /// The channel.
+        channel: String,
+    },
+    /// A command the application runs.
+    Exec {
+        /// The command line.
+        command: String,
+    },
 }
 
 /// `agentcage run` arguments.
@@ -144,4 +301,20 @@ pub enum PolicyCommand {
     },
     /// Ask the daemon to reload its policy file (a broken one is refused, the old one stays).
     Reload,
+    /// Validate a policy file and put it in force (the daemon also writes it to its own
+    /// policy file); a broken one is refused and the old one stays.
+    Apply {
+        /// The file.
+        file: PathBuf,
+    },
+    /// What would change: the policy in force against a file, as canonical forms (exit
+    /// status 1 when they differ).
+    Diff {
+        /// The file.
+        file: PathBuf,
+    },
+    /// The policy in force: file, hash and canonical form.
+    Show,
+    /// Print the JSON Schema of policy files (also in policies/schema.json).
+    Schema,
 }

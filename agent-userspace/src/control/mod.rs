@@ -8,7 +8,9 @@ mod protocol;
 
 pub use client::{Client, ClientError};
 pub use peer::{AccessPolicy, Peer};
-pub use protocol::{AgentStatus, Request, Response, StatusReport};
+pub use protocol::{AgentStatus, ContainedCage, Request, Response, StatusReport};
 
 /// Where the daemon listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/agentcage/agentcage.sock";
+/// Where the daemon takes application events unless told otherwise.
+pub const DEFAULT_APP_SOCKET: &str = "/run/agentcage/app.sock";

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::events::Event;
+use crate::{events::Event, runtime::approvals::Request as ApprovalRequest};
 
 /// What a client asks.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -40,6 +40,54 @@ pub enum Request {
     Processes {
         /// The agent's name.
         agent: String,
+    },
+    /// The local web dashboard's address, with its access token.
+    Dashboard {},
+    /// The policy in force: its file, hash and canonical form.
+    PolicyShow {},
+    /// Validate `yaml`, swap it in, and write it to the daemon's policy file (so restarts
+    /// and reloads keep it). A broken policy is refused and the old one stays.
+    PolicyApply {
+        /// The policy text.
+        yaml: String,
+        /// Where it came from, for error messages.
+        source: String,
+    },
+    /// Move an agent's cage to a containment rung.
+    Contain {
+        /// The agent.
+        agent: String,
+        /// `observe`, `read_only`, `approval_required`, `paused` or `killed`.
+        rung: String,
+    },
+    /// Thaw a paused cage and put it back on observe.
+    Resume {
+        /// The agent.
+        agent: String,
+    },
+    /// Kill one agent's cage, or every cage (the kill switch).
+    Kill {
+        /// The agent; None with `all`.
+        #[serde(default)]
+        agent: Option<String>,
+        /// Every cage.
+        #[serde(default)]
+        all: bool,
+    },
+    /// Approval requests.
+    Approvals {},
+    /// Grant an approval request.
+    Approve {
+        /// The request.
+        id: u64,
+        /// For how long, in seconds; the policy's `default_for` when absent.
+        #[serde(default)]
+        for_secs: Option<f64>,
+    },
+    /// Refuse an approval request.
+    Deny {
+        /// The request.
+        id: u64,
     },
 }
 
@@ -115,6 +163,35 @@ pub enum Response {
         /// Its processes, by pid.
         processes: Vec<crate::capture::ProcessNode>,
     },
+    /// Answer to [`Request::Dashboard`].
+    Dashboard {
+        /// The address to open, token included (in the fragment).
+        url: String,
+    },
+    /// The policy in force.
+    Policy {
+        /// Its file.
+        source: String,
+        /// Its SHA-256.
+        policy_hash: String,
+        /// Its canonical form.
+        canonical: String,
+    },
+    /// Cages moved to a rung.
+    Contained {
+        /// One entry per cage.
+        cages: Vec<ContainedCage>,
+    },
+    /// Approval requests.
+    Approvals {
+        /// Oldest first.
+        requests: Vec<ApprovalRequest>,
+    },
+    /// An approval request after a decision.
+    Approval {
+        /// The request.
+        request: ApprovalRequest,
+    },
     /// The request failed; nothing was changed.
     Error {
         /// What went wrong, for a person.
@@ -151,6 +228,23 @@ pub struct StatusReport {
     pub agents: Vec<AgentStatus>,
 }
 
+/// What containment did to one cage.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ContainedCage {
+    /// The agent.
+    pub agent: String,
+    /// The rung in force now (the previous one if it failed).
+    pub rung: String,
+    /// The rung before.
+    pub previous: String,
+    /// The forensic snapshot written, if any.
+    #[serde(default)]
+    pub snapshot: Option<String>,
+    /// Why it failed, if it did.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
 /// One agent's cage.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct AgentStatus {
@@ -176,6 +270,15 @@ pub struct AgentStatus {
     /// Processes killed by the kill tier.
     #[serde(default)]
     pub killed: u64,
+    /// The containment rung in force.
+    #[serde(default)]
+    pub rung: String,
+    /// Over a hard budget: new egress is denied (verdict `budget`).
+    #[serde(default)]
+    pub throttled: bool,
+    /// SHA-256 of the policy the cage's kernel entries were compiled from.
+    #[serde(default)]
+    pub policy_hash: String,
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
-use crate::control::DEFAULT_SOCKET;
+use crate::control::{DEFAULT_APP_SOCKET, DEFAULT_SOCKET};
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -29,6 +29,17 @@ pub struct DaemonConfig {
     /// The control socket.
     #[arg(long, env = "AGENTCAGE_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// The application socket: agents' applications report tool calls, model calls and
+    /// the like here, from inside their cage (mode 0666; the sender's cage is checked).
+    #[arg(long, env = "AGENTCAGE_APP_SOCKET", default_value = DEFAULT_APP_SOCKET)]
+    pub app_socket: PathBuf,
+    /// Where forensic snapshots of paused and killed cages are written.
+    #[arg(
+        long,
+        env = "AGENTCAGE_SNAPSHOT_DIR",
+        default_value = "/var/lib/agentcage/snapshots"
+    )]
+    pub snapshot_dir: PathBuf,
     /// A group (name or gid) whose members may use the control socket besides root.
     #[arg(long, env = "AGENTCAGE_GROUP")]
     pub group: Option<String>,
@@ -39,6 +50,10 @@ pub struct DaemonConfig {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// The configuration file (YAML: `telemetry:` and `spool:` sections). The
+    /// `OTEL_EXPORTER_OTLP_*` environment variables override it.
+    #[arg(long, env = "AGENTCAGE_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 impl DaemonConfig {

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use agent_common::{
     egress::{
-        EgressEvent, Hook, RULE_DEFAULT_DENY, RULE_IP_OPTIONS, RULE_NO_CAGE, RULE_ROUTING_HEADER,
-        RULE_SOCKET_ALLOWED, RULE_SOCKET_KIND,
+        EgressEvent, Hook, RULE_BUDGET, RULE_DEFAULT_DENY, RULE_IP_OPTIONS, RULE_NO_CAGE,
+        RULE_ROUTING_HEADER, RULE_SOCKET_ALLOWED, RULE_SOCKET_KIND,
     },
     event::Verdict,
     file::{
@@ -46,6 +46,7 @@ pub fn egress(e: &EgressEvent, policy: Option<&AgentPolicy>) -> EgressDetail {
         RULE_NO_CAGE => "no-cage".to_owned(),
         RULE_IP_OPTIONS => "ip-options".to_owned(),
         RULE_ROUTING_HEADER => "routing-header".to_owned(),
+        RULE_BUDGET => "budget".to_owned(),
         n => format!("egress.allow[{n}]"),
     };
     let hook = Hook::from_u8(e.hook);

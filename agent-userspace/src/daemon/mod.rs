@@ -5,13 +5,17 @@
 //! slow or dead daemon lets nothing through.
 
 mod config;
+mod dashboard;
 mod enrich;
+mod file;
 mod server;
 mod state;
 mod tasks;
 
 pub use config::{DaemonConfig, LogFormat};
-pub use state::StateError;
+pub use dashboard::DashboardConfig;
+pub use file::{ConfigFile, ConfigFileError};
+pub use state::{Contained, StateError};
 
 use std::{io, path::PathBuf, sync::Arc};
 
@@ -22,14 +26,14 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::{
-    bpf::{self, AttachedPrograms, BpfError, EgressMaps, GlobalHooks},
+    bpf::{self, ApprovalMap, AttachedPrograms, BpfError, EgressMaps, GlobalHooks},
     cage::{find_cgroup2_mount, CageError, CageRoot},
     control::AccessPolicy,
     events::EventBus,
     policy::{Policy, PolicyError},
 };
 use server::Shared;
-use state::{KernelInfo, State};
+use state::{KernelInfo, RuntimeParts, State};
 
 /// Why the daemon could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +70,15 @@ pub enum DaemonError {
         #[source]
         source: io::Error,
     },
+    /// The configuration file is broken.
+    #[error(transparent)]
+    ConfigFile(#[from] ConfigFileError),
+    /// Telemetry could not start (bad configuration, spool not writable).
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
+    /// The dashboard cannot be served as configured.
+    #[error("dashboard: {0}")]
+    Dashboard(String),
     /// The kernel refused something else.
     #[error("{0}: {1}")]
     Sys(&'static str, #[source] io::Error),
@@ -80,6 +93,17 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     // killing the daemon half-way (with cgroups and pins made).
     let signals = Signals::install()?;
     let policy = Policy::load(&config.policy)?;
+    // Read before anything is made: a broken file must stop the daemon with nothing changed.
+    let mut file = match &config.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    file.telemetry.apply_env(|k| std::env::var(k).ok())?;
+    if let Some(listen) = file.dashboard.listen.filter(|l| !l.ip().is_loopback()) {
+        return Err(DaemonError::Dashboard(format!(
+            "dashboard.listen {listen} is not a loopback address: the dashboard is local only"
+        )));
+    }
     let access = match &config.group {
         Some(g) => AccessPolicy::with_group(g).map_err(DaemonError::Group)?,
         None => AccessPolicy::root_only(),
@@ -87,6 +111,13 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     // The socket and the cgroup lock come first: a second daemon must fail before it touches
     // anything the first one owns (its pins above all).
     let listener = server::bind(&config.socket, &access)?;
+    let app_listener = match server::bind_app(&config.app_socket) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = std::fs::remove_file(&config.socket);
+            return Err(e);
+        }
+    };
     let started = async {
         if bpf::ensure_bpffs()? {
             info!("mounted bpffs at /sys/fs/bpf");
@@ -97,10 +128,11 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         info!(cgroup_root = %root.dir().path().display(), "cgroup v2 found");
         let started = start(
             config.clone(),
+            file,
             policy,
             root.clone(),
             access,
-            listener,
+            (listener, app_listener),
             signals,
         )
         .await;
@@ -113,15 +145,17 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     }
     .await;
     let _ = std::fs::remove_file(&config.socket);
+    let _ = std::fs::remove_file(&config.app_socket);
     started
 }
 
 async fn start(
     config: DaemonConfig,
+    file: ConfigFile,
     policy: Policy,
     root: CageRoot,
     access: AccessPolicy,
-    listener: tokio::net::UnixListener,
+    (listener, app_listener): (tokio::net::UnixListener, tokio::net::UnixListener),
     signals: Signals,
 ) -> Result<(), DaemonError> {
     let bpf::Loaded {
@@ -143,6 +177,10 @@ async fn start(
         }
     };
     let maps = EgressMaps::take(&mut ebpf)?;
+    let approval_map = ApprovalMap::take(&mut ebpf)?;
+    let bus = EventBus::new();
+    // Subscribed before anything is published, so the run-time checks miss nothing.
+    let runtime_rx = bus.subscribe();
     let ring: RingBuf<_> = ebpf
         .take_map(EVENTS)
         .ok_or(BpfError::Map {
@@ -177,7 +215,48 @@ async fn start(
         root.clone(),
         Arc::clone(&inotify),
         kernel,
+        RuntimeParts {
+            approval_map,
+            bus: bus.clone(),
+            snapshot_dir: config.snapshot_dir.clone(),
+        },
     );
+    let wake = Arc::new(tokio::sync::Notify::new());
+    state.set_wake(Arc::clone(&wake));
+    let dashboard = match file.dashboard.listen {
+        Some(listen) => {
+            let listener = dashboard::bind(listen).await?;
+            let token: Arc<str> = dashboard::new_token()?.into();
+            let addr = listener
+                .local_addr()
+                .map_err(|e| DaemonError::Dashboard(e.to_string()))?;
+            Some((listener, token, format!("http://{addr}/")))
+        }
+        None => None,
+    };
+    // Started before the programs attach: a telemetry configuration that cannot work stops
+    // the daemon with nothing attached, and the spool subscribes before any event is read.
+    let shared_slot = Arc::new(std::sync::OnceLock::<std::sync::Weak<Shared>>::new());
+    let telemetry = if file.telemetry.active() {
+        let slot = Arc::clone(&shared_slot);
+        let identity = crate::telemetry::Identity {
+            policy_hash: state.policy().hash().to_owned(),
+            instance_id: pin_tag(),
+        };
+        Some(crate::telemetry::Telemetry::start(
+            &file.telemetry,
+            &file.spool,
+            &bus,
+            &identity,
+            Arc::new(move || {
+                slot.get()
+                    .and_then(std::sync::Weak::upgrade)
+                    .map_or(0, |s| s.state().total_lost())
+            }),
+        )?)
+    } else {
+        None
+    };
     // Cages an earlier daemon left (kept enforced by its pinned programs) get maps entries
     // before the new programs attach, so they are never judged as unknown.
     let adopted = state.adopt_existing()?;
@@ -207,9 +286,13 @@ async fn start(
     state.tidy();
     let shared = Arc::new(Shared {
         state: std::sync::Mutex::new(state),
-        bus: EventBus::new(),
+        bus,
         access,
+        dashboard: dashboard
+            .as_ref()
+            .map(|(_, token, url)| format!("{url}#token={token}")),
     });
+    let _ = shared_slot.set(Arc::downgrade(&shared));
     {
         let st = shared.state();
         info!(
@@ -221,22 +304,48 @@ async fn start(
     }
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(tasks::read_events(Arc::clone(&shared), ring));
+    let (stop_reading, reading_stop) = tokio::sync::watch::channel(false);
+    let reader = tokio::spawn(tasks::read_events(
+        Arc::clone(&shared),
+        ring,
+        reading_stop,
+        wake,
+    ));
     tasks.spawn(tasks::watch_cages(Arc::clone(&shared), inotify));
     if let Some(log) = kernel_log {
         tasks.spawn(tasks::forward_kernel_log(log));
     }
     tasks.spawn(tasks::report_losses(Arc::clone(&shared)));
     tasks.spawn(tasks::accept(Arc::clone(&shared), listener));
+    if let Some((listener, token, _)) = dashboard {
+        tasks.spawn(dashboard::serve(Arc::clone(&shared), listener, token));
+    }
+    tasks.spawn(tasks::accept_app(Arc::clone(&shared), app_listener));
+    tasks.spawn(tasks::run_checks(Arc::clone(&shared), runtime_rx));
+    tasks.spawn(tasks::tick(Arc::clone(&shared)));
+    match tasks::PolicyWatch::new(&config.policy) {
+        Ok(w) => {
+            tasks.spawn(tasks::watch_policy(Arc::clone(&shared), w));
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot watch the policy directory: reload with SIGHUP or `agentcage policy reload`")
+        }
+    }
 
     signals
         .wait_for_stop(&shared, || {
-            watch_links(&mut programs, &mut ebpf, root.dir().path());
+            watch_links(&mut programs, &mut ebpf, root.dir().path(), &shared);
             shared.state().reap_retired();
         })
         .await;
+    // Events already in the ring buffer go to the bus (and the spool) before anything stops.
+    let _ = stop_reading.send(true);
+    let _ = reader.await;
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
+    if let Some(t) = telemetry {
+        t.shutdown().await;
+    }
 
     // From here no request can make or fill a cage (connections still open are refused), so
     // the decision below cannot be overtaken.
@@ -265,7 +374,12 @@ const WATCHDOG_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Puts back any program whose link someone detached (root outside every cage can), and
 /// says so loudly: the kernel would otherwise stop judging the cages.
-fn watch_links(programs: &mut AttachedPrograms, ebpf: &mut aya::Ebpf, root: &std::path::Path) {
+fn watch_links(
+    programs: &mut AttachedPrograms,
+    ebpf: &mut aya::Ebpf,
+    root: &std::path::Path,
+    shared: &Shared,
+) {
     let missing = match programs.missing(ebpf) {
         Ok(m) if m.is_empty() => return,
         Ok(m) => m,
@@ -281,6 +395,24 @@ fn watch_links(programs: &mut AttachedPrograms, ebpf: &mut aya::Ebpf, root: &std
             // Fail closed: with a hook missing, nothing in a cage may run until it is back.
             let frozen = std::fs::write(root.join("cgroup.freeze"), "1").is_ok();
             error!(error = %e, frozen, "could not re-attach the programs; every cage is frozen");
+            let hash = shared.state().policy().hash().to_owned();
+            shared.bus.publish(crate::events::Event::daemon(
+                &hash,
+                crate::events::EventDetail::Containment(crate::events::ContainmentDetail {
+                    rung: if frozen { "paused" } else { "unchanged" }.into(),
+                    previous: "any".into(),
+                    reason: format!(
+                        "watchdog: programs {missing:?} detached and not re-attachable ({e}); \
+                         every cage {}",
+                        if frozen {
+                            "frozen"
+                        } else {
+                            "could NOT be frozen"
+                        }
+                    ),
+                    snapshot: None,
+                }),
+            ));
         }
     }
 }

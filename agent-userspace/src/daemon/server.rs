@@ -34,6 +34,8 @@ pub struct Shared {
     pub bus: EventBus,
     /// Who may connect.
     pub access: AccessPolicy,
+    /// The dashboard's address with its token, when it is served.
+    pub dashboard: Option<String>,
 }
 
 impl Shared {
@@ -210,6 +212,97 @@ fn handle(shared: &Shared, peer: &Peer, request: Request, held: &mut Vec<String>
             policy_hash: p.hash().to_owned(),
         }),
         Request::Events { .. } => unreachable_events(),
+        // The control socket's checks (root or the group, never a caged process) are the
+        // dashboard's authorisation: its token is handed out only here.
+        Request::Dashboard {} => Ok(match &shared.dashboard {
+            Some(url) => Response::Dashboard { url: url.clone() },
+            None => Response::Error {
+                message: "the dashboard is not enabled: set dashboard.listen (a loopback address) \
+                          in the daemon's configuration file"
+                    .into(),
+            },
+        }),
+        Request::PolicyShow {} => {
+            let p = state.policy();
+            Ok(Response::Policy {
+                source: p.source().to_owned(),
+                policy_hash: p.hash().to_owned(),
+                canonical: p.canonical(),
+            })
+        }
+        Request::PolicyApply { yaml, source } => state.apply_text(&yaml, &source).map(|p| {
+            info!(
+                uid = peer.uid,
+                pid = peer.pid,
+                policy_hash = p.hash(),
+                "policy applied"
+            );
+            Response::Reloaded {
+                source: p.source().to_owned(),
+                policy_hash: p.hash().to_owned(),
+            }
+        }),
+        Request::Contain { agent, rung } => crate::runtime::Rung::parse(&rung)
+            .map_err(super::state::StateError::Usage)
+            .and_then(|rung| state.contain(&agent, rung, &format!("manual ({})", who(peer))))
+            .map(|c| Response::Contained {
+                cages: vec![contained(&c)],
+            }),
+        Request::Resume { agent } => {
+            state
+                .resume(&agent, &who(peer))
+                .map(|c| Response::Contained {
+                    cages: vec![contained(&c)],
+                })
+        }
+        Request::Kill { agent, all } => match (agent, all) {
+            (None, true) => {
+                let cages = state
+                    .kill_all(&who(peer))
+                    .into_iter()
+                    .map(|(agent, r)| match r {
+                        Ok(c) => contained(&c),
+                        Err(e) => crate::control::ContainedCage {
+                            agent,
+                            rung: String::new(),
+                            previous: String::new(),
+                            snapshot: None,
+                            error: Some(e.to_string()),
+                        },
+                    })
+                    .collect();
+                Ok(Response::Contained { cages })
+            }
+            (Some(agent), false) => state
+                .contain(
+                    &agent,
+                    crate::runtime::Rung::Killed,
+                    &format!("manual ({})", who(peer)),
+                )
+                .map(|c| Response::Contained {
+                    cages: vec![contained(&c)],
+                }),
+            _ => Err(super::state::StateError::Usage(
+                "kill takes an agent name or --all, not both".into(),
+            )),
+        },
+        Request::Approvals {} => Ok(Response::Approvals {
+            requests: state.approvals(),
+        }),
+        Request::Approve { id, for_secs } => for_secs
+            .map(|s| {
+                std::time::Duration::try_from_secs_f64(s).map_err(|_| {
+                    super::state::StateError::Usage(format!(
+                        "invalid approval duration {s} s; expected a positive number"
+                    ))
+                })
+            })
+            .transpose()
+            .and_then(|d| state.approve(id, &who(peer), d))
+            .map(|request| Response::Approval { request }),
+        Request::Deny { id } => state
+            .deny(id, &who(peer))
+            .map(|request| Response::Approval { request }),
     };
     result.unwrap_or_else(|e| {
         warn!(error = %e, uid = peer.uid, pid = peer.pid, "request refused");
@@ -217,6 +310,26 @@ fn handle(shared: &Shared, peer: &Peer, request: Request, held: &mut Vec<String>
             message: e.to_string(),
         }
     })
+}
+
+/// The person behind a request, for approvals and containment records.
+fn who(peer: &Peer) -> String {
+    let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(peer.uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| "?".into());
+    format!("uid {} ({name}) pid {}", peer.uid, peer.pid)
+}
+
+fn contained(c: &super::state::Contained) -> crate::control::ContainedCage {
+    crate::control::ContainedCage {
+        agent: c.agent.clone(),
+        rung: c.rung.name().to_owned(),
+        previous: c.previous.name().to_owned(),
+        snapshot: c.snapshot.as_ref().map(|p| p.display().to_string()),
+        error: None,
+    }
 }
 
 fn unreachable_events() -> Result<Response, super::state::StateError> {
@@ -262,4 +375,84 @@ async fn send(write: &mut OwnedWriteHalf, response: &Response) -> io::Result<()>
     let mut line = serde_json::to_vec(response).map_err(io::Error::other)?;
     line.push(b'\n');
     write.write_all(&line).await
+}
+
+/// Serves one connection on the application socket: application events only, each from a
+/// process inside the cage it speaks for (checked on every message, by the sender's pid as
+/// the kernel reported it at connect time).
+pub async fn serve_app(shared: Arc<Shared>, stream: UnixStream) {
+    use crate::runtime::appevents::{sender_agent, start_time, AppMessage, AppReply};
+    let peer = match Peer::of(&stream) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(error = %e, "could not read peer credentials: application connection dropped");
+            return;
+        }
+    };
+    // Which process connected, for good: a pid alone could be reused by another cage's.
+    let started = start_time(peer.pid);
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    loop {
+        let mut line = String::new();
+        let mut limited = (&mut reader).take(MAX_REQUEST + 1);
+        match tokio::time::timeout(IDLE, limited.read_line(&mut line)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(_)) => {}
+        }
+        if line.len() as u64 > MAX_REQUEST {
+            let message = format!("message longer than {MAX_REQUEST} bytes: connection closed");
+            let _ = send_json(&mut write, &AppReply::Error { message }).await;
+            break;
+        }
+        let reply = match serde_json::from_str::<AppMessage>(&line) {
+            Err(e) => AppReply::Error {
+                message: format!("malformed application event: {e}"),
+            },
+            Ok(msg) => {
+                let mut state = shared.state();
+                match sender_agent(state.root(), &peer, started, msg.agent.as_deref()) {
+                    Err(message) => {
+                        warn!(pid = peer.pid, uid = peer.uid, "{message}");
+                        AppReply::Error { message }
+                    }
+                    Ok(agent) => state.on_app_event(&agent, peer.pid, msg.event),
+                }
+            }
+        };
+        if send_json(&mut write, &reply).await.is_err() {
+            break;
+        }
+    }
+}
+
+async fn send_json<T: serde::Serialize>(write: &mut OwnedWriteHalf, value: &T) -> io::Result<()> {
+    let mut line = serde_json::to_vec(value).map_err(io::Error::other)?;
+    line.push(b'\n');
+    write.write_all(&line).await
+}
+
+/// Binds the application socket, mode 0666: any process may connect, and each message is
+/// checked against the sender's cage.
+pub fn bind_app(path: &Path) -> Result<UnixListener, DaemonError> {
+    let io_err = |op: &'static str| {
+        move |source: io::Error| DaemonError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(io_err("creating the directory of"))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(DaemonError::AlreadyRunning(path.to_path_buf()));
+        }
+        fs::remove_file(path).map_err(io_err("removing stale socket"))?;
+    }
+    let listener = UnixListener::bind(path).map_err(io_err("binding"))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o666))
+        .map_err(io_err("setting the mode of"))?;
+    Ok(listener)
 }

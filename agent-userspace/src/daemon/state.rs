@@ -10,25 +10,37 @@ use std::{
     sync::Arc,
 };
 
+mod enforce;
+
+pub use enforce::Contained;
+
 use agent_common::cage::{
-    CageConfig, CAGE_F_ALLOW_RAW, CAGE_F_EXEC_DEFAULT_DENY, CAGE_F_EXEC_DIGESTS_REQUIRED,
-    CAGE_F_EXEC_HASHES, CAGE_F_FILES,
+    CageConfig, CAGE_F_ALLOW_RAW, CAGE_F_APPROVAL_ALL, CAGE_F_EXEC_DEFAULT_DENY,
+    CAGE_F_EXEC_DIGESTS_REQUIRED, CAGE_F_EXEC_HASHES, CAGE_F_FILES, CAGE_F_THROTTLED,
 };
 use nix::sys::inotify::{AddWatchFlags, Inotify, WatchDescriptor};
 use tracing::{info, warn};
 
 use super::enrich;
 use crate::{
-    bpf::{BpfError, EgressMaps, HookStatus, SlotEntries, Tier},
+    bpf::{ApprovalMap, BpfError, EgressMaps, HookStatus, SlotEntries, Tier},
     cage::{CageError, CageRoot, CgroupDir},
     caps,
     capture::{ProcessNode, ProcessTree},
     control::{AgentStatus, StatusReport},
-    events::{Event, EventDetail, ExitDetail, ForkDetail, RawEvent},
+    events::{
+        Event, EventBus, EventDetail, ExitDetail, ForkDetail, PolicyDetail, RawEvent, SessionDetail,
+    },
     identity::AgentIdentity,
     policy::{
-        compile_egress, compile_exec, compile_files, validate_agent_name, AgentPolicy,
-        CompiledAgent, Enforcement, Policy, PolicyError,
+        compile_egress, compile_exec, compile_files, compile_read_only, validate_agent_name,
+        AgentPolicy, CompiledAgent, Enforcement, Policy, PolicyError,
+    },
+    runtime::{
+        approvals::{ApprovalError, Approvals},
+        budgets::Meter,
+        containment::ContainError,
+        AgentRuntime, Rung,
     },
 };
 
@@ -97,6 +109,27 @@ pub enum StateError {
         /// What the kernel lacks.
         missing: String,
     },
+    /// The request cannot be carried out as given.
+    #[error("{0}")]
+    Usage(String),
+    /// The policy file could not be written.
+    #[error("writing the policy file {path}: {source}")]
+    PolicyFile {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No cage of that agent exists.
+    #[error("agent {0:?} has no cage (it is not running); `agentcage status` lists the agents")]
+    NoCage(String),
+    /// An approval decision was refused.
+    #[error(transparent)]
+    Approval(#[from] ApprovalError),
+    /// Freezing, killing or the snapshot failed.
+    #[error(transparent)]
+    Contain(#[from] ContainError),
     /// Watching a cage for emptiness failed.
     #[error("watching {path}: {source}")]
     Watch {
@@ -130,6 +163,8 @@ struct Cage {
     /// Open client connections that need the cage to exist (e.g. `run` before its child joins).
     holds: usize,
     watch: WatchDescriptor,
+    /// When the cage was made (or taken over): the start of the agent's session.
+    started_unix_nano: u64,
 }
 
 /// Where the inodes of a slot's file rules were found: (dev, inode) → path.
@@ -178,6 +213,41 @@ pub struct State {
     retired: std::collections::VecDeque<u32>,
     /// Retired slots whose entries are still in the maps, with when they were retired.
     draining: std::collections::VecDeque<(std::time::Instant, SlotEntries)>,
+    /// Wakes the event reader to publish session ends.
+    wake: Option<Arc<tokio::sync::Notify>>,
+    /// Session ends for the reader to publish after the cage's last kernel events.
+    pending_ends: Vec<(u32, Event)>,
+    /// Per agent session: rung, budgets, assertions, last events.
+    runtimes: HashMap<String, AgentRuntime>,
+    /// Budget usage of user groups and workflows (`group:NAME`, `workflow:NAME`).
+    scope_meters: HashMap<String, Meter>,
+    /// Approval requests and decisions.
+    approvals: Approvals,
+    /// The kernel's grants.
+    approval_map: ApprovalMap,
+    /// Where the daemon's own events go.
+    bus: EventBus,
+    /// Where forensic snapshots are written.
+    snapshot_dir: PathBuf,
+}
+
+/// The kernel-side mode of a cage, besides its policy.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct KernelMode {
+    /// The containment rung.
+    pub(crate) rung: Rung,
+    /// Over a hard budget.
+    pub(crate) throttled: bool,
+}
+
+/// What the daemon needs to run the policy's run-time parts.
+pub struct RuntimeParts {
+    /// The kernel's approvals map.
+    pub approval_map: ApprovalMap,
+    /// The event bus.
+    pub bus: EventBus,
+    /// Where forensic snapshots go.
+    pub snapshot_dir: PathBuf,
 }
 
 /// How many agent names are remembered for events before only live ones are kept.
@@ -198,6 +268,7 @@ impl State {
         root: CageRoot,
         inotify: Arc<Inotify>,
         kernel: KernelInfo,
+        parts: RuntimeParts,
     ) -> Self {
         Self {
             kernel,
@@ -220,6 +291,71 @@ impl State {
             slot_policies: HashMap::new(),
             retired: std::collections::VecDeque::new(),
             draining: std::collections::VecDeque::new(),
+            wake: None,
+            pending_ends: Vec::new(),
+            runtimes: HashMap::new(),
+            scope_meters: HashMap::new(),
+            approvals: Approvals::default(),
+            approval_map: parts.approval_map,
+            bus: parts.bus,
+            snapshot_dir: parts.snapshot_dir,
+        }
+    }
+
+    /// From now on, `wake` is notified when a session end waits for the event reader.
+    pub fn set_wake(&mut self, wake: Arc<tokio::sync::Notify>) {
+        self.wake = Some(wake);
+    }
+
+    /// Session ends waiting to be published, with their sequence numbers now assigned. The
+    /// event reader takes them right after it has emptied the ring buffer, so a session's
+    /// end comes after every kernel event of its cage (those were all in the ring before
+    /// the cage emptied).
+    pub fn take_session_ends(&mut self) -> Vec<Event> {
+        let pending = std::mem::take(&mut self.pending_ends);
+        pending
+            .into_iter()
+            .map(|(agent_id, mut e)| {
+                e.agent_seq = self.next_seq(agent_id);
+                e
+            })
+            .collect()
+    }
+
+    /// Says on the bus that `agent`'s session started; queues its end for the reader.
+    fn publish_session(&mut self, agent: &str, action: &str) {
+        let Some(agent_id) = self.cages.get(agent).map(|c| c.agent_id) else {
+            return;
+        };
+        let end = action == "end";
+        let seq = if end { 0 } else { self.next_seq(agent_id) };
+        let bus = &self.bus;
+        let Some(cage) = self.cages.get(agent) else {
+            return;
+        };
+        let now = crate::spool::now_unix_nano();
+        let event = Event {
+            time_unix_nano: now,
+            kernel_ts_ns: u64::try_from(i128::from(now) - self.boot_to_wall_ns).unwrap_or(0),
+            agent: Some(cage.identity.to_string()),
+            agent_seq: seq,
+            pid: 0,
+            tgid: 0,
+            comm: String::new(),
+            cgroup_id: cage.cgroup_id,
+            policy_hash: self.policy.hash().to_owned(),
+            detail: EventDetail::Session(SessionDetail {
+                action: action.to_owned(),
+                started_unix_nano: cage.started_unix_nano,
+            }),
+        };
+        if !end {
+            bus.publish(event);
+            return;
+        }
+        self.pending_ends.push((agent_id, event));
+        if let Some(wake) = &self.wake {
+            wake.notify_one();
         }
     }
 
@@ -267,7 +403,14 @@ impl State {
         agent: &str,
         strict: bool,
         adopting: bool,
+        mode: KernelMode,
     ) -> Result<(CompiledAgent, u32, u32), StateError> {
+        let mode_flags = match (mode.rung, mode.throttled) {
+            (Rung::ApprovalRequired, false) => CAGE_F_APPROVAL_ALL,
+            (Rung::ApprovalRequired, true) => CAGE_F_APPROVAL_ALL | CAGE_F_THROTTLED,
+            (_, true) => CAGE_F_THROTTLED,
+            (_, false) => 0,
+        };
         let Some(p) = policy.agent(agent) else {
             if strict {
                 return Err(StateError::UnknownAgent {
@@ -275,15 +418,21 @@ impl State {
                     policy: policy.source().to_owned(),
                 });
             }
-            return Ok((CompiledAgent::default(), 0, 1));
+            return Ok((CompiledAgent::default(), mode_flags, 1));
         };
         let at = if policy.agents.contains_key(agent) {
             format!("agents.{agent}")
         } else {
             "default_agent".to_owned()
         };
+        // A paused or killed cage is frozen; should it thaw before it is resumed, it gets the
+        // narrowest egress, the read-only set.
+        let egress = match mode.rung {
+            Rung::ReadOnly | Rung::Paused | Rung::Killed => compile_read_only(agent, &p.egress)?,
+            Rung::Observe | Rung::ApprovalRequired => compile_egress(agent, &p.egress)?,
+        };
         let compiled = CompiledAgent {
-            egress: compile_egress(agent, &p.egress)?,
+            egress,
             exec: compile_exec(&format!("{at}.exec"), &p.exec),
             files: compile_files(&format!("{at}.files"), &p.files),
         };
@@ -312,7 +461,7 @@ impl State {
             // can enforce.
             warn!(agent, error = %err, "cage enforced with the kill tier only");
         }
-        let mut flags = 0;
+        let mut flags = mode_flags;
         if p.egress.raw_sockets {
             flags |= CAGE_F_ALLOW_RAW;
         }
@@ -350,8 +499,14 @@ impl State {
     /// does not name (new cages), otherwise they are caged with nothing allowed (cages found
     /// from an earlier daemon, whose processes must never run unrestricted).
     fn install(&mut self, agent: &str, dir: CgroupDir, strict: bool) -> Result<(), StateError> {
-        let (compiled, flags, allow_sample) =
-            Self::compile_for(&self.policy, &self.kernel, agent, strict, !strict)?;
+        let (compiled, flags, allow_sample) = Self::compile_for(
+            &self.policy,
+            &self.kernel,
+            agent,
+            strict,
+            !strict,
+            KernelMode::default(),
+        )?;
         let cgroup_id = dir.id()?;
         let agent_id = self.agent_id(agent);
         let slot = self.take_slot();
@@ -382,6 +537,10 @@ impl State {
             }
         };
         self.watches.insert(watch, agent.to_owned());
+        self.runtimes.insert(
+            agent.to_owned(),
+            AgentRuntime::new(self.policy.agent(agent), crate::runtime::boot_ns()),
+        );
         self.cages.insert(
             agent.to_owned(),
             Cage {
@@ -392,6 +551,7 @@ impl State {
                 slot: entries,
                 holds: 0,
                 watch,
+                started_unix_nano: crate::spool::now_unix_nano(),
             },
         );
         Ok(())
@@ -405,7 +565,15 @@ impl State {
             if self.policy.agent(&name).is_none() {
                 warn!(agent = %name, "cage left by an earlier daemon has no policy entry: nothing is allowed to it");
             }
+            let frozen = crate::runtime::containment::is_frozen(&dir).unwrap_or(false);
             self.install(&name, dir, false)?;
+            if frozen {
+                // Paused by an earlier daemon: it stays paused until someone resumes it.
+                if let Some(rt) = self.runtimes.get_mut(&name) {
+                    rt.rung = Rung::Paused;
+                }
+                warn!(agent = %name, "cage left paused by an earlier daemon: agentcage resume {name} to thaw it");
+            }
             found.push(name);
         }
         Ok(found)
@@ -419,13 +587,21 @@ impl State {
         validate_agent_name(agent)?;
         if !self.cages.contains_key(agent) {
             // Check the policy before touching the file system.
-            Self::compile_for(&self.policy, &self.kernel, agent, true, false)?;
+            Self::compile_for(
+                &self.policy,
+                &self.kernel,
+                agent,
+                true,
+                false,
+                KernelMode::default(),
+            )?;
             let dir = self.root.ensure_cage(agent)?;
             if let Err(e) = self.install(agent, dir.clone(), true) {
                 let _ = dir.remove();
                 return Err(e);
             }
             info!(agent, identity = %AgentIdentity::for_agent(agent), policy_hash = self.policy.hash(), "cage created");
+            self.publish_session(agent, "start");
         }
         self.cages
             .get(agent)
@@ -574,10 +750,14 @@ impl State {
             warn!(agent, error = %e, "cage not removed");
             return;
         }
+        self.publish_session(agent, "end");
         if let Some(cage) = self.cages.remove(agent) {
             let _ = self.inotify.rm_watch(cage.watch);
             self.watches.remove(&cage.watch);
             self.maps.remove_cage(cage.cgroup_id);
+            self.runtimes.remove(agent);
+            self.approvals.forget_cage(cage.cgroup_id);
+            self.approval_map.revoke_cage(cage.cgroup_id);
             self.retire(cage.slot);
             info!(agent, "cage removed: its last process exited");
         }
@@ -586,8 +766,36 @@ impl State {
     /// Reads the policy file again and swaps it in for every cage. A policy that fails to
     /// parse, validate or compile is refused and the old one stays in force.
     pub fn reload(&mut self) -> Result<Arc<Policy>, StateError> {
-        let policy = Policy::load(&self.policy_path)?;
-        self.apply(policy)
+        let result = Policy::load(&self.policy_path)
+            .map_err(StateError::from)
+            .and_then(|policy| {
+                if policy.hash() == self.policy.hash() {
+                    // Unchanged (e.g. the file was rewritten by `policy apply`): nothing to swap.
+                    return Ok(Arc::clone(&self.policy));
+                }
+                self.apply(policy)
+            });
+        let (hash, detail) = match &result {
+            Ok(p) => (
+                p.hash().to_owned(),
+                PolicyDetail {
+                    result: "applied".into(),
+                    source: p.source().to_owned(),
+                    error: None,
+                },
+            ),
+            Err(e) => (
+                self.policy.hash().to_owned(),
+                PolicyDetail {
+                    result: "refused".into(),
+                    source: self.policy_path.display().to_string(),
+                    error: Some(crate::errors::render(e)),
+                },
+            ),
+        };
+        self.bus
+            .publish(Event::daemon(&hash, EventDetail::Policy(detail)));
+        result
     }
 
     /// Swaps `policy` in: compile everything first, fill fresh slots, then switch each cage
@@ -596,9 +804,10 @@ impl State {
         let policy = Arc::new(policy);
         let mut compiled = Vec::with_capacity(self.cages.len());
         for agent in self.cages.keys() {
+            let mode = self.kernel_mode(agent);
             compiled.push((
                 agent.clone(),
-                Self::compile_for(&policy, &self.kernel, agent, false, false)?,
+                Self::compile_for(&policy, &self.kernel, agent, false, false, mode)?,
             ));
         }
         let mut filled: Vec<(String, SlotEntries, CageConfig)> = Vec::new();
@@ -640,6 +849,7 @@ impl State {
             self.retire(old);
         }
         self.policy = policy;
+        self.after_policy_change();
         info!(
             source = self.policy.source(),
             policy_hash = self.policy.hash(),
@@ -666,6 +876,17 @@ impl State {
                     lost: stats.lost,
                     lost_by_kind: lost_by_kind(&stats.lost_by_kind),
                     killed: stats.killed,
+                    rung: self
+                        .runtimes
+                        .get(name)
+                        .map(|r| r.rung.name().to_owned())
+                        .unwrap_or_default(),
+                    throttled: self.runtimes.get(name).is_some_and(|r| r.throttled),
+                    policy_hash: self
+                        .slot_policies
+                        .get(&cage.slot.slot())
+                        .map(|p| p.hash().to_owned())
+                        .unwrap_or_default(),
                 }
             })
             .collect();
@@ -769,19 +990,13 @@ impl State {
                 EventDetail::File(enrich::file(e, agent_policy, paths.map(|p| &**p)))
             }
         };
-        let seq = if h.agent_id == 0 {
-            0
-        } else {
-            let s = self.seqs.entry(h.agent_id).or_default();
-            *s += 1;
-            *s
-        };
+        let seq = self.next_seq(h.agent_id);
         let time = i128::from(h.ts_ns) + self.boot_to_wall_ns;
         Event {
             time_unix_nano: u64::try_from(time).unwrap_or(0),
             kernel_ts_ns: h.ts_ns,
             agent: agent.map(|a| AgentIdentity::for_agent(&a).to_string()),
-            seq,
+            agent_seq: seq,
             pid: h.pid,
             tgid: h.tgid,
             comm,
@@ -789,6 +1004,16 @@ impl State {
             policy_hash: policy.hash().to_owned(),
             detail,
         }
+    }
+
+    /// The next number in the agent's event sequence (0 for no agent).
+    fn next_seq(&mut self, agent_id: u32) -> u64 {
+        if agent_id == 0 {
+            return 0;
+        }
+        let s = self.seqs.entry(agent_id).or_default();
+        *s += 1;
+        *s
     }
 
     fn tree(&mut self, agent_id: u32) -> &mut ProcessTree {

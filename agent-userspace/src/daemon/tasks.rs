@@ -24,8 +24,15 @@ fn register<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
     unsafe { AsyncFd::register(inner) }.map_err(|e| e.into_parts().1)
 }
 
-/// Reads kernel events, enriches them and publishes them on the bus.
-pub async fn read_events(shared: Arc<Shared>, ring: RingBuf<MapData>) {
+/// Reads kernel events, enriches them and publishes them on the bus; when `stop` changes,
+/// publishes what the ring buffer still holds and returns, so a stopping daemon hands every
+/// event it was told about to the bus (and the spool).
+pub async fn read_events(
+    shared: Arc<Shared>,
+    ring: RingBuf<MapData>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    wake: Arc<tokio::sync::Notify>,
+) {
     let mut fd = match register(ring) {
         Ok(fd) => fd,
         Err(e) => {
@@ -34,15 +41,7 @@ pub async fn read_events(shared: Arc<Shared>, ring: RingBuf<MapData>) {
         }
     };
     let mut hashes = HashCache::default();
-    loop {
-        let mut guard = match fd.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
-                error!(error = %e, "event ring buffer poll failed");
-                return;
-            }
-        };
-        let ring = guard.get_inner_mut();
+    let mut drain = |ring: &mut RingBuf<MapData>| {
         while let Some(item) = ring.next() {
             match decode(&item) {
                 Ok(raw) => {
@@ -60,7 +59,32 @@ pub async fn read_events(shared: Arc<Shared>, ring: RingBuf<MapData>) {
                 Err(e) => warn!(error = %e, "undecodable event record skipped"),
             }
         }
-        guard.clear_ready();
+        // The ring is empty now: whatever a removed cage did is published, so its
+        // session's end may follow.
+        let ends = shared.state().take_session_ends();
+        for end in ends {
+            shared.bus.publish(end);
+        }
+    };
+    loop {
+        tokio::select! {
+            ready = fd.readable_mut() => {
+                let mut guard = match ready {
+                    Ok(g) => g,
+                    Err(e) => {
+                        error!(error = %e, "event ring buffer poll failed");
+                        return;
+                    }
+                };
+                drain(guard.get_inner_mut());
+                guard.clear_ready();
+            }
+            () = wake.notified() => drain(fd.get_mut()),
+            _ = stop.changed() => {
+                drain(fd.get_mut());
+                return;
+            }
+        }
     }
 }
 
@@ -161,6 +185,133 @@ pub async fn accept(shared: Arc<Shared>, listener: UnixListener) {
                 // Out of descriptors or memory: say so once per pause, not in a busy loop.
                 warn!(error = %e, "accept failed; pausing the control socket for 100 ms");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Accepts connections on the application socket, one task each, at most
+/// [`MAX_CONNECTIONS`] at once.
+pub async fn accept_app(shared: Arc<Shared>, listener: UnixListener) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    server::serve_app(shared, stream).await;
+                    drop(slot);
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed on the application socket; pausing it for 100 ms");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The run-time checks (approvals, budgets, assertions, deny rate) as a consumer of the
+/// event bus.
+pub async fn run_checks(
+    shared: Arc<Shared>,
+    mut rx: tokio::sync::broadcast::Receiver<Arc<crate::events::Event>>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match rx.recv().await {
+            Ok(event) => shared.state().on_event(&event),
+            Err(RecvError::Lagged(n)) => {
+                error!(missed = n, "the run-time checks fell behind the event bus; budgets and assertions missed events");
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// How often time-driven checks run (approval expiry, `within` deadlines, wall clock).
+const TICK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Runs the time-driven checks.
+pub async fn tick(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(TICK);
+    loop {
+        every.tick().await;
+        shared.state().tick();
+    }
+}
+
+/// Watches the policy file's directory, so that a changed file is reloaded (editors often
+/// write a new file and rename it over the old one, hence the directory).
+pub struct PolicyWatch {
+    inotify: Inotify,
+    name: std::ffi::OsString,
+}
+
+impl PolicyWatch {
+    /// Watches the directory of `policy`.
+    pub fn new(policy: &std::path::Path) -> nix::Result<Self> {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags};
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        let dir = policy
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        inotify.add_watch(
+            dir,
+            AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MOVED_TO,
+        )?;
+        Ok(Self {
+            inotify,
+            name: policy.file_name().unwrap_or_default().to_owned(),
+        })
+    }
+}
+
+impl AsRawFd for PolicyWatch {
+    fn as_raw_fd(&self) -> RawFd {
+        use std::os::fd::AsFd as _;
+        self.inotify.as_fd().as_raw_fd()
+    }
+}
+
+/// Reloads the policy when its file changes; a broken file is refused and the policy in
+/// force stays.
+pub async fn watch_policy(shared: Arc<Shared>, watch: PolicyWatch) {
+    let fd = match register(watch) {
+        Ok(fd) => fd,
+        Err(e) => {
+            error!(error = %e, "cannot poll the policy directory watch");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match fd.readable().await {
+            Ok(g) => g,
+            Err(e) => {
+                error!(error = %e, "policy directory watch failed");
+                return;
+            }
+        };
+        let w = guard.get_inner();
+        match w.inotify.read_events() {
+            Ok(events) => {
+                let ours = events
+                    .iter()
+                    .any(|e| e.name.as_deref() == Some(w.name.as_os_str()));
+                if ours {
+                    if let Err(e) = shared.state().reload() {
+                        error!(error = %e, "policy file changed: reload refused; the previous policy stays in force");
+                    }
+                }
+            }
+            Err(Errno::EAGAIN) => guard.clear_ready(),
+            Err(e) => {
+                error!(error = %e, "reading the policy directory watch failed");
+                return;
             }
         }
     }

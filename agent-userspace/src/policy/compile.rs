@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use agent_common::egress::{
-    PortRule, PortRules, MAX_PORT_RULES, PROTO_TCP, PROTO_UDP, RULE_SOCKET_ALLOWED,
+    PortRule, PortRules, MAX_PORT_RULES, PROTO_TCP, PROTO_UDP, RULE_F_APPROVAL, RULE_SOCKET_ALLOWED,
 };
 use ipnet::IpNet;
 
@@ -30,11 +30,26 @@ pub struct CompiledEgress {
 
 /// Compiles `agent`'s egress policy; errors name `agents.AGENT.egress.allow[N]`.
 pub fn compile_egress(agent: &str, egress: &EgressPolicy) -> Result<CompiledEgress, PolicyError> {
-    compile_at(&format!("agents.{agent}.egress"), egress)
+    compile_at(&format!("agents.{agent}.egress"), egress, false)
 }
 
-/// As [`compile_egress`], with `path` (e.g. `default_agent.egress`) naming the policy in errors.
-pub(crate) fn compile_at(path: &str, egress: &EgressPolicy) -> Result<CompiledEgress, PolicyError> {
+/// Compiles only the rules marked `read_only` (the read-only containment rung), keeping
+/// their indices as rule ids so events name the same `allow[N]`. It is a subset of a list
+/// that compiles, so it compiles too.
+pub fn compile_read_only(
+    agent: &str,
+    egress: &EgressPolicy,
+) -> Result<CompiledEgress, PolicyError> {
+    compile_at(&format!("agents.{agent}.egress"), egress, true)
+}
+
+/// As [`compile_egress`], with `path` (e.g. `default_agent.egress`) naming the policy in
+/// errors; `read_only_only` keeps only the rules marked `read_only`.
+pub(crate) fn compile_at(
+    path: &str,
+    egress: &EgressPolicy,
+    read_only_only: bool,
+) -> Result<CompiledEgress, PolicyError> {
     // Rule ids share the u32 space with the RULE_* sentinels at its top.
     let max_rules = usize::try_from(RULE_SOCKET_ALLOWED).unwrap_or(usize::MAX);
     let too_many = || PolicyError::TooManyRules {
@@ -48,6 +63,9 @@ pub(crate) fn compile_at(path: &str, egress: &EgressPolicy) -> Result<CompiledEg
 
     let mut by_cidr: BTreeMap<IpNet, Vec<usize>> = BTreeMap::new();
     for (i, rule) in egress.allow.iter().enumerate() {
+        if read_only_only && !rule.read_only {
+            continue;
+        }
         by_cidr.entry(rule.cidr).or_default().push(i);
     }
 
@@ -81,7 +99,12 @@ pub(crate) fn compile_at(path: &str, egress: &EgressPolicy) -> Result<CompiledEg
                     port_lo: range.lo,
                     port_hi: range.hi,
                     protocols,
-                    _pad: [0; 3],
+                    flags: if rule.requires_approval {
+                        RULE_F_APPROVAL
+                    } else {
+                        0
+                    },
+                    _pad: [0; 2],
                     rule_id,
                 };
                 // A rule an earlier one fully covers can never match first; dropping it
@@ -162,6 +185,9 @@ mod tests {
             ports: ports.iter().map(|&(lo, hi)| PortRange { lo, hi }).collect(),
             protocols,
             comment: None,
+            name: None,
+            requires_approval: false,
+            read_only: false,
         }
     }
 
@@ -181,7 +207,8 @@ mod tests {
             port_lo: lo,
             port_hi: hi,
             protocols,
-            _pad: [0; 3],
+            flags: 0,
+            _pad: [0; 2],
             rule_id,
         }
     }
@@ -497,7 +524,7 @@ agents:
         for i in 0..17u16 {
             allow.push(rule("10.0.0.0/8", &[(i * 2, i * 2)], PROTO_TCP));
         }
-        let err = compile_at("default_agent.egress", &egress(allow)).unwrap_err();
+        let err = compile_at("default_agent.egress", &egress(allow), false).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("default_agent.egress.allow[0] (10.0.0.0/8): more than 16 port rules"),

@@ -2,10 +2,11 @@
 
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Which kernel tier the agent needs (see docs/POLICY.md "Enforcement tiers").
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Enforcement {
     /// Whatever this kernel gives: deny where BPF LSM is active, else kill.
@@ -25,7 +26,7 @@ impl fmt::Display for Enforcement {
 }
 
 /// Which programs the agent may execute.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecPolicy {
     /// What happens to an exec no rule matches.
@@ -60,7 +61,7 @@ impl ExecPolicy {
 }
 
 /// The default for execs no rule matches.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ExecDefault {
     /// Run (a deny list).
@@ -71,8 +72,9 @@ pub enum ExecDefault {
 }
 
 /// One exec rule target.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(try_from = "String", into = "String")]
+#[schemars(with = "String")]
 pub enum ExecMatch {
     /// An absolute path or glob, resolved to files when the policy is applied.
     Path(String),
@@ -123,7 +125,7 @@ fn check_path_pattern(s: &str, what: &str) -> Result<(), String> {
 }
 
 /// Which files the agent may not open, and which opens are reported (deny tier).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FilesPolicy {
     /// Opens refused with EPERM.
@@ -156,7 +158,7 @@ impl FilesPolicy {
 }
 
 /// A path or glob and the kind of access the rule is about.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileRuleSpec {
     /// Absolute path or glob; a directory (or `DIR/**`) covers everything below it.
@@ -167,8 +169,9 @@ pub struct FileRuleSpec {
 }
 
 /// An absolute path or glob, checked when read.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(try_from = "String", into = "String")]
+#[schemars(with = "String")]
 pub struct FilePattern(pub String);
 
 impl TryFrom<String> for FilePattern {
@@ -195,13 +198,27 @@ impl fmt::Display for FilePattern {
 }
 
 /// Read and/or write intent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(try_from = "String", into = "String")]
+#[schemars(with = "AccessText")]
 pub struct Access {
     /// Opens for reading.
     pub read: bool,
     /// Opens for writing.
     pub write: bool,
+}
+
+/// How `access` is written.
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[expect(dead_code, reason = "only describes the JSON Schema")]
+enum AccessText {
+    #[serde(rename = "read")]
+    Read,
+    #[serde(rename = "write")]
+    Write,
+    #[serde(rename = "read+write")]
+    ReadWrite,
 }
 
 impl Default for Access {

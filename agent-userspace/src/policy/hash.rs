@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     exec::Enforcement,
+    runtime::{ApprovalPolicy, Collectives, ContainmentPolicy},
     schema::{protocol_names, AgentPolicy},
 };
 
@@ -21,6 +22,7 @@ pub(crate) fn canonical_form(
     version: u32,
     agents: &BTreeMap<String, AgentPolicy>,
     default_agent: Option<&AgentPolicy>,
+    (groups, workflows): (&Collectives, &Collectives),
 ) -> String {
     let mut out = String::new();
     out.push_str(HEADER);
@@ -39,7 +41,19 @@ pub(crate) fn canonical_form(
         }
         None => out.push_str("default_agent refuse\n"),
     }
+    // Only written when present, so policies without them keep the hash they had.
+    for (what, map) in [("group", groups), ("workflow", workflows)] {
+        for (name, c) in map {
+            let _ = writeln!(out, "{what} {name} budgets={}", json(&c.budgets));
+        }
+    }
     out
+}
+
+/// Compact JSON of a parsed value: fields in declaration order, maps sorted, so the text
+/// depends only on the values.
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
 }
 
 fn write_agent(out: &mut String, agent: &AgentPolicy) {
@@ -92,7 +106,36 @@ fn write_agent(out: &mut String, agent: &AgentPolicy) {
             out.push_str(" comment=");
             quote(out, c);
         }
+        if let Some(n) = &rule.name {
+            let _ = write!(out, " name={n}");
+        }
+        if rule.requires_approval {
+            out.push_str(" requires_approval");
+        }
+        if rule.read_only {
+            out.push_str(" read_only");
+        }
         out.push('\n');
+    }
+    // The run-time sections, each only when it differs from its default (so policies
+    // without them keep the hash they had).
+    if !agent.groups.is_empty() {
+        let _ = writeln!(out, "  groups {}", json(&agent.groups));
+    }
+    if !agent.workflows.is_empty() {
+        let _ = writeln!(out, "  workflows {}", json(&agent.workflows));
+    }
+    if agent.approvals != ApprovalPolicy::default() {
+        let _ = writeln!(out, "  approvals {}", json(&agent.approvals));
+    }
+    if !agent.budgets.is_empty() {
+        let _ = writeln!(out, "  budgets {}", json(&agent.budgets));
+    }
+    for a in &agent.assertions {
+        let _ = writeln!(out, "  assert {}", json(&a.to_string()));
+    }
+    if agent.containment != ContainmentPolicy::default() {
+        let _ = writeln!(out, "  containment {}", json(&agent.containment));
     }
 }
 
@@ -206,7 +249,7 @@ version: 1
     fn canonical_form_is_readable_and_escaped() {
         let yaml = "version: 1\nagents:\n  demo:\n    egress:\n      allow:\n        - cidr: ::ffff:127.0.0.1\n          comment: \"say \\\"hi\\\"\\n\u{e9}\"\n";
         let p = Policy::from_yaml(yaml, "t").unwrap();
-        let form = canonical_form(p.version, &p.agents, p.default_agent.as_ref());
+        let form = p.canonical();
         assert_eq!(
             form,
             "agentcage-policy canonical-form 1\nversion 1\nagent demo\n  egress \

@@ -11,10 +11,12 @@ mod exec;
 mod hash;
 mod inodes;
 mod locate;
+mod runtime;
 mod schema;
 
 use std::{collections::BTreeMap, fs, path::Path};
 
+pub use compile::compile_read_only;
 pub use compile::{compile_egress, CompiledEgress};
 pub use error::PolicyError;
 pub use exec::{
@@ -23,7 +25,13 @@ pub use exec::{
 pub use inodes::{
     compile_exec, compile_files, kernel_dev, kernel_dev_of, CompiledExec, CompiledFiles,
 };
-pub use schema::{AgentPolicy, AllowEvents, AllowRule, EgressPolicy, PortRange, SCHEMA_VERSION};
+pub use runtime::{
+    ApprovalPolicy, Budgets, Collective, Collectives, ContainmentPolicy, DenyRate, Limit, LoopRule,
+    Rung, Span, TimeLimit,
+};
+pub use schema::{
+    json_schema, AgentPolicy, AllowEvents, AllowRule, EgressPolicy, PortRange, SCHEMA_VERSION,
+};
 
 use locate::{locate, Step};
 use schema::RawPolicy;
@@ -51,6 +59,10 @@ pub struct Policy {
     pub agents: BTreeMap<String, AgentPolicy>,
     /// The policy for agents not named in `agents`; `None` refuses them.
     pub default_agent: Option<AgentPolicy>,
+    /// User groups and their shared budgets.
+    pub groups: Collectives,
+    /// Workflows and their shared budgets.
+    pub workflows: Collectives,
     source: String,
     hash: String,
 }
@@ -68,7 +80,16 @@ impl Policy {
             });
         }
         let raw: RawPolicy = serde_norway::from_str(text).map_err(|e| yaml_error(source, &e))?;
-        let (version, agents, default_agent) = raw.into_parts();
+        let RawPolicy {
+            version,
+            agents,
+            default_agent,
+            groups,
+            workflows,
+        } = raw;
+        let (version, agents) = (version.0, agents.0);
+        check_memberships(source, &agents, default_agent.as_ref(), &groups, &workflows)?;
+        check_run_time(source, &agents, default_agent.as_ref())?;
 
         // Compile now, so that a policy the kernel cannot hold is refused when it is loaded,
         // with a position, rather than when an agent starts.
@@ -114,11 +135,18 @@ impl Policy {
             }
         }
 
-        let canonical = hash::canonical_form(version, &agents, default_agent.as_ref());
+        let canonical = hash::canonical_form(
+            version,
+            &agents,
+            default_agent.as_ref(),
+            (&groups, &workflows),
+        );
         Ok(Self {
             version,
             agents,
             default_agent,
+            groups,
+            workflows,
             source: source.to_owned(),
             hash: hash::sha256_hex(&canonical),
         })
@@ -148,6 +176,87 @@ impl Policy {
     pub fn source(&self) -> &str {
         &self.source
     }
+
+    /// The canonical text form the hash is taken of: one line per setting, stable across
+    /// key order, whitespace and comments (what `agentcage policy diff` compares).
+    pub fn canonical(&self) -> String {
+        hash::canonical_form(
+            self.version,
+            &self.agents,
+            self.default_agent.as_ref(),
+            (&self.groups, &self.workflows),
+        )
+    }
+}
+
+/// Values of the run-time sections that serde cannot check alone; and assertions over
+/// egress, which see allowed connections through their events (with sampled or no allow
+/// events they would miss some, and silently pass).
+fn check_run_time(
+    source: &str,
+    agents: &BTreeMap<String, AgentPolicy>,
+    default_agent: Option<&AgentPolicy>,
+) -> Result<(), PolicyError> {
+    use crate::runtime::assertions::PatternKind;
+    let all = agents
+        .iter()
+        .map(|(n, a)| (format!("agents.{n}"), a))
+        .chain(default_agent.map(|a| ("default_agent".to_owned(), a)));
+    for (path, agent) in all {
+        runtime::check_values(&path, &agent.budgets, &agent.containment, &agent.approvals)
+            .map_err(|message| PolicyError::InvalidUnlocated {
+                file: source.to_owned(),
+                message,
+            })?;
+        let on_egress = agent
+            .assertions
+            .iter()
+            .find(|a| a.patterns().iter().any(|p| p.kind == PatternKind::Egress));
+        if let (Some(a), false) = (on_egress, agent.egress.allow_events == AllowEvents::All) {
+            return Err(PolicyError::InvalidUnlocated {
+                file: source.to_owned(),
+                message: format!(
+                    "{path}.assertions: `{a}` watches egress, but {path}.egress.allow_events is \
+                     {}; the assertion would miss unreported connections: set allow_events: all",
+                    agent.egress.allow_events
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Every group and workflow an agent names must be defined at the top level, so that a typo
+/// never silently leaves an agent outside a shared budget.
+fn check_memberships(
+    source: &str,
+    agents: &BTreeMap<String, AgentPolicy>,
+    default_agent: Option<&AgentPolicy>,
+    groups: &Collectives,
+    workflows: &Collectives,
+) -> Result<(), PolicyError> {
+    let all = agents
+        .iter()
+        .map(|(n, a)| (format!("agents.{n}"), a))
+        .chain(default_agent.map(|a| ("default_agent".to_owned(), a)));
+    for (path, agent) in all {
+        for (what, names, defined) in [
+            ("groups", &agent.groups, groups),
+            ("workflows", &agent.workflows, workflows),
+        ] {
+            if let Some(missing) = names.iter().find(|n| !defined.contains_key(*n)) {
+                return Err(PolicyError::InvalidUnlocated {
+                    file: source.to_owned(),
+                    message: format!(
+                        "{path}.{what}: {missing:?} is not defined; expected one of the names \
+                         under the top-level {what}: ({})",
+                        defined.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks that `name` can be an agent's name: 1-64 characters of `A-Z a-z 0-9 . _ -`, not
@@ -225,7 +334,7 @@ fn check_compiles(
     agent_path: &[Step<'_>],
     agent: &AgentPolicy,
 ) -> Result<(usize, usize), PolicyError> {
-    let err = match compile::compile_at(label, &agent.egress) {
+    let err = match compile::compile_at(label, &agent.egress, false) {
         Ok(c) => return Ok((c.v4.len(), c.v6.len())),
         Err(e) => e,
     };
@@ -260,6 +369,63 @@ mod tests {
             Ok(p) => panic!("expected an error, got {p:?}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn run_time_sections_parse_and_are_checked() {
+        let p = Policy::from_yaml(
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../policies/examples/payments.yaml"
+            )),
+            "payments.yaml",
+        )
+        .unwrap();
+        let payer = &p.agents["payer"];
+        assert!(payer.egress.allow[1].requires_approval);
+        assert!(payer.egress.allow[0].read_only);
+        assert_eq!(payer.egress.allow[1].name.as_deref(), Some("payments"));
+        assert_eq!(payer.approvals.default_for.0.as_secs(), 600);
+        assert_eq!(payer.budgets.tokens.unwrap().hard, Some(500_000.0));
+        assert_eq!(payer.containment.on_assertion, Rung::Killed);
+        assert_eq!(payer.assertions.len(), 2);
+        assert!(p.canonical().contains("requires_approval"));
+
+        let e = err("version: 1\nagents:\n  a:\n    groups: [finanse]\ngroups:\n  finance: {}\n");
+        assert!(
+            e.contains("agents.a.groups: \"finanse\" is not defined"),
+            "{e}"
+        );
+        let e = err("version: 1\nagents:\n  a:\n    egress:\n      allow_events: none\n    assertions: [plan precedes egress(x)]\n");
+        assert!(e.contains("set allow_events: all"), "{e}");
+        let e = err("version: 1\nagents:\n  a:\n    containment:\n      on_budget: frozen\n");
+        assert!(e.starts_with("policies/x.yaml:5:18:"), "{e}");
+        let e = err("version: 1\nagents:\n  a:\n    budgets:\n      tokens: {soft: 5, hard: 1}\n");
+        assert!(
+            e.contains("agents.a.budgets.tokens: the soft limit 5 is above"),
+            "{e}"
+        );
+        let e = err("version: 1\nagents:\n  a:\n    budgets:\n      wall_clock: {hard: soon}\n");
+        assert!(e.contains("invalid duration \"soon\""), "{e}");
+        // Key order and layout do not change the hash of the run-time sections either.
+        let one = "version: 1\nagents:\n  a:\n    budgets: {tokens: {soft: 1, hard: 2}}\n";
+        let two = "version: 1\nagents:\n  a:\n    budgets:\n      tokens:\n        hard: 2\n        soft: 1\n";
+        let h = |y| Policy::from_yaml(y, "t").unwrap().hash().to_owned();
+        assert_eq!(h(one), h(two));
+        assert_ne!(h(one), h(&one.replace("hard: 2", "hard: 3")));
+    }
+
+    #[test]
+    fn the_published_schema_is_the_generated_one() {
+        let committed = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../policies/schema.json"
+        ));
+        assert!(
+            committed == json_schema(),
+            "policies/schema.json is stale: regenerate it with \
+             `agentcage policy schema > policies/schema.json`"
+        );
     }
 
     #[test]
@@ -309,6 +475,9 @@ default_agent:
                 ],
                 protocols: PROTO_TCP,
                 comment: Some("local dev server".into()),
+                name: None,
+                requires_approval: false,
+                read_only: false,
             }]
         );
         assert!(!demo.raw_sockets);

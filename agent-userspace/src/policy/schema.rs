@@ -13,6 +13,7 @@ use std::{
 
 use agent_common::egress::{PROTO_TCP, PROTO_UDP};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use schemars::JsonSchema;
 use serde::{
     de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor},
     Deserialize, Serialize,
@@ -20,14 +21,16 @@ use serde::{
 
 use super::{
     exec::{Enforcement, ExecPolicy, FilesPolicy},
+    runtime::{ApprovalPolicy, Budgets, Collectives, ContainmentPolicy},
     validate_agent_name,
 };
+use crate::runtime::assertions::Assertion;
 
 /// The only schema version this build understands.
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// What one agent may do.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentPolicy {
     /// Outbound network access.
@@ -42,10 +45,28 @@ pub struct AgentPolicy {
     /// Which files may not be opened, and which opens are reported.
     #[serde(default)]
     pub files: FilesPolicy,
+    /// The user groups the agent belongs to (names under the top-level `groups`).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// The workflows the agent belongs to (names under the top-level `workflows`).
+    #[serde(default)]
+    pub workflows: Vec<String>,
+    /// Actions that wait for a person's approval.
+    #[serde(default)]
+    pub approvals: ApprovalPolicy,
+    /// The agent's own budgets.
+    #[serde(default)]
+    pub budgets: Budgets,
+    /// Temporal assertions over the agent's events, checked online per session.
+    #[serde(default)]
+    pub assertions: Vec<Assertion>,
+    /// Which containment rung applies when something goes wrong.
+    #[serde(default)]
+    pub containment: ContainmentPolicy,
 }
 
 /// Outbound network access: default deny, plus an ordered allow list.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EgressPolicy {
     /// Allowed destinations; the first rule that matches decides (its index is the `rule_id`).
@@ -69,8 +90,9 @@ impl EgressPolicy {
 }
 
 /// Which allowed decisions emit events.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(with = "AllowEventsText")]
 pub enum AllowEvents {
     /// Every allowed decision.
     #[default]
@@ -80,6 +102,15 @@ pub enum AllowEvents {
     /// About one in N (N >= 2).
     Sample(u32),
 }
+
+/// The JSON Schema form of [`AllowEvents`].
+#[derive(JsonSchema)]
+#[schemars(
+    description = "all, none, or sample:N (about one allowed decision in N is reported)",
+    extend("pattern" = "^(all|none|sample:[0-9]+)$")
+)]
+#[expect(dead_code, reason = "only its schema is used")]
+struct AllowEventsText(String);
 
 impl AllowEvents {
     /// The kernel's sampling rate: 1 = every event, 0 = none, N = about one in N.
@@ -150,8 +181,9 @@ impl<'de> Deserialize<'de> for AllowEvents {
 }
 
 /// One allowed destination set.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(from = "RawAllowRule")]
+#[schemars(with = "RawAllowRule")]
 pub struct AllowRule {
     /// Destination network. IPv4-mapped IPv6 networks are stored as IPv4.
     pub cidr: IpNet,
@@ -161,6 +193,14 @@ pub struct AllowRule {
     pub protocols: u8,
     /// Free text from the policy author.
     pub comment: Option<String>,
+    /// A name for the rule, used by assertions (`egress(NAME)`) and approval requests.
+    pub name: Option<String>,
+    /// The kernel allows a match only while a person's approval is in force; until then the
+    /// verdict is `pending-approval`.
+    pub requires_approval: bool,
+    /// The rule stays in force in the read-only containment rung (every other rule is
+    /// dropped there).
+    pub read_only: bool,
 }
 
 impl AllowRule {
@@ -176,10 +216,14 @@ impl AllowRule {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        match &self.comment {
+        let mut text = match &self.comment {
             Some(c) => format!("{} {protocols} {ports} ({c})", self.cidr),
             None => format!("{} {protocols} {ports}", self.cidr),
+        };
+        if self.requires_approval {
+            text.push_str(" [requires approval]");
         }
+        text
     }
 }
 
@@ -194,16 +238,44 @@ pub(crate) fn protocol_names(bits: u8) -> &'static str {
 }
 
 /// What an allow rule looks like in YAML; each field validates itself as it is read.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawAllowRule {
+    /// Destination network: an IPv4 or IPv6 CIDR; a bare address means /32 or /128.
+    #[schemars(with = "String")]
     cidr: Cidr,
+    /// Destination ports (443) and inclusive ranges ("8000-8099"); omitted or [] means every
+    /// port.
     #[serde(default)]
+    #[schemars(with = "Option<Vec<PortRange>>")]
     ports: Option<Ports>,
+    /// tcp and/or udp; omitted means both.
     #[serde(default)]
+    #[schemars(with = "Option<Vec<ProtocolName>>", length(min = 1))]
     protocols: Option<Protocols>,
+    /// Free text, shown with the rule in events and logs.
     #[serde(default)]
     comment: Option<String>,
+    /// A name for assertions (`egress(NAME)`) and approval requests.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    name: Option<RuleName>,
+    /// Allowed only while a person's approval is in force (verdict `pending-approval`
+    /// until then).
+    #[serde(default)]
+    requires_approval: bool,
+    /// Kept in the read-only containment rung.
+    #[serde(default)]
+    read_only: bool,
+}
+
+/// A transport protocol.
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[expect(dead_code, reason = "only its schema is used")]
+enum ProtocolName {
+    Tcp,
+    Udp,
 }
 
 impl From<RawAllowRule> for AllowRule {
@@ -213,17 +285,53 @@ impl From<RawAllowRule> for AllowRule {
             ports: raw.ports.map(|p| p.0).unwrap_or_default(),
             protocols: raw.protocols.map_or(PROTO_TCP | PROTO_UDP, |p| p.0),
             comment: raw.comment,
+            name: raw.name.map(|n| n.0),
+            requires_approval: raw.requires_approval,
+            read_only: raw.read_only,
         }
     }
 }
 
+/// A rule name: what assertions and approvals call it (`egress(payments)`).
+struct RuleName(String);
+
+impl<'de> Deserialize<'de> for RuleName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RuleName;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a rule name of letters, digits, '.', '_' and '-'")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RuleName, E> {
+                super::runtime::check_name(s, "rule name")
+                    .map(RuleName)
+                    .map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 /// An inclusive destination port range.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(with = "PortText")]
 pub struct PortRange {
     /// Lowest port.
     pub lo: u16,
     /// Highest port, >= `lo`.
     pub hi: u16,
+}
+
+/// The JSON Schema form of [`PortRange`]: a number or a `lo-hi` string.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[expect(dead_code, reason = "only its schema is used")]
+enum PortText {
+    /// One port.
+    Port(#[schemars(range(max = 65535))] u16),
+    /// A port or an inclusive range, e.g. "8000-8099".
+    Text(#[schemars(regex(pattern = r"^\s*[0-9]+\s*(-\s*[0-9]+\s*)?$"))] String),
 }
 
 impl PortRange {
@@ -466,7 +574,7 @@ impl<'de> Deserialize<'de> for Protocol {
 }
 
 /// The `version` field: must be [`SCHEMA_VERSION`].
-struct Version(u32);
+pub(crate) struct Version(pub(crate) u32);
 
 impl<'de> Deserialize<'de> for Version {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -497,30 +605,48 @@ impl<'de> Deserialize<'de> for Version {
     }
 }
 
-/// The whole file as written.
-#[derive(Deserialize)]
+/// An agentcage policy file: the agents, what each may do, and what happens when something
+/// goes wrong (see docs/POLICY.md).
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "agentcage policy, schema version 1")]
 pub(crate) struct RawPolicy {
-    version: Version,
+    /// Schema version; must be 1.
+    #[schemars(with = "VersionOne")]
+    pub(crate) version: Version,
+    /// Agent name → what the agent may do.
     #[serde(default)]
-    agents: Agents,
+    #[schemars(with = "BTreeMap<String, AgentPolicy>")]
+    pub(crate) agents: Agents,
+    /// The policy for agents not named under `agents`; absent refuses them.
     #[serde(default)]
-    default_agent: Option<AgentPolicy>,
+    pub(crate) default_agent: Option<AgentPolicy>,
+    /// User groups: budgets shared by their member agents.
+    #[serde(default)]
+    pub(crate) groups: Collectives,
+    /// Workflows: budgets shared by their member agents.
+    #[serde(default)]
+    pub(crate) workflows: Collectives,
 }
 
-/// A parsed file: version, named agents, default agent.
-pub(crate) type PolicyParts = (u32, BTreeMap<String, AgentPolicy>, Option<AgentPolicy>);
+/// The JSON Schema form of the version: the constant 1.
+#[derive(JsonSchema)]
+#[schemars(extend("const" = 1))]
+#[expect(dead_code, reason = "only its schema is used")]
+struct VersionOne(u32);
 
-impl RawPolicy {
-    /// The parsed parts.
-    pub(crate) fn into_parts(self) -> PolicyParts {
-        (self.version.0, self.agents.0, self.default_agent)
-    }
+/// The JSON Schema of a policy file (schema version 1), as published in
+/// `policies/schema.json`.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(RawPolicy);
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
 }
 
 /// The `agents` map; names are validated, and duplicates refused, as each key is read.
 #[derive(Default)]
-struct Agents(BTreeMap<String, AgentPolicy>);
+pub(crate) struct Agents(pub(crate) BTreeMap<String, AgentPolicy>);
 
 impl<'de> Deserialize<'de> for Agents {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -695,6 +821,9 @@ mod tests {
             ],
             protocols: PROTO_TCP,
             comment: None,
+            name: None,
+            requires_approval: false,
+            read_only: false,
         };
         assert_eq!(rule.describe(), "127.0.0.1/32 tcp 8000-8099,443");
         let egress = EgressPolicy {
@@ -711,6 +840,9 @@ mod tests {
             ports: vec![],
             protocols: PROTO_TCP | PROTO_UDP,
             comment: Some("everything".into()),
+            name: None,
+            requires_approval: false,
+            read_only: false,
         };
         assert_eq!(any.describe(), "::/0 tcp+udp any port (everything)");
     }

@@ -1,0 +1,132 @@
+//! `agentcage top`: a live terminal view of the agents, their counters and recent denials,
+//! redrawn from `status` and the recent events every interval.
+//!
+//! Rung and budgets come with issue 4 (agents' containment rungs and budgets): their columns
+//! show `-` until the status report carries them (see [`rung_of`] and [`budget_of`]).
+
+use std::{io::Write as _, time::Duration};
+
+use super::CliError;
+use crate::{
+    control::{AgentStatus, Client, Request, Response, StatusReport},
+    events::{Event, EventDetail},
+};
+
+/// How many recent denials the view lists.
+const DENIALS: usize = 10;
+
+/// Extension point (issue 4): the agent's containment rung.
+fn rung_of(_agent: &AgentStatus) -> String {
+    "-".into()
+}
+
+/// Extension point (issue 4): budget used, e.g. `42%`.
+fn budget_of(_agent: &AgentStatus) -> String {
+    "-".into()
+}
+
+/// Runs the view: once (for scripts and tests), or redrawn every `interval` until Ctrl-C.
+pub fn top(socket: &std::path::Path, interval: Duration, once: bool) -> Result<i32, CliError> {
+    loop {
+        let (report, events) = snapshot(socket)?;
+        let frame = render(&report, &events);
+        let mut out = std::io::stdout().lock();
+        let result = if once {
+            write!(out, "{frame}")
+        } else {
+            // Home and clear, then the frame: no flicker of a scrolled terminal.
+            write!(out, "\x1b[H\x1b[2J{frame}")
+        };
+        result
+            .and_then(|()| out.flush())
+            .map_err(CliError::os("writing the view"))?;
+        if once {
+            return Ok(0);
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+/// The status and the recent events, from the daemon.
+pub fn snapshot(socket: &std::path::Path) -> Result<(StatusReport, Vec<Event>), CliError> {
+    let report = match Client::connect(socket)?.call(&Request::Status {})? {
+        Response::Status(r) => r,
+        other => return Err(CliError::unexpected(&other)),
+    };
+    let mut client = Client::connect(socket)?;
+    client.send(&Request::Events { follow: false })?;
+    let mut events = Vec::new();
+    while let Some(r) = client.read_response()? {
+        if let Response::Event { event } = r {
+            events.push(event);
+        }
+    }
+    Ok((report, events))
+}
+
+/// One frame of the view.
+pub fn render(report: &StatusReport, events: &[Event]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "agentcage top — policy {} ({}), {} agent(s), lost outside cages: {}",
+        report.policy_source,
+        report.policy_hash.get(..12).unwrap_or(&report.policy_hash),
+        report.agents.len(),
+        report.global_lost
+    );
+    let _ = writeln!(
+        s,
+        "\n{:<20} {:<8} {:>5} {:>9} {:>9} {:>6} {:>8}",
+        "AGENT", "RUNG", "PIDS", "ALLOWED", "DENIED", "LOST", "BUDGET"
+    );
+    for a in &report.agents {
+        let _ = writeln!(
+            s,
+            "{:<20} {:<8} {:>5} {:>9} {:>9} {:>6} {:>8}",
+            a.name,
+            rung_of(a),
+            a.pids.len(),
+            a.allowed,
+            a.denied,
+            a.lost,
+            budget_of(a)
+        );
+    }
+    let _ = writeln!(s, "\nRECENT DENIALS");
+    let denials: Vec<&Event> = events
+        .iter()
+        .rev()
+        .filter(|e| matches!(&e.detail, EventDetail::Egress(d) if d.verdict == "deny"))
+        .take(DENIALS)
+        .collect();
+    if denials.is_empty() {
+        let _ = writeln!(s, "  (none)");
+    }
+    for e in denials {
+        let EventDetail::Egress(d) = &e.detail else {
+            continue;
+        };
+        let secs = e.time_unix_nano / 1_000_000_000;
+        let target = d
+            .dst_addr
+            .map(|a| std::net::SocketAddr::new(a, d.dst_port).to_string())
+            .unwrap_or_else(|| format!("{} socket", d.sock_type));
+        let _ = writeln!(
+            s,
+            "  {:02}:{:02}:{:02}  {:<16} {}({})  {} {} {}  {}",
+            (secs / 3600) % 24,
+            (secs / 60) % 60,
+            secs % 60,
+            e.agent.as_deref().unwrap_or("(no cage)"),
+            e.comm,
+            e.tgid,
+            d.hook,
+            d.protocol,
+            target,
+            d.rule
+        );
+    }
+    s
+}

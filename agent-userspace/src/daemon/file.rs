@@ -1,0 +1,87 @@
+//! The daemon's configuration file (`--config`, YAML): the `telemetry:` and `spool:` sections.
+//! The OpenTelemetry environment variables override the file, as the OpenTelemetry
+//! specification has it.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::{spool::SpoolConfig, telemetry::TelemetryConfig};
+
+/// Why the configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML of the expected shape.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and column.
+        message: String,
+    },
+}
+
+/// The whole file; every section is optional.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConfigFile {
+    /// Where and how to export.
+    pub telemetry: TelemetryConfig,
+    /// The spool's directory and bounds.
+    pub spool: SpoolConfig,
+    /// The local web dashboard.
+    pub dashboard: super::DashboardConfig,
+}
+
+impl ConfigFile {
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigFileError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses the text of a configuration file.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_norway::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::Protocol;
+
+    #[test]
+    fn sections_parse_and_unknown_keys_are_named() {
+        let c = ConfigFile::parse(
+            "telemetry:\n  endpoint: http://127.0.0.1:4318\n  protocol: http/protobuf\n\
+             spool:\n  dir: /tmp/s\n  max_bytes: 1048576\n",
+        )
+        .unwrap();
+        assert_eq!(c.telemetry.protocol, Protocol::HttpProtobuf);
+        assert_eq!(c.spool.max_bytes, 1 << 20);
+        assert_eq!(c.spool.segment_bytes, SpoolConfig::default().segment_bytes);
+        let e = ConfigFile::parse("telemetry:\n  endpont: x\n").unwrap_err();
+        assert!(e.contains("endpont") && e.contains("line 2"), "{e}");
+        let e = ConfigFile::parse("telemetry:\n  protocol: http/json\n").unwrap_err();
+        assert!(e.contains("http/json"), "{e}");
+    }
+}

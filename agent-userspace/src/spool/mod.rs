@@ -1,0 +1,328 @@
+//! The durable spool: every event is appended to segment files on disk before anything is
+//! exported, and each exporter reads from its own durable cursor, advanced only after the
+//! collector acknowledged. A dead or slow collector therefore costs disk, never events, up to
+//! a size bound; beyond it the oldest segments are dropped, and how many events went unexported
+//! is counted (durably) and written into the spool as an entry of its own.
+//!
+//! Layout of the directory:
+//! - `seg-<first seq, 20 digits>.jsonl`: one JSON [`Record`] per line, sequence numbers
+//!   strictly increasing across segments;
+//! - `cursor.json`: per reader, the last sequence number acknowledged, and the dropped count.
+//!
+//! Ordering and idempotency: sequence numbers are assigned in append order and never reused
+//! (a restart continues after the last record on disk). A reader gets records in sequence
+//! order and acknowledges a prefix; after a crash between the collector's answer and the
+//! cursor's write, that batch is sent again (at-least-once), and every record carries its
+//! sequence number so a consumer can drop the repeat.
+
+mod cursor;
+mod segment;
+
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::Event;
+pub use cursor::Cursors;
+use segment::Segment;
+
+/// Why the spool failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// A file operation failed.
+    #[error("spool {op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The cursor file is not what this version writes.
+    #[error("spool cursor {path} is corrupt: {source}")]
+    Cursor {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An entry could not be encoded.
+    #[error("spool: encoding an entry: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The configuration cannot work.
+    #[error("spool: {0}")]
+    Config(String),
+    /// A reader name that was not declared when the spool was opened.
+    #[error("spool: unknown reader {0:?}")]
+    UnknownReader(String),
+}
+
+impl SpoolError {
+    pub(crate) fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Self + 'a {
+        move |source| Self::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// What one spool record holds.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "entry", rename_all = "snake_case")]
+pub enum Entry {
+    /// An event from the bus (boxed: events are much larger than the other entries).
+    Event(Box<Event>),
+    /// Events that were never exported: dropped by the size bound, or missed by the spool's
+    /// own consumer of the bus.
+    Dropped {
+        /// Wall-clock time this was noticed, ns since the Unix epoch.
+        time_unix_nano: u64,
+        /// How many.
+        count: u64,
+        /// Why: `size_bound`, `bus_lag` or `write_error`.
+        reason: String,
+    },
+}
+
+/// One line of a segment.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    /// Position in the spool, from 1, never reused.
+    pub seq: u64,
+    /// The content.
+    #[serde(flatten)]
+    pub entry: Entry,
+}
+
+/// Bounds of the spool (the `spool:` section of the daemon's configuration).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// The directory.
+    pub dir: PathBuf,
+    /// At most this many bytes on disk; the oldest segments go first.
+    pub max_bytes: u64,
+    /// A segment is closed and a new one started past this size.
+    pub segment_bytes: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/var/lib/agentcage/spool"),
+            max_bytes: 256 * 1024 * 1024,
+            segment_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// Counters for status and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SpoolStats {
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// Segment files.
+    pub segments: usize,
+    /// The last sequence number written (0: none yet).
+    pub last_seq: u64,
+    /// Events never exported because the bound was reached (or the bus outran the spool),
+    /// since the spool was created.
+    pub dropped: u64,
+}
+
+/// The spool. Not thread-safe by itself: the daemon keeps it behind a mutex.
+pub struct Spool {
+    dir: PathBuf,
+    config: SpoolConfig,
+    /// Segments by first sequence number; the last one is written to.
+    segments: BTreeMap<u64, Segment>,
+    cursors: Cursors,
+    next_seq: u64,
+}
+
+impl Spool {
+    /// Opens (or creates) the spool in `config.dir` for the named readers, cleaning up what a
+    /// crash may have left (a partly written last line).
+    pub fn open(config: &SpoolConfig, readers: &[&str]) -> Result<Self, SpoolError> {
+        if config.segment_bytes == 0 || config.max_bytes < 2 * config.segment_bytes {
+            return Err(SpoolError::Config(format!(
+                "max_bytes ({}) must be at least twice segment_bytes ({}), and segment_bytes above 0",
+                config.max_bytes, config.segment_bytes
+            )));
+        }
+        let dir = config.dir.clone();
+        fs::create_dir_all(&dir).map_err(SpoolError::io("creating", &dir))?;
+        // Events name agents, processes and destinations: root's eyes only.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                .map_err(SpoolError::io("restricting", &dir))?;
+        }
+        let cursors = Cursors::load(&dir, readers)?;
+        let mut segments = BTreeMap::new();
+        for entry in fs::read_dir(&dir).map_err(SpoolError::io("listing", &dir))? {
+            let entry = entry.map_err(SpoolError::io("listing", &dir))?;
+            if let Some(first) = segment::first_seq(&entry.file_name()) {
+                segments.insert(first, Segment::open(&dir, first)?);
+            }
+        }
+        let next_seq = match segments.values_mut().next_back() {
+            Some(last) => last.recover()? + 1,
+            None => cursors.highest() + 1,
+        };
+        let mut spool = Self {
+            dir,
+            config: config.clone(),
+            segments,
+            cursors,
+            next_seq,
+        };
+        spool.collect_acknowledged()?;
+        Ok(spool)
+    }
+
+    /// Appends one entry; returns its sequence number. Enforces the size bound first.
+    pub fn append(&mut self, entry: Entry) -> Result<u64, SpoolError> {
+        let seq = self.next_seq;
+        let mut line = serde_json::to_vec(&Record { seq, entry }).map_err(SpoolError::Encode)?;
+        line.push(b'\n');
+        let rotate = match self.segments.values().next_back() {
+            Some(last) => last.bytes + line.len() as u64 > self.config.segment_bytes,
+            None => true,
+        };
+        if rotate {
+            self.segments.insert(seq, Segment::create(&self.dir, seq)?);
+        }
+        let dropped = self.enforce_bound(line.len() as u64)?;
+        let last = self
+            .segments
+            .values_mut()
+            .next_back()
+            .ok_or_else(|| SpoolError::Config("no segment to write to".into()))?;
+        last.append(&line, seq)?;
+        self.next_seq += 1;
+        if dropped > 0 {
+            self.append(Entry::Dropped {
+                time_unix_nano: now_unix_nano(),
+                count: dropped,
+                reason: "size_bound".into(),
+            })?;
+        }
+        Ok(seq)
+    }
+
+    /// Removes the oldest segments while the spool would exceed its bound with `incoming`
+    /// more bytes; returns how many records no reader had acknowledged yet.
+    fn enforce_bound(&mut self, incoming: u64) -> Result<u64, SpoolError> {
+        let mut dropped = 0;
+        // The segment being written is never removed: it tells a restart where seqs stand.
+        while self.bytes() + incoming > self.config.max_bytes && self.segments.len() > 1 {
+            let Some((_, oldest)) = self.segments.pop_first() else {
+                break;
+            };
+            let unread = oldest.count_after(self.cursors.lowest());
+            dropped += unread;
+            self.cursors.skip_to(oldest.last_seq);
+            oldest.remove()?;
+        }
+        if dropped > 0 {
+            self.cursors.add_dropped(dropped);
+            self.cursors.save(&self.dir)?;
+        }
+        Ok(dropped)
+    }
+
+    /// Counts events that never reached the spool (`bus_lag`: the bus outran its consumer;
+    /// `write_error`: an append failed), durably, and records that as an entry.
+    pub fn record_loss(&mut self, count: u64, reason: &str) -> Result<(), SpoolError> {
+        self.cursors.add_dropped(count);
+        self.cursors.save(&self.dir)?;
+        self.append(Entry::Dropped {
+            time_unix_nano: now_unix_nano(),
+            count,
+            reason: reason.into(),
+        })?;
+        Ok(())
+    }
+
+    /// Up to `max` records after `reader`'s cursor, in sequence order.
+    pub fn read(&mut self, reader: &str, max: usize) -> Result<Vec<Record>, SpoolError> {
+        let after = self.cursors.get(reader)?;
+        let mut out = Vec::new();
+        // The segment holding after+1 is the last one that starts at or before it.
+        let start = self
+            .segments
+            .range(..=after + 1)
+            .next_back()
+            .map_or(0, |(first, _)| *first);
+        for segment in self.segments.range_mut(start..).map(|(_, s)| s) {
+            if out.len() >= max {
+                break;
+            }
+            segment.read_after(after, max - out.len(), &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Records that `reader` has delivered everything up to `seq`; removes segments every
+    /// reader is done with.
+    pub fn ack(&mut self, reader: &str, seq: u64) -> Result<(), SpoolError> {
+        self.cursors.set(reader, seq)?;
+        self.cursors.save(&self.dir)?;
+        self.collect_acknowledged()
+    }
+
+    /// Removes whole segments every reader has passed (never the one being written).
+    fn collect_acknowledged(&mut self) -> Result<(), SpoolError> {
+        let lowest = self.cursors.lowest();
+        while self.segments.len() > 1 {
+            let Some(oldest) = self.segments.first_key_value().map(|(_, s)| s) else {
+                break;
+            };
+            if oldest.last_seq > lowest {
+                break;
+            }
+            if let Some((_, s)) = self.segments.pop_first() {
+                s.remove()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The acknowledged position of `reader`.
+    pub fn cursor(&self, reader: &str) -> Result<u64, SpoolError> {
+        self.cursors.get(reader)
+    }
+
+    fn bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.bytes).sum()
+    }
+
+    /// Sizes and counters.
+    pub fn stats(&self) -> SpoolStats {
+        SpoolStats {
+            bytes: self.bytes(),
+            segments: self.segments.len(),
+            last_seq: self.next_seq - 1,
+            dropped: self.cursors.dropped(),
+        }
+    }
+}
+
+/// Now, ns since the Unix epoch.
+pub(crate) fn now_unix_nano() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests;

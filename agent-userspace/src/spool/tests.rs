@@ -1,0 +1,163 @@
+use std::io::Write as _;
+
+use super::*;
+use crate::events::{EgressDetail, EventDetail};
+
+fn event(n: u64) -> Entry {
+    Entry::Event(Box::new(Event {
+        time_unix_nano: n,
+        kernel_ts_ns: n,
+        agent: Some("agent:t".into()),
+        agent_seq: 1,
+        pid: 1,
+        tgid: 1,
+        comm: "c".into(),
+        cgroup_id: 7,
+        policy_hash: "h".into(),
+        detail: EventDetail::Egress(EgressDetail {
+            hook: "connect4".into(),
+            family: "ipv4".into(),
+            protocol: "tcp".into(),
+            sock_type: "stream".into(),
+            dst_addr: Some([127, 0, 0, 1].into()),
+            dst_port: 80,
+            verdict: "deny".into(),
+            rule: "default-deny".into(),
+            rule_text: None,
+        }),
+    }))
+}
+
+fn config(dir: &Path, max: u64, seg: u64) -> SpoolConfig {
+    SpoolConfig {
+        dir: dir.to_path_buf(),
+        max_bytes: max,
+        segment_bytes: seg,
+    }
+}
+
+fn seqs(records: &[Record]) -> Vec<u64> {
+    records.iter().map(|r| r.seq).collect()
+}
+
+#[test]
+fn readers_resume_after_restart_from_their_own_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1 << 20, 4096);
+    {
+        let mut spool = Spool::open(&cfg, &["logs", "traces"]).unwrap();
+        for n in 1..=100 {
+            assert_eq!(spool.append(event(n)).unwrap(), n);
+        }
+        assert!(spool.stats().segments > 1, "rotation happened");
+        assert_eq!(
+            seqs(&spool.read("logs", 10).unwrap()),
+            (1..=10).collect::<Vec<_>>()
+        );
+        spool.ack("logs", 10).unwrap();
+        spool.ack("traces", 60).unwrap();
+        // Not acknowledged: read again from the same place.
+        assert_eq!(spool.read("logs", 3).unwrap()[0].seq, 11);
+    }
+    let mut spool = Spool::open(&cfg, &["logs", "traces"]).unwrap();
+    assert_eq!(
+        seqs(&spool.read("logs", 5).unwrap()),
+        vec![11, 12, 13, 14, 15]
+    );
+    assert_eq!(spool.read("traces", 1).unwrap()[0].seq, 61);
+    assert_eq!(
+        spool.append(event(101)).unwrap(),
+        101,
+        "seqs continue, never reused"
+    );
+    assert_eq!(spool.read("traces", 1000).unwrap().len(), 41);
+    assert_eq!(spool.stats().dropped, 0);
+}
+
+#[test]
+fn acknowledged_segments_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spool = Spool::open(&config(dir.path(), 1 << 20, 2048), &["r"]).unwrap();
+    for n in 1..=200 {
+        spool.append(event(n)).unwrap();
+    }
+    let before = spool.stats();
+    spool.ack("r", 200).unwrap();
+    let after = spool.stats();
+    assert!(before.segments > 2);
+    assert_eq!(after.segments, 1, "only the segment being written stays");
+    assert!(after.bytes < before.bytes);
+    assert!(spool.read("r", 10).unwrap().is_empty());
+}
+
+#[test]
+fn the_bound_drops_oldest_and_counts_what_was_never_exported() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 8192, 2048);
+    let mut spool = Spool::open(&cfg, &["r"]).unwrap();
+    for n in 1..=300 {
+        spool.append(event(n)).unwrap();
+        assert!(
+            spool.stats().bytes <= 8192 + 2048,
+            "bound held: {:?}",
+            spool.stats()
+        );
+    }
+    let stats = spool.stats();
+    assert!(stats.dropped > 0);
+    let records = spool.read("r", 10_000).unwrap();
+    // What is left is a contiguous tail, and the drops were written as entries.
+    let dropped_entries: u64 = records
+        .iter()
+        .filter_map(|r| match &r.entry {
+            Entry::Dropped { count, .. } => Some(*count),
+            Entry::Event(_) => None,
+        })
+        .sum();
+    assert!(dropped_entries > 0);
+    // Every record ever appended is either still there or counted as dropped (the markers
+    // take sequence numbers too, and can themselves be dropped later).
+    assert_eq!(records.len() as u64 + stats.dropped, stats.last_seq);
+    assert_eq!(records[0].seq, stats.dropped + 1);
+    // The count survives a restart.
+    drop(spool);
+    assert_eq!(
+        Spool::open(&cfg, &["r"]).unwrap().stats().dropped,
+        stats.dropped
+    );
+}
+
+#[test]
+fn a_partly_written_last_record_is_removed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1 << 20, 1 << 16);
+    {
+        let mut spool = Spool::open(&cfg, &["r"]).unwrap();
+        for n in 1..=3 {
+            spool.append(event(n)).unwrap();
+        }
+    }
+    let seg = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&seg)
+        .unwrap()
+        .write_all(b"{\"seq\":4,\"entry\":\"ev")
+        .unwrap();
+    let mut spool = Spool::open(&cfg, &["r"]).unwrap();
+    assert_eq!(spool.append(event(4)).unwrap(), 4);
+    assert_eq!(seqs(&spool.read("r", 10).unwrap()), vec![1, 2, 3, 4]);
+}
+
+#[test]
+fn a_bound_smaller_than_two_segments_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Spool::open(&config(dir.path(), 1000, 800), &["r"])
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("twice segment_bytes"), "{e}");
+}

@@ -1,0 +1,245 @@
+//! The exporters: one task per signal reads the spool from its own cursor, sends a batch, and
+//! advances the cursor only once the collector acknowledged it. While the collector is down
+//! the same batch is retried with a growing pause; nothing else waits on it.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use opentelemetry::{
+    logs::{LogRecord as _, Logger as _, LoggerProvider as _},
+    trace::TraceFlags,
+    InstrumentationScope,
+};
+use opentelemetry_otlp::{LogExporter, SpanExporter, WithExportConfig as _};
+use opentelemetry_sdk::{
+    error::OTelSdkResult,
+    logs::{LogBatch, LogExporter as _, SdkLogRecord, SdkLogger, SdkLoggerProvider},
+    trace::SpanExporter as _,
+    Resource,
+};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::{
+    config::Protocol,
+    records::{any_value, describe, span_data, Described},
+    TelemetryConfig, TelemetryError,
+};
+use crate::spool::{Record, Spool};
+
+/// Where one signal goes.
+pub enum Sink {
+    /// Log records.
+    Logs {
+        /// The OTLP exporter, driven directly.
+        exporter: LogExporter,
+        /// Makes SDK log records (it has no processor: records are exported here).
+        logger: SdkLogger,
+        /// Kept alive for the logger.
+        _provider: SdkLoggerProvider,
+    },
+    /// Spans.
+    Traces(SpanExporter),
+}
+
+impl Sink {
+    /// The spool reader name of this signal.
+    pub fn reader(&self) -> &'static str {
+        match self {
+            Self::Logs { .. } => "logs",
+            Self::Traces(_) => "traces",
+        }
+    }
+
+    /// The logs sink.
+    pub fn logs(config: &TelemetryConfig, resource: &Resource) -> Result<Self, TelemetryError> {
+        let endpoint = config.endpoint_for("logs")?;
+        let mut exporter = match config.protocol {
+            Protocol::Grpc => LogExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .with_timeout(config.timeout())
+                .build(),
+            Protocol::HttpProtobuf => LogExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(endpoint)
+                .with_timeout(config.timeout())
+                .build(),
+        }
+        .map_err(|e| TelemetryError::Exporter("logs", e.to_string()))?;
+        exporter.set_resource(resource);
+        let provider = SdkLoggerProvider::builder()
+            .with_resource(resource.clone())
+            .build();
+        let logger = provider.logger_with_scope(scope());
+        Ok(Self::Logs {
+            exporter,
+            logger,
+            _provider: provider,
+        })
+    }
+
+    /// The traces sink.
+    pub fn traces(config: &TelemetryConfig, resource: &Resource) -> Result<Self, TelemetryError> {
+        let endpoint = config.endpoint_for("traces")?;
+        let mut exporter = match config.protocol {
+            Protocol::Grpc => SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .with_timeout(config.timeout())
+                .build(),
+            Protocol::HttpProtobuf => SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(endpoint)
+                .with_timeout(config.timeout())
+                .build(),
+        }
+        .map_err(|e| TelemetryError::Exporter("traces", e.to_string()))?;
+        exporter.set_resource(resource);
+        Ok(Self::Traces(exporter))
+    }
+
+    /// Sends one batch; Ok means the collector acknowledged all of it.
+    async fn send(&self, batch: &[Described]) -> OTelSdkResult {
+        let scope = scope();
+        match self {
+            Self::Logs {
+                exporter, logger, ..
+            } => {
+                let records: Vec<SdkLogRecord> =
+                    batch.iter().map(|d| log_record(logger, d)).collect();
+                let pairs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
+                    records.iter().map(|r| (r, &scope)).collect();
+                exporter.export(LogBatch::new(&pairs)).await
+            }
+            Self::Traces(exporter) => {
+                let spans: Vec<_> = batch.iter().filter_map(|d| span_data(d, &scope)).collect();
+                if spans.is_empty() {
+                    return Ok(());
+                }
+                exporter.export(spans).await
+            }
+        }
+    }
+}
+
+/// The instrumentation scope of every record.
+pub fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder(super::semconv::SCOPE)
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build()
+}
+
+fn log_record(logger: &SdkLogger, d: &Described) -> SdkLogRecord {
+    let mut r = logger.create_log_record();
+    r.set_event_name(d.event_name);
+    r.set_timestamp(d.time);
+    r.set_observed_timestamp(std::time::SystemTime::now());
+    r.set_severity_number(d.severity);
+    r.set_severity_text(d.severity.name());
+    r.set_body(d.body.clone().into());
+    for kv in &d.attributes {
+        r.add_attribute(kv.key.clone(), any_value(&kv.value));
+    }
+    // Correlation: the record's own span when it has one, else the session's root span.
+    let span = match &d.span {
+        Some(plan) if !plan.root => d.ids.span_id,
+        _ => d.ids.root_span_id,
+    };
+    r.set_trace_context(d.ids.trace_id, span, Some(TraceFlags::SAMPLED));
+    r
+}
+
+/// What an exporter task needs.
+pub struct Exporter {
+    /// Where it sends.
+    pub sink: Sink,
+    /// Where it reads.
+    pub spool: Arc<Mutex<Spool>>,
+    /// The last sequence number written, bumped by the spool writer.
+    pub written: watch::Receiver<u64>,
+    /// The node identity (part of every id).
+    pub node: String,
+    /// Records per export.
+    pub batch_size: usize,
+    /// Longest pause between retries.
+    pub retry_max: Duration,
+    /// Longest wait for one export.
+    pub timeout: Duration,
+}
+
+fn lock(spool: &Mutex<Spool>) -> std::sync::MutexGuard<'_, Spool> {
+    spool.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Exporter {
+    /// Runs until aborted.
+    pub async fn run(mut self) {
+        let reader = self.sink.reader();
+        let mut failing_since: Option<std::time::Instant> = None;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            // Marks what this read sees; a write after it wakes the wait below.
+            self.written.borrow_and_update();
+            let spool = Arc::clone(&self.spool);
+            let max = self.batch_size;
+            let batch = tokio::task::spawn_blocking(move || lock(&spool).read(reader, max)).await;
+            let batch: Vec<Record> = match batch {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => {
+                    warn!(signal = reader, error = %e, "reading the spool failed; retrying");
+                    tokio::time::sleep(self.retry_max).await;
+                    continue;
+                }
+                Err(_) => return,
+            };
+            let Some(last) = batch.last().map(|r| r.seq) else {
+                if self.written.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let described: Vec<Described> = batch.iter().map(|r| describe(r, &self.node)).collect();
+            let result = tokio::time::timeout(self.timeout, self.sink.send(&described)).await;
+            match result {
+                Ok(Ok(())) => {
+                    if let Some(since) = failing_since.take() {
+                        info!(
+                            signal = reader,
+                            down_for_ms = since.elapsed().as_millis() as u64,
+                            "collector reachable again; export resumed from the spool"
+                        );
+                    }
+                    pause = Duration::from_millis(100);
+                    let spool = Arc::clone(&self.spool);
+                    let acked =
+                        tokio::task::spawn_blocking(move || lock(&spool).ack(reader, last)).await;
+                    if let Ok(Err(e)) = acked {
+                        warn!(signal = reader, error = %e, "recording the export in the spool failed");
+                    }
+                }
+                failed => {
+                    let error = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("no answer within {:?}", self.timeout),
+                    };
+                    if failing_since.is_none() {
+                        failing_since = Some(std::time::Instant::now());
+                        warn!(
+                            signal = reader,
+                            %error,
+                            "collector unreachable; events stay in the spool and are retried"
+                        );
+                    }
+                    // Backoff while the collector is down (not a synchronisation).
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(self.retry_max);
+                }
+            }
+        }
+    }
+}

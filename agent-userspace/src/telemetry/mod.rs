@@ -1,0 +1,252 @@
+//! OpenTelemetry export: every event on the bus is appended to the durable [`crate::spool`]
+//! by one writer task, and exported from there as OTLP log records and spans by one task per
+//! signal; metrics go through the SDK's periodic reader (they are cumulative, so a collector
+//! that was away gets the totals when it is back).
+//!
+//! Nothing here is in the path of enforcement or of the bus: the writer only appends to a
+//! local file, and a dead or slow collector only makes the spool grow up to its bound.
+
+mod config;
+mod export;
+pub mod metrics;
+pub mod records;
+pub mod resource;
+pub mod semconv;
+
+pub use config::{Protocol, TelemetryConfig};
+pub use resource::Identity;
+
+use std::sync::{Arc, Mutex};
+
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry_otlp::{MetricExporter, WithExportConfig as _};
+use opentelemetry_sdk::{
+    metrics::{periodic_reader_with_async_runtime::PeriodicReader, SdkMeterProvider},
+    runtime,
+};
+use tokio::{
+    sync::{broadcast::error::RecvError, watch},
+    task::JoinHandle,
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    events::{Event, EventBus},
+    spool::{now_unix_nano, Entry, Spool, SpoolConfig, SpoolError},
+};
+use export::{Exporter, Sink};
+use metrics::{Instruments, Observed};
+
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The configuration (file or environment) is not usable.
+    #[error("telemetry configuration: {0}")]
+    Config(String),
+    /// An OTLP exporter could not be built.
+    #[error("OTLP {0} exporter: {1}")]
+    Exporter(&'static str, String),
+    /// The spool could not be opened.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+/// The spool readers, one per exported signal.
+const READERS: [&str; 2] = ["logs", "traces"];
+
+/// The running telemetry tasks.
+pub struct Telemetry {
+    stop: watch::Sender<bool>,
+    writer: JoinHandle<()>,
+    exporters: Vec<JoinHandle<()>>,
+    meters: SdkMeterProvider,
+    /// The instruments, for producers of application events (issue 4).
+    pub instruments: Instruments,
+}
+
+impl Telemetry {
+    /// Opens the spool, subscribes to `bus` (so call it before events are published) and
+    /// starts the writer, the exporters and the metrics.
+    pub fn start(
+        config: &TelemetryConfig,
+        spool: &SpoolConfig,
+        bus: &EventBus,
+        identity: &Identity,
+        kernel_lost: Arc<dyn Fn() -> u64 + Send + Sync>,
+    ) -> Result<Self, TelemetryError> {
+        let resource = resource::build(config, identity);
+        let node = resource::node_id(config);
+        let spool = Arc::new(Mutex::new(Spool::open(spool, &READERS)?));
+        let logs = Sink::logs(config, &resource)?;
+        let traces = Sink::traces(config, &resource)?;
+
+        let metrics_endpoint = config.endpoint_for("metrics")?;
+        let metric_exporter = match config.protocol {
+            Protocol::Grpc => MetricExporter::builder()
+                .with_tonic()
+                .with_endpoint(metrics_endpoint)
+                .with_timeout(config.timeout())
+                .build(),
+            Protocol::HttpProtobuf => MetricExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(metrics_endpoint)
+                .with_timeout(config.timeout())
+                .build(),
+        }
+        .map_err(|e| TelemetryError::Exporter("metrics", e.to_string()))?;
+        let reader = PeriodicReader::builder(metric_exporter, runtime::Tokio)
+            .with_interval(std::time::Duration::from_millis(config.metrics_interval_ms))
+            .build();
+        let meters = SdkMeterProvider::builder()
+            .with_resource(resource)
+            .with_reader(reader)
+            .build();
+        let observed_spool = Arc::clone(&spool);
+        let instruments = Instruments::new(
+            &meters.meter(semconv::SCOPE),
+            Observed {
+                kernel_lost,
+                spool: Arc::new(move || {
+                    let s = observed_spool.lock().unwrap_or_else(|p| p.into_inner());
+                    let stats = s.stats();
+                    let backlog = READERS
+                        .iter()
+                        .map(|r| (*r, stats.last_seq.saturating_sub(s.cursor(r).unwrap_or(0))))
+                        .collect();
+                    metrics::SpoolGauges {
+                        bytes: stats.bytes,
+                        dropped: stats.dropped,
+                        backlog,
+                    }
+                }),
+            },
+        );
+
+        let last = spool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stats()
+            .last_seq;
+        let (written, written_rx) = watch::channel(last);
+        let (stop, stop_rx) = watch::channel(false);
+        let writer = tokio::spawn(write_spool(
+            bus.subscribe(),
+            Arc::clone(&spool),
+            written,
+            stop_rx,
+            instruments.clone(),
+        ));
+        let exporters = [logs, traces]
+            .into_iter()
+            .map(|sink| {
+                tokio::spawn(
+                    Exporter {
+                        sink,
+                        spool: Arc::clone(&spool),
+                        written: written_rx.clone(),
+                        node: node.clone(),
+                        batch_size: config.batch_size.max(1),
+                        retry_max: std::time::Duration::from_millis(config.retry_max_ms.max(1)),
+                        timeout: config.timeout(),
+                    }
+                    .run(),
+                )
+            })
+            .collect();
+        info!(
+            logs = %config.endpoint_for("logs")?,
+            protocol = ?config.protocol,
+            node = %node,
+            "telemetry: exporting events over OTLP from the spool"
+        );
+        Ok(Self {
+            stop,
+            writer,
+            exporters,
+            meters,
+            instruments,
+        })
+    }
+
+    /// Writes what the bus still holds to the spool and stops; what was not exported yet is
+    /// exported by the next daemon, from the spool.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.writer.await;
+        for e in &self.exporters {
+            e.abort();
+        }
+        for e in self.exporters {
+            let _ = e.await;
+        }
+        // A last metrics export, bounded: a dead collector must not hold the stop up.
+        let meters = self.meters;
+        let _ = tokio::task::spawn_blocking(move || {
+            meters.shutdown_with_timeout(std::time::Duration::from_secs(1))
+        })
+        .await;
+    }
+}
+
+/// Appends every event from the bus to the spool, and counts what the bus made it miss.
+async fn write_spool(
+    mut rx: tokio::sync::broadcast::Receiver<Arc<Event>>,
+    spool: Arc<Mutex<Spool>>,
+    written: watch::Sender<u64>,
+    mut stop: watch::Receiver<bool>,
+    instruments: Instruments,
+) {
+    // Events whose append failed (disk full, I/O error): counted and reported as soon as the
+    // spool takes writes again.
+    let mut unwritten: u64 = 0;
+    let mut append = |entry: Result<Arc<Event>, u64>| {
+        let mut s = spool.lock().unwrap_or_else(|p| p.into_inner());
+        if unwritten > 0 && s.record_loss(unwritten, "write_error").is_ok() {
+            unwritten = 0;
+        }
+        // Appends are small writes to a local file (page cache): cheap enough to do here,
+        // and doing them in order keeps the spool in bus order.
+        let result = match entry {
+            Ok(event) => {
+                instruments.on_event(&event, now_unix_nano());
+                s.append(Entry::Event(Box::new((*event).clone())))
+                    .map(drop)
+                    .map_err(|e| (e, 1))
+            }
+            Err(missed) => s.record_loss(missed, "bus_lag").map_err(|e| (e, missed)),
+        };
+        match result {
+            Ok(()) => {
+                let _ = written.send(s.stats().last_seq);
+            }
+            Err((e, lost)) => {
+                unwritten += lost;
+                error!(error = %e, unwritten, "telemetry: events could not be written to the spool");
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            biased;
+            received = rx.recv() => match received {
+                Ok(event) => append(Ok(event)),
+                Err(RecvError::Lagged(missed)) => {
+                    warn!(missed, "telemetry: the spool writer fell behind the event bus");
+                    append(Err(missed));
+                }
+                Err(RecvError::Closed) => return,
+            },
+            _ = stop.changed() => {
+                // Drain what was published before the stop.
+                loop {
+                    match rx.try_recv() {
+                        Ok(event) => append(Ok(event)),
+                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => append(Err(n)),
+                        Err(_) => return,
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! Policy as code, end to end: `agentcage policy check|apply|diff|show|schema`, reloads on
+//! a change of the policy file, and hot reloads under load that change decisions without a
+//! restart and never mix two policies.
+
+#[path = "support/harness.rs"]
+mod harness;
+
+use std::{collections::BTreeSet, fs, path::Path};
+
+use harness::{stderr, stdout, tcp_listener, Daemon};
+
+fn allow_port(port: u16) -> String {
+    format!(
+        "version: 1\nagents:\n  tester:\n    egress:\n      allow:\n        - cidr: 127.0.0.1/32\n          ports: [{port}]\n          protocols: [tcp]\n"
+    )
+}
+
+/// The hash `agentcage policy check` reports for a policy text.
+fn hash_of(daemon: &Daemon, yaml: &str) -> String {
+    let file = daemon.dir.path().join(format!("check-{}.yaml", yaml.len()));
+    fs::write(&file, yaml).unwrap();
+    let out = daemon
+        .cli()
+        .args(["policy", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
+        .rsplit("sha256 ")
+        .next()
+        .unwrap()
+        .trim_end_matches(')')
+        .to_owned()
+}
+
+/// Replaces a file the way editors do: a new file renamed over the old one.
+fn replace(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, text).unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
+fn in_force(daemon: &Daemon) -> String {
+    let s = daemon
+        .cli()
+        .args(["status", "-o", "json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&s.stdout).unwrap();
+    v["policy_hash"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn apply_diff_and_show() {
+    let (_a, a) = tcp_listener("127.0.0.1");
+    let (_b, b) = tcp_listener("127.0.0.1");
+    let daemon = Daemon::start(&allow_port(a));
+    let mut cage = daemon.serve_in("tester");
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{b}")), "err 1");
+
+    let show = daemon.cli().args(["policy", "show"]).output().unwrap();
+    assert!(show.status.success(), "{}", stderr(&show));
+    let text = stdout(&show);
+    assert!(text.contains(&in_force(&daemon)), "{text}");
+    assert!(text.contains(&format!("ports={a}")), "{text}");
+
+    let next = daemon.dir.path().join("next.yaml");
+    fs::write(&next, allow_port(b)).unwrap();
+    let diff = daemon
+        .cli()
+        .args(["policy", "diff"])
+        .arg(&next)
+        .output()
+        .unwrap();
+    assert_eq!(diff.status.code(), Some(1), "they differ");
+    let d = stdout(&diff);
+    assert!(
+        d.contains(&format!(
+            "-  allow cidr=127.0.0.1/32 protocols=tcp ports={a}"
+        )),
+        "{d}"
+    );
+    assert!(
+        d.contains(&format!(
+            "+  allow cidr=127.0.0.1/32 protocols=tcp ports={b}"
+        )),
+        "{d}"
+    );
+
+    let apply = daemon
+        .cli()
+        .args(["policy", "apply"])
+        .arg(&next)
+        .output()
+        .unwrap();
+    assert!(apply.status.success(), "{}", stderr(&apply));
+    assert_eq!(in_force(&daemon), hash_of(&daemon, &allow_port(b)));
+    // Running agents get it without a restart...
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{b}")), "ok");
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{a}")), "err 1");
+    // ...and the daemon's file holds it, so a reload or restart keeps it.
+    assert_eq!(fs::read_to_string(&daemon.policy).unwrap(), allow_port(b));
+    let same = daemon
+        .cli()
+        .args(["policy", "diff"])
+        .arg(&next)
+        .output()
+        .unwrap();
+    assert!(same.status.success(), "{}", stdout(&same));
+    assert!(stdout(&same).contains("same as the policy in force"));
+
+    // A broken file is refused, naming its place, and the policy in force stays.
+    let broken = daemon.dir.path().join("broken.yaml");
+    fs::write(
+        &broken,
+        allow_port(a).replace("127.0.0.1/32", "127.0.0.1/33"),
+    )
+    .unwrap();
+    let refused = daemon
+        .cli()
+        .args(["policy", "apply"])
+        .arg(&broken)
+        .output()
+        .unwrap();
+    harness::assert_refused(&refused, &format!("{}:6:17", broken.display()));
+    assert_eq!(in_force(&daemon), hash_of(&daemon, &allow_port(b)));
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{b}")), "ok");
+    cage.finish();
+    daemon.stop();
+}
+
+#[test]
+fn a_changed_policy_file_is_reloaded_and_a_broken_one_refused() {
+    let (_a, a) = tcp_listener("127.0.0.1");
+    let (_b, b) = tcp_listener("127.0.0.1");
+    let daemon = Daemon::start(&allow_port(a));
+    let mut cage = daemon.serve_in("tester");
+    let want = hash_of(&daemon, &allow_port(b));
+
+    replace(&daemon.policy, &allow_port(b));
+    daemon.log.wait_for("the reload", |l| {
+        l.contains("policy in force") && l.contains(&want)
+    });
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{b}")), "ok");
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{a}")), "err 1");
+
+    replace(
+        &daemon.policy,
+        "version: 1\nagents:\n  tester:\n    egres: {}\n",
+    );
+    daemon.log.wait_for("the refusal", |l| {
+        l.contains("reload refused") && l.contains("egres")
+    });
+    assert_eq!(in_force(&daemon), want);
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{b}")), "ok");
+    cage.finish();
+    daemon.stop();
+}
+
+#[test]
+fn hot_reload_under_load_changes_decisions_and_never_mixes_policies() {
+    let (la, a) = tcp_listener("127.0.0.1");
+    let (lb, b) = tcp_listener("127.0.0.1");
+    // Hundreds of connections: accept them, or a full accept queue would stall the probe.
+    for l in [la, lb] {
+        std::thread::spawn(move || l.incoming().for_each(drop));
+    }
+    let daemon = Daemon::start(&allow_port(a));
+    let (ha, hb) = (
+        hash_of(&daemon, &allow_port(a)),
+        hash_of(&daemon, &allow_port(b)),
+    );
+    let events = daemon.follow_events();
+    let mut cage = daemon.serve_in("tester");
+
+    const RELOADS: usize = 12;
+    const OPS: usize = 300;
+    let (policy, socket) = (daemon.policy.clone(), daemon.socket.clone());
+    let ops = std::thread::scope(|s| {
+        let reloader = s.spawn(|| {
+            for i in 0..RELOADS {
+                let port = if i % 2 == 0 { b } else { a };
+                replace(&policy, &allow_port(port));
+                let out = std::process::Command::new(harness::agentcage())
+                    .arg("--socket")
+                    .arg(&socket)
+                    .args(["policy", "reload"])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", stderr(&out));
+            }
+        });
+        // Decisions all through the reloads, and at least OPS of them.
+        let mut i = 0;
+        while i < OPS || !reloader.is_finished() {
+            let port = if i % 2 == 0 { a } else { b };
+            let r = cage.op(&format!("connect 127.0.0.1:{port}"));
+            assert!(r == "ok" || r == "err 1", "{r}");
+            i += 1;
+        }
+        reloader.join().unwrap();
+        i
+    });
+    // A marker after everything: events arrive in order, so once it is seen all are.
+    assert_eq!(cage.op(&format!("connect 127.0.0.3:{a}")), "err 1");
+    events.wait_event("the marker", |e| e["dst_addr"] == "127.0.0.3");
+
+    let lines = events.lines.all.lock().unwrap().clone();
+    let mut seen = BTreeSet::new();
+    let mut judged = 0;
+    for line in lines {
+        let Ok(e) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if e["kind"] != "egress" || e["dst_addr"] != "127.0.0.1" {
+            continue;
+        }
+        judged += 1;
+        let hash = e["policy_hash"].as_str().unwrap().to_owned();
+        let port = e["dst_port"].as_u64().unwrap() as u16;
+        let allowed_port = if hash == ha {
+            a
+        } else if hash == hb {
+            b
+        } else {
+            panic!("an event under an unknown policy {hash}: {e}");
+        };
+        let want = if port == allowed_port {
+            "allow"
+        } else {
+            "deny"
+        };
+        assert_eq!(
+            e["verdict"], want,
+            "a decision mixed two policies: {e} (policy {hash} allows port {allowed_port})"
+        );
+        seen.insert(hash);
+    }
+    assert_eq!(judged, ops, "every decision was reported");
+    assert_eq!(seen.len(), 2, "decisions changed with the reloads");
+    cage.finish();
+    daemon.stop();
+}
+
+#[test]
+fn check_and_schema_work_offline() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cli = || std::process::Command::new(harness::agentcage());
+    for f in [
+        "policies/default.yaml",
+        "policies/examples/layered.yaml",
+        "policies/examples/web-agent.yaml",
+        "policies/examples/payments.yaml",
+    ] {
+        let out = cli()
+            .args(["policy", "check"])
+            .arg(repo.join(f))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{f}: {}", stderr(&out));
+    }
+    let schema = cli().args(["policy", "schema"]).output().unwrap();
+    assert!(schema.status.success());
+    let committed = fs::read_to_string(repo.join("policies/schema.json")).unwrap();
+    assert_eq!(String::from_utf8(schema.stdout).unwrap(), committed);
+    let bad = tempfile::NamedTempFile::new().unwrap();
+    fs::write(
+        bad.path(),
+        "version: 1\nagents:\n  a:\n    assertions:\n      - plan preceeds exec(x)\n",
+    )
+    .unwrap();
+    let out = cli()
+        .args(["policy", "check"])
+        .arg(bad.path())
+        .output()
+        .unwrap();
+    harness::assert_refused(&out, "invalid assertion");
+    assert!(stderr(&out).contains(":5:9:"), "{}", stderr(&out));
+}

@@ -1,0 +1,306 @@
+//! OTLP export, end to end: the real daemon sends to a real collector (Rotel) on loopback;
+//! the collector is stopped and started again, and the daemon restarted, and every event
+//! still arrives exactly once.
+
+#[path = "support/collector.rs"]
+mod collector;
+#[path = "support/harness.rs"]
+mod harness;
+
+use std::{collections::BTreeMap, fs, path::Path};
+
+use collector::{Collector, Item};
+use harness::{tcp_listener_at, Daemon};
+
+const EPERM: &str = "err 1";
+
+fn policy(port: u16) -> String {
+    format!(
+        "version: 1\nagents:\n  tester:\n    egress:\n      allow:\n        - cidr: 127.0.0.1/32\n          ports: [{port}]\n          protocols: [tcp]\n      allow_events: all\n"
+    )
+}
+
+/// A daemon configuration file exporting to `endpoint` with its spool in `spool`.
+fn config(dir: &Path, endpoint: &str, protocol: &str, spool: &Path) -> String {
+    let path = dir.join("agentcaged.yaml");
+    fs::write(
+        &path,
+        format!(
+            "telemetry:\n  endpoint: {endpoint}\n  protocol: {protocol}\n  timeout_ms: 2000\n  \
+             retry_max_ms: 200\n  metrics_interval_ms: 500\n  node_id: test-node\n\
+             spool:\n  dir: {}\n  max_bytes: 4194304\n  segment_bytes: 65536\n",
+            spool.display()
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+fn logs_named<'a>(items: &'a [Item], name: &str) -> Vec<&'a Item> {
+    items
+        .iter()
+        .filter(|i| i.kind == "log" && i.name == name)
+        .collect()
+}
+
+fn check_typed_export(protocol: &str) {
+    let collector = Collector::start();
+    let endpoint = match protocol {
+        "grpc" => collector.grpc(),
+        _ => collector.http(),
+    };
+    let spool = tempfile::tempdir().unwrap();
+    let (_ok, port) = harness::tcp_listener("127.0.0.1");
+    let _denied = tcp_listener_at("127.0.0.2", port);
+    let conf_dir = tempfile::tempdir().unwrap();
+    let conf = config(conf_dir.path(), &endpoint, protocol, spool.path());
+    let daemon = Daemon::start_args(&policy(port), &["--config", &conf]);
+
+    let mut cage = daemon.serve_in("tester");
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{port}")), "ok");
+    assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), EPERM);
+    let pid = cage.pid;
+    assert!(cage.finish().success());
+
+    // The session ends when the cage goes: its root span closes the trace. Logs and spans
+    // are exported independently, so wait for both ends.
+    let root = collector.wait_for("the invoke_agent span and the session's end", |items| {
+        let ended = logs_named(items, "agentcage.session")
+            .iter()
+            .any(|i| i.attr("agentcage.session.action") == Some("Str(end)"));
+        items
+            .iter()
+            .find(|i| i.kind == "span" && i.name == "invoke_agent tester")
+            .filter(|_| ended)
+            .cloned()
+    });
+    let items = collector.items();
+    let decisions = logs_named(&items, "agentcage.egress.decision");
+    let deny = decisions
+        .iter()
+        .find(|i| i.attr("agentcage.verdict") == Some("Str(deny)"))
+        .unwrap_or_else(|| panic!("no deny record in {decisions:#?}"));
+    // Typed attributes under the conventions' names.
+    assert_eq!(deny.attr("server.address"), Some("Str(127.0.0.2)"));
+    assert_eq!(
+        deny.attr("server.port"),
+        Some(format!("Int({port})").as_str())
+    );
+    assert_eq!(deny.attr("network.transport"), Some("Str(tcp)"));
+    assert_eq!(
+        deny.attr("process.pid"),
+        Some(format!("Int({pid})").as_str())
+    );
+    assert_eq!(deny.attr("gen_ai.agent.name"), Some("Str(tester)"));
+    assert_eq!(deny.attr("agentcage.rule"), Some("Str(default-deny)"));
+    assert_eq!(deny.field("SeverityText"), Some("WARN"));
+    let allow = decisions
+        .iter()
+        .find(|i| i.attr("agentcage.verdict") == Some("Str(allow)"))
+        .expect("an allow record");
+    assert_eq!(allow.field("SeverityText"), Some("INFO"));
+    assert!(allow
+        .attr("agentcage.rule.text")
+        .is_some_and(|t| t.contains(&port.to_string())));
+
+    // One trace for the session: the decisions' spans are children of the root span.
+    let trace = root.field("Trace ID").expect("trace id").to_owned();
+    let root_id = root.field("ID").expect("span id").to_owned();
+    assert_eq!(
+        root.attr("gen_ai.operation.name"),
+        Some("Str(invoke_agent)")
+    );
+    let children: Vec<&Item> = items
+        .iter()
+        .filter(|i| i.kind == "span" && i.name.starts_with("egress "))
+        .collect();
+    assert_eq!(children.len(), 2, "{children:#?}");
+    for c in &children {
+        assert_eq!(c.field("Trace ID"), Some(trace.as_str()));
+        assert_eq!(c.field("Parent ID"), Some(root_id.as_str()));
+    }
+    let denied_span = children
+        .iter()
+        .find(|c| c.attr("agentcage.verdict") == Some("Str(deny)"))
+        .unwrap();
+    assert_eq!(denied_span.field("Status code"), Some("STATUS_CODE_ERROR"));
+    // The log record points at its span.
+    assert_eq!(deny.field("Trace ID"), Some(trace.as_str()));
+    assert_eq!(deny.field("Span ID"), denied_span.field("ID"));
+    let sessions = logs_named(&items, "agentcage.session");
+    assert_eq!(sessions.len(), 2, "start and end: {sessions:#?}");
+
+    // Metrics: decisions by verdict, no pid anywhere.
+    let decided = collector.wait_for("the decisions metric", |items| {
+        items
+            .iter()
+            .find(|i| i.kind == "metric" && i.name == "agentcage.decisions")
+            .cloned()
+    });
+    assert!(!decided.attrs.contains_key("process.pid"), "{decided:#?}");
+
+    // Policy events: a refused reload is an ERROR record naming the problem.
+    let refused = daemon.rewrite_policy("version: 1\nagents: [\n");
+    assert!(!refused.status.success());
+    let record = collector.wait_for("the refused reload", |items| {
+        logs_named(items, "agentcage.policy.reload")
+            .first()
+            .map(|i| (*i).clone())
+    });
+    assert_eq!(record.attr("agentcage.policy.result"), Some("Str(refused)"));
+    assert_eq!(record.field("SeverityText"), Some("ERROR"));
+    assert!(record.attr("error.message").is_some(), "{record:#?}");
+    let _ = daemon.stop();
+}
+
+#[test]
+fn events_arrive_over_grpc_as_typed_log_records_and_spans_of_one_session_trace() {
+    check_typed_export("grpc");
+}
+
+#[test]
+fn events_arrive_over_http_protobuf_too() {
+    check_typed_export("http/protobuf");
+}
+
+/// Waits until every log record up to the marker's has arrived, and returns how many times
+/// each sequence number was received.
+fn received_seqs(collector: &Collector, marker_port: u16) -> BTreeMap<u64, usize> {
+    let marker = format!("Int({marker_port})");
+    // Each signal is exported in spool order, so once the marker (the last event) arrived as
+    // a log record and as a span, a repeat of anything before it would have arrived too.
+    collector.wait_for("the marker event as a log record and a span", |items| {
+        let arrived = |kind| {
+            items
+                .iter()
+                .any(|i| i.kind == kind && i.attr("server.port") == Some(marker.as_str()))
+        };
+        (arrived("log") && arrived("span")).then_some(())
+    });
+    let mut seen = BTreeMap::new();
+    for i in collector.items().iter().filter(|i| i.kind == "log") {
+        *seen
+            .entry(i.seq().expect("every record has its seq"))
+            .or_insert(0) += 1;
+    }
+    seen
+}
+
+#[test]
+fn every_event_arrives_exactly_once_across_a_collector_outage_and_a_daemon_restart() {
+    let mut collector = Collector::start();
+    let spool = tempfile::tempdir().unwrap();
+    let conf_dir = tempfile::tempdir().unwrap();
+    let conf = config(conf_dir.path(), &collector.grpc(), "grpc", spool.path());
+    let (_ok, port) = harness::tcp_listener("127.0.0.1");
+    let daemon = Daemon::start_args(&policy(port), &["--config", &conf]);
+    let denied = |cage: &mut harness::Served, n: usize| {
+        for _ in 0..n {
+            assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), EPERM);
+        }
+    };
+
+    // Up: a first batch arrives.
+    let mut cage = daemon.serve_in("tester");
+    denied(&mut cage, 5);
+    collector.wait_for("the first five denials", |items| {
+        (logs_named(items, "agentcage.egress.decision").len() == 5).then_some(())
+    });
+
+    // Down: events keep being decided and spooled.
+    collector.stop();
+    denied(&mut cage, 20);
+    daemon
+        .log
+        .wait_for("the daemon to notice the collector is gone", |l| {
+            l.contains("collector unreachable")
+        });
+    assert!(cage.finish().success());
+
+    // The daemon restarts while the collector is still down; the new one resumes from the
+    // spool and adds its own events to it.
+    let (dir, policy_path, socket, cgroup) = daemon.stop_keeping_paths();
+    let daemon = Daemon::start_with(dir, policy_path, socket, cgroup, &["--config", &conf])
+        .expect("restarted daemon");
+    let mut cage = daemon.serve_in("tester");
+    denied(&mut cage, 15);
+
+    // Up again: everything arrives, once.
+    collector.restart();
+    let marker_port = port.wrapping_add(1).max(1);
+    assert_eq!(cage.op(&format!("connect 127.0.0.3:{marker_port}")), EPERM);
+    assert!(cage.finish().success());
+    let seen = received_seqs(&collector, marker_port);
+    let duplicates: Vec<_> = seen.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(
+        duplicates.is_empty(),
+        "received more than once: {duplicates:?}"
+    );
+    let last = *seen.keys().next_back().unwrap();
+    let missing: Vec<u64> = (1..=last).filter(|s| !seen.contains_key(s)).collect();
+    assert!(missing.is_empty(), "never received: {missing:?}");
+    let items = collector.items();
+    let denials = logs_named(&items, "agentcage.egress.decision")
+        .into_iter()
+        .filter(|i| i.attr("server.port") == Some(format!("Int({port})").as_str()))
+        .count();
+    assert_eq!(denials, 5 + 20 + 15, "seqs received: {seen:?}");
+    // Spans too: one per decision, no repeats.
+    let mut span_ids = BTreeMap::new();
+    for s in items
+        .iter()
+        .filter(|i| i.kind == "span" && i.name.starts_with("egress "))
+    {
+        *span_ids
+            .entry(s.field("ID").unwrap().to_owned())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(span_ids.len(), 5 + 20 + 15 + 1, "one span per decision");
+    assert!(span_ids.values().all(|n| *n == 1), "{span_ids:?}");
+    let _ = daemon.stop();
+}
+
+#[test]
+fn a_full_spool_drops_the_oldest_and_reports_how_many() {
+    // No collector at all: the spool fills to its bound.
+    let spool = tempfile::tempdir().unwrap();
+    let conf_dir = tempfile::tempdir().unwrap();
+    let path = conf_dir.path().join("agentcaged.yaml");
+    let dead = collector::free_port();
+    fs::write(
+        &path,
+        format!(
+            "telemetry:\n  endpoint: http://127.0.0.1:{dead}\n  retry_max_ms: 200\n\
+             spool:\n  dir: {}\n  max_bytes: 16384\n  segment_bytes: 4096\n",
+            spool.path().display()
+        ),
+    )
+    .unwrap();
+    let (_ok, port) = harness::tcp_listener("127.0.0.1");
+    let daemon = Daemon::start_args(&policy(port), &["--config", path.to_str().unwrap()]);
+    let mut cage = daemon.serve_in("tester");
+    for _ in 0..100 {
+        assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), EPERM);
+    }
+    assert!(cage.finish().success());
+    let _ = daemon.stop();
+    // The bound held, the loss was counted, and said in the spool itself.
+    let mut bytes = 0;
+    let mut text = String::new();
+    for e in fs::read_dir(spool.path()).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "jsonl") {
+            bytes += fs::metadata(&p).unwrap().len();
+            text.push_str(&fs::read_to_string(&p).unwrap());
+        }
+    }
+    assert!(bytes <= 16384, "spool is {bytes} bytes");
+    let cursor: serde_json::Value =
+        serde_json::from_slice(&fs::read(spool.path().join("cursor.json")).unwrap()).unwrap();
+    let dropped = cursor["dropped"].as_u64().unwrap();
+    assert!(dropped > 0, "{cursor}");
+    assert!(
+        text.contains("\"entry\":\"dropped\"") && text.contains("\"reason\":\"size_bound\""),
+        "{text}"
+    );
+}
