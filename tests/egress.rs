@@ -51,7 +51,13 @@ fn tcp_connect_allowed_and_denied_with_a_deny_event_naming_the_rule() {
     });
     assert_eq!(deny["agent"], "agent:tester");
     assert_eq!(deny["rule"], "default-deny");
-    assert_eq!(deny["hook"], "connect4");
+    // With BPF LSM active (deny tier) its socket_connect hook refuses first.
+    let deciding_hook = if daemon.status()["tier"] == "deny" {
+        "lsm_socket_connect"
+    } else {
+        "connect4"
+    };
+    assert_eq!(deny["hook"], deciding_hook);
     assert_eq!(deny["protocol"], "tcp");
     assert_eq!(deny["dst_addr"], "127.0.0.2");
     assert_eq!(deny["dst_port"], port);

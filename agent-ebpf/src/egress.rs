@@ -24,7 +24,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 
 use crate::{
-    events::{count, header, Counter},
+    events::{count, header, header_without_task, Counter},
     maps::{APPROVALS, CAGES, EGRESS_V4, EGRESS_V6, EVENTS},
 };
 
@@ -285,12 +285,23 @@ pub(crate) fn report(
         return;
     };
     entry.write(EgressEvent {
-        header: header(
-            KIND_EGRESS,
-            cage.map_or(0, |c| c.agent_id),
-            cage.map_or(0, |c| c.policy_slot),
-            cgroup_id,
-        ),
+        // A constant per call site once inlined, so a packet program never contains the
+        // task helpers.
+        header: if attempt.hook == Hook::SkbEgress {
+            header_without_task(
+                KIND_EGRESS,
+                cage.map_or(0, |c| c.agent_id),
+                cage.map_or(0, |c| c.policy_slot),
+                cgroup_id,
+            )
+        } else {
+            header(
+                KIND_EGRESS,
+                cage.map_or(0, |c| c.agent_id),
+                cage.map_or(0, |c| c.policy_slot),
+                cgroup_id,
+            )
+        },
         addr: attempt.addr,
         rule_id,
         port: attempt.port,

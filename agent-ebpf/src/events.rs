@@ -25,6 +25,32 @@ pub fn header(kind: u32, agent_id: u32, policy_slot: u32, cgroup_id: u64) -> Eve
     }
 }
 
+/// The header for an event raised where the current task must not be asked: Linux 6.1
+/// refuses `bpf_get_current_pid_tgid` and `bpf_get_current_comm` in `cgroup_skb` programs
+/// (the program then fails to load), and a packet may be sent from softirq context, where the
+/// current task is not the sender anyway. pid, tgid and comm stay zero; the cgroup names the
+/// cage.
+#[inline(always)]
+pub fn header_without_task(
+    kind: u32,
+    agent_id: u32,
+    policy_slot: u32,
+    cgroup_id: u64,
+) -> EventHeader {
+    EventHeader {
+        kind,
+        agent_id,
+        policy_slot,
+        _pad: 0,
+        // SAFETY: a helper without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        cgroup_id,
+        pid: 0,
+        tgid: 0,
+        comm: [0; 16],
+    }
+}
+
 /// Which counter of `CageStats` to bump.
 #[derive(Clone, Copy)]
 pub enum Counter {

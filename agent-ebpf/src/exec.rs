@@ -178,10 +178,18 @@ pub fn agentcage_mmap_file(ctx: LsmContext) -> i32 {
     let s = settings();
     // Where `prot` sits differs across kernels; the hook's result is the argument after
     // `flags`, which follows `prot`.
-    let (prot, previous): (u64, i32) = if s.mmap_prot_arg == 1 {
-        (ctx.arg(1), ctx.arg(3))
+    // Every argument is read at a constant offset, with volatile loads that LLVM may not
+    // merge into one load through a pointer chosen at run time: 6.1's verifier refuses
+    // that ("dereference of modified ctx ptr").
+    let args = aya_ebpf::EbpfContext::as_ptr(&ctx) as *const u64;
+    // SAFETY: an LSM context holds the hook's arguments (mmap_file has at least five with
+    // its return value) as u64 words.
+    let arg = |i: usize| unsafe { core::ptr::read_volatile(args.add(i)) };
+    let (arg1, arg2, arg3, arg4) = (arg(1), arg(2), arg(3), arg(4));
+    let (prot, previous) = if s.mmap_prot_arg == 1 {
+        (arg1, arg3 as i32)
     } else {
-        (ctx.arg(2), ctx.arg(4))
+        (arg2, arg4 as i32)
     };
     if previous != 0 {
         return previous;

@@ -22,8 +22,20 @@ use std::{
     time::Duration,
 };
 
-/// How long any awaited condition may take before the test fails.
+/// How long an awaited condition may take on the host before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// How long any awaited condition may take before the test fails: [`DEADLINE`], or
+/// `AGENTCAGE_TEST_DEADLINE_SECS` where everything runs slower (`cargo xtask vm-test` sets it:
+/// under qemu's emulation loading the programs alone takes seconds).
+pub fn deadline() -> Duration {
+    std::env::var("AGENTCAGE_TEST_DEADLINE_SECS").map_or(DEADLINE, |v| {
+        Duration::from_secs(
+            v.parse()
+                .unwrap_or_else(|_| panic!("AGENTCAGE_TEST_DEADLINE_SECS={v:?} is not a number")),
+        )
+    })
+}
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -87,7 +99,7 @@ impl Lines {
 
     /// The next line satisfying `pred`, or a panic naming `what` after the deadline.
     pub fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = std::time::Instant::now() + DEADLINE;
+        let deadline = std::time::Instant::now() + deadline();
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.rx.recv_timeout(left) {
@@ -171,7 +183,7 @@ impl Daemon {
             .expect("spawn agentcaged");
         let log = Lines::spawn(child.stderr.take().unwrap());
         let ready = {
-            let deadline = std::time::Instant::now() + DEADLINE;
+            let deadline = std::time::Instant::now() + deadline();
             loop {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
                 match log.rx.recv_timeout(left) {

@@ -8,6 +8,7 @@ mod run;
 mod setup;
 mod test;
 mod util;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -47,6 +48,9 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Setup, build, then the test suites on Debian 12's kernel under qemu: once with BPF LSM
+    /// active (deny tier), once without (kill tier).
+    VmTest(vm::VmArgs),
     /// Setup, release build, then the .deb (systemd unit, config, completions, man pages) in
     /// target/debian/.
     Package,
@@ -90,6 +94,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Build { release } => build::build(release),
         Cmd::Run { args } => run::run_daemon(&args),
         Cmd::Test { args } => test::test(&args),
+        Cmd::VmTest(args) => vm::vm_test(&args),
         Cmd::Package => package::package(),
         Cmd::Bench { bench } => bench::run_bench(bench),
         Cmd::ConnectLoop(args) => bench::egress::connect_loop(&args),

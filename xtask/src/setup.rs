@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use crate::util::{self, capture, cmd, output, run, tools_dir};
 
 /// Debian packages the build, the tests and the benchmarks need. One list, so that a new need
-/// (e.g. the qemu VM harness) is one line here.
+/// is one line here.
 pub const DEBIAN_PACKAGES: &[&str] = &[
     // The restart test counts the programs attached to a cgroup with it.
     "bpftool",
@@ -23,6 +23,11 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
     // The auditd baseline of `cargo xtask bench capture`.
     "auditd",
+    // `cargo xtask vm-test`: the emulator, the VM's shell and tools, and the initramfs
+    // archiver.
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
     // Rotel, the OpenTelemetry collector of the telemetry tests, links libpython3.11 and
     // installs from PyPI with pip.
     "libpython3.11",
@@ -42,6 +47,7 @@ pub fn run_setup() -> Result<()> {
     debian_packages().context("setup: Debian packages")?;
     rust_src().context("setup: rust-src for the nightly toolchain")?;
     bpf_linker().context("setup: bpf-linker")?;
+    crate::vm::kernel::fetch_kernel().context("setup: the VM kernel")?;
     rotel().context("setup: Rotel (OpenTelemetry collector for the tests)")?;
     Ok(())
 }
