@@ -12,16 +12,10 @@ use crate::maps::{CAGE_STATS, GLOBAL_LOST};
 pub fn header(kind: u32, agent_id: u32, policy_slot: u32, cgroup_id: u64) -> EventHeader {
     let pid_tgid = bpf_get_current_pid_tgid();
     EventHeader {
-        kind,
-        agent_id,
-        policy_slot,
-        _pad: 0,
-        // SAFETY: a helper without preconditions.
-        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
-        cgroup_id,
         pid: pid_tgid as u32,
         tgid: (pid_tgid >> 32) as u32,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        ..header_without_task(kind, agent_id, policy_slot, cgroup_id)
     }
 }
 

@@ -20,7 +20,7 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 
-use super::egress::{median, Daemon, WorkDir};
+use super::egress::{measure, median, Daemon, WorkDir};
 use crate::{
     setup::run_setup,
     util::{cmd, describe, output, require_root, run},
@@ -104,18 +104,6 @@ pub fn exec_loop(args: &ExecLoopArgs) -> Result<()> {
         start.elapsed().as_nanos() as f64 / f64::from(args.iterations)
     );
     Ok(())
-}
-
-fn measure(c: &mut Command) -> Result<f64> {
-    let out = output(c)?;
-    let last = out
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("");
-    last.trim()
-        .parse()
-        .with_context(|| format!("`{}` printed no ns/op figure: {out:?}", describe(c)))
 }
 
 pub fn bench_capture(args: &CaptureArgs) -> Result<()> {

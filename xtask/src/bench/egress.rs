@@ -368,17 +368,9 @@ impl Bench {
         c
     }
 
-    /// Runs a loop and reads its figure (the last line: a wrapper may print before it).
+    /// Runs a loop and reads its figure.
     fn measure(&self, c: &mut Command) -> Result<f64> {
-        let out = output(c)?;
-        let last = out
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("");
-        last.trim()
-            .parse()
-            .with_context(|| format!("`{}` printed no ns/op figure: {out:?}", describe(c)))
+        measure(c)
     }
 
     /// Runs a probe: whether it connected.
@@ -451,6 +443,19 @@ fn start_listeners() -> Result<u16> {
         }
     }
     Err(last_err.expect("tried at least once")).context("binding a second listener on 127.0.0.2")
+}
+
+/// Runs a workload and reads its ns/op figure (the last line: a wrapper may print before it).
+pub(super) fn measure(c: &mut Command) -> Result<f64> {
+    let out = output(c)?;
+    let last = out
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    last.trim()
+        .parse()
+        .with_context(|| format!("`{}` printed no ns/op figure: {out:?}", describe(c)))
 }
 
 pub(super) fn median(xs: &[f64]) -> f64 {
