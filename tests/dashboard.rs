@@ -191,3 +191,54 @@ fn a_dashboard_on_a_non_loopback_address_is_refused_at_start() {
     .expect("the daemon must refuse");
     assert!(err.contains("not a loopback address"), "{err}");
 }
+
+/// An approval waiting is listed on the dashboard, and its approve button (the API behind
+/// it, with the control socket's token) lets the agent through.
+#[test]
+fn the_dashboard_lists_waiting_approvals_and_approves_them() {
+    let (_listener, port) = tcp_listener("127.0.0.1");
+    let conf_dir = tempfile::tempdir().unwrap();
+    let conf = conf_dir.path().join("agentcaged.yaml");
+    fs::write(&conf, "dashboard:\n  listen: 127.0.0.1:0\n").unwrap();
+    let daemon = Daemon::start_args(
+        &format!(
+            "version: 1\nagents:\n  payer:\n    egress:\n      allow:\n        - cidr: 127.0.0.1/32\n          ports: [{port}]\n          protocols: [tcp]\n          requires_approval: true\n"
+        ),
+        &["--config", conf.to_str().unwrap()],
+    );
+    let events = daemon.follow_events();
+    let mut cage = daemon.serve_in("payer");
+    let dst = format!("connect 127.0.0.1:{port}");
+    assert_eq!(cage.op(&dst), "err 1", "denied until approved");
+    let id = events.wait_event("the approval request", |e| {
+        e["kind"] == "approval" && e["state"] == "requested"
+    })["id"]
+        .as_u64()
+        .unwrap();
+    let (authority, token) = dashboard_url(&daemon);
+    let host = authority.as_str();
+    let (code, body) = http(host, host, "GET /api/state", Some(&token));
+    assert_eq!(code, 200, "{body}");
+    let state: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let waiting = state["approvals"].as_array().unwrap();
+    assert_eq!(waiting.len(), 1, "{state}");
+    assert_eq!(waiting[0]["id"], id.to_string());
+    assert_eq!(waiting[0]["agent"], "payer");
+    let (code, body) = http(
+        host,
+        host,
+        &format!("POST /api/approvals/{id}/approve"),
+        Some(&token),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(cage.op(&dst), "ok", "allowed once approved");
+    // Decided: not waiting any more, and a second decision is refused.
+    let (code, _) = http(
+        host,
+        host,
+        &format!("POST /api/approvals/{id}/deny"),
+        Some(&token),
+    );
+    assert_eq!(code, 409);
+    assert!(cage.finish().success());
+}

@@ -1,8 +1,8 @@
 //! `agentcage top`: a live terminal view of the agents, their counters and recent denials,
 //! redrawn from `status` and the recent events every interval.
 //!
-//! Rung and budgets come with issue 4 (agents' containment rungs and budgets): their columns
-//! show `-` until the status report carries them (see [`rung_of`] and [`budget_of`]).
+//! The rung and budget columns come from the status report (the rung in force, and whether a
+//! hard budget limit throttles the agent).
 
 use std::{io::Write as _, time::Duration};
 
@@ -15,14 +15,22 @@ use crate::{
 /// How many recent denials the view lists.
 const DENIALS: usize = 10;
 
-/// Extension point (issue 4): the agent's containment rung.
-fn rung_of(_agent: &AgentStatus) -> String {
-    "-".into()
+/// The agent's containment rung.
+fn rung_of(agent: &AgentStatus) -> String {
+    if agent.rung.is_empty() {
+        "-".to_owned()
+    } else {
+        agent.rung.clone()
+    }
 }
 
-/// Extension point (issue 4): budget used, e.g. `42%`.
-fn budget_of(_agent: &AgentStatus) -> String {
-    "-".into()
+/// Whether a hard budget limit throttles the agent.
+fn budget_of(agent: &AgentStatus) -> String {
+    if agent.throttled {
+        "THROTTLED".to_owned()
+    } else {
+        "ok".to_owned()
+    }
 }
 
 /// Runs the view: once (for scripts and tests), or redrawn every `interval` until Ctrl-C.

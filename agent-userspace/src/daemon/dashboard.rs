@@ -8,6 +8,7 @@
 //! origin cannot send without a CORS preflight the dashboard never grants; the Host header
 //! must name the loopback address, which defeats DNS rebinding.
 
+use crate::{daemon::StateError, runtime::approvals::ApprovalError};
 use std::{
     collections::BTreeMap,
     convert::Infallible,
@@ -47,7 +48,7 @@ struct Proc {
     comm: String,
 }
 
-/// An approval waiting for a decision. Extension point: issue 4's approvals fill this list.
+/// An approval waiting for a decision.
 #[derive(Serialize)]
 struct Approval {
     id: String,
@@ -187,7 +188,7 @@ fn handle(
             let mut parts = p.trim_start_matches("/api/approvals/").split('/');
             match (parts.next(), parts.next(), parts.next()) {
                 (Some(id), Some(decision @ ("approve" | "deny")), None) if !id.is_empty() => {
-                    decide(id, decision)
+                    decide(shared, id, decision)
                 }
                 _ => error(
                     StatusCode::NOT_FOUND,
@@ -200,7 +201,19 @@ fn handle(
 }
 
 fn state(shared: &Shared) -> Response<Full<Bytes>> {
-    let status = shared.state().status();
+    let (status, waiting) = {
+        let st = shared.state();
+        (st.status(), st.approvals())
+    };
+    let approvals = waiting
+        .into_iter()
+        .filter(|r| r.status == crate::runtime::approvals::Status::Pending)
+        .map(|r| Approval {
+            id: r.id.to_string(),
+            agent: r.agent,
+            what: r.subject.describe(),
+        })
+        .collect();
     let trees = status
         .agents
         .iter()
@@ -218,7 +231,7 @@ fn state(shared: &Shared) -> Response<Full<Bytes>> {
         status: &status,
         trees,
         events,
-        approvals: Vec::new(),
+        approvals,
     };
     match serde_json::to_string(&view) {
         Ok(body) => reply(StatusCode::OK, "application/json", body),
@@ -226,17 +239,42 @@ fn state(shared: &Shared) -> Response<Full<Bytes>> {
     }
 }
 
-/// Extension point (issue 4): approve or deny a waiting approval. No approvals exist yet, so
-/// every id is unknown.
-fn decide(id: &str, decision: &str) -> Response<Full<Bytes>> {
-    warn!(
-        id,
-        decision, "dashboard: decision for an approval that is not waiting"
-    );
-    error(
-        StatusCode::NOT_FOUND,
-        &format!("no approval {id:?} is waiting"),
-    )
+/// Approves or denies a waiting approval. The token is the CLI's authorisation (handed out
+/// on the control socket only), so the decision is recorded as the dashboard's.
+fn decide(shared: &Shared, id: &str, decision: &str) -> Response<Full<Bytes>> {
+    let Ok(id) = id.parse::<u64>() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("no approval {id:?} is waiting"),
+        );
+    };
+    let approver = "dashboard (control-socket token)";
+    let result = {
+        let mut st = shared.state();
+        if decision == "approve" {
+            st.approve(id, approver, None)
+        } else {
+            st.deny(id, approver)
+        }
+    };
+    match result {
+        Ok(r) => {
+            info!(id, decision, "dashboard: approval decided");
+            reply(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string(&r).unwrap_or_default(),
+            )
+        }
+        Err(e) => {
+            warn!(id, decision, error = %e, "dashboard: decision refused");
+            let code = match e {
+                StateError::Approval(ApprovalError::Unknown(_)) => StatusCode::NOT_FOUND,
+                _ => StatusCode::CONFLICT,
+            };
+            error(code, &e.to_string())
+        }
+    }
 }
 
 /// pid, parent and command name from /proc/PID/stat (the name may hold spaces and ')').

@@ -139,7 +139,7 @@ pub fn describe(record: &Record, node: &str) -> Described {
                 EventDetail::Policy(d) => policy(d),
                 EventDetail::Containment(d) => containment(event, d),
                 EventDetail::App(a) => app(event, a),
-                EventDetail::Approval(d) => approval(d),
+                EventDetail::Approval(d) => approval(event, d),
                 EventDetail::Budget(d) => budget(d),
                 EventDetail::Assertion(d) => assertion(d),
                 EventDetail::Exec(d) => exec(event, d),
@@ -524,7 +524,7 @@ fn app(event: &Event, a: &crate::events::AppEvent) -> KindParts {
     }
 }
 
-fn approval(d: &crate::events::ApprovalDetail) -> KindParts {
+fn approval(event: &Event, d: &crate::events::ApprovalDetail) -> KindParts {
     let mut attrs = vec![
         KeyValue::new(sc::APPROVAL_ID, d.id as i64),
         KeyValue::new(sc::APPROVAL_STATE, d.state.clone()),
@@ -541,7 +541,14 @@ fn approval(d: &crate::events::ApprovalDetail) -> KindParts {
             Severity::Info
         },
         format!("approval {} {}: {}", d.id, d.state, d.subject),
-        None,
+        Some(SpanPlan {
+            name: format!("approval {}", d.state),
+            start: time_of(event.time_unix_nano),
+            end: time_of(event.time_unix_nano),
+            root: false,
+            error: (d.state == "denied").then(|| format!("approval {} denied", d.id)),
+            attributes: Vec::new(),
+        }),
         attrs,
     )
 }
