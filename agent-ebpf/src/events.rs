@@ -1,11 +1,14 @@
 //! Filling the common header and counting what could not be reported.
 
-use agent_common::event::{EventHeader, KIND_COUNT};
+use agent_common::{
+    event::{EventHeader, KIND_COUNT},
+    maps::EVENTS_BYTES,
+};
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_ktime_get_boot_ns,
 };
 
-use crate::maps::{CAGE_STATS, GLOBAL_LOST};
+use crate::maps::{CAGE_STATS, EVENTS, GLOBAL_LOST};
 
 /// The header for an event of `kind` raised by the current task.
 #[inline(always)]
@@ -42,6 +45,22 @@ pub fn header_without_task(
         pid: 0,
         tgid: 0,
         comm: [0; 16],
+    }
+}
+
+/// Submit flags for high-volume records (exec, fork, exit): no wakeup of the reader for
+/// each one, which costs a context switch per process on a busy host; the reader also polls
+/// on a short timer. Once a quarter of the ring is waiting, wake it at once, so a burst
+/// never fills the ring for want of a wakeup.
+#[inline(always)]
+pub fn batched_wakeup() -> u64 {
+    const BPF_RB_AVAIL_DATA: u64 = 0;
+    const BPF_RB_NO_WAKEUP: u64 = 1;
+    const BPF_RB_FORCE_WAKEUP: u64 = 2;
+    if EVENTS.query(BPF_RB_AVAIL_DATA) > u64::from(EVENTS_BYTES / 4) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
     }
 }
 

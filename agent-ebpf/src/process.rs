@@ -25,7 +25,7 @@ use aya_ebpf::{
 
 use crate::{
     egress::cage_of,
-    events::{count, header, Counter},
+    events::{batched_wakeup, count, header, Counter},
     exec::judge_inode,
     kernel::{file_id, read, settings},
     maps::EVENTS,
@@ -158,7 +158,7 @@ pub fn emit_exec(
         (*e).argv_len = len;
         (*e).flags = flags;
     }
-    entry.submit(0);
+    entry.submit(batched_wakeup());
 }
 
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`: new
@@ -186,7 +186,7 @@ pub fn agentcage_fork(ctx: RawTracePointContext) -> i32 {
         child_tgid: tgid,
         _pad: 0,
     });
-    entry.submit(0);
+    entry.submit(batched_wakeup());
     0
 }
 
@@ -219,6 +219,6 @@ pub fn agentcage_exit(_ctx: RawTracePointContext) -> i32 {
         exit_code,
         _pad: 0,
     });
-    entry.submit(0);
+    entry.submit(batched_wakeup());
     0
 }

@@ -66,8 +66,13 @@ pub async fn read_events(
             shared.bus.publish(end);
         }
     };
+    // Process events are submitted without a wakeup (see agent-ebpf's batched_wakeup): pick
+    // them up on a short timer.
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = tick.tick() => drain(fd.get_mut()),
             ready = fd.readable_mut() => {
                 let mut guard = match ready {
                     Ok(g) => g,
