@@ -72,8 +72,10 @@ must mount -t securityfs securityfs /sys/kernel/security
 must mount -t cgroup2 cgroup2 /sys/fs/cgroup
 must mount -t bpf bpf /sys/fs/bpf
 must mount -t tracefs tracefs /sys/kernel/tracing
-must mount -t tmpfs -o mode=1777 tmpfs /tmp
-must mount -t tmpfs -o mode=755 tmpfs /run
+# /tmp and /run stay directories of the (writable) initramfs: a checkout under /tmp, as a
+# CI clone may be, holds the staged test binaries and must not be hidden by a mount.
+must mkdir -p /tmp /run
+must chmod 1777 /tmp
 must ip link set lo up
 
 boot=
