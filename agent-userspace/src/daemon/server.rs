@@ -45,30 +45,37 @@ impl Shared {
     }
 }
 
-/// Binds the socket: refuses to steal a live daemon's socket, replaces a stale one, and sets
-/// mode 0660 with the configured group.
-pub fn bind(path: &Path, access: &AccessPolicy) -> Result<UnixListener, DaemonError> {
-    let io_err = |op: &'static str| {
-        move |source: io::Error| DaemonError::Io {
-            op,
-            path: path.to_path_buf(),
-            source,
-        }
-    };
+/// Binds a Unix socket at `path`: refuses to steal a live daemon's socket and replaces a
+/// stale one. The caller sets its owner and mode.
+fn bind_fresh(path: &Path) -> Result<UnixListener, DaemonError> {
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(io_err("creating the directory of"))?;
+        fs::create_dir_all(dir).map_err(io_err(path, "creating the directory of"))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(DaemonError::AlreadyRunning(path.to_path_buf()));
         }
-        fs::remove_file(path).map_err(io_err("removing stale socket"))?;
+        fs::remove_file(path).map_err(io_err(path, "removing stale socket"))?;
     }
-    let listener = UnixListener::bind(path).map_err(io_err("binding"))?;
+    UnixListener::bind(path).map_err(io_err(path, "binding"))
+}
+
+/// The error of file operation `op` on `path`.
+fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> DaemonError + 'a {
+    move |source| DaemonError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Binds the control socket with mode 0660 and the configured group.
+pub fn bind(path: &Path, access: &AccessPolicy) -> Result<UnixListener, DaemonError> {
+    let listener = bind_fresh(path)?;
     chown(path, None, Some(access.gid().unwrap_or(Gid::from_raw(0))))
-        .map_err(|e| io_err("setting the group of")(e.into()))?;
+        .map_err(|e| io_err(path, "setting the group of")(e.into()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o660))
-        .map_err(io_err("setting the mode of"))?;
+        .map_err(io_err(path, "setting the mode of"))?;
     Ok(listener)
 }
 
@@ -435,24 +442,8 @@ async fn send_json<T: serde::Serialize>(write: &mut OwnedWriteHalf, value: &T) -
 /// Binds the application socket, mode 0666: any process may connect, and each message is
 /// checked against the sender's cage.
 pub fn bind_app(path: &Path) -> Result<UnixListener, DaemonError> {
-    let io_err = |op: &'static str| {
-        move |source: io::Error| DaemonError::Io {
-            op,
-            path: path.to_path_buf(),
-            source,
-        }
-    };
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(io_err("creating the directory of"))?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(DaemonError::AlreadyRunning(path.to_path_buf()));
-        }
-        fs::remove_file(path).map_err(io_err("removing stale socket"))?;
-    }
-    let listener = UnixListener::bind(path).map_err(io_err("binding"))?;
+    let listener = bind_fresh(path)?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o666))
-        .map_err(io_err("setting the mode of"))?;
+        .map_err(io_err(path, "setting the mode of"))?;
     Ok(listener)
 }

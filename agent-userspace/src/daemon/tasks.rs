@@ -173,31 +173,26 @@ const MAX_CONNECTIONS: usize = 256;
 
 /// Accepts control connections, one task each, at most [`MAX_CONNECTIONS`] at once.
 pub async fn accept(shared: Arc<Shared>, listener: UnixListener) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let shared = Arc::clone(&shared);
-                tokio::spawn(async move {
-                    server::serve(shared, stream).await;
-                    drop(slot);
-                });
-            }
-            Err(e) => {
-                // Out of descriptors or memory: say so once per pause, not in a busy loop.
-                warn!(error = %e, "accept failed; pausing the control socket for 100 ms");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        }
-    }
+    accept_with(shared, listener, "the control socket", server::serve).await;
 }
 
 /// Accepts connections on the application socket, one task each, at most
 /// [`MAX_CONNECTIONS`] at once.
 pub async fn accept_app(shared: Arc<Shared>, listener: UnixListener) {
+    accept_with(
+        shared,
+        listener,
+        "the application socket",
+        server::serve_app,
+    )
+    .await;
+}
+
+async fn accept_with<F, Fut>(shared: Arc<Shared>, listener: UnixListener, what: &str, serve: F)
+where
+    F: Fn(Arc<Shared>, tokio::net::UnixStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
@@ -205,14 +200,15 @@ pub async fn accept_app(shared: Arc<Shared>, listener: UnixListener) {
         };
         match listener.accept().await {
             Ok((stream, _)) => {
-                let shared = Arc::clone(&shared);
+                let served = serve(Arc::clone(&shared), stream);
                 tokio::spawn(async move {
-                    server::serve_app(shared, stream).await;
+                    served.await;
                     drop(slot);
                 });
             }
             Err(e) => {
-                warn!(error = %e, "accept failed on the application socket; pausing it for 100 ms");
+                // Out of descriptors or memory: say so once per pause, not in a busy loop.
+                warn!(error = %e, "accept failed on {what}; pausing it for 100 ms");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
