@@ -269,12 +269,7 @@ groups:
     });
     assert_eq!(e["scope"], "group:team");
     assert_eq!(e["budget"], "usd");
-    let s = daemon
-        .cli()
-        .args(["status", "-o", "json"])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&s.stdout).unwrap();
+    let v = daemon.status();
     let throttled = |name: &str| {
         v["agents"]
             .as_array()

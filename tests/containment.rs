@@ -98,12 +98,7 @@ fn read_only_rung_limits_egress_to_the_read_only_set_in_the_kernel() {
     );
     assert_eq!(cage.op(&format!("connect 127.0.0.1:{ro}")), "ok");
     assert_eq!(cage.op(&format!("connect 127.0.0.1:{rw}")), "err 1");
-    let status = daemon
-        .cli()
-        .args(["status", "-o", "json"])
-        .output()
-        .unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let status = daemon.status();
     assert_eq!(status["agents"][0]["rung"], "read_only");
     assert_eq!(status["agents"][0]["policy_hash"], status["policy_hash"]);
 
@@ -178,12 +173,7 @@ fn kill_leaves_no_process_of_the_cage_and_keeps_the_snapshot() {
         .expect("a child pid");
     let pid = cage.pid;
     let hash = {
-        let s = daemon
-            .cli()
-            .args(["status", "-o", "json"])
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&s.stdout).unwrap();
+        let v = daemon.status();
         v["policy_hash"].as_str().unwrap().to_owned()
     };
 

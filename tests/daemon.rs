@@ -115,12 +115,7 @@ fn restarts_keep_enforcing_and_never_attach_twice() {
     );
     assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), "err 1");
     assert_eq!(cage.op(&format!("connect 127.0.0.1:{port}")), "ok");
-    let status = daemon
-        .cli()
-        .args(["status", "-o", "json"])
-        .output()
-        .unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let status = daemon.status();
     let agents = status["agents"].as_array().unwrap();
     assert_eq!(agents.len(), 1);
     assert_eq!(agents[0]["identity"], "agent:tester");
@@ -177,12 +172,7 @@ fn adopt_moves_a_running_process_into_the_cage() {
     assert_eq!(refused["protocol"], "136");
     assert_eq!(refused["agent"], "agent:tester");
 
-    let status = daemon
-        .cli()
-        .args(["status", "-o", "json"])
-        .output()
-        .unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let status = daemon.status();
     let agent = &status["agents"][0];
     assert_eq!(agent["denied"], 2);
     assert_eq!(agent["allowed"], 1);

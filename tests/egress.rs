@@ -261,12 +261,7 @@ fn allow_events_none_reports_denials_only() {
     let first = events.wait_event("the first decision", |e| e["kind"] == "egress");
     assert_eq!(first["verdict"], "deny", "{first}");
     // The allowed connect was still counted.
-    let status = daemon
-        .cli()
-        .args(["status", "-o", "json"])
-        .output()
-        .unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let status = daemon.status();
     assert_eq!(status["agents"][0]["allowed"], 1, "{status}");
     assert_eq!(status["agents"][0]["denied"], 1, "{status}");
     cage.finish();

@@ -42,12 +42,7 @@ fn replace(path: &Path, text: &str) {
 }
 
 fn in_force(daemon: &Daemon) -> String {
-    let s = daemon
-        .cli()
-        .args(["status", "-o", "json"])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&s.stdout).unwrap();
+    let v = daemon.status();
     v["policy_hash"].as_str().unwrap().to_owned()
 }
 
