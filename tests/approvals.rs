@@ -2,8 +2,7 @@
 //! verdict `pending-approval`, the daemon raises a request, `agentcage approve` lets it
 //! through, and the kernel denies again once the approval lapses.
 
-#[path = "support/harness.rs"]
-mod harness;
+use agentcage_tests::harness;
 
 use harness::{stderr, stdout, tcp_listener, Daemon, Follower};
 

@@ -2,8 +2,7 @@
 //! the kernel (verdict `budget`) and then pauses the cage (its processes make no progress);
 //! an application-event sender can speak only for its own cage.
 
-#[path = "support/harness.rs"]
-mod harness;
+use agentcage_tests::harness;
 
 use std::{
     fs,

@@ -2,8 +2,7 @@
 //! processes, the process tree `agentcage ps` rebuilds from them, and loss accounting.
 //! These hold in both tiers.
 
-#[path = "support/harness.rs"]
-mod harness;
+use agentcage_tests::harness;
 
 use std::{
     cell::Cell,

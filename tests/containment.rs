@@ -3,8 +3,7 @@
 //! thaws, kill leaves no process alive and keeps the snapshot, `kill --all` kills every cage,
 //! and an assertion violation contains the agent by itself.
 
-#[path = "support/harness.rs"]
-mod harness;
+use agentcage_tests::harness;
 
 use std::{fs, path::Path, time::Duration};
 

@@ -2,8 +2,7 @@
 //! enforcement, adoption, the control socket's access checks, and `agentcage run` standing in
 //! for its command.
 
-#[path = "support/harness.rs"]
-mod harness;
+use agentcage_tests::harness;
 
 use std::{
     fs,

@@ -1,8 +1,7 @@
 //! `agentcage top` and the loopback web dashboard, end to end: the real daemon, a real cage,
 //! the page rendered by headless Chromium, and the API's authorisation checked over raw HTTP.
 
-#[path = "support/harness.rs"]
-mod harness;
+use agentcage_tests::harness;
 
 use std::{
     fs,

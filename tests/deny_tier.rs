@@ -4,8 +4,7 @@
 //! Not part of the host's `cargo test` (the host kernel refuses BPF LSM): `cargo xtask
 //! vm-test` runs it inside the VM, where AGENTCAGE_EXPECT_TIER=deny.
 
-#[path = "support/harness.rs"]
-mod harness;
+use agentcage_tests::harness;
 
 use std::{fs, os::unix::fs::PermissionsExt as _};
 

@@ -2,8 +2,7 @@
 //! 127.0.0.1 (and ::1) are allowed where the policy says so; 127.0.0.2 and other loopback
 //! addresses stand in for denied destinations.
 
-#[path = "support/harness.rs"]
-mod harness;
+use agentcage_tests::harness;
 
 use std::{io::ErrorKind, net::TcpStream};
 

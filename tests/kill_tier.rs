@@ -2,8 +2,7 @@
 //! `bpf` in `lsm=`): a forbidden exec cannot be refused, so the process is killed with SIGKILL
 //! in the kernel before the new image runs; policies that need refusal are not started.
 
-#[path = "support/harness.rs"]
-mod harness;
+use agentcage_tests::harness;
 
 use std::{fs, os::unix::fs::PermissionsExt as _};
 

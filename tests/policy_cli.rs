@@ -2,8 +2,7 @@
 //! a change of the policy file, and hot reloads under load that change decisions without a
 //! restart and never mix two policies.
 
-#[path = "support/harness.rs"]
-mod harness;
+use agentcage_tests::harness;
 
 use std::{collections::BTreeSet, fs, path::Path};
 

@@ -2,10 +2,8 @@
 //! the collector is stopped and started again, and the daemon restarted, and every event
 //! still arrives exactly once.
 
-#[path = "support/collector.rs"]
-mod collector;
-#[path = "support/harness.rs"]
-mod harness;
+use agentcage_tests::collector;
+use agentcage_tests::harness;
 
 use std::{collections::BTreeMap, fs, path::Path};
 

@@ -3,10 +3,6 @@
 //!
 //! Waiting is always for a condition (a log line, a printed line), bounded by a deadline;
 //! never a fixed sleep.
-#![allow(
-    dead_code,
-    reason = "each test binary uses a different part of the harness"
-)]
 
 use std::{
     fs,
@@ -21,6 +17,8 @@ use std::{
     thread,
     time::Duration,
 };
+
+pub use crate::bins::{agentcage, agentcaged, probe};
 
 /// How long an awaited condition may take on the host before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -38,32 +36,6 @@ pub fn deadline() -> Duration {
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-pub fn agentcaged() -> &'static str {
-    env!("CARGO_BIN_EXE_agentcaged")
-}
-
-pub fn agentcage() -> &'static str {
-    env!("CARGO_BIN_EXE_agentcage")
-}
-
-/// The probe example (built by `cargo test` next to the test binaries).
-pub fn probe() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/debug/deps/TEST-hash -> target/debug/examples/probe
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("examples")
-        .join("probe");
-    assert!(
-        path.is_file(),
-        "probe example not built at {}",
-        path.display()
-    );
-    path
-}
 
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.

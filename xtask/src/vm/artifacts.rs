@@ -12,16 +12,13 @@ use serde::Deserialize;
 use crate::build::WORKSPACE_HOST;
 use crate::util::{cargo, describe};
 
-/// What the build made: test executables by target name, and the binaries and examples the
-/// tests start.
+/// What the build made: test executables by target name, and the binaries the tests start.
 #[derive(Debug, Default)]
 pub struct Artifacts {
     /// `[[test]]` targets, by name.
     pub tests: BTreeMap<String, PathBuf>,
-    /// `[[bin]]` targets (agentcaged, agentcage), by name.
+    /// `[[bin]]` targets (agentcaged, agentcage, and the tests crate's probe), by name.
     pub bins: BTreeMap<String, PathBuf>,
-    /// Examples (the probe), by name.
-    pub examples: BTreeMap<String, PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -43,16 +40,14 @@ struct Profile {
     test: bool,
 }
 
-/// Builds the binaries and examples the tests start (`cargo build --bins --examples`) and
-/// test targets `tests` (`cargo test --no-run --test NAME...`, which also builds those
+/// Builds the binaries the tests start (`cargo build --bins`: the daemon, the CLI and the
+/// probe, which the harness finds beside the test executables) and test targets `tests` (`cargo test --no-run --test NAME...`, which also builds those
 /// declared `test = false` because they need a kernel the host lacks), and returns where
 /// cargo put them. A name that is no test target fails the build.
 pub fn build(tests: &[&str]) -> Result<Artifacts> {
     let mut artifacts = Artifacts::default();
     let mut c = cargo();
-    c.arg("build")
-        .args(WORKSPACE_HOST)
-        .args(["--bins", "--examples"]);
+    c.arg("build").args(WORKSPACE_HOST).arg("--bins");
     artifacts.read(&mut c)?;
     let mut c = cargo();
     c.arg("test").args(WORKSPACE_HOST).arg("--no-run");
@@ -103,8 +98,6 @@ impl Artifacts {
             &mut self.tests
         } else if kind("bin") && !is_test_build {
             &mut self.bins
-        } else if kind("example") && !is_test_build {
-            &mut self.examples
         } else {
             // Unit-test executables of libraries and binaries: not run in the VM.
             return Ok(());
@@ -136,7 +129,7 @@ mod tests {
             r#"{"reason":"compiler-artifact","target":{"name":"egress","kind":["test"]},"profile":{"test":true},"executable":"/t/debug/deps/egress-1"}"#,
             r#"{"reason":"compiler-artifact","target":{"name":"agentcaged","kind":["bin"]},"profile":{"test":false},"executable":"/t/debug/agentcaged"}"#,
             r#"{"reason":"compiler-artifact","target":{"name":"agentcaged","kind":["bin"]},"profile":{"test":true},"executable":"/t/debug/deps/agentcaged-2"}"#,
-            r#"{"reason":"compiler-artifact","target":{"name":"probe","kind":["example"]},"profile":{"test":false},"executable":"/t/debug/examples/probe"}"#,
+            r#"{"reason":"compiler-artifact","target":{"name":"probe","kind":["bin"]},"profile":{"test":false},"executable":"/t/debug/probe"}"#,
             r#"{"reason":"compiler-artifact","target":{"name":"agentcage","kind":["lib"]},"profile":{"test":false},"executable":null}"#,
             r#"{"reason":"build-finished","success":true}"#,
         ];
@@ -148,10 +141,7 @@ mod tests {
             Some("/t/debug/deps/egress-1")
         );
         assert_eq!(a.bins["agentcaged"].to_str(), Some("/t/debug/agentcaged"));
-        assert_eq!(
-            a.examples["probe"].to_str(),
-            Some("/t/debug/examples/probe")
-        );
+        assert_eq!(a.bins["probe"].to_str(), Some("/t/debug/probe"));
         let missing = a.test("deny_tier").unwrap_err().to_string();
         assert!(
             missing.contains("\"deny_tier\"") && missing.contains("egress"),

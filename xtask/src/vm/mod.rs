@@ -184,7 +184,7 @@ pub fn run(args: &VmArgs) -> Result<Vec<Outcome>> {
         );
     }
     stage.executable(busybox)?;
-    for exe in artifacts.bins.values().chain(artifacts.examples.values()) {
+    for exe in artifacts.bins.values() {
         stage.executable(exe)?;
     }
     for s in &scripts {
@@ -212,7 +212,7 @@ pub fn run(args: &VmArgs) -> Result<Vec<Outcome>> {
     )?;
     stage.file("/etc/group", "root:x:0:\nnogroup:x:65534:\n", 0o644)?;
     // cargo runs integration tests in their package's directory.
-    let cwd = repo_root().join("agent-userspace");
+    let cwd = repo_root().join("tests");
     stage.host_path(&cwd, false)?;
     let mut test_args = Vec::new();
     for (name, why) in VM_SKIP {
