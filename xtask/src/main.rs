@@ -3,9 +3,11 @@
 
 mod bench;
 mod build;
+mod lint;
 mod package;
 mod run;
 mod setup;
+mod steps;
 mod test;
 mod util;
 mod vm;
@@ -42,7 +44,15 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// The whole suite: setup, fmt check, clippy, build, tests (root).
+    /// fmt check, clippy for the host and for the BPF target; needs no root.
+    Lint,
+    /// The unit tests of every host crate, not the end-to-end suites; needs no root.
+    Unit {
+        /// Extra arguments for the test executables (`cargo test -- ARGS`), after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// The whole suite: setup, the lint steps, build, every test, then vm-test (root).
     Test {
         /// Extra arguments for the test binaries (`cargo test -- ARGS`), after `--`.
         #[arg(last = true)]
@@ -93,6 +103,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Setup => setup::run_setup(),
         Cmd::Build { release } => build::build(release),
         Cmd::Run { args } => run::run_daemon(&args),
+        Cmd::Lint => lint::lint(),
+        Cmd::Unit { args } => lint::unit(&args),
         Cmd::Test { args } => test::test(&args),
         Cmd::VmTest(args) => vm::vm_test(&args),
         Cmd::Package => package::package(),

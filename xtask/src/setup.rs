@@ -45,11 +45,17 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn run_setup() -> Result<()> {
     debian_packages().context("setup: Debian packages")?;
-    rust_src().context("setup: rust-src for the nightly toolchain")?;
-    bpf_linker().context("setup: bpf-linker")?;
+    toolchain()?;
     crate::vm::kernel::fetch_kernel().context("setup: the VM kernel")?;
     rotel().context("setup: Rotel (OpenTelemetry collector for the tests)")?;
     Ok(())
+}
+
+/// What building needs beyond rustup's stable and nightly, and installs as any user: rust-src
+/// for the nightly (the eBPF crate builds `core` itself) and bpf-linker in `.tools/`.
+pub fn toolchain() -> Result<()> {
+    rust_src().context("setup: rust-src for the nightly toolchain")?;
+    bpf_linker().context("setup: bpf-linker")
 }
 
 /// Installs Rotel into `.tools/rotel` with pip (`--target`: nothing of the system's Python

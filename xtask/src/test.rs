@@ -5,23 +5,15 @@ use std::{
     cell::Cell,
     io::{BufRead as _, BufReader},
     process::{Command, Stdio},
-    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
 
 use crate::build::{build_bins, WORKSPACE_HOST};
 use crate::setup::run_setup;
-use crate::util::{cargo, cmd, describe, require_root, run};
-use crate::vm;
-
-struct Step<'a> {
-    name: &'static str,
-    /// Whether a failure stops the steps after it. fmt and clippy do not: a CI run is long, so
-    /// it should also report what the tests say.
-    blocking: bool,
-    run: Box<dyn Fn() -> Result<()> + 'a>,
-}
+use crate::steps::{run_steps, Step};
+use crate::util::{cargo, describe, require_root};
+use crate::{lint, vm};
 
 /// Passed and failed tests, summed over every test binary's `test result:` line.
 #[derive(Default)]
@@ -73,138 +65,44 @@ pub fn test(extra: &[String]) -> Result<()> {
     // The end-to-end tests start the real daemon, so without root they could only fail.
     require_root("`cargo xtask test`")?;
 
-    let steps = [
-        Step {
-            name: "setup",
-            blocking: true,
-            run: Box::new(run_setup),
-        },
-        Step {
-            name: "fmt",
-            blocking: false,
-            run: Box::new(|| run(cargo().args(["fmt", "--all", "--", "--check"]))),
-        },
-        Step {
-            name: "clippy",
-            blocking: false,
-            run: Box::new(|| {
-                run(cargo().arg("clippy").args(WORKSPACE_HOST).args([
-                    "--all-targets",
-                    "--",
-                    "-D",
-                    "warnings",
-                ]))
-            }),
-        },
-        Step {
-            // The eBPF crate is not a host crate: lint it for its own target, as
-            // aya-build builds it (nightly, build-std).
-            name: "clippy-ebpf",
-            blocking: false,
-            run: Box::new(|| {
-                run(cmd("rustup").args([
-                    "run",
-                    "nightly",
-                    "cargo",
-                    "clippy",
-                    "--package",
-                    "agent-ebpf",
-                    "--bins",
-                    "--target",
-                    "bpfel-unknown-none",
-                    "-Z",
-                    "build-std=core",
-                    "--",
-                    "-D",
-                    "warnings",
-                ]))
-            }),
-        },
-        Step {
-            name: "build",
-            // The tests would only repeat its errors.
-            blocking: true,
-            run: Box::new(|| build_bins(false)),
-        },
-        Step {
-            name: "test",
-            // The VM boots run other kernels: worth their verdict whatever the host's.
-            blocking: false,
-            run: Box::new(|| {
-                let mut c = cargo();
-                // The host kernel refuses BPF LSM: it is the kill tier.
-                c.arg("test")
-                    .args(WORKSPACE_HOST)
-                    .env("AGENTCAGE_EXPECT_TIER", "kill");
-                if !extra.is_empty() {
-                    c.arg("--").args(extra);
-                }
-                run_counting(&mut c, &totals)
-            }),
-        },
-        Step {
-            name: "vm-test",
-            blocking: false,
-            run: Box::new(|| {
-                let outcomes = vm::run(&vm::VmArgs {
-                    boots: Vec::new(),
-                    timeout: vm::DEFAULT_TIMEOUT_SECS,
-                    args: extra.to_vec(),
-                })?;
-                for o in &outcomes {
-                    totals.passed.set(totals.passed.get() + o.verdict.passed);
-                    totals.failed.set(totals.failed.get() + o.verdict.failed);
-                }
-                vm::report(&outcomes)
-            }),
-        },
-    ];
-
-    let start = Instant::now();
-    let mut results: Vec<String> = Vec::new();
-    let mut failed: Vec<&str> = Vec::new();
-    for step in &steps {
-        eprintln!("== xtask test: {}", step.name);
-        let t = Instant::now();
-        match (step.run)() {
-            Ok(()) => results.push(format!("{} ok {}", step.name, secs(t.elapsed()))),
-            Err(e) => {
-                eprintln!("xtask test: {} failed: {e:#}", step.name);
-                results.push(format!("{} FAILED {}", step.name, secs(t.elapsed())));
-                failed.push(step.name);
-                if step.blocking {
-                    break;
-                }
-            }
+    let mut steps = vec![Step::blocking("setup", run_setup)];
+    steps.extend(lint::steps());
+    // The suites start the binaries this builds (they do not build them themselves), and
+    // would only repeat its errors.
+    steps.push(Step::blocking("build", || build_bins(false)));
+    // The VM boots run other kernels: worth their verdict whatever the host's.
+    steps.push(Step::non_blocking("test", || {
+        let mut c = cargo();
+        // The host kernel refuses BPF LSM: it is the kill tier.
+        c.arg("test")
+            .args(WORKSPACE_HOST)
+            .env("AGENTCAGE_EXPECT_TIER", "kill");
+        if !extra.is_empty() {
+            c.arg("--").args(extra);
         }
-    }
-    for step in &steps[results.len()..] {
-        results.push(format!("{} skipped", step.name));
-    }
-    let verdict = if failed.is_empty() {
-        "passed"
-    } else {
-        "FAILED"
-    };
-    println!(
-        "xtask test: {verdict} in {} ({})",
-        secs(start.elapsed()),
-        results.join(", ")
-    );
+        run_counting(&mut c, &totals)
+    }));
+    steps.push(Step::non_blocking("vm-test", || {
+        let outcomes = vm::run(&vm::VmArgs {
+            boots: Vec::new(),
+            timeout: vm::DEFAULT_TIMEOUT_SECS,
+            args: extra.to_vec(),
+        })?;
+        for o in &outcomes {
+            totals.passed.set(totals.passed.get() + o.verdict.passed);
+            totals.failed.set(totals.failed.get() + o.verdict.failed);
+        }
+        vm::report(&outcomes)
+    }));
+
+    let verdict = run_steps("test", &steps);
     // The plain closing line CI reads: how many tests ran, and how many failed.
     println!(
         "tests: {} passed, {} failed",
         totals.passed.get(),
         totals.failed.get()
     );
-    if !failed.is_empty() {
-        bail!("xtask test failed: {}", failed.join(", "));
-    }
-    Ok(())
-}
-
-fn secs(d: Duration) -> String {
-    format!("{:.1}s", d.as_secs_f64())
+    verdict
 }
 
 #[cfg(test)]
