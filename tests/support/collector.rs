@@ -124,7 +124,9 @@ pub fn parse(lines: &[String]) -> Vec<Item> {
 /// A running Rotel.
 pub struct Collector {
     child: Option<Child>,
+    /// Its OTLP/gRPC port on 127.0.0.1.
     pub grpc_port: u16,
+    /// Its OTLP/HTTP port on 127.0.0.1.
     pub http_port: u16,
     dir: tempfile::TempDir,
     /// Everything it printed, across restarts.

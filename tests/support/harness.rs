@@ -37,11 +37,12 @@ pub fn deadline() -> Duration {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// Panics unless the test runs as root.
 pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
+        euid, 0,
         "the end-to-end tests need root (real eBPF, real cgroups)"
     );
 }
@@ -49,10 +50,12 @@ pub fn require_root() {
 /// Lines of a child's output, collected by a thread and awaited with a deadline.
 pub struct Lines {
     rx: mpsc::Receiver<String>,
+    /// Every line so far, for failure messages.
     pub all: Arc<Mutex<Vec<String>>>,
 }
 
 impl Lines {
+    /// Reads `reader` line by line on a thread of its own until it ends.
     pub fn spawn(reader: impl std::io::Read + Send + 'static) -> Self {
         let (tx, rx) = mpsc::channel();
         let all = Arc::new(Mutex::new(Vec::new()));
@@ -97,10 +100,15 @@ impl Lines {
 /// One running daemon.
 pub struct Daemon {
     child: Option<Child>,
+    /// Its private directory: the policy file, the sockets, the snapshots.
     pub dir: tempfile::TempDir,
+    /// The control socket.
     pub socket: PathBuf,
+    /// The policy file it was started on.
     pub policy: PathBuf,
+    /// The name of its parent cgroup (and of its pin directory).
     pub cgroup_name: String,
+    /// Its log (stderr).
     pub log: Lines,
 }
 
@@ -205,6 +213,7 @@ impl Daemon {
         cgroup2_mount().join(&self.cgroup_name)
     }
 
+    /// Where it pins its programs and maps.
     pub fn pin_dir(&self) -> PathBuf {
         PathBuf::from("/sys/fs/bpf").join(&self.cgroup_name)
     }
@@ -414,9 +423,12 @@ pub fn serve_outside(who: Outsider) -> Served {
 
 /// A probe serving operations, in a cage or not.
 pub struct Served {
+    /// The probe, or `agentcage run` holding it.
     pub child: Child,
     stdin: Option<ChildStdin>,
+    /// Its answers.
     pub out: Lines,
+    /// The probe's own pid, as it reported it.
     pub pid: u32,
 }
 
@@ -467,6 +479,7 @@ impl Served {
 /// `agentcage events --follow` running.
 pub struct Follower {
     child: Child,
+    /// The event lines it printed.
     pub lines: Lines,
 }
 
