@@ -11,7 +11,7 @@ pub fn build(release: bool) -> Result<()> {
 }
 
 /// The eBPF crate only builds for bpfel-unknown-none: agent-userspace's build.rs builds it with
-/// aya-build (which needs bpf-linker on our PATH). `--workspace` means every member, whatever
+/// the nightly toolchain (which needs bpf-linker on our PATH). `--workspace` means every member, whatever
 /// default-members says, so it has to be excluded by name.
 pub const WORKSPACE_HOST: &[&str] = &["--workspace", "--exclude", "agent-ebpf"];
 

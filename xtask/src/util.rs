@@ -22,8 +22,8 @@ pub fn tools_dir() -> PathBuf {
     repo_root().join(".tools")
 }
 
-/// The PATH for every child process: `<repo>/.tools/bin` first, so that aya-build (run from
-/// agent-userspace's build.rs) finds our bpf-linker.
+/// The PATH for every child process: `<repo>/.tools/bin` first, so that the eBPF build (run
+/// from agent-userspace's build.rs) finds our bpf-linker.
 pub fn tools_path() -> OsString {
     let bin = tools_dir().join("bin");
     let mut dirs = vec![bin.clone()];
