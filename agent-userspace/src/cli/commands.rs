@@ -1,7 +1,5 @@
 //! One function per subcommand.
 
-use std::io::Write as _;
-
 use super::{run, Cli, CliError, Command, Output, PolicyCommand};
 use crate::{
     control::{Client, Request, Response, StatusReport},
@@ -139,30 +137,13 @@ pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
     }
 }
 
+/// `agentcage events`: the daemon's event lines, passed through (see [`super::stream`]).
 fn events(cli: &Cli, follow: bool) -> Result<i32, CliError> {
     let mut client = Client::connect(&cli.socket)?;
     client.send(&Request::Events { follow })?;
     let stdout = std::io::stdout();
-    while let Some(response) = client.read_response()? {
-        let mut out = stdout.lock();
-        let line = match response {
-            Response::Event { event } => serde_json::to_string(&event)?,
-            Response::Lost { count } => {
-                eprintln!("agentcage: {count} events were missed because this reader was too slow");
-                format!("{{\"lost\":{count}}}")
-            }
-            Response::Subscribed => {
-                eprintln!("agentcage: following events (Ctrl-C to stop)");
-                continue;
-            }
-            Response::Error { message } => {
-                return Err(crate::control::ClientError::Refused(message).into())
-            }
-            other => return Err(CliError::unexpected(&other)),
-        };
-        writeln!(out, "{line}")
-            .and_then(|()| out.flush())
-            .map_err(CliError::os("writing events"))?;
+    while let Some(line) = client.read_line()? {
+        super::stream::pass_through(&line, &mut stdout.lock())?;
     }
     Ok(0)
 }

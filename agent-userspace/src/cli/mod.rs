@@ -6,6 +6,7 @@ mod commands;
 mod contain;
 mod run;
 mod shield;
+mod stream;
 mod top;
 
 use std::path::PathBuf;

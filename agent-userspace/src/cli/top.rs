@@ -6,6 +6,7 @@
 
 use std::{io::Write as _, time::Duration};
 
+use super::stream::{self, Item};
 use super::CliError;
 use crate::{
     control::{AgentStatus, Client, Request, Response, StatusReport},
@@ -64,9 +65,11 @@ pub fn snapshot(socket: &std::path::Path) -> Result<(StatusReport, Vec<Event>), 
     let mut client = Client::connect(socket)?;
     client.send(&Request::Events { follow: false })?;
     let mut events = Vec::new();
-    while let Some(r) = client.read_response()? {
-        if let Response::Event { event } = r {
-            events.push(event);
+    while let Some(line) = client.read_line()? {
+        // An event this CLI cannot decode (a newer daemon's kind or shape) is left out of
+        // the view rather than ending it.
+        if let Item::Event(json) = stream::parse(&line)? {
+            events.extend(serde_json::from_str::<Event>(json).ok());
         }
     }
     Ok((report, events))

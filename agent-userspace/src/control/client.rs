@@ -85,13 +85,19 @@ impl Client {
             .map_err(|e| self.io(e))
     }
 
-    /// The next response, or None when the daemon closed the connection.
-    pub fn read_response(&mut self) -> Result<Option<Response>, ClientError> {
+    /// The next response line as the daemon sent it, or None when the daemon closed the
+    /// connection.
+    pub fn read_line(&mut self) -> Result<Option<String>, ClientError> {
         let mut line = String::new();
         let n = self.reader.read_line(&mut line).map_err(|e| self.io(e))?;
-        if n == 0 {
+        Ok((n > 0).then_some(line))
+    }
+
+    /// The next response, or None when the daemon closed the connection.
+    pub fn read_response(&mut self) -> Result<Option<Response>, ClientError> {
+        let Some(line) = self.read_line()? else {
             return Ok(None);
-        }
+        };
         serde_json::from_str(&line)
             .map(Some)
             .map_err(|e| ClientError::Protocol(format!("{e}: {line:?}")))
