@@ -6,11 +6,14 @@
 
 mod config;
 mod dashboard;
-mod enrich;
+pub(crate) mod enrich;
 mod file;
 mod server;
 mod state;
 mod tasks;
+
+#[cfg(test)]
+pub(crate) use enrich as enrich_for_tests;
 
 pub use config::{DaemonConfig, LogFormat};
 pub use dashboard::DashboardConfig;

@@ -4,6 +4,8 @@
 mod app;
 mod bus;
 mod decode;
+#[cfg(test)]
+mod golden;
 pub mod process;
 mod runtime;
 
