@@ -14,13 +14,15 @@
 //! - [`cli`]: the command line;
 //! - [`runtime`]: containment, approvals, budgets, assertions, application events;
 //! - [`doctor`]: what this kernel can do, probed;
-//! - [`errors`]: rendering error chains for people.
+//! - [`errors`]: rendering error chains for people;
+//! - [`clock`]: wall, boot and the offset between them.
 
 pub mod bpf;
 pub mod cage;
 pub mod caps;
 pub mod capture;
 pub mod cli;
+pub mod clock;
 pub mod control;
 pub mod daemon;
 pub mod doctor;

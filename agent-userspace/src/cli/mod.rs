@@ -156,11 +156,17 @@ pub enum Command {
         agent: String,
         /// The rung.
         rung: String,
+        /// Return once frozen, without waiting for the snapshot (and the kill).
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Freeze an agent's processes and write a forensic snapshot.
     Pause {
         /// The agent.
         agent: String,
+        /// Return once frozen, without waiting for the snapshot.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Thaw a paused agent and put it back on observe (lifting a budget throttle).
     Resume {
@@ -176,6 +182,10 @@ pub enum Command {
         /// Every cage.
         #[arg(long)]
         all: bool,
+        /// Return once every targeted cage is frozen, without waiting for the snapshots and
+        /// the kills (which go on in the daemon).
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Approval requests, pending and decided.
     Approvals {

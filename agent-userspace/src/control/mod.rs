@@ -8,7 +8,9 @@ mod protocol;
 
 pub use client::{Client, ClientError};
 pub use peer::{AccessPolicy, Peer};
-pub use protocol::{AgentStatus, ContainedCage, Request, Response, StatusReport};
+pub use protocol::{
+    AgentStatus, ContainedCage, ContainmentOutcome, Request, Response, StatusReport,
+};
 
 /// Where the daemon listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/agentcage/agentcage.sock";

@@ -7,7 +7,7 @@ use std::{collections::HashMap, fmt::Write as _, path::PathBuf};
 
 use agent_common::{
     egress::{EgressEvent, RULE_BUDGET, RULE_DEFAULT_DENY, RULE_SOCKET_KIND},
-    event::{EventHeader, Verdict, KIND_EGRESS, KIND_EXEC, KIND_FILE},
+    event::{EventHeader, EventKind, Verdict},
     file::{FileEvent, ACCESS_WRITE, OP_OPEN, OP_UNLINK, OP_USERNS, RULE_TOO_DEEP, RULE_USERNS},
     process::{
         ExecEvent, ARGV_BYTES, EXEC_APPROVAL_RULE_BASE, EXEC_F_FROM_LSM, EXEC_F_KILLED,
@@ -15,9 +15,9 @@ use agent_common::{
     },
 };
 
-use super::*;
+use super::{egress, exec, file, *};
+use crate::identity::AgentIdentity;
 use crate::{
-    daemon::enrich_for_tests as enrich,
     policy::Policy,
     spool::{Entry, Record},
     telemetry::records::{describe, span_data},
@@ -70,7 +70,7 @@ fn egress_raw(addr: [u8; 4], port: u16, verdict: u8, rule_id: u32, hook: u8) -> 
     let mut a = [0u8; 16];
     a[..4].copy_from_slice(&addr);
     EgressEvent {
-        header: header(KIND_EGRESS, 100),
+        header: header(EventKind::Egress as u32, 100),
         addr: a,
         rule_id,
         port,
@@ -99,7 +99,7 @@ fn exec_raw(
         len += arg.len() + 1;
     }
     ExecEvent {
-        header: header(KIND_EXEC, 200),
+        header: header(EventKind::Exec as u32, 200),
         ppid: 199,
         uid: 1000,
         gid: 1000,
@@ -117,7 +117,7 @@ fn exec_raw(
 
 fn file_raw(op: u8, verdict: Verdict, rule_id: u32, depth: u8) -> FileEvent {
     FileEvent {
-        header: header(KIND_FILE, 300),
+        header: header(EventKind::File as u32, 300),
         ino: 88,
         dev: (8 << 20) | 2,
         rule_id,
@@ -133,7 +133,7 @@ fn event(pid: u32, comm: &str, detail: EventDetail) -> Event {
     Event {
         time_unix_nano: 1_700_000_000_000_000_000,
         kernel_ts_ns: 5_000_000_000,
-        agent: Some("agent:payer".into()),
+        agent: Some(AgentIdentity::for_agent("payer")),
         agent_seq: 3,
         pid,
         tgid: pid,
@@ -172,7 +172,7 @@ fn samples() -> Vec<Event> {
         out.push(event(
             100,
             "probe",
-            EventDetail::Egress(enrich::egress(&raw, p)),
+            EventDetail::Egress(egress::detail(&raw, p)),
         ));
     }
     let mut v6 = egress_raw([0; 4], 9000, Verdict::Deny as u8, RULE_DEFAULT_DENY, 2);
@@ -183,7 +183,7 @@ fn samples() -> Vec<Event> {
     out.push(event(
         100,
         "probe",
-        EventDetail::Egress(enrich::egress(&v6, p)),
+        EventDetail::Egress(egress::detail(&v6, p)),
     ));
     for raw in [
         exec_raw("/usr/bin/true", &["true"], Verdict::Allow, 0, 0),
@@ -210,8 +210,8 @@ fn samples() -> Vec<Event> {
             EXEC_F_FROM_LSM,
         ),
     ] {
-        let mut d = enrich::exec(&raw, p);
-        if d.verdict == "allow" {
+        let mut d = exec::detail(&raw, p);
+        if d.verdict == super::Verdict::Allow {
             d.sha256 = Some("ab".repeat(32));
         }
         out.push(event(200, "sh", EventDetail::Exec(d)));
@@ -237,15 +237,15 @@ fn samples() -> Vec<Event> {
         file_raw(OP_OPEN, Verdict::Deny, RULE_TOO_DEEP, 0),
         file_raw(OP_USERNS, Verdict::Deny, RULE_USERNS, 0),
     ] {
-        let d = enrich::file(&raw, p, Some(&paths));
+        let d = file::detail(&raw, p, Some(&paths));
         out.push(event(300, "rm", EventDetail::File(d)));
     }
-    let mut session = |action: &str| {
+    let session = |action: &str| {
         event(
             0,
             "",
             EventDetail::Session(SessionDetail {
-                action: action.into(),
+                action: action.parse().unwrap(),
                 started_unix_nano: 1_699_999_999_000_000_000,
             }),
         )
@@ -260,7 +260,7 @@ fn samples() -> Vec<Event> {
             0,
             "",
             EventDetail::Policy(PolicyDetail {
-                result: "applied".into(),
+                result: PolicyResult::Applied,
                 source: "/etc/agentcage/policies/default.yaml".into(),
                 error: None,
             }),
@@ -274,7 +274,7 @@ fn samples() -> Vec<Event> {
             0,
             "",
             EventDetail::Policy(PolicyDetail {
-                result: "refused".into(),
+                result: PolicyResult::Refused,
                 source: "/etc/agentcage/policies/default.yaml".into(),
                 error: Some("default.yaml:3:5: unknown field `egres`".into()),
             }),
@@ -327,8 +327,8 @@ fn samples() -> Vec<Event> {
         0,
         "",
         EventDetail::Containment(ContainmentDetail {
-            rung: "killed".into(),
-            previous: "observe".into(),
+            rung: RungState::Killed,
+            previous: RungState::Observe,
             reason: "manual (uid 0 (root) pid 9)".into(),
             snapshot: Some("/var/lib/agentcage/snapshots/payer-1.json".into()),
         }),
@@ -337,8 +337,8 @@ fn samples() -> Vec<Event> {
         0,
         "",
         EventDetail::Containment(ContainmentDetail {
-            rung: "observe".into(),
-            previous: "paused".into(),
+            rung: RungState::Observe,
+            previous: RungState::Paused,
             reason: "resumed by uid 0 (root) pid 9".into(),
             snapshot: None,
         }),
@@ -348,7 +348,7 @@ fn samples() -> Vec<Event> {
         "",
         EventDetail::Approval(ApprovalDetail {
             id: 4,
-            state: "requested".into(),
+            state: ApprovalState::Requested,
             subject: "egress payments (egress.allow[1] 127.0.0.5/32 443)".into(),
             approver: None,
             expires_unix_nano: None,
@@ -359,7 +359,7 @@ fn samples() -> Vec<Event> {
         "",
         EventDetail::Approval(ApprovalDetail {
             id: 4,
-            state: "approved".into(),
+            state: ApprovalState::Approved,
             subject: "tool payout".into(),
             approver: Some("uid 0 (root)".into()),
             expires_unix_nano: Some(1_700_000_600_000_000_000),
@@ -371,7 +371,7 @@ fn samples() -> Vec<Event> {
         EventDetail::Budget(BudgetDetail {
             scope: "group:finance".into(),
             budget: "tokens".into(),
-            level: "hard".into(),
+            level: BudgetLevel::Hard,
             value: 500_100.0,
             limit: 500_000.0,
         }),

@@ -5,11 +5,13 @@
 //! known. A policy that loads is also known to compile: [`Policy::from_yaml`] compiles every
 //! agent once, so the daemon's later [`compile_egress`] calls cannot fail on it.
 
+pub mod assertions;
 mod compile;
 mod error;
 mod exec;
 mod hash;
 mod inodes;
+pub mod kernel;
 mod locate;
 mod runtime;
 mod schema;
@@ -20,7 +22,8 @@ pub use compile::compile_read_only;
 pub use compile::{compile_egress, CompiledEgress};
 pub use error::PolicyError;
 pub use exec::{
-    Access, Enforcement, ExecDefault, ExecMatch, ExecPolicy, FilePattern, FileRuleSpec, FilesPolicy,
+    Access, Enforcement, ExecDefault, ExecMatch, ExecPolicy, FilePattern, FileRuleSpec,
+    FilesPolicy, RuleList,
 };
 pub use inodes::{
     compile_exec, compile_files, kernel_dev, kernel_dev_of, CompiledExec, CompiledFiles,
@@ -197,7 +200,7 @@ fn check_run_time(
     agents: &BTreeMap<String, AgentPolicy>,
     default_agent: Option<&AgentPolicy>,
 ) -> Result<(), PolicyError> {
-    use crate::runtime::assertions::PatternKind;
+    use assertions::PatternKind;
     let all = agents
         .iter()
         .map(|(n, a)| (format!("agents.{n}"), a))

@@ -19,12 +19,12 @@ use serde::{
     Deserialize, Serialize,
 };
 
+use super::assertions::Assertion;
 use super::{
     exec::{Enforcement, ExecPolicy, FilesPolicy},
     runtime::{ApprovalPolicy, Budgets, Collectives, ContainmentPolicy},
     validate_agent_name,
 };
-use crate::runtime::assertions::Assertion;
 
 /// The only schema version this build understands.
 pub const SCHEMA_VERSION: u32 = 1;

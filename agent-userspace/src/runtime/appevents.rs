@@ -181,7 +181,7 @@ mod tests {
         let ev = crate::events::Event {
             time_unix_nano: 1,
             kernel_ts_ns: 2,
-            agent: Some("agent:a".into()),
+            agent: Some(crate::identity::AgentIdentity::for_agent("a")),
             agent_seq: 1,
             pid: 3,
             tgid: 3,
