@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod package;
+mod results;
 mod run;
 mod setup;
 mod test;

@@ -9,13 +9,13 @@ use std::{
 
 use super::{Cli, CliError, Command, EventCommand, Output, PolicyCommand};
 use crate::{
-    control::{Client, ContainedCage, Request, Response},
+    control::{
+        app::{AppMessage, AppReply, Decision},
+        Client, ContainedCage, Request, Response,
+    },
     events::{AppEvent, Phase},
     policy::{validate_agent_name, Policy},
-    runtime::{
-        appevents::{AppMessage, AppReply, Decision},
-        approvals::{Request as ApprovalRequest, Status},
-    },
+    runtime::approvals::{Request as ApprovalRequest, Status},
 };
 
 /// Exit status of `agentcage event` when the action may not go ahead.

@@ -1,10 +1,9 @@
 //! Enforcement beyond the kernel's egress lists, run by the daemon per agent session:
-//! containment (the ladder and the kill switch), approvals, budgets, temporal assertions and
-//! application events. Each module holds one concern's logic and evaluates only (the policy
+//! containment (the ladder and the kill switch), approvals, budgets and temporal
+//! assertions. Each module holds one concern's logic and evaluates only (the policy
 //! language is `policy`); the daemon feeds them from its event bus, keeps each concern's
 //! per-agent state, and carries out what they decide (kernel maps, cgroup files).
 
-pub mod appevents;
 pub mod approvals;
 pub mod assertions;
 pub mod budgets;

@@ -9,8 +9,8 @@ use tracing::warn;
 
 use super::{next_line, send, Line, Shared, MAX_REQUEST};
 use crate::{
+    control::app::{sender_agent, start_time, AppMessage, AppReply},
     control::Peer,
-    runtime::appevents::{sender_agent, start_time, AppMessage, AppReply},
 };
 
 /// Serves one connection on the application socket until the client goes away.

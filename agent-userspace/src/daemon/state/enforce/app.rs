@@ -5,9 +5,9 @@ use std::time::Duration;
 use super::super::State;
 use crate::{
     clock::boot_ns,
+    control::app::{AppReply, Decision},
     events::{AppEvent, EventDetail, Phase},
     runtime::{
-        appevents::{AppReply, Decision},
         approvals::Subject,
         assertions::{Observed, PatternKind},
         budgets::{Latency, Metric},

@@ -16,7 +16,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{cage::CageRoot, control::Peer, events::AppEvent, policy::validate_agent_name};
+use super::Peer;
+use crate::{cage::CageRoot, events::AppEvent, policy::validate_agent_name};
 
 /// One message from the application.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
