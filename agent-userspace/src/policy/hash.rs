@@ -9,9 +9,10 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use sha2::{Digest, Sha256};
 
 use super::{
+    egress::protocol_names,
     exec::Enforcement,
     runtime::{ApprovalPolicy, Collectives, ContainmentPolicy},
-    schema::{protocol_names, AgentPolicy},
+    schema::AgentPolicy,
 };
 
 /// First line of the canonical form; bump it if the form ever changes meaning.
