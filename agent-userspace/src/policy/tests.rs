@@ -63,7 +63,7 @@ fn the_published_schema_is_the_generated_one() {
     assert!(
         committed == json_schema(),
         "policies/schema.json is stale: regenerate it with \
-         `agentcage policy schema > policies/schema.json`"
+             `agentcage policy schema > policies/schema.json`"
     );
 }
 
@@ -85,17 +85,17 @@ const DEMO: &str = "\
 version: 1
 agents:
   demo:
-egress:
-  allow:
-    - cidr: 127.0.0.1/32
-      ports: [8000-8099, 443]
-      protocols: [tcp]
-      comment: local dev server
-  raw_sockets: false
-  allow_events: sample:10
+    egress:
+      allow:
+        - cidr: 127.0.0.1/32
+          ports: [8000-8099, 443]
+          protocols: [tcp]
+          comment: local dev server
+      raw_sockets: false
+      allow_events: sample:10
 default_agent:
   egress:
-allow: []
+    allow: []
 ";
 
 #[test]
@@ -150,10 +150,10 @@ fn defaults() {
 #[test]
 fn ports_as_ints_or_strings_and_empty_lists() {
     let p = Policy::from_yaml(
-        "version: 1\nagents:\n  a:\n    egress:\n      allow:\n        - cidr: 10.0.0.0/8\n          ports: [\"443\", 0x50, '1000-2000', 3000 - 3001]\n        - cidr: 10.0.0.0/8\n          ports: []\n        - cidr: 10.0.0.0/8\n          ports:\n",
-        "t",
-    )
-    .unwrap();
+            "version: 1\nagents:\n  a:\n    egress:\n      allow:\n        - cidr: 10.0.0.0/8\n          ports: [\"443\", 0x50, '1000-2000', 3000 - 3001]\n        - cidr: 10.0.0.0/8\n          ports: []\n        - cidr: 10.0.0.0/8\n          ports:\n",
+            "t",
+        )
+        .unwrap();
     let a = &p.agents["a"].egress.allow;
     assert_eq!(
         a[0].ports,
@@ -171,10 +171,10 @@ fn ports_as_ints_or_strings_and_empty_lists() {
 #[test]
 fn mapped_ipv6_is_normalised() {
     let p = Policy::from_yaml(
-        "version: 1\nagents:\n  a:\n    egress:\n      allow:\n        - cidr: '::ffff:10.0.0.0/104'\n          protocols: [udp, udp]\n",
-        "t",
-    )
-    .unwrap();
+            "version: 1\nagents:\n  a:\n    egress:\n      allow:\n        - cidr: '::ffff:10.0.0.0/104'\n          protocols: [udp, udp]\n",
+            "t",
+        )
+        .unwrap();
     let r = &p.agents["a"].egress.allow[0];
     assert_eq!(r.cidr.to_string(), "10.0.0.0/8");
     assert_eq!(r.protocols, PROTO_UDP);
@@ -186,8 +186,8 @@ fn bad_cidr_points_at_the_value() {
     assert_eq!(
         err(&yaml),
         "policies/x.yaml:6:17: agents.demo.egress.allow[0].cidr: invalid CIDR \
-         \"127.0.0.1/33\": prefix length 33 is longer than 32; expected an address like \
-         10.0.0.0/8 or 2001:db8::/32"
+             \"127.0.0.1/33\": prefix length 33 is longer than 32; expected an address like \
+             10.0.0.0/8 or 2001:db8::/32"
     );
 }
 
@@ -197,9 +197,9 @@ fn host_bits_point_at_the_value() {
     assert_eq!(
         err(&yaml),
         "policies/x.yaml:6:17: agents.demo.egress.allow[0].cidr: invalid CIDR \
-         \"127.0.0.1/8\": host bits are set (the address is not the first of its /8 \
-         network); write 127.0.0.0/8 for the network, or 127.0.0.1/32 for the single \
-         address"
+             \"127.0.0.1/8\": host bits are set (the address is not the first of its /8 \
+             network); write 127.0.0.0/8 for the network, or 127.0.0.1/32 for the single \
+             address"
     );
 }
 
@@ -209,20 +209,20 @@ fn bad_port_range_points_at_the_value() {
     assert_eq!(
         err(&yaml),
         "policies/x.yaml:7:24: agents.demo.egress.allow[0].ports[1]: invalid port range \
-         \"8099-8000\": the range runs backwards (8099 > 8000); write it low-high, e.g. \
-         8000-8099"
+             \"8099-8000\": the range runs backwards (8099 > 8000); write it low-high, e.g. \
+             8000-8099"
     );
     let yaml = DEMO.replace("8000-8099, 443", "8000-8099, 65536");
     assert_eq!(
         err(&yaml),
         "policies/x.yaml:7:30: agents.demo.egress.allow[0].ports[1]: port 65536 is larger \
-         than 65535; expected a port like 443 or a range like 8000-8099 (0-65535)"
+             than 65535; expected a port like 443 or a range like 8000-8099 (0-65535)"
     );
     let yaml = DEMO.replace("8000-8099, 443", "-1");
     assert_eq!(
         err(&yaml),
         "policies/x.yaml:7:19: agents.demo.egress.allow[0].ports[0]: port -1 is negative; \
-         expected a port like 443 or a range like 8000-8099 (0-65535)"
+             expected a port like 443 or a range like 8000-8099 (0-65535)"
     );
 }
 
@@ -232,7 +232,7 @@ fn unknown_field_points_at_the_key() {
     assert_eq!(
         err(&yaml),
         "policies/x.yaml:10:7: agents.demo.egress: unknown field `raw_socket`, expected one \
-         of `allow`, `raw_sockets`, `allow_events`"
+             of `allow`, `raw_sockets`, `allow_events`"
     );
     let yaml = DEMO.replace("          comment:", "          coment:");
     assert!(
@@ -256,7 +256,7 @@ fn wrong_version_points_at_the_value() {
     assert_eq!(
         err(&yaml),
         "policies/x.yaml:1:10: version: unsupported policy version 2; this agentcage \
-         understands version: 1"
+             understands version: 1"
     );
     let yaml = DEMO.replace("version: 1", "version: one");
     assert!(
@@ -283,13 +283,13 @@ fn yaml_syntax_error_is_located() {
     assert_eq!(
         err(&yaml),
         "policies/x.yaml:7:34: did not find expected key, while parsing a block mapping at \
-         line 6 column 11"
+             line 6 column 11"
     );
     let yaml = DEMO.replace("          ports:", "\tports:");
     assert_eq!(
         err(&yaml),
         "policies/x.yaml:7:1: found a tab character that violates indentation, while \
-         scanning a plain scalar at line 6 column 17"
+             scanning a plain scalar at line 6 column 17"
     );
 }
 
@@ -299,8 +299,8 @@ fn bad_agent_name_points_at_the_key() {
     assert_eq!(
         err(&yaml),
         "policies/x.yaml:3:3: agents: invalid agent name \"../etc\": character '/' is not \
-         allowed; expected 1-64 characters of A-Z, a-z, 0-9, '.', '_' or '-', not starting \
-         with '.' or '-'"
+             allowed; expected 1-64 characters of A-Z, a-z, 0-9, '.', '_' or '-', not starting \
+             with '.' or '-'"
     );
     let yaml = format!("{DEMO}agents:\n  x: {{}}\n");
     assert!(
@@ -316,7 +316,7 @@ fn duplicate_agent_points_at_the_second_key() {
     assert_eq!(
         err(yaml),
         "policies/x.yaml:5:3: agents: agent \"demo\" is listed twice; expected each agent \
-         once"
+             once"
     );
 }
 
@@ -326,7 +326,7 @@ fn other_value_errors() {
     assert!(
         err(&yaml).starts_with(
             "policies/x.yaml:8:28: agents.demo.egress.allow[0].protocols[1]: unknown \
-             protocol \"icmp\"; expected tcp or udp"
+                 protocol \"icmp\"; expected tcp or udp"
         ),
         "{}",
         err(&yaml)
@@ -343,7 +343,7 @@ fn other_value_errors() {
     assert!(
         err(&yaml).starts_with(
             "policies/x.yaml:11:21: agents.demo.egress.allow_events: invalid allow_events \
-             \"sample:0\""
+                 \"sample:0\""
         ),
         "{}",
         err(&yaml)
@@ -358,14 +358,14 @@ fn other_value_errors() {
     assert_eq!(
         err(&yaml),
         "policies/x.yaml:7:18: agents.demo.egress.allow[0].ports: invalid type: integer \
-         `443`, expected a list of ports, e.g. [443] or [8000-8099, 443]"
+             `443`, expected a list of ports, e.g. [443] or [8000-8099, 443]"
     );
     let yaml = DEMO.replace("cidr: 127.0.0.1/32", "cidr: example.com");
     assert_eq!(
         err(&yaml),
         "policies/x.yaml:6:17: agents.demo.egress.allow[0].cidr: invalid CIDR \
-         \"example.com\": \"example.com\" is not an IPv4 or IPv6 address; expected an \
-         address like 10.0.0.0/8 or 2001:db8::/32"
+             \"example.com\": \"example.com\" is not an IPv4 or IPv6 address; expected an \
+             address like 10.0.0.0/8 or 2001:db8::/32"
     );
     let yaml = DEMO.replace("raw_sockets: false", "raw_sockets: maybe");
     assert!(
@@ -407,20 +407,20 @@ fn compile_errors_point_at_the_rule() {
     }
     let e = err(&yaml);
     assert!(
-        e.starts_with(
-            "policies/x.yaml:9:11: agents.demo.egress.allow[1] (10.0.0.0/8): more than 16 port rules"
-        ),
-        "{e}"
-    );
+            e.starts_with(
+                "policies/x.yaml:9:11: agents.demo.egress.allow[1] (10.0.0.0/8): more than 16 port rules"
+            ),
+            "{e}"
+        );
     let d = yaml.replace("agents:\n  demo:\n", "default_agent:\n");
     let d = d.replace("\n    ", "\n  ");
     let e = err(&d);
     assert!(
-        e.starts_with(
-            "policies/x.yaml:8:9: default_agent.egress.allow[1] (10.0.0.0/8): more than 16 port rules"
-        ),
-        "{e}"
-    );
+            e.starts_with(
+                "policies/x.yaml:8:9: default_agent.egress.allow[1] (10.0.0.0/8): more than 16 port rules"
+            ),
+            "{e}"
+        );
 }
 
 #[test]
