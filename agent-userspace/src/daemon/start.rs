@@ -58,14 +58,11 @@ pub(super) async fn start(
     let runtime_rx = bus.subscribe();
     let ring: RingBuf<_> = ebpf
         .take_map(EVENTS)
-        .ok_or(BpfError::Map {
-            name: EVENTS,
-            what: "missing from the eBPF object".into(),
-        })
+        .ok_or(BpfError::MissingMap(EVENTS))
         .and_then(|m| {
-            RingBuf::try_from(m).map_err(|e| BpfError::Map {
+            RingBuf::try_from(m).map_err(|source| BpfError::Map {
                 name: EVENTS,
-                what: e.to_string(),
+                source,
             })
         })?;
     let inotify = Arc::new(
@@ -105,9 +102,11 @@ pub(super) async fn start(
         Some(listen) => {
             let listener = dashboard::bind(listen).await?;
             let token: Arc<str> = dashboard::new_token()?.into();
-            let addr = listener
-                .local_addr()
-                .map_err(|e| DaemonError::Dashboard(e.to_string()))?;
+            let addr = listener.local_addr().map_err(|source| DaemonError::Io {
+                op: "reading the address of",
+                path: "the dashboard's listener".into(),
+                source,
+            })?;
             Some((listener, token, format!("http://{addr}/")))
         }
         None => None,
