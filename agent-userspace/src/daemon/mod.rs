@@ -219,6 +219,7 @@ async fn start(
             approval_map,
             bus: bus.clone(),
             snapshot_dir: config.snapshot_dir.clone(),
+            recording_dir: config.recording_dir.clone(),
         },
     );
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -291,6 +292,10 @@ async fn start(
         dashboard: dashboard
             .as_ref()
             .map(|(_, token, url)| format!("{url}#token={token}")),
+        recordings: crate::recording::RecordingStore::new(
+            config.recording_dir.clone(),
+            config.recording_max_bytes,
+        ),
     });
     let _ = shared_slot.set(Arc::downgrade(&shared));
     {

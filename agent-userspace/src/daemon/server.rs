@@ -2,7 +2,10 @@
 
 use std::{
     fs, io,
-    os::unix::fs::PermissionsExt as _,
+    os::{
+        fd::{AsRawFd as _, OwnedFd},
+        unix::fs::PermissionsExt as _,
+    },
     path::Path,
     sync::{Arc, Mutex},
 };
@@ -36,6 +39,8 @@ pub struct Shared {
     pub access: AccessPolicy,
     /// The dashboard's address with its token, when it is served.
     pub dashboard: Option<String>,
+    /// Where recordings the policy requires are made.
+    pub recordings: crate::recording::RecordingStore,
 }
 
 impl Shared {
@@ -145,8 +150,12 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream) {
         let keep_going = match request {
             Request::Events { follow } => stream_events(&shared, &mut write, follow).await,
             other => {
-                let response = handle(&shared, &peer, other, &mut held);
-                send(&mut write, &response).await.is_ok()
+                let mut attach = None;
+                let response = handle(&shared, &peer, other, &mut held, &mut attach);
+                match attach {
+                    Some(fd) => send_with_fd(&mut write, &response, fd).await.is_ok(),
+                    None => send(&mut write, &response).await.is_ok(),
+                }
             }
         };
         if !keep_going {
@@ -179,30 +188,47 @@ fn caged_peer(shared: &Shared, peer: &Peer) -> Option<String> {
     Some(message)
 }
 
-fn handle(shared: &Shared, peer: &Peer, request: Request, held: &mut Vec<String>) -> Response {
+/// Answers one request; a descriptor to send with the answer goes into `attach`.
+fn handle(
+    shared: &Shared,
+    peer: &Peer,
+    request: Request,
+    held: &mut Vec<String>,
+    attach: &mut Option<OwnedFd>,
+) -> Response {
     let mut state = shared.state();
     let result = match request {
         Request::Ping {} => Ok(Response::Pong {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             policy_hash: state.policy().hash().to_owned(),
         }),
-        Request::Prepare { agent } => state.hold(&agent).map(|h| {
+        Request::Prepare { agent } => state.hold(&agent).and_then(|h| {
+            // Released when the connection closes, refused or not.
             held.push(agent.clone());
+            let recording = if h.record {
+                let (grant, fd) = shared.recordings.create(&agent, peer.pid)?;
+                *attach = Some(fd);
+                Some(grant)
+            } else {
+                None
+            };
             info!(
                 agent,
                 pid = peer.pid,
                 uid = peer.uid,
                 policy_hash = h.policy_hash,
+                recording = recording.as_ref().map(|r| r.path.as_str()),
                 "agent run starting"
             );
-            Response::Prepared {
+            Ok(Response::Prepared {
                 identity: crate::identity::AgentIdentity::for_agent(&agent).to_string(),
                 agent,
                 cgroup: h.cgroup,
                 policy_hash: h.policy_hash,
                 raw_sockets: h.raw_sockets,
                 policy_source: h.policy_source,
-            }
+                recording,
+            })
         }),
         Request::Join { agent } => state
             .move_into(&agent, peer.pid, peer.uid, false)
@@ -376,6 +402,39 @@ async fn stream_events(shared: &Shared, write: &mut OwnedWriteHalf, follow: bool
             return false;
         }
     }
+}
+
+/// Sends a response with a descriptor attached to its first byte (SCM_RIGHTS).
+async fn send_with_fd(
+    write: &mut OwnedWriteHalf,
+    response: &Response,
+    fd: OwnedFd,
+) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let mut line = serde_json::to_vec(response).map_err(io::Error::other)?;
+    line.push(b'\n');
+    let stream: &UnixStream = write.as_ref();
+    let raw = [fd.as_raw_fd()];
+    let sent = loop {
+        stream.writable().await?;
+        match stream.try_io(tokio::io::Interest::WRITABLE, || {
+            sendmsg::<()>(
+                stream.as_raw_fd(),
+                &[io::IoSlice::new(&line)],
+                &[ControlMessage::ScmRights(&raw)],
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+            .map_err(io::Error::from)
+        }) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    };
+    // Our copy goes; the client's is the one that holds the file (and its lock) now.
+    drop(fd);
+    write.write_all(&line[sent..]).await
 }
 
 async fn send(write: &mut OwnedWriteHalf, response: &Response) -> io::Result<()> {

@@ -131,6 +131,9 @@ pub enum StateError {
     /// Freezing, killing or the snapshot failed.
     #[error(transparent)]
     Contain(#[from] ContainError),
+    /// A recording the policy requires could not be made.
+    #[error(transparent)]
+    Recording(#[from] crate::recording::RecordingError),
     /// Watching a cage for emptiness failed.
     #[error("watching {path}: {source}")]
     Watch {
@@ -152,6 +155,8 @@ pub struct Held {
     pub raw_sockets: bool,
     /// The policy file.
     pub policy_source: String,
+    /// The policy requires the session to be recorded (`record: always`).
+    pub record: bool,
 }
 
 /// One agent's cage.
@@ -230,6 +235,8 @@ pub struct State {
     bus: EventBus,
     /// Where forensic snapshots are written.
     snapshot_dir: PathBuf,
+    /// Where recordings the policy requires are made (snapshots include the live ones).
+    recording_dir: PathBuf,
 }
 
 /// The kernel-side mode of a cage, besides its policy.
@@ -249,6 +256,8 @@ pub struct RuntimeParts {
     pub bus: EventBus,
     /// Where forensic snapshots go.
     pub snapshot_dir: PathBuf,
+    /// Where recordings the policy requires are made.
+    pub recording_dir: PathBuf,
 }
 
 /// How many agent names are remembered for events before only live ones are kept.
@@ -300,6 +309,7 @@ impl State {
             approval_map: parts.approval_map,
             bus: parts.bus,
             snapshot_dir: parts.snapshot_dir,
+            recording_dir: parts.recording_dir,
         }
     }
 
@@ -624,6 +634,7 @@ impl State {
             .policy
             .agent(agent)
             .is_some_and(|p| p.egress.raw_sockets);
+        let record = self.requires_recording(agent);
         let cage = self
             .cages
             .get_mut(agent)
@@ -637,7 +648,15 @@ impl State {
             policy_hash,
             raw_sockets,
             policy_source: self.policy.source().to_owned(),
+            record,
         })
+    }
+
+    /// Whether the agent's policy requires its sessions to be recorded.
+    fn requires_recording(&self, agent: &str) -> bool {
+        self.policy
+            .agent(agent)
+            .is_some_and(|p| p.record == crate::policy::Record::Always)
     }
 
     /// Drops one hold; removes the cage if nothing holds it and it is empty.
@@ -667,6 +686,13 @@ impl State {
                 owner,
                 caller: caller_uid,
             });
+        }
+        // An adopted process keeps its own terminal, which nothing records.
+        if adopting && self.requires_recording(agent) {
+            return Err(StateError::Usage(format!(
+                "agent {agent:?} must be recorded (record: always in its policy), and an adopted \
+                 process's terminal cannot be: start it with `agentcage run` instead"
+            )));
         }
         self.check_cageable(agent, pid, adopting)?;
         let cage = self.ensure_cage(agent)?;

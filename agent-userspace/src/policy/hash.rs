@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use super::{
     exec::Enforcement,
     runtime::{ApprovalPolicy, Collectives, ContainmentPolicy},
-    schema::{protocol_names, AgentPolicy},
+    schema::{protocol_names, AgentPolicy, Record},
 };
 
 /// First line of the canonical form; bump it if the form ever changes meaning.
@@ -136,6 +136,9 @@ fn write_agent(out: &mut String, agent: &AgentPolicy) {
     }
     if agent.containment != ContainmentPolicy::default() {
         let _ = writeln!(out, "  containment {}", json(&agent.containment));
+    }
+    if agent.record != Record::Optional {
+        let _ = writeln!(out, "  record {}", agent.record);
     }
 }
 

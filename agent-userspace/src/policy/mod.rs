@@ -30,7 +30,8 @@ pub use runtime::{
     Rung, Span, TimeLimit,
 };
 pub use schema::{
-    json_schema, AgentPolicy, AllowEvents, AllowRule, EgressPolicy, PortRange, SCHEMA_VERSION,
+    json_schema, AgentPolicy, AllowEvents, AllowRule, EgressPolicy, PortRange, Record,
+    SCHEMA_VERSION,
 };
 
 use locate::{locate, Step};
@@ -413,6 +414,22 @@ mod tests {
         let h = |y| Policy::from_yaml(y, "t").unwrap().hash().to_owned();
         assert_eq!(h(one), h(two));
         assert_ne!(h(one), h(&one.replace("hard: 2", "hard: 3")));
+    }
+
+    #[test]
+    fn record_always_parses_hashes_and_misspellings_are_located() {
+        let plain = "version: 1\nagents:\n  a: {}\n";
+        let always = "version: 1\nagents:\n  a:\n    record: always\n";
+        let p = Policy::from_yaml(always, "t").unwrap();
+        assert_eq!(p.agents["a"].record, Record::Always);
+        assert!(p.canonical().contains("  record always\n"));
+        let h = |y| Policy::from_yaml(y, "t").unwrap().hash().to_owned();
+        assert_ne!(h(plain), h(always));
+        // The default writes nothing: policies without the field keep their hash.
+        assert_eq!(h(plain), h(&plain.replace("{}", "{record: optional}")));
+        let e = err("version: 1\nagents:\n  a:\n    record: sometimes\n");
+        assert!(e.starts_with("policies/x.yaml:4:13:"), "{e}");
+        assert!(e.contains("optional") && e.contains("always"), "{e}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::{
 use serde::Serialize;
 
 pub use crate::policy::Rung;
-use crate::{cage::CgroupDir, events::Event};
+use crate::{cage::CgroupDir, events::Event, recording::LiveRecording};
 
 /// How long freezing or killing may take before it is reported as failed.
 const SETTLE: Duration = Duration::from_secs(5);
@@ -167,6 +167,9 @@ pub struct Snapshot<'a> {
     pub processes: Vec<ProcessRecord>,
     /// The agent's last events, oldest first.
     pub events: Vec<&'a Event>,
+    /// The terminal recordings (`record: always`) still being written, with their last
+    /// kilobytes.
+    pub recordings: &'a [LiveRecording],
 }
 
 /// Everything the snapshot needs to say besides what /proc says.
@@ -181,6 +184,8 @@ pub struct SnapshotInfo<'a> {
     pub policy_hash: &'a str,
     /// The agent's last events.
     pub events: &'a [Arc<Event>],
+    /// Its live recordings ([`crate::recording::live`]).
+    pub recordings: &'a [LiveRecording],
 }
 
 /// Writes the snapshot of a (frozen) cage into `out_dir` as JSON, mode 0600, and returns its
@@ -207,6 +212,7 @@ pub fn snapshot(
         cgroup: dir.path().display().to_string(),
         processes,
         events: info.events.iter().map(AsRef::as_ref).collect(),
+        recordings: info.recordings,
     };
     let name = format!("{}-{time_unix_nano}.json", info.agent);
     let path = out_dir.join(&name);

@@ -135,12 +135,14 @@ impl State {
             .get(agent)
             .map(|r| r.recent.iter().cloned().collect())
             .unwrap_or_default();
+        let recordings = crate::recording::live(&self.recording_dir, agent);
         let info = SnapshotInfo {
             agent,
             rung,
             reason,
             policy_hash: self.policy.hash(),
             events: &events,
+            recordings: &recordings,
         };
         match containment::snapshot(&self.snapshot_dir, dir, &info) {
             Ok(p) => Some(p),
