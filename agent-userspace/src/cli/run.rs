@@ -121,26 +121,29 @@ pub fn run(socket: &Path, args: &RunArgs) -> Result<i32, CliError> {
             )))?;
         sinks.push((file, None));
     }
-    // SAFETY: isatty only inspects the descriptor.
-    let on_terminal = (0..3).any(|fd| unsafe { libc::isatty(fd) } == 1);
-    if !sinks.is_empty() && args.no_pty && on_terminal {
-        return Err(CliError::Usage(
-            "this session must be recorded, and --no-pty leaves the agent on your own \
-             terminal, where nothing can record it: drop --no-pty"
-                .into(),
-        ));
-    }
-    let (child_side, side, handoff) = pty::plumb(&mode, !sinks.is_empty(), args.record_input)?;
-    let size = side
-        .size_from
-        .and_then(pty::window_size)
+    let size = (0..3)
+        .find_map(pty::window_size)
         .map_or((80, 24), |w| (w.ws_col, w.ws_row));
     let header = Header::new(&args.agent, &args.command, size);
-    let recorders = sinks
+    let mut recorders = sinks
         .into_iter()
         .map(|(file, limit)| Recorder::start(BufWriter::new(file), &header, limit))
         .collect::<Result<Vec<_>, _>>()
         .map_err(CliError::os("writing the recording's header"))?;
+    // SAFETY: isatty only inspects the descriptor.
+    let on_terminal = (0..3).any(|fd| unsafe { libc::isatty(fd) } == 1);
+    if !recorders.is_empty() && args.no_pty && on_terminal {
+        let why = "this session must be recorded, and --no-pty leaves the agent on your own \
+                   terminal, where nothing can record it: drop --no-pty";
+        for r in &mut recorders {
+            // The attempt stays on record too.
+            let _ = r
+                .note(&format!("agentcage: run refused: {why}"))
+                .and_then(|()| r.flush());
+        }
+        return Err(CliError::Usage(why.into()));
+    }
+    let (child_side, side, handoff) = pty::plumb(&mode, !recorders.is_empty(), args.record_input)?;
 
     let join = JoinRequest::new(socket, &args.agent)?;
     let shield = Shield::for_root_agent(&policy_source)?;

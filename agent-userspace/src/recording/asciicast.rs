@@ -144,6 +144,11 @@ impl<W: Write> Recorder<W> {
         self.event("r", &format!("{cols}x{rows}"))
     }
 
+    /// A marker (`"m"`): a note from agentcage itself, never shown as output.
+    pub fn note(&mut self, text: &str) -> io::Result<()> {
+        self.event("m", text)
+    }
+
     /// Whether the size bound stopped the recording.
     pub fn was_cut(&self) -> bool {
         self.cut
