@@ -240,6 +240,78 @@ fn tiocsti_from_the_agent_never_reaches_the_operators_shell() {
     daemon.stop();
 }
 
+/// An attacker in the cage: leaves a process behind that ignores the job-control signals and
+/// keeps taking the foreground of its terminal to read what is typed there after the agent
+/// has exited (into `STOLEN`); `LOG` says when its terminal hung up.
+const STEAL: &str = r#"
+import os, signal, sys, time
+stolen, log = sys.argv[1], sys.argv[2]
+if os.fork() == 0:
+    for s in (signal.SIGTTOU, signal.SIGTTIN, signal.SIGHUP):
+        signal.signal(s, signal.SIG_IGN)
+    end = time.time() + 20
+    noted = False
+    while time.time() < end:
+        try:
+            os.tcsetpgrp(0, os.getpgrp())
+        except OSError:
+            pass
+        try:
+            data = os.read(0, 1024)
+        except OSError:
+            data = b""
+        if data:
+            with open(stolen, "ab") as f:
+                f.write(data)
+        else:
+            if not noted:
+                with open(log, "w") as f:
+                    f.write("hangup\n")
+                noted = True
+            time.sleep(0.01)
+    os._exit(0)
+print("left a reader behind")
+"#;
+
+#[test]
+fn what_the_operator_types_after_the_agent_exited_is_not_readable_by_it() {
+    let daemon = Daemon::start(POLICY);
+    let tmux = Tmux::start(&daemon, 100, 30);
+    let script = tmux.path("steal.py");
+    fs::write(&script, STEAL).unwrap();
+    let (stolen, log, typed) = (tmux.path("stolen"), tmux.path("log"), tmux.path("typed"));
+    let status = tmux.run(&format!(
+        "$A run --agent t -- /usr/bin/python3 {} {} {}",
+        script.display(),
+        stolen.display(),
+        log.display()
+    ));
+    assert_eq!(status, 0);
+    // The reader it left behind is still there, and its terminal has hung up. (With
+    // --no-pty the terminal is the operator's, which never hangs up: this wait fails.)
+    let end = Instant::now() + deadline();
+    while !fs::read_to_string(&log).is_ok_and(|l| l.contains("hangup")) {
+        assert!(
+            Instant::now() < end,
+            "the reader never saw its terminal end"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!daemon.status()["agents"][0]["pids"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let n = tmux.start_command(&format!("cat > {}", typed.display()));
+    tmux.line("typed-secret");
+    tmux.key("C-d");
+    assert_eq!(tmux.exit_of(n), 0);
+    assert_eq!(fs::read_to_string(&typed).unwrap(), "typed-secret\n");
+    assert!(!stolen.exists(), "the agent read: {:?}", fs::read(&stolen));
+    let out = daemon.cli().args(["kill", "t"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    daemon.stop();
+}
+
 #[test]
 fn a_full_screen_program_works_and_follows_resizes() {
     let daemon = Daemon::start(POLICY);
