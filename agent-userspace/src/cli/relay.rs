@@ -137,7 +137,7 @@ impl Session {
         let mut buf = vec![0u8; CHUNK];
         let mut status = None;
         loop {
-            let input_to = flows.iter().find(|f| !f.output).map(|f| f.to);
+            let input_to = flows.iter().find(|f| !f.output && f.open).map(|f| f.to);
             let mut fds = vec![PollFd::new(self.signalfd.as_fd(), PollFlags::POLLIN)];
             let mut which = Vec::new();
             for (i, f) in flows.iter().enumerate() {
