@@ -4,6 +4,8 @@
 mod assets;
 mod commands;
 mod contain;
+mod pty;
+mod relay;
 mod run;
 mod shield;
 mod top;
@@ -296,6 +298,19 @@ pub struct RunArgs {
     /// The agent's name (its identity is `agent:NAME`).
     #[arg(long)]
     pub agent: String,
+    /// Let the agent share your terminal and session instead of giving it a pseudo-terminal
+    /// of its own. It can then push input into your shell (TIOCSTI), change your terminal's
+    /// settings and read what you type after it exits.
+    #[arg(long)]
+    pub no_pty: bool,
+    /// Record the session into FILE (asciicast v2, as `asciinema play` and `asciinema cat`
+    /// read it): what the agent's terminal showed.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Record what you type too (`"i"` events), in `--record`'s file and in a recording the
+    /// policy requires.
+    #[arg(long)]
+    pub record_input: bool,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,

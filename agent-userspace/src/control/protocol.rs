@@ -118,6 +118,11 @@ pub enum Response {
         raw_sockets: bool,
         /// The policy file; `run` makes its directory read-only for a root agent.
         policy_source: String,
+        /// The policy requires a recording (`record: always`): the daemon made this file and
+        /// sends its open descriptor with this line (SCM_RIGHTS); `run` must write the
+        /// session into it or not start the agent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recording: Option<crate::recording::RecordingGrant>,
     },
     /// The caller is now in the cage.
     Joined {

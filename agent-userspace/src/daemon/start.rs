@@ -93,6 +93,7 @@ pub(super) async fn start(
             approval_map,
             bus: bus.clone(),
             snapshot_dir: config.snapshot_dir.clone(),
+            recording_dir: config.recording_dir.clone(),
             jobs,
         },
     );
@@ -168,6 +169,10 @@ pub(super) async fn start(
         dashboard: dashboard
             .as_ref()
             .map(|(_, token, url)| format!("{url}#token={token}")),
+        recordings: crate::recording::RecordingStore::new(
+            config.recording_dir.clone(),
+            config.recording_max_bytes,
+        ),
     });
     let _ = shared_slot.set(Arc::downgrade(&shared));
     {

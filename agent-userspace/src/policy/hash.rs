@@ -12,7 +12,7 @@ use super::{
     egress::protocol_names,
     exec::Enforcement,
     runtime::{ApprovalPolicy, Collectives, ContainmentPolicy},
-    schema::AgentPolicy,
+    schema::{AgentPolicy, Record},
 };
 
 /// First line of the canonical form; bump it if the form ever changes meaning.
@@ -137,6 +137,9 @@ fn write_agent(out: &mut String, agent: &AgentPolicy) {
     }
     if agent.containment != ContainmentPolicy::default() {
         let _ = writeln!(out, "  containment {}", json(&agent.containment));
+    }
+    if agent.record != Record::Optional {
+        let _ = writeln!(out, "  record {}", agent.record);
     }
 }
 

@@ -34,7 +34,7 @@ pub use runtime::{
     ApprovalPolicy, Budgets, Collective, Collectives, ContainmentPolicy, DenyRate, Limit, LoopRule,
     Rung, Span, TimeLimit,
 };
-pub use schema::{json_schema, AgentPolicy, SCHEMA_VERSION};
+pub use schema::{json_schema, AgentPolicy, Record, SCHEMA_VERSION};
 
 use locate::{locate, Step};
 use schema::RawPolicy;

@@ -61,6 +61,30 @@ pub struct AgentPolicy {
     /// Which containment rung applies when something goes wrong.
     #[serde(default)]
     pub containment: ContainmentPolicy,
+    /// Whether `agentcage run` must record the agent's terminal.
+    #[serde(default)]
+    pub record: Record,
+}
+
+/// Whether sessions of an agent are recorded (asciicast files).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Record {
+    /// The operator decides (`agentcage run --record FILE`).
+    #[default]
+    Optional,
+    /// Every `agentcage run` of the agent is recorded into the daemon's recording directory;
+    /// runs that cannot be recorded (`--no-pty` on a terminal) and `adopt` are refused.
+    Always,
+}
+
+impl fmt::Display for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Optional => "optional",
+            Self::Always => "always",
+        })
+    }
 }
 
 /// The `version` field: must be [`SCHEMA_VERSION`].

@@ -55,6 +55,22 @@ fn run_time_sections_parse_and_are_checked() {
 }
 
 #[test]
+fn record_always_parses_hashes_and_misspellings_are_located() {
+    let plain = "version: 1\nagents:\n  a: {}\n";
+    let always = "version: 1\nagents:\n  a:\n    record: always\n";
+    let p = Policy::from_yaml(always, "t").unwrap();
+    assert_eq!(p.agents["a"].record, Record::Always);
+    assert!(p.canonical().contains("  record always\n"));
+    let h = |y| Policy::from_yaml(y, "t").unwrap().hash().to_owned();
+    assert_ne!(h(plain), h(always));
+    // The default writes nothing: policies without the field keep their hash.
+    assert_eq!(h(plain), h(&plain.replace("{}", "{record: optional}")));
+    let e = err("version: 1\nagents:\n  a:\n    record: sometimes\n");
+    assert!(e.starts_with("policies/x.yaml:4:13:"), "{e}");
+    assert!(e.contains("optional") && e.contains("always"), "{e}");
+}
+
+#[test]
 fn the_published_schema_is_the_generated_one() {
     let committed = include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -19,7 +19,9 @@ use std::{
 use serde::Serialize;
 
 use super::containment::ContainError;
-use crate::{cage::CgroupDir, events::Event, identity::AgentIdentity, policy::Rung};
+use crate::{
+    cage::CgroupDir, events::Event, identity::AgentIdentity, policy::Rung, recording::LiveRecording,
+};
 
 /// Longest command line kept per process, in bytes.
 pub const MAX_CMDLINE: usize = 4096;
@@ -111,6 +113,9 @@ pub struct Snapshot<'a> {
     pub cut: Cuts,
     /// The agent's last events, oldest first.
     pub events: Vec<&'a Event>,
+    /// The terminal recordings (`record: always`) still being written, with their last
+    /// kilobytes.
+    pub recordings: Vec<LiveRecording>,
 }
 
 /// Everything a snapshot needs besides /proc; owned, so it is taken under the daemon's lock
@@ -131,6 +136,8 @@ pub struct SnapshotPlan {
     pub path: PathBuf,
     /// When it was planned, ns since the Unix epoch (also in its name).
     pub time_unix_nano: u64,
+    /// Where the agent's recordings are, to include the live ones.
+    pub recording_dir: Option<PathBuf>,
 }
 
 impl SnapshotPlan {
@@ -152,6 +159,7 @@ impl SnapshotPlan {
             events,
             path: out_dir.join(format!("{agent}-{time_unix_nano}.json")),
             time_unix_nano,
+            recording_dir: None,
         }
     }
 
@@ -174,6 +182,11 @@ impl SnapshotPlan {
             more_pids,
             cut,
             events: self.events.iter().map(AsRef::as_ref).collect(),
+            recordings: self
+                .recording_dir
+                .as_deref()
+                .map(|d| crate::recording::live(d, &self.agent))
+                .unwrap_or_default(),
         };
         let text = serde_json::to_vec_pretty(&snap).map_err(|e| ContainError::Io {
             op: "encoding",

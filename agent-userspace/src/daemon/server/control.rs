@@ -1,7 +1,7 @@
 //! The control socket: `agentcage` commands from root or the configured group, never from a
 //! process inside a cage.
 
-use std::sync::Arc;
+use std::{os::fd::OwnedFd, sync::Arc};
 
 use tokio::{
     io::BufReader,
@@ -10,7 +10,7 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use super::{contain, next_line, send, Line, Shared, MAX_REQUEST};
+use super::{contain, next_line, send, send_with_fd, Line, Shared, MAX_REQUEST};
 use crate::{
     control::{Peer, Request, Response},
     daemon::state::StateError,
@@ -82,8 +82,12 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream) {
                 contain::serve(&shared, &who(&peer), r, &mut write).await
             }
             other => {
-                let response = handle(&shared, &peer, other, &mut held);
-                send(&mut write, &response).await.is_ok()
+                let mut attach = None;
+                let response = handle(&shared, &peer, other, &mut held, &mut attach);
+                match attach {
+                    Some(fd) => send_with_fd(&mut write, &response, fd).await.is_ok(),
+                    None => send(&mut write, &response).await.is_ok(),
+                }
             }
         };
         if !keep_going {
@@ -116,30 +120,47 @@ fn caged_peer(shared: &Shared, peer: &Peer) -> Option<String> {
     Some(message)
 }
 
-fn handle(shared: &Shared, peer: &Peer, request: Request, held: &mut Vec<String>) -> Response {
+/// Answers one request; a descriptor to send with the answer goes into `attach`.
+fn handle(
+    shared: &Shared,
+    peer: &Peer,
+    request: Request,
+    held: &mut Vec<String>,
+    attach: &mut Option<OwnedFd>,
+) -> Response {
     let mut state = shared.state();
     let result = match request {
         Request::Ping {} => Ok(Response::Pong {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             policy_hash: state.policy().hash().to_owned(),
         }),
-        Request::Prepare { agent } => state.hold(&agent).map(|h| {
+        Request::Prepare { agent } => state.hold(&agent).and_then(|h| {
+            // Released when the connection closes, refused or not.
             held.push(agent.clone());
+            let recording = if h.record {
+                let (grant, fd) = shared.recordings.create(&agent, peer.pid)?;
+                *attach = Some(fd);
+                Some(grant)
+            } else {
+                None
+            };
             info!(
                 agent,
                 pid = peer.pid,
                 uid = peer.uid,
                 policy_hash = h.policy_hash,
+                recording = recording.as_ref().map(|r| r.path.as_str()),
                 "agent run starting"
             );
-            Response::Prepared {
+            Ok(Response::Prepared {
                 identity: crate::identity::AgentIdentity::for_agent(&agent).to_string(),
                 agent,
                 cgroup: h.cgroup,
                 policy_hash: h.policy_hash,
                 raw_sockets: h.raw_sockets,
                 policy_source: h.policy_source,
-            }
+                recording,
+            })
         }),
         Request::Join { agent } => state
             .move_into(&agent, peer.pid, peer.uid, false)

@@ -10,7 +10,15 @@ mod control;
 pub use app::serve_app;
 pub use control::serve;
 
-use std::{fs, io, os::unix::fs::PermissionsExt as _, path::Path, sync::Mutex};
+use std::{
+    fs, io,
+    os::{
+        fd::{AsRawFd as _, OwnedFd},
+        unix::fs::PermissionsExt as _,
+    },
+    path::Path,
+    sync::Mutex,
+};
 
 use nix::unistd::{chown, Gid};
 use tokio::{
@@ -36,6 +44,8 @@ pub struct Shared {
     pub access: AccessPolicy,
     /// The dashboard's address with its token, when it is served.
     pub dashboard: Option<String>,
+    /// Where recordings the policy requires are made.
+    pub recordings: crate::recording::RecordingStore,
 }
 
 impl Shared {
@@ -84,6 +94,39 @@ async fn send<T: serde::Serialize>(write: &mut OwnedWriteHalf, value: &T) -> io:
     let mut line = serde_json::to_vec(value).map_err(io::Error::other)?;
     line.push(b'\n');
     write.write_all(&line).await
+}
+
+/// Sends a response with a descriptor attached to its first byte (SCM_RIGHTS).
+async fn send_with_fd<T: serde::Serialize>(
+    write: &mut OwnedWriteHalf,
+    value: &T,
+    fd: OwnedFd,
+) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let mut line = serde_json::to_vec(value).map_err(io::Error::other)?;
+    line.push(b'\n');
+    let stream: &tokio::net::UnixStream = write.as_ref();
+    let raw = [fd.as_raw_fd()];
+    let sent = loop {
+        stream.writable().await?;
+        match stream.try_io(tokio::io::Interest::WRITABLE, || {
+            sendmsg::<()>(
+                stream.as_raw_fd(),
+                &[io::IoSlice::new(&line)],
+                &[ControlMessage::ScmRights(&raw)],
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+            .map_err(io::Error::from)
+        }) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    };
+    // Our copy goes; the client's is the one that holds the file (and its lock) now.
+    drop(fd);
+    write.write_all(&line[sent..]).await
 }
 
 /// How reading the next line of a connection ended.

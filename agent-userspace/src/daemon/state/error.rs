@@ -95,6 +95,9 @@ pub enum StateError {
     /// Freezing, killing or the snapshot failed.
     #[error(transparent)]
     Contain(#[from] ContainError),
+    /// A recording the policy requires could not be made.
+    #[error(transparent)]
+    Recording(#[from] crate::recording::RecordingError),
     /// Watching a cage for emptiness failed.
     #[error("watching {path}: {source}")]
     Watch {

@@ -115,6 +115,7 @@ impl State {
             policy_hash: self.policy.hash().to_owned(),
             raw_sockets,
             policy_source: self.policy.source().to_owned(),
+            record: self.requires_recording(agent),
         };
         let cage = self
             .registry
@@ -125,6 +126,13 @@ impl State {
             cgroup: cage.dir.path().display().to_string(),
             ..held
         })
+    }
+
+    /// Whether the agent's policy requires its sessions to be recorded.
+    fn requires_recording(&self, agent: &str) -> bool {
+        self.policy
+            .agent(agent)
+            .is_some_and(|p| p.record == crate::policy::Record::Always)
     }
 
     /// Drops one hold; removes the cage if nothing holds it and it is empty.
@@ -154,6 +162,13 @@ impl State {
                 owner,
                 caller: caller_uid,
             });
+        }
+        // An adopted process keeps its own terminal, which nothing records.
+        if adopting && self.requires_recording(agent) {
+            return Err(StateError::Usage(format!(
+                "agent {agent:?} must be recorded (record: always in its policy), and an adopted \
+                 process's terminal cannot be: start it with `agentcage run` instead"
+            )));
         }
         self.check_cageable(agent, pid, adopting)?;
         let cage = self.ensure_cage(agent)?;

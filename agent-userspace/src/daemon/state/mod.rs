@@ -48,6 +48,8 @@ pub struct Held {
     pub raw_sockets: bool,
     /// The policy file.
     pub policy_source: String,
+    /// The policy requires the session to be recorded (`record: always`).
+    pub record: bool,
 }
 
 /// What the kernel gives, found at start.
@@ -81,6 +83,8 @@ pub struct RuntimeParts {
     pub bus: EventBus,
     /// Where forensic snapshots go.
     pub snapshot_dir: PathBuf,
+    /// Where recordings the policy requires are made (snapshots include the live ones).
+    pub recording_dir: PathBuf,
     /// Where containment jobs (snapshots, kills) go, to run outside the state lock.
     pub jobs: tokio::sync::mpsc::UnboundedSender<ContainJob>,
 }
@@ -142,7 +146,7 @@ impl State {
             wake: None,
             pending_ends: Vec::new(),
             bus: parts.bus,
-            containment: ContainmentState::new(parts.snapshot_dir, parts.jobs),
+            containment: ContainmentState::new(parts.snapshot_dir, parts.recording_dir, parts.jobs),
             approvals: ApprovalState::new(parts.approval_map),
             budgets: BudgetState::default(),
             assertions: AssertionState::default(),

@@ -26,16 +26,23 @@ pub(crate) struct ContainmentState {
     recent: HashMap<String, VecDeque<Arc<Event>>>,
     denials: HashMap<String, VecDeque<u64>>,
     snapshot_dir: PathBuf,
+    /// Where recordings the policy requires are made; a snapshot includes the live ones.
+    recording_dir: PathBuf,
     jobs: mpsc::UnboundedSender<ContainJob>,
 }
 
 impl ContainmentState {
-    pub(crate) fn new(snapshot_dir: PathBuf, jobs: mpsc::UnboundedSender<ContainJob>) -> Self {
+    pub(crate) fn new(
+        snapshot_dir: PathBuf,
+        recording_dir: PathBuf,
+        jobs: mpsc::UnboundedSender<ContainJob>,
+    ) -> Self {
         Self {
             rungs: HashMap::new(),
             recent: HashMap::new(),
             denials: HashMap::new(),
             snapshot_dir,
+            recording_dir,
             jobs,
         }
     }
@@ -231,7 +238,7 @@ impl State {
                     error!(agent, error = %e, "freeze before kill failed; killing anyway");
                 }
                 let events = self.containment.recent(agent);
-                let plan = SnapshotPlan::new(
+                let mut plan = SnapshotPlan::new(
                     &self.containment.snapshot_dir,
                     agent,
                     rung,
@@ -239,6 +246,7 @@ impl State {
                     self.policy.hash(),
                     events,
                 );
+                plan.recording_dir = Some(self.containment.recording_dir.clone());
                 let (tx, rx) = oneshot::channel();
                 job = Some((
                     ContainJob {
