@@ -5,9 +5,9 @@
 
 use agentcage_tests::harness;
 
-use std::{fs, path::Path, time::Duration};
+use std::{fs, path::Path, process::Stdio, time::Duration};
 
-use harness::{stderr, stdout, tcp_listener, Daemon, DEADLINE};
+use harness::{stderr, stdout, tcp_listener, Daemon, Lines, DEADLINE};
 
 /// Allows TCP to 127.0.0.1 at `ro` (kept in the read-only rung) and at `rw`.
 fn two_ports(ro: u16, rw: u16) -> String {
@@ -368,4 +368,72 @@ fn containment_of_an_unknown_agent_or_rung_is_refused() {
     harness::assert_refused(&out, "unknown containment rung \"frozen\"");
     cage.finish();
     daemon.stop();
+}
+
+/// While a large cage is being killed (its snapshot written, its processes killed), the
+/// daemon keeps serving: `status` answers and another cage's events arrive. The cage is
+/// frozen before `kill` answers. A kill that finishes before the other work is done proves
+/// nothing either way, so the cage grows until the kill outlasts it.
+#[test]
+fn a_kill_in_progress_holds_up_neither_events_nor_status() {
+    let (_l, port) = tcp_listener("127.0.0.1");
+    let daemon = Daemon::start(&format!(
+        "version: 1
+agents:
+  tester: {{}}
+  other:
+    egress:
+      allow:
+        - cidr: 127.0.0.1/32
+          ports: [{port}]
+"
+    ));
+    let events = daemon.follow_events();
+    let mut other = daemon.serve_in("other");
+    for size in [100, 400, 1000, 2000] {
+        let mut victim = daemon.serve_in("tester");
+        assert_eq!(
+            victim.op(&format!("fork-hold {size}")),
+            format!("ok {size}")
+        );
+        let mut kill = daemon
+            .cli()
+            .args(["kill", "tester"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Lines::spawn(kill.stdout.take().unwrap());
+        lines.wait_for("the kill's first answer", |l| {
+            l.contains("observe -> killed")
+        });
+        let dir = cage_dir(&daemon, "tester");
+        assert!(
+            frozen(&dir) || !dir.exists(),
+            "kill answered before the cage was frozen"
+        );
+        // Meanwhile: status answers, and another cage's connect is reported.
+        let status = daemon.status();
+        assert!(status["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["name"] == "other"));
+        assert_eq!(other.op(&format!("connect 127.0.0.1:{port}")), "ok");
+        events.wait_event("the other cage's connect", |e| {
+            e["kind"] == "egress" && e["agent"] == "agent:other" && e["dst_port"] == port
+        });
+        let finished_first = lines.all.lock().unwrap().len() > 1;
+        lines.wait_for("the kill's second answer", |l| {
+            l.contains("no process left")
+        });
+        assert!(kill.wait().unwrap().success());
+        assert_eq!(victim.finish().code(), Some(128 + 9));
+        if !finished_first {
+            other.finish();
+            daemon.stop();
+            return;
+        }
+        eprintln!("the kill of {size} processes finished first; trying a larger cage");
+    }
+    panic!("even a cage of 2,000 processes was killed before status and an event came through");
 }

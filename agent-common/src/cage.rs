@@ -1,6 +1,6 @@
 //! Per-cage configuration and counters, keyed by the cage's cgroup id.
 
-use crate::event::KIND_COUNT;
+use crate::event::EventKind;
 
 /// Raw (`SOCK_RAW`), packet and other non-TCP/UDP network sockets are allowed.
 pub const CAGE_F_ALLOW_RAW: u32 = 1 << 0;
@@ -50,7 +50,7 @@ pub struct CageStats {
     /// Events that could not be reserved in the ring buffer.
     pub lost: u64,
     /// `lost`, by event kind (`KIND_*` is the index).
-    pub lost_by_kind: [u64; KIND_COUNT],
+    pub lost_by_kind: [u64; EventKind::COUNT],
     /// Processes killed by the kill tier.
     pub killed: u64,
 }

@@ -1,23 +1,59 @@
 //! The header every event in the ring buffer starts with, and the verdicts events carry.
 
-/// An egress decision ([`crate::egress::EgressEvent`]).
-pub const KIND_EGRESS: u32 = 1;
-/// A program image replaced by exec, or an exec refused ([`crate::process::ExecEvent`]).
-pub const KIND_EXEC: u32 = 2;
-/// A new process (not a thread) ([`crate::process::ForkEvent`]).
-pub const KIND_FORK: u32 = 3;
-/// A process ended ([`crate::process::ExitEvent`]).
-pub const KIND_EXIT: u32 = 4;
-/// An open of a watched or protected file ([`crate::file::FileEvent`]).
-pub const KIND_FILE: u32 = 5;
-/// One more than the largest kind: the length of per-kind counter arrays.
-pub const KIND_COUNT: usize = 6;
+/// The family of a ring-buffer record: tells user space which struct follows the header.
+/// One enum for both sides, so the decoder and the per-kind loss counters iterate the same
+/// list.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// An egress decision ([`crate::egress::EgressEvent`]).
+    Egress = 1,
+    /// A program image replaced by exec, or an exec refused ([`crate::process::ExecEvent`]).
+    Exec = 2,
+    /// A new process (not a thread) ([`crate::process::ForkEvent`]).
+    Fork = 3,
+    /// A process ended ([`crate::process::ExitEvent`]).
+    Exit = 4,
+    /// An open of a watched or protected file ([`crate::file::FileEvent`]).
+    File = 5,
+}
+
+impl EventKind {
+    /// Every kind, in numeric order.
+    pub const ALL: [Self; 5] = [Self::Egress, Self::Exec, Self::Fork, Self::Exit, Self::File];
+
+    /// One more than the largest kind: the length of per-kind counter arrays.
+    pub const COUNT: usize = 6;
+
+    /// The kind of a raw header value, if it is one.
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Egress,
+            2 => Self::Exec,
+            3 => Self::Fork,
+            4 => Self::Exit,
+            5 => Self::File,
+            _ => return None,
+        })
+    }
+
+    /// The lower-case name events and counters use.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Egress => "egress",
+            Self::Exec => "exec",
+            Self::Fork => "fork",
+            Self::Exit => "exit",
+            Self::File => "file",
+        }
+    }
+}
 
 /// Fields common to every event.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct EventHeader {
-    /// One of the `KIND_*` constants; tells user space which struct follows.
+    /// An [`EventKind`]; tells user space which struct follows.
     pub kind: u32,
     /// The agent's number (see [`crate::cage::CageConfig::agent_id`]); 0 when unknown.
     pub agent_id: u32,

@@ -12,7 +12,7 @@ use agent_common::{
         RULE_BUDGET, RULE_DEFAULT_DENY, RULE_F_APPROVAL, RULE_NO_CAGE, RULE_SOCKET_ALLOWED,
         RULE_SOCKET_KIND, SLOT_BITS,
     },
-    event::KIND_EGRESS,
+    event::EventKind,
 };
 use aya_ebpf::{
     bindings::bpf_sock_addr,
@@ -281,7 +281,7 @@ pub(crate) fn report(
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<EgressEvent>(0) else {
-        count(cgroup_id, Counter::Lost(KIND_EGRESS));
+        count(cgroup_id, Counter::Lost(EventKind::Egress));
         return;
     };
     entry.write(EgressEvent {
@@ -289,14 +289,14 @@ pub(crate) fn report(
         // task helpers.
         header: if attempt.hook == Hook::SkbEgress {
             header_without_task(
-                KIND_EGRESS,
+                EventKind::Egress,
                 cage.map_or(0, |c| c.agent_id),
                 cage.map_or(0, |c| c.policy_slot),
                 cgroup_id,
             )
         } else {
             header(
-                KIND_EGRESS,
+                EventKind::Egress,
                 cage.map_or(0, |c| c.agent_id),
                 cage.map_or(0, |c| c.policy_slot),
                 cgroup_id,

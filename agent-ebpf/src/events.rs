@@ -1,7 +1,7 @@
 //! Filling the common header and counting what could not be reported.
 
 use agent_common::{
-    event::{EventHeader, KIND_COUNT},
+    event::{EventHeader, EventKind},
     maps::EVENTS_BYTES,
 };
 use aya_ebpf::helpers::{
@@ -12,7 +12,7 @@ use crate::maps::{CAGE_STATS, EVENTS, GLOBAL_LOST};
 
 /// The header for an event of `kind` raised by the current task.
 #[inline(always)]
-pub fn header(kind: u32, agent_id: u32, policy_slot: u32, cgroup_id: u64) -> EventHeader {
+pub fn header(kind: EventKind, agent_id: u32, policy_slot: u32, cgroup_id: u64) -> EventHeader {
     let pid_tgid = bpf_get_current_pid_tgid();
     EventHeader {
         pid: pid_tgid as u32,
@@ -29,13 +29,13 @@ pub fn header(kind: u32, agent_id: u32, policy_slot: u32, cgroup_id: u64) -> Eve
 /// cage.
 #[inline(always)]
 pub fn header_without_task(
-    kind: u32,
+    kind: EventKind,
     agent_id: u32,
     policy_slot: u32,
     cgroup_id: u64,
 ) -> EventHeader {
     EventHeader {
-        kind,
+        kind: kind as u32,
         agent_id,
         policy_slot,
         _pad: 0,
@@ -72,7 +72,7 @@ pub enum Counter {
     /// A process killed by the kill tier.
     Killed,
     /// An event of this kind could not be reserved.
-    Lost(u32),
+    Lost(EventKind),
 }
 
 /// Adds one to a cage's counter; a lost event of an unknown cage goes to `GLOBAL_LOST`.
@@ -90,7 +90,7 @@ pub fn count(cgroup_id: u64, counter: Counter) {
                     (*stats).lost += 1;
                     // A bounds check the verifier can follow; kinds are always in range.
                     let i = kind as usize;
-                    if i < KIND_COUNT {
+                    if i < EventKind::COUNT {
                         (*stats).lost_by_kind[i] += 1;
                     }
                 }

@@ -6,16 +6,10 @@
 //! renamed copy of a denied binary is still denied; that needs a sleepable program.
 
 use agent_common::{
-    approval::ApprovalKey,
-    cage::{
-        CageConfig, CAGE_F_EXEC_DEFAULT_DENY, CAGE_F_EXEC_DIGESTS_REQUIRED, CAGE_F_EXEC_HASHES,
-    },
+    cage::{CAGE_F_EXEC_DIGESTS_REQUIRED, CAGE_F_EXEC_HASHES},
     event::Verdict,
     file::InodeKey,
-    process::{
-        ExecRule, HashKey, EXEC_APPROVAL, EXEC_DENY, EXEC_F_FROM_LSM, EXEC_F_MMAP,
-        EXEC_RULE_DEFAULT,
-    },
+    process::{HashKey, EXEC_F_FROM_LSM, EXEC_F_MMAP, EXEC_RULE_DEFAULT},
 };
 use aya_ebpf::{
     helpers::generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ima_file_hash},
@@ -24,8 +18,9 @@ use aya_ebpf::{
 };
 
 use crate::{
-    egress::{approved, cage_of},
+    egress::cage_of,
     events::{count, Counter},
+    exec_rules::{default_of, verdict_of, verdict_with_approval},
     kernel::{bprm_file_offset, file_id, settings},
     maps::{EXEC_HASHES, EXEC_INODES},
     process::emit_exec,
@@ -34,59 +29,6 @@ use crate::{
 const EPERM: i32 = 1;
 /// `HASH_ALGO_SHA256` in the kernel's `enum hash_algo`.
 const HASH_ALGO_SHA256: i64 = 4;
-
-/// The rule for a file by inode, else the cage's default.
-#[inline(always)]
-pub fn judge_inode(cage: &CageConfig, cgroup_id: u64, dev: u32, ino: u64) -> (Verdict, u32) {
-    let key = InodeKey {
-        slot: cage.policy_slot,
-        dev,
-        ino,
-    };
-    // SAFETY: the value is copied out at once; user space replaces values whole.
-    if let Some(rule) = unsafe { EXEC_INODES.get(key) } {
-        return verdict_with_approval(rule, cgroup_id);
-    }
-    default_of(cage)
-}
-
-#[inline(always)]
-fn verdict_of(rule: &ExecRule) -> (Verdict, u32) {
-    if rule.action == EXEC_DENY {
-        (Verdict::Deny, rule.rule_id)
-    } else {
-        (Verdict::Allow, rule.rule_id)
-    }
-}
-
-/// As [`verdict_of`], with an approval rule settled by the cage's grants.
-#[inline(always)]
-fn verdict_with_approval(rule: &ExecRule, cgroup_id: u64) -> (Verdict, u32) {
-    if rule.action != EXEC_APPROVAL {
-        return verdict_of(rule);
-    }
-    let key = ApprovalKey {
-        cgroup_id,
-        rule_id: rule.rule_id,
-        port: 0,
-        family: 0,
-        addr: [0; 16],
-    };
-    if approved(&key) {
-        (Verdict::Allow, rule.rule_id)
-    } else {
-        (Verdict::PendingApproval, rule.rule_id)
-    }
-}
-
-#[inline(always)]
-fn default_of(cage: &CageConfig) -> (Verdict, u32) {
-    if cage.flags & CAGE_F_EXEC_DEFAULT_DENY != 0 {
-        (Verdict::Deny, EXEC_RULE_DEFAULT)
-    } else {
-        (Verdict::Allow, EXEC_RULE_DEFAULT)
-    }
-}
 
 /// With content rules: inode rules first, then the file's SHA-256, then the default.
 #[lsm(hook = "bprm_check_security", sleepable)]

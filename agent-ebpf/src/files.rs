@@ -10,7 +10,7 @@
 
 use agent_common::{
     cage::{CageConfig, CAGE_F_FILES, CAGE_F_READ_ONLY},
-    event::{Verdict, KIND_FILE},
+    event::{EventKind, Verdict},
     file::{
         FileEvent, FileRule, InodeKey, ACCESS_READ, ACCESS_WRITE, OP_CREATE, OP_LINK, OP_OPEN,
         OP_RENAME, OP_TRUNCATE, OP_UNLINK, OP_USERNS,
@@ -157,7 +157,7 @@ fn report(
     match EVENTS.reserve::<FileEvent>(0) {
         Some(mut entry) => {
             entry.write(FileEvent {
-                header: header(KIND_FILE, cage.agent_id, cage.policy_slot, cgroup_id),
+                header: header(EventKind::File, cage.agent_id, cage.policy_slot, cgroup_id),
                 ino,
                 dev,
                 rule_id,
@@ -169,7 +169,7 @@ fn report(
             });
             entry.submit(0);
         }
-        None => count(cgroup_id, Counter::Lost(KIND_FILE)),
+        None => count(cgroup_id, Counter::Lost(EventKind::File)),
     }
     if verdict == Verdict::Deny {
         -EPERM

@@ -6,6 +6,7 @@ mod egress;
 mod egress_lsm;
 mod events;
 mod exec;
+mod exec_rules;
 mod files;
 mod kernel;
 mod maps;

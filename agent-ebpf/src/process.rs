@@ -7,7 +7,7 @@
 
 use agent_common::{
     cage::CageConfig,
-    event::{Verdict, KIND_EXEC, KIND_EXIT, KIND_FORK},
+    event::{EventKind, Verdict},
     kernel::{KernelSettings, TIER_KILL},
     process::{
         ExecEvent, ExitEvent, ForkEvent, ARGV_BYTES, EXEC_F_ARGV_TRUNCATED, EXEC_F_ARGV_UNREADABLE,
@@ -26,7 +26,7 @@ use aya_ebpf::{
 use crate::{
     egress::cage_of,
     events::{batched_wakeup, count, header, Counter},
-    exec::judge_inode,
+    exec_rules::judge_inode,
     kernel::{file_id, read, settings},
     maps::EVENTS,
 };
@@ -101,13 +101,13 @@ pub fn emit_exec(
     flags: u32,
 ) {
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
-        count(cgroup_id, Counter::Lost(KIND_EXEC));
+        count(cgroup_id, Counter::Lost(EventKind::Exec));
         return;
     };
     let e = entry.as_mut_ptr();
     // SAFETY: `e` points at a reserved record of the right size, owned until submit.
     unsafe {
-        (*e).header = header(KIND_EXEC, cage.agent_id, cage.policy_slot, cgroup_id);
+        (*e).header = header(EventKind::Exec, cage.agent_id, cage.policy_slot, cgroup_id);
         let parent = read::<*const u8>(task, s.task_real_parent).unwrap_or_default();
         (*e).ppid = read::<u32>(parent, s.task_tgid).unwrap_or(0);
         let uid_gid = bpf_get_current_uid_gid();
@@ -178,11 +178,11 @@ pub fn agentcage_fork(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
-        count(cgroup_id, Counter::Lost(KIND_FORK));
+        count(cgroup_id, Counter::Lost(EventKind::Fork));
         return 0;
     };
     entry.write(ForkEvent {
-        header: header(KIND_FORK, cage.agent_id, cage.policy_slot, cgroup_id),
+        header: header(EventKind::Fork, cage.agent_id, cage.policy_slot, cgroup_id),
         child_tgid: tgid,
         _pad: 0,
     });
@@ -211,11 +211,11 @@ pub fn agentcage_exit(_ctx: RawTracePointContext) -> i32 {
     }
     let exit_code = read::<u32>(task, s.task_exit_code).unwrap_or(0);
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
-        count(cgroup_id, Counter::Lost(KIND_EXIT));
+        count(cgroup_id, Counter::Lost(EventKind::Exit));
         return 0;
     };
     entry.write(ExitEvent {
-        header: header(KIND_EXIT, cage.agent_id, cage.policy_slot, cgroup_id),
+        header: header(EventKind::Exit, cage.agent_id, cage.policy_slot, cgroup_id),
         exit_code,
         _pad: 0,
     });

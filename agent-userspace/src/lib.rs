@@ -13,14 +13,17 @@
 //! - [`daemon`]: the daemon's state and main loop;
 //! - [`cli`]: the command line;
 //! - [`runtime`]: containment, approvals, budgets, assertions, application events;
+//! - [`recording`]: asciicast recordings of agents' terminals;
 //! - [`doctor`]: what this kernel can do, probed;
-//! - [`errors`]: rendering error chains for people.
+//! - [`errors`]: rendering error chains for people;
+//! - [`clock`]: wall, boot and the offset between them.
 
 pub mod bpf;
 pub mod cage;
 pub mod caps;
 pub mod capture;
 pub mod cli;
+pub mod clock;
 pub mod control;
 pub mod daemon;
 pub mod doctor;
@@ -28,6 +31,7 @@ pub mod errors;
 pub mod events;
 pub mod identity;
 pub mod policy;
+pub mod recording;
 pub mod runtime;
 pub mod spool;
 pub mod telemetry;

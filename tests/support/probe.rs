@@ -248,6 +248,13 @@ fn main() {
                     Ok(child) => println!("ok {child}"),
                     Err(e) => println!("err {}", errno(&e)),
                 }
+            } else if let Some(n) = line.strip_prefix("fork-hold ") {
+                // N more processes in the cage, each waiting to be killed.
+                let n: usize = n.trim().parse().unwrap_or(0);
+                match (0..n).try_for_each(|_| fork_hold().map(drop)) {
+                    Ok(()) => println!("ok {n}"),
+                    Err(e) => println!("err {}", errno(&e)),
+                }
             } else {
                 let words: Vec<&str> = line.split_whitespace().collect();
                 report(op(&words));

@@ -5,6 +5,7 @@ mod bench;
 mod build;
 mod lint;
 mod package;
+mod results;
 mod run;
 mod setup;
 mod steps;
@@ -81,6 +82,9 @@ enum Cmd {
     /// fork+exec of /bin/true in a loop, for `bench capture`.
     #[command(name = "__exec-loop", hide = true)]
     ExecLoop(bench::capture::ExecLoopArgs),
+    /// N processes that wait to be killed, for `bench kill`.
+    #[command(name = "__hold", hide = true)]
+    Hold(bench::kill::HoldArgs),
 }
 
 fn main() -> ExitCode {
@@ -113,5 +117,6 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::ConnectProbe(args) => bench::egress::connect_probe(&args),
         Cmd::SyscallLoop(args) => bench::capture::syscall_loop(&args),
         Cmd::ExecLoop(args) => bench::capture::exec_loop(&args),
+        Cmd::Hold(args) => bench::kill::hold(&args),
     }
 }

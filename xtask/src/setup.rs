@@ -34,10 +34,18 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "python3-pip",
     // The dashboard test renders the page in headless Chromium.
     "chromium",
+    // The terminal tests: a real terminal to type into and read (tmux), and a full-screen
+    // program to run in the agent's terminal.
+    "tmux",
+    "less",
 ];
 
 /// The Rotel release the telemetry tests send to (a Rust OTLP collector shipped on PyPI).
 const ROTEL_VERSION: &str = "0.0.1a15";
+
+/// The asciinema release whose `cat` the terminal tests check recordings with (the last
+/// Python one, dependency-free).
+const ASCIINEMA_VERSION: &str = "2.4.0";
 
 /// The bpf-linker release that links our eBPF crate (the newest that builds with the pinned
 /// nightly; see docs/KERNEL.md).
@@ -48,6 +56,7 @@ pub fn run_setup() -> Result<()> {
     toolchain()?;
     crate::vm::kernel::fetch_kernel().context("setup: the VM kernel")?;
     rotel().context("setup: Rotel (OpenTelemetry collector for the tests)")?;
+    asciinema().context("setup: asciinema (reads the terminal tests' recordings)")?;
     Ok(())
 }
 
@@ -58,14 +67,36 @@ pub fn toolchain() -> Result<()> {
     bpf_linker().context("setup: bpf-linker")
 }
 
-/// Installs Rotel into `.tools/rotel` with pip (`--target`: nothing of the system's Python
-/// changes). The version is recorded beside it, so a pinned upgrade reinstalls.
+/// Installs Rotel into `.tools/rotel`.
 fn rotel() -> Result<()> {
-    let dir = tools_dir().join("rotel");
-    let bin = dir.join("rotel").join("rotel-agent");
+    pip_into_tools(
+        "Rotel",
+        "rotel",
+        ROTEL_VERSION,
+        Path::new("rotel/rotel-agent"),
+    )
+}
+
+/// Installs asciinema (Python, no dependencies) into `.tools/asciinema`; the terminal tests
+/// run `python3 -m asciinema cat` with that directory on PYTHONPATH.
+fn asciinema() -> Result<()> {
+    pip_into_tools(
+        "asciinema",
+        "asciinema",
+        ASCIINEMA_VERSION,
+        Path::new("asciinema/__main__.py"),
+    )
+}
+
+/// Installs PyPI package `package` at `version` into `.tools/PACKAGE` with pip (`--target`:
+/// nothing of the system's Python changes); `marker`, relative to that directory, proves
+/// it is there. The version is recorded beside it, so a pinned upgrade reinstalls.
+fn pip_into_tools(name: &str, package: &str, version: &str, marker: &Path) -> Result<()> {
+    let dir = tools_dir().join(package);
+    let marker = dir.join(marker);
     let stamp = dir.join(".agentcage-version");
-    if bin.exists() && fs::read_to_string(&stamp).ok().as_deref() == Some(ROTEL_VERSION) {
-        println!("setup: Rotel {ROTEL_VERSION} already in {}", dir.display());
+    if marker.exists() && fs::read_to_string(&stamp).ok().as_deref() == Some(version) {
+        println!("setup: {name} {version} already in {}", dir.display());
         return Ok(());
     }
     if dir.exists() {
@@ -74,18 +105,18 @@ fn rotel() -> Result<()> {
     run(cmd("python3")
         .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"])
         .arg(&dir)
-        .arg(format!("rotel=={ROTEL_VERSION}"))
+        .arg(format!("{package}=={version}"))
         // Debian's pip refuses installs outside a venv unless told; --target touches only
         // our directory.
         .env("PIP_BREAK_SYSTEM_PACKAGES", "1"))?;
-    if !bin.exists() {
-        bail!("pip installed rotel but {} is missing", bin.display());
+    if !marker.exists() {
+        bail!(
+            "pip installed {package} but {} is missing",
+            marker.display()
+        );
     }
-    fs::write(&stamp, ROTEL_VERSION).with_context(|| format!("writing {}", stamp.display()))?;
-    println!(
-        "setup: installed Rotel {ROTEL_VERSION} into {}",
-        dir.display()
-    );
+    fs::write(&stamp, version).with_context(|| format!("writing {}", stamp.display()))?;
+    println!("setup: installed {name} {version} into {}", dir.display());
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use crate::build::{build_bins, WORKSPACE_HOST};
+use crate::results::count;
 use crate::setup::run_setup;
 use crate::steps::{run_steps, Step};
 use crate::util::{cargo, describe, require_root};
@@ -48,16 +49,6 @@ fn run_counting(c: &mut Command, totals: &Totals) -> Result<()> {
         bail!("`{line}` failed ({status})");
     }
     Ok(())
-}
-
-/// The number before `what` in e.g. `ok. 9 passed; 0 failed; ...`.
-pub fn count(result: &str, what: &str) -> u64 {
-    result
-        .split(';')
-        .find_map(|part| part.trim_end().strip_suffix(what))
-        .and_then(|n| n.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 pub fn test(extra: &[String]) -> Result<()> {
@@ -103,19 +94,4 @@ pub fn test(extra: &[String]) -> Result<()> {
         totals.failed.get()
     );
     verdict
-}
-
-#[cfg(test)]
-mod tests {
-    use super::count;
-
-    #[test]
-    fn counts_result_lines() {
-        let r = "ok. 9 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.33s";
-        assert_eq!(count(r, " passed"), 9);
-        assert_eq!(count(r, " failed"), 0);
-        let f = "FAILED. 8 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out";
-        assert_eq!(count(f, " passed"), 8);
-        assert_eq!(count(f, " failed"), 2);
-    }
 }

@@ -19,13 +19,12 @@ pub struct ApprovalMap {
 impl ApprovalMap {
     /// Takes the map out of `ebpf`.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
-        let map = ebpf.take_map(maps::APPROVALS).ok_or(BpfError::Map {
+        let map = ebpf
+            .take_map(maps::APPROVALS)
+            .ok_or(BpfError::MissingMap(maps::APPROVALS))?;
+        let map = HashMap::try_from(map).map_err(|source| BpfError::Map {
             name: maps::APPROVALS,
-            what: "missing from the eBPF object".into(),
-        })?;
-        let map = HashMap::try_from(map).map_err(|e| BpfError::Map {
-            name: maps::APPROVALS,
-            what: e.to_string(),
+            source,
         })?;
         Ok(Self { map })
     }
@@ -34,7 +33,10 @@ impl ApprovalMap {
     pub fn grant(&mut self, key: &ApprovalKey, until_boot_ns: u64) -> Result<(), BpfError> {
         self.map
             .insert(key, until_boot_ns, 0)
-            .map_err(|e| BpfError::Capacity(format!("{}: {e}", maps::APPROVALS)))
+            .map_err(|source| BpfError::Capacity {
+                name: maps::APPROVALS,
+                source,
+            })
     }
 
     /// Withdraws a grant (gone already is fine).

@@ -198,9 +198,9 @@ impl GlobalHooks {
 
     fn pin(&mut self, link: FdLink, name: &str, dir: &Path, tag: &str) -> Result<(), BpfError> {
         let path = dir.join(format!("{name}-{tag}"));
-        let pinned = link.pin(&path).map_err(|e| BpfError::Pin {
+        let pinned = link.pin(&path).map_err(|source| BpfError::Pin {
             path: path.clone(),
-            what: crate::errors::render(&e),
+            source,
         })?;
         self.pins.push((path, pinned));
         Ok(())
@@ -236,10 +236,7 @@ impl GlobalHooks {
 
 /// The kernel's BTF, which LSM programs are loaded against.
 pub fn lsm_btf() -> Result<Btf, BpfError> {
-    Btf::from_sys_fs().map_err(|e| BpfError::Map {
-        name: "BTF",
-        what: e.to_string(),
-    })
+    Btf::from_sys_fs().map_err(BpfError::KernelBtf)
 }
 
 fn load_one_lsm(

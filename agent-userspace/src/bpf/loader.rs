@@ -107,9 +107,9 @@ impl AttachedPrograms {
             let link = attach_one(ebpf, &cgroup_file, name, kind);
             let path = dir.join(format!("{name}-{tag}"));
             let pinned = link.and_then(|link| {
-                link.pin(&path).map_err(|e| BpfError::Pin {
+                link.pin(&path).map_err(|source| BpfError::Pin {
                     path: path.clone(),
-                    what: crate::errors::render(&e),
+                    source,
                 })
             });
             match pinned {
@@ -165,9 +165,9 @@ impl AttachedPrograms {
             // The old pin holds a dead link; its file must go before the new one is pinned.
             self.pins.retain(|(p, _)| p != &path);
             let _ = fs::remove_file(&path);
-            let pinned = link.pin(&path).map_err(|e| BpfError::Pin {
+            let pinned = link.pin(&path).map_err(|source| BpfError::Pin {
                 path: path.clone(),
-                what: crate::errors::render(&e),
+                source,
             })?;
             self.pins.push((path, pinned));
         }
@@ -225,10 +225,7 @@ fn attach_one(
         ProgramKind::Sock => attach_as!(CgroupSock),
         ProgramKind::SkbEgress => attach_as!(CgroupSkb, CgroupSkbAttachType::Egress),
     }
-    .map_err(|e| BpfError::Pin {
-        path: PathBuf::from(name),
-        what: format!("taking the link: {e}"),
-    })
+    .map_err(|source| BpfError::Link { name, source })
 }
 
 /// The ids of the programs attached to `cgroup` for `attach_type` (BPF_PROG_QUERY).

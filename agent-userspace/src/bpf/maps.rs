@@ -56,27 +56,18 @@ fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<T, BpfError> {
-    let map = ebpf.take_map(name).ok_or(BpfError::Map {
-        name,
-        what: "missing from the eBPF object".into(),
-    })?;
+    let map = ebpf.take_map(name).ok_or(BpfError::MissingMap(name))?;
     T::try_from(map).map_err(|e| map_err(name, e))
 }
 
-fn map_err(name: &'static str, e: MapError) -> BpfError {
-    BpfError::Map {
-        name,
-        what: e.to_string(),
-    }
+fn map_err(name: &'static str, source: MapError) -> BpfError {
+    BpfError::Map { name, source }
 }
 
 impl EgressMaps {
     /// Takes the maps out of `ebpf`.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
-        let cpus = nr_cpus().map_err(|(what, e)| BpfError::Map {
-            name: maps::CAGE_STATS,
-            what: format!("{what}: {e}"),
-        })?;
+        let cpus = nr_cpus().map_err(|(what, source)| BpfError::Cpus { what, source })?;
         Ok(Self {
             cages: take(ebpf, maps::CAGES)?,
             stats: take(ebpf, maps::CAGE_STATS)?,
@@ -193,13 +184,12 @@ impl EgressMaps {
     pub fn set_cage(&mut self, cgroup_id: u64, config: CageConfig) -> Result<(), BpfError> {
         let new = self.stats.get(&cgroup_id, 0).is_err();
         if new {
-            let zeros =
-                PerCpuValues::try_from(vec![CageStats::default(); self.cpus]).map_err(|e| {
-                    BpfError::Map {
-                        name: maps::CAGE_STATS,
-                        what: e.to_string(),
-                    }
-                })?;
+            let zeros = PerCpuValues::try_from(vec![CageStats::default(); self.cpus]).map_err(
+                |source| BpfError::Cpus {
+                    what: "the per-CPU values",
+                    source,
+                },
+            )?;
             self.stats
                 .insert(cgroup_id, zeros, 0)
                 .map_err(|e| capacity(maps::CAGE_STATS, e))?;
@@ -246,10 +236,6 @@ impl EgressMaps {
     }
 }
 
-fn capacity(name: &'static str, e: MapError) -> BpfError {
-    BpfError::Capacity(format!(
-        "{name} is full or refused the entry (it is shared by every running agent and policy \
-         version): {}",
-        crate::errors::render(&e)
-    ))
+fn capacity(name: &'static str, source: MapError) -> BpfError {
+    BpfError::Capacity { name, source }
 }

@@ -34,22 +34,48 @@ pub enum BpfError {
     /// A program expected in the object is missing or of the wrong type.
     #[error("program {0} is missing from the eBPF object or has the wrong type")]
     MissingProgram(&'static str),
-    /// A map expected in the object is missing or of the wrong type.
-    #[error("map {name}: {what}")]
+    /// A map expected in the object is missing.
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    /// A map is of the wrong type, or an operation on it failed.
+    #[error("map {name}: {source}")]
     Map {
         /// The map's name.
         name: &'static str,
-        /// What went wrong.
-        what: String,
+        /// Why.
+        #[source]
+        source: aya::maps::MapError,
     },
-    /// Pinning or unpinning a link failed.
-    #[error("pinning {path}: {what}")]
+    /// The number of possible CPUs (for the per-CPU maps) could not be read.
+    #[error("reading the possible CPUs from {what}: {source}")]
+    Cpus {
+        /// The file read.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Pinning a link failed.
+    #[error("pinning {path}: {source}")]
     Pin {
         /// The bpffs path.
         path: PathBuf,
-        /// What went wrong.
-        what: String,
+        /// Why.
+        #[source]
+        source: aya::pin::PinError,
     },
+    /// An attached program's link could not be taken over as a file-descriptor link.
+    #[error("program {name}: taking its link: {source}")]
+    Link {
+        /// The program's name.
+        name: &'static str,
+        /// Why.
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    /// The kernel's BTF, which LSM programs load against, could not be read.
+    #[error("reading the kernel's BTF: {0}")]
+    KernelBtf(#[source] aya::BtfError),
     /// A file operation (bpffs mount, pin directory, cgroup) failed.
     #[error("{op} {path}: {source}")]
     Io {
@@ -64,9 +90,19 @@ pub enum BpfError {
     /// The kernel's struct layout could not be read from its BTF.
     #[error(transparent)]
     Btf(#[from] btf::BtfError),
-    /// The policy holds more entries than the maps can.
-    #[error("policy does not fit the kernel maps: {0}")]
-    Capacity(String),
+    /// A map refused an entry: it is full (it is shared by every running agent and policy
+    /// version), or the kernel refused the update.
+    #[error(
+        "policy does not fit the kernel maps: {name} is full or refused the entry (it is \
+         shared by every running agent and policy version): {source}"
+    )]
+    Capacity {
+        /// The map's name.
+        name: &'static str,
+        /// Why.
+        #[source]
+        source: aya::maps::MapError,
+    },
 }
 
 /// The embedded eBPF object, built by build.rs from agent-ebpf.

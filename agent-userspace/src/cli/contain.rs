@@ -9,13 +9,13 @@ use std::{
 
 use super::{Cli, CliError, Command, EventCommand, Output, PolicyCommand};
 use crate::{
-    control::{Client, ContainedCage, Request, Response},
+    control::{
+        app::{AppMessage, AppReply, Decision},
+        Client, ContainedCage, Request, Response,
+    },
     events::{AppEvent, Phase},
     policy::{validate_agent_name, Policy},
-    runtime::{
-        appevents::{AppMessage, AppReply, Decision},
-        approvals::{Request as ApprovalRequest, Status},
-    },
+    runtime::approvals::{Request as ApprovalRequest, Status},
 };
 
 /// Exit status of `agentcage event` when the action may not go ahead.
@@ -27,34 +27,46 @@ pub fn dispatch(cli: &Cli) -> Result<i32, CliError> {
         Ok(Client::connect(&cli.socket)?.call(&request)?)
     };
     match &cli.command {
-        Command::Contain { agent, rung } => {
+        Command::Contain {
+            agent,
+            rung,
+            no_wait,
+        } => {
             validate_agent_name(agent)?;
-            contained(call(Request::Contain {
+            let request = Request::Contain {
                 agent: agent.clone(),
                 rung: rung.clone(),
-            })?)
+            };
+            contain(&cli.socket, &request, !no_wait)
         }
-        Command::Pause { agent } => {
+        Command::Pause { agent, no_wait } => {
             validate_agent_name(agent)?;
-            contained(call(Request::Contain {
+            let request = Request::Contain {
                 agent: agent.clone(),
                 rung: "paused".into(),
-            })?)
+            };
+            contain(&cli.socket, &request, !no_wait)
         }
         Command::Resume { agent } => {
             validate_agent_name(agent)?;
-            contained(call(Request::Resume {
+            let request = Request::Resume {
                 agent: agent.clone(),
-            })?)
+            };
+            contain(&cli.socket, &request, true)
         }
-        Command::Kill { agent, all } => {
+        Command::Kill {
+            agent,
+            all,
+            no_wait,
+        } => {
             if let Some(a) = agent {
                 validate_agent_name(a)?;
             }
-            contained(call(Request::Kill {
+            let request = Request::Kill {
                 agent: agent.clone(),
                 all: *all,
-            })?)
+            };
+            contain(&cli.socket, &request, !no_wait)
         }
         Command::Approvals { output } => match call(Request::Approvals {})? {
             Response::Approvals { requests } => {
@@ -118,10 +130,47 @@ fn describe(r: &ApprovalRequest) -> String {
     )
 }
 
-fn contained(response: Response) -> Result<i32, CliError> {
+/// Sends a containment request, prints what is frozen at once, and (with `wait`) what the
+/// snapshots and kills came to.
+fn contain(socket: &Path, request: &Request, wait: bool) -> Result<i32, CliError> {
+    let mut client = Client::connect(socket)?;
+    let response = client.call(request)?;
     let Response::Contained { cages } = response else {
         return Err(CliError::unexpected(&response));
     };
+    let pending = cages.iter().any(|c| c.pending);
+    let mut status = contained(&cages);
+    if !(wait && pending) {
+        return Ok(status);
+    }
+    match client.read_response()? {
+        Some(Response::ContainmentDone { cages }) => {
+            for c in &cages {
+                match (&c.error, &c.snapshot) {
+                    (Some(e), _) => {
+                        status = 1;
+                        eprintln!("agent:{}: {e}", c.agent);
+                    }
+                    (None, Some(s)) if c.emptied => {
+                        println!(
+                            "agent:{}: snapshot written to {s}; no process left",
+                            c.agent
+                        )
+                    }
+                    (None, Some(s)) => println!("agent:{}: snapshot written to {s}", c.agent),
+                    (None, None) => println!("agent:{}: done", c.agent),
+                }
+            }
+            Ok(status)
+        }
+        Some(other) => Err(CliError::unexpected(&other)),
+        None => Err(CliError::Usage(
+            "agentcaged closed the connection before the containment finished".into(),
+        )),
+    }
+}
+
+fn contained(cages: &[ContainedCage]) -> i32 {
     if cages.is_empty() {
         println!("no cages");
     }
@@ -132,7 +181,8 @@ fn contained(response: Response) -> Result<i32, CliError> {
         previous,
         snapshot,
         error,
-    } in &cages
+        ..
+    } in cages
     {
         match error {
             Some(e) => {
@@ -148,7 +198,7 @@ fn contained(response: Response) -> Result<i32, CliError> {
             }
         }
     }
-    Ok(i32::from(failed))
+    i32::from(failed)
 }
 
 fn app_event(socket: &Path, command: &EventCommand) -> Result<i32, CliError> {

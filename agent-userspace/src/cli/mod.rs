@@ -4,6 +4,8 @@
 mod assets;
 mod commands;
 mod contain;
+mod pty;
+mod relay;
 mod run;
 mod shield;
 mod stream;
@@ -157,11 +159,17 @@ pub enum Command {
         agent: String,
         /// The rung.
         rung: String,
+        /// Return once frozen, without waiting for the snapshot (and the kill).
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Freeze an agent's processes and write a forensic snapshot.
     Pause {
         /// The agent.
         agent: String,
+        /// Return once frozen, without waiting for the snapshot.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Thaw a paused agent and put it back on observe (lifting a budget throttle).
     Resume {
@@ -177,6 +185,10 @@ pub enum Command {
         /// Every cage.
         #[arg(long)]
         all: bool,
+        /// Return once every targeted cage is frozen, without waiting for the snapshots and
+        /// the kills (which go on in the daemon).
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Approval requests, pending and decided.
     Approvals {
@@ -287,6 +299,19 @@ pub struct RunArgs {
     /// The agent's name (its identity is `agent:NAME`).
     #[arg(long)]
     pub agent: String,
+    /// Let the agent share your terminal and session instead of giving it a pseudo-terminal
+    /// of its own. It can then push input into your shell (TIOCSTI), change your terminal's
+    /// settings and read what you type after it exits.
+    #[arg(long)]
+    pub no_pty: bool,
+    /// Record the session into FILE (asciicast v2, as `asciinema play` and `asciinema cat`
+    /// read it): what the agent's terminal showed.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Record what you type too (`"i"` events), in `--record`'s file and in a recording the
+    /// policy requires.
+    #[arg(long)]
+    pub record_input: bool,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,

@@ -1,28 +1,39 @@
 //! `agentcage run`: start a command inside the agent's cage, so that none of its instructions
-//! runs uncaged, and stand in for it (stdio inherited, signals forwarded, exit status passed
-//! on).
+//! runs uncaged, and stand in for it (signals forwarded, exit status passed on).
 //!
 //! The child asks the daemon to move it into the cage between fork and exec: the daemon knows
 //! its pid from the kernel (SO_PEERCRED), moves it, answers, and only then does the child
 //! exec. This works for members of the daemon's group too, who may not write cgroup files.
+//!
+//! On a terminal the agent gets a pseudo-terminal and a session of its own ([`super::pty`]),
+//! relayed and optionally recorded by [`super::relay`]; pipes stay pipes.
 
 use std::{
-    io,
-    os::unix::{ffi::OsStrExt as _, process::CommandExt as _, process::ExitStatusExt as _},
+    fs::File,
+    io::{self, BufWriter},
+    os::unix::{ffi::OsStrExt as _, fs::OpenOptionsExt as _, process::CommandExt as _},
     path::Path,
     process::Command,
-    thread,
 };
 
 use nix::{
-    sys::signal::{kill, SigSet, Signal},
+    sys::{
+        signal::{signal, SigHandler, SigmaskHow, Signal},
+        wait::WaitStatus,
+    },
     unistd::Pid,
 };
 
-use super::{shield::Shield, CliError, RunArgs};
+use super::{
+    pty::{self, Mode, RawMode},
+    relay::{self, Session, Signals},
+    shield::Shield,
+    CliError, RunArgs,
+};
 use crate::{
     control::{Client, Request, Response},
     policy::validate_agent_name,
+    recording::{Header, Recorder},
 };
 
 /// Signals passed on to the agent.
@@ -37,6 +48,11 @@ const FORWARDED: [Signal; 8] = [
     Signal::SIGCONT,
 ];
 
+/// What `--no-pty` gives the agent, said every time it is used.
+const NO_PTY_WARNING: &str = "agentcage: --no-pty: the agent shares your terminal and session: \
+it can push input into your shell (TIOCSTI, where the kernel allows it), change your \
+terminal's settings, and read what you type after it exits";
+
 /// Runs the command; returns its exit code (128 + signal when killed, as shells do).
 pub fn run(socket: &Path, args: &RunArgs) -> Result<i32, CliError> {
     validate_agent_name(&args.agent)?;
@@ -49,29 +65,104 @@ pub fn run(socket: &Path, args: &RunArgs) -> Result<i32, CliError> {
             io::Error::last_os_error(),
         ));
     }
+    let mode = pty::choose(args.no_pty);
+    if args.no_pty {
+        eprintln!("{NO_PTY_WARNING}");
+    }
     // Prepare: the daemon checks the agent against the policy, creates the cage and holds it
     // while this connection stays open, so it cannot vanish before the child joins.
     let mut hold = Client::connect(socket)?;
-    let (policy_hash, raw_sockets, policy_source) = match hold.call(&Request::Prepare {
-        agent: args.agent.clone(),
-    })? {
-        Response::Prepared {
-            policy_hash,
-            raw_sockets,
-            policy_source,
-            ..
-        } => (policy_hash, raw_sockets, policy_source),
-        other => return Err(CliError::unexpected(&other)),
-    };
+    let (policy_hash, raw_sockets, policy_source, required) =
+        match hold.call_receiving_fd(&Request::Prepare {
+            agent: args.agent.clone(),
+        })? {
+            (
+                Response::Prepared {
+                    policy_hash,
+                    raw_sockets,
+                    policy_source,
+                    recording,
+                    ..
+                },
+                fd,
+            ) => (
+                policy_hash,
+                raw_sockets,
+                policy_source,
+                recording.map(|r| (r, fd)),
+            ),
+            (other, _) => return Err(CliError::unexpected(&other)),
+        };
+    let mut sinks: Vec<(File, Option<u64>)> = Vec::new();
+    if let Some((grant, fd)) = required {
+        let fd = fd.ok_or_else(|| {
+            CliError::Unexpected(format!(
+                "the daemon requires a recording ({}) but sent no file",
+                grant.path
+            ))
+        })?;
+        eprintln!(
+            "agentcage: the policy of agent:{} requires a recording of this session: {}",
+            args.agent, grant.path
+        );
+        sinks.push((File::from(fd), Some(grant.max_bytes)));
+    }
+    if let Some(path) = &args.record {
+        let file = File::options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(CliError::os(format!(
+                "creating the recording {}",
+                path.display()
+            )))?;
+        sinks.push((file, None));
+    }
+    let size = (0..3)
+        .find_map(pty::window_size)
+        .map_or((80, 24), |w| (w.ws_col, w.ws_row));
+    let header = Header::new(&args.agent, &args.command, size);
+    let mut recorders = sinks
+        .into_iter()
+        .map(|(file, limit)| Recorder::start(BufWriter::new(file), &header, limit))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(CliError::os("writing the recording's header"))?;
+    // SAFETY: isatty only inspects the descriptor.
+    let on_terminal = (0..3).any(|fd| unsafe { libc::isatty(fd) } == 1);
+    if !recorders.is_empty() && args.no_pty && on_terminal {
+        let why = "this session must be recorded, and --no-pty leaves the agent on your own \
+                   terminal, where nothing can record it: drop --no-pty";
+        for r in &mut recorders {
+            // The attempt stays on record too.
+            let _ = r
+                .note(&format!("agentcage: run refused: {why}"))
+                .and_then(|()| r.flush());
+        }
+        return Err(CliError::Usage(why.into()));
+    }
+    let (child_side, side, handoff) = pty::plumb(&mode, !recorders.is_empty(), args.record_input)?;
 
     let join = JoinRequest::new(socket, &args.agent)?;
     let shield = Shield::for_root_agent(&policy_source)?;
-    let signals = forwarded_set();
-    // Block the forwarded signals before spawning so none is lost between spawn and the
-    // forwarding thread; the child unblocks them before exec.
-    signals
-        .thread_block()
+    // Block the handled signals before spawning so none is lost; the loop reads them from a
+    // signalfd, and the child restores the original mask before exec.
+    let handled = relay::handled(&FORWARDED);
+    let original = handled
+        .thread_swap_mask(SigmaskHow::SIG_BLOCK)
         .map_err(|e| CliError::os("blocking signals")(e.into()))?;
+    let unblock = || {
+        let _ = original.thread_set_mask();
+    };
+    let signalfd = relay::signalfd(&handled).map_err(|e| {
+        unblock();
+        CliError::os("signalfd")(e)
+    })?;
+    // An inherited SIG_IGN for SIGCHLD would have the kernel reap the agent for us.
+    // SAFETY: restoring the default disposition installs no handler.
+    let _ = unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) };
 
     let (program, rest) = args
         .command
@@ -83,8 +174,9 @@ pub fn run(socket: &Path, args: &RunArgs) -> Result<i32, CliError> {
         .env("AGENTCAGE_AGENT", &args.agent)
         .env("AGENTCAGE_POLICY_HASH", &policy_hash);
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe calls (socket, connect, write, read, close, sigprocmask) on memory
-    // prepared before the fork; it allocates nothing.
+    // async-signal-safe calls (unshare, mount, prctl, socket, connect, write, read, close,
+    // setsid, ioctl, dup2, sigprocmask) on memory prepared before the fork; it allocates
+    // nothing.
     unsafe {
         command.pre_exec(move || {
             // Hide what a root agent could undo its cage with, while we may still mount;
@@ -94,66 +186,53 @@ pub fn run(socket: &Path, args: &RunArgs) -> Result<i32, CliError> {
             }
             crate::caps::drop_for_cage(raw_sockets)?;
             join.send_from_child()?;
-            let set = forwarded_set();
-            libc::pthread_sigmask(libc::SIG_UNBLOCK, set.as_ref(), std::ptr::null_mut());
+            child_side.apply()?;
+            libc::pthread_sigmask(libc::SIG_SETMASK, original.as_ref(), std::ptr::null_mut());
             Ok(())
         });
     }
-    let mut child = command.spawn().map_err(|e| {
-        let _ = forwarded_set().thread_unblock();
+    let child = command.spawn().map_err(|e| {
+        unblock();
         CliError::os(format!(
             "starting {program:?} in the cage of agent:{} (the daemon must move it in before it runs)",
             args.agent
         ))(e)
     })?;
-
     // The child is in the cage (exec only happens after the daemon moved it), so the hold is
     // done with; closing it now leaves the agent no open control connection to reach for.
     drop(hold);
-    let child_pid = Pid::from_raw(child.id() as i32);
-    thread::spawn(move || forward_signals(signals, child_pid));
-    let status = child
-        .wait()
-        .map_err(CliError::os("waiting for the agent"))?;
-    Ok(match (status.code(), status.signal()) {
-        (Some(code), _) => code,
-        (None, Some(sig)) => 128 + sig,
-        (None, None) => 1,
+    drop(handoff);
+    let raw = match side.input_termios.clone() {
+        Some(saved) => match RawMode::enter(0, saved) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("agentcage: your terminal stays in its mode: {e}");
+                None
+            }
+        },
+        None => None,
+    };
+    let session = Session {
+        child: Pid::from_raw(child.id() as i32),
+        signalfd,
+        signals: if matches!(mode, Mode::Inherit) {
+            Signals::Shared
+        } else {
+            Signals::OwnSession
+        },
+        side,
+        raw,
+        recorders,
+        record_input: args.record_input,
+    };
+    let status = session
+        .run()
+        .map_err(CliError::os("relaying the agent's terminal"))?;
+    Ok(match status {
+        WaitStatus::Exited(_, code) => code,
+        WaitStatus::Signaled(_, sig, _) => 128 + sig as i32,
+        _ => 1,
     })
-}
-
-fn forwarded_set() -> SigSet {
-    let mut set = SigSet::empty();
-    for s in FORWARDED {
-        set.add(s);
-    }
-    set
-}
-
-/// Waits for the blocked signals and sends each to the agent. Signals the terminal sent to
-/// the whole foreground group (Ctrl-C) already reached the agent and are not sent twice.
-fn forward_signals(set: SigSet, child: Pid) {
-    loop {
-        let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::uninit();
-        // SAFETY: set is a valid sigset and info is writable.
-        let sig = unsafe { libc::sigwaitinfo(set.as_ref(), info.as_mut_ptr()) };
-        if sig < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return;
-        }
-        // SAFETY: sigwaitinfo succeeded and filled `info`.
-        let code = unsafe { info.assume_init() }.si_code;
-        if code == libc::SI_KERNEL {
-            continue;
-        }
-        if let Ok(signal) = Signal::try_from(sig) {
-            if kill(child, signal).is_err() {
-                return;
-            }
-        }
-    }
 }
 
 /// Everything the child needs to join the cage, prepared before fork.

@@ -109,7 +109,7 @@ pub fn render(report: &StatusReport, events: &[Event]) -> String {
     let denials: Vec<&Event> = events
         .iter()
         .rev()
-        .filter(|e| matches!(&e.detail, EventDetail::Egress(d) if d.verdict == "deny"))
+        .filter(|e| matches!(&e.detail, EventDetail::Egress(d) if d.verdict == crate::events::Verdict::Deny))
         .take(DENIALS)
         .collect();
     if denials.is_empty() {
@@ -130,7 +130,7 @@ pub fn render(report: &StatusReport, events: &[Event]) -> String {
             (secs / 3600) % 24,
             (secs / 60) % 60,
             secs % 60,
-            e.agent.as_deref().unwrap_or("(no cage)"),
+            e.agent.as_ref().map_or("(no cage)", |a| a.as_str()),
             e.comm,
             e.tgid,
             d.hook,

@@ -1,10 +1,15 @@
 //! A blocking client for the CLI: connect, send one request, read responses.
 
 use std::{
-    io::{self, BufRead as _, BufReader, Write as _},
-    os::unix::net::UnixStream,
+    io::{self, BufRead as _, BufReader, IoSliceMut, Write as _},
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::net::UnixStream,
+    },
     path::{Path, PathBuf},
 };
+
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 
 use super::{Request, Response};
 
@@ -120,6 +125,64 @@ impl Client {
             None => Err(ClientError::Protocol(
                 "connection closed without a response".into(),
             )),
+        }
+    }
+
+    /// Like [`Self::call`] for the first request on a connection whose answer may carry a
+    /// descriptor (SCM_RIGHTS): the response, and the descriptor if one came with it.
+    pub fn call_receiving_fd(
+        &mut self,
+        request: &Request,
+    ) -> Result<(Response, Option<OwnedFd>), ClientError> {
+        if !self.reader.buffer().is_empty() {
+            return Err(ClientError::Protocol(
+                "a descriptor can only come with the first answer on a connection".into(),
+            ));
+        }
+        if let Err(e) = self.send(request) {
+            return match self.read_response() {
+                Ok(Some(Response::Error { message })) => Err(ClientError::Refused(message)),
+                _ => Err(e),
+            };
+        }
+        let fd = self.reader.get_ref().as_raw_fd();
+        let mut line = Vec::new();
+        let mut received = None;
+        while !line.contains(&b'\n') {
+            let mut buf = [0u8; 4096];
+            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 2]);
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+                .map_err(|e| self.io(e.into()))?;
+            for cmsg in msg.cmsgs().map_err(|e| self.io(e.into()))? {
+                if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                    for raw in fds {
+                        // SAFETY: the kernel just installed this descriptor for us.
+                        let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                        received.get_or_insert(owned);
+                    }
+                }
+            }
+            let n = msg.bytes;
+            if n == 0 {
+                return Err(ClientError::Protocol(
+                    "connection closed without a response".into(),
+                ));
+            }
+            line.extend_from_slice(&buf[..n]);
+        }
+        if line.last() != Some(&b'\n') {
+            return Err(ClientError::Protocol(
+                "more than one answer to one request".into(),
+            ));
+        }
+        match serde_json::from_slice(&line) {
+            Ok(Response::Error { message }) => Err(ClientError::Refused(message)),
+            Ok(r) => Ok((r, received)),
+            Err(e) => Err(ClientError::Protocol(format!(
+                "{e}: {:?}",
+                String::from_utf8_lossy(&line)
+            ))),
         }
     }
 }

@@ -118,6 +118,11 @@ pub enum Response {
         raw_sockets: bool,
         /// The policy file; `run` makes its directory read-only for a root agent.
         policy_source: String,
+        /// The policy requires a recording (`record: always`): the daemon made this file and
+        /// sends its open descriptor with this line (SCM_RIGHTS); `run` must write the
+        /// session into it or not start the agent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recording: Option<crate::recording::RecordingGrant>,
     },
     /// The caller is now in the cage.
     Joined {
@@ -182,6 +187,12 @@ pub enum Response {
         /// One entry per cage.
         cages: Vec<ContainedCage>,
     },
+    /// Sent after [`Response::Contained`] when it said `pending`: the snapshots are written
+    /// and the killed cages are empty (or why not).
+    ContainmentDone {
+        /// One entry per cage that had work pending.
+        cages: Vec<ContainmentOutcome>,
+    },
     /// Approval requests.
     Approvals {
         /// Oldest first.
@@ -237,10 +248,30 @@ pub struct ContainedCage {
     pub rung: String,
     /// The rung before.
     pub previous: String,
-    /// The forensic snapshot written, if any.
+    /// The forensic snapshot, if one is written.
     #[serde(default)]
     pub snapshot: Option<String>,
+    /// The cage is frozen and its snapshot (and, for a kill, the kill) is still under way: a
+    /// [`Response::ContainmentDone`] line follows.
+    #[serde(default)]
+    pub pending: bool,
     /// Why it failed, if it did.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// How the slow half of a containment ended for one cage.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ContainmentOutcome {
+    /// The agent.
+    pub agent: String,
+    /// The snapshot written, if it was.
+    #[serde(default)]
+    pub snapshot: Option<String>,
+    /// For a kill: no process is left in the cage.
+    #[serde(default)]
+    pub emptied: bool,
+    /// What failed, if anything did.
     #[serde(default)]
     pub error: Option<String>,
 }

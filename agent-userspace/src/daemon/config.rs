@@ -40,6 +40,19 @@ pub struct DaemonConfig {
         default_value = "/var/lib/agentcage/snapshots"
     )]
     pub snapshot_dir: PathBuf,
+    /// Where terminal recordings that policies require (`record: always`) are written, one
+    /// directory per agent (mode 0700; each file 0600).
+    #[arg(
+        long,
+        env = "AGENTCAGE_RECORDING_DIR",
+        default_value = "/var/lib/agentcage/recordings"
+    )]
+    pub recording_dir: PathBuf,
+    /// The size bound of each such recording, in bytes; a note in the file says where the
+    /// bound cut it.
+    #[arg(long, env = "AGENTCAGE_RECORDING_MAX_BYTES", default_value_t = 64 << 20,
+          value_parser = clap::value_parser!(u64).range(4096..))]
+    pub recording_max_bytes: u64,
     /// A group (name or gid) whose members may use the control socket besides root.
     #[arg(long, env = "AGENTCAGE_GROUP")]
     pub group: Option<String>,

@@ -21,12 +21,13 @@ pub enum ConfigFileError {
         source: std::io::Error,
     },
     /// The file is not valid YAML of the expected shape.
-    #[error("{path}: {message}")]
+    #[error("{path}: {source}")]
     Parse {
         /// The file.
         path: PathBuf,
         /// What is wrong, with line and column.
-        message: String,
+        #[source]
+        source: serde_norway::Error,
     },
 }
 
@@ -49,18 +50,18 @@ impl ConfigFile {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text).map_err(|message| ConfigFileError::Parse {
+        Self::parse(&text).map_err(|source| ConfigFileError::Parse {
             path: path.to_path_buf(),
-            message,
+            source,
         })
     }
 
     /// Parses the text of a configuration file.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, serde_norway::Error> {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        serde_norway::from_str(text).map_err(|e| e.to_string())
+        serde_norway::from_str(text)
     }
 }
 
@@ -79,9 +80,13 @@ mod tests {
         assert_eq!(c.telemetry.protocol, Protocol::HttpProtobuf);
         assert_eq!(c.spool.max_bytes, 1 << 20);
         assert_eq!(c.spool.segment_bytes, SpoolConfig::default().segment_bytes);
-        let e = ConfigFile::parse("telemetry:\n  endpont: x\n").unwrap_err();
+        let e = ConfigFile::parse("telemetry:\n  endpont: x\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("endpont") && e.contains("line 2"), "{e}");
-        let e = ConfigFile::parse("telemetry:\n  protocol: http/json\n").unwrap_err();
+        let e = ConfigFile::parse("telemetry:\n  protocol: http/json\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("http/json"), "{e}");
     }
 }

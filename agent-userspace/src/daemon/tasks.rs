@@ -317,3 +317,14 @@ pub async fn watch_policy(shared: Arc<Shared>, watch: PolicyWatch) {
         }
     }
 }
+
+/// Runs containment jobs (forensic snapshots, kills) on blocking threads, outside the state
+/// lock, several at once: the kill switch freezes every cage first, then each is written
+/// and killed without waiting for the others.
+pub async fn run_containment(
+    mut jobs: tokio::sync::mpsc::UnboundedReceiver<super::state::ContainJob>,
+) {
+    while let Some(job) = jobs.recv().await {
+        tokio::task::spawn_blocking(move || job.run());
+    }
+}

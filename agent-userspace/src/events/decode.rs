@@ -2,7 +2,7 @@
 
 use agent_common::{
     egress::EgressEvent,
-    event::{KIND_EGRESS, KIND_EXEC, KIND_EXIT, KIND_FILE, KIND_FORK},
+    event::EventKind,
     file::FileEvent,
     process::{ExecEvent, ExitEvent, ForkEvent},
 };
@@ -61,13 +61,13 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
                 got: bytes.len(),
                 need: 4,
             })?;
-    match u32::from_ne_bytes(kind_bytes) {
-        KIND_EGRESS => read::<EgressEvent>(bytes).map(RawEvent::Egress),
-        KIND_EXEC => read::<ExecEvent>(bytes).map(|e| RawEvent::Exec(Box::new(e))),
-        KIND_FORK => read::<ForkEvent>(bytes).map(RawEvent::Fork),
-        KIND_EXIT => read::<ExitEvent>(bytes).map(RawEvent::Exit),
-        KIND_FILE => read::<FileEvent>(bytes).map(RawEvent::File),
-        other => Err(DecodeError::UnknownKind(other)),
+    let raw = u32::from_ne_bytes(kind_bytes);
+    match EventKind::from_u32(raw).ok_or(DecodeError::UnknownKind(raw))? {
+        EventKind::Egress => read::<EgressEvent>(bytes).map(RawEvent::Egress),
+        EventKind::Exec => read::<ExecEvent>(bytes).map(|e| RawEvent::Exec(Box::new(e))),
+        EventKind::Fork => read::<ForkEvent>(bytes).map(RawEvent::Fork),
+        EventKind::Exit => read::<ExitEvent>(bytes).map(RawEvent::Exit),
+        EventKind::File => read::<FileEvent>(bytes).map(RawEvent::File),
     }
 }
 
@@ -87,14 +87,14 @@ fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
 
 #[cfg(test)]
 mod tests {
-    use agent_common::event::EventHeader;
+    use agent_common::event::{EventHeader, EventKind};
 
     use super::*;
 
     fn sample() -> EgressEvent {
         EgressEvent {
             header: EventHeader {
-                kind: KIND_EGRESS,
+                kind: EventKind::Egress as u32,
                 agent_id: 7,
                 policy_slot: 3,
                 _pad: 0,

@@ -1,22 +1,43 @@
 //! Events: decoded from the kernel's ring buffer, enriched with the agent's identity and the
-//! policy in force, and fanned out on a bus to independent consumers.
+//! policy that decided, and fanned out on a bus to independent consumers.
+//!
+//! One module per event family (`egress`, `exec`, `process`, `file` from the kernel; `app`,
+//! `runtime` and the session/policy events from the daemon), each holding its typed detail
+//! and how a kernel record becomes it. `enrich` puts the families together; the daemon only
+//! supplies the lookups (agent names, policy slots, sequence numbers).
 
 mod app;
 mod bus;
+mod decision;
 mod decode;
+mod egress;
+mod enrich;
+mod exec;
+mod file;
+#[cfg(test)]
+mod golden;
+pub(crate) mod named;
 pub mod process;
 mod runtime;
 
 pub use app::{AppEvent, Phase};
-pub use runtime::{ApprovalDetail, AssertionDetail, BudgetDetail, ContainmentDetail};
-
 pub use bus::EventBus;
+pub use decision::{RuleRef, Verdict};
 pub use decode::{decode, DecodeError, RawEvent};
-pub use process::{ExecDetail, ExitDetail, FileDetail, ForkDetail};
-
-use std::net::IpAddr;
+pub use egress::{EgressDetail, EgressHook, Family, Protocol, SockType};
+pub use enrich::{enrich, Lookups};
+pub use exec::{ExecDetail, ExecHook};
+pub use file::{FileAccess, FileDetail, FileOp, InodePaths};
+pub use process::{ExitDetail, ForkDetail};
+pub use runtime::{
+    ApprovalDetail, ApprovalState, AssertionDetail, BudgetDetail, BudgetLevel, ContainmentDetail,
+    RungState,
+};
 
 use serde::{Deserialize, Serialize};
+
+use crate::identity::AgentIdentity;
+use named::named_enum;
 
 /// One event as consumers see it (and as `agentcage events` prints it, one JSON line each).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -26,7 +47,7 @@ pub struct Event {
     /// The kernel's own timestamp (CLOCK_BOOTTIME, ns): monotonic, for ordering.
     pub kernel_ts_ns: u64,
     /// The agent's identity (`agent:NAME`), or null when the caller was in no known cage.
-    pub agent: Option<String>,
+    pub agent: Option<AgentIdentity>,
     /// Position among the agent's events, from 1, in the order the kernel produced them
     /// (ring-buffer order); a gap never occurs without a loss being counted.
     #[serde(default)]
@@ -49,11 +70,8 @@ pub struct Event {
 impl Event {
     /// An event of the daemon itself (not from the kernel): now, no process, no cage.
     pub fn daemon(policy_hash: &str, detail: EventDetail) -> Self {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         Self {
-            time_unix_nano: now,
+            time_unix_nano: crate::clock::now_unix_nano(),
             kernel_ts_ns: 0,
             agent: None,
             agent_seq: 0,
@@ -64,6 +82,16 @@ impl Event {
             policy_hash: policy_hash.to_owned(),
             detail,
         }
+    }
+
+    /// The agent's name, when the event has an agent.
+    pub fn agent_name(&self) -> Option<&str> {
+        self.agent.as_ref().map(AgentIdentity::name)
+    }
+
+    /// The event's kind, as its JSON `kind` field names it.
+    pub fn kind(&self) -> &'static str {
+        self.detail.kind()
     }
 }
 
@@ -79,7 +107,7 @@ pub enum EventDetail {
     Fork(ForkDetail),
     /// A process ended.
     Exit(ExitDetail),
-    /// An open of a watched or protected file.
+    /// An operation on a watched or protected file.
     File(FileDetail),
     /// An agent session began (its cage was made) or ended (the cage was removed).
     Session(SessionDetail),
@@ -97,11 +125,51 @@ pub enum EventDetail {
     Assertion(AssertionDetail),
 }
 
+impl EventDetail {
+    /// The kind's name, as in the JSON `kind` field.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Egress(_) => "egress",
+            Self::Exec(_) => "exec",
+            Self::Fork(_) => "fork",
+            Self::Exit(_) => "exit",
+            Self::File(_) => "file",
+            Self::Session(_) => "session",
+            Self::Policy(_) => "policy",
+            Self::App(_) => "app",
+            Self::Containment(_) => "containment",
+            Self::Approval(_) => "approval",
+            Self::Budget(_) => "budget",
+            Self::Assertion(_) => "assertion",
+        }
+    }
+}
+
+named_enum! {
+    /// Whether a session began or ended.
+    pub enum SessionAction ("session action") {
+        /// The cage was made.
+        Start = "start",
+        /// The cage was removed.
+        End = "end",
+    }
+}
+
+named_enum! {
+    /// What became of a policy reload.
+    pub enum PolicyResult ("policy result") {
+        /// The new policy is in force.
+        Applied = "applied",
+        /// The new policy was refused; the previous one stays.
+        Refused = "refused",
+    }
+}
+
 /// A policy reload, applied or refused.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PolicyDetail {
-    /// `applied` or `refused`.
-    pub result: String,
+    /// Applied or refused.
+    pub result: PolicyResult,
     /// The policy file.
     pub source: String,
     /// Why it was refused.
@@ -112,34 +180,27 @@ pub struct PolicyDetail {
 /// An agent session's start or end: one trace per session in the exported telemetry.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct SessionDetail {
-    /// `start` or `end`.
-    pub action: String,
+    /// Start or end.
+    pub action: SessionAction,
     /// When the session started, ns since the Unix epoch.
     pub started_unix_nano: u64,
 }
 
-/// An egress decision.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct EgressDetail {
-    /// The hook that decided (`connect4`, `sendmsg6`, `sock_create`, ...).
-    pub hook: String,
-    /// `ipv4` or `ipv6` (the family judged: IPv4-mapped IPv6 is `ipv4`), or the socket family
-    /// number for sock_create of other families.
-    pub family: String,
-    /// `tcp`, `udp`, or the protocol number.
-    pub protocol: String,
-    /// `stream`, `dgram`, `raw`, or the type number.
-    pub sock_type: String,
-    /// Destination address (none for sock_create).
-    pub dst_addr: Option<IpAddr>,
-    /// Destination port (0 for sock_create).
-    pub dst_port: u16,
-    /// `allow`, `deny`, `pending-approval` or `budget`.
-    pub verdict: String,
-    /// The rule that decided: `egress.allow[N]`, `default-deny`, `socket-kind`,
-    /// `raw-sockets-allowed` or `no-cage`.
-    pub rule: String,
-    /// The rule's text, for allow-list rules.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub rule_text: Option<String>,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_detail_names_the_kind_its_json_carries() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/events/testdata/events.jsonl"
+        ))
+        .unwrap();
+        for line in text.lines() {
+            let e: Event = serde_json::from_str(line).unwrap();
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["kind"], e.kind());
+        }
+    }
 }

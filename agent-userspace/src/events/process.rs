@@ -1,47 +1,8 @@
-//! The process, exec and file parts of events.
+//! Process lifetimes: forks and exits of caged processes, and the helpers every kernel
+//! family's decoding shares (device numbers, argument lists, C strings).
 
+use agent_common::process::{ExitEvent, ForkEvent};
 use serde::{Deserialize, Serialize};
-
-/// An exec: the new program of a caged process, or one the kernel refused or killed.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ExecDetail {
-    /// The file name exec was given, as the kernel resolved it from.
-    pub filename: String,
-    /// The arguments (empty when refused before the new image existed).
-    pub argv: Vec<String>,
-    /// Whether the arguments were cut at the kernel's bound.
-    pub argv_truncated: bool,
-    /// Real user and group ids.
-    pub uid: u32,
-    /// Real group id.
-    pub gid: u32,
-    /// Parent process id.
-    pub ppid: u32,
-    /// Device of the executed file, `MAJOR:MINOR`.
-    pub dev: String,
-    /// Inode of the executed file.
-    pub inode: u64,
-    /// SHA-256 of the executed file's content, computed in user space (cached by device,
-    /// inode, mtime and size).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub sha256: Option<String>,
-    /// Why there is no hash, if there is none.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub sha256_error: Option<String>,
-    /// `allow`, `deny` (refused with EPERM) or `killed` (SIGKILL before the new image ran).
-    pub verdict: String,
-    /// The kill tier killed the process (with `killed`, and with `pending-approval`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub killed: bool,
-    /// `lsm` (bprm_check_security, before the exec), `lsm_mmap` (mapped executable without
-    /// exec, e.g. by the dynamic loader) or `tracepoint` (sched_process_exec).
-    pub hook: String,
-    /// The rule that decided: `exec.allow[N]`, `exec.deny[N]` or `default`.
-    pub rule: String,
-    /// The rule's text.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub rule_text: Option<String>,
-}
 
 /// A new process in a cage.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -61,7 +22,21 @@ pub struct ExitDetail {
     pub signal: Option<i32>,
 }
 
+impl ForkDetail {
+    /// The event detail of a kernel record.
+    pub fn from_raw(e: &ForkEvent) -> Self {
+        Self {
+            child_pid: e.child_tgid,
+        }
+    }
+}
+
 impl ExitDetail {
+    /// The event detail of a kernel record.
+    pub fn from_raw(e: &ExitEvent) -> Self {
+        Self::from_status(e.exit_code)
+    }
+
     /// Decodes a wait(2)-style status word.
     pub fn from_status(status: u32) -> Self {
         let signal = status & 0x7f;
@@ -79,36 +54,15 @@ impl ExitDetail {
     }
 }
 
-/// An open of a watched or protected file.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct FileDetail {
-    /// The path the rule's inode was found at when the policy was applied (for a rule on a
-    /// directory, the directory's; see `depth`).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub path: Option<String>,
-    /// Device of the opened file, `MAJOR:MINOR`.
-    pub dev: String,
-    /// Inode of the opened file.
-    pub inode: u64,
-    /// How many directories above the file the matching rule sits (0: the file itself).
-    pub depth: u8,
-    /// `read`, `write` or `read+write`.
-    pub access: String,
-    /// What was attempted: `open`, `truncate`, `unlink`, `rename`, `link`, `create` or
-    /// `userns_create`.
-    pub op: String,
-    /// `deny` (refused with EPERM) or `observed`.
-    pub verdict: String,
-    /// `files.protect[N]` or `files.watch[N]`.
-    pub rule: String,
-    /// The rule's text.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub rule_text: Option<String>,
-}
-
 /// `MAJOR:MINOR` of a device in the kernel's encoding.
 pub fn dev_string(kdev: u32) -> String {
     format!("{}:{}", kdev >> 20, kdev & 0xf_ffff)
+}
+
+/// NUL-terminated bytes → string (lossy).
+pub fn c_str(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
 /// NUL-separated arguments → strings (lossy).
@@ -139,5 +93,6 @@ mod tests {
         assert_eq!(split_argv(b"sh\0-c\0echo hi\0"), ["sh", "-c", "echo hi"]);
         assert!(split_argv(b"").is_empty());
         assert_eq!(dev_string((8 << 20) | 1), "8:1");
+        assert_eq!(c_str(b"curl\0\0junk"), "curl");
     }
 }

@@ -3,14 +3,72 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::named::named_enum;
+use crate::policy::Rung;
+
+named_enum! {
+    /// A containment rung as events name it, with the watchdog's two extra states.
+    pub enum RungState ("containment rung") {
+        /// See [`Rung::Observe`].
+        Observe = "observe",
+        /// See [`Rung::ReadOnly`].
+        ReadOnly = "read_only",
+        /// See [`Rung::ApprovalRequired`].
+        ApprovalRequired = "approval_required",
+        /// See [`Rung::Paused`].
+        Paused = "paused",
+        /// See [`Rung::Killed`].
+        Killed = "killed",
+        /// The watchdog could not freeze the cages: nothing changed.
+        Unchanged = "unchanged",
+        /// The watchdog acted on every cage, whatever its rung.
+        Any = "any",
+    }
+}
+
+impl From<Rung> for RungState {
+    fn from(r: Rung) -> Self {
+        match r {
+            Rung::Observe => Self::Observe,
+            Rung::ReadOnly => Self::ReadOnly,
+            Rung::ApprovalRequired => Self::ApprovalRequired,
+            Rung::Paused => Self::Paused,
+            Rung::Killed => Self::Killed,
+        }
+    }
+}
+
+named_enum! {
+    /// Where an approval request stands.
+    pub enum ApprovalState ("approval state") {
+        /// Waiting for a person.
+        Requested = "requested",
+        /// Granted (until `expires_unix_nano`).
+        Approved = "approved",
+        /// Refused by a person.
+        Denied = "denied",
+        /// Lapsed, unanswered or past its grant.
+        Expired = "expired",
+    }
+}
+
+named_enum! {
+    /// How serious a budget limit is.
+    pub enum BudgetLevel ("budget level") {
+        /// An alert.
+        Soft = "soft",
+        /// Throttle, then contain.
+        Hard = "hard",
+    }
+}
+
 /// The cage moved to a containment rung.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ContainmentDetail {
-    /// The rung now in force (`observe`, `read_only`, `approval_required`, `paused`,
-    /// `killed`).
-    pub rung: String,
+    /// The rung now in force.
+    pub rung: RungState,
     /// The rung before.
-    pub previous: String,
+    pub previous: RungState,
     /// Why: `manual` (with who), `budget`, `assertion`, `deny-rate`, `kill-switch`.
     pub reason: String,
     /// The forensic snapshot written, if any.
@@ -23,8 +81,8 @@ pub struct ContainmentDetail {
 pub struct ApprovalDetail {
     /// The request's id (`agentcage approve ID`).
     pub id: u64,
-    /// `requested`, `approved`, `denied` or `expired`.
-    pub state: String,
+    /// Where the request stands.
+    pub state: ApprovalState,
     /// What needs approval, e.g. `egress payments (allow[2] ...)`, `tool payout`.
     pub subject: String,
     /// Who decided (`uid N (name)`), for approved and denied.
@@ -44,7 +102,7 @@ pub struct BudgetDetail {
     /// `queue_latency`, `model_latency`, `tool_latency`, `loop`.
     pub budget: String,
     /// `soft` (an alert) or `hard` (throttled, then contained).
-    pub level: String,
+    pub level: BudgetLevel,
     /// The value reached.
     pub value: f64,
     /// The limit.

@@ -14,8 +14,8 @@ use agent_common::egress::{
 use ipnet::IpNet;
 
 use super::{
+    egress::{EgressPolicy, PortRange},
     error::PolicyError,
-    schema::{EgressPolicy, PortRange},
 };
 
 /// Trie entries for one agent, sorted by address then prefix length.
@@ -176,7 +176,7 @@ fn merge_ranges(ports: &[PortRange]) -> Vec<PortRange> {
 mod tests {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-    use super::super::{schema::AllowRule, Policy};
+    use super::super::{egress::AllowRule, Policy};
     use super::*;
 
     fn rule(cidr: &str, ports: &[(u16, u16)], protocols: u8) -> AllowRule {

@@ -47,17 +47,28 @@ impl ExecPolicy {
         self.default == ExecDefault::Allow && self.allow.is_empty() && self.deny.is_empty()
     }
 
-    /// `exec.allow[N] ...` or `exec.deny[N] ...` for a kernel rule id (allow first).
-    pub fn describe_rule(&self, rule_id: u32) -> Option<String> {
+    /// The list a kernel rule id points into, the index there, and the rule: the compiler
+    /// numbers the allow list first, then the deny list.
+    pub fn rule_at(&self, rule_id: u32) -> Option<(RuleList, usize, &ExecMatch)> {
         let i = usize::try_from(rule_id).ok()?;
         match self.allow.get(i) {
-            Some(m) => Some(format!("exec.allow[{i}] {m}")),
+            Some(m) => Some((RuleList::First, i, m)),
             None => {
-                let j = i - self.allow.len();
-                self.deny.get(j).map(|m| format!("exec.deny[{j}] {m}"))
+                let j = i.checked_sub(self.allow.len())?;
+                self.deny.get(j).map(|m| (RuleList::Second, j, m))
             }
         }
     }
+}
+
+/// Which of a section's two lists a kernel rule id points into: `exec.allow` / `exec.deny`,
+/// `files.protect` / `files.watch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleList {
+    /// `allow` (exec) or `protect` (files).
+    First,
+    /// `deny` (exec) or `watch` (files).
+    Second,
 }
 
 /// The default for execs no rule matches.
@@ -142,16 +153,15 @@ impl FilesPolicy {
         self.protect.is_empty() && self.watch.is_empty()
     }
 
-    /// `files.protect[N] ...` or `files.watch[N] ...` for a kernel rule id (protect first).
-    pub fn describe_rule(&self, rule_id: u32) -> Option<String> {
+    /// The list a kernel rule id points into, the index there, and the rule: protect
+    /// first, then watch.
+    pub fn rule_at(&self, rule_id: u32) -> Option<(RuleList, usize, &FileRuleSpec)> {
         let i = usize::try_from(rule_id).ok()?;
         match self.protect.get(i) {
-            Some(r) => Some(format!("files.protect[{i}] {} {}", r.path, r.access)),
+            Some(r) => Some((RuleList::First, i, r)),
             None => {
-                let j = i - self.protect.len();
-                self.watch
-                    .get(j)
-                    .map(|r| format!("files.watch[{j}] {} {}", r.path, r.access))
+                let j = i.checked_sub(self.protect.len())?;
+                self.watch.get(j).map(|r| (RuleList::Second, j, r))
             }
         }
     }

@@ -9,9 +9,10 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use sha2::{Digest, Sha256};
 
 use super::{
+    egress::protocol_names,
     exec::Enforcement,
     runtime::{ApprovalPolicy, Collectives, ContainmentPolicy},
-    schema::{protocol_names, AgentPolicy},
+    schema::{AgentPolicy, Record},
 };
 
 /// First line of the canonical form; bump it if the form ever changes meaning.
@@ -136,6 +137,9 @@ fn write_agent(out: &mut String, agent: &AgentPolicy) {
     }
     if agent.containment != ContainmentPolicy::default() {
         let _ = writeln!(out, "  containment {}", json(&agent.containment));
+    }
+    if agent.record != Record::Optional {
+        let _ = writeln!(out, "  record {}", agent.record);
     }
 }
 

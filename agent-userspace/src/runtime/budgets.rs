@@ -91,6 +91,15 @@ impl Level {
     }
 }
 
+impl From<Level> for crate::events::BudgetLevel {
+    fn from(l: Level) -> Self {
+        match l {
+            Level::Soft => Self::Soft,
+            Level::Hard => Self::Hard,
+        }
+    }
+}
+
 /// A limit reached.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Breach {

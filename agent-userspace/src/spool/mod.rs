@@ -318,11 +318,7 @@ impl Spool {
 }
 
 /// Now, ns since the Unix epoch.
-pub(crate) fn now_unix_nano() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
+pub(crate) use crate::clock::now_unix_nano;
 
 #[cfg(test)]
 mod tests;

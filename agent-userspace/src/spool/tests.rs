@@ -7,24 +7,14 @@ fn event(n: u64) -> Entry {
     Entry::Event(Box::new(Event {
         time_unix_nano: n,
         kernel_ts_ns: n,
-        agent: Some("agent:t".into()),
+        agent: Some(crate::identity::AgentIdentity::for_agent("t")),
         agent_seq: 1,
         pid: 1,
         tgid: 1,
         comm: "c".into(),
         cgroup_id: 7,
         policy_hash: "h".into(),
-        detail: EventDetail::Egress(EgressDetail {
-            hook: "connect4".into(),
-            family: "ipv4".into(),
-            protocol: "tcp".into(),
-            sock_type: "stream".into(),
-            dst_addr: Some([127, 0, 0, 1].into()),
-            dst_port: 80,
-            verdict: "deny".into(),
-            rule: "default-deny".into(),
-            rule_text: None,
-        }),
+        detail: EventDetail::Egress(EgressDetail::denied([127, 0, 0, 1].into(), 80)),
     }))
 }
 

@@ -69,7 +69,10 @@ impl Sink {
                 .with_timeout(config.timeout())
                 .build(),
         }
-        .map_err(|e| TelemetryError::Exporter("logs", e.to_string()))?;
+        .map_err(|source| TelemetryError::Exporter {
+            signal: "logs",
+            source,
+        })?;
         exporter.set_resource(resource);
         let provider = SdkLoggerProvider::builder()
             .with_resource(resource.clone())
@@ -98,7 +101,10 @@ impl Sink {
                 .with_timeout(config.timeout())
                 .build(),
         }
-        .map_err(|e| TelemetryError::Exporter("traces", e.to_string()))?;
+        .map_err(|source| TelemetryError::Exporter {
+            signal: "traces",
+            source,
+        })?;
         exporter.set_resource(resource);
         Ok(Self::Traces(exporter))
     }

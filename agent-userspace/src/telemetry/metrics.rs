@@ -113,32 +113,28 @@ impl Instruments {
         self.record_latency("queueing", queued);
         if let EventDetail::Egress(d) = &event.detail {
             let mut attrs = vec![
-                KeyValue::new(sc::VERDICT, d.verdict.clone()),
-                KeyValue::new(sc::HOOK, d.hook.clone()),
+                KeyValue::new(sc::VERDICT, d.verdict.to_string()),
+                KeyValue::new(sc::HOOK, d.hook.to_string()),
             ];
-            if let Some(agent) = &event.agent {
-                let name = agent.strip_prefix("agent:").unwrap_or(agent);
+            if let Some(name) = event.agent_name() {
                 attrs.push(KeyValue::new(sc::GEN_AI_AGENT_NAME, name.to_owned()));
             }
             self.decisions.add(1, &attrs);
         }
-        let agent = event
-            .agent
-            .as_deref()
-            .map_or("", |a| a.strip_prefix("agent:").unwrap_or(a));
+        let agent = event.agent_name().unwrap_or("");
         match &event.detail {
             EventDetail::Exec(d) => self.decisions.add(
                 1,
                 &[
-                    KeyValue::new(sc::VERDICT, d.verdict.clone()),
-                    KeyValue::new(sc::HOOK, d.hook.clone()),
+                    KeyValue::new(sc::VERDICT, d.verdict.to_string()),
+                    KeyValue::new(sc::HOOK, d.hook.to_string()),
                     KeyValue::new(sc::GEN_AI_AGENT_NAME, agent.to_owned()),
                 ],
             ),
             EventDetail::File(d) => self.decisions.add(
                 1,
                 &[
-                    KeyValue::new(sc::VERDICT, d.verdict.clone()),
+                    KeyValue::new(sc::VERDICT, d.verdict.to_string()),
                     KeyValue::new(sc::HOOK, format!("file_{}", d.op)),
                     KeyValue::new(sc::GEN_AI_AGENT_NAME, agent.to_owned()),
                 ],

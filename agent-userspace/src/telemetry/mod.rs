@@ -44,8 +44,14 @@ pub enum TelemetryError {
     #[error("telemetry configuration: {0}")]
     Config(String),
     /// An OTLP exporter could not be built.
-    #[error("OTLP {0} exporter: {1}")]
-    Exporter(&'static str, String),
+    #[error("OTLP {signal} exporter: {source}")]
+    Exporter {
+        /// `logs`, `traces` or `metrics`.
+        signal: &'static str,
+        /// Why.
+        #[source]
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
     /// The spool could not be opened.
     #[error(transparent)]
     Spool(#[from] SpoolError),
@@ -94,7 +100,10 @@ impl Telemetry {
                 .with_timeout(config.timeout())
                 .build(),
         }
-        .map_err(|e| TelemetryError::Exporter("metrics", e.to_string()))?;
+        .map_err(|source| TelemetryError::Exporter {
+            signal: "metrics",
+            source,
+        })?;
         let reader = PeriodicReader::builder(metric_exporter, runtime::Tokio)
             .with_interval(std::time::Duration::from_millis(config.metrics_interval_ms))
             .build();

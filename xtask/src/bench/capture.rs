@@ -20,7 +20,7 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 
-use super::egress::{measure, median, Daemon, WorkDir};
+use super::common::{measure, median, Daemon, WorkDir};
 use crate::{
     setup::run_setup,
     util::{cmd, describe, output, require_root, run},

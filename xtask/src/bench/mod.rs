@@ -2,7 +2,9 @@
 //! do not fail when a target is missed.
 
 pub mod capture;
+mod common;
 pub mod egress;
+pub mod kill;
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -14,11 +16,16 @@ pub enum Bench {
     /// What process capture costs: uncaged syscalls with the daemon running vs stopped, and
     /// fork+exec caged with full capture vs uncaged vs auditd (root).
     Capture(capture::CaptureArgs),
+    /// The kill switch: time until a cage of 100 and 1,000 processes is frozen and until it
+    /// is empty, beside the same processes frozen and killed by the cgroup files directly
+    /// (root).
+    Kill(kill::KillArgs),
 }
 
 pub fn run_bench(bench: Bench) -> Result<()> {
     match bench {
         Bench::Egress(args) => egress::bench_egress(&args),
         Bench::Capture(args) => capture::bench_capture(&args),
+        Bench::Kill(args) => kill::bench_kill(&args),
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use super::init::{BOOT_ARG, MARKER};
-use crate::test::count;
+use crate::results::count;
 use crate::util::describe;
 
 /// What qemu runs: Debian's kernel under TCG (`-enable-kvm` hangs on these machines), two

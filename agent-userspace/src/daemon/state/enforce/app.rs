@@ -4,12 +4,12 @@ use std::time::Duration;
 
 use super::super::State;
 use crate::{
+    clock::boot_ns,
+    control::app::{AppReply, Decision},
     events::{AppEvent, EventDetail, Phase},
     runtime::{
-        appevents::{AppReply, Decision},
         approvals::Subject,
         assertions::{Observed, PatternKind},
-        boot_ns,
         budgets::{Latency, Metric},
         Rung,
     },
@@ -22,7 +22,7 @@ impl State {
         if let Err(message) = event.validate() {
             return AppReply::Error { message };
         }
-        if !self.runtimes.contains_key(agent) {
+        if !self.containment.has(agent) {
             return AppReply::Error {
                 message: format!("agent {agent:?} has no cage this daemon manages"),
             };
@@ -43,17 +43,10 @@ impl State {
                 let tokens = (*input_tokens).saturating_add(*output_tokens) as f64;
                 let mut b = self.meter(agent, Metric::Tokens, tokens);
                 b.extend(self.meter(agent, Metric::Usd, *cost_usd));
-                if let Some(rt) = self.runtimes.get_mut(agent) {
-                    for (which, ms) in [(Latency::Queue, queue_ms), (Latency::Model, model_ms)] {
-                        if let Some(ms) = ms {
-                            let took = Duration::from_secs_f64(ms / 1000.0);
-                            b.extend(
-                                rt.meter
-                                    .latency(&policy.budgets, which, took)
-                                    .into_iter()
-                                    .map(|x| ("agent".to_owned(), x)),
-                            );
-                        }
+                for (which, ms) in [(Latency::Queue, queue_ms), (Latency::Model, model_ms)] {
+                    if let Some(ms) = ms {
+                        let took = Duration::from_secs_f64(ms / 1000.0);
+                        b.extend(self.budgets.latency(agent, &policy.budgets, which, took));
                     }
                 }
                 self.breaches(agent, b);
@@ -67,11 +60,7 @@ impl State {
             } => {
                 let key = format!("tool {name} {}", args_digest.as_deref().unwrap_or(""));
                 let mut b = self.meter(agent, Metric::ToolCalls, 1.0);
-                if let Some(rt) = self.runtimes.get_mut(agent) {
-                    if let Some(x) = rt.meter.repeat(&policy.budgets, &key, now) {
-                        b.push(("agent".to_owned(), x));
-                    }
-                }
+                b.extend(self.budgets.repeat(agent, &policy.budgets, &key, now));
                 self.breaches(agent, b);
                 refusal = self.tool_refusal(
                     agent,
@@ -85,17 +74,11 @@ impl State {
                 latency_ms,
                 ..
             } => {
-                if let (Some(ms), Some(rt)) = (latency_ms, self.runtimes.get_mut(agent)) {
-                    let b = rt
-                        .meter
-                        .latency(
-                            &policy.budgets,
-                            Latency::Tool,
-                            Duration::from_secs_f64(ms / 1000.0),
-                        )
-                        .into_iter()
-                        .map(|x| ("agent".to_owned(), x))
-                        .collect();
+                if let Some(ms) = latency_ms {
+                    let took = Duration::from_secs_f64(ms / 1000.0);
+                    let b = self
+                        .budgets
+                        .latency(agent, &policy.budgets, Latency::Tool, took);
                     self.breaches(agent, b);
                 }
                 None
@@ -172,16 +155,19 @@ impl State {
         subject: Subject,
         needs_approval: bool,
     ) -> Option<(String, Option<u64>)> {
-        let rt = self.runtimes.get(agent)?;
-        if rt.throttled {
+        if !self.containment.has(agent) {
+            return None;
+        }
+        if self.budgets.throttled(agent) {
             return Some(("budget".into(), None));
         }
-        if rt.rung >= Rung::Paused {
+        let rung = self.containment.rung(agent);
+        if rung >= Rung::Paused {
             return Some(("contained".into(), None));
         }
         // On the approval-required rung every tool call and command waits for a person.
-        let needs_approval = needs_approval || rt.rung == Rung::ApprovalRequired;
-        if needs_approval && !self.approvals.is_approved(agent, &subject, boot_ns()) {
+        let needs_approval = needs_approval || rung == Rung::ApprovalRequired;
+        if needs_approval && !self.is_approved(agent, &subject) {
             let id = self.request_approval(agent, subject);
             return Some(("pending-approval".into(), id));
         }

@@ -7,18 +7,77 @@ use tracing::{info, warn};
 
 use super::super::{State, StateError};
 use crate::{
-    events::{ApprovalDetail, EventDetail},
+    bpf::ApprovalMap,
+    clock::{boot_ns, wall_of_boot},
+    events::{ApprovalDetail, ApprovalState as Stage, EventDetail},
+    policy::Policy,
     runtime::{
-        approvals::{Request, Status, Subject},
+        approvals::{ApprovalError, Approvals, Request, Status, Subject},
         assertions::{Observed, PatternKind},
-        boot_ns,
     },
 };
+
+/// The requests and the kernel's grants, kept in step.
+pub(crate) struct ApprovalState {
+    requests: Approvals,
+    kernel: ApprovalMap,
+}
+
+impl ApprovalState {
+    pub(crate) fn new(kernel: ApprovalMap) -> Self {
+        Self {
+            requests: Approvals::default(),
+            kernel,
+        }
+    }
+
+    /// A cage is gone: its open requests are closed and its grants revoked.
+    pub(crate) fn forget_cage(&mut self, cgroup_id: u64) {
+        self.requests.forget_cage(cgroup_id);
+        self.kernel.revoke_cage(cgroup_id);
+    }
+
+    /// A grant names a rule by its index: where the rule there is no longer the one a person
+    /// approved, the grant goes (fail closed) and a later attempt asks again.
+    pub(crate) fn lapse_changed_rules(&mut self, policy: &Policy) {
+        let mut lapsed = Vec::new();
+        for r in self.requests.list() {
+            if let (Subject::Rule { index, text, .. }, Status::Approved { .. }) =
+                (&r.subject, &r.status)
+            {
+                let same = policy
+                    .agent(&r.agent)
+                    .and_then(|p| p.egress.allow.get(*index as usize))
+                    .is_some_and(|rule| rule.describe() == *text && rule.requires_approval);
+                if !same {
+                    lapsed.push(r);
+                }
+            }
+        }
+        for r in lapsed {
+            if let Some(key) = r.subject.kernel_key(r.cgroup_id) {
+                self.kernel.revoke(&key);
+            }
+            let _ = self.requests.expire_one(r.id);
+        }
+    }
+
+    /// Requests and grants that lapsed by `now`, their grants revoked.
+    fn expire(&mut self, now: u64) -> Vec<Request> {
+        let expired = self.requests.expire(now);
+        for r in &expired {
+            if let Some(key) = r.subject.kernel_key(r.cgroup_id) {
+                self.kernel.revoke(&key);
+            }
+        }
+        expired
+    }
+}
 
 impl State {
     /// Every approval request.
     pub fn approvals(&self) -> Vec<Request> {
-        self.approvals.list()
+        self.approvals.requests.list()
     }
 
     /// Grants request `id` for `duration` (the policy's `default_for` when None).
@@ -30,9 +89,10 @@ impl State {
     ) -> Result<Request, StateError> {
         let request = self
             .approvals
+            .requests
             .get(id)
             .cloned()
-            .ok_or(crate::runtime::approvals::ApprovalError::Unknown(id))?;
+            .ok_or(ApprovalError::Unknown(id))?;
         let rules = self
             .policy
             .agent(&request.agent)
@@ -40,7 +100,7 @@ impl State {
             .unwrap_or_default();
         let duration = duration.unwrap_or(rules.default_for.0);
         if duration > rules.max_for.0 {
-            return Err(crate::runtime::approvals::ApprovalError::TooLong {
+            return Err(ApprovalError::TooLong {
                 asked: duration,
                 max: rules.max_for.0,
             }
@@ -48,18 +108,18 @@ impl State {
         }
         let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
         let until_boot = boot_ns().saturating_add(nanos);
-        let until_unix =
-            u64::try_from(i128::from(until_boot) + self.boot_to_wall_ns).unwrap_or(u64::MAX);
-        // Check the state first (a decided request must not be granted in the kernel).
+        let until_unix = wall_of_boot(until_boot, self.boot_to_wall_ns);
+        // The state first: a decided request must not be granted in the kernel.
         self.approvals
+            .requests
             .approve(id, approver, until_boot, until_unix)?;
         if let Some(key) = request.subject.kernel_key(request.cgroup_id) {
-            if let Err(e) = self.approval_map.grant(&key, until_boot) {
-                let _ = self.approvals.expire_one(id);
+            if let Err(e) = self.approvals.kernel.grant(&key, until_boot) {
+                let _ = self.approvals.requests.expire_one(id);
                 return Err(e.into());
             }
         }
-        let request = self.approvals.get(id).cloned().unwrap_or(request);
+        let request = self.approvals.requests.get(id).cloned().unwrap_or(request);
         info!(
             id,
             agent = request.agent,
@@ -83,7 +143,11 @@ impl State {
 
     /// Refuses request `id`.
     pub fn deny(&mut self, id: u64, approver: &str) -> Result<Request, StateError> {
-        let request = self.approvals.deny(id, approver, boot_ns())?.clone();
+        let request = self
+            .approvals
+            .requests
+            .deny(id, approver, boot_ns())?
+            .clone();
         info!(id, agent = request.agent, approver, "approval denied");
         self.publish_approval(&request);
         Ok(request)
@@ -91,21 +155,25 @@ impl State {
 
     pub(super) fn publish_approval(&mut self, r: &Request) {
         let (state, approver, expires) = match &r.status {
-            Status::Pending => ("requested", None, None),
+            Status::Pending => (Stage::Requested, None, None),
             Status::Approved {
                 approver,
                 until_unix_nano,
                 ..
-            } => ("approved", Some(approver.clone()), Some(*until_unix_nano)),
-            Status::Denied { approver, .. } => ("denied", Some(approver.clone()), None),
-            Status::Expired { approver } => ("expired", Some(approver.clone()), None),
+            } => (
+                Stage::Approved,
+                Some(approver.clone()),
+                Some(*until_unix_nano),
+            ),
+            Status::Denied { approver, .. } => (Stage::Denied, Some(approver.clone()), None),
+            Status::Expired { approver } => (Stage::Expired, Some(approver.clone()), None),
         };
         self.publish(
             &r.agent,
             0,
             EventDetail::Approval(ApprovalDetail {
                 id: r.id,
-                state: state.to_owned(),
+                state,
                 subject: r.subject.describe(),
                 approver,
                 expires_unix_nano: expires,
@@ -115,10 +183,11 @@ impl State {
 
     /// Raises a request for `subject` unless one is open; returns the open or new id.
     pub(super) fn request_approval(&mut self, agent: &str, subject: Subject) -> Option<u64> {
-        let cgroup_id = self.cages.get(agent)?.cgroup_id;
-        if let Some(r) = self
-            .approvals
-            .request(agent, cgroup_id, subject.clone(), boot_ns())
+        let cgroup_id = self.registry.get(agent)?.cgroup_id;
+        if let Some(r) =
+            self.approvals
+                .requests
+                .request(agent, cgroup_id, subject.clone(), boot_ns())
         {
             let r = r.clone();
             warn!(
@@ -131,6 +200,21 @@ impl State {
             self.publish_approval(&r);
             return Some(r.id);
         }
-        self.approvals.open_id(agent, &subject)
+        self.approvals.requests.open_id(agent, &subject)
+    }
+
+    /// Whether a person approved `subject` for `agent` and the grant still holds.
+    pub(super) fn is_approved(&self, agent: &str, subject: &Subject) -> bool {
+        self.approvals
+            .requests
+            .is_approved(agent, subject, boot_ns())
+    }
+
+    /// Approvals that lapsed by `now`: revoked in the kernel and reported.
+    pub(super) fn expire_approvals(&mut self, now: u64) {
+        for r in self.approvals.expire(now) {
+            info!(id = r.id, agent = r.agent, "approval expired");
+            self.publish_approval(&r);
+        }
     }
 }

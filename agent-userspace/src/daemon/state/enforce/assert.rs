@@ -1,23 +1,68 @@
-//! Assertions: feeding observations to the agent's session and acting on violations.
+//! Assertions: each agent session's online evaluation, fed observations, acting on
+//! violations.
+
+use std::collections::HashMap;
 
 use tracing::warn;
 
 use super::super::State;
 use crate::{
     events::{AssertionDetail, EventDetail},
+    policy::{AgentPolicy, Policy},
     runtime::{
-        assertions::{Observed, Violation},
+        assertions::{Observed, Session, Violation},
         Rung,
     },
 };
 
+/// Every agent session's assertions.
+#[derive(Default)]
+pub(crate) struct AssertionState {
+    sessions: HashMap<String, Session>,
+}
+
+impl AssertionState {
+    /// A new session under the agent's policy (None: unknown to the policy, no assertions).
+    pub(crate) fn start(&mut self, agent: &str, policy: Option<&AgentPolicy>) {
+        let assertions = policy.map(|p| p.assertions.clone()).unwrap_or_default();
+        self.sessions
+            .insert(agent.to_owned(), Session::new(assertions));
+    }
+
+    /// The session ended.
+    pub(crate) fn forget(&mut self, agent: &str) {
+        self.sessions.remove(agent);
+    }
+
+    /// A new policy: sessions whose assertions changed start over under the new ones.
+    pub(crate) fn follow(&mut self, policy: &Policy) {
+        for (agent, session) in &mut self.sessions {
+            let assertions = policy
+                .agent(agent)
+                .map(|p| p.assertions.clone())
+                .unwrap_or_default();
+            if session.assertions() != assertions.as_slice() {
+                *session = Session::new(assertions);
+            }
+        }
+    }
+
+    /// `within` deadlines that passed by `now`.
+    pub(super) fn tick(&mut self, agent: &str, now: u64) -> Vec<Violation> {
+        self.sessions
+            .get_mut(agent)
+            .map(|s| s.tick(now))
+            .unwrap_or_default()
+    }
+}
+
 impl State {
     /// Feeds an observation to the agent's assertions and acts on violations.
     pub(super) fn observe(&mut self, agent: &str, seen: Observed) {
-        let Some(rt) = self.runtimes.get_mut(agent) else {
+        let Some(session) = self.assertions.sessions.get_mut(agent) else {
             return;
         };
-        let violations = rt.session.observe(&seen);
+        let violations = session.observe(&seen);
         self.violations(agent, violations);
     }
 
@@ -46,8 +91,7 @@ impl State {
                 }),
             );
         }
-        let current = self.runtimes.get(agent).map_or(Rung::Observe, |r| r.rung);
-        if current < rung {
+        if self.containment.rung(agent) < rung {
             let reason = format!("assertion: {}", violations[0].assertion);
             self.contain_logged(agent, rung, &reason);
         }

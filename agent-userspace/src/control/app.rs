@@ -16,7 +16,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{cage::CageRoot, control::Peer, events::AppEvent, policy::validate_agent_name};
+use super::Peer;
+use crate::{cage::CageRoot, events::AppEvent, policy::validate_agent_name};
 
 /// One message from the application.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -181,7 +182,7 @@ mod tests {
         let ev = crate::events::Event {
             time_unix_nano: 1,
             kernel_ts_ns: 2,
-            agent: Some("agent:a".into()),
+            agent: Some(crate::identity::AgentIdentity::for_agent("a")),
             agent_seq: 1,
             pid: 3,
             tgid: 3,

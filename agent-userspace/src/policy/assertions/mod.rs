@@ -1,5 +1,6 @@
-//! Temporal assertions: a small language over kernel and application events, evaluated
-//! online per agent session (see `docs/POLICY.md`, "Assertions").
+//! The temporal assertion language: a small language over kernel and application events
+//! (see `docs/POLICY.md`, "Assertions"). This is its syntax; `runtime::assertions` evaluates
+//! it online per agent session.
 //!
 //! ```text
 //! assertion := pattern "precedes" pattern
@@ -16,7 +17,7 @@
 
 mod parse;
 
-use std::{collections::VecDeque, fmt, time::Duration};
+use std::{fmt, time::Duration};
 
 use schemars::JsonSchema;
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
@@ -58,7 +59,8 @@ impl PatternKind {
         ("notify", Self::Notify),
     ];
 
-    fn name(self) -> &'static str {
+    /// The kind's name in the language.
+    pub fn name(self) -> &'static str {
         Self::ALL
             .iter()
             .find(|(_, k)| *k == self)
@@ -76,14 +78,17 @@ pub struct Pattern {
 }
 
 impl Pattern {
-    /// Whether an observation matches.
-    pub fn matches(&self, seen: &Observed) -> bool {
-        if seen.kind != self.kind {
+    /// Whether an event of `kind` with argument `arg` matches: same kind, and the argument
+    /// equal (for `exec`, a prefix of the command line) when the pattern has one.
+    pub fn matches(&self, kind: PatternKind, arg: Option<&str>) -> bool {
+        if kind != self.kind {
             return false;
         }
-        match (&self.arg, &seen.arg) {
+        match (&self.arg, arg) {
             (None, _) => true,
-            (Some(want), Some(got)) if self.kind == PatternKind::Exec => got.starts_with(want),
+            (Some(want), Some(got)) if self.kind == PatternKind::Exec => {
+                got.starts_with(want.as_str())
+            }
             (Some(want), Some(got)) => want == got,
             (Some(_), None) => false,
         }
@@ -193,120 +198,9 @@ impl<'de> Deserialize<'de> for Assertion {
     }
 }
 
-/// An event as assertions see it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Observed {
-    /// Its kind.
-    pub kind: PatternKind,
-    /// Its argument (rule name, tool name, command line...).
-    pub arg: Option<String>,
-    /// When, in nanoseconds on any one monotonic clock.
-    pub at_ns: u64,
-}
-
-/// A violation found by [`Session`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Violation {
-    /// The assertion, as written.
-    pub assertion: String,
-    /// What happened.
-    pub what: String,
-}
-
-/// One agent session's online evaluation of its assertions.
-#[derive(Debug)]
-pub struct Session {
-    assertions: Vec<Assertion>,
-    /// Per `Precedes` assertion: whether its `first` has been seen.
-    seen_first: Vec<bool>,
-    /// Per `Within` assertion: deadlines of triggers not yet followed, oldest first.
-    pending: Vec<VecDeque<u64>>,
-}
-
-impl Session {
-    /// A session with nothing seen yet.
-    pub fn new(assertions: Vec<Assertion>) -> Self {
-        let n = assertions.len();
-        Self {
-            assertions,
-            seen_first: vec![false; n],
-            pending: vec![VecDeque::new(); n],
-        }
-    }
-
-    /// The assertions evaluated.
-    pub fn assertions(&self) -> &[Assertion] {
-        &self.assertions
-    }
-
-    /// Feeds one event; returns the violations it reveals (including deadlines it passed).
-    pub fn observe(&mut self, seen: &Observed) -> Vec<Violation> {
-        let mut out = self.tick(seen.at_ns);
-        for (i, a) in self.assertions.iter().enumerate() {
-            match a {
-                Assertion::Precedes { first, then } => {
-                    if then.matches(seen) && !self.seen_first[i] {
-                        out.push(Violation {
-                            assertion: a.to_string(),
-                            what: format!("{then} happened before any {first}"),
-                        });
-                    }
-                    if first.matches(seen) {
-                        self.seen_first[i] = true;
-                    }
-                }
-                Assertion::Within {
-                    follow,
-                    window,
-                    trigger,
-                } => {
-                    if follow.matches(seen) {
-                        // One follow-up answers every trigger waiting for it.
-                        self.pending[i].clear();
-                    }
-                    if trigger.matches(seen) {
-                        let ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
-                        self.pending[i].push_back(seen.at_ns.saturating_add(ns));
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    /// Reports `within` deadlines that passed by `now_ns`.
-    pub fn tick(&mut self, now_ns: u64) -> Vec<Violation> {
-        let mut out = Vec::new();
-        for (i, a) in self.assertions.iter().enumerate() {
-            let Assertion::Within {
-                follow, trigger, ..
-            } = a
-            else {
-                continue;
-            };
-            while self.pending[i].front().is_some_and(|&d| d <= now_ns) {
-                self.pending[i].pop_front();
-                out.push(Violation {
-                    assertion: a.to_string(),
-                    what: format!("no {follow} within the window after {trigger}"),
-                });
-            }
-        }
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn obs(kind: PatternKind, arg: Option<&str>, at_s: u64) -> Observed {
-        Observed {
-            kind,
-            arg: arg.map(str::to_owned),
-            at_ns: at_s * 1_000_000_000,
-        }
-    }
 
     #[test]
     fn parses_the_documented_examples() {
@@ -339,40 +233,5 @@ mod tests {
         assert!(Assertion::parse("exec(\"x) precedes plan").is_err());
         assert!(Assertion::parse("plan precedes").is_err());
         assert!(Assertion::parse("plan precedes plan plan").is_err());
-    }
-
-    #[test]
-    fn precedes_is_violated_by_the_second_before_the_first() {
-        let a = Assertion::parse("approval(payout) precedes egress(payments)").unwrap();
-        let mut s = Session::new(vec![a.clone()]);
-        let v = s.observe(&obs(PatternKind::Egress, Some("payments"), 1));
-        assert_eq!(v.len(), 1);
-        let mut s = Session::new(vec![a]);
-        assert!(s
-            .observe(&obs(PatternKind::Egress, Some("other"), 1))
-            .is_empty());
-        assert!(s
-            .observe(&obs(PatternKind::Approval, Some("payout"), 2))
-            .is_empty());
-        assert!(s
-            .observe(&obs(PatternKind::Egress, Some("payments"), 3))
-            .is_empty());
-    }
-
-    #[test]
-    fn within_fires_when_the_deadline_passes_unanswered() {
-        let a =
-            Assertion::parse("ticket_comment within 60s after exec(\"kubectl apply\")").unwrap();
-        let mut s = Session::new(vec![a]);
-        let exec = obs(PatternKind::Exec, Some("kubectl apply -f x.yaml"), 10);
-        assert!(s.observe(&exec).is_empty());
-        assert!(s
-            .observe(&obs(PatternKind::TicketComment, None, 30))
-            .is_empty());
-        assert!(s.tick(200 * 1_000_000_000).is_empty(), "answered in time");
-        assert!(s.observe(&exec).is_empty());
-        assert_eq!(s.tick(69 * 1_000_000_000).len(), 0);
-        assert_eq!(s.tick(70 * 1_000_000_000).len(), 1);
-        assert!(s.tick(500 * 1_000_000_000).is_empty(), "reported once");
     }
 }

@@ -1,0 +1,58 @@
+//! The application socket: application events only, each from a process inside the cage it
+//! speaks for (checked on every message, by the sender's pid as the kernel reported it at
+//! connect time).
+
+use std::sync::Arc;
+
+use tokio::{io::BufReader, net::UnixStream};
+use tracing::warn;
+
+use super::{next_line, send, Line, Shared, MAX_REQUEST};
+use crate::{
+    control::app::{sender_agent, start_time, AppMessage, AppReply},
+    control::Peer,
+};
+
+/// Serves one connection on the application socket until the client goes away.
+pub async fn serve_app(shared: Arc<Shared>, stream: UnixStream) {
+    let peer = match Peer::of(&stream) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(error = %e, "could not read peer credentials: application connection dropped");
+            return;
+        }
+    };
+    // Which process connected, for good: a pid alone could be reused by another cage's.
+    let started = start_time(peer.pid);
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    loop {
+        let line = match next_line(&mut reader).await {
+            Line::Read(line) => line,
+            Line::Closed | Line::Failed(_) => break,
+            Line::TooLong => {
+                let message = format!("message longer than {MAX_REQUEST} bytes: connection closed");
+                let _ = send(&mut write, &AppReply::Error { message }).await;
+                break;
+            }
+        };
+        let reply = match serde_json::from_str::<AppMessage>(&line) {
+            Err(e) => AppReply::Error {
+                message: format!("malformed application event: {e}"),
+            },
+            Ok(msg) => {
+                let mut state = shared.state();
+                match sender_agent(state.root(), &peer, started, msg.agent.as_deref()) {
+                    Err(message) => {
+                        warn!(pid = peer.pid, uid = peer.uid, "{message}");
+                        AppReply::Error { message }
+                    }
+                    Ok(agent) => state.on_app_event(&agent, peer.pid, msg.event),
+                }
+            }
+        };
+        if send(&mut write, &reply).await.is_err() {
+            break;
+        }
+    }
+}

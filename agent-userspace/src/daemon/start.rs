@@ -1,0 +1,253 @@
+//! Start-up and shutdown: load and attach the programs, take over an earlier daemon's cages,
+//! run the tasks until a stop signal, then leave every cage with processes enforced.
+
+use std::sync::Arc;
+
+use agent_common::maps::EVENTS;
+use aya::maps::RingBuf;
+use nix::sys::inotify::{InitFlags, Inotify};
+use tracing::{info, warn};
+
+use super::{
+    dashboard,
+    server::Shared,
+    state::{KernelInfo, RuntimeParts, State},
+    tasks,
+    watchdog::{pin_tag, watch_links, Signals},
+    ConfigFile, DaemonConfig, DaemonError,
+};
+use crate::{
+    bpf::{self, ApprovalMap, AttachedPrograms, BpfError, EgressMaps, GlobalHooks},
+    cage::CageRoot,
+    control::AccessPolicy,
+    events::EventBus,
+    policy::Policy,
+};
+
+pub(super) async fn start(
+    config: DaemonConfig,
+    file: ConfigFile,
+    policy: Policy,
+    root: CageRoot,
+    access: AccessPolicy,
+    (listener, app_listener): (tokio::net::UnixListener, tokio::net::UnixListener),
+    signals: Signals,
+) -> Result<(), DaemonError> {
+    let bpf::Loaded {
+        mut ebpf,
+        tier,
+        missing,
+    } = bpf::load()?;
+    match &missing {
+        None => info!(%tier, "enforcement tier: deny (BPF LSM refuses forbidden execs and opens)"),
+        Some(why) => {
+            warn!(%tier, missing = %why, "enforcement tier: kill (forbidden execs are killed with SIGKILL; file rules cannot be enforced)")
+        }
+    }
+    let kernel_log = match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            warn!(error = %e, "kernel-side logs unavailable");
+            None
+        }
+    };
+    let maps = EgressMaps::take(&mut ebpf)?;
+    let approval_map = ApprovalMap::take(&mut ebpf)?;
+    let bus = EventBus::new();
+    // Subscribed before anything is published, so the run-time checks miss nothing.
+    let runtime_rx = bus.subscribe();
+    let ring: RingBuf<_> = ebpf
+        .take_map(EVENTS)
+        .ok_or(BpfError::MissingMap(EVENTS))
+        .and_then(|m| {
+            RingBuf::try_from(m).map_err(|source| BpfError::Map {
+                name: EVENTS,
+                source,
+            })
+        })?;
+    let inotify = Arc::new(
+        Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .map_err(|e| DaemonError::Sys("inotify_init", e.into()))?,
+    );
+    // The hooks' states are known once they attach; content hashing is assumed from the
+    // loaded exec program until then.
+    let kernel = KernelInfo {
+        tier,
+        missing,
+        content_hashes: tier == bpf::Tier::Deny
+            && ebpf
+                .program("agentcage_bprm_check")
+                .is_some_and(|p| p.info().is_ok()),
+        hooks: Vec::new(),
+    };
+    // Snapshots and kills run outside the state lock, on the containment worker.
+    let (jobs, job_queue) = tokio::sync::mpsc::unbounded_channel();
+    let mut state = State::new(
+        policy,
+        config.policy.clone(),
+        maps,
+        root.clone(),
+        Arc::clone(&inotify),
+        kernel,
+        RuntimeParts {
+            approval_map,
+            bus: bus.clone(),
+            snapshot_dir: config.snapshot_dir.clone(),
+            recording_dir: config.recording_dir.clone(),
+            jobs,
+        },
+    );
+    let wake = Arc::new(tokio::sync::Notify::new());
+    state.set_wake(Arc::clone(&wake));
+    let dashboard = match file.dashboard.listen {
+        Some(listen) => {
+            let listener = dashboard::bind(listen).await?;
+            let token: Arc<str> = dashboard::new_token()?.into();
+            let addr = listener.local_addr().map_err(|source| DaemonError::Io {
+                op: "reading the address of",
+                path: "the dashboard's listener".into(),
+                source,
+            })?;
+            Some((listener, token, format!("http://{addr}/")))
+        }
+        None => None,
+    };
+    // Started before the programs attach: a telemetry configuration that cannot work stops
+    // the daemon with nothing attached, and the spool subscribes before any event is read.
+    let shared_slot = Arc::new(std::sync::OnceLock::<std::sync::Weak<Shared>>::new());
+    let telemetry = if file.telemetry.active() {
+        let slot = Arc::clone(&shared_slot);
+        let identity = crate::telemetry::Identity {
+            policy_hash: state.policy().hash().to_owned(),
+            instance_id: pin_tag(),
+        };
+        Some(crate::telemetry::Telemetry::start(
+            &file.telemetry,
+            &file.spool,
+            &bus,
+            &identity,
+            Arc::new(move || {
+                slot.get()
+                    .and_then(std::sync::Weak::upgrade)
+                    .map_or(0, |s| s.state().total_lost())
+            }),
+        )?)
+    } else {
+        None
+    };
+    // Cages an earlier daemon left (kept enforced by its pinned programs) get maps entries
+    // before the new programs attach, so they are never judged as unknown.
+    let adopted = state.adopt_existing()?;
+    if !adopted.is_empty() {
+        info!(agents = ?adopted, "took over cages left by an earlier daemon");
+    }
+    let pin_dir = config.pin_dir();
+    let tag = pin_tag();
+    let mut programs = AttachedPrograms::attach(&mut ebpf, root.dir().path(), &pin_dir, &tag)?;
+    let hooks = match GlobalHooks::attach(&mut ebpf, tier, &pin_dir, &tag) {
+        Ok(h) => h,
+        Err(e) => {
+            programs.detach();
+            return Err(e.into());
+        }
+    };
+    state.set_hooks(hooks.status.clone());
+    // Only now drop the earlier daemon's links: there was no moment without enforcement.
+    let released = bpf::release_pinned(&pin_dir, &tag);
+    if released > 0 {
+        info!(
+            released,
+            "detached the programs an earlier daemon had pinned"
+        );
+    }
+    // Cages an earlier daemon left that have emptied since go now.
+    state.tidy();
+    let shared = Arc::new(Shared {
+        state: std::sync::Mutex::new(state),
+        bus,
+        access,
+        dashboard: dashboard
+            .as_ref()
+            .map(|(_, token, url)| format!("{url}#token={token}")),
+        recordings: crate::recording::RecordingStore::new(
+            config.recording_dir.clone(),
+            config.recording_max_bytes,
+        ),
+    });
+    let _ = shared_slot.set(Arc::downgrade(&shared));
+    {
+        let st = shared.state();
+        info!(
+            socket = %config.socket.display(),
+            policy = st.policy().source(),
+            policy_hash = st.policy().hash(),
+            "agentcaged ready"
+        );
+    }
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let (stop_reading, reading_stop) = tokio::sync::watch::channel(false);
+    let reader = tokio::spawn(tasks::read_events(
+        Arc::clone(&shared),
+        ring,
+        reading_stop,
+        wake,
+    ));
+    tasks.spawn(tasks::watch_cages(Arc::clone(&shared), inotify));
+    if let Some(log) = kernel_log {
+        tasks.spawn(tasks::forward_kernel_log(log));
+    }
+    tasks.spawn(tasks::report_losses(Arc::clone(&shared)));
+    tasks.spawn(tasks::accept(Arc::clone(&shared), listener));
+    if let Some((listener, token, _)) = dashboard {
+        tasks.spawn(dashboard::serve(Arc::clone(&shared), listener, token));
+    }
+    tasks.spawn(tasks::accept_app(Arc::clone(&shared), app_listener));
+    tasks.spawn(tasks::run_checks(Arc::clone(&shared), runtime_rx));
+    tasks.spawn(tasks::tick(Arc::clone(&shared)));
+    tasks.spawn(tasks::run_containment(job_queue));
+    match tasks::PolicyWatch::new(&config.policy) {
+        Ok(w) => {
+            tasks.spawn(tasks::watch_policy(Arc::clone(&shared), w));
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot watch the policy directory: reload with SIGHUP or `agentcage policy reload`")
+        }
+    }
+
+    signals
+        .wait_for_stop(&shared, || {
+            watch_links(&mut programs, &mut ebpf, root.dir().path(), &shared);
+            shared.state().reap_retired();
+        })
+        .await;
+    // Events already in the ring buffer go to the bus (and the spool) before anything stops.
+    let _ = stop_reading.send(true);
+    let _ = reader.await;
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    if let Some(t) = telemetry {
+        t.shutdown().await;
+    }
+
+    // From here no request can make or fill a cage (connections still open are refused), so
+    // the decision below cannot be overtaken.
+    let kept = shared.state().shutdown();
+    let removed = kept.is_empty() && root.remove().is_ok();
+    if removed {
+        // Hooks first: detaching the cgroup programs also removes the (then empty) pin dir.
+        hooks.detach();
+        programs.detach();
+        info!("stopped: no cage held a process; programs detached and cgroups removed");
+    } else {
+        programs.keep();
+        hooks.keep();
+        warn!(
+            agents = ?kept,
+            pins = %pin_dir.display(),
+            "stopped while cages still hold processes: their egress stays enforced by the pinned \
+             programs with the last policy; start agentcaged again to manage them"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! Why a state change was refused; each message is meant for the person who asked.
+
+use std::path::PathBuf;
+
+use crate::{
+    bpf::BpfError,
+    cage::CageError,
+    policy::PolicyError,
+    runtime::{approvals::ApprovalError, containment::ContainError},
+};
+
+/// Errors of state changes; each message is meant for the person who asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The policy has no entry for the agent and no default_agent.
+    #[error(
+        "unknown agent {agent:?}: policy {policy} has no agents.{agent} entry and no default_agent"
+    )]
+    UnknownAgent {
+        /// The agent's name.
+        agent: String,
+        /// The policy file.
+        policy: String,
+    },
+    /// The policy refused something (bad name, broken file, uncompilable rules).
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// A cgroup operation failed.
+    #[error(transparent)]
+    Cage(#[from] CageError),
+    /// A map update failed.
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+    /// A non-root client asked to move a process it does not own.
+    #[error(
+        "permission denied: process {pid} belongs to uid {owner}, not to the caller (uid {caller})"
+    )]
+    NotYours {
+        /// The process.
+        pid: u32,
+        /// Its owner.
+        owner: u32,
+        /// The caller.
+        caller: u32,
+    },
+    /// The process does not exist.
+    #[error("no process {0}")]
+    NoProcess(u32),
+    /// No agent of that name has run since the daemon started.
+    #[error("no agent {0:?} has run under this daemon")]
+    NoSuchAgent(String),
+    /// The daemon is shutting down.
+    #[error("agentcaged is shutting down and takes no process into a cage")]
+    Stopping,
+    /// The process may not be caged (init, the daemon, a kernel thread, or one caged already).
+    #[error("refused to cage process {pid}: {why}")]
+    Uncageable {
+        /// The process.
+        pid: u32,
+        /// Why.
+        why: String,
+    },
+    /// The agent's policy needs the deny tier and this kernel gives only the kill tier.
+    #[error(
+        "refused to start agent {agent:?}: its policy needs the deny tier ({needs}), but this \
+         kernel cannot refuse operations: {missing}. Run it on a kernel with BPF LSM active \
+         (see `agentcage doctor`), or remove {needs} from its policy"
+    )]
+    TierUnavailable {
+        /// The agent.
+        agent: String,
+        /// What in its policy needs the deny tier.
+        needs: String,
+        /// What the kernel lacks.
+        missing: String,
+    },
+    /// The request cannot be carried out as given.
+    #[error("{0}")]
+    Usage(String),
+    /// The policy file could not be written.
+    #[error("writing the policy file {path}: {source}")]
+    PolicyFile {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No cage of that agent exists.
+    #[error("agent {0:?} has no cage (it is not running); `agentcage status` lists the agents")]
+    NoCage(String),
+    /// An approval decision was refused.
+    #[error(transparent)]
+    Approval(#[from] ApprovalError),
+    /// Freezing, killing or the snapshot failed.
+    #[error(transparent)]
+    Contain(#[from] ContainError),
+    /// A recording the policy requires could not be made.
+    #[error(transparent)]
+    Recording(#[from] crate::recording::RecordingError),
+    /// Watching a cage for emptiness failed.
+    #[error("watching {path}: {source}")]
+    Watch {
+        /// The file watched.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: nix::Error,
+    },
+}

@@ -1,0 +1,321 @@
+//! A cage's life: made (or taken over from an earlier daemon) and enforced before any
+//! process enters, held by clients, filled, and removed once empty and unheld.
+
+use std::{fs, os::unix::fs::MetadataExt as _, sync::Arc};
+
+use nix::sys::inotify::{AddWatchFlags, WatchDescriptor};
+use tracing::{info, warn};
+
+use super::{registry::Cage, Held, State, StateError};
+use crate::{
+    cage::CgroupDir,
+    caps,
+    capture::ProcessNode,
+    events::SessionAction,
+    identity::AgentIdentity,
+    policy::{kernel::CageMode, validate_agent_name, Rung},
+};
+
+impl State {
+    /// Installs the kernel state for a cage directory; `strict` refuses agents the policy
+    /// does not name (new cages), otherwise they are caged with nothing allowed (cages found
+    /// from an earlier daemon, whose processes must never run unrestricted).
+    fn install(&mut self, agent: &str, dir: CgroupDir, strict: bool) -> Result<(), StateError> {
+        let policy = Arc::clone(&self.policy);
+        let compiled = self.compile_for(&policy, agent, strict, !strict, CageMode::default())?;
+        let cgroup_id = dir.id()?;
+        let agent_id = self.registry.agent_id(agent);
+        let filled = self.fill(&policy, compiled)?;
+        let entries = self.switch_in(cgroup_id, agent_id, filled)?;
+        let events = dir.events_file();
+        let watch = match self.inotify.add_watch(&events, AddWatchFlags::IN_MODIFY) {
+            Ok(w) => w,
+            Err(source) => {
+                self.maps.remove_cage(cgroup_id);
+                self.maps.clear_slot(&entries);
+                return Err(StateError::Watch {
+                    path: events,
+                    source,
+                });
+            }
+        };
+        let now = crate::clock::boot_ns();
+        let agent_policy = self.policy.agent(agent);
+        self.containment.start(agent);
+        self.budgets.start(agent, now);
+        self.assertions.start(agent, agent_policy);
+        self.registry.insert(
+            agent,
+            Cage {
+                identity: AgentIdentity::for_agent(agent),
+                agent_id,
+                dir,
+                cgroup_id,
+                slot: entries,
+                holds: 0,
+                watch,
+                started_unix_nano: crate::clock::now_unix_nano(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Takes over cages left by an earlier daemon (their processes were kept enforced by
+    /// pinned programs); returns their names.
+    pub fn adopt_existing(&mut self) -> Result<Vec<String>, StateError> {
+        let mut found = Vec::new();
+        for (name, dir) in self.root.existing_cages()? {
+            if self.policy.agent(&name).is_none() {
+                warn!(agent = %name, "cage left by an earlier daemon has no policy entry: nothing is allowed to it");
+            }
+            let frozen = crate::runtime::containment::is_frozen(&dir).unwrap_or(false);
+            self.install(&name, dir, false)?;
+            if frozen {
+                // Paused by an earlier daemon: it stays paused until someone resumes it.
+                self.containment.set_rung(&name, Rung::Paused);
+                warn!(agent = %name, "cage left paused by an earlier daemon: agentcage resume {name} to thaw it");
+            }
+            found.push(name);
+        }
+        Ok(found)
+    }
+
+    /// The cage of `agent`, created (and enforced) if it does not exist yet.
+    fn ensure_cage(&mut self, agent: &str) -> Result<&Cage, StateError> {
+        if self.stopping {
+            return Err(StateError::Stopping);
+        }
+        validate_agent_name(agent)?;
+        if !self.registry.contains(agent) {
+            // Check the policy before touching the file system.
+            let policy = Arc::clone(&self.policy);
+            self.compile_for(&policy, agent, true, false, CageMode::default())?;
+            let dir = self.root.ensure_cage(agent)?;
+            if let Err(e) = self.install(agent, dir.clone(), true) {
+                let _ = dir.remove();
+                return Err(e);
+            }
+            info!(agent, identity = %AgentIdentity::for_agent(agent), policy_hash = self.policy.hash(), "cage created");
+            self.publish_session(agent, SessionAction::Start);
+        }
+        self.registry
+            .get(agent)
+            .ok_or_else(|| StateError::NoCage(agent.to_owned()))
+    }
+
+    /// Creates the cage if needed and holds it until [`Self::release`].
+    pub fn hold(&mut self, agent: &str) -> Result<Held, StateError> {
+        self.ensure_cage(agent)?;
+        let raw_sockets = self
+            .policy
+            .agent(agent)
+            .is_some_and(|p| p.egress.raw_sockets);
+        let held = Held {
+            cgroup: String::new(),
+            policy_hash: self.policy.hash().to_owned(),
+            raw_sockets,
+            policy_source: self.policy.source().to_owned(),
+            record: self.requires_recording(agent),
+        };
+        let cage = self
+            .registry
+            .get_mut(agent)
+            .ok_or_else(|| StateError::NoCage(agent.to_owned()))?;
+        cage.holds += 1;
+        Ok(Held {
+            cgroup: cage.dir.path().display().to_string(),
+            ..held
+        })
+    }
+
+    /// Whether the agent's policy requires its sessions to be recorded.
+    fn requires_recording(&self, agent: &str) -> bool {
+        self.policy
+            .agent(agent)
+            .is_some_and(|p| p.record == crate::policy::Record::Always)
+    }
+
+    /// Drops one hold; removes the cage if nothing holds it and it is empty.
+    pub fn release(&mut self, agent: &str) {
+        if let Some(cage) = self.registry.get_mut(agent) {
+            cage.holds = cage.holds.saturating_sub(1);
+        }
+        self.remove_if_idle(agent);
+    }
+
+    /// Moves process `pid` into the agent's cage. `caller_uid` is the client's; a non-root
+    /// client may only move its own processes. `adopting` is false when the process asked
+    /// for itself (`agentcage run`'s child, which has made itself fit for a cage).
+    pub fn move_into(
+        &mut self,
+        agent: &str,
+        pid: u32,
+        caller_uid: u32,
+        adopting: bool,
+    ) -> Result<String, StateError> {
+        let owner = fs::metadata(format!("/proc/{pid}"))
+            .map_err(|_| StateError::NoProcess(pid))?
+            .uid();
+        if caller_uid != 0 && owner != caller_uid {
+            return Err(StateError::NotYours {
+                pid,
+                owner,
+                caller: caller_uid,
+            });
+        }
+        // An adopted process keeps its own terminal, which nothing records.
+        if adopting && self.requires_recording(agent) {
+            return Err(StateError::Usage(format!(
+                "agent {agent:?} must be recorded (record: always in its policy), and an adopted \
+                 process's terminal cannot be: start it with `agentcage run` instead"
+            )));
+        }
+        self.check_cageable(agent, pid, adopting)?;
+        let cage = self.ensure_cage(agent)?;
+        cage.dir.add_process(pid)?;
+        let path = cage.dir.path().display().to_string();
+        let agent_id = cage.agent_id;
+        // Its fork happened outside the cage, so the tree learns of it here.
+        let (ppid, program, argv) = process_info(pid);
+        self.registry
+            .tree(agent_id)
+            .on_join(pid, ppid, program, argv, crate::clock::boot_ns());
+        info!(agent, pid, cgroup = %path, "process caged");
+        Ok(path)
+    }
+
+    /// Refuses processes that must not be caged, or could undo their cage.
+    fn check_cageable(&self, agent: &str, pid: u32, adopting: bool) -> Result<(), StateError> {
+        let refuse = |why: String| Err(StateError::Uncageable { pid, why });
+        if pid == 1 {
+            return refuse("it is init; every service it starts would be caged too".into());
+        }
+        if pid == std::process::id() {
+            return refuse("it is agentcaged itself".into());
+        }
+        if is_kernel_thread(pid) {
+            return refuse("it is a kernel thread".into());
+        }
+        // A process whose cgroup cannot be read is refused too: fail closed.
+        if self.root.holds_pid(pid).unwrap_or(true) {
+            return refuse("it is in a cage already; an agent does not change cages".into());
+        }
+        let raw_sockets = self
+            .policy
+            .agent(agent)
+            .is_some_and(|p| p.egress.raw_sockets);
+        let privileges = caps::privileges_of(pid).map_err(|_| StateError::NoProcess(pid))?;
+        if adopting && privileges.root {
+            return refuse(
+                "it runs as root, which owns the cgroup and bpf files a cage is made of; start \
+                 root agents with agentcage run, which hides those from them"
+                    .into(),
+            );
+        }
+        let escape = privileges.forbidden(raw_sockets);
+        if escape != 0 {
+            return refuse(format!(
+                "it holds (or could regain at exec) {}, with which it could undo its cage; drop \
+                 them from every set and the bounding set, or set no_new_privs (agentcage run \
+                 does){}",
+                caps::names(escape).join(", "),
+                if escape == 1 << caps::CAP_NET_RAW {
+                    " or allow raw_sockets for the agent"
+                } else {
+                    ""
+                }
+            ));
+        }
+        Ok(())
+    }
+
+    /// The processes of `agent`, alive and recently ended.
+    pub fn processes(&self, agent: &str) -> Result<Vec<ProcessNode>, StateError> {
+        self.registry
+            .processes(agent)
+            .ok_or_else(|| StateError::NoSuchAgent(agent.to_owned()))
+    }
+
+    /// Removes every cage that is empty and unheld (e.g. ones an earlier daemon left).
+    pub fn tidy(&mut self) {
+        for agent in self.registry.names_of_cages() {
+            self.remove_if_idle(&agent);
+        }
+    }
+
+    /// A cage's cgroup.events changed: remove the cage if it emptied and nothing holds it.
+    pub fn on_watch(&mut self, watch: WatchDescriptor) {
+        if let Some(agent) = self.registry.watched(watch).map(str::to_owned) {
+            self.remove_if_idle(&agent);
+        }
+    }
+
+    fn remove_if_idle(&mut self, agent: &str) {
+        let Some(cage) = self.registry.get(agent) else {
+            return;
+        };
+        if cage.holds > 0 || cage.dir.populated().unwrap_or(true) {
+            return;
+        }
+        // rmdir first: it fails if a process slipped in, and then the cage stays enforced.
+        if let Err(e) = cage.dir.remove() {
+            warn!(agent, error = %e, "cage not removed");
+            return;
+        }
+        self.publish_session(agent, SessionAction::End);
+        if let Some(cage) = self.registry.remove(agent) {
+            let _ = self.inotify.rm_watch(cage.watch);
+            self.maps.remove_cage(cage.cgroup_id);
+            self.containment.forget(agent);
+            self.budgets.forget(agent);
+            self.assertions.forget(agent);
+            self.approvals.forget_cage(cage.cgroup_id);
+            self.slots.retire(cage.slot, &mut self.maps);
+            info!(agent, "cage removed: its last process exited");
+        }
+    }
+
+    /// Stops taking processes in, removes every empty cage, and returns the names of cages
+    /// that still hold processes.
+    pub fn shutdown(&mut self) -> Vec<String> {
+        self.stopping = true;
+        for (_, cage) in self.registry.iter_mut() {
+            cage.holds = 0;
+        }
+        self.tidy();
+        self.registry.names_of_cages()
+    }
+}
+
+/// Parent, program and arguments of a live process, from /proc (empty when unreadable).
+fn process_info(pid: u32) -> (u32, String, Vec<String>) {
+    let ppid = fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("PPid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0);
+    let program = fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let argv = fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| crate::events::process::split_argv(&b))
+        .unwrap_or_default();
+    (ppid, program, argv)
+}
+
+/// Kernel threads carry PF_KTHREAD in the flags field of /proc/PID/stat.
+fn is_kernel_thread(pid: u32) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name (which may hold spaces and parentheses):
+            // state ppid pgrp session tty_nr tpgid flags ...
+            let rest = stat.get(stat.rfind(')')? + 1..)?;
+            rest.split_whitespace().nth(6)?.parse::<u64>().ok()
+        })
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+}

@@ -1,0 +1,285 @@
+//! The daemon's state, split by concern: the policy in force and its slots (`slots`), the
+//! cages and what outlives them (`registry`), making and removing cages (`lifecycle`),
+//! policy changes (`reload`), what `status` reports (`status`), events (`publish`), and each
+//! run-time enforcement concern with its own state (`enforce::{contain, approve, budget,
+//! assert, app}`).
+//!
+//! Changes go through one lock, so cage creation, joins, reloads and removal never
+//! interleave; nothing slow runs under it (snapshots are written by the containment worker,
+//! binary hashes by the event reader).
+
+mod enforce;
+mod error;
+mod lifecycle;
+mod publish;
+mod registry;
+mod reload;
+mod slots;
+mod status;
+
+pub use enforce::{ContainJob, Contained, JobOutcome};
+pub use error::StateError;
+
+use std::{path::PathBuf, sync::Arc};
+
+use agent_common::cage::CageConfig;
+use nix::sys::inotify::Inotify;
+
+use crate::{
+    bpf::{ApprovalMap, EgressMaps, HookStatus, SlotEntries, Tier},
+    cage::CageRoot,
+    events::{Event, EventBus},
+    policy::{
+        kernel::{cage_settings, compile_agent, CageMode, CageSettings, KernelCaps},
+        CompiledAgent, Policy,
+    },
+};
+use enforce::{ApprovalState, AssertionState, BudgetState, ContainmentState};
+use registry::Registry;
+use slots::Slots;
+
+/// What a client holding a cage is told.
+pub struct Held {
+    /// The cage's cgroup directory.
+    pub cgroup: String,
+    /// SHA-256 of the policy in force.
+    pub policy_hash: String,
+    /// Whether the agent may use raw and packet sockets.
+    pub raw_sockets: bool,
+    /// The policy file.
+    pub policy_source: String,
+    /// The policy requires the session to be recorded (`record: always`).
+    pub record: bool,
+}
+
+/// What the kernel gives, found at start.
+#[derive(Clone, Debug)]
+pub struct KernelInfo {
+    /// The enforcement tier.
+    pub tier: Tier,
+    /// Why the tier is not deny, if it is not.
+    pub missing: Option<String>,
+    /// Whether exec rules by content are enforced.
+    pub content_hashes: bool,
+    /// The host-wide hooks' states.
+    pub hooks: Vec<HookStatus>,
+}
+
+impl KernelInfo {
+    /// What the policy compiler needs to know of the kernel.
+    fn caps(&self) -> KernelCaps {
+        KernelCaps {
+            can_refuse: self.tier == Tier::Deny,
+            content_hashes: self.content_hashes,
+        }
+    }
+}
+
+/// What the daemon needs to run the policy's run-time parts.
+pub struct RuntimeParts {
+    /// The kernel's approvals map.
+    pub approval_map: ApprovalMap,
+    /// The event bus.
+    pub bus: EventBus,
+    /// Where forensic snapshots go.
+    pub snapshot_dir: PathBuf,
+    /// Where recordings the policy requires are made (snapshots include the live ones).
+    pub recording_dir: PathBuf,
+    /// Where containment jobs (snapshots, kills) go, to run outside the state lock.
+    pub jobs: tokio::sync::mpsc::UnboundedSender<ContainJob>,
+}
+
+/// Everything the daemon manages.
+pub struct State {
+    kernel: KernelInfo,
+    policy: Arc<Policy>,
+    policy_path: PathBuf,
+    maps: EgressMaps,
+    root: CageRoot,
+    inotify: Arc<Inotify>,
+    slots: Slots,
+    registry: Registry,
+    /// CLOCK_REALTIME minus CLOCK_BOOTTIME, to put wall-clock times on kernel timestamps.
+    boot_to_wall_ns: i128,
+    /// Set by [`Self::shutdown`]: no cage may be made or filled any more.
+    stopping: bool,
+    /// Wakes the event reader to publish session ends.
+    wake: Option<Arc<tokio::sync::Notify>>,
+    /// Session ends for the reader to publish after the cage's last kernel events.
+    pending_ends: Vec<(u32, Event)>,
+    /// Where the daemon's own events go.
+    bus: EventBus,
+    containment: ContainmentState,
+    approvals: ApprovalState,
+    budgets: BudgetState,
+    assertions: AssertionState,
+}
+
+/// A slot filled with an agent's rules, not yet switched in.
+struct Filled {
+    entries: SlotEntries,
+    settings: CageSettings,
+}
+
+impl State {
+    /// A state with no cages yet.
+    pub fn new(
+        policy: Policy,
+        policy_path: PathBuf,
+        maps: EgressMaps,
+        root: CageRoot,
+        inotify: Arc<Inotify>,
+        kernel: KernelInfo,
+        parts: RuntimeParts,
+    ) -> Self {
+        Self {
+            kernel,
+            policy: Arc::new(policy),
+            policy_path,
+            maps,
+            root,
+            inotify,
+            slots: Slots::default(),
+            registry: Registry::default(),
+            boot_to_wall_ns: crate::clock::boot_to_wall_ns(),
+            stopping: false,
+            wake: None,
+            pending_ends: Vec::new(),
+            bus: parts.bus,
+            containment: ContainmentState::new(parts.snapshot_dir, parts.recording_dir, parts.jobs),
+            approvals: ApprovalState::new(parts.approval_map),
+            budgets: BudgetState::default(),
+            assertions: AssertionState::default(),
+        }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+
+    /// The parent cgroup of every cage.
+    pub fn root(&self) -> &CageRoot {
+        &self.root
+    }
+
+    /// Records the host-wide hooks' states once they are attached.
+    pub fn set_hooks(&mut self, hooks: Vec<HookStatus>) {
+        self.kernel.hooks = hooks;
+    }
+
+    /// Empties the retired slots whose grace period is over.
+    pub fn reap_retired(&mut self) {
+        self.slots.reap(&mut self.maps);
+    }
+
+    /// The cage's mode its run-time state asks for.
+    fn mode(&self, agent: &str) -> CageMode {
+        CageMode {
+            rung: self.containment.rung(agent),
+            throttled: self.budgets.throttled(agent),
+        }
+    }
+
+    /// What `agent` gets under `policy` in `mode`: its rules and its cage settings. An agent
+    /// the policy does not know gets nothing (deny all) unless `strict`; an agent whose
+    /// policy needs what this kernel lacks is refused unless `adopting` (a cage an earlier
+    /// daemon left cannot be refused: it gets what this kernel can enforce).
+    fn compile_for(
+        &self,
+        policy: &Policy,
+        agent: &str,
+        strict: bool,
+        adopting: bool,
+        mode: CageMode,
+    ) -> Result<(CompiledAgent, CageSettings), StateError> {
+        let compiled = match compile_agent(policy, agent, mode.rung)? {
+            Some(c) => c,
+            None if strict => {
+                return Err(StateError::UnknownAgent {
+                    agent: agent.to_owned(),
+                    policy: policy.source().to_owned(),
+                })
+            }
+            None => CompiledAgent::default(),
+        };
+        for unmatched in compiled
+            .exec
+            .unmatched
+            .iter()
+            .chain(&compiled.files.unmatched)
+        {
+            tracing::warn!(agent, rule = %unmatched, "rule matches no file now; it covers nothing until the policy is applied again");
+        }
+        let (settings, shortfall) =
+            cage_settings(policy.agent(agent), &compiled, self.kernel.caps(), mode);
+        if let Some(needs) = shortfall {
+            let missing = self
+                .kernel
+                .missing
+                .clone()
+                .unwrap_or_else(|| "the kernel's IMA cannot hash files for BPF".to_owned());
+            let err = StateError::TierUnavailable {
+                agent: agent.to_owned(),
+                needs,
+                missing,
+            };
+            if !adopting {
+                return Err(err);
+            }
+            tracing::warn!(agent, error = %err, "cage enforced with the kill tier only");
+        }
+        Ok((compiled, settings))
+    }
+
+    /// Writes compiled rules into a fresh slot (not yet any cage's).
+    fn fill(
+        &mut self,
+        policy: &Arc<Policy>,
+        (compiled, settings): (CompiledAgent, CageSettings),
+    ) -> Result<Filled, StateError> {
+        let slot = self.slots.take();
+        let entries = self.maps.fill_slot(slot, &compiled)?;
+        self.slots.record(slot, policy, compiled.files.paths);
+        Ok(Filled { entries, settings })
+    }
+
+    /// Points cage `cgroup_id` at a filled slot with one map update, so no decision sees
+    /// half of a change; on failure the slot is emptied and the cage keeps its old one.
+    fn switch_in(
+        &mut self,
+        cgroup_id: u64,
+        agent_id: u32,
+        filled: Filled,
+    ) -> Result<SlotEntries, StateError> {
+        let config = CageConfig {
+            agent_id,
+            policy_slot: filled.entries.slot(),
+            flags: filled.settings.flags,
+            allow_sample: filled.settings.allow_sample,
+        };
+        if let Err(e) = self.maps.set_cage(cgroup_id, config) {
+            self.maps.clear_slot(&filled.entries);
+            return Err(e.into());
+        }
+        Ok(filled.entries)
+    }
+
+    /// Re-installs the cage's kernel state for its mode (rung, throttle) under the policy
+    /// in force: a fresh slot, switched in, the old one retired.
+    fn rekey(&mut self, agent: &str) -> Result<(), StateError> {
+        let mode = self.mode(agent);
+        let policy = Arc::clone(&self.policy);
+        let compiled = self.compile_for(&policy, agent, false, false, mode)?;
+        let filled = self.fill(&policy, compiled)?;
+        let Some((cgroup_id, agent_id)) =
+            self.registry.get(agent).map(|c| (c.cgroup_id, c.agent_id))
+        else {
+            self.maps.clear_slot(&filled.entries);
+            return Err(StateError::NoCage(agent.to_owned()));
+        };
+        let entries = self.switch_in(cgroup_id, agent_id, filled)?;
+        self.replace_slot(agent, entries);
+        Ok(())
+    }
+}

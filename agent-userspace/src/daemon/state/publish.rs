@@ -1,0 +1,135 @@
+//! Events: the lookups enrichment needs (agent names, slot policies, sequence numbers), the
+//! daemon's own events, and session starts and ends.
+
+use std::sync::Arc;
+
+use super::{registry::Registry, slots::Slots, State};
+use crate::{
+    clock::wall_of_boot,
+    events::{
+        self, Event, EventDetail, InodePaths, Lookups, RawEvent, SessionAction, SessionDetail,
+    },
+    identity::AgentIdentity,
+    policy::Policy,
+};
+
+/// The state's lookups for [`events::enrich`], borrowed for one record.
+struct View<'a> {
+    registry: &'a mut Registry,
+    slots: &'a Slots,
+    policy: &'a Arc<Policy>,
+    boot_to_wall_ns: i128,
+}
+
+impl Lookups for View<'_> {
+    fn agent_name(&self, agent_id: u32) -> Option<&str> {
+        self.registry.name(agent_id)
+    }
+
+    fn slot_policy(&self, slot: u32) -> Arc<Policy> {
+        Arc::clone(self.slots.policy(slot).unwrap_or(self.policy))
+    }
+
+    fn slot_paths(&self, slot: u32) -> Option<Arc<InodePaths>> {
+        self.slots.paths(slot).cloned()
+    }
+
+    fn next_seq(&mut self, agent_id: u32) -> u64 {
+        self.registry.next_seq(agent_id)
+    }
+
+    fn boot_to_wall_ns(&self) -> i128 {
+        self.boot_to_wall_ns
+    }
+}
+
+impl State {
+    /// The event a kernel record says; keeps the agent's process tree in step.
+    pub fn enrich(&mut self, raw: &RawEvent) -> Event {
+        let mut view = View {
+            registry: &mut self.registry,
+            slots: &self.slots,
+            policy: &self.policy,
+            boot_to_wall_ns: self.boot_to_wall_ns,
+        };
+        let event = events::enrich(raw, &mut view);
+        self.registry.observe(raw.header().agent_id, &event);
+        event
+    }
+
+    /// Publishes an event the daemon raises itself for `agent`.
+    pub(super) fn publish(&mut self, agent: &str, pid: u32, detail: EventDetail) {
+        let agent_seq = self
+            .registry
+            .known_id(agent)
+            .map_or(0, |id| self.registry.next_seq(id));
+        let now = crate::clock::boot_ns();
+        let cgroup_id = self.registry.get(agent).map_or(0, |c| c.cgroup_id);
+        self.bus.publish(Event {
+            time_unix_nano: wall_of_boot(now, self.boot_to_wall_ns),
+            kernel_ts_ns: now,
+            agent: Some(AgentIdentity::for_agent(agent)),
+            agent_seq,
+            pid,
+            tgid: pid,
+            comm: String::new(),
+            cgroup_id,
+            policy_hash: self.policy.hash().to_owned(),
+            detail,
+        });
+    }
+
+    /// From now on, `wake` is notified when a session end waits for the event reader.
+    pub fn set_wake(&mut self, wake: Arc<tokio::sync::Notify>) {
+        self.wake = Some(wake);
+    }
+
+    /// Session ends waiting to be published, with their sequence numbers now assigned. The
+    /// event reader takes them right after it has emptied the ring buffer, so a session's
+    /// end comes after every kernel event of its cage (those were all in the ring before
+    /// the cage emptied).
+    pub fn take_session_ends(&mut self) -> Vec<Event> {
+        let pending = std::mem::take(&mut self.pending_ends);
+        pending
+            .into_iter()
+            .map(|(agent_id, mut e)| {
+                e.agent_seq = self.registry.next_seq(agent_id);
+                e
+            })
+            .collect()
+    }
+
+    /// Says on the bus that `agent`'s session started; queues its end for the reader.
+    pub(super) fn publish_session(&mut self, agent: &str, action: SessionAction) {
+        let Some(cage) = self.registry.get(agent) else {
+            return;
+        };
+        let (agent_id, cgroup_id, started) =
+            (cage.agent_id, cage.cgroup_id, cage.started_unix_nano);
+        let now = crate::clock::now_unix_nano();
+        let mut event = Event {
+            time_unix_nano: now,
+            kernel_ts_ns: u64::try_from(i128::from(now) - self.boot_to_wall_ns).unwrap_or(0),
+            agent: Some(AgentIdentity::for_agent(agent)),
+            agent_seq: 0,
+            pid: 0,
+            tgid: 0,
+            comm: String::new(),
+            cgroup_id,
+            policy_hash: self.policy.hash().to_owned(),
+            detail: EventDetail::Session(SessionDetail {
+                action,
+                started_unix_nano: started,
+            }),
+        };
+        if action == SessionAction::Start {
+            event.agent_seq = self.registry.next_seq(agent_id);
+            self.bus.publish(event);
+            return;
+        }
+        self.pending_ends.push((agent_id, event));
+        if let Some(wake) = &self.wake {
+            wake.notify_one();
+        }
+    }
+}

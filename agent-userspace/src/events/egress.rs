@@ -1,0 +1,255 @@
+//! Egress decisions: the kernel's record, its typed fields, and the event made of it.
+
+use std::net::IpAddr;
+
+use agent_common::egress::{
+    EgressEvent, Hook, RULE_BUDGET, RULE_DEFAULT_DENY, RULE_IP_OPTIONS, RULE_NO_CAGE,
+    RULE_ROUTING_HEADER, RULE_SOCKET_ALLOWED, RULE_SOCKET_KIND,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    decision::{RuleRef, Verdict},
+    named::named_enum,
+};
+use crate::policy::AgentPolicy;
+
+named_enum! {
+    /// The hook that decided.
+    pub enum EgressHook ("egress hook", numeric) {
+        /// cgroup/connect4.
+        Connect4 = "connect4",
+        /// cgroup/connect6.
+        Connect6 = "connect6",
+        /// cgroup/sendmsg4.
+        Sendmsg4 = "sendmsg4",
+        /// cgroup/sendmsg6.
+        Sendmsg6 = "sendmsg6",
+        /// cgroup/sock_create.
+        SockCreate = "sock_create",
+        /// cgroup_skb/egress.
+        SkbEgress = "skb_egress",
+        /// BPF LSM socket_connect (the deny tier's second line).
+        LsmConnect = "lsm_socket_connect",
+    }
+}
+
+impl EgressHook {
+    /// The hook of a raw kernel value.
+    pub fn from_raw(v: u8) -> Self {
+        match Hook::from_u8(v) {
+            Some(Hook::Connect4) => Self::Connect4,
+            Some(Hook::Connect6) => Self::Connect6,
+            Some(Hook::Sendmsg4) => Self::Sendmsg4,
+            Some(Hook::Sendmsg6) => Self::Sendmsg6,
+            Some(Hook::SockCreate) => Self::SockCreate,
+            Some(Hook::SkbEgress) => Self::SkbEgress,
+            Some(Hook::LsmConnect) => Self::LsmConnect,
+            None => Self::Other(u16::from(v)),
+        }
+    }
+}
+
+named_enum! {
+    /// The address family judged (IPv4-mapped IPv6 is judged as IPv4).
+    pub enum Family ("family", numeric) {
+        /// AF_INET.
+        Ipv4 = "ipv4",
+        /// AF_INET6.
+        Ipv6 = "ipv6",
+    }
+}
+
+impl Family {
+    /// The family of a raw `AF_*` value.
+    pub fn from_raw(v: u16) -> Self {
+        match v {
+            2 => Self::Ipv4,
+            10 => Self::Ipv6,
+            n => Self::Other(n),
+        }
+    }
+}
+
+named_enum! {
+    /// The transport protocol.
+    pub enum Protocol ("protocol", numeric) {
+        /// IPPROTO_TCP.
+        Tcp = "tcp",
+        /// IPPROTO_UDP.
+        Udp = "udp",
+    }
+}
+
+impl Protocol {
+    /// The protocol of a raw `IPPROTO_*` value.
+    pub fn from_raw(v: u16) -> Self {
+        match v {
+            6 => Self::Tcp,
+            17 => Self::Udp,
+            n => Self::Other(n),
+        }
+    }
+}
+
+named_enum! {
+    /// The socket type.
+    pub enum SockType ("socket type", numeric) {
+        /// SOCK_STREAM.
+        Stream = "stream",
+        /// SOCK_DGRAM.
+        Dgram = "dgram",
+        /// SOCK_RAW.
+        Raw = "raw",
+    }
+}
+
+impl SockType {
+    /// The type of a raw `SOCK_*` value.
+    pub fn from_raw(v: u16) -> Self {
+        match v {
+            1 => Self::Stream,
+            2 => Self::Dgram,
+            3 => Self::Raw,
+            n => Self::Other(n),
+        }
+    }
+}
+
+/// An egress decision.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EgressDetail {
+    /// The hook that decided.
+    pub hook: EgressHook,
+    /// The family judged, or the socket family number for sock_create of other families.
+    pub family: Family,
+    /// The transport protocol.
+    pub protocol: Protocol,
+    /// The socket type.
+    pub sock_type: SockType,
+    /// Destination address (none for sock_create).
+    pub dst_addr: Option<IpAddr>,
+    /// Destination port (0 for sock_create).
+    pub dst_port: u16,
+    /// `allow`, `deny`, `pending-approval` or `budget`.
+    pub verdict: Verdict,
+    /// The rule that decided.
+    pub rule: RuleRef,
+    /// The rule's text, for allow-list rules.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rule_text: Option<String>,
+}
+
+#[cfg(test)]
+impl EgressDetail {
+    /// A TCP connect to `addr:port` denied by default, for tests.
+    pub(crate) fn denied(addr: IpAddr, port: u16) -> Self {
+        Self {
+            hook: EgressHook::Connect4,
+            family: Family::Ipv4,
+            protocol: Protocol::Tcp,
+            sock_type: SockType::Stream,
+            dst_addr: Some(addr),
+            dst_port: port,
+            verdict: Verdict::Deny,
+            rule: RuleRef::DefaultDeny,
+            rule_text: None,
+        }
+    }
+}
+
+/// The rule a kernel rule id names.
+pub fn rule_ref(rule_id: u32) -> RuleRef {
+    match rule_id {
+        RULE_DEFAULT_DENY => RuleRef::DefaultDeny,
+        RULE_SOCKET_KIND => RuleRef::SocketKind,
+        RULE_SOCKET_ALLOWED => RuleRef::RawSocketsAllowed,
+        RULE_NO_CAGE => RuleRef::NoCage,
+        RULE_IP_OPTIONS => RuleRef::IpOptions,
+        RULE_ROUTING_HEADER => RuleRef::RoutingHeader,
+        RULE_BUDGET => RuleRef::Budget,
+        n => RuleRef::EgressAllow(n),
+    }
+}
+
+/// The event detail of a kernel record, with the rule's text from the policy that decided.
+pub fn detail(e: &EgressEvent, policy: Option<&AgentPolicy>) -> EgressDetail {
+    let rule = rule_ref(e.rule_id);
+    let rule_text = rule
+        .egress_allow()
+        .and_then(|i| policy?.egress.allow.get(i))
+        .map(|r| r.describe());
+    let hook = EgressHook::from_raw(e.hook);
+    let dst_addr = match (hook, e.family) {
+        (EgressHook::SockCreate, _) => None,
+        (_, 2) => Some(IpAddr::from([e.addr[0], e.addr[1], e.addr[2], e.addr[3]])),
+        (_, _) => Some(IpAddr::from(e.addr)),
+    };
+    EgressDetail {
+        hook,
+        family: Family::from_raw(e.family),
+        protocol: Protocol::from_raw(e.protocol),
+        sock_type: SockType::from_raw(e.sock_type),
+        dst_addr,
+        dst_port: e.port,
+        verdict: Verdict::from_raw(e.verdict),
+        rule,
+        rule_text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agent_common::event::{EventHeader, EventKind};
+
+    use super::*;
+    use crate::policy::Policy;
+
+    fn raw(hook: u8, family: u16, rule_id: u32) -> EgressEvent {
+        EgressEvent {
+            header: EventHeader {
+                kind: EventKind::Egress as u32,
+                agent_id: 1,
+                policy_slot: 1,
+                _pad: 0,
+                ts_ns: 1,
+                cgroup_id: 1,
+                pid: 1,
+                tgid: 1,
+                comm: [0; 16],
+            },
+            addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            rule_id,
+            port: 443,
+            family,
+            protocol: 6,
+            sock_type: 1,
+            verdict: 1,
+            hook,
+            _pad: [0; 2],
+        }
+    }
+
+    #[test]
+    fn allow_rules_carry_their_text_and_sock_create_has_no_address() {
+        let policy = Policy::from_yaml(
+            "version: 1\nagents:\n  a:\n    egress:\n      allow:\n        - cidr: ::1/128\n          ports: [443]\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let d = detail(&raw(2, 10, 0), policy.agent("a"));
+        assert_eq!(d.rule, RuleRef::EgressAllow(0));
+        assert_eq!(d.dst_addr, Some("::1".parse().unwrap()));
+        assert_eq!(d.rule_text.as_deref(), Some("::1/128 tcp+udp 443"));
+        let d = detail(&raw(5, 10, RULE_SOCKET_KIND), None);
+        assert_eq!(
+            (d.hook, d.dst_addr, d.rule),
+            (EgressHook::SockCreate, None, RuleRef::SocketKind)
+        );
+        assert_eq!(
+            detail(&raw(1, 2, 7), None).rule_text,
+            None,
+            "no policy, no text"
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! A kernel record → an event: the family's detail, the agent's identity, its place in the
+//! agent's sequence, and the rule as the policy that decided names it. The daemon supplies
+//! the lookups; nothing here holds state.
+
+use std::sync::Arc;
+
+use super::{
+    egress, exec, file, ExitDetail, ForkDetail, InodePaths, RawEvent, {Event, EventDetail},
+};
+use crate::{clock::wall_of_boot, identity::AgentIdentity, policy::Policy};
+
+/// What enrichment needs to know that the record does not carry.
+pub trait Lookups {
+    /// The name of the agent with this number, if it is known.
+    fn agent_name(&self, agent_id: u32) -> Option<&str>;
+    /// The policy the slot was compiled from (the policy in force for a slot not known), so
+    /// that an event read after a reload names the rule that really decided.
+    fn slot_policy(&self, slot: u32) -> Arc<Policy>;
+    /// Where the inodes of the slot's file rules were found.
+    fn slot_paths(&self, slot: u32) -> Option<Arc<InodePaths>>;
+    /// The next number in the agent's event sequence (0 for agent 0, no agent).
+    fn next_seq(&mut self, agent_id: u32) -> u64;
+    /// CLOCK_REALTIME minus CLOCK_BOOTTIME, ns.
+    fn boot_to_wall_ns(&self) -> i128;
+}
+
+/// The event a kernel record says.
+pub fn enrich(raw: &RawEvent, lookups: &mut impl Lookups) -> Event {
+    let h = *raw.header();
+    let policy = lookups.slot_policy(h.policy_slot);
+    let agent = lookups.agent_name(h.agent_id).map(AgentIdentity::for_agent);
+    let agent_policy = agent.as_ref().and_then(|a| policy.agent(a.name()));
+    let detail = match raw {
+        RawEvent::Egress(e) => EventDetail::Egress(egress::detail(e, agent_policy)),
+        RawEvent::Exec(e) => EventDetail::Exec(exec::detail(e, agent_policy)),
+        RawEvent::Fork(e) => EventDetail::Fork(ForkDetail::from_raw(e)),
+        RawEvent::Exit(e) => EventDetail::Exit(ExitDetail::from_raw(e)),
+        RawEvent::File(e) => {
+            let paths = lookups.slot_paths(h.policy_slot);
+            EventDetail::File(file::detail(e, agent_policy, paths.as_deref()))
+        }
+    };
+    Event {
+        time_unix_nano: wall_of_boot(h.ts_ns, lookups.boot_to_wall_ns()),
+        kernel_ts_ns: h.ts_ns,
+        agent,
+        agent_seq: lookups.next_seq(h.agent_id),
+        pid: h.pid,
+        tgid: h.tgid,
+        comm: super::process::c_str(&h.comm),
+        cgroup_id: h.cgroup_id,
+        policy_hash: policy.hash().to_owned(),
+        detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use agent_common::{
+        event::{EventHeader, EventKind},
+        process::ForkEvent,
+    };
+
+    use super::*;
+
+    struct Fixed {
+        policy: Arc<Policy>,
+        seqs: HashMap<u32, u64>,
+    }
+
+    impl Lookups for Fixed {
+        fn agent_name(&self, agent_id: u32) -> Option<&str> {
+            (agent_id == 3).then_some("web")
+        }
+        fn slot_policy(&self, _: u32) -> Arc<Policy> {
+            Arc::clone(&self.policy)
+        }
+        fn slot_paths(&self, _: u32) -> Option<Arc<InodePaths>> {
+            None
+        }
+        fn next_seq(&mut self, agent_id: u32) -> u64 {
+            if agent_id == 0 {
+                return 0;
+            }
+            let s = self.seqs.entry(agent_id).or_default();
+            *s += 1;
+            *s
+        }
+        fn boot_to_wall_ns(&self) -> i128 {
+            1_000
+        }
+    }
+
+    fn fork(agent_id: u32) -> RawEvent {
+        RawEvent::Fork(ForkEvent {
+            header: EventHeader {
+                kind: EventKind::Fork as u32,
+                agent_id,
+                policy_slot: 1,
+                _pad: 0,
+                ts_ns: 5,
+                cgroup_id: 9,
+                pid: 10,
+                tgid: 10,
+                comm: *b"sh\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
+            },
+            child_tgid: 11,
+            _pad: 0,
+        })
+    }
+
+    #[test]
+    fn events_get_identity_sequence_and_wall_time() {
+        let policy = Policy::from_yaml("version: 1\nagents:\n  web: {}\n", "p.yaml").unwrap();
+        let mut l = Fixed {
+            policy: Arc::new(policy),
+            seqs: HashMap::new(),
+        };
+        let a = enrich(&fork(3), &mut l);
+        let b = enrich(&fork(3), &mut l);
+        assert_eq!(
+            a.agent.as_ref().map(AgentIdentity::as_str),
+            Some("agent:web")
+        );
+        assert_eq!((a.agent_seq, b.agent_seq), (1, 2));
+        assert_eq!((a.time_unix_nano, a.comm.as_str()), (1_005, "sh"));
+        assert_eq!(a.detail, EventDetail::Fork(ForkDetail { child_pid: 11 }));
+        let unknown = enrich(&fork(0), &mut l);
+        assert_eq!((unknown.agent, unknown.agent_seq), (None, 0));
+    }
+}

@@ -1,0 +1,251 @@
+//! What an agent's policy asks of the kernel: its compiled rules for the cage's rung, and the
+//! cage flags the programs read. [`cage_settings`] is pure: given the policy, the compiled
+//! rules, what this kernel can enforce and the cage's mode, it says the flags, or what the
+//! kernel lacks (never silently weaker: the caller refuses the agent).
+
+use agent_common::cage::{
+    CAGE_F_ALLOW_RAW, CAGE_F_APPROVAL_ALL, CAGE_F_EXEC_DEFAULT_DENY, CAGE_F_EXEC_DIGESTS_REQUIRED,
+    CAGE_F_EXEC_HASHES, CAGE_F_FILES, CAGE_F_READ_ONLY, CAGE_F_THROTTLED,
+};
+
+use super::{
+    compile_egress, compile_exec, compile_files, compile_read_only, AgentPolicy, CompiledAgent,
+    Enforcement, Policy, PolicyError, Rung,
+};
+
+/// What this kernel can enforce, probed at start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCaps {
+    /// BPF LSM is active: operations can be refused with EPERM (the deny tier); without it
+    /// forbidden execs are killed (the kill tier) and file rules cannot be enforced.
+    pub can_refuse: bool,
+    /// Exec rules by content (`bpf_ima_file_hash`) are enforced.
+    pub content_hashes: bool,
+}
+
+/// A cage's mode besides its policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CageMode {
+    /// The containment rung.
+    pub rung: Rung,
+    /// Over a hard budget: every new connection and datagram is refused.
+    pub throttled: bool,
+}
+
+/// What the programs read from a cage's entry besides its rules.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CageSettings {
+    /// `CAGE_F_*` bits.
+    pub flags: u32,
+    /// Which allowed decisions are reported: 1 all, 0 none, N about one in N.
+    pub allow_sample: u32,
+}
+
+/// The agent's rules compiled for its rung, or None when the policy does not know the agent.
+/// Exec and file rules are resolved to inodes now (this reads the file system).
+pub fn compile_agent(
+    policy: &Policy,
+    agent: &str,
+    rung: Rung,
+) -> Result<Option<CompiledAgent>, PolicyError> {
+    let Some(p) = policy.agent(agent) else {
+        return Ok(None);
+    };
+    let at = if policy.agents.contains_key(agent) {
+        format!("agents.{agent}")
+    } else {
+        "default_agent".to_owned()
+    };
+    // A paused or killed cage is frozen; should it thaw before it is resumed, it gets the
+    // narrowest egress, the read-only set.
+    let egress = match rung {
+        Rung::ReadOnly | Rung::Paused | Rung::Killed => compile_read_only(agent, &p.egress)?,
+        Rung::Observe | Rung::ApprovalRequired => compile_egress(agent, &p.egress)?,
+    };
+    Ok(Some(CompiledAgent {
+        egress,
+        exec: compile_exec(&format!("{at}.exec"), &p.exec, &p.approvals.exec),
+        files: compile_files(&format!("{at}.files"), &p.files),
+    }))
+}
+
+/// The flags a cage's mode alone sets.
+fn mode_flags(mode: CageMode, caps: KernelCaps) -> u32 {
+    let mut flags = 0;
+    if mode.rung == Rung::ApprovalRequired {
+        flags |= CAGE_F_APPROVAL_ALL;
+    }
+    if mode.throttled {
+        flags |= CAGE_F_THROTTLED;
+    }
+    // Read-only also means no file writes, where the kernel can refuse them.
+    if mode.rung == Rung::ReadOnly && caps.can_refuse {
+        flags |= CAGE_F_READ_ONLY;
+    }
+    flags
+}
+
+/// What in the agent's policy this kernel cannot enforce, if anything.
+pub fn needs_deny_tier(p: &AgentPolicy, c: &CompiledAgent, caps: KernelCaps) -> Option<String> {
+    if p.enforcement == Enforcement::Deny && !caps.can_refuse {
+        return Some("enforcement: deny".to_owned());
+    }
+    if !p.files.is_empty() && !caps.can_refuse {
+        return Some("files rules, which only BPF LSM can enforce".to_owned());
+    }
+    if c.exec.has_digest_rules && !(caps.can_refuse && caps.content_hashes) {
+        return Some("exec rules by sha256, which need BPF LSM with IMA hashing".to_owned());
+    }
+    None
+}
+
+/// The cage entry's settings for an agent (None: unknown to the policy, nothing allowed),
+/// and what in its policy this kernel cannot enforce, if anything. A new agent with a
+/// shortfall is refused; a cage an earlier daemon left (its processes already run) gets the
+/// settings and the shortfall is reported.
+pub fn cage_settings(
+    p: Option<&AgentPolicy>,
+    compiled: &CompiledAgent,
+    caps: KernelCaps,
+    mode: CageMode,
+) -> (CageSettings, Option<String>) {
+    let mut flags = mode_flags(mode, caps);
+    let Some(p) = p else {
+        return (
+            CageSettings {
+                flags,
+                allow_sample: 1,
+            },
+            None,
+        );
+    };
+    if p.egress.raw_sockets {
+        flags |= CAGE_F_ALLOW_RAW;
+    }
+    if compiled.exec.default_deny {
+        flags |= CAGE_F_EXEC_DEFAULT_DENY;
+    }
+    if !compiled.exec.hashes.is_empty() && caps.content_hashes {
+        flags |= CAGE_F_EXEC_HASHES;
+    }
+    if compiled.exec.has_digest_rules {
+        flags |= CAGE_F_EXEC_DIGESTS_REQUIRED;
+    }
+    if !compiled.files.inodes.is_empty() {
+        flags |= CAGE_F_FILES;
+    }
+    let settings = CageSettings {
+        flags,
+        allow_sample: p.egress.allow_events.sample_rate(),
+    };
+    (settings, needs_deny_tier(p, compiled, caps))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KILL: KernelCaps = KernelCaps {
+        can_refuse: false,
+        content_hashes: false,
+    };
+    const DENY: KernelCaps = KernelCaps {
+        can_refuse: true,
+        content_hashes: true,
+    };
+
+    fn agent(yaml: &str) -> (AgentPolicy, CompiledAgent) {
+        let text = format!("version: 1\nagents:\n  a:\n{yaml}");
+        let policy = Policy::from_yaml(&text, "t.yaml").unwrap();
+        let compiled = compile_agent(&policy, "a", Rung::Observe).unwrap().unwrap();
+        (policy.agent("a").unwrap().clone(), compiled)
+    }
+
+    #[test]
+    fn modes_set_their_flags_and_read_only_files_need_the_deny_tier() {
+        let (p, c) = agent("    egress: {allow_events: \"sample:10\"}\n");
+        let on = |caps, rung, throttled| {
+            cage_settings(Some(&p), &c, caps, CageMode { rung, throttled }).0
+        };
+        assert_eq!(
+            on(KILL, Rung::Observe, false),
+            CageSettings {
+                flags: 0,
+                allow_sample: 10
+            }
+        );
+        assert_eq!(
+            on(KILL, Rung::ApprovalRequired, true).flags,
+            CAGE_F_APPROVAL_ALL | CAGE_F_THROTTLED
+        );
+        assert_eq!(
+            on(KILL, Rung::ReadOnly, false).flags,
+            0,
+            "no file refusal without LSM"
+        );
+        assert_eq!(on(DENY, Rung::ReadOnly, false).flags, CAGE_F_READ_ONLY);
+    }
+
+    #[test]
+    fn what_the_kill_tier_cannot_enforce_is_named() {
+        let (p, c) = agent("    files:\n      protect: [{path: /etc/hostname}]\n");
+        let (kill, shortfall) = cage_settings(Some(&p), &c, KILL, CageMode::default());
+        assert!(shortfall.unwrap().contains("files rules"));
+        let (deny, shortfall) = cage_settings(Some(&p), &c, DENY, CageMode::default());
+        assert_eq!((deny.flags & CAGE_F_FILES, shortfall), (CAGE_F_FILES, None));
+        assert_eq!(
+            kill, deny,
+            "an adopted cage keeps its flags; the shortfall is reported"
+        );
+
+        let (p, c) = agent("    enforcement: deny\n");
+        assert_eq!(
+            cage_settings(Some(&p), &c, KILL, CageMode::default())
+                .1
+                .as_deref(),
+            Some("enforcement: deny")
+        );
+        let digest = "0".repeat(64);
+        let (p, c) = agent(&format!("    exec:\n      deny: [\"sha256:{digest}\"]\n"));
+        let no_ima = KernelCaps {
+            can_refuse: true,
+            content_hashes: false,
+        };
+        let (s, shortfall) = cage_settings(Some(&p), &c, no_ima, CageMode::default());
+        assert!(shortfall.unwrap().contains("sha256"));
+        assert_eq!(
+            s.flags & CAGE_F_EXEC_HASHES,
+            0,
+            "no content hashing to switch on"
+        );
+        let (s, _) = cage_settings(Some(&p), &c, DENY, CageMode::default());
+        assert_eq!(
+            s.flags & (CAGE_F_EXEC_HASHES | CAGE_F_EXEC_DIGESTS_REQUIRED),
+            CAGE_F_EXEC_HASHES | CAGE_F_EXEC_DIGESTS_REQUIRED
+        );
+    }
+
+    #[test]
+    fn unknown_agents_get_nothing_but_their_mode() {
+        let c = CompiledAgent::default();
+        let s = cage_settings(
+            None,
+            &c,
+            KILL,
+            CageMode {
+                rung: Rung::Observe,
+                throttled: true,
+            },
+        );
+        assert_eq!(
+            s,
+            (
+                CageSettings {
+                    flags: CAGE_F_THROTTLED,
+                    allow_sample: 1
+                },
+                None
+            )
+        );
+    }
+}

@@ -1,0 +1,131 @@
+//! OTLP descriptions of the kernel's decisions and process events.
+
+use opentelemetry::{logs::Severity, KeyValue, Value};
+
+use super::{decision_span, sc, time_of, KindParts, SpanPlan};
+use crate::events::{EgressDetail, Event, ExecDetail, ExitDetail, FileDetail, Verdict};
+
+pub(super) fn egress(event: &Event, d: &EgressDetail) -> KindParts {
+    let mut attrs = vec![
+        KeyValue::new(sc::VERDICT, d.verdict.to_string()),
+        KeyValue::new(sc::RULE, d.rule.to_string()),
+        KeyValue::new(sc::HOOK, d.hook.to_string()),
+        KeyValue::new(sc::NETWORK_TRANSPORT, d.protocol.to_string()),
+        KeyValue::new(sc::NETWORK_TYPE, d.family.to_string()),
+        KeyValue::new(sc::SOCKET_TYPE, d.sock_type.to_string()),
+    ];
+    if let Some(addr) = d.dst_addr {
+        attrs.push(KeyValue::new(sc::SERVER_ADDRESS, addr.to_string()));
+        attrs.push(KeyValue::new(sc::SERVER_PORT, i64::from(d.dst_port)));
+    }
+    if let Some(text) = &d.rule_text {
+        attrs.push(KeyValue::new(sc::RULE_TEXT, text.clone()));
+    }
+    let deny = d.verdict == Verdict::Deny;
+    let target = d
+        .dst_addr
+        .map(|a| format!(" {}", std::net::SocketAddr::new(a, d.dst_port)))
+        .unwrap_or_default();
+    let body = format!(
+        "{} {}{target} {}: {}",
+        d.verdict, d.hook, d.protocol, d.rule
+    );
+    let time = time_of(event.time_unix_nano);
+    let span = SpanPlan {
+        name: format!("egress {}", d.hook),
+        start: time,
+        end: time,
+        root: false,
+        error: deny.then(|| format!("denied by {}", d.rule)),
+        attributes: Vec::new(),
+    };
+    (
+        sc::EVENT_EGRESS_DECISION,
+        if deny { Severity::Warn } else { Severity::Info },
+        body,
+        Some(span),
+        attrs,
+    )
+}
+
+pub(super) fn exec(event: &Event, d: &ExecDetail) -> KindParts {
+    let mut attrs = vec![
+        KeyValue::new(sc::VERDICT, d.verdict.to_string()),
+        KeyValue::new(sc::RULE, d.rule.to_string()),
+        KeyValue::new(sc::HOOK, d.hook.to_string()),
+        KeyValue::new(sc::PROCESS_EXECUTABLE_PATH, d.filename.clone()),
+        KeyValue::new(sc::PROCESS_PARENT_PID, i64::from(d.ppid)),
+        KeyValue::new(
+            sc::PROCESS_COMMAND_ARGS,
+            Value::Array(opentelemetry::Array::String(
+                d.argv.iter().cloned().map(Into::into).collect(),
+            )),
+        ),
+    ];
+    if let Some(h) = &d.sha256 {
+        attrs.push(KeyValue::new(sc::EXEC_SHA256, h.clone()));
+    }
+    if let Some(text) = &d.rule_text {
+        attrs.push(KeyValue::new(sc::RULE_TEXT, text.clone()));
+    }
+    let refused = d.verdict != Verdict::Allow;
+    let body = format!("{} exec {}: {}", d.verdict, d.filename, d.rule);
+    let rule = d.rule.to_string();
+    let span = decision_span(event, format!("exec {}", d.filename), d.verdict, &rule);
+    (
+        sc::EVENT_EXEC,
+        if refused {
+            Severity::Warn
+        } else {
+            Severity::Info
+        },
+        body,
+        Some(span),
+        attrs,
+    )
+}
+
+pub(super) fn exit(event: &Event, d: &ExitDetail) -> KindParts {
+    let mut attrs = Vec::new();
+    if let Some(c) = d.exit_code {
+        attrs.push(KeyValue::new(sc::PROCESS_EXIT_CODE, i64::from(c)));
+    }
+    if let Some(s) = d.signal {
+        attrs.push(KeyValue::new(sc::EXIT_SIGNAL, i64::from(s)));
+    }
+    let body = match (d.exit_code, d.signal) {
+        (Some(c), _) => format!("process {} exited {c}", event.tgid),
+        (_, Some(s)) => format!("process {} killed by signal {s}", event.tgid),
+        _ => format!("process {} ended", event.tgid),
+    };
+    (sc::EVENT_PROCESS_EXIT, Severity::Info, body, None, attrs)
+}
+
+pub(super) fn file(event: &Event, d: &FileDetail) -> KindParts {
+    let mut attrs = vec![
+        KeyValue::new(sc::VERDICT, d.verdict.to_string()),
+        KeyValue::new(sc::RULE, d.rule.to_string()),
+        KeyValue::new(sc::FILE_OP, d.op.to_string()),
+        KeyValue::new(sc::FILE_ACCESS, d.access.to_string()),
+    ];
+    if let Some(p) = &d.path {
+        attrs.push(KeyValue::new(sc::FILE_PATH, p.clone()));
+    }
+    if let Some(text) = &d.rule_text {
+        attrs.push(KeyValue::new(sc::RULE_TEXT, text.clone()));
+    }
+    let body = format!("{} {} ({}): {}", d.verdict, d.op, d.access, d.rule);
+    let rule = d.rule.to_string();
+    let span = decision_span(event, format!("file {}", d.op), d.verdict, &rule);
+    (
+        sc::EVENT_FILE,
+        if d.verdict == Verdict::Deny {
+            Severity::Warn
+        } else {
+            Severity::Info
+        },
+        body,
+        Some(span),
+        attrs,
+    )
+}
