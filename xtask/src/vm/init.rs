@@ -72,6 +72,10 @@ must mount -t securityfs securityfs /sys/kernel/security
 must mount -t cgroup2 cgroup2 /sys/fs/cgroup
 must mount -t bpf bpf /sys/fs/bpf
 must mount -t tracefs tracefs /sys/kernel/tracing
+# Pseudo-terminals: `agentcage run` gives the agent one whenever one of its standard streams
+# is a terminal, as the tests' stderr (this console) is.
+must mkdir -p /dev/pts
+must mount -t devpts devpts /dev/pts
 # /tmp and /run stay directories of the (writable) initramfs: a checkout under /tmp, as a
 # CI clone may be, holds the staged test binaries and must not be hidden by a mount.
 must mkdir -p /tmp /run
