@@ -30,4 +30,5 @@ unsafe impl aya::Pod for ExecRule {}
 unsafe impl aya::Pod for HashKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for KernelSettings {}
+// SAFETY: as above.
 unsafe impl aya::Pod for ApprovalKey {}
