@@ -52,6 +52,10 @@ pub enum Hook {
     /// The deny tier's BPF LSM `socket_connect`, a second line that judges the caller's
     /// cage even for a socket made outside it.
     LsmConnect = 7,
+    /// cgroup_skb/ingress: a packet for a caged listening socket (a connection being
+    /// accepted) or a datagram for a caged UDP socket, judged by its source. The event's
+    /// address is the peer's, its port the agent's own; the rule is an `ingress.allow` index.
+    SkbIngress = 8,
 }
 
 impl Hook {
@@ -65,6 +69,7 @@ impl Hook {
             5 => Self::SockCreate,
             6 => Self::SkbEgress,
             7 => Self::LsmConnect,
+            8 => Self::SkbIngress,
             _ => return None,
         })
     }
@@ -79,6 +84,7 @@ impl Hook {
             Self::SockCreate => "sock_create",
             Self::SkbEgress => "skb_egress",
             Self::LsmConnect => "lsm_socket_connect",
+            Self::SkbIngress => "skb_ingress",
         }
     }
 }

@@ -65,4 +65,33 @@ pub struct KernelSettings {
     pub mmap_prot_arg: u32,
     /// `inode.i_mode`.
     pub inode_mode: u32,
+    /// `socket.sk`.
+    pub socket_sk: u32,
+    /// `sock.sk_cgrp_data.cgroup`: the cgroup the socket was created in.
+    pub sock_cgroup: u32,
+    /// `cgroup.kn`.
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id`: a cgroup v2 id.
+    pub kernfs_id: u32,
+    /// `sock.__sk_common.skc_family`.
+    pub sock_family: u32,
+    /// `sock.sk_type`.
+    pub sock_type: u32,
+    /// `sock.__sk_common.skc_rcv_saddr`: the IPv4 address the socket is bound to.
+    pub sock_rcv_saddr: u32,
+    /// `sock.__sk_common.skc_v6_rcv_saddr`: the IPv6 address the socket is bound to.
+    pub sock_v6_rcv_saddr: u32,
+    /// `unix_sock.addr`: the address a Unix socket is bound to (NULL if none).
+    pub unix_addr: u32,
+    /// `unix_sock.peer`: a connected Unix socket's peer.
+    pub unix_peer: u32,
+    /// `unix_address.len`: the bound address's length, `sun_family` included.
+    pub unix_addr_len: u32,
+    /// `unix_address.name`: the bound `sockaddr_un`.
+    pub unix_addr_name: u32,
+    /// `bpf_sock_addr_kern.uaddr`: the address a cgroup sock_addr program judges.
+    pub sock_addr_uaddr: u32,
+    /// `bpf_sock_addr_kern.uaddrlen`; 0 on kernels before 6.7, which have no Unix
+    /// sock_addr hooks.
+    pub sock_addr_uaddrlen: u32,
 }

@@ -7,6 +7,7 @@ use crate::{
     file::{FileRule, InodeKey},
     kernel::KernelSettings,
     process::{ExecRule, HashKey},
+    unix::{ByteClasses, DfaKey, DfaNext},
 };
 
 // SAFETY: all are #[repr(C)] plain data with no padding-sensitive invariants; any bit pattern
@@ -32,3 +33,9 @@ unsafe impl aya::Pod for HashKey {}
 unsafe impl aya::Pod for KernelSettings {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ApprovalKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for DfaKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for DfaNext {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ByteClasses {}

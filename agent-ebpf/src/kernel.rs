@@ -34,6 +34,20 @@ static SETTINGS: KernelSettings = KernelSettings {
     path_dentry: 0,
     mmap_prot_arg: 0,
     inode_mode: 0,
+    socket_sk: 0,
+    sock_cgroup: 0,
+    cgroup_kn: 0,
+    kernfs_id: 0,
+    sock_family: 0,
+    sock_type: 0,
+    sock_rcv_saddr: 0,
+    sock_v6_rcv_saddr: 0,
+    unix_addr: 0,
+    unix_peer: 0,
+    unix_addr_len: 0,
+    unix_addr_name: 0,
+    sock_addr_uaddr: 0,
+    sock_addr_uaddrlen: 0,
 };
 
 /// The settings user space wrote. A volatile read, so the compiler cannot fold the zeros

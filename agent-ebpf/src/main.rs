@@ -12,6 +12,7 @@ mod kernel;
 mod maps;
 mod packets;
 mod process;
+mod unix;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -6,10 +6,15 @@ use agent_common::{
     cage::{CageConfig, CageStats},
     egress::{Key4, Key6, PortRules},
     file::{FileRule, InodeKey},
-    maps::{EVENTS_BYTES, MAX_APPROVALS, MAX_CAGES, MAX_EGRESS_ENTRIES, MAX_INODE_RULES},
+    maps::{
+        EVENTS_BYTES, MAX_APPROVALS, MAX_CAGES, MAX_EGRESS_ENTRIES, MAX_INGRESS_ENTRIES,
+        MAX_INODE_RULES, MAX_UNIX_DFA_ENTRIES, MAX_UNIX_SLOTS,
+    },
     process::{ExecRule, HashKey},
+    unix::{ByteClasses, DfaKey, DfaNext},
 };
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
 };
@@ -26,6 +31,21 @@ pub static EGRESS_V4: LpmTrie<Key4, PortRules> = LpmTrie::with_max_entries(MAX_E
 
 #[map]
 pub static EGRESS_V6: LpmTrie<Key6, PortRules> = LpmTrie::with_max_entries(MAX_EGRESS_ENTRIES, 0);
+
+#[map]
+pub static INGRESS_V4: LpmTrie<Key4, PortRules> = LpmTrie::with_max_entries(MAX_INGRESS_ENTRIES, 0);
+
+#[map]
+pub static INGRESS_V6: LpmTrie<Key6, PortRules> = LpmTrie::with_max_entries(MAX_INGRESS_ENTRIES, 0);
+
+/// Allocated as used (`BPF_F_NO_PREALLOC`): most cages have no Unix rules at all.
+#[map]
+pub static UNIX_DFA: HashMap<DfaKey, DfaNext> =
+    HashMap::with_max_entries(MAX_UNIX_DFA_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static UNIX_CLASSES: HashMap<u32, ByteClasses> =
+    HashMap::with_max_entries(MAX_UNIX_SLOTS, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);

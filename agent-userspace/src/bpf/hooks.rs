@@ -45,7 +45,7 @@ const TRACEPOINTS: [(&str, &str, &str); 3] = [
 const FILES: &str = "deny tier: file rules (refuse protected, report watched)";
 
 /// The deny tier's LSM hooks other than exec: (program, hook, purpose).
-const LSM_HOOKS: [(&str, &str, &str); 13] = [
+const LSM_HOOKS: [(&str, &str, &str); 15] = [
     (
         "agentcage_mmap_file",
         "mmap_file",
@@ -55,6 +55,16 @@ const LSM_HOOKS: [(&str, &str, &str); 13] = [
         "agentcage_socket_connect",
         "socket_connect",
         "deny tier: egress second line, judges the caller's cage (also for passed-in sockets)",
+    ),
+    (
+        "agentcage_unix_stream_connect",
+        "unix_stream_connect",
+        "deny tier: Unix stream connects of cages with unix: rules, judged by the listener",
+    ),
+    (
+        "agentcage_unix_may_send",
+        "unix_may_send",
+        "deny tier: Unix datagrams of cages with unix: rules, judged by the receiver",
     ),
     ("agentcage_file_open", "file_open", FILES),
     ("agentcage_path_truncate", "path_truncate", FILES),

@@ -7,12 +7,14 @@ mod hooks;
 mod loader;
 mod maps;
 pub mod tier;
+pub mod unix;
 
 pub use approvals::ApprovalMap;
 pub use hooks::{lsm_btf, GlobalHooks, HookStatus};
 pub use loader::{ensure_bpffs, release_pinned, AttachedPrograms, ProgramKind, PROGRAMS};
 pub use maps::{EgressMaps, SlotEntries};
 pub use tier::{Tier, TierProbe};
+pub use unix::{UnixConfinement, UnixProgram};
 
 use std::{io, path::PathBuf};
 
@@ -37,6 +39,26 @@ pub enum BpfError {
     /// A map expected in the object is missing.
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
+    /// The embedded object could not be parsed for the Unix-socket programs.
+    #[error("parsing the eBPF object for the Unix-socket programs: {0}")]
+    UnixObject(#[source] aya_obj::ParseError),
+    /// The Unix-socket programs' map references could not be resolved.
+    #[error("relocating the Unix-socket programs: {0}")]
+    UnixRelocation(#[source] aya_obj::relocation::EbpfRelocationError),
+    /// A map the Unix-socket programs reference was not created by aya.
+    #[error("the Unix-socket programs reference map {0}, which the loaded object lacks")]
+    UnixMap(String),
+    /// A Unix-socket program could not be loaded or attached.
+    #[error("program {name}: {source}{}", if log.is_empty() { String::new() } else { format!("; verifier log:\n{log}") })]
+    UnixLoad {
+        /// The program's name.
+        name: &'static str,
+        /// What the kernel said.
+        #[source]
+        source: io::Error,
+        /// The verifier's log, if the load failed.
+        log: String,
+    },
     /// A map is of the wrong type, or an operation on it failed.
     #[error("map {name}: {source}")]
     Map {
@@ -116,13 +138,19 @@ pub struct Loaded {
     pub tier: Tier,
     /// Why the tier is not deny, if it is not.
     pub missing: Option<String>,
+    /// The kill tier's Unix-socket programs, loaded (none in the deny tier, where LSM hooks
+    /// confine Unix sockets, or where the kernel lacks their hooks).
+    pub unix: Vec<UnixProgram>,
+    /// How Unix sockets are confined here.
+    pub unix_confinement: UnixConfinement,
 }
 
 /// Loads the object for the best tier this kernel gives: the probe's, and if the LSM
 /// programs then fail to load, the kill tier (the tier is frozen into the object, so that
 /// takes a second load).
 pub fn load() -> Result<Loaded, BpfError> {
-    let mut settings = btf::kernel_settings(&btf::Btf::from_sys_fs()?)?;
+    let kernel_btf = btf::Btf::from_sys_fs()?;
+    let mut settings = btf::kernel_settings(&kernel_btf)?;
     let probe = tier::probe();
     let mut missing = probe.missing;
     if probe.tier == Tier::Deny {
@@ -134,6 +162,8 @@ pub fn load() -> Result<Loaded, BpfError> {
                     ebpf,
                     tier: Tier::Deny,
                     missing: None,
+                    unix: Vec::new(),
+                    unix_confinement: UnixConfinement::Lsm,
                 })
             }
             Err(e) => {
@@ -147,10 +177,36 @@ pub fn load() -> Result<Loaded, BpfError> {
         }
     }
     settings.tier = Tier::Kill.code();
+    let ebpf = load_with(&settings)?;
+    let lsm_missing = missing.clone().unwrap_or_default();
+    // Before any map is taken out of `ebpf`: the Unix programs share them.
+    let (unix, unix_confinement) = match unix::attach_types(&kernel_btf) {
+        None => (
+            Vec::new(),
+            UnixConfinement::Unavailable(format!(
+                "{lsm_missing}; and this kernel has no {}",
+                unix::UNIX_HOOKS_MISSING
+            )),
+        ),
+        Some(types) => match unix::load(&ebpf, EBPF_OBJECT, types) {
+            Ok(programs) => (programs, UnixConfinement::CgroupHooks),
+            Err(e) => {
+                let why = format!(
+                    "{lsm_missing}; and the {} do not load: {}",
+                    unix::UNIX_HOOKS_MISSING,
+                    crate::errors::render(&e)
+                );
+                tracing::warn!(reason = %why, "Unix sockets cannot be confined");
+                (Vec::new(), UnixConfinement::Unavailable(why))
+            }
+        },
+    };
     Ok(Loaded {
-        ebpf: load_with(&settings)?,
+        ebpf,
         tier: Tier::Kill,
         missing,
+        unix,
+        unix_confinement,
     })
 }
 

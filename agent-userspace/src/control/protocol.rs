@@ -232,6 +232,9 @@ pub struct StatusReport {
     /// Whether exec rules by content (sha256) are enforced.
     #[serde(default)]
     pub content_hashes: bool,
+    /// How policies' `unix:` sections are enforced, or why they cannot be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unix: Option<crate::bpf::UnixConfinement>,
     /// Every host-wide hook and its state.
     #[serde(default)]
     pub hooks: Vec<crate::bpf::HookStatus>,

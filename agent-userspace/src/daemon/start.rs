@@ -37,7 +37,10 @@ pub(super) async fn start(
         mut ebpf,
         tier,
         missing,
+        unix,
+        unix_confinement,
     } = bpf::load()?;
+    info!(unix = %unix_confinement, "Unix sockets of policies with unix: are confined by");
     match &missing {
         None => info!(%tier, "enforcement tier: deny (BPF LSM refuses forbidden execs and opens)"),
         Some(why) => {
@@ -78,6 +81,7 @@ pub(super) async fn start(
             && ebpf
                 .program("agentcage_bprm_check")
                 .is_some_and(|p| p.info().is_ok()),
+        unix: unix_confinement,
         hooks: Vec::new(),
     };
     // Snapshots and kills run outside the state lock, on the containment worker.
@@ -143,7 +147,8 @@ pub(super) async fn start(
     }
     let pin_dir = config.pin_dir();
     let tag = pin_tag();
-    let mut programs = AttachedPrograms::attach(&mut ebpf, root.dir().path(), &pin_dir, &tag)?;
+    let mut programs =
+        AttachedPrograms::attach(&mut ebpf, unix, root.dir().path(), &pin_dir, &tag)?;
     let hooks = match GlobalHooks::attach(&mut ebpf, tier, &pin_dir, &tag) {
         Ok(h) => h,
         Err(e) => {
@@ -151,7 +156,9 @@ pub(super) async fn start(
             return Err(e.into());
         }
     };
-    state.set_hooks(hooks.status.clone());
+    let mut statuses = hooks.status.clone();
+    statuses.extend(programs.unix_status(&state.kernel_unix()));
+    state.set_hooks(statuses);
     // Only now drop the earlier daemon's links: there was no moment without enforcement.
     let released = bpf::release_pinned(&pin_dir, &tag);
     if released > 0 {

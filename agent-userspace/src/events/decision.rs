@@ -91,6 +91,12 @@ pub enum RuleRef {
     NoUserns,
     /// `read-only`: the cage is on the read-only rung.
     ReadOnly,
+    /// `ingress.allow[N]`: a peer the ingress list admits.
+    IngressAllow(u32),
+    /// `unix.allow[N]`: a Unix-socket address the list admits.
+    UnixAllow(u32),
+    /// `unnamed-socket`: a Unix socket with no address (a socket pair made outside the cage).
+    Unnamed,
 }
 
 /// Makes an indexed rule from its index.
@@ -106,6 +112,8 @@ const INDEXED: &[(&str, Indexed)] = &[
     ("files.protect", RuleRef::FilesProtect),
     ("files.watch", RuleRef::FilesWatch),
     ("files", RuleRef::FileRule),
+    ("ingress.allow", RuleRef::IngressAllow),
+    ("unix.allow", RuleRef::UnixAllow),
 ];
 
 impl RuleRef {
@@ -123,6 +131,7 @@ impl RuleRef {
             Self::TooDeep => "too-deep",
             Self::NoUserns => "no-userns",
             Self::ReadOnly => "read-only",
+            Self::Unnamed => "unnamed-socket",
             _ => return None,
         })
     }
@@ -138,6 +147,8 @@ impl RuleRef {
             Self::FilesProtect(i) => ("files.protect", i),
             Self::FilesWatch(i) => ("files.watch", i),
             Self::FileRule(i) => ("files", i),
+            Self::IngressAllow(i) => ("ingress.allow", i),
+            Self::UnixAllow(i) => ("unix.allow", i),
             _ => return None,
         })
     }
@@ -192,6 +203,7 @@ impl FromStr for RuleRef {
             Self::TooDeep,
             Self::NoUserns,
             Self::ReadOnly,
+            Self::Unnamed,
         ]
         .into_iter()
         .find(|r| r.fixed() == Some(s))
@@ -238,6 +250,9 @@ mod tests {
             RuleRef::TooDeep,
             RuleRef::NoUserns,
             RuleRef::ReadOnly,
+            RuleRef::IngressAllow(7),
+            RuleRef::UnixAllow(8),
+            RuleRef::Unnamed,
         ];
         for r in all {
             assert_eq!(r.to_string().parse::<RuleRef>().unwrap(), r, "{r}");

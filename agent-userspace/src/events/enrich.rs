@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{
-    egress, exec, file, ExitDetail, ForkDetail, InodePaths, RawEvent, {Event, EventDetail},
+    egress, exec, file, unix, ExitDetail, ForkDetail, InodePaths, RawEvent, {Event, EventDetail},
 };
 use crate::{clock::wall_of_boot, identity::AgentIdentity, policy::Policy};
 
@@ -39,6 +39,7 @@ pub fn enrich(raw: &RawEvent, lookups: &mut impl Lookups) -> Event {
             let paths = lookups.slot_paths(h.policy_slot);
             EventDetail::File(file::detail(e, agent_policy, paths.as_deref()))
         }
+        RawEvent::Unix(e) => EventDetail::Unix(unix::detail(e, agent_policy)),
     };
     Event {
         time_unix_nano: wall_of_boot(h.ts_ns, lookups.boot_to_wall_ns()),

@@ -3,14 +3,16 @@
 //! rules, what this kernel can enforce and the cage's mode, it says the flags, or what the
 //! kernel lacks (never silently weaker: the caller refuses the agent).
 
+use std::fmt;
+
 use agent_common::cage::{
     CAGE_F_ALLOW_RAW, CAGE_F_APPROVAL_ALL, CAGE_F_EXEC_DEFAULT_DENY, CAGE_F_EXEC_DIGESTS_REQUIRED,
-    CAGE_F_EXEC_HASHES, CAGE_F_FILES, CAGE_F_READ_ONLY, CAGE_F_THROTTLED,
+    CAGE_F_EXEC_HASHES, CAGE_F_FILES, CAGE_F_READ_ONLY, CAGE_F_THROTTLED, CAGE_F_UNIX,
 };
 
 use super::{
-    compile_egress, compile_exec, compile_files, compile_read_only, AgentPolicy, CompiledAgent,
-    Enforcement, Policy, PolicyError, Rung,
+    compile::compile_at, compile_egress, compile_exec, compile_files, compile_read_only,
+    compile_unix, AgentPolicy, CompiledAgent, Enforcement, Policy, PolicyError, Rung,
 };
 
 /// What this kernel can enforce, probed at start.
@@ -21,6 +23,27 @@ pub struct KernelCaps {
     pub can_refuse: bool,
     /// Exec rules by content (`bpf_ima_file_hash`) are enforced.
     pub content_hashes: bool,
+    /// Unix sockets can be confined: by BPF LSM (deny tier) or by the cgroup Unix socket
+    /// hooks (Linux 6.7 and later).
+    pub unix_sockets: bool,
+}
+
+/// What an agent's policy asks that this kernel cannot enforce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Shortfall {
+    /// Something only the deny tier (BPF LSM) enforces; the text names it.
+    DenyTier(String),
+    /// `unix:`, with neither BPF LSM nor the cgroup Unix socket hooks.
+    UnixSockets,
+}
+
+impl fmt::Display for Shortfall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::DenyTier(needs) => f.write_str(needs),
+            Self::UnixSockets => f.write_str("unix: (Unix sockets confined)"),
+        }
+    }
 }
 
 /// A cage's mode besides its policy.
@@ -62,8 +85,18 @@ pub fn compile_agent(
         Rung::ReadOnly | Rung::Paused | Rung::Killed => compile_read_only(agent, &p.egress)?,
         Rung::Observe | Rung::ApprovalRequired => compile_egress(agent, &p.egress)?,
     };
+    // Compiled when the policy was loaded, so these cannot fail here.
+    let ingress = compile_at(&format!("{at}.ingress"), &p.ingress.as_rules(), false)?;
+    let unix = compile_unix(&format!("{at}.unix"), p.unix.as_ref()).map_err(|message| {
+        PolicyError::InvalidUnlocated {
+            file: policy.source().to_owned(),
+            message,
+        }
+    })?;
     Ok(Some(CompiledAgent {
         egress,
+        ingress,
+        unix,
         exec: compile_exec(&format!("{at}.exec"), &p.exec, &p.approvals.exec),
         files: compile_files(&format!("{at}.files"), &p.files),
     }))
@@ -86,15 +119,19 @@ fn mode_flags(mode: CageMode, caps: KernelCaps) -> u32 {
 }
 
 /// What in the agent's policy this kernel cannot enforce, if anything.
-pub fn needs_deny_tier(p: &AgentPolicy, c: &CompiledAgent, caps: KernelCaps) -> Option<String> {
+pub fn shortfall(p: &AgentPolicy, c: &CompiledAgent, caps: KernelCaps) -> Option<Shortfall> {
+    let deny = |needs: &str| Some(Shortfall::DenyTier(needs.to_owned()));
     if p.enforcement == Enforcement::Deny && !caps.can_refuse {
-        return Some("enforcement: deny".to_owned());
+        return deny("enforcement: deny");
     }
     if !p.files.is_empty() && !caps.can_refuse {
-        return Some("files rules, which only BPF LSM can enforce".to_owned());
+        return deny("files rules, which only BPF LSM can enforce");
     }
     if c.exec.has_digest_rules && !(caps.can_refuse && caps.content_hashes) {
-        return Some("exec rules by sha256, which need BPF LSM with IMA hashing".to_owned());
+        return deny("exec rules by sha256, which need BPF LSM with IMA hashing");
+    }
+    if c.unix.confined && !caps.unix_sockets {
+        return Some(Shortfall::UnixSockets);
     }
     None
 }
@@ -108,7 +145,7 @@ pub fn cage_settings(
     compiled: &CompiledAgent,
     caps: KernelCaps,
     mode: CageMode,
-) -> (CageSettings, Option<String>) {
+) -> (CageSettings, Option<Shortfall>) {
     let mut flags = mode_flags(mode, caps);
     let Some(p) = p else {
         return (
@@ -134,11 +171,14 @@ pub fn cage_settings(
     if !compiled.files.inodes.is_empty() {
         flags |= CAGE_F_FILES;
     }
+    if compiled.unix.confined {
+        flags |= CAGE_F_UNIX;
+    }
     let settings = CageSettings {
         flags,
         allow_sample: p.egress.allow_events.sample_rate(),
     };
-    (settings, needs_deny_tier(p, compiled, caps))
+    (settings, shortfall(p, compiled, caps))
 }
 
 #[cfg(test)]
@@ -148,10 +188,12 @@ mod tests {
     const KILL: KernelCaps = KernelCaps {
         can_refuse: false,
         content_hashes: false,
+        unix_sockets: true,
     };
     const DENY: KernelCaps = KernelCaps {
         can_refuse: true,
         content_hashes: true,
+        unix_sockets: true,
     };
 
     fn agent(yaml: &str) -> (AgentPolicy, CompiledAgent) {
@@ -190,7 +232,7 @@ mod tests {
     fn what_the_kill_tier_cannot_enforce_is_named() {
         let (p, c) = agent("    files:\n      protect: [{path: /etc/hostname}]\n");
         let (kill, shortfall) = cage_settings(Some(&p), &c, KILL, CageMode::default());
-        assert!(shortfall.unwrap().contains("files rules"));
+        assert!(shortfall.unwrap().to_string().contains("files rules"));
         let (deny, shortfall) = cage_settings(Some(&p), &c, DENY, CageMode::default());
         assert_eq!((deny.flags & CAGE_F_FILES, shortfall), (CAGE_F_FILES, None));
         assert_eq!(
@@ -200,19 +242,17 @@ mod tests {
 
         let (p, c) = agent("    enforcement: deny\n");
         assert_eq!(
-            cage_settings(Some(&p), &c, KILL, CageMode::default())
-                .1
-                .as_deref(),
-            Some("enforcement: deny")
+            cage_settings(Some(&p), &c, KILL, CageMode::default()).1,
+            Some(Shortfall::DenyTier("enforcement: deny".to_owned()))
         );
         let digest = "0".repeat(64);
         let (p, c) = agent(&format!("    exec:\n      deny: [\"sha256:{digest}\"]\n"));
         let no_ima = KernelCaps {
-            can_refuse: true,
             content_hashes: false,
+            ..DENY
         };
         let (s, shortfall) = cage_settings(Some(&p), &c, no_ima, CageMode::default());
-        assert!(shortfall.unwrap().contains("sha256"));
+        assert!(shortfall.unwrap().to_string().contains("sha256"));
         assert_eq!(
             s.flags & CAGE_F_EXEC_HASHES,
             0,
@@ -223,6 +263,23 @@ mod tests {
             s.flags & (CAGE_F_EXEC_HASHES | CAGE_F_EXEC_DIGESTS_REQUIRED),
             CAGE_F_EXEC_HASHES | CAGE_F_EXEC_DIGESTS_REQUIRED
         );
+    }
+
+    #[test]
+    fn confined_unix_sockets_set_their_flag_or_name_the_missing_hooks() {
+        let (p, c) = agent("    unix: {allow: [/run/x.sock]}\n");
+        let (s, shortfall) = cage_settings(Some(&p), &c, KILL, CageMode::default());
+        assert_eq!((s.flags & CAGE_F_UNIX, shortfall), (CAGE_F_UNIX, None));
+        let neither = KernelCaps {
+            unix_sockets: false,
+            ..KILL
+        };
+        let (_, shortfall) = cage_settings(Some(&p), &c, neither, CageMode::default());
+        assert_eq!(shortfall, Some(Shortfall::UnixSockets));
+        // Without `unix:` nothing is confined and nothing is missing.
+        let (p, c) = agent("    egress: {}\n");
+        let (s, shortfall) = cage_settings(Some(&p), &c, neither, CageMode::default());
+        assert_eq!((s.flags & CAGE_F_UNIX, shortfall), (0, None));
     }
 
     #[test]

@@ -139,6 +139,14 @@ impl Instruments {
                     KeyValue::new(sc::GEN_AI_AGENT_NAME, agent.to_owned()),
                 ],
             ),
+            EventDetail::Unix(d) => self.decisions.add(
+                1,
+                &[
+                    KeyValue::new(sc::VERDICT, d.verdict.to_string()),
+                    KeyValue::new(sc::HOOK, d.hook.to_string()),
+                    KeyValue::new(sc::GEN_AI_AGENT_NAME, agent.to_owned()),
+                ],
+            ),
             EventDetail::App(crate::events::AppEvent::ModelCall {
                 input_tokens,
                 output_tokens,

@@ -30,7 +30,7 @@ use crate::{
     cage::CageRoot,
     events::{Event, EventBus},
     policy::{
-        kernel::{cage_settings, compile_agent, CageMode, CageSettings, KernelCaps},
+        kernel::{cage_settings, compile_agent, CageMode, CageSettings, KernelCaps, Shortfall},
         CompiledAgent, Policy,
     },
 };
@@ -61,6 +61,8 @@ pub struct KernelInfo {
     pub missing: Option<String>,
     /// Whether exec rules by content are enforced.
     pub content_hashes: bool,
+    /// How Unix sockets are confined here, or why they cannot be.
+    pub unix: crate::bpf::UnixConfinement,
     /// The host-wide hooks' states.
     pub hooks: Vec<HookStatus>,
 }
@@ -71,6 +73,7 @@ impl KernelInfo {
         KernelCaps {
             can_refuse: self.tier == Tier::Deny,
             content_hashes: self.content_hashes,
+            unix_sockets: self.unix.available(),
         }
     }
 }
@@ -163,6 +166,11 @@ impl State {
         &self.root
     }
 
+    /// How Unix sockets are confined on this kernel.
+    pub fn kernel_unix(&self) -> crate::bpf::UnixConfinement {
+        self.kernel.unix.clone()
+    }
+
     /// Records the host-wide hooks' states once they are attached.
     pub fn set_hooks(&mut self, hooks: Vec<HookStatus>) {
         self.kernel.hooks = hooks;
@@ -213,17 +221,21 @@ impl State {
         }
         let (settings, shortfall) =
             cage_settings(policy.agent(agent), &compiled, self.kernel.caps(), mode);
-        if let Some(needs) = shortfall {
-            let missing = self
-                .kernel
-                .missing
-                .clone()
-                .unwrap_or_else(|| "the kernel's IMA cannot hash files for BPF".to_owned());
-            let err = StateError::TierUnavailable {
-                agent: agent.to_owned(),
-                needs,
-                missing,
-            };
+        if let Some(shortfall) = shortfall {
+            let err =
+                match shortfall {
+                    Shortfall::DenyTier(needs) => StateError::TierUnavailable {
+                        agent: agent.to_owned(),
+                        needs,
+                        missing: self.kernel.missing.clone().unwrap_or_else(|| {
+                            "the kernel's IMA cannot hash files for BPF".to_owned()
+                        }),
+                    },
+                    Shortfall::UnixSockets => StateError::UnixUnavailable {
+                        agent: agent.to_owned(),
+                        missing: self.kernel.unix.to_string(),
+                    },
+                };
             if !adopting {
                 return Err(err);
             }

@@ -45,6 +45,7 @@ impl State {
             tier: self.kernel.tier.to_string(),
             tier_missing: self.kernel.missing.clone(),
             content_hashes: self.kernel.content_hashes,
+            unix: Some(self.kernel.unix.clone()),
             hooks: self.kernel.hooks.clone(),
             agents,
         }

@@ -2,6 +2,8 @@
 //! which allowed decisions are reported. Every value is checked in its own visitor, so an
 //! error points at the offending text (see `schema`).
 
+mod ingress;
+
 use std::{fmt, net::IpAddr};
 
 use agent_common::egress::{PROTO_TCP, PROTO_UDP};
@@ -519,6 +521,8 @@ impl<'de> Deserialize<'de> for Protocol {
         d.deserialize_str(V)
     }
 }
+
+pub use ingress::{IngressPolicy, IngressRule};
 
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@
 use opentelemetry::{logs::Severity, KeyValue, Value};
 
 use super::{decision_span, sc, time_of, KindParts, SpanPlan};
-use crate::events::{EgressDetail, Event, ExecDetail, ExitDetail, FileDetail, Verdict};
+use crate::events::{EgressDetail, Event, ExecDetail, ExitDetail, FileDetail, UnixDetail, Verdict};
 
 pub(super) fn egress(event: &Event, d: &EgressDetail) -> KindParts {
     let mut attrs = vec![
@@ -18,14 +18,20 @@ pub(super) fn egress(event: &Event, d: &EgressDetail) -> KindParts {
         attrs.push(KeyValue::new(sc::SERVER_ADDRESS, addr.to_string()));
         attrs.push(KeyValue::new(sc::SERVER_PORT, i64::from(d.dst_port)));
     }
+    if let Some(peer) = d.src_addr {
+        // A peer reaching the agent: the agent is the server, on its own port.
+        attrs.push(KeyValue::new(sc::CLIENT_ADDRESS, peer.to_string()));
+        attrs.push(KeyValue::new(sc::SERVER_PORT, i64::from(d.dst_port)));
+    }
     if let Some(text) = &d.rule_text {
         attrs.push(KeyValue::new(sc::RULE_TEXT, text.clone()));
     }
     let deny = d.verdict == Verdict::Deny;
-    let target = d
-        .dst_addr
-        .map(|a| format!(" {}", std::net::SocketAddr::new(a, d.dst_port)))
-        .unwrap_or_default();
+    let target = match (d.dst_addr, d.src_addr) {
+        (Some(a), _) => format!(" {}", std::net::SocketAddr::new(a, d.dst_port)),
+        (None, Some(peer)) => format!(" from {peer} to port {}", d.dst_port),
+        (None, None) => String::new(),
+    };
     let body = format!(
         "{} {}{target} {}: {}",
         d.verdict, d.hook, d.protocol, d.rule
@@ -41,6 +47,39 @@ pub(super) fn egress(event: &Event, d: &EgressDetail) -> KindParts {
     };
     (
         sc::EVENT_EGRESS_DECISION,
+        if deny { Severity::Warn } else { Severity::Info },
+        body,
+        Some(span),
+        attrs,
+    )
+}
+
+pub(super) fn unix(event: &Event, d: &UnixDetail) -> KindParts {
+    let mut attrs = vec![
+        KeyValue::new(sc::VERDICT, d.verdict.to_string()),
+        KeyValue::new(sc::RULE, d.rule.to_string()),
+        KeyValue::new(sc::HOOK, d.hook.to_string()),
+        KeyValue::new(sc::NETWORK_TRANSPORT, "unix"),
+        KeyValue::new(sc::SOCKET_TYPE, d.sock_type.to_string()),
+    ];
+    if let Some(path) = &d.path {
+        attrs.push(KeyValue::new(sc::SERVER_ADDRESS, path.clone()));
+    }
+    if let Some(text) = &d.rule_text {
+        attrs.push(KeyValue::new(sc::RULE_TEXT, text.clone()));
+    }
+    let deny = d.verdict == Verdict::Deny;
+    let body = format!(
+        "{} {} {}: {}",
+        d.verdict,
+        d.hook,
+        d.path.as_deref().unwrap_or("(unnamed)"),
+        d.rule
+    );
+    let rule = d.rule.to_string();
+    let span = decision_span(event, format!("unix {}", d.hook), d.verdict, &rule);
+    (
+        sc::EVENT_UNIX_DECISION,
         if deny { Severity::Warn } else { Severity::Info },
         body,
         Some(span),

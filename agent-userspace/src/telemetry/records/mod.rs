@@ -24,7 +24,7 @@ mod daemon;
 mod kernel;
 
 use daemon::{app, approval, assertion, budget, containment, policy, session};
-use kernel::{egress, exec, exit, file};
+use kernel::{egress, exec, exit, file, unix};
 
 use super::semconv as sc;
 use crate::{
@@ -154,6 +154,7 @@ pub fn describe(record: &Record, node: &str) -> Described {
                 ),
                 EventDetail::Exit(d) => exit(event, d),
                 EventDetail::File(d) => file(event, d),
+                EventDetail::Unix(d) => unix(event, d),
             };
             attributes.extend(more);
             Described {
