@@ -21,6 +21,11 @@ pub const DFA_START: u16 = 0;
 /// `rule_id` of a connect or send to a socket with no address (a socket pair made outside
 /// the cage and passed in): nothing in the allow list can name it.
 pub const RULE_UNNAMED: u32 = u32::MAX - 8;
+/// `rule_id` of a connect to the daemon's application socket, which every cage may reach
+/// (agents report tool and model calls there).
+pub const RULE_APP_SOCKET: u32 = u32::MAX - 9;
+/// [`DfaNext::accept`] of an address that matches only the daemon's application socket.
+pub const ACCEPT_APP_SOCKET: u16 = u16::MAX;
 
 /// One transition of a slot's automaton.
 #[repr(C)]

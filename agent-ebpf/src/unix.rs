@@ -15,7 +15,10 @@ use agent_common::{
     cage::{CageConfig, CAGE_F_UNIX},
     egress::{RULE_DEFAULT_DENY, RULE_NO_CAGE},
     event::EventKind,
-    unix::{DfaKey, UnixEvent, UnixHook, Verdict, DFA_START, RULE_UNNAMED, UNIX_PATH_MAX},
+    unix::{
+        DfaKey, UnixEvent, UnixHook, Verdict, ACCEPT_APP_SOCKET, DFA_START, RULE_APP_SOCKET,
+        RULE_UNNAMED, UNIX_PATH_MAX,
+    },
 };
 use aya_ebpf::{
     helpers::{
@@ -87,10 +90,11 @@ fn allowed_by(slot: u32, addr: &[u8; UNIX_PATH_MAX], given: usize) -> u32 {
         accept = next.accept;
         walked = i + 1;
     }
-    if walked == 0 || accept == 0 {
-        RULE_DEFAULT_DENY
-    } else {
-        u32::from(accept - 1)
+    match accept {
+        _ if walked == 0 => RULE_DEFAULT_DENY,
+        0 => RULE_DEFAULT_DENY,
+        ACCEPT_APP_SOCKET => RULE_APP_SOCKET,
+        n => u32::from(n - 1),
     }
 }
 

@@ -292,6 +292,21 @@ impl Daemon {
         agentcage::bpf::PROGRAMS.len() + hooks
     }
 
+    /// Programs the daemon attaches to its parent cgroup: aya's, and the Unix-socket hooks
+    /// it loads itself where the kernel has them (attached `cgroup/...` hooks in `status`).
+    pub fn cgroup_programs(&self) -> usize {
+        let unix = self.status()["hooks"].as_array().map_or(0, |hooks| {
+            hooks
+                .iter()
+                .filter(|h| {
+                    h["state"] == "attached"
+                        && h["hook"].as_str().is_some_and(|s| s.starts_with("cgroup/"))
+                })
+                .count()
+        });
+        agentcage::bpf::PROGRAMS.len() + unix
+    }
+
     /// Follows events; returns once the subscription is live.
     pub fn follow_events(&self) -> Follower {
         let mut child = self
@@ -562,8 +577,25 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// How many programs `bpftool` says are attached to `cgroup` itself.
+/// How many programs are attached to `cgroup` itself: those `bpftool` lists, and those on
+/// the Unix socket-address hooks, which Debian 12's bpftool does not know (asked of the
+/// kernel directly).
 pub fn attached_programs(cgroup: &Path) -> usize {
+    let btf = agentcage::bpf::btf::Btf::from_sys_fs().expect("the kernel's BTF");
+    let unix: usize = agentcage::bpf::unix::attach_types(&btf)
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            agentcage::bpf::attached_ids(cgroup, t)
+                .expect("BPF_PROG_QUERY")
+                .len()
+        })
+        .sum();
+    bpftool_programs(cgroup) + unix
+}
+
+/// How many programs `bpftool` says are attached to `cgroup` itself.
+fn bpftool_programs(cgroup: &Path) -> usize {
     let out = Command::new("bpftool")
         .args(["-j", "cgroup", "show"])
         .arg(cgroup)

@@ -358,6 +358,15 @@ impl Servers {
                 s.write_all(text.as_bytes())?;
                 Ok(peer.ip().to_string())
             })),
+            // The same, waiting for a connection (one the test has made).
+            ["accept-wait-send", text] => {
+                answer(self.tcp.as_ref().ok_or_else(none).and_then(|l| {
+                    l.set_nonblocking(false)?;
+                    let (mut s, peer) = l.accept()?;
+                    s.write_all(text.as_bytes())?;
+                    Ok(peer.ip().to_string())
+                }))
+            }
             ["bind-udp", a] => answer(addr(a).and_then(|a| {
                 let s = UdpSocket::bind(a)?;
                 let port = s.local_addr()?.port();

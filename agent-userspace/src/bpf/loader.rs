@@ -310,6 +310,12 @@ fn attach_one(
     .map_err(|source| BpfError::Link { name, source })
 }
 
+/// The ids of the programs attached to the cgroup at `path` for `attach_type`
+/// (BPF_PROG_QUERY), which tools that predate an attach type (bpftool) do not list.
+pub fn attached_ids(path: &Path, attach_type: u32) -> io::Result<Vec<u32>> {
+    attached_program_ids(&File::open(path)?, attach_type)
+}
+
 /// The ids of the programs attached to `cgroup` for `attach_type` (BPF_PROG_QUERY).
 fn attached_program_ids(cgroup: &File, attach_type: u32) -> io::Result<Vec<u32>> {
     use std::os::fd::AsRawFd as _;

@@ -11,7 +11,9 @@ pub mod unix;
 
 pub use approvals::ApprovalMap;
 pub use hooks::{lsm_btf, GlobalHooks, HookStatus};
-pub use loader::{ensure_bpffs, release_pinned, AttachedPrograms, ProgramKind, PROGRAMS};
+pub use loader::{
+    attached_ids, ensure_bpffs, release_pinned, AttachedPrograms, ProgramKind, PROGRAMS,
+};
 pub use maps::{EgressMaps, SlotEntries};
 pub use tier::{Tier, TierProbe};
 pub use unix::{UnixConfinement, UnixProgram};

@@ -99,6 +99,7 @@ pub(super) async fn start(
             snapshot_dir: config.snapshot_dir.clone(),
             recording_dir: config.recording_dir.clone(),
             jobs,
+            app_socket: config.app_socket.clone(),
         },
     );
     let wake = Arc::new(tokio::sync::Notify::new());

@@ -97,6 +97,8 @@ pub enum RuleRef {
     UnixAllow(u32),
     /// `unnamed-socket`: a Unix socket with no address (a socket pair made outside the cage).
     Unnamed,
+    /// `app-socket`: the daemon's application socket, which every cage may reach.
+    AppSocket,
 }
 
 /// Makes an indexed rule from its index.
@@ -132,6 +134,7 @@ impl RuleRef {
             Self::NoUserns => "no-userns",
             Self::ReadOnly => "read-only",
             Self::Unnamed => "unnamed-socket",
+            Self::AppSocket => "app-socket",
             _ => return None,
         })
     }
@@ -204,6 +207,7 @@ impl FromStr for RuleRef {
             Self::NoUserns,
             Self::ReadOnly,
             Self::Unnamed,
+            Self::AppSocket,
         ]
         .into_iter()
         .find(|r| r.fixed() == Some(s))
@@ -253,6 +257,7 @@ mod tests {
             RuleRef::IngressAllow(7),
             RuleRef::UnixAllow(8),
             RuleRef::Unnamed,
+            RuleRef::AppSocket,
         ];
         for r in all {
             assert_eq!(r.to_string().parse::<RuleRef>().unwrap(), r, "{r}");

@@ -2,7 +2,7 @@
 
 use agent_common::{
     egress::{RULE_DEFAULT_DENY, RULE_NO_CAGE},
-    unix::{UnixEvent, UnixHook as KernelHook, RULE_UNNAMED, UNIX_PATH_MAX},
+    unix::{UnixEvent, UnixHook as KernelHook, RULE_APP_SOCKET, RULE_UNNAMED, UNIX_PATH_MAX},
 };
 use serde::{Deserialize, Serialize};
 
@@ -68,6 +68,7 @@ pub fn rule_ref(rule_id: u32) -> RuleRef {
         RULE_DEFAULT_DENY => RuleRef::DefaultDeny,
         RULE_NO_CAGE => RuleRef::NoCage,
         RULE_UNNAMED => RuleRef::Unnamed,
+        RULE_APP_SOCKET => RuleRef::AppSocket,
         n => RuleRef::UnixAllow(n),
     }
 }

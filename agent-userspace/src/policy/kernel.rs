@@ -65,11 +65,14 @@ pub struct CageSettings {
 }
 
 /// The agent's rules compiled for its rung, or None when the policy does not know the agent.
-/// Exec and file rules are resolved to inodes now (this reads the file system).
+/// Exec and file rules are resolved to inodes now (this reads the file system). `app_socket`
+/// (the daemon's application socket, as bound) stays reachable when `unix:` confines the
+/// agent.
 pub fn compile_agent(
     policy: &Policy,
     agent: &str,
     rung: Rung,
+    app_socket: Option<&[u8]>,
 ) -> Result<Option<CompiledAgent>, PolicyError> {
     let Some(p) = policy.agent(agent) else {
         return Ok(None);
@@ -87,12 +90,13 @@ pub fn compile_agent(
     };
     // Compiled when the policy was loaded, so these cannot fail here.
     let ingress = compile_at(&format!("{at}.ingress"), &p.ingress.as_rules(), false)?;
-    let unix = compile_unix(&format!("{at}.unix"), p.unix.as_ref()).map_err(|message| {
-        PolicyError::InvalidUnlocated {
-            file: policy.source().to_owned(),
-            message,
-        }
-    })?;
+    let unix =
+        compile_unix(&format!("{at}.unix"), p.unix.as_ref(), app_socket).map_err(|message| {
+            PolicyError::InvalidUnlocated {
+                file: policy.source().to_owned(),
+                message,
+            }
+        })?;
     Ok(Some(CompiledAgent {
         egress,
         ingress,
@@ -199,7 +203,9 @@ mod tests {
     fn agent(yaml: &str) -> (AgentPolicy, CompiledAgent) {
         let text = format!("version: 1\nagents:\n  a:\n{yaml}");
         let policy = Policy::from_yaml(&text, "t.yaml").unwrap();
-        let compiled = compile_agent(&policy, "a", Rung::Observe).unwrap().unwrap();
+        let compiled = compile_agent(&policy, "a", Rung::Observe, None)
+            .unwrap()
+            .unwrap();
         (policy.agent("a").unwrap().clone(), compiled)
     }
 

@@ -409,7 +409,7 @@ fn check_compiles(
             }
         }
     }
-    let unix = compile_unix(&format!("{at}.unix"), agent.unix.as_ref())
+    let unix = compile_unix(&format!("{at}.unix"), agent.unix.as_ref(), None)
         .map_err(|message| placed("unix", None, message))?;
     Ok([
         tries[0].0,

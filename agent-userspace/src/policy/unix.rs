@@ -8,7 +8,9 @@
 
 use std::{collections::HashMap, fmt};
 
-use agent_common::unix::{ByteClasses, DfaKey, DfaNext, DFA_START, UNIX_PATH_MAX};
+use agent_common::unix::{
+    ByteClasses, DfaKey, DfaNext, ACCEPT_APP_SOCKET, DFA_START, UNIX_PATH_MAX,
+};
 use regex_automata::{
     dfa::{dense, Automaton as _, StartKind},
     nfa::thompson,
@@ -220,7 +222,8 @@ impl Default for CompiledUnix {
 
 impl CompiledUnix {
     /// The index of the first entry that `addr` (a path, or a NUL byte and an abstract name)
-    /// matches, walking the automaton exactly as the kernel does.
+    /// matches, walking the automaton exactly as the kernel does; `Some(usize::MAX)` for
+    /// the daemon's application socket.
     pub fn first_match(&self, addr: &[u8]) -> Option<usize> {
         let table: HashMap<(u16, u16), DfaNext> = self.transitions.iter().copied().collect();
         let mut state = DFA_START;
@@ -230,7 +233,12 @@ impl CompiledUnix {
             let next = table.get(&(state, class))?;
             (state, accept) = (next.next, next.accept);
         }
-        (!addr.is_empty() && accept > 0).then(|| usize::from(accept - 1))
+        match accept {
+            _ if addr.is_empty() => None,
+            0 => None,
+            ACCEPT_APP_SOCKET => Some(usize::MAX),
+            n => Some(usize::from(n - 1)),
+        }
     }
 
     /// The map entries for `slot`.
@@ -242,7 +250,12 @@ impl CompiledUnix {
 }
 
 /// Compiles `unix` (None: not confined); errors name `path` (e.g. `agents.a.unix`).
-pub fn compile_unix(path: &str, unix: Option<&UnixPolicy>) -> Result<CompiledUnix, String> {
+/// `app_socket`, the daemon's application socket, is allowed too, after every entry.
+pub fn compile_unix(
+    path: &str,
+    unix: Option<&UnixPolicy>,
+    app_socket: Option<&[u8]>,
+) -> Result<CompiledUnix, String> {
     let Some(unix) = unix else {
         return Ok(CompiledUnix::default());
     };
@@ -250,7 +263,7 @@ pub fn compile_unix(path: &str, unix: Option<&UnixPolicy>) -> Result<CompiledUni
         confined: true,
         ..CompiledUnix::default()
     };
-    if unix.allow.is_empty() {
+    if unix.allow.is_empty() && app_socket.is_none() {
         return Ok(compiled);
     }
     if unix.allow.len() >= usize::from(u16::MAX) {
@@ -260,12 +273,21 @@ pub fn compile_unix(path: &str, unix: Option<&UnixPolicy>) -> Result<CompiledUni
             u16::MAX - 1
         ));
     }
-    let patterns = unix
+    let mut patterns = unix
         .allow
         .iter()
         .map(|p| UnixPattern::parse(&p.0).map(|(_, regex)| format!("(?-u){regex}")))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{path}.allow: {e}"))?;
+    let app_pattern = app_socket.map(|bytes| {
+        let mut regex = String::from("(?-u)");
+        for b in bytes {
+            regex.push_str(&format!(r"\x{b:02x}"));
+        }
+        regex
+    });
+    patterns.extend(app_pattern);
+    let entries = unix.allow.len();
     let too_complex = || {
         format!(
             "{path}.allow: the entries need more than {MAX_STATES} automaton states; use fewer \
@@ -304,11 +326,14 @@ pub fn compile_unix(path: &str, unix: Option<&UnixPolicy>) -> Result<CompiledUni
         if !dfa.is_match_state(eoi) {
             return 0;
         }
-        (0..dfa.match_len(eoi))
+        match (0..dfa.match_len(eoi))
             .map(|i| dfa.match_pattern(eoi, i).as_usize())
             .min()
-            .and_then(|p| u16::try_from(p + 1).ok())
-            .unwrap_or(0)
+        {
+            Some(p) if p >= entries => ACCEPT_APP_SOCKET,
+            Some(p) => u16::try_from(p + 1).unwrap_or(0),
+            None => 0,
+        }
     };
     // States numbered from the start state, breadth first; dead transitions are left out.
     let mut ids: HashMap<StateID, u16> = HashMap::from([(start, DFA_START)]);

@@ -90,6 +90,8 @@ pub struct RuntimeParts {
     pub recording_dir: PathBuf,
     /// Where containment jobs (snapshots, kills) go, to run outside the state lock.
     pub jobs: tokio::sync::mpsc::UnboundedSender<ContainJob>,
+    /// The application socket, which agents reach even where `unix:` confines them.
+    pub app_socket: PathBuf,
 }
 
 /// Everything the daemon manages.
@@ -97,6 +99,8 @@ pub struct State {
     kernel: KernelInfo,
     policy: Arc<Policy>,
     policy_path: PathBuf,
+    /// The application socket's path, as bound.
+    app_socket: PathBuf,
     maps: EgressMaps,
     root: CageRoot,
     inotify: Arc<Inotify>,
@@ -139,6 +143,7 @@ impl State {
             kernel,
             policy: Arc::new(policy),
             policy_path,
+            app_socket: parts.app_socket,
             maps,
             root,
             inotify,
@@ -201,7 +206,9 @@ impl State {
         adopting: bool,
         mode: CageMode,
     ) -> Result<(CompiledAgent, CageSettings), StateError> {
-        let compiled = match compile_agent(policy, agent, mode.rung)? {
+        use std::os::unix::ffi::OsStrExt as _;
+        let app_socket = Some(self.app_socket.as_os_str().as_bytes());
+        let compiled = match compile_agent(policy, agent, mode.rung, app_socket)? {
             Some(c) => c,
             None if strict => {
                 return Err(StateError::UnknownAgent {

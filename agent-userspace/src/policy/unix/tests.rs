@@ -7,7 +7,7 @@ fn compile(entries: &[&str]) -> CompiledUnix {
             .map(|e| UnixPattern::parse(e).unwrap().0)
             .collect(),
     };
-    compile_unix("agents.a.unix", Some(&policy)).unwrap()
+    compile_unix("agents.a.unix", Some(&policy), None).unwrap()
 }
 
 fn abstract_name(name: &str) -> Vec<u8> {
@@ -99,12 +99,26 @@ fn classes_match_one_byte() {
 
 #[test]
 fn an_empty_list_confines_and_allows_nothing() {
-    let c = compile_unix("a", Some(&UnixPolicy::default())).unwrap();
+    let c = compile_unix("a", Some(&UnixPolicy::default()), None).unwrap();
     assert!(c.confined);
     assert!(c.transitions.is_empty());
     assert_eq!(c.first_match(b"/run/docker.sock"), None);
-    let none = compile_unix("a", None).unwrap();
+    let none = compile_unix("a", None, Some(b"/run/app.sock")).unwrap();
     assert!(!none.confined);
+}
+
+#[test]
+fn the_application_socket_is_always_reachable_and_named_as_such() {
+    let app = b"/run/agentcage/app.sock";
+    let c = compile_unix("a", Some(&UnixPolicy::default()), Some(app)).unwrap();
+    assert_eq!(c.first_match(app), Some(usize::MAX));
+    assert_eq!(c.first_match(b"/run/agentcage/app.sock2"), None);
+    // An entry that also matches it decides first.
+    let policy = UnixPolicy {
+        allow: vec![UnixPattern::parse("/run/agentcage/*").unwrap().0],
+    };
+    let c = compile_unix("a", Some(&policy), Some(app)).unwrap();
+    assert_eq!(c.first_match(app), Some(0));
 }
 
 #[test]
