@@ -94,4 +94,18 @@ pub struct KernelSettings {
     /// `bpf_sock_addr_kern.uaddrlen`; 0 on kernels before 6.7, which have no Unix
     /// sock_addr hooks.
     pub sock_addr_uaddrlen: u32,
+    /// `sock.__sk_common.skc_daddr`: a connected IPv4 socket's peer.
+    pub sock_daddr: u32,
+    /// `sock.__sk_common.skc_v6_daddr`: a connected IPv6 socket's peer.
+    pub sock_v6_daddr: u32,
+    /// `sock.__sk_common.skc_dport`: the peer's port, network order.
+    pub sock_dport: u32,
+    /// `sock.__sk_common.skc_num`: the socket's own port, host order.
+    pub sock_num: u32,
+    /// `sock.sk_protocol`.
+    pub sock_protocol: u32,
+    /// `msghdr.msg_name`: the address a send names (kernel memory by then), or NULL.
+    pub msg_name: u32,
+    /// `msghdr.msg_namelen`.
+    pub msg_namelen: u32,
 }

@@ -70,8 +70,6 @@ pub enum UnixHook {
     LsmStreamConnect = 3,
     /// BPF LSM `unix_may_send`: every datagram, connected or not.
     LsmMaySend = 4,
-    /// BPF LSM `socket_sendmsg`: a send on a stream socket connected outside the cage.
-    LsmSendmsg = 5,
 }
 
 impl UnixHook {
@@ -82,7 +80,6 @@ impl UnixHook {
             2 => Self::Sendmsg,
             3 => Self::LsmStreamConnect,
             4 => Self::LsmMaySend,
-            5 => Self::LsmSendmsg,
             _ => return None,
         })
     }

@@ -48,6 +48,13 @@ static SETTINGS: KernelSettings = KernelSettings {
     unix_addr_name: 0,
     sock_addr_uaddr: 0,
     sock_addr_uaddrlen: 0,
+    sock_daddr: 0,
+    sock_v6_daddr: 0,
+    sock_dport: 0,
+    sock_num: 0,
+    sock_protocol: 0,
+    msg_name: 0,
+    msg_namelen: 0,
 };
 
 /// The settings user space wrote. A volatile read, so the compiler cannot fold the zeros

@@ -11,6 +11,7 @@ mod files;
 mod kernel;
 mod maps;
 mod packets;
+mod passed;
 mod process;
 mod unix;
 

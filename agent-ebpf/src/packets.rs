@@ -34,7 +34,7 @@ use crate::{
 const PASS: i32 = 1;
 const DROP: i32 = 0;
 
-const AF_INET: u16 = 2;
+pub(crate) const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
@@ -104,7 +104,15 @@ pub fn agentcage_skb_ingress(ctx: SkBuffContext) -> i32 {
         return DROP;
     }
     let proto_bit = if listening { PROTO_TCP } else { PROTO_UDP };
-    let rule_id = lookup(&cage, &packet, Direction::In, packet.dst_port, proto_bit);
+    let (family, source) = (packet.family, &packet.source);
+    let rule_id = lookup(
+        &cage,
+        family,
+        source,
+        Direction::In,
+        packet.dst_port,
+        proto_bit,
+    );
     if rule_id != RULE_DEFAULT_DENY {
         // A new connection is reported (as the cage samples allows); each datagram is not.
         if listening && packet.syn_only {
@@ -113,7 +121,14 @@ pub fn agentcage_skb_ingress(ctx: SkBuffContext) -> i32 {
         return PASS;
     }
     if !listening
-        && lookup(&cage, &packet, Direction::Out, packet.src_port, proto_bit) != RULE_DEFAULT_DENY
+        && lookup(
+            &cage,
+            family,
+            source,
+            Direction::Out,
+            packet.src_port,
+            proto_bit,
+        ) != RULE_DEFAULT_DENY
     {
         // From a destination the agent may send to: a reply.
         return PASS;
@@ -129,31 +144,39 @@ pub fn agentcage_skb_ingress(ctx: SkBuffContext) -> i32 {
     DROP
 }
 
-/// Which allow list a packet's source is looked up in.
+/// Which allow list an address is looked up in.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Direction {
-    /// `ingress.allow`: the source may reach the agent's port.
+pub(crate) enum Direction {
+    /// `ingress.allow`: the peer may reach the agent's port.
     In,
-    /// `egress.allow`: the agent may send to the source's port (the packet is a reply).
+    /// `egress.allow`: the agent may send to the peer's port.
     Out,
 }
 
-/// The first rule of the cage's list that admits the packet's source on `port`, or
-/// `RULE_DEFAULT_DENY`.
+/// The first rule of the cage's `dir` list that admits `addr` (IPv4 in the first four bytes
+/// when `family` is `AF_INET`) on `port` over `proto_bit`, or `RULE_DEFAULT_DENY`. A plain
+/// lookup: no approvals, no throttle (the callers decide those).
 #[inline(always)]
-fn lookup(cage: &CageConfig, packet: &Packet, dir: Direction, port: u16, proto_bit: u8) -> u32 {
+pub(crate) fn lookup(
+    cage: &CageConfig,
+    family: u16,
+    addr: &[u8; 16],
+    dir: Direction,
+    port: u16,
+    proto_bit: u8,
+) -> u32 {
     let slot_be = cage.policy_slot.to_be_bytes();
-    let rules = if packet.family == AF_INET {
-        let mut addr = [0u8; 4];
-        addr.copy_from_slice(&packet.source[..4]);
-        let key = Key::new(SLOT_BITS + 32, Key4 { slot_be, addr });
+    let rules = if family == AF_INET {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(&addr[..4]);
+        let key = Key::new(SLOT_BITS + 32, Key4 { slot_be, addr: a });
         trie4(dir).get(&key)
     } else {
         let key = Key::new(
             SLOT_BITS + 128,
             Key6 {
                 slot_be,
-                addr: packet.source,
+                addr: *addr,
             },
         );
         trie6(dir).get(&key)

@@ -268,7 +268,7 @@ pub fn agentcage_unix_may_send(ctx: LsmContext) -> i32 {
 /// sock *`): allowed if the caller's cage does not confine Unix sockets, if `other` was
 /// made in the same cage, or if the address `other` is bound to is allowed.
 #[inline(always)]
-pub(crate) fn on_peer(sk: *const u8, other: *const u8, hook: UnixHook) -> i32 {
+fn on_peer(sk: *const u8, other: *const u8, hook: UnixHook) -> i32 {
     // SAFETY: a helper without preconditions.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let Some(cage) = cage_of(cgroup_id) else {

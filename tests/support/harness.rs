@@ -477,6 +477,13 @@ impl Served {
         })
     }
 
+    /// The answer to an operation sent with [`Served::send`].
+    pub fn read_answer(&mut self) -> String {
+        self.out.wait_for("an answer", |l| {
+            l == "ok" || l.starts_with("ok ") || l.starts_with("err ")
+        })
+    }
+
     /// Sends one operation without waiting for its answer.
     pub fn send(&mut self, op: &str) {
         let stdin = self.stdin.as_mut().unwrap();

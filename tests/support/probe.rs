@@ -331,6 +331,8 @@ struct Servers {
     tcp: Option<TcpListener>,
     udp: Option<UdpSocket>,
     unix: Option<UnixListener>,
+    /// A socket made outside the cage and passed in (SCM_RIGHTS).
+    passed: Option<std::os::fd::OwnedFd>,
 }
 
 impl Servers {
@@ -393,8 +395,68 @@ impl Servers {
                 s.read_to_string(&mut text)?;
                 Ok(text)
             })),
+            // Connects to PATH and takes the descriptor sent there (SCM_RIGHTS).
+            ["fd-recv-from", path] => answer(unix_addr(path).and_then(|a| {
+                let s = UnixStream::connect_addr(&a)?;
+                self.passed = Some(recv_fd(&s)?);
+                Ok(String::new())
+            })),
+            ["fd-send", text] => answer(self.passed.as_ref().ok_or_else(none).and_then(|fd| {
+                use std::os::fd::AsRawFd as _;
+                // SAFETY: a write from a buffer of the length given.
+                let n = unsafe { libc::write(fd.as_raw_fd(), text.as_ptr().cast(), text.len()) };
+                if n < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(String::new())
+            })),
+            ["fd-read"] => answer(self.passed.as_ref().ok_or_else(none).and_then(|fd| {
+                use std::os::fd::AsRawFd as _;
+                let mut buf = [0u8; 256];
+                // SAFETY: a read into a buffer of the length given.
+                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                if n < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(String::from_utf8_lossy(&buf[..n as usize]).into_owned())
+            })),
             _ => return None,
         })
+    }
+}
+
+/// Receives one descriptor sent with SCM_RIGHTS on `s`.
+fn recv_fd(s: &UnixStream) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // Room for one cmsghdr and one descriptor, aligned.
+    let mut control = [0u64; 8];
+    // SAFETY: an all-zero msghdr is valid; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of_val(&control);
+    // SAFETY: recvmsg writes within the buffers msg describes.
+    let n = unsafe { libc::recvmsg(s.as_raw_fd(), &raw mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: msg was filled by recvmsg; CMSG_FIRSTHDR/CMSG_DATA stay inside `control`.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        if cmsg.is_null() || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no descriptor sent",
+            ));
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
+        Ok(std::os::fd::OwnedFd::from_raw_fd(fd))
     }
 }
 

@@ -316,6 +316,13 @@ pub fn kernel_settings(btf: &Btf) -> Result<KernelSettings, BtfError> {
         sock_addr_uaddr: btf.offset_of("bpf_sock_addr_kern.uaddr")?,
         // Added with the Unix sock_addr hooks (6.7); without them nothing reads it.
         sock_addr_uaddrlen: btf.offset_of("bpf_sock_addr_kern.uaddrlen").unwrap_or(0),
+        sock_daddr: btf.offset_of("sock.__sk_common.skc_daddr")?,
+        sock_v6_daddr: btf.offset_of("sock.__sk_common.skc_v6_daddr")?,
+        sock_dport: btf.offset_of("sock.__sk_common.skc_dport")?,
+        sock_num: btf.offset_of("sock.__sk_common.skc_num")?,
+        sock_protocol: btf.offset_of("sock.sk_protocol")?,
+        msg_name: btf.offset_of("msghdr.msg_name")?,
+        msg_namelen: btf.offset_of("msghdr.msg_namelen")?,
     })
 }
 

@@ -45,7 +45,7 @@ const TRACEPOINTS: [(&str, &str, &str); 3] = [
 const FILES: &str = "deny tier: file rules (refuse protected, report watched)";
 
 /// The deny tier's LSM hooks other than exec: (program, hook, purpose).
-const LSM_HOOKS: [(&str, &str, &str); 15] = [
+const LSM_HOOKS: [(&str, &str, &str); 17] = [
     (
         "agentcage_mmap_file",
         "mmap_file",
@@ -65,6 +65,16 @@ const LSM_HOOKS: [(&str, &str, &str); 15] = [
         "agentcage_unix_may_send",
         "unix_may_send",
         "deny tier: Unix datagrams of cages with unix: rules, judged by the receiver",
+    ),
+    (
+        "agentcage_socket_sendmsg",
+        "socket_sendmsg",
+        "deny tier: sends on sockets made outside the cage, judged by their peer",
+    ),
+    (
+        "agentcage_socket_recvmsg",
+        "socket_recvmsg",
+        "deny tier: receives on sockets made outside the cage, judged by their peer",
     ),
     ("agentcage_file_open", "file_open", FILES),
     ("agentcage_path_truncate", "path_truncate", FILES),

@@ -4,6 +4,7 @@
 mod assets;
 mod commands;
 mod contain;
+mod fds;
 mod pty;
 mod relay;
 mod run;

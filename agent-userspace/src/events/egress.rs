@@ -33,6 +33,10 @@ named_enum! {
         LsmConnect = "lsm_socket_connect",
         /// cgroup_skb/ingress: a peer reaching the agent.
         SkbIngress = "skb_ingress",
+        /// BPF LSM socket_sendmsg: a send on a socket made outside the cage.
+        LsmSendmsg = "lsm_socket_sendmsg",
+        /// BPF LSM socket_recvmsg: a receive on a socket made outside the cage.
+        LsmRecvmsg = "lsm_socket_recvmsg",
     }
 }
 
@@ -48,6 +52,8 @@ impl EgressHook {
             Some(Hook::SkbEgress) => Self::SkbEgress,
             Some(Hook::LsmConnect) => Self::LsmConnect,
             Some(Hook::SkbIngress) => Self::SkbIngress,
+            Some(Hook::LsmSendmsg) => Self::LsmSendmsg,
+            Some(Hook::LsmRecvmsg) => Self::LsmRecvmsg,
             None => Self::Other(u16::from(v)),
         }
     }

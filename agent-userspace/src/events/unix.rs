@@ -24,8 +24,6 @@ named_enum! {
         LsmStreamConnect = "lsm_unix_stream_connect",
         /// BPF LSM unix_may_send: the receiver's address.
         LsmMaySend = "lsm_unix_may_send",
-        /// BPF LSM socket_sendmsg: a stream connected outside the cage.
-        LsmSendmsg = "lsm_socket_sendmsg",
     }
 }
 
@@ -37,7 +35,6 @@ impl UnixHook {
             Some(KernelHook::Sendmsg) => Self::Sendmsg,
             Some(KernelHook::LsmStreamConnect) => Self::LsmStreamConnect,
             Some(KernelHook::LsmMaySend) => Self::LsmMaySend,
-            Some(KernelHook::LsmSendmsg) => Self::LsmSendmsg,
             None => Self::Other(u16::from(v)),
         }
     }
