@@ -40,7 +40,7 @@ pub fn agentcage_socket_connect(ctx: LsmContext) -> i32 {
     }
     let port = u16::from_be(read::<u16>(sa, 2).unwrap_or(0));
     // The socket's bound addresses: where the kernel sends a connect to the wildcard.
-    let sk = read::<*const u8>(sock, s.socket_sk).unwrap_or(core::ptr::null());
+    let sk = read::<*const u8>(sock, s.socket_sk).unwrap_or_default();
     let bound_v4 = read::<[u8; 4]>(sk, s.sock_rcv_saddr).unwrap_or_default();
     let mut addr = [0u8; 16];
     let mut judged = family;

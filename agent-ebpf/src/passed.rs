@@ -52,7 +52,7 @@ fn on_data(sock: *const u8, msg: *const u8, hook: Hook) -> i32 {
         return 0;
     };
     let s = settings();
-    let sk = read::<*const u8>(sock, s.socket_sk).unwrap_or(core::ptr::null());
+    let sk = read::<*const u8>(sock, s.socket_sk).unwrap_or_default();
     if sock_cgroup_id(sk) == cgroup_id {
         return 0;
     }
@@ -113,7 +113,7 @@ fn on_data(sock: *const u8, msg: *const u8, hook: Hook) -> i32 {
 fn peer(sk: *const u8, msg: *const u8, family: u16, hook: Hook) -> (u16, [u8; 16], u16) {
     let s = settings();
     let mut addr = [0u8; 16];
-    let name = read::<*const u8>(msg, s.msg_name).unwrap_or(core::ptr::null());
+    let name = read::<*const u8>(msg, s.msg_name).unwrap_or_default();
     let name_len = read::<i32>(msg, s.msg_namelen).unwrap_or(0);
     let (given_family, port, a6) = if hook == Hook::LsmSendmsg && !name.is_null() && name_len > 0 {
         let f = read::<u16>(name, 0).unwrap_or(0);

@@ -63,7 +63,7 @@ fn read_address(addr: &mut [u8; UNIX_PATH_MAX], sa: *const u8, addr_len: u32) ->
 /// verifier walks it once, not once per length.
 #[inline(always)]
 fn allowed_by(slot: u32, addr: &[u8; UNIX_PATH_MAX], given: usize) -> u32 {
-    let Some(classes) = UNIX_CLASSES.get_ptr(&slot) else {
+    let Some(classes) = UNIX_CLASSES.get_ptr(slot) else {
         return RULE_DEFAULT_DENY;
     };
     let path = addr[0] != 0;
@@ -81,7 +81,7 @@ fn allowed_by(slot: u32, addr: &[u8; UNIX_PATH_MAX], given: usize) -> u32 {
             state,
             class: u16::from(class),
         };
-        let Some(next) = UNIX_DFA.get_ptr(&key) else {
+        let Some(next) = UNIX_DFA.get_ptr(key) else {
             return RULE_DEFAULT_DENY;
         };
         // SAFETY: a live map value, copied out at once.
@@ -211,7 +211,7 @@ fn on_sock_addr(ctx: &SockAddrContext, hook: UnixHook) -> i32 {
     let (uaddr, addr_len) = unsafe {
         (
             bpf_probe_read_kernel(kern.wrapping_add(s.sock_addr_uaddr as usize) as *const *const u8)
-                .unwrap_or(core::ptr::null()),
+                .unwrap_or_default(),
             bpf_probe_read_kernel(kern.wrapping_add(s.sock_addr_uaddrlen as usize) as *const u32)
                 .unwrap_or(0),
         )
@@ -259,8 +259,8 @@ pub fn agentcage_unix_may_send(ctx: LsmContext) -> i32 {
     let s = settings();
     let sock: *const u8 = ctx.arg(0);
     let other: *const u8 = ctx.arg(1);
-    let sk = read::<*const u8>(sock, s.socket_sk).unwrap_or(core::ptr::null());
-    let other_sk = read::<*const u8>(other, s.socket_sk).unwrap_or(core::ptr::null());
+    let sk = read::<*const u8>(sock, s.socket_sk).unwrap_or_default();
+    let other_sk = read::<*const u8>(other, s.socket_sk).unwrap_or_default();
     on_peer(sk, other_sk, UnixHook::LsmMaySend)
 }
 
@@ -285,7 +285,7 @@ fn on_peer(sk: *const u8, other: *const u8, hook: UnixHook) -> i32 {
         sock_type: read::<u16>(sk, s.sock_type).unwrap_or(0),
         hook,
     };
-    let bound = read::<*const u8>(other, s.unix_addr).unwrap_or(core::ptr::null());
+    let bound = read::<*const u8>(other, s.unix_addr).unwrap_or_default();
     let (name, addr_len) = if bound.is_null() {
         (core::ptr::null(), 0)
     } else {
@@ -306,7 +306,7 @@ fn on_peer(sk: *const u8, other: *const u8, hook: UnixHook) -> i32 {
 #[inline(always)]
 pub(crate) fn sock_cgroup_id(sk: *const u8) -> u64 {
     let s = settings();
-    let cgroup = read::<*const u8>(sk, s.sock_cgroup).unwrap_or(core::ptr::null());
-    let kn = read::<*const u8>(cgroup, s.cgroup_kn).unwrap_or(core::ptr::null());
+    let cgroup = read::<*const u8>(sk, s.sock_cgroup).unwrap_or_default();
+    let kn = read::<*const u8>(cgroup, s.cgroup_kn).unwrap_or_default();
     read::<u64>(kn, s.kernfs_id).unwrap_or(0)
 }
