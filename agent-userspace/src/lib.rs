@@ -13,6 +13,7 @@
 //! - [`daemon`]: the daemon's state and main loop;
 //! - [`cli`]: the command line;
 //! - [`runtime`]: containment, approvals, budgets, assertions, application events;
+//! - [`selftest_net`]: the self-test's network attempts (wildcards, Unix sockets);
 //! - [`recording`]: asciicast recordings of agents' terminals;
 //! - [`doctor`]: what this kernel can do, probed;
 //! - [`errors`]: rendering error chains for people;
@@ -33,5 +34,6 @@ pub mod identity;
 pub mod policy;
 pub mod recording;
 pub mod runtime;
+pub mod selftest_net;
 pub mod spool;
 pub mod telemetry;
