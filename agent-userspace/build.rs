@@ -59,8 +59,7 @@ fn build() -> anyhow::Result<()> {
         // An unchanged object keeps its time: the binaries built from it are then not
         // taken for stale (this script also reruns when only the features of a build
         // dependency differ, e.g. between `cargo build` and `cargo test`).
-        let fresh = fs::read(&object)
-            .with_context(|| format!("reading {}", object.display()))?;
+        let fresh = fs::read(&object).with_context(|| format!("reading {}", object.display()))?;
         if fs::read(&dst).ok().as_deref() != Some(fresh.as_slice()) {
             fs::write(&dst, &fresh).with_context(|| format!("writing {}", dst.display()))?;
         }
