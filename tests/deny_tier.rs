@@ -28,19 +28,27 @@ fn denied_execs_fail_with_eperm_even_renamed_and_allowed_ones_run() {
         "version: 1\nagents:\n  t:\n    exec:\n      deny: [{denied}]\n"
     ));
     daemon.expect_tier("deny");
+    // Linux before 5.18 (and kernels without IMA) cannot hash for BPF: there a deny rule by
+    // path stops that file only, as README's limits say.
+    let hashes = !harness::expected_refused("deny").contains(&"content_rules");
     assert_eq!(
         daemon.status()["content_hashes"],
-        true,
-        "IMA hashing is available"
+        hashes,
+        "IMA hashing for BPF as this kernel should have it"
     );
     let events = daemon.follow_events();
     let mut cage = daemon.serve_in("t");
 
     assert_eq!(cage.op(&format!("exec {denied}")), EPERM);
-    // A copy made after the policy was applied is the same content: still denied.
+    // A copy made after the policy was applied is the same content: still denied where
+    // content is judged.
     let renamed = copy_of(&denied, bins.path(), "innocent-name");
-    assert_eq!(cage.op(&format!("exec {renamed}")), EPERM);
-    // Another binary (other content: /bin/true's is denied along with its copy) runs.
+    assert_eq!(
+        cage.op(&format!("exec {renamed}")),
+        if hashes { EPERM } else { "ok" }
+    );
+    // Another binary (other content: /bin/true's is denied along with its copy where content
+    // is judged) runs.
     assert_eq!(cage.op("exec /bin/echo"), "ok");
 
     let e = events.wait_event("the refused exec", |e| {

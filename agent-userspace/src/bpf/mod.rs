@@ -6,13 +6,14 @@ pub mod btf;
 mod hooks;
 mod loader;
 mod maps;
+pub mod memlock;
 pub mod tier;
 
 pub use approvals::ApprovalMap;
 pub use hooks::{lsm_btf, GlobalHooks, HookStatus};
 pub use loader::{ensure_bpffs, release_pinned, AttachedPrograms, ProgramKind, PROGRAMS};
 pub use maps::{EgressMaps, SlotEntries};
-pub use tier::{Tier, TierProbe};
+pub use tier::{Capabilities, Feature, Refusal, Tier, TierProbe};
 
 use std::{io, path::PathBuf};
 
@@ -64,6 +65,21 @@ pub enum BpfError {
     /// The kernel's struct layout could not be read from its BTF.
     #[error(transparent)]
     Btf(#[from] btf::BtfError),
+    /// Loading failed on a kernel that charges BPF memory to RLIMIT_MEMLOCK (before 5.11),
+    /// whose limit could not be raised.
+    #[error(
+        "BPF memory is charged to RLIMIT_MEMLOCK on this kernel (before Linux 5.11) and the \
+         limit stays at {limit}: {why}"
+    )]
+    Memlock {
+        /// The limit in force.
+        limit: String,
+        /// Why it could not be raised, and what to do.
+        why: String,
+        /// The load's error.
+        #[source]
+        source: Box<BpfError>,
+    },
     /// The policy holds more entries than the maps can.
     #[error("policy does not fit the kernel maps: {0}")]
     Capacity(String),
@@ -76,28 +92,37 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub struct Loaded {
     /// The object, with `SETTINGS` written and, in the deny tier, the LSM programs loaded.
     pub ebpf: aya::Ebpf,
-    /// The tier the programs were set up for.
-    pub tier: Tier,
-    /// Why the tier is not deny, if it is not.
-    pub missing: Option<String>,
+    /// What the programs can enforce here.
+    pub caps: Capabilities,
 }
 
 /// Loads the object for the best tier this kernel gives: the probe's, and if the LSM
 /// programs then fail to load, the kill tier (the tier is frozen into the object, so that
-/// takes a second load).
+/// takes a second load). First makes sure a kernel that charges BPF memory to
+/// RLIMIT_MEMLOCK (before 5.11) lets the maps be made.
 pub fn load() -> Result<Loaded, BpfError> {
-    let mut settings = btf::kernel_settings(&btf::Btf::from_sys_fs()?)?;
+    let memlock = memlock::ensure()?;
+    load_tiers().map_err(|e| memlock.explain(e))
+}
+
+fn load_tiers() -> Result<Loaded, BpfError> {
+    let kernel_btf = btf::Btf::from_sys_fs()?;
+    let mut settings = btf::kernel_settings(&kernel_btf)?;
     let probe = tier::probe();
     let mut missing = probe.missing;
     if probe.tier == Tier::Deny {
         settings.tier = Tier::Deny.code();
         let mut ebpf = load_with(&settings)?;
-        match lsm_btf().and_then(|btf| GlobalHooks::load_lsm(&mut ebpf, &btf)) {
-            Ok(_) => {
+        match lsm_btf().and_then(|btf| GlobalHooks::load_lsm(&mut ebpf, &btf, &kernel_btf)) {
+            Ok(lsm) => {
                 return Ok(Loaded {
                     ebpf,
-                    tier: Tier::Deny,
-                    missing: None,
+                    caps: Capabilities {
+                        tier: Tier::Deny,
+                        missing: None,
+                        content_hashes: lsm.content_hashes,
+                        userns_hook: lsm.userns_hook,
+                    },
                 })
             }
             Err(e) => {
@@ -113,8 +138,12 @@ pub fn load() -> Result<Loaded, BpfError> {
     settings.tier = Tier::Kill.code();
     Ok(Loaded {
         ebpf: load_with(&settings)?,
-        tier: Tier::Kill,
-        missing,
+        caps: Capabilities {
+            tier: Tier::Kill,
+            missing,
+            content_hashes: false,
+            userns_hook: false,
+        },
     })
 }
 

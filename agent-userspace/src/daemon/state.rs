@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use super::enrich;
 use crate::{
-    bpf::{ApprovalMap, BpfError, EgressMaps, HookStatus, SlotEntries, Tier},
+    bpf::{ApprovalMap, BpfError, EgressMaps, Feature, HookStatus, SlotEntries, Tier},
     cage::{CageError, CageRoot, CgroupDir},
     caps,
     capture::{ProcessNode, ProcessTree},
@@ -96,16 +96,17 @@ pub enum StateError {
         /// Why.
         why: String,
     },
-    /// The agent's policy needs the deny tier and this kernel gives only the kill tier.
+    /// The agent's policy has rules this kernel cannot enforce (the kill tier, or a deny
+    /// tier without a hook they need).
     #[error(
-        "refused to start agent {agent:?}: its policy needs the deny tier ({needs}), but this \
-         kernel cannot refuse operations: {missing}. Run it on a kernel with BPF LSM active \
-         (see `agentcage doctor`), or remove {needs} from its policy"
+        "refused to start agent {agent:?}: its policy has {needs}, which this kernel cannot \
+         enforce: {missing}. Run it on a kernel that can (see `agentcage doctor`), or remove \
+         {needs} from its policy"
     )]
     TierUnavailable {
         /// The agent.
         agent: String,
-        /// What in its policy needs the deny tier.
+        /// What in its policy cannot be enforced.
         needs: String,
         /// What the kernel lacks.
         missing: String,
@@ -174,12 +175,8 @@ type InodePaths = HashMap<(u32, u64), String>;
 /// What the kernel gives, found at start.
 #[derive(Clone, Debug)]
 pub struct KernelInfo {
-    /// The enforcement tier.
-    pub tier: Tier,
-    /// Why the tier is not deny, if it is not.
-    pub missing: Option<String>,
-    /// Whether exec rules by content are enforced.
-    pub content_hashes: bool,
+    /// What the programs can enforce here: the tier and the deny tier's optional hooks.
+    pub caps: crate::bpf::Capabilities,
     /// The host-wide hooks' states.
     pub hooks: Vec<HookStatus>,
 }
@@ -413,7 +410,7 @@ impl State {
             (_, false) => 0,
         };
         // Read-only also means no file writes, where the kernel can refuse them.
-        if mode.rung == Rung::ReadOnly && kernel.tier == Tier::Deny {
+        if mode.rung == Rung::ReadOnly && kernel.caps.tier == Tier::Deny {
             mode_flags |= CAGE_F_READ_ONLY;
         }
         let Some(p) = policy.agent(agent) else {
@@ -449,11 +446,7 @@ impl State {
         {
             warn!(agent, rule = %unmatched, "rule matches no file now; it covers nothing until the policy is applied again");
         }
-        if let Some(needs) = Self::needs_deny_tier(p, &compiled, kernel) {
-            let missing = kernel
-                .missing
-                .clone()
-                .unwrap_or_else(|| "the kernel's IMA cannot hash files for BPF".to_owned());
+        if let Some((needs, missing)) = Self::unenforceable(p, &compiled, kernel) {
             let err = StateError::TierUnavailable {
                 agent: agent.to_owned(),
                 needs,
@@ -473,7 +466,7 @@ impl State {
         if compiled.exec.default_deny {
             flags |= CAGE_F_EXEC_DEFAULT_DENY;
         }
-        if !compiled.exec.hashes.is_empty() && kernel.content_hashes {
+        if !compiled.exec.hashes.is_empty() && kernel.caps.content_hashes {
             flags |= CAGE_F_EXEC_HASHES;
         }
         if compiled.exec.has_digest_rules {
@@ -485,19 +478,25 @@ impl State {
         Ok((compiled, flags, p.egress.allow_events.sample_rate()))
     }
 
-    /// What in the agent's policy this kernel cannot enforce, if anything.
-    fn needs_deny_tier(p: &AgentPolicy, c: &CompiledAgent, kernel: &KernelInfo) -> Option<String> {
-        let deny = kernel.tier == Tier::Deny;
-        if p.enforcement == Enforcement::Deny && !deny {
-            return Some("enforcement: deny".to_owned());
-        }
-        if !p.files.is_empty() && !deny {
-            return Some("files rules, which only BPF LSM can enforce".to_owned());
-        }
-        if c.exec.has_digest_rules && !(deny && kernel.content_hashes) {
-            return Some("exec rules by sha256, which need BPF LSM with IMA hashing".to_owned());
-        }
-        None
+    /// What in the agent's policy this kernel cannot enforce, and why, if anything.
+    fn unenforceable(
+        p: &AgentPolicy,
+        c: &CompiledAgent,
+        kernel: &KernelInfo,
+    ) -> Option<(String, String)> {
+        let used = [
+            (Feature::DenyEnforcement, p.enforcement == Enforcement::Deny),
+            (Feature::FileRules, !p.files.is_empty()),
+            (Feature::ContentRules, c.exec.has_digest_rules),
+        ];
+        used.into_iter()
+            .filter(|(_, used)| *used)
+            .find_map(|(f, _)| {
+                kernel
+                    .caps
+                    .lacks(f)
+                    .map(|why| (f.describe().to_owned(), why))
+            })
     }
 
     /// Installs the kernel state for a cage directory; `strict` refuses agents the policy
@@ -901,9 +900,10 @@ impl State {
             policy_hash: self.policy.hash().to_owned(),
             cgroup_root: self.root.dir().path().display().to_string(),
             global_lost: self.maps.global_lost(),
-            tier: self.kernel.tier.to_string(),
-            tier_missing: self.kernel.missing.clone(),
-            content_hashes: self.kernel.content_hashes,
+            tier: self.kernel.caps.tier.to_string(),
+            tier_missing: self.kernel.caps.missing.clone(),
+            content_hashes: self.kernel.caps.content_hashes,
+            refused: self.kernel.caps.refused(),
             hooks: self.kernel.hooks.clone(),
             agents,
         }

@@ -106,8 +106,40 @@ pub fn is_frozen(dir: &CgroupDir) -> Result<bool, ContainError> {
 /// left.
 pub fn kill(dir: &CgroupDir) -> Result<(), ContainError> {
     let path = dir.path().join("cgroup.kill");
-    fs::write(&path, "1").map_err(io_err("writing", &path))?;
-    wait_until(dir, "empty", || event_flag(dir, "populated ").map(|p| !p))
+    match fs::write(&path, "1") {
+        Ok(()) => wait_until(dir, "empty", || event_flag(dir, "populated ").map(|p| !p)),
+        // Before Linux 5.14 there is no cgroup.kill: SIGKILL each process, in the cage and
+        // below it, until it is empty (a fatal signal ends a frozen process too). The cage
+        // is frozen first, so nothing forks meanwhile; should it not be, each round signals
+        // what has appeared since.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => wait_until(dir, "empty", || {
+            signal_all(dir.path())?;
+            event_flag(dir, "populated ").map(|p| !p)
+        }),
+        Err(e) => Err(io_err("writing", &path)(e)),
+    }
+}
+
+/// Sends SIGKILL to every process in cgroup `path` and its descendants.
+fn signal_all(path: &Path) -> Result<(), ContainError> {
+    let procs = path.join("cgroup.procs");
+    let text = fs::read_to_string(&procs).map_err(io_err("reading", &procs))?;
+    for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        // A process that has gone meanwhile (ESRCH) needs no signal.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let entries = fs::read_dir(path).map_err(io_err("listing", path))?;
+    for entry in entries.flatten() {
+        // A child cgroup removed meanwhile is fine; whatever stays populated is caught
+        // by the caller's check.
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = signal_all(&entry.path());
+        }
+    }
+    Ok(())
 }
 
 /// One process in a snapshot.
