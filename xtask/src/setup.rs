@@ -47,7 +47,7 @@ pub fn run_setup() -> Result<()> {
     debian_packages().context("setup: Debian packages")?;
     rust_src().context("setup: rust-src for the nightly toolchain")?;
     bpf_linker().context("setup: bpf-linker")?;
-    crate::vm::kernel::fetch_kernel().context("setup: the VM kernel")?;
+    crate::vm::kernel::fetch_kernels().context("setup: the VM kernels")?;
     rotel().context("setup: Rotel (OpenTelemetry collector for the tests)")?;
     Ok(())
 }

@@ -147,6 +147,7 @@ pub fn test(extra: &[String]) -> Result<()> {
             blocking: false,
             run: Box::new(|| {
                 let outcomes = vm::run(&vm::VmArgs {
+                    kernels: Vec::new(),
                     boots: Vec::new(),
                     timeout: vm::DEFAULT_TIMEOUT_SECS,
                     args: extra.to_vec(),
