@@ -289,8 +289,14 @@ fn load_one_lsm(
     hook: &str,
 ) -> Result<(), BpfError> {
     let p: &mut Lsm = program(ebpf, name)?;
+    let t = std::time::Instant::now();
     match p.load(hook, btf) {
-        Ok(()) | Err(aya::programs::ProgramError::AlreadyLoaded) => Ok(()),
+        Ok(()) => {
+            // Verifying takes long on old kernels (and under emulation): say how long.
+            tracing::debug!(program = name, ms = t.elapsed().as_millis(), "loaded");
+            Ok(())
+        }
+        Err(aya::programs::ProgramError::AlreadyLoaded) => Ok(()),
         Err(source) => Err(BpfError::Program { name, source }),
     }
 }

@@ -148,7 +148,10 @@ fn load_tiers() -> Result<Loaded, BpfError> {
 }
 
 fn load_with(settings: &agent_common::kernel::KernelSettings) -> Result<aya::Ebpf, BpfError> {
-    Ok(aya::EbpfLoader::new()
+    let t = std::time::Instant::now();
+    let ebpf = aya::EbpfLoader::new()
         .override_global(agent_common::maps::SETTINGS, settings, true)
-        .load(EBPF_OBJECT)?)
+        .load(EBPF_OBJECT)?;
+    tracing::debug!(ms = t.elapsed().as_millis(), "object loaded (maps made)");
+    Ok(ebpf)
 }
