@@ -106,7 +106,12 @@ pub fn is_frozen(dir: &CgroupDir) -> Result<bool, ContainError> {
 /// left.
 pub fn kill(dir: &CgroupDir) -> Result<(), ContainError> {
     let path = dir.path().join("cgroup.kill");
-    match fs::write(&path, "1") {
+    // Opened without O_CREAT: for a file cgroupfs lacks that says ENOENT, not EACCES.
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(b"1"));
+    match written {
         Ok(()) => wait_until(dir, "empty", || event_flag(dir, "populated ").map(|p| !p)),
         // Before Linux 5.14 there is no cgroup.kill: SIGKILL each process, in the cage and
         // below it, until it is empty (a fatal signal ends a frozen process too). The cage
