@@ -362,7 +362,15 @@ impl Daemon {
     pub fn expected_pins(&self) -> usize {
         let hooks = self.status()["hooks"]
             .as_array()
-            .map(|h| h.iter().filter(|h| h["state"] == "attached").count())
+            .map(|h| {
+                h.iter()
+                    .filter(|h| {
+                        h["state"]
+                            .as_str()
+                            .is_some_and(|s| s.starts_with("attached"))
+                    })
+                    .count()
+            })
             .unwrap_or(0);
         agentcage::bpf::PROGRAMS.len() + hooks
     }

@@ -172,7 +172,12 @@ impl GlobalHooks {
                 hooks.drop_all();
                 return Err(e);
             }
-            hooks.note(name, &format!("lsm/{hook}"), purpose, "attached");
+            let state = if name == BPRM_INODE {
+                "attached, by file only (no bpf_ima_file_hash: sha256 rules are refused)"
+            } else {
+                "attached"
+            };
+            hooks.note(name, &format!("lsm/{hook}"), purpose, state);
         }
         Ok(hooks)
     }

@@ -8,6 +8,7 @@ mod console;
 mod init;
 mod initramfs;
 pub mod kernel;
+mod table;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -51,10 +52,11 @@ pub struct Step {
 }
 
 /// `agentcage doctor` beside a running daemon: the kernel's probes, the tier, every hook's
-/// state and what is refused.
+/// state and what is refused. In JSON: the boots' reports become docs/KERNEL.md's table
+/// (`.vm/output/doctor-table.md`).
 pub const DOCTOR: Step = Step {
     name: "doctor",
-    args: &["doctor"],
+    args: &["doctor", "-o", "json"],
     daemon: true,
 };
 
@@ -410,6 +412,7 @@ pub fn run(args: &VmArgs) -> Result<Vec<Outcome>> {
     let out_dir = kernel::vm_dir().join("output");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let mut outcomes = Vec::new();
+    let mut doctors = Vec::new();
     for (boot, image) in boots.into_iter().zip(&images) {
         let name = boot.name();
         let t = Instant::now();
@@ -430,11 +433,21 @@ pub fn run(args: &VmArgs) -> Result<Vec<Outcome>> {
             steps: &steps,
             tests: boot.tests,
         });
+        let mut verdict = verdict;
         for st in &report.steps {
             let file = out_dir.join(format!("{}-{}.txt", name.replace('/', "-"), st.name));
             std::fs::write(&file, st.lines.join("\n") + "\n")
                 .with_context(|| format!("writing {}", file.display()))?;
             eprintln!("== vm({name}): {} output in {}", st.name, file.display());
+            if st.name == DOCTOR.name && st.exit == Some(0) {
+                match table::Column::parse(&name, &st.lines) {
+                    Ok(c) => doctors.push(c),
+                    Err(e) => {
+                        verdict.failed += 1;
+                        verdict.errors.push(format!("{e:#}"));
+                    }
+                }
+            }
         }
         eprintln!(
             "== vm({name}): {:.1}s, kernel {}, LSMs {}",
@@ -443,6 +456,15 @@ pub fn run(args: &VmArgs) -> Result<Vec<Outcome>> {
             report.lsm.as_deref().unwrap_or("?")
         );
         outcomes.push(Outcome { name, verdict });
+    }
+    if !doctors.is_empty() {
+        let file = out_dir.join("doctor-table.md");
+        std::fs::write(&file, table::markdown(&doctors))
+            .with_context(|| format!("writing {}", file.display()))?;
+        eprintln!(
+            "vm: what doctor said in each boot, as a table: {}",
+            file.display()
+        );
     }
     Ok(outcomes)
 }
