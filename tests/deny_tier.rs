@@ -1,8 +1,10 @@
-//! The deny tier (BPF LSM active, as on Debian 12's kernel under `cargo xtask vm-test`):
-//! forbidden execs and opens fail with EPERM, by file and by content.
+//! The deny tier (BPF LSM active, as in the deny boots of `cargo xtask vm-test`): forbidden
+//! execs and opens fail with EPERM, by file and, where the kernel hashes for BPF, by content.
 //!
 //! Not part of the host's `cargo test` (the host kernel refuses BPF LSM): `cargo xtask
-//! vm-test` runs it inside the VM, where AGENTCAGE_EXPECT_TIER=deny.
+//! vm-test` runs it inside the VMs, where AGENTCAGE_EXPECT_TIER=deny and
+//! AGENTCAGE_EXPECT_REFUSED names what the kernel lacks (5.10: file and content rules, whose
+//! tests that boot skips; `kernel` checks the refusals).
 
 #[path = "support/harness.rs"]
 mod harness;
