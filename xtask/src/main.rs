@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what a fresh machine lacks (Debian packages, nightly rust-src, bpf-linker in
-    /// .tools/). Idempotent.
+    /// .tools/, the VM kernels in .vm/). Idempotent.
     Setup,
     /// Setup, then build every binary of the workspace.
     Build {
@@ -48,8 +48,8 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Setup, build, then the test suites on Debian 12's kernel under qemu: once with BPF LSM
-    /// active (deny tier), once without (kill tier).
+    /// Setup, build, then the test suites on Debian's 5.10, 6.1 and 6.12 kernels under qemu,
+    /// each once with BPF LSM active (deny tier) and once without (kill tier).
     VmTest(vm::VmArgs),
     /// Setup, release build, then the .deb (systemd unit, config, completions, man pages) in
     /// target/debian/.

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: the whole suite, the one command README and CI run: the host tests,
-//! then the same kind of suites on Debian 12's kernel under qemu (`vm-test`).
+//! then the same kind of suites on Debian's 5.10, 6.1 and 6.12 kernels under qemu
+//! (`vm-test`).
 
 use std::{
     cell::Cell,

@@ -208,9 +208,9 @@ const VCPUS: u32 = 2;
 /// awaited conditions grow.
 const VM_ENV: &[(&str, &str)] = &[("AGENTCAGE_TEST_DEADLINE_SECS", "60")];
 
-/// Seconds one boot may take by default, from qemu's start to its exit. The deny boot takes
-/// 3-6 minutes on an idle 2-core machine and was seen at 8.5 minutes on a loaded one; both
-/// boots together stay far inside CI's 90 minutes.
+/// Seconds one boot may take by default, from qemu's start to its exit. A deny boot takes
+/// 3-6 minutes on an idle 2-core machine (5.10's about 8) and was seen at 10 on one shared
+/// with another VM; a timeout fails only that boot.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 1200;
 
 #[derive(clap::Args)]
