@@ -164,25 +164,15 @@ fn tiny_map() -> io::Result<()> {
     }
     const BPF_MAP_CREATE: libc::c_long = 0;
     const BPF_MAP_TYPE_ARRAY: u32 = 2;
-    let attr = MapCreate {
+    let mut attr = MapCreate {
         map_type: BPF_MAP_TYPE_ARRAY,
         key_size: 4,
         value_size: 4,
         max_entries: 1,
         map_flags: 0,
     };
-    // SAFETY: attr is a valid prefix of bpf_attr of the size given.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_CREATE,
-            &raw const attr,
-            size_of::<MapCreate>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: attr is a valid prefix of bpf_attr for BPF_MAP_CREATE, without pointers.
+    let fd = unsafe { super::sys_bpf(BPF_MAP_CREATE, &mut attr) }?;
     // SAFETY: the kernel returned a new descriptor that nothing else owns.
     drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
     Ok(())

@@ -147,6 +147,20 @@ fn load_tiers() -> Result<Loaded, BpfError> {
     })
 }
 
+/// The bpf(2) syscall for `cmd` with `attr`; its result, if not negative.
+///
+/// # Safety
+/// `attr` must be a valid prefix of `union bpf_attr` for `cmd` (the kernel zero-fills the
+/// rest), and any pointers in it valid for what the kernel does with them.
+unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: the caller vouches for attr; its size is the one passed.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<T>()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc)
+}
+
 fn load_with(settings: &agent_common::kernel::KernelSettings) -> Result<aya::Ebpf, BpfError> {
     let t = std::time::Instant::now();
     let ebpf = aya::EbpfLoader::new()

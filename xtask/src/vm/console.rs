@@ -185,30 +185,22 @@ impl Report {
                     ..Binary::default()
                 }),
                 "exit" => {
-                    let (name, code) = arg.rsplit_once(' ').unwrap_or((arg, ""));
-                    match self.binaries.last_mut() {
-                        Some(b) if b.name == name && b.exit.is_none() => {
-                            b.exit = code.parse().ok();
-                        }
-                        _ => self
-                            .problems
-                            .push(format!("an exit marker for {name} that never started")),
-                    }
+                    let last = self
+                        .binaries
+                        .last_mut()
+                        .map(|b| (b.name.as_str(), &mut b.exit));
+                    close(&mut self.problems, last, arg, "");
                 }
                 "step" => self.steps.push(StepOutput {
                     name: arg.to_owned(),
                     ..StepOutput::default()
                 }),
                 "step-exit" => {
-                    let (name, code) = arg.rsplit_once(' ').unwrap_or((arg, ""));
-                    match self.steps.last_mut() {
-                        Some(st) if st.name == name && st.exit.is_none() => {
-                            st.exit = code.parse().ok();
-                        }
-                        _ => self
-                            .problems
-                            .push(format!("an exit marker for step {name} that never started")),
-                    }
+                    let last = self
+                        .steps
+                        .last_mut()
+                        .map(|st| (st.name.as_str(), &mut st.exit));
+                    close(&mut self.problems, last, arg, "step ");
                 }
                 "done" => self.done = true,
                 "fatal" => self.problems.push(format!("/init failed: {arg}")),
@@ -221,6 +213,24 @@ impl Report {
                 b.summary = Some((count(rest, " passed"), count(rest, " failed")));
             }
         }
+    }
+}
+
+/// Reads an exit marker's `NAME CODE` into the exit status of `last` (the executable or step
+/// that started last, with its name), which must be NAME and still running; a stray marker
+/// is a problem.
+fn close(
+    problems: &mut Vec<String>,
+    last: Option<(&str, &mut Option<i32>)>,
+    arg: &str,
+    what: &str,
+) {
+    let (name, code) = arg.rsplit_once(' ').unwrap_or((arg, ""));
+    match last {
+        Some((started, exit)) if started == name && exit.is_none() => *exit = code.parse().ok(),
+        _ => problems.push(format!(
+            "an exit marker for {what}{name} that never started"
+        )),
     }
 }
 

@@ -98,20 +98,41 @@ const ALL_REFUSED: &[&str] = &["deny_enforcement", "file_rules", "content_rules"
 const DENY_TESTS: &[&str] = &["egress", "capture", "kernel", "deny_tier"];
 const KILL_TESTS: &[&str] = &["egress", "capture", "kernel", "kill_tier"];
 
+impl Boot {
+    /// A boot with BPF LSM active that enforces every policy feature.
+    const fn deny(kernel: &'static Kernel, lsm: Option<&'static str>) -> Self {
+        Self {
+            kernel,
+            tier: Tier::Deny,
+            lsm,
+            refused: &[],
+            steps: STEPS,
+            tests: DENY_TESTS,
+            skip: &[],
+            env: &[],
+        }
+    }
+
+    /// A boot without BPF LSM: every policy feature that needs it is refused.
+    const fn kill(kernel: &'static Kernel, lsm: Option<&'static str>) -> Self {
+        Self {
+            tier: Tier::Kill,
+            refused: ALL_REFUSED,
+            tests: KILL_TESTS,
+            ..Self::deny(kernel, lsm)
+        }
+    }
+}
+
 /// Which kernel boots how, and what it must show. Measured (docs/KERNEL.md): 5.10 has BPF LSM
 /// built in but not in its default list, no `userns_create` hook and no `bpf_ima_file_hash`;
-/// 6.1 and 6.12 have BPF LSM active by default and everything the deny tier uses.
+/// 6.1 and 6.12 have BPF LSM active by default and everything the deny tier uses. A kill
+/// boot's `lsm=` is the kernel's default list without `bpf`.
 pub const VM_SUITES: &[Boot] = &[
     Boot {
-        kernel: &KERNELS[0],
-        // 5.10's default list lacks `bpf`: the deny boot adds it, as a Debian 11 user would.
-        tier: Tier::Deny,
-        lsm: Some("lockdown,capability,yama,apparmor,tomoyo,bpf"),
         refused: &["file_rules", "content_rules"],
-        steps: STEPS,
-        tests: DENY_TESTS,
-        // 5.10's verifier takes 10-20 times longer than 6.1's over the file hooks (their walk
-        // up the directories): a daemon start takes 30-90 s under emulation.
+        // 5.10's verifier takes 10-20 times longer than 6.12's over the file hooks (their
+        // walk up the directories): a daemon start takes 30-90 s under emulation.
         env: &[("AGENTCAGE_TEST_DEADLINE_SECS", "180")],
         skip: &[
             (
@@ -124,61 +145,28 @@ pub const VM_SUITES: &[Boot] = &[
                 "files rules are refused on 5.10 (no userns_create hook)",
             ),
         ],
+        // 5.10's default list lacks `bpf`: the deny boot adds it, as a Debian 11 user would.
+        ..Boot::deny(
+            &KERNELS[0],
+            Some("lockdown,capability,yama,apparmor,tomoyo,bpf"),
+        )
     },
     Boot {
-        kernel: &KERNELS[0],
-        // The default list: no `bpf`.
-        tier: Tier::Kill,
-        lsm: None,
-        refused: ALL_REFUSED,
-        steps: STEPS,
         // Containment too: 5.10 has no cgroup.kill (5.14), so a kill signals each process.
         tests: &["egress", "capture", "kernel", "kill_tier", "containment"],
-        skip: &[],
-        env: &[],
+        // The default list: no `bpf`.
+        ..Boot::kill(&KERNELS[0], None)
     },
-    Boot {
-        kernel: &KERNELS[1],
-        tier: Tier::Deny,
-        lsm: None,
-        refused: &[],
-        steps: STEPS,
-        tests: DENY_TESTS,
-        skip: &[],
-        env: &[],
-    },
-    Boot {
-        kernel: &KERNELS[1],
-        // The default list without `bpf`.
-        tier: Tier::Kill,
-        lsm: Some("lockdown,capability,landlock,yama,apparmor,tomoyo"),
-        refused: ALL_REFUSED,
-        steps: STEPS,
-        tests: KILL_TESTS,
-        skip: &[],
-        env: &[],
-    },
-    Boot {
-        kernel: &KERNELS[2],
-        tier: Tier::Deny,
-        lsm: None,
-        refused: &[],
-        steps: STEPS,
-        tests: DENY_TESTS,
-        skip: &[],
-        env: &[],
-    },
-    Boot {
-        kernel: &KERNELS[2],
-        // The default list without `bpf`.
-        tier: Tier::Kill,
-        lsm: Some("lockdown,capability,landlock,yama,apparmor,tomoyo,ipe,ima,evm"),
-        refused: ALL_REFUSED,
-        steps: STEPS,
-        tests: KILL_TESTS,
-        skip: &[],
-        env: &[],
-    },
+    Boot::deny(&KERNELS[1], None),
+    Boot::kill(
+        &KERNELS[1],
+        Some("lockdown,capability,landlock,yama,apparmor,tomoyo"),
+    ),
+    Boot::deny(&KERNELS[2], None),
+    Boot::kill(
+        &KERNELS[2],
+        Some("lockdown,capability,landlock,yama,apparmor,tomoyo,ipe,ima,evm"),
+    ),
 ];
 
 /// Host programs the tests run, by path (`/bin/sh -c ...`, copies of `/bin/true`) or by name
