@@ -4,7 +4,7 @@ use std::{fmt, fs, path::Path};
 
 use aya::{
     maps::MapType,
-    programs::{LsmAttachType, ProgramType},
+    programs::ProgramType,
     sys::{is_map_supported, is_program_supported},
 };
 use serde::Serialize;
@@ -166,10 +166,11 @@ pub fn probe() -> DoctorReport {
             "capture: process events",
             ProgramType::Tracing,
         ),
-        program(
+        // Loaded, not attached: see `bpf::tier::lsm_loads`.
+        outcome(
             "lsm",
             "deny tier: exec/file enforcement",
-            ProgramType::Lsm(LsmAttachType::Mac),
+            crate::bpf::tier::lsm_loads().map(|()| true),
         ),
     ];
     DoctorReport {

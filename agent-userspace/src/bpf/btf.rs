@@ -222,6 +222,11 @@ impl Btf {
         self.funcs_by_name.contains_key(name)
     }
 
+    /// The BTF type id of function `name` (what a tracing or LSM program is loaded for).
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        self.funcs_by_name.get(name).copied()
+    }
+
     /// Position (from 0) of parameter `param` of function `func`: LSM hooks gain and lose
     /// parameters across kernel versions.
     pub fn param_index(&self, func: &str, param: &str) -> Result<u32, BtfError> {

@@ -7,10 +7,6 @@
 
 use std::{fmt, fs, path::Path};
 
-use aya::{
-    programs::{LsmAttachType, ProgramType},
-    sys::is_program_supported,
-};
 use nix::mount::{mount, MsFlags};
 use serde::{Deserialize, Serialize};
 
@@ -189,22 +185,94 @@ pub fn probe() -> TierProbe {
         }
         Some(_) => {}
     }
-    match is_program_supported(ProgramType::Lsm(LsmAttachType::Mac)) {
-        Ok(true) => TierProbe {
+    match lsm_loads() {
+        Ok(()) => TierProbe {
             tier: Tier::Deny,
             missing: None,
         },
-        Ok(false) => kill(
-            "BPF LSM: the kernel refuses to load LSM programs (BPF_PROG_LOAD fails although \
-             `bpf` is an active LSM)"
-                .to_owned(),
-        ),
         // EPERM here is the kernel refusing the program type, as on this project's host.
         Err(e) => kill(format!(
-            "BPF LSM: the kernel refuses to load LSM programs ({})",
+            "BPF LSM: the kernel refuses to load LSM programs although `bpf` is an active \
+             LSM ({})",
             crate::errors::render(&e)
         )),
     }
+}
+
+/// The exec hook, which the probe program is loaded for (and never attached to).
+const PROBE_HOOK: &str = "bpf_lsm_bprm_check_security";
+
+/// Why the probe could not load an LSM program.
+#[derive(Debug, thiserror::Error)]
+pub enum LsmProbeError {
+    /// The kernel's BTF could not be read.
+    #[error(transparent)]
+    Btf(#[from] super::btf::BtfError),
+    /// The kernel has no BPF LSM hook to load for.
+    #[error("the kernel's BTF has no {PROBE_HOOK}")]
+    NoHook,
+    /// BPF_PROG_LOAD failed.
+    #[error("BPF_PROG_LOAD of an LSM program failed: {0}")]
+    Load(#[source] std::io::Error),
+}
+
+/// Whether the kernel loads an LSM program: a two-instruction one (`return 0`) for the exec
+/// hook, loaded and closed, never attached. (aya's `is_program_supported` also attaches its
+/// probe, to `bpf_lsm_bpf`: that live-patches the hook every bpf() call goes through, and
+/// under qemu's TCG a concurrent bpf() call of another daemon crashed 6.12 with
+/// "Oops: int3" in `bpf_lsm_bpf`.) The daemon's own LSM programs load for real right after;
+/// their failure still falls back to the kill tier.
+pub fn lsm_loads() -> Result<(), LsmProbeError> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    /// `union bpf_attr` for BPF_PROG_LOAD, up to `attach_btf_id`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct ProgLoad {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        prog_name: [u8; 16],
+        prog_ifindex: u32,
+        expected_attach_type: u32,
+        prog_btf_fd: u32,
+        func_info_rec_size: u32,
+        func_info: u64,
+        func_info_cnt: u32,
+        line_info_rec_size: u32,
+        line_info: u64,
+        line_info_cnt: u32,
+        attach_btf_id: u32,
+    }
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_LSM: u32 = 29;
+    const BPF_LSM_MAC: u32 = 27;
+    // `r0 = 0` (BPF_ALU64 | BPF_MOV | BPF_K), then `exit` (BPF_JMP | BPF_EXIT).
+    let insns: [u64; 2] = [0xb7, 0x95];
+    let license = c"GPL";
+    let attach_btf_id = super::btf::Btf::from_sys_fs()?
+        .func_id(PROBE_HOOK)
+        .ok_or(LsmProbeError::NoHook)?;
+    let mut attr = ProgLoad {
+        prog_type: BPF_PROG_TYPE_LSM,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        expected_attach_type: BPF_LSM_MAC,
+        attach_btf_id,
+        ..ProgLoad::default()
+    };
+    // SAFETY: attr is a valid bpf_attr prefix for BPF_PROG_LOAD; insns and license outlive
+    // the call.
+    let fd = unsafe { super::sys_bpf(BPF_PROG_LOAD, &mut attr) }.map_err(LsmProbeError::Load)?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    Ok(())
 }
 
 #[cfg(test)]
