@@ -35,6 +35,25 @@ pub fn deadline() -> Duration {
     })
 }
 
+/// The policy features (`deny_enforcement`, `file_rules`, `content_rules`, in that order)
+/// the daemon must refuse in `tier`: AGENTCAGE_EXPECT_REFUSED (comma-separated) where the
+/// test runner names what its kernel lacks (`cargo xtask vm-test` does, per boot), else
+/// none in the deny tier and all in the kill tier.
+pub fn expected_refused(tier: &str) -> Vec<&'static str> {
+    const ALL: [&str; 3] = ["deny_enforcement", "file_rules", "content_rules"];
+    match std::env::var("AGENTCAGE_EXPECT_REFUSED") {
+        Ok(list) => {
+            let named: Vec<&str> = list.split(',').filter(|f| !f.is_empty()).collect();
+            for f in &named {
+                assert!(ALL.contains(f), "AGENTCAGE_EXPECT_REFUSED names {f:?}");
+            }
+            ALL.into_iter().filter(|f| named.contains(f)).collect()
+        }
+        Err(_) if tier == "kill" => ALL.to_vec(),
+        Err(_) => Vec::new(),
+    }
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Panics unless the test runs as root.
@@ -120,6 +139,18 @@ impl Daemon {
 
     /// Starts agentcaged with extra arguments.
     pub fn start_args(policy_yaml: &str, args: &[&str]) -> Self {
+        Self::try_start_customized(policy_yaml, |c| {
+            c.args(args);
+        })
+        .expect("agentcaged did not become ready")
+    }
+
+    /// Starts agentcaged on `policy_yaml` in fresh paths, with `customize` applied to its
+    /// command (arguments, limits, capabilities); Err(log) if it exits instead.
+    pub fn try_start_customized(
+        policy_yaml: &str,
+        customize: impl FnOnce(&mut Command),
+    ) -> Result<Self, String> {
         require_root();
         let dir = tempfile::tempdir().expect("tempdir");
         let policy = dir.path().join("policy.yaml");
@@ -130,8 +161,7 @@ impl Daemon {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         let socket = dir.path().join("agentcage.sock");
-        Self::start_with(dir, policy, socket, cgroup_name, args)
-            .expect("agentcaged did not become ready")
+        Self::launch(dir, policy, socket, cgroup_name, customize)
     }
 
     /// Starts a daemon on existing paths (e.g. a restart); Err(log) if it exits instead.
@@ -142,8 +172,21 @@ impl Daemon {
         cgroup_name: String,
         args: &[&str],
     ) -> Result<Self, String> {
-        let mut child = Command::new(agentcaged())
-            .args(args)
+        Self::launch(dir, policy, socket, cgroup_name, |c| {
+            c.args(args);
+        })
+    }
+
+    fn launch(
+        dir: tempfile::TempDir,
+        policy: PathBuf,
+        socket: PathBuf,
+        cgroup_name: String,
+        customize: impl FnOnce(&mut Command),
+    ) -> Result<Self, String> {
+        let mut command = Command::new(agentcaged());
+        customize(&mut command);
+        let mut child = command
             .arg("--policy")
             .arg(&policy)
             .arg("--socket")
@@ -267,7 +310,8 @@ impl Daemon {
 
     /// Asserts the daemon runs in `want` tier (`deny` or `kill`), and that this agrees with
     /// AGENTCAGE_EXPECT_TIER when the test runner (cargo xtask test / vm-test) sets it: a
-    /// probe that picked the wrong tier fails here rather than running the wrong suite.
+    /// probe that picked the wrong tier fails here rather than running the wrong suite. So
+    /// must the policy features the daemon refuses (see [`expected_refused`]).
     pub fn expect_tier(&self, want: &str) {
         if let Ok(expected) = std::env::var("AGENTCAGE_EXPECT_TIER") {
             assert_eq!(
@@ -281,13 +325,33 @@ impl Daemon {
             "the daemon runs in tier {} ({}); this suite needs {want}",
             status["tier"], status["tier_missing"]
         );
+        let refused: Vec<&str> = status["refused"]
+            .as_array()
+            .expect("status lists what is refused")
+            .iter()
+            .map(|r| r["feature"].as_str().expect("a feature name"))
+            .collect();
+        assert_eq!(
+            refused,
+            expected_refused(want),
+            "the daemon refuses other policy features than this kernel should: {:#}",
+            status["refused"]
+        );
     }
 
     /// Links the daemon pinned: its cgroup programs and its attached host-wide hooks.
     pub fn expected_pins(&self) -> usize {
         let hooks = self.status()["hooks"]
             .as_array()
-            .map(|h| h.iter().filter(|h| h["state"] == "attached").count())
+            .map(|h| {
+                h.iter()
+                    .filter(|h| {
+                        h["state"]
+                            .as_str()
+                            .is_some_and(|s| s.starts_with("attached"))
+                    })
+                    .count()
+            })
             .unwrap_or(0);
         agentcage::bpf::PROGRAMS.len() + hooks
     }

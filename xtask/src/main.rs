@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what a fresh machine lacks (Debian packages, nightly rust-src, bpf-linker in
-    /// .tools/). Idempotent.
+    /// .tools/, the VM kernels in .vm/). Idempotent.
     Setup,
     /// Setup, then build every binary of the workspace.
     Build {
@@ -59,8 +59,8 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Setup, build, then the test suites on Debian 12's kernel under qemu: once with BPF LSM
-    /// active (deny tier), once without (kill tier).
+    /// Setup, build, then the test suites on Debian's 5.10, 6.1 and 6.12 kernels under qemu,
+    /// each once with BPF LSM active (deny tier) and once without (kill tier).
     VmTest(vm::VmArgs),
     /// Setup, release build, then the .deb (systemd unit, config, completions, man pages) in
     /// target/debian/.
@@ -110,7 +110,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Lint => lint::lint(),
         Cmd::Unit { args } => lint::unit(&args),
         Cmd::Test { args } => test::test(&args),
-        Cmd::VmTest(args) => vm::vm_test(&args),
+        // Setup here, not in vm: setup fetches the VM kernels, so vm must not import it.
+        Cmd::VmTest(args) => setup::run_setup().and_then(|()| vm::vm_test(&args)),
         Cmd::Package => package::package(),
         Cmd::Bench { bench } => bench::run_bench(bench),
         Cmd::ConnectLoop(args) => bench::egress::connect_loop(&args),

@@ -54,7 +54,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 pub fn run_setup() -> Result<()> {
     debian_packages().context("setup: Debian packages")?;
     toolchain()?;
-    crate::vm::kernel::fetch_kernel().context("setup: the VM kernel")?;
+    crate::vm::kernel::fetch_kernels().context("setup: the VM kernels")?;
     rotel().context("setup: Rotel (OpenTelemetry collector for the tests)")?;
     asciinema().context("setup: asciinema (reads the terminal tests' recordings)")?;
     Ok(())

@@ -256,18 +256,8 @@ fn attached_program_ids(cgroup: &File, attach_type: u32) -> io::Result<Vec<u32>>
         prog_cnt: ids.len() as u32,
         ..Default::default()
     };
-    // SAFETY: attr is a valid bpf_attr query of the size given; prog_ids has prog_cnt slots.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_QUERY,
-            &raw mut attr,
-            size_of::<Query>(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: attr is a valid bpf_attr query; prog_ids has prog_cnt slots.
+    unsafe { super::sys_bpf(BPF_PROG_QUERY, &mut attr) }?;
     ids.truncate(attr.prog_cnt as usize);
     Ok(ids)
 }

@@ -76,7 +76,11 @@ pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
                 .map_err(|e| e.to_string())
                 .and_then(|mut c| c.call(&Request::Status {}).map_err(|e| e.to_string()));
             match status {
-                Ok(Response::Status(s)) => report.hooks = Some(s.hooks),
+                Ok(Response::Status(s)) => {
+                    report.hooks = Some(s.hooks);
+                    report.daemon_tier = Some(s.tier);
+                    report.refused = Some(s.refused);
+                }
                 Ok(other) => report.hooks_unknown = Some(format!("unexpected answer {other:?}")),
                 Err(e) => {
                     report.hooks_unknown = Some(format!(

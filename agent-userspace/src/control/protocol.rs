@@ -232,6 +232,9 @@ pub struct StatusReport {
     /// Whether exec rules by content (sha256) are enforced.
     #[serde(default)]
     pub content_hashes: bool,
+    /// Policy features this kernel cannot enforce, with why: an agent using one is refused.
+    #[serde(default)]
+    pub refused: Vec<crate::bpf::Refusal>,
     /// Every host-wide hook and its state.
     #[serde(default)]
     pub hooks: Vec<crate::bpf::HookStatus>,

@@ -33,13 +33,12 @@ pub(super) async fn start(
     (listener, app_listener): (tokio::net::UnixListener, tokio::net::UnixListener),
     signals: Signals,
 ) -> Result<(), DaemonError> {
-    let bpf::Loaded {
-        mut ebpf,
-        tier,
-        missing,
-    } = bpf::load()?;
-    match &missing {
-        None => info!(%tier, "enforcement tier: deny (BPF LSM refuses forbidden execs and opens)"),
+    let bpf::Loaded { mut ebpf, caps } = bpf::load()?;
+    let tier = caps.tier;
+    match &caps.missing {
+        None => {
+            info!(%tier, refused = ?caps.refused(), "enforcement tier: deny (BPF LSM refuses forbidden execs and opens)")
+        }
         Some(why) => {
             warn!(%tier, missing = %why, "enforcement tier: kill (forbidden execs are killed with SIGKILL; file rules cannot be enforced)")
         }
@@ -69,15 +68,9 @@ pub(super) async fn start(
         Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .map_err(|e| DaemonError::Sys("inotify_init", e.into()))?,
     );
-    // The hooks' states are known once they attach; content hashing is assumed from the
-    // loaded exec program until then.
+    // The hooks' states are known once they attach.
     let kernel = KernelInfo {
-        tier,
-        missing,
-        content_hashes: tier == bpf::Tier::Deny
-            && ebpf
-                .program("agentcage_bprm_check")
-                .is_some_and(|p| p.info().is_ok()),
+        caps: caps.clone(),
         hooks: Vec::new(),
     };
     // Snapshots and kills run outside the state lock, on the containment worker.
@@ -144,7 +137,7 @@ pub(super) async fn start(
     let pin_dir = config.pin_dir();
     let tag = pin_tag();
     let mut programs = AttachedPrograms::attach(&mut ebpf, root.dir().path(), &pin_dir, &tag)?;
-    let hooks = match GlobalHooks::attach(&mut ebpf, tier, &pin_dir, &tag) {
+    let hooks = match GlobalHooks::attach(&mut ebpf, &caps, &pin_dir, &tag) {
         Ok(h) => h,
         Err(e) => {
             programs.detach();

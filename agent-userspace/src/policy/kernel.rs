@@ -8,6 +8,8 @@ use agent_common::cage::{
     CAGE_F_EXEC_HASHES, CAGE_F_FILES, CAGE_F_READ_ONLY, CAGE_F_THROTTLED,
 };
 
+use serde::{Deserialize, Serialize};
+
 use super::{
     compile_egress, compile_exec, compile_files, compile_read_only, AgentPolicy, CompiledAgent,
     Enforcement, Policy, PolicyError, Rung,
@@ -21,6 +23,48 @@ pub struct KernelCaps {
     pub can_refuse: bool,
     /// Exec rules by content (`bpf_ima_file_hash`) are enforced.
     pub content_hashes: bool,
+    /// The `userns_create` LSM hook is there (file rules need it, so that a caged process
+    /// cannot mount over protected paths in a user namespace of its own).
+    pub userns_hook: bool,
+}
+
+impl KernelCaps {
+    /// Whether this kernel enforces `feature`.
+    pub fn enforces(self, feature: Feature) -> bool {
+        self.can_refuse
+            && match feature {
+                Feature::DenyEnforcement => true,
+                Feature::FileRules => self.userns_hook,
+                Feature::ContentRules => self.content_hashes,
+            }
+    }
+}
+
+/// A policy feature that some kernels cannot enforce. An agent whose policy uses one is
+/// refused there, naming what the kernel lacks (never run weaker than its policy says).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Feature {
+    /// `enforcement: deny`: forbidden operations must fail (EPERM), not be killed.
+    DenyEnforcement,
+    /// `files` rules (protect, watch).
+    FileRules,
+    /// `sha256:` exec rules.
+    ContentRules,
+}
+
+impl Feature {
+    /// Every feature, in the order `refused` lists them.
+    pub const ALL: [Self; 3] = [Self::DenyEnforcement, Self::FileRules, Self::ContentRules];
+
+    /// How the feature reads in a policy, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::DenyEnforcement => "enforcement: deny",
+            Self::FileRules => "files rules",
+            Self::ContentRules => "exec rules by sha256",
+        }
+    }
 }
 
 /// A cage's mode besides its policy.
@@ -86,17 +130,15 @@ fn mode_flags(mode: CageMode, caps: KernelCaps) -> u32 {
 }
 
 /// What in the agent's policy this kernel cannot enforce, if anything.
-pub fn needs_deny_tier(p: &AgentPolicy, c: &CompiledAgent, caps: KernelCaps) -> Option<String> {
-    if p.enforcement == Enforcement::Deny && !caps.can_refuse {
-        return Some("enforcement: deny".to_owned());
-    }
-    if !p.files.is_empty() && !caps.can_refuse {
-        return Some("files rules, which only BPF LSM can enforce".to_owned());
-    }
-    if c.exec.has_digest_rules && !(caps.can_refuse && caps.content_hashes) {
-        return Some("exec rules by sha256, which need BPF LSM with IMA hashing".to_owned());
-    }
-    None
+pub fn needs_deny_tier(p: &AgentPolicy, c: &CompiledAgent, caps: KernelCaps) -> Option<Feature> {
+    [
+        (Feature::DenyEnforcement, p.enforcement == Enforcement::Deny),
+        (Feature::FileRules, !p.files.is_empty()),
+        (Feature::ContentRules, c.exec.has_digest_rules),
+    ]
+    .into_iter()
+    .find(|&(f, used)| used && !caps.enforces(f))
+    .map(|(f, _)| f)
 }
 
 /// The cage entry's settings for an agent (None: unknown to the policy, nothing allowed),
@@ -108,7 +150,7 @@ pub fn cage_settings(
     compiled: &CompiledAgent,
     caps: KernelCaps,
     mode: CageMode,
-) -> (CageSettings, Option<String>) {
+) -> (CageSettings, Option<Feature>) {
     let mut flags = mode_flags(mode, caps);
     let Some(p) = p else {
         return (
@@ -148,10 +190,12 @@ mod tests {
     const KILL: KernelCaps = KernelCaps {
         can_refuse: false,
         content_hashes: false,
+        userns_hook: false,
     };
     const DENY: KernelCaps = KernelCaps {
         can_refuse: true,
         content_hashes: true,
+        userns_hook: true,
     };
 
     fn agent(yaml: &str) -> (AgentPolicy, CompiledAgent) {
@@ -190,7 +234,7 @@ mod tests {
     fn what_the_kill_tier_cannot_enforce_is_named() {
         let (p, c) = agent("    files:\n      protect: [{path: /etc/hostname}]\n");
         let (kill, shortfall) = cage_settings(Some(&p), &c, KILL, CageMode::default());
-        assert!(shortfall.unwrap().contains("files rules"));
+        assert_eq!(shortfall, Some(Feature::FileRules));
         let (deny, shortfall) = cage_settings(Some(&p), &c, DENY, CageMode::default());
         assert_eq!((deny.flags & CAGE_F_FILES, shortfall), (CAGE_F_FILES, None));
         assert_eq!(
@@ -200,19 +244,17 @@ mod tests {
 
         let (p, c) = agent("    enforcement: deny\n");
         assert_eq!(
-            cage_settings(Some(&p), &c, KILL, CageMode::default())
-                .1
-                .as_deref(),
-            Some("enforcement: deny")
+            cage_settings(Some(&p), &c, KILL, CageMode::default()).1,
+            Some(Feature::DenyEnforcement)
         );
         let digest = "0".repeat(64);
         let (p, c) = agent(&format!("    exec:\n      deny: [\"sha256:{digest}\"]\n"));
         let no_ima = KernelCaps {
-            can_refuse: true,
             content_hashes: false,
+            ..DENY
         };
         let (s, shortfall) = cage_settings(Some(&p), &c, no_ima, CageMode::default());
-        assert!(shortfall.unwrap().contains("sha256"));
+        assert_eq!(shortfall, Some(Feature::ContentRules));
         assert_eq!(
             s.flags & CAGE_F_EXEC_HASHES,
             0,

@@ -60,16 +60,17 @@ pub enum StateError {
         /// Why.
         why: String,
     },
-    /// The agent's policy needs the deny tier and this kernel gives only the kill tier.
+    /// The agent's policy has rules this kernel cannot enforce (the kill tier, or a deny
+    /// tier without a hook they need).
     #[error(
-        "refused to start agent {agent:?}: its policy needs the deny tier ({needs}), but this \
-         kernel cannot refuse operations: {missing}. Run it on a kernel with BPF LSM active \
-         (see `agentcage doctor`), or remove {needs} from its policy"
+        "refused to start agent {agent:?}: its policy has {needs}, which this kernel cannot \
+         enforce: {missing}. Run it on a kernel that can (see `agentcage doctor`), or remove \
+         {needs} from its policy"
     )]
     TierUnavailable {
         /// The agent.
         agent: String,
-        /// What in its policy needs the deny tier.
+        /// What in its policy cannot be enforced.
         needs: String,
         /// What the kernel lacks.
         missing: String,

@@ -55,12 +55,8 @@ pub struct Held {
 /// What the kernel gives, found at start.
 #[derive(Clone, Debug)]
 pub struct KernelInfo {
-    /// The enforcement tier.
-    pub tier: Tier,
-    /// Why the tier is not deny, if it is not.
-    pub missing: Option<String>,
-    /// Whether exec rules by content are enforced.
-    pub content_hashes: bool,
+    /// What the programs can enforce here: the tier and the deny tier's optional hooks.
+    pub caps: crate::bpf::Capabilities,
     /// The host-wide hooks' states.
     pub hooks: Vec<HookStatus>,
 }
@@ -69,8 +65,9 @@ impl KernelInfo {
     /// What the policy compiler needs to know of the kernel.
     fn caps(&self) -> KernelCaps {
         KernelCaps {
-            can_refuse: self.tier == Tier::Deny,
-            content_hashes: self.content_hashes,
+            can_refuse: self.caps.tier == Tier::Deny,
+            content_hashes: self.caps.content_hashes,
+            userns_hook: self.caps.userns_hook,
         }
     }
 }
@@ -213,16 +210,11 @@ impl State {
         }
         let (settings, shortfall) =
             cage_settings(policy.agent(agent), &compiled, self.kernel.caps(), mode);
-        if let Some(needs) = shortfall {
-            let missing = self
-                .kernel
-                .missing
-                .clone()
-                .unwrap_or_else(|| "the kernel's IMA cannot hash files for BPF".to_owned());
+        if let Some(feature) = shortfall {
             let err = StateError::TierUnavailable {
                 agent: agent.to_owned(),
-                needs,
-                missing,
+                needs: feature.describe().to_owned(),
+                missing: self.kernel.caps.lacks(feature).unwrap_or_default(),
             };
             if !adopting {
                 return Err(err);

@@ -42,9 +42,10 @@ impl State {
             policy_hash: self.policy.hash().to_owned(),
             cgroup_root: self.root.dir().path().display().to_string(),
             global_lost: self.maps.global_lost(),
-            tier: self.kernel.tier.to_string(),
-            tier_missing: self.kernel.missing.clone(),
-            content_hashes: self.kernel.content_hashes,
+            tier: self.kernel.caps.tier.to_string(),
+            tier_missing: self.kernel.caps.missing.clone(),
+            content_hashes: self.kernel.caps.content_hashes,
+            refused: self.kernel.caps.refused(),
             hooks: self.kernel.hooks.clone(),
             agents,
         }
