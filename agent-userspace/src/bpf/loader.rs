@@ -229,7 +229,7 @@ fn attach_one(
 }
 
 /// The ids of the programs attached to `cgroup` for `attach_type` (BPF_PROG_QUERY).
-fn attached_program_ids(cgroup: &File, attach_type: u32) -> io::Result<Vec<u32>> {
+pub(super) fn attached_program_ids(cgroup: &File, attach_type: u32) -> io::Result<Vec<u32>> {
     use std::os::fd::AsRawFd as _;
     /// The `query` member of `union bpf_attr`.
     #[repr(C)]

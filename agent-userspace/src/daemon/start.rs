@@ -152,6 +152,14 @@ pub(super) async fn start(
         }
     };
     state.set_hooks(hooks.status.clone());
+    match bpf::CgroupPrograms::of(&ebpf) {
+        Ok(p) => {
+            state.enable_containers(p, pin_dir.clone(), tag.clone(), config.app_socket.clone())
+        }
+        Err(e) => {
+            warn!(error = %e, "containers cannot be caged: the cgroup programs' descriptors are unavailable")
+        }
+    }
     // Only now drop the earlier daemon's links: there was no moment without enforcement.
     let released = bpf::release_pinned(&pin_dir, &tag);
     if released > 0 {

@@ -60,6 +60,14 @@ pub enum StateError {
         /// Why.
         why: String,
     },
+    /// A container may not be caged as it is.
+    #[error("refused to cage container {id}: {why}")]
+    Container {
+        /// The container's id.
+        id: String,
+        /// Why.
+        why: String,
+    },
     /// The agent's policy needs the deny tier and this kernel gives only the kill tier.
     #[error(
         "refused to start agent {agent:?}: its policy needs the deny tier ({needs}), but this \
