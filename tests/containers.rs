@@ -408,3 +408,71 @@ fn the_application_socket_is_in_the_container_and_speaks_for_its_agent() {
         stderr(&claim)
     );
 }
+
+#[test]
+fn a_restarted_daemon_takes_over_a_caged_container() {
+    let ((_ok, _no), port) = listener_pair();
+    let daemon = Daemon::start(&policy(port));
+    let engine = Engine::start(&daemon);
+    let up = run(
+        &engine,
+        "agentcage",
+        true,
+        &["-d", "--name", "r1", IMAGE, "/bin/sleep", "1000"],
+    );
+    assert!(up.status.success(), "{}", stderr(&up));
+    let pins = daemon.pin_dir().join("containers");
+    let (dir, policy_file, socket, name) = daemon.stop_keeping_paths();
+    // No daemon now: its pinned links keep the container's cgroup judged.
+    assert_eq!(pinned_links(&pins), agentcage::bpf::PROGRAMS.len());
+    let denied = engine.docker(&[
+        "exec",
+        "r1",
+        "/probe",
+        "connect",
+        &format!("127.0.0.2:{port}"),
+    ]);
+    assert_eq!(stdout(&denied), "err 1", "{}", stderr(&denied));
+
+    let daemon = Daemon::start_with(dir, policy_file, socket, name, &[]).expect("restart");
+    // Said before "ready", which start_with waited for.
+    let said = daemon.log.all.lock().unwrap().join("\n");
+    assert!(said.contains("took over containers"), "{said}");
+    let status = daemon.status();
+    assert_eq!(
+        status["agents"][0]["containers"][0]["container"]["name"], "r1",
+        "{status}"
+    );
+    // This daemon's links replaced the earlier ones.
+    assert_eq!(pinned_links(&pins), agentcage::bpf::PROGRAMS.len());
+    let denied = engine.docker(&[
+        "exec",
+        "r1",
+        "/probe",
+        "connect",
+        &format!("127.0.0.2:{port}"),
+    ]);
+    assert_eq!(stdout(&denied), "err 1", "{}", stderr(&denied));
+    let allowed = engine.docker(&[
+        "exec",
+        "r1",
+        "/probe",
+        "connect",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    assert_eq!(stdout(&allowed), "ok", "{}", stderr(&allowed));
+    // And it contains it.
+    let killed = daemon.cli().args(["kill", "web"]).output().unwrap();
+    assert!(killed.status.success(), "{}", stderr(&killed));
+    assert_eq!(engine.inspect("r1", "{{.State.Running}}"), "false");
+}
+
+/// How many links are pinned below `dir` (one directory per container cgroup).
+fn pinned_links(dir: &Path) -> usize {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| fs::read_dir(d.path()).map_or(0, Iterator::count))
+        .sum()
+}

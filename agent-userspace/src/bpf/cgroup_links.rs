@@ -112,6 +112,10 @@ impl PinnedLinks {
             }
         }
         let _ = fs::remove_dir(&self.dir);
+        // The directory of every container's links, once the last is gone.
+        if let Some(parent) = self.dir.parent() {
+            let _ = fs::remove_dir(parent);
+        }
     }
 
     /// The pin directory.

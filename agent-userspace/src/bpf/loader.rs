@@ -290,7 +290,9 @@ pub fn release_pinned(dir: &Path, keep_tag: &str) -> usize {
     let mut released = 0;
     for entry in entries.flatten() {
         let path: PathBuf = entry.path();
-        if path.to_string_lossy().ends_with(&suffix) {
+        // Directories hold other cgroups' links (containers), released with them.
+        if path.to_string_lossy().ends_with(&suffix) || entry.file_type().is_ok_and(|t| t.is_dir())
+        {
             continue;
         }
         // Unpinning removes the bpffs file; dropping the FdLink then detaches the program.

@@ -154,7 +154,20 @@ pub(super) async fn start(
     state.set_hooks(hooks.status.clone());
     match bpf::CgroupPrograms::of(&ebpf) {
         Ok(p) => {
-            state.enable_containers(p, pin_dir.clone(), tag.clone(), config.app_socket.clone())
+            let records = config
+                .socket
+                .parent()
+                .map_or_else(|| "containers".into(), |d| d.join("containers"));
+            state.enable_containers(
+                p,
+                (pin_dir.clone(), tag.clone()),
+                config.app_socket.clone(),
+                records,
+            );
+            let taken = state.adopt_containers();
+            if !taken.is_empty() {
+                info!(containers = ?taken, "took over containers caged by an earlier daemon");
+            }
         }
         Err(e) => {
             warn!(error = %e, "containers cannot be caged: the cgroup programs' descriptors are unavailable")

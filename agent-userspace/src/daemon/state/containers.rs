@@ -50,6 +50,17 @@ struct Attach {
     pin_dir: PathBuf,
     tag: String,
     app_socket: PathBuf,
+    /// One JSON record per caged container, for the next daemon to take it over.
+    records: PathBuf,
+}
+
+/// What a daemon leaves for the next one about a caged container.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    agent: String,
+    container: ContainerMeta,
+    cgroup: PathBuf,
+    cgroup_id: u64,
 }
 
 /// Every caged container, by cgroup id.
@@ -96,21 +107,99 @@ impl Containers {
 
 impl State {
     /// Lets containers be caged: the loaded cgroup programs, where their links are pinned
-    /// (a directory below the daemon's pin directory), and the application socket that
-    /// containers get.
+    /// (a directory below the daemon's pin directory), the application socket that
+    /// containers get, and where their records are kept (`records`, beside the sockets).
     pub fn enable_containers(
         &mut self,
         programs: CgroupPrograms,
-        pin_dir: PathBuf,
-        tag: String,
+        (pin_dir, tag): (PathBuf, String),
         app_socket: PathBuf,
+        records: PathBuf,
     ) {
         self.containers.attach = Some(Attach {
             programs,
             pin_dir: pin_dir.join("containers"),
             tag,
             app_socket,
+            records,
         });
+    }
+
+    /// Takes over the containers an earlier daemon caged (their pinned links kept them
+    /// enforced): the agent's entry for their cgroups, this daemon's links, then the earlier
+    /// links released. Records of containers gone since are dropped. Returns the ids.
+    pub fn adopt_containers(&mut self) -> Vec<String> {
+        let Some(attach) = &self.containers.attach else {
+            return Vec::new();
+        };
+        let (records, pins) = (attach.records.clone(), attach.pin_dir.clone());
+        let mut taken = Vec::new();
+        for entry in fs::read_dir(&records).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let record: Option<Record> = fs::read(&path)
+                .ok()
+                .and_then(|t| serde_json::from_slice(&t).ok());
+            let Some(r) = record else {
+                let _ = fs::remove_file(&path);
+                continue;
+            };
+            let dir = CgroupDir::new(r.cgroup.clone());
+            let live = dir.id().ok() == Some(r.cgroup_id) && dir.populated().unwrap_or(false);
+            let old_pins = pins.join(r.cgroup_id.to_string());
+            if !live {
+                let _ = fs::remove_file(&path);
+                crate::bpf::release_pinned(&old_pins, "");
+                let _ = fs::remove_dir(&old_pins);
+                continue;
+            }
+            let id = r.container.id.clone();
+            match self.take_over(r, dir) {
+                Ok(()) => {
+                    crate::bpf::release_pinned(&old_pins, &self.tag_of_containers());
+                    taken.push(id);
+                }
+                // The earlier links stay: the container stays enforced by the last policy.
+                Err(e) => {
+                    error!(container = id, error = %e, "could not take over a caged container")
+                }
+            }
+        }
+        taken
+    }
+
+    fn tag_of_containers(&self) -> String {
+        self.containers
+            .attach
+            .as_ref()
+            .map(|a| a.tag.clone())
+            .unwrap_or_default()
+    }
+
+    /// Cages a container's cgroup for `r.agent` again under this daemon.
+    fn take_over(&mut self, r: Record, dir: CgroupDir) -> Result<(), StateError> {
+        if !self.registry.contains(&r.agent) {
+            // An agent the policy may no longer know: caged all the same, nothing allowed.
+            let own = self.root.ensure_cage(&r.agent)?;
+            self.install(&r.agent, own, false)?;
+        }
+        let relative = format!(
+            "/{}",
+            dir.path()
+                .strip_prefix(self.cgroup_mount()?)
+                .map_err(|_| StateError::NoCage(r.agent.clone()))?
+                .display()
+        );
+        self.cage_cgroup(&r.agent, r.container, dir, relative, r.cgroup_id)?;
+        Ok(())
+    }
+
+    /// The cgroup2 mount (the parent of the cages' parent).
+    fn cgroup_mount(&self) -> Result<&std::path::Path, StateError> {
+        self.root
+            .dir()
+            .path()
+            .parent()
+            .ok_or_else(|| StateError::Usage("the cgroup2 mount is unknown".into()))
     }
 
     /// Whether `agent` may run in a container: what `agentcage-runtime` asks before the
@@ -175,7 +264,25 @@ impl State {
         self.refuse_recorded(agent)?;
         let relative = cgroup_of_pid(pid).map_err(|_| StateError::NoProcess(pid))?;
         let (dir, cgroup_id) = self.container_cgroup(pid, &relative).map_err(&refuse)?;
-        let agent_cgroup = self.ensure_cage(agent)?.cgroup_id;
+        self.ensure_cage(agent)?;
+        self.cage_cgroup(agent, meta, dir, relative, cgroup_id)
+    }
+
+    /// Makes `dir` a cage of `agent` (whose own cage exists): its entry, its links, its
+    /// watch, its record; holds the agent's cage.
+    fn cage_cgroup(
+        &mut self,
+        agent: &str,
+        meta: ContainerMeta,
+        dir: CgroupDir,
+        relative: String,
+        cgroup_id: u64,
+    ) -> Result<String, StateError> {
+        let agent_cgroup = self
+            .registry
+            .get(agent)
+            .ok_or_else(|| StateError::NoCage(agent.to_owned()))?
+            .cgroup_id;
         let agent_id = self.registry.agent_id(agent);
         let config = self
             .maps
@@ -209,6 +316,22 @@ impl State {
         if let Some(cage) = self.registry.get_mut(agent) {
             cage.holds += 1;
         }
+        let record = Record {
+            agent: agent.to_owned(),
+            container: meta.clone(),
+            cgroup: dir.path().to_path_buf(),
+            cgroup_id,
+        };
+        if let Err(e) = fs::create_dir_all(&attach.records).and_then(|()| {
+            fs::write(
+                attach.records.join(format!("{cgroup_id}.json")),
+                serde_json::to_vec(&record).unwrap_or_default(),
+            )
+        }) {
+            // The container is caged; only a later daemon could not take it over (its pins
+            // keep it enforced with this daemon's last policy).
+            error!(container = meta.id, error = %e, "could not record the caged container");
+        }
         let path = dir.path().display().to_string();
         info!(agent, container = meta.id, name = ?meta.name, image = ?meta.image, pod = ?meta.pod, cgroup = %path, "container caged");
         self.containers.watches.insert(watch, cgroup_id);
@@ -240,12 +363,7 @@ impl State {
         if cgroup_of_pid(std::process::id()).ok().as_deref() == Some(relative) {
             return Err("its init is in agentcaged's own cgroup".into());
         }
-        let mount = self
-            .root
-            .dir()
-            .path()
-            .parent()
-            .ok_or("the cgroup2 mount is unknown")?;
+        let mount = self.cgroup_mount().map_err(|e| e.to_string())?;
         let dir = CgroupDir::new(mount.join(relative.trim_start_matches('/')));
         let procs = dir.procs().map_err(|e| e.to_string())?;
         if procs != [pid] {
@@ -381,6 +499,9 @@ impl State {
         let _ = self.inotify.rm_watch(c.watch);
         self.maps.remove_cage(id);
         c.links.detach();
+        if let Some(a) = &self.containers.attach {
+            let _ = fs::remove_file(a.records.join(format!("{id}.json")));
+        }
         info!(
             agent = c.agent,
             container = c.meta.id,

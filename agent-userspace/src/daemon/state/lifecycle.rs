@@ -20,7 +20,12 @@ impl State {
     /// Installs the kernel state for a cage directory; `strict` refuses agents the policy
     /// does not name (new cages), otherwise they are caged with nothing allowed (cages found
     /// from an earlier daemon, whose processes must never run unrestricted).
-    fn install(&mut self, agent: &str, dir: CgroupDir, strict: bool) -> Result<(), StateError> {
+    pub(super) fn install(
+        &mut self,
+        agent: &str,
+        dir: CgroupDir,
+        strict: bool,
+    ) -> Result<(), StateError> {
         let policy = Arc::clone(&self.policy);
         let compiled = self.compile_for(&policy, agent, strict, !strict, CageMode::default())?;
         let cgroup_id = dir.id()?;
