@@ -19,7 +19,7 @@ use sha2::{Digest as _, Sha256};
 use crate::{
     build::build_bins,
     setup::run_setup,
-    util::{capture, cmd, repo_root},
+    util::{capture, cargo, cmd, repo_root, run},
 };
 
 /// The image's name, as packaging/k8s/daemonset.yaml names it.
@@ -34,6 +34,20 @@ pub fn image(debug: bool) -> Result<()> {
     run_setup()?;
     build_bins(!debug)?;
     let root = repo_root();
+    // The wrapper is copied onto nodes, whose C library may be older than this machine's:
+    // linked statically (it needs nothing of glibc that static linking breaks).
+    let mut c = cargo();
+    c.args([
+        "rustc",
+        "-p",
+        "agent-userspace",
+        "--bin",
+        "agentcage-runtime",
+    ]);
+    if !debug {
+        c.arg("--release");
+    }
+    run(c.args(["--", "-C", "target-feature=+crt-static"]))?;
     let profile = root
         .join("target")
         .join(if debug { "debug" } else { "release" });

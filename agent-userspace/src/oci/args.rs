@@ -39,6 +39,12 @@ pub enum Command {
         /// `--meta JSON`: the container's description.
         meta: String,
     },
+    /// `agentcage-install DIR`: copies this program into DIR (a node's runtime directory,
+    /// from the DaemonSet's init container).
+    Install {
+        /// Where to.
+        dir: PathBuf,
+    },
     /// Anything else: passed to the real runtime unchanged.
     Other,
 }
@@ -58,6 +64,9 @@ pub struct Invocation {
 
 /// The subcommand name of the wrapper's hook.
 pub const HOOK: &str = "agentcage-hook";
+
+/// The subcommand that installs the wrapper on a node.
+pub const INSTALL: &str = "agentcage-install";
 
 /// Global options of runc and crun that take a value.
 const GLOBAL_VALUES: &[&str] = &[
@@ -218,6 +227,12 @@ pub fn parse(raw: Vec<OsString>) -> Result<Invocation, ArgsError> {
                 meta: get("--meta")?,
             }
         }
+        INSTALL => Command::Install {
+            dir: tail
+                .first()
+                .map(PathBuf::from)
+                .ok_or_else(|| ArgsError::NoValue(INSTALL.to_owned()))?,
+        },
         _ => Command::Other,
     };
     Ok(Invocation {

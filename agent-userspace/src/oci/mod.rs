@@ -97,6 +97,15 @@ pub fn main(raw: Vec<OsString>) -> i32 {
     let log = LogTarget::of(&inv.globals);
     let result = match &inv.command {
         Command::Hook { agent, meta } => return hook::run(&socket(&inv), agent, meta),
+        Command::Install { dir } => {
+            return match install(dir) {
+                Ok(path) => {
+                    println!("agentcage-runtime installed as {}", path.display());
+                    0
+                }
+                Err(e) => fail(None, &e),
+            }
+        }
         Command::Create { bundle, id } => create(&inv, bundle.as_deref(), id),
         Command::Exec { id, process, caps } => exec(&inv, id, process.as_deref(), caps),
         Command::Other => Ok(()),
@@ -149,6 +158,22 @@ fn hand_over(inv: &Invocation) -> Result<(), OciError> {
         .args(&inv.runtime_args)
         .exec();
     Err(OciError::Exec { path, source })
+}
+
+/// Copies this program to `DIR/agentcage-runtime` (beside it first, then renamed, so an
+/// engine never runs a half-written file).
+fn install(dir: &Path) -> Result<PathBuf, OciError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| OciError::Exec { path, source }
+    };
+    let me = std::env::current_exe().map_err(io(Path::new("/proc/self/exe")))?;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let tmp = dir.join(".agentcage-runtime.new");
+    let to = dir.join("agentcage-runtime");
+    std::fs::copy(&me, &tmp).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &to).map_err(io(&to))?;
+    Ok(to)
 }
 
 /// The capabilities a caged container must not hold.
