@@ -357,6 +357,12 @@ impl State {
         if relative == "/" {
             return Err("its init is in the root cgroup".into());
         }
+        if relative.split('/').any(|c| c == "..") {
+            return Err(format!(
+                "its cgroup {relative} is outside agentcaged's cgroup namespace: run agentcaged \
+                 in the host's"
+            ));
+        }
         if self.root.holds_pid(pid).unwrap_or(true) {
             return Err("its init is in an agentcage cage already".into());
         }
