@@ -476,3 +476,48 @@ fn pinned_links(dir: &Path) -> usize {
         .map(|d| fs::read_dir(d.path()).map_or(0, Iterator::count))
         .sum()
 }
+
+#[test]
+fn an_approval_lets_a_containers_connect_through() {
+    let ((_ok, _no), port) = listener_pair();
+    let daemon = Daemon::start(&format!(
+        "version: 1
+agents:
+  web:
+    egress:
+      allow:
+        - cidr: 127.0.0.1/32
+          ports: [{port}]
+          protocols: [tcp]
+          requires_approval: true
+"
+    ));
+    let engine = Engine::start(&daemon);
+    let events = daemon.follow_events();
+    let up = run(
+        &engine,
+        "agentcage",
+        true,
+        &["-d", "--name", "a1", IMAGE, "/bin/sleep", "1000"],
+    );
+    assert!(up.status.success(), "{}", stderr(&up));
+    let dst = format!("127.0.0.1:{port}");
+    let pending = engine.docker(&["exec", "a1", "/probe", "connect", &dst]);
+    assert_eq!(stdout(&pending), "err 1", "denied until approved");
+    let request = events.wait_event("the approval request", |e| {
+        e["kind"] == "approval" && e["state"] == "requested"
+    });
+    let id = request["id"].as_u64().unwrap().to_string();
+    let approved = daemon.cli().args(["approve", &id]).output().unwrap();
+    assert!(approved.status.success(), "{}", stderr(&approved));
+    let through = engine.docker(&["exec", "a1", "/probe", "connect", &dst]);
+    assert_eq!(stdout(&through), "ok", "{}", stderr(&through));
+    // A container started after the grant has it too.
+    let later = run(
+        &engine,
+        "agentcage",
+        true,
+        &["--rm", IMAGE, "/probe", "connect", &dst],
+    );
+    assert_eq!(stdout(&later), "ok", "{}", stderr(&later));
+}

@@ -316,6 +316,7 @@ impl State {
         if let Some(cage) = self.registry.get_mut(agent) {
             cage.holds += 1;
         }
+        self.approvals.mirror(agent_cgroup, cgroup_id);
         let record = Record {
             agent: agent.to_owned(),
             container: meta.clone(),
@@ -504,6 +505,7 @@ impl State {
         };
         let _ = self.inotify.rm_watch(c.watch);
         self.maps.remove_cage(id);
+        self.approvals.unmirror(id);
         c.links.detach();
         if let Some(a) = &self.containers.attach {
             let _ = fs::remove_file(a.records.join(format!("{id}.json")));
