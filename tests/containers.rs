@@ -521,3 +521,55 @@ agents:
     );
     assert_eq!(stdout(&later), "ok", "{}", stderr(&later));
 }
+
+#[test]
+fn a_program_detached_from_a_container_is_put_back() {
+    let ((_ok, _no), port) = listener_pair();
+    let daemon = Daemon::start(&policy(port));
+    let engine = Engine::start(&daemon);
+    let up = run(
+        &engine,
+        "agentcage",
+        true,
+        &["-d", "--name", "w1", IMAGE, "/bin/sleep", "1000"],
+    );
+    assert!(up.status.success(), "{}", stderr(&up));
+    let cgroup = cgroup_of(&engine, "w1");
+    let cgroup_id = {
+        use std::os::unix::fs::MetadataExt as _;
+        fs::metadata(&cgroup).unwrap().ino()
+    };
+    // Root outside every cage detaches the container's connect4 link, as bpftool lets it.
+    let links = Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .unwrap();
+    let links: serde_json::Value = serde_json::from_slice(&links.stdout).unwrap();
+    let id = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["cgroup_id"] == cgroup_id && l["attach_type"] == "cgroup_inet4_connect")
+        .expect("the container's connect4 link")["id"]
+        .to_string();
+    let detach = Command::new("bpftool")
+        .args(["link", "detach", "id", &id])
+        .output()
+        .unwrap();
+    assert!(detach.status.success(), "{}", stderr(&detach));
+    daemon.log.wait_for("the repair", |l| {
+        l.contains("container's programs re-attached")
+    });
+    assert_eq!(
+        harness::attached_programs(&cgroup),
+        agentcage::bpf::PROGRAMS.len()
+    );
+    let denied = engine.docker(&[
+        "exec",
+        "w1",
+        "/probe",
+        "connect",
+        &format!("127.0.0.2:{port}"),
+    ]);
+    assert_eq!(stdout(&denied), "err 1", "{}", stderr(&denied));
+}

@@ -239,7 +239,9 @@ pub(super) async fn start(
     signals
         .wait_for_stop(&shared, || {
             watch_links(&mut programs, &mut ebpf, root.dir().path(), &shared);
-            shared.state().reap_retired();
+            let mut state = shared.state();
+            state.watch_container_links();
+            state.reap_retired();
         })
         .await;
     // Events already in the ring buffer go to the bus (and the spool) before anything stops.

@@ -485,6 +485,36 @@ impl State {
         self.containers.agent_of_cgroup(relative).map(str::to_owned)
     }
 
+    /// Puts back the links of any container someone detached (root outside every cage can)
+    /// with a fresh set, before the old pins go; freezes the container if it cannot, rather
+    /// than let it run unjudged.
+    pub fn watch_container_links(&mut self) {
+        let Containers {
+            by_cgroup, attach, ..
+        } = &mut self.containers;
+        let Some(attach) = attach else { return };
+        for c in by_cgroup.values_mut() {
+            let missing = match attach.programs.missing(c.dir.path()) {
+                Ok(m) if m.is_empty() => continue,
+                Ok(m) => m,
+                // Gone or going: the watch on its cgroup.events handles that.
+                Err(_) => continue,
+            };
+            error!(container = c.meta.id, programs = ?missing, "programs were detached from a caged container; re-attaching");
+            let tag = format!("{}-{}", attach.tag, crate::clock::boot_ns());
+            match attach.programs.attach(c.dir.path(), c.links.dir(), &tag) {
+                Ok(fresh) => {
+                    std::mem::replace(&mut c.links, fresh).detach();
+                    tracing::warn!(container = c.meta.id, "container's programs re-attached");
+                }
+                Err(e) => {
+                    let frozen = crate::runtime::containment::freeze(&c.dir).is_ok();
+                    error!(container = c.meta.id, error = %e, frozen, "could not re-attach a container's programs; it is frozen");
+                }
+            }
+        }
+    }
+
     /// A container's cgroup.events changed: once it is empty, the cgroup stops being a cage
     /// and lets go of the agent's. Returns whether the watch was a container's.
     pub(super) fn on_container_watch(&mut self, watch: WatchDescriptor) -> bool {
