@@ -573,3 +573,50 @@ fn a_program_detached_from_a_container_is_put_back() {
     ]);
     assert_eq!(stdout(&denied), "err 1", "{}", stderr(&denied));
 }
+
+#[test]
+fn exec_rules_hold_in_a_container_and_rules_by_host_path_are_refused() {
+    // Nothing may be executed: the container's entrypoint itself is stopped (killed before
+    // its first instruction in the kill tier, refused in the deny tier).
+    let daemon = Daemon::start("version: 1\nagents:\n  web:\n    exec:\n      default: deny\n");
+    let engine = Engine::start(&daemon);
+    let events = daemon.follow_events();
+    let out = run(
+        &engine,
+        "agentcage",
+        true,
+        &["--name", "e1", IMAGE, "/probe", "connect", "127.0.0.1:1"],
+    );
+    assert!(!out.status.success());
+    assert_eq!(stdout(&out), "", "the probe never ran");
+    let ev = events.wait_event("the entrypoint's exec", |v| {
+        v["kind"] == "exec" && v["container"]["name"] == "e1"
+    });
+    assert!(ev["verdict"] == "killed" || ev["verdict"] == "deny", "{ev}");
+    drop(engine);
+    drop(daemon);
+    // A rule naming a host file could not apply to the image's files: refused, not ignored.
+    let daemon =
+        Daemon::start("version: 1\nagents:\n  web:\n    exec:\n      deny: [/usr/bin/dd]\n");
+    let engine = Engine::start(&daemon);
+    let out = run(&engine, "agentcage", true, &["--rm", IMAGE, "/bin/true"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot run in a container: its exec rule /usr/bin/dd"),
+        "{}",
+        stderr(&out)
+    );
+    // Nor can a reload give such a rule to an agent whose container runs.
+    let yaml = "version: 1\nagents:\n  web:\n    exec:\n      default: allow\n";
+    daemon.rewrite_policy(yaml);
+    let up = run(
+        &engine,
+        "agentcage",
+        true,
+        &["-d", IMAGE, "/bin/sleep", "1000"],
+    );
+    assert!(up.status.success(), "{}", stderr(&up));
+    let reload = daemon
+        .rewrite_policy("version: 1\nagents:\n  web:\n    exec:\n      deny: [/usr/bin/dd]\n");
+    harness::assert_refused(&reload, "has caged containers");
+}

@@ -24,8 +24,36 @@ use crate::{
     cage::{cgroup_of_pid, CgroupDir},
     control::ContainerStatus,
     events::ContainerMeta,
-    policy::validate_agent_name,
+    policy::{validate_agent_name, ExecMatch, Policy},
 };
+
+/// Why `agent`'s policy names files by path (which a container does not share with the
+/// host), if it does.
+fn path_rules(policy: &Policy, agent: &str) -> Option<String> {
+    let p = policy.agent(agent)?;
+    let by_path = p
+        .exec
+        .allow
+        .iter()
+        .chain(&p.exec.deny)
+        .find_map(|m| match m {
+            ExecMatch::Path(path) => Some(path.clone()),
+            ExecMatch::Sha256(_) => None,
+        });
+    let why = if let Some(path) = by_path {
+        format!("its exec rule {path} names a file of the host")
+    } else if !p.files.is_empty() {
+        "its file rules name files of the host".to_owned()
+    } else if let Some(command) = p.approvals.exec.first() {
+        format!("its approvals.exec {command:?} names a program of the host")
+    } else {
+        return None;
+    };
+    Some(format!(
+        "{why}, which a container's image does not share, so the rule would not apply in \
+         it; exec rules by content (sha256:) do"
+    ))
+}
 
 /// How many removed containers' descriptions are kept for their late events.
 const RECENT: usize = 1024;
@@ -233,13 +261,34 @@ impl State {
         Ok((raw, app_socket))
     }
 
-    /// A container's terminal is the engine's, which nothing records.
+    /// Refuses an agent whose policy a container cannot be held to: a recorded terminal
+    /// (the container's is the engine's), or rules naming files by path (they are resolved
+    /// on the host's file system, which a container's image does not share, so they would
+    /// silently not apply).
     fn refuse_recorded(&self, agent: &str) -> Result<(), StateError> {
         if self.requires_recording(agent) {
             return Err(StateError::Usage(format!(
                 "agent {agent:?} must be recorded (record: always in its policy), and a \
                  container's terminal cannot be: start it with `agentcage run` instead"
             )));
+        }
+        if let Some(why) = path_rules(&self.policy, agent) {
+            return Err(StateError::Usage(format!(
+                "agent {agent:?} cannot run in a container: {why}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses a policy that would give an agent with caged containers rules by path.
+    pub(super) fn check_container_policy(&self, policy: &Policy) -> Result<(), StateError> {
+        for c in self.containers.by_cgroup.values() {
+            if let Some(why) = path_rules(policy, &c.agent) {
+                return Err(StateError::Usage(format!(
+                    "agent {:?} has caged containers (container {}): {why}",
+                    c.agent, c.meta.id
+                )));
+            }
         }
         Ok(())
     }
