@@ -149,7 +149,7 @@ impl Engine {
             fs::create_dir_all(to.parent().unwrap()).unwrap();
             fs::copy(&lib, &to).unwrap_or_else(|e| panic!("copy {}: {e}", lib.display()));
         }
-        let tar = Command::new("tar")
+        let mut tar = Command::new("tar")
             .arg("-C")
             .arg(&root)
             .args(["-cf", "-", "."])
@@ -159,9 +159,13 @@ impl Engine {
         let out = self
             .docker_cmd()
             .args(["import", "-", IMAGE])
-            .stdin(tar.stdout.unwrap())
+            .stdin(tar.stdout.take().unwrap())
             .output()
             .unwrap();
+        assert!(
+            tar.wait().unwrap().success(),
+            "tar of the image's root failed"
+        );
         assert!(out.status.success(), "docker import: {}", stderr(&out));
     }
 }

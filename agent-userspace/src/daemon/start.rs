@@ -258,8 +258,10 @@ pub(super) async fn start(
     let kept = shared.state().shutdown();
     let removed = kept.is_empty() && root.remove().is_ok();
     if removed {
-        // Hooks first: detaching the cgroup programs also removes the (then empty) pin dir.
+        // Hooks first: detaching the cgroup programs also removes the (then empty) pin dir,
+        // once the (empty) directory of containers' links is gone.
         hooks.detach();
+        let _ = std::fs::remove_dir(pin_dir.join("containers"));
         programs.detach();
         info!("stopped: no cage held a process; programs detached and cgroups removed");
     } else {

@@ -50,9 +50,10 @@ pub struct Event {
     pub kernel_ts_ns: u64,
     /// The agent's identity (`agent:NAME`), or null when the caller was in no known cage.
     pub agent: Option<AgentIdentity>,
-    /// The container the caller runs in, when its cage is a container's cgroup.
+    /// The container the caller runs in, when its cage is a container's cgroup (boxed: most
+    /// events have none, and every event would otherwise carry its size).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<ContainerMeta>,
+    pub container: Option<Box<ContainerMeta>>,
     /// Position among the agent's events, from 1, in the order the kernel produced them
     /// (ring-buffer order); a gap never occurs without a loss being counted.
     #[serde(default)]

@@ -53,7 +53,10 @@ impl State {
             boot_to_wall_ns: self.boot_to_wall_ns,
         };
         let mut event = events::enrich(raw, &mut view);
-        event.container = self.containers.meta_of(event.cgroup_id).cloned();
+        event.container = self
+            .containers
+            .meta_of(event.cgroup_id)
+            .map(|m| Box::new(m.clone()));
         self.registry.observe(raw.header().agent_id, &event);
         event
     }

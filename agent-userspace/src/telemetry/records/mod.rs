@@ -372,13 +372,13 @@ mod tests {
         let Entry::Event(e) = &mut r.entry else {
             unreachable!()
         };
-        e.container = Some(crate::events::ContainerMeta {
+        e.container = Some(Box::new(crate::events::ContainerMeta {
             id: "c0ffee".into(),
             name: Some("web-1".into()),
             image: Some("bb:1".into()),
             pod: Some("agent-pod".into()),
             namespace: Some("agents".into()),
-        });
+        }));
         let attrs = describe(&r, "n").attributes;
         let get = |k: &str| {
             attrs
