@@ -37,6 +37,31 @@ agents:
     )
 }
 
+/// Listeners on 127.0.0.1 and 127.0.0.2 at one port, a daemon whose agent `web` may reach
+/// only the first, and an engine using it.
+fn web() -> (
+    (std::net::TcpListener, std::net::TcpListener),
+    u16,
+    Daemon,
+    Engine,
+) {
+    let (listeners, port) = listener_pair();
+    let daemon = Daemon::start(&policy(port));
+    let engine = Engine::start(&daemon);
+    (listeners, port, daemon, engine)
+}
+
+/// A container `name` sleeping, caged as `web` when `labelled`.
+fn sleeper(engine: &Engine, name: &str, labelled: bool) {
+    let up = run(
+        engine,
+        "agentcage",
+        labelled,
+        &["-d", "--name", name, IMAGE, "/bin/sleep", "1000"],
+    );
+    assert!(up.status.success(), "{}", stderr(&up));
+}
+
 /// `docker run --runtime RUNTIME --network host [--label agentcage.agent=web] ARGS...`.
 fn run(engine: &Engine, runtime: &str, labelled: bool, args: &[&str]) -> std::process::Output {
     let mut cmd = engine.docker_cmd();
@@ -66,9 +91,7 @@ fn frozen(dir: &Path) -> bool {
 
 #[test]
 fn the_entrypoint_is_judged_from_its_first_connect_and_events_name_the_container() {
-    let ((_ok, _no), port) = listener_pair();
-    let daemon = Daemon::start(&policy(port));
-    let engine = Engine::start(&daemon);
+    let (_listeners, port, daemon, engine) = web();
     let events = daemon.follow_events();
 
     // The probe is the container's first process: nothing ran before its connect.
@@ -116,9 +139,7 @@ fn the_entrypoint_is_judged_from_its_first_connect_and_events_name_the_container
 
 #[test]
 fn without_the_label_or_with_runc_nothing_is_caged() {
-    let ((_ok, _no), port) = listener_pair();
-    let daemon = Daemon::start(&policy(port));
-    let engine = Engine::start(&daemon);
+    let (_listeners, port, daemon, engine) = web();
     let target = format!("127.0.0.2:{port}");
     let unlabelled = run(
         &engine,
@@ -141,16 +162,8 @@ fn without_the_label_or_with_runc_nothing_is_caged() {
 
 #[test]
 fn pause_freezes_the_container_and_kill_ends_it_as_the_engine_sees_it() {
-    let ((_ok, _no), port) = listener_pair();
-    let daemon = Daemon::start(&policy(port));
-    let engine = Engine::start(&daemon);
-    let up = run(
-        &engine,
-        "agentcage",
-        true,
-        &["-d", "--name", "k1", IMAGE, "/bin/sleep", "1000"],
-    );
-    assert!(up.status.success(), "{}", stderr(&up));
+    let (_listeners, _, daemon, engine) = web();
+    sleeper(&engine, "k1", true);
     let cgroup = cgroup_of(&engine, "k1");
     let status = daemon.status();
     let containers = &status["agents"][0]["containers"];
@@ -196,9 +209,7 @@ fn engine_cmd_args(engine: &Engine, args: &[&str]) -> Vec<String> {
 
 #[test]
 fn the_engines_memory_limit_still_applies_in_a_cage() {
-    let ((_ok, _no), port) = listener_pair();
-    let daemon = Daemon::start(&policy(port));
-    let engine = Engine::start(&daemon);
+    let (_listeners, _, daemon, engine) = web();
     // dd holds a 64 MiB buffer; the container may have 32.
     let out = run(
         &engine,
@@ -254,9 +265,7 @@ fn the_engines_memory_limit_still_applies_in_a_cage() {
 
 #[test]
 fn an_unknown_agent_or_a_privileged_container_is_refused_at_create_with_the_reason() {
-    let ((_ok, _no), port) = listener_pair();
-    let daemon = Daemon::start(&policy(port));
-    let engine = Engine::start(&daemon);
+    let (_listeners, _, _daemon, engine) = web();
     let unknown = engine
         .docker_cmd()
         .args(["run", "--rm", "--runtime", "agentcage", "--network", "none"])
@@ -320,19 +329,11 @@ fn exec_with_caps(engine: &Engine, name: &str, extra: &[&str]) -> std::process::
 
 #[test]
 fn exec_into_a_caged_container_gets_no_capability_that_could_undo_the_cage() {
-    let ((_ok, _no), port) = listener_pair();
-    let daemon = Daemon::start(&policy(port));
-    let engine = Engine::start(&daemon);
+    let (_listeners, _, _daemon, engine) = web();
     const SYS_ADMIN: u64 = 1 << 21;
     const NET_RAW: u64 = 1 << 13;
     const KILL: u64 = 1 << 5;
-    let up = run(
-        &engine,
-        "agentcage",
-        true,
-        &["-d", "--name", "x1", IMAGE, "/bin/sleep", "1000"],
-    );
-    assert!(up.status.success(), "{}", stderr(&up));
+    sleeper(&engine, "x1", true);
     let init = fs::read_to_string(format!(
         "/proc/{}/status",
         engine.inspect("x1", "{{.State.Pid}}")
@@ -352,13 +353,7 @@ fn exec_into_a_caged_container_gets_no_capability_that_could_undo_the_cage() {
         stderr(&asked)
     );
     // In an uncaged container the same process keeps them (the test can fail).
-    let plain = run(
-        &engine,
-        "agentcage",
-        false,
-        &["-d", "--name", "x2", IMAGE, "/bin/sleep", "1000"],
-    );
-    assert!(plain.status.success(), "{}", stderr(&plain));
+    sleeper(&engine, "x2", false);
     let exec = exec_with_caps(&engine, "x2", &[]);
     assert!(exec.status.success(), "{}", stderr(&exec));
     assert_ne!(cap_bounding(&stdout(&exec)) & SYS_ADMIN, 0);
@@ -366,9 +361,7 @@ fn exec_into_a_caged_container_gets_no_capability_that_could_undo_the_cage() {
 
 #[test]
 fn the_application_socket_is_in_the_container_and_speaks_for_its_agent() {
-    let ((_ok, _no), port) = listener_pair();
-    let daemon = Daemon::start(&policy(port));
-    let engine = Engine::start(&daemon);
+    let (_listeners, _, daemon, engine) = web();
     let events = daemon.follow_events();
     let out = run(
         &engine,
@@ -411,16 +404,8 @@ fn the_application_socket_is_in_the_container_and_speaks_for_its_agent() {
 
 #[test]
 fn a_restarted_daemon_takes_over_a_caged_container() {
-    let ((_ok, _no), port) = listener_pair();
-    let daemon = Daemon::start(&policy(port));
-    let engine = Engine::start(&daemon);
-    let up = run(
-        &engine,
-        "agentcage",
-        true,
-        &["-d", "--name", "r1", IMAGE, "/bin/sleep", "1000"],
-    );
-    assert!(up.status.success(), "{}", stderr(&up));
+    let (_listeners, port, daemon, engine) = web();
+    sleeper(&engine, "r1", true);
     let pins = daemon.pin_dir().join("containers");
     let (dir, policy_file, socket, name) = daemon.stop_keeping_paths();
     // No daemon now: its pinned links keep the container's cgroup judged.
@@ -494,13 +479,7 @@ agents:
     ));
     let engine = Engine::start(&daemon);
     let events = daemon.follow_events();
-    let up = run(
-        &engine,
-        "agentcage",
-        true,
-        &["-d", "--name", "a1", IMAGE, "/bin/sleep", "1000"],
-    );
-    assert!(up.status.success(), "{}", stderr(&up));
+    sleeper(&engine, "a1", true);
     let dst = format!("127.0.0.1:{port}");
     let pending = engine.docker(&["exec", "a1", "/probe", "connect", &dst]);
     assert_eq!(stdout(&pending), "err 1", "denied until approved");
@@ -524,16 +503,8 @@ agents:
 
 #[test]
 fn a_program_detached_from_a_container_is_put_back() {
-    let ((_ok, _no), port) = listener_pair();
-    let daemon = Daemon::start(&policy(port));
-    let engine = Engine::start(&daemon);
-    let up = run(
-        &engine,
-        "agentcage",
-        true,
-        &["-d", "--name", "w1", IMAGE, "/bin/sleep", "1000"],
-    );
-    assert!(up.status.success(), "{}", stderr(&up));
+    let (_listeners, port, daemon, engine) = web();
+    sleeper(&engine, "w1", true);
     let cgroup = cgroup_of(&engine, "w1");
     let cgroup_id = {
         use std::os::unix::fs::MetadataExt as _;
