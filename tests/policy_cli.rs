@@ -272,3 +272,36 @@ fn check_and_schema_work_offline() {
     harness::assert_refused(&out, "invalid assertion");
     assert!(stderr(&out).contains(":5:9:"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_kubernetes_configmap_update_is_reloaded() {
+    use std::os::unix::fs::symlink;
+    let (_a, a) = tcp_listener("127.0.0.1");
+    let (_b, b) = tcp_listener("127.0.0.1");
+    // A ConfigMap volume: the file is a symlink through `..data`, which the kubelet points
+    // at a new directory with one rename; the file itself is never written.
+    let dir = tempfile::tempdir().unwrap();
+    let first = "..2026_01_01_00_00_00.000000001";
+    fs::create_dir(dir.path().join(first)).unwrap();
+    fs::write(dir.path().join(first).join("policy.yaml"), allow_port(a)).unwrap();
+    symlink(first, dir.path().join("..data")).unwrap();
+    let policy = dir.path().join("policy.yaml");
+    symlink("..data/policy.yaml", &policy).unwrap();
+    let socket = dir.path().join("agentcage.sock");
+    let cgroup = format!("agentcage-test-{}-configmap", std::process::id());
+    let daemon = Daemon::start_with(dir, policy, socket, cgroup, &[]).expect("daemon");
+    let events = daemon.follow_events();
+
+    let second = "..2026_01_01_00_00_01.000000002";
+    let root = daemon.dir.path();
+    fs::create_dir(root.join(second)).unwrap();
+    fs::write(root.join(second).join("policy.yaml"), allow_port(b)).unwrap();
+    symlink(second, root.join("..data_tmp")).unwrap();
+    fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+    fs::remove_dir_all(root.join(first)).unwrap();
+
+    events.wait_event("the reload of the swapped ConfigMap", |v| {
+        v["kind"] == "policy" && v["result"] == "applied"
+    });
+    assert_eq!(in_force(&daemon), hash_of(&daemon, &allow_port(b)));
+}

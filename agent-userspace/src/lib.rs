@@ -14,6 +14,7 @@
 //! - [`cli`]: the command line;
 //! - [`runtime`]: containment, approvals, budgets, assertions, application events;
 //! - [`recording`]: asciicast recordings of agents' terminals;
+//! - [`oci`]: `agentcage-runtime`, the OCI runtime wrapper that cages containers;
 //! - [`doctor`]: what this kernel can do, probed;
 //! - [`errors`]: rendering error chains for people;
 //! - [`clock`]: wall, boot and the offset between them.
@@ -30,6 +31,7 @@ pub mod doctor;
 pub mod errors;
 pub mod events;
 pub mod identity;
+pub mod oci;
 pub mod policy;
 pub mod recording;
 pub mod runtime;

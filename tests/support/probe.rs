@@ -75,6 +75,8 @@ fn op(args: &[&str]) -> io::Result<()> {
             format!("{dir}/cgroup.procs"),
             std::process::id().to_string(),
         ),
+        // One line to the application socket; ok if the daemon accepted it.
+        ["app", socket, line] => app_event(socket, line),
         ["list", dir] => std::fs::read_dir(dir).map(drop),
         // Opens a file for reading (r), writing (w) or both (rw).
         ["open", path, mode] => std::fs::OpenOptions::new()
@@ -112,6 +114,20 @@ fn op(args: &[&str]) -> io::Result<()> {
             io::ErrorKind::InvalidInput,
             format!("unknown operation {args:?}"),
         )),
+    }
+}
+
+/// Sends one application event and reads the daemon's answer; its text goes to stderr.
+fn app_event(socket: &str, line: &str) -> io::Result<()> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.write_all(format!("{line}\n").as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply)?;
+    eprintln!("{}", reply.trim());
+    if reply.contains(r#""type":"accepted""#) {
+        Ok(())
+    } else {
+        Err(io::Error::other(reply))
     }
 }
 

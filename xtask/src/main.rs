@@ -3,6 +3,7 @@
 
 mod bench;
 mod build;
+mod image;
 mod lint;
 mod package;
 mod results;
@@ -65,6 +66,13 @@ enum Cmd {
     /// Setup, release build, then the .deb (systemd unit, config, completions, man pages) in
     /// target/debian/.
     Package,
+    /// Setup, release build, then the daemon's OCI image (agentcaged, agentcage,
+    /// agentcage-runtime) in target/oci/, built offline.
+    Image {
+        /// From the debug binaries, to try the packaging without a release build.
+        #[arg(long)]
+        debug: bool,
+    },
     /// Benchmarks (they measure and report; they pass or fail nothing).
     Bench {
         #[command(subcommand)]
@@ -113,6 +121,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         // Setup here, not in vm: setup fetches the VM kernels, so vm must not import it.
         Cmd::VmTest(args) => setup::run_setup().and_then(|()| vm::vm_test(&args)),
         Cmd::Package => package::package(),
+        Cmd::Image { debug } => image::image(debug),
         Cmd::Bench { bench } => bench::run_bench(bench),
         Cmd::ConnectLoop(args) => bench::egress::connect_loop(&args),
         Cmd::ConnectProbe(args) => bench::egress::connect_probe(&args),

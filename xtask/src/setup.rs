@@ -38,6 +38,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // program to run in the agent's terminal.
     "tmux",
     "less",
+    // The container tests: a real engine (dockerd with its containerd) and the runtime
+    // agentcage-runtime hands over to. The tests run their own dockerd on their own roots.
+    "docker.io",
+    "runc",
 ];
 
 /// The Rotel release the telemetry tests send to (a Rust OTLP collector shipped on PyPI).

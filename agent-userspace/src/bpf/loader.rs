@@ -229,7 +229,7 @@ fn attach_one(
 }
 
 /// The ids of the programs attached to `cgroup` for `attach_type` (BPF_PROG_QUERY).
-fn attached_program_ids(cgroup: &File, attach_type: u32) -> io::Result<Vec<u32>> {
+pub(super) fn attached_program_ids(cgroup: &File, attach_type: u32) -> io::Result<Vec<u32>> {
     use std::os::fd::AsRawFd as _;
     /// The `query` member of `union bpf_attr`.
     #[repr(C)]
@@ -280,7 +280,9 @@ pub fn release_pinned(dir: &Path, keep_tag: &str) -> usize {
     let mut released = 0;
     for entry in entries.flatten() {
         let path: PathBuf = entry.path();
-        if path.to_string_lossy().ends_with(&suffix) {
+        // Directories hold other cgroups' links (containers), released with them.
+        if path.to_string_lossy().ends_with(&suffix) || entry.file_type().is_ok_and(|t| t.is_dir())
+        {
             continue;
         }
         // Unpinning removes the bpffs file; dropping the FdLink then detaches the program.

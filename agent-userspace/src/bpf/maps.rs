@@ -202,6 +202,11 @@ impl EgressMaps {
         })
     }
 
+    /// A cage's configuration as the kernel has it.
+    pub fn cage(&self, cgroup_id: u64) -> Option<CageConfig> {
+        self.cages.get(&cgroup_id, 0).ok()
+    }
+
     /// Forgets a removed cage.
     pub fn remove_cage(&mut self, cgroup_id: u64) {
         let _ = self.cages.remove(&cgroup_id);

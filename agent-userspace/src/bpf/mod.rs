@@ -3,6 +3,7 @@
 
 mod approvals;
 pub mod btf;
+mod cgroup_links;
 mod hooks;
 mod loader;
 mod maps;
@@ -10,6 +11,7 @@ pub mod memlock;
 pub mod tier;
 
 pub use approvals::ApprovalMap;
+pub use cgroup_links::{CgroupPrograms, PinnedLinks};
 pub use hooks::{lsm_btf, GlobalHooks, HookStatus};
 pub use loader::{ensure_bpffs, release_pinned, AttachedPrograms, ProgramKind, PROGRAMS};
 pub use maps::{EgressMaps, SlotEntries};

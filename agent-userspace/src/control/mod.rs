@@ -11,7 +11,8 @@ mod protocol;
 pub use client::{Client, ClientError};
 pub use peer::{AccessPolicy, Peer};
 pub use protocol::{
-    AgentStatus, ContainedCage, ContainmentOutcome, Request, Response, StatusReport,
+    AgentStatus, ContainedCage, ContainerStatus, ContainmentOutcome, Request, Response,
+    StatusReport,
 };
 
 /// Where the daemon listens unless told otherwise.

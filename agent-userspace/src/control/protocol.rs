@@ -27,6 +27,23 @@ pub enum Request {
         /// The process to move.
         pid: u32,
     },
+    /// Before an engine creates a container of `agent` (`agentcage-runtime`): whether the
+    /// agent may run in a container, and what the container needs (nothing is held).
+    ContainerPrepare {
+        /// The agent's name.
+        agent: String,
+    },
+    /// Make a container being created a cage of `agent`: the cgroup of `pid` (its init,
+    /// alone there, before the container's own program runs) gets the agent's programs and
+    /// policy. Sent by `agentcage-runtime`'s hook.
+    ContainerCage {
+        /// The agent's name.
+        agent: String,
+        /// The container's init process, as the host sees it.
+        pid: u32,
+        /// What the engine said of the container.
+        container: crate::events::ContainerMeta,
+    },
     /// Agents, cages, counters.
     Status {},
     /// Events: the recent ones, or (follow) every new one as it happens.
@@ -138,6 +155,27 @@ pub enum Response {
         /// The process moved.
         pid: u32,
         /// The cage's cgroup directory.
+        cgroup: String,
+    },
+    /// Answer to [`Request::ContainerPrepare`].
+    ContainerPrepared {
+        /// The agent's name.
+        agent: String,
+        /// Whether the policy lets the agent use raw and packet sockets (else the container
+        /// loses CAP_NET_RAW).
+        raw_sockets: bool,
+        /// The application socket, for the wrapper to mount into the container.
+        app_socket: String,
+        /// SHA-256 of the policy in force.
+        policy_hash: String,
+    },
+    /// The container's cgroup is a cage of the agent now.
+    ContainerCaged {
+        /// The agent's name.
+        agent: String,
+        /// The container's id.
+        id: String,
+        /// The container's cgroup directory.
         cgroup: String,
     },
     /// Answer to [`Request::Status`].
@@ -313,6 +351,26 @@ pub struct AgentStatus {
     /// SHA-256 of the policy the cage's kernel entries were compiled from.
     #[serde(default)]
     pub policy_hash: String,
+    /// Containers whose cgroups are cages of this agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<ContainerStatus>,
+}
+
+/// A container caged as one of an agent's cgroups.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ContainerStatus {
+    /// What the engine said of it.
+    pub container: crate::events::ContainerMeta,
+    /// Its cgroup directory (the engine's).
+    pub cgroup: String,
+    /// Its cgroup id.
+    pub cgroup_id: u64,
+    /// Its processes.
+    pub pids: Vec<u32>,
+    /// Allowed decisions.
+    pub allowed: u64,
+    /// Denied decisions.
+    pub denied: u64,
 }
 
 #[cfg(test)]

@@ -145,6 +145,27 @@ pub(super) async fn start(
         }
     };
     state.set_hooks(hooks.status.clone());
+    match bpf::CgroupPrograms::of(&ebpf) {
+        Ok(p) => {
+            let records = config
+                .socket
+                .parent()
+                .map_or_else(|| "containers".into(), |d| d.join("containers"));
+            state.enable_containers(
+                p,
+                (pin_dir.clone(), tag.clone()),
+                config.app_socket.clone(),
+                records,
+            );
+            let taken = state.adopt_containers();
+            if !taken.is_empty() {
+                info!(containers = ?taken, "took over containers caged by an earlier daemon");
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "containers cannot be caged: the cgroup programs' descriptors are unavailable")
+        }
+    }
     // Only now drop the earlier daemon's links: there was no moment without enforcement.
     let released = bpf::release_pinned(&pin_dir, &tag);
     if released > 0 {
@@ -211,7 +232,9 @@ pub(super) async fn start(
     signals
         .wait_for_stop(&shared, || {
             watch_links(&mut programs, &mut ebpf, root.dir().path(), &shared);
-            shared.state().reap_retired();
+            let mut state = shared.state();
+            state.watch_container_links();
+            state.reap_retired();
         })
         .await;
     // Events already in the ring buffer go to the bus (and the spool) before anything stops.
@@ -228,8 +251,10 @@ pub(super) async fn start(
     let kept = shared.state().shutdown();
     let removed = kept.is_empty() && root.remove().is_ok();
     if removed {
-        // Hooks first: detaching the cgroup programs also removes the (then empty) pin dir.
+        // Hooks first: detaching the cgroup programs also removes the (then empty) pin dir,
+        // once the (empty) directory of containers' links is gone.
         hooks.detach();
+        let _ = std::fs::remove_dir(pin_dir.join("containers"));
         programs.detach();
         info!("stopped: no cage held a process; programs detached and cgroups removed");
     } else {

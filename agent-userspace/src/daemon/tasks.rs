@@ -249,7 +249,11 @@ pub async fn tick(shared: Arc<Shared>) {
 /// write a new file and rename it over the old one, hence the directory).
 pub struct PolicyWatch {
     inotify: Inotify,
-    name: std::ffi::OsString,
+    /// The names in the directory whose change changes the policy: the file's, and, when it
+    /// is a symlink through another entry of the directory (a Kubernetes ConfigMap volume:
+    /// `policy.yaml -> ..data/policy.yaml`, and the kubelet swaps `..data` by a rename), that
+    /// entry's.
+    names: Vec<std::ffi::OsString>,
 }
 
 impl PolicyWatch {
@@ -265,10 +269,18 @@ impl PolicyWatch {
             dir,
             AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MOVED_TO,
         )?;
-        Ok(Self {
-            inotify,
-            name: policy.file_name().unwrap_or_default().to_owned(),
-        })
+        let mut names = vec![policy.file_name().unwrap_or_default().to_owned()];
+        if let Some(first) = std::fs::read_link(policy)
+            .ok()
+            .filter(|target| target.is_relative())
+            .and_then(|target| match target.components().next() {
+                Some(std::path::Component::Normal(first)) => Some(first.to_owned()),
+                _ => None,
+            })
+        {
+            names.push(first);
+        }
+        Ok(Self { inotify, names })
     }
 }
 
@@ -302,7 +314,7 @@ pub async fn watch_policy(shared: Arc<Shared>, watch: PolicyWatch) {
             Ok(events) => {
                 let ours = events
                     .iter()
-                    .any(|e| e.name.as_deref() == Some(w.name.as_os_str()));
+                    .any(|e| e.name.as_ref().is_some_and(|n| w.names.contains(n)));
                 if ours {
                     if let Err(e) = shared.state().reload() {
                         error!(error = %e, "policy file changed: reload refused; the previous policy stays in force");

@@ -44,6 +44,7 @@ pub fn enrich(raw: &RawEvent, lookups: &mut impl Lookups) -> Event {
         time_unix_nano: wall_of_boot(h.ts_ns, lookups.boot_to_wall_ns()),
         kernel_ts_ns: h.ts_ns,
         agent,
+        container: None,
         agent_seq: lookups.next_seq(h.agent_id),
         pid: h.pid,
         tgid: h.tgid,

@@ -134,6 +134,7 @@ fn event(pid: u32, comm: &str, detail: EventDetail) -> Event {
         time_unix_nano: 1_700_000_000_000_000_000,
         kernel_ts_ns: 5_000_000_000,
         agent: Some(AgentIdentity::for_agent("payer")),
+        container: None,
         agent_seq: 3,
         pid,
         tgid: pid,

@@ -8,6 +8,7 @@
 
 mod app;
 mod bus;
+mod container;
 mod decision;
 mod decode;
 mod egress;
@@ -22,6 +23,7 @@ mod runtime;
 
 pub use app::{AppEvent, Phase};
 pub use bus::EventBus;
+pub use container::ContainerMeta;
 pub use decision::{RuleRef, Verdict};
 pub use decode::{decode, DecodeError, RawEvent};
 pub use egress::{EgressDetail, EgressHook, Family, Protocol, SockType};
@@ -48,6 +50,10 @@ pub struct Event {
     pub kernel_ts_ns: u64,
     /// The agent's identity (`agent:NAME`), or null when the caller was in no known cage.
     pub agent: Option<AgentIdentity>,
+    /// The container the caller runs in, when its cage is a container's cgroup (boxed: most
+    /// events have none, and every event would otherwise carry its size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Box<ContainerMeta>>,
     /// Position among the agent's events, from 1, in the order the kernel produced them
     /// (ring-buffer order); a gap never occurs without a loss being counted.
     #[serde(default)]
@@ -74,6 +80,7 @@ impl Event {
             time_unix_nano: crate::clock::now_unix_nano(),
             kernel_ts_ns: 0,
             agent: None,
+            container: None,
             agent_seq: 0,
             pid: 0,
             tgid: 0,

@@ -8,6 +8,7 @@ fn event(n: u64) -> Entry {
         time_unix_nano: n,
         kernel_ts_ns: n,
         agent: Some(crate::identity::AgentIdentity::for_agent("t")),
+        container: None,
         agent_seq: 1,
         pid: 1,
         tgid: 1,

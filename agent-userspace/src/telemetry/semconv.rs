@@ -22,6 +22,18 @@ pub const POLICY_HASH: &str = "agentcage.policy.hash";
 /// The identity certificate's id (issue 4's agent credentials); empty until configured.
 pub const CERTIFICATE_ID: &str = "agentcage.certificate.id";
 
+// Containers and Kubernetes (the container a caged process runs in).
+/// `container.id`.
+pub const CONTAINER_ID: &str = "container.id";
+/// `container.name`.
+pub const CONTAINER_NAME: &str = "container.name";
+/// `container.image.name`.
+pub const CONTAINER_IMAGE_NAME: &str = "container.image.name";
+/// `k8s.pod.name`.
+pub const K8S_POD_NAME: &str = "k8s.pod.name";
+/// `k8s.namespace.name`.
+pub const K8S_NAMESPACE_NAME: &str = "k8s.namespace.name";
+
 // GenAI (agents, tools, tokens).
 /// `gen_ai.agent.name`: the agent's name as the policy knows it.
 pub const GEN_AI_AGENT_NAME: &str = "gen_ai.agent.name";

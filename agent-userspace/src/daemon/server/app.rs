@@ -42,7 +42,14 @@ pub async fn serve_app(shared: Arc<Shared>, stream: UnixStream) {
             },
             Ok(msg) => {
                 let mut state = shared.state();
-                match sender_agent(state.root(), &peer, started, msg.agent.as_deref()) {
+                let agent = sender_agent(
+                    state.root(),
+                    |cgroup| state.container_agent(cgroup),
+                    &peer,
+                    started,
+                    msg.agent.as_deref(),
+                );
+                match agent {
                     Err(message) => {
                         warn!(pid = peer.pid, uid = peer.uid, "{message}");
                         AppReply::Error { message }

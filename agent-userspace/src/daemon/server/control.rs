@@ -104,7 +104,7 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream) {
 
 /// Why a peer inside a cage (or one whose cgroup cannot be read) is refused, if it is.
 fn caged_peer(shared: &Shared, peer: &Peer) -> Option<String> {
-    let message = match shared.state().root().holds_pid(peer.pid) {
+    let message = match shared.state().holds_pid(peer.pid) {
         Ok(false) => return None,
         Ok(true) => format!(
             "refused: process {} is inside an agentcage cage, and caged processes may not use \
@@ -171,6 +171,30 @@ fn handle(
         Request::Adopt { agent, pid } => state
             .move_into(&agent, pid, peer.uid, true)
             .map(|cgroup| Response::Adopted { agent, pid, cgroup }),
+        Request::ContainerPrepare { agent } => {
+            state
+                .container_prepare(&agent)
+                .map(|(raw_sockets, app_socket)| Response::ContainerPrepared {
+                    policy_hash: state.policy().hash().to_owned(),
+                    agent,
+                    raw_sockets,
+                    app_socket,
+                })
+        }
+        // Only root may make a cgroup it did not make a cage (the engine's runtime is root).
+        Request::ContainerCage { .. } if peer.uid != 0 => Err(StateError::Usage(
+            "only root (a container engine's runtime) may cage containers".into(),
+        )),
+        Request::ContainerCage {
+            agent,
+            pid,
+            container,
+        } => {
+            let id = container.id.clone();
+            state
+                .cage_container(&agent, pid, container)
+                .map(|cgroup| Response::ContainerCaged { agent, id, cgroup })
+        }
         Request::Status {} => Ok(Response::Status(state.status())),
         Request::Reload {} => state.reload().map(|p| Response::Reloaded {
             source: p.source().to_owned(),

@@ -60,6 +60,14 @@ pub enum StateError {
         /// Why.
         why: String,
     },
+    /// A container may not be caged as it is.
+    #[error("refused to cage container {id}: {why}")]
+    Container {
+        /// The container's id.
+        id: String,
+        /// Why.
+        why: String,
+    },
     /// The agent's policy has rules this kernel cannot enforce (the kill tier, or a deny
     /// tier without a hook they need).
     #[error(

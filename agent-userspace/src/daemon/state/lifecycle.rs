@@ -20,7 +20,12 @@ impl State {
     /// Installs the kernel state for a cage directory; `strict` refuses agents the policy
     /// does not name (new cages), otherwise they are caged with nothing allowed (cages found
     /// from an earlier daemon, whose processes must never run unrestricted).
-    fn install(&mut self, agent: &str, dir: CgroupDir, strict: bool) -> Result<(), StateError> {
+    pub(super) fn install(
+        &mut self,
+        agent: &str,
+        dir: CgroupDir,
+        strict: bool,
+    ) -> Result<(), StateError> {
         let policy = Arc::clone(&self.policy);
         let compiled = self.compile_for(&policy, agent, strict, !strict, CageMode::default())?;
         let cgroup_id = dir.id()?;
@@ -81,7 +86,7 @@ impl State {
     }
 
     /// The cage of `agent`, created (and enforced) if it does not exist yet.
-    fn ensure_cage(&mut self, agent: &str) -> Result<&Cage, StateError> {
+    pub(super) fn ensure_cage(&mut self, agent: &str) -> Result<&Cage, StateError> {
         if self.stopping {
             return Err(StateError::Stopping);
         }
@@ -129,7 +134,7 @@ impl State {
     }
 
     /// Whether the agent's policy requires its sessions to be recorded.
-    fn requires_recording(&self, agent: &str) -> bool {
+    pub(super) fn requires_recording(&self, agent: &str) -> bool {
         self.policy
             .agent(agent)
             .is_some_and(|p| p.record == crate::policy::Record::Always)
@@ -197,7 +202,7 @@ impl State {
             return refuse("it is a kernel thread".into());
         }
         // A process whose cgroup cannot be read is refused too: fail closed.
-        if self.root.holds_pid(pid).unwrap_or(true) {
+        if self.holds_pid(pid).unwrap_or(true) {
             return refuse("it is in a cage already; an agent does not change cages".into());
         }
         let raw_sockets = self
@@ -245,6 +250,9 @@ impl State {
 
     /// A cage's cgroup.events changed: remove the cage if it emptied and nothing holds it.
     pub fn on_watch(&mut self, watch: WatchDescriptor) {
+        if self.on_container_watch(watch) {
+            return;
+        }
         if let Some(agent) = self.registry.watched(watch).map(str::to_owned) {
             self.remove_if_idle(&agent);
         }
@@ -279,8 +287,14 @@ impl State {
     /// that still hold processes.
     pub fn shutdown(&mut self) -> Vec<String> {
         self.stopping = true;
+        // Containers keep their agent's cage: their pins go on enforcing its slot.
+        let holds: std::collections::HashMap<u32, usize> = self
+            .registry
+            .iter()
+            .map(|(_, c)| (c.agent_id, self.container_holds(c.agent_id)))
+            .collect();
         for (_, cage) in self.registry.iter_mut() {
-            cage.holds = 0;
+            cage.holds = holds.get(&cage.agent_id).copied().unwrap_or(0);
         }
         self.tidy();
         self.registry.names_of_cages()

@@ -8,6 +8,7 @@
 //! interleave; nothing slow runs under it (snapshots are written by the containment worker,
 //! binary hashes by the event reader).
 
+mod containers;
 mod enforce;
 mod error;
 mod lifecycle;
@@ -110,6 +111,7 @@ pub struct State {
     approvals: ApprovalState,
     budgets: BudgetState,
     assertions: AssertionState,
+    containers: containers::Containers,
 }
 
 /// A slot filled with an agent's rules, not yet switched in.
@@ -147,6 +149,7 @@ impl State {
             approvals: ApprovalState::new(parts.approval_map),
             budgets: BudgetState::default(),
             assertions: AssertionState::default(),
+            containers: containers::Containers::default(),
         }
     }
 
@@ -254,6 +257,7 @@ impl State {
             self.maps.clear_slot(&filled.entries);
             return Err(e.into());
         }
+        self.switch_containers(agent_id, config);
         Ok(filled.entries)
     }
 

@@ -52,7 +52,11 @@ impl State {
             policy: &self.policy,
             boot_to_wall_ns: self.boot_to_wall_ns,
         };
-        let event = events::enrich(raw, &mut view);
+        let mut event = events::enrich(raw, &mut view);
+        event.container = self
+            .containers
+            .meta_of(event.cgroup_id)
+            .map(|m| Box::new(m.clone()));
         self.registry.observe(raw.header().agent_id, &event);
         event
     }
@@ -69,6 +73,7 @@ impl State {
             time_unix_nano: wall_of_boot(now, self.boot_to_wall_ns),
             kernel_ts_ns: now,
             agent: Some(AgentIdentity::for_agent(agent)),
+            container: None,
             agent_seq,
             pid,
             tgid: pid,
@@ -111,6 +116,7 @@ impl State {
             time_unix_nano: now,
             kernel_ts_ns: u64::try_from(i128::from(now) - self.boot_to_wall_ns).unwrap_or(0),
             agent: Some(AgentIdentity::for_agent(agent)),
+            container: None,
             agent_seq: 0,
             pid: 0,
             tgid: 0,

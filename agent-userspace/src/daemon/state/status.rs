@@ -33,6 +33,7 @@ impl State {
                         .policy(cage.slot.slot())
                         .map(|p| p.hash().to_owned())
                         .unwrap_or_default(),
+                    containers: self.container_status(cage.agent_id),
                 }
             })
             .collect();

@@ -201,6 +201,19 @@ fn common(event: &Event) -> Vec<KeyValue> {
             identity.name().to_owned(),
         ));
     }
+    if let Some(c) = &event.container {
+        out.push(KeyValue::new(sc::CONTAINER_ID, c.id.clone()));
+        for (key, value) in [
+            (sc::CONTAINER_NAME, &c.name),
+            (sc::CONTAINER_IMAGE_NAME, &c.image),
+            (sc::K8S_POD_NAME, &c.pod),
+            (sc::K8S_NAMESPACE_NAME, &c.namespace),
+        ] {
+            if let Some(v) = value {
+                out.push(KeyValue::new(key, v.clone()));
+            }
+        }
+    }
     if event.tgid != 0 {
         out.push(KeyValue::new(sc::PROCESS_PID, i64::from(event.tgid)));
         out.push(KeyValue::new(sc::THREAD_ID, i64::from(event.pid)));
@@ -315,6 +328,7 @@ mod tests {
                 time_unix_nano: 2_000_000_000,
                 kernel_ts_ns: 1,
                 agent: Some(crate::identity::AgentIdentity::for_agent("a")),
+                container: None,
                 agent_seq: 1,
                 pid: 11,
                 tgid: 10,
@@ -364,6 +378,39 @@ mod tests {
             describe(&record(7, deny()), "other").ids.trace_id,
             a.ids.trace_id
         );
+    }
+
+    #[test]
+    fn a_containers_events_carry_its_container_and_pod_under_the_semantic_convention_names() {
+        let mut r = record(1, deny());
+        let Entry::Event(e) = &mut r.entry else {
+            unreachable!()
+        };
+        e.container = Some(Box::new(crate::events::ContainerMeta {
+            id: "c0ffee".into(),
+            name: Some("web-1".into()),
+            image: Some("bb:1".into()),
+            pod: Some("agent-pod".into()),
+            namespace: Some("agents".into()),
+        }));
+        let attrs = describe(&r, "n").attributes;
+        let get = |k: &str| {
+            attrs
+                .iter()
+                .find(|kv| kv.key.as_str() == k)
+                .map(|kv| kv.value.to_string())
+        };
+        assert_eq!(get(sc::CONTAINER_ID).as_deref(), Some("c0ffee"));
+        assert_eq!(get(sc::CONTAINER_NAME).as_deref(), Some("web-1"));
+        assert_eq!(get(sc::CONTAINER_IMAGE_NAME).as_deref(), Some("bb:1"));
+        assert_eq!(get(sc::K8S_POD_NAME).as_deref(), Some("agent-pod"));
+        assert_eq!(get(sc::K8S_NAMESPACE_NAME).as_deref(), Some("agents"));
+        assert_eq!(get(sc::GEN_AI_AGENT_NAME).as_deref(), Some("a"));
+        // Without a container, none of them.
+        let plain = describe(&record(1, deny()), "n").attributes;
+        assert!(!plain
+            .iter()
+            .any(|kv| kv.key.as_str().starts_with("container.")));
     }
 
     #[test]

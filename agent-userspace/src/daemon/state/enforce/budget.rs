@@ -252,10 +252,9 @@ impl State {
     /// over.
     pub(super) fn tick_budgets(&mut self, agent: &str, now: u64) -> Option<Rung> {
         let policy = self.policy.agent(agent).cloned()?;
-        let allowed = self
-            .registry
-            .get(agent)
-            .map_or(0, |c| self.maps.stats(c.cgroup_id).allowed);
+        let allowed = self.registry.get(agent).map_or(0, |c| {
+            self.maps.stats(c.cgroup_id).allowed + self.containers_allowed(c.agent_id)
+        });
         // The grace only matters while the rung is still below the one it leads to.
         let below = self.containment.rung(agent) < policy.containment.on_budget;
         let grace = below.then_some(policy.containment.budget_grace.0);

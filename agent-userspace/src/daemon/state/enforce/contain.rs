@@ -167,6 +167,13 @@ impl ContainJob {
             }
         }
         if self.kill {
+            // The containers first: the agent's own cage may be removed once it empties.
+            for dir in &self.plan.containers {
+                if let Err(e) = containment::kill(dir) {
+                    error!(agent = outcome.agent, cgroup = %dir.path().display(), error = %e, "kill of a container failed");
+                    outcome.error = Some(format!("kill: {e}"));
+                }
+            }
             match containment::kill(&self.dir) {
                 Ok(()) => outcome.emptied = true,
                 Err(e) => {
@@ -210,6 +217,7 @@ impl State {
             .map(|c| c.dir.clone())
             .ok_or_else(|| StateError::NoCage(agent.to_owned()))?;
         let previous = self.containment.rung(agent);
+        let containers = self.container_dirs(agent);
         let mut job = None;
         match rung {
             Rung::Observe | Rung::ReadOnly | Rung::ApprovalRequired => {
@@ -219,6 +227,9 @@ impl State {
                     return Err(e);
                 }
                 if previous >= Rung::Paused {
+                    for c in &containers {
+                        containment::thaw(c)?;
+                    }
                     containment::thaw(&dir)?;
                 }
             }
@@ -230,12 +241,14 @@ impl State {
                     warn!(agent, error = %e, "could not narrow egress before freezing");
                 }
                 let kill = rung == Rung::Killed;
-                if let Err(e) = containment::freeze(&dir) {
-                    if !kill {
-                        return Err(e.into());
+                for d in containers.iter().chain(std::iter::once(&dir)) {
+                    if let Err(e) = containment::freeze(d) {
+                        if !kill {
+                            return Err(e.into());
+                        }
+                        // The kill switch must kill: a failed freeze is logged, not fatal.
+                        error!(agent, cgroup = %d.path().display(), error = %e, "freeze before kill failed; killing anyway");
                     }
-                    // The kill switch must kill: a failed freeze is logged, not fatal.
-                    error!(agent, error = %e, "freeze before kill failed; killing anyway");
                 }
                 let events = self.containment.recent(agent);
                 let mut plan = SnapshotPlan::new(
@@ -247,6 +260,7 @@ impl State {
                     events,
                 );
                 plan.recording_dir = Some(self.containment.recording_dir.clone());
+                plan.containers = containers;
                 let (tx, rx) = oneshot::channel();
                 job = Some((
                     ContainJob {
