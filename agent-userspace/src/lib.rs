@@ -10,6 +10,7 @@
 //! - [`spool`]: the durable on-disk spool events are exported from;
 //! - [`telemetry`]: OTLP export of the spool (logs, traces) and metrics;
 //! - [`control`]: the control socket's protocol, server (peer checks) and client;
+//! - [`credentials`]: the node's keys, just-in-time credentials (JWTs) and their revocation;
 //! - [`daemon`]: the daemon's state and main loop;
 //! - [`cli`]: the command line;
 //! - [`runtime`]: containment, approvals, budgets, assertions, application events;
@@ -25,6 +26,7 @@ pub mod capture;
 pub mod cli;
 pub mod clock;
 pub mod control;
+pub mod credentials;
 pub mod daemon;
 pub mod doctor;
 pub mod errors;
