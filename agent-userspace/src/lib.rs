@@ -10,6 +10,7 @@
 //! - [`spool`]: the durable on-disk spool events are exported from;
 //! - [`telemetry`]: OTLP export of the spool (logs, traces) and metrics;
 //! - [`control`]: the control socket's protocol, server (peer checks) and client;
+//! - [`certificates`]: behavior certificates (DSSE envelopes around in-toto statements);
 //! - [`credentials`]: the node's keys, just-in-time credentials (JWTs) and their revocation;
 //! - [`daemon`]: the daemon's state and main loop;
 //! - [`cli`]: the command line;
@@ -23,6 +24,7 @@ pub mod bpf;
 pub mod cage;
 pub mod caps;
 pub mod capture;
+pub mod certificates;
 pub mod cli;
 pub mod clock;
 pub mod control;
