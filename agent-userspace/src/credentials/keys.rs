@@ -173,7 +173,7 @@ impl KeyRing {
     }
 
     /// The signing key (the current one).
-    pub(super) fn signing(&self) -> &SigningKey {
+    pub fn signing(&self) -> &SigningKey {
         &self.signing
     }
 
@@ -269,6 +269,18 @@ fn new_record(signing: &SigningKey, now: u64) -> (KeyRecord, String) {
         last_exp_unix: 0,
     };
     (record, kid)
+}
+
+/// Reads an Ed25519 public key from a PEM file (SubjectPublicKeyInfo, as
+/// `openssl pkey -pubout` writes it); returns it with its key id.
+pub fn read_public_key(path: &Path) -> Result<(String, VerifyingKey), CredentialError> {
+    use ed25519_dalek::pkcs8::DecodePublicKey as _;
+    let text = fs::read_to_string(path).map_err(CredentialError::io("reading", path))?;
+    let key = VerifyingKey::from_public_key_pem(&text).map_err(|_| CredentialError::KeyFile {
+        path: path.to_owned(),
+        expected: "an Ed25519 public key in PEM (`openssl pkey -in KEY -pubout`)",
+    })?;
+    Ok((key_id(&key), key))
 }
 
 /// Reads a PKCS#8 PEM private key, refusing one that others than its owner may read.

@@ -16,7 +16,7 @@ pub mod revocations;
 pub mod token;
 
 pub use grant::{decide, Ask, CredentialRequest, Decided, Refusal};
-pub use keys::{KeyRecord, KeyRing};
+pub use keys::{key_id, read_private_key, read_public_key, KeyRecord, KeyRing};
 pub use revocations::Revocations;
 pub use token::{issue, verify, Actor, Claims, Expected, Invalid};
 

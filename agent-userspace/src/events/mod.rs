@@ -8,6 +8,7 @@
 
 mod app;
 mod bus;
+mod credential;
 mod decision;
 mod decode;
 mod egress;
@@ -22,6 +23,7 @@ mod runtime;
 
 pub use app::{AppEvent, Phase};
 pub use bus::EventBus;
+pub use credential::{CredentialAction, CredentialDetail};
 pub use decision::{RuleRef, Verdict};
 pub use decode::{decode, DecodeError, RawEvent};
 pub use egress::{EgressDetail, EgressHook, Family, Protocol, SockType};
@@ -36,7 +38,7 @@ pub use runtime::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::AgentIdentity;
+use crate::identity::{AgentIdentity, SpiffeId};
 use named::named_enum;
 
 /// One event as consumers see it (and as `agentcage events` prints it, one JSON line each).
@@ -48,6 +50,9 @@ pub struct Event {
     pub kernel_ts_ns: u64,
     /// The agent's identity (`agent:NAME`), or null when the caller was in no known cage.
     pub agent: Option<AgentIdentity>,
+    /// The agent's SPIFFE ID (`spiffe://TRUST_DOMAIN/agent/NAME`), or null with no agent.
+    #[serde(default)]
+    pub spiffe_id: Option<SpiffeId>,
     /// Position among the agent's events, from 1, in the order the kernel produced them
     /// (ring-buffer order); a gap never occurs without a loss being counted.
     #[serde(default)]
@@ -62,6 +67,9 @@ pub struct Event {
     pub cgroup_id: u64,
     /// SHA-256 of the policy in force.
     pub policy_hash: String,
+    /// The id of the agent's behavior certificate, while a valid one is in force for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
     /// What happened.
     #[serde(flatten)]
     pub detail: EventDetail,
@@ -74,12 +82,14 @@ impl Event {
             time_unix_nano: crate::clock::now_unix_nano(),
             kernel_ts_ns: 0,
             agent: None,
+            spiffe_id: None,
             agent_seq: 0,
             pid: 0,
             tgid: 0,
             comm: String::new(),
             cgroup_id: 0,
             policy_hash: policy_hash.to_owned(),
+            certificate: None,
             detail,
         }
     }
@@ -123,6 +133,8 @@ pub enum EventDetail {
     Budget(BudgetDetail),
     /// A temporal assertion was violated.
     Assertion(AssertionDetail),
+    /// A credential was granted, refused or revoked.
+    Credential(CredentialDetail),
 }
 
 impl EventDetail {
@@ -141,6 +153,7 @@ impl EventDetail {
             Self::Approval(_) => "approval",
             Self::Budget(_) => "budget",
             Self::Assertion(_) => "assertion",
+            Self::Credential(_) => "credential",
         }
     }
 }

@@ -10,6 +10,7 @@
 
 mod enforce;
 mod error;
+mod inventory;
 mod lifecycle;
 mod publish;
 mod registry;
@@ -17,7 +18,7 @@ mod reload;
 mod slots;
 mod status;
 
-pub use enforce::{ContainJob, Contained, JobOutcome};
+pub use enforce::{ContainJob, Contained, CredentialSetup, JobOutcome};
 pub use error::StateError;
 
 use std::{path::PathBuf, sync::Arc};
@@ -34,7 +35,7 @@ use crate::{
         CompiledAgent, Policy,
     },
 };
-use enforce::{ApprovalState, AssertionState, BudgetState, ContainmentState};
+use enforce::{ApprovalState, AssertionState, BudgetState, ContainmentState, CredentialState};
 use registry::Registry;
 use slots::Slots;
 
@@ -87,6 +88,8 @@ pub struct RuntimeParts {
     pub recording_dir: PathBuf,
     /// Where containment jobs (snapshots, kills) go, to run outside the state lock.
     pub jobs: tokio::sync::mpsc::UnboundedSender<ContainJob>,
+    /// Keys, certificates and the trust domain.
+    pub credentials: CredentialSetup,
 }
 
 /// Everything the daemon manages.
@@ -113,6 +116,7 @@ pub struct State {
     approvals: ApprovalState,
     budgets: BudgetState,
     assertions: AssertionState,
+    credentials: CredentialState,
 }
 
 /// A slot filled with an agent's rules, not yet switched in.
@@ -122,7 +126,7 @@ struct Filled {
 }
 
 impl State {
-    /// A state with no cages yet.
+    /// A state with no cages yet; opens (or makes) the node's keys.
     pub fn new(
         policy: Policy,
         policy_path: PathBuf,
@@ -131,8 +135,8 @@ impl State {
         inotify: Arc<Inotify>,
         kernel: KernelInfo,
         parts: RuntimeParts,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, StateError> {
+        Ok(Self {
             kernel,
             policy: Arc::new(policy),
             policy_path,
@@ -150,7 +154,8 @@ impl State {
             approvals: ApprovalState::new(parts.approval_map),
             budgets: BudgetState::default(),
             assertions: AssertionState::default(),
-        }
+            credentials: CredentialState::open(parts.credentials)?,
+        })
     }
 
     /// The policy in force.

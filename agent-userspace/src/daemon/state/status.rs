@@ -33,6 +33,12 @@ impl State {
                         .policy(cage.slot.slot())
                         .map(|p| p.hash().to_owned())
                         .unwrap_or_default(),
+                    spiffe_id: self
+                        .credentials
+                        .trust_domain
+                        .agent(&cage.identity)
+                        .to_string(),
+                    certificate: cage.certificate.clone(),
                 }
             })
             .collect();
