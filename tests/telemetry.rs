@@ -91,7 +91,7 @@ fn check_typed_export(protocol: &str) {
     );
     assert_eq!(deny.attr("gen_ai.agent.name"), Some("Str(tester)"));
     // The agent's SPIFFE ID, in the default trust domain (the host name).
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     let spiffe = format!("Str(spiffe://{}/agent/tester)", host.trim().to_lowercase());
     assert_eq!(deny.attr("gen_ai.agent.id"), Some(spiffe.as_str()));
     assert_eq!(
