@@ -2,7 +2,7 @@
 
 use opentelemetry::{logs::Severity, KeyValue, Value};
 
-use super::{decision_span, sc, time_of, KindParts, SpanPlan};
+use super::{decision_span, sc, time_of, warn_if, KindParts, SpanPlan};
 use crate::events::{EgressDetail, Event, ExecDetail, ExitDetail, FileDetail, Verdict};
 
 pub(super) fn egress(event: &Event, d: &EgressDetail) -> KindParts {
@@ -41,7 +41,7 @@ pub(super) fn egress(event: &Event, d: &EgressDetail) -> KindParts {
     };
     (
         sc::EVENT_EGRESS_DECISION,
-        if deny { Severity::Warn } else { Severity::Info },
+        warn_if(deny),
         body,
         Some(span),
         attrs,
@@ -68,21 +68,10 @@ pub(super) fn exec(event: &Event, d: &ExecDetail) -> KindParts {
     if let Some(text) = &d.rule_text {
         attrs.push(KeyValue::new(sc::RULE_TEXT, text.clone()));
     }
-    let refused = d.verdict != Verdict::Allow;
     let body = format!("{} exec {}: {}", d.verdict, d.filename, d.rule);
-    let rule = d.rule.to_string();
-    let span = decision_span(event, format!("exec {}", d.filename), d.verdict, &rule);
-    (
-        sc::EVENT_EXEC,
-        if refused {
-            Severity::Warn
-        } else {
-            Severity::Info
-        },
-        body,
-        Some(span),
-        attrs,
-    )
+    let span = decision_span(event, format!("exec {}", d.filename), d.verdict, d.rule);
+    let severity = warn_if(d.verdict != Verdict::Allow);
+    (sc::EVENT_EXEC, severity, body, Some(span), attrs)
 }
 
 pub(super) fn exit(event: &Event, d: &ExitDetail) -> KindParts {
@@ -115,17 +104,7 @@ pub(super) fn file(event: &Event, d: &FileDetail) -> KindParts {
         attrs.push(KeyValue::new(sc::RULE_TEXT, text.clone()));
     }
     let body = format!("{} {} ({}): {}", d.verdict, d.op, d.access, d.rule);
-    let rule = d.rule.to_string();
-    let span = decision_span(event, format!("file {}", d.op), d.verdict, &rule);
-    (
-        sc::EVENT_FILE,
-        if d.verdict == Verdict::Deny {
-            Severity::Warn
-        } else {
-            Severity::Info
-        },
-        body,
-        Some(span),
-        attrs,
-    )
+    let span = decision_span(event, format!("file {}", d.op), d.verdict, d.rule);
+    let severity = warn_if(d.verdict == Verdict::Deny);
+    (sc::EVENT_FILE, severity, body, Some(span), attrs)
 }

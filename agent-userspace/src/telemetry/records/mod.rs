@@ -28,7 +28,7 @@ use kernel::{egress, exec, exit, file};
 
 use super::semconv as sc;
 use crate::{
-    events::{Event, EventDetail, Verdict},
+    events::{Event, EventDetail, RuleRef, Verdict},
     spool::{Entry, Record},
 };
 
@@ -230,7 +230,12 @@ pub(super) type KindParts = (
 );
 
 /// A decision span at the event's time, failed when the verdict refused or killed.
-pub(super) fn decision_span(event: &Event, name: String, verdict: Verdict, rule: &str) -> SpanPlan {
+pub(super) fn decision_span(
+    event: &Event,
+    name: String,
+    verdict: Verdict,
+    rule: RuleRef,
+) -> SpanPlan {
     let time = time_of(event.time_unix_nano);
     SpanPlan {
         name,
@@ -240,6 +245,15 @@ pub(super) fn decision_span(event: &Event, name: String, verdict: Verdict, rule:
         error: (verdict != Verdict::Allow && verdict != Verdict::Observed)
             .then(|| format!("{verdict} by {rule}")),
         attributes: Vec::new(),
+    }
+}
+
+/// Warn for what was refused, info otherwise.
+pub(super) fn warn_if(refused: bool) -> Severity {
+    if refused {
+        Severity::Warn
+    } else {
+        Severity::Info
     }
 }
 
