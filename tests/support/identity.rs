@@ -5,8 +5,6 @@
 
 use std::{
     fs,
-    io::{Read as _, Write as _},
-    net::TcpStream,
     path::{Path, PathBuf},
     process::{Command, Output},
 };
@@ -101,23 +99,15 @@ pub fn http_verify(
         "token": token, "tool": tool, "method": method, "resource": resource,
     })
     .to_string();
-    let mut s = TcpStream::connect(authority).unwrap();
-    write!(
-        s,
-        "POST /v1/credentials/verify HTTP/1.1\r\nHost: {authority}\r\nContent-Type: \
-         application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {response:?}"));
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{body:?}: {e}"));
+    let (code, body) = crate::harness::http_exchange(
+        authority,
+        &format!(
+            "POST /v1/credentials/verify HTTP/1.1\r\nHost: {authority}\r\nContent-Type: \
+             application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{body:?}: {e}"));
     (code, json)
 }
 

@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use jsonwebtoken::jwk::JwkSet;
 
 use super::{Cli, CliError, Command, Output};
@@ -22,6 +22,20 @@ use crate::{
 /// action may not go ahead).
 pub(super) const REFUSED: i32 = 3;
 
+/// The tool, method and resource of one call.
+#[derive(Clone, Debug, Args)]
+pub struct Scope {
+    /// The tool.
+    #[arg(long)]
+    tool: String,
+    /// The method.
+    #[arg(long)]
+    method: String,
+    /// The one resource.
+    #[arg(long)]
+    resource: String,
+}
+
 /// `agentcage cred ...`.
 #[derive(Clone, Debug, Subcommand)]
 pub enum CredCommand {
@@ -29,15 +43,9 @@ pub enum CredCommand {
     /// Exit status 3 when refused (the reason on stderr; `pending-approval` names the
     /// approval to decide).
     Request {
-        /// The tool.
-        #[arg(long)]
-        tool: String,
-        /// The method.
-        #[arg(long)]
-        method: String,
-        /// The one resource.
-        #[arg(long)]
-        resource: String,
+        /// What the token is for.
+        #[command(flatten)]
+        scope: Scope,
         /// How long the token should live (default 60s, never beyond the rule's max_ttl).
         #[arg(long)]
         ttl: Option<String>,
@@ -54,15 +62,9 @@ pub enum CredCommand {
     Verify {
         /// The token (`-` reads it from stdin).
         token: String,
-        /// The tool it must be for.
-        #[arg(long)]
-        tool: String,
-        /// The method.
-        #[arg(long)]
-        method: String,
-        /// The resource.
-        #[arg(long)]
-        resource: String,
+        /// What it must be good for.
+        #[command(flatten)]
+        scope: Scope,
         /// A JWKS document (`agentcage keys jwks > FILE`); the daemon's STATE_DIR/jwks.json
         /// by default.
         #[arg(long)]
@@ -113,17 +115,15 @@ pub fn dispatch(cli: &Cli) -> Result<i32, CliError> {
     };
     match command {
         CredCommand::Request {
-            tool,
-            method,
-            resource,
+            scope,
             ttl,
             on_behalf_of,
             output,
         } => {
             let credential = CredentialRequest {
-                tool: tool.clone(),
-                method: method.clone(),
-                resource: resource.clone(),
+                tool: scope.tool.clone(),
+                method: scope.method.clone(),
+                resource: scope.resource.clone(),
                 ttl: ttl.clone(),
                 on_behalf_of: on_behalf_of.clone(),
             };
@@ -156,22 +156,14 @@ pub fn dispatch(cli: &Cli) -> Result<i32, CliError> {
                 }
             }
         }
-        CredCommand::Verify {
-            token,
-            tool,
-            method,
-            resource,
-            jwks,
-        } => verify(
-            cli,
-            token,
-            Expected {
-                tool,
-                method,
-                resource,
-            },
-            jwks.as_deref(),
-        ),
+        CredCommand::Verify { token, scope, jwks } => {
+            let want = Expected {
+                tool: &scope.tool,
+                method: &scope.method,
+                resource: &scope.resource,
+            };
+            verify(cli, token, want, jwks.as_deref())
+        }
         CredCommand::List { output } => {
             match Client::connect(&cli.socket)?.call(&Request::Credentials {})? {
                 Response::Credentials { credentials } => {

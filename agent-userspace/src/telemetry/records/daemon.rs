@@ -266,10 +266,7 @@ pub(super) fn credential(event: &Event, d: &CredentialDetail) -> KindParts {
     let time = time_of(event.time_unix_nano);
     (
         sc::EVENT_CREDENTIAL,
-        match d.action {
-            CredentialAction::Granted => Severity::Info,
-            CredentialAction::Refused | CredentialAction::Revoked => Severity::Warn,
-        },
+        super::warn_if(d.action != CredentialAction::Granted),
         format!(
             "credential {} {} {} on {}{on_behalf}{why}",
             d.action, d.method, d.resource, d.tool
