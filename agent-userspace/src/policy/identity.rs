@@ -407,4 +407,58 @@ mod tests {
         assert!(Method::parse("GET /").is_err());
         assert_eq!(Method::parse("patch").unwrap().as_str(), "PATCH");
     }
+
+    #[test]
+    fn the_sections_parse_are_checked_and_hash_only_when_set() {
+        use crate::policy::Policy;
+        let load = |y: &str| Policy::from_yaml(y, "p.yaml");
+        let plain = "version: 1\nagents:\n  a: {}\n";
+        let hash = load(plain).unwrap().hash().to_owned();
+        let empty = "version: 1\nusers: {}\nagents:\n  a:\n    identity: {}\n    credentials: []\n    certificate: optional\n";
+        assert_eq!(load(empty).unwrap().hash(), hash, "defaults add nothing");
+        let full = "version: 1\nusers:\n  bob@x:\n    envelope:\n      - {tool: t, methods: [get], resources: [\"/a/*\"]}\nagents:\n  a:\n    identity: {owner: me, models: [m]}\n    credentials:\n      - {tool: t, methods: [GET], resources: [\"/a/*\"], max_ttl: 5m, requires_approval: true}\n    certificate: required\n";
+        let p = load(full).unwrap();
+        assert_ne!(p.hash(), hash);
+        let form = p.canonical();
+        for line in [
+            "  identity {",
+            "  credentials [",
+            "  certificate required",
+            "user bob@x envelope=",
+        ] {
+            assert!(form.contains(line), "{line} in {form}");
+        }
+        assert_eq!(p.agents["a"].certificate, CertificateRequirement::Required);
+        assert_eq!(p.users["bob@x"].envelope[0].methods[0].as_str(), "GET");
+        for (bad, says) in [
+            (
+                full.replace("max_ttl: 5m", "max_ttl: 25h"),
+                "longer than 24h",
+            ),
+            (
+                full.replace("methods: [GET]", "methods: []"),
+                "at least one entry",
+            ),
+            (full.replace("bob@x", "bob x"), "invalid user name"),
+            (
+                full.replace("methods: [GET]", "methods: [\"G T\"]"),
+                "invalid method",
+            ),
+            (
+                full.replace("tool: t, methods: [GET]", "tool: \"t t\", methods: [GET]"),
+                "tool name",
+            ),
+            (
+                full.replace("certificate: required", "certificate: maybe"),
+                "optional",
+            ),
+            (
+                full.replace("owner: me", "ownr: me"),
+                "unknown field `ownr`",
+            ),
+        ] {
+            let e = load(&bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{says:?} in {e}");
+        }
+    }
 }
