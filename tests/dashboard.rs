@@ -40,7 +40,7 @@ fn dashboard_url(daemon: &Daemon) -> (String, String) {
 /// One HTTP/1.1 request; returns the status code and the body.
 fn http(authority: &str, host: &str, request_line: &str, token: Option<&str>) -> (u16, String) {
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    harness::http_exchange(
+    agentcage_tests::http::exchange(
         authority,
         &format!(
             "{request_line} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"

@@ -6,8 +6,8 @@
 
 use std::{
     fs,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{TcpListener, TcpStream, UdpSocket},
+    io::{BufRead as _, BufReader, Write as _},
+    net::{TcpListener, UdpSocket},
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio},
     sync::{
@@ -575,22 +575,6 @@ pub fn udp_listener(ip: &str) -> (UdpSocket, u16) {
     s.set_nonblocking(true).unwrap();
     let port = s.local_addr().unwrap().port();
     (s, port)
-}
-
-/// Sends one raw HTTP/1.1 request (with `Connection: close`) to a loopback listener;
-/// returns the status code and the body.
-pub fn http_exchange(authority: &str, request: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(authority).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {response:?}"));
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (code, body.to_owned())
 }
 
 /// Stdout of an output, trimmed.

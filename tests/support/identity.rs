@@ -99,7 +99,7 @@ pub fn http_verify(
         "token": token, "tool": tool, "method": method, "resource": resource,
     })
     .to_string();
-    let (code, body) = crate::harness::http_exchange(
+    let (code, body) = crate::http::exchange(
         authority,
         &format!(
             "POST /v1/credentials/verify HTTP/1.1\r\nHost: {authority}\r\nContent-Type: \

@@ -8,5 +8,6 @@
 pub mod bins;
 pub mod collector;
 pub mod harness;
+pub mod http;
 pub mod identity;
 pub mod tmux;

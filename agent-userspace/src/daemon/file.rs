@@ -110,4 +110,14 @@ mod tests {
             .to_string();
         assert!(e.contains("identity.trust_domain"), "{e}");
     }
+
+    #[test]
+    fn the_packaged_template_parses() {
+        let text = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../packaging/agentcaged.yaml"
+        ));
+        let c = ConfigFile::parse(text).unwrap();
+        assert!(c.identity.trusted_keys.is_empty());
+    }
 }
