@@ -115,7 +115,14 @@ fn a_token_is_good_for_its_tool_method_and_resource_until_it_expires() {
     let late = cred_verify(&daemon, &short, "payments", "POST", "/payouts/1");
     assert_eq!(late.status.code(), Some(1));
     assert!(stderr(&late).contains("expired"), "{}", stderr(&late));
+
+    // The session's end revokes what is still live (the first token).
     cage.finish();
+    let gone = events.wait_event("the revocation at the session's end", |e| {
+        e["kind"] == "credential" && e["action"] == "revoked"
+    });
+    assert_eq!(gone["jti"], claims["jti"]);
+    assert_eq!(gone["reason"], "session ended");
     daemon.stop();
 }
 

@@ -5,7 +5,12 @@ use std::sync::Arc;
 
 use super::State;
 use crate::{
-    control::credential::AgentInventory, identity::AgentIdentity, policy::kernel::CageMode,
+    control::credential::AgentInventory,
+    identity::AgentIdentity,
+    policy::{
+        kernel::{cage_settings, compile_agent, CageMode},
+        Policy, Rung,
+    },
 };
 
 impl State {
@@ -28,11 +33,7 @@ impl State {
             .into_iter()
             .map(|name| {
                 let identity = AgentIdentity::for_agent(&name);
-                let tier = match self.compile_for(&policy, &name, true, false, CageMode::default())
-                {
-                    Ok(_) => self.kernel.tier.to_string(),
-                    Err(e) => format!("refused: {e}"),
-                };
+                let tier = self.tier_of(&policy, &name);
                 let running = self.registry.contains(&name);
                 AgentInventory {
                     spiffe_id: self.credentials.trust_domain.agent(&identity).to_string(),
@@ -49,5 +50,28 @@ impl State {
                 }
             })
             .collect()
+    }
+}
+
+impl State {
+    /// The tier the agent gets here, or why it would be refused (as `run` would say, without
+    /// the warnings a real start logs).
+    fn tier_of(&self, policy: &Policy, agent: &str) -> String {
+        let compiled = match compile_agent(policy, agent, Rung::Observe) {
+            Ok(Some(c)) => c,
+            Ok(None) => return "refused: the policy defines no such agent".to_owned(),
+            Err(e) => return format!("refused: {e}"),
+        };
+        let caps = self.kernel.caps();
+        match cage_settings(policy.agent(agent), &compiled, caps, CageMode::default()).1 {
+            None => self.kernel.tier.to_string(),
+            Some(needs) => format!(
+                "refused: needs the deny tier ({needs}); {}",
+                self.kernel
+                    .missing
+                    .as_deref()
+                    .unwrap_or("this kernel cannot refuse")
+            ),
+        }
     }
 }
