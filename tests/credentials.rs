@@ -184,6 +184,37 @@ fn a_caged_process_gets_nothing_for_another_agent_or_beyond_its_users_envelope()
     let dots = request(&mut cage, &payout("/payouts/../admin"));
     assert_eq!(dots["type"], "error", "{dots}");
 
+    // `agentcage cred request` from inside the cage prints the token alone.
+    let inside = daemon
+        .cli()
+        .args(["run", "--agent", "payer", "--", harness::agentcage()])
+        .arg("--app-socket")
+        .arg(daemon.app_socket())
+        .args(["cred", "request", "--tool", "payments", "--method", "post"])
+        .args(["--resource", "/payouts/7", "--ttl", "30s"])
+        .output()
+        .unwrap();
+    assert!(inside.status.success(), "{}", stderr(&inside));
+    let ok = cred_verify(&daemon, &stdout(&inside), "payments", "POST", "/payouts/7");
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let beyond = daemon
+        .cli()
+        .args(["run", "--agent", "payer", "--", harness::agentcage()])
+        .arg("--app-socket")
+        .arg(daemon.app_socket())
+        .args([
+            "cred", "request", "--tool", "payments", "--method", "DELETE",
+        ])
+        .args(["--resource", "/payouts/7"])
+        .output()
+        .unwrap();
+    assert_eq!(beyond.status.code(), Some(3), "{}", stderr(&beyond));
+    assert!(
+        stderr(&beyond).contains("refused (not-allowed)"),
+        "{}",
+        stderr(&beyond)
+    );
+
     // From outside every cage nothing is issued.
     let outside = daemon
         .cli()
