@@ -90,6 +90,14 @@ fn check_typed_export(protocol: &str) {
         Some(format!("Int({pid})").as_str())
     );
     assert_eq!(deny.attr("gen_ai.agent.name"), Some("Str(tester)"));
+    // The agent's SPIFFE ID, in the default trust domain (the host name).
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let spiffe = format!("Str(spiffe://{}/agent/tester)", host.trim().to_lowercase());
+    assert_eq!(deny.attr("gen_ai.agent.id"), Some(spiffe.as_str()));
+    assert_eq!(
+        deny.attr("agentcage.agent.identity"),
+        Some("Str(agent:tester)")
+    );
     assert_eq!(deny.attr("agentcage.rule"), Some("Str(default-deny)"));
     assert_eq!(deny.field("SeverityText"), Some("WARN"));
     let allow = decisions

@@ -195,6 +195,10 @@ impl Daemon {
             .arg(app_socket_of(&socket))
             .arg("--snapshot-dir")
             .arg(snapshots_of(&socket))
+            .arg("--state-dir")
+            .arg(state_of(&socket))
+            .arg("--certificate-dir")
+            .arg(certificates_of(&socket))
             .arg("--cgroup-name")
             .arg(&cgroup_name)
             .env("NO_COLOR", "1")
@@ -246,6 +250,16 @@ impl Daemon {
         snapshots_of(&self.socket)
     }
 
+    /// Its state directory (node keys, jwks.json, revocations), beside the control socket.
+    pub fn state_dir(&self) -> PathBuf {
+        state_of(&self.socket)
+    }
+
+    /// Where it looks for agents' behavior certificates (`NAME.json`).
+    pub fn certificate_dir(&self) -> PathBuf {
+        certificates_of(&self.socket)
+    }
+
     /// The daemon's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
@@ -261,10 +275,13 @@ impl Daemon {
         PathBuf::from("/sys/fs/bpf").join(&self.cgroup_name)
     }
 
-    /// `agentcage --socket S ARGS...`
+    /// `agentcage --socket S --state-dir D ARGS...`
     pub fn cli(&self) -> Command {
         let mut c = Command::new(agentcage());
-        c.arg("--socket").arg(&self.socket);
+        c.arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(self.state_dir());
         c
     }
 
@@ -434,6 +451,14 @@ fn app_socket_of(socket: &Path) -> PathBuf {
 
 fn snapshots_of(socket: &Path) -> PathBuf {
     socket.with_file_name("snapshots")
+}
+
+fn state_of(socket: &Path) -> PathBuf {
+    socket.with_file_name("state")
+}
+
+fn certificates_of(socket: &Path) -> PathBuf {
+    socket.with_file_name("certificates")
 }
 
 /// Kills whatever a failed test left in the cgroup tree and removes it.

@@ -1,6 +1,7 @@
 //! The end-to-end tests' library: a real daemon per test with the real CLI ([`harness`]), the
 //! binaries they run ([`bins`]), a real OpenTelemetry collector ([`collector`]), a real
-//! container engine ([`engine`]), and a real terminal ([`tmux`]).
+//! container engine ([`engine`]), a real terminal ([`tmux`]), and credentials checked as
+//! tools would check them ([`identity`]).
 //!
 //! The suites (`tests/*.rs`, one test target each) need root; this library and the probe
 //! build as any user.
@@ -9,4 +10,6 @@ pub mod bins;
 pub mod collector;
 pub mod engine;
 pub mod harness;
+pub mod http;
+pub mod identity;
 pub mod tmux;

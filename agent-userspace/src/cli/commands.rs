@@ -125,6 +125,9 @@ pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
         | Command::Approve { .. }
         | Command::Deny { .. }
         | Command::Event(_) => super::contain::dispatch(&cli),
+        Command::Agents { .. } | Command::Keys(_) => super::identity::dispatch(&cli),
+        Command::Cred(_) => super::cred::dispatch(&cli),
+        Command::Cert(_) => super::cert::dispatch(&cli),
         Command::Policy(PolicyCommand::Reload) => {
             let mut client = Client::connect(&cli.socket)?;
             match client.call(&Request::Reload {})? {

@@ -2,7 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{events::Event, runtime::approvals::Request as ApprovalRequest};
+use super::credential::{AgentInventory, KeyInfo, LiveCredential};
+use crate::{
+    certificates::EnvelopeSignature, events::Event, runtime::approvals::Request as ApprovalRequest,
+};
 
 /// What a client asks.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -105,6 +108,28 @@ pub enum Request {
     Deny {
         /// The request.
         id: u64,
+    },
+    /// Every agent the policy defines: identity, tier, certificate, whether it runs.
+    Agents {},
+    /// The node's signing keys and their JWKS.
+    Keys {},
+    /// Make a new signing key (the old public key stays until its tokens expired).
+    KeysRotate {},
+    /// Sign a behavior certificate (its DSSE envelope, JSON) with the node key.
+    CertSign {
+        /// The certificate file's text.
+        certificate: String,
+    },
+    /// The live credentials.
+    Credentials {},
+    /// Revoke one live credential, or every live credential of an agent.
+    Revoke {
+        /// The token's id.
+        #[serde(default)]
+        jti: Option<String>,
+        /// The agent.
+        #[serde(default)]
+        agent: Option<String>,
     },
 }
 
@@ -241,6 +266,32 @@ pub enum Response {
         /// The request.
         request: ApprovalRequest,
     },
+    /// Answer to [`Request::Agents`].
+    Agents {
+        /// The trust domain of their SPIFFE IDs.
+        trust_domain: String,
+        /// Every agent the policy defines, by name.
+        agents: Vec<AgentInventory>,
+    },
+    /// Answer to [`Request::Keys`] and [`Request::KeysRotate`].
+    Keys {
+        /// The signing key's id.
+        current: String,
+        /// Every key still needed for verification, current first.
+        keys: Vec<KeyInfo>,
+        /// The same public keys as a JWKS document.
+        jwks: serde_json::Value,
+    },
+    /// Answer to [`Request::CertSign`]: the signature to add.
+    CertSigned {
+        /// The node key's signature over the certificate's payload.
+        signature: EnvelopeSignature,
+    },
+    /// Answer to [`Request::Credentials`] and [`Request::Revoke`].
+    Credentials {
+        /// Live ones, or those just revoked.
+        credentials: Vec<LiveCredential>,
+    },
     /// The request failed; nothing was changed.
     Error {
         /// What went wrong, for a person.
@@ -351,6 +402,12 @@ pub struct AgentStatus {
     /// SHA-256 of the policy the cage's kernel entries were compiled from.
     #[serde(default)]
     pub policy_hash: String,
+    /// The agent's SPIFFE ID.
+    #[serde(default)]
+    pub spiffe_id: String,
+    /// The id of the behavior certificate in force, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
     /// Containers whose cgroups are cages of this agent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub containers: Vec<ContainerStatus>,

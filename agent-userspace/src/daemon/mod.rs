@@ -5,6 +5,7 @@
 //! slow or dead daemon lets nothing through.
 
 mod config;
+mod credential_http;
 mod dashboard;
 mod file;
 mod server;
@@ -13,9 +14,9 @@ mod state;
 mod tasks;
 mod watchdog;
 
-pub use config::{DaemonConfig, LogFormat};
+pub use config::{DaemonConfig, LogFormat, DEFAULT_STATE_DIR};
 pub use dashboard::DashboardConfig;
-pub use file::{ConfigFile, ConfigFileError};
+pub use file::{ConfigFile, ConfigFileError, IdentityConfig};
 pub use state::{Contained, StateError};
 
 use std::{io, path::PathBuf};
@@ -74,6 +75,12 @@ pub enum DaemonError {
     /// The dashboard cannot be served as configured.
     #[error("dashboard: {0}")]
     Dashboard(String),
+    /// The trust domain (the host name when none is configured) is not a valid one.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    /// A trusted key file could not be read.
+    #[error(transparent)]
+    Credential(#[from] crate::credentials::CredentialError),
     /// The kernel refused something else.
     #[error("{0}: {1}")]
     Sys(&'static str, #[source] io::Error),

@@ -24,6 +24,31 @@ use crate::{
     policy::Policy,
 };
 
+/// The trust domain (configured, else the host name), the trusted certificate keys, and
+/// where keys and certificates are kept.
+fn credential_setup(
+    config: &DaemonConfig,
+    file: &ConfigFile,
+) -> Result<super::state::CredentialSetup, DaemonError> {
+    let trust_domain = match &file.identity.trust_domain {
+        Some(t) => t.clone(),
+        None => crate::identity::TrustDomain::of_host()?,
+    };
+    let trusted_keys = file
+        .identity
+        .trusted_keys
+        .iter()
+        .map(|p| crate::credentials::read_public_key(p))
+        .collect::<Result<_, _>>()?;
+    Ok(super::state::CredentialSetup {
+        state_dir: config.state_dir.clone(),
+        certificate_dir: config.certificate_dir.clone(),
+        trust_domain,
+        trusted_keys,
+        node: crate::telemetry::resource::node_id(&file.telemetry),
+    })
+}
+
 pub(super) async fn start(
     config: DaemonConfig,
     file: ConfigFile,
@@ -88,8 +113,9 @@ pub(super) async fn start(
             snapshot_dir: config.snapshot_dir.clone(),
             recording_dir: config.recording_dir.clone(),
             jobs,
+            credentials: credential_setup(&config, &file)?,
         },
-    );
+    )?;
     let wake = Arc::new(tokio::sync::Notify::new());
     state.set_wake(Arc::clone(&wake));
     let dashboard = match file.dashboard.listen {

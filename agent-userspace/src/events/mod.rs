@@ -9,6 +9,7 @@
 mod app;
 mod bus;
 mod container;
+mod credential;
 mod decision;
 mod decode;
 mod egress;
@@ -24,6 +25,7 @@ mod runtime;
 pub use app::{AppEvent, Phase};
 pub use bus::EventBus;
 pub use container::ContainerMeta;
+pub use credential::{CredentialAction, CredentialDetail};
 pub use decision::{RuleRef, Verdict};
 pub use decode::{decode, DecodeError, RawEvent};
 pub use egress::{EgressDetail, EgressHook, Family, Protocol, SockType};
@@ -38,7 +40,7 @@ pub use runtime::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::AgentIdentity;
+use crate::identity::{AgentIdentity, SpiffeId};
 use named::named_enum;
 
 /// One event as consumers see it (and as `agentcage events` prints it, one JSON line each).
@@ -54,6 +56,9 @@ pub struct Event {
     /// events have none, and every event would otherwise carry its size).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<Box<ContainerMeta>>,
+    /// The agent's SPIFFE ID (`spiffe://TRUST_DOMAIN/agent/NAME`), or null with no agent.
+    #[serde(default)]
+    pub spiffe_id: Option<SpiffeId>,
     /// Position among the agent's events, from 1, in the order the kernel produced them
     /// (ring-buffer order); a gap never occurs without a loss being counted.
     #[serde(default)]
@@ -68,6 +73,9 @@ pub struct Event {
     pub cgroup_id: u64,
     /// SHA-256 of the policy in force.
     pub policy_hash: String,
+    /// The id of the agent's behavior certificate, while a valid one is in force for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
     /// What happened.
     #[serde(flatten)]
     pub detail: EventDetail,
@@ -81,12 +89,14 @@ impl Event {
             kernel_ts_ns: 0,
             agent: None,
             container: None,
+            spiffe_id: None,
             agent_seq: 0,
             pid: 0,
             tgid: 0,
             comm: String::new(),
             cgroup_id: 0,
             policy_hash: policy_hash.to_owned(),
+            certificate: None,
             detail,
         }
     }
@@ -130,6 +140,8 @@ pub enum EventDetail {
     Budget(BudgetDetail),
     /// A temporal assertion was violated.
     Assertion(AssertionDetail),
+    /// A credential was granted, refused or revoked.
+    Credential(CredentialDetail),
 }
 
 impl EventDetail {
@@ -148,6 +160,7 @@ impl EventDetail {
             Self::Approval(_) => "approval",
             Self::Budget(_) => "budget",
             Self::Assertion(_) => "assertion",
+            Self::Credential(_) => "credential",
         }
     }
 }

@@ -9,12 +9,14 @@ fn event(n: u64) -> Entry {
         kernel_ts_ns: n,
         agent: Some(crate::identity::AgentIdentity::for_agent("t")),
         container: None,
+        spiffe_id: None,
         agent_seq: 1,
         pid: 1,
         tgid: 1,
         comm: "c".into(),
         cgroup_id: 7,
         policy_hash: "h".into(),
+        certificate: None,
         detail: EventDetail::Egress(EgressDetail::denied([127, 0, 0, 1].into(), 80)),
     }))
 }

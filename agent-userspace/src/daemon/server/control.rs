@@ -251,6 +251,12 @@ fn handle(
         Request::Deny { id } => state
             .deny(id, &who(peer))
             .map(|request| Response::Approval { request }),
+        r @ (Request::Agents {}
+        | Request::Keys {}
+        | Request::KeysRotate {}
+        | Request::CertSign { .. }
+        | Request::Credentials {}
+        | Request::Revoke { .. }) => super::identity::handle(&mut state, &who(peer), r),
     };
     result.unwrap_or_else(|e| {
         warn!(error = %e, uid = peer.uid, pid = peer.pid, "request refused");

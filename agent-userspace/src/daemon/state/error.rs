@@ -107,6 +107,20 @@ pub enum StateError {
     /// A recording the policy requires could not be made.
     #[error(transparent)]
     Recording(#[from] crate::recording::RecordingError),
+    /// The node's keys or the revocations could not be read or written.
+    #[error(transparent)]
+    Credential(crate::credentials::CredentialError),
+    /// The agent needs a valid behavior certificate and has none.
+    #[error(
+        "refused to start agent {agent:?}: its policy requires a behavior certificate \
+         (certificate: required) valid for the policy in force, and {reason}"
+    )]
+    Certificate {
+        /// The agent.
+        agent: String,
+        /// What is wrong with its certificate.
+        reason: String,
+    },
     /// Watching a cage for emptiness failed.
     #[error("watching {path}: {source}")]
     Watch {

@@ -45,6 +45,7 @@ impl State {
             }
         };
         let now = crate::clock::boot_ns();
+        let certificate = self.certificate_for(agent, false)?;
         let agent_policy = self.policy.agent(agent);
         self.containment.start(agent);
         self.budgets.start(agent, now);
@@ -60,6 +61,7 @@ impl State {
                 holds: 0,
                 watch,
                 started_unix_nano: crate::clock::now_unix_nano(),
+                certificate,
             },
         );
         Ok(())
@@ -108,9 +110,15 @@ impl State {
             .ok_or_else(|| StateError::NoCage(agent.to_owned()))
     }
 
-    /// Creates the cage if needed and holds it until [`Self::release`].
+    /// Creates the cage if needed and holds it until [`Self::release`]. An agent whose
+    /// policy requires a behavior certificate is refused without a valid one.
     pub fn hold(&mut self, agent: &str) -> Result<Held, StateError> {
+        validate_agent_name(agent)?;
+        let certificate = self.certificate_for(agent, true)?;
         self.ensure_cage(agent)?;
+        if let Some(cage) = self.registry.get_mut(agent) {
+            cage.certificate = certificate;
+        }
         let raw_sockets = self
             .policy
             .agent(agent)
@@ -176,6 +184,9 @@ impl State {
             )));
         }
         self.check_cageable(agent, pid, adopting)?;
+        if adopting {
+            self.certificate_for(agent, true)?;
+        }
         let cage = self.ensure_cage(agent)?;
         cage.dir.add_process(pid)?;
         let path = cage.dir.path().display().to_string();
@@ -270,6 +281,8 @@ impl State {
             warn!(agent, error = %e, "cage not removed");
             return;
         }
+        // Tokens die with the session that asked for them.
+        self.revoke_live(agent, "session ended");
         self.publish_session(agent, SessionAction::End);
         if let Some(cage) = self.registry.remove(agent) {
             let _ = self.inotify.rm_watch(cage.watch);

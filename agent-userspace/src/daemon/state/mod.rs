@@ -11,6 +11,7 @@
 mod containers;
 mod enforce;
 mod error;
+mod inventory;
 mod lifecycle;
 mod publish;
 mod registry;
@@ -18,7 +19,7 @@ mod reload;
 mod slots;
 mod status;
 
-pub use enforce::{ContainJob, Contained, JobOutcome};
+pub use enforce::{ContainJob, Contained, CredentialSetup, JobOutcome};
 pub use error::StateError;
 
 use std::{path::PathBuf, sync::Arc};
@@ -35,7 +36,7 @@ use crate::{
         CompiledAgent, Policy,
     },
 };
-use enforce::{ApprovalState, AssertionState, BudgetState, ContainmentState};
+use enforce::{ApprovalState, AssertionState, BudgetState, ContainmentState, CredentialState};
 use registry::Registry;
 use slots::Slots;
 
@@ -85,6 +86,8 @@ pub struct RuntimeParts {
     pub recording_dir: PathBuf,
     /// Where containment jobs (snapshots, kills) go, to run outside the state lock.
     pub jobs: tokio::sync::mpsc::UnboundedSender<ContainJob>,
+    /// Keys, certificates and the trust domain.
+    pub credentials: CredentialSetup,
 }
 
 /// Everything the daemon manages.
@@ -112,6 +115,7 @@ pub struct State {
     budgets: BudgetState,
     assertions: AssertionState,
     containers: containers::Containers,
+    credentials: CredentialState,
 }
 
 /// A slot filled with an agent's rules, not yet switched in.
@@ -121,7 +125,7 @@ struct Filled {
 }
 
 impl State {
-    /// A state with no cages yet.
+    /// A state with no cages yet; opens (or makes) the node's keys.
     pub fn new(
         policy: Policy,
         policy_path: PathBuf,
@@ -130,8 +134,8 @@ impl State {
         inotify: Arc<Inotify>,
         kernel: KernelInfo,
         parts: RuntimeParts,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, StateError> {
+        Ok(Self {
             kernel,
             policy: Arc::new(policy),
             policy_path,
@@ -150,7 +154,8 @@ impl State {
             budgets: BudgetState::default(),
             assertions: AssertionState::default(),
             containers: containers::Containers::default(),
-        }
+            credentials: CredentialState::open(parts.credentials)?,
+        })
     }
 
     /// The policy in force.

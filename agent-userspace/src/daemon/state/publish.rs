@@ -9,7 +9,7 @@ use crate::{
     events::{
         self, Event, EventDetail, InodePaths, Lookups, RawEvent, SessionAction, SessionDetail,
     },
-    identity::AgentIdentity,
+    identity::{AgentIdentity, SpiffeId, TrustDomain},
     policy::Policy,
 };
 
@@ -18,12 +18,30 @@ struct View<'a> {
     registry: &'a mut Registry,
     slots: &'a Slots,
     policy: &'a Arc<Policy>,
+    trust_domain: &'a TrustDomain,
     boot_to_wall_ns: i128,
+}
+
+/// What every event of `agent` carries besides its name: its SPIFFE ID, and the id of its
+/// behavior certificate while a valid one is in force.
+fn stamp(
+    registry: &Registry,
+    trust_domain: &TrustDomain,
+    agent: &AgentIdentity,
+) -> (SpiffeId, Option<String>) {
+    let certificate = registry
+        .get(agent.name())
+        .and_then(|c| c.certificate.clone());
+    (trust_domain.agent(agent), certificate)
 }
 
 impl Lookups for View<'_> {
     fn agent_name(&self, agent_id: u32) -> Option<&str> {
         self.registry.name(agent_id)
+    }
+
+    fn identity(&self, agent: &AgentIdentity) -> (SpiffeId, Option<String>) {
+        stamp(self.registry, self.trust_domain, agent)
     }
 
     fn slot_policy(&self, slot: u32) -> Arc<Policy> {
@@ -50,6 +68,7 @@ impl State {
             registry: &mut self.registry,
             slots: &self.slots,
             policy: &self.policy,
+            trust_domain: &self.credentials.trust_domain,
             boot_to_wall_ns: self.boot_to_wall_ns,
         };
         let mut event = events::enrich(raw, &mut view);
@@ -69,10 +88,14 @@ impl State {
             .map_or(0, |id| self.registry.next_seq(id));
         let now = crate::clock::boot_ns();
         let cgroup_id = self.registry.get(agent).map_or(0, |c| c.cgroup_id);
+        let identity = AgentIdentity::for_agent(agent);
+        let (spiffe_id, certificate) =
+            stamp(&self.registry, &self.credentials.trust_domain, &identity);
         self.bus.publish(Event {
             time_unix_nano: wall_of_boot(now, self.boot_to_wall_ns),
             kernel_ts_ns: now,
-            agent: Some(AgentIdentity::for_agent(agent)),
+            agent: Some(identity),
+            spiffe_id: Some(spiffe_id),
             container: None,
             agent_seq,
             pid,
@@ -80,6 +103,7 @@ impl State {
             comm: String::new(),
             cgroup_id,
             policy_hash: self.policy.hash().to_owned(),
+            certificate,
             detail,
         });
     }
@@ -112,10 +136,14 @@ impl State {
         let (agent_id, cgroup_id, started) =
             (cage.agent_id, cage.cgroup_id, cage.started_unix_nano);
         let now = crate::clock::now_unix_nano();
+        let identity = AgentIdentity::for_agent(agent);
+        let (spiffe_id, certificate) =
+            stamp(&self.registry, &self.credentials.trust_domain, &identity);
         let mut event = Event {
             time_unix_nano: now,
             kernel_ts_ns: u64::try_from(i128::from(now) - self.boot_to_wall_ns).unwrap_or(0),
-            agent: Some(AgentIdentity::for_agent(agent)),
+            agent: Some(identity),
+            spiffe_id: Some(spiffe_id),
             container: None,
             agent_seq: 0,
             pid: 0,
@@ -123,6 +151,7 @@ impl State {
             comm: String::new(),
             cgroup_id,
             policy_hash: self.policy.hash().to_owned(),
+            certificate,
             detail: EventDetail::Session(SessionDetail {
                 action,
                 started_unix_nano: started,

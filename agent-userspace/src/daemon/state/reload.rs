@@ -88,6 +88,7 @@ impl State {
         self.policy = policy;
         self.assertions.follow(&self.policy);
         self.approvals.lapse_changed_rules(&self.policy);
+        self.recheck_identities();
         info!(
             source = self.policy.source(),
             policy_hash = self.policy.hash(),

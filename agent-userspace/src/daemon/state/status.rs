@@ -34,6 +34,12 @@ impl State {
                         .map(|p| p.hash().to_owned())
                         .unwrap_or_default(),
                     containers: self.container_status(cage.agent_id),
+                    spiffe_id: self
+                        .credentials
+                        .trust_domain
+                        .agent(&cage.identity)
+                        .to_string(),
+                    certificate: cage.certificate.clone(),
                 }
             })
             .collect();

@@ -23,7 +23,7 @@ use sha2::{Digest as _, Sha256};
 mod daemon;
 mod kernel;
 
-use daemon::{app, approval, assertion, budget, containment, policy, session};
+use daemon::{app, approval, assertion, budget, containment, credential, policy, session};
 use kernel::{egress, exec, exit, file};
 
 use super::semconv as sc;
@@ -144,6 +144,7 @@ pub fn describe(record: &Record, node: &str) -> Described {
                 EventDetail::Approval(d) => approval(event, d),
                 EventDetail::Budget(d) => budget(d),
                 EventDetail::Assertion(d) => assertion(d),
+                EventDetail::Credential(d) => credential(event, d),
                 EventDetail::Exec(d) => exec(event, d),
                 EventDetail::Fork(d) => (
                     sc::EVENT_PROCESS_FORK,
@@ -194,8 +195,15 @@ fn common(event: &Event) -> Vec<KeyValue> {
         KeyValue::new(sc::CGROUP_ID, event.cgroup_id as i64),
         KeyValue::new(sc::POLICY_HASH, event.policy_hash.clone()),
     ];
+    if let Some(c) = &event.certificate {
+        out.push(KeyValue::new(sc::CERTIFICATE_ID, c.clone()));
+    }
     if let Some(identity) = &event.agent {
-        out.push(KeyValue::new(sc::GEN_AI_AGENT_ID, identity.to_string()));
+        // Records spooled before agents had SPIFFE IDs carry none.
+        if let Some(spiffe) = &event.spiffe_id {
+            out.push(KeyValue::new(sc::GEN_AI_AGENT_ID, spiffe.to_string()));
+        }
+        out.push(KeyValue::new(sc::AGENT_IDENTITY, identity.to_string()));
         out.push(KeyValue::new(
             sc::GEN_AI_AGENT_NAME,
             identity.name().to_owned(),
@@ -329,12 +337,18 @@ mod tests {
                 kernel_ts_ns: 1,
                 agent: Some(crate::identity::AgentIdentity::for_agent("a")),
                 container: None,
+                spiffe_id: Some(
+                    crate::identity::TrustDomain::new("td")
+                        .unwrap()
+                        .agent(&crate::identity::AgentIdentity::for_agent("a")),
+                ),
                 agent_seq: 1,
                 pid: 11,
                 tgid: 10,
                 comm: "curl".into(),
                 cgroup_id: 99,
                 policy_hash: "h".into(),
+                certificate: None,
                 detail,
             })),
         }
@@ -428,6 +442,11 @@ mod tests {
         assert_eq!(get(sc::PROCESS_PID), Some(Value::I64(10)));
         assert_eq!(get(sc::SERVER_ADDRESS), Some(Value::from("127.0.0.2")));
         assert_eq!(get(sc::GEN_AI_AGENT_NAME), Some(Value::from("a")));
+        assert_eq!(
+            get(sc::GEN_AI_AGENT_ID),
+            Some(Value::from("spiffe://td/agent/a"))
+        );
+        assert_eq!(get(sc::AGENT_IDENTITY), Some(Value::from("agent:a")));
         assert_eq!(get(sc::EVENT_SEQ), Some(Value::I64(1)));
     }
 }

@@ -217,6 +217,10 @@ impl State {
             .map(|c| c.dir.clone())
             .ok_or_else(|| StateError::NoCage(agent.to_owned()))?;
         let previous = self.containment.rung(agent);
+        // Credentials are for observe only: revoked before the rung changes anything else.
+        if rung > Rung::Observe {
+            self.revoke_live(agent, &format!("containment: {rung}"));
+        }
         let containers = self.container_dirs(agent);
         let mut job = None;
         match rung {

@@ -1,19 +1,23 @@
 //! The run-time enforcement concerns, each owning its state: containment (`contain`),
-//! approvals (`approve`), budgets (`budget`), assertions (`assert`) and application events
-//! (`app`). This module feeds them what the kernel decided (from the event bus) and the
+//! approvals (`approve`), budgets (`budget`), assertions (`assert`), application events
+//! (`app`), credentials (`credential`) and behavior certificates (`certificate`). This module feeds them what the kernel decided (from the event bus) and the
 //! passing of time; the logic itself is `crate::runtime`'s.
 
 mod app;
 mod approve;
 mod assert;
 mod budget;
+mod certificate;
 mod contain;
+mod credential;
 
 pub(crate) use approve::ApprovalState;
 pub(crate) use assert::AssertionState;
 pub(crate) use budget::BudgetState;
 pub(crate) use contain::ContainmentState;
 pub use contain::{ContainJob, Contained, JobOutcome};
+pub use credential::CredentialSetup;
+pub(crate) use credential::CredentialState;
 
 use std::{net::SocketAddr, sync::Arc};
 
