@@ -7,6 +7,7 @@
 mod config;
 mod dashboard;
 mod file;
+mod reader;
 mod server;
 mod start;
 mod state;

@@ -384,6 +384,24 @@ fn samples() -> Vec<Event> {
             violation: "egress(payments) without approval(payout) before it".into(),
         }),
     ));
+    // A flood of one denial, summarized: the last repeat's record with the count.
+    let flood = egress_raw(
+        [127, 0, 0, 2],
+        9999,
+        Verdict::Deny as u8,
+        RULE_DEFAULT_DENY,
+        3,
+    );
+    out.push(event(
+        100,
+        "probe",
+        EventDetail::EgressSummary(EgressSummary {
+            decision: egress::detail(&flood, p),
+            count: 999_999,
+            first_unix_nano: 1_699_999_999_250_000_000,
+            last_unix_nano: 1_700_000_000_000_000_000,
+        }),
+    ));
     out
 }
 

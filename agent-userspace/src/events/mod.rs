@@ -8,6 +8,7 @@
 
 mod app;
 mod bus;
+pub mod coalesce;
 mod decision;
 mod decode;
 mod egress;
@@ -21,11 +22,11 @@ pub mod process;
 mod runtime;
 
 pub use app::{AppEvent, Phase};
-pub use bus::EventBus;
+pub use bus::{Durable, EventBus};
 pub use decision::{RuleRef, Verdict};
 pub use decode::{decode, DecodeError, RawEvent};
-pub use egress::{EgressDetail, EgressHook, Family, Protocol, SockType};
-pub use enrich::{enrich, Lookups};
+pub use egress::{EgressDetail, EgressHook, EgressSummary, Family, Protocol, SockType};
+pub use enrich::{enrich, enrich_summary, Lookups};
 pub use exec::{ExecDetail, ExecHook};
 pub use file::{FileAccess, FileDetail, FileOp, InodePaths};
 pub use process::{ExitDetail, ForkDetail};
@@ -48,8 +49,9 @@ pub struct Event {
     pub kernel_ts_ns: u64,
     /// The agent's identity (`agent:NAME`), or null when the caller was in no known cage.
     pub agent: Option<AgentIdentity>,
-    /// Position among the agent's events, from 1, in the order the kernel produced them
-    /// (ring-buffer order); a gap never occurs without a loss being counted.
+    /// Position among the agent's events, from 1, in the order they were published; a gap
+    /// never occurs without a loss being counted. An `egress_summary` takes one number; the
+    /// repeats it counts take none.
     #[serde(default)]
     pub agent_seq: u64,
     /// Thread id.
@@ -123,6 +125,8 @@ pub enum EventDetail {
     Budget(BudgetDetail),
     /// A temporal assertion was violated.
     Assertion(AssertionDetail),
+    /// Repeats of one egress decision, counted (a flood, summarized).
+    EgressSummary(EgressSummary),
 }
 
 impl EventDetail {
@@ -141,6 +145,7 @@ impl EventDetail {
             Self::Approval(_) => "approval",
             Self::Budget(_) => "budget",
             Self::Assertion(_) => "assertion",
+            Self::EgressSummary(_) => "egress_summary",
         }
     }
 }

@@ -2,10 +2,11 @@
 //! event) and hard limits (throttling, then the containment rung); loop detection.
 
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
+    collections::{BTreeSet, HashMap},
     time::Duration,
 };
 
+use super::tally::Tally;
 use crate::policy::{Budgets, Limit, TimeLimit};
 
 /// What is metered.
@@ -120,7 +121,7 @@ pub struct Meter {
     /// Limits already reported, so each is reported once.
     reported: BTreeSet<(&'static str, Level)>,
     /// Loop detection: key → times seen (ns), within the window.
-    repeats: HashMap<String, VecDeque<u64>>,
+    repeats: HashMap<String, Tally>,
 }
 
 impl Meter {
@@ -182,28 +183,21 @@ impl Meter {
         )
     }
 
-    /// Counts one occurrence of `key` (a tool call with its arguments digest, a denied
+    /// Counts `n` occurrences of `key` (a tool call with its arguments digest, a denied
     /// destination) at `now_ns`; a breach when it repeats as often as the loop rule says.
-    pub fn repeat(&mut self, budgets: &Budgets, key: &str, now_ns: u64) -> Option<Breach> {
+    pub fn repeat(&mut self, budgets: &Budgets, key: &str, now_ns: u64, n: u64) -> Option<Breach> {
         let rule = budgets.loop_rule?;
         let window = u64::try_from(rule.window.0.as_nanos()).unwrap_or(u64::MAX);
         // Bound the memory a looping agent can make the daemon use.
         if self.repeats.len() > 4096 {
             self.repeats.retain(|_, seen| {
-                seen.back()
-                    .is_some_and(|&t| now_ns.saturating_sub(t) < window)
+                seen.last()
+                    .is_some_and(|t| now_ns.saturating_sub(t) < window)
             });
         }
         let seen = self.repeats.entry(key.to_owned()).or_default();
-        seen.push_back(now_ns);
-        while seen
-            .front()
-            .is_some_and(|&t| now_ns.saturating_sub(t) >= window)
-        {
-            seen.pop_front();
-        }
-        let count = seen.len();
-        if count >= rule.repeats as usize {
+        let count = seen.add(now_ns, n, window);
+        if count >= u64::from(rule.repeats) {
             seen.clear();
             return Some(Breach {
                 budget: "loop",
@@ -283,10 +277,13 @@ mod tests {
         };
         let s = 1_000_000_000;
         let mut m = Meter::default();
-        assert!(m.repeat(&b, "k", 0).is_none());
-        assert!(m.repeat(&b, "k", 5 * s).is_none());
-        assert!(m.repeat(&b, "k", 11 * s).is_none(), "the first fell out");
-        assert!(m.repeat(&b, "other", 12 * s).is_none());
-        assert!(m.repeat(&b, "k", 12 * s).is_some());
+        assert!(m.repeat(&b, "k", 0, 1).is_none());
+        assert!(m.repeat(&b, "k", 5 * s, 1).is_none());
+        assert!(m.repeat(&b, "k", 11 * s, 1).is_none(), "the first fell out");
+        assert!(m.repeat(&b, "other", 12 * s, 1).is_none());
+        assert!(m.repeat(&b, "k", 12 * s, 1).is_some());
+        // A summary of repeats counts as all of them.
+        assert!(m.repeat(&b, "flood", 20 * s, 1).is_none());
+        assert!(m.repeat(&b, "flood", 21 * s, 2).is_some());
     }
 }

@@ -22,6 +22,7 @@ use std::{
     collections::BTreeMap,
     fs, io,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use serde::{Deserialize, Serialize};
@@ -80,14 +81,14 @@ impl SpoolError {
 pub enum Entry {
     /// An event from the bus (boxed: events are much larger than the other entries).
     Event(Box<Event>),
-    /// Events that were never exported: dropped by the size bound, or missed by the spool's
-    /// own consumer of the bus.
+    /// Events that were never exported: dropped by the size bound, or never written (an
+    /// append failed; `bus_lag` was written by versions whose spool consumed the bus).
     Dropped {
         /// Wall-clock time this was noticed, ns since the Unix epoch.
         time_unix_nano: u64,
         /// How many.
         count: u64,
-        /// Why: `size_bound`, `bus_lag` or `write_error`.
+        /// Why: `size_bound` or `write_error` (`bus_lag` from earlier versions).
         reason: String,
     },
 }
@@ -102,7 +103,34 @@ pub struct Record {
     pub entry: Entry,
 }
 
-/// Bounds of the spool (the `spool:` section of the daemon's configuration).
+/// The longest `{"seq":N,"entry":"event",` prefix (N has at most 20 digits).
+const LINE_PREFIX_MAX: usize = 48;
+
+/// Writes the record line of an event whose JSON is `body`: byte for byte what serializing
+/// `Record { seq, entry: Entry::Event(event) }` writes, without copying the event into one.
+fn encode_event(out: &mut Vec<u8>, seq: u64, body: &[u8]) {
+    use std::io::Write as _;
+    debug_assert!(
+        body.len() > 2 && body[0] == b'{',
+        "an event is a non-empty object"
+    );
+    let _ = write!(out, "{{\"seq\":{seq},\"entry\":\"event\",");
+    out.extend_from_slice(&body[1..]);
+    out.push(b'\n');
+}
+
+/// Events an [`Spool::append_events`] could not write, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{count} events not written to the spool: {source}")]
+pub struct Unwritten {
+    /// How many (the last ones of the batch).
+    pub count: u64,
+    /// Why.
+    #[source]
+    pub source: SpoolError,
+}
+
+/// Bounds of the spool/// Bounds of the spool (the `spool:` section of the daemon's configuration).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
@@ -133,7 +161,7 @@ pub struct SpoolStats {
     pub segments: usize,
     /// The last sequence number written (0: none yet).
     pub last_seq: u64,
-    /// Events never exported because the bound was reached (or the bus outran the spool),
+    /// Events never exported because the bound was reached (or an append failed),
     /// since the spool was created.
     pub dropped: u64,
 }
@@ -219,6 +247,75 @@ impl Spool {
         Ok(seq)
     }
 
+    /// Appends events with one write per segment they land in (the whole batch, mostly);
+    /// returns the last sequence number. On failure, no event is half-written and the error
+    /// says how many of them were not written at all (the first ones may have been).
+    pub fn append_events(&mut self, events: &[Arc<Event>]) -> Result<u64, Unwritten> {
+        let mut buf = Vec::with_capacity(events.len().min(4096) * 512);
+        let mut body = Vec::with_capacity(1024);
+        let mut lines = 0u64;
+        let mut written = 0u64;
+        let unwritten = |written: u64| {
+            move |source| Unwritten {
+                count: events.len() as u64 - written,
+                source,
+            }
+        };
+        for event in events {
+            body.clear();
+            serde_json::to_writer(&mut body, &**event)
+                .map_err(SpoolError::Encode)
+                .map_err(unwritten(written))?;
+            let need = (buf.len() + body.len() + LINE_PREFIX_MAX) as u64;
+            let rotate = match self.segments.values().next_back() {
+                Some(last) => last.bytes > 0 && last.bytes + need > self.config.segment_bytes,
+                None => true,
+            };
+            if rotate {
+                self.write_lines(&mut buf, lines)
+                    .map_err(unwritten(written))?;
+                written += lines;
+                lines = 0;
+                let first = self.next_seq;
+                let segment = Segment::create(&self.dir, first).map_err(unwritten(written))?;
+                self.segments.insert(first, segment);
+            }
+            encode_event(&mut buf, self.next_seq + lines, &body);
+            lines += 1;
+        }
+        self.write_lines(&mut buf, lines)
+            .map_err(unwritten(written))?;
+        Ok(self.next_seq - 1)
+    }
+
+    /// Writes `lines` whole records from `buf` into the last segment with one write,
+    /// keeping the size bound; empties `buf`.
+    fn write_lines(&mut self, buf: &mut Vec<u8>, lines: u64) -> Result<(), SpoolError> {
+        if lines == 0 {
+            return Ok(());
+        }
+        let dropped = self.enforce_bound(buf.len() as u64)?;
+        let last = self
+            .segments
+            .values_mut()
+            .next_back()
+            .ok_or_else(|| SpoolError::Config("no segment to write to".into()))?;
+        last.append(buf, self.next_seq + lines - 1)?;
+        self.next_seq += lines;
+        buf.clear();
+        if dropped > 0 {
+            // The count is already in the cursor file; this entry only tells the readers.
+            if let Err(e) = self.append(Entry::Dropped {
+                time_unix_nano: now_unix_nano(),
+                count: dropped,
+                reason: "size_bound".into(),
+            }) {
+                tracing::warn!(error = %e, dropped, "spool: could not record the size bound's drop as an entry");
+            }
+        }
+        Ok(())
+    }
+
     /// Removes the oldest segments while the spool would exceed its bound with `incoming`
     /// more bytes; returns how many records no reader had acknowledged yet.
     fn enforce_bound(&mut self, incoming: u64) -> Result<u64, SpoolError> {
@@ -240,16 +337,24 @@ impl Spool {
         Ok(dropped)
     }
 
-    /// Counts events that never reached the spool (`bus_lag`: the bus outran its consumer;
-    /// `write_error`: an append failed), durably, and records that as an entry.
+    /// Counts events that never reached the spool (`write_error`: an append failed),
+    /// durably, and records that as an entry.
+    /// Once this returns Ok the count is durable (in `cursor.json`), so a caller retrying
+    /// after an error never counts twice.
     pub fn record_loss(&mut self, count: u64, reason: &str) -> Result<(), SpoolError> {
         self.cursors.add_dropped(count);
-        self.cursors.save(&self.dir)?;
-        self.append(Entry::Dropped {
+        if let Err(e) = self.cursors.save(&self.dir) {
+            self.cursors.take_back_dropped(count);
+            return Err(e);
+        }
+        // The entry only tells the readers; the count is already kept.
+        if let Err(e) = self.append(Entry::Dropped {
             time_unix_nano: now_unix_nano(),
             count,
             reason: reason.into(),
-        })?;
+        }) {
+            tracing::warn!(error = %e, count, reason, "spool: could not record a loss as an entry");
+        }
         Ok(())
     }
 

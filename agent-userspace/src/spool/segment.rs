@@ -146,11 +146,12 @@ impl Segment {
     }
 
     pub(super) fn append(&mut self, line: &[u8], seq: u64) -> Result<(), SpoolError> {
-        // One write of a whole line: a crash leaves at most a partial last line, which
-        // recover() removes.
-        self.file
-            .write_all(line)
-            .map_err(SpoolError::io("appending to", &self.path))?;
+        // One write of whole lines: a crash leaves at most a partial last line, which
+        // recover() removes; a failed write (disk full) is cut back at once.
+        if let Err(e) = self.file.write_all(line) {
+            let _ = self.file.set_len(self.bytes);
+            return Err(SpoolError::io("appending to", &self.path)(e));
+        }
         self.bytes += line.len() as u64;
         self.last_seq = seq;
         Ok(())

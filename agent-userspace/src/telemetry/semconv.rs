@@ -205,3 +205,9 @@ pub const BUDGET_VALUE: &str = "agentcage.budget.value";
 pub const BUDGET_LIMIT: &str = "agentcage.budget.limit";
 /// A temporal assertion's text.
 pub const ASSERTION: &str = "agentcage.assertion";
+/// Repeats of one egress decision, summarized (a flood).
+pub const EVENT_EGRESS_SUMMARY: &str = "agentcage.egress.summary";
+/// How many decisions a summary stands for (none of them was exported on its own).
+pub const SUMMARY_COUNT: &str = "agentcage.summary.count";
+/// When the first decision a summary counts was made, ns since the Unix epoch.
+pub const SUMMARY_FIRST: &str = "agentcage.summary.first_time_unix_nano";

@@ -7,7 +7,8 @@ use super::{registry::Registry, slots::Slots, State};
 use crate::{
     clock::wall_of_boot,
     events::{
-        self, Event, EventDetail, InodePaths, Lookups, RawEvent, SessionAction, SessionDetail,
+        self, coalesce::Summary, Event, EventDetail, InodePaths, Lookups, RawEvent, SessionAction,
+        SessionDetail,
     },
     identity::AgentIdentity,
     policy::Policy,
@@ -46,15 +47,30 @@ impl Lookups for View<'_> {
 impl State {
     /// The event a kernel record says; keeps the agent's process tree in step.
     pub fn enrich(&mut self, raw: &RawEvent) -> Event {
-        let mut view = View {
+        let event = events::enrich(raw, &mut self.view());
+        self.registry.observe(raw.header().agent_id, &event);
+        event
+    }
+
+    /// The event a summary of counted egress repeats says.
+    pub fn enrich_summary(&mut self, summary: &Summary) -> Event {
+        events::enrich_summary(summary, &mut self.view())
+    }
+
+    /// The state's lookups, borrowed.
+    fn view(&mut self) -> View<'_> {
+        View {
             registry: &mut self.registry,
             slots: &self.slots,
             policy: &self.policy,
             boot_to_wall_ns: self.boot_to_wall_ns,
-        };
-        let event = events::enrich(raw, &mut view);
-        self.registry.observe(raw.header().agent_id, &event);
-        event
+        }
+    }
+
+    /// The cgroups of the cages whose session ends wait for the reader: what it counted of
+    /// them goes out before the ends.
+    pub fn ending_cages(&self) -> Vec<u64> {
+        self.pending_ends.iter().map(|(_, e)| e.cgroup_id).collect()
     }
 
     /// Publishes an event the daemon raises itself for `agent`.

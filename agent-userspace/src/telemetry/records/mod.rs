@@ -24,7 +24,7 @@ mod daemon;
 mod kernel;
 
 use daemon::{app, approval, assertion, budget, containment, policy, session};
-use kernel::{egress, exec, exit, file};
+use kernel::{egress, egress_summary, exec, exit, file};
 
 use super::semconv as sc;
 use crate::{
@@ -137,6 +137,7 @@ pub fn describe(record: &Record, node: &str) -> Described {
             let ids = ids(node, identity, event.cgroup_id, record.seq);
             let (event_name, severity, body, span, more) = match &event.detail {
                 EventDetail::Egress(d) => egress(event, d),
+                EventDetail::EgressSummary(s) => egress_summary(event, s),
                 EventDetail::Session(d) => session(event, d),
                 EventDetail::Policy(d) => policy(d),
                 EventDetail::Containment(d) => containment(event, d),
