@@ -111,7 +111,9 @@ pub struct Coalescer {
     window: u64,
     idle: u64,
     max_keys: usize,
-    keys: HashMap<Key, Followed>,
+    /// Seeded per process: a caged agent picks the destinations, so the hash must not be
+    /// one it can aim collisions at.
+    keys: HashMap<Key, Followed, foldhash::fast::RandomState>,
 }
 
 impl Default for Coalescer {
@@ -131,7 +133,7 @@ impl Coalescer {
             window: ns(window),
             idle: ns(idle),
             max_keys: max_keys.max(2),
-            keys: HashMap::new(),
+            keys: HashMap::default(),
         }
     }
 

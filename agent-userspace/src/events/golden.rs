@@ -475,7 +475,7 @@ fn otlp_records_of_every_kind_are_pinned() {
         let e: Event = serde_json::from_str(line).unwrap();
         let record = Record {
             seq: i as u64 + 1,
-            entry: Entry::Event(Box::new(e)),
+            entry: Entry::Event(std::sync::Arc::new(e)),
         };
         let d = describe(&record, "node-1");
         let _ = writeln!(got, "{} {:?} {}", d.event_name, d.severity, d.body);

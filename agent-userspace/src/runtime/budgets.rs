@@ -114,6 +114,9 @@ pub struct Breach {
     pub limit: f64,
 }
 
+/// Loop detection follows at most this many keys per scope.
+const REPEAT_KEYS: usize = 4096;
+
 /// Usage of one scope (agent, group or workflow).
 #[derive(Debug, Default)]
 pub struct Meter {
@@ -188,12 +191,22 @@ impl Meter {
     pub fn repeat(&mut self, budgets: &Budgets, key: &str, now_ns: u64, n: u64) -> Option<Breach> {
         let rule = budgets.loop_rule?;
         let window = u64::try_from(rule.window.0.as_nanos()).unwrap_or(u64::MAX);
-        // Bound the memory a looping agent can make the daemon use.
-        if self.repeats.len() > 4096 {
+        // Bound the memory (and time) an agent trying many distinct keys can make the
+        // daemon use: past the bound, keys out of the window go, and if that is not enough
+        // the less recently seen half (a looping key is recent, so it stays). Amortized,
+        // each key costs O(1).
+        if self.repeats.len() >= REPEAT_KEYS && !self.repeats.contains_key(key) {
             self.repeats.retain(|_, seen| {
                 seen.last()
                     .is_some_and(|t| now_ns.saturating_sub(t) < window)
             });
+            if self.repeats.len() >= REPEAT_KEYS / 2 {
+                let mut last: Vec<u64> = self.repeats.values().filter_map(Tally::last).collect();
+                let mid = last.len() / 2;
+                let cut = *last.select_nth_unstable(mid).1;
+                self.repeats
+                    .retain(|_, seen| seen.last().is_some_and(|t| t > cut));
+            }
         }
         let seen = self.repeats.entry(key.to_owned()).or_default();
         let count = seen.add(now_ns, n, window);
@@ -285,5 +298,16 @@ mod tests {
         // A summary of repeats counts as all of them.
         assert!(m.repeat(&b, "flood", 20 * s, 1).is_none());
         assert!(m.repeat(&b, "flood", 21 * s, 2).is_some());
+        // Many distinct keys cannot push out a key that keeps repeating, nor grow the table
+        // without bound.
+        for i in 0..(4 * REPEAT_KEYS as u64) {
+            let t = 30 * s + i;
+            assert!(m.repeat(&b, &format!("distinct {i}"), t, 1).is_none());
+            if i % 1000 == 0 && i > 0 {
+                let looped = m.repeat(&b, "loop", t, 1);
+                assert_eq!(looped.is_some(), (i / 1000) % 3 == 0, "at {i}");
+            }
+        }
+        assert!(m.repeats.len() <= REPEAT_KEYS);
     }
 }

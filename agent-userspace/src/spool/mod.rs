@@ -19,7 +19,7 @@ mod cursor;
 mod segment;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, VecDeque},
     fs, io,
     path::{Path, PathBuf},
     sync::Arc,
@@ -79,8 +79,8 @@ impl SpoolError {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "entry", rename_all = "snake_case")]
 pub enum Entry {
-    /// An event from the bus (boxed: events are much larger than the other entries).
-    Event(Box<Event>),
+    /// An event from the bus (shared with the bus and the spool's recent records).
+    Event(Arc<Event>),
     /// Events that were never exported: dropped by the size bound, or never written (an
     /// append failed; `bus_lag` was written by versions whose spool consumed the bus).
     Dropped {
@@ -166,6 +166,9 @@ pub struct SpoolStats {
     pub dropped: u64,
 }
 
+/// How many of the most recent records the spool keeps in memory for its readers.
+const RECENT: usize = 16 * 1024;
+
 /// The spool. Not thread-safe by itself: the daemon keeps it behind a mutex.
 pub struct Spool {
     dir: PathBuf,
@@ -174,6 +177,9 @@ pub struct Spool {
     segments: BTreeMap<u64, Segment>,
     cursors: Cursors,
     next_seq: u64,
+    /// The last records written, consecutive: a reader that keeps up gets them from here,
+    /// without reading and parsing the file again.
+    recent: VecDeque<Record>,
 }
 
 impl Spool {
@@ -212,6 +218,7 @@ impl Spool {
             segments,
             cursors,
             next_seq,
+            recent: VecDeque::with_capacity(RECENT),
         };
         spool.collect_acknowledged()?;
         Ok(spool)
@@ -220,7 +227,8 @@ impl Spool {
     /// Appends one entry; returns its sequence number. Enforces the size bound first.
     pub fn append(&mut self, entry: Entry) -> Result<u64, SpoolError> {
         let seq = self.next_seq;
-        let mut line = serde_json::to_vec(&Record { seq, entry }).map_err(SpoolError::Encode)?;
+        let record = Record { seq, entry };
+        let mut line = serde_json::to_vec(&record).map_err(SpoolError::Encode)?;
         line.push(b'\n');
         let rotate = match self.segments.values().next_back() {
             Some(last) => last.bytes + line.len() as u64 > self.config.segment_bytes,
@@ -237,6 +245,7 @@ impl Spool {
             .ok_or_else(|| SpoolError::Config("no segment to write to".into()))?;
         last.append(&line, seq)?;
         self.next_seq += 1;
+        self.remember(record);
         if dropped > 0 {
             self.append(Entry::Dropped {
                 time_unix_nano: now_unix_nano(),
@@ -255,6 +264,7 @@ impl Spool {
         let mut body = Vec::with_capacity(1024);
         let mut lines = 0u64;
         let mut written = 0u64;
+        let mut from = 0usize;
         let unwritten = |written: u64| {
             move |source| Unwritten {
                 count: events.len() as u64 - written,
@@ -272,10 +282,12 @@ impl Spool {
                 None => true,
             };
             if rotate {
-                self.write_lines(&mut buf, lines)
+                let to = from + lines as usize;
+                self.write_lines(&mut buf, &events[from..to])
                     .map_err(unwritten(written))?;
                 written += lines;
                 lines = 0;
+                from = to;
                 let first = self.next_seq;
                 let segment = Segment::create(&self.dir, first).map_err(unwritten(written))?;
                 self.segments.insert(first, segment);
@@ -283,14 +295,15 @@ impl Spool {
             encode_event(&mut buf, self.next_seq + lines, &body);
             lines += 1;
         }
-        self.write_lines(&mut buf, lines)
+        self.write_lines(&mut buf, &events[from..])
             .map_err(unwritten(written))?;
         Ok(self.next_seq - 1)
     }
 
-    /// Writes `lines` whole records from `buf` into the last segment with one write,
-    /// keeping the size bound; empties `buf`.
-    fn write_lines(&mut self, buf: &mut Vec<u8>, lines: u64) -> Result<(), SpoolError> {
+    /// Writes the records of `events`, encoded in `buf`, into the last segment with one
+    /// write, keeping the size bound; empties `buf`.
+    fn write_lines(&mut self, buf: &mut Vec<u8>, events: &[Arc<Event>]) -> Result<(), SpoolError> {
+        let lines = events.len() as u64;
         if lines == 0 {
             return Ok(());
         }
@@ -301,7 +314,14 @@ impl Spool {
             .next_back()
             .ok_or_else(|| SpoolError::Config("no segment to write to".into()))?;
         last.append(buf, self.next_seq + lines - 1)?;
-        self.next_seq += lines;
+        for event in events {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.remember(Record {
+                seq,
+                entry: Entry::Event(Arc::clone(event)),
+            });
+        }
         buf.clear();
         if dropped > 0 {
             // The count is already in the cursor file; this entry only tells the readers.
@@ -358,9 +378,26 @@ impl Spool {
         Ok(())
     }
 
+    /// Keeps a record just written among the recent ones.
+    fn remember(&mut self, record: Record) {
+        if self.recent.back().is_some_and(|r| r.seq + 1 != record.seq) {
+            self.recent.clear();
+        }
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(record);
+    }
+
     /// Up to `max` records after `reader`'s cursor, in sequence order.
     pub fn read(&mut self, reader: &str, max: usize) -> Result<Vec<Record>, SpoolError> {
         let after = self.cursors.get(reader)?;
+        if let Some(first) = self.recent.front().map(|r| r.seq) {
+            if first <= after + 1 && after + 1 < self.next_seq {
+                let start = usize::try_from(after + 1 - first).unwrap_or(usize::MAX);
+                return Ok(self.recent.range(start..).take(max).cloned().collect());
+            }
+        }
         let mut out = Vec::new();
         // The segment holding after+1 is the last one that starts at or before it.
         let start = self

@@ -16,13 +16,13 @@ pub mod resource;
 pub mod semconv;
 mod sink;
 
-pub use config::{Protocol, TelemetryConfig};
+pub use config::{Compression, Protocol, TelemetryConfig};
 pub use resource::Identity;
 
 use std::sync::{Arc, Mutex};
 
 use opentelemetry::metrics::MeterProvider as _;
-use opentelemetry_otlp::{MetricExporter, WithExportConfig as _};
+use opentelemetry_otlp::MetricExporter;
 use opentelemetry_sdk::{
     metrics::{periodic_reader_with_async_runtime::PeriodicReader, SdkMeterProvider},
     runtime,
@@ -87,17 +87,18 @@ impl Telemetry {
 
         let metrics_endpoint = config.endpoint_for("metrics")?;
         let metric_exporter = match config.protocol {
-            Protocol::Grpc => MetricExporter::builder()
-                .with_tonic()
-                .with_endpoint(metrics_endpoint)
-                .with_timeout(config.timeout())
-                .build(),
-            Protocol::HttpProtobuf => MetricExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(metrics_endpoint)
-                .with_timeout(config.timeout())
-                .build(),
+            Protocol::Grpc => export::grpc(
+                MetricExporter::builder().with_tonic(),
+                config,
+                metrics_endpoint,
+            )
+            .build(),
+            Protocol::HttpProtobuf => export::http(
+                MetricExporter::builder().with_http(),
+                config,
+                metrics_endpoint,
+            )
+            .build(),
         }
         .map_err(|source| TelemetryError::Exporter {
             signal: "metrics",

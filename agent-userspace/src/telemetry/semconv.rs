@@ -85,7 +85,7 @@ pub const SOCKET_TYPE: &str = "agentcage.socket.type";
 pub const SESSION_ACTION: &str = "agentcage.session.action";
 /// How many events a drop record stands for.
 pub const DROPPED_COUNT: &str = "agentcage.dropped.count";
-/// Why events were dropped (`size_bound`, `bus_lag`).
+/// Why events were dropped (`size_bound`, `write_error`; `bus_lag` from earlier versions).
 pub const DROPPED_REASON: &str = "agentcage.dropped.reason";
 /// `applied` or `refused` (policy reloads).
 pub const POLICY_RESULT: &str = "agentcage.policy.result";

@@ -298,7 +298,7 @@ mod tests {
     fn record(seq: u64, detail: EventDetail) -> Record {
         Record {
             seq,
-            entry: Entry::Event(Box::new(Event {
+            entry: Entry::Event(std::sync::Arc::new(Event {
                 time_unix_nano: 2_000_000_000,
                 kernel_ts_ns: 1,
                 agent: Some(crate::identity::AgentIdentity::for_agent("a")),
