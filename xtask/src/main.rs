@@ -93,6 +93,9 @@ enum Cmd {
     /// N processes that wait to be killed, for `bench kill`.
     #[command(name = "__hold", hide = true)]
     Hold(bench::kill::HoldArgs),
+    /// Denied UDP datagrams, to distinct destinations or one, for `bench events`.
+    #[command(name = "__udp-send", hide = true)]
+    UdpSend(bench::events::UdpSendArgs),
 }
 
 fn main() -> ExitCode {
@@ -128,5 +131,6 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::SyscallLoop(args) => bench::capture::syscall_loop(&args),
         Cmd::ExecLoop(args) => bench::capture::exec_loop(&args),
         Cmd::Hold(args) => bench::kill::hold(&args),
+        Cmd::UdpSend(args) => bench::events::udp_send(&args),
     }
 }

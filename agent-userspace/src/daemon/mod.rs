@@ -8,6 +8,7 @@ mod config;
 mod credential_http;
 mod dashboard;
 mod file;
+mod reader;
 mod server;
 mod start;
 mod state;

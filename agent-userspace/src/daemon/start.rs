@@ -9,7 +9,7 @@ use nix::sys::inotify::{InitFlags, Inotify};
 use tracing::{info, warn};
 
 use super::{
-    dashboard,
+    dashboard, reader,
     server::Shared,
     state::{KernelInfo, RuntimeParts, State},
     tasks,
@@ -132,7 +132,8 @@ pub(super) async fn start(
         None => None,
     };
     // Started before the programs attach: a telemetry configuration that cannot work stops
-    // the daemon with nothing attached, and the spool subscribes before any event is read.
+    // the daemon with nothing attached, and the spool is the bus's durable sink before any
+    // event is read.
     let shared_slot = Arc::new(std::sync::OnceLock::<std::sync::Weak<Shared>>::new());
     let telemetry = if file.telemetry.active() {
         let slot = Arc::clone(&shared_slot);
@@ -227,7 +228,7 @@ pub(super) async fn start(
 
     let mut tasks = tokio::task::JoinSet::new();
     let (stop_reading, reading_stop) = tokio::sync::watch::channel(false);
-    let reader = tokio::spawn(tasks::read_events(
+    let reader = tokio::spawn(reader::read_events(
         Arc::clone(&shared),
         ring,
         reading_stop,

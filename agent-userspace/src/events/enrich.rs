@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use super::{
-    egress, exec, file, ExitDetail, ForkDetail, InodePaths, RawEvent, {Event, EventDetail},
+    coalesce::Summary,
+    egress, exec, file, EgressSummary, ExitDetail, ForkDetail, InodePaths, RawEvent,
+    {Event, EventDetail},
 };
 use crate::{
     clock::wall_of_boot,
@@ -65,6 +67,24 @@ pub fn enrich(raw: &RawEvent, lookups: &mut impl Lookups) -> Event {
         certificate,
         detail,
     }
+}
+
+/// The event a summary of counted repeats says: the last repeat's record enriched as any
+/// egress decision (it takes one `agent_seq`; the repeats it counts take none), with the count
+/// and the first repeat's time.
+pub fn enrich_summary(s: &Summary, lookups: &mut impl Lookups) -> Event {
+    let mut event = enrich(&RawEvent::Egress(s.last), lookups);
+    let first_unix_nano = wall_of_boot(s.first_ts_ns, lookups.boot_to_wall_ns());
+    event.detail = match event.detail {
+        EventDetail::Egress(decision) => EventDetail::EgressSummary(EgressSummary {
+            decision,
+            count: s.count,
+            first_unix_nano,
+            last_unix_nano: event.time_unix_nano,
+        }),
+        other => other,
+    };
+    event
 }
 
 #[cfg(test)]

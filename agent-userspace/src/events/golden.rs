@@ -391,6 +391,24 @@ fn samples() -> Vec<Event> {
         }),
     ));
     out.extend(credential_samples());
+    // A flood of one denial, summarized: the last repeat's record with the count.
+    let flood = egress_raw(
+        [127, 0, 0, 2],
+        9999,
+        Verdict::Deny as u8,
+        RULE_DEFAULT_DENY,
+        3,
+    );
+    out.push(event(
+        100,
+        "probe",
+        EventDetail::EgressSummary(EgressSummary {
+            decision: egress::detail(&flood, p),
+            count: 999_999,
+            first_unix_nano: 1_699_999_999_250_000_000,
+            last_unix_nano: 1_700_000_000_000_000_000,
+        }),
+    ));
     out
 }
 
@@ -514,7 +532,7 @@ fn otlp_records_of_every_kind_are_pinned() {
         let e: Event = serde_json::from_str(line).unwrap();
         let record = Record {
             seq: i as u64 + 1,
-            entry: Entry::Event(Box::new(e)),
+            entry: Entry::Event(std::sync::Arc::new(e)),
         };
         let d = describe(&record, "node-1");
         let _ = writeln!(got, "{} {:?} {}", d.event_name, d.severity, d.body);

@@ -8,6 +8,7 @@
 
 mod app;
 mod bus;
+pub mod coalesce;
 mod container;
 mod credential;
 mod decision;
@@ -23,13 +24,13 @@ pub mod process;
 mod runtime;
 
 pub use app::{AppEvent, Phase};
-pub use bus::EventBus;
+pub use bus::{Durable, EventBus};
 pub use container::ContainerMeta;
 pub use credential::{CredentialAction, CredentialDetail};
 pub use decision::{RuleRef, Verdict};
 pub use decode::{decode, DecodeError, RawEvent};
-pub use egress::{EgressDetail, EgressHook, Family, Protocol, SockType};
-pub use enrich::{enrich, Lookups};
+pub use egress::{EgressDetail, EgressHook, EgressSummary, Family, Protocol, SockType};
+pub use enrich::{enrich, enrich_summary, Lookups};
 pub use exec::{ExecDetail, ExecHook};
 pub use file::{FileAccess, FileDetail, FileOp, InodePaths};
 pub use process::{ExitDetail, ForkDetail};
@@ -59,8 +60,9 @@ pub struct Event {
     /// The agent's SPIFFE ID (`spiffe://TRUST_DOMAIN/agent/NAME`), or null with no agent.
     #[serde(default)]
     pub spiffe_id: Option<SpiffeId>,
-    /// Position among the agent's events, from 1, in the order the kernel produced them
-    /// (ring-buffer order); a gap never occurs without a loss being counted.
+    /// Position among the agent's events, from 1, in the order they were published; a gap
+    /// never occurs without a loss being counted. An `egress_summary` takes one number; the
+    /// repeats it counts take none.
     #[serde(default)]
     pub agent_seq: u64,
     /// Thread id.
@@ -142,6 +144,8 @@ pub enum EventDetail {
     Assertion(AssertionDetail),
     /// A credential was granted, refused or revoked.
     Credential(CredentialDetail),
+    /// Repeats of one egress decision, counted (a flood, summarized).
+    EgressSummary(EgressSummary),
 }
 
 impl EventDetail {
@@ -161,6 +165,7 @@ impl EventDetail {
             Self::Budget(_) => "budget",
             Self::Assertion(_) => "assertion",
             Self::Credential(_) => "credential",
+            Self::EgressSummary(_) => "egress_summary",
         }
     }
 }

@@ -101,7 +101,7 @@ pub const SOCKET_TYPE: &str = "agentcage.socket.type";
 pub const SESSION_ACTION: &str = "agentcage.session.action";
 /// How many events a drop record stands for.
 pub const DROPPED_COUNT: &str = "agentcage.dropped.count";
-/// Why events were dropped (`size_bound`, `bus_lag`).
+/// Why events were dropped (`size_bound`, `write_error`; `bus_lag` from earlier versions).
 pub const DROPPED_REASON: &str = "agentcage.dropped.reason";
 /// `applied` or `refused` (policy reloads).
 pub const POLICY_RESULT: &str = "agentcage.policy.result";
@@ -235,3 +235,9 @@ pub const CREDENTIAL_ON_BEHALF_OF: &str = "agentcage.credential.on_behalf_of";
 pub const CREDENTIAL_JTI: &str = "agentcage.credential.jti";
 /// Why a credential was refused or revoked.
 pub const CREDENTIAL_REASON: &str = "agentcage.credential.reason";
+/// Repeats of one egress decision, summarized (a flood).
+pub const EVENT_EGRESS_SUMMARY: &str = "agentcage.egress.summary";
+/// How many decisions a summary stands for (none of them was exported on its own).
+pub const SUMMARY_COUNT: &str = "agentcage.summary.count";
+/// When the first decision a summary counts was made, ns since the Unix epoch.
+pub const SUMMARY_FIRST: &str = "agentcage.summary.first_time_unix_nano";

@@ -4,9 +4,9 @@
 use std::{os::fd::OwnedFd, sync::Arc};
 
 use tokio::{
-    io::BufReader,
+    io::{AsyncWriteExt as _, BufReader},
     net::{unix::OwnedWriteHalf, UnixStream},
-    sync::broadcast::error::RecvError,
+    sync::broadcast::error::{RecvError, TryRecvError},
 };
 use tracing::{debug, info, warn};
 
@@ -14,6 +14,7 @@ use super::{contain, next_line, send, send_with_fd, Line, Shared, MAX_REQUEST};
 use crate::{
     control::{Peer, Request, Response},
     daemon::state::StateError,
+    events::Event,
 };
 
 /// Serves one connection until the client goes away.
@@ -305,16 +306,33 @@ async fn stream_events(shared: &Shared, write: &mut OwnedWriteHalf, follow: bool
     if send(write, &Response::Subscribed).await.is_err() {
         return false;
     }
+    // What has arrived is written together: one write for a burst, not one per event.
+    let event = |event: Arc<Event>| Response::Event {
+        event: Arc::unwrap_or_clone(event),
+    };
+    let mut lines = Vec::new();
     loop {
-        let response = match rx.recv().await {
-            Ok(event) => Response::Event {
-                event: (*event).clone(),
-            },
+        let mut batch = match rx.recv().await {
+            Ok(e) => vec![event(e)],
             // A slow reader is told exactly how many it missed.
-            Err(RecvError::Lagged(count)) => Response::Lost { count },
+            Err(RecvError::Lagged(count)) => vec![Response::Lost { count }],
             Err(RecvError::Closed) => return false,
         };
-        if send(write, &response).await.is_err() {
+        while batch.len() < 256 {
+            match rx.try_recv() {
+                Ok(e) => batch.push(event(e)),
+                Err(TryRecvError::Lagged(count)) => batch.push(Response::Lost { count }),
+                Err(_) => break,
+            }
+        }
+        lines.clear();
+        for r in &batch {
+            if serde_json::to_writer(&mut lines, r).is_err() {
+                return false;
+            }
+            lines.push(b'\n');
+        }
+        if write.write_all(&lines).await.is_err() {
             return false;
         }
     }

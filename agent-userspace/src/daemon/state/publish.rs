@@ -7,7 +7,8 @@ use super::{registry::Registry, slots::Slots, State};
 use crate::{
     clock::wall_of_boot,
     events::{
-        self, Event, EventDetail, InodePaths, Lookups, RawEvent, SessionAction, SessionDetail,
+        self, coalesce::Summary, Event, EventDetail, InodePaths, Lookups, RawEvent, SessionAction,
+        SessionDetail,
     },
     identity::{AgentIdentity, SpiffeId, TrustDomain},
     policy::Policy,
@@ -64,20 +65,42 @@ impl Lookups for View<'_> {
 impl State {
     /// The event a kernel record says; keeps the agent's process tree in step.
     pub fn enrich(&mut self, raw: &RawEvent) -> Event {
-        let mut view = View {
+        let mut event = events::enrich(raw, &mut self.view());
+        self.stamp_container(&mut event);
+        self.registry.observe(raw.header().agent_id, &event);
+        event
+    }
+
+    /// The event a summary of counted egress repeats says.
+    pub fn enrich_summary(&mut self, summary: &Summary) -> Event {
+        let mut event = events::enrich_summary(summary, &mut self.view());
+        self.stamp_container(&mut event);
+        event
+    }
+
+    /// The container the event's cgroup belongs to, if it is a caged container's.
+    fn stamp_container(&self, event: &mut Event) {
+        event.container = self
+            .containers
+            .meta_of(event.cgroup_id)
+            .map(|m| Box::new(m.clone()));
+    }
+
+    /// The state's lookups, borrowed.
+    fn view(&mut self) -> View<'_> {
+        View {
             registry: &mut self.registry,
             slots: &self.slots,
             policy: &self.policy,
             trust_domain: &self.credentials.trust_domain,
             boot_to_wall_ns: self.boot_to_wall_ns,
-        };
-        let mut event = events::enrich(raw, &mut view);
-        event.container = self
-            .containers
-            .meta_of(event.cgroup_id)
-            .map(|m| Box::new(m.clone()));
-        self.registry.observe(raw.header().agent_id, &event);
-        event
+        }
+    }
+
+    /// The cgroups of the cages whose session ends wait for the reader: what it counted of
+    /// them goes out before the ends.
+    pub fn ending_cages(&self) -> Vec<u64> {
+        self.pending_ends.iter().map(|(_, e)| e.cgroup_id).collect()
     }
 
     /// Publishes an event the daemon raises itself for `agent`.

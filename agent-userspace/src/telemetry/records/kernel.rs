@@ -3,7 +3,9 @@
 use opentelemetry::{logs::Severity, KeyValue, Value};
 
 use super::{decision_span, sc, time_of, warn_if, KindParts, SpanPlan};
-use crate::events::{EgressDetail, Event, ExecDetail, ExitDetail, FileDetail, Verdict};
+use crate::events::{
+    EgressDetail, EgressSummary, Event, ExecDetail, ExitDetail, FileDetail, Verdict,
+};
 
 pub(super) fn egress(event: &Event, d: &EgressDetail) -> KindParts {
     let mut attrs = vec![
@@ -44,6 +46,26 @@ pub(super) fn egress(event: &Event, d: &EgressDetail) -> KindParts {
         warn_if(deny),
         body,
         Some(span),
+        attrs,
+    )
+}
+
+/// A summary: the decision's record with the count and the first time; its span runs from
+/// the first repeat to the last.
+pub(super) fn egress_summary(event: &Event, s: &EgressSummary) -> KindParts {
+    let (_, severity, body, span, mut attrs) = egress(event, &s.decision);
+    attrs.push(KeyValue::new(sc::SUMMARY_COUNT, s.count as i64));
+    attrs.push(KeyValue::new(sc::SUMMARY_FIRST, s.first_unix_nano as i64));
+    let span = span.map(|plan| SpanPlan {
+        name: format!("egress {} x{}", s.decision.hook, s.count),
+        start: time_of(s.first_unix_nano),
+        ..plan
+    });
+    (
+        sc::EVENT_EGRESS_SUMMARY,
+        severity,
+        format!("{} more: {body}", s.count),
+        span,
         attrs,
     )
 }

@@ -24,7 +24,7 @@ mod daemon;
 mod kernel;
 
 use daemon::{app, approval, assertion, budget, containment, credential, policy, session};
-use kernel::{egress, exec, exit, file};
+use kernel::{egress, egress_summary, exec, exit, file};
 
 use super::semconv as sc;
 use crate::{
@@ -137,6 +137,7 @@ pub fn describe(record: &Record, node: &str) -> Described {
             let ids = ids(node, identity, event.cgroup_id, record.seq);
             let (event_name, severity, body, span, more) = match &event.detail {
                 EventDetail::Egress(d) => egress(event, d),
+                EventDetail::EgressSummary(s) => egress_summary(event, s),
                 EventDetail::Session(d) => session(event, d),
                 EventDetail::Policy(d) => policy(d),
                 EventDetail::Containment(d) => containment(event, d),
@@ -332,7 +333,7 @@ mod tests {
     fn record(seq: u64, detail: EventDetail) -> Record {
         Record {
             seq,
-            entry: Entry::Event(Box::new(Event {
+            entry: Entry::Event(std::sync::Arc::new(Event {
                 time_unix_nano: 2_000_000_000,
                 kernel_ts_ns: 1,
                 agent: Some(crate::identity::AgentIdentity::for_agent("a")),
@@ -400,7 +401,7 @@ mod tests {
         let Entry::Event(e) = &mut r.entry else {
             unreachable!()
         };
-        e.container = Some(Box::new(crate::events::ContainerMeta {
+        std::sync::Arc::make_mut(e).container = Some(Box::new(crate::events::ContainerMeta {
             id: "c0ffee".into(),
             name: Some("web-1".into()),
             image: Some("bb:1".into()),

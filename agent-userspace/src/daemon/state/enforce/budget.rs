@@ -98,13 +98,13 @@ impl BudgetState {
         agent: &str,
         budgets: &Budgets,
         key: &str,
-        now: u64,
+        (now, n): (u64, u64),
     ) -> Option<ScopedBreach> {
         let b = self
             .agents
             .get_mut(agent)?
             .meter
-            .repeat(budgets, key, now)?;
+            .repeat(budgets, key, now, n)?;
         Some(("agent".to_owned(), b))
     }
 

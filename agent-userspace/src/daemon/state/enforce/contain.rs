@@ -16,7 +16,7 @@ use super::super::{State, StateError};
 use crate::{
     cage::CgroupDir,
     events::{ContainmentDetail, Event, EventDetail},
-    runtime::{containment, snapshot::SnapshotPlan, Rung},
+    runtime::{containment, snapshot::SnapshotPlan, tally::Tally, Rung},
 };
 
 /// Each agent's rung, its last events (for snapshots) and its recent denials (for the
@@ -24,7 +24,7 @@ use crate::{
 pub(crate) struct ContainmentState {
     rungs: HashMap<String, Rung>,
     recent: HashMap<String, VecDeque<Arc<Event>>>,
-    denials: HashMap<String, VecDeque<u64>>,
+    denials: HashMap<String, Tally>,
     snapshot_dir: PathBuf,
     /// Where recordings the policy requires are made; a snapshot includes the live ones.
     recording_dir: PathBuf,
@@ -87,23 +87,19 @@ impl ContainmentState {
         recent.push_back(event);
     }
 
-    /// Counts a denial at `now`; true when `denials` fell within `window` ns and the rate
-    /// can still act (`acting`: the agent is below the rung it leads to); the count then
-    /// starts again.
+    /// Counts `n` denials at `now`; true when `denials` fell within `window` ns and the
+    /// rate can still act (`acting`: the agent is below the rung it leads to); the count
+    /// then starts again.
     pub(crate) fn denial_rate_reached(
         &mut self,
         agent: &str,
-        now: u64,
+        (now, n): (u64, u64),
         window: u64,
         denials: u32,
         acting: bool,
     ) -> bool {
         let d = self.denials.entry(agent.to_owned()).or_default();
-        d.push_back(now);
-        while d.front().is_some_and(|&t| now.saturating_sub(t) >= window) {
-            d.pop_front();
-        }
-        if acting && d.len() >= denials as usize {
+        if d.add(now, n, window) >= u64::from(denials) && acting {
             d.clear();
             return true;
         }

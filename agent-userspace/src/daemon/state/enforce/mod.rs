@@ -49,7 +49,19 @@ impl State {
         self.containment.remember(&agent, Arc::clone(event), keep);
         match &event.detail {
             EventDetail::Exec(x) => self.on_exec(&agent, agent_policy, x, event.kernel_ts_ns),
-            EventDetail::Egress(e) => self.on_egress(&agent, agent_policy, e, event.kernel_ts_ns),
+            EventDetail::Egress(e) => {
+                self.on_egress(&agent, agent_policy, e, (event.kernel_ts_ns, 1));
+            }
+            // A flood's repeats count at the time of the last of them: the checks see every
+            // decision (fail closed: a summary never makes a rate look lower).
+            EventDetail::EgressSummary(s) => {
+                self.on_egress(
+                    &agent,
+                    agent_policy,
+                    &s.decision,
+                    (event.kernel_ts_ns, s.count),
+                );
+            }
             _ => {}
         }
     }
@@ -91,7 +103,14 @@ impl State {
         }
     }
 
-    fn on_egress(&mut self, agent: &str, policy: Option<&AgentPolicy>, e: &EgressDetail, at: u64) {
+    /// `n` decisions of the same kind, the last at `at` (more than one for a summary).
+    fn on_egress(
+        &mut self,
+        agent: &str,
+        policy: Option<&AgentPolicy>,
+        e: &EgressDetail,
+        (at, n): (u64, u64),
+    ) {
         let rule = e
             .rule
             .egress_allow()
@@ -121,9 +140,9 @@ impl State {
                 if let Some(subject) = subject {
                     self.request_approval(agent, subject);
                 }
-                self.denied(agent, policy, e, at);
+                self.denied(agent, policy, e, (at, n));
             }
-            Verdict::Deny => self.denied(agent, policy, e, at),
+            Verdict::Deny => self.denied(agent, policy, e, (at, n)),
             Verdict::Budget => {
                 let on_budget = policy.map_or(Rung::Paused, |p| p.containment.on_budget);
                 if self.containment.rung(agent) < on_budget {
@@ -134,8 +153,14 @@ impl State {
         }
     }
 
-    /// Deny-rate anomaly and loop detection on denied destinations.
-    fn denied(&mut self, agent: &str, policy: Option<&AgentPolicy>, e: &EgressDetail, now: u64) {
+    /// Deny-rate anomaly and loop detection on `n` denials of one destination.
+    fn denied(
+        &mut self,
+        agent: &str,
+        policy: Option<&AgentPolicy>,
+        e: &EgressDetail,
+        (now, n): (u64, u64),
+    ) {
         let Some(policy) = policy else { return };
         let mut contain = None;
         if let Some(rate) = policy.containment.deny_rate {
@@ -143,7 +168,7 @@ impl State {
             let below = self.containment.rung(agent) < rate.rung;
             if self
                 .containment
-                .denial_rate_reached(agent, now, window, rate.denials, below)
+                .denial_rate_reached(agent, (now, n), window, rate.denials, below)
             {
                 contain = Some(rate.rung);
             }
@@ -153,7 +178,7 @@ impl State {
             e.dst_addr.map(|a| a.to_string()).unwrap_or_default(),
             e.dst_port
         );
-        if let Some(b) = self.budgets.repeat(agent, &policy.budgets, &key, now) {
+        if let Some(b) = self.budgets.repeat(agent, &policy.budgets, &key, (now, n)) {
             self.breaches(agent, vec![b]);
         }
         if let Some(rung) = contain {
