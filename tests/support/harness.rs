@@ -93,7 +93,18 @@ impl Lines {
 
     /// The next line satisfying `pred`, or a panic naming `what` after the deadline.
     pub fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = std::time::Instant::now() + deadline();
+        self.wait_for_within(what, deadline(), pred)
+    }
+
+    /// [`Lines::wait_for`] with a deadline of `within`: for a workload whose own length
+    /// grows with the machine's load (thousands of execs), not for the daemon's answers.
+    pub fn wait_for_within(
+        &self,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = std::time::Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.rx.recv_timeout(left) {
