@@ -126,9 +126,9 @@ impl Segment {
     fn for_each_line(
         &self,
         offset: u64,
-        mut f: impl FnMut(Record, u64) -> bool,
+        f: impl FnMut(Record, u64) -> bool,
     ) -> Result<(), SpoolError> {
-        self.for_each_line_after(offset, 0, |rec, next| f(rec, next))
+        self.for_each_line_after(offset, 0, f)
     }
 
     /// [`Self::for_each_line`] for the records with a sequence number above `after` only:
