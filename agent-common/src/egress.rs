@@ -32,6 +32,10 @@ pub const RULE_IP_OPTIONS: u32 = u32::MAX - 4;
 pub const RULE_ROUTING_HEADER: u32 = u32::MAX - 5;
 /// `rule_id` when the cage is throttled because a hard budget limit was reached.
 pub const RULE_BUDGET: u32 = u32::MAX - 6;
+/// `rule_id` when a DNS query could not be sent to agentcage's resolver: the socket was made
+/// outside every cage (the deny tier's second line), or the cage has no resolver of that
+/// family. DNS never leaves a cage any other way.
+pub const RULE_DNS_UNREDIRECTED: u32 = u32::MAX - 7;
 
 /// Which hook decided.
 #[repr(u8)]
@@ -169,4 +173,9 @@ pub struct EgressEvent {
     pub hook: u8,
     /// Padding, zero.
     pub _pad: [u8; 2],
+    /// The daemon's number for the allowed name whose resolution granted the address
+    /// (see [`crate::dns::Grant`]), or 0 when no name decided.
+    pub name_id: u32,
+    /// Padding, zero.
+    pub _pad2: u32,
 }

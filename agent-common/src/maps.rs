@@ -20,6 +20,18 @@ pub const SETTINGS: &str = "SETTINGS";
 pub const APPROVALS: &str = "APPROVALS";
 /// How many approvals can be in force at once.
 pub const MAX_APPROVALS: u32 = 4096;
+/// cgroup id of a cage → [`crate::dns::DnsTarget`]: where its DNS is redirected.
+pub const DNS_TARGETS: &str = "DNS_TARGETS";
+/// [`crate::dns::DnsEndpoint`] → cgroup id of the cage the resolver endpoint serves.
+pub const DNS_ENDPOINTS: &str = "DNS_ENDPOINTS";
+/// [`crate::dns::GrantKey`] → [`crate::dns::Grant`]: addresses the cages' resolvers handed out.
+pub const DNS_GRANTS: &str = "DNS_GRANTS";
+/// Socket cookie → [`crate::dns::RevNat`]: what a redirected socket asked for (LRU).
+pub const DNS_REVNAT: &str = "DNS_REVNAT";
+/// Entries in the grants map, across all cages and policy slots (allocated as used).
+pub const MAX_DNS_GRANTS: u32 = 262_144;
+/// Redirected sockets remembered for the recvmsg rewrite (least recently used go first).
+pub const MAX_DNS_REVNAT: u32 = 65_536;
 /// The ring buffer every event goes through.
 pub const EVENTS: &str = "EVENTS";
 /// Events lost because the agent was unknown when the ring buffer was full.

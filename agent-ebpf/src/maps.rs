@@ -4,14 +4,18 @@
 use agent_common::{
     approval::{ApprovalExpiry, ApprovalKey},
     cage::{CageConfig, CageStats},
+    dns::{DnsEndpoint, DnsTarget, Grant, GrantKey, RevNat},
     egress::{Key4, Key6, PortRules},
     file::{FileRule, InodeKey},
-    maps::{EVENTS_BYTES, MAX_APPROVALS, MAX_CAGES, MAX_EGRESS_ENTRIES, MAX_INODE_RULES},
+    maps::{
+        EVENTS_BYTES, MAX_APPROVALS, MAX_CAGES, MAX_DNS_GRANTS, MAX_DNS_REVNAT, MAX_EGRESS_ENTRIES,
+        MAX_INODE_RULES,
+    },
     process::{ExecRule, HashKey},
 };
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 
 #[map]
@@ -45,3 +49,16 @@ pub static FILE_RULES: HashMap<InodeKey, FileRule> = HashMap::with_max_entries(M
 #[map]
 pub static APPROVALS: HashMap<ApprovalKey, ApprovalExpiry> =
     HashMap::with_max_entries(MAX_APPROVALS, 0);
+
+#[map]
+pub static DNS_TARGETS: HashMap<u64, DnsTarget> = HashMap::with_max_entries(MAX_CAGES, 0);
+
+#[map]
+pub static DNS_ENDPOINTS: HashMap<DnsEndpoint, u64> = HashMap::with_max_entries(2 * MAX_CAGES, 0);
+
+/// Allocated as grants are made (BPF_F_NO_PREALLOC): most cages hold few.
+#[map]
+pub static DNS_GRANTS: HashMap<GrantKey, Grant> = HashMap::with_max_entries(MAX_DNS_GRANTS, 1);
+
+#[map]
+pub static DNS_REVNAT: LruHashMap<u64, RevNat> = LruHashMap::with_max_entries(MAX_DNS_REVNAT, 0);

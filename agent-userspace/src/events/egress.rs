@@ -227,6 +227,8 @@ mod tests {
             verdict: 1,
             hook,
             _pad: [0; 2],
+            name_id: 0,
+            _pad2: 0,
         }
     }
 

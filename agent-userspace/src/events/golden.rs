@@ -80,6 +80,8 @@ fn egress_raw(addr: [u8; 4], port: u16, verdict: u8, rule_id: u32, hook: u8) -> 
         verdict,
         hook,
         _pad: [0; 2],
+        name_id: 0,
+        _pad2: 0,
     }
 }
 

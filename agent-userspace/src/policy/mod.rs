@@ -20,8 +20,10 @@ mod schema;
 use std::{collections::BTreeMap, fs, path::Path};
 
 pub use compile::compile_read_only;
-pub use compile::{compile_egress, CompiledEgress};
-pub use egress::{AllowEvents, AllowRule, EgressPolicy, PortRange};
+pub use compile::{compile_egress, CompiledEgress, CompiledHost};
+pub use egress::{
+    normalize_name, AllowEvents, AllowRule, Destination, EgressPolicy, HostPattern, PortRange,
+};
 pub use error::PolicyError;
 pub use exec::{
     Access, Enforcement, ExecDefault, ExecMatch, ExecPolicy, FilePattern, FileRuleSpec,

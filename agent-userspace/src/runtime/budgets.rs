@@ -19,6 +19,8 @@ pub enum Metric {
     ToolCalls,
     /// Allowed egress connections and sends.
     EgressConnections,
+    /// DNS queries to the cage's resolver.
+    DnsQueries,
 }
 
 impl Metric {
@@ -29,6 +31,7 @@ impl Metric {
             Self::Usd => "usd",
             Self::ToolCalls => "tool_calls",
             Self::EgressConnections => "egress_connections",
+            Self::DnsQueries => "dns_queries",
         }
     }
 
@@ -38,6 +41,7 @@ impl Metric {
             Self::Usd => b.usd,
             Self::ToolCalls => b.tool_calls,
             Self::EgressConnections => b.egress_connections,
+            Self::DnsQueries => b.dns_queries,
         }
     }
 }
