@@ -174,7 +174,7 @@ fn samples() -> Vec<Event> {
         out.push(event(
             100,
             "probe",
-            EventDetail::Egress(egress::detail(&raw, p)),
+            EventDetail::Egress(egress::detail(&raw, p, None)),
         ));
     }
     let mut v6 = egress_raw([0; 4], 9000, Verdict::Deny as u8, RULE_DEFAULT_DENY, 2);
@@ -185,7 +185,7 @@ fn samples() -> Vec<Event> {
     out.push(event(
         100,
         "probe",
-        EventDetail::Egress(egress::detail(&v6, p)),
+        EventDetail::Egress(egress::detail(&v6, p, None)),
     ));
     for raw in [
         exec_raw("/usr/bin/true", &["true"], Verdict::Allow, 0, 0),
@@ -384,6 +384,43 @@ fn samples() -> Vec<Event> {
         EventDetail::Assertion(AssertionDetail {
             assertion: "approval(payout) precedes egress(payments)".into(),
             violation: "egress(payments) without approval(payout) before it".into(),
+        }),
+    ));
+    // Egress by name: a decision on a granted address names it, and the resolver's queries.
+    let granted = egress_raw([127, 0, 0, 1], 8080, Verdict::Allow as u8, 0, 1);
+    out.push(event(
+        100,
+        "probe",
+        EventDetail::Egress(egress::detail(&granted, p, Some("api.example.com".into()))),
+    ));
+    out.push(event(
+        0,
+        "",
+        EventDetail::Dns(DnsDetail {
+            name: "api.example.com".into(),
+            qtype: "A".into(),
+            transport: Protocol::Udp,
+            verdict: super::Verdict::Allow,
+            rule: RuleRef::EgressAllow(0),
+            rule_text: Some("api.example.com tcp 8000-8099".into()),
+            answers: vec![[127, 0, 0, 1].into()],
+            ttl_s: Some(60),
+            error: None,
+        }),
+    ));
+    out.push(event(
+        0,
+        "",
+        EventDetail::Dns(DnsDetail {
+            name: "exfil.example.org".into(),
+            qtype: "TXT".into(),
+            transport: Protocol::Tcp,
+            verdict: super::Verdict::Deny,
+            rule: RuleRef::DnsQueryType,
+            rule_text: None,
+            answers: Vec::new(),
+            ttl_s: None,
+            error: None,
         }),
     ));
     out

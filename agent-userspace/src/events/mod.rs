@@ -2,7 +2,7 @@
 //! policy that decided, and fanned out on a bus to independent consumers.
 //!
 //! One module per event family (`egress`, `exec`, `process`, `file` from the kernel; `app`,
-//! `runtime` and the session/policy events from the daemon), each holding its typed detail
+//! `runtime`, `dns` and the session/policy events from the daemon), each holding its typed detail
 //! and how a kernel record becomes it. `enrich` puts the families together; the daemon only
 //! supplies the lookups (agent names, policy slots, sequence numbers).
 
@@ -10,6 +10,7 @@ mod app;
 mod bus;
 mod decision;
 mod decode;
+mod dns;
 mod egress;
 mod enrich;
 mod exec;
@@ -24,6 +25,7 @@ pub use app::{AppEvent, Phase};
 pub use bus::EventBus;
 pub use decision::{RuleRef, Verdict};
 pub use decode::{decode, DecodeError, RawEvent};
+pub use dns::DnsDetail;
 pub use egress::{EgressDetail, EgressHook, Family, Protocol, SockType};
 pub use enrich::{enrich, Lookups};
 pub use exec::{ExecDetail, ExecHook};
@@ -123,6 +125,8 @@ pub enum EventDetail {
     Budget(BudgetDetail),
     /// A temporal assertion was violated.
     Assertion(AssertionDetail),
+    /// A query to the cage's resolver, answered or refused.
+    Dns(DnsDetail),
 }
 
 impl EventDetail {
@@ -141,6 +145,7 @@ impl EventDetail {
             Self::Approval(_) => "approval",
             Self::Budget(_) => "budget",
             Self::Assertion(_) => "assertion",
+            Self::Dns(_) => "dns",
         }
     }
 }

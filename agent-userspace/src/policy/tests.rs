@@ -123,7 +123,7 @@ fn parses_the_documented_example() {
     assert_eq!(
         demo.allow,
         vec![AllowRule {
-            dest: crate::policy::Destination::Cidr("127.0.0.1/32".parse().unwrap()),
+            dest: Destination::Cidr("127.0.0.1/32".parse().unwrap()),
             ports: vec![
                 PortRange { lo: 8000, hi: 8099 },
                 PortRange { lo: 443, hi: 443 }
