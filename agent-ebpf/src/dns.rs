@@ -9,7 +9,7 @@
 use agent_common::{
     cage::{CageConfig, CAGE_F_THROTTLED},
     dns::{DnsEndpoint, GrantKey, RevNat, DNS_PORT, RESOLVER_V4, RESOLVER_V6},
-    egress::{PortRules, Verdict, RULE_BUDGET, RULE_DNS_UNREDIRECTED},
+    egress::{Hook, PortRules, Verdict, RULE_BUDGET, RULE_DNS_UNREDIRECTED},
 };
 use aya_ebpf::{
     bindings::bpf_sock_addr,
@@ -67,7 +67,8 @@ pub(crate) fn redirect(
     }
     // SAFETY: the kernel hands every sock_addr program a valid context.
     let ctx = unsafe { &mut *sa };
-    let v6 = ctx.user_family == AF_INET6;
+    // From the hook, a constant in each program: a v4 program may not touch user_ip6.
+    let v6 = matches!(attempt.hook, Hook::Connect6 | Hook::Sendmsg6);
     // SAFETY: the value is copied out at once.
     let port = DNS_TARGETS.get_ptr(cgroup_id).map_or(0, |t| unsafe {
         if v6 {
@@ -89,7 +90,7 @@ pub(crate) fn redirect(
     let mut asked = RevNat {
         addr: [0; 16],
         port: attempt.port,
-        family: ctx.user_family as u16,
+        family: if v6 { AF_INET6 as u16 } else { AF_INET as u16 },
         _pad: 0,
     };
     if v6 {
@@ -112,30 +113,7 @@ pub(crate) fn redirect(
     // which a stub may ignore, but the query itself still goes to the resolver.
     let _ = DNS_REVNAT.insert(&cookie, &asked, 0);
     if v6 {
-        ctx.user_ip6[0] = u32::from_ne_bytes([
-            RESOLVER_V6[0],
-            RESOLVER_V6[1],
-            RESOLVER_V6[2],
-            RESOLVER_V6[3],
-        ]);
-        ctx.user_ip6[1] = u32::from_ne_bytes([
-            RESOLVER_V6[4],
-            RESOLVER_V6[5],
-            RESOLVER_V6[6],
-            RESOLVER_V6[7],
-        ]);
-        ctx.user_ip6[2] = u32::from_ne_bytes([
-            RESOLVER_V6[8],
-            RESOLVER_V6[9],
-            RESOLVER_V6[10],
-            RESOLVER_V6[11],
-        ]);
-        ctx.user_ip6[3] = u32::from_ne_bytes([
-            RESOLVER_V6[12],
-            RESOLVER_V6[13],
-            RESOLVER_V6[14],
-            RESOLVER_V6[15],
-        ]);
+        set_ip6(ctx, &RESOLVER_V6);
     } else {
         ctx.user_ip4 = u32::from_ne_bytes(RESOLVER_V4);
     }
@@ -161,6 +139,29 @@ pub(crate) fn granted(slot: u32, attempt: &Attempt) -> Option<(&'static PortRule
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn agentcage_recvmsg4(ctx: SockAddrContext) -> i32 {
+    restore4(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn agentcage_recvmsg6(ctx: SockAddrContext) -> i32 {
+    restore6(&ctx)
+}
+
+/// A redirected TCP (or connected UDP) socket names the address it asked as its peer.
+#[cgroup_sock_addr(getpeername4)]
+pub fn agentcage_getpeername4(ctx: SockAddrContext) -> i32 {
+    restore4(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn agentcage_getpeername6(ctx: SockAddrContext) -> i32 {
+    restore6(&ctx)
+}
+
+/// Puts back the address a redirected socket asked where the kernel shows the resolver's
+/// (the source of a datagram, the peer of a socket).
+#[inline(always)]
+fn restore4(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the kernel hands every sock_addr program a valid context.
     let sa = unsafe { &mut *ctx.sock_addr };
     let mut from = [0u8; 16];
@@ -180,12 +181,13 @@ pub fn agentcage_recvmsg4(ctx: SockAddrContext) -> i32 {
             sa.user_port = u32::from(asked.port.to_be());
         }
     }
-    // recvmsg programs must return 1.
+    // recvmsg and getpeername programs must return 1.
     ALLOW
 }
 
-#[cgroup_sock_addr(recvmsg6)]
-pub fn agentcage_recvmsg6(ctx: SockAddrContext) -> i32 {
+/// As [`restore4`], for IPv6 sockets.
+#[inline(always)]
+fn restore6(ctx: &SockAddrContext) -> i32 {
     // SAFETY: as above.
     let sa = unsafe { &mut *ctx.sock_addr };
     let w = [
@@ -209,13 +211,25 @@ pub fn agentcage_recvmsg6(ctx: SockAddrContext) -> i32 {
         // SAFETY: copied out at once.
         let asked = unsafe { *asked };
         if asked.family == AF_INET6 as u16 {
-            let a = asked.addr;
-            sa.user_ip6[0] = u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
-            sa.user_ip6[1] = u32::from_ne_bytes([a[4], a[5], a[6], a[7]]);
-            sa.user_ip6[2] = u32::from_ne_bytes([a[8], a[9], a[10], a[11]]);
-            sa.user_ip6[3] = u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
+            set_ip6(sa, &asked.addr);
             sa.user_port = u32::from(asked.port.to_be());
         }
     }
     ALLOW
+}
+
+/// Writes an IPv6 address into `user_ip6`. The verifier takes only 4-byte stores there, and
+/// LLVM would merge plain ones into 8-byte stores: each word is written volatile.
+#[inline(always)]
+fn set_ip6(sa: &mut bpf_sock_addr, a: &[u8; 16]) {
+    let words = [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ];
+    for (i, w) in words.into_iter().enumerate() {
+        // SAFETY: an in-bounds field of the context the kernel handed the program.
+        unsafe { core::ptr::write_volatile(&raw mut sa.user_ip6[i], w) };
+    }
 }

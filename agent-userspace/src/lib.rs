@@ -26,6 +26,7 @@ pub mod cli;
 pub mod clock;
 pub mod control;
 pub mod daemon;
+pub mod dns;
 pub mod doctor;
 pub mod errors;
 pub mod events;

@@ -120,8 +120,26 @@ impl Daemon {
 
     /// Starts agentcaged with extra arguments.
     pub fn start_args(policy_yaml: &str, args: &[&str]) -> Self {
+        Self::start_configured(policy_yaml, None, args)
+    }
+
+    /// Starts agentcaged with a configuration file (`config.yaml` in its directory, where a
+    /// restart finds it again) holding `config_yaml`.
+    pub fn start_with_config(policy_yaml: &str, config_yaml: &str) -> Self {
+        Self::start_configured(policy_yaml, Some(config_yaml), &[])
+    }
+
+    fn start_configured(policy_yaml: &str, config_yaml: Option<&str>, args: &[&str]) -> Self {
         require_root();
         let dir = tempfile::tempdir().expect("tempdir");
+        let mut args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        if let Some(config) = config_yaml {
+            let path = dir.path().join("config.yaml");
+            fs::write(&path, config).expect("write config");
+            args.extend(["--config".to_owned(), path.display().to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let args = args.as_slice();
         let policy = dir.path().join("policy.yaml");
         fs::write(&policy, policy_yaml).expect("write policy");
         let cgroup_name = format!(

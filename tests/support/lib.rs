@@ -7,5 +7,6 @@
 
 pub mod bins;
 pub mod collector;
+pub mod dns;
 pub mod harness;
 pub mod tmux;

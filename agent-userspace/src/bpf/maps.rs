@@ -2,8 +2,11 @@
 //! cage's slot in one map update, then delete the old slot: a decision never sees half of two
 //! policies.
 
+use std::{collections::HashSet, net::IpAddr};
+
 use agent_common::{
     cage::{CageConfig, CageStats},
+    dns::{Grant, GrantKey},
     egress::{Key4, Key6, PortRules, SLOT_BITS},
     file::{FileRule, InodeKey},
     maps,
@@ -30,6 +33,7 @@ pub struct SlotEntries {
     exec_inodes: Vec<InodeKey>,
     exec_hashes: Vec<HashKey>,
     files: Vec<InodeKey>,
+    grants: HashSet<GrantKey>,
 }
 
 impl SlotEntries {
@@ -48,11 +52,12 @@ pub struct EgressMaps {
     exec_inodes: HashMap<MapData, InodeKey, ExecRule>,
     exec_hashes: HashMap<MapData, HashKey, ExecRule>,
     file_rules: HashMap<MapData, InodeKey, FileRule>,
+    grants: HashMap<MapData, GrantKey, Grant>,
     global_lost: PerCpuArray<MapData, u64>,
     cpus: usize,
 }
 
-fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
+pub(super) fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<T, BpfError> {
@@ -76,6 +81,7 @@ impl EgressMaps {
             exec_inodes: take(ebpf, maps::EXEC_INODES)?,
             exec_hashes: take(ebpf, maps::EXEC_HASHES)?,
             file_rules: take(ebpf, maps::FILE_RULES)?,
+            grants: take(ebpf, maps::DNS_GRANTS)?,
             global_lost: take(ebpf, maps::GLOBAL_LOST)?,
             cpus,
         })
@@ -177,6 +183,37 @@ impl EgressMaps {
         for key in &entries.files {
             let _ = self.file_rules.remove(key);
         }
+        for key in &entries.grants {
+            let _ = self.grants.remove(key);
+        }
+    }
+
+    /// Grants `addr` in `entries`' slot (a name the cage's resolver answered); the slot
+    /// remembers it, so it goes with the slot.
+    pub fn grant(
+        &mut self,
+        entries: &mut SlotEntries,
+        addr: IpAddr,
+        grant: &Grant,
+    ) -> Result<(), BpfError> {
+        let key = grant_key(entries.slot, addr);
+        self.grants
+            .insert(key, grant, 0)
+            .map_err(|e| capacity(maps::DNS_GRANTS, e))?;
+        entries.grants.insert(key);
+        Ok(())
+    }
+
+    /// Withdraws the grant of `addr` in `entries`' slot (gone already is fine).
+    pub fn revoke(&mut self, entries: &mut SlotEntries, addr: IpAddr) {
+        let key = grant_key(entries.slot, addr);
+        let _ = self.grants.remove(&key);
+        entries.grants.remove(&key);
+    }
+
+    /// How many grants the slot holds.
+    pub fn grants_in(entries: &SlotEntries) -> usize {
+        entries.grants.len()
     }
 
     /// Installs or replaces a cage's configuration in one map update, and makes sure it has
@@ -238,4 +275,30 @@ impl EgressMaps {
 
 fn capacity(name: &'static str, source: MapError) -> BpfError {
     BpfError::Capacity { name, source }
+}
+
+/// The grants map's key for `addr` in `slot` (IPv4-mapped IPv6 as IPv4, as the kernel
+/// judges it).
+fn grant_key(slot: u32, addr: IpAddr) -> GrantKey {
+    let mut key = GrantKey {
+        slot,
+        ..GrantKey::default()
+    };
+    match addr {
+        IpAddr::V4(v4) => {
+            key.family = 2;
+            key.addr[..4].copy_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => {
+                key.family = 2;
+                key.addr[..4].copy_from_slice(&v4.octets());
+            }
+            None => {
+                key.family = 10;
+                key.addr = v6.octets();
+            }
+        },
+    }
+    key
 }

@@ -3,12 +3,14 @@
 
 mod approvals;
 pub mod btf;
+mod dns;
 mod hooks;
 mod loader;
 mod maps;
 pub mod tier;
 
 pub use approvals::ApprovalMap;
+pub use dns::DnsMaps;
 pub use hooks::{lsm_btf, GlobalHooks, HookStatus};
 pub use loader::{ensure_bpffs, release_pinned, AttachedPrograms, ProgramKind, PROGRAMS};
 pub use maps::{EgressMaps, SlotEntries};

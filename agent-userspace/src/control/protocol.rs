@@ -310,6 +310,12 @@ pub struct AgentStatus {
     /// SHA-256 of the policy the cage's kernel entries were compiled from.
     #[serde(default)]
     pub policy_hash: String,
+    /// Addresses the cage's resolver has granted it (for `host:` rules), now.
+    #[serde(default)]
+    pub dns_grants: u64,
+    /// Grants evicted to keep within `dns.max_grants`, since the cage was made.
+    #[serde(default)]
+    pub dns_evicted: u64,
 }
 
 #[cfg(test)]

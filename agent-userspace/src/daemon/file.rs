@@ -1,4 +1,5 @@
-//! The daemon's configuration file (`--config`, YAML): the `telemetry:` and `spool:` sections.
+//! The daemon's configuration file (`--config`, YAML): the `telemetry:`, `spool:`,
+//! `dashboard:` and `dns:` sections.
 //! The OpenTelemetry environment variables override the file, as the OpenTelemetry
 //! specification has it.
 
@@ -41,6 +42,8 @@ pub struct ConfigFile {
     pub spool: SpoolConfig,
     /// The local web dashboard.
     pub dashboard: super::DashboardConfig,
+    /// The cages' resolver: upstream servers and grant lifetimes.
+    pub dns: crate::dns::DnsConfig,
 }
 
 impl ConfigFile {

@@ -17,7 +17,7 @@ use super::{
     ConfigFile, DaemonConfig, DaemonError,
 };
 use crate::{
-    bpf::{self, ApprovalMap, AttachedPrograms, BpfError, EgressMaps, GlobalHooks},
+    bpf::{self, ApprovalMap, AttachedPrograms, BpfError, DnsMaps, EgressMaps, GlobalHooks},
     cage::CageRoot,
     control::AccessPolicy,
     events::EventBus,
@@ -53,6 +53,15 @@ pub(super) async fn start(
     };
     let maps = EgressMaps::take(&mut ebpf)?;
     let approval_map = ApprovalMap::take(&mut ebpf)?;
+    // The resolver's answers need the shared state, which exists only once the state does.
+    let shared_slot = Arc::new(std::sync::OnceLock::<std::sync::Weak<Shared>>::new());
+    let dns = super::state::DnsState::new(
+        file.dns.clone(),
+        DnsMaps::take(&mut ebpf)?,
+        Arc::new(super::dns::DaemonResolver {
+            shared: Arc::clone(&shared_slot),
+        }),
+    );
     let bus = EventBus::new();
     // Subscribed before anything is published, so the run-time checks miss nothing.
     let runtime_rx = bus.subscribe();
@@ -95,6 +104,7 @@ pub(super) async fn start(
             snapshot_dir: config.snapshot_dir.clone(),
             recording_dir: config.recording_dir.clone(),
             jobs,
+            dns,
         },
     );
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -114,7 +124,6 @@ pub(super) async fn start(
     };
     // Started before the programs attach: a telemetry configuration that cannot work stops
     // the daemon with nothing attached, and the spool subscribes before any event is read.
-    let shared_slot = Arc::new(std::sync::OnceLock::<std::sync::Weak<Shared>>::new());
     let telemetry = if file.telemetry.active() {
         let slot = Arc::clone(&shared_slot);
         let identity = crate::telemetry::Identity {

@@ -8,6 +8,7 @@
 //! interleave; nothing slow runs under it (snapshots are written by the containment worker,
 //! binary hashes by the event reader).
 
+mod dns;
 mod enforce;
 mod error;
 mod lifecycle;
@@ -17,6 +18,7 @@ mod reload;
 mod slots;
 mod status;
 
+pub(crate) use dns::DnsState;
 pub use enforce::{ContainJob, Contained, JobOutcome};
 pub use error::StateError;
 
@@ -87,6 +89,8 @@ pub struct RuntimeParts {
     pub recording_dir: PathBuf,
     /// Where containment jobs (snapshots, kills) go, to run outside the state lock.
     pub jobs: tokio::sync::mpsc::UnboundedSender<ContainJob>,
+    /// The cages' resolver: its configuration, maps and the daemon's answers.
+    pub dns: DnsState,
 }
 
 /// Everything the daemon manages.
@@ -113,12 +117,15 @@ pub struct State {
     approvals: ApprovalState,
     budgets: BudgetState,
     assertions: AssertionState,
+    dns: DnsState,
 }
 
 /// A slot filled with an agent's rules, not yet switched in.
 struct Filled {
     entries: SlotEntries,
     settings: CageSettings,
+    /// The `host:` rules, whose grants are written into the slot as it is switched in.
+    hosts: Vec<crate::policy::CompiledHost>,
 }
 
 impl State {
@@ -150,6 +157,7 @@ impl State {
             approvals: ApprovalState::new(parts.approval_map),
             budgets: BudgetState::default(),
             assertions: AssertionState::default(),
+            dns: parts.dns,
         }
     }
 
@@ -241,7 +249,11 @@ impl State {
         let slot = self.slots.take();
         let entries = self.maps.fill_slot(slot, &compiled)?;
         self.slots.record(slot, policy, compiled.files.paths);
-        Ok(Filled { entries, settings })
+        Ok(Filled {
+            entries,
+            settings,
+            hosts: compiled.egress.hosts,
+        })
     }
 
     /// Points cage `cgroup_id` at a filled slot with one map update, so no decision sees
@@ -250,8 +262,11 @@ impl State {
         &mut self,
         cgroup_id: u64,
         agent_id: u32,
-        filled: Filled,
+        mut filled: Filled,
     ) -> Result<SlotEntries, StateError> {
+        // The cage's name grants move into the new slot with the rules that admit them.
+        let hosts = std::mem::take(&mut filled.hosts);
+        self.dns_fill(cgroup_id, &mut filled.entries, hosts);
         let config = CageConfig {
             agent_id,
             policy_slot: filled.entries.slot(),

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{registry::Registry, slots::Slots, State};
+use super::{dns::DnsState, registry::Registry, slots::Slots, State};
 use crate::{
     clock::wall_of_boot,
     events::{
@@ -18,6 +18,7 @@ struct View<'a> {
     registry: &'a mut Registry,
     slots: &'a Slots,
     policy: &'a Arc<Policy>,
+    dns: &'a DnsState,
     boot_to_wall_ns: i128,
 }
 
@@ -41,6 +42,10 @@ impl Lookups for View<'_> {
     fn boot_to_wall_ns(&self) -> i128 {
         self.boot_to_wall_ns
     }
+
+    fn host_name(&self, name_id: u32) -> Option<String> {
+        self.dns.name(name_id)
+    }
 }
 
 impl State {
@@ -50,6 +55,7 @@ impl State {
             registry: &mut self.registry,
             slots: &self.slots,
             policy: &self.policy,
+            dns: &self.dns,
             boot_to_wall_ns: self.boot_to_wall_ns,
         };
         let event = events::enrich(raw, &mut view);

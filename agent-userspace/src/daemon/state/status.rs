@@ -15,6 +15,7 @@ impl State {
             .iter()
             .map(|(name, cage)| {
                 let stats = self.maps.stats(cage.cgroup_id);
+                let (dns_grants, dns_evicted) = self.dns.counts(cage.cgroup_id);
                 AgentStatus {
                     name: name.clone(),
                     identity: cage.identity.to_string(),
@@ -33,6 +34,8 @@ impl State {
                         .policy(cage.slot.slot())
                         .map(|p| p.hash().to_owned())
                         .unwrap_or_default(),
+                    dns_grants: dns_grants as u64,
+                    dns_evicted,
                 }
             })
             .collect();

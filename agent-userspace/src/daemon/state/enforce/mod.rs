@@ -132,6 +132,23 @@ impl State {
 
     /// Deny-rate anomaly and loop detection on denied destinations.
     fn denied(&mut self, agent: &str, policy: Option<&AgentPolicy>, e: &EgressDetail, now: u64) {
+        let key = format!(
+            "denied {}:{}",
+            e.dst_addr.map(|a| a.to_string()).unwrap_or_default(),
+            e.dst_port
+        );
+        self.denial(agent, policy, &key, now);
+    }
+
+    /// A denial counts toward the deny-rate anomaly, and `key` (what was denied) toward
+    /// loop detection.
+    pub(crate) fn denial(
+        &mut self,
+        agent: &str,
+        policy: Option<&AgentPolicy>,
+        key: &str,
+        now: u64,
+    ) {
         let Some(policy) = policy else { return };
         let mut contain = None;
         if let Some(rate) = policy.containment.deny_rate {
@@ -144,12 +161,7 @@ impl State {
                 contain = Some(rate.rung);
             }
         }
-        let key = format!(
-            "denied {}:{}",
-            e.dst_addr.map(|a| a.to_string()).unwrap_or_default(),
-            e.dst_port
-        );
-        if let Some(b) = self.budgets.repeat(agent, &policy.budgets, &key, now) {
+        if let Some(b) = self.budgets.repeat(agent, &policy.budgets, key, now) {
             self.breaches(agent, vec![b]);
         }
         if let Some(rung) = contain {
@@ -162,6 +174,7 @@ impl State {
     pub fn tick(&mut self) {
         let now = boot_ns();
         self.expire_approvals(now);
+        self.dns_tick(now);
         for agent in self.registry.names_of_cages() {
             if self.policy.agent(&agent).is_none() {
                 continue;

@@ -1,0 +1,387 @@
+//! Egress by name, the daemon's part: each cage's resolver endpoint, what its policy lets it
+//! resolve, and the addresses granted to it in the kernel (under its policy slot, so they
+//! switch with the rules), their expiry, the bound per cage and the names behind them.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use agent_common::dns::Grant;
+use hickory_proto::rr::RecordType;
+use tokio::task::JoinSet;
+use tracing::warn;
+
+use super::{State, StateError};
+use crate::{
+    bpf::{DnsMaps, SlotEntries},
+    dns::{
+        serve_endpoint,
+        wire::{Chain, Question},
+        CageGrants, DnsConfig, Endpoint, Resolve, Transport,
+    },
+    events::{DnsDetail, EventDetail, Protocol, RuleRef, Verdict},
+    policy::{CompiledEgress, CompiledHost},
+    runtime::budgets::Metric,
+};
+
+/// How many retired name ids stay readable for events still in the ring buffer.
+const NAMES_KEPT: usize = 4096;
+
+/// One cage's resolver and grants.
+struct CageDns {
+    agent: String,
+    /// The `host:` rules of the slot in force (for the cage's rung).
+    hosts: Vec<CompiledHost>,
+    grants: CageGrants,
+    /// The endpoint's tasks; dropping them closes the endpoint.
+    _tasks: Option<JoinSet<()>>,
+}
+
+/// The daemon's DNS state.
+pub(crate) struct DnsState {
+    config: DnsConfig,
+    servers: Vec<SocketAddr>,
+    maps: DnsMaps,
+    resolver: Arc<dyn Resolve>,
+    cages: HashMap<u64, CageDns>,
+    names: Names,
+}
+
+/// Numbers for the allowed names that granted addresses (kernel records carry the number).
+#[derive(Default)]
+struct Names {
+    ids: HashMap<String, u32>,
+    by_id: HashMap<u32, String>,
+    retired: std::collections::VecDeque<u32>,
+    next: u32,
+}
+
+impl Names {
+    fn id(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        self.next = self.next.wrapping_add(1).max(1);
+        self.ids.insert(name.to_owned(), self.next);
+        self.by_id.insert(self.next, name.to_owned());
+        self.next
+    }
+
+    /// Drops the names no grant uses any more (keeping the last few readable).
+    fn retain(&mut self, used: &std::collections::HashSet<u32>) {
+        let unused: Vec<u32> = self
+            .ids
+            .values()
+            .copied()
+            .filter(|id| !used.contains(id))
+            .collect();
+        for id in unused {
+            if let Some(name) = self.by_id.get(&id) {
+                self.ids.remove(name);
+            }
+            self.retired.push_back(id);
+        }
+        while self.retired.len() > NAMES_KEPT {
+            if let Some(id) = self.retired.pop_front() {
+                if !self
+                    .by_id
+                    .get(&id)
+                    .is_some_and(|n| self.ids.contains_key(n))
+                {
+                    self.by_id.remove(&id);
+                }
+            }
+        }
+    }
+}
+
+impl DnsState {
+    /// The state, with nothing served yet.
+    pub(crate) fn new(config: DnsConfig, maps: DnsMaps, resolver: Arc<dyn Resolve>) -> Self {
+        let servers = config.servers();
+        if servers.is_empty() {
+            warn!("no upstream DNS resolver (dns.upstream, /etc/resolv.conf): names in host: rules will not resolve");
+        }
+        Self {
+            config,
+            servers,
+            maps,
+            resolver,
+            cages: HashMap::new(),
+            names: Names::default(),
+        }
+    }
+
+    /// The allowed name a kernel name id stands for.
+    pub(crate) fn name(&self, id: u32) -> Option<String> {
+        self.names.by_id.get(&id).cloned()
+    }
+
+    /// Grants and evictions of a cage, for `status`.
+    pub(crate) fn counts(&self, cgroup_id: u64) -> (usize, u64) {
+        self.cages
+            .get(&cgroup_id)
+            .map_or((0, 0), |c| (c.grants.len(), c.grants.evicted))
+    }
+
+    /// The grant a cage's address gets under `hosts` (the rules its name matches), or None
+    /// when no rule admits the name any more.
+    fn grant_value(
+        hosts: &[CompiledHost],
+        name: &str,
+        name_id: u32,
+        expiry_ns: u64,
+    ) -> Option<Grant> {
+        let matching: Vec<&CompiledHost> =
+            hosts.iter().filter(|h| h.pattern.matches(name)).collect();
+        if matching.is_empty() {
+            return None;
+        }
+        Some(Grant {
+            expiry_ns,
+            name_id,
+            _pad: 0,
+            rules: CompiledEgress::grant_rules(matching),
+        })
+    }
+}
+
+impl State {
+    /// Opens the cage's resolver endpoint and points its DNS there, before any process of
+    /// it runs.
+    pub(super) fn dns_start(&mut self, agent: &str, cgroup_id: u64) -> Result<(), StateError> {
+        let endpoint = Endpoint::bind().map_err(|source| StateError::Dns {
+            agent: agent.to_owned(),
+            source,
+        })?;
+        if endpoint.port6 == 0 {
+            warn!(
+                agent,
+                "no IPv6 loopback: the cage's DNS over IPv6 sockets is refused"
+            );
+        }
+        self.dns
+            .maps
+            .set(cgroup_id, endpoint.port4, endpoint.port6)?;
+        let tasks = match tokio::runtime::Handle::try_current() {
+            Ok(_) => Some(
+                serve_endpoint(endpoint, cgroup_id, Arc::clone(&self.dns.resolver)).map_err(
+                    |source| StateError::Dns {
+                        agent: agent.to_owned(),
+                        source,
+                    },
+                )?,
+            ),
+            Err(_) => None,
+        };
+        let cage = self.dns.cages.entry(cgroup_id).or_insert_with(|| CageDns {
+            agent: agent.to_owned(),
+            hosts: Vec::new(),
+            grants: CageGrants::default(),
+            _tasks: None,
+        });
+        cage.agent = agent.to_owned();
+        cage._tasks = tasks;
+        Ok(())
+    }
+
+    /// Closes a removed cage's endpoint and forgets its grants (its slots go with it).
+    pub(super) fn dns_stop(&mut self, cgroup_id: u64) {
+        self.dns.maps.remove(cgroup_id);
+        self.dns.cages.remove(&cgroup_id);
+    }
+
+    /// Writes the cage's grants into a slot about to be switched in, under that slot's
+    /// `host:` rules: grants whose name no rule admits any more are revoked with the switch.
+    pub(super) fn dns_fill(
+        &mut self,
+        cgroup_id: u64,
+        entries: &mut SlotEntries,
+        hosts: Vec<CompiledHost>,
+    ) {
+        let cage = self.dns.cages.entry(cgroup_id).or_insert_with(|| CageDns {
+            agent: String::new(),
+            hosts: Vec::new(),
+            grants: CageGrants::default(),
+            _tasks: None,
+        });
+        cage.hosts = hosts;
+        let mut revoked = Vec::new();
+        for (addr, g) in cage.grants.iter() {
+            match DnsState::grant_value(&cage.hosts, &g.name, g.name_id, g.expiry_ns) {
+                Some(value) => {
+                    if let Err(e) = self.maps.grant(entries, *addr, &value) {
+                        warn!(error = %e, %addr, "grant not carried into the new slot; it is re-learned at the next resolution");
+                        revoked.push(*addr);
+                    }
+                }
+                None => revoked.push(*addr),
+            }
+        }
+        for addr in revoked {
+            cage.grants.remove(&addr);
+        }
+    }
+
+    /// A query came: refuse it (reported, counted) or say where to ask.
+    pub fn dns_admit(
+        &mut self,
+        cgroup_id: u64,
+        q: &Question,
+        t: Transport,
+    ) -> Option<(Vec<SocketAddr>, Duration)> {
+        let agent = self.dns.cages.get(&cgroup_id)?.agent.clone();
+        if agent.is_empty() {
+            return None;
+        }
+        let breaches = self.meter(&agent, Metric::DnsQueries, 1.0);
+        self.breaches(&agent, breaches);
+        let refusal = if self.budgets.throttled(&agent) {
+            Some((Verdict::Budget, RuleRef::Budget))
+        } else if !matches!(q.qtype, RecordType::A | RecordType::AAAA) {
+            Some((Verdict::Deny, RuleRef::DnsQueryType))
+        } else if !self.dns.cages[&cgroup_id]
+            .hosts
+            .iter()
+            .any(|h| h.pattern.matches(&q.normalized))
+        {
+            Some((Verdict::Deny, RuleRef::DnsNameNotAllowed))
+        } else {
+            None
+        };
+        let Some((verdict, rule)) = refusal else {
+            return Some((self.dns.servers.clone(), self.dns.config.timeout));
+        };
+        let detail = dns_detail(q, t, verdict, rule);
+        self.publish(&agent, 0, EventDetail::Dns(detail));
+        if verdict == Verdict::Deny {
+            let policy = Arc::clone(&self.policy);
+            let key = format!("dns {} {}", q.qtype, q.normalized);
+            self.denial(&agent, policy.agent(&agent), &key, crate::clock::boot_ns());
+        }
+        None
+    }
+
+    /// The upstream answered an allowed query: grant the chain's addresses in the kernel
+    /// (before the answer leaves), report it, and say how long the answer may be cached.
+    pub fn dns_grant(
+        &mut self,
+        cgroup_id: u64,
+        q: &Question,
+        t: Transport,
+        chain: &Chain,
+    ) -> Option<u32> {
+        let now = crate::clock::boot_ns();
+        let cage = self.dns.cages.get(&cgroup_id)?;
+        let agent = cage.agent.clone();
+        // The rules may have changed while upstream was asked.
+        let first = cage
+            .hosts
+            .iter()
+            .find(|h| h.pattern.matches(&q.normalized))
+            .map(|h| h.rule_id);
+        let Some(rule_id) = first else {
+            let detail = dns_detail(q, t, Verdict::Deny, RuleRef::DnsNameNotAllowed);
+            self.publish(&agent, 0, EventDetail::Dns(detail));
+            return None;
+        };
+        let name_id = self.dns.names.id(&q.normalized);
+        let ttl = chain.addrs.iter().map(|(_, ttl)| *ttl).min();
+        let life = self.dns.config.clamp(ttl.unwrap_or(0));
+        let expiry_ns = now.saturating_add(u64::try_from(life.as_nanos()).unwrap_or(u64::MAX));
+        let max = self.dns.config.max_grants;
+        let mut granted = Vec::new();
+        if let Some(entries) = self.registry.get_mut(&agent).map(|c| &mut c.slot) {
+            let cage = self.dns.cages.get_mut(&cgroup_id)?;
+            for (addr, _) in &chain.addrs {
+                let Some(value) =
+                    DnsState::grant_value(&cage.hosts, &q.normalized, name_id, expiry_ns)
+                else {
+                    continue;
+                };
+                if let Err(e) = self.maps.grant(entries, *addr, &value) {
+                    warn!(agent, error = %e, %addr, "address not granted");
+                    continue;
+                }
+                granted.push(*addr);
+                for old in cage
+                    .grants
+                    .grant(*addr, &q.normalized, name_id, expiry_ns, max)
+                {
+                    self.maps.revoke(entries, old);
+                }
+            }
+        }
+        let policy = Arc::clone(&self.policy);
+        let mut detail = dns_detail(q, t, Verdict::Allow, RuleRef::EgressAllow(rule_id));
+        detail.rule_text = policy
+            .agent(&agent)
+            .and_then(|p| p.egress.allow.get(rule_id as usize))
+            .map(|r| r.describe());
+        detail.answers = granted;
+        detail.ttl_s = Some(u32::try_from(life.as_secs()).unwrap_or(u32::MAX));
+        self.publish(&agent, 0, EventDetail::Dns(detail));
+        Some(u32::try_from(life.as_secs()).unwrap_or(u32::MAX))
+    }
+
+    /// The upstream failed for an allowed query.
+    pub fn dns_failed(&mut self, cgroup_id: u64, q: &Question, t: Transport, error: &str) {
+        let Some(agent) = self.dns.cages.get(&cgroup_id).map(|c| c.agent.clone()) else {
+            return;
+        };
+        let rule = self
+            .dns
+            .cages
+            .get(&cgroup_id)
+            .and_then(|c| c.hosts.iter().find(|h| h.pattern.matches(&q.normalized)))
+            .map_or(RuleRef::DnsNameNotAllowed, |h| {
+                RuleRef::EgressAllow(h.rule_id)
+            });
+        let mut detail = dns_detail(q, t, Verdict::Allow, rule);
+        detail.error = Some(error.to_owned());
+        self.publish(&agent, 0, EventDetail::Dns(detail));
+    }
+
+    /// Removes expired grants from the kernel (it ignores them already) and unused names.
+    pub(super) fn dns_tick(&mut self, now: u64) {
+        let mut used = std::collections::HashSet::new();
+        let cgroups: Vec<u64> = self.dns.cages.keys().copied().collect();
+        for cgroup_id in cgroups {
+            let Some(cage) = self.dns.cages.get_mut(&cgroup_id) else {
+                continue;
+            };
+            let expired = cage.grants.expire(now);
+            used.extend(cage.grants.iter().map(|(_, g)| g.name_id));
+            if expired.is_empty() {
+                continue;
+            }
+            let agent = cage.agent.clone();
+            if let Some(cage) = self.registry.get_mut(&agent) {
+                for addr in expired {
+                    self.maps.revoke(&mut cage.slot, addr);
+                }
+            }
+        }
+        self.dns.names.retain(&used);
+    }
+}
+
+fn dns_detail(q: &Question, t: Transport, verdict: Verdict, rule: RuleRef) -> DnsDetail {
+    DnsDetail {
+        name: q.normalized.clone(),
+        qtype: q.qtype.to_string(),
+        transport: match t {
+            Transport::Udp => Protocol::Udp,
+            Transport::Tcp => Protocol::Tcp,
+        },
+        verdict,
+        rule,
+        rule_text: None,
+        answers: Vec::<IpAddr>::new(),
+        ttl_s: None,
+        error: None,
+    }
+}
