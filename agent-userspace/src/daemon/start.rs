@@ -147,8 +147,13 @@ pub(super) async fn start(
     // Cages an earlier daemon left (kept enforced by its pinned programs) get maps entries
     // before the new programs attach, so they are never judged as unknown.
     let adopted = state.adopt_existing()?;
+    // What an earlier daemon's resolver granted to the cages it left.
+    let dns_saved = config
+        .socket
+        .with_file_name(format!("{}-dns-grants.json", config.cgroup_name));
     if !adopted.is_empty() {
         info!(agents = ?adopted, "took over cages left by an earlier daemon");
+        state.dns_restore(&dns_saved);
     }
     let pin_dir = config.pin_dir();
     let tag = pin_tag();
@@ -242,6 +247,9 @@ pub(super) async fn start(
     // From here no request can make or fill a cage (connections still open are refused), so
     // the decision below cannot be overtaken.
     let kept = shared.state().shutdown();
+    if !kept.is_empty() {
+        shared.state().dns_save(&dns_saved);
+    }
     let removed = kept.is_empty() && root.remove().is_ok();
     if removed {
         // Hooks first: detaching the cgroup programs also removes the (then empty) pin dir.

@@ -288,33 +288,15 @@ impl State {
             self.publish(&agent, 0, EventDetail::Dns(detail));
             return None;
         };
-        let name_id = self.dns.names.id(&q.normalized);
         let ttl = chain.addrs.iter().map(|(_, ttl)| *ttl).min();
         let life = self.dns.config.clamp(ttl.unwrap_or(0));
         let expiry_ns = now.saturating_add(u64::try_from(life.as_nanos()).unwrap_or(u64::MAX));
-        let max = self.dns.config.max_grants;
-        let mut granted = Vec::new();
-        if let Some(entries) = self.registry.get_mut(&agent).map(|c| &mut c.slot) {
-            let cage = self.dns.cages.get_mut(&cgroup_id)?;
-            for (addr, _) in &chain.addrs {
-                let Some(value) =
-                    DnsState::grant_value(&cage.hosts, &q.normalized, name_id, expiry_ns)
-                else {
-                    continue;
-                };
-                if let Err(e) = self.maps.grant(entries, *addr, &value) {
-                    warn!(agent, error = %e, %addr, "address not granted");
-                    continue;
-                }
-                granted.push(*addr);
-                for old in cage
-                    .grants
-                    .grant(*addr, &q.normalized, name_id, expiry_ns, max)
-                {
-                    self.maps.revoke(entries, old);
-                }
-            }
-        }
+        let granted: Vec<IpAddr> = chain
+            .addrs
+            .iter()
+            .filter(|(addr, _)| self.grant_one(cgroup_id, *addr, &q.normalized, expiry_ns))
+            .map(|(addr, _)| *addr)
+            .collect();
         let policy = Arc::clone(&self.policy);
         let mut detail = dns_detail(q, t, Verdict::Allow, RuleRef::EgressAllow(rule_id));
         detail.rule_text = policy
@@ -325,6 +307,98 @@ impl State {
         detail.ttl_s = Some(u32::try_from(life.as_secs()).unwrap_or(u32::MAX));
         self.publish(&agent, 0, EventDetail::Dns(detail));
         Some(u32::try_from(life.as_secs()).unwrap_or(u32::MAX))
+    }
+
+    /// Grants `addr` to the cage for `name` until `expiry_ns`, in the kernel (the cage's
+    /// current slot) and in the cage's table, evicting the oldest past the bound. False when
+    /// no rule admits the name or the kernel map refused it.
+    fn grant_one(&mut self, cgroup_id: u64, addr: IpAddr, name: &str, expiry_ns: u64) -> bool {
+        let name_id = self.dns.names.id(name);
+        let max = self.dns.config.max_grants;
+        let Some(cage) = self.dns.cages.get_mut(&cgroup_id) else {
+            return false;
+        };
+        let Some(entries) = self.registry.get_mut(&cage.agent).map(|c| &mut c.slot) else {
+            return false;
+        };
+        let Some(value) = DnsState::grant_value(&cage.hosts, name, name_id, expiry_ns) else {
+            return false;
+        };
+        if let Err(e) = self.maps.grant(entries, addr, &value) {
+            warn!(agent = cage.agent, error = %e, %addr, "address not granted");
+            return false;
+        }
+        for old in cage.grants.grant(addr, name, name_id, expiry_ns, max) {
+            self.maps.revoke(entries, old);
+        }
+        true
+    }
+
+    /// Writes every cage's unexpired grants to `path`, for the next daemon: cages that
+    /// outlive this one keep what they resolved. Only this boot's clock makes sense of them.
+    pub fn dns_save(&self, path: &std::path::Path) {
+        let cages: HashMap<&str, Vec<SavedGrant>> = self
+            .dns
+            .cages
+            .values()
+            .map(|c| {
+                let grants = c
+                    .grants
+                    .iter()
+                    .map(|(addr, g)| SavedGrant {
+                        addr: *addr,
+                        name: g.name.clone(),
+                        expiry_ns: g.expiry_ns,
+                    })
+                    .collect();
+                (c.agent.as_str(), grants)
+            })
+            .collect();
+        let saved = Saved {
+            boot_id: boot_id(),
+            cages,
+        };
+        let written = serde_json::to_vec(&saved)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(path, bytes));
+        if let Err(e) = written {
+            warn!(path = %path.display(), error = %e, "DNS grants not saved: cages re-learn them at their next resolution");
+        }
+    }
+
+    /// Restores the grants an earlier daemon saved at `path` for the cages taken over (those
+    /// whose rules still admit the name, and not expired), and removes the file.
+    pub fn dns_restore(&mut self, path: &std::path::Path) {
+        let Ok(bytes) = std::fs::read(path) else {
+            return;
+        };
+        let _ = std::fs::remove_file(path);
+        let Ok(saved) = serde_json::from_slice::<Saved<'_>>(&bytes) else {
+            warn!(path = %path.display(), "saved DNS grants unreadable: ignored");
+            return;
+        };
+        if saved.boot_id != boot_id() {
+            return;
+        }
+        let now = crate::clock::boot_ns();
+        let by_agent: HashMap<String, u64> = self
+            .dns
+            .cages
+            .iter()
+            .map(|(id, c)| (c.agent.clone(), *id))
+            .collect();
+        let mut restored = 0;
+        for (agent, grants) in saved.cages {
+            let Some(&cgroup_id) = by_agent.get(agent) else {
+                continue;
+            };
+            for g in grants.into_iter().filter(|g| g.expiry_ns > now) {
+                restored += usize::from(self.grant_one(cgroup_id, g.addr, &g.name, g.expiry_ns));
+            }
+        }
+        if restored > 0 {
+            tracing::info!(restored, "DNS grants restored from the previous daemon");
+        }
     }
 
     /// The upstream failed for an allowed query.
@@ -384,4 +458,27 @@ fn dns_detail(q: &Question, t: Transport, verdict: Verdict, rule: RuleRef) -> Dn
         ttl_s: None,
         error: None,
     }
+}
+
+/// Grants saved across a daemon restart.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved<'a> {
+    /// `/proc/sys/kernel/random/boot_id`: expiries are on this boot's clock.
+    boot_id: String,
+    #[serde(borrow)]
+    cages: HashMap<&'a str, Vec<SavedGrant>>,
+}
+
+/// One saved grant.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedGrant {
+    addr: IpAddr,
+    name: String,
+    expiry_ns: u64,
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
