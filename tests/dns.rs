@@ -41,7 +41,7 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 }
 
 #[test]
-fn an_allowed_name_resolves_connects_on_its_ports_and_events_name_it() {
+fn dns_an_allowed_name_resolves_connects_on_its_ports_and_events_name_it() {
     let upstream = TestDns::start(60);
     let (_l, port) = tcp_listener("127.0.0.1");
     let other = TcpListener::bind(("127.0.0.1", 0)).unwrap();
@@ -83,7 +83,7 @@ fn an_allowed_name_resolves_connects_on_its_ports_and_events_name_it() {
 }
 
 #[test]
-fn names_no_rule_allows_and_other_types_are_refused_and_never_sent_upstream() {
+fn dns_names_no_rule_allows_and_other_types_are_refused_and_never_sent_upstream() {
     let upstream = TestDns::start(60);
     let (_l, port) = tcp_listener("127.0.0.1");
     let daemon = start(&upstream, &host_rule("allowed.test", port), "");
@@ -120,7 +120,7 @@ fn names_no_rule_allows_and_other_types_are_refused_and_never_sent_upstream() {
 }
 
 #[test]
-fn a_cname_chain_grants_its_addresses_under_the_allowed_name_only() {
+fn dns_a_cname_chain_grants_its_addresses_under_the_allowed_name_only() {
     let upstream = TestDns::start(60);
     let listener = tcp_listener_at("127.0.0.4", 0);
     let port = listener.local_addr().unwrap().port();
@@ -156,7 +156,7 @@ fn port53_listeners() -> (String, UdpSocket, TcpListener) {
 }
 
 #[test]
-fn queries_to_any_address_over_udp_or_tcp_reach_agentcage_and_answers_come_from_where_asked() {
+fn dns_queries_to_any_address_over_udp_or_tcp_reach_agentcage_and_answers_come_from_where_asked() {
     let upstream = TestDns::start(60);
     let (_l, port) = tcp_listener("127.0.0.1");
     let (ip, udp, tcp) = port53_listeners();
@@ -189,7 +189,7 @@ fn queries_to_any_address_over_udp_or_tcp_reach_agentcage_and_answers_come_from_
 }
 
 #[test]
-fn an_address_nobody_resolved_or_whose_ttl_passed_is_denied() {
+fn dns_an_address_nobody_resolved_or_whose_ttl_passed_is_denied() {
     let upstream = TestDns::start(1);
     let (_l, port) = tcp_listener("127.0.0.1");
     let daemon = start(
@@ -215,7 +215,7 @@ fn an_address_nobody_resolved_or_whose_ttl_passed_is_denied() {
 }
 
 #[test]
-fn another_cage_cannot_use_what_one_resolved() {
+fn dns_another_cage_cannot_use_what_one_resolved() {
     let upstream = TestDns::start(60);
     let (_l, port) = tcp_listener("127.0.0.1");
     let daemon = start(&upstream, &host_rule("allowed.test", port), "");
@@ -231,7 +231,7 @@ fn another_cage_cannot_use_what_one_resolved() {
 }
 
 #[test]
-fn a_reload_that_removes_the_rule_revokes_its_grants_at_once() {
+fn dns_a_reload_that_removes_the_rule_revokes_its_grants_at_once() {
     let upstream = TestDns::start(600);
     let (_l, port) = tcp_listener("127.0.0.1");
     let daemon = start(&upstream, &host_rule("allowed.test", port), "");
@@ -252,7 +252,7 @@ fn a_reload_that_removes_the_rule_revokes_its_grants_at_once() {
 }
 
 #[test]
-fn ten_thousand_names_keep_memory_bounded_and_evict_the_oldest() {
+fn dns_ten_thousand_names_keep_memory_bounded_and_evict_the_oldest() {
     let upstream = TestDns::start(600);
     let first = tcp_listener_at("127.1.0.0", 0);
     let port = first.local_addr().unwrap().port();
@@ -285,7 +285,7 @@ fn ten_thousand_names_keep_memory_bounded_and_evict_the_oldest() {
 }
 
 #[test]
-fn a_restarted_daemon_keeps_the_cage_resolving_and_its_grants() {
+fn dns_a_restarted_daemon_keeps_the_cage_resolving_and_its_grants() {
     let upstream = TestDns::start(600);
     let (_l, port) = tcp_listener("127.0.0.1");
     let daemon = start(&upstream, &host_rule("allowed.test", port), "");
