@@ -87,6 +87,6 @@ fn answers(query: &Message, answer: &Message) -> bool {
         && answer.queries.len() == 1
         && query.queries.first().is_some_and(|q| {
             let a = &answer.queries[0];
-            a.query_type == q.query_type && a.name.eq_ignore_root_case(&q.name)
+            a.query_type == q.query_type && a.name.eq_ignore_root(&q.name)
         })
 }

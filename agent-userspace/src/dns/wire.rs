@@ -108,7 +108,7 @@ pub fn chain(name: &Name, qtype: RecordType, answer: &Message) -> Chain {
     let mut ttl = u32::MAX;
     for _ in 0..16 {
         let next = answer.answers.iter().find_map(|r| match &r.data {
-            RData::CNAME(target) if r.name.eq_ignore_root_case(&current) => {
+            RData::CNAME(target) if r.name.eq_ignore_root(&current) => {
                 Some((r.clone(), target.0.clone()))
             }
             _ => None,
@@ -119,7 +119,7 @@ pub fn chain(name: &Name, qtype: RecordType, answer: &Message) -> Chain {
         current = target;
     }
     for r in &answer.answers {
-        if !r.name.eq_ignore_root_case(&current) || r.record_type() != qtype {
+        if !r.name.eq_ignore_root(&current) || r.record_type() != qtype {
             continue;
         }
         let ip = match &r.data {
