@@ -3,11 +3,10 @@
 //! Every DNS query of a caged process (UDP or TCP, port 53, any address) is redirected by the
 //! connect/sendmsg hooks to the cage's own resolver endpoint, which the daemon serves on
 //! loopback ([`RESOLVER_V4`], [`RESOLVER_V6`]) at the ports in [`DnsTarget`]. The resolver
-//! answers only names the cage's policy allows and writes each answer's addresses into
-//! [`DNS_GRANTS`](crate::maps::DNS_GRANTS) before it replies; the recvmsg hooks make the
+//! answers only names the cage's policy allows and writes each answer's addresses into the
+//! cage's allow list (an entry per address in its policy slot's trie, see
+//! [`PortRules`](crate::egress::PortRules)) before it replies; the recvmsg hooks make the
 //! answer appear to come from the address the process asked ([`RevNat`]).
-
-use crate::egress::PortRules;
 
 /// The port DNS uses, over UDP and TCP.
 pub const DNS_PORT: u16 = 53;
@@ -41,37 +40,6 @@ pub struct DnsEndpoint {
     pub family: u16,
     /// The port, host order.
     pub port: u16,
-}
-
-/// Key of the grants map: an address the cage's resolver handed out, under the cage's
-/// policy slot (so a reload or a rung change switches the grants with the rules, atomically,
-/// like the CIDR tries).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct GrantKey {
-    /// The cage's policy slot.
-    pub slot: u32,
-    /// `AF_INET` (2) or `AF_INET6` (10).
-    pub family: u32,
-    /// The address, network order; IPv4 in the first four bytes.
-    pub addr: [u8; 16],
-}
-
-/// Value of the grants map: until when the address is granted, under which name, and the
-/// port rules of the `host:` rules that granted it (in list order, first match wins).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Grant {
-    /// `bpf_ktime_get_boot_ns()` after which the grant no longer counts (checked at each
-    /// decision, so an expired grant denies at once).
-    pub expiry_ns: u64,
-    /// The daemon's number for the allowed name that granted the address (reported on
-    /// events as `dst_name`); 0 for none.
-    pub name_id: u32,
-    /// Padding, zero.
-    pub _pad: u32,
-    /// The port rules that apply.
-    pub rules: PortRules,
 }
 
 /// What a redirected socket last asked for, keyed by its socket cookie: the recvmsg hooks

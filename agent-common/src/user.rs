@@ -3,7 +3,7 @@
 use crate::{
     approval::ApprovalKey,
     cage::{CageConfig, CageStats},
-    dns::{DnsEndpoint, DnsTarget, Grant, GrantKey, RevNat},
+    dns::{DnsEndpoint, DnsTarget, RevNat},
     egress::{Key4, Key6, PortRules},
     file::{FileRule, InodeKey},
     kernel::KernelSettings,
@@ -37,9 +37,5 @@ unsafe impl aya::Pod for ApprovalKey {}
 unsafe impl aya::Pod for DnsTarget {}
 // SAFETY: as above.
 unsafe impl aya::Pod for DnsEndpoint {}
-// SAFETY: as above.
-unsafe impl aya::Pod for GrantKey {}
-// SAFETY: as above.
-unsafe impl aya::Pod for Grant {}
 // SAFETY: as above.
 unsafe impl aya::Pod for RevNat {}

@@ -3,24 +3,22 @@
 //! The connect/sendmsg hooks call [`is_dns`] and [`redirect`]: UDP and TCP to port 53 at any
 //! address, or to any agentcage resolver endpoint, are rewritten to the cage's endpoint on
 //! loopback. The recvmsg hooks below make the resolver's UDP answers appear to come from the
-//! address the process asked. [`granted`] is the lookup of the addresses the resolver
-//! handed out, which the egress decision consults after the CIDR trie.
+//! address the process asked. The addresses the resolver hands out are entries of the
+//! cage's allow list (see `agent_common::egress::PortRules`), judged like any other.
 
 use agent_common::{
     cage::{CageConfig, CAGE_F_THROTTLED},
-    dns::{DnsEndpoint, GrantKey, RevNat, DNS_PORT, RESOLVER_V4, RESOLVER_V6},
-    egress::{Hook, PortRules, Verdict, RULE_BUDGET, RULE_DNS_UNREDIRECTED},
+    dns::{DnsEndpoint, RevNat, DNS_PORT, RESOLVER_V4, RESOLVER_V6},
+    egress::{Hook, Verdict, RULE_BUDGET, RULE_DNS_UNREDIRECTED},
 };
 use aya_ebpf::{
-    bindings::bpf_sock_addr,
-    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
-    macros::cgroup_sock_addr,
+    bindings::bpf_sock_addr, helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 
 use crate::{
     egress::{report, Attempt, AF_INET, AF_INET6, IPPROTO_MPTCP, IPPROTO_TCP, IPPROTO_UDP},
-    maps::{DNS_ENDPOINTS, DNS_GRANTS, DNS_REVNAT, DNS_TARGETS},
+    maps::{DNS_ENDPOINTS, DNS_REVNAT, DNS_TARGETS},
 };
 
 const ALLOW: i32 = 1;
@@ -46,7 +44,7 @@ fn is_endpoint(family: u16, addr: &[u8; 16], port: u16) -> bool {
     };
     resolver
         && DNS_ENDPOINTS
-            .get_ptr(&DnsEndpoint { family, port })
+            .get_ptr(DnsEndpoint { family, port })
             .is_some()
 }
 
@@ -111,7 +109,7 @@ pub(crate) fn redirect(
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
     // A full LRU map evicts; an answer then keeps the resolver's address as its source,
     // which a stub may ignore, but the query itself still goes to the resolver.
-    let _ = DNS_REVNAT.insert(&cookie, &asked, 0);
+    let _ = DNS_REVNAT.insert(cookie, asked, 0);
     if v6 {
         set_ip6(ctx, &RESOLVER_V6);
     } else {
@@ -119,22 +117,6 @@ pub(crate) fn redirect(
     }
     ctx.user_port = u32::from(port.to_be());
     ALLOW
-}
-
-/// The port rules and name id of an unexpired grant of the attempt's address under `slot`.
-#[inline(always)]
-pub(crate) fn granted(slot: u32, attempt: &Attempt) -> Option<(&'static PortRules, u32)> {
-    let key = GrantKey {
-        slot,
-        family: u32::from(attempt.family),
-        addr: attempt.addr,
-    };
-    let grant = DNS_GRANTS.get_ptr(&key)?;
-    // SAFETY: a helper without preconditions.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    // SAFETY: map values stay valid for the program's run; user space replaces them whole.
-    let grant = unsafe { &*grant };
-    (now < grant.expiry_ns).then_some((&grant.rules, grant.name_id))
 }
 
 #[cgroup_sock_addr(recvmsg4)]
@@ -172,7 +154,7 @@ fn restore4(ctx: &SockAddrContext) -> i32 {
     }
     // SAFETY: a helper that takes the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    if let Some(asked) = DNS_REVNAT.get_ptr(&cookie) {
+    if let Some(asked) = DNS_REVNAT.get_ptr(cookie) {
         // SAFETY: copied out at once.
         let asked = unsafe { *asked };
         if asked.family == AF_INET as u16 {
@@ -207,7 +189,7 @@ fn restore6(ctx: &SockAddrContext) -> i32 {
     }
     // SAFETY: a helper that takes the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    if let Some(asked) = DNS_REVNAT.get_ptr(&cookie) {
+    if let Some(asked) = DNS_REVNAT.get_ptr(cookie) {
         // SAFETY: copied out at once.
         let asked = unsafe { *asked };
         if asked.family == AF_INET6 as u16 {

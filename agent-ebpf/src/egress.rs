@@ -6,11 +6,11 @@
 
 use agent_common::{
     approval::ApprovalKey,
-    cage::{CageConfig, CAGE_F_ALLOW_RAW, CAGE_F_APPROVAL_ALL, CAGE_F_HOSTS, CAGE_F_THROTTLED},
+    cage::{CageConfig, CAGE_F_ALLOW_RAW, CAGE_F_APPROVAL_ALL, CAGE_F_THROTTLED},
     egress::{
         EgressEvent, Hook, Key4, Key6, PortRules, Verdict, MAX_PORT_RULES, PROTO_TCP, PROTO_UDP,
-        RULE_BUDGET, RULE_DEFAULT_DENY, RULE_F_APPROVAL, RULE_NO_CAGE, RULE_SOCKET_ALLOWED,
-        RULE_SOCKET_KIND, SLOT_BITS,
+        RULE_BUDGET, RULE_DEFAULT_DENY, RULE_F_APPROVAL, RULE_F_NAMED, RULE_NO_CAGE,
+        RULE_SOCKET_ALLOWED, RULE_SOCKET_KIND, SLOT_BITS,
     },
     event::EventKind,
 };
@@ -157,8 +157,9 @@ pub(crate) fn judge(attempt: &Attempt, cage: &CageConfig, cgroup_id: u64) -> (Ve
 }
 
 /// The cage policy's verdict on an attempt, the deciding rule and the name whose grant
-/// decided (0 for none): the budget throttle, then the allow list (the CIDR trie and the
-/// addresses the cage's resolver granted, the earlier rule winning), then approvals.
+/// decided (0 for none): the budget throttle, then the allow list (one trie lookup: the
+/// address's name grant if the cage's resolver handed it out, else its CIDR entry), then
+/// approvals.
 #[inline(always)]
 pub(crate) fn judge_named(
     attempt: &Attempt,
@@ -195,19 +196,9 @@ pub(crate) fn judge_named(
         );
         EGRESS_V6.get(&key)
     };
-    let (mut rule_id, mut rule_flags) = rules.map_or((RULE_DEFAULT_DENY, 0), |r| {
+    let (rule_id, rule_flags, name_id) = rules.map_or((RULE_DEFAULT_DENY, 0, 0), |r| {
         matching_rule(r, attempt.port, proto_bit)
     });
-    let mut name_id = 0;
-    if cage.flags & CAGE_F_HOSTS != 0 {
-        if let Some((granted, name)) = dns::granted(cage.policy_slot, attempt) {
-            // Rule ids are list positions: the lower one is the first match of the list.
-            let (id, flags) = matching_rule(granted, attempt.port, proto_bit);
-            if id < rule_id {
-                (rule_id, rule_flags, name_id) = (id, flags, name);
-            }
-        }
-    }
     let verdict = if rule_id == RULE_DEFAULT_DENY {
         if cage.flags & CAGE_F_APPROVAL_ALL != 0 {
             // The approval-required rung: a destination a person approved passes.
@@ -256,21 +247,29 @@ pub(crate) fn approved(key: &ApprovalKey) -> bool {
     now < expiry
 }
 
-/// The first rule admitting `port` over `proto_bit` and its `RULE_F_*` flags, or
-/// `RULE_DEFAULT_DENY`.
+/// The first rule admitting `port` over `proto_bit`, its `RULE_F_*` flags and the name it
+/// was granted for (0 unless a name grant's rule), or `RULE_DEFAULT_DENY`. A name grant's
+/// own rules lapse at its expiry; the CIDR rules merged into its entry do not.
 #[inline(always)]
-fn matching_rule(rules: &PortRules, port: u16, proto_bit: u8) -> (u32, u8) {
+fn matching_rule(rules: &PortRules, port: u16, proto_bit: u8) -> (u32, u8, u32) {
+    // SAFETY: a helper without preconditions.
+    let lapsed = rules.name_id != 0 && unsafe { bpf_ktime_get_boot_ns() } >= rules.expiry_ns;
     let count = rules.count as usize;
     for i in 0..MAX_PORT_RULES {
         if i >= count {
             break;
         }
         let r = &rules.rules[i];
-        if r.protocols & proto_bit != 0 && port >= r.port_lo && port <= r.port_hi {
-            return (r.rule_id, r.flags);
+        let named = r.flags & RULE_F_NAMED != 0;
+        if r.protocols & proto_bit != 0
+            && port >= r.port_lo
+            && port <= r.port_hi
+            && !(named && lapsed)
+        {
+            return (r.rule_id, r.flags, if named { rules.name_id } else { 0 });
         }
     }
-    (RULE_DEFAULT_DENY, 0)
+    (RULE_DEFAULT_DENY, 0, 0)
 }
 
 #[inline(always)]

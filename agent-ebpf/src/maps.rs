@@ -4,11 +4,11 @@
 use agent_common::{
     approval::{ApprovalExpiry, ApprovalKey},
     cage::{CageConfig, CageStats},
-    dns::{DnsEndpoint, DnsTarget, Grant, GrantKey, RevNat},
+    dns::{DnsEndpoint, DnsTarget, RevNat},
     egress::{Key4, Key6, PortRules},
     file::{FileRule, InodeKey},
     maps::{
-        EVENTS_BYTES, MAX_APPROVALS, MAX_CAGES, MAX_DNS_GRANTS, MAX_DNS_REVNAT, MAX_EGRESS_ENTRIES,
+        EGRESS_TRIE_ENTRIES, EVENTS_BYTES, MAX_APPROVALS, MAX_CAGES, MAX_DNS_REVNAT,
         MAX_INODE_RULES,
     },
     process::{ExecRule, HashKey},
@@ -26,10 +26,10 @@ pub static CAGE_STATS: PerCpuHashMap<u64, CageStats> =
     PerCpuHashMap::with_max_entries(MAX_CAGES, 0);
 
 #[map]
-pub static EGRESS_V4: LpmTrie<Key4, PortRules> = LpmTrie::with_max_entries(MAX_EGRESS_ENTRIES, 0);
+pub static EGRESS_V4: LpmTrie<Key4, PortRules> = LpmTrie::with_max_entries(EGRESS_TRIE_ENTRIES, 0);
 
 #[map]
-pub static EGRESS_V6: LpmTrie<Key6, PortRules> = LpmTrie::with_max_entries(MAX_EGRESS_ENTRIES, 0);
+pub static EGRESS_V6: LpmTrie<Key6, PortRules> = LpmTrie::with_max_entries(EGRESS_TRIE_ENTRIES, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
@@ -55,10 +55,6 @@ pub static DNS_TARGETS: HashMap<u64, DnsTarget> = HashMap::with_max_entries(MAX_
 
 #[map]
 pub static DNS_ENDPOINTS: HashMap<DnsEndpoint, u64> = HashMap::with_max_entries(2 * MAX_CAGES, 0);
-
-/// Allocated as grants are made (BPF_F_NO_PREALLOC): most cages hold few.
-#[map]
-pub static DNS_GRANTS: HashMap<GrantKey, Grant> = HashMap::with_max_entries(MAX_DNS_GRANTS, 1);
 
 #[map]
 pub static DNS_REVNAT: LruHashMap<u64, RevNat> = LruHashMap::with_max_entries(MAX_DNS_REVNAT, 0);

@@ -42,41 +42,6 @@ pub struct CompiledHost {
     pub rules: Vec<PortRule>,
 }
 
-impl CompiledEgress {
-    /// The `host:` rules that admit `qname` (normalized), in list order.
-    pub fn hosts_for<'a>(&'a self, qname: &'a str) -> impl Iterator<Item = &'a CompiledHost> {
-        self.hosts.iter().filter(move |h| h.pattern.matches(qname))
-    }
-
-    /// The grant for an address that the names of `hosts` resolved to: their port rules in
-    /// list order, first match wins, as many as one entry holds (the rest would only admit
-    /// ports an earlier rule of the entry does not; they are left out, which is stricter).
-    pub fn grant_rules<'a>(hosts: impl IntoIterator<Item = &'a CompiledHost>) -> PortRules {
-        let mut rules: Vec<PortRule> = Vec::new();
-        let mut ordered: Vec<&CompiledHost> = hosts.into_iter().collect();
-        ordered.sort_by_key(|h| h.rule_id);
-        for candidate in ordered.iter().flat_map(|h| &h.rules) {
-            if rules.iter().any(|r| shadows(r, candidate)) {
-                continue;
-            }
-            if rules.len() == MAX_PORT_RULES {
-                tracing::warn!(
-                    rule = candidate.rule_id,
-                    "a name matched more host rules than one grant holds; the later ones are left out"
-                );
-                break;
-            }
-            rules.push(*candidate);
-        }
-        let mut value = PortRules::default();
-        for (slot, rule) in value.rules.iter_mut().zip(&rules) {
-            *slot = *rule;
-        }
-        value.count = u32::try_from(rules.len()).unwrap_or_default();
-        value
-    }
-}
-
 /// Compiles `agent`'s egress policy; errors name `agents.AGENT.egress.allow[N]`.
 pub fn compile_egress(agent: &str, egress: &EgressPolicy) -> Result<CompiledEgress, PolicyError> {
     compile_at(&format!("agents.{agent}.egress"), egress, false)
@@ -232,7 +197,7 @@ fn port_rules(
 }
 
 /// Whether `earlier` admits everything `later` does (so `later` would never match first).
-fn shadows(earlier: &PortRule, later: &PortRule) -> bool {
+pub(super) fn shadows(earlier: &PortRule, later: &PortRule) -> bool {
     earlier.port_lo <= later.port_lo
         && later.port_hi <= earlier.port_hi
         && later.protocols & !earlier.protocols == 0

@@ -10,6 +10,7 @@ mod compile;
 mod egress;
 mod error;
 mod exec;
+mod grant;
 mod hash;
 mod inodes;
 pub mod kernel;
@@ -29,6 +30,7 @@ pub use exec::{
     Access, Enforcement, ExecDefault, ExecMatch, ExecPolicy, FilePattern, FileRuleSpec,
     FilesPolicy, RuleList,
 };
+pub use grant::canonical;
 pub use inodes::{
     compile_exec, compile_files, kernel_dev, kernel_dev_of, CompiledExec, CompiledFiles,
 };

@@ -9,7 +9,6 @@ use std::{
     time::Duration,
 };
 
-use agent_common::dns::Grant;
 use hickory_proto::rr::RecordType;
 use tokio::task::JoinSet;
 use tracing::warn;
@@ -23,7 +22,7 @@ use crate::{
         CageGrants, DnsConfig, Endpoint, Resolve, Transport,
     },
     events::{DnsDetail, EventDetail, Protocol, RuleRef, Verdict},
-    policy::{CompiledEgress, CompiledHost},
+    policy::CompiledEgress,
     runtime::budgets::Metric,
 };
 
@@ -33,8 +32,9 @@ const NAMES_KEPT: usize = 4096;
 /// One cage's resolver and grants.
 struct CageDns {
     agent: String,
-    /// The `host:` rules of the slot in force (for the cage's rung).
-    hosts: Vec<CompiledHost>,
+    /// The egress rules of the slot in force (for the cage's rung): its `host:` rules say
+    /// what it may resolve, and grants merge the CIDR entries covering their addresses.
+    egress: CompiledEgress,
     grants: CageGrants,
     /// The endpoint's tasks; dropping them closes the endpoint.
     _tasks: Option<JoinSet<()>>,
@@ -126,27 +126,6 @@ impl DnsState {
             .get(&cgroup_id)
             .map_or((0, 0), |c| (c.grants.len(), c.grants.evicted))
     }
-
-    /// The grant a cage's address gets under `hosts` (the rules its name matches), or None
-    /// when no rule admits the name any more.
-    fn grant_value(
-        hosts: &[CompiledHost],
-        name: &str,
-        name_id: u32,
-        expiry_ns: u64,
-    ) -> Option<Grant> {
-        let matching: Vec<&CompiledHost> =
-            hosts.iter().filter(|h| h.pattern.matches(name)).collect();
-        if matching.is_empty() {
-            return None;
-        }
-        Some(Grant {
-            expiry_ns,
-            name_id,
-            _pad: 0,
-            rules: CompiledEgress::grant_rules(matching),
-        })
-    }
 }
 
 impl State {
@@ -179,7 +158,7 @@ impl State {
         };
         let cage = self.dns.cages.entry(cgroup_id).or_insert_with(|| CageDns {
             agent: agent.to_owned(),
-            hosts: Vec::new(),
+            egress: CompiledEgress::default(),
             grants: CageGrants::default(),
             _tasks: None,
         });
@@ -195,23 +174,26 @@ impl State {
     }
 
     /// Writes the cage's grants into a slot about to be switched in, under that slot's
-    /// `host:` rules: grants whose name no rule admits any more are revoked with the switch.
+    /// rules: grants whose name no rule admits any more are revoked with the switch.
     pub(super) fn dns_fill(
         &mut self,
         cgroup_id: u64,
         entries: &mut SlotEntries,
-        hosts: Vec<CompiledHost>,
+        egress: CompiledEgress,
     ) {
         let cage = self.dns.cages.entry(cgroup_id).or_insert_with(|| CageDns {
             agent: String::new(),
-            hosts: Vec::new(),
+            egress: CompiledEgress::default(),
             grants: CageGrants::default(),
             _tasks: None,
         });
-        cage.hosts = hosts;
+        cage.egress = egress;
         let mut revoked = Vec::new();
         for (addr, g) in cage.grants.iter() {
-            match DnsState::grant_value(&cage.hosts, &g.name, g.name_id, g.expiry_ns) {
+            match cage
+                .egress
+                .grant_entry(*addr, &g.name, g.name_id, g.expiry_ns)
+            {
                 Some(value) => {
                     if let Err(e) = self.maps.grant(entries, *addr, &value) {
                         warn!(error = %e, %addr, "grant not carried into the new slot; it is re-learned at the next resolution");
@@ -243,10 +225,11 @@ impl State {
             Some((Verdict::Budget, RuleRef::Budget))
         } else if !matches!(q.qtype, RecordType::A | RecordType::AAAA) {
             Some((Verdict::Deny, RuleRef::DnsQueryType))
-        } else if !self.dns.cages[&cgroup_id]
-            .hosts
-            .iter()
-            .any(|h| h.pattern.matches(&q.normalized))
+        } else if self.dns.cages[&cgroup_id]
+            .egress
+            .hosts_for(&q.normalized)
+            .next()
+            .is_none()
         {
             Some((Verdict::Deny, RuleRef::DnsNameNotAllowed))
         } else {
@@ -279,9 +262,9 @@ impl State {
         let agent = cage.agent.clone();
         // The rules may have changed while upstream was asked.
         let first = cage
-            .hosts
-            .iter()
-            .find(|h| h.pattern.matches(&q.normalized))
+            .egress
+            .hosts_for(&q.normalized)
+            .next()
             .map(|h| h.rule_id);
         let Some(rule_id) = first else {
             let detail = dns_detail(q, t, Verdict::Deny, RuleRef::DnsNameNotAllowed);
@@ -321,7 +304,7 @@ impl State {
         let Some(entries) = self.registry.get_mut(&cage.agent).map(|c| &mut c.slot) else {
             return false;
         };
-        let Some(value) = DnsState::grant_value(&cage.hosts, name, name_id, expiry_ns) else {
+        let Some(value) = cage.egress.grant_entry(addr, name, name_id, expiry_ns) else {
             return false;
         };
         if let Err(e) = self.maps.grant(entries, addr, &value) {
@@ -329,7 +312,7 @@ impl State {
             return false;
         }
         for old in cage.grants.grant(addr, name, name_id, expiry_ns, max) {
-            self.maps.revoke(entries, old);
+            self.maps.revoke(entries, old, cage.egress.exact_entry(old));
         }
         true
     }
@@ -410,7 +393,7 @@ impl State {
             .dns
             .cages
             .get(&cgroup_id)
-            .and_then(|c| c.hosts.iter().find(|h| h.pattern.matches(&q.normalized)))
+            .and_then(|c| c.egress.hosts_for(&q.normalized).next())
             .map_or(RuleRef::DnsNameNotAllowed, |h| {
                 RuleRef::EgressAllow(h.rule_id)
             });
@@ -432,10 +415,10 @@ impl State {
             if expired.is_empty() {
                 continue;
             }
-            let agent = cage.agent.clone();
-            if let Some(cage) = self.registry.get_mut(&agent) {
+            if let Some(entries) = self.registry.get_mut(&cage.agent).map(|c| &mut c.slot) {
                 for addr in expired {
-                    self.maps.revoke(&mut cage.slot, addr);
+                    self.maps
+                        .revoke(entries, addr, cage.egress.exact_entry(addr));
                 }
             }
         }

@@ -124,8 +124,9 @@ pub struct State {
 struct Filled {
     entries: SlotEntries,
     settings: CageSettings,
-    /// The `host:` rules, whose grants are written into the slot as it is switched in.
-    hosts: Vec<crate::policy::CompiledHost>,
+    /// The egress rules: the cage's name grants are written into the slot under them as it
+    /// is switched in.
+    egress: crate::policy::CompiledEgress,
 }
 
 impl State {
@@ -252,7 +253,7 @@ impl State {
         Ok(Filled {
             entries,
             settings,
-            hosts: compiled.egress.hosts,
+            egress: compiled.egress,
         })
     }
 
@@ -265,8 +266,8 @@ impl State {
         mut filled: Filled,
     ) -> Result<SlotEntries, StateError> {
         // The cage's name grants move into the new slot with the rules that admit them.
-        let hosts = std::mem::take(&mut filled.hosts);
-        self.dns_fill(cgroup_id, &mut filled.entries, hosts);
+        let egress = std::mem::take(&mut filled.egress);
+        self.dns_fill(cgroup_id, &mut filled.entries, egress);
         let config = CageConfig {
             agent_id,
             policy_slot: filled.entries.slot(),
