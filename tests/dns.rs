@@ -108,6 +108,15 @@ fn dns_names_no_rule_allows_and_other_types_are_refused_and_never_sent_upstream(
         e["kind"] == "dns" && e["qtype"] == "TXT"
     });
     assert_eq!(e["rule"], "dns-query-type");
+    // `agentcage top` lists the refusals among the recent denials, by name.
+    let out = daemon.cli().args(["top", "--once"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let view = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        view.lines()
+            .any(|l| l.contains("dns udp denied.test A") && l.contains("dns-name-not-allowed")),
+        "{view}"
+    );
     assert!(
         upstream.received().iter().all(|r| r.name != "denied.test"
             && r.qtype != "TXT"
