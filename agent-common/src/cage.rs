@@ -23,6 +23,9 @@ pub const CAGE_F_APPROVAL_ALL: u32 = 1 << 6;
 /// The read-only rung: no regular file may be opened for writing, truncated, created,
 /// removed, renamed or linked (deny tier only).
 pub const CAGE_F_READ_ONLY: u32 = 1 << 7;
+/// The policy has `host:` rules: an address no CIDR rule admits is looked up in the cage's
+/// DNS grants.
+pub const CAGE_F_HOSTS: u32 = 1 << 8;
 
 /// What the kernel needs to know about one cage. Written by user space only.
 #[repr(C)]

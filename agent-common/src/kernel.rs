@@ -65,4 +65,12 @@ pub struct KernelSettings {
     pub mmap_prot_arg: u32,
     /// `inode.i_mode`.
     pub inode_mode: u32,
+    /// `socket.sk`.
+    pub socket_sk: u32,
+    /// `sock.sk_cgrp_data.cgroup`: the cgroup the socket was created in.
+    pub sock_cgroup: u32,
+    /// `cgroup.kn`.
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id`: a cgroup v2 id.
+    pub kernfs_id: u32,
 }

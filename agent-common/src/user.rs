@@ -3,6 +3,7 @@
 use crate::{
     approval::ApprovalKey,
     cage::{CageConfig, CageStats},
+    dns::{DnsEndpoint, DnsTarget, RevNat},
     egress::{Key4, Key6, PortRules},
     file::{FileRule, InodeKey},
     kernel::KernelSettings,
@@ -32,3 +33,9 @@ unsafe impl aya::Pod for HashKey {}
 unsafe impl aya::Pod for KernelSettings {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ApprovalKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for DnsTarget {}
+// SAFETY: as above.
+unsafe impl aya::Pod for DnsEndpoint {}
+// SAFETY: as above.
+unsafe impl aya::Pod for RevNat {}

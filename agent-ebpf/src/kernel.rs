@@ -34,6 +34,10 @@ static SETTINGS: KernelSettings = KernelSettings {
     path_dentry: 0,
     mmap_prot_arg: 0,
     inode_mode: 0,
+    socket_sk: 0,
+    sock_cgroup: 0,
+    cgroup_kn: 0,
+    kernfs_id: 0,
 };
 
 /// The settings user space wrote. A volatile read, so the compiler cannot fold the zeros

@@ -31,6 +31,7 @@ pub mod clock;
 pub mod control;
 pub mod credentials;
 pub mod daemon;
+pub mod dns;
 pub mod doctor;
 pub mod errors;
 pub mod events;

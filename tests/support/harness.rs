@@ -156,14 +156,34 @@ impl Daemon {
         .expect("agentcaged did not become ready")
     }
 
+    /// Starts agentcaged with a configuration file (`config.yaml` in its directory, where a
+    /// restart finds it again) holding `config_yaml`.
+    pub fn start_with_config(policy_yaml: &str, config_yaml: &str) -> Self {
+        Self::try_start_in(policy_yaml, Some(config_yaml), |_| {})
+            .expect("agentcaged did not become ready")
+    }
+
     /// Starts agentcaged on `policy_yaml` in fresh paths, with `customize` applied to its
     /// command (arguments, limits, capabilities); Err(log) if it exits instead.
     pub fn try_start_customized(
         policy_yaml: &str,
         customize: impl FnOnce(&mut Command),
     ) -> Result<Self, String> {
+        Self::try_start_in(policy_yaml, None, customize)
+    }
+
+    fn try_start_in(
+        policy_yaml: &str,
+        config_yaml: Option<&str>,
+        customize: impl FnOnce(&mut Command),
+    ) -> Result<Self, String> {
         require_root();
         let dir = tempfile::tempdir().expect("tempdir");
+        let config = config_yaml.map(|config| {
+            let path = dir.path().join("config.yaml");
+            fs::write(&path, config).expect("write config");
+            path
+        });
         let policy = dir.path().join("policy.yaml");
         fs::write(&policy, policy_yaml).expect("write policy");
         let cgroup_name = format!(
@@ -172,7 +192,12 @@ impl Daemon {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         let socket = dir.path().join("agentcage.sock");
-        Self::launch(dir, policy, socket, cgroup_name, customize)
+        Self::launch(dir, policy, socket, cgroup_name, |c| {
+            if let Some(config) = &config {
+                c.arg("--config").arg(config);
+            }
+            customize(c);
+        })
     }
 
     /// Starts a daemon on existing paths (e.g. a restart); Err(log) if it exits instead.

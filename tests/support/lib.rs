@@ -8,6 +8,7 @@
 
 pub mod bins;
 pub mod collector;
+pub mod dns;
 pub mod engine;
 pub mod harness;
 pub mod http;

@@ -287,6 +287,38 @@ fn main() {
                     Some(Err(e)) => println!("err {}", errno(&e)),
                     None => println!("err -1"),
                 }
+            } else if let Some(rest) = line.strip_prefix("dns ") {
+                // `dns SERVER NAME TYPE [udp|tcp|connected]`: prints the answer.
+                let w: Vec<&str> = rest.split_whitespace().collect();
+                match dns_query(&w) {
+                    Ok(text) => println!("ok {text}"),
+                    Err(e) => println!("err {}", errno(&e)),
+                }
+            } else if let Some(name) = line.strip_prefix("resolve ") {
+                // The C library's resolver, as any program uses it.
+                use std::net::ToSocketAddrs as _;
+                match (name.trim(), 0).to_socket_addrs() {
+                    Ok(addrs) => {
+                        let list: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
+                        println!("ok {}", list.join(","));
+                    }
+                    Err(e) => println!("err {}", e.raw_os_error().unwrap_or(-1)),
+                }
+            } else if let Some(range) = line.strip_prefix("resolve-many ") {
+                // `resolve-many FROM COUNT`: nI.wild.test for I in FROM..FROM+COUNT, one
+                // query each: how many were answered with an address.
+                let mut w = range
+                    .split_whitespace()
+                    .map(|n| n.parse::<u32>().unwrap_or(0));
+                let (from, count) = (w.next().unwrap_or(0), w.next().unwrap_or(0));
+                let ok = (from..from + count)
+                    .filter(|i| {
+                        let name = format!("n{i}.wild.test");
+                        dns_query(&["127.0.0.2:53", &name, "A"])
+                            .is_ok_and(|t| t.starts_with("NOERROR 127."))
+                    })
+                    .count();
+                println!("ok {ok}");
             } else if line == "fork-hold" {
                 match fork_hold() {
                     Ok(child) => println!("ok {child}"),
@@ -330,4 +362,75 @@ fn main() {
         return;
     }
     exit(report(op(&args)));
+}
+
+/// Sends one DNS query (`SERVER NAME TYPE [udp|tcp|connected]`) and describes the answer:
+/// `RCODE ADDR,ADDR from=SOURCE` (the source as the socket reported it).
+fn dns_query(w: &[&str]) -> io::Result<String> {
+    use hickory_proto::{
+        op::{Message, Query},
+        rr::{Name, RData, RecordType},
+    };
+    use std::{io::Read as _, str::FromStr as _};
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_owned());
+    let [server, name, qtype, rest @ ..] = w else {
+        return Err(bad("dns SERVER NAME TYPE [udp|tcp|connected]"));
+    };
+    let server = addr(server)?;
+    let name = Name::from_ascii(format!("{name}.")).map_err(|_| bad("name"))?;
+    let qtype = RecordType::from_str(qtype).map_err(|_| bad("type"))?;
+    let mut q = Message::query();
+    q.metadata.recursion_desired = true;
+    q.add_query(Query::query(name, qtype));
+    let bytes = q.to_vec().map_err(io::Error::other)?;
+    // Only bounds the wait: a loaded VM under emulation took over 5 s for one answer.
+    let wait = Some(agentcage_tests::harness::deadline());
+    let (answer, from) = match rest.first().copied().unwrap_or("udp") {
+        "tcp" => {
+            let mut s = TcpStream::connect(server)?;
+            s.set_read_timeout(wait)?;
+            s.write_all(&(bytes.len() as u16).to_be_bytes())?;
+            s.write_all(&bytes)?;
+            let mut len = [0u8; 2];
+            s.read_exact(&mut len)?;
+            let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            s.read_exact(&mut buf)?;
+            (buf, s.peer_addr()?)
+        }
+        mode => {
+            let s = UdpSocket::bind(local_for(&server))?;
+            s.set_read_timeout(wait)?;
+            if mode == "connected" {
+                s.connect(server)?;
+                s.send(&bytes)?;
+            } else {
+                s.send_to(&bytes, server)?;
+            }
+            let mut buf = vec![0u8; 4096];
+            let (n, from) = s.recv_from(&mut buf)?;
+            buf.truncate(n);
+            (buf, from)
+        }
+    };
+    let m = Message::from_vec(&answer).map_err(io::Error::other)?;
+    let addrs: Vec<String> = m
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            RData::AAAA(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect();
+    Ok(format!(
+        "{} {} from={from}",
+        match u16::from(m.metadata.response_code) {
+            0 => "NOERROR".to_owned(),
+            2 => "SERVFAIL".to_owned(),
+            3 => "NXDOMAIN".to_owned(),
+            5 => "REFUSED".to_owned(),
+            n => format!("RCODE{n}"),
+        },
+        addrs.join(",")
+    ))
 }

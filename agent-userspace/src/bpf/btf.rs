@@ -291,6 +291,10 @@ pub fn kernel_settings(btf: &Btf) -> Result<KernelSettings, BtfError> {
         path_dentry: btf.offset_of("path.dentry")?,
         mmap_prot_arg: btf.param_index("bpf_lsm_mmap_file", "prot").unwrap_or(2),
         inode_mode: btf.offset_of("inode.i_mode")?,
+        socket_sk: btf.offset_of("socket.sk")?,
+        sock_cgroup: btf.offset_of("sock.sk_cgrp_data.cgroup")?,
+        cgroup_kn: btf.offset_of("cgroup.kn")?,
+        kernfs_id: btf.offset_of("kernfs_node.id")?,
     })
 }
 

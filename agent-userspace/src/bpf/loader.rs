@@ -31,11 +31,16 @@ pub enum ProgramKind {
 
 /// Every program the daemon attaches to the parent cgroup, with its kernel attach type
 /// (`enum bpf_attach_type`), by which the kernel lists what is attached.
-pub const PROGRAMS: [(&str, ProgramKind, u32); 6] = [
+pub const PROGRAMS: [(&str, ProgramKind, u32); 10] = [
     ("agentcage_connect4", ProgramKind::SockAddr, 10),
     ("agentcage_connect6", ProgramKind::SockAddr, 11),
     ("agentcage_sendmsg4", ProgramKind::SockAddr, 14),
     ("agentcage_sendmsg6", ProgramKind::SockAddr, 15),
+    // DNS answers appear to come from the address the process asked.
+    ("agentcage_recvmsg4", ProgramKind::SockAddr, 19),
+    ("agentcage_recvmsg6", ProgramKind::SockAddr, 20),
+    ("agentcage_getpeername4", ProgramKind::SockAddr, 29),
+    ("agentcage_getpeername6", ProgramKind::SockAddr, 30),
     ("agentcage_sock_create", ProgramKind::Sock, 2),
     ("agentcage_skb_egress", ProgramKind::SkbEgress, 1),
 ];

@@ -4,6 +4,7 @@
 mod approvals;
 pub mod btf;
 mod cgroup_links;
+mod dns;
 mod hooks;
 mod loader;
 mod maps;
@@ -12,6 +13,7 @@ pub mod tier;
 
 pub use approvals::ApprovalMap;
 pub use cgroup_links::{CgroupPrograms, PinnedLinks};
+pub use dns::DnsMaps;
 pub use hooks::{lsm_btf, GlobalHooks, HookStatus};
 pub use loader::{ensure_bpffs, release_pinned, AttachedPrograms, ProgramKind, PROGRAMS};
 pub use maps::{EgressMaps, SlotEntries};

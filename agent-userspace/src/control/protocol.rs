@@ -402,6 +402,12 @@ pub struct AgentStatus {
     /// SHA-256 of the policy the cage's kernel entries were compiled from.
     #[serde(default)]
     pub policy_hash: String,
+    /// Addresses the cage's resolver has granted it (for `host:` rules), now.
+    #[serde(default)]
+    pub dns_grants: u64,
+    /// Grants evicted to keep within `dns.max_grants`, since the cage was made.
+    #[serde(default)]
+    pub dns_evicted: u64,
     /// The agent's SPIFFE ID.
     #[serde(default)]
     pub spiffe_id: String,

@@ -1,5 +1,5 @@
 //! The daemon's configuration file (`--config`, YAML): the `telemetry:`, `spool:`,
-//! `dashboard:` and `identity:` sections.
+//! `dashboard:`, `identity:` and `dns:` sections.
 //! The OpenTelemetry environment variables override the file, as the OpenTelemetry
 //! specification has it.
 
@@ -42,6 +42,8 @@ pub struct ConfigFile {
     pub spool: SpoolConfig,
     /// The local web dashboard.
     pub dashboard: super::DashboardConfig,
+    /// The cages' resolver: upstream servers and grant lifetimes.
+    pub dns: crate::dns::DnsConfig,
     /// Agents' SPIFFE IDs and who may sign their behavior certificates.
     pub identity: IdentityConfig,
 }

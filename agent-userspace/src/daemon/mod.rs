@@ -7,6 +7,7 @@
 mod config;
 mod credential_http;
 mod dashboard;
+mod dns;
 mod file;
 mod reader;
 mod server;
@@ -73,6 +74,9 @@ pub enum DaemonError {
     /// Telemetry could not start (bad configuration, spool not writable).
     #[error(transparent)]
     Telemetry(#[from] crate::telemetry::TelemetryError),
+    /// The `dns:` section cannot work as written.
+    #[error("configuration file: {0}")]
+    Dns(String),
     /// The dashboard cannot be served as configured.
     #[error("dashboard: {0}")]
     Dashboard(String),
@@ -102,6 +106,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         None => ConfigFile::default(),
     };
     file.telemetry.apply_env(|k| std::env::var(k).ok())?;
+    file.dns.check().map_err(DaemonError::Dns)?;
     if let Some(listen) = file.dashboard.listen.filter(|l| !l.ip().is_loopback()) {
         return Err(DaemonError::Dashboard(format!(
             "dashboard.listen {listen} is not a loopback address: the dashboard is local only"

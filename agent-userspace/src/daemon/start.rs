@@ -17,7 +17,7 @@ use super::{
     ConfigFile, DaemonConfig, DaemonError,
 };
 use crate::{
-    bpf::{self, ApprovalMap, AttachedPrograms, BpfError, EgressMaps, GlobalHooks},
+    bpf::{self, ApprovalMap, AttachedPrograms, BpfError, DnsMaps, EgressMaps, GlobalHooks},
     cage::CageRoot,
     control::AccessPolicy,
     events::EventBus,
@@ -77,6 +77,15 @@ pub(super) async fn start(
     };
     let maps = EgressMaps::take(&mut ebpf)?;
     let approval_map = ApprovalMap::take(&mut ebpf)?;
+    // The resolver's answers need the shared state, which exists only once the state does.
+    let shared_slot = Arc::new(std::sync::OnceLock::<std::sync::Weak<Shared>>::new());
+    let dns = super::state::DnsState::new(
+        file.dns.clone(),
+        DnsMaps::take(&mut ebpf)?,
+        Arc::new(super::dns::DaemonResolver {
+            shared: Arc::clone(&shared_slot),
+        }),
+    );
     let bus = EventBus::new();
     // Subscribed before anything is published, so the run-time checks miss nothing.
     let runtime_rx = bus.subscribe();
@@ -114,6 +123,7 @@ pub(super) async fn start(
             recording_dir: config.recording_dir.clone(),
             jobs,
             credentials: credential_setup(&config, &file)?,
+            dns,
         },
     )?;
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -158,8 +168,13 @@ pub(super) async fn start(
     // Cages an earlier daemon left (kept enforced by its pinned programs) get maps entries
     // before the new programs attach, so they are never judged as unknown.
     let adopted = state.adopt_existing()?;
+    // What an earlier daemon's resolver granted to the cages it left.
+    let dns_saved = config
+        .socket
+        .with_file_name(format!("{}-dns-grants.json", config.cgroup_name));
     if !adopted.is_empty() {
         info!(agents = ?adopted, "took over cages left by an earlier daemon");
+        state.dns_restore(&dns_saved);
     }
     let pin_dir = config.pin_dir();
     let tag = pin_tag();
@@ -276,6 +291,9 @@ pub(super) async fn start(
     // From here no request can make or fill a cage (connections still open are refused), so
     // the decision below cannot be overtaken.
     let kept = shared.state().shutdown();
+    if !kept.is_empty() {
+        shared.state().dns_save(&dns_saved);
+    }
     let removed = kept.is_empty() && root.remove().is_ok();
     if removed {
         // Hooks first: detaching the cgroup programs also removes the (then empty) pin dir,

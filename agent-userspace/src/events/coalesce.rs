@@ -44,8 +44,9 @@ struct Key {
     sock_type: u16,
     port: u16,
     addr: [u8; 16],
-    // Issue 10 (names in allow lists): the destination's name joins the key here once the
-    // kernel's egress record carries it, so that two names on one address stay apart.
+    /// The name the cage's resolver granted the address for: two names on one address stay
+    /// apart.
+    name_id: u32,
 }
 
 impl Key {
@@ -62,6 +63,7 @@ impl Key {
             sock_type: e.sock_type,
             port: e.port,
             addr: e.addr,
+            name_id: e.name_id,
         }
     }
 }
@@ -283,6 +285,8 @@ mod tests {
             sock_type: 2,
             verdict: 2,
             hook: 3,
+            name_id: 0,
+            _pad2: 0,
             _pad: [0; 2],
         }
     }

@@ -91,6 +91,13 @@ pub enum RuleRef {
     NoUserns,
     /// `read-only`: the cage is on the read-only rung.
     ReadOnly,
+    /// `dns-unredirected`: DNS that could not go to the cage's resolver (a socket made
+    /// outside the cage, or no resolver of that family), refused.
+    DnsUnredirected,
+    /// `dns-name-not-allowed`: a query for a name no `host:` rule admits, refused.
+    DnsNameNotAllowed,
+    /// `dns-query-type`: a query of a type other than A or AAAA, refused.
+    DnsQueryType,
 }
 
 /// Makes an indexed rule from its index.
@@ -123,6 +130,9 @@ impl RuleRef {
             Self::TooDeep => "too-deep",
             Self::NoUserns => "no-userns",
             Self::ReadOnly => "read-only",
+            Self::DnsUnredirected => "dns-unredirected",
+            Self::DnsNameNotAllowed => "dns-name-not-allowed",
+            Self::DnsQueryType => "dns-query-type",
             _ => return None,
         })
     }
@@ -192,6 +202,9 @@ impl FromStr for RuleRef {
             Self::TooDeep,
             Self::NoUserns,
             Self::ReadOnly,
+            Self::DnsUnredirected,
+            Self::DnsNameNotAllowed,
+            Self::DnsQueryType,
         ]
         .into_iter()
         .find(|r| r.fixed() == Some(s))
@@ -238,6 +251,9 @@ mod tests {
             RuleRef::TooDeep,
             RuleRef::NoUserns,
             RuleRef::ReadOnly,
+            RuleRef::DnsUnredirected,
+            RuleRef::DnsNameNotAllowed,
+            RuleRef::DnsQueryType,
         ];
         for r in all {
             assert_eq!(r.to_string().parse::<RuleRef>().unwrap(), r, "{r}");

@@ -3,8 +3,8 @@
 use std::net::IpAddr;
 
 use agent_common::egress::{
-    EgressEvent, Hook, RULE_BUDGET, RULE_DEFAULT_DENY, RULE_IP_OPTIONS, RULE_NO_CAGE,
-    RULE_ROUTING_HEADER, RULE_SOCKET_ALLOWED, RULE_SOCKET_KIND,
+    EgressEvent, Hook, RULE_BUDGET, RULE_DEFAULT_DENY, RULE_DNS_UNREDIRECTED, RULE_IP_OPTIONS,
+    RULE_NO_CAGE, RULE_ROUTING_HEADER, RULE_SOCKET_ALLOWED, RULE_SOCKET_KIND,
 };
 use serde::{Deserialize, Serialize};
 
@@ -129,6 +129,10 @@ pub struct EgressDetail {
     pub sock_type: SockType,
     /// Destination address (none for sock_create).
     pub dst_addr: Option<IpAddr>,
+    /// The allowed name whose resolution by the cage's resolver granted `dst_addr`, when
+    /// a `host:` rule decided.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub dst_name: Option<String>,
     /// Destination port (0 for sock_create).
     pub dst_port: u16,
     /// `allow`, `deny`, `pending-approval` or `budget`.
@@ -167,6 +171,7 @@ impl EgressDetail {
             protocol: Protocol::Tcp,
             sock_type: SockType::Stream,
             dst_addr: Some(addr),
+            dst_name: None,
             dst_port: port,
             verdict: Verdict::Deny,
             rule: RuleRef::DefaultDeny,
@@ -185,12 +190,14 @@ pub fn rule_ref(rule_id: u32) -> RuleRef {
         RULE_IP_OPTIONS => RuleRef::IpOptions,
         RULE_ROUTING_HEADER => RuleRef::RoutingHeader,
         RULE_BUDGET => RuleRef::Budget,
+        RULE_DNS_UNREDIRECTED => RuleRef::DnsUnredirected,
         n => RuleRef::EgressAllow(n),
     }
 }
 
-/// The event detail of a kernel record, with the rule's text from the policy that decided.
-pub fn detail(e: &EgressEvent, policy: Option<&AgentPolicy>) -> EgressDetail {
+/// The event detail of a kernel record, with the rule's text from the policy that decided
+/// and the name behind a granted address (`name`, looked up by the record's name id).
+pub fn detail(e: &EgressEvent, policy: Option<&AgentPolicy>, name: Option<String>) -> EgressDetail {
     let rule = rule_ref(e.rule_id);
     let rule_text = rule
         .egress_allow()
@@ -208,6 +215,7 @@ pub fn detail(e: &EgressEvent, policy: Option<&AgentPolicy>) -> EgressDetail {
         protocol: Protocol::from_raw(e.protocol),
         sock_type: SockType::from_raw(e.sock_type),
         dst_addr,
+        dst_name: name,
         dst_port: e.port,
         verdict: Verdict::from_raw(e.verdict),
         rule,
@@ -244,6 +252,8 @@ mod tests {
             verdict: 1,
             hook,
             _pad: [0; 2],
+            name_id: 0,
+            _pad2: 0,
         }
     }
 
@@ -254,17 +264,17 @@ mod tests {
             "t.yaml",
         )
         .unwrap();
-        let d = detail(&raw(2, 10, 0), policy.agent("a"));
+        let d = detail(&raw(2, 10, 0), policy.agent("a"), None);
         assert_eq!(d.rule, RuleRef::EgressAllow(0));
         assert_eq!(d.dst_addr, Some("::1".parse().unwrap()));
         assert_eq!(d.rule_text.as_deref(), Some("::1/128 tcp+udp 443"));
-        let d = detail(&raw(5, 10, RULE_SOCKET_KIND), None);
+        let d = detail(&raw(5, 10, RULE_SOCKET_KIND), None, None);
         assert_eq!(
             (d.hook, d.dst_addr, d.rule),
             (EgressHook::SockCreate, None, RuleRef::SocketKind)
         );
         assert_eq!(
-            detail(&raw(1, 2, 7), None).rule_text,
+            detail(&raw(1, 2, 7), None, None).rule_text,
             None,
             "no policy, no text"
         );

@@ -30,6 +30,10 @@ pub trait Lookups {
     fn next_seq(&mut self, agent_id: u32) -> u64;
     /// CLOCK_REALTIME minus CLOCK_BOOTTIME, ns.
     fn boot_to_wall_ns(&self) -> i128;
+    /// The allowed name a kernel name id stands for (see `agent_common::dns::Grant`).
+    fn host_name(&self, _name_id: u32) -> Option<String> {
+        None
+    }
 }
 
 /// The event a kernel record says.
@@ -43,7 +47,12 @@ pub fn enrich(raw: &RawEvent, lookups: &mut impl Lookups) -> Event {
         .map_or((None, None), |(s, c)| (Some(s), c));
     let agent_policy = agent.as_ref().and_then(|a| policy.agent(a.name()));
     let detail = match raw {
-        RawEvent::Egress(e) => EventDetail::Egress(egress::detail(e, agent_policy)),
+        RawEvent::Egress(e) => {
+            let name = (e.name_id != 0)
+                .then(|| lookups.host_name(e.name_id))
+                .flatten();
+            EventDetail::Egress(egress::detail(e, agent_policy, name))
+        }
         RawEvent::Exec(e) => EventDetail::Exec(exec::detail(e, agent_policy)),
         RawEvent::Fork(e) => EventDetail::Fork(ForkDetail::from_raw(e)),
         RawEvent::Exit(e) => EventDetail::Exit(ExitDetail::from_raw(e)),

@@ -80,6 +80,8 @@ fn egress_raw(addr: [u8; 4], port: u16, verdict: u8, rule_id: u32, hook: u8) -> 
         verdict,
         hook,
         _pad: [0; 2],
+        name_id: 0,
+        _pad2: 0,
     }
 }
 
@@ -176,7 +178,7 @@ fn samples() -> Vec<Event> {
         out.push(event(
             100,
             "probe",
-            EventDetail::Egress(egress::detail(&raw, p)),
+            EventDetail::Egress(egress::detail(&raw, p, None)),
         ));
     }
     let mut v6 = egress_raw([0; 4], 9000, Verdict::Deny as u8, RULE_DEFAULT_DENY, 2);
@@ -187,7 +189,7 @@ fn samples() -> Vec<Event> {
     out.push(event(
         100,
         "probe",
-        EventDetail::Egress(egress::detail(&v6, p)),
+        EventDetail::Egress(egress::detail(&v6, p, None)),
     ));
     for raw in [
         exec_raw("/usr/bin/true", &["true"], Verdict::Allow, 0, 0),
@@ -403,10 +405,47 @@ fn samples() -> Vec<Event> {
         100,
         "probe",
         EventDetail::EgressSummary(EgressSummary {
-            decision: egress::detail(&flood, p),
+            decision: egress::detail(&flood, p, None),
             count: 999_999,
             first_unix_nano: 1_699_999_999_250_000_000,
             last_unix_nano: 1_700_000_000_000_000_000,
+        }),
+    ));
+    // Egress by name: a decision on a granted address names it, and the resolver's queries.
+    let granted = egress_raw([127, 0, 0, 1], 8080, Verdict::Allow as u8, 0, 1);
+    out.push(event(
+        100,
+        "probe",
+        EventDetail::Egress(egress::detail(&granted, p, Some("api.example.com".into()))),
+    ));
+    out.push(event(
+        0,
+        "",
+        EventDetail::Dns(DnsDetail {
+            name: "api.example.com".into(),
+            qtype: "A".into(),
+            transport: Protocol::Udp,
+            verdict: super::Verdict::Allow,
+            rule: RuleRef::EgressAllow(0),
+            rule_text: Some("api.example.com tcp 8000-8099".into()),
+            answers: vec![[127, 0, 0, 1].into()],
+            ttl_s: Some(60),
+            error: None,
+        }),
+    ));
+    out.push(event(
+        0,
+        "",
+        EventDetail::Dns(DnsDetail {
+            name: "exfil.example.org".into(),
+            qtype: "TXT".into(),
+            transport: Protocol::Tcp,
+            verdict: super::Verdict::Deny,
+            rule: RuleRef::DnsQueryType,
+            rule_text: None,
+            answers: Vec::new(),
+            ttl_s: None,
+            error: None,
         }),
     ));
     out

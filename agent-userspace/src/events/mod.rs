@@ -2,7 +2,7 @@
 //! policy that decided, and fanned out on a bus to independent consumers.
 //!
 //! One module per event family (`egress`, `exec`, `process`, `file` from the kernel; `app`,
-//! `runtime` and the session/policy events from the daemon), each holding its typed detail
+//! `runtime`, `dns` and the session/policy events from the daemon), each holding its typed detail
 //! and how a kernel record becomes it. `enrich` puts the families together; the daemon only
 //! supplies the lookups (agent names, policy slots, sequence numbers).
 
@@ -13,6 +13,7 @@ mod container;
 mod credential;
 mod decision;
 mod decode;
+mod dns;
 mod egress;
 mod enrich;
 mod exec;
@@ -29,6 +30,7 @@ pub use container::ContainerMeta;
 pub use credential::{CredentialAction, CredentialDetail};
 pub use decision::{RuleRef, Verdict};
 pub use decode::{decode, DecodeError, RawEvent};
+pub use dns::DnsDetail;
 pub use egress::{EgressDetail, EgressHook, EgressSummary, Family, Protocol, SockType};
 pub use enrich::{enrich, enrich_summary, Lookups};
 pub use exec::{ExecDetail, ExecHook};
@@ -146,6 +148,8 @@ pub enum EventDetail {
     Credential(CredentialDetail),
     /// Repeats of one egress decision, counted (a flood, summarized).
     EgressSummary(EgressSummary),
+    /// A query to the cage's resolver, answered or refused.
+    Dns(DnsDetail),
 }
 
 impl EventDetail {
@@ -166,6 +170,7 @@ impl EventDetail {
             Self::Assertion(_) => "assertion",
             Self::Credential(_) => "credential",
             Self::EgressSummary(_) => "egress_summary",
+            Self::Dns(_) => "dns",
         }
     }
 }

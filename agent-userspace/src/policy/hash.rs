@@ -102,10 +102,14 @@ fn write_agent(out: &mut String, agent: &AgentPolicy) {
                 .collect::<Vec<_>>()
                 .join(",")
         };
+        // CIDR rules keep the form they always had, so their policies keep their hash.
+        let dest = match &rule.dest {
+            crate::policy::Destination::Cidr(n) => format!("cidr={n}"),
+            crate::policy::Destination::Host(h) => format!("host={h}"),
+        };
         let _ = write!(
             out,
-            "  allow cidr={} protocols={} ports={ports}",
-            rule.cidr,
+            "  allow {dest} protocols={} ports={ports}",
             protocol_names(rule.protocols)
         );
         if let Some(c) = &rule.comment {

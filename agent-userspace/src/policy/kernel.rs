@@ -5,7 +5,7 @@
 
 use agent_common::cage::{
     CAGE_F_ALLOW_RAW, CAGE_F_APPROVAL_ALL, CAGE_F_EXEC_DEFAULT_DENY, CAGE_F_EXEC_DIGESTS_REQUIRED,
-    CAGE_F_EXEC_HASHES, CAGE_F_FILES, CAGE_F_READ_ONLY, CAGE_F_THROTTLED,
+    CAGE_F_EXEC_HASHES, CAGE_F_FILES, CAGE_F_HOSTS, CAGE_F_READ_ONLY, CAGE_F_THROTTLED,
 };
 
 use serde::{Deserialize, Serialize};
@@ -175,6 +175,9 @@ pub fn cage_settings(
     }
     if !compiled.files.inodes.is_empty() {
         flags |= CAGE_F_FILES;
+    }
+    if !compiled.egress.hosts.is_empty() {
+        flags |= CAGE_F_HOSTS;
     }
     let settings = CageSettings {
         flags,

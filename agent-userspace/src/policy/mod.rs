@@ -10,6 +10,7 @@ mod compile;
 mod egress;
 mod error;
 mod exec;
+mod grant;
 mod hash;
 mod identity;
 mod inodes;
@@ -21,13 +22,16 @@ mod schema;
 use std::{collections::BTreeMap, fs, path::Path};
 
 pub use compile::compile_read_only;
-pub use compile::{compile_egress, CompiledEgress};
-pub use egress::{AllowEvents, AllowRule, EgressPolicy, PortRange};
+pub use compile::{compile_egress, CompiledEgress, CompiledHost};
+pub use egress::{
+    normalize_name, AllowEvents, AllowRule, Destination, EgressPolicy, HostPattern, PortRange,
+};
 pub use error::PolicyError;
 pub use exec::{
     Access, Enforcement, ExecDefault, ExecMatch, ExecPolicy, FilePattern, FileRuleSpec,
     FilesPolicy, RuleList,
 };
+pub use grant::canonical;
 pub use identity::{
     check_requested_resource, check_tool, check_user, CertificateRequirement, CredentialRule,
     Grantable, IdentityPolicy, Method, ResourcePattern, UserPolicy, Users, DEFAULT_CREDENTIAL_TTL,

@@ -20,6 +20,8 @@ pub enum Metric {
     ToolCalls,
     /// Allowed egress connections and sends.
     EgressConnections,
+    /// DNS queries to the cage's resolver.
+    DnsQueries,
 }
 
 impl Metric {
@@ -30,6 +32,7 @@ impl Metric {
             Self::Usd => "usd",
             Self::ToolCalls => "tool_calls",
             Self::EgressConnections => "egress_connections",
+            Self::DnsQueries => "dns_queries",
         }
     }
 
@@ -39,6 +42,7 @@ impl Metric {
             Self::Usd => b.usd,
             Self::ToolCalls => b.tool_calls,
             Self::EgressConnections => b.egress_connections,
+            Self::DnsQueries => b.dns_queries,
         }
     }
 }

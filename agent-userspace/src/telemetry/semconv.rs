@@ -67,6 +67,17 @@ pub const OP_EXECUTE_TOOL: &str = "execute_tool";
 pub const SERVER_ADDRESS: &str = "server.address";
 /// `server.port`.
 pub const SERVER_PORT: &str = "server.port";
+/// `network.peer.address`: the address of an egress attempt whose `server.address` is the
+/// name that granted it.
+pub const NETWORK_PEER_ADDRESS: &str = "network.peer.address";
+/// `dns.question.name`: the name a DNS query asked.
+pub const DNS_QUESTION_NAME: &str = "dns.question.name";
+/// `dns.question.type` (`A`, `AAAA`, `TXT`, ...).
+pub const DNS_QUESTION_TYPE: &str = "agentcage.dns.question.type";
+/// `dns.answers`: the addresses an allowed query granted.
+pub const DNS_ANSWERS: &str = "dns.answers";
+/// The log record event name of DNS queries.
+pub const EVENT_DNS: &str = "agentcage.dns.query";
 /// `network.transport` (`tcp`, `udp`, or the protocol number).
 pub const NETWORK_TRANSPORT: &str = "network.transport";
 /// `network.type` (`ipv4`, `ipv6`).

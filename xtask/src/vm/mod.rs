@@ -92,8 +92,8 @@ impl Boot {
 /// Every policy feature some kernels cannot enforce: the kill tier refuses them all.
 const ALL_REFUSED: &[&str] = &["deny_enforcement", "file_rules", "content_rules"];
 
-const DENY_TESTS: &[&str] = &["egress", "capture", "kernel", "deny_tier"];
-const KILL_TESTS: &[&str] = &["egress", "capture", "kernel", "kill_tier"];
+const DENY_TESTS: &[&str] = &["egress", "capture", "dns", "kernel", "deny_tier"];
+const KILL_TESTS: &[&str] = &["egress", "capture", "dns", "kernel", "kill_tier"];
 
 impl Boot {
     /// A boot with BPF LSM active that enforces every policy feature.
@@ -146,7 +146,14 @@ pub const VM_SUITES: &[Boot] = &[
     },
     Boot {
         // Containment too: 5.10 has no cgroup.kill (5.14), so a kill signals each process.
-        tests: &["egress", "capture", "kernel", "kill_tier", "containment"],
+        tests: &[
+            "egress",
+            "capture",
+            "dns",
+            "kernel",
+            "kill_tier",
+            "containment",
+        ],
         // The default list: no `bpf`.
         ..Boot::kill(&KERNELS[0], None)
     },

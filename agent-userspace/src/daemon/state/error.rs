@@ -130,4 +130,13 @@ pub enum StateError {
         #[source]
         source: nix::Error,
     },
+    /// The cage's resolver endpoint could not be opened.
+    #[error("agent {agent}: opening its DNS resolver on loopback: {source}")]
+    Dns {
+        /// The agent.
+        agent: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
 }

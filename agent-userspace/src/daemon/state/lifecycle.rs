@@ -32,10 +32,17 @@ impl State {
         let agent_id = self.registry.agent_id(agent);
         let filled = self.fill(&policy, compiled)?;
         let entries = self.switch_in(cgroup_id, agent_id, filled)?;
+        if let Err(e) = self.dns_start(agent, cgroup_id) {
+            self.dns_stop(cgroup_id);
+            self.maps.remove_cage(cgroup_id);
+            self.maps.clear_slot(&entries);
+            return Err(e);
+        }
         let events = dir.events_file();
         let watch = match self.inotify.add_watch(&events, AddWatchFlags::IN_MODIFY) {
             Ok(w) => w,
             Err(source) => {
+                self.dns_stop(cgroup_id);
                 self.maps.remove_cage(cgroup_id);
                 self.maps.clear_slot(&entries);
                 return Err(StateError::Watch {
@@ -287,6 +294,7 @@ impl State {
         if let Some(cage) = self.registry.remove(agent) {
             let _ = self.inotify.rm_watch(cage.watch);
             self.maps.remove_cage(cage.cgroup_id);
+            self.dns_stop(cage.cgroup_id);
             self.containment.forget(agent);
             self.budgets.forget(agent);
             self.assertions.forget(agent);

@@ -9,6 +9,7 @@
 //! binary hashes by the event reader).
 
 mod containers;
+mod dns;
 mod enforce;
 mod error;
 mod inventory;
@@ -19,6 +20,7 @@ mod reload;
 mod slots;
 mod status;
 
+pub(crate) use dns::DnsState;
 pub use enforce::{ContainJob, Contained, CredentialSetup, JobOutcome};
 pub use error::StateError;
 
@@ -88,6 +90,8 @@ pub struct RuntimeParts {
     pub jobs: tokio::sync::mpsc::UnboundedSender<ContainJob>,
     /// Keys, certificates and the trust domain.
     pub credentials: CredentialSetup,
+    /// The cages' resolver: its configuration, maps and the daemon's answers.
+    pub dns: DnsState,
 }
 
 /// Everything the daemon manages.
@@ -116,12 +120,16 @@ pub struct State {
     assertions: AssertionState,
     containers: containers::Containers,
     credentials: CredentialState,
+    dns: DnsState,
 }
 
 /// A slot filled with an agent's rules, not yet switched in.
 struct Filled {
     entries: SlotEntries,
     settings: CageSettings,
+    /// The egress rules: the cage's name grants are written into the slot under them as it
+    /// is switched in.
+    egress: crate::policy::CompiledEgress,
 }
 
 impl State {
@@ -155,6 +163,7 @@ impl State {
             assertions: AssertionState::default(),
             containers: containers::Containers::default(),
             credentials: CredentialState::open(parts.credentials)?,
+            dns: parts.dns,
         })
     }
 
@@ -241,7 +250,11 @@ impl State {
         let slot = self.slots.take();
         let entries = self.maps.fill_slot(slot, &compiled)?;
         self.slots.record(slot, policy, compiled.files.paths);
-        Ok(Filled { entries, settings })
+        Ok(Filled {
+            entries,
+            settings,
+            egress: compiled.egress,
+        })
     }
 
     /// Points cage `cgroup_id` at a filled slot with one map update, so no decision sees
@@ -250,8 +263,11 @@ impl State {
         &mut self,
         cgroup_id: u64,
         agent_id: u32,
-        filled: Filled,
+        mut filled: Filled,
     ) -> Result<SlotEntries, StateError> {
+        // The cage's name grants move into the new slot with the rules that admit them.
+        let egress = std::mem::take(&mut filled.egress);
+        self.dns_fill(cgroup_id, &mut filled.entries, egress);
         let config = CageConfig {
             agent_id,
             policy_slot: filled.entries.slot(),

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{registry::Registry, slots::Slots, State};
+use super::{dns::DnsState, registry::Registry, slots::Slots, State};
 use crate::{
     clock::wall_of_boot,
     events::{
@@ -20,6 +20,7 @@ struct View<'a> {
     slots: &'a Slots,
     policy: &'a Arc<Policy>,
     trust_domain: &'a TrustDomain,
+    dns: &'a DnsState,
     boot_to_wall_ns: i128,
 }
 
@@ -60,6 +61,10 @@ impl Lookups for View<'_> {
     fn boot_to_wall_ns(&self) -> i128 {
         self.boot_to_wall_ns
     }
+
+    fn host_name(&self, name_id: u32) -> Option<String> {
+        self.dns.name(name_id)
+    }
 }
 
 impl State {
@@ -93,6 +98,7 @@ impl State {
             slots: &self.slots,
             policy: &self.policy,
             trust_domain: &self.credentials.trust_domain,
+            dns: &self.dns,
             boot_to_wall_ns: self.boot_to_wall_ns,
         }
     }

@@ -15,6 +15,7 @@ impl State {
             .iter()
             .map(|(name, cage)| {
                 let stats = self.maps.stats(cage.cgroup_id);
+                let (dns_grants, dns_evicted) = self.dns.counts(cage.cgroup_id);
                 AgentStatus {
                     name: name.clone(),
                     identity: cage.identity.to_string(),
@@ -40,6 +41,8 @@ impl State {
                         .agent(&cage.identity)
                         .to_string(),
                     certificate: cage.certificate.clone(),
+                    dns_grants: dns_grants as u64,
+                    dns_evicted,
                 }
             })
             .collect();

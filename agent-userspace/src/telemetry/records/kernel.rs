@@ -4,7 +4,7 @@ use opentelemetry::{logs::Severity, KeyValue, Value};
 
 use super::{decision_span, sc, time_of, warn_if, KindParts, SpanPlan};
 use crate::events::{
-    EgressDetail, EgressSummary, Event, ExecDetail, ExitDetail, FileDetail, Verdict,
+    DnsDetail, EgressDetail, EgressSummary, Event, ExecDetail, ExitDetail, FileDetail, Verdict,
 };
 
 pub(super) fn egress(event: &Event, d: &EgressDetail) -> KindParts {
@@ -16,9 +16,18 @@ pub(super) fn egress(event: &Event, d: &EgressDetail) -> KindParts {
         KeyValue::new(sc::NETWORK_TYPE, d.family.to_string()),
         KeyValue::new(sc::SOCKET_TYPE, d.sock_type.to_string()),
     ];
-    if let Some(addr) = d.dst_addr {
-        attrs.push(KeyValue::new(sc::SERVER_ADDRESS, addr.to_string()));
-        attrs.push(KeyValue::new(sc::SERVER_PORT, i64::from(d.dst_port)));
+    match (d.dst_addr, &d.dst_name) {
+        // Granted by a name: the name is the server, the address its peer address.
+        (Some(addr), Some(name)) => {
+            attrs.push(KeyValue::new(sc::SERVER_ADDRESS, name.clone()));
+            attrs.push(KeyValue::new(sc::SERVER_PORT, i64::from(d.dst_port)));
+            attrs.push(KeyValue::new(sc::NETWORK_PEER_ADDRESS, addr.to_string()));
+        }
+        (Some(addr), None) => {
+            attrs.push(KeyValue::new(sc::SERVER_ADDRESS, addr.to_string()));
+            attrs.push(KeyValue::new(sc::SERVER_PORT, i64::from(d.dst_port)));
+        }
+        (None, _) => {}
     }
     if let Some(text) = &d.rule_text {
         attrs.push(KeyValue::new(sc::RULE_TEXT, text.clone()));
@@ -28,6 +37,10 @@ pub(super) fn egress(event: &Event, d: &EgressDetail) -> KindParts {
         .dst_addr
         .map(|a| format!(" {}", std::net::SocketAddr::new(a, d.dst_port)))
         .unwrap_or_default();
+    let target = match &d.dst_name {
+        Some(name) => format!("{target} ({name})"),
+        None => target,
+    };
     let body = format!(
         "{} {}{target} {}: {}",
         d.verdict, d.hook, d.protocol, d.rule
@@ -129,4 +142,52 @@ pub(super) fn file(event: &Event, d: &FileDetail) -> KindParts {
     let span = decision_span(event, format!("file {}", d.op), d.verdict, d.rule);
     let severity = warn_if(d.verdict == Verdict::Deny);
     (sc::EVENT_FILE, severity, body, Some(span), attrs)
+}
+
+/// A query to a cage's resolver (raised by the daemon; beside the kernel's egress decisions,
+/// which it makes possible).
+pub(super) fn dns(event: &Event, d: &DnsDetail) -> KindParts {
+    let mut attrs = vec![
+        KeyValue::new(sc::VERDICT, d.verdict.to_string()),
+        KeyValue::new(sc::RULE, d.rule.to_string()),
+        KeyValue::new(sc::DNS_QUESTION_NAME, d.name.clone()),
+        KeyValue::new(sc::DNS_QUESTION_TYPE, d.qtype.clone()),
+        KeyValue::new(sc::NETWORK_TRANSPORT, d.transport.to_string()),
+    ];
+    if let Some(text) = &d.rule_text {
+        attrs.push(KeyValue::new(sc::RULE_TEXT, text.clone()));
+    }
+    if !d.answers.is_empty() {
+        attrs.push(KeyValue::new(
+            sc::DNS_ANSWERS,
+            Value::Array(opentelemetry::Array::String(
+                d.answers.iter().map(|a| a.to_string().into()).collect(),
+            )),
+        ));
+    }
+    if let Some(e) = &d.error {
+        attrs.push(KeyValue::new(sc::ERROR_MESSAGE, e.clone()));
+    }
+    let refused = d.verdict != Verdict::Allow;
+    let body = format!("dns {} {} {}: {}", d.verdict, d.qtype, d.name, d.rule);
+    let time = time_of(event.time_unix_nano);
+    let span = SpanPlan {
+        name: format!("dns {}", d.qtype),
+        start: time,
+        end: time,
+        root: false,
+        error: refused.then(|| format!("refused by {}", d.rule)),
+        attributes: Vec::new(),
+    };
+    (
+        sc::EVENT_DNS,
+        if refused {
+            Severity::Warn
+        } else {
+            Severity::Info
+        },
+        body,
+        Some(span),
+        attrs,
+    )
 }

@@ -137,7 +137,7 @@ impl BudgetState {
 
 impl State {
     /// Reports budget breaches; a hard one throttles every agent in its scope.
-    pub(super) fn breaches(&mut self, agent: &str, breaches: Vec<ScopedBreach>) {
+    pub(crate) fn breaches(&mut self, agent: &str, breaches: Vec<ScopedBreach>) {
         for (scope, b) in breaches {
             warn!(
                 agent,
@@ -215,7 +215,7 @@ impl State {
     }
 
     /// Adds usage to the agent's meter and to its groups' and workflows'.
-    pub(super) fn meter(&mut self, agent: &str, metric: Metric, amount: f64) -> Vec<ScopedBreach> {
+    pub(crate) fn meter(&mut self, agent: &str, metric: Metric, amount: f64) -> Vec<ScopedBreach> {
         let Some(policy) = self.policy.agent(agent).cloned() else {
             return Vec::new();
         };

@@ -159,6 +159,23 @@ impl State {
         agent: &str,
         policy: Option<&AgentPolicy>,
         e: &EgressDetail,
+        at: (u64, u64),
+    ) {
+        let key = format!(
+            "denied {}:{}",
+            e.dst_addr.map(|a| a.to_string()).unwrap_or_default(),
+            e.dst_port
+        );
+        self.denial(agent, policy, &key, at);
+    }
+
+    /// `n` denials count toward the deny-rate anomaly, and `key` (what was denied) toward
+    /// loop detection.
+    pub(crate) fn denial(
+        &mut self,
+        agent: &str,
+        policy: Option<&AgentPolicy>,
+        key: &str,
         (now, n): (u64, u64),
     ) {
         let Some(policy) = policy else { return };
@@ -173,12 +190,7 @@ impl State {
                 contain = Some(rate.rung);
             }
         }
-        let key = format!(
-            "denied {}:{}",
-            e.dst_addr.map(|a| a.to_string()).unwrap_or_default(),
-            e.dst_port
-        );
-        if let Some(b) = self.budgets.repeat(agent, &policy.budgets, &key, (now, n)) {
+        if let Some(b) = self.budgets.repeat(agent, &policy.budgets, key, (now, n)) {
             self.breaches(agent, vec![b]);
         }
         if let Some(rung) = contain {
@@ -191,6 +203,7 @@ impl State {
     pub fn tick(&mut self) {
         let now = boot_ns();
         self.expire_approvals(now);
+        self.dns_tick(now);
         for agent in self.registry.names_of_cages() {
             if self.policy.agent(&agent).is_none() {
                 continue;
