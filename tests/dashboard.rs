@@ -1,14 +1,9 @@
 //! `agentcage top` and the loopback web dashboard, end to end: the real daemon, a real cage,
 //! the page rendered by headless Chromium, and the API's authorisation checked over raw HTTP.
 
-use agentcage_tests::harness;
+use agentcage_tests::{dns::TestDns, harness};
 
-use std::{
-    fs,
-    io::{Read as _, Write as _},
-    net::TcpStream,
-    process::Command,
-};
+use std::{fs, process::Command};
 
 use harness::{stdout, tcp_listener, Daemon};
 
@@ -42,24 +37,36 @@ fn dashboard_url(daemon: &Daemon) -> (String, String) {
     (authority, token.to_owned())
 }
 
+/// The page at `url` as headless Chromium renders it (its DOM once its fetches finished).
+fn render(url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        // Lets the page's fetches finish before the DOM is dumped.
+        .arg("--virtual-time-budget=10000")
+        .arg("--dump-dom")
+        .arg(url)
+        .output()
+        .expect("chromium (Debian's chromium package; cargo xtask setup installs it)");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// One HTTP/1.1 request; returns the status code and the body.
 fn http(authority: &str, host: &str, request_line: &str, token: Option<&str>) -> (u16, String) {
-    let mut s = TcpStream::connect(authority).unwrap();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        s,
-        "{request_line} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    agentcage_tests::http::exchange(
+        authority,
+        &format!(
+            "{request_line} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
     )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {response:?}"));
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (code, body.to_owned())
 }
 
 #[test]
@@ -101,25 +108,6 @@ fn the_dashboard_in_headless_chromium_shows_agents_trees_and_decisions() {
     let mut cage = daemon.serve_in("tester");
     assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), EPERM);
     let (authority, token) = dashboard_url(&daemon);
-    let profile = tempfile::tempdir().unwrap();
-    let render = |url: &str| {
-        let out = Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            // Lets the page's fetches finish before the DOM is dumped.
-            .arg("--virtual-time-budget=10000")
-            .arg("--dump-dom")
-            .arg(url)
-            .output()
-            .expect("chromium (Debian's chromium package; cargo xtask setup installs it)");
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8(out.stdout).unwrap()
-    };
     let dom = render(&format!("http://{authority}/#token={token}"));
     assert!(
         dom.contains("data-loaded=\"1\""),
@@ -239,5 +227,52 @@ fn the_dashboard_lists_waiting_approvals_and_approves_them() {
         Some(&token),
     );
     assert_eq!(code, 409);
+    assert!(cage.finish().success());
+}
+
+#[test]
+fn the_dashboard_names_destinations_the_cages_resolver_granted_and_its_refusals() {
+    let upstream = TestDns::start(60);
+    let (_listener, port) = tcp_listener("127.0.0.1");
+    let conf_dir = tempfile::tempdir().unwrap();
+    let conf = conf_dir.path().join("agentcaged.yaml");
+    fs::write(
+        &conf,
+        format!(
+            "dashboard:\n  listen: 127.0.0.1:0\ndns:\n  upstream: [\"{}\"]\n",
+            upstream.addr
+        ),
+    )
+    .unwrap();
+    let policy = format!(
+        "version: 1\nagents:\n  tester:\n    egress:\n      allow:\n        - host: allowed.test\n          ports: [{port}]\n          protocols: [tcp]\n      allow_events: all\n"
+    );
+    let daemon = Daemon::start_args(&policy, &["--config", conf.to_str().unwrap()]);
+    let events = daemon.follow_events();
+    let mut cage = daemon.serve_in("tester");
+    assert!(cage.op("resolve allowed.test").contains("127.0.0.1"));
+    assert_eq!(cage.op(&format!("connect 127.0.0.1:{port}")), "ok");
+    assert!(cage
+        .op("dns 127.0.0.2:53 denied.test A")
+        .starts_with("ok REFUSED"));
+    // The connect's event comes through the kernel's ring buffer: the page shows what the
+    // daemon has read.
+    events.wait_event("the connect's event", |e| {
+        e["kind"] == "egress" && e["dst_name"] == "allowed.test"
+    });
+    let (authority, token) = dashboard_url(&daemon);
+    let dom = render(&format!("http://{authority}/#token={token}"));
+    assert!(
+        dom.contains(&format!(
+            "<td class=\"allow\">allow</td><td>allowed.test (127.0.0.1:{port}) tcp</td>"
+        )),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(
+            "<td class=\"deny\">deny</td><td>dns denied.test A udp</td><td>dns-name-not-allowed</td>"
+        ),
+        "{dom}"
+    );
     assert!(cage.finish().success());
 }

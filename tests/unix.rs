@@ -37,24 +37,13 @@ fn mechanism(daemon: &Daemon) -> Mechanism {
         v if v.get("unavailable").is_some() => Mechanism::None,
         v => panic!("status has no unix mechanism: {v}"),
     };
-    // SAFETY: uname fills the struct it is given.
-    let uts = unsafe {
-        let mut uts: libc::utsname = std::mem::zeroed();
-        assert_eq!(libc::uname(&mut uts), 0);
-        uts
-    };
-    // SAFETY: the kernel NUL-terminates the release.
-    let release = unsafe { std::ffi::CStr::from_ptr(uts.release.as_ptr()) }.to_string_lossy();
-    let mut numbers = release
-        .split(['.', '-'])
-        .map(|n| n.parse::<u32>().unwrap_or(0));
-    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    let version = harness::kernel_version();
     let expected = match (status["tier"].as_str(), version >= (6, 7)) {
         (Some("deny"), _) => Mechanism::Lsm,
         (_, true) => Mechanism::CgroupHooks,
         (_, false) => Mechanism::None,
     };
-    assert_eq!(m, expected, "kernel {release}, tier {}", status["tier"]);
+    assert_eq!(m, expected, "kernel {version:?}, tier {}", status["tier"]);
     m
 }
 

@@ -12,6 +12,10 @@ pub const PROTO_UDP: u8 = 1 << 1;
 /// this cage is unexpired (see [`crate::approval`]); otherwise the verdict is
 /// [`Verdict::PendingApproval`].
 pub const RULE_F_APPROVAL: u8 = 1 << 0;
+/// [`PortRule::flags`] bit: the rule is a `host:` rule's, in a name grant's entry (see
+/// [`PortRules::name_id`]); it counts only until the grant's expiry, and a decision by it
+/// names the grant's name.
+pub const RULE_F_NAMED: u8 = 1 << 1;
 
 /// How many port rules one trie entry can hold (its own plus those of every shorter prefix
 /// that covers it; user space folds them in so the longest match alone decides).
@@ -32,6 +36,10 @@ pub const RULE_IP_OPTIONS: u32 = u32::MAX - 4;
 pub const RULE_ROUTING_HEADER: u32 = u32::MAX - 5;
 /// `rule_id` when the cage is throttled because a hard budget limit was reached.
 pub const RULE_BUDGET: u32 = u32::MAX - 6;
+/// `rule_id` when a DNS query could not be sent to agentcage's resolver: the socket was made
+/// outside every cage (the deny tier's second line), or the cage has no resolver of that
+/// family. DNS never leaves a cage any other way.
+pub const RULE_DNS_UNREDIRECTED: u32 = u32::MAX - 7;
 
 /// Which hook decided.
 #[repr(u8)]
@@ -141,11 +149,22 @@ pub struct PortRule {
 }
 
 /// Trie value: every rule that applies to destinations under the entry's prefix.
+///
+/// A name grant (an address the cage's resolver handed out) is an entry of its own for that
+/// one address (/32 or /128), holding the `host:` rules that admit the name
+/// ([`RULE_F_NAMED`]) merged in list order with the rules of the CIDR entry covering the
+/// address: one lookup and one scan decide, as for any address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortRules {
     /// How many of `rules` are used.
     pub count: u32,
+    /// For a name grant, the daemon's number for the allowed name that granted the address
+    /// (reported on events as `dst_name`); 0 for a CIDR entry.
+    pub name_id: u32,
+    /// For a name grant, the `bpf_ktime_get_boot_ns()` from which its [`RULE_F_NAMED`] rules
+    /// no longer count (checked at each decision, so an expired grant denies at once).
+    pub expiry_ns: u64,
     /// The rules, first match wins.
     pub rules: [PortRule; MAX_PORT_RULES],
 }
@@ -154,6 +173,8 @@ impl Default for PortRules {
     fn default() -> Self {
         Self {
             count: 0,
+            name_id: 0,
+            expiry_ns: 0,
             rules: [PortRule::default(); MAX_PORT_RULES],
         }
     }
@@ -184,4 +205,9 @@ pub struct EgressEvent {
     pub hook: u8,
     /// Padding, zero.
     pub _pad: [u8; 2],
+    /// The daemon's number for the allowed name whose resolution granted the address
+    /// (see [`PortRules::name_id`]), or 0 when no name decided.
+    pub name_id: u32,
+    /// Padding, zero.
+    pub _pad2: u32,
 }

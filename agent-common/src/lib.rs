@@ -7,6 +7,7 @@
 
 pub mod approval;
 pub mod cage;
+pub mod dns;
 pub mod egress;
 pub mod event;
 pub mod file;

@@ -37,6 +37,17 @@ pub const SETTINGS: &str = "SETTINGS";
 pub const APPROVALS: &str = "APPROVALS";
 /// How many approvals can be in force at once.
 pub const MAX_APPROVALS: u32 = 4096;
+/// cgroup id of a cage → [`crate::dns::DnsTarget`]: where its DNS is redirected.
+pub const DNS_TARGETS: &str = "DNS_TARGETS";
+/// [`crate::dns::DnsEndpoint`] → cgroup id of the cage the resolver endpoint serves.
+pub const DNS_ENDPOINTS: &str = "DNS_ENDPOINTS";
+/// Socket cookie → [`crate::dns::RevNat`]: what a redirected socket asked for (LRU).
+pub const DNS_REVNAT: &str = "DNS_REVNAT";
+/// Name grants (addresses the cages' resolvers handed out), across all cages and policy
+/// slots: each is an entry of the egress tries, which hold these beside the CIDR entries.
+pub const MAX_DNS_GRANTS: u32 = 262_144;
+/// Redirected sockets remembered for the recvmsg rewrite (least recently used go first).
+pub const MAX_DNS_REVNAT: u32 = 65_536;
 /// The ring buffer every event goes through.
 pub const EVENTS: &str = "EVENTS";
 /// Events lost because the agent was unknown when the ring buffer was full.
@@ -44,8 +55,10 @@ pub const GLOBAL_LOST: &str = "GLOBAL_LOST";
 
 /// How many cages can exist at once.
 pub const MAX_CAGES: u32 = 4096;
-/// Entries in each egress trie, across all agents and policy slots.
+/// CIDR entries in each egress trie, across all agents and policy slots.
 pub const MAX_EGRESS_ENTRIES: u32 = 65_536;
+/// Entries in each egress trie: the CIDR entries and the name grants (allocated as used).
+pub const EGRESS_TRIE_ENTRIES: u32 = MAX_EGRESS_ENTRIES + MAX_DNS_GRANTS;
 /// Entries in each exec-rule and file-rule map, across all agents and policy slots.
 pub const MAX_INODE_RULES: u32 = 16_384;
 /// How many directories above an opened file are looked up for file rules.

@@ -3,6 +3,7 @@
 use crate::{
     approval::ApprovalKey,
     cage::{CageConfig, CageStats},
+    dns::{DnsEndpoint, DnsTarget, RevNat},
     egress::{Key4, Key6, PortRules},
     file::{FileRule, InodeKey},
     kernel::KernelSettings,
@@ -39,3 +40,9 @@ unsafe impl aya::Pod for DfaKey {}
 unsafe impl aya::Pod for DfaNext {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ByteClasses {}
+// SAFETY: as above.
+unsafe impl aya::Pod for DnsTarget {}
+// SAFETY: as above.
+unsafe impl aya::Pod for DnsEndpoint {}
+// SAFETY: as above.
+unsafe impl aya::Pod for RevNat {}

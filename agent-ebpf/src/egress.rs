@@ -9,8 +9,8 @@ use agent_common::{
     cage::{CageConfig, CAGE_F_ALLOW_RAW, CAGE_F_APPROVAL_ALL, CAGE_F_THROTTLED},
     egress::{
         EgressEvent, Hook, Key4, Key6, PortRules, Verdict, MAX_PORT_RULES, PROTO_TCP, PROTO_UDP,
-        RULE_BUDGET, RULE_DEFAULT_DENY, RULE_F_APPROVAL, RULE_NO_CAGE, RULE_SOCKET_ALLOWED,
-        RULE_SOCKET_KIND, SLOT_BITS,
+        RULE_BUDGET, RULE_DEFAULT_DENY, RULE_F_APPROVAL, RULE_F_NAMED, RULE_NO_CAGE,
+        RULE_SOCKET_ALLOWED, RULE_SOCKET_KIND, SLOT_BITS,
     },
     event::EventKind,
 };
@@ -24,6 +24,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 
 use crate::{
+    dns,
     events::{count, header, header_without_task, Counter},
     maps::{APPROVALS, CAGES, EGRESS_V4, EGRESS_V6, EVENTS},
 };
@@ -33,15 +34,15 @@ const ALLOW: i32 = 1;
 const DENY: i32 = 0;
 
 const AF_UNIX: u32 = 1;
-const AF_INET: u32 = 2;
-const AF_INET6: u32 = 10;
+pub(crate) const AF_INET: u32 = 2;
+pub(crate) const AF_INET6: u32 = 10;
 const AF_NETLINK: u32 = 16;
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
 const IPPROTO_IP: u32 = 0;
-const IPPROTO_TCP: u32 = 6;
-const IPPROTO_UDP: u32 = 17;
-const IPPROTO_MPTCP: u32 = 262;
+pub(crate) const IPPROTO_TCP: u32 = 6;
+pub(crate) const IPPROTO_UDP: u32 = 17;
+pub(crate) const IPPROTO_MPTCP: u32 = 262;
 
 #[cgroup_sock_addr(connect4)]
 pub fn agentcage_connect4(ctx: SockAddrContext) -> i32 {
@@ -101,7 +102,7 @@ fn on_v4(ctx: &SockAddrContext, hook: Hook) -> i32 {
     }
     let mut addr = [0u8; 16];
     addr[..4].copy_from_slice(&reached);
-    decide(&Attempt::of(sa, AF_INET as u16, addr, hook))
+    decide(ctx.sock_addr, &Attempt::of(sa, AF_INET as u16, addr, hook))
 }
 
 #[inline(always)]
@@ -147,7 +148,7 @@ fn on_v6(ctx: &SockAddrContext, hook: Hook) -> i32 {
         addr[8..12].copy_from_slice(&words[2].to_ne_bytes());
         addr[12..16].copy_from_slice(&words[3].to_ne_bytes());
     }
-    decide(&Attempt::of(sa, family, addr, hook))
+    decide(ctx.sock_addr, &Attempt::of(sa, family, addr, hook))
 }
 
 /// 127.0.0.1, network order.
@@ -187,9 +188,11 @@ fn bound_v4_mapped(sa: &bpf_sock_addr) -> bool {
     sk.src_ip6[0] == 0 && sk.src_ip6[1] == 0 && sk.src_ip6[2] == u32::from_be(0x0000_ffff)
 }
 
-/// Looks the destination up in the caller's cage policy and reports the decision.
+/// Looks the destination up in the caller's cage policy and reports the decision; DNS goes
+/// to the cage's resolver instead (`sa` is rewritten). The wildcard was already resolved to
+/// what it reaches, so a query to 0.0.0.0:53 is redirected like one to 127.0.0.1:53.
 #[inline(always)]
-fn decide(attempt: &Attempt) -> i32 {
+fn decide(sa: *mut bpf_sock_addr, attempt: &Attempt) -> i32 {
     // SAFETY: a helper without preconditions.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let Some(cage) = cage_of(cgroup_id) else {
@@ -198,8 +201,11 @@ fn decide(attempt: &Attempt) -> i32 {
         report(attempt, None, cgroup_id, Verdict::Deny, RULE_NO_CAGE);
         return DENY;
     };
-    let (verdict, rule_id) = judge(attempt, &cage, cgroup_id);
-    report(attempt, Some(&cage), cgroup_id, verdict, rule_id);
+    if dns::is_dns(attempt) {
+        return dns::redirect(sa, attempt, &cage, cgroup_id);
+    }
+    let (verdict, rule_id, name_id) = judge_named(attempt, &cage, cgroup_id);
+    report_named(attempt, Some(&cage), cgroup_id, verdict, rule_id, name_id);
     if verdict == Verdict::Allow {
         ALLOW
     } else {
@@ -207,13 +213,26 @@ fn decide(attempt: &Attempt) -> i32 {
     }
 }
 
-/// The cage policy's verdict on an attempt, and the deciding rule: the budget throttle,
-/// then the allow list, then approvals.
+/// The cage policy's verdict on an attempt, and the deciding rule: see [`judge_named`].
 #[inline(always)]
 pub(crate) fn judge(attempt: &Attempt, cage: &CageConfig, cgroup_id: u64) -> (Verdict, u32) {
+    let (verdict, rule_id, _) = judge_named(attempt, cage, cgroup_id);
+    (verdict, rule_id)
+}
+
+/// The cage policy's verdict on an attempt, the deciding rule and the name whose grant
+/// decided (0 for none): the budget throttle, then the allow list (one trie lookup: the
+/// address's name grant if the cage's resolver handed it out, else its CIDR entry), then
+/// approvals.
+#[inline(always)]
+pub(crate) fn judge_named(
+    attempt: &Attempt,
+    cage: &CageConfig,
+    cgroup_id: u64,
+) -> (Verdict, u32, u32) {
     // Over a hard budget: no new egress at all, whatever the allow list says.
     if cage.flags & CAGE_F_THROTTLED != 0 {
-        return (Verdict::Budget, RULE_BUDGET);
+        return (Verdict::Budget, RULE_BUDGET, 0);
     }
     let proto_bit = match attempt.protocol {
         IPPROTO_TCP | IPPROTO_MPTCP => PROTO_TCP,
@@ -241,7 +260,7 @@ pub(crate) fn judge(attempt: &Attempt, cage: &CageConfig, cgroup_id: u64) -> (Ve
         );
         EGRESS_V6.get(&key)
     };
-    let (rule_id, rule_flags) = rules.map_or((RULE_DEFAULT_DENY, 0), |r| {
+    let (rule_id, rule_flags, name_id) = rules.map_or((RULE_DEFAULT_DENY, 0, 0), |r| {
         matching_rule(r, attempt.port, proto_bit)
     });
     let verdict = if rule_id == RULE_DEFAULT_DENY {
@@ -276,7 +295,7 @@ pub(crate) fn judge(attempt: &Attempt, cage: &CageConfig, cgroup_id: u64) -> (Ve
     } else {
         Verdict::Allow
     };
-    (verdict, rule_id)
+    (verdict, rule_id, name_id)
 }
 
 /// Whether a person's grant for `key` exists and has not expired. The expiry is checked here,
@@ -292,21 +311,29 @@ pub(crate) fn approved(key: &ApprovalKey) -> bool {
     now < expiry
 }
 
-/// The first rule admitting `port` over `proto_bit` and its `RULE_F_*` flags, or
-/// `RULE_DEFAULT_DENY`.
+/// The first rule admitting `port` over `proto_bit`, its `RULE_F_*` flags and the name it
+/// was granted for (0 unless a name grant's rule), or `RULE_DEFAULT_DENY`. A name grant's
+/// own rules lapse at its expiry; the CIDR rules merged into its entry do not.
 #[inline(always)]
-pub(crate) fn matching_rule(rules: &PortRules, port: u16, proto_bit: u8) -> (u32, u8) {
+pub(crate) fn matching_rule(rules: &PortRules, port: u16, proto_bit: u8) -> (u32, u8, u32) {
+    // SAFETY: a helper without preconditions.
+    let lapsed = rules.name_id != 0 && unsafe { bpf_ktime_get_boot_ns() } >= rules.expiry_ns;
     let count = rules.count as usize;
     for i in 0..MAX_PORT_RULES {
         if i >= count {
             break;
         }
         let r = &rules.rules[i];
-        if r.protocols & proto_bit != 0 && port >= r.port_lo && port <= r.port_hi {
-            return (r.rule_id, r.flags);
+        let named = r.flags & RULE_F_NAMED != 0;
+        if r.protocols & proto_bit != 0
+            && port >= r.port_lo
+            && port <= r.port_hi
+            && !(named && lapsed)
+        {
+            return (r.rule_id, r.flags, if named { rules.name_id } else { 0 });
         }
     }
-    (RULE_DEFAULT_DENY, 0)
+    (RULE_DEFAULT_DENY, 0, 0)
 }
 
 #[inline(always)]
@@ -323,6 +350,19 @@ pub(crate) fn report(
     cgroup_id: u64,
     verdict: Verdict,
     rule_id: u32,
+) {
+    report_named(attempt, cage, cgroup_id, verdict, rule_id, 0);
+}
+
+/// As [`report`], for a decision a name's grant made (`name_id`, or 0).
+#[inline(always)]
+pub(crate) fn report_named(
+    attempt: &Attempt,
+    cage: Option<&CageConfig>,
+    cgroup_id: u64,
+    verdict: Verdict,
+    rule_id: u32,
+    name_id: u32,
 ) {
     let emit = match verdict {
         Verdict::Deny | Verdict::PendingApproval | Verdict::Budget => {
@@ -377,6 +417,8 @@ pub(crate) fn report(
         verdict: verdict as u8,
         hook: attempt.hook as u8,
         _pad: [0; 2],
+        name_id,
+        _pad2: 0,
     });
     entry.submit(0);
 }

@@ -5,10 +5,11 @@
 //! judge the socket's cgroup). It reports only refusals: allowed connects are reported by the
 //! cgroup hooks, once.
 
-use agent_common::egress::{Hook, Verdict};
+use agent_common::egress::{Hook, Verdict, RULE_DNS_UNREDIRECTED};
 use aya_ebpf::{helpers::generated::bpf_get_current_cgroup_id, macros::lsm, programs::LsmContext};
 
 use crate::{
+    dns::is_dns,
     egress::{cage_of, judge, reached_v4, report, Attempt, LOOPBACK_V4},
     kernel::{read, settings},
 };
@@ -83,10 +84,36 @@ pub fn agentcage_socket_connect(ctx: LsmContext) -> i32 {
         sock_type: u32::from(sock_type),
         hook: Hook::LsmConnect,
     };
+    if is_dns(&attempt) {
+        // The cgroup hook sends it to the cage's resolver, but only runs for sockets made
+        // in a cage: DNS on any other socket would leave unjudged.
+        let sock_cgroup = socket_cgroup_id(sock);
+        if sock_cgroup != 0 && cage_of(sock_cgroup).is_some() {
+            return 0;
+        }
+        report(
+            &attempt,
+            Some(&cage),
+            cgroup_id,
+            Verdict::Deny,
+            RULE_DNS_UNREDIRECTED,
+        );
+        return -EPERM;
+    }
     let (verdict, rule_id) = judge(&attempt, &cage, cgroup_id);
     if verdict == Verdict::Allow {
         return 0;
     }
     report(&attempt, Some(&cage), cgroup_id, verdict, rule_id);
     -EPERM
+}
+
+/// The cgroup v2 id of the cgroup a `struct socket` was created in (0 if unreadable).
+#[inline(always)]
+fn socket_cgroup_id(sock: *const u8) -> u64 {
+    let s = settings();
+    let sk = read::<*const u8>(sock, s.socket_sk).unwrap_or_default();
+    let cgroup = read::<*const u8>(sk, s.sock_cgroup).unwrap_or_default();
+    let kn = read::<*const u8>(cgroup, s.cgroup_kn).unwrap_or_default();
+    read::<u64>(kn, s.kernfs_id).unwrap_or(0)
 }

@@ -2,6 +2,7 @@
 #![no_std]
 #![no_main]
 
+mod dns;
 mod egress;
 mod egress_lsm;
 mod events;

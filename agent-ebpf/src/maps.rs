@@ -4,11 +4,12 @@
 use agent_common::{
     approval::{ApprovalExpiry, ApprovalKey},
     cage::{CageConfig, CageStats},
+    dns::{DnsEndpoint, DnsTarget, RevNat},
     egress::{Key4, Key6, PortRules},
     file::{FileRule, InodeKey},
     maps::{
-        EVENTS_BYTES, MAX_APPROVALS, MAX_CAGES, MAX_EGRESS_ENTRIES, MAX_INGRESS_ENTRIES,
-        MAX_INODE_RULES, MAX_UNIX_DFA_ENTRIES, MAX_UNIX_SLOTS,
+        EGRESS_TRIE_ENTRIES, EVENTS_BYTES, MAX_APPROVALS, MAX_CAGES, MAX_DNS_REVNAT,
+        MAX_INGRESS_ENTRIES, MAX_INODE_RULES, MAX_UNIX_DFA_ENTRIES, MAX_UNIX_SLOTS,
     },
     process::{ExecRule, HashKey},
     unix::{ByteClasses, DfaKey, DfaNext},
@@ -16,7 +17,7 @@ use agent_common::{
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 
 #[map]
@@ -27,10 +28,10 @@ pub static CAGE_STATS: PerCpuHashMap<u64, CageStats> =
     PerCpuHashMap::with_max_entries(MAX_CAGES, 0);
 
 #[map]
-pub static EGRESS_V4: LpmTrie<Key4, PortRules> = LpmTrie::with_max_entries(MAX_EGRESS_ENTRIES, 0);
+pub static EGRESS_V4: LpmTrie<Key4, PortRules> = LpmTrie::with_max_entries(EGRESS_TRIE_ENTRIES, 0);
 
 #[map]
-pub static EGRESS_V6: LpmTrie<Key6, PortRules> = LpmTrie::with_max_entries(MAX_EGRESS_ENTRIES, 0);
+pub static EGRESS_V6: LpmTrie<Key6, PortRules> = LpmTrie::with_max_entries(EGRESS_TRIE_ENTRIES, 0);
 
 #[map]
 pub static INGRESS_V4: LpmTrie<Key4, PortRules> = LpmTrie::with_max_entries(MAX_INGRESS_ENTRIES, 0);
@@ -65,3 +66,12 @@ pub static FILE_RULES: HashMap<InodeKey, FileRule> = HashMap::with_max_entries(M
 #[map]
 pub static APPROVALS: HashMap<ApprovalKey, ApprovalExpiry> =
     HashMap::with_max_entries(MAX_APPROVALS, 0);
+
+#[map]
+pub static DNS_TARGETS: HashMap<u64, DnsTarget> = HashMap::with_max_entries(MAX_CAGES, 0);
+
+#[map]
+pub static DNS_ENDPOINTS: HashMap<DnsEndpoint, u64> = HashMap::with_max_entries(2 * MAX_CAGES, 0);
+
+#[map]
+pub static DNS_REVNAT: LruHashMap<u64, RevNat> = LruHashMap::with_max_entries(MAX_DNS_REVNAT, 0);

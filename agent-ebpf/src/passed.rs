@@ -4,15 +4,19 @@
 //!
 //! An IP socket's peer (the address a send names, else the connected peer) must be one the
 //! caller's egress list admits, or one its ingress list admits on the socket's own port; a
-//! receive on a socket with no peer (anyone may send to it) is refused. Sockets made in the
+//! receive on a socket with no peer (anyone may send to it) is refused, and so is DNS, which
+//! only sockets made in the cage can have redirected to its resolver. Sockets made in the
 //! caller's own cage pass at once: the cgroup hooks judged them. Unix sockets are left to
 //! the Unix hooks: datagrams are judged on every send (`unix_may_send`); a connected stream
 //! passed in (the standard streams sshd or journald hand a service) is not judged.
 
-use agent_common::egress::{Hook, Verdict, PROTO_TCP, PROTO_UDP, RULE_DEFAULT_DENY};
+use agent_common::egress::{
+    Hook, Verdict, PROTO_TCP, PROTO_UDP, RULE_DEFAULT_DENY, RULE_DNS_UNREDIRECTED,
+};
 use aya_ebpf::{helpers::generated::bpf_get_current_cgroup_id, macros::lsm, programs::LsmContext};
 
 use crate::{
+    dns::is_dns,
     egress::{cage_of, judge, reached_v4, report, Attempt},
     kernel::{read, settings},
     packets::{lookup, Direction, AF_INET},
@@ -88,6 +92,18 @@ fn on_data(sock: *const u8, msg: *const u8, hook: Hook) -> i32 {
             cgroup_id,
             Verdict::Deny,
             RULE_DEFAULT_DENY,
+        );
+        return -EPERM;
+    }
+    if is_dns(&attempt) {
+        // Only a socket made in the cage is redirected to the cage's resolver: DNS on this one
+        // would reach another resolver (as `socket_connect` refuses it too).
+        report(
+            &attempt,
+            Some(&cage),
+            cgroup_id,
+            Verdict::Deny,
+            RULE_DNS_UNREDIRECTED,
         );
         return -EPERM;
     }

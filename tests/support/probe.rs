@@ -101,6 +101,8 @@ fn op(args: &[&str]) -> io::Result<()> {
             format!("{dir}/cgroup.procs"),
             std::process::id().to_string(),
         ),
+        // One line to the application socket; ok if the daemon accepted it.
+        ["app", socket, line] => app_event(socket, line),
         ["list", dir] => std::fs::read_dir(dir).map(drop),
         // Opens a file for reading (r), writing (w) or both (rw).
         ["open", path, mode] => std::fs::OpenOptions::new()
@@ -138,6 +140,20 @@ fn op(args: &[&str]) -> io::Result<()> {
             io::ErrorKind::InvalidInput,
             format!("unknown operation {args:?}"),
         )),
+    }
+}
+
+/// Sends one application event and reads the daemon's answer; its text goes to stderr.
+fn app_event(socket: &str, line: &str) -> io::Result<()> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.write_all(format!("{line}\n").as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply)?;
+    eprintln!("{}", reply.trim());
+    if reply.contains(r#""type":"accepted""#) {
+        Ok(())
+    } else {
+        Err(io::Error::other(reply))
     }
 }
 
@@ -317,6 +333,34 @@ fn fork_hold() -> io::Result<i32> {
     }
 }
 
+/// The `i`-th of the distinct loopback destinations `udp-spread` uses: 127.1.0.0 onwards.
+fn spread(i: u32, port: u16) -> SocketAddr {
+    let [_, b, c, d] = (0x7f01_0000u32 + i).to_be_bytes();
+    SocketAddr::from(([127, b, c, d], port))
+}
+
+/// Sends `n` datagrams from one socket, the `i`-th to `dst(i)`; returns how many were denied
+/// with EPERM, or the first other outcome.
+fn udp_sends(n: u32, dst: impl Fn(u32) -> SocketAddr) -> io::Result<u32> {
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    let mut denied = 0;
+    for i in 0..n {
+        match s.send_to(b"x", dst(i)) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => denied += 1,
+            Err(e) => return Err(e),
+            Ok(_) => return Err(io::Error::other(format!("a send to {} went out", dst(i)))),
+        }
+    }
+    Ok(denied)
+}
+
+fn print_denied(r: io::Result<u32>) {
+    match r {
+        Ok(n) => println!("ok {n}"),
+        Err(e) => println!("err {}", errno(&e)),
+    }
+}
+
 fn ctl_send(control: &mut BufReader<UnixStream>, json: &str) -> io::Result<String> {
     writeln!(control.get_mut(), "{json}")?;
     let mut answer = String::new();
@@ -488,10 +532,64 @@ fn main() {
                     Some(Err(e)) => println!("err {}", errno(&e)),
                     None => println!("err -1"),
                 }
+            } else if let Some(rest) = line.strip_prefix("dns ") {
+                // `dns SERVER NAME TYPE [udp|tcp|connected]`: prints the answer.
+                let w: Vec<&str> = rest.split_whitespace().collect();
+                match dns_query(&w) {
+                    Ok(text) => println!("ok {text}"),
+                    Err(e) => println!("err {}", errno(&e)),
+                }
+            } else if let Some(name) = line.strip_prefix("resolve ") {
+                // The C library's resolver, as any program uses it.
+                use std::net::ToSocketAddrs as _;
+                match (name.trim(), 0).to_socket_addrs() {
+                    Ok(addrs) => {
+                        let list: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
+                        println!("ok {}", list.join(","));
+                    }
+                    Err(e) => println!("err {}", e.raw_os_error().unwrap_or(-1)),
+                }
+            } else if let Some(range) = line.strip_prefix("resolve-many ") {
+                // `resolve-many FROM COUNT`: nI.wild.test for I in FROM..FROM+COUNT, one
+                // query each: how many were answered with an address.
+                let mut w = range
+                    .split_whitespace()
+                    .map(|n| n.parse::<u32>().unwrap_or(0));
+                let (from, count) = (w.next().unwrap_or(0), w.next().unwrap_or(0));
+                let ok = (from..from + count)
+                    .filter(|i| {
+                        let name = format!("n{i}.wild.test");
+                        dns_query(&["127.0.0.2:53", &name, "A"])
+                            .is_ok_and(|t| t.starts_with("NOERROR 127."))
+                    })
+                    .count();
+                println!("ok {ok}");
             } else if line == "fork-hold" {
                 match fork_hold() {
                     Ok(child) => println!("ok {child}"),
                     Err(e) => println!("err {}", errno(&e)),
+                }
+            } else if let Some(args) = line.strip_prefix("udp-flood ") {
+                // `udp-flood ADDR N`: N datagrams to one destination; prints how many were
+                // denied (EPERM).
+                let words: Vec<&str> = args.split_whitespace().collect();
+                match words.as_slice() {
+                    [a, n] => match (addr(a), n.parse::<u32>()) {
+                        (Ok(dst), Ok(n)) => print_denied(udp_sends(n, |_| dst)),
+                        _ => println!("err -1"),
+                    },
+                    _ => println!("err -1"),
+                }
+            } else if let Some(args) = line.strip_prefix("udp-spread ") {
+                // `udp-spread N PORT`: one datagram to each of N distinct loopback addresses
+                // (127.1.0.0 onwards); prints how many were denied.
+                let words: Vec<&str> = args.split_whitespace().collect();
+                match words.as_slice() {
+                    [n, port] => match (n.parse::<u32>(), port.parse::<u16>()) {
+                        (Ok(n), Ok(port)) => print_denied(udp_sends(n, |i| spread(i, port))),
+                        _ => println!("err -1"),
+                    },
+                    _ => println!("err -1"),
                 }
             } else if let Some(n) = line.strip_prefix("fork-hold ") {
                 // N more processes in the cage, each waiting to be killed.
@@ -509,4 +607,75 @@ fn main() {
         return;
     }
     exit(report(op(&args)));
+}
+
+/// Sends one DNS query (`SERVER NAME TYPE [udp|tcp|connected]`) and describes the answer:
+/// `RCODE ADDR,ADDR from=SOURCE` (the source as the socket reported it).
+fn dns_query(w: &[&str]) -> io::Result<String> {
+    use hickory_proto::{
+        op::{Message, Query},
+        rr::{Name, RData, RecordType},
+    };
+    use std::{io::Read as _, str::FromStr as _};
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_owned());
+    let [server, name, qtype, rest @ ..] = w else {
+        return Err(bad("dns SERVER NAME TYPE [udp|tcp|connected]"));
+    };
+    let server = addr(server)?;
+    let name = Name::from_ascii(format!("{name}.")).map_err(|_| bad("name"))?;
+    let qtype = RecordType::from_str(qtype).map_err(|_| bad("type"))?;
+    let mut q = Message::query();
+    q.metadata.recursion_desired = true;
+    q.add_query(Query::query(name, qtype));
+    let bytes = q.to_vec().map_err(io::Error::other)?;
+    // Only bounds the wait: a loaded VM under emulation took over 5 s for one answer.
+    let wait = Some(agentcage_tests::harness::deadline());
+    let (answer, from) = match rest.first().copied().unwrap_or("udp") {
+        "tcp" => {
+            let mut s = TcpStream::connect(server)?;
+            s.set_read_timeout(wait)?;
+            s.write_all(&(bytes.len() as u16).to_be_bytes())?;
+            s.write_all(&bytes)?;
+            let mut len = [0u8; 2];
+            s.read_exact(&mut len)?;
+            let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            s.read_exact(&mut buf)?;
+            (buf, s.peer_addr()?)
+        }
+        mode => {
+            let s = UdpSocket::bind(local_for(&server))?;
+            s.set_read_timeout(wait)?;
+            if mode == "connected" {
+                s.connect(server)?;
+                s.send(&bytes)?;
+            } else {
+                s.send_to(&bytes, server)?;
+            }
+            let mut buf = vec![0u8; 4096];
+            let (n, from) = s.recv_from(&mut buf)?;
+            buf.truncate(n);
+            (buf, from)
+        }
+    };
+    let m = Message::from_vec(&answer).map_err(io::Error::other)?;
+    let addrs: Vec<String> = m
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            RData::AAAA(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect();
+    Ok(format!(
+        "{} {} from={from}",
+        match u16::from(m.metadata.response_code) {
+            0 => "NOERROR".to_owned(),
+            2 => "SERVFAIL".to_owned(),
+            3 => "NXDOMAIN".to_owned(),
+            5 => "REFUSED".to_owned(),
+            n => format!("RCODE{n}"),
+        },
+        addrs.join(",")
+    ))
 }

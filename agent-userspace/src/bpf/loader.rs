@@ -34,11 +34,16 @@ pub enum ProgramKind {
 /// Every program the daemon attaches to the parent cgroup through aya, with its kernel attach
 /// type (`enum bpf_attach_type`), by which the kernel lists what is attached. The kill tier's
 /// Unix-socket programs are loaded and attached beside them by `bpf::unix`.
-pub const PROGRAMS: [(&str, ProgramKind, u32); 7] = [
+pub const PROGRAMS: [(&str, ProgramKind, u32); 11] = [
     ("agentcage_connect4", ProgramKind::SockAddr, 10),
     ("agentcage_connect6", ProgramKind::SockAddr, 11),
     ("agentcage_sendmsg4", ProgramKind::SockAddr, 14),
     ("agentcage_sendmsg6", ProgramKind::SockAddr, 15),
+    // DNS answers appear to come from the address the process asked.
+    ("agentcage_recvmsg4", ProgramKind::SockAddr, 19),
+    ("agentcage_recvmsg6", ProgramKind::SockAddr, 20),
+    ("agentcage_getpeername4", ProgramKind::SockAddr, 29),
+    ("agentcage_getpeername6", ProgramKind::SockAddr, 30),
     ("agentcage_sock_create", ProgramKind::Sock, 2),
     ("agentcage_skb_egress", ProgramKind::SkbEgress, 1),
     ("agentcage_skb_ingress", ProgramKind::SkbIngress, 0),
@@ -240,6 +245,11 @@ impl AttachedPrograms {
         let _ = fs::remove_dir(&self.dir);
     }
 
+    /// The Unix-socket programs attached here (kill tier, 6.7+), for containers' cgroups.
+    pub fn unix_programs(&self) -> &[UnixProgram] {
+        &self.unix
+    }
+
     /// The Unix-socket hooks' states, for `doctor` and `status`.
     pub fn unix_status(&self, confinement: &super::UnixConfinement) -> Vec<super::HookStatus> {
         let purpose = "kill tier: Unix connects and sends of cages with unix: rules";
@@ -317,7 +327,7 @@ pub fn attached_ids(path: &Path, attach_type: u32) -> io::Result<Vec<u32>> {
 }
 
 /// The ids of the programs attached to `cgroup` for `attach_type` (BPF_PROG_QUERY).
-fn attached_program_ids(cgroup: &File, attach_type: u32) -> io::Result<Vec<u32>> {
+pub(super) fn attached_program_ids(cgroup: &File, attach_type: u32) -> io::Result<Vec<u32>> {
     use std::os::fd::AsRawFd as _;
     /// The `query` member of `union bpf_attr`.
     #[repr(C)]
@@ -344,18 +354,8 @@ fn attached_program_ids(cgroup: &File, attach_type: u32) -> io::Result<Vec<u32>>
         prog_cnt: ids.len() as u32,
         ..Default::default()
     };
-    // SAFETY: attr is a valid bpf_attr query of the size given; prog_ids has prog_cnt slots.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_QUERY,
-            &raw mut attr,
-            size_of::<Query>(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: attr is a valid bpf_attr query; prog_ids has prog_cnt slots.
+    unsafe { super::sys_bpf(BPF_PROG_QUERY, &mut attr) }?;
     ids.truncate(attr.prog_cnt as usize);
     Ok(ids)
 }
@@ -378,7 +378,9 @@ pub fn release_pinned(dir: &Path, keep_tag: &str) -> usize {
     let mut released = 0;
     for entry in entries.flatten() {
         let path: PathBuf = entry.path();
-        if path.to_string_lossy().ends_with(&suffix) {
+        // Directories hold other cgroups' links (containers), released with them.
+        if path.to_string_lossy().ends_with(&suffix) || entry.file_type().is_ok_and(|t| t.is_dir())
+        {
             continue;
         }
         // Unpinning removes the bpffs file; dropping the FdLink then detaches the program.

@@ -2,6 +2,8 @@
 //! cage's slot in one map update, then delete the old slot: a decision never sees half of two
 //! policies.
 
+use std::{collections::HashSet, net::IpAddr};
+
 use agent_common::{
     cage::{CageConfig, CageStats},
     egress::{Key4, Key6, PortRules, SLOT_BITS},
@@ -20,7 +22,7 @@ use aya::{
 };
 
 use super::BpfError;
-use crate::policy::{CompiledAgent, CompiledEgress};
+use crate::policy::{canonical, CompiledAgent, CompiledEgress};
 
 /// The keys one policy slot put in the tries, so the slot can be emptied later.
 #[derive(Default)]
@@ -35,6 +37,8 @@ pub struct SlotEntries {
     exec_inodes: Vec<InodeKey>,
     exec_hashes: Vec<HashKey>,
     files: Vec<InodeKey>,
+    /// Granted addresses (canonical: IPv4-mapped IPv6 as IPv4), entries of the tries.
+    grants: HashSet<IpAddr>,
 }
 
 impl SlotEntries {
@@ -61,7 +65,7 @@ pub struct EgressMaps {
     cpus: usize,
 }
 
-fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
+pub(super) fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<T, BpfError> {
@@ -213,6 +217,69 @@ impl EgressMaps {
         for key in &entries.files {
             let _ = self.file_rules.remove(key);
         }
+        for addr in &entries.grants {
+            match *addr {
+                IpAddr::V4(a) => {
+                    let _ = self.v4.remove(&key4(entries.slot, a.octets(), 32));
+                }
+                IpAddr::V6(a) => {
+                    let _ = self.v6.remove(&key6(entries.slot, a.octets(), 128));
+                }
+            }
+        }
+    }
+
+    /// Grants `addr` in `entries`' slot (a name the cage's resolver answered): `rules`, from
+    /// `CompiledEgress::grant_entry`, become the address's own trie entry. The slot remembers
+    /// it, so it goes with the slot.
+    pub fn grant(
+        &mut self,
+        entries: &mut SlotEntries,
+        addr: IpAddr,
+        rules: &PortRules,
+    ) -> Result<(), BpfError> {
+        let addr = canonical(addr);
+        self.put(entries.slot, addr, rules)?;
+        entries.grants.insert(addr);
+        Ok(())
+    }
+
+    /// Withdraws the grant of `addr` in `entries`' slot: `cidr`, the slot's CIDR entry of
+    /// exactly that address if it has one, is put back; else the entry goes (gone already is
+    /// fine) and the address falls under its covering CIDR entry again.
+    pub fn revoke(&mut self, entries: &mut SlotEntries, addr: IpAddr, cidr: Option<&PortRules>) {
+        let addr = canonical(addr);
+        if !entries.grants.remove(&addr) {
+            return;
+        }
+        if let Some(rules) = cidr {
+            if self.put(entries.slot, addr, rules).is_ok() {
+                return;
+            }
+        }
+        let _ = match addr {
+            IpAddr::V4(a) => self.v4.remove(&key4(entries.slot, a.octets(), 32)),
+            IpAddr::V6(a) => self.v6.remove(&key6(entries.slot, a.octets(), 128)),
+        };
+    }
+
+    /// Writes `rules` as the entry of the single address `addr` in `slot`.
+    fn put(&mut self, slot: u32, addr: IpAddr, rules: &PortRules) -> Result<(), BpfError> {
+        match addr {
+            IpAddr::V4(a) => self
+                .v4
+                .insert(&key4(slot, a.octets(), 32), rules, 0)
+                .map_err(|e| capacity(maps::EGRESS_V4, e)),
+            IpAddr::V6(a) => self
+                .v6
+                .insert(&key6(slot, a.octets(), 128), rules, 0)
+                .map_err(|e| capacity(maps::EGRESS_V6, e)),
+        }
+    }
+
+    /// How many grants the slot holds.
+    pub fn grants_in(entries: &SlotEntries) -> usize {
+        entries.grants.len()
     }
 
     /// Installs or replaces a cage's configuration in one map update, and makes sure it has
@@ -236,6 +303,11 @@ impl EgressMaps {
             }
             capacity(maps::CAGES, e)
         })
+    }
+
+    /// A cage's configuration as the kernel has it.
+    pub fn cage(&self, cgroup_id: u64) -> Option<CageConfig> {
+        self.cages.get(&cgroup_id, 0).ok()
     }
 
     /// Forgets a removed cage.
@@ -312,4 +384,26 @@ fn fill_tries(
 
 fn capacity(name: &'static str, source: MapError) -> BpfError {
     BpfError::Capacity { name, source }
+}
+
+/// The IPv4 trie key of `addr`/`prefix` in `slot`.
+fn key4(slot: u32, addr: [u8; 4], prefix: u32) -> Key<Key4> {
+    Key::new(
+        SLOT_BITS + prefix,
+        Key4 {
+            slot_be: slot.to_be_bytes(),
+            addr,
+        },
+    )
+}
+
+/// The IPv6 trie key of `addr`/`prefix` in `slot`.
+fn key6(slot: u32, addr: [u8; 16], prefix: u32) -> Key<Key6> {
+    Key::new(
+        SLOT_BITS + prefix,
+        Key6 {
+            slot_be: slot.to_be_bytes(),
+            addr,
+        },
+    )
 }

@@ -142,6 +142,11 @@ pub fn load(
 }
 
 impl UnixProgram {
+    /// The program's descriptor, to attach it to more cgroups (containers').
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
     /// Attaches the program to `cgroup` with a bpf link and pins the link at `path`.
     pub fn attach_and_pin(&self, cgroup: &File, path: &Path) -> Result<(), BpfError> {
         let link = link_create(&self.fd, cgroup, self.attach_type).map_err(|source| {

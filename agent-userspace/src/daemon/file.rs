@@ -1,4 +1,5 @@
-//! The daemon's configuration file (`--config`, YAML): the `telemetry:` and `spool:` sections.
+//! The daemon's configuration file (`--config`, YAML): the `telemetry:`, `spool:`,
+//! `dashboard:`, `identity:` and `dns:` sections.
 //! The OpenTelemetry environment variables override the file, as the OpenTelemetry
 //! specification has it.
 
@@ -6,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::{spool::SpoolConfig, telemetry::TelemetryConfig};
+use crate::{identity::TrustDomain, spool::SpoolConfig, telemetry::TelemetryConfig};
 
 /// Why the configuration file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,22 @@ pub struct ConfigFile {
     pub spool: SpoolConfig,
     /// The local web dashboard.
     pub dashboard: super::DashboardConfig,
+    /// The cages' resolver: upstream servers and grant lifetimes.
+    pub dns: crate::dns::DnsConfig,
+    /// Agents' SPIFFE IDs and who may sign their behavior certificates.
+    pub identity: IdentityConfig,
+}
+
+/// The `identity:` section.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// The SPIFFE trust domain of agents' IDs (`spiffe://TRUST_DOMAIN/agent/NAME`); the
+    /// host name when absent.
+    pub trust_domain: Option<TrustDomain>,
+    /// Public keys (SPKI PEM files) whose signatures on behavior certificates count besides
+    /// the node's own keys (e.g. a CI's signing key).
+    pub trusted_keys: Vec<PathBuf>,
 }
 
 impl ConfigFile {
@@ -88,5 +105,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("http/json"), "{e}");
+        let c = ConfigFile::parse("identity:\n  trust_domain: prod.example\n").unwrap();
+        assert_eq!(c.identity.trust_domain.unwrap().as_str(), "prod.example");
+        let e = ConfigFile::parse("identity:\n  trust_domain: Prod\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("identity.trust_domain"), "{e}");
+    }
+
+    #[test]
+    fn the_packaged_template_parses() {
+        let text = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../packaging/agentcaged.yaml"
+        ));
+        let c = ConfigFile::parse(text).unwrap();
+        assert!(c.identity.trusted_keys.is_empty());
     }
 }

@@ -5,17 +5,20 @@
 //! slow or dead daemon lets nothing through.
 
 mod config;
+mod credential_http;
 mod dashboard;
+mod dns;
 mod file;
+mod reader;
 mod server;
 mod start;
 mod state;
 mod tasks;
 mod watchdog;
 
-pub use config::{DaemonConfig, LogFormat};
+pub use config::{DaemonConfig, LogFormat, DEFAULT_STATE_DIR};
 pub use dashboard::DashboardConfig;
-pub use file::{ConfigFile, ConfigFileError};
+pub use file::{ConfigFile, ConfigFileError, IdentityConfig};
 pub use state::{Contained, StateError};
 
 use std::{io, path::PathBuf};
@@ -71,9 +74,18 @@ pub enum DaemonError {
     /// Telemetry could not start (bad configuration, spool not writable).
     #[error(transparent)]
     Telemetry(#[from] crate::telemetry::TelemetryError),
+    /// The `dns:` section cannot work as written.
+    #[error("configuration file: {0}")]
+    Dns(String),
     /// The dashboard cannot be served as configured.
     #[error("dashboard: {0}")]
     Dashboard(String),
+    /// The trust domain (the host name when none is configured) is not a valid one.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    /// A trusted key file could not be read.
+    #[error(transparent)]
+    Credential(#[from] crate::credentials::CredentialError),
     /// The kernel refused something else.
     #[error("{0}: {1}")]
     Sys(&'static str, #[source] io::Error),
@@ -94,6 +106,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         None => ConfigFile::default(),
     };
     file.telemetry.apply_env(|k| std::env::var(k).ok())?;
+    file.dns.check().map_err(DaemonError::Dns)?;
     if let Some(listen) = file.dashboard.listen.filter(|l| !l.ip().is_loopback()) {
         return Err(DaemonError::Dashboard(format!(
             "dashboard.listen {listen} is not a loopback address: the dashboard is local only"

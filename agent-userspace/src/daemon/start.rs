@@ -9,7 +9,7 @@ use nix::sys::inotify::{InitFlags, Inotify};
 use tracing::{info, warn};
 
 use super::{
-    dashboard,
+    dashboard, reader,
     server::Shared,
     state::{KernelInfo, RuntimeParts, State},
     tasks,
@@ -17,12 +17,37 @@ use super::{
     ConfigFile, DaemonConfig, DaemonError,
 };
 use crate::{
-    bpf::{self, ApprovalMap, AttachedPrograms, BpfError, EgressMaps, GlobalHooks},
+    bpf::{self, ApprovalMap, AttachedPrograms, BpfError, DnsMaps, EgressMaps, GlobalHooks},
     cage::CageRoot,
     control::AccessPolicy,
     events::EventBus,
     policy::Policy,
 };
+
+/// The trust domain (configured, else the host name), the trusted certificate keys, and
+/// where keys and certificates are kept.
+fn credential_setup(
+    config: &DaemonConfig,
+    file: &ConfigFile,
+) -> Result<super::state::CredentialSetup, DaemonError> {
+    let trust_domain = match &file.identity.trust_domain {
+        Some(t) => t.clone(),
+        None => crate::identity::TrustDomain::of_host()?,
+    };
+    let trusted_keys = file
+        .identity
+        .trusted_keys
+        .iter()
+        .map(|p| crate::credentials::read_public_key(p))
+        .collect::<Result<_, _>>()?;
+    Ok(super::state::CredentialSetup {
+        state_dir: config.state_dir.clone(),
+        certificate_dir: config.certificate_dir.clone(),
+        trust_domain,
+        trusted_keys,
+        node: crate::telemetry::resource::node_id(&file.telemetry),
+    })
+}
 
 pub(super) async fn start(
     config: DaemonConfig,
@@ -35,14 +60,15 @@ pub(super) async fn start(
 ) -> Result<(), DaemonError> {
     let bpf::Loaded {
         mut ebpf,
-        tier,
-        missing,
+        caps,
         unix,
-        unix_confinement,
     } = bpf::load()?;
-    info!(unix = %unix_confinement, "Unix sockets of policies with unix: are confined by");
-    match &missing {
-        None => info!(%tier, "enforcement tier: deny (BPF LSM refuses forbidden execs and opens)"),
+    let tier = caps.tier;
+    info!(unix = %caps.unix, "Unix sockets of policies with unix: are confined by");
+    match &caps.missing {
+        None => {
+            info!(%tier, refused = ?caps.refused(), "enforcement tier: deny (BPF LSM refuses forbidden execs and opens)")
+        }
         Some(why) => {
             warn!(%tier, missing = %why, "enforcement tier: kill (forbidden execs are killed with SIGKILL; file rules cannot be enforced)")
         }
@@ -56,6 +82,15 @@ pub(super) async fn start(
     };
     let maps = EgressMaps::take(&mut ebpf)?;
     let approval_map = ApprovalMap::take(&mut ebpf)?;
+    // The resolver's answers need the shared state, which exists only once the state does.
+    let shared_slot = Arc::new(std::sync::OnceLock::<std::sync::Weak<Shared>>::new());
+    let dns = super::state::DnsState::new(
+        file.dns.clone(),
+        DnsMaps::take(&mut ebpf)?,
+        Arc::new(super::dns::DaemonResolver {
+            shared: Arc::clone(&shared_slot),
+        }),
+    );
     let bus = EventBus::new();
     // Subscribed before anything is published, so the run-time checks miss nothing.
     let runtime_rx = bus.subscribe();
@@ -72,16 +107,9 @@ pub(super) async fn start(
         Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .map_err(|e| DaemonError::Sys("inotify_init", e.into()))?,
     );
-    // The hooks' states are known once they attach; content hashing is assumed from the
-    // loaded exec program until then.
+    // The hooks' states are known once they attach.
     let kernel = KernelInfo {
-        tier,
-        missing,
-        content_hashes: tier == bpf::Tier::Deny
-            && ebpf
-                .program("agentcage_bprm_check")
-                .is_some_and(|p| p.info().is_ok()),
-        unix: unix_confinement,
+        caps: caps.clone(),
         hooks: Vec::new(),
     };
     // Snapshots and kills run outside the state lock, on the containment worker.
@@ -100,8 +128,10 @@ pub(super) async fn start(
             recording_dir: config.recording_dir.clone(),
             jobs,
             app_socket: config.app_socket.clone(),
+            credentials: credential_setup(&config, &file)?,
+            dns,
         },
-    );
+    )?;
     let wake = Arc::new(tokio::sync::Notify::new());
     state.set_wake(Arc::clone(&wake));
     let dashboard = match file.dashboard.listen {
@@ -118,7 +148,8 @@ pub(super) async fn start(
         None => None,
     };
     // Started before the programs attach: a telemetry configuration that cannot work stops
-    // the daemon with nothing attached, and the spool subscribes before any event is read.
+    // the daemon with nothing attached, and the spool is the bus's durable sink before any
+    // event is read.
     let shared_slot = Arc::new(std::sync::OnceLock::<std::sync::Weak<Shared>>::new());
     let telemetry = if file.telemetry.active() {
         let slot = Arc::clone(&shared_slot);
@@ -143,14 +174,19 @@ pub(super) async fn start(
     // Cages an earlier daemon left (kept enforced by its pinned programs) get maps entries
     // before the new programs attach, so they are never judged as unknown.
     let adopted = state.adopt_existing()?;
+    // What an earlier daemon's resolver granted to the cages it left.
+    let dns_saved = config
+        .socket
+        .with_file_name(format!("{}-dns-grants.json", config.cgroup_name));
     if !adopted.is_empty() {
         info!(agents = ?adopted, "took over cages left by an earlier daemon");
+        state.dns_restore(&dns_saved);
     }
     let pin_dir = config.pin_dir();
     let tag = pin_tag();
     let mut programs =
         AttachedPrograms::attach(&mut ebpf, unix, root.dir().path(), &pin_dir, &tag)?;
-    let hooks = match GlobalHooks::attach(&mut ebpf, tier, &pin_dir, &tag) {
+    let hooks = match GlobalHooks::attach(&mut ebpf, &caps, &pin_dir, &tag) {
         Ok(h) => h,
         Err(e) => {
             programs.detach();
@@ -158,8 +194,29 @@ pub(super) async fn start(
         }
     };
     let mut statuses = hooks.status.clone();
-    statuses.extend(programs.unix_status(&state.kernel_unix()));
+    statuses.extend(programs.unix_status(&caps.unix));
     state.set_hooks(statuses);
+    match bpf::CgroupPrograms::of(&ebpf, programs.unix_programs()) {
+        Ok(p) => {
+            let records = config
+                .socket
+                .parent()
+                .map_or_else(|| "containers".into(), |d| d.join("containers"));
+            state.enable_containers(
+                p,
+                (pin_dir.clone(), tag.clone()),
+                config.app_socket.clone(),
+                records,
+            );
+            let taken = state.adopt_containers();
+            if !taken.is_empty() {
+                info!(containers = ?taken, "took over containers caged by an earlier daemon");
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "containers cannot be caged: the cgroup programs' descriptors are unavailable")
+        }
+    }
     // Only now drop the earlier daemon's links: there was no moment without enforcement.
     let released = bpf::release_pinned(&pin_dir, &tag);
     if released > 0 {
@@ -195,7 +252,7 @@ pub(super) async fn start(
 
     let mut tasks = tokio::task::JoinSet::new();
     let (stop_reading, reading_stop) = tokio::sync::watch::channel(false);
-    let reader = tokio::spawn(tasks::read_events(
+    let reader = tokio::spawn(reader::read_events(
         Arc::clone(&shared),
         ring,
         reading_stop,
@@ -226,7 +283,9 @@ pub(super) async fn start(
     signals
         .wait_for_stop(&shared, || {
             watch_links(&mut programs, &mut ebpf, root.dir().path(), &shared);
-            shared.state().reap_retired();
+            let mut state = shared.state();
+            state.watch_container_links();
+            state.reap_retired();
         })
         .await;
     // Events already in the ring buffer go to the bus (and the spool) before anything stops.
@@ -241,10 +300,15 @@ pub(super) async fn start(
     // From here no request can make or fill a cage (connections still open are refused), so
     // the decision below cannot be overtaken.
     let kept = shared.state().shutdown();
+    if !kept.is_empty() {
+        shared.state().dns_save(&dns_saved);
+    }
     let removed = kept.is_empty() && root.remove().is_ok();
     if removed {
-        // Hooks first: detaching the cgroup programs also removes the (then empty) pin dir.
+        // Hooks first: detaching the cgroup programs also removes the (then empty) pin dir,
+        // once the (empty) directory of containers' links is gone.
         hooks.detach();
+        let _ = std::fs::remove_dir(pin_dir.join("containers"));
         programs.detach();
         info!("stopped: no cage held a process; programs detached and cgroups removed");
     } else {

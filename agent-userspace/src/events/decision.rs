@@ -99,6 +99,13 @@ pub enum RuleRef {
     Unnamed,
     /// `app-socket`: the daemon's application socket, which every cage may reach.
     AppSocket,
+    /// `dns-unredirected`: DNS that could not go to the cage's resolver (a socket made
+    /// outside the cage, or no resolver of that family), refused.
+    DnsUnredirected,
+    /// `dns-name-not-allowed`: a query for a name no `host:` rule admits, refused.
+    DnsNameNotAllowed,
+    /// `dns-query-type`: a query of a type other than A or AAAA, refused.
+    DnsQueryType,
 }
 
 /// Makes an indexed rule from its index.
@@ -135,6 +142,9 @@ impl RuleRef {
             Self::ReadOnly => "read-only",
             Self::Unnamed => "unnamed-socket",
             Self::AppSocket => "app-socket",
+            Self::DnsUnredirected => "dns-unredirected",
+            Self::DnsNameNotAllowed => "dns-name-not-allowed",
+            Self::DnsQueryType => "dns-query-type",
             _ => return None,
         })
     }
@@ -208,6 +218,9 @@ impl FromStr for RuleRef {
             Self::ReadOnly,
             Self::Unnamed,
             Self::AppSocket,
+            Self::DnsUnredirected,
+            Self::DnsNameNotAllowed,
+            Self::DnsQueryType,
         ]
         .into_iter()
         .find(|r| r.fixed() == Some(s))
@@ -258,6 +271,9 @@ mod tests {
             RuleRef::UnixAllow(8),
             RuleRef::Unnamed,
             RuleRef::AppSocket,
+            RuleRef::DnsUnredirected,
+            RuleRef::DnsNameNotAllowed,
+            RuleRef::DnsQueryType,
         ];
         for r in all {
             assert_eq!(r.to_string().parse::<RuleRef>().unwrap(), r, "{r}");

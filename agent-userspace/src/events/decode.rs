@@ -118,6 +118,8 @@ mod tests {
             verdict: 2,
             hook: 1,
             _pad: [0; 2],
+            name_id: 0,
+            _pad2: 0,
         }
     }
 

@@ -3,8 +3,8 @@
 use std::net::IpAddr;
 
 use agent_common::egress::{
-    EgressEvent, Hook, RULE_BUDGET, RULE_DEFAULT_DENY, RULE_IP_OPTIONS, RULE_NO_CAGE,
-    RULE_ROUTING_HEADER, RULE_SOCKET_ALLOWED, RULE_SOCKET_KIND,
+    EgressEvent, Hook, RULE_BUDGET, RULE_DEFAULT_DENY, RULE_DNS_UNREDIRECTED, RULE_IP_OPTIONS,
+    RULE_NO_CAGE, RULE_ROUTING_HEADER, RULE_SOCKET_ALLOWED, RULE_SOCKET_KIND,
 };
 use serde::{Deserialize, Serialize};
 
@@ -138,6 +138,10 @@ pub struct EgressDetail {
     pub sock_type: SockType,
     /// Destination address (none for sock_create, and for a peer reaching the agent).
     pub dst_addr: Option<IpAddr>,
+    /// The allowed name whose resolution by the cage's resolver granted `dst_addr`, when
+    /// a `host:` rule decided.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub dst_name: Option<String>,
     /// Destination port (0 for sock_create; the agent's own port for a peer reaching it).
     pub dst_port: u16,
     /// The peer that tried to reach the agent (`skb_ingress` only).
@@ -152,6 +156,23 @@ pub struct EgressDetail {
     pub rule_text: Option<String>,
 }
 
+/// Repeats of one egress decision, counted instead of reported one by one (see
+/// [`super::coalesce`]): the decision as the last repeat's record says it, and how many.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EgressSummary {
+    /// The decision that was repeated.
+    #[serde(flatten)]
+    pub decision: EgressDetail,
+    /// How many decisions this summary stands for. None of them was reported on its own, so
+    /// the `egress` events plus the summaries' counts are exactly the decisions the kernel
+    /// reported.
+    pub count: u64,
+    /// Wall-clock time of the first of them, ns since the Unix epoch.
+    pub first_unix_nano: u64,
+    /// Wall-clock time of the last of them (the event's own time).
+    pub last_unix_nano: u64,
+}
+
 #[cfg(test)]
 impl EgressDetail {
     /// A TCP connect to `addr:port` denied by default, for tests.
@@ -162,6 +183,7 @@ impl EgressDetail {
             protocol: Protocol::Tcp,
             sock_type: SockType::Stream,
             dst_addr: Some(addr),
+            dst_name: None,
             dst_port: port,
             src_addr: None,
             verdict: Verdict::Deny,
@@ -181,12 +203,14 @@ pub fn rule_ref(rule_id: u32) -> RuleRef {
         RULE_IP_OPTIONS => RuleRef::IpOptions,
         RULE_ROUTING_HEADER => RuleRef::RoutingHeader,
         RULE_BUDGET => RuleRef::Budget,
+        RULE_DNS_UNREDIRECTED => RuleRef::DnsUnredirected,
         n => RuleRef::EgressAllow(n),
     }
 }
 
-/// The event detail of a kernel record, with the rule's text from the policy that decided.
-pub fn detail(e: &EgressEvent, policy: Option<&AgentPolicy>) -> EgressDetail {
+/// The event detail of a kernel record, with the rule's text from the policy that decided
+/// and the name behind a granted address (`name`, looked up by the record's name id).
+pub fn detail(e: &EgressEvent, policy: Option<&AgentPolicy>, name: Option<String>) -> EgressDetail {
     let hook = EgressHook::from_raw(e.hook);
     let ingress = hook == EgressHook::SkbIngress;
     let rule = match rule_ref(e.rule_id) {
@@ -215,6 +239,7 @@ pub fn detail(e: &EgressEvent, policy: Option<&AgentPolicy>) -> EgressDetail {
         protocol: Protocol::from_raw(e.protocol),
         sock_type: SockType::from_raw(e.sock_type),
         dst_addr,
+        dst_name: name,
         dst_port: e.port,
         src_addr,
         verdict: Verdict::from_raw(e.verdict),
@@ -252,6 +277,8 @@ mod tests {
             verdict: 1,
             hook,
             _pad: [0; 2],
+            name_id: 0,
+            _pad2: 0,
         }
     }
 
@@ -262,17 +289,17 @@ mod tests {
             "t.yaml",
         )
         .unwrap();
-        let d = detail(&raw(2, 10, 0), policy.agent("a"));
+        let d = detail(&raw(2, 10, 0), policy.agent("a"), None);
         assert_eq!(d.rule, RuleRef::EgressAllow(0));
         assert_eq!(d.dst_addr, Some("::1".parse().unwrap()));
         assert_eq!(d.rule_text.as_deref(), Some("::1/128 tcp+udp 443"));
-        let d = detail(&raw(5, 10, RULE_SOCKET_KIND), None);
+        let d = detail(&raw(5, 10, RULE_SOCKET_KIND), None, None);
         assert_eq!(
             (d.hook, d.dst_addr, d.rule),
             (EgressHook::SockCreate, None, RuleRef::SocketKind)
         );
         assert_eq!(
-            detail(&raw(1, 2, 7), None).rule_text,
+            detail(&raw(1, 2, 7), None, None).rule_text,
             None,
             "no policy, no text"
         );

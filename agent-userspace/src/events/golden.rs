@@ -17,7 +17,7 @@ use agent_common::{
 };
 
 use super::{egress, exec, file, unix, *};
-use crate::identity::AgentIdentity;
+use crate::identity::{AgentIdentity, TrustDomain};
 use crate::{
     policy::Policy,
     spool::{Entry, Record},
@@ -88,6 +88,8 @@ fn egress_raw(addr: [u8; 4], port: u16, verdict: u8, rule_id: u32, hook: u8) -> 
         verdict,
         hook,
         _pad: [0; 2],
+        name_id: 0,
+        _pad2: 0,
     }
 }
 
@@ -138,16 +140,20 @@ fn file_raw(op: u8, verdict: Verdict, rule_id: u32, depth: u8) -> FileEvent {
 }
 
 fn event(pid: u32, comm: &str, detail: EventDetail) -> Event {
+    let agent = AgentIdentity::for_agent("payer");
     Event {
         time_unix_nano: 1_700_000_000_000_000_000,
         kernel_ts_ns: 5_000_000_000,
-        agent: Some(AgentIdentity::for_agent("payer")),
+        spiffe_id: Some(TrustDomain::new("example.org").unwrap().agent(&agent)),
+        agent: Some(agent),
+        container: None,
         agent_seq: 3,
         pid,
         tgid: pid,
         comm: comm.into(),
         cgroup_id: 4242,
         policy_hash: "a1b2".into(),
+        certificate: None,
         detail,
     }
 }
@@ -180,7 +186,7 @@ fn samples() -> Vec<Event> {
         out.push(event(
             100,
             "probe",
-            EventDetail::Egress(egress::detail(&raw, p)),
+            EventDetail::Egress(egress::detail(&raw, p, None)),
         ));
     }
     let mut v6 = egress_raw([0; 4], 9000, Verdict::Deny as u8, RULE_DEFAULT_DENY, 2);
@@ -191,7 +197,7 @@ fn samples() -> Vec<Event> {
     out.push(event(
         100,
         "probe",
-        EventDetail::Egress(egress::detail(&v6, p)),
+        EventDetail::Egress(egress::detail(&v6, p, None)),
     ));
     for raw in [
         exec_raw("/usr/bin/true", &["true"], Verdict::Allow, 0, 0),
@@ -262,6 +268,7 @@ fn samples() -> Vec<Event> {
     out.push(session("end"));
     out.push(Event {
         agent: None,
+        spiffe_id: None,
         agent_seq: 0,
         cgroup_id: 0,
         ..event(
@@ -276,6 +283,7 @@ fn samples() -> Vec<Event> {
     });
     out.push(Event {
         agent: None,
+        spiffe_id: None,
         agent_seq: 0,
         cgroup_id: 0,
         ..event(
@@ -392,6 +400,62 @@ fn samples() -> Vec<Event> {
             violation: "egress(payments) without approval(payout) before it".into(),
         }),
     ));
+    out.extend(credential_samples());
+    // A flood of one denial, summarized: the last repeat's record with the count.
+    let flood = egress_raw(
+        [127, 0, 0, 2],
+        9999,
+        Verdict::Deny as u8,
+        RULE_DEFAULT_DENY,
+        3,
+    );
+    out.push(event(
+        100,
+        "probe",
+        EventDetail::EgressSummary(EgressSummary {
+            decision: egress::detail(&flood, p, None),
+            count: 999_999,
+            first_unix_nano: 1_699_999_999_250_000_000,
+            last_unix_nano: 1_700_000_000_000_000_000,
+        }),
+    ));
+    // Egress by name: a decision on a granted address names it, and the resolver's queries.
+    let granted = egress_raw([127, 0, 0, 1], 8080, Verdict::Allow as u8, 0, 1);
+    out.push(event(
+        100,
+        "probe",
+        EventDetail::Egress(egress::detail(&granted, p, Some("api.example.com".into()))),
+    ));
+    out.push(event(
+        0,
+        "",
+        EventDetail::Dns(DnsDetail {
+            name: "api.example.com".into(),
+            qtype: "A".into(),
+            transport: Protocol::Udp,
+            verdict: super::Verdict::Allow,
+            rule: RuleRef::EgressAllow(0),
+            rule_text: Some("api.example.com tcp 8000-8099".into()),
+            answers: vec![[127, 0, 0, 1].into()],
+            ttl_s: Some(60),
+            error: None,
+        }),
+    ));
+    out.push(event(
+        0,
+        "",
+        EventDetail::Dns(DnsDetail {
+            name: "exfil.example.org".into(),
+            qtype: "TXT".into(),
+            transport: Protocol::Tcp,
+            verdict: super::Verdict::Deny,
+            rule: RuleRef::DnsQueryType,
+            rule_text: None,
+            answers: Vec::new(),
+            ttl_s: None,
+            error: None,
+        }),
+    ));
     // Added with ingress and unix: after every earlier line, which stay as they were.
     for raw in [
         egress_raw([127, 0, 0, 9], 8080, Verdict::Allow as u8, 0, 8),
@@ -403,7 +467,11 @@ fn samples() -> Vec<Event> {
             8,
         ),
     ] {
-        out.push(event(0, "", EventDetail::Egress(egress::detail(&raw, p))));
+        out.push(event(
+            0,
+            "",
+            EventDetail::Egress(egress::detail(&raw, p, None)),
+        ));
     }
     for raw in [
         unix_raw(
@@ -443,6 +511,56 @@ fn unix_raw(addr: &[u8], verdict: Verdict, rule_id: u32, hook: u8) -> UnixEvent 
         hook,
         _pad: [0; 6],
     }
+}
+
+/// A grant (to an agent with a certificate in force), a refusal waiting for an approval,
+/// and a revocation.
+fn credential_samples() -> Vec<Event> {
+    let detail = |action: CredentialAction| CredentialDetail {
+        action,
+        tool: "payments".into(),
+        method: "POST".into(),
+        resource: "/payouts/42".into(),
+        on_behalf_of: Some("alice".into()),
+        jti: None,
+        expires_unix_nano: None,
+        rule: None,
+        reason: None,
+        approval_id: None,
+    };
+    let granted = Event {
+        certificate: Some(format!("sha256:{}", "c0".repeat(32))),
+        ..event(
+            150,
+            "",
+            EventDetail::Credential(CredentialDetail {
+                jti: Some("9f86d081884c7d659a2feaa0c55ad015".into()),
+                expires_unix_nano: Some(1_700_000_060_000_000_000),
+                rule: Some("credentials[0]".into()),
+                ..detail(CredentialAction::Granted)
+            }),
+        )
+    };
+    let refused = event(
+        150,
+        "",
+        EventDetail::Credential(CredentialDetail {
+            reason: Some("pending-approval".into()),
+            approval_id: Some(5),
+            ..detail(CredentialAction::Refused)
+        }),
+    );
+    let revoked = event(
+        0,
+        "",
+        EventDetail::Credential(CredentialDetail {
+            jti: Some("9f86d081884c7d659a2feaa0c55ad015".into()),
+            expires_unix_nano: Some(1_700_000_060_000_000_000),
+            reason: Some("containment: paused".into()),
+            ..detail(CredentialAction::Revoked)
+        }),
+    );
+    vec![granted, refused, revoked]
 }
 
 fn testdata(name: &str) -> PathBuf {
@@ -515,7 +633,7 @@ fn otlp_records_of_every_kind_are_pinned() {
         let e: Event = serde_json::from_str(line).unwrap();
         let record = Record {
             seq: i as u64 + 1,
-            entry: Entry::Event(Box::new(e)),
+            entry: Entry::Event(std::sync::Arc::new(e)),
         };
         let d = describe(&record, "node-1");
         let _ = writeln!(got, "{} {:?} {}", d.event_name, d.severity, d.body);

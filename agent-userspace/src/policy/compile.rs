@@ -14,11 +14,11 @@ use agent_common::egress::{
 use ipnet::IpNet;
 
 use super::{
-    egress::{EgressPolicy, PortRange},
+    egress::{EgressPolicy, HostPattern, PortRange},
     error::PolicyError,
 };
 
-/// Trie entries for one agent, sorted by address then prefix length.
+/// Trie entries for one agent, sorted by address then prefix length, and its `host:` rules.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CompiledEgress {
     /// IPv4 entries: network address (network order), CIDR prefix length (without the slot
@@ -26,6 +26,20 @@ pub struct CompiledEgress {
     pub v4: Vec<([u8; 4], u32, PortRules)>,
     /// IPv6 entries, as for `v4`.
     pub v6: Vec<([u8; 16], u32, PortRules)>,
+    /// The `host:` rules in list order: the addresses their names resolve to are granted by
+    /// the cage's resolver with these port rules.
+    pub hosts: Vec<CompiledHost>,
+}
+
+/// One `host:` rule, compiled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledHost {
+    /// Its index in the allow list (the rule id).
+    pub rule_id: u32,
+    /// The names it admits.
+    pub pattern: HostPattern,
+    /// Its port rules.
+    pub rules: Vec<PortRule>,
 }
 
 /// Compiles `agent`'s egress policy; errors name `agents.AGENT.egress.allow[N]`.
@@ -62,14 +76,37 @@ pub(crate) fn compile_at(
     }
 
     let mut by_cidr: BTreeMap<IpNet, Vec<usize>> = BTreeMap::new();
+    let mut out = CompiledEgress::default();
     for (i, rule) in egress.allow.iter().enumerate() {
         if read_only_only && !rule.read_only {
             continue;
         }
-        by_cidr.entry(rule.cidr).or_default().push(i);
+        match rule.dest.host() {
+            Some(pattern) => {
+                let rule_id = u32::try_from(i).map_err(|_| too_many())?;
+                let rules =
+                    port_rules(rule_id, rule.protocols, &rule.ports, rule.requires_approval);
+                if rules.len() > MAX_PORT_RULES {
+                    return Err(PolicyError::TooManyHostPorts {
+                        path: path.to_owned(),
+                        rule: i,
+                        host: pattern.to_string(),
+                    });
+                }
+                out.hosts.push(CompiledHost {
+                    rule_id,
+                    pattern: pattern.clone(),
+                    rules,
+                });
+            }
+            None => {
+                if let Some(cidr) = rule.dest.cidr() {
+                    by_cidr.entry(cidr).or_default().push(i);
+                }
+            }
+        }
     }
 
-    let mut out = CompiledEgress::default();
     for (&cidr, own) in &by_cidr {
         // Walk up through every shorter prefix: at most 33 or 129 map lookups per entry,
         // however long the allow list.
@@ -90,23 +127,9 @@ pub(crate) fn compile_at(
                 continue;
             };
             let rule_id = u32::try_from(i).map_err(|_| too_many())?;
-            let protocols = rule.protocols & (PROTO_TCP | PROTO_UDP);
-            if protocols == 0 {
-                continue; // Matches nothing.
-            }
-            for range in merge_ranges(&rule.ports) {
-                let candidate = PortRule {
-                    port_lo: range.lo,
-                    port_hi: range.hi,
-                    protocols,
-                    flags: if rule.requires_approval {
-                        RULE_F_APPROVAL
-                    } else {
-                        0
-                    },
-                    _pad: [0; 2],
-                    rule_id,
-                };
+            for candidate in
+                port_rules(rule_id, rule.protocols, &rule.ports, rule.requires_approval)
+            {
                 // A rule an earlier one fully covers can never match first; dropping it
                 // saves kernel slots without changing any decision.
                 if rules.iter().any(|r| shadows(r, &candidate)) {
@@ -145,8 +168,36 @@ pub(crate) fn compile_at(
     Ok(out)
 }
 
+/// A rule's own port rules: one per merged port range (none if it admits no protocol).
+fn port_rules(
+    rule_id: u32,
+    protocols: u8,
+    ports: &[PortRange],
+    requires_approval: bool,
+) -> Vec<PortRule> {
+    let protocols = protocols & (PROTO_TCP | PROTO_UDP);
+    if protocols == 0 {
+        return Vec::new(); // Matches nothing.
+    }
+    merge_ranges(ports)
+        .into_iter()
+        .map(|range| PortRule {
+            port_lo: range.lo,
+            port_hi: range.hi,
+            protocols,
+            flags: if requires_approval {
+                RULE_F_APPROVAL
+            } else {
+                0
+            },
+            _pad: [0; 2],
+            rule_id,
+        })
+        .collect()
+}
+
 /// Whether `earlier` admits everything `later` does (so `later` would never match first).
-fn shadows(earlier: &PortRule, later: &PortRule) -> bool {
+pub(super) fn shadows(earlier: &PortRule, later: &PortRule) -> bool {
     earlier.port_lo <= later.port_lo
         && later.port_hi <= earlier.port_hi
         && later.protocols & !earlier.protocols == 0
@@ -181,7 +232,7 @@ mod tests {
 
     fn rule(cidr: &str, ports: &[(u16, u16)], protocols: u8) -> AllowRule {
         AllowRule {
-            cidr: cidr.parse().unwrap(),
+            dest: super::super::egress::Destination::Cidr(cidr.parse().unwrap()),
             ports: ports.iter().map(|&(lo, hi)| PortRange { lo, hi }).collect(),
             protocols,
             comment: None,
@@ -219,7 +270,7 @@ mod tests {
             .allow
             .iter()
             .position(|r| {
-                r.cidr.contains(&addr)
+                r.dest.cidr().unwrap().contains(&addr)
                     && r.protocols & proto != 0
                     && (r.ports.is_empty() || r.ports.iter().any(|p| p.contains(port)))
             })
@@ -463,10 +514,10 @@ agents:
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let mut addrs: Vec<IpAddr> = Vec::new();
         for r in &e.allow {
-            addrs.extend(edges(&r.cidr));
+            addrs.extend(edges(&r.dest.cidr().unwrap()));
             // Random addresses inside the rule's network.
             for _ in 0..8 {
-                addrs.push(match r.cidr {
+                addrs.push(match r.dest.cidr().unwrap() {
                     IpNet::V4(n) => {
                         let span = !u32::from(n.netmask());
                         IpAddr::V4((u32::from(n.network()) | (rng.next() as u32 & span)).into())

@@ -73,6 +73,20 @@ pub enum PolicyError {
         rules: Vec<usize>,
     },
 
+    /// A `host:` rule lists more port ranges than one kernel grant holds.
+    #[error(
+        "{path}.allow[{rule}] ({host}): more than {MAX_PORT_RULES} port ranges, which is more \
+         than one kernel grant holds; merge port ranges"
+    )]
+    TooManyHostPorts {
+        /// Dotted path of the egress policy.
+        path: String,
+        /// Index of the rule.
+        rule: usize,
+        /// The rule's name pattern.
+        host: String,
+    },
+
     /// The allow list is longer than rule ids can number.
     #[error("{path}.allow: {count} rules is too many; at most {max} are supported")]
     TooManyRules {

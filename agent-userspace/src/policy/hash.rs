@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use super::{
     egress::{protocol_names, AllowRule},
     exec::Enforcement,
+    identity::{CertificateRequirement, Users},
     runtime::{ApprovalPolicy, Collectives, ContainmentPolicy},
     schema::{AgentPolicy, Record},
 };
@@ -24,6 +25,7 @@ pub(crate) fn canonical_form(
     agents: &BTreeMap<String, AgentPolicy>,
     default_agent: Option<&AgentPolicy>,
     (groups, workflows): (&Collectives, &Collectives),
+    users: &Users,
 ) -> String {
     let mut out = String::new();
     out.push_str(HEADER);
@@ -47,6 +49,9 @@ pub(crate) fn canonical_form(
         for (name, c) in map {
             let _ = writeln!(out, "{what} {name} budgets={}", json(&c.budgets));
         }
+    }
+    for (name, u) in users {
+        let _ = writeln!(out, "user {name} envelope={}", json(&u.envelope));
     }
     out
 }
@@ -125,6 +130,15 @@ fn write_agent(out: &mut String, agent: &AgentPolicy) {
     if agent.record != Record::Optional {
         let _ = writeln!(out, "  record {}", agent.record);
     }
+    if !agent.identity.is_empty() {
+        let _ = writeln!(out, "  identity {}", json(&agent.identity));
+    }
+    if !agent.credentials.is_empty() {
+        let _ = writeln!(out, "  credentials {}", json(&agent.credentials));
+    }
+    if agent.certificate != CertificateRequirement::Optional {
+        let _ = writeln!(out, "  certificate {}", agent.certificate);
+    }
 }
 
 /// One `cidr`/`ports`/`protocols` rule, as the line `  WHAT cidr=... protocols=... ports=...`.
@@ -138,10 +152,14 @@ fn write_rule(out: &mut String, what: &str, rule: &AllowRule) {
             .collect::<Vec<_>>()
             .join(",")
     };
+    // CIDR rules keep the form they always had, so their policies keep their hash.
+    let dest = match &rule.dest {
+        crate::policy::Destination::Cidr(n) => format!("cidr={n}"),
+        crate::policy::Destination::Host(h) => format!("host={h}"),
+    };
     let _ = write!(
         out,
-        "  {what} cidr={} protocols={} ports={ports}",
-        rule.cidr,
+        "  {what} {dest} protocols={} ports={ports}",
         protocol_names(rule.protocols)
     );
     if let Some(c) = &rule.comment {

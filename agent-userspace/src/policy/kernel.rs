@@ -3,12 +3,13 @@
 //! rules, what this kernel can enforce and the cage's mode, it says the flags, or what the
 //! kernel lacks (never silently weaker: the caller refuses the agent).
 
-use std::fmt;
-
 use agent_common::cage::{
     CAGE_F_ALLOW_RAW, CAGE_F_APPROVAL_ALL, CAGE_F_EXEC_DEFAULT_DENY, CAGE_F_EXEC_DIGESTS_REQUIRED,
-    CAGE_F_EXEC_HASHES, CAGE_F_FILES, CAGE_F_READ_ONLY, CAGE_F_THROTTLED, CAGE_F_UNIX,
+    CAGE_F_EXEC_HASHES, CAGE_F_FILES, CAGE_F_HOSTS, CAGE_F_READ_ONLY, CAGE_F_THROTTLED,
+    CAGE_F_UNIX,
 };
+
+use serde::{Deserialize, Serialize};
 
 use super::{
     compile::compile_at, compile_egress, compile_exec, compile_files, compile_read_only,
@@ -23,25 +24,58 @@ pub struct KernelCaps {
     pub can_refuse: bool,
     /// Exec rules by content (`bpf_ima_file_hash`) are enforced.
     pub content_hashes: bool,
+    /// The `userns_create` LSM hook is there (file rules need it, so that a caged process
+    /// cannot mount over protected paths in a user namespace of its own).
+    pub userns_hook: bool,
     /// Unix sockets can be confined: by BPF LSM (deny tier) or by the cgroup Unix socket
     /// hooks (Linux 6.7 and later).
     pub unix_sockets: bool,
 }
 
-/// What an agent's policy asks that this kernel cannot enforce.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Shortfall {
-    /// Something only the deny tier (BPF LSM) enforces; the text names it.
-    DenyTier(String),
-    /// `unix:`, with neither BPF LSM nor the cgroup Unix socket hooks.
+impl KernelCaps {
+    /// Whether this kernel enforces `feature`.
+    pub fn enforces(self, feature: Feature) -> bool {
+        match feature {
+            // The kill tier confines Unix sockets too, with the cgroup Unix socket hooks.
+            Feature::UnixSockets => self.unix_sockets,
+            Feature::DenyEnforcement => self.can_refuse,
+            Feature::FileRules => self.can_refuse && self.userns_hook,
+            Feature::ContentRules => self.can_refuse && self.content_hashes,
+        }
+    }
+}
+
+/// A policy feature that some kernels cannot enforce. An agent whose policy uses one is
+/// refused there, naming what the kernel lacks (never run weaker than its policy says).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Feature {
+    /// `enforcement: deny`: forbidden operations must fail (EPERM), not be killed.
+    DenyEnforcement,
+    /// `files` rules (protect, watch).
+    FileRules,
+    /// `sha256:` exec rules.
+    ContentRules,
+    /// `unix:` rules (Unix sockets confined): BPF LSM, or the cgroup Unix socket hooks.
     UnixSockets,
 }
 
-impl fmt::Display for Shortfall {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Feature {
+    /// Every feature, in the order `refused` lists them.
+    pub const ALL: [Self; 4] = [
+        Self::DenyEnforcement,
+        Self::FileRules,
+        Self::ContentRules,
+        Self::UnixSockets,
+    ];
+
+    /// How the feature reads in a policy, for messages.
+    pub fn describe(self) -> &'static str {
         match self {
-            Self::DenyTier(needs) => f.write_str(needs),
-            Self::UnixSockets => f.write_str("unix: (Unix sockets confined)"),
+            Self::DenyEnforcement => "enforcement: deny",
+            Self::FileRules => "files rules",
+            Self::ContentRules => "exec rules by sha256",
+            Self::UnixSockets => "unix: (Unix sockets confined)",
         }
     }
 }
@@ -123,21 +157,16 @@ fn mode_flags(mode: CageMode, caps: KernelCaps) -> u32 {
 }
 
 /// What in the agent's policy this kernel cannot enforce, if anything.
-pub fn shortfall(p: &AgentPolicy, c: &CompiledAgent, caps: KernelCaps) -> Option<Shortfall> {
-    let deny = |needs: &str| Some(Shortfall::DenyTier(needs.to_owned()));
-    if p.enforcement == Enforcement::Deny && !caps.can_refuse {
-        return deny("enforcement: deny");
-    }
-    if !p.files.is_empty() && !caps.can_refuse {
-        return deny("files rules, which only BPF LSM can enforce");
-    }
-    if c.exec.has_digest_rules && !(caps.can_refuse && caps.content_hashes) {
-        return deny("exec rules by sha256, which need BPF LSM with IMA hashing");
-    }
-    if c.unix.confined && !caps.unix_sockets {
-        return Some(Shortfall::UnixSockets);
-    }
-    None
+pub fn unenforced(p: &AgentPolicy, c: &CompiledAgent, caps: KernelCaps) -> Option<Feature> {
+    [
+        (Feature::DenyEnforcement, p.enforcement == Enforcement::Deny),
+        (Feature::FileRules, !p.files.is_empty()),
+        (Feature::ContentRules, c.exec.has_digest_rules),
+        (Feature::UnixSockets, c.unix.confined),
+    ]
+    .into_iter()
+    .find(|&(f, used)| used && !caps.enforces(f))
+    .map(|(f, _)| f)
 }
 
 /// The cage entry's settings for an agent (None: unknown to the policy, nothing allowed),
@@ -149,7 +178,7 @@ pub fn cage_settings(
     compiled: &CompiledAgent,
     caps: KernelCaps,
     mode: CageMode,
-) -> (CageSettings, Option<Shortfall>) {
+) -> (CageSettings, Option<Feature>) {
     let mut flags = mode_flags(mode, caps);
     let Some(p) = p else {
         return (
@@ -175,6 +204,9 @@ pub fn cage_settings(
     if !compiled.files.inodes.is_empty() {
         flags |= CAGE_F_FILES;
     }
+    if !compiled.egress.hosts.is_empty() {
+        flags |= CAGE_F_HOSTS;
+    }
     if compiled.unix.confined {
         flags |= CAGE_F_UNIX;
     }
@@ -182,7 +214,7 @@ pub fn cage_settings(
         flags,
         allow_sample: p.egress.allow_events.sample_rate(),
     };
-    (settings, shortfall(p, compiled, caps))
+    (settings, unenforced(p, compiled, caps))
 }
 
 #[cfg(test)]
@@ -192,11 +224,13 @@ mod tests {
     const KILL: KernelCaps = KernelCaps {
         can_refuse: false,
         content_hashes: false,
+        userns_hook: false,
         unix_sockets: true,
     };
     const DENY: KernelCaps = KernelCaps {
         can_refuse: true,
         content_hashes: true,
+        userns_hook: true,
         unix_sockets: true,
     };
 
@@ -238,7 +272,7 @@ mod tests {
     fn what_the_kill_tier_cannot_enforce_is_named() {
         let (p, c) = agent("    files:\n      protect: [{path: /etc/hostname}]\n");
         let (kill, shortfall) = cage_settings(Some(&p), &c, KILL, CageMode::default());
-        assert!(shortfall.unwrap().to_string().contains("files rules"));
+        assert_eq!(shortfall, Some(Feature::FileRules));
         let (deny, shortfall) = cage_settings(Some(&p), &c, DENY, CageMode::default());
         assert_eq!((deny.flags & CAGE_F_FILES, shortfall), (CAGE_F_FILES, None));
         assert_eq!(
@@ -249,7 +283,7 @@ mod tests {
         let (p, c) = agent("    enforcement: deny\n");
         assert_eq!(
             cage_settings(Some(&p), &c, KILL, CageMode::default()).1,
-            Some(Shortfall::DenyTier("enforcement: deny".to_owned()))
+            Some(Feature::DenyEnforcement)
         );
         let digest = "0".repeat(64);
         let (p, c) = agent(&format!("    exec:\n      deny: [\"sha256:{digest}\"]\n"));
@@ -258,7 +292,7 @@ mod tests {
             ..DENY
         };
         let (s, shortfall) = cage_settings(Some(&p), &c, no_ima, CageMode::default());
-        assert!(shortfall.unwrap().to_string().contains("sha256"));
+        assert_eq!(shortfall, Some(Feature::ContentRules));
         assert_eq!(
             s.flags & CAGE_F_EXEC_HASHES,
             0,
@@ -281,7 +315,7 @@ mod tests {
             ..KILL
         };
         let (_, shortfall) = cage_settings(Some(&p), &c, neither, CageMode::default());
-        assert_eq!(shortfall, Some(Shortfall::UnixSockets));
+        assert_eq!(shortfall, Some(Feature::UnixSockets));
         // Without `unix:` nothing is confined and nothing is missing.
         let (p, c) = agent("    egress: {}\n");
         let (s, shortfall) = cage_settings(Some(&p), &c, neither, CageMode::default());

@@ -10,7 +10,9 @@ mod compile;
 mod egress;
 mod error;
 mod exec;
+mod grant;
 mod hash;
+mod identity;
 mod inodes;
 pub mod kernel;
 mod locate;
@@ -21,12 +23,21 @@ mod unix;
 use std::{collections::BTreeMap, fs, path::Path};
 
 pub use compile::compile_read_only;
-pub use compile::{compile_egress, CompiledEgress};
-pub use egress::{AllowEvents, AllowRule, EgressPolicy, IngressPolicy, IngressRule, PortRange};
+pub use compile::{compile_egress, CompiledEgress, CompiledHost};
+pub use egress::{
+    normalize_name, AllowEvents, AllowRule, Destination, EgressPolicy, HostPattern, IngressPolicy,
+    IngressRule, PortRange,
+};
 pub use error::PolicyError;
 pub use exec::{
     Access, Enforcement, ExecDefault, ExecMatch, ExecPolicy, FilePattern, FileRuleSpec,
     FilesPolicy, RuleList,
+};
+pub use grant::canonical;
+pub use identity::{
+    check_requested_resource, check_tool, check_user, CertificateRequirement, CredentialRule,
+    Grantable, IdentityPolicy, Method, ResourcePattern, UserPolicy, Users, DEFAULT_CREDENTIAL_TTL,
+    MAX_CREDENTIAL_TTL,
 };
 pub use inodes::{
     compile_exec, compile_files, kernel_dev, kernel_dev_of, CompiledExec, CompiledFiles,
@@ -73,6 +84,8 @@ pub struct Policy {
     pub groups: Collectives,
     /// Workflows and their shared budgets.
     pub workflows: Collectives,
+    /// Users agents may act for, and what each may delegate.
+    pub users: Users,
     source: String,
     hash: String,
 }
@@ -96,10 +109,17 @@ impl Policy {
             default_agent,
             groups,
             workflows,
+            users,
         } = raw;
         let (version, agents) = (version.0, agents.0);
         check_memberships(source, &agents, default_agent.as_ref(), &groups, &workflows)?;
         check_run_time(source, &agents, default_agent.as_ref())?;
+        identity::check_values("", &[], Some(&users)).map_err(|message| {
+            PolicyError::InvalidUnlocated {
+                file: source.to_owned(),
+                message,
+            }
+        })?;
 
         // Compile now, so that a policy the kernel cannot hold is refused when it is loaded,
         // with a position, rather than when an agent starts.
@@ -147,6 +167,7 @@ impl Policy {
             &agents,
             default_agent.as_ref(),
             (&groups, &workflows),
+            &users,
         );
         Ok(Self {
             version,
@@ -154,6 +175,7 @@ impl Policy {
             default_agent,
             groups,
             workflows,
+            users,
             source: source.to_owned(),
             hash: hash::sha256_hex(&canonical),
         })
@@ -192,6 +214,7 @@ impl Policy {
             &self.agents,
             self.default_agent.as_ref(),
             (&self.groups, &self.workflows),
+            &self.users,
         )
     }
 }
@@ -211,6 +234,7 @@ fn check_run_time(
         .chain(default_agent.map(|a| ("default_agent".to_owned(), a)));
     for (path, agent) in all {
         runtime::check_values(&path, &agent.budgets, &agent.containment, &agent.approvals)
+            .and_then(|()| identity::check_values(&path, &agent.credentials, None))
             .map_err(|message| PolicyError::InvalidUnlocated {
                 file: source.to_owned(),
                 message,

@@ -246,6 +246,9 @@ pub struct Budgets {
     /// New egress connections and sends the kernel allowed.
     #[serde(default)]
     pub egress_connections: Option<Limit>,
+    /// DNS queries the cage's resolver received (answered or refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_queries: Option<Limit>,
     /// Time since the cage was created.
     #[serde(default)]
     pub wall_clock: Option<TimeLimit>,
@@ -360,6 +363,7 @@ pub(crate) fn check_values(
         ("usd", budgets.usd),
         ("tool_calls", budgets.tool_calls),
         ("egress_connections", budgets.egress_connections),
+        ("dns_queries", budgets.dns_queries),
     ];
     for (name, limit) in limits {
         let Some(l) = limit else { continue };

@@ -20,6 +20,7 @@ use super::assertions::Assertion;
 use super::{
     egress::{EgressPolicy, IngressPolicy},
     exec::{Enforcement, ExecPolicy, FilesPolicy},
+    identity::{CertificateRequirement, CredentialRule, IdentityPolicy, Users},
     runtime::{ApprovalPolicy, Budgets, Collectives, ContainmentPolicy},
     unix::UnixPolicy,
     validate_agent_name,
@@ -72,6 +73,16 @@ pub struct AgentPolicy {
     /// Whether `agentcage run` must record the agent's terminal.
     #[serde(default)]
     pub record: Record,
+    /// Who the agent is: owner, purpose, data classes, tools, models.
+    #[serde(default)]
+    pub identity: IdentityPolicy,
+    /// The credentials the agent may ask for, one rule per tool (none: every request is
+    /// refused).
+    #[serde(default)]
+    pub credentials: Vec<CredentialRule>,
+    /// Whether the agent needs a valid behavior certificate for the policy in force.
+    #[serde(default)]
+    pub certificate: CertificateRequirement,
 }
 
 /// Whether sessions of an agent are recorded (asciicast files).
@@ -149,6 +160,9 @@ pub(crate) struct RawPolicy {
     /// Workflows: budgets shared by their member agents.
     #[serde(default)]
     pub(crate) workflows: Collectives,
+    /// Users agents may ask for credentials on behalf of, each with what they may delegate.
+    #[serde(default)]
+    pub(crate) users: Users,
 }
 
 /// The JSON Schema form of the version: the constant 1.

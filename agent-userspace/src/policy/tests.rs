@@ -123,7 +123,7 @@ fn parses_the_documented_example() {
     assert_eq!(
         demo.allow,
         vec![AllowRule {
-            cidr: "127.0.0.1/32".parse().unwrap(),
+            dest: Destination::Cidr("127.0.0.1/32".parse().unwrap()),
             ports: vec![
                 PortRange { lo: 8000, hi: 8099 },
                 PortRange { lo: 443, hi: 443 }
@@ -192,7 +192,7 @@ fn mapped_ipv6_is_normalised() {
         )
         .unwrap();
     let r = &p.agents["a"].egress.allow[0];
-    assert_eq!(r.cidr.to_string(), "10.0.0.0/8");
+    assert_eq!(r.dest.to_string(), "10.0.0.0/8");
     assert_eq!(r.protocols, PROTO_UDP);
 }
 
@@ -392,7 +392,7 @@ fn other_value_errors() {
     let yaml = DEMO.replace("          ports: [8000-8099, 443]\n", "");
     let yaml = yaml.replace("- cidr: 127.0.0.1/32\n          protocols", "- protocols");
     assert!(
-        err(&yaml).contains("agents.demo.egress.allow[0]: missing field `cidr`"),
+        err(&yaml).contains("a rule needs a destination: cidr (10.0.0.0/8) or host"),
         "{}",
         err(&yaml)
     );

@@ -6,6 +6,7 @@
 mod app;
 mod contain;
 mod control;
+mod identity;
 
 pub use app::serve_app;
 pub use control::serve;

@@ -20,17 +20,29 @@ impl State {
     /// Installs the kernel state for a cage directory; `strict` refuses agents the policy
     /// does not name (new cages), otherwise they are caged with nothing allowed (cages found
     /// from an earlier daemon, whose processes must never run unrestricted).
-    fn install(&mut self, agent: &str, dir: CgroupDir, strict: bool) -> Result<(), StateError> {
+    pub(super) fn install(
+        &mut self,
+        agent: &str,
+        dir: CgroupDir,
+        strict: bool,
+    ) -> Result<(), StateError> {
         let policy = Arc::clone(&self.policy);
         let compiled = self.compile_for(&policy, agent, strict, !strict, CageMode::default())?;
         let cgroup_id = dir.id()?;
         let agent_id = self.registry.agent_id(agent);
         let filled = self.fill(&policy, compiled)?;
         let entries = self.switch_in(cgroup_id, agent_id, filled)?;
+        if let Err(e) = self.dns_start(agent, cgroup_id) {
+            self.dns_stop(cgroup_id);
+            self.maps.remove_cage(cgroup_id);
+            self.maps.clear_slot(&entries);
+            return Err(e);
+        }
         let events = dir.events_file();
         let watch = match self.inotify.add_watch(&events, AddWatchFlags::IN_MODIFY) {
             Ok(w) => w,
             Err(source) => {
+                self.dns_stop(cgroup_id);
                 self.maps.remove_cage(cgroup_id);
                 self.maps.clear_slot(&entries);
                 return Err(StateError::Watch {
@@ -40,6 +52,7 @@ impl State {
             }
         };
         let now = crate::clock::boot_ns();
+        let certificate = self.certificate_for(agent, false)?;
         let agent_policy = self.policy.agent(agent);
         self.containment.start(agent);
         self.budgets.start(agent, now);
@@ -55,6 +68,7 @@ impl State {
                 holds: 0,
                 watch,
                 started_unix_nano: crate::clock::now_unix_nano(),
+                certificate,
             },
         );
         Ok(())
@@ -81,7 +95,7 @@ impl State {
     }
 
     /// The cage of `agent`, created (and enforced) if it does not exist yet.
-    fn ensure_cage(&mut self, agent: &str) -> Result<&Cage, StateError> {
+    pub(super) fn ensure_cage(&mut self, agent: &str) -> Result<&Cage, StateError> {
         if self.stopping {
             return Err(StateError::Stopping);
         }
@@ -103,9 +117,15 @@ impl State {
             .ok_or_else(|| StateError::NoCage(agent.to_owned()))
     }
 
-    /// Creates the cage if needed and holds it until [`Self::release`].
+    /// Creates the cage if needed and holds it until [`Self::release`]. An agent whose
+    /// policy requires a behavior certificate is refused without a valid one.
     pub fn hold(&mut self, agent: &str) -> Result<Held, StateError> {
+        validate_agent_name(agent)?;
+        let certificate = self.certificate_for(agent, true)?;
         self.ensure_cage(agent)?;
+        if let Some(cage) = self.registry.get_mut(agent) {
+            cage.certificate = certificate;
+        }
         let raw_sockets = self
             .policy
             .agent(agent)
@@ -129,7 +149,7 @@ impl State {
     }
 
     /// Whether the agent's policy requires its sessions to be recorded.
-    fn requires_recording(&self, agent: &str) -> bool {
+    pub(super) fn requires_recording(&self, agent: &str) -> bool {
         self.policy
             .agent(agent)
             .is_some_and(|p| p.record == crate::policy::Record::Always)
@@ -171,6 +191,9 @@ impl State {
             )));
         }
         self.check_cageable(agent, pid, adopting)?;
+        if adopting {
+            self.certificate_for(agent, true)?;
+        }
         let cage = self.ensure_cage(agent)?;
         cage.dir.add_process(pid)?;
         let path = cage.dir.path().display().to_string();
@@ -197,7 +220,7 @@ impl State {
             return refuse("it is a kernel thread".into());
         }
         // A process whose cgroup cannot be read is refused too: fail closed.
-        if self.root.holds_pid(pid).unwrap_or(true) {
+        if self.holds_pid(pid).unwrap_or(true) {
             return refuse("it is in a cage already; an agent does not change cages".into());
         }
         let raw_sockets = self
@@ -245,6 +268,9 @@ impl State {
 
     /// A cage's cgroup.events changed: remove the cage if it emptied and nothing holds it.
     pub fn on_watch(&mut self, watch: WatchDescriptor) {
+        if self.on_container_watch(watch) {
+            return;
+        }
         if let Some(agent) = self.registry.watched(watch).map(str::to_owned) {
             self.remove_if_idle(&agent);
         }
@@ -262,10 +288,13 @@ impl State {
             warn!(agent, error = %e, "cage not removed");
             return;
         }
+        // Tokens die with the session that asked for them.
+        self.revoke_live(agent, "session ended");
         self.publish_session(agent, SessionAction::End);
         if let Some(cage) = self.registry.remove(agent) {
             let _ = self.inotify.rm_watch(cage.watch);
             self.maps.remove_cage(cage.cgroup_id);
+            self.dns_stop(cage.cgroup_id);
             self.containment.forget(agent);
             self.budgets.forget(agent);
             self.assertions.forget(agent);
@@ -279,8 +308,14 @@ impl State {
     /// that still hold processes.
     pub fn shutdown(&mut self) -> Vec<String> {
         self.stopping = true;
+        // Containers keep their agent's cage: their pins go on enforcing its slot.
+        let holds: std::collections::HashMap<u32, usize> = self
+            .registry
+            .iter()
+            .map(|(_, c)| (c.agent_id, self.container_holds(c.agent_id)))
+            .collect();
         for (_, cage) in self.registry.iter_mut() {
-            cage.holds = 0;
+            cage.holds = holds.get(&cage.agent_id).copied().unwrap_or(0);
         }
         self.tidy();
         self.registry.names_of_cages()

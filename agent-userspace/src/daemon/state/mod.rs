@@ -8,8 +8,11 @@
 //! interleave; nothing slow runs under it (snapshots are written by the containment worker,
 //! binary hashes by the event reader).
 
+mod containers;
+mod dns;
 mod enforce;
 mod error;
+mod inventory;
 mod lifecycle;
 mod publish;
 mod registry;
@@ -17,7 +20,8 @@ mod reload;
 mod slots;
 mod status;
 
-pub use enforce::{ContainJob, Contained, JobOutcome};
+pub(crate) use dns::DnsState;
+pub use enforce::{ContainJob, Contained, CredentialSetup, JobOutcome};
 pub use error::StateError;
 
 use std::{path::PathBuf, sync::Arc};
@@ -30,11 +34,11 @@ use crate::{
     cage::CageRoot,
     events::{Event, EventBus},
     policy::{
-        kernel::{cage_settings, compile_agent, CageMode, CageSettings, KernelCaps, Shortfall},
+        kernel::{cage_settings, compile_agent, CageMode, CageSettings, Feature, KernelCaps},
         CompiledAgent, Policy,
     },
 };
-use enforce::{ApprovalState, AssertionState, BudgetState, ContainmentState};
+use enforce::{ApprovalState, AssertionState, BudgetState, ContainmentState, CredentialState};
 use registry::Registry;
 use slots::Slots;
 
@@ -55,14 +59,9 @@ pub struct Held {
 /// What the kernel gives, found at start.
 #[derive(Clone, Debug)]
 pub struct KernelInfo {
-    /// The enforcement tier.
-    pub tier: Tier,
-    /// Why the tier is not deny, if it is not.
-    pub missing: Option<String>,
-    /// Whether exec rules by content are enforced.
-    pub content_hashes: bool,
-    /// How Unix sockets are confined here, or why they cannot be.
-    pub unix: crate::bpf::UnixConfinement,
+    /// What the programs can enforce here: the tier, the deny tier's optional hooks and how
+    /// Unix sockets are confined.
+    pub caps: crate::bpf::Capabilities,
     /// The host-wide hooks' states.
     pub hooks: Vec<HookStatus>,
 }
@@ -71,9 +70,10 @@ impl KernelInfo {
     /// What the policy compiler needs to know of the kernel.
     fn caps(&self) -> KernelCaps {
         KernelCaps {
-            can_refuse: self.tier == Tier::Deny,
-            content_hashes: self.content_hashes,
-            unix_sockets: self.unix.available(),
+            can_refuse: self.caps.tier == Tier::Deny,
+            content_hashes: self.caps.content_hashes,
+            userns_hook: self.caps.userns_hook,
+            unix_sockets: self.caps.unix.available(),
         }
     }
 }
@@ -92,6 +92,10 @@ pub struct RuntimeParts {
     pub jobs: tokio::sync::mpsc::UnboundedSender<ContainJob>,
     /// The application socket, which agents reach even where `unix:` confines them.
     pub app_socket: PathBuf,
+    /// Keys, certificates and the trust domain.
+    pub credentials: CredentialSetup,
+    /// The cages' resolver: its configuration, maps and the daemon's answers.
+    pub dns: DnsState,
 }
 
 /// Everything the daemon manages.
@@ -120,16 +124,22 @@ pub struct State {
     approvals: ApprovalState,
     budgets: BudgetState,
     assertions: AssertionState,
+    containers: containers::Containers,
+    credentials: CredentialState,
+    dns: DnsState,
 }
 
 /// A slot filled with an agent's rules, not yet switched in.
 struct Filled {
     entries: SlotEntries,
     settings: CageSettings,
+    /// The egress rules: the cage's name grants are written into the slot under them as it
+    /// is switched in.
+    egress: crate::policy::CompiledEgress,
 }
 
 impl State {
-    /// A state with no cages yet.
+    /// A state with no cages yet; opens (or makes) the node's keys.
     pub fn new(
         policy: Policy,
         policy_path: PathBuf,
@@ -138,8 +148,8 @@ impl State {
         inotify: Arc<Inotify>,
         kernel: KernelInfo,
         parts: RuntimeParts,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, StateError> {
+        Ok(Self {
             kernel,
             policy: Arc::new(policy),
             policy_path,
@@ -158,7 +168,10 @@ impl State {
             approvals: ApprovalState::new(parts.approval_map),
             budgets: BudgetState::default(),
             assertions: AssertionState::default(),
-        }
+            containers: containers::Containers::default(),
+            credentials: CredentialState::open(parts.credentials)?,
+            dns: parts.dns,
+        })
     }
 
     /// The policy in force.
@@ -169,11 +182,6 @@ impl State {
     /// The parent cgroup of every cage.
     pub fn root(&self) -> &CageRoot {
         &self.root
-    }
-
-    /// How Unix sockets are confined on this kernel.
-    pub fn kernel_unix(&self) -> crate::bpf::UnixConfinement {
-        self.kernel.unix.clone()
     }
 
     /// Records the host-wide hooks' states once they are attached.
@@ -228,21 +236,20 @@ impl State {
         }
         let (settings, shortfall) =
             cage_settings(policy.agent(agent), &compiled, self.kernel.caps(), mode);
-        if let Some(shortfall) = shortfall {
-            let err =
-                match shortfall {
-                    Shortfall::DenyTier(needs) => StateError::TierUnavailable {
-                        agent: agent.to_owned(),
-                        needs,
-                        missing: self.kernel.missing.clone().unwrap_or_else(|| {
-                            "the kernel's IMA cannot hash files for BPF".to_owned()
-                        }),
-                    },
-                    Shortfall::UnixSockets => StateError::UnixUnavailable {
-                        agent: agent.to_owned(),
-                        missing: self.kernel.unix.to_string(),
-                    },
-                };
+        if let Some(feature) = shortfall {
+            let missing = self.kernel.caps.lacks(feature).unwrap_or_default();
+            let err = if feature == Feature::UnixSockets {
+                StateError::UnixUnavailable {
+                    agent: agent.to_owned(),
+                    missing,
+                }
+            } else {
+                StateError::TierUnavailable {
+                    agent: agent.to_owned(),
+                    needs: feature.describe().to_owned(),
+                    missing,
+                }
+            };
             if !adopting {
                 return Err(err);
             }
@@ -260,7 +267,11 @@ impl State {
         let slot = self.slots.take();
         let entries = self.maps.fill_slot(slot, &compiled)?;
         self.slots.record(slot, policy, compiled.files.paths);
-        Ok(Filled { entries, settings })
+        Ok(Filled {
+            entries,
+            settings,
+            egress: compiled.egress,
+        })
     }
 
     /// Points cage `cgroup_id` at a filled slot with one map update, so no decision sees
@@ -269,8 +280,11 @@ impl State {
         &mut self,
         cgroup_id: u64,
         agent_id: u32,
-        filled: Filled,
+        mut filled: Filled,
     ) -> Result<SlotEntries, StateError> {
+        // The cage's name grants move into the new slot with the rules that admit them.
+        let egress = std::mem::take(&mut filled.egress);
+        self.dns_fill(cgroup_id, &mut filled.entries, egress);
         let config = CageConfig {
             agent_id,
             policy_slot: filled.entries.slot(),
@@ -281,6 +295,7 @@ impl State {
             self.maps.clear_slot(&filled.entries);
             return Err(e.into());
         }
+        self.switch_containers(agent_id, config);
         Ok(filled.entries)
     }
 

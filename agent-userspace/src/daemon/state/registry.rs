@@ -29,6 +29,8 @@ pub(super) struct Cage {
     pub(super) watch: WatchDescriptor,
     /// When the cage was made (or taken over): the start of the agent's session.
     pub(super) started_unix_nano: u64,
+    /// The id of the agent's valid behavior certificate, stamped on its events.
+    pub(super) certificate: Option<String>,
 }
 
 /// Every cage, and what outlives them: names, sequences, process trees.

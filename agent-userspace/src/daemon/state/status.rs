@@ -15,6 +15,7 @@ impl State {
             .iter()
             .map(|(name, cage)| {
                 let stats = self.maps.stats(cage.cgroup_id);
+                let (dns_grants, dns_evicted) = self.dns.counts(cage.cgroup_id);
                 AgentStatus {
                     name: name.clone(),
                     identity: cage.identity.to_string(),
@@ -33,6 +34,15 @@ impl State {
                         .policy(cage.slot.slot())
                         .map(|p| p.hash().to_owned())
                         .unwrap_or_default(),
+                    containers: self.container_status(cage.agent_id),
+                    spiffe_id: self
+                        .credentials
+                        .trust_domain
+                        .agent(&cage.identity)
+                        .to_string(),
+                    certificate: cage.certificate.clone(),
+                    dns_grants: dns_grants as u64,
+                    dns_evicted,
                 }
             })
             .collect();
@@ -42,10 +52,11 @@ impl State {
             policy_hash: self.policy.hash().to_owned(),
             cgroup_root: self.root.dir().path().display().to_string(),
             global_lost: self.maps.global_lost(),
-            tier: self.kernel.tier.to_string(),
-            tier_missing: self.kernel.missing.clone(),
-            content_hashes: self.kernel.content_hashes,
-            unix: Some(self.kernel.unix.clone()),
+            tier: self.kernel.caps.tier.to_string(),
+            tier_missing: self.kernel.caps.missing.clone(),
+            content_hashes: self.kernel.caps.content_hashes,
+            refused: self.kernel.caps.refused(),
+            unix: Some(self.kernel.caps.unix.clone()),
             hooks: self.kernel.hooks.clone(),
             agents,
         }

@@ -2,11 +2,12 @@
 //! its UDP sockets). Nothing may unless a rule says so.
 
 use agent_common::egress::{PROTO_TCP, PROTO_UDP};
-use ipnet::IpNet;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{AllowRule, Cidr, EgressPolicy, PortRange, Ports, ProtocolName, Protocols};
+use super::{
+    AllowRule, Cidr, Destination, EgressPolicy, PortRange, Ports, ProtocolName, Protocols,
+};
 
 /// Inbound connections: default deny, plus an ordered allow list of peers.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -40,11 +41,6 @@ impl IngressRule {
     pub fn describe(&self) -> String {
         self.0.describe()
     }
-
-    /// The peers' network.
-    pub fn cidr(&self) -> IpNet {
-        self.0.cidr
-    }
 }
 
 /// What an ingress rule looks like in YAML.
@@ -70,7 +66,7 @@ struct RawIngressRule {
 impl From<RawIngressRule> for IngressRule {
     fn from(raw: RawIngressRule) -> Self {
         Self(AllowRule {
-            cidr: raw.cidr.0,
+            dest: Destination::Cidr(raw.cidr.0),
             ports: raw.ports.map(|p| p.0).unwrap_or_default(),
             protocols: raw.protocols.map_or(PROTO_TCP | PROTO_UDP, |p| p.0),
             comment: raw.comment,

@@ -1,7 +1,8 @@
-//! The `egress:` section: the ordered allow list (CIDRs, ports, protocols), raw sockets and
-//! which allowed decisions are reported. Every value is checked in its own visitor, so an
+//! The `egress:` section: the ordered allow list (CIDRs or DNS names, ports, protocols), raw
+//! sockets and which allowed decisions are reported. Every value is checked in its own visitor, so an
 //! error points at the offending text (see `schema`).
 
+mod host;
 mod ingress;
 
 use std::{fmt, net::IpAddr};
@@ -13,6 +14,8 @@ use serde::{
     de::{self, Deserializer, SeqAccess, Visitor},
     Deserialize, Serialize,
 };
+
+pub use host::{normalize as normalize_name, HostPattern};
 
 /// Outbound network access: default deny, plus an ordered allow list.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -129,13 +132,56 @@ impl<'de> Deserialize<'de> for AllowEvents {
     }
 }
 
+/// Where an allow rule admits traffic to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// A network. IPv4-mapped IPv6 networks are stored as IPv4.
+    Cidr(IpNet),
+    /// The addresses the cage's resolver found for a name the pattern admits, while their
+    /// answer's TTL lasts.
+    Host(HostPattern),
+}
+
+impl Destination {
+    /// The network, for a CIDR rule.
+    pub fn cidr(&self) -> Option<IpNet> {
+        match self {
+            Self::Cidr(n) => Some(*n),
+            Self::Host(_) => None,
+        }
+    }
+
+    /// The name pattern, for a `host:` rule.
+    pub fn host(&self) -> Option<&HostPattern> {
+        match self {
+            Self::Cidr(_) => None,
+            Self::Host(h) => Some(h),
+        }
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cidr(n) => n.fmt(f),
+            Self::Host(h) => h.fmt(f),
+        }
+    }
+}
+
+impl Serialize for Destination {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// One allowed destination set.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(from = "RawAllowRule")]
+#[serde(try_from = "RawAllowRule")]
 #[schemars(with = "RawAllowRule")]
 pub struct AllowRule {
-    /// Destination network. IPv4-mapped IPv6 networks are stored as IPv4.
-    pub cidr: IpNet,
+    /// Destination: a network, or a DNS name pattern.
+    pub dest: Destination,
     /// Destination port ranges; empty means every port.
     pub ports: Vec<PortRange>,
     /// `PROTO_TCP` / `PROTO_UDP` bits; never zero.
@@ -166,8 +212,8 @@ impl AllowRule {
                 .join(",")
         };
         let mut text = match &self.comment {
-            Some(c) => format!("{} {protocols} {ports} ({c})", self.cidr),
-            None => format!("{} {protocols} {ports}", self.cidr),
+            Some(c) => format!("{} {protocols} {ports} ({c})", self.dest),
+            None => format!("{} {protocols} {ports}", self.dest),
         };
         if self.requires_approval {
             text.push_str(" [requires approval]");
@@ -189,10 +235,19 @@ pub(crate) fn protocol_names(bits: u8) -> &'static str {
 /// What an allow rule looks like in YAML; each field validates itself as it is read.
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [{"required": ["cidr"]}, {"required": ["host"]}]))]
 struct RawAllowRule {
     /// Destination network: an IPv4 or IPv6 CIDR; a bare address means /32 or /128.
+    /// Exactly one of `cidr` and `host`.
+    #[serde(default)]
     #[schemars(with = "String")]
-    cidr: Cidr,
+    cidr: Option<Cidr>,
+    /// Destination by DNS name: `api.example.com` (that name only) or `"*.example.com"`
+    /// (any name below it, not the name itself; never over a public suffix such as `*.com`).
+    /// The addresses the cage's resolver finds for it are allowed until their TTL passes.
+    #[serde(default)]
+    #[schemars(with = "String")]
+    host: Option<Host>,
     /// Destination ports (443) and inclusive ranges ("8000-8099"); omitted or [] means every
     /// port.
     #[serde(default)]
@@ -227,17 +282,32 @@ enum ProtocolName {
     Udp,
 }
 
-impl From<RawAllowRule> for AllowRule {
-    fn from(raw: RawAllowRule) -> Self {
-        Self {
-            cidr: raw.cidr.0,
+impl TryFrom<RawAllowRule> for AllowRule {
+    type Error = String;
+
+    fn try_from(raw: RawAllowRule) -> Result<Self, String> {
+        let dest = match (raw.cidr, raw.host) {
+            (Some(c), None) => Destination::Cidr(c.0),
+            (None, Some(h)) => Destination::Host(h.0),
+            (Some(_), Some(_)) => {
+                return Err("a rule has either cidr or host, not both; write two rules".to_owned())
+            }
+            (None, None) => {
+                return Err(
+                    "a rule needs a destination: cidr (10.0.0.0/8) or host (api.example.com)"
+                        .to_owned(),
+                )
+            }
+        };
+        Ok(Self {
+            dest,
             ports: raw.ports.map(|p| p.0).unwrap_or_default(),
             protocols: raw.protocols.map_or(PROTO_TCP | PROTO_UDP, |p| p.0),
             comment: raw.comment,
             name: raw.name.map(|n| n.0),
             requires_approval: raw.requires_approval,
             read_only: raw.read_only,
-        }
+        })
     }
 }
 
@@ -462,6 +532,25 @@ impl<'de> Deserialize<'de> for Cidr {
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Cidr, E> {
                 parse_cidr(s).map(Cidr).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A validated `host:` pattern.
+struct Host(HostPattern);
+
+impl<'de> Deserialize<'de> for Host {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Host;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a DNS name like api.example.com or \"*.example.com\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Host, E> {
+                HostPattern::parse(s).map(Host).map_err(E::custom)
             }
         }
         d.deserialize_str(V)

@@ -113,7 +113,7 @@ fn allow_events() {
 #[test]
 fn describe() {
     let rule = AllowRule {
-        cidr: "127.0.0.1/32".parse().unwrap(),
+        dest: Destination::Cidr("127.0.0.1/32".parse().unwrap()),
         ports: vec![
             PortRange { lo: 8000, hi: 8099 },
             PortRange { lo: 443, hi: 443 },
@@ -135,7 +135,7 @@ fn describe() {
     );
     assert_eq!(egress.describe_rule(1), None);
     let any = AllowRule {
-        cidr: "::/0".parse().unwrap(),
+        dest: Destination::Cidr("::/0".parse().unwrap()),
         ports: vec![],
         protocols: PROTO_TCP | PROTO_UDP,
         comment: Some("everything".into()),

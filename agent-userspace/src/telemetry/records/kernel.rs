@@ -2,8 +2,11 @@
 
 use opentelemetry::{logs::Severity, KeyValue, Value};
 
-use super::{decision_span, sc, time_of, KindParts, SpanPlan};
-use crate::events::{EgressDetail, Event, ExecDetail, ExitDetail, FileDetail, UnixDetail, Verdict};
+use super::{decision_span, sc, time_of, warn_if, KindParts, SpanPlan};
+use crate::events::{
+    DnsDetail, EgressDetail, EgressSummary, Event, ExecDetail, ExitDetail, FileDetail, UnixDetail,
+    Verdict,
+};
 
 pub(super) fn egress(event: &Event, d: &EgressDetail) -> KindParts {
     let mut attrs = vec![
@@ -14,9 +17,18 @@ pub(super) fn egress(event: &Event, d: &EgressDetail) -> KindParts {
         KeyValue::new(sc::NETWORK_TYPE, d.family.to_string()),
         KeyValue::new(sc::SOCKET_TYPE, d.sock_type.to_string()),
     ];
-    if let Some(addr) = d.dst_addr {
-        attrs.push(KeyValue::new(sc::SERVER_ADDRESS, addr.to_string()));
-        attrs.push(KeyValue::new(sc::SERVER_PORT, i64::from(d.dst_port)));
+    match (d.dst_addr, &d.dst_name) {
+        // Granted by a name: the name is the server, the address its peer address.
+        (Some(addr), Some(name)) => {
+            attrs.push(KeyValue::new(sc::SERVER_ADDRESS, name.clone()));
+            attrs.push(KeyValue::new(sc::SERVER_PORT, i64::from(d.dst_port)));
+            attrs.push(KeyValue::new(sc::NETWORK_PEER_ADDRESS, addr.to_string()));
+        }
+        (Some(addr), None) => {
+            attrs.push(KeyValue::new(sc::SERVER_ADDRESS, addr.to_string()));
+            attrs.push(KeyValue::new(sc::SERVER_PORT, i64::from(d.dst_port)));
+        }
+        (None, _) => {}
     }
     if let Some(peer) = d.src_addr {
         // A peer reaching the agent: the agent is the server, on its own port.
@@ -31,6 +43,10 @@ pub(super) fn egress(event: &Event, d: &EgressDetail) -> KindParts {
         (Some(a), _) => format!(" {}", std::net::SocketAddr::new(a, d.dst_port)),
         (None, Some(peer)) => format!(" from {peer} to port {}", d.dst_port),
         (None, None) => String::new(),
+    };
+    let target = match &d.dst_name {
+        Some(name) => format!("{target} ({name})"),
+        None => target,
     };
     let body = format!(
         "{} {}{target} {}: {}",
@@ -47,9 +63,29 @@ pub(super) fn egress(event: &Event, d: &EgressDetail) -> KindParts {
     };
     (
         sc::EVENT_EGRESS_DECISION,
-        if deny { Severity::Warn } else { Severity::Info },
+        warn_if(deny),
         body,
         Some(span),
+        attrs,
+    )
+}
+
+/// A summary: the decision's record with the count and the first time; its span runs from
+/// the first repeat to the last.
+pub(super) fn egress_summary(event: &Event, s: &EgressSummary) -> KindParts {
+    let (_, severity, body, span, mut attrs) = egress(event, &s.decision);
+    attrs.push(KeyValue::new(sc::SUMMARY_COUNT, s.count as i64));
+    attrs.push(KeyValue::new(sc::SUMMARY_FIRST, s.first_unix_nano as i64));
+    let span = span.map(|plan| SpanPlan {
+        name: format!("egress {} x{}", s.decision.hook, s.count),
+        start: time_of(s.first_unix_nano),
+        ..plan
+    });
+    (
+        sc::EVENT_EGRESS_SUMMARY,
+        severity,
+        format!("{} more: {body}", s.count),
+        span,
         attrs,
     )
 }
@@ -68,7 +104,6 @@ pub(super) fn unix(event: &Event, d: &UnixDetail) -> KindParts {
     if let Some(text) = &d.rule_text {
         attrs.push(KeyValue::new(sc::RULE_TEXT, text.clone()));
     }
-    let deny = d.verdict == Verdict::Deny;
     let body = format!(
         "{} {} {}: {}",
         d.verdict,
@@ -76,11 +111,10 @@ pub(super) fn unix(event: &Event, d: &UnixDetail) -> KindParts {
         d.path.as_deref().unwrap_or("(unnamed)"),
         d.rule
     );
-    let rule = d.rule.to_string();
-    let span = decision_span(event, format!("unix {}", d.hook), d.verdict, &rule);
+    let span = decision_span(event, format!("unix {}", d.hook), d.verdict, d.rule);
     (
         sc::EVENT_UNIX_DECISION,
-        if deny { Severity::Warn } else { Severity::Info },
+        warn_if(d.verdict == Verdict::Deny),
         body,
         Some(span),
         attrs,
@@ -107,21 +141,10 @@ pub(super) fn exec(event: &Event, d: &ExecDetail) -> KindParts {
     if let Some(text) = &d.rule_text {
         attrs.push(KeyValue::new(sc::RULE_TEXT, text.clone()));
     }
-    let refused = d.verdict != Verdict::Allow;
     let body = format!("{} exec {}: {}", d.verdict, d.filename, d.rule);
-    let rule = d.rule.to_string();
-    let span = decision_span(event, format!("exec {}", d.filename), d.verdict, &rule);
-    (
-        sc::EVENT_EXEC,
-        if refused {
-            Severity::Warn
-        } else {
-            Severity::Info
-        },
-        body,
-        Some(span),
-        attrs,
-    )
+    let span = decision_span(event, format!("exec {}", d.filename), d.verdict, d.rule);
+    let severity = warn_if(d.verdict != Verdict::Allow);
+    (sc::EVENT_EXEC, severity, body, Some(span), attrs)
 }
 
 pub(super) fn exit(event: &Event, d: &ExitDetail) -> KindParts {
@@ -154,11 +177,49 @@ pub(super) fn file(event: &Event, d: &FileDetail) -> KindParts {
         attrs.push(KeyValue::new(sc::RULE_TEXT, text.clone()));
     }
     let body = format!("{} {} ({}): {}", d.verdict, d.op, d.access, d.rule);
-    let rule = d.rule.to_string();
-    let span = decision_span(event, format!("file {}", d.op), d.verdict, &rule);
+    let span = decision_span(event, format!("file {}", d.op), d.verdict, d.rule);
+    let severity = warn_if(d.verdict == Verdict::Deny);
+    (sc::EVENT_FILE, severity, body, Some(span), attrs)
+}
+
+/// A query to a cage's resolver (raised by the daemon; beside the kernel's egress decisions,
+/// which it makes possible).
+pub(super) fn dns(event: &Event, d: &DnsDetail) -> KindParts {
+    let mut attrs = vec![
+        KeyValue::new(sc::VERDICT, d.verdict.to_string()),
+        KeyValue::new(sc::RULE, d.rule.to_string()),
+        KeyValue::new(sc::DNS_QUESTION_NAME, d.name.clone()),
+        KeyValue::new(sc::DNS_QUESTION_TYPE, d.qtype.clone()),
+        KeyValue::new(sc::NETWORK_TRANSPORT, d.transport.to_string()),
+    ];
+    if let Some(text) = &d.rule_text {
+        attrs.push(KeyValue::new(sc::RULE_TEXT, text.clone()));
+    }
+    if !d.answers.is_empty() {
+        attrs.push(KeyValue::new(
+            sc::DNS_ANSWERS,
+            Value::Array(opentelemetry::Array::String(
+                d.answers.iter().map(|a| a.to_string().into()).collect(),
+            )),
+        ));
+    }
+    if let Some(e) = &d.error {
+        attrs.push(KeyValue::new(sc::ERROR_MESSAGE, e.clone()));
+    }
+    let refused = d.verdict != Verdict::Allow;
+    let body = format!("dns {} {} {}: {}", d.verdict, d.qtype, d.name, d.rule);
+    let time = time_of(event.time_unix_nano);
+    let span = SpanPlan {
+        name: format!("dns {}", d.qtype),
+        start: time,
+        end: time,
+        root: false,
+        error: refused.then(|| format!("refused by {}", d.rule)),
+        attributes: Vec::new(),
+    };
     (
-        sc::EVENT_FILE,
-        if d.verdict == Verdict::Deny {
+        sc::EVENT_DNS,
+        if refused {
             Severity::Warn
         } else {
             Severity::Info

@@ -98,13 +98,13 @@ impl BudgetState {
         agent: &str,
         budgets: &Budgets,
         key: &str,
-        now: u64,
+        (now, n): (u64, u64),
     ) -> Option<ScopedBreach> {
         let b = self
             .agents
             .get_mut(agent)?
             .meter
-            .repeat(budgets, key, now)?;
+            .repeat(budgets, key, now, n)?;
         Some(("agent".to_owned(), b))
     }
 
@@ -137,7 +137,7 @@ impl BudgetState {
 
 impl State {
     /// Reports budget breaches; a hard one throttles every agent in its scope.
-    pub(super) fn breaches(&mut self, agent: &str, breaches: Vec<ScopedBreach>) {
+    pub(crate) fn breaches(&mut self, agent: &str, breaches: Vec<ScopedBreach>) {
         for (scope, b) in breaches {
             warn!(
                 agent,
@@ -215,7 +215,7 @@ impl State {
     }
 
     /// Adds usage to the agent's meter and to its groups' and workflows'.
-    pub(super) fn meter(&mut self, agent: &str, metric: Metric, amount: f64) -> Vec<ScopedBreach> {
+    pub(crate) fn meter(&mut self, agent: &str, metric: Metric, amount: f64) -> Vec<ScopedBreach> {
         let Some(policy) = self.policy.agent(agent).cloned() else {
             return Vec::new();
         };
@@ -252,10 +252,9 @@ impl State {
     /// over.
     pub(super) fn tick_budgets(&mut self, agent: &str, now: u64) -> Option<Rung> {
         let policy = self.policy.agent(agent).cloned()?;
-        let allowed = self
-            .registry
-            .get(agent)
-            .map_or(0, |c| self.maps.stats(c.cgroup_id).allowed);
+        let allowed = self.registry.get(agent).map_or(0, |c| {
+            self.maps.stats(c.cgroup_id).allowed + self.containers_allowed(c.agent_id)
+        });
         // The grace only matters while the rung is still below the one it leads to.
         let below = self.containment.rung(agent) < policy.containment.on_budget;
         let grace = below.then_some(policy.containment.budget_grace.0);

@@ -1,19 +1,23 @@
 //! The run-time enforcement concerns, each owning its state: containment (`contain`),
-//! approvals (`approve`), budgets (`budget`), assertions (`assert`) and application events
-//! (`app`). This module feeds them what the kernel decided (from the event bus) and the
+//! approvals (`approve`), budgets (`budget`), assertions (`assert`), application events
+//! (`app`), credentials (`credential`) and behavior certificates (`certificate`). This module feeds them what the kernel decided (from the event bus) and the
 //! passing of time; the logic itself is `crate::runtime`'s.
 
 mod app;
 mod approve;
 mod assert;
 mod budget;
+mod certificate;
 mod contain;
+mod credential;
 
 pub(crate) use approve::ApprovalState;
 pub(crate) use assert::AssertionState;
 pub(crate) use budget::BudgetState;
 pub(crate) use contain::ContainmentState;
 pub use contain::{ContainJob, Contained, JobOutcome};
+pub use credential::CredentialSetup;
+pub(crate) use credential::CredentialState;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -48,7 +52,20 @@ impl State {
             // A peer reaching the agent is not the agent's doing: it feeds neither assertions
             // nor the deny rate (an outsider must not be able to get an agent contained).
             EventDetail::Egress(e) if e.hook == EgressHook::SkbIngress => {}
-            EventDetail::Egress(e) => self.on_egress(&agent, agent_policy, e, event.kernel_ts_ns),
+            EventDetail::EgressSummary(s) if s.decision.hook == EgressHook::SkbIngress => {}
+            EventDetail::Egress(e) => {
+                self.on_egress(&agent, agent_policy, e, (event.kernel_ts_ns, 1));
+            }
+            // A flood's repeats count at the time of the last of them: the checks see every
+            // decision (fail closed: a summary never makes a rate look lower).
+            EventDetail::EgressSummary(s) => {
+                self.on_egress(
+                    &agent,
+                    agent_policy,
+                    &s.decision,
+                    (event.kernel_ts_ns, s.count),
+                );
+            }
             _ => {}
         }
     }
@@ -90,7 +107,14 @@ impl State {
         }
     }
 
-    fn on_egress(&mut self, agent: &str, policy: Option<&AgentPolicy>, e: &EgressDetail, at: u64) {
+    /// `n` decisions of the same kind, the last at `at` (more than one for a summary).
+    fn on_egress(
+        &mut self,
+        agent: &str,
+        policy: Option<&AgentPolicy>,
+        e: &EgressDetail,
+        (at, n): (u64, u64),
+    ) {
         let rule = e
             .rule
             .egress_allow()
@@ -120,9 +144,9 @@ impl State {
                 if let Some(subject) = subject {
                     self.request_approval(agent, subject);
                 }
-                self.denied(agent, policy, e, at);
+                self.denied(agent, policy, e, (at, n));
             }
-            Verdict::Deny => self.denied(agent, policy, e, at),
+            Verdict::Deny => self.denied(agent, policy, e, (at, n)),
             Verdict::Budget => {
                 let on_budget = policy.map_or(Rung::Paused, |p| p.containment.on_budget);
                 if self.containment.rung(agent) < on_budget {
@@ -133,8 +157,31 @@ impl State {
         }
     }
 
-    /// Deny-rate anomaly and loop detection on denied destinations.
-    fn denied(&mut self, agent: &str, policy: Option<&AgentPolicy>, e: &EgressDetail, now: u64) {
+    /// Deny-rate anomaly and loop detection on `n` denials of one destination.
+    fn denied(
+        &mut self,
+        agent: &str,
+        policy: Option<&AgentPolicy>,
+        e: &EgressDetail,
+        at: (u64, u64),
+    ) {
+        let key = format!(
+            "denied {}:{}",
+            e.dst_addr.map(|a| a.to_string()).unwrap_or_default(),
+            e.dst_port
+        );
+        self.denial(agent, policy, &key, at);
+    }
+
+    /// `n` denials count toward the deny-rate anomaly, and `key` (what was denied) toward
+    /// loop detection.
+    pub(crate) fn denial(
+        &mut self,
+        agent: &str,
+        policy: Option<&AgentPolicy>,
+        key: &str,
+        (now, n): (u64, u64),
+    ) {
         let Some(policy) = policy else { return };
         let mut contain = None;
         if let Some(rate) = policy.containment.deny_rate {
@@ -142,17 +189,12 @@ impl State {
             let below = self.containment.rung(agent) < rate.rung;
             if self
                 .containment
-                .denial_rate_reached(agent, now, window, rate.denials, below)
+                .denial_rate_reached(agent, (now, n), window, rate.denials, below)
             {
                 contain = Some(rate.rung);
             }
         }
-        let key = format!(
-            "denied {}:{}",
-            e.dst_addr.map(|a| a.to_string()).unwrap_or_default(),
-            e.dst_port
-        );
-        if let Some(b) = self.budgets.repeat(agent, &policy.budgets, &key, now) {
+        if let Some(b) = self.budgets.repeat(agent, &policy.budgets, key, (now, n)) {
             self.breaches(agent, vec![b]);
         }
         if let Some(rung) = contain {
@@ -165,6 +207,7 @@ impl State {
     pub fn tick(&mut self) {
         let now = boot_ns();
         self.expire_approvals(now);
+        self.dns_tick(now);
         for agent in self.registry.names_of_cages() {
             if self.policy.agent(&agent).is_none() {
                 continue;
