@@ -9,10 +9,12 @@
 //! listening socket (the SYN, the handshake's last ACK, a SYN cookie's ACK) is judged by its
 //! source against `ingress.allow`, so a refused peer's connection never exists: no byte of it
 //! reaches the agent or leaves it. A datagram for a caged UDP socket passes if its source is
-//! one the agent may send to (a reply) or one `ingress.allow` admits.
+//! one the agent may send to (a reply), the cage's own resolver, or one `ingress.allow`
+//! admits.
 
 use agent_common::{
     cage::{CageConfig, CAGE_F_THROTTLED},
+    dns::{RESOLVER_V4, RESOLVER_V6},
     egress::{
         Hook, Key4, Key6, Verdict, PROTO_TCP, PROTO_UDP, RULE_BUDGET, RULE_DEFAULT_DENY,
         RULE_IP_OPTIONS, RULE_NO_CAGE, RULE_ROUTING_HEADER, SLOT_BITS,
@@ -28,7 +30,7 @@ use aya_ebpf::{
 
 use crate::{
     egress::{cage_of, matching_rule, report, Attempt},
-    maps::{EGRESS_V4, EGRESS_V6, INGRESS_V4, INGRESS_V6},
+    maps::{DNS_TARGETS, EGRESS_V4, EGRESS_V6, INGRESS_V4, INGRESS_V6},
 };
 
 const PASS: i32 = 1;
@@ -121,7 +123,7 @@ pub fn agentcage_skb_ingress(ctx: SkBuffContext) -> i32 {
         return PASS;
     }
     if !listening
-        && lookup(
+        && (lookup(
             &cage,
             family,
             source,
@@ -129,8 +131,10 @@ pub fn agentcage_skb_ingress(ctx: SkBuffContext) -> i32 {
             packet.src_port,
             proto_bit,
         ) != RULE_DEFAULT_DENY
+            || from_own_resolver(cgroup_id, family, source, packet.src_port))
     {
-        // From a destination the agent may send to: a reply.
+        // From a destination the agent may send to, or the cage's resolver, to which its
+        // DNS was redirected: a reply.
         return PASS;
     }
     // Refused: every retransmitted SYN is reported too, so the peer's persistence shows.
@@ -142,6 +146,21 @@ pub fn agentcage_skb_ingress(ctx: SkBuffContext) -> i32 {
         RULE_DEFAULT_DENY,
     );
     DROP
+}
+
+/// Whether a datagram comes from the cage's own resolver endpoint (its answers to the
+/// queries the connect/sendmsg hooks sent there).
+#[inline(always)]
+fn from_own_resolver(cgroup_id: u64, family: u16, source: &[u8; 16], port: u16) -> bool {
+    // SAFETY: the value is copied out at once.
+    let Some(target) = DNS_TARGETS.get_ptr(cgroup_id).map(|t| unsafe { *t }) else {
+        return false;
+    };
+    if family == AF_INET {
+        port != 0 && port == target.port4 && source[..4] == RESOLVER_V4
+    } else {
+        port != 0 && port == target.port6 && *source == RESOLVER_V6
+    }
 }
 
 /// Which allow list an address is looked up in.
