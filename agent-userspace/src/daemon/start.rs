@@ -149,8 +149,7 @@ pub(super) async fn start(
     };
     // Started before the programs attach: a telemetry configuration that cannot work stops
     // the daemon with nothing attached, and the spool is the bus's durable sink before any
-    // event is read.
-    let shared_slot = Arc::new(std::sync::OnceLock::<std::sync::Weak<Shared>>::new());
+    // event is read. The spool's readers reach the state through the resolver's slot.
     let telemetry = if file.telemetry.active() {
         let slot = Arc::clone(&shared_slot);
         let identity = crate::telemetry::Identity {
