@@ -77,7 +77,8 @@ pub(super) async fn start(
     };
     let maps = EgressMaps::take(&mut ebpf)?;
     let approval_map = ApprovalMap::take(&mut ebpf)?;
-    // The resolver's answers need the shared state, which exists only once the state does.
+    // The resolver's answers (and the spool's readers) need the shared state, which exists
+    // only once the state does.
     let shared_slot = Arc::new(std::sync::OnceLock::<std::sync::Weak<Shared>>::new());
     let dns = super::state::DnsState::new(
         file.dns.clone(),
@@ -143,8 +144,7 @@ pub(super) async fn start(
     };
     // Started before the programs attach: a telemetry configuration that cannot work stops
     // the daemon with nothing attached, and the spool is the bus's durable sink before any
-    // event is read.
-    let shared_slot = Arc::new(std::sync::OnceLock::<std::sync::Weak<Shared>>::new());
+    // event is read. The spool's readers reach the state through the resolver's slot.
     let telemetry = if file.telemetry.active() {
         let slot = Arc::clone(&shared_slot);
         let identity = crate::telemetry::Identity {
