@@ -2,8 +2,10 @@
 //!
 //! The library behind the `agentcaged` daemon and the `agentcage` CLI, one module per
 //! capability:
+//! - [`accounts`]: the accounts agents run under (`run_as`), dynamic uids;
 //! - [`cage`]: cgroup v2 discovery and the agents' cages;
 //! - [`caps`]: capability sets, changed between fork and exec;
+//! - [`confine`]: what a process becomes before it joins its cage (account, shield);
 //! - [`bpf`]: loading, attaching and pinning the eBPF programs, and their maps;
 //! - [`policy`]: the policy files (schema, parsing with locations, compiling to maps, hashing);
 //! - [`events`]: decoding kernel events and the event bus;
@@ -18,12 +20,14 @@
 //! - [`errors`]: rendering error chains for people;
 //! - [`clock`]: wall, boot and the offset between them.
 
+pub mod accounts;
 pub mod bpf;
 pub mod cage;
 pub mod caps;
 pub mod capture;
 pub mod cli;
 pub mod clock;
+pub mod confine;
 pub mod control;
 pub mod daemon;
 pub mod doctor;

@@ -122,6 +122,9 @@ impl Daemon {
     pub fn start_args(policy_yaml: &str, args: &[&str]) -> Self {
         require_root();
         let dir = tempfile::tempdir().expect("tempdir");
+        // Agents under dynamic uids pass through to their homes (`home/NAME`, each 0700).
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o711)).expect("chmod");
         let policy = dir.path().join("policy.yaml");
         fs::write(&policy, policy_yaml).expect("write policy");
         let cgroup_name = format!(
@@ -152,6 +155,8 @@ impl Daemon {
             .arg(app_socket_of(&socket))
             .arg("--snapshot-dir")
             .arg(snapshots_of(&socket))
+            .arg("--home-dir")
+            .arg(homes_of(&socket))
             .arg("--cgroup-name")
             .arg(&cgroup_name)
             .env("NO_COLOR", "1")
@@ -370,6 +375,10 @@ fn app_socket_of(socket: &Path) -> PathBuf {
 
 fn snapshots_of(socket: &Path) -> PathBuf {
     socket.with_file_name("snapshots")
+}
+
+fn homes_of(socket: &Path) -> PathBuf {
+    socket.with_file_name("home")
 }
 
 /// Kills whatever a failed test left in the cgroup tree and removes it.

@@ -7,7 +7,6 @@ mod contain;
 mod pty;
 mod relay;
 mod run;
-mod shield;
 mod stream;
 mod top;
 
@@ -299,6 +298,10 @@ pub struct RunArgs {
     /// The agent's name (its identity is `agent:NAME`).
     #[arg(long)]
     pub agent: String,
+    /// The account to run the agent as, among those its policy's run_as lists (`dynamic` is
+    /// always allowed: a uid of the agent's own).
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
     /// Let the agent share your terminal and session instead of giving it a pseudo-terminal
     /// of its own. It can then push input into your shell (TIOCSTI), change your terminal's
     /// settings and read what you type after it exits.

@@ -79,6 +79,9 @@ pub(super) async fn start(
                 .program("agentcage_bprm_check")
                 .is_some_and(|p| p.info().is_ok()),
         hooks: Vec::new(),
+        controllers: root
+            .available_controllers()
+            .map_or(0, |c| crate::policy::kernel::controllers_of(&c)),
     };
     // Snapshots and kills run outside the state lock, on the containment worker.
     let (jobs, job_queue) = tokio::sync::mpsc::unbounded_channel();
@@ -95,6 +98,10 @@ pub(super) async fn start(
             snapshot_dir: config.snapshot_dir.clone(),
             recording_dir: config.recording_dir.clone(),
             jobs,
+            users: crate::accounts::DynamicUsers::new(
+                config.home_dir.clone(),
+                &config.cgroup_name,
+            ),
         },
     );
     let wake = Arc::new(tokio::sync::Notify::new());

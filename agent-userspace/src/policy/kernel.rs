@@ -21,6 +21,56 @@ pub struct KernelCaps {
     pub can_refuse: bool,
     /// Exec rules by content (`bpf_ima_file_hash`) are enforced.
     pub content_hashes: bool,
+    /// The cgroup v2 controllers the hierarchy offers (`CONTROLLER_*` bits).
+    pub controllers: u8,
+}
+
+/// The cgroup v2 `pids` controller.
+pub const CONTROLLER_PIDS: u8 = 1 << 0;
+/// The cgroup v2 `memory` controller.
+pub const CONTROLLER_MEMORY: u8 = 1 << 1;
+/// The cgroup v2 `cpu` controller.
+pub const CONTROLLER_CPU: u8 = 1 << 2;
+
+/// The controller bits of a `cgroup.controllers` text.
+pub fn controllers_of(text: &str) -> u8 {
+    text.split_whitespace().fold(0, |bits, c| {
+        bits | match c {
+            "pids" => CONTROLLER_PIDS,
+            "memory" => CONTROLLER_MEMORY,
+            "cpu" => CONTROLLER_CPU,
+            _ => 0,
+        }
+    })
+}
+
+/// What in an agent's policy this kernel cannot enforce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Shortfall {
+    /// Rules that only the deny tier (BPF LSM) enforces.
+    DenyTier(String),
+    /// A limit whose cgroup v2 controller the hierarchy lacks.
+    Controller {
+        /// The limit, e.g. `limits.memory`.
+        limit: &'static str,
+        /// The controller, e.g. `memory`.
+        controller: &'static str,
+    },
+}
+
+/// The first limit of the policy whose controller the cgroup v2 hierarchy lacks.
+pub fn needs_controller(p: &AgentPolicy, caps: KernelCaps) -> Option<Shortfall> {
+    p.limits.controllers().into_iter().find_map(|c| {
+        let (bit, limit) = match c {
+            "pids" => (CONTROLLER_PIDS, "limits.pids"),
+            "memory" => (CONTROLLER_MEMORY, "limits.memory"),
+            _ => (CONTROLLER_CPU, "limits.cpu"),
+        };
+        (caps.controllers & bit == 0).then_some(Shortfall::Controller {
+            limit,
+            controller: c,
+        })
+    })
 }
 
 /// A cage's mode besides its policy.
@@ -108,7 +158,7 @@ pub fn cage_settings(
     compiled: &CompiledAgent,
     caps: KernelCaps,
     mode: CageMode,
-) -> (CageSettings, Option<String>) {
+) -> (CageSettings, Option<Shortfall>) {
     let mut flags = mode_flags(mode, caps);
     let Some(p) = p else {
         return (
@@ -138,7 +188,10 @@ pub fn cage_settings(
         flags,
         allow_sample: p.egress.allow_events.sample_rate(),
     };
-    (settings, needs_deny_tier(p, compiled, caps))
+    let shortfall = needs_deny_tier(p, compiled, caps)
+        .map(Shortfall::DenyTier)
+        .or_else(|| needs_controller(p, caps));
+    (settings, shortfall)
 }
 
 #[cfg(test)]
@@ -148,10 +201,12 @@ mod tests {
     const KILL: KernelCaps = KernelCaps {
         can_refuse: false,
         content_hashes: false,
+        controllers: 0,
     };
     const DENY: KernelCaps = KernelCaps {
         can_refuse: true,
         content_hashes: true,
+        controllers: CONTROLLER_PIDS | CONTROLLER_MEMORY | CONTROLLER_CPU,
     };
 
     fn agent(yaml: &str) -> (AgentPolicy, CompiledAgent) {
@@ -190,7 +245,7 @@ mod tests {
     fn what_the_kill_tier_cannot_enforce_is_named() {
         let (p, c) = agent("    files:\n      protect: [{path: /etc/hostname}]\n");
         let (kill, shortfall) = cage_settings(Some(&p), &c, KILL, CageMode::default());
-        assert!(shortfall.unwrap().contains("files rules"));
+        assert!(matches!(shortfall, Some(Shortfall::DenyTier(n)) if n.contains("files rules")));
         let (deny, shortfall) = cage_settings(Some(&p), &c, DENY, CageMode::default());
         assert_eq!((deny.flags & CAGE_F_FILES, shortfall), (CAGE_F_FILES, None));
         assert_eq!(
@@ -200,19 +255,17 @@ mod tests {
 
         let (p, c) = agent("    enforcement: deny\n");
         assert_eq!(
-            cage_settings(Some(&p), &c, KILL, CageMode::default())
-                .1
-                .as_deref(),
-            Some("enforcement: deny")
+            cage_settings(Some(&p), &c, KILL, CageMode::default()).1,
+            Some(Shortfall::DenyTier("enforcement: deny".into()))
         );
         let digest = "0".repeat(64);
         let (p, c) = agent(&format!("    exec:\n      deny: [\"sha256:{digest}\"]\n"));
         let no_ima = KernelCaps {
-            can_refuse: true,
             content_hashes: false,
+            ..DENY
         };
         let (s, shortfall) = cage_settings(Some(&p), &c, no_ima, CageMode::default());
-        assert!(shortfall.unwrap().contains("sha256"));
+        assert!(matches!(shortfall, Some(Shortfall::DenyTier(n)) if n.contains("sha256")));
         assert_eq!(
             s.flags & CAGE_F_EXEC_HASHES,
             0,
@@ -223,6 +276,34 @@ mod tests {
             s.flags & (CAGE_F_EXEC_HASHES | CAGE_F_EXEC_DIGESTS_REQUIRED),
             CAGE_F_EXEC_HASHES | CAGE_F_EXEC_DIGESTS_REQUIRED
         );
+    }
+
+    #[test]
+    fn a_limit_without_its_controller_is_named() {
+        let (p, c) = agent("    limits: {pids: 10, memory: 64M}\n");
+        let hybrid = KernelCaps {
+            controllers: controllers_of("hugetlb"),
+            ..DENY
+        };
+        assert_eq!(
+            cage_settings(Some(&p), &c, hybrid, CageMode::default()).1,
+            Some(Shortfall::Controller {
+                limit: "limits.pids",
+                controller: "pids"
+            })
+        );
+        let pids_only = KernelCaps {
+            controllers: controllers_of("cpuset pids io"),
+            ..DENY
+        };
+        assert_eq!(
+            needs_controller(&p, pids_only),
+            Some(Shortfall::Controller {
+                limit: "limits.memory",
+                controller: "memory"
+            })
+        );
+        assert_eq!(cage_settings(Some(&p), &c, DENY, CageMode::default()).1, None);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! agent once, so the daemon's later [`compile_egress`] calls cannot fail on it.
 
 pub mod assertions;
+mod account;
 mod compile;
 mod egress;
 mod error;
@@ -13,12 +14,14 @@ mod exec;
 mod hash;
 mod inodes;
 pub mod kernel;
+mod limits;
 mod locate;
 mod runtime;
 mod schema;
 
 use std::{collections::BTreeMap, fs, path::Path};
 
+pub use account::{Account, RunAs};
 pub use compile::compile_read_only;
 pub use compile::{compile_egress, CompiledEgress};
 pub use egress::{AllowEvents, AllowRule, EgressPolicy, PortRange};
@@ -30,6 +33,7 @@ pub use exec::{
 pub use inodes::{
     compile_exec, compile_files, kernel_dev, kernel_dev_of, CompiledExec, CompiledFiles,
 };
+pub use limits::{Cpu, Limits, Memory, Pids, CPU_PERIOD_US};
 pub use runtime::{
     ApprovalPolicy, Budgets, Collective, Collectives, ContainmentPolicy, DenyRate, Limit, LoopRule,
     Rung, Span, TimeLimit,

@@ -18,6 +18,8 @@ use serde::{
 
 use super::assertions::Assertion;
 use super::{
+    account::RunAs,
+    limits::Limits,
     egress::EgressPolicy,
     exec::{Enforcement, ExecPolicy, FilesPolicy},
     runtime::{ApprovalPolicy, Budgets, Collectives, ContainmentPolicy},
@@ -64,6 +66,13 @@ pub struct AgentPolicy {
     /// Whether `agentcage run` must record the agent's terminal.
     #[serde(default)]
     pub record: Record,
+    /// The account the agent's processes run under: `dynamic` (default: a uid of its own),
+    /// `root`, `caller`, an account name, or a list (`agentcage run --user` picks one).
+    #[serde(default)]
+    pub run_as: RunAs,
+    /// Resource limits of the agent's cage (cgroup v2 controllers).
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// Whether sessions of an agent are recorded (asciicast files).

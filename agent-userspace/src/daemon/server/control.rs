@@ -36,7 +36,7 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream) {
         let _ = send(&mut write, &Response::Error { message }).await;
         return;
     }
-    let mut held: Vec<String> = Vec::new();
+    let mut held: Vec<(String, crate::accounts::Joiner)> = Vec::new();
     let mut reader = BufReader::new(read);
     loop {
         let line = match next_line(&mut reader).await {
@@ -96,8 +96,8 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream) {
     }
     if !held.is_empty() {
         let mut state = shared.state();
-        for agent in held {
-            state.release(&agent);
+        for (agent, joiner) in held {
+            state.release(&agent, joiner);
         }
     }
 }
@@ -125,7 +125,7 @@ fn handle(
     shared: &Shared,
     peer: &Peer,
     request: Request,
-    held: &mut Vec<String>,
+    held: &mut Vec<(String, crate::accounts::Joiner)>,
     attach: &mut Option<OwnedFd>,
 ) -> Response {
     let mut state = shared.state();
@@ -134,9 +134,9 @@ fn handle(
             version: env!("CARGO_PKG_VERSION").to_owned(),
             policy_hash: state.policy().hash().to_owned(),
         }),
-        Request::Prepare { agent } => state.hold(&agent).and_then(|h| {
+        Request::Prepare { agent, user } => state.hold(&agent, user.as_deref(), peer.uid).and_then(|h| {
             // Released when the connection closes, refused or not.
-            held.push(agent.clone());
+            held.push((agent.clone(), h.run_as.joiner()));
             let recording = if h.record {
                 let (grant, fd) = shared.recordings.create(&agent, peer.pid)?;
                 *attach = Some(fd);
@@ -150,6 +150,8 @@ fn handle(
                 uid = peer.uid,
                 policy_hash = h.policy_hash,
                 recording = recording.as_ref().map(|r| r.path.as_str()),
+                run_as = h.run_as.account,
+                run_uid = h.run_as.uid,
                 "agent run starting"
             );
             Ok(Response::Prepared {
@@ -160,6 +162,7 @@ fn handle(
                 raw_sockets: h.raw_sockets,
                 policy_source: h.policy_source,
                 recording,
+                run_as: Some(h.run_as),
             })
         }),
         Request::Join { agent } => state

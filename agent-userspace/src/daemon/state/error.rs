@@ -74,6 +74,23 @@ pub enum StateError {
         /// What the kernel lacks.
         missing: String,
     },
+    /// The agent's policy sets a limit whose cgroup v2 controller the hierarchy lacks.
+    #[error(
+        "refused to start agent {agent:?}: its policy sets {limit}, but the cgroup v2 \
+         hierarchy at {hierarchy} has no {controller} controller (it may be bound to a cgroup \
+         v1 hierarchy on this host: see {hierarchy}/cgroup.controllers). Boot with cgroup v2 \
+         only (systemd.unified_cgroup_hierarchy=1), or remove {limit} from its policy"
+    )]
+    ControllerUnavailable {
+        /// The agent.
+        agent: String,
+        /// The limit, e.g. `limits.memory`.
+        limit: &'static str,
+        /// The controller it needs.
+        controller: &'static str,
+        /// Where cgroup v2 is mounted.
+        hierarchy: String,
+    },
     /// The request cannot be carried out as given.
     #[error("{0}")]
     Usage(String),
@@ -95,6 +112,9 @@ pub enum StateError {
     /// Freezing, killing or the snapshot failed.
     #[error(transparent)]
     Contain(#[from] ContainError),
+    /// The account the agent runs as cannot be granted.
+    #[error(transparent)]
+    Account(#[from] crate::accounts::AccountError),
     /// A recording the policy requires could not be made.
     #[error(transparent)]
     Recording(#[from] crate::recording::RecordingError),

@@ -1,7 +1,7 @@
 //! A cage's life: made (or taken over from an earlier daemon) and enforced before any
 //! process enters, held by clients, filled, and removed once empty and unheld.
 
-use std::{fs, os::unix::fs::MetadataExt as _, sync::Arc};
+use std::{collections::HashMap, fs, os::unix::fs::MetadataExt as _, sync::Arc};
 
 use nix::sys::inotify::{AddWatchFlags, WatchDescriptor};
 use tracing::{info, warn};
@@ -39,6 +39,14 @@ impl State {
                 });
             }
         };
+        // A cage an earlier daemon left keeps the dynamic uid its processes hold.
+        let dynamic = if strict {
+            None
+        } else {
+            dir.procs()
+                .ok()
+                .and_then(|pids| self.users.of_processes(agent, &pids))
+        };
         let now = crate::clock::boot_ns();
         let agent_policy = self.policy.agent(agent);
         self.containment.start(agent);
@@ -55,6 +63,8 @@ impl State {
                 holds: 0,
                 watch,
                 started_unix_nano: crate::clock::now_unix_nano(),
+                dynamic,
+                joiners: HashMap::new(),
             },
         );
         Ok(())
@@ -91,7 +101,11 @@ impl State {
             let policy = Arc::clone(&self.policy);
             self.compile_for(&policy, agent, true, false, CageMode::default())?;
             let dir = self.root.ensure_cage(agent)?;
-            if let Err(e) = self.install(agent, dir.clone(), true) {
+            // Limits first: no process may enter the cage before they hold.
+            if let Err(e) = self
+                .apply_limits(agent, &dir)
+                .and_then(|()| self.install(agent, dir.clone(), true))
+            {
                 let _ = dir.remove();
                 return Err(e);
             }
@@ -103,25 +117,69 @@ impl State {
             .ok_or_else(|| StateError::NoCage(agent.to_owned()))
     }
 
-    /// Creates the cage if needed and holds it until [`Self::release`].
-    pub fn hold(&mut self, agent: &str) -> Result<Held, StateError> {
+    /// Writes the policy's resource limits into the cage's cgroup files (a limit the policy
+    /// no longer sets goes back to `max`), enabling the controllers they need first.
+    pub(super) fn apply_limits(&self, agent: &str, dir: &CgroupDir) -> Result<(), StateError> {
+        let limits = self
+            .policy
+            .agent(agent)
+            .map(|p| p.limits)
+            .unwrap_or_default();
+        let wanted = limits.controllers();
+        if !wanted.is_empty() {
+            self.root.enable_controllers(&wanted)?;
+        }
+        let files = limits.files();
+        for (file, unlimited) in [
+            ("pids.max", "max"),
+            ("memory.max", "max"),
+            ("cpu.max", "max 100000"),
+        ] {
+            match files.iter().find(|(f, _)| *f == file) {
+                Some((_, value)) => dir.write(file, value)?,
+                // Lift an earlier limit, where the controller is on for the cage at all.
+                None if dir.path().join(file).exists() => dir.write(file, unlimited)?,
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the cage if needed and holds it until [`Self::release`], granting the account
+    /// the agent runs as (`requested` is `agentcage run --user`, `caller` the client's uid).
+    pub fn hold(
+        &mut self,
+        agent: &str,
+        requested: Option<&str>,
+        caller: u32,
+    ) -> Result<Held, StateError> {
         self.ensure_cage(agent)?;
         let raw_sockets = self
             .policy
             .agent(agent)
             .is_some_and(|p| p.egress.raw_sockets);
+        let grant = match self.grant_account(agent, requested, caller) {
+            Ok(g) => g,
+            Err(e) => {
+                // The cage may have been made for this request alone.
+                self.remove_if_idle(agent);
+                return Err(e);
+            }
+        };
         let held = Held {
             cgroup: String::new(),
             policy_hash: self.policy.hash().to_owned(),
             raw_sockets,
             policy_source: self.policy.source().to_owned(),
             record: self.requires_recording(agent),
+            run_as: grant.clone(),
         };
         let cage = self
             .registry
             .get_mut(agent)
             .ok_or_else(|| StateError::NoCage(agent.to_owned()))?;
         cage.holds += 1;
+        *cage.joiners.entry(grant.joiner()).or_default() += 1;
         Ok(Held {
             cgroup: cage.dir.path().display().to_string(),
             ..held
@@ -135,10 +193,17 @@ impl State {
             .is_some_and(|p| p.record == crate::policy::Record::Always)
     }
 
-    /// Drops one hold; removes the cage if nothing holds it and it is empty.
-    pub fn release(&mut self, agent: &str) {
+    /// Drops one hold (and the account it granted); removes the cage if nothing holds it and
+    /// it is empty.
+    pub fn release(&mut self, agent: &str, joiner: crate::accounts::Joiner) {
         if let Some(cage) = self.registry.get_mut(agent) {
             cage.holds = cage.holds.saturating_sub(1);
+            if let Some(n) = cage.joiners.get_mut(&joiner) {
+                *n -= 1;
+                if *n == 0 {
+                    cage.joiners.remove(&joiner);
+                }
+            }
         }
         self.remove_if_idle(agent);
     }
@@ -169,6 +234,11 @@ impl State {
                 "agent {agent:?} must be recorded (record: always in its policy), and an adopted \
                  process's terminal cannot be: start it with `agentcage run` instead"
             )));
+        }
+        if adopting {
+            self.check_adoptable(agent, pid, owner)?;
+        } else {
+            self.check_joiner(agent, pid)?;
         }
         self.check_cageable(agent, pid, adopting)?;
         let cage = self.ensure_cage(agent)?;
@@ -271,6 +341,9 @@ impl State {
             self.assertions.forget(agent);
             self.approvals.forget_cage(cage.cgroup_id);
             self.slots.retire(cage.slot, &mut self.maps);
+            if let Some(user) = &cage.dynamic {
+                self.users.release(agent, user);
+            }
             info!(agent, "cage removed: its last process exited");
         }
     }

@@ -16,6 +16,7 @@ mod registry;
 mod reload;
 mod slots;
 mod status;
+mod users;
 
 pub use enforce::{ContainJob, Contained, JobOutcome};
 pub use error::StateError;
@@ -30,7 +31,7 @@ use crate::{
     cage::CageRoot,
     events::{Event, EventBus},
     policy::{
-        kernel::{cage_settings, compile_agent, CageMode, CageSettings, KernelCaps},
+        kernel::{cage_settings, compile_agent, CageMode, CageSettings, KernelCaps, Shortfall},
         CompiledAgent, Policy,
     },
 };
@@ -50,6 +51,8 @@ pub struct Held {
     pub policy_source: String,
     /// The policy requires the session to be recorded (`record: always`).
     pub record: bool,
+    /// The account the run's processes must hold when they join.
+    pub run_as: crate::accounts::RunAsGrant,
 }
 
 /// What the kernel gives, found at start.
@@ -63,6 +66,8 @@ pub struct KernelInfo {
     pub content_hashes: bool,
     /// The host-wide hooks' states.
     pub hooks: Vec<HookStatus>,
+    /// The cgroup v2 controllers the hierarchy offers (`policy::kernel::CONTROLLER_*`).
+    pub controllers: u8,
 }
 
 impl KernelInfo {
@@ -71,6 +76,7 @@ impl KernelInfo {
         KernelCaps {
             can_refuse: self.tier == Tier::Deny,
             content_hashes: self.content_hashes,
+            controllers: self.controllers,
         }
     }
 }
@@ -87,6 +93,8 @@ pub struct RuntimeParts {
     pub recording_dir: PathBuf,
     /// Where containment jobs (snapshots, kills) go, to run outside the state lock.
     pub jobs: tokio::sync::mpsc::UnboundedSender<ContainJob>,
+    /// The dynamic uids agents run under, and their homes.
+    pub users: crate::accounts::DynamicUsers,
 }
 
 /// Everything the daemon manages.
@@ -113,6 +121,7 @@ pub struct State {
     approvals: ApprovalState,
     budgets: BudgetState,
     assertions: AssertionState,
+    users: crate::accounts::DynamicUsers,
 }
 
 /// A slot filled with an agent's rules, not yet switched in.
@@ -150,6 +159,7 @@ impl State {
             approvals: ApprovalState::new(parts.approval_map),
             budgets: BudgetState::default(),
             assertions: AssertionState::default(),
+            users: parts.users,
         }
     }
 
@@ -213,21 +223,31 @@ impl State {
         }
         let (settings, shortfall) =
             cage_settings(policy.agent(agent), &compiled, self.kernel.caps(), mode);
-        if let Some(needs) = shortfall {
-            let missing = self
-                .kernel
-                .missing
-                .clone()
-                .unwrap_or_else(|| "the kernel's IMA cannot hash files for BPF".to_owned());
-            let err = StateError::TierUnavailable {
+        let err = match shortfall {
+            None => None,
+            Some(Shortfall::DenyTier(needs)) => Some(StateError::TierUnavailable {
                 agent: agent.to_owned(),
                 needs,
-                missing,
-            };
+                missing: self
+                    .kernel
+                    .missing
+                    .clone()
+                    .unwrap_or_else(|| "the kernel's IMA cannot hash files for BPF".to_owned()),
+            }),
+            Some(Shortfall::Controller { limit, controller }) => {
+                Some(StateError::ControllerUnavailable {
+                    agent: agent.to_owned(),
+                    limit,
+                    controller,
+                    hierarchy: self.root.mount().display().to_string(),
+                })
+            }
+        };
+        if let Some(err) = err {
             if !adopting {
                 return Err(err);
             }
-            tracing::warn!(agent, error = %err, "cage enforced with the kill tier only");
+            tracing::warn!(agent, error = %err, "cage enforced without what this kernel lacks");
         }
         Ok((compiled, settings))
     }

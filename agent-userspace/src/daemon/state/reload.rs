@@ -85,6 +85,11 @@ impl State {
             }
         }
         self.policy = policy;
+        for (agent, cage) in self.registry.iter() {
+            if let Err(e) = self.apply_limits(agent, &cage.dir) {
+                warn!(agent, error = %e, "cage kept its previous limits");
+            }
+        }
         self.assertions.follow(&self.policy);
         self.approvals.lapse_changed_rules(&self.policy);
         info!(
