@@ -24,7 +24,7 @@ fn denied_execs_fail_with_eperm_even_renamed_and_allowed_ones_run() {
     let bins = tempfile::tempdir().unwrap();
     let denied = copy_of("/bin/true", bins.path(), "denied-true");
     let daemon = Daemon::start(&format!(
-        "version: 1\nagents:\n  t:\n    exec:\n      deny: [{denied}]\n"
+        "version: 1\nagents:\n  t:\n    run_as: root\n    exec:\n      deny: [{denied}]\n"
     ));
     daemon.expect_tier("deny");
     assert_eq!(
@@ -61,7 +61,7 @@ fn an_allow_list_refuses_everything_else() {
     let listed = copy_of("/bin/true", bins.path(), "listed");
     let probe = harness::probe();
     let daemon = Daemon::start(&format!(
-        "version: 1\nagents:\n  t:\n    exec:\n      default: deny\n      allow: [{}, {listed}]\n",
+        "version: 1\nagents:\n  t:\n    run_as: root\n    exec:\n      default: deny\n      allow: [{}, {listed}]\n",
         probe.display()
     ));
     daemon.expect_tier("deny");
@@ -83,7 +83,7 @@ fn protected_files_cannot_be_opened_even_through_a_symlink() {
     let link = dir.path().join("link-to-secret");
     std::os::unix::fs::symlink(&secret, &link).unwrap();
     let daemon = Daemon::start(&format!(
-        "version: 1\nagents:\n  t:\n    files:\n      protect:\n        - path: {}\n        - path: {}/**\n        - path: {}\n          access: write\n",
+        "version: 1\nagents:\n  t:\n    run_as: root\n    files:\n      protect:\n        - path: {}\n        - path: {}/**\n        - path: {}\n          access: write\n",
         secret.display(),
         vault.display(),
         readable.display()
@@ -125,7 +125,7 @@ fn protected_files_cannot_be_opened_even_through_a_symlink() {
 fn the_lsm_connect_hook_refuses_first_and_reports_once() {
     let (_listeners, port) = harness::listener_pair();
     let daemon = Daemon::start(&format!(
-        "version: 1\nagents:\n  t:\n    egress:\n      allow:\n        - cidr: 127.0.0.1/32\n          ports: [{port}]\n"
+        "version: 1\nagents:\n  t:\n    run_as: root\n    egress:\n      allow:\n        - cidr: 127.0.0.1/32\n          ports: [{port}]\n"
     ));
     daemon.expect_tier("deny");
     let events = daemon.follow_events();
@@ -157,7 +157,7 @@ fn protected_places_cannot_be_escaped_or_changed_by_other_calls() {
     fs::write(&outside, "o").unwrap();
     let d = dir.path().display();
     let daemon = Daemon::start(&format!(
-        "version: 1\nagents:\n  t:\n    files:\n      protect:\n        - path: {}/**\n",
+        "version: 1\nagents:\n  t:\n    run_as: root\n    files:\n      protect:\n        - path: {}/**\n",
         vault.display()
     ));
     daemon.expect_tier("deny");
@@ -203,7 +203,7 @@ fn a_denied_program_cannot_run_through_the_dynamic_loader() {
     let bins = tempfile::tempdir().unwrap();
     let denied = copy_of("/bin/touch", bins.path(), "denied-touch");
     let daemon = Daemon::start(&format!(
-        "version: 1\nagents:\n  t:\n    exec:\n      deny: [{denied}]\n"
+        "version: 1\nagents:\n  t:\n    run_as: root\n    exec:\n      deny: [{denied}]\n"
     ));
     daemon.expect_tier("deny");
     let events = daemon.follow_events();
@@ -229,7 +229,7 @@ fn the_read_only_rung_refuses_file_writes() {
     let dir = tempfile::tempdir().unwrap();
     let notes = dir.path().join("notes");
     fs::write(&notes, "n").unwrap();
-    let daemon = Daemon::start("version: 1\nagents:\n  t: {}\n");
+    let daemon = Daemon::start("version: 1\nagents:\n  t: {run_as: root}\n");
     daemon.expect_tier("deny");
     let mut cage = daemon.serve_in("t");
     let n = notes.display();

@@ -249,6 +249,8 @@ fn main() {
         // A control-socket connection kept across lines: `ctl-connect PATH`, then
         // `ctl-send JSON` prints the daemon's first response line.
         let mut control: Option<BufReader<UnixStream>> = None;
+        // Application connections held open by `app-conns`.
+        let mut held: Vec<UnixStream> = Vec::new();
         for line in io::stdin().lock().lines() {
             let Ok(line) = line else { break };
             if let Some(path) = line.strip_prefix("ctl-connect ") {
@@ -258,6 +260,23 @@ fn main() {
                     Some(Ok(answer)) => println!("ok {answer}"),
                     Some(Err(e)) => println!("err {}", errno(&e)),
                     None => println!("err -1"),
+                }
+            } else if let Some(rest) = line.strip_prefix("app-conns ") {
+                // `app-conns PATH N`: N more connections, held open, each reporting a plan;
+                // prints the last answer.
+                let mut words = rest.split_whitespace();
+                let path = words.next().unwrap_or_default().to_owned();
+                let n: usize = words.next().and_then(|n| n.parse().ok()).unwrap_or(1);
+                let mut last = String::new();
+                let result = (0..n).try_for_each(|_| {
+                    let mut c = BufReader::new(UnixStream::connect(&path)?);
+                    last = ctl_send(&mut c, r#"{"event":{"app":"plan"}}"#)?;
+                    held.push(c.into_inner());
+                    Ok::<_, io::Error>(())
+                });
+                match result {
+                    Ok(()) => println!("ok {last}"),
+                    Err(e) => println!("err {}", errno(&e)),
                 }
             } else if line == "fork-hold" {
                 match fork_hold() {

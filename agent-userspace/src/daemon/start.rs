@@ -180,6 +180,7 @@ pub(super) async fn start(
             config.recording_dir.clone(),
             config.recording_max_bytes,
         ),
+        app_share: Arc::default(),
     });
     let _ = shared_slot.set(Arc::downgrade(&shared));
     {

@@ -20,7 +20,7 @@ pub(crate) mod named;
 pub mod process;
 mod runtime;
 
-pub use app::{AppEvent, Phase};
+pub use app::{duration_of_ms, AppEvent, Phase};
 pub use bus::EventBus;
 pub use decision::{RuleRef, Verdict};
 pub use decode::{decode, DecodeError, RawEvent};

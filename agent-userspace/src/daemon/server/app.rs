@@ -25,6 +25,24 @@ pub async fn serve_app(shared: Arc<Shared>, stream: UnixStream) {
     // Which process connected, for good: a pid alone could be reused by another cage's.
     let started = start_time(peer.pid);
     let (read, mut write) = stream.into_split();
+    // The sender's cage, from the start: a connection from outside every cage is refused at
+    // once, and each cage holds only its own share of connections.
+    let cage = sender_agent(shared.state().root(), &peer, started, None);
+    let _slot = match cage.map(|agent| (shared.app_share.take(&agent), agent)) {
+        Ok((Some(slot), _)) => slot,
+        Ok((None, agent)) => {
+            let message = format!(
+                "refused: agent:{agent} already holds {} application connections, its share",
+                super::share::PER_CAGE
+            );
+            let _ = send(&mut write, &AppReply::Error { message }).await;
+            return;
+        }
+        Err(message) => {
+            let _ = send(&mut write, &AppReply::Error { message }).await;
+            return;
+        }
+    };
     let mut reader = BufReader::new(read);
     loop {
         let line = match next_line(&mut reader).await {
@@ -37,9 +55,12 @@ pub async fn serve_app(shared: Arc<Shared>, stream: UnixStream) {
             }
         };
         let reply = match serde_json::from_str::<AppMessage>(&line) {
-            Err(e) => AppReply::Error {
-                message: format!("malformed application event: {e}"),
-            },
+            // The stream is not this protocol: answer once and close.
+            Err(e) => {
+                let message = format!("malformed application event: {e}: connection closed");
+                let _ = send(&mut write, &AppReply::Error { message }).await;
+                break;
+            }
             Ok(msg) => {
                 let mut state = shared.state();
                 match sender_agent(state.root(), &peer, started, msg.agent.as_deref()) {

@@ -235,12 +235,15 @@ impl State {
                  process's terminal cannot be: start it with `agentcage run` instead"
             )));
         }
+        // A joiner's account first (a run that skipped the switch is told so); an adopted
+        // process is first checked for what may never be caged.
         if adopting {
+            self.check_cageable(agent, pid, adopting)?;
             self.check_adoptable(agent, pid, owner)?;
         } else {
             self.check_joiner(agent, pid)?;
+            self.check_cageable(agent, pid, adopting)?;
         }
-        self.check_cageable(agent, pid, adopting)?;
         let cage = self.ensure_cage(agent)?;
         cage.dir.add_process(pid)?;
         let path = cage.dir.path().display().to_string();
