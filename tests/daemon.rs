@@ -31,12 +31,12 @@ fn a_broken_policy_is_refused_with_its_location_and_the_old_one_keeps_enforcing(
     let mut cage = daemon.serve_in("tester");
     assert_eq!(cage.op(&format!("connect 127.0.0.1:{port}")), "ok");
 
-    // Line 6, column 17: the CIDR value.
+    // Line 7, column 17: the CIDR value.
     let broken = allow_port(port).replace("127.0.0.1/32", "127.0.0.1/33");
     let reload = daemon.rewrite_policy(&broken);
     assert!(!reload.status.success(), "a broken policy must be refused");
     let message = stderr(&reload);
-    let location = format!("{}:6:17", daemon.policy.display());
+    let location = format!("{}:7:17", daemon.policy.display());
     assert!(
         message.contains(&location),
         "error must point at {location}: {message}"
@@ -64,7 +64,7 @@ fn a_broken_policy_is_refused_with_its_location_and_the_old_one_keeps_enforcing(
     )
     .err()
     .expect("agentcaged must not start on a broken policy");
-    assert!(log.contains(&format!("{}:6:17", policy.display())), "{log}");
+    assert!(log.contains(&format!("{}:7:17", policy.display())), "{log}");
     daemon.stop();
 }
 

@@ -21,7 +21,7 @@ fn a_denied_exec_is_killed_before_the_binary_runs() {
     let bins = tempfile::tempdir().unwrap();
     let denied = toucher(bins.path(), "denied-touch");
     let daemon = Daemon::start(&format!(
-        "version: 1\nagents:\n  t:\n    exec:\n      deny: [{denied}]\n"
+        "version: 1\nagents:\n  t:\n    run_as: root\n    exec:\n      deny: [{denied}]\n"
     ));
     daemon.expect_tier("kill");
     let events = daemon.follow_events();
@@ -71,7 +71,7 @@ fn an_allow_list_kills_everything_else_and_counts_it() {
     let other = toucher(bins.path(), "other-touch");
     let sh = fs::canonicalize("/bin/sh").unwrap();
     let daemon = Daemon::start(&format!(
-        "version: 1\nagents:\n  t:\n    exec:\n      default: deny\n      allow: [{}, {allowed}]\n",
+        "version: 1\nagents:\n  t:\n    run_as: root\n    exec:\n      default: deny\n      allow: [{}, {allowed}]\n",
         sh.display()
     ));
     daemon.expect_tier("kill");

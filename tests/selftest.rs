@@ -30,9 +30,11 @@ fn selftest_on_start_runs_before_anything_is_enforced() {
     let conf = tempfile::tempdir().unwrap();
     let file = conf.path().join("agentcaged.yaml");
     std::fs::write(&file, "selftest: on_start\n").unwrap();
-    let daemon = Daemon::start_args(
+    // The self-test's own daemon starts and stops first.
+    let daemon = Daemon::start_args_within(
         "version: 1\nagents:\n  t: {}\n",
         &["--config", file.to_str().unwrap()],
+        harness::deadline() * 4,
     );
     let log = daemon.stop();
     let passed = log.find("self-test passed").expect("the self-test ran");

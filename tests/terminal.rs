@@ -298,8 +298,9 @@ fn job_control_of_the_agents_own_shell_works() {
     let daemon = Daemon::start(POLICY);
     let tmux = Tmux::start(&daemon, 100, 30);
     let n = tmux.start_command("$A run --agent t -- env PS1='INNER$ ' bash --norc --noprofile -i");
-    tmux.wait_for("the agent's shell", |s| s.contains("INNER$"));
     let prompts = |s: &str| s.lines().filter(|l| l.starts_with("INNER$")).count();
+    // The shell's own prompt, at the start of a line (the command line above names it too).
+    tmux.wait_for("the agent's shell", |s| prompts(s) == 1);
     tmux.line("sleep 1000");
     tmux.wait_for("sleep to start", |s| s.contains("INNER$ sleep 1000"));
     // Ctrl-Z stops the shell's foreground job, not the shell.

@@ -16,6 +16,7 @@
 //! - [`cli`]: the command line;
 //! - [`runtime`]: containment, approvals, budgets, assertions, application events;
 //! - [`recording`]: asciicast recordings of agents' terminals;
+//! - [`selftest`]: `agentcage selftest`, the catalogue of ways out tried in a throwaway cage;
 //! - [`doctor`]: what this kernel can do, probed;
 //! - [`errors`]: rendering error chains for people;
 //! - [`clock`]: wall, boot and the offset between them.
@@ -37,5 +38,6 @@ pub mod identity;
 pub mod policy;
 pub mod recording;
 pub mod runtime;
+pub mod selftest;
 pub mod spool;
 pub mod telemetry;

@@ -137,6 +137,25 @@ impl Daemon {
             .expect("agentcaged did not become ready")
     }
 
+    /// Starts agentcaged with extra arguments, allowing it `within` to become ready (a
+    /// daemon that runs its self-test first takes a while).
+    pub fn start_args_within(policy_yaml: &str, args: &[&str], within: Duration) -> Self {
+        require_root();
+        let dir = tempfile::tempdir().expect("tempdir");
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o711)).expect("chmod");
+        let policy = dir.path().join("policy.yaml");
+        fs::write(&policy, policy_yaml).expect("write policy");
+        let cgroup_name = format!(
+            "agentcage-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let socket = dir.path().join("agentcage.sock");
+        Self::start_within(dir, policy, socket, cgroup_name, args, within)
+            .expect("agentcaged did not become ready")
+    }
+
     /// Starts a daemon on existing paths (e.g. a restart); Err(log) if it exits instead.
     pub fn start_with(
         dir: tempfile::TempDir,
@@ -144,6 +163,17 @@ impl Daemon {
         socket: PathBuf,
         cgroup_name: String,
         args: &[&str],
+    ) -> Result<Self, String> {
+        Self::start_within(dir, policy, socket, cgroup_name, args, deadline())
+    }
+
+    fn start_within(
+        dir: tempfile::TempDir,
+        policy: PathBuf,
+        socket: PathBuf,
+        cgroup_name: String,
+        args: &[&str],
+        within: Duration,
     ) -> Result<Self, String> {
         let mut child = Command::new(agentcaged())
             .args(args)
@@ -168,7 +198,7 @@ impl Daemon {
             .expect("spawn agentcaged");
         let log = Lines::spawn(child.stderr.take().unwrap());
         let ready = {
-            let deadline = std::time::Instant::now() + deadline();
+            let deadline = std::time::Instant::now() + within;
             loop {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
                 match log.rx.recv_timeout(left) {

@@ -120,6 +120,23 @@ pub enum Command {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Try a catalogue of ways out of a cage (egress, forbidden programs, protected files,
+    /// leaving the cage, stopping enforcement) in a throwaway cage of a throwaway daemon under
+    /// a deny-all policy; exits 1 if anything was not contained.
+    Selftest {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+        /// Seconds the throwaway daemon may take to start.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Runs the self-test's attempts inside its cage.
+    #[command(name = "__selftest-attempts", hide = true)]
+    SelftestAttempts {
+        /// The context (JSON).
+        context: String,
+    },
     /// What this kernel can do for agentcage, probed.
     Doctor {
         /// Output format.

@@ -41,6 +41,20 @@ pub struct ConfigFile {
     pub spool: SpoolConfig,
     /// The local web dashboard.
     pub dashboard: super::DashboardConfig,
+    /// `on_start`: run `agentcage selftest` before enforcing anything, and refuse to start if
+    /// anything got out; `off` (the default): do not.
+    pub selftest: SelftestMode,
+}
+
+/// When the daemon runs the self-test.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SelftestMode {
+    /// Never by itself.
+    #[default]
+    Off,
+    /// At every start, before anything is enforced.
+    OnStart,
 }
 
 impl ConfigFile {

@@ -25,12 +25,15 @@ pub async fn serve_app(shared: Arc<Shared>, stream: UnixStream) {
     // Which process connected, for good: a pid alone could be reused by another cage's.
     let started = start_time(peer.pid);
     let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
     // The sender's cage, from the start: a connection from outside every cage is refused at
     // once, and each cage holds only its own share of connections.
     let cage = sender_agent(shared.state().root(), &peer, started, None);
     let _slot = match cage.map(|agent| (shared.app_share.take(&agent), agent)) {
         Ok((Some(slot), _)) => slot,
         Ok((None, agent)) => {
+            // One answer per line, as ever: the refusal answers the first one.
+            let _ = next_line(&mut reader).await;
             let message = format!(
                 "refused: agent:{agent} already holds {} application connections, its share",
                 super::share::PER_CAGE
@@ -39,11 +42,11 @@ pub async fn serve_app(shared: Arc<Shared>, stream: UnixStream) {
             return;
         }
         Err(message) => {
+            let _ = next_line(&mut reader).await;
             let _ = send(&mut write, &AppReply::Error { message }).await;
             return;
         }
     };
-    let mut reader = BufReader::new(read);
     loop {
         let line = match next_line(&mut reader).await {
             Line::Read(line) => line,
