@@ -134,6 +134,10 @@ fn what_the_operator_types_after_the_agent_exited_is_not_readable_by_it() {
     let tmux = Tmux::start(&daemon, 100, 30);
     let script = tmux.path("steal.py");
     fs::write(&script, STEAL).unwrap();
+    // The agent (a uid of its own) writes what it stole and its log beside the script.
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = script.parent().unwrap();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o777)).unwrap();
     let (stolen, log, typed) = (tmux.path("stolen"), tmux.path("log"), tmux.path("typed"));
     let status = tmux.run(&format!(
         "$A run --agent t -- /usr/bin/python3 {} {} {}",
