@@ -33,7 +33,10 @@ fn agents_run_under_a_uid_of_their_own_with_a_home_that_goes_with_the_cage() {
     let (uid, gid, home) = ids(&daemon, "tester", &[]);
     assert!(DYNAMIC.contains(&uid), "uid {uid}");
     assert_eq!(gid, uid);
-    assert_eq!(home, daemon.dir.path().join("home/tester").display().to_string());
+    assert_eq!(
+        home,
+        daemon.dir.path().join("home/tester").display().to_string()
+    );
     let (other, ..) = ids(&daemon, "other", &[]);
     assert!(DYNAMIC.contains(&other) && other != uid, "{other} vs {uid}");
     // The home was the agent's (it could write there) and went with the cage.
@@ -44,7 +47,10 @@ fn agents_run_under_a_uid_of_their_own_with_a_home_that_goes_with_the_cage() {
     cage.finish();
     let deadline = std::time::Instant::now() + harness::deadline();
     while fs::metadata(&home).is_ok() {
-        assert!(std::time::Instant::now() < deadline, "{home} outlived its cage");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{home} outlived its cage"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     daemon.stop();
@@ -57,7 +63,11 @@ fn agents_cannot_signal_trace_or_read_each_other_or_the_operator() {
     let mut b = daemon.serve_in("other");
     let operator = harness::serve_outside(Outsider::Root);
     for target in [a.pid, operator.pid] {
-        assert_eq!(b.op(&format!("signal {target}")), "err 1", "signal {target}");
+        assert_eq!(
+            b.op(&format!("signal {target}")),
+            "err 1",
+            "signal {target}"
+        );
         // /proc/PID/environ needs the right to trace the process.
         assert_eq!(
             b.op(&format!("open /proc/{target}/environ r")),

@@ -113,6 +113,9 @@ fn the_dashboard_drops_a_client_that_sends_its_headers_too_slowly() {
         "still open after {:?}",
         t.elapsed()
     );
-    assert!(t.elapsed() >= Duration::from_secs(1), "closed at once: {buf:?}");
+    assert!(
+        t.elapsed() >= Duration::from_secs(1),
+        "closed at once: {buf:?}"
+    );
     daemon.stop();
 }

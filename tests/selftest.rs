@@ -17,9 +17,16 @@ fn every_attempt_of_the_selftest_is_contained() {
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     assert!(text.contains(" 0 NOT CONTAINED"), "{text}");
     // The catalogue ran whole: the egress, exec, file, leaving and stopping families.
-    for family in ["egress.tcp4", "exec.loader", "files.shadow", "leave.cgroup", "stop.bpf"] {
+    for family in [
+        "egress.tcp4",
+        "exec.loader",
+        "files.shadow",
+        "leave.cgroup",
+        "stop.bpf",
+    ] {
         assert!(
-            text.lines().any(|l| l.contains(family) && l.starts_with("contained")),
+            text.lines()
+                .any(|l| l.contains(family) && l.starts_with("contained")),
             "{family}:\n{text}"
         );
     }
@@ -38,6 +45,8 @@ fn selftest_on_start_runs_before_anything_is_enforced() {
     );
     let log = daemon.stop();
     let passed = log.find("self-test passed").expect("the self-test ran");
-    let ready = log.find("agentcaged ready").expect("then the daemon started");
+    let ready = log
+        .find("agentcaged ready")
+        .expect("then the daemon started");
     assert!(passed < ready, "{log}");
 }

@@ -261,9 +261,11 @@ impl DynamicUsers {
     /// Gives the uid back: its home goes (renamed at once, removed on a thread of its own,
     /// since an agent's home can be large), so whoever gets the uid next finds nothing there.
     pub fn release(&self, agent: &str, user: &DynamicUser) {
-        let gone = self
-            .home_root
-            .join(format!(".released-{agent}-{}-{}", user.uid, std::process::id()));
+        let gone = self.home_root.join(format!(
+            ".released-{agent}-{}-{}",
+            user.uid,
+            std::process::id()
+        ));
         if fs::rename(&user.home, &gone).is_ok() {
             std::thread::spawn(move || {
                 if let Err(e) = fs::remove_dir_all(&gone) {
@@ -320,7 +322,12 @@ fn ids_of_processes() -> HashSet<u32> {
         return ids;
     };
     for entry in dir.flatten() {
-        if !entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
             continue;
         }
         let Ok(status) = fs::read_to_string(entry.path().join("status")) else {
@@ -348,7 +355,10 @@ pub fn ids_of(pid: u32) -> Option<([u32; 4], [u32; 4])> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let four = |key: &str| -> Option<[u32; 4]> {
         let line = status.lines().find_map(|l| l.strip_prefix(key))?;
-        let v: Vec<u32> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        let v: Vec<u32> = line
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
         v.try_into().ok()
     };
     Some((four("Uid:")?, four("Gid:")?))

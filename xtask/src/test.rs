@@ -80,7 +80,9 @@ pub fn test(extra: &[String]) -> Result<()> {
         c.arg("selftest");
         let line = describe(&c);
         eprintln!("+ {line}");
-        let status = c.status().with_context(|| format!("could not start `{line}`"))?;
+        let status = c
+            .status()
+            .with_context(|| format!("could not start `{line}`"))?;
         if !status.success() {
             bail!("`{line}` failed ({status}): something was not contained");
         }

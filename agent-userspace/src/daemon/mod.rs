@@ -97,7 +97,10 @@ fn selftest_on_start() -> Result<(), DaemonError> {
     if !escaped.is_empty() {
         return Err(DaemonError::Selftest(escaped.join("\n")));
     }
-    info!(attempts = lines.len(), "self-test passed: every attempt was contained");
+    info!(
+        attempts = lines.len(),
+        "self-test passed: every attempt was contained"
+    );
     Ok(())
 }
 

@@ -98,10 +98,7 @@ pub(super) async fn start(
             snapshot_dir: config.snapshot_dir.clone(),
             recording_dir: config.recording_dir.clone(),
             jobs,
-            users: crate::accounts::DynamicUsers::new(
-                config.home_dir.clone(),
-                &config.cgroup_name,
-            ),
+            users: crate::accounts::DynamicUsers::new(config.home_dir.clone(), &config.cgroup_name),
         },
     );
     let wake = Arc::new(tokio::sync::Notify::new());

@@ -185,7 +185,13 @@ pub async fn accept(shared: Arc<Shared>, listener: UnixListener) {
 /// [`MAX_APP_CONNECTIONS`] at once.
 pub async fn accept_app(shared: Arc<Shared>, listener: UnixListener) {
     let what = "the application socket";
-    accept_with(shared, listener, (what, MAX_APP_CONNECTIONS), server::serve_app).await;
+    accept_with(
+        shared,
+        listener,
+        (what, MAX_APP_CONNECTIONS),
+        server::serve_app,
+    )
+    .await;
 }
 
 async fn accept_with<F, Fut>(

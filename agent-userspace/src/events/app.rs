@@ -118,7 +118,8 @@ impl AppEvent {
                 Ok(())
             }
         };
-        let optional = |field: &str, v: &Option<String>| v.as_deref().map_or(Ok(()), |v| text(field, v));
+        let optional =
+            |field: &str, v: &Option<String>| v.as_deref().map_or(Ok(()), |v| text(field, v));
         let ms = |field: &str, v: Option<f64>| match v {
             Some(x) if !(x.is_finite() && (0.0..=MAX_MS).contains(&x)) => Err(format!(
                 "{field} must be a number of milliseconds from 0 to {MAX_MS}"
@@ -156,7 +157,10 @@ impl AppEvent {
                 model_ms,
             } => {
                 text("model", model)?;
-                for (field, n) in [("input_tokens", input_tokens), ("output_tokens", output_tokens)] {
+                for (field, n) in [
+                    ("input_tokens", input_tokens),
+                    ("output_tokens", output_tokens),
+                ] {
                     if *n > MAX_TOKENS {
                         return Err(format!("{field} must be at most {MAX_TOKENS}"));
                     }

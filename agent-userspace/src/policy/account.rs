@@ -133,10 +133,7 @@ impl<'de> Deserialize<'de> for RunAs {
                 let mut all = Vec::new();
                 while let Some(entry) = seq.next_element::<Entry>()? {
                     if all.contains(&entry.0) {
-                        return Err(de::Error::custom(format!(
-                            "run_as lists {} twice",
-                            entry.0
-                        )));
+                        return Err(de::Error::custom(format!("run_as lists {} twice", entry.0)));
                     }
                     all.push(entry.0);
                 }

@@ -303,7 +303,10 @@ mod tests {
                 controller: "memory"
             })
         );
-        assert_eq!(cage_settings(Some(&p), &c, DENY, CageMode::default()).1, None);
+        assert_eq!(
+            cage_settings(Some(&p), &c, DENY, CageMode::default()).1,
+            None
+        );
     }
 
     #[test]

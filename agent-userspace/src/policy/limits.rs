@@ -115,14 +115,17 @@ impl Memory {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(t.len());
         let (number, unit) = (&t[..split], t[split..].trim());
-        let shift = match unit.trim_end_matches('B').trim_end_matches('i') {
-            "" => 0,
-            "K" | "k" => 10,
-            "M" => 20,
-            "G" => 30,
-            "T" => 40,
-            _ => return Err(format!("invalid limits.memory {s:?}: unknown unit {unit:?}; expected e.g. 512M or 2G")),
-        };
+        let shift =
+            match unit.trim_end_matches('B').trim_end_matches('i') {
+                "" => 0,
+                "K" | "k" => 10,
+                "M" => 20,
+                "G" => 30,
+                "T" => 40,
+                _ => return Err(format!(
+                    "invalid limits.memory {s:?}: unknown unit {unit:?}; expected e.g. 512M or 2G"
+                )),
+            };
         let value: f64 = number
             .parse()
             .map_err(|_| format!("invalid limits.memory {s:?}: expected e.g. 512M or 2G"))?;
@@ -161,7 +164,9 @@ impl<'de> Deserialize<'de> for Memory {
                 Memory::check(n).map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, n: i64) -> Result<Memory, E> {
-                Err(E::custom(format!("invalid limits.memory {n}: it is negative")))
+                Err(E::custom(format!(
+                    "invalid limits.memory {n}: it is negative"
+                )))
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Memory, E> {
                 Memory::parse(s).map_err(E::custom)
@@ -218,7 +223,10 @@ mod tests {
         );
         assert_eq!(Memory::parse("2GiB").unwrap(), Memory(2 << 30));
         assert_eq!(Memory::parse("1.5G").unwrap(), Memory(3 << 29));
-        assert_eq!(limits("{memory: 1048576}").unwrap().memory, Some(Memory(1 << 20)));
+        assert_eq!(
+            limits("{memory: 1048576}").unwrap().memory,
+            Some(Memory(1 << 20))
+        );
         assert!(limits("{}").unwrap().is_empty());
     }
 

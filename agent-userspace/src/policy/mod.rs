@@ -5,8 +5,8 @@
 //! known. A policy that loads is also known to compile: [`Policy::from_yaml`] compiles every
 //! agent once, so the daemon's later [`compile_egress`] calls cannot fail on it.
 
-pub mod assertions;
 mod account;
+pub mod assertions;
 mod compile;
 mod egress;
 mod error;

@@ -19,9 +19,9 @@ use serde::{
 use super::assertions::Assertion;
 use super::{
     account::RunAs,
-    limits::Limits,
     egress::EgressPolicy,
     exec::{Enforcement, ExecPolicy, FilesPolicy},
+    limits::Limits,
     runtime::{ApprovalPolicy, Budgets, Collectives, ContainmentPolicy},
     validate_agent_name,
 };

@@ -429,8 +429,14 @@ mod tests {
         for i in 0..MAX_PENDING_PER_AGENT {
             assert!(a.request("flood", 1, tool(&format!("t{i}")), 0).is_some());
         }
-        assert!(a.request("flood", 1, tool("one-more"), 0).is_none(), "its share is full");
-        assert!(a.request("quiet", 2, tool("t0"), 0).is_some(), "another agent still asks");
+        assert!(
+            a.request("flood", 1, tool("one-more"), 0).is_none(),
+            "its share is full"
+        );
+        assert!(
+            a.request("quiet", 2, tool("t0"), 0).is_some(),
+            "another agent still asks"
+        );
     }
 
     #[test]

@@ -151,7 +151,10 @@ fn tcp6(c: &Context) -> Outcome {
         return Outcome::NotApplicable("no IPv6 loopback here".into());
     }
     judged(
-        connect(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, c.tcp6_port))),
+        connect(SocketAddr::from((
+            std::net::Ipv6Addr::LOCALHOST,
+            c.tcp6_port,
+        ))),
         "cgroup/connect6 (EPERM)",
     )
 }
@@ -320,7 +323,10 @@ fn ptrace_outside(c: &Context) -> Outcome {
         };
         return Outcome::Escaped(format!("attached to process {}", c.runner_pid));
     }
-    refused(Err(io::Error::last_os_error()), "another uid; no CAP_SYS_PTRACE")
+    refused(
+        Err(io::Error::last_os_error()),
+        "another uid; no CAP_SYS_PTRACE",
+    )
 }
 
 fn setns_init(_: &Context) -> Outcome {
@@ -328,7 +334,10 @@ fn setns_init(_: &Context) -> Outcome {
     // SAFETY: open of a NUL-terminated path.
     let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
     if fd < 0 {
-        return refused(Err(io::Error::last_os_error()), "init's namespaces are not its to open");
+        return refused(
+            Err(io::Error::last_os_error()),
+            "init's namespaces are not its to open",
+        );
     }
     // SAFETY: fd is ours.
     let rc = unsafe { libc::setns(fd, libc::CLONE_NEWNS) };

@@ -124,7 +124,8 @@ pub struct Binaries {
 impl Binaries {
     /// The two binaries side by side with the running one.
     pub fn beside_this_one() -> Result<Self, SelftestError> {
-        let me = std::env::current_exe().map_err(|e| SelftestError::Setup(format!("finding this program: {e}")))?;
+        let me = std::env::current_exe()
+            .map_err(|e| SelftestError::Setup(format!("finding this program: {e}")))?;
         let dir = me.parent().unwrap_or(Path::new("/"));
         Ok(Self {
             agentcaged: dir.join("agentcaged"),
@@ -161,7 +162,10 @@ pub fn run(bins: &Binaries, deadline: Duration) -> Result<Vec<Line>, SelftestErr
     std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o1777))
         .map_err(setup("chmod"))?;
     // Deny-all: no egress, and no program but the attempts themselves.
-    let cli = bins.agentcage.canonicalize().map_err(setup("the agentcage binary"))?;
+    let cli = bins
+        .agentcage
+        .canonicalize()
+        .map_err(setup("the agentcage binary"))?;
     let policy = dir.path().join("policy.yaml");
     std::fs::write(
         &policy,
@@ -252,7 +256,10 @@ pub fn run(bins: &Binaries, deadline: Duration) -> Result<Vec<Line>, SelftestErr
 }
 
 /// Waits for the daemon's "ready" line; its log so far otherwise.
-fn wait_ready(daemon: &mut std::process::Child, deadline: Duration) -> Result<String, SelftestError> {
+fn wait_ready(
+    daemon: &mut std::process::Child,
+    deadline: Duration,
+) -> Result<String, SelftestError> {
     let Some(stderr) = daemon.stderr.take() else {
         return Err(SelftestError::Daemon("no log".into()));
     };

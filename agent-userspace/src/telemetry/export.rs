@@ -196,7 +196,11 @@ impl Exporter {
                 Ok(d) => described.push(d),
                 Err(_) => {
                     unencodable += 1;
-                    warn!(signal = reader, seq = r.seq, "a spooled event cannot be encoded for export: dropped and counted");
+                    warn!(
+                        signal = reader,
+                        seq = r.seq,
+                        "a spooled event cannot be encoded for export: dropped and counted"
+                    );
                 }
             }
         }

@@ -42,7 +42,14 @@ pub const VM_SUITES: &[Boot] = &[
         name: "deny",
         lsm: None,
         bpf_lsm: true,
-        tests: &["egress", "capture", "deny_tier", "accounts", "inputs", "selftest"],
+        tests: &[
+            "egress",
+            "capture",
+            "deny_tier",
+            "accounts",
+            "inputs",
+            "selftest",
+        ],
         env: &[("AGENTCAGE_EXPECT_TIER", "deny")],
     },
     Boot {
@@ -50,7 +57,14 @@ pub const VM_SUITES: &[Boot] = &[
         // The kernel's default list without `bpf` (and tomoyo, which nothing here needs).
         lsm: Some("lockdown,capability,landlock,yama,apparmor"),
         bpf_lsm: false,
-        tests: &["egress", "capture", "kill_tier", "accounts", "inputs", "selftest"],
+        tests: &[
+            "egress",
+            "capture",
+            "kill_tier",
+            "accounts",
+            "inputs",
+            "selftest",
+        ],
         env: &[("AGENTCAGE_EXPECT_TIER", "kill")],
     },
 ];

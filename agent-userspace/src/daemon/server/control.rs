@@ -134,37 +134,39 @@ fn handle(
             version: env!("CARGO_PKG_VERSION").to_owned(),
             policy_hash: state.policy().hash().to_owned(),
         }),
-        Request::Prepare { agent, user } => state.hold(&agent, user.as_deref(), peer.uid).and_then(|h| {
-            // Released when the connection closes, refused or not.
-            held.push((agent.clone(), h.run_as.joiner()));
-            let recording = if h.record {
-                let (grant, fd) = shared.recordings.create(&agent, peer.pid)?;
-                *attach = Some(fd);
-                Some(grant)
-            } else {
-                None
-            };
-            info!(
-                agent,
-                pid = peer.pid,
-                uid = peer.uid,
-                policy_hash = h.policy_hash,
-                recording = recording.as_ref().map(|r| r.path.as_str()),
-                run_as = h.run_as.account,
-                run_uid = h.run_as.uid,
-                "agent run starting"
-            );
-            Ok(Response::Prepared {
-                identity: crate::identity::AgentIdentity::for_agent(&agent).to_string(),
-                agent,
-                cgroup: h.cgroup,
-                policy_hash: h.policy_hash,
-                raw_sockets: h.raw_sockets,
-                policy_source: h.policy_source,
-                recording,
-                run_as: Some(h.run_as),
+        Request::Prepare { agent, user } => {
+            state.hold(&agent, user.as_deref(), peer.uid).and_then(|h| {
+                // Released when the connection closes, refused or not.
+                held.push((agent.clone(), h.run_as.joiner()));
+                let recording = if h.record {
+                    let (grant, fd) = shared.recordings.create(&agent, peer.pid)?;
+                    *attach = Some(fd);
+                    Some(grant)
+                } else {
+                    None
+                };
+                info!(
+                    agent,
+                    pid = peer.pid,
+                    uid = peer.uid,
+                    policy_hash = h.policy_hash,
+                    recording = recording.as_ref().map(|r| r.path.as_str()),
+                    run_as = h.run_as.account,
+                    run_uid = h.run_as.uid,
+                    "agent run starting"
+                );
+                Ok(Response::Prepared {
+                    identity: crate::identity::AgentIdentity::for_agent(&agent).to_string(),
+                    agent,
+                    cgroup: h.cgroup,
+                    policy_hash: h.policy_hash,
+                    raw_sockets: h.raw_sockets,
+                    policy_source: h.policy_source,
+                    recording,
+                    run_as: Some(h.run_as),
+                })
             })
-        }),
+        }
         Request::Join { agent } => state
             .move_into(&agent, peer.pid, peer.uid, false)
             .map(|cgroup| Response::Joined { agent, cgroup }),

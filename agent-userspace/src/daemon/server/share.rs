@@ -57,11 +57,17 @@ mod tests {
     #[test]
     fn each_cage_has_its_own_share() {
         let share = Arc::new(CageShare::default());
-        let held: Vec<Slot> = (0..PER_CAGE).map(|_| share.take("greedy").unwrap()).collect();
+        let held: Vec<Slot> = (0..PER_CAGE)
+            .map(|_| share.take("greedy").unwrap())
+            .collect();
         assert!(share.take("greedy").is_none());
         assert!(share.take("other").is_some());
         drop(held);
         assert!(share.take("greedy").is_some(), "given back");
-        assert_eq!(share.open.lock().unwrap().get("other"), None, "forgotten when unused");
+        assert_eq!(
+            share.open.lock().unwrap().get("other"),
+            None,
+            "forgotten when unused"
+        );
     }
 }

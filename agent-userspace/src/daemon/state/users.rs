@@ -31,12 +31,7 @@ impl State {
     /// The cage's dynamic uid, allocated on first use. Only root may start a process under
     /// it, so nothing is allocated for another caller.
     fn ensure_dynamic(&mut self, agent: &str, caller: u32) -> Result<(), StateError> {
-        if caller != 0
-            || self
-                .registry
-                .get(agent)
-                .is_none_or(|c| c.dynamic.is_some())
-        {
+        if caller != 0 || self.registry.get(agent).is_none_or(|c| c.dynamic.is_some()) {
             return Ok(());
         }
         let taken: HashSet<u32> = self
