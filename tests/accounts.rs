@@ -186,3 +186,30 @@ fn a_root_agent_cannot_change_kernel_settings_or_open_block_devices() {
     assert_eq!(stdout(&outside), "ok");
     daemon.stop();
 }
+
+#[test]
+fn a_limit_is_enforced_where_its_controller_exists_and_refused_where_not() {
+    let controllers =
+        fs::read_to_string(harness::cgroup2_mount().join("cgroup.controllers")).unwrap_or_default();
+    let daemon = Daemon::start("version: 1\nagents:\n  tester:\n    limits: {pids: 16}\n");
+    if !controllers.split_whitespace().any(|c| c == "pids") {
+        // This host keeps pids on cgroup v1: the agent is refused, naming why.
+        let out = daemon
+            .cli()
+            .args(["run", "--agent", "tester", "--", "true"])
+            .output()
+            .unwrap();
+        assert_refused(&out, "has no pids controller");
+    } else {
+        // A fork bomb stops at the limit; the host goes on.
+        let mut cage = daemon.serve_in("tester");
+        assert_eq!(cage.op("fork-hold 40"), "err 11", "EAGAIN at pids.max");
+        let pids = fs::read_to_string(daemon.cgroup_root().join("tester/pids.current")).unwrap();
+        assert!(pids.trim().parse::<u32>().unwrap() <= 16, "{pids}");
+        assert!(Command::new("true").status().unwrap().success());
+        let killed = daemon.cli().args(["kill", "tester"]).output().unwrap();
+        assert!(killed.status.success(), "{}", stderr(&killed));
+        cage.finish();
+    }
+    daemon.stop();
+}

@@ -115,17 +115,18 @@ impl Memory {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(t.len());
         let (number, unit) = (&t[..split], t[split..].trim());
-        let shift =
-            match unit.trim_end_matches('B').trim_end_matches('i') {
-                "" => 0,
-                "K" | "k" => 10,
-                "M" => 20,
-                "G" => 30,
-                "T" => 40,
-                _ => return Err(format!(
+        let shift = match unit.trim_end_matches('B').trim_end_matches('i') {
+            "" => 0,
+            "K" | "k" => 10,
+            "M" => 20,
+            "G" => 30,
+            "T" => 40,
+            _ => {
+                return Err(format!(
                     "invalid limits.memory {s:?}: unknown unit {unit:?}; expected e.g. 512M or 2G"
-                )),
-            };
+                ))
+            }
+        };
         let value: f64 = number
             .parse()
             .map_err(|_| format!("invalid limits.memory {s:?}: expected e.g. 512M or 2G"))?;
