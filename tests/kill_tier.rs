@@ -126,3 +126,144 @@ fn a_policy_demanding_the_deny_tier_is_refused_naming_what_is_missing() {
         );
     }
 }
+
+/// A shell in agent `agent`'s cage (run under its dynamic uid), fed commands line by line.
+struct Shell {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    out: harness::Lines,
+}
+
+impl Shell {
+    fn start(daemon: &Daemon, agent: &str) -> Self {
+        let mut child = daemon
+            .cli()
+            .args(["run", "--agent", agent, "--", "/bin/sh", "-s"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let input = child.stdin.take().unwrap();
+        let out = harness::Lines::spawn(child.stdout.take().unwrap());
+        Self { child, input, out }
+    }
+
+    /// Runs `command` and returns its exit status as the shell saw it (137: SIGKILL).
+    fn status_of(&mut self, tag: &str, command: &str) -> String {
+        use std::io::Write as _;
+        writeln!(self.input, "{command}; echo {tag}=$?").unwrap();
+        let line = self
+            .out
+            .wait_for(tag, |l| l.starts_with(&format!("{tag}=")));
+        line[tag.len() + 1..].to_owned()
+    }
+
+    fn finish(mut self) {
+        drop(self.input);
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+/// A directory the agent's dynamic uid may write and run files in.
+fn shared_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    dir
+}
+
+#[test]
+fn a_copy_of_a_denied_binary_and_the_loader_running_it_are_killed() {
+    let bins = shared_dir();
+    let denied = toucher(bins.path(), "denied-touch");
+    let loader = agentcage::policy::loaders()
+        .into_iter()
+        .next()
+        .expect("this host runs dynamic programs, so it has a loader");
+    let daemon = Daemon::start(&format!(
+        "version: 1\nagents:\n  t:\n    exec:\n      deny: [{denied}]\n"
+    ));
+    daemon.expect_tier("kill");
+    let events = daemon.follow_events();
+    let mut shell = Shell::start(&daemon, "t");
+    let at = |name: &str| bins.path().join(name).display().to_string();
+
+    // The agent makes its own copy under another name: same content, so killed.
+    let copy = at("renamed");
+    assert_eq!(shell.status_of("cp", &format!("cp {denied} {copy}")), "0");
+    assert_eq!(
+        shell.status_of("copy", &format!("{copy} {}", at("by-copy"))),
+        "137"
+    );
+    let e = events.wait_event("the killed copy", |e| {
+        e["kind"] == "exec" && e["filename"] == copy.as_str()
+    });
+    assert_eq!(
+        (&e["verdict"], &e["rule"]),
+        (&"killed".into(), &"exec.deny[0]".into())
+    );
+
+    // The loader would map the denied binary without an exec of it: the loader is killed.
+    let by_loader = format!("{} {denied} {}", loader.display(), at("by-loader"));
+    assert_eq!(shell.status_of("loader", &by_loader), "137");
+    let e = events.wait_event("the killed loader", |e| {
+        e["kind"] == "exec" && e["verdict"] == "killed" && e["rule"] == "loader"
+    });
+    assert_eq!(e["filename"], loader.display().to_string());
+
+    // What the policy does not deny still runs, dynamic programs included (they map the
+    // loader as their interpreter).
+    assert_eq!(
+        shell.status_of("mkdir", &format!("mkdir {}", at("made"))),
+        "0"
+    );
+    assert!(bins.path().join("made").is_dir());
+    for ran in ["by-copy", "by-loader"] {
+        assert!(
+            !bins.path().join(ran).exists(),
+            "{ran}: nothing of the denied binary ran"
+        );
+    }
+    shell.finish();
+}
+
+#[test]
+fn with_the_daemon_dead_an_exec_of_unread_content_is_killed_not_run() {
+    let bins = shared_dir();
+    let denied = toucher(bins.path(), "denied-touch");
+    let daemon = Daemon::start(&format!(
+        "version: 1\nagents:\n  t:\n    exec:\n      deny: [{denied}]\n"
+    ));
+    daemon.expect_tier("kill");
+    let mut shell = Shell::start(&daemon, "t");
+    let at = |name: &str| bins.path().join(name).display().to_string();
+    // mkdir runs (and is read) while the daemon lives; a fresh copy of it is not yet read.
+    let fresh = at("fresh-mkdir");
+    assert_eq!(
+        shell.status_of("before", &format!("mkdir {}", at("a"))),
+        "0"
+    );
+    assert_eq!(
+        shell.status_of("cp", &format!("cp /bin/mkdir {fresh}")),
+        "0"
+    );
+
+    let (dir, policy, socket, name) = daemon.kill_keeping_paths();
+    // Nobody reads the fresh copy: its exec is killed, whatever its content.
+    assert_eq!(
+        shell.status_of("fresh", &format!("{fresh} {}", at("b"))),
+        "137"
+    );
+    assert!(!bins.path().join("b").exists());
+    // Content read before, unchanged since, is still judged (and allowed).
+    assert_eq!(shell.status_of("known", &format!("mkdir {}", at("c"))), "0");
+
+    // The next daemon watches the cage it finds: the fresh copy is read and runs.
+    let daemon = Daemon::start_with(dir, policy, socket, name, &[]).expect("restart");
+    assert_eq!(
+        shell.status_of("after", &format!("{fresh} {}", at("b"))),
+        "0"
+    );
+    assert!(bins.path().join("b").is_dir());
+    shell.finish();
+    drop(daemon);
+}

@@ -6,12 +6,15 @@ use agent_common::{
     cage::{CageConfig, CageStats},
     egress::{Key4, Key6, PortRules},
     file::{FileRule, InodeKey},
-    maps::{EVENTS_BYTES, MAX_APPROVALS, MAX_CAGES, MAX_EGRESS_ENTRIES, MAX_INODE_RULES},
-    process::{ExecRule, HashKey},
+    maps::{
+        EVENTS_BYTES, MAX_APPROVALS, MAX_CAGES, MAX_CONTENT_ENTRIES, MAX_EGRESS_ENTRIES,
+        MAX_INODE_RULES,
+    },
+    process::{ContentEntry, ContentKey, ExecRule, HashKey},
 };
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 
 #[map]
@@ -38,6 +41,10 @@ pub static EXEC_INODES: HashMap<InodeKey, ExecRule> = HashMap::with_max_entries(
 
 #[map]
 pub static EXEC_HASHES: HashMap<HashKey, ExecRule> = HashMap::with_max_entries(MAX_INODE_RULES, 0);
+
+#[map]
+pub static EXEC_CONTENT: LruHashMap<ContentKey, ContentEntry> =
+    LruHashMap::with_max_entries(MAX_CONTENT_ENTRIES, 0);
 
 #[map]
 pub static FILE_RULES: HashMap<InodeKey, FileRule> = HashMap::with_max_entries(MAX_INODE_RULES, 0);

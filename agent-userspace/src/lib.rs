@@ -9,6 +9,7 @@
 //! - [`bpf`]: loading, attaching and pinning the eBPF programs, and their maps;
 //! - [`policy`]: the policy files (schema, parsing with locations, compiling to maps, hashing);
 //! - [`events`]: decoding kernel events and the event bus;
+//! - [`execwatch`]: exec rules by content in the kill tier (fanotify, hashed just in time);
 //! - [`spool`]: the durable on-disk spool events are exported from;
 //! - [`telemetry`]: OTLP export of the spool (logs, traces) and metrics;
 //! - [`control`]: the control socket's protocol, server (peer checks) and client;
@@ -34,6 +35,7 @@ pub mod daemon;
 pub mod doctor;
 pub mod errors;
 pub mod events;
+pub mod execwatch;
 pub mod identity;
 pub mod policy;
 pub mod recording;

@@ -202,6 +202,11 @@ impl EgressMaps {
         })
     }
 
+    /// A cage's `CAGE_F_*` flags as the kernel has them (None: no entry).
+    pub fn cage_flags(&self, cgroup_id: u64) -> Option<u32> {
+        self.cages.get(&cgroup_id, 0).ok().map(|c| c.flags)
+    }
+
     /// Forgets a removed cage.
     pub fn remove_cage(&mut self, cgroup_id: u64) {
         let _ = self.cages.remove(&cgroup_id);

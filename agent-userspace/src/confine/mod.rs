@@ -20,6 +20,9 @@ struct Switch {
 /// Everything the child does to itself before joining.
 pub struct Confinement {
     shield: Option<Shield>,
+    /// A mount namespace of its own for an agent root starts under another account: the
+    /// kill tier's exec watch marks its mounts, which must not be the host's.
+    private_mounts: bool,
     raw_sockets: bool,
     switch: Option<Switch>,
 }
@@ -27,7 +30,7 @@ pub struct Confinement {
 impl Confinement {
     /// For a child that runs as `grant` (None: as this process), with raw sockets allowed or
     /// not. A root agent started by root gets the shield (`policy_source`'s directory
-    /// read-only in it).
+    /// read-only in it); any other agent root starts, a mount namespace of its own.
     pub fn prepare(
         grant: Option<&RunAsGrant>,
         raw_sockets: bool,
@@ -41,6 +44,7 @@ impl Confinement {
         } else {
             None
         };
+        let private_mounts = euid == 0 && shield.is_none();
         let switch = grant
             .filter(|g| g.uid != euid || g.gid.is_some() || g.groups.is_some())
             .map(|g| Switch {
@@ -50,6 +54,7 @@ impl Confinement {
             });
         Ok(Self {
             shield,
+            private_mounts,
             raw_sockets,
             switch,
         })
@@ -67,6 +72,9 @@ impl Confinement {
         // capabilities: the daemon refuses to cage a process that could undo it.
         if let Some(shield) = &self.shield {
             shield.raise()?;
+        }
+        if self.private_mounts {
+            shield::private_mounts()?;
         }
         crate::caps::drop_for_cage(self.raw_sockets)?;
         let Some(s) = &self.switch else {

@@ -76,6 +76,22 @@ fn c_str(s: &str) -> io::Result<CString> {
     c_path(Path::new(s))
 }
 
+/// In the child: a mount namespace of its own, whose mounts do not propagate back to the
+/// host's. Async-signal-safe.
+pub fn private_mounts() -> io::Result<()> {
+    // SAFETY: plain syscalls on static NUL-terminated strings.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        check(libc::mount(
+            ptr::null(),
+            c"/".as_ptr(),
+            ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            ptr::null(),
+        ))
+    }
+}
+
 impl Shield {
     /// The shield for a root agent: hide bpffs and the cgroup2 mount, make /sys and the
     /// kernel's files of /proc read-only, give it a /dev of its own, freeze the policy's
@@ -141,15 +157,7 @@ impl Shield {
     pub fn raise(&self) -> io::Result<()> {
         // SAFETY: plain syscalls on NUL-terminated paths prepared before fork.
         unsafe {
-            check(libc::unshare(libc::CLONE_NEWNS))?;
-            // Keep our mounts from propagating back to the host.
-            check(libc::mount(
-                ptr::null(),
-                c"/".as_ptr(),
-                ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                ptr::null(),
-            ))?;
+            private_mounts()?;
             for ro in &self.read_only {
                 let rc = libc::mount(
                     ptr::null(),

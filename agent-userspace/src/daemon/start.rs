@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use agent_common::maps::EVENTS;
+use agent_common::maps::{EVENTS, EXEC_CONTENT};
 use aya::maps::RingBuf;
 use nix::sys::inotify::{InitFlags, Inotify};
 use tracing::{info, warn};
@@ -21,6 +21,7 @@ use crate::{
     cage::CageRoot,
     control::AccessPolicy,
     events::EventBus,
+    execwatch::{ContentMap, ExecWatch},
     policy::Policy,
 };
 
@@ -69,15 +70,18 @@ pub(super) async fn start(
         Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .map_err(|e| DaemonError::Sys("inotify_init", e.into()))?,
     );
+    let exec_watch = start_exec_watch(&mut ebpf, tier)?;
     // The hooks' states are known once they attach; content hashing is assumed from the
-    // loaded exec program until then.
+    // loaded exec program until then (the kill tier's is the exec watch).
     let kernel = KernelInfo {
         tier,
         missing,
-        content_hashes: tier == bpf::Tier::Deny
-            && ebpf
+        content_hashes: match tier {
+            bpf::Tier::Deny => ebpf
                 .program("agentcage_bprm_check")
                 .is_some_and(|p| p.info().is_ok()),
+            bpf::Tier::Kill => exec_watch.is_some(),
+        },
         hooks: Vec::new(),
         controllers: root
             .available_controllers()
@@ -99,6 +103,7 @@ pub(super) async fn start(
             recording_dir: config.recording_dir.clone(),
             jobs,
             users: crate::accounts::DynamicUsers::new(config.home_dir.clone(), &config.cgroup_name),
+            exec_watch,
         },
     );
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -255,4 +260,40 @@ pub(super) async fn start(
         );
     }
     Ok(())
+}
+
+/// The kill tier's exec watch (exec rules by content), serving on a thread of its own; None
+/// in the deny tier (IMA hashes there) or where the kernel lacks fanotify permission events
+/// (content rules then refuse the agents that have them, or cover files only).
+fn start_exec_watch(
+    ebpf: &mut aya::Ebpf,
+    tier: bpf::Tier,
+) -> Result<Option<Arc<ExecWatch>>, DaemonError> {
+    if tier != bpf::Tier::Kill {
+        return Ok(None);
+    }
+    let take = || {
+        ebpf.take_map(EXEC_CONTENT)
+            .ok_or(BpfError::MissingMap(EXEC_CONTENT))
+            .and_then(|m| {
+                ContentMap::try_from(m).map_err(|source| BpfError::Map {
+                    name: EXEC_CONTENT,
+                    source,
+                })
+            })
+    };
+    let watch = match ExecWatch::new(take) {
+        Ok(w) => Arc::new(w?),
+        Err(e) => {
+            warn!(error = %e, "exec rules by content are not enforced in the kill tier: deny rules cover the named files only");
+            return Ok(None);
+        }
+    };
+    let serving = Arc::clone(&watch);
+    std::thread::Builder::new()
+        .name("exec-watch".into())
+        .spawn(move || serving.serve())
+        .map_err(|e| DaemonError::Sys("starting the exec watch", e))?;
+    info!("exec watch: kill-tier exec rules judge content (fanotify permission events)");
+    Ok(Some(watch))
 }

@@ -19,7 +19,8 @@ pub struct KernelCaps {
     /// BPF LSM is active: operations can be refused with EPERM (the deny tier); without it
     /// forbidden execs are killed (the kill tier) and file rules cannot be enforced.
     pub can_refuse: bool,
-    /// Exec rules by content (`bpf_ima_file_hash`) are enforced.
+    /// Exec rules by content are enforced: in the deny tier by IMA (`bpf_ima_file_hash`), in
+    /// the kill tier by the daemon's exec watch (fanotify permission events).
     pub content_hashes: bool,
     /// The cgroup v2 controllers the hierarchy offers (`CONTROLLER_*` bits).
     pub controllers: u8,
@@ -143,8 +144,12 @@ pub fn needs_deny_tier(p: &AgentPolicy, c: &CompiledAgent, caps: KernelCaps) -> 
     if !p.files.is_empty() && !caps.can_refuse {
         return Some("files rules, which only BPF LSM can enforce".to_owned());
     }
-    if c.exec.has_digest_rules && !(caps.can_refuse && caps.content_hashes) {
-        return Some("exec rules by sha256, which need BPF LSM with IMA hashing".to_owned());
+    if c.exec.has_digest_rules && !caps.content_hashes {
+        return Some(
+            "exec rules by sha256, which need BPF LSM with IMA hashing, or fanotify permission \
+             events"
+                .to_owned(),
+        );
     }
     None
 }
@@ -276,6 +281,17 @@ mod tests {
             s.flags & (CAGE_F_EXEC_HASHES | CAGE_F_EXEC_DIGESTS_REQUIRED),
             CAGE_F_EXEC_HASHES | CAGE_F_EXEC_DIGESTS_REQUIRED
         );
+        // The kill tier with the exec watch judges content too.
+        let watched = KernelCaps {
+            content_hashes: true,
+            ..KILL
+        };
+        let (s, shortfall) = cage_settings(Some(&p), &c, watched, CageMode::default());
+        assert_eq!(shortfall, None);
+        assert_ne!(s.flags & CAGE_F_EXEC_HASHES, 0);
+        let (s, shortfall) = cage_settings(Some(&p), &c, KILL, CageMode::default());
+        assert!(matches!(shortfall, Some(Shortfall::DenyTier(n)) if n.contains("fanotify")));
+        assert_eq!(s.flags & CAGE_F_EXEC_HASHES, 0);
     }
 
     #[test]

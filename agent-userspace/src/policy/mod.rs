@@ -15,6 +15,7 @@ mod hash;
 mod inodes;
 pub mod kernel;
 mod limits;
+mod loader;
 mod locate;
 mod runtime;
 mod schema;
@@ -34,6 +35,7 @@ pub use inodes::{
     compile_exec, compile_files, kernel_dev, kernel_dev_of, CompiledExec, CompiledFiles,
 };
 pub use limits::{Cpu, Limits, Memory, Pids, CPU_PERIOD_US};
+pub use loader::loaders;
 pub use runtime::{
     ApprovalPolicy, Budgets, Collective, Collectives, ContainmentPolicy, DenyRate, Limit, LoopRule,
     Rung, Span, TimeLimit,

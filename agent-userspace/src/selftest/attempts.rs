@@ -258,13 +258,10 @@ fn exec_copy(c: &Context) -> Outcome {
 }
 
 fn exec_loader(c: &Context) -> Outcome {
-    let Some(loader) = super::LOADERS
-        .iter()
-        .find(|l| std::path::Path::new(l).exists())
-    else {
+    let Some(loader) = crate::policy::loaders().into_iter().next() else {
         return Outcome::NotApplicable("no dynamic loader at the usual paths".into());
     };
-    run_program(loader, &[&c.forbidden])
+    run_program(&loader.display().to_string(), &[&c.forbidden])
 }
 
 /// Opens a file; refusals by permission or by a hook are containment.

@@ -24,12 +24,6 @@ use serde::{Deserialize, Serialize};
 
 /// The hidden `agentcage` subcommand that runs the catalogue inside the cage.
 pub const ATTEMPTS_COMMAND: &str = "__selftest-attempts";
-/// The dynamic loaders a program can be run through (`ld.so PROGRAM`).
-pub const LOADERS: &[&str] = &[
-    "/lib64/ld-linux-x86-64.so.2",
-    "/lib/ld-linux-aarch64.so.1",
-    "/lib/ld-linux.so.2",
-];
 /// The agent the self-test's cage belongs to.
 const AGENT: &str = "selftest";
 

@@ -91,6 +91,23 @@ pub enum StateError {
         /// Where cgroup v2 is mounted.
         hierarchy: String,
     },
+    /// The agent's exec rules judge content in the kill tier, and the process cannot be
+    /// watched (it shares the host's mount namespace, or marking it failed).
+    #[error(
+        "refused to cage process {pid} as agent {agent:?}: its exec rules judge content, which \
+         the kill tier checks only for processes in a mount namespace of their own that the \
+         daemon watches ({source}). Start it with `agentcage run` as root (which gives it \
+         that namespace), or use rules by file only (an allow list, exec.default: deny)"
+    )]
+    Unwatchable {
+        /// The agent.
+        agent: String,
+        /// The process.
+        pid: u32,
+        /// Why it cannot be watched.
+        #[source]
+        source: crate::execwatch::WatchError,
+    },
     /// The request cannot be carried out as given.
     #[error("{0}")]
     Usage(String),

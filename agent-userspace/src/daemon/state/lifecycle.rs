@@ -26,6 +26,7 @@ impl State {
         let cgroup_id = dir.id()?;
         let agent_id = self.registry.agent_id(agent);
         let filled = self.fill(&policy, compiled)?;
+        let flags = filled.settings.flags;
         let entries = self.switch_in(cgroup_id, agent_id, filled)?;
         let events = dir.events_file();
         let watch = match self.inotify.add_watch(&events, AddWatchFlags::IN_MODIFY) {
@@ -67,6 +68,8 @@ impl State {
                 joiners: HashMap::new(),
             },
         );
+        // A cage an earlier daemon left: its processes' execs wait for this daemon now.
+        self.watch_cage(agent, flags);
         Ok(())
     }
 
@@ -244,7 +247,14 @@ impl State {
             self.check_joiner(agent, pid)?;
             self.check_cageable(agent, pid, adopting)?;
         }
-        let cage = self.ensure_cage(agent)?;
+        let cgroup_id = self.ensure_cage(agent)?.cgroup_id;
+        // Before it is caged (and may exec): where the cage judges content in the kill tier,
+        // its execs must wait for the daemon to read them.
+        self.watch_joiner(agent, cgroup_id, pid, adopting)?;
+        let cage = self
+            .registry
+            .get(agent)
+            .ok_or_else(|| StateError::NoCage(agent.to_owned()))?;
         cage.dir.add_process(pid)?;
         let path = cage.dir.path().display().to_string();
         let agent_id = cage.agent_id;

@@ -17,6 +17,7 @@ mod reload;
 mod slots;
 mod status;
 mod users;
+mod watch;
 
 pub use enforce::{ContainJob, Contained, JobOutcome};
 pub use error::StateError;
@@ -95,6 +96,8 @@ pub struct RuntimeParts {
     pub jobs: tokio::sync::mpsc::UnboundedSender<ContainJob>,
     /// The dynamic uids agents run under, and their homes.
     pub users: crate::accounts::DynamicUsers,
+    /// The kill tier's exec watch (exec rules by content), where the kernel has it.
+    pub exec_watch: Option<Arc<crate::execwatch::ExecWatch>>,
 }
 
 /// Everything the daemon manages.
@@ -122,6 +125,7 @@ pub struct State {
     budgets: BudgetState,
     assertions: AssertionState,
     users: crate::accounts::DynamicUsers,
+    exec_watch: Option<Arc<crate::execwatch::ExecWatch>>,
 }
 
 /// A slot filled with an agent's rules, not yet switched in.
@@ -160,6 +164,7 @@ impl State {
             budgets: BudgetState::default(),
             assertions: AssertionState::default(),
             users: parts.users,
+            exec_watch: parts.exec_watch,
         }
     }
 
