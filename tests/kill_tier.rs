@@ -171,18 +171,26 @@ fn shared_dir() -> tempfile::TempDir {
     dir
 }
 
-#[test]
-fn a_copy_of_a_denied_binary_and_the_loader_running_it_are_killed() {
+/// A kill-tier daemon whose agent `t` (with `run_as`, if given) denies a copy of touch in a
+/// directory its uid may use; returns the directory, the denied binary and the daemon.
+fn denying_touch(run_as: Option<&str>) -> (tempfile::TempDir, String, Daemon) {
     let bins = shared_dir();
     let denied = toucher(bins.path(), "denied-touch");
+    let run_as = run_as.map_or(String::new(), |r| format!("    run_as: {r}\n"));
+    let daemon = Daemon::start(&format!(
+        "version: 1\nagents:\n  t:\n{run_as}    exec:\n      deny: [{denied}]\n"
+    ));
+    daemon.expect_tier("kill");
+    (bins, denied, daemon)
+}
+
+#[test]
+fn a_copy_of_a_denied_binary_and_the_loader_running_it_are_killed() {
     let loader = agentcage::policy::loaders()
         .into_iter()
         .next()
         .expect("this host runs dynamic programs, so it has a loader");
-    let daemon = Daemon::start(&format!(
-        "version: 1\nagents:\n  t:\n    exec:\n      deny: [{denied}]\n"
-    ));
-    daemon.expect_tier("kill");
+    let (bins, denied, daemon) = denying_touch(None);
     let events = daemon.follow_events();
     let mut shell = Shell::start(&daemon, "t");
     let at = |name: &str| bins.path().join(name).display().to_string();
@@ -228,12 +236,7 @@ fn a_copy_of_a_denied_binary_and_the_loader_running_it_are_killed() {
 
 #[test]
 fn with_the_daemon_dead_an_exec_of_unread_content_is_killed_not_run() {
-    let bins = shared_dir();
-    let denied = toucher(bins.path(), "denied-touch");
-    let daemon = Daemon::start(&format!(
-        "version: 1\nagents:\n  t:\n    exec:\n      deny: [{denied}]\n"
-    ));
-    daemon.expect_tier("kill");
+    let (bins, _denied, daemon) = denying_touch(None);
     let mut shell = Shell::start(&daemon, "t");
     let at = |name: &str| bins.path().join(name).display().to_string();
     // mkdir runs (and is read) while the daemon lives; a fresh copy of it is not yet read.
@@ -266,4 +269,15 @@ fn with_the_daemon_dead_an_exec_of_unread_content_is_killed_not_run() {
     assert!(bins.path().join("b").is_dir());
     shell.finish();
     drop(daemon);
+}
+
+#[test]
+fn adopting_into_a_cage_that_judges_content_is_refused_saying_why() {
+    let (_bins, _denied, daemon) = denying_touch(Some("nobody"));
+    // In the host's mount namespace: its execs could not be made to wait for the daemon,
+    // so its copies of the denied binary would run unjudged.
+    let outsider = harness::serve_outside(harness::Outsider::Cageable);
+    let adopt = daemon.adopt("t", outsider.pid);
+    harness::assert_refused(&adopt, "mount namespace");
+    assert!(outsider.finish().success());
 }

@@ -55,24 +55,11 @@ impl Stamp {
     /// The stamp of an open file on device `dev` (the kernel's encoding, which stat's
     /// `st_dev` is not on every file system).
     pub fn of(file: &impl AsFd, dev: u32) -> io::Result<Self> {
-        let fd = file.as_fd().as_raw_fd();
-        // SAFETY: all-zero is a valid statx and statfs output buffer.
-        let (mut stx, mut sfs): (libc::statx, libc::statfs) = unsafe { std::mem::zeroed() };
-        // SAFETY: a valid fd, an empty NUL-terminated path with AT_EMPTY_PATH, and a buffer.
-        let rc = unsafe {
-            libc::statx(
-                fd,
-                c"".as_ptr(),
-                libc::AT_EMPTY_PATH,
-                libc::STATX_BASIC_STATS,
-                &raw mut stx,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let stx = super::marks::statx(file, libc::STATX_BASIC_STATS)?;
+        // SAFETY: all-zero is a valid statfs output buffer.
+        let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
         // SAFETY: a valid fd and buffer.
-        if unsafe { libc::fstatfs(fd, &raw mut sfs) } != 0 {
+        if unsafe { libc::fstatfs(file.as_fd().as_raw_fd(), &raw mut sfs) } != 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(Self {

@@ -118,8 +118,8 @@ fn open_in_root(root: &File, path: &str) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// The id of the mount a descriptor is on.
-pub fn mount_id(fd: &impl std::os::fd::AsFd) -> io::Result<u64> {
+/// `statx` of an open descriptor, asking for `mask`.
+pub fn statx(fd: &impl std::os::fd::AsFd, mask: u32) -> io::Result<libc::statx> {
     // SAFETY: all-zero is a valid statx output buffer.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
     // SAFETY: a valid fd, an empty NUL-terminated path with AT_EMPTY_PATH, and a buffer.
@@ -128,13 +128,19 @@ pub fn mount_id(fd: &impl std::os::fd::AsFd) -> io::Result<u64> {
             fd.as_fd().as_raw_fd(),
             c"".as_ptr(),
             libc::AT_EMPTY_PATH,
-            libc::STATX_MNT_ID,
+            mask,
             &raw mut stx,
         )
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(stx)
+}
+
+/// The id of the mount a descriptor is on.
+pub fn mount_id(fd: &impl std::os::fd::AsFd) -> io::Result<u64> {
+    let stx = statx(fd, libc::STATX_MNT_ID)?;
     if stx.stx_mask & libc::STATX_MNT_ID == 0 {
         return Err(io::Error::other("this kernel does not report mount ids"));
     }
