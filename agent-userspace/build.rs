@@ -56,8 +56,13 @@ fn build() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
     for (name, object) in build_ebpf(&out_dir, &path)? {
         let dst = out_dir.join(&name);
-        fs::copy(&object, &dst)
-            .with_context(|| format!("copying {} to {}", object.display(), dst.display()))?;
+        // An unchanged object keeps its time: the binaries built from it are then not
+        // taken for stale (this script also reruns when only the features of a build
+        // dependency differ, e.g. between `cargo build` and `cargo test`).
+        let fresh = fs::read(&object).with_context(|| format!("reading {}", object.display()))?;
+        if fs::read(&dst).ok().as_deref() != Some(fresh.as_slice()) {
+            fs::write(&dst, &fresh).with_context(|| format!("writing {}", dst.display()))?;
+        }
     }
     Ok(())
 }

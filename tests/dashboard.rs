@@ -3,12 +3,7 @@
 
 use agentcage_tests::harness;
 
-use std::{
-    fs,
-    io::{Read as _, Write as _},
-    net::TcpStream,
-    process::Command,
-};
+use std::{fs, process::Command};
 
 use harness::{stdout, tcp_listener, Daemon};
 
@@ -44,22 +39,13 @@ fn dashboard_url(daemon: &Daemon) -> (String, String) {
 
 /// One HTTP/1.1 request; returns the status code and the body.
 fn http(authority: &str, host: &str, request_line: &str, token: Option<&str>) -> (u16, String) {
-    let mut s = TcpStream::connect(authority).unwrap();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        s,
-        "{request_line} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    agentcage_tests::http::exchange(
+        authority,
+        &format!(
+            "{request_line} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
     )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {response:?}"));
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (code, body.to_owned())
 }
 
 #[test]

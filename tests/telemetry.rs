@@ -4,8 +4,9 @@
 
 use agentcage_tests::collector;
 use agentcage_tests::harness;
+use agentcage_tests::spool::telemetry_config as config;
 
-use std::{collections::BTreeMap, fs, path::Path};
+use std::{collections::BTreeMap, fs};
 
 use collector::{Collector, Item};
 use harness::{tcp_listener_at, Daemon};
@@ -16,22 +17,6 @@ fn policy(port: u16) -> String {
     format!(
         "version: 1\nagents:\n  tester:\n    egress:\n      allow:\n        - cidr: 127.0.0.1/32\n          ports: [{port}]\n          protocols: [tcp]\n      allow_events: all\n"
     )
-}
-
-/// A daemon configuration file exporting to `endpoint` with its spool in `spool`.
-fn config(dir: &Path, endpoint: &str, protocol: &str, spool: &Path) -> String {
-    let path = dir.join("agentcaged.yaml");
-    fs::write(
-        &path,
-        format!(
-            "telemetry:\n  endpoint: {endpoint}\n  protocol: {protocol}\n  timeout_ms: 2000\n  \
-             retry_max_ms: 200\n  metrics_interval_ms: 500\n  node_id: test-node\n\
-             spool:\n  dir: {}\n  max_bytes: 4194304\n  segment_bytes: 65536\n",
-            spool.display()
-        ),
-    )
-    .unwrap();
-    path.display().to_string()
 }
 
 fn logs_named<'a>(items: &'a [Item], name: &str) -> Vec<&'a Item> {
@@ -90,6 +75,14 @@ fn check_typed_export(protocol: &str) {
         Some(format!("Int({pid})").as_str())
     );
     assert_eq!(deny.attr("gen_ai.agent.name"), Some("Str(tester)"));
+    // The agent's SPIFFE ID, in the default trust domain (the host name).
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let spiffe = format!("Str(spiffe://{}/agent/tester)", host.trim().to_lowercase());
+    assert_eq!(deny.attr("gen_ai.agent.id"), Some(spiffe.as_str()));
+    assert_eq!(
+        deny.attr("agentcage.agent.identity"),
+        Some("Str(agent:tester)")
+    );
     assert_eq!(deny.attr("agentcage.rule"), Some("Str(default-deny)"));
     assert_eq!(deny.field("SeverityText"), Some("WARN"));
     let allow = decisions
@@ -192,9 +185,13 @@ fn every_event_arrives_exactly_once_across_a_collector_outage_and_a_daemon_resta
     let conf = config(conf_dir.path(), &collector.grpc(), "grpc", spool.path());
     let (_ok, port) = harness::tcp_listener("127.0.0.1");
     let daemon = Daemon::start_args(&policy(port), &["--config", &conf]);
-    let denied = |cage: &mut harness::Served, n: usize| {
+    // Each denial to a port of its own: repeats of one destination would be summarized
+    // (tests/flood.rs), and this test counts records one by one.
+    let mut next_port = 1000u16;
+    let mut denied = |cage: &mut harness::Served, n: usize| {
         for _ in 0..n {
-            assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), EPERM);
+            next_port += 1;
+            assert_eq!(cage.op(&format!("connect 127.0.0.2:{next_port}")), EPERM);
         }
     };
 
@@ -225,7 +222,7 @@ fn every_event_arrives_exactly_once_across_a_collector_outage_and_a_daemon_resta
 
     // Up again: everything arrives, once.
     collector.restart();
-    let marker_port = port.wrapping_add(1).max(1);
+    let marker_port = next_port + 1;
     assert_eq!(cage.op(&format!("connect 127.0.0.3:{marker_port}")), EPERM);
     assert!(cage.finish().success());
     let seen = received_seqs(&collector, marker_port);
@@ -240,7 +237,7 @@ fn every_event_arrives_exactly_once_across_a_collector_outage_and_a_daemon_resta
     let items = collector.items();
     let denials = logs_named(&items, "agentcage.egress.decision")
         .into_iter()
-        .filter(|i| i.attr("server.port") == Some(format!("Int({port})").as_str()))
+        .filter(|i| i.attr("server.address") == Some("Str(127.0.0.2)"))
         .count();
     assert_eq!(denials, 5 + 20 + 15, "seqs received: {seen:?}");
     // Spans too: one per decision, no repeats.
@@ -277,8 +274,9 @@ fn a_full_spool_drops_the_oldest_and_reports_how_many() {
     let (_ok, port) = harness::tcp_listener("127.0.0.1");
     let daemon = Daemon::start_args(&policy(port), &["--config", path.to_str().unwrap()]);
     let mut cage = daemon.serve_in("tester");
-    for _ in 0..100 {
-        assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), EPERM);
+    // Distinct destinations: repeats of one would be summarized and never fill the spool.
+    for p in 1..=100 {
+        assert_eq!(cage.op(&format!("connect 127.0.0.2:{p}")), EPERM);
     }
     assert!(cage.finish().success());
     let _ = daemon.stop();

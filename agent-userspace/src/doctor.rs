@@ -4,7 +4,7 @@ use std::{fmt, fs, path::Path};
 
 use aya::{
     maps::MapType,
-    programs::{LsmAttachType, ProgramType},
+    programs::ProgramType,
     sys::{is_map_supported, is_program_supported},
 };
 use serde::Serialize;
@@ -34,8 +34,13 @@ pub struct DoctorReport {
     pub kernel: String,
     /// Where cgroup v2 is mounted, if it is.
     pub cgroup2_mount: Option<String>,
-    /// cgroup.freeze and cgroup.kill exist (pause and kill of a whole cage).
-    pub cgroup_freeze_kill: bool,
+    /// cgroup.freeze exists (pause of a whole cage; Linux 5.2+).
+    pub cgroup_freeze: bool,
+    /// cgroup.kill exists (kill of a whole cage in one write; Linux 5.14+). Without it the
+    /// daemon kills a frozen cage's processes one by one.
+    pub cgroup_kill: bool,
+    /// How BPF memory is accounted, and what became of RLIMIT_MEMLOCK.
+    pub bpf_memory: String,
     /// Whether bpffs is mounted at /sys/fs/bpf (the daemon mounts it if not).
     pub bpffs_mounted: bool,
     /// The active LSMs from /sys/kernel/security/lsm, if securityfs is mounted.
@@ -50,6 +55,14 @@ pub struct DoctorReport {
     /// The running daemon's hooks and their states, when a daemon answers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hooks: Option<Vec<crate::bpf::HookStatus>>,
+    /// The running daemon's tier, when a daemon answers: the probe's, unless its LSM
+    /// programs then failed to load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon_tier: Option<String>,
+    /// What the running daemon refuses (policy features this kernel cannot enforce), when a
+    /// daemon answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<Vec<crate::bpf::Refusal>>,
     /// Why the hooks are not listed, if they are not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hooks_unknown: Option<String>,
@@ -98,7 +111,13 @@ pub fn probe() -> DoctorReport {
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_else(|e| format!("unknown ({e})"));
     let cgroup2 = find_cgroup2_mount().ok();
-    let cgroup_freeze_kill = cgroup2.as_deref().is_some_and(has_freeze_and_kill);
+    let (cgroup_freeze, cgroup_kill) = cgroup2.as_deref().map_or((false, false), freeze_and_kill);
+    // Before the probes, which make maps and programs: where RLIMIT_MEMLOCK is charged they
+    // would fail for the limit rather than for the kernel.
+    let bpf_memory = match crate::bpf::memlock::ensure() {
+        Ok(m) => m.to_string(),
+        Err(e) => format!("unknown ({})", render(&e)),
+    };
     let bpffs_mounted = fs::read_to_string("/proc/self/mountinfo")
         .map(|m| {
             m.lines()
@@ -147,34 +166,43 @@ pub fn probe() -> DoctorReport {
             "capture: process events",
             ProgramType::Tracing,
         ),
-        program(
+        // Loaded, not attached: see `bpf::tier::lsm_loads`.
+        outcome(
             "lsm",
             "deny tier: exec/file enforcement",
-            ProgramType::Lsm(LsmAttachType::Mac),
+            crate::bpf::tier::lsm_loads().map(|()| true),
         ),
     ];
     DoctorReport {
         as_root: nix::unistd::Uid::effective().is_root(),
         kernel,
         cgroup2_mount: cgroup2.map(|p| p.display().to_string()),
-        cgroup_freeze_kill,
+        cgroup_freeze,
+        cgroup_kill,
+        bpf_memory,
         bpffs_mounted,
         active_lsms,
         bpf_lsm_active,
         probes,
         tier: crate::bpf::tier::probe(),
         hooks: None,
+        daemon_tier: None,
+        refused: None,
         hooks_unknown: None,
     }
 }
 
-/// The root cgroup has neither cgroup.freeze nor cgroup.kill, so look in a throwaway child.
-fn has_freeze_and_kill(mount: &Path) -> bool {
+/// Whether cgroup.freeze and cgroup.kill exist. The root cgroup has neither, so look in a
+/// throwaway child.
+fn freeze_and_kill(mount: &Path) -> (bool, bool) {
     let probe = mount.join(format!("agentcage-doctor-{}", std::process::id()));
     if fs::create_dir(&probe).is_err() {
-        return false;
+        return (false, false);
     }
-    let found = probe.join("cgroup.freeze").exists() && probe.join("cgroup.kill").exists();
+    let found = (
+        probe.join("cgroup.freeze").exists(),
+        probe.join("cgroup.kill").exists(),
+    );
     let _ = fs::remove_dir(&probe);
     found
 }
@@ -195,7 +223,17 @@ impl fmt::Display for DoctorReport {
             "cgroup v2         {}",
             self.cgroup2_mount.as_deref().unwrap_or("NOT MOUNTED")
         )?;
-        writeln!(f, "freeze/kill       {}", yes_no(self.cgroup_freeze_kill))?;
+        writeln!(
+            f,
+            "freeze/kill       freeze {}, kill {}",
+            yes_no(self.cgroup_freeze),
+            if self.cgroup_kill {
+                "yes"
+            } else {
+                "no (cgroup.kill: Linux 5.14+; a kill signals each frozen process)"
+            }
+        )?;
+        writeln!(f, "BPF memory        {}", self.bpf_memory)?;
         writeln!(
             f,
             "bpffs             {}",
@@ -241,6 +279,25 @@ impl fmt::Display for DoctorReport {
                  enforcement: deny are refused)\n  missing: {}",
                 missing.as_deref().unwrap_or("BPF LSM")
             )?,
+        }
+        if let Some(tier) = &self.daemon_tier {
+            writeln!(f, "daemon's tier     {tier}")?;
+        }
+        if let Some(refused) = &self.refused {
+            if refused.is_empty() {
+                writeln!(
+                    f,
+                    "refused           nothing: every policy feature is enforced"
+                )?;
+            } else {
+                writeln!(
+                    f,
+                    "refused (agents whose policy has these are not started):"
+                )?;
+                for r in refused {
+                    writeln!(f, "  {r}")?;
+                }
+            }
         }
         match (&self.hooks, &self.hooks_unknown) {
             (Some(hooks), _) => {

@@ -45,6 +45,12 @@ pub fn agentcage() -> &'static str {
     PATH.get_or_init(|| userspace_bin("agentcage"))
 }
 
+/// The OCI runtime wrapper, `agentcage-runtime`.
+pub fn agentcage_runtime() -> &'static str {
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| userspace_bin("agentcage-runtime"))
+}
+
 /// The probe workload (this crate's binary; `cargo test` builds it with the suites).
 pub fn probe() -> PathBuf {
     let path = profile_dir().join("probe");

@@ -35,6 +35,26 @@ pub fn deadline() -> Duration {
     })
 }
 
+/// The policy features (`deny_enforcement`, `file_rules`, `content_rules`, in that order)
+/// the daemon must refuse in `tier`: AGENTCAGE_EXPECT_REFUSED (comma-separated) where the
+/// test runner names what its kernel lacks (`cargo xtask vm-test` does, per boot), else
+/// none in the deny tier and in the kill tier all but `content_rules` (its exec watch).
+pub fn expected_refused(tier: &str) -> Vec<&'static str> {
+    const ALL: [&str; 3] = ["deny_enforcement", "file_rules", "content_rules"];
+    match std::env::var("AGENTCAGE_EXPECT_REFUSED") {
+        Ok(list) => {
+            let named: Vec<&str> = list.split(',').filter(|f| !f.is_empty()).collect();
+            for f in &named {
+                assert!(ALL.contains(f), "AGENTCAGE_EXPECT_REFUSED names {f:?}");
+            }
+            ALL.into_iter().filter(|f| named.contains(f)).collect()
+        }
+        // Exec rules by content hold in the kill tier too (the daemon's exec watch).
+        Err(_) if tier == "kill" => ALL[..2].to_vec(),
+        Err(_) => Vec::new(),
+    }
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Panics unless the test runs as root.
@@ -74,7 +94,18 @@ impl Lines {
 
     /// The next line satisfying `pred`, or a panic naming `what` after the deadline.
     pub fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = std::time::Instant::now() + deadline();
+        self.wait_for_within(what, deadline(), pred)
+    }
+
+    /// [`Lines::wait_for`] with a deadline of `within`: for a workload whose own length
+    /// grows with the machine's load (thousands of execs), not for the daemon's answers.
+    pub fn wait_for_within(
+        &self,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = std::time::Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.rx.recv_timeout(left) {
@@ -120,6 +151,39 @@ impl Daemon {
 
     /// Starts agentcaged with extra arguments.
     pub fn start_args(policy_yaml: &str, args: &[&str]) -> Self {
+        Self::try_start_customized(policy_yaml, |c| {
+            c.args(args);
+        })
+        .expect("agentcaged did not become ready")
+    }
+
+    /// Starts agentcaged on `policy_yaml` in fresh paths, with `customize` applied to its
+    /// command (arguments, limits, capabilities); Err(log) if it exits instead.
+    pub fn try_start_customized(
+        policy_yaml: &str,
+        customize: impl FnOnce(&mut Command),
+    ) -> Result<Self, String> {
+        Self::try_start_within(policy_yaml, customize, deadline())
+    }
+
+    /// Starts agentcaged with extra arguments, allowing it `within` to become ready (a
+    /// daemon that runs its self-test first takes a while).
+    pub fn start_args_within(policy_yaml: &str, args: &[&str], within: Duration) -> Self {
+        Self::try_start_within(
+            policy_yaml,
+            |c| {
+                c.args(args);
+            },
+            within,
+        )
+        .expect("agentcaged did not become ready")
+    }
+
+    fn try_start_within(
+        policy_yaml: &str,
+        customize: impl FnOnce(&mut Command),
+        within: Duration,
+    ) -> Result<Self, String> {
         require_root();
         let dir = tempfile::tempdir().expect("tempdir");
         // Agents under dynamic uids pass through to their homes (`home/NAME`, each 0700).
@@ -133,27 +197,7 @@ impl Daemon {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         let socket = dir.path().join("agentcage.sock");
-        Self::start_with(dir, policy, socket, cgroup_name, args)
-            .expect("agentcaged did not become ready")
-    }
-
-    /// Starts agentcaged with extra arguments, allowing it `within` to become ready (a
-    /// daemon that runs its self-test first takes a while).
-    pub fn start_args_within(policy_yaml: &str, args: &[&str], within: Duration) -> Self {
-        require_root();
-        let dir = tempfile::tempdir().expect("tempdir");
-        use std::os::unix::fs::PermissionsExt as _;
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o711)).expect("chmod");
-        let policy = dir.path().join("policy.yaml");
-        fs::write(&policy, policy_yaml).expect("write policy");
-        let cgroup_name = format!(
-            "agentcage-test-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let socket = dir.path().join("agentcage.sock");
-        Self::start_within(dir, policy, socket, cgroup_name, args, within)
-            .expect("agentcaged did not become ready")
+        Self::launch(dir, policy, socket, cgroup_name, customize, within)
     }
 
     /// Starts a daemon on existing paths (e.g. a restart); Err(log) if it exits instead.
@@ -164,19 +208,29 @@ impl Daemon {
         cgroup_name: String,
         args: &[&str],
     ) -> Result<Self, String> {
-        Self::start_within(dir, policy, socket, cgroup_name, args, deadline())
+        Self::launch(
+            dir,
+            policy,
+            socket,
+            cgroup_name,
+            |c| {
+                c.args(args);
+            },
+            deadline(),
+        )
     }
 
-    fn start_within(
+    fn launch(
         dir: tempfile::TempDir,
         policy: PathBuf,
         socket: PathBuf,
         cgroup_name: String,
-        args: &[&str],
+        customize: impl FnOnce(&mut Command),
         within: Duration,
     ) -> Result<Self, String> {
-        let mut child = Command::new(agentcaged())
-            .args(args)
+        let mut command = Command::new(agentcaged());
+        customize(&mut command);
+        let mut child = command
             .arg("--policy")
             .arg(&policy)
             .arg("--socket")
@@ -187,6 +241,10 @@ impl Daemon {
             .arg(snapshots_of(&socket))
             .arg("--home-dir")
             .arg(homes_of(&socket))
+            .arg("--state-dir")
+            .arg(state_of(&socket))
+            .arg("--certificate-dir")
+            .arg(certificates_of(&socket))
             .arg("--cgroup-name")
             .arg(&cgroup_name)
             .env("NO_COLOR", "1")
@@ -238,6 +296,16 @@ impl Daemon {
         snapshots_of(&self.socket)
     }
 
+    /// Its state directory (node keys, jwks.json, revocations), beside the control socket.
+    pub fn state_dir(&self) -> PathBuf {
+        state_of(&self.socket)
+    }
+
+    /// Where it looks for agents' behavior certificates (`NAME.json`).
+    pub fn certificate_dir(&self) -> PathBuf {
+        certificates_of(&self.socket)
+    }
+
     /// The daemon's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
@@ -253,10 +321,13 @@ impl Daemon {
         PathBuf::from("/sys/fs/bpf").join(&self.cgroup_name)
     }
 
-    /// `agentcage --socket S ARGS...`
+    /// `agentcage --socket S --state-dir D ARGS...`
     pub fn cli(&self) -> Command {
         let mut c = Command::new(agentcage());
-        c.arg("--socket").arg(&self.socket);
+        c.arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(self.state_dir());
         c
     }
 
@@ -302,7 +373,8 @@ impl Daemon {
 
     /// Asserts the daemon runs in `want` tier (`deny` or `kill`), and that this agrees with
     /// AGENTCAGE_EXPECT_TIER when the test runner (cargo xtask test / vm-test) sets it: a
-    /// probe that picked the wrong tier fails here rather than running the wrong suite.
+    /// probe that picked the wrong tier fails here rather than running the wrong suite. So
+    /// must the policy features the daemon refuses (see [`expected_refused`]).
     pub fn expect_tier(&self, want: &str) {
         if let Ok(expected) = std::env::var("AGENTCAGE_EXPECT_TIER") {
             assert_eq!(
@@ -316,13 +388,33 @@ impl Daemon {
             "the daemon runs in tier {} ({}); this suite needs {want}",
             status["tier"], status["tier_missing"]
         );
+        let refused: Vec<&str> = status["refused"]
+            .as_array()
+            .expect("status lists what is refused")
+            .iter()
+            .map(|r| r["feature"].as_str().expect("a feature name"))
+            .collect();
+        assert_eq!(
+            refused,
+            expected_refused(want),
+            "the daemon refuses other policy features than this kernel should: {:#}",
+            status["refused"]
+        );
     }
 
     /// Links the daemon pinned: its cgroup programs and its attached host-wide hooks.
     pub fn expected_pins(&self) -> usize {
         let hooks = self.status()["hooks"]
             .as_array()
-            .map(|h| h.iter().filter(|h| h["state"] == "attached").count())
+            .map(|h| {
+                h.iter()
+                    .filter(|h| {
+                        h["state"]
+                            .as_str()
+                            .is_some_and(|s| s.starts_with("attached"))
+                    })
+                    .count()
+            })
             .unwrap_or(0);
         agentcage::bpf::PROGRAMS.len() + hooks
     }
@@ -409,6 +501,14 @@ fn snapshots_of(socket: &Path) -> PathBuf {
 
 fn homes_of(socket: &Path) -> PathBuf {
     socket.with_file_name("home")
+}
+
+fn state_of(socket: &Path) -> PathBuf {
+    socket.with_file_name("state")
+}
+
+fn certificates_of(socket: &Path) -> PathBuf {
+    socket.with_file_name("certificates")
 }
 
 /// Kills whatever a failed test left in the cgroup tree and removes it.

@@ -1,11 +1,16 @@
 //! The end-to-end tests' library: a real daemon per test with the real CLI ([`harness`]), the
-//! binaries they run ([`bins`]), a real OpenTelemetry collector ([`collector`]), and a real
-//! terminal ([`tmux`]).
+//! binaries they run ([`bins`]), a real OpenTelemetry collector ([`collector`]), the daemon's
+//! spool as files ([`spool`]), a real container engine ([`engine`]), a real terminal
+//! ([`tmux`]), and credentials checked as tools would check them ([`identity`]).
 //!
 //! The suites (`tests/*.rs`, one test target each) need root; this library and the probe
 //! build as any user.
 
 pub mod bins;
 pub mod collector;
+pub mod engine;
 pub mod harness;
+pub mod http;
+pub mod identity;
+pub mod spool;
 pub mod tmux;

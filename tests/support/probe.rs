@@ -75,6 +75,8 @@ fn op(args: &[&str]) -> io::Result<()> {
             format!("{dir}/cgroup.procs"),
             std::process::id().to_string(),
         ),
+        // One line to the application socket; ok if the daemon accepted it.
+        ["app", socket, line] => app_event(socket, line),
         ["list", dir] => std::fs::read_dir(dir).map(drop),
         // Whether a signal could be sent (signal 0 sends none: only the permission check).
         ["signal", pid] => {
@@ -128,6 +130,20 @@ fn op(args: &[&str]) -> io::Result<()> {
             io::ErrorKind::InvalidInput,
             format!("unknown operation {args:?}"),
         )),
+    }
+}
+
+/// Sends one application event and reads the daemon's answer; its text goes to stderr.
+fn app_event(socket: &str, line: &str) -> io::Result<()> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.write_all(format!("{line}\n").as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply)?;
+    eprintln!("{}", reply.trim());
+    if reply.contains(r#""type":"accepted""#) {
+        Ok(())
+    } else {
+        Err(io::Error::other(reply))
     }
 }
 
@@ -232,6 +248,34 @@ fn fork_hold() -> io::Result<i32> {
     }
 }
 
+/// The `i`-th of the distinct loopback destinations `udp-spread` uses: 127.1.0.0 onwards.
+fn spread(i: u32, port: u16) -> SocketAddr {
+    let [_, b, c, d] = (0x7f01_0000u32 + i).to_be_bytes();
+    SocketAddr::from(([127, b, c, d], port))
+}
+
+/// Sends `n` datagrams from one socket, the `i`-th to `dst(i)`; returns how many were denied
+/// with EPERM, or the first other outcome.
+fn udp_sends(n: u32, dst: impl Fn(u32) -> SocketAddr) -> io::Result<u32> {
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    let mut denied = 0;
+    for i in 0..n {
+        match s.send_to(b"x", dst(i)) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => denied += 1,
+            Err(e) => return Err(e),
+            Ok(_) => return Err(io::Error::other(format!("a send to {} went out", dst(i)))),
+        }
+    }
+    Ok(denied)
+}
+
+fn print_denied(r: io::Result<u32>) {
+    match r {
+        Ok(n) => println!("ok {n}"),
+        Err(e) => println!("err {}", errno(&e)),
+    }
+}
+
 fn ctl_send(control: &mut BufReader<UnixStream>, json: &str) -> io::Result<String> {
     writeln!(control.get_mut(), "{json}")?;
     let mut answer = String::new();
@@ -282,6 +326,28 @@ fn main() {
                 match fork_hold() {
                     Ok(child) => println!("ok {child}"),
                     Err(e) => println!("err {}", errno(&e)),
+                }
+            } else if let Some(args) = line.strip_prefix("udp-flood ") {
+                // `udp-flood ADDR N`: N datagrams to one destination; prints how many were
+                // denied (EPERM).
+                let words: Vec<&str> = args.split_whitespace().collect();
+                match words.as_slice() {
+                    [a, n] => match (addr(a), n.parse::<u32>()) {
+                        (Ok(dst), Ok(n)) => print_denied(udp_sends(n, |_| dst)),
+                        _ => println!("err -1"),
+                    },
+                    _ => println!("err -1"),
+                }
+            } else if let Some(args) = line.strip_prefix("udp-spread ") {
+                // `udp-spread N PORT`: one datagram to each of N distinct loopback addresses
+                // (127.1.0.0 onwards); prints how many were denied.
+                let words: Vec<&str> = args.split_whitespace().collect();
+                match words.as_slice() {
+                    [n, port] => match (n.parse::<u32>(), port.parse::<u16>()) {
+                        (Ok(n), Ok(port)) => print_denied(udp_sends(n, |i| spread(i, port))),
+                        _ => println!("err -1"),
+                    },
+                    _ => println!("err -1"),
                 }
             } else if let Some(n) = line.strip_prefix("fork-hold ") {
                 // N more processes in the cage, each waiting to be killed.

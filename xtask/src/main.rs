@@ -3,6 +3,7 @@
 
 mod bench;
 mod build;
+mod image;
 mod lint;
 mod package;
 mod results;
@@ -31,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what a fresh machine lacks (Debian packages, nightly rust-src, bpf-linker in
-    /// .tools/). Idempotent.
+    /// .tools/, the VM kernels in .vm/). Idempotent.
     Setup,
     /// Setup, then build every binary of the workspace.
     Build {
@@ -59,12 +60,19 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Setup, build, then the test suites on Debian 12's kernel under qemu: once with BPF LSM
-    /// active (deny tier), once without (kill tier).
+    /// Setup, build, then the test suites on Debian's 5.10, 6.1 and 6.12 kernels under qemu,
+    /// each once with BPF LSM active (deny tier) and once without (kill tier).
     VmTest(vm::VmArgs),
     /// Setup, release build, then the .deb (systemd unit, config, completions, man pages) in
     /// target/debian/.
     Package,
+    /// Setup, release build, then the daemon's OCI image (agentcaged, agentcage,
+    /// agentcage-runtime) in target/oci/, built offline.
+    Image {
+        /// From the debug binaries, to try the packaging without a release build.
+        #[arg(long)]
+        debug: bool,
+    },
     /// Benchmarks (they measure and report; they pass or fail nothing).
     Bench {
         #[command(subcommand)]
@@ -85,6 +93,9 @@ enum Cmd {
     /// N processes that wait to be killed, for `bench kill`.
     #[command(name = "__hold", hide = true)]
     Hold(bench::kill::HoldArgs),
+    /// Denied UDP datagrams, to distinct destinations or one, for `bench events`.
+    #[command(name = "__udp-send", hide = true)]
+    UdpSend(bench::events::UdpSendArgs),
 }
 
 fn main() -> ExitCode {
@@ -110,13 +121,16 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Lint => lint::lint(),
         Cmd::Unit { args } => lint::unit(&args),
         Cmd::Test { args } => test::test(&args),
-        Cmd::VmTest(args) => vm::vm_test(&args),
+        // Setup here, not in vm: setup fetches the VM kernels, so vm must not import it.
+        Cmd::VmTest(args) => setup::run_setup().and_then(|()| vm::vm_test(&args)),
         Cmd::Package => package::package(),
+        Cmd::Image { debug } => image::image(debug),
         Cmd::Bench { bench } => bench::run_bench(bench),
         Cmd::ConnectLoop(args) => bench::egress::connect_loop(&args),
         Cmd::ConnectProbe(args) => bench::egress::connect_probe(&args),
         Cmd::SyscallLoop(args) => bench::capture::syscall_loop(&args),
         Cmd::ExecLoop(args) => bench::capture::exec_loop(&args),
         Cmd::Hold(args) => bench::kill::hold(&args),
+        Cmd::UdpSend(args) => bench::events::udp_send(&args),
     }
 }

@@ -38,6 +38,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // program to run in the agent's terminal.
     "tmux",
     "less",
+    // The container tests: a real engine (dockerd with its containerd) and the runtime
+    // agentcage-runtime hands over to. The tests run their own dockerd on their own roots.
+    "docker.io",
+    "runc",
 ];
 
 /// The Rotel release the telemetry tests send to (a Rust OTLP collector shipped on PyPI).
@@ -47,6 +51,10 @@ const ROTEL_VERSION: &str = "0.0.1a15";
 /// Python one, dependency-free).
 const ASCIINEMA_VERSION: &str = "2.4.0";
 
+/// The PyJWT and cryptography releases the credential tests verify tokens with: a JWT library
+/// in another language, as a tool's backend would use it.
+const PYJWT: &[&str] = &["pyjwt==2.15.1", "cryptography==50.0.2"];
+
 /// The bpf-linker release that links our eBPF crate (the newest that builds with the pinned
 /// nightly; see docs/KERNEL.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -54,9 +62,10 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 pub fn run_setup() -> Result<()> {
     debian_packages().context("setup: Debian packages")?;
     toolchain()?;
-    crate::vm::kernel::fetch_kernel().context("setup: the VM kernel")?;
+    crate::vm::kernel::fetch_kernels().context("setup: the VM kernels")?;
     rotel().context("setup: Rotel (OpenTelemetry collector for the tests)")?;
     asciinema().context("setup: asciinema (reads the terminal tests' recordings)")?;
+    pyjwt().context("setup: PyJWT (verifies the credential tests' tokens)")?;
     Ok(())
 }
 
@@ -72,7 +81,8 @@ fn rotel() -> Result<()> {
     pip_into_tools(
         "Rotel",
         "rotel",
-        ROTEL_VERSION,
+        &[&format!("rotel=={ROTEL_VERSION}")],
+        false,
         Path::new("rotel/rotel-agent"),
     )
 }
@@ -83,39 +93,69 @@ fn asciinema() -> Result<()> {
     pip_into_tools(
         "asciinema",
         "asciinema",
-        ASCIINEMA_VERSION,
+        &[&format!("asciinema=={ASCIINEMA_VERSION}")],
+        false,
         Path::new("asciinema/__main__.py"),
     )
 }
 
-/// Installs PyPI package `package` at `version` into `.tools/PACKAGE` with pip (`--target`:
-/// nothing of the system's Python changes); `marker`, relative to that directory, proves
-/// it is there. The version is recorded beside it, so a pinned upgrade reinstalls.
-fn pip_into_tools(name: &str, package: &str, version: &str, marker: &Path) -> Result<()> {
-    let dir = tools_dir().join(package);
+/// Installs PyJWT with cryptography (and their dependencies) into `.tools/pyjwt`; the
+/// credential tests run `python3 -S` (no site-packages) with that directory on PYTHONPATH.
+fn pyjwt() -> Result<()> {
+    pip_into_tools("PyJWT", "pyjwt", PYJWT, true, Path::new("jwt/__init__.py"))
+}
+
+/// Installs the pinned PyPI `requirements` into `.tools/DIR` with pip (`--target`: nothing
+/// of the system's Python changes), with their dependencies when `deps`; `marker`, relative
+/// to that directory, proves it is there. The pins are recorded beside it, so a pinned
+/// upgrade reinstalls.
+fn pip_into_tools(
+    name: &str,
+    dir: &str,
+    requirements: &[&str],
+    deps: bool,
+    marker: &Path,
+) -> Result<()> {
+    let dir = tools_dir().join(dir);
     let marker = dir.join(marker);
     let stamp = dir.join(".agentcage-version");
-    if marker.exists() && fs::read_to_string(&stamp).ok().as_deref() == Some(version) {
+    let version = requirements.join(" ");
+    // Stamps written before several requirements were possible hold the bare version.
+    let stamped = fs::read_to_string(&stamp).ok().map(|s| {
+        if s.contains("==") {
+            s
+        } else {
+            format!(
+                "{}=={s}",
+                requirements[0].split("==").next().unwrap_or_default()
+            )
+        }
+    });
+    if marker.exists() && stamped.as_deref() == Some(version.as_str()) {
         println!("setup: {name} {version} already in {}", dir.display());
         return Ok(());
     }
     if dir.exists() {
         fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
-    run(cmd("python3")
-        .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"])
-        .arg(&dir)
-        .arg(format!("{package}=={version}"))
+    let mut pip = cmd("python3");
+    pip.args(["-m", "pip", "install", "--quiet", "--target"])
+        .arg(&dir);
+    if !deps {
+        pip.arg("--no-deps");
+    }
+    run(pip
+        .args(requirements)
         // Debian's pip refuses installs outside a venv unless told; --target touches only
         // our directory.
         .env("PIP_BREAK_SYSTEM_PACKAGES", "1"))?;
     if !marker.exists() {
         bail!(
-            "pip installed {package} but {} is missing",
+            "pip installed {version} but {} is missing",
             marker.display()
         );
     }
-    fs::write(&stamp, version).with_context(|| format!("writing {}", stamp.display()))?;
+    fs::write(&stamp, &version).with_context(|| format!("writing {}", stamp.display()))?;
     println!("setup: installed {name} {version} into {}", dir.display());
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: the whole suite, the one command README and CI run: the host tests,
-//! then the same kind of suites on Debian 12's kernel under qemu (`vm-test`).
+//! then the same kind of suites on Debian's 5.10, 6.1 and 6.12 kernels under qemu
+//! (`vm-test`).
 
 use std::{
     cell::Cell,
@@ -90,6 +91,7 @@ pub fn test(extra: &[String]) -> Result<()> {
     }));
     steps.push(Step::non_blocking("vm-test", || {
         let outcomes = vm::run(&vm::VmArgs {
+            kernels: Vec::new(),
             boots: Vec::new(),
             timeout: vm::DEFAULT_TIMEOUT_SECS,
             args: extra.to_vec(),

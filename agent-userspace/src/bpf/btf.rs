@@ -216,6 +216,17 @@ impl Btf {
         None
     }
 
+    /// Whether the kernel has function `name` (e.g. `bpf_lsm_userns_create`: an LSM hook that
+    /// BPF programs can attach to exists only if its `bpf_lsm_` stub does).
+    pub fn has_func(&self, name: &str) -> bool {
+        self.funcs_by_name.contains_key(name)
+    }
+
+    /// The BTF type id of function `name` (what a tracing or LSM program is loaded for).
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        self.funcs_by_name.get(name).copied()
+    }
+
     /// Position (from 0) of parameter `param` of function `func`: LSM hooks gain and lose
     /// parameters across kernel versions.
     pub fn param_index(&self, func: &str, param: &str) -> Result<u32, BtfError> {
@@ -345,6 +356,15 @@ mod tests {
         assert_eq!(btf.param_index("security_file_open", "file").unwrap(), 0);
         let prot = btf.param_index("security_mmap_file", "prot").unwrap();
         assert!((1..=2).contains(&prot), "prot is parameter {prot}");
+    }
+
+    #[test]
+    fn finds_lsm_hook_stubs() {
+        let btf = Btf::from_sys_fs().unwrap();
+        // Every kernel with BPF LSM built in has the exec hook's stub (the host's 6.18 does,
+        // although it refuses to load LSM programs).
+        assert!(btf.has_func("bpf_lsm_bprm_check_security"));
+        assert!(!btf.has_func("bpf_lsm_no_such_hook"));
     }
 
     #[test]

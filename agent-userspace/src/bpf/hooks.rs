@@ -12,7 +12,10 @@ use aya::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{tier::Tier, BpfError};
+use super::{
+    tier::{Capabilities, Tier},
+    BpfError,
+};
 
 /// A hook's state, for `doctor` and `status`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,8 +47,8 @@ const TRACEPOINTS: [(&str, &str, &str); 3] = [
 
 const FILES: &str = "deny tier: file rules (refuse protected, report watched)";
 
-/// The deny tier's LSM hooks other than exec: (program, hook, purpose).
-const LSM_HOOKS: [(&str, &str, &str); 13] = [
+/// The deny tier's LSM hooks other than exec and `userns_create`: (program, hook, purpose).
+const LSM_HOOKS: [(&str, &str, &str); 12] = [
     (
         "agentcage_mmap_file",
         "mmap_file",
@@ -66,31 +69,51 @@ const LSM_HOOKS: [(&str, &str, &str); 13] = [
     ("agentcage_inode_mkdir", "inode_mkdir", FILES),
     ("agentcage_inode_mknod", "inode_mknod", FILES),
     ("agentcage_inode_symlink", "inode_symlink", FILES),
-    (
-        "agentcage_userns_create",
-        "userns_create",
-        "deny tier: no user namespaces in cages with file rules",
-    ),
 ];
+
+/// The `userns_create` hook (Linux 6.1+): where the kernel lacks it, the deny tier runs
+/// without it and file rules are refused (see [`super::tier::NO_USERNS_HOOK`]).
+const USERNS_HOOK: (&str, &str, &str) = (
+    "agentcage_userns_create",
+    "userns_create",
+    "deny tier: no user namespaces in cages with file rules",
+);
+
+/// The exec hook's two programs: with content hashes (sleepable, `bpf_ima_file_hash`), and
+/// by file only, for kernels without IMA hashing for BPF.
+const BPRM_HASH: &str = "agentcage_bprm_check";
+const BPRM_INODE: &str = "agentcage_bprm_check_inode";
+const BPRM_PURPOSE: &str = "deny tier: exec refused with EPERM";
+
+/// Which optional parts of the deny tier loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LsmLoaded {
+    /// The exec program with content hashes (else the inode-only one).
+    pub content_hashes: bool,
+    /// The `userns_create` program.
+    pub userns_hook: bool,
+}
 
 /// The attached host-wide hooks and what they give.
 pub struct GlobalHooks {
     pins: Vec<(PathBuf, PinnedLink)>,
     /// Every hook's state.
     pub status: Vec<HookStatus>,
-    /// Whether exec rules by content are enforced (the sleepable LSM program with IMA).
-    pub content_hashes: bool,
 }
 
 impl GlobalHooks {
-    /// Attaches the tracepoints and, in the deny tier, the LSM hooks; pins each link as
-    /// `DIR/NAME-TAG`. An LSM hook that fails is an error: the caller loads again for the
-    /// kill tier rather than run the deny tier half-attached.
-    pub fn attach(ebpf: &mut Ebpf, tier: Tier, dir: &Path, tag: &str) -> Result<Self, BpfError> {
+    /// Attaches the tracepoints and, in the deny tier, the LSM hooks that `caps` says loaded;
+    /// pins each link as `DIR/NAME-TAG`. An LSM hook that fails is an error: the caller loads
+    /// again for the kill tier rather than run the deny tier half-attached.
+    pub fn attach(
+        ebpf: &mut Ebpf,
+        caps: &Capabilities,
+        dir: &Path,
+        tag: &str,
+    ) -> Result<Self, BpfError> {
         let mut hooks = Self {
             pins: Vec::new(),
             status: Vec::new(),
-            content_hashes: false,
         };
         for (name, tp, purpose) in TRACEPOINTS {
             let result = (|| {
@@ -115,15 +138,12 @@ impl GlobalHooks {
                 }
             }
         }
-        let lsm_purpose = "deny tier: exec refused with EPERM";
-        if tier == Tier::Kill {
-            hooks.note(
-                "agentcage_bprm_check",
-                "lsm/bprm_check_security",
-                lsm_purpose,
-                "not loaded: kill tier (no BPF LSM)",
-            );
-            for (name, hook, purpose) in LSM_HOOKS {
+        let lsm = [(BPRM_HASH, "bprm_check_security", BPRM_PURPOSE)]
+            .into_iter()
+            .chain(LSM_HOOKS)
+            .chain([USERNS_HOOK]);
+        if caps.tier == Tier::Kill {
+            for (name, hook, purpose) in lsm {
                 hooks.note(
                     name,
                     &format!("lsm/{hook}"),
@@ -134,46 +154,71 @@ impl GlobalHooks {
             return Ok(hooks);
         }
         let btf = lsm_btf()?;
-        let bprm = Self::load_lsm(ebpf, &btf)?;
-        hooks.content_hashes = bprm == "agentcage_bprm_check";
-        let all = [(bprm, "bprm_check_security", lsm_purpose)]
-            .into_iter()
-            .chain(LSM_HOOKS);
-        for (name, hook, purpose) in all {
+        for (name, hook, purpose) in lsm {
+            let name = match name {
+                BPRM_HASH if !caps.content_hashes => BPRM_INODE,
+                _ => name,
+            };
+            if name == USERNS_HOOK.0 && !caps.userns_hook {
+                hooks.note(
+                    name,
+                    &format!("lsm/{hook}"),
+                    purpose,
+                    "not loaded: no such hook in this kernel (Linux 6.1+); files rules are refused",
+                );
+                continue;
+            }
             if let Err(e) = hooks.attach_lsm(ebpf, &btf, name, hook, dir, tag) {
                 hooks.drop_all();
                 return Err(e);
             }
-            hooks.note(name, &format!("lsm/{hook}"), purpose, "attached");
+            let state = if name == BPRM_INODE {
+                "attached, by file only (no bpf_ima_file_hash: sha256 rules are refused)"
+            } else {
+                "attached"
+            };
+            hooks.note(name, &format!("lsm/{hook}"), purpose, state);
         }
         Ok(hooks)
     }
 
-    /// Loads the deny tier's LSM programs (without attaching them) and returns the name of
-    /// the exec program that loaded: the content-hash variant if the kernel's IMA can hash
-    /// for BPF, else the inode-only one. An error means this kernel cannot give the deny
-    /// tier after all.
-    pub fn load_lsm(ebpf: &mut Ebpf, btf: &Btf) -> Result<&'static str, BpfError> {
-        let bprm = match load_one_lsm(ebpf, btf, "agentcage_bprm_check", "bprm_check_security") {
-            Ok(()) => "agentcage_bprm_check",
+    /// Loads the deny tier's LSM programs (without attaching them): the exec program with
+    /// content hashes if the kernel's IMA can hash for BPF, else the inode-only one; and
+    /// `userns_create` if the kernel has that hook. An error means this kernel cannot give
+    /// the deny tier after all.
+    pub fn load_lsm(
+        ebpf: &mut Ebpf,
+        btf: &Btf,
+        kernel: &super::btf::Btf,
+    ) -> Result<LsmLoaded, BpfError> {
+        let content_hashes = match load_one_lsm(ebpf, btf, BPRM_HASH, "bprm_check_security") {
+            Ok(()) => true,
             Err(first) => {
                 tracing::warn!(
                     error = %first,
-                    "exec rules by content unavailable (no bpf_ima_file_hash); exec rules by file only"
+                    "exec rules by content unavailable (the sleepable exec program with \
+                     bpf_ima_file_hash does not load); exec rules by file only"
                 );
-                load_one_lsm(
-                    ebpf,
-                    btf,
-                    "agentcage_bprm_check_inode",
-                    "bprm_check_security",
-                )?;
-                "agentcage_bprm_check_inode"
+                load_one_lsm(ebpf, btf, BPRM_INODE, "bprm_check_security")?;
+                false
             }
         };
         for (name, hook, _) in LSM_HOOKS {
             load_one_lsm(ebpf, btf, name, hook)?;
         }
-        Ok(bprm)
+        let (name, hook, _) = USERNS_HOOK;
+        let userns_hook = kernel.has_func(&format!("bpf_lsm_{hook}"));
+        if userns_hook {
+            load_one_lsm(ebpf, btf, name, hook)?;
+        } else {
+            tracing::warn!(
+                "no userns_create LSM hook in this kernel (Linux 6.1+): files rules are refused"
+            );
+        }
+        Ok(LsmLoaded {
+            content_hashes,
+            userns_hook,
+        })
     }
 
     fn attach_lsm(
@@ -246,8 +291,14 @@ fn load_one_lsm(
     hook: &str,
 ) -> Result<(), BpfError> {
     let p: &mut Lsm = program(ebpf, name)?;
+    let t = std::time::Instant::now();
     match p.load(hook, btf) {
-        Ok(()) | Err(aya::programs::ProgramError::AlreadyLoaded) => Ok(()),
+        Ok(()) => {
+            // Verifying takes long on old kernels (and under emulation): say how long.
+            tracing::debug!(program = name, ms = t.elapsed().as_millis(), "loaded");
+            Ok(())
+        }
+        Err(aya::programs::ProgramError::AlreadyLoaded) => Ok(()),
         Err(source) => Err(BpfError::Program { name, source }),
     }
 }

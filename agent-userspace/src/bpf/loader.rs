@@ -229,7 +229,7 @@ fn attach_one(
 }
 
 /// The ids of the programs attached to `cgroup` for `attach_type` (BPF_PROG_QUERY).
-fn attached_program_ids(cgroup: &File, attach_type: u32) -> io::Result<Vec<u32>> {
+pub(super) fn attached_program_ids(cgroup: &File, attach_type: u32) -> io::Result<Vec<u32>> {
     use std::os::fd::AsRawFd as _;
     /// The `query` member of `union bpf_attr`.
     #[repr(C)]
@@ -256,18 +256,8 @@ fn attached_program_ids(cgroup: &File, attach_type: u32) -> io::Result<Vec<u32>>
         prog_cnt: ids.len() as u32,
         ..Default::default()
     };
-    // SAFETY: attr is a valid bpf_attr query of the size given; prog_ids has prog_cnt slots.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_QUERY,
-            &raw mut attr,
-            size_of::<Query>(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: attr is a valid bpf_attr query; prog_ids has prog_cnt slots.
+    unsafe { super::sys_bpf(BPF_PROG_QUERY, &mut attr) }?;
     ids.truncate(attr.prog_cnt as usize);
     Ok(ids)
 }
@@ -290,7 +280,9 @@ pub fn release_pinned(dir: &Path, keep_tag: &str) -> usize {
     let mut released = 0;
     for entry in entries.flatten() {
         let path: PathBuf = entry.path();
-        if path.to_string_lossy().ends_with(&suffix) {
+        // Directories hold other cgroups' links (containers), released with them.
+        if path.to_string_lossy().ends_with(&suffix) || entry.file_type().is_ok_and(|t| t.is_dir())
+        {
             continue;
         }
         // Unpinning removes the bpffs file; dropping the FdLink then detaches the program.

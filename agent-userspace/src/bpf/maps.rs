@@ -202,9 +202,9 @@ impl EgressMaps {
         })
     }
 
-    /// A cage's `CAGE_F_*` flags as the kernel has them (None: no entry).
-    pub fn cage_flags(&self, cgroup_id: u64) -> Option<u32> {
-        self.cages.get(&cgroup_id, 0).ok().map(|c| c.flags)
+    /// A cage's configuration as the kernel has it.
+    pub fn cage(&self, cgroup_id: u64) -> Option<CageConfig> {
+        self.cages.get(&cgroup_id, 0).ok()
     }
 
     /// Forgets a removed cage.

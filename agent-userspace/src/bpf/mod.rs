@@ -3,16 +3,19 @@
 
 mod approvals;
 pub mod btf;
+mod cgroup_links;
 mod hooks;
 mod loader;
 mod maps;
+pub mod memlock;
 pub mod tier;
 
 pub use approvals::ApprovalMap;
+pub use cgroup_links::{CgroupPrograms, PinnedLinks};
 pub use hooks::{lsm_btf, GlobalHooks, HookStatus};
 pub use loader::{ensure_bpffs, release_pinned, AttachedPrograms, ProgramKind, PROGRAMS};
 pub use maps::{EgressMaps, SlotEntries};
-pub use tier::{Tier, TierProbe};
+pub use tier::{Capabilities, Feature, Refusal, Tier, TierProbe};
 
 use std::{io, path::PathBuf};
 
@@ -103,6 +106,21 @@ pub enum BpfError {
         #[source]
         source: aya::maps::MapError,
     },
+    /// Loading failed on a kernel that charges BPF memory to RLIMIT_MEMLOCK (before 5.11),
+    /// whose limit could not be raised.
+    #[error(
+        "BPF memory is charged to RLIMIT_MEMLOCK on this kernel (before Linux 5.11) and the \
+         limit stays at {limit}: {why}"
+    )]
+    Memlock {
+        /// The limit in force.
+        limit: String,
+        /// Why it could not be raised, and what to do.
+        why: String,
+        /// The load's error.
+        #[source]
+        source: Box<BpfError>,
+    },
 }
 
 /// The embedded eBPF object, built by build.rs from agent-ebpf.
@@ -112,28 +130,38 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub struct Loaded {
     /// The object, with `SETTINGS` written and, in the deny tier, the LSM programs loaded.
     pub ebpf: aya::Ebpf,
-    /// The tier the programs were set up for.
-    pub tier: Tier,
-    /// Why the tier is not deny, if it is not.
-    pub missing: Option<String>,
+    /// What the programs can enforce here.
+    pub caps: Capabilities,
 }
 
 /// Loads the object for the best tier this kernel gives: the probe's, and if the LSM
 /// programs then fail to load, the kill tier (the tier is frozen into the object, so that
-/// takes a second load).
+/// takes a second load). First makes sure a kernel that charges BPF memory to
+/// RLIMIT_MEMLOCK (before 5.11) lets the maps be made.
 pub fn load() -> Result<Loaded, BpfError> {
-    let mut settings = btf::kernel_settings(&btf::Btf::from_sys_fs()?)?;
+    let memlock = memlock::ensure()?;
+    load_tiers().map_err(|e| memlock.explain(e))
+}
+
+fn load_tiers() -> Result<Loaded, BpfError> {
+    let kernel_btf = btf::Btf::from_sys_fs()?;
+    let mut settings = btf::kernel_settings(&kernel_btf)?;
     let probe = tier::probe();
     let mut missing = probe.missing;
     if probe.tier == Tier::Deny {
         settings.tier = Tier::Deny.code();
         let mut ebpf = load_with(&settings)?;
-        match lsm_btf().and_then(|btf| GlobalHooks::load_lsm(&mut ebpf, &btf)) {
-            Ok(_) => {
+        match lsm_btf().and_then(|btf| GlobalHooks::load_lsm(&mut ebpf, &btf, &kernel_btf)) {
+            Ok(lsm) => {
                 return Ok(Loaded {
                     ebpf,
-                    tier: Tier::Deny,
-                    missing: None,
+                    caps: Capabilities {
+                        tier: Tier::Deny,
+                        missing: None,
+                        content_hashes: lsm.content_hashes,
+                        userns_hook: lsm.userns_hook,
+                        exec_watch: false,
+                    },
                 })
             }
             Err(e) => {
@@ -149,13 +177,36 @@ pub fn load() -> Result<Loaded, BpfError> {
     settings.tier = Tier::Kill.code();
     Ok(Loaded {
         ebpf: load_with(&settings)?,
-        tier: Tier::Kill,
-        missing,
+        caps: Capabilities {
+            tier: Tier::Kill,
+            missing,
+            content_hashes: false,
+            userns_hook: false,
+            // The daemon's exec watch sets it once it starts.
+            exec_watch: false,
+        },
     })
 }
 
+/// The bpf(2) syscall for `cmd` with `attr`; its result, if not negative.
+///
+/// # Safety
+/// `attr` must be a valid prefix of `union bpf_attr` for `cmd` (the kernel zero-fills the
+/// rest), and any pointers in it valid for what the kernel does with them.
+unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: the caller vouches for attr; its size is the one passed.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<T>()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc)
+}
+
 fn load_with(settings: &agent_common::kernel::KernelSettings) -> Result<aya::Ebpf, BpfError> {
-    Ok(aya::EbpfLoader::new()
+    let t = std::time::Instant::now();
+    let ebpf = aya::EbpfLoader::new()
         .override_global(agent_common::maps::SETTINGS, settings, true)
-        .load(EBPF_OBJECT)?)
+        .load(EBPF_OBJECT)?;
+    tracing::debug!(ms = t.elapsed().as_millis(), "object loaded (maps made)");
+    Ok(ebpf)
 }

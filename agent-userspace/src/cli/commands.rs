@@ -95,7 +95,11 @@ pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
                 .map_err(|e| e.to_string())
                 .and_then(|mut c| c.call(&Request::Status {}).map_err(|e| e.to_string()));
             match status {
-                Ok(Response::Status(s)) => report.hooks = Some(s.hooks),
+                Ok(Response::Status(s)) => {
+                    report.hooks = Some(s.hooks);
+                    report.daemon_tier = Some(s.tier);
+                    report.refused = Some(s.refused);
+                }
                 Ok(other) => report.hooks_unknown = Some(format!("unexpected answer {other:?}")),
                 Err(e) => {
                     report.hooks_unknown = Some(format!(
@@ -140,6 +144,9 @@ pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
         | Command::Approve { .. }
         | Command::Deny { .. }
         | Command::Event(_) => super::contain::dispatch(&cli),
+        Command::Agents { .. } | Command::Keys(_) => super::identity::dispatch(&cli),
+        Command::Cred(_) => super::cred::dispatch(&cli),
+        Command::Cert(_) => super::cert::dispatch(&cli),
         Command::Policy(PolicyCommand::Reload) => {
             let mut client = Client::connect(&cli.socket)?;
             match client.call(&Request::Reload {})? {

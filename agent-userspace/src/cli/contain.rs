@@ -1,11 +1,7 @@
 //! The run-time commands: containment and the kill switch, approvals, application events,
 //! and the policy commands that talk to the daemon (apply, diff, show) or print the schema.
 
-use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    os::unix::net::UnixStream,
-    path::Path,
-};
+use std::path::Path;
 
 use super::{Cli, CliError, Command, EventCommand, Output, PolicyCommand};
 use crate::{
@@ -18,8 +14,7 @@ use crate::{
     runtime::approvals::{Request as ApprovalRequest, Status},
 };
 
-/// Exit status of `agentcage event` when the action may not go ahead.
-const REFUSED: i32 = 3;
+use super::cred::REFUSED;
 
 /// Runs one of this module's commands.
 pub fn dispatch(cli: &Cli) -> Result<i32, CliError> {
@@ -249,19 +244,7 @@ fn app_event(socket: &Path, command: &EventCommand) -> Result<i32, CliError> {
     };
     event.validate().map_err(CliError::Usage)?;
     let message = AppMessage { agent: None, event };
-    let stream = UnixStream::connect(socket)
-        .map_err(CliError::os(format!("connecting to {}", socket.display())))?;
-    let mut line = serde_json::to_vec(&message)?;
-    line.push(b'\n');
-    let mut reader = BufReader::new(stream);
-    reader
-        .get_mut()
-        .write_all(&line)
-        .map_err(CliError::os("sending the event"))?;
-    let mut answer = String::new();
-    reader
-        .read_line(&mut answer)
-        .map_err(CliError::os("reading the answer"))?;
+    let answer = super::cred::app_round_trip(socket, &message)?;
     let reply: AppReply = serde_json::from_str(&answer)
         .map_err(|e| CliError::Unexpected(format!("{e}: {answer:?}")))?;
     println!("{}", answer.trim());

@@ -2,8 +2,11 @@
 //! `doctor` and `policy check`.
 
 mod assets;
+mod cert;
 mod commands;
 mod contain;
+mod cred;
+mod identity;
 mod pty;
 mod relay;
 mod run;
@@ -14,7 +17,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use cert::CertCommand;
 pub use commands::dispatch;
+pub use cred::CredCommand;
+pub use identity::KeysCommand;
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,9 +73,13 @@ pub struct Cli {
     /// The daemon's control socket.
     #[arg(long, global = true, env = "AGENTCAGE_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
-    /// The daemon's application socket (for `agentcage event`).
+    /// The daemon's application socket (for `agentcage event` and `cred request`).
     #[arg(long, global = true, env = "AGENTCAGE_APP_SOCKET", default_value = DEFAULT_APP_SOCKET)]
     pub app_socket: PathBuf,
+    /// The daemon's state directory (`cred verify` and `cert verify` read the node's public
+    /// keys from its jwks.json).
+    #[arg(long, global = true, env = "AGENTCAGE_STATE_DIR", default_value = crate::daemon::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -228,6 +238,22 @@ pub enum Command {
     /// Report an application event from inside a cage (tool calls, plans, model calls...).
     #[command(subcommand)]
     Event(EventCommand),
+    /// Every agent the policy defines: its identity, SPIFFE ID, enforcement tier, behavior
+    /// certificate, and whether it runs.
+    Agents {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// The node's signing keys (credentials and certificates).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Just-in-time credentials: request one from inside a cage, verify, list, revoke.
+    #[command(subcommand)]
+    Cred(CredCommand),
+    /// Behavior certificates: create, sign, verify, show.
+    #[command(subcommand)]
+    Cert(CertCommand),
 }
 
 fn parse_span(s: &str) -> Result<std::time::Duration, String> {
@@ -312,7 +338,8 @@ pub enum EventCommand {
 /// `agentcage run` arguments.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The agent's name (its identity is `agent:NAME`).
+    /// The agent's name (its identity is `agent:NAME`, its SPIFFE ID
+    /// `spiffe://TRUST_DOMAIN/agent/NAME`).
     #[arg(long)]
     pub agent: String,
     /// The account to run the agent as, among those its policy's run_as lists (`dynamic` is

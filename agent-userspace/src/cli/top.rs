@@ -10,7 +10,7 @@ use super::stream::{self, Item};
 use super::CliError;
 use crate::{
     control::{AgentStatus, Client, Request, Response, StatusReport},
-    events::{Event, EventDetail},
+    events::{EgressDetail, Event, EventDetail},
 };
 
 /// How many recent denials the view lists.
@@ -106,18 +106,21 @@ pub fn render(report: &StatusReport, events: &[Event]) -> String {
         );
     }
     let _ = writeln!(s, "\nRECENT DENIALS");
-    let denials: Vec<&Event> = events
+    let denials: Vec<(&Event, &EgressDetail, u64)> = events
         .iter()
         .rev()
-        .filter(|e| matches!(&e.detail, EventDetail::Egress(d) if d.verdict == crate::events::Verdict::Deny))
+        .filter_map(|e| decision(e).map(|(d, n)| (e, d, n)))
+        .filter(|(_, d, _)| d.verdict == crate::events::Verdict::Deny)
         .take(DENIALS)
         .collect();
     if denials.is_empty() {
         let _ = writeln!(s, "  (none)");
     }
-    for e in denials {
-        let EventDetail::Egress(d) = &e.detail else {
-            continue;
+    for (e, d, n) in denials {
+        let times = if n > 1 {
+            format!("  x{n}")
+        } else {
+            String::new()
         };
         let secs = e.time_unix_nano / 1_000_000_000;
         let target = d
@@ -126,7 +129,7 @@ pub fn render(report: &StatusReport, events: &[Event]) -> String {
             .unwrap_or_else(|| format!("{} socket", d.sock_type));
         let _ = writeln!(
             s,
-            "  {:02}:{:02}:{:02}  {:<16} {}({})  {} {} {}  {}",
+            "  {:02}:{:02}:{:02}  {:<16} {}({})  {} {} {}  {}{times}",
             (secs / 3600) % 24,
             (secs / 60) % 60,
             secs % 60,
@@ -140,4 +143,14 @@ pub fn render(report: &StatusReport, events: &[Event]) -> String {
         );
     }
     s
+}
+
+/// An egress decision and how many it stands for (a summary of a flood is one line with its
+/// count).
+fn decision(e: &Event) -> Option<(&EgressDetail, u64)> {
+    match &e.detail {
+        EventDetail::Egress(d) => Some((d, 1)),
+        EventDetail::EgressSummary(s) => Some((&s.decision, s.count)),
+        _ => None,
+    }
 }

@@ -82,6 +82,7 @@ pub fn start_time(pid: u32) -> Option<u64> {
 /// same pid later is another one).
 pub fn sender_agent(
     root: &CageRoot,
+    container_agent: impl Fn(&str) -> Option<String>,
     peer: &Peer,
     started: Option<u64>,
     claimed: Option<&str>,
@@ -109,6 +110,8 @@ pub fn sender_agent(
         .and_then(|rest| rest.strip_prefix('/'))
         .map(|rest| rest.split('/').next().unwrap_or_default().to_owned())
         .filter(|name| !name.is_empty())
+        // A container whose own cgroup is a cage speaks for that cage's agent.
+        .or_else(|| container_agent(&cgroup))
         .ok_or_else(|| {
             format!(
                 "refused: process {} is in no agentcage cage (cgroup {cgroup}); application \
@@ -183,12 +186,15 @@ mod tests {
             time_unix_nano: 1,
             kernel_ts_ns: 2,
             agent: Some(crate::identity::AgentIdentity::for_agent("a")),
+            container: None,
+            spiffe_id: None,
             agent_seq: 1,
             pid: 3,
             tgid: 3,
             comm: "x".into(),
             cgroup_id: 4,
             policy_hash: "h".into(),
+            certificate: None,
             detail: crate::events::EventDetail::App(AppEvent::ToolCall {
                 name: "payout".into(),
                 args_digest: None,

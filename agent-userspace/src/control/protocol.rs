@@ -2,7 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{events::Event, runtime::approvals::Request as ApprovalRequest};
+use super::credential::{AgentInventory, KeyInfo, LiveCredential};
+use crate::{
+    certificates::EnvelopeSignature, events::Event, runtime::approvals::Request as ApprovalRequest,
+};
 
 /// What a client asks.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -29,6 +32,23 @@ pub enum Request {
         agent: String,
         /// The process to move.
         pid: u32,
+    },
+    /// Before an engine creates a container of `agent` (`agentcage-runtime`): whether the
+    /// agent may run in a container, and what the container needs (nothing is held).
+    ContainerPrepare {
+        /// The agent's name.
+        agent: String,
+    },
+    /// Make a container being created a cage of `agent`: the cgroup of `pid` (its init,
+    /// alone there, before the container's own program runs) gets the agent's programs and
+    /// policy. Sent by `agentcage-runtime`'s hook.
+    ContainerCage {
+        /// The agent's name.
+        agent: String,
+        /// The container's init process, as the host sees it.
+        pid: u32,
+        /// What the engine said of the container.
+        container: crate::events::ContainerMeta,
     },
     /// Agents, cages, counters.
     Status {},
@@ -92,6 +112,28 @@ pub enum Request {
         /// The request.
         id: u64,
     },
+    /// Every agent the policy defines: identity, tier, certificate, whether it runs.
+    Agents {},
+    /// The node's signing keys and their JWKS.
+    Keys {},
+    /// Make a new signing key (the old public key stays until its tokens expired).
+    KeysRotate {},
+    /// Sign a behavior certificate (its DSSE envelope, JSON) with the node key.
+    CertSign {
+        /// The certificate file's text.
+        certificate: String,
+    },
+    /// The live credentials.
+    Credentials {},
+    /// Revoke one live credential, or every live credential of an agent.
+    Revoke {
+        /// The token's id.
+        #[serde(default)]
+        jti: Option<String>,
+        /// The agent.
+        #[serde(default)]
+        agent: Option<String>,
+    },
 }
 
 /// What the daemon answers.
@@ -145,6 +187,27 @@ pub enum Response {
         /// The process moved.
         pid: u32,
         /// The cage's cgroup directory.
+        cgroup: String,
+    },
+    /// Answer to [`Request::ContainerPrepare`].
+    ContainerPrepared {
+        /// The agent's name.
+        agent: String,
+        /// Whether the policy lets the agent use raw and packet sockets (else the container
+        /// loses CAP_NET_RAW).
+        raw_sockets: bool,
+        /// The application socket, for the wrapper to mount into the container.
+        app_socket: String,
+        /// SHA-256 of the policy in force.
+        policy_hash: String,
+    },
+    /// The container's cgroup is a cage of the agent now.
+    ContainerCaged {
+        /// The agent's name.
+        agent: String,
+        /// The container's id.
+        id: String,
+        /// The container's cgroup directory.
         cgroup: String,
     },
     /// Answer to [`Request::Status`].
@@ -210,6 +273,32 @@ pub enum Response {
         /// The request.
         request: ApprovalRequest,
     },
+    /// Answer to [`Request::Agents`].
+    Agents {
+        /// The trust domain of their SPIFFE IDs.
+        trust_domain: String,
+        /// Every agent the policy defines, by name.
+        agents: Vec<AgentInventory>,
+    },
+    /// Answer to [`Request::Keys`] and [`Request::KeysRotate`].
+    Keys {
+        /// The signing key's id.
+        current: String,
+        /// Every key still needed for verification, current first.
+        keys: Vec<KeyInfo>,
+        /// The same public keys as a JWKS document.
+        jwks: serde_json::Value,
+    },
+    /// Answer to [`Request::CertSign`]: the signature to add.
+    CertSigned {
+        /// The node key's signature over the certificate's payload.
+        signature: EnvelopeSignature,
+    },
+    /// Answer to [`Request::Credentials`] and [`Request::Revoke`].
+    Credentials {
+        /// Live ones, or those just revoked.
+        credentials: Vec<LiveCredential>,
+    },
     /// The request failed; nothing was changed.
     Error {
         /// What went wrong, for a person.
@@ -239,6 +328,9 @@ pub struct StatusReport {
     /// Whether exec rules by content (sha256) are enforced.
     #[serde(default)]
     pub content_hashes: bool,
+    /// Policy features this kernel cannot enforce, with why: an agent using one is refused.
+    #[serde(default)]
+    pub refused: Vec<crate::bpf::Refusal>,
     /// Every host-wide hook and its state.
     #[serde(default)]
     pub hooks: Vec<crate::bpf::HookStatus>,
@@ -317,6 +409,32 @@ pub struct AgentStatus {
     /// SHA-256 of the policy the cage's kernel entries were compiled from.
     #[serde(default)]
     pub policy_hash: String,
+    /// The agent's SPIFFE ID.
+    #[serde(default)]
+    pub spiffe_id: String,
+    /// The id of the behavior certificate in force, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    /// Containers whose cgroups are cages of this agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<ContainerStatus>,
+}
+
+/// A container caged as one of an agent's cgroups.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ContainerStatus {
+    /// What the engine said of it.
+    pub container: crate::events::ContainerMeta,
+    /// Its cgroup directory (the engine's).
+    pub cgroup: String,
+    /// Its cgroup id.
+    pub cgroup_id: u64,
+    /// Its processes.
+    pub pids: Vec<u32>,
+    /// Allowed decisions.
+    pub allowed: u64,
+    /// Denied decisions.
+    pub denied: u64,
 }
 
 #[cfg(test)]

@@ -6,6 +6,9 @@ use clap::{Parser, ValueEnum};
 
 use crate::control::{DEFAULT_APP_SOCKET, DEFAULT_SOCKET};
 
+/// Where the daemon keeps its state unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/agentcage";
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum LogFormat {
@@ -61,6 +64,17 @@ pub struct DaemonConfig {
     #[arg(long, env = "AGENTCAGE_RECORDING_MAX_BYTES", default_value_t = 64 << 20,
           value_parser = clap::value_parser!(u64).range(4096..))]
     pub recording_max_bytes: u64,
+    /// The daemon's own state: the node's signing keys (`keys/`, 0700, private keys 0600), the
+    /// public keys as a JWKS document (`jwks.json`) and revoked credentials.
+    #[arg(long, env = "AGENTCAGE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Where agents' behavior certificates are installed, one per agent (`NAME.json`).
+    #[arg(
+        long,
+        env = "AGENTCAGE_CERTIFICATE_DIR",
+        default_value = "/etc/agentcage/certificates"
+    )]
+    pub certificate_dir: PathBuf,
     /// A group (name or gid) whose members may use the control socket besides root.
     #[arg(long, env = "AGENTCAGE_GROUP")]
     pub group: Option<String>,
@@ -71,7 +85,8 @@ pub struct DaemonConfig {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
-    /// The configuration file (YAML: `telemetry:` and `spool:` sections). The
+    /// The configuration file (YAML: `telemetry:`, `spool:`, `dashboard:` and `identity:`
+    /// sections). The
     /// `OTEL_EXPORTER_OTLP_*` environment variables override it.
     #[arg(long, env = "AGENTCAGE_CONFIG")]
     pub config: Option<PathBuf>,

@@ -7,6 +7,9 @@
 //! the CLI. The token travels in an `Authorization: Bearer` header, which a page of another
 //! origin cannot send without a CORS preflight the dashboard never grants; the Host header
 //! must name the loopback address, which defeats DNS rebinding.
+//!
+//! The same listener serves tools' backends the credential endpoints (`credential_http`),
+//! which need no token.
 
 use crate::{daemon::StateError, runtime::approvals::ApprovalError};
 use std::{
@@ -112,7 +115,16 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, token: Arc<str>) 
             let service = hyper::service::service_fn(move |req| {
                 let shared = Arc::clone(&shared);
                 let token = Arc::clone(&token);
-                async move { Ok::<_, Infallible>(handle(&shared, &token, addr, req)) }
+                async move {
+                    let response = if !host_ok(&req, addr) {
+                        error(StatusCode::MISDIRECTED_REQUEST, "unexpected Host header")
+                    } else if super::credential_http::wants(&req) {
+                        super::credential_http::serve(shared, req).await
+                    } else {
+                        handle(&shared, &token, req)
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -186,15 +198,7 @@ fn host_ok(req: &Request<Incoming>, addr: Option<SocketAddr>) -> bool {
     ip_ok && port.parse::<u16>().ok() == Some(addr.port())
 }
 
-fn handle(
-    shared: &Shared,
-    token: &str,
-    addr: Option<SocketAddr>,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
-    if !host_ok(&req, addr) {
-        return error(StatusCode::MISDIRECTED_REQUEST, "unexpected Host header");
-    }
+fn handle(shared: &Shared, token: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/") => reply(StatusCode::OK, "text/html; charset=utf-8", PAGE),

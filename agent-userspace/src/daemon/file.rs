@@ -1,4 +1,5 @@
-//! The daemon's configuration file (`--config`, YAML): the `telemetry:` and `spool:` sections.
+//! The daemon's configuration file (`--config`, YAML): the `telemetry:`, `spool:`,
+//! `dashboard:` and `identity:` sections.
 //! The OpenTelemetry environment variables override the file, as the OpenTelemetry
 //! specification has it.
 
@@ -6,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::{spool::SpoolConfig, telemetry::TelemetryConfig};
+use crate::{identity::TrustDomain, spool::SpoolConfig, telemetry::TelemetryConfig};
 
 /// Why the configuration file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,8 @@ pub struct ConfigFile {
     /// `on_start`: run `agentcage selftest` before enforcing anything, and refuse to start if
     /// anything got out; `off` (the default): do not.
     pub selftest: SelftestMode,
+    /// Agents' SPIFFE IDs and who may sign their behavior certificates.
+    pub identity: IdentityConfig,
 }
 
 /// When the daemon runs the self-test.
@@ -55,6 +58,18 @@ pub enum SelftestMode {
     Off,
     /// At every start, before anything is enforced.
     OnStart,
+}
+
+/// The `identity:` section.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// The SPIFFE trust domain of agents' IDs (`spiffe://TRUST_DOMAIN/agent/NAME`); the
+    /// host name when absent.
+    pub trust_domain: Option<TrustDomain>,
+    /// Public keys (SPKI PEM files) whose signatures on behavior certificates count besides
+    /// the node's own keys (e.g. a CI's signing key).
+    pub trusted_keys: Vec<PathBuf>,
 }
 
 impl ConfigFile {
@@ -102,5 +117,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("http/json"), "{e}");
+        let c = ConfigFile::parse("identity:\n  trust_domain: prod.example\n").unwrap();
+        assert_eq!(c.identity.trust_domain.unwrap().as_str(), "prod.example");
+        let e = ConfigFile::parse("identity:\n  trust_domain: Prod\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("identity.trust_domain"), "{e}");
+    }
+
+    #[test]
+    fn the_packaged_template_parses() {
+        let text = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../packaging/agentcaged.yaml"
+        ));
+        let c = ConfigFile::parse(text).unwrap();
+        assert!(c.identity.trusted_keys.is_empty());
     }
 }

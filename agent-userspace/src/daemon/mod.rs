@@ -5,17 +5,19 @@
 //! slow or dead daemon lets nothing through.
 
 mod config;
+mod credential_http;
 mod dashboard;
 mod file;
+mod reader;
 mod server;
 mod start;
 mod state;
 mod tasks;
 mod watchdog;
 
-pub use config::{DaemonConfig, LogFormat};
+pub use config::{DaemonConfig, LogFormat, DEFAULT_STATE_DIR};
 pub use dashboard::DashboardConfig;
-pub use file::{ConfigFile, ConfigFileError};
+pub use file::{ConfigFile, ConfigFileError, IdentityConfig};
 pub use state::{Contained, StateError};
 
 use std::{io, path::PathBuf};
@@ -77,6 +79,12 @@ pub enum DaemonError {
     /// The self-test found a way out (or could not run): nothing is enforced.
     #[error("the self-test (selftest: on_start) failed, so nothing is enforced:\n{0}")]
     Selftest(String),
+    /// The trust domain (the host name when none is configured) is not a valid one.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    /// A trusted key file could not be read.
+    #[error(transparent)]
+    Credential(#[from] crate::credentials::CredentialError),
     /// The kernel refused something else.
     #[error("{0}: {1}")]
     Sys(&'static str, #[source] io::Error),

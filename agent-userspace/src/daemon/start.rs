@@ -9,7 +9,7 @@ use nix::sys::inotify::{InitFlags, Inotify};
 use tracing::{info, warn};
 
 use super::{
-    dashboard,
+    dashboard, reader,
     server::Shared,
     state::{KernelInfo, RuntimeParts, State},
     tasks,
@@ -25,6 +25,31 @@ use crate::{
     policy::Policy,
 };
 
+/// The trust domain (configured, else the host name), the trusted certificate keys, and
+/// where keys and certificates are kept.
+fn credential_setup(
+    config: &DaemonConfig,
+    file: &ConfigFile,
+) -> Result<super::state::CredentialSetup, DaemonError> {
+    let trust_domain = match &file.identity.trust_domain {
+        Some(t) => t.clone(),
+        None => crate::identity::TrustDomain::of_host()?,
+    };
+    let trusted_keys = file
+        .identity
+        .trusted_keys
+        .iter()
+        .map(|p| crate::credentials::read_public_key(p))
+        .collect::<Result<_, _>>()?;
+    Ok(super::state::CredentialSetup {
+        state_dir: config.state_dir.clone(),
+        certificate_dir: config.certificate_dir.clone(),
+        trust_domain,
+        trusted_keys,
+        node: crate::telemetry::resource::node_id(&file.telemetry),
+    })
+}
+
 pub(super) async fn start(
     config: DaemonConfig,
     file: ConfigFile,
@@ -34,13 +59,14 @@ pub(super) async fn start(
     (listener, app_listener): (tokio::net::UnixListener, tokio::net::UnixListener),
     signals: Signals,
 ) -> Result<(), DaemonError> {
-    let bpf::Loaded {
-        mut ebpf,
-        tier,
-        missing,
-    } = bpf::load()?;
-    match &missing {
-        None => info!(%tier, "enforcement tier: deny (BPF LSM refuses forbidden execs and opens)"),
+    let bpf::Loaded { mut ebpf, mut caps } = bpf::load()?;
+    let tier = caps.tier;
+    let exec_watch = start_exec_watch(&mut ebpf, tier)?;
+    caps.exec_watch = exec_watch.is_some();
+    match &caps.missing {
+        None => {
+            info!(%tier, refused = ?caps.refused(), "enforcement tier: deny (BPF LSM refuses forbidden execs and opens)")
+        }
         Some(why) => {
             warn!(%tier, missing = %why, "enforcement tier: kill (forbidden execs are killed with SIGKILL; file rules cannot be enforced)")
         }
@@ -70,18 +96,9 @@ pub(super) async fn start(
         Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .map_err(|e| DaemonError::Sys("inotify_init", e.into()))?,
     );
-    let exec_watch = start_exec_watch(&mut ebpf, tier)?;
-    // The hooks' states are known once they attach; content hashing is assumed from the
-    // loaded exec program until then (the kill tier's is the exec watch).
+    // The hooks' states are known once they attach.
     let kernel = KernelInfo {
-        tier,
-        missing,
-        content_hashes: match tier {
-            bpf::Tier::Deny => ebpf
-                .program("agentcage_bprm_check")
-                .is_some_and(|p| p.info().is_ok()),
-            bpf::Tier::Kill => exec_watch.is_some(),
-        },
+        caps: caps.clone(),
         hooks: Vec::new(),
         controllers: root
             .available_controllers()
@@ -102,10 +119,11 @@ pub(super) async fn start(
             snapshot_dir: config.snapshot_dir.clone(),
             recording_dir: config.recording_dir.clone(),
             jobs,
+            credentials: credential_setup(&config, &file)?,
             users: crate::accounts::DynamicUsers::new(config.home_dir.clone(), &config.cgroup_name),
             exec_watch,
         },
-    );
+    )?;
     let wake = Arc::new(tokio::sync::Notify::new());
     state.set_wake(Arc::clone(&wake));
     let dashboard = match file.dashboard.listen {
@@ -122,7 +140,8 @@ pub(super) async fn start(
         None => None,
     };
     // Started before the programs attach: a telemetry configuration that cannot work stops
-    // the daemon with nothing attached, and the spool subscribes before any event is read.
+    // the daemon with nothing attached, and the spool is the bus's durable sink before any
+    // event is read.
     let shared_slot = Arc::new(std::sync::OnceLock::<std::sync::Weak<Shared>>::new());
     let telemetry = if file.telemetry.active() {
         let slot = Arc::clone(&shared_slot);
@@ -153,7 +172,7 @@ pub(super) async fn start(
     let pin_dir = config.pin_dir();
     let tag = pin_tag();
     let mut programs = AttachedPrograms::attach(&mut ebpf, root.dir().path(), &pin_dir, &tag)?;
-    let hooks = match GlobalHooks::attach(&mut ebpf, tier, &pin_dir, &tag) {
+    let hooks = match GlobalHooks::attach(&mut ebpf, &caps, &pin_dir, &tag) {
         Ok(h) => h,
         Err(e) => {
             programs.detach();
@@ -161,6 +180,27 @@ pub(super) async fn start(
         }
     };
     state.set_hooks(hooks.status.clone());
+    match bpf::CgroupPrograms::of(&ebpf) {
+        Ok(p) => {
+            let records = config
+                .socket
+                .parent()
+                .map_or_else(|| "containers".into(), |d| d.join("containers"));
+            state.enable_containers(
+                p,
+                (pin_dir.clone(), tag.clone()),
+                config.app_socket.clone(),
+                records,
+            );
+            let taken = state.adopt_containers();
+            if !taken.is_empty() {
+                info!(containers = ?taken, "took over containers caged by an earlier daemon");
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "containers cannot be caged: the cgroup programs' descriptors are unavailable")
+        }
+    }
     // Only now drop the earlier daemon's links: there was no moment without enforcement.
     let released = bpf::release_pinned(&pin_dir, &tag);
     if released > 0 {
@@ -197,7 +237,7 @@ pub(super) async fn start(
 
     let mut tasks = tokio::task::JoinSet::new();
     let (stop_reading, reading_stop) = tokio::sync::watch::channel(false);
-    let reader = tokio::spawn(tasks::read_events(
+    let reader = tokio::spawn(reader::read_events(
         Arc::clone(&shared),
         ring,
         reading_stop,
@@ -228,7 +268,9 @@ pub(super) async fn start(
     signals
         .wait_for_stop(&shared, || {
             watch_links(&mut programs, &mut ebpf, root.dir().path(), &shared);
-            shared.state().reap_retired();
+            let mut state = shared.state();
+            state.watch_container_links();
+            state.reap_retired();
         })
         .await;
     // Events already in the ring buffer go to the bus (and the spool) before anything stops.
@@ -245,8 +287,10 @@ pub(super) async fn start(
     let kept = shared.state().shutdown();
     let removed = kept.is_empty() && root.remove().is_ok();
     if removed {
-        // Hooks first: detaching the cgroup programs also removes the (then empty) pin dir.
+        // Hooks first: detaching the cgroup programs also removes the (then empty) pin dir,
+        // once the (empty) directory of containers' links is gone.
         hooks.detach();
+        let _ = std::fs::remove_dir(pin_dir.join("containers"));
         programs.detach();
         info!("stopped: no cage held a process; programs detached and cgroups removed");
     } else {

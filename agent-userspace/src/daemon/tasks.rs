@@ -1,96 +1,22 @@
-//! The daemon's long-running tasks: ring-buffer reader, cage watcher, kernel-log forwarder,
-//! and the accept loop.
+//! The daemon's long-running tasks (the ring-buffer reader has a module of its own): cage
+//! watcher, kernel-log forwarder, the accept loops, the run-time checks and the timers.
 
 use std::{
     os::fd::{AsRawFd, RawFd},
     sync::Arc,
 };
 
-use aya::maps::{MapData, RingBuf};
 use nix::{errno::Errno, sys::inotify::Inotify};
 use tokio::{io::unix::AsyncFd, net::UnixListener};
 use tracing::{error, warn};
 
 use super::server::{self, Shared};
-use crate::{
-    capture::HashCache,
-    events::{decode, EventDetail, RawEvent},
-};
 
 /// Registers a descriptor-owning value with tokio's reactor.
-fn register<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
+pub(super) fn register<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
     // SAFETY: each T here owns its descriptor (ring buffer map, inotify instance, log ring) and
     // keeps it open for as long as the AsyncFd holds T.
     unsafe { AsyncFd::register(inner) }.map_err(|e| e.into_parts().1)
-}
-
-/// Reads kernel events, enriches them and publishes them on the bus; when `stop` changes,
-/// publishes what the ring buffer still holds and returns, so a stopping daemon hands every
-/// event it was told about to the bus (and the spool).
-pub async fn read_events(
-    shared: Arc<Shared>,
-    ring: RingBuf<MapData>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-    wake: Arc<tokio::sync::Notify>,
-) {
-    let mut fd = match register(ring) {
-        Ok(fd) => fd,
-        Err(e) => {
-            error!(error = %e, "cannot poll the event ring buffer: no events will be reported");
-            return;
-        }
-    };
-    let mut hashes = HashCache::default();
-    let mut drain = |ring: &mut RingBuf<MapData>| {
-        while let Some(item) = ring.next() {
-            match decode(&item) {
-                Ok(raw) => {
-                    drop(item);
-                    let mut event = shared.state().enrich(&raw);
-                    // Hashing reads the file: outside the state lock, from a cache.
-                    if let (EventDetail::Exec(d), RawEvent::Exec(e)) = (&mut event.detail, &raw) {
-                        match hashes.hash(event.tgid, &d.filename, e.dev, e.ino) {
-                            Ok(h) => d.sha256 = Some(h),
-                            Err(why) => d.sha256_error = Some(why),
-                        }
-                    }
-                    shared.bus.publish(event);
-                }
-                Err(e) => warn!(error = %e, "undecodable event record skipped"),
-            }
-        }
-        // The ring is empty now: whatever a removed cage did is published, so its
-        // session's end may follow.
-        let ends = shared.state().take_session_ends();
-        for end in ends {
-            shared.bus.publish(end);
-        }
-    };
-    // Process events are submitted without a wakeup (see agent-ebpf's batched_wakeup): pick
-    // them up on a short timer.
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => drain(fd.get_mut()),
-            ready = fd.readable_mut() => {
-                let mut guard = match ready {
-                    Ok(g) => g,
-                    Err(e) => {
-                        error!(error = %e, "event ring buffer poll failed");
-                        return;
-                    }
-                };
-                drain(guard.get_inner_mut());
-                guard.clear_ready();
-            }
-            () = wake.notified() => drain(fd.get_mut()),
-            _ = stop.changed() => {
-                drain(fd.get_mut());
-                return;
-            }
-        }
-    }
 }
 
 /// Lets tokio poll the inotify instance the state adds watches to.
@@ -226,19 +152,36 @@ async fn accept_with<F, Fut>(
 }
 
 /// The run-time checks (approvals, budgets, assertions, deny rate) as a consumer of the
-/// event bus.
+/// event bus: what has arrived is taken together, under one lock of the state.
 pub async fn run_checks(
     shared: Arc<Shared>,
     mut rx: tokio::sync::broadcast::Receiver<Arc<crate::events::Event>>,
 ) {
-    use tokio::sync::broadcast::error::RecvError;
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+    const BATCH: usize = 1024;
+    let lagged = |n| {
+        error!(
+            missed = n,
+            "the run-time checks fell behind the event bus; budgets and assertions missed events"
+        );
+    };
+    let mut batch = Vec::with_capacity(BATCH);
     loop {
         match rx.recv().await {
-            Ok(event) => shared.state().on_event(&event),
-            Err(RecvError::Lagged(n)) => {
-                error!(missed = n, "the run-time checks fell behind the event bus; budgets and assertions missed events");
-            }
+            Ok(event) => batch.push(event),
+            Err(RecvError::Lagged(n)) => lagged(n),
             Err(RecvError::Closed) => return,
+        }
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(event) => batch.push(event),
+                Err(TryRecvError::Lagged(n)) => lagged(n),
+                Err(_) => break,
+            }
+        }
+        let mut state = shared.state();
+        for event in batch.drain(..) {
+            state.on_event(&event);
         }
     }
 }
@@ -259,7 +202,11 @@ pub async fn tick(shared: Arc<Shared>) {
 /// write a new file and rename it over the old one, hence the directory).
 pub struct PolicyWatch {
     inotify: Inotify,
-    name: std::ffi::OsString,
+    /// The names in the directory whose change changes the policy: the file's, and, when it
+    /// is a symlink through another entry of the directory (a Kubernetes ConfigMap volume:
+    /// `policy.yaml -> ..data/policy.yaml`, and the kubelet swaps `..data` by a rename), that
+    /// entry's.
+    names: Vec<std::ffi::OsString>,
 }
 
 impl PolicyWatch {
@@ -275,10 +222,18 @@ impl PolicyWatch {
             dir,
             AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MOVED_TO,
         )?;
-        Ok(Self {
-            inotify,
-            name: policy.file_name().unwrap_or_default().to_owned(),
-        })
+        let mut names = vec![policy.file_name().unwrap_or_default().to_owned()];
+        if let Some(first) = std::fs::read_link(policy)
+            .ok()
+            .filter(|target| target.is_relative())
+            .and_then(|target| match target.components().next() {
+                Some(std::path::Component::Normal(first)) => Some(first.to_owned()),
+                _ => None,
+            })
+        {
+            names.push(first);
+        }
+        Ok(Self { inotify, names })
     }
 }
 
@@ -312,7 +267,7 @@ pub async fn watch_policy(shared: Arc<Shared>, watch: PolicyWatch) {
             Ok(events) => {
                 let ours = events
                     .iter()
-                    .any(|e| e.name.as_deref() == Some(w.name.as_os_str()));
+                    .any(|e| e.name.as_ref().is_some_and(|n| w.names.contains(n)));
                 if ours {
                     if let Err(e) = shared.state().reload() {
                         error!(error = %e, "policy file changed: reload refused; the previous policy stays in force");

@@ -140,6 +140,23 @@ pub struct EgressDetail {
     pub rule_text: Option<String>,
 }
 
+/// Repeats of one egress decision, counted instead of reported one by one (see
+/// [`super::coalesce`]): the decision as the last repeat's record says it, and how many.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EgressSummary {
+    /// The decision that was repeated.
+    #[serde(flatten)]
+    pub decision: EgressDetail,
+    /// How many decisions this summary stands for. None of them was reported on its own, so
+    /// the `egress` events plus the summaries' counts are exactly the decisions the kernel
+    /// reported.
+    pub count: u64,
+    /// Wall-clock time of the first of them, ns since the Unix epoch.
+    pub first_unix_nano: u64,
+    /// Wall-clock time of the last of them (the event's own time).
+    pub last_unix_nano: u64,
+}
+
 #[cfg(test)]
 impl EgressDetail {
     /// A TCP connect to `addr:port` denied by default, for tests.

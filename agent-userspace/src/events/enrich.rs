@@ -5,14 +5,22 @@
 use std::sync::Arc;
 
 use super::{
-    egress, exec, file, ExitDetail, ForkDetail, InodePaths, RawEvent, {Event, EventDetail},
+    coalesce::Summary,
+    egress, exec, file, EgressSummary, ExitDetail, ForkDetail, InodePaths, RawEvent,
+    {Event, EventDetail},
 };
-use crate::{clock::wall_of_boot, identity::AgentIdentity, policy::Policy};
+use crate::{
+    clock::wall_of_boot,
+    identity::{AgentIdentity, SpiffeId},
+    policy::Policy,
+};
 
 /// What enrichment needs to know that the record does not carry.
 pub trait Lookups {
     /// The name of the agent with this number, if it is known.
     fn agent_name(&self, agent_id: u32) -> Option<&str>;
+    /// The agent's SPIFFE ID, and the id of its behavior certificate while one is in force.
+    fn identity(&self, agent: &AgentIdentity) -> (SpiffeId, Option<String>);
     /// The policy the slot was compiled from (the policy in force for a slot not known), so
     /// that an event read after a reload names the rule that really decided.
     fn slot_policy(&self, slot: u32) -> Arc<Policy>;
@@ -29,6 +37,10 @@ pub fn enrich(raw: &RawEvent, lookups: &mut impl Lookups) -> Event {
     let h = *raw.header();
     let policy = lookups.slot_policy(h.policy_slot);
     let agent = lookups.agent_name(h.agent_id).map(AgentIdentity::for_agent);
+    let (spiffe_id, certificate) = agent
+        .as_ref()
+        .map(|a| lookups.identity(a))
+        .map_or((None, None), |(s, c)| (Some(s), c));
     let agent_policy = agent.as_ref().and_then(|a| policy.agent(a.name()));
     let detail = match raw {
         RawEvent::Egress(e) => EventDetail::Egress(egress::detail(e, agent_policy)),
@@ -44,14 +56,35 @@ pub fn enrich(raw: &RawEvent, lookups: &mut impl Lookups) -> Event {
         time_unix_nano: wall_of_boot(h.ts_ns, lookups.boot_to_wall_ns()),
         kernel_ts_ns: h.ts_ns,
         agent,
+        container: None,
+        spiffe_id,
         agent_seq: lookups.next_seq(h.agent_id),
         pid: h.pid,
         tgid: h.tgid,
         comm: super::process::c_str(&h.comm),
         cgroup_id: h.cgroup_id,
         policy_hash: policy.hash().to_owned(),
+        certificate,
         detail,
     }
+}
+
+/// The event a summary of counted repeats says: the last repeat's record enriched as any
+/// egress decision (it takes one `agent_seq`; the repeats it counts take none), with the count
+/// and the first repeat's time.
+pub fn enrich_summary(s: &Summary, lookups: &mut impl Lookups) -> Event {
+    let mut event = enrich(&RawEvent::Egress(s.last), lookups);
+    let first_unix_nano = wall_of_boot(s.first_ts_ns, lookups.boot_to_wall_ns());
+    event.detail = match event.detail {
+        EventDetail::Egress(decision) => EventDetail::EgressSummary(EgressSummary {
+            decision,
+            count: s.count,
+            first_unix_nano,
+            last_unix_nano: event.time_unix_nano,
+        }),
+        other => other,
+    };
+    event
 }
 
 #[cfg(test)]
@@ -73,6 +106,10 @@ mod tests {
     impl Lookups for Fixed {
         fn agent_name(&self, agent_id: u32) -> Option<&str> {
             (agent_id == 3).then_some("web")
+        }
+        fn identity(&self, agent: &AgentIdentity) -> (SpiffeId, Option<String>) {
+            let td = crate::identity::TrustDomain::new("td").unwrap();
+            (td.agent(agent), Some("sha256:c".into()))
         }
         fn slot_policy(&self, _: u32) -> Arc<Policy> {
             Arc::clone(&self.policy)
@@ -125,9 +162,15 @@ mod tests {
             Some("agent:web")
         );
         assert_eq!((a.agent_seq, b.agent_seq), (1, 2));
+        assert_eq!(
+            a.spiffe_id.as_ref().map(SpiffeId::as_str),
+            Some("spiffe://td/agent/web")
+        );
+        assert_eq!(a.certificate.as_deref(), Some("sha256:c"));
         assert_eq!((a.time_unix_nano, a.comm.as_str()), (1_005, "sh"));
         assert_eq!(a.detail, EventDetail::Fork(ForkDetail { child_pid: 11 }));
         let unknown = enrich(&fork(0), &mut l);
         assert_eq!((unknown.agent, unknown.agent_seq), (None, 0));
+        assert_eq!((unknown.spiffe_id, unknown.certificate), (None, None));
     }
 }

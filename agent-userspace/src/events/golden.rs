@@ -16,7 +16,7 @@ use agent_common::{
 };
 
 use super::{egress, exec, file, *};
-use crate::identity::AgentIdentity;
+use crate::identity::{AgentIdentity, TrustDomain};
 use crate::{
     policy::Policy,
     spool::{Entry, Record},
@@ -130,16 +130,20 @@ fn file_raw(op: u8, verdict: Verdict, rule_id: u32, depth: u8) -> FileEvent {
 }
 
 fn event(pid: u32, comm: &str, detail: EventDetail) -> Event {
+    let agent = AgentIdentity::for_agent("payer");
     Event {
         time_unix_nano: 1_700_000_000_000_000_000,
         kernel_ts_ns: 5_000_000_000,
-        agent: Some(AgentIdentity::for_agent("payer")),
+        spiffe_id: Some(TrustDomain::new("example.org").unwrap().agent(&agent)),
+        agent: Some(agent),
+        container: None,
         agent_seq: 3,
         pid,
         tgid: pid,
         comm: comm.into(),
         cgroup_id: 4242,
         policy_hash: "a1b2".into(),
+        certificate: None,
         detail,
     }
 }
@@ -254,6 +258,7 @@ fn samples() -> Vec<Event> {
     out.push(session("end"));
     out.push(Event {
         agent: None,
+        spiffe_id: None,
         agent_seq: 0,
         cgroup_id: 0,
         ..event(
@@ -268,6 +273,7 @@ fn samples() -> Vec<Event> {
     });
     out.push(Event {
         agent: None,
+        spiffe_id: None,
         agent_seq: 0,
         cgroup_id: 0,
         ..event(
@@ -384,7 +390,76 @@ fn samples() -> Vec<Event> {
             violation: "egress(payments) without approval(payout) before it".into(),
         }),
     ));
+    out.extend(credential_samples());
+    // A flood of one denial, summarized: the last repeat's record with the count.
+    let flood = egress_raw(
+        [127, 0, 0, 2],
+        9999,
+        Verdict::Deny as u8,
+        RULE_DEFAULT_DENY,
+        3,
+    );
+    out.push(event(
+        100,
+        "probe",
+        EventDetail::EgressSummary(EgressSummary {
+            decision: egress::detail(&flood, p),
+            count: 999_999,
+            first_unix_nano: 1_699_999_999_250_000_000,
+            last_unix_nano: 1_700_000_000_000_000_000,
+        }),
+    ));
     out
+}
+
+/// A grant (to an agent with a certificate in force), a refusal waiting for an approval,
+/// and a revocation.
+fn credential_samples() -> Vec<Event> {
+    let detail = |action: CredentialAction| CredentialDetail {
+        action,
+        tool: "payments".into(),
+        method: "POST".into(),
+        resource: "/payouts/42".into(),
+        on_behalf_of: Some("alice".into()),
+        jti: None,
+        expires_unix_nano: None,
+        rule: None,
+        reason: None,
+        approval_id: None,
+    };
+    let granted = Event {
+        certificate: Some(format!("sha256:{}", "c0".repeat(32))),
+        ..event(
+            150,
+            "",
+            EventDetail::Credential(CredentialDetail {
+                jti: Some("9f86d081884c7d659a2feaa0c55ad015".into()),
+                expires_unix_nano: Some(1_700_000_060_000_000_000),
+                rule: Some("credentials[0]".into()),
+                ..detail(CredentialAction::Granted)
+            }),
+        )
+    };
+    let refused = event(
+        150,
+        "",
+        EventDetail::Credential(CredentialDetail {
+            reason: Some("pending-approval".into()),
+            approval_id: Some(5),
+            ..detail(CredentialAction::Refused)
+        }),
+    );
+    let revoked = event(
+        0,
+        "",
+        EventDetail::Credential(CredentialDetail {
+            jti: Some("9f86d081884c7d659a2feaa0c55ad015".into()),
+            expires_unix_nano: Some(1_700_000_060_000_000_000),
+            reason: Some("containment: paused".into()),
+            ..detail(CredentialAction::Revoked)
+        }),
+    );
+    vec![granted, refused, revoked]
 }
 
 fn testdata(name: &str) -> PathBuf {
@@ -457,7 +532,7 @@ fn otlp_records_of_every_kind_are_pinned() {
         let e: Event = serde_json::from_str(line).unwrap();
         let record = Record {
             seq: i as u64 + 1,
-            entry: Entry::Event(Box::new(e)),
+            entry: Entry::Event(std::sync::Arc::new(e)),
         };
         let d = describe(&record, "node-1");
         let _ = writeln!(got, "{} {:?} {}", d.event_name, d.severity, d.body);

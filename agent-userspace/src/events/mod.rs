@@ -8,6 +8,9 @@
 
 mod app;
 mod bus;
+pub mod coalesce;
+mod container;
+mod credential;
 mod decision;
 mod decode;
 mod egress;
@@ -21,11 +24,13 @@ pub mod process;
 mod runtime;
 
 pub use app::{duration_of_ms, AppEvent, Phase};
-pub use bus::EventBus;
+pub use bus::{Durable, EventBus};
+pub use container::ContainerMeta;
+pub use credential::{CredentialAction, CredentialDetail};
 pub use decision::{RuleRef, Verdict};
 pub use decode::{decode, DecodeError, RawEvent};
-pub use egress::{EgressDetail, EgressHook, Family, Protocol, SockType};
-pub use enrich::{enrich, Lookups};
+pub use egress::{EgressDetail, EgressHook, EgressSummary, Family, Protocol, SockType};
+pub use enrich::{enrich, enrich_summary, Lookups};
 pub use exec::{ExecDetail, ExecHook};
 pub use file::{FileAccess, FileDetail, FileOp, InodePaths};
 pub use process::{ExitDetail, ForkDetail};
@@ -36,7 +41,7 @@ pub use runtime::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::AgentIdentity;
+use crate::identity::{AgentIdentity, SpiffeId};
 use named::named_enum;
 
 /// One event as consumers see it (and as `agentcage events` prints it, one JSON line each).
@@ -48,8 +53,16 @@ pub struct Event {
     pub kernel_ts_ns: u64,
     /// The agent's identity (`agent:NAME`), or null when the caller was in no known cage.
     pub agent: Option<AgentIdentity>,
-    /// Position among the agent's events, from 1, in the order the kernel produced them
-    /// (ring-buffer order); a gap never occurs without a loss being counted.
+    /// The container the caller runs in, when its cage is a container's cgroup (boxed: most
+    /// events have none, and every event would otherwise carry its size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Box<ContainerMeta>>,
+    /// The agent's SPIFFE ID (`spiffe://TRUST_DOMAIN/agent/NAME`), or null with no agent.
+    #[serde(default)]
+    pub spiffe_id: Option<SpiffeId>,
+    /// Position among the agent's events, from 1, in the order they were published; a gap
+    /// never occurs without a loss being counted. An `egress_summary` takes one number; the
+    /// repeats it counts take none.
     #[serde(default)]
     pub agent_seq: u64,
     /// Thread id.
@@ -62,6 +75,9 @@ pub struct Event {
     pub cgroup_id: u64,
     /// SHA-256 of the policy in force.
     pub policy_hash: String,
+    /// The id of the agent's behavior certificate, while a valid one is in force for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
     /// What happened.
     #[serde(flatten)]
     pub detail: EventDetail,
@@ -74,12 +90,15 @@ impl Event {
             time_unix_nano: crate::clock::now_unix_nano(),
             kernel_ts_ns: 0,
             agent: None,
+            container: None,
+            spiffe_id: None,
             agent_seq: 0,
             pid: 0,
             tgid: 0,
             comm: String::new(),
             cgroup_id: 0,
             policy_hash: policy_hash.to_owned(),
+            certificate: None,
             detail,
         }
     }
@@ -123,6 +142,10 @@ pub enum EventDetail {
     Budget(BudgetDetail),
     /// A temporal assertion was violated.
     Assertion(AssertionDetail),
+    /// A credential was granted, refused or revoked.
+    Credential(CredentialDetail),
+    /// Repeats of one egress decision, counted (a flood, summarized).
+    EgressSummary(EgressSummary),
 }
 
 impl EventDetail {
@@ -141,6 +164,8 @@ impl EventDetail {
             Self::Approval(_) => "approval",
             Self::Budget(_) => "budget",
             Self::Assertion(_) => "assertion",
+            Self::Credential(_) => "credential",
+            Self::EgressSummary(_) => "egress_summary",
         }
     }
 }

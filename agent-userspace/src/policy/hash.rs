@@ -12,6 +12,7 @@ use super::{
     account::RunAs,
     egress::protocol_names,
     exec::Enforcement,
+    identity::{CertificateRequirement, Users},
     runtime::{ApprovalPolicy, Collectives, ContainmentPolicy},
     schema::{AgentPolicy, Record},
 };
@@ -25,6 +26,7 @@ pub(crate) fn canonical_form(
     agents: &BTreeMap<String, AgentPolicy>,
     default_agent: Option<&AgentPolicy>,
     (groups, workflows): (&Collectives, &Collectives),
+    users: &Users,
 ) -> String {
     let mut out = String::new();
     out.push_str(HEADER);
@@ -48,6 +50,9 @@ pub(crate) fn canonical_form(
         for (name, c) in map {
             let _ = writeln!(out, "{what} {name} budgets={}", json(&c.budgets));
         }
+    }
+    for (name, u) in users {
+        let _ = writeln!(out, "user {name} envelope={}", json(&u.envelope));
     }
     out
 }
@@ -141,6 +146,15 @@ fn write_agent(out: &mut String, agent: &AgentPolicy) {
     }
     if agent.record != Record::Optional {
         let _ = writeln!(out, "  record {}", agent.record);
+    }
+    if !agent.identity.is_empty() {
+        let _ = writeln!(out, "  identity {}", json(&agent.identity));
+    }
+    if !agent.credentials.is_empty() {
+        let _ = writeln!(out, "  credentials {}", json(&agent.credentials));
+    }
+    if agent.certificate != CertificateRequirement::Optional {
+        let _ = writeln!(out, "  certificate {}", agent.certificate);
     }
     if agent.run_as != RunAs::default() {
         let _ = writeln!(out, "  run_as {}", agent.run_as);

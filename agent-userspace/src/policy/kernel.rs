@@ -8,6 +8,8 @@ use agent_common::cage::{
     CAGE_F_EXEC_HASHES, CAGE_F_FILES, CAGE_F_READ_ONLY, CAGE_F_THROTTLED,
 };
 
+use serde::{Deserialize, Serialize};
+
 use super::{
     compile_egress, compile_exec, compile_files, compile_read_only, AgentPolicy, CompiledAgent,
     Enforcement, Policy, PolicyError, Rung,
@@ -22,8 +24,50 @@ pub struct KernelCaps {
     /// Exec rules by content are enforced: in the deny tier by IMA (`bpf_ima_file_hash`), in
     /// the kill tier by the daemon's exec watch (fanotify permission events).
     pub content_hashes: bool,
+    /// The `userns_create` LSM hook is there (file rules need it, so that a caged process
+    /// cannot mount over protected paths in a user namespace of its own).
+    pub userns_hook: bool,
     /// The cgroup v2 controllers the hierarchy offers (`CONTROLLER_*` bits).
     pub controllers: u8,
+}
+
+impl KernelCaps {
+    /// Whether this kernel enforces `feature`. Content rules hold in either tier: by IMA
+    /// hashing in the deny tier, by the daemon's exec watch in the kill tier.
+    pub fn enforces(self, feature: Feature) -> bool {
+        match feature {
+            Feature::DenyEnforcement => self.can_refuse,
+            Feature::FileRules => self.can_refuse && self.userns_hook,
+            Feature::ContentRules => self.content_hashes,
+        }
+    }
+}
+
+/// A policy feature that some kernels cannot enforce. An agent whose policy uses one is
+/// refused there, naming what the kernel lacks (never run weaker than its policy says).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Feature {
+    /// `enforcement: deny`: forbidden operations must fail (EPERM), not be killed.
+    DenyEnforcement,
+    /// `files` rules (protect, watch).
+    FileRules,
+    /// `sha256:` exec rules.
+    ContentRules,
+}
+
+impl Feature {
+    /// Every feature, in the order `refused` lists them.
+    pub const ALL: [Self; 3] = [Self::DenyEnforcement, Self::FileRules, Self::ContentRules];
+
+    /// How the feature reads in a policy, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::DenyEnforcement => "enforcement: deny",
+            Self::FileRules => "files rules",
+            Self::ContentRules => "exec rules by sha256",
+        }
+    }
 }
 
 /// The cgroup v2 `pids` controller.
@@ -46,10 +90,10 @@ pub fn controllers_of(text: &str) -> u8 {
 }
 
 /// What in an agent's policy this kernel cannot enforce.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Shortfall {
-    /// Rules that only the deny tier (BPF LSM) enforces.
-    DenyTier(String),
+    /// A feature the loaded programs cannot enforce here.
+    Feature(Feature),
     /// A limit whose cgroup v2 controller the hierarchy lacks.
     Controller {
         /// The limit, e.g. `limits.memory`.
@@ -137,21 +181,15 @@ fn mode_flags(mode: CageMode, caps: KernelCaps) -> u32 {
 }
 
 /// What in the agent's policy this kernel cannot enforce, if anything.
-pub fn needs_deny_tier(p: &AgentPolicy, c: &CompiledAgent, caps: KernelCaps) -> Option<String> {
-    if p.enforcement == Enforcement::Deny && !caps.can_refuse {
-        return Some("enforcement: deny".to_owned());
-    }
-    if !p.files.is_empty() && !caps.can_refuse {
-        return Some("files rules, which only BPF LSM can enforce".to_owned());
-    }
-    if c.exec.has_digest_rules && !caps.content_hashes {
-        return Some(
-            "exec rules by sha256, which need BPF LSM with IMA hashing, or fanotify permission \
-             events"
-                .to_owned(),
-        );
-    }
-    None
+pub fn needs_deny_tier(p: &AgentPolicy, c: &CompiledAgent, caps: KernelCaps) -> Option<Feature> {
+    [
+        (Feature::DenyEnforcement, p.enforcement == Enforcement::Deny),
+        (Feature::FileRules, !p.files.is_empty()),
+        (Feature::ContentRules, c.exec.has_digest_rules),
+    ]
+    .into_iter()
+    .find(|&(f, used)| used && !caps.enforces(f))
+    .map(|(f, _)| f)
 }
 
 /// The cage entry's settings for an agent (None: unknown to the policy, nothing allowed),
@@ -194,7 +232,7 @@ pub fn cage_settings(
         allow_sample: p.egress.allow_events.sample_rate(),
     };
     let shortfall = needs_deny_tier(p, compiled, caps)
-        .map(Shortfall::DenyTier)
+        .map(Shortfall::Feature)
         .or_else(|| needs_controller(p, caps));
     (settings, shortfall)
 }
@@ -206,11 +244,13 @@ mod tests {
     const KILL: KernelCaps = KernelCaps {
         can_refuse: false,
         content_hashes: false,
+        userns_hook: false,
         controllers: 0,
     };
     const DENY: KernelCaps = KernelCaps {
         can_refuse: true,
         content_hashes: true,
+        userns_hook: true,
         controllers: CONTROLLER_PIDS | CONTROLLER_MEMORY | CONTROLLER_CPU,
     };
 
@@ -250,7 +290,7 @@ mod tests {
     fn what_the_kill_tier_cannot_enforce_is_named() {
         let (p, c) = agent("    files:\n      protect: [{path: /etc/hostname}]\n");
         let (kill, shortfall) = cage_settings(Some(&p), &c, KILL, CageMode::default());
-        assert!(matches!(shortfall, Some(Shortfall::DenyTier(n)) if n.contains("files rules")));
+        assert_eq!(shortfall, Some(Shortfall::Feature(Feature::FileRules)));
         let (deny, shortfall) = cage_settings(Some(&p), &c, DENY, CageMode::default());
         assert_eq!((deny.flags & CAGE_F_FILES, shortfall), (CAGE_F_FILES, None));
         assert_eq!(
@@ -261,7 +301,7 @@ mod tests {
         let (p, c) = agent("    enforcement: deny\n");
         assert_eq!(
             cage_settings(Some(&p), &c, KILL, CageMode::default()).1,
-            Some(Shortfall::DenyTier("enforcement: deny".into()))
+            Some(Shortfall::Feature(Feature::DenyEnforcement))
         );
         let digest = "0".repeat(64);
         let (p, c) = agent(&format!("    exec:\n      deny: [\"sha256:{digest}\"]\n"));
@@ -270,7 +310,7 @@ mod tests {
             ..DENY
         };
         let (s, shortfall) = cage_settings(Some(&p), &c, no_ima, CageMode::default());
-        assert!(matches!(shortfall, Some(Shortfall::DenyTier(n)) if n.contains("sha256")));
+        assert_eq!(shortfall, Some(Shortfall::Feature(Feature::ContentRules)));
         assert_eq!(
             s.flags & CAGE_F_EXEC_HASHES,
             0,
@@ -290,7 +330,7 @@ mod tests {
         assert_eq!(shortfall, None);
         assert_ne!(s.flags & CAGE_F_EXEC_HASHES, 0);
         let (s, shortfall) = cage_settings(Some(&p), &c, KILL, CageMode::default());
-        assert!(matches!(shortfall, Some(Shortfall::DenyTier(n)) if n.contains("fanotify")));
+        assert_eq!(shortfall, Some(Shortfall::Feature(Feature::ContentRules)));
         assert_eq!(s.flags & CAGE_F_EXEC_HASHES, 0);
     }
 

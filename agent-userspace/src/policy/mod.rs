@@ -12,6 +12,7 @@ mod egress;
 mod error;
 mod exec;
 mod hash;
+mod identity;
 mod inodes;
 pub mod kernel;
 mod limits;
@@ -30,6 +31,11 @@ pub use error::PolicyError;
 pub use exec::{
     Access, Enforcement, ExecDefault, ExecMatch, ExecPolicy, FilePattern, FileRuleSpec,
     FilesPolicy, RuleList,
+};
+pub use identity::{
+    check_requested_resource, check_tool, check_user, CertificateRequirement, CredentialRule,
+    Grantable, IdentityPolicy, Method, ResourcePattern, UserPolicy, Users, DEFAULT_CREDENTIAL_TTL,
+    MAX_CREDENTIAL_TTL,
 };
 pub use inodes::{
     compile_exec, compile_files, kernel_dev, kernel_dev_of, CompiledExec, CompiledFiles,
@@ -72,6 +78,8 @@ pub struct Policy {
     pub groups: Collectives,
     /// Workflows and their shared budgets.
     pub workflows: Collectives,
+    /// Users agents may act for, and what each may delegate.
+    pub users: Users,
     source: String,
     hash: String,
 }
@@ -95,10 +103,17 @@ impl Policy {
             default_agent,
             groups,
             workflows,
+            users,
         } = raw;
         let (version, agents) = (version.0, agents.0);
         check_memberships(source, &agents, default_agent.as_ref(), &groups, &workflows)?;
         check_run_time(source, &agents, default_agent.as_ref())?;
+        identity::check_values("", &[], Some(&users)).map_err(|message| {
+            PolicyError::InvalidUnlocated {
+                file: source.to_owned(),
+                message,
+            }
+        })?;
 
         // Compile now, so that a policy the kernel cannot hold is refused when it is loaded,
         // with a position, rather than when an agent starts.
@@ -149,6 +164,7 @@ impl Policy {
             &agents,
             default_agent.as_ref(),
             (&groups, &workflows),
+            &users,
         );
         Ok(Self {
             version,
@@ -156,6 +172,7 @@ impl Policy {
             default_agent,
             groups,
             workflows,
+            users,
             source: source.to_owned(),
             hash: hash::sha256_hex(&canonical),
         })
@@ -194,6 +211,7 @@ impl Policy {
             &self.agents,
             self.default_agent.as_ref(),
             (&self.groups, &self.workflows),
+            &self.users,
         )
     }
 }
@@ -213,6 +231,7 @@ fn check_run_time(
         .chain(default_agent.map(|a| ("default_agent".to_owned(), a)));
     for (path, agent) in all {
         runtime::check_values(&path, &agent.budgets, &agent.containment, &agent.approvals)
+            .and_then(|()| identity::check_values(&path, &agent.credentials, None))
             .map_err(|message| PolicyError::InvalidUnlocated {
                 file: source.to_owned(),
                 message,

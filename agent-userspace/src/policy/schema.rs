@@ -21,6 +21,7 @@ use super::{
     account::RunAs,
     egress::EgressPolicy,
     exec::{Enforcement, ExecPolicy, FilesPolicy},
+    identity::{CertificateRequirement, CredentialRule, IdentityPolicy, Users},
     limits::Limits,
     runtime::{ApprovalPolicy, Budgets, Collectives, ContainmentPolicy},
     validate_agent_name,
@@ -66,6 +67,16 @@ pub struct AgentPolicy {
     /// Whether `agentcage run` must record the agent's terminal.
     #[serde(default)]
     pub record: Record,
+    /// Who the agent is: owner, purpose, data classes, tools, models.
+    #[serde(default)]
+    pub identity: IdentityPolicy,
+    /// The credentials the agent may ask for, one rule per tool (none: every request is
+    /// refused).
+    #[serde(default)]
+    pub credentials: Vec<CredentialRule>,
+    /// Whether the agent needs a valid behavior certificate for the policy in force.
+    #[serde(default)]
+    pub certificate: CertificateRequirement,
     /// The account the agent's processes run under: `dynamic` (default: a uid of its own),
     /// `root`, `caller`, an account name, or a list (`agentcage run --user` picks one).
     #[serde(default)]
@@ -150,6 +161,9 @@ pub(crate) struct RawPolicy {
     /// Workflows: budgets shared by their member agents.
     #[serde(default)]
     pub(crate) workflows: Collectives,
+    /// Users agents may ask for credentials on behalf of, each with what they may delegate.
+    #[serde(default)]
+    pub(crate) users: Users,
 }
 
 /// The JSON Schema form of the version: the constant 1.

@@ -47,6 +47,16 @@ pub enum Subject {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         index: Option<u32>,
     },
+    /// A credential whose rule says `requires_approval`.
+    Credential {
+        /// The tool.
+        tool: String,
+        /// `METHOD RESOURCE`.
+        scope: String,
+        /// The user the agent acts for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        on_behalf_of: Option<String>,
+    },
 }
 
 impl Subject {
@@ -62,6 +72,14 @@ impl Subject {
             Self::Destination { text, .. } => format!("egress to {text}"),
             Self::Tool { name } => format!("tool {name}"),
             Self::Exec { command, .. } => format!("exec {command}"),
+            Self::Credential {
+                tool,
+                scope,
+                on_behalf_of,
+            } => match on_behalf_of {
+                Some(user) => format!("credential {tool} {scope} for {user}"),
+                None => format!("credential {tool} {scope}"),
+            },
         }
     }
 
@@ -72,6 +90,7 @@ impl Subject {
             Self::Destination { text, .. } => Some(text.clone()),
             Self::Tool { name } => Some(name.clone()),
             Self::Exec { command, .. } => Some(command.clone()),
+            Self::Credential { tool, .. } => Some(tool.clone()),
         }
     }
 
@@ -97,7 +116,7 @@ impl Subject {
                 rule_id: agent_common::process::EXEC_APPROVAL_RULE_BASE + i,
                 ..ApprovalKey::default()
             }),
-            Self::Tool { .. } | Self::Exec { index: None, .. } => None,
+            Self::Tool { .. } | Self::Exec { index: None, .. } | Self::Credential { .. } => None,
         }
     }
 }

@@ -2,10 +2,11 @@
 //! event) and hard limits (throttling, then the containment rung); loop detection.
 
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
+    collections::{BTreeSet, HashMap},
     time::Duration,
 };
 
+use super::tally::Tally;
 use crate::policy::{Budgets, Limit, TimeLimit};
 
 /// What is metered.
@@ -113,6 +114,9 @@ pub struct Breach {
     pub limit: f64,
 }
 
+/// Loop detection follows at most this many keys per scope.
+const REPEAT_KEYS: usize = 4096;
+
 /// Usage of one scope (agent, group or workflow).
 #[derive(Debug, Default)]
 pub struct Meter {
@@ -120,7 +124,7 @@ pub struct Meter {
     /// Limits already reported, so each is reported once.
     reported: BTreeSet<(&'static str, Level)>,
     /// Loop detection: key → times seen (ns), within the window.
-    repeats: HashMap<String, VecDeque<u64>>,
+    repeats: HashMap<String, Tally>,
 }
 
 impl Meter {
@@ -182,28 +186,31 @@ impl Meter {
         )
     }
 
-    /// Counts one occurrence of `key` (a tool call with its arguments digest, a denied
+    /// Counts `n` occurrences of `key` (a tool call with its arguments digest, a denied
     /// destination) at `now_ns`; a breach when it repeats as often as the loop rule says.
-    pub fn repeat(&mut self, budgets: &Budgets, key: &str, now_ns: u64) -> Option<Breach> {
+    pub fn repeat(&mut self, budgets: &Budgets, key: &str, now_ns: u64, n: u64) -> Option<Breach> {
         let rule = budgets.loop_rule?;
         let window = u64::try_from(rule.window.0.as_nanos()).unwrap_or(u64::MAX);
-        // Bound the memory a looping agent can make the daemon use.
-        if self.repeats.len() > 4096 {
+        // Bound the memory (and time) an agent trying many distinct keys can make the
+        // daemon use: past the bound, keys out of the window go, and if that is not enough
+        // the less recently seen half (a looping key is recent, so it stays). Amortized,
+        // each key costs O(1).
+        if self.repeats.len() >= REPEAT_KEYS && !self.repeats.contains_key(key) {
             self.repeats.retain(|_, seen| {
-                seen.back()
-                    .is_some_and(|&t| now_ns.saturating_sub(t) < window)
+                seen.last()
+                    .is_some_and(|t| now_ns.saturating_sub(t) < window)
             });
+            if self.repeats.len() >= REPEAT_KEYS / 2 {
+                let mut last: Vec<u64> = self.repeats.values().filter_map(Tally::last).collect();
+                let mid = last.len() / 2;
+                let cut = *last.select_nth_unstable(mid).1;
+                self.repeats
+                    .retain(|_, seen| seen.last().is_some_and(|t| t > cut));
+            }
         }
         let seen = self.repeats.entry(key.to_owned()).or_default();
-        seen.push_back(now_ns);
-        while seen
-            .front()
-            .is_some_and(|&t| now_ns.saturating_sub(t) >= window)
-        {
-            seen.pop_front();
-        }
-        let count = seen.len();
-        if count >= rule.repeats as usize {
+        let count = seen.add(now_ns, n, window);
+        if count >= u64::from(rule.repeats) {
             seen.clear();
             return Some(Breach {
                 budget: "loop",
@@ -283,10 +290,24 @@ mod tests {
         };
         let s = 1_000_000_000;
         let mut m = Meter::default();
-        assert!(m.repeat(&b, "k", 0).is_none());
-        assert!(m.repeat(&b, "k", 5 * s).is_none());
-        assert!(m.repeat(&b, "k", 11 * s).is_none(), "the first fell out");
-        assert!(m.repeat(&b, "other", 12 * s).is_none());
-        assert!(m.repeat(&b, "k", 12 * s).is_some());
+        assert!(m.repeat(&b, "k", 0, 1).is_none());
+        assert!(m.repeat(&b, "k", 5 * s, 1).is_none());
+        assert!(m.repeat(&b, "k", 11 * s, 1).is_none(), "the first fell out");
+        assert!(m.repeat(&b, "other", 12 * s, 1).is_none());
+        assert!(m.repeat(&b, "k", 12 * s, 1).is_some());
+        // A summary of repeats counts as all of them.
+        assert!(m.repeat(&b, "flood", 20 * s, 1).is_none());
+        assert!(m.repeat(&b, "flood", 21 * s, 2).is_some());
+        // Many distinct keys cannot push out a key that keeps repeating, nor grow the table
+        // without bound.
+        for i in 0..(4 * REPEAT_KEYS as u64) {
+            let t = 30 * s + i;
+            assert!(m.repeat(&b, &format!("distinct {i}"), t, 1).is_none());
+            if i % 1000 == 0 && i > 0 {
+                let looped = m.repeat(&b, "loop", t, 1);
+                assert_eq!(looped.is_some(), (i / 1000) % 3 == 0, "at {i}");
+            }
+        }
+        assert!(m.repeats.len() <= REPEAT_KEYS);
     }
 }

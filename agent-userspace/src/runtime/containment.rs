@@ -3,7 +3,8 @@
 //! each rung needs, are the daemon's (it swaps the cage's policy slot and flags).
 
 use std::{
-    fs, io,
+    fs,
+    io::{self, Write as _},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -100,19 +101,71 @@ pub fn is_frozen(dir: &CgroupDir) -> Result<bool, ContainError> {
 /// left.
 pub fn kill(dir: &CgroupDir) -> Result<(), ContainError> {
     let path = dir.path().join("cgroup.kill");
-    match fs::write(&path, "1") {
+    // Opened without O_CREAT: for a file cgroupfs lacks that says ENOENT, not EACCES.
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(b"1"));
+    match written {
+        Ok(()) => {}
         // Emptied and removed by itself before the kill: nothing is left to kill.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        r => r.map_err(io_err("writing", &path))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !dir.path().exists() => return Ok(()),
+        // Before Linux 5.14 there is no cgroup.kill: SIGKILL each process, in the cage and
+        // below it, until it is empty (a fatal signal ends a frozen process too). The cage
+        // is frozen first, so nothing forks meanwhile; should it not be, each round signals
+        // what has appeared since.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return wait_until(dir, "empty", || {
+                if !dir.path().exists() {
+                    return Ok(true);
+                }
+                signal_all(dir.path())?;
+                populated_or_gone(dir)
+            })
+        }
+        Err(e) => return Err(io_err("writing", &path)(e)),
     }
     // The daemon removes a cage as soon as it empties, maybe before this looks: a cgroup
     // that is gone was empty.
-    wait_until(dir, "empty", || match event_flag(dir, "populated ") {
+    wait_until(dir, "empty", || populated_or_gone(dir))
+}
+
+/// Whether the cage is empty: its `populated` flag is 0, or the cgroup is gone.
+fn populated_or_gone(dir: &CgroupDir) -> Result<bool, ContainError> {
+    match event_flag(dir, "populated ") {
         Err(ContainError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
             Ok(true)
         }
         other => other.map(|populated| !populated),
-    })
+    }
+}
+
+/// Sends SIGKILL to every process in cgroup `path` and its descendants.
+fn signal_all(path: &Path) -> Result<(), ContainError> {
+    let procs = path.join("cgroup.procs");
+    let text = match fs::read_to_string(&procs) {
+        // Removed meanwhile: it was empty.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        r => r.map_err(io_err("reading", &procs))?,
+    };
+    for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        // A process that has gone meanwhile (ESRCH) needs no signal.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let Ok(entries) = fs::read_dir(path) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        // A child cgroup removed meanwhile is fine; whatever stays populated is caught
+        // by the caller's check.
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            signal_all(&entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

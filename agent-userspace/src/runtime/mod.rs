@@ -9,6 +9,7 @@ pub mod assertions;
 pub mod budgets;
 pub mod containment;
 pub mod snapshot;
+pub mod tally;
 
 pub use containment::Rung;
 

@@ -104,6 +104,9 @@ pub struct Snapshot<'a> {
     pub policy_hash: &'a str,
     /// The cage's cgroup.
     pub cgroup: String,
+    /// The cgroups of the agent's caged containers, whose processes are listed too.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<String>,
     /// Every process, with its parent (within the bounds).
     pub processes: Vec<ProcessRecord>,
     /// Processes past the size bound, by pid.
@@ -138,6 +141,8 @@ pub struct SnapshotPlan {
     pub time_unix_nano: u64,
     /// Where the agent's recordings are, to include the live ones.
     pub recording_dir: Option<PathBuf>,
+    /// The cgroups of the agent's caged containers.
+    pub containers: Vec<CgroupDir>,
 }
 
 impl SnapshotPlan {
@@ -160,6 +165,7 @@ impl SnapshotPlan {
             path: out_dir.join(format!("{agent}-{time_unix_nano}.json")),
             time_unix_nano,
             recording_dir: None,
+            containers: Vec::new(),
         }
     }
 
@@ -169,7 +175,10 @@ impl SnapshotPlan {
         let out_dir = self.path.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(out_dir).map_err(io_err("creating", out_dir))?;
         let _ = fs::set_permissions(out_dir, fs::Permissions::from_mode(0o700));
-        let pids = dir.procs().unwrap_or_default();
+        let mut pids = dir.procs().unwrap_or_default();
+        for c in &self.containers {
+            pids.extend(c.procs().unwrap_or_default());
+        }
         let (processes, more_pids, cut) = read_processes(&pids);
         let snap = Snapshot {
             agent: AgentIdentity::for_agent(&self.agent).to_string(),
@@ -178,6 +187,11 @@ impl SnapshotPlan {
             reason: &self.reason,
             policy_hash: &self.policy_hash,
             cgroup: dir.path().display().to_string(),
+            containers: self
+                .containers
+                .iter()
+                .map(|c| c.path().display().to_string())
+                .collect(),
             processes,
             more_pids,
             cut,

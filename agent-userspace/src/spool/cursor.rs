@@ -89,6 +89,11 @@ impl Cursors {
         self.dropped += n;
     }
 
+    /// Undoes [`Self::add_dropped`] when the count could not be saved.
+    pub(super) fn take_back_dropped(&mut self, n: u64) {
+        self.dropped = self.dropped.saturating_sub(n);
+    }
+
     pub(super) fn dropped(&self) -> u64 {
         self.dropped
     }

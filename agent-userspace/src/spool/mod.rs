@@ -19,9 +19,10 @@ mod cursor;
 mod segment;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, VecDeque},
     fs, io,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use serde::{Deserialize, Serialize};
@@ -78,16 +79,16 @@ impl SpoolError {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "entry", rename_all = "snake_case")]
 pub enum Entry {
-    /// An event from the bus (boxed: events are much larger than the other entries).
-    Event(Box<Event>),
-    /// Events that were never exported: dropped by the size bound, or missed by the spool's
-    /// own consumer of the bus.
+    /// An event from the bus (shared with the bus and the spool's recent records).
+    Event(Arc<Event>),
+    /// Events that were never exported: dropped by the size bound, or never written (an
+    /// append failed; `bus_lag` was written by versions whose spool consumed the bus).
     Dropped {
         /// Wall-clock time this was noticed, ns since the Unix epoch.
         time_unix_nano: u64,
         /// How many.
         count: u64,
-        /// Why: `size_bound`, `bus_lag` or `write_error`.
+        /// Why: `size_bound` or `write_error` (`bus_lag` from earlier versions).
         reason: String,
     },
 }
@@ -102,7 +103,34 @@ pub struct Record {
     pub entry: Entry,
 }
 
-/// Bounds of the spool (the `spool:` section of the daemon's configuration).
+/// The longest `{"seq":N,"entry":"event",` prefix (N has at most 20 digits).
+const LINE_PREFIX_MAX: usize = 48;
+
+/// Writes the record line of an event whose JSON is `body`: byte for byte what serializing
+/// `Record { seq, entry: Entry::Event(event) }` writes, without copying the event into one.
+fn encode_event(out: &mut Vec<u8>, seq: u64, body: &[u8]) {
+    use std::io::Write as _;
+    debug_assert!(
+        body.len() > 2 && body[0] == b'{',
+        "an event is a non-empty object"
+    );
+    let _ = write!(out, "{{\"seq\":{seq},\"entry\":\"event\",");
+    out.extend_from_slice(&body[1..]);
+    out.push(b'\n');
+}
+
+/// Events an [`Spool::append_events`] could not write, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{count} events not written to the spool: {source}")]
+pub struct Unwritten {
+    /// How many (the last ones of the batch).
+    pub count: u64,
+    /// Why.
+    #[source]
+    pub source: SpoolError,
+}
+
+/// Bounds of the spool/// Bounds of the spool (the `spool:` section of the daemon's configuration).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
@@ -133,10 +161,13 @@ pub struct SpoolStats {
     pub segments: usize,
     /// The last sequence number written (0: none yet).
     pub last_seq: u64,
-    /// Events never exported because the bound was reached (or the bus outran the spool),
+    /// Events never exported because the bound was reached (or an append failed),
     /// since the spool was created.
     pub dropped: u64,
 }
+
+/// How many of the most recent records the spool keeps in memory for its readers.
+const RECENT: usize = 16 * 1024;
 
 /// The spool. Not thread-safe by itself: the daemon keeps it behind a mutex.
 pub struct Spool {
@@ -146,6 +177,9 @@ pub struct Spool {
     segments: BTreeMap<u64, Segment>,
     cursors: Cursors,
     next_seq: u64,
+    /// The last records written, consecutive: a reader that keeps up gets them from here,
+    /// without reading and parsing the file again.
+    recent: VecDeque<Record>,
 }
 
 impl Spool {
@@ -184,6 +218,7 @@ impl Spool {
             segments,
             cursors,
             next_seq,
+            recent: VecDeque::with_capacity(RECENT),
         };
         spool.collect_acknowledged()?;
         Ok(spool)
@@ -192,7 +227,8 @@ impl Spool {
     /// Appends one entry; returns its sequence number. Enforces the size bound first.
     pub fn append(&mut self, entry: Entry) -> Result<u64, SpoolError> {
         let seq = self.next_seq;
-        let mut line = serde_json::to_vec(&Record { seq, entry }).map_err(SpoolError::Encode)?;
+        let record = Record { seq, entry };
+        let mut line = serde_json::to_vec(&record).map_err(SpoolError::Encode)?;
         line.push(b'\n');
         let rotate = match self.segments.values().next_back() {
             Some(last) => last.bytes + line.len() as u64 > self.config.segment_bytes,
@@ -209,6 +245,7 @@ impl Spool {
             .ok_or_else(|| SpoolError::Config("no segment to write to".into()))?;
         last.append(&line, seq)?;
         self.next_seq += 1;
+        self.remember(record);
         if dropped > 0 {
             self.append(Entry::Dropped {
                 time_unix_nano: now_unix_nano(),
@@ -217,6 +254,86 @@ impl Spool {
             })?;
         }
         Ok(seq)
+    }
+
+    /// Appends events with one write per segment they land in (the whole batch, mostly);
+    /// returns the last sequence number. On failure, no event is half-written and the error
+    /// says how many of them were not written at all (the first ones may have been).
+    pub fn append_events(&mut self, events: &[Arc<Event>]) -> Result<u64, Unwritten> {
+        let mut buf = Vec::with_capacity(events.len().min(4096) * 512);
+        let mut body = Vec::with_capacity(1024);
+        let mut lines = 0u64;
+        let mut written = 0u64;
+        let mut from = 0usize;
+        let unwritten = |written: u64| {
+            move |source| Unwritten {
+                count: events.len() as u64 - written,
+                source,
+            }
+        };
+        for event in events {
+            body.clear();
+            serde_json::to_writer(&mut body, &**event)
+                .map_err(SpoolError::Encode)
+                .map_err(unwritten(written))?;
+            let need = (buf.len() + body.len() + LINE_PREFIX_MAX) as u64;
+            let rotate = match self.segments.values().next_back() {
+                Some(last) => last.bytes > 0 && last.bytes + need > self.config.segment_bytes,
+                None => true,
+            };
+            if rotate {
+                let to = from + lines as usize;
+                self.write_lines(&mut buf, &events[from..to])
+                    .map_err(unwritten(written))?;
+                written += lines;
+                lines = 0;
+                from = to;
+                let first = self.next_seq;
+                let segment = Segment::create(&self.dir, first).map_err(unwritten(written))?;
+                self.segments.insert(first, segment);
+            }
+            encode_event(&mut buf, self.next_seq + lines, &body);
+            lines += 1;
+        }
+        self.write_lines(&mut buf, &events[from..])
+            .map_err(unwritten(written))?;
+        Ok(self.next_seq - 1)
+    }
+
+    /// Writes the records of `events`, encoded in `buf`, into the last segment with one
+    /// write, keeping the size bound; empties `buf`.
+    fn write_lines(&mut self, buf: &mut Vec<u8>, events: &[Arc<Event>]) -> Result<(), SpoolError> {
+        let lines = events.len() as u64;
+        if lines == 0 {
+            return Ok(());
+        }
+        let dropped = self.enforce_bound(buf.len() as u64)?;
+        let last = self
+            .segments
+            .values_mut()
+            .next_back()
+            .ok_or_else(|| SpoolError::Config("no segment to write to".into()))?;
+        last.append(buf, self.next_seq + lines - 1)?;
+        for event in events {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.remember(Record {
+                seq,
+                entry: Entry::Event(Arc::clone(event)),
+            });
+        }
+        buf.clear();
+        if dropped > 0 {
+            // The count is already in the cursor file; this entry only tells the readers.
+            if let Err(e) = self.append(Entry::Dropped {
+                time_unix_nano: now_unix_nano(),
+                count: dropped,
+                reason: "size_bound".into(),
+            }) {
+                tracing::warn!(error = %e, dropped, "spool: could not record the size bound's drop as an entry");
+            }
+        }
+        Ok(())
     }
 
     /// Removes the oldest segments while the spool would exceed its bound with `incoming`
@@ -240,22 +357,47 @@ impl Spool {
         Ok(dropped)
     }
 
-    /// Counts events that never reached the spool (`bus_lag`: the bus outran its consumer;
-    /// `write_error`: an append failed), durably, and records that as an entry.
+    /// Counts events that never reached the spool (`write_error`: an append failed),
+    /// durably, and records that as an entry.
+    /// Once this returns Ok the count is durable (in `cursor.json`), so a caller retrying
+    /// after an error never counts twice.
     pub fn record_loss(&mut self, count: u64, reason: &str) -> Result<(), SpoolError> {
         self.cursors.add_dropped(count);
-        self.cursors.save(&self.dir)?;
-        self.append(Entry::Dropped {
+        if let Err(e) = self.cursors.save(&self.dir) {
+            self.cursors.take_back_dropped(count);
+            return Err(e);
+        }
+        // The entry only tells the readers; the count is already kept.
+        if let Err(e) = self.append(Entry::Dropped {
             time_unix_nano: now_unix_nano(),
             count,
             reason: reason.into(),
-        })?;
+        }) {
+            tracing::warn!(error = %e, count, reason, "spool: could not record a loss as an entry");
+        }
         Ok(())
+    }
+
+    /// Keeps a record just written among the recent ones.
+    fn remember(&mut self, record: Record) {
+        if self.recent.back().is_some_and(|r| r.seq + 1 != record.seq) {
+            self.recent.clear();
+        }
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(record);
     }
 
     /// Up to `max` records after `reader`'s cursor, in sequence order.
     pub fn read(&mut self, reader: &str, max: usize) -> Result<Vec<Record>, SpoolError> {
         let after = self.cursors.get(reader)?;
+        if let Some(first) = self.recent.front().map(|r| r.seq) {
+            if first <= after + 1 && after + 1 < self.next_seq {
+                let start = usize::try_from(after + 1 - first).unwrap_or(usize::MAX);
+                return Ok(self.recent.range(start..).take(max).cloned().collect());
+            }
+        }
         let mut out = Vec::new();
         // The segment holding after+1 is the last one that starts at or before it.
         let start = self

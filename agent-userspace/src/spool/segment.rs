@@ -1,6 +1,7 @@
 //! One segment file: JSON lines with consecutive sequence numbers, appended in place.
 
 use std::{
+    collections::VecDeque,
     ffi::OsStr,
     fs::{self, File, OpenOptions},
     io::{BufRead as _, BufReader, Seek as _, SeekFrom, Write as _},
@@ -30,8 +31,19 @@ pub(super) struct Segment {
     pub(super) last_seq: u64,
     pub(super) bytes: u64,
     file: File,
-    /// Where the record after `.0` starts: readers mostly continue where they stopped.
-    hint: Option<(u64, u64)>,
+    /// Where the record after `.0` starts, for the last few reads: each reader mostly
+    /// continues where it stopped, and there is one per signal.
+    hints: VecDeque<(u64, u64)>,
+}
+
+/// Hints kept per segment: more than the spool's readers.
+const HINTS: usize = 4;
+
+/// The sequence number a record line starts with (`{"seq":N,`), without parsing the rest.
+fn line_seq(line: &[u8]) -> Option<u64> {
+    let rest = line.strip_prefix(b"{\"seq\":")?;
+    let end = rest.iter().position(|b| !b.is_ascii_digit())?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
 impl Segment {
@@ -57,7 +69,7 @@ impl Segment {
             last_seq: first - 1,
             bytes: 0,
             file,
-            hint: None,
+            hints: VecDeque::with_capacity(HINTS),
         })
     }
 
@@ -114,6 +126,17 @@ impl Segment {
     fn for_each_line(
         &self,
         offset: u64,
+        f: impl FnMut(Record, u64) -> bool,
+    ) -> Result<(), SpoolError> {
+        self.for_each_line_after(offset, 0, f)
+    }
+
+    /// [`Self::for_each_line`] for the records with a sequence number above `after` only:
+    /// the lines before them are skipped by their leading `seq`, not parsed.
+    fn for_each_line_after(
+        &self,
+        offset: u64,
+        after: u64,
         mut f: impl FnMut(Record, u64) -> bool,
     ) -> Result<(), SpoolError> {
         let mut file = File::open(&self.path).map_err(SpoolError::io("opening", &self.path))?;
@@ -131,6 +154,9 @@ impl Segment {
                 return Ok(());
             }
             pos += n as u64;
+            if line_seq(&line).is_some_and(|seq| seq <= after) {
+                continue;
+            }
             match serde_json::from_slice::<Record>(&line) {
                 Ok(rec) => {
                     if !f(rec, pos) {
@@ -146,11 +172,12 @@ impl Segment {
     }
 
     pub(super) fn append(&mut self, line: &[u8], seq: u64) -> Result<(), SpoolError> {
-        // One write of a whole line: a crash leaves at most a partial last line, which
-        // recover() removes.
-        self.file
-            .write_all(line)
-            .map_err(SpoolError::io("appending to", &self.path))?;
+        // One write of whole lines: a crash leaves at most a partial last line, which
+        // recover() removes; a failed write (disk full) is cut back at once.
+        if let Err(e) = self.file.write_all(line) {
+            let _ = self.file.set_len(self.bytes);
+            return Err(SpoolError::io("appending to", &self.path)(e));
+        }
         self.bytes += line.len() as u64;
         self.last_seq = seq;
         Ok(())
@@ -166,20 +193,26 @@ impl Segment {
         if self.last_seq <= after || max == 0 {
             return Ok(());
         }
-        let offset = match self.hint {
-            Some((seq, offset)) if seq == after => offset,
-            _ => 0,
-        };
-        let mut hint = self.hint;
+        let used = self.hints.iter().position(|(seq, _)| *seq == after);
+        let offset = used.map_or(0, |i| self.hints[i].1);
+        let mut hint = None;
         let start = out.len();
-        self.for_each_line(offset, |rec, next| {
+        self.for_each_line_after(offset, after, |rec, next| {
             if rec.seq > after {
                 hint = Some((rec.seq, next));
                 out.push(rec);
             }
             out.len() - start < max
         })?;
-        self.hint = hint;
+        if let Some(h) = hint {
+            if let Some(i) = used {
+                self.hints.remove(i);
+            }
+            if self.hints.len() == HINTS {
+                self.hints.pop_front();
+            }
+            self.hints.push_back(h);
+        }
         Ok(())
     }
 

@@ -4,16 +4,19 @@ use super::*;
 use crate::events::{EgressDetail, EventDetail};
 
 fn event(n: u64) -> Entry {
-    Entry::Event(Box::new(Event {
+    Entry::Event(Arc::new(Event {
         time_unix_nano: n,
         kernel_ts_ns: n,
         agent: Some(crate::identity::AgentIdentity::for_agent("t")),
+        container: None,
+        spiffe_id: None,
         agent_seq: 1,
         pid: 1,
         tgid: 1,
         comm: "c".into(),
         cgroup_id: 7,
         policy_hash: "h".into(),
+        certificate: None,
         detail: EventDetail::Egress(EgressDetail::denied([127, 0, 0, 1].into(), 80)),
     }))
 }
@@ -150,4 +153,72 @@ fn a_bound_smaller_than_two_segments_is_refused() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("twice segment_bytes"), "{e}");
+}
+
+fn events(from: u64, n: u64) -> Vec<Arc<Event>> {
+    (from..from + n)
+        .map(|i| match event(i) {
+            Entry::Event(e) => e,
+            Entry::Dropped { .. } => unreachable!(),
+        })
+        .collect()
+}
+
+#[test]
+fn a_batch_is_written_exactly_as_records_one_by_one() {
+    let one = tempfile::tempdir().unwrap();
+    let batch = tempfile::tempdir().unwrap();
+    let cfg = |d: &Path| config(d, 1 << 20, 4096);
+    let mut a = Spool::open(&cfg(one.path()), &["r"]).unwrap();
+    for e in events(1, 40) {
+        a.append(Entry::Event(e)).unwrap();
+    }
+    let mut b = Spool::open(&cfg(batch.path()), &["r"]).unwrap();
+    assert_eq!(b.append_events(&events(1, 25)).unwrap(), 25);
+    assert_eq!(b.append_events(&events(26, 15)).unwrap(), 40);
+    assert!(b.stats().segments > 1, "a batch rotates segments too");
+    let text = |d: &Path| {
+        let mut files: Vec<_> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|p| fs::read_to_string(p).unwrap())
+            .collect::<String>()
+    };
+    assert_eq!(text(one.path()), text(batch.path()), "byte for byte");
+    let recent = b.read("r", 100).unwrap();
+    assert_eq!(a.read("r", 100).unwrap(), recent);
+    // What readers get from memory is what the file says.
+    drop(b);
+    let mut b = Spool::open(&cfg(batch.path()), &["r"]).unwrap();
+    assert_eq!(b.read("r", 100).unwrap(), recent, "from the file");
+    // Single entries and batches share one sequence.
+    assert_eq!(b.append(event(41)).unwrap(), 41);
+    assert_eq!(b.append_events(&events(42, 1)).unwrap(), 42);
+}
+
+#[test]
+fn batches_keep_the_bound_and_count_what_it_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 8192, 2048);
+    let mut spool = Spool::open(&cfg, &["r"]).unwrap();
+    for round in 0..30 {
+        spool.append_events(&events(round * 10, 10)).unwrap();
+        assert!(
+            spool.stats().bytes <= 8192 + 2048,
+            "bound held: {:?}",
+            spool.stats()
+        );
+    }
+    let stats = spool.stats();
+    assert!(stats.dropped > 0);
+    let records = spool.read("r", 10_000).unwrap();
+    assert_eq!(records.len() as u64 + stats.dropped, stats.last_seq);
+    assert!(records
+        .iter()
+        .any(|r| matches!(&r.entry, Entry::Dropped { reason, .. } if reason == "size_bound")));
 }

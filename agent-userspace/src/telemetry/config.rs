@@ -1,5 +1,5 @@
 //! The `telemetry:` section of the daemon's configuration file, with the OpenTelemetry
-//! environment variables (`OTEL_EXPORTER_OTLP_*`, `OTEL_SERVICE_NAME`,
+//! environment variables (`OTEL_EXPORTER_OTLP_*` including `_COMPRESSION`, `OTEL_SERVICE_NAME`,
 //! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_SDK_DISABLED`, `OTEL_METRIC_EXPORT_INTERVAL`) applied
 //! over it.
 
@@ -33,6 +33,30 @@ impl Protocol {
     }
 }
 
+/// How export requests are compressed.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Sent as they are.
+    None,
+    /// gzip, which OTLP receivers accept (the OpenTelemetry Collector, Rotel): a fraction of
+    /// the bytes for a little CPU.
+    #[default]
+    Gzip,
+}
+
+impl Compression {
+    fn parse(s: &str) -> Result<Self, TelemetryError> {
+        match s {
+            "none" => Ok(Self::None),
+            "gzip" => Ok(Self::Gzip),
+            other => Err(TelemetryError::Config(format!(
+                "OTLP compression {other:?} is not supported: use gzip or none"
+            ))),
+        }
+    }
+}
+
 /// Where and how telemetry is exported.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -46,6 +70,8 @@ pub struct TelemetryConfig {
     pub signal_endpoints: BTreeMap<String, String>,
     /// `grpc` or `http/protobuf`.
     pub protocol: Protocol,
+    /// `gzip` or `none`.
+    pub compression: Compression,
     /// How long one export may take before it is retried, in milliseconds.
     pub timeout_ms: u64,
     /// Metric export period, in milliseconds.
@@ -71,6 +97,7 @@ impl Default for TelemetryConfig {
             endpoint: None,
             signal_endpoints: BTreeMap::new(),
             protocol: Protocol::Grpc,
+            compression: Compression::Gzip,
             timeout_ms: 10_000,
             metrics_interval_ms: 10_000,
             batch_size: 512,
@@ -109,6 +136,9 @@ impl TelemetryConfig {
         }
         if let Some(v) = get("OTEL_EXPORTER_OTLP_PROTOCOL") {
             self.protocol = Protocol::parse(v.trim())?;
+        }
+        if let Some(v) = get("OTEL_EXPORTER_OTLP_COMPRESSION") {
+            self.compression = Compression::parse(v.trim())?;
         }
         if let Some(v) = get("OTEL_EXPORTER_OTLP_TIMEOUT") {
             self.timeout_ms = parse_ms("OTEL_EXPORTER_OTLP_TIMEOUT", &v)?;
@@ -193,8 +223,10 @@ mod tests {
                 "deployment.environment=test, team=sec",
             ),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "250"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "none"),
         ]))
         .unwrap();
+        assert_eq!(c.compression, Compression::None);
         assert!(c.active());
         assert_eq!(
             c.endpoint_for("logs").unwrap(),
@@ -218,6 +250,10 @@ mod tests {
             .apply_env(env(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "10s")]))
             .unwrap_err();
         assert!(e.to_string().contains("OTEL_EXPORTER_OTLP_TIMEOUT"), "{e}");
+        let e = c
+            .apply_env(env(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("\"zstd\""), "{e}");
         assert!(
             !TelemetryConfig::default().active(),
             "no endpoint, no export"

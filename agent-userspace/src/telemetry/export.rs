@@ -12,7 +12,9 @@ use opentelemetry::{
     trace::TraceFlags,
     InstrumentationScope,
 };
-use opentelemetry_otlp::{LogExporter, SpanExporter, WithExportConfig as _};
+use opentelemetry_otlp::{
+    LogExporter, SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig,
+};
 use opentelemetry_sdk::{
     error::OTelSdkResult,
     logs::{LogBatch, LogExporter as _, SdkLogRecord, SdkLogger, SdkLoggerProvider},
@@ -23,7 +25,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{
-    config::Protocol,
+    config::{Compression, Protocol},
     records::{any_value, describe, span_data, Described},
     TelemetryConfig, TelemetryError,
 };
@@ -57,17 +59,10 @@ impl Sink {
     pub fn logs(config: &TelemetryConfig, resource: &Resource) -> Result<Self, TelemetryError> {
         let endpoint = config.endpoint_for("logs")?;
         let mut exporter = match config.protocol {
-            Protocol::Grpc => LogExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint)
-                .with_timeout(config.timeout())
-                .build(),
-            Protocol::HttpProtobuf => LogExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(endpoint)
-                .with_timeout(config.timeout())
-                .build(),
+            Protocol::Grpc => grpc(LogExporter::builder().with_tonic(), config, endpoint).build(),
+            Protocol::HttpProtobuf => {
+                http(LogExporter::builder().with_http(), config, endpoint).build()
+            }
         }
         .map_err(|source| TelemetryError::Exporter {
             signal: "logs",
@@ -89,17 +84,10 @@ impl Sink {
     pub fn traces(config: &TelemetryConfig, resource: &Resource) -> Result<Self, TelemetryError> {
         let endpoint = config.endpoint_for("traces")?;
         let mut exporter = match config.protocol {
-            Protocol::Grpc => SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint)
-                .with_timeout(config.timeout())
-                .build(),
-            Protocol::HttpProtobuf => SpanExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(endpoint)
-                .with_timeout(config.timeout())
-                .build(),
+            Protocol::Grpc => grpc(SpanExporter::builder().with_tonic(), config, endpoint).build(),
+            Protocol::HttpProtobuf => {
+                http(SpanExporter::builder().with_http(), config, endpoint).build()
+            }
         }
         .map_err(|source| TelemetryError::Exporter {
             signal: "traces",
@@ -130,6 +118,38 @@ impl Sink {
                 exporter.export(spans).await
             }
         }
+    }
+}
+
+/// A gRPC exporter's builder with the configuration's endpoint, timeout and compression.
+pub(super) fn grpc<B: WithExportConfig + WithTonicConfig>(
+    builder: B,
+    config: &TelemetryConfig,
+    endpoint: String,
+) -> B {
+    let b = builder
+        .with_endpoint(endpoint)
+        .with_timeout(config.timeout());
+    match config.compression {
+        Compression::Gzip => b.with_compression(opentelemetry_otlp::Compression::Gzip),
+        Compression::None => b,
+    }
+}
+
+/// An HTTP/protobuf exporter's builder with the configuration's endpoint, timeout and
+/// compression.
+pub(super) fn http<B: WithExportConfig + WithHttpConfig>(
+    builder: B,
+    config: &TelemetryConfig,
+    endpoint: String,
+) -> B {
+    let b = builder
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_endpoint(endpoint)
+        .with_timeout(config.timeout());
+    match config.compression {
+        Compression::Gzip => b.with_compression(opentelemetry_otlp::Compression::Gzip),
+        Compression::None => b,
     }
 }
 

@@ -7,7 +7,7 @@
 //! [`Instruments::record_cost`], [`Instruments::record_budget`] and
 //! [`Instruments::record_latency`] (extension points).
 
-use std::sync::Arc;
+use std::{borrow::Cow, collections::HashMap, sync::Arc};
 
 use opentelemetry::{
     metrics::{Counter, Histogram, Meter},
@@ -107,38 +107,47 @@ impl Instruments {
         }
     }
 
-    /// Counts an event as it reaches the spool.
-    pub fn on_event(&self, event: &Event, now_unix_nano: u64) {
-        let queued = now_unix_nano.saturating_sub(event.time_unix_nano) as f64 / 1e9;
-        self.record_latency("queueing", queued);
-        if let EventDetail::Egress(d) = &event.detail {
-            let mut attrs = vec![
-                KeyValue::new(sc::VERDICT, d.verdict.to_string()),
-                KeyValue::new(sc::HOOK, d.hook.to_string()),
-            ];
-            if let Some(name) = event.agent_name() {
-                attrs.push(KeyValue::new(sc::GEN_AI_AGENT_NAME, name.to_owned()));
+    /// Counts events as they reach the spool: decisions by verdict, hook and agent (a
+    /// summary of repeated egress decisions with its true count), summed over the batch.
+    pub fn on_events(&self, events: &[Arc<Event>], now_unix_nano: u64) {
+        let mut decisions: HashMap<(Cow<'static, str>, Cow<'static, str>, &str), u64> =
+            HashMap::new();
+        for event in events {
+            let queued = now_unix_nano.saturating_sub(event.time_unix_nano) as f64 / 1e9;
+            self.record_latency("queueing", queued);
+            let agent = event.agent_name().unwrap_or("");
+            let decided = match &event.detail {
+                EventDetail::Egress(d) => Some((d.verdict.name(), d.hook.name(), 1)),
+                EventDetail::EgressSummary(s) => {
+                    Some((s.decision.verdict.name(), s.decision.hook.name(), s.count))
+                }
+                EventDetail::Exec(d) => Some((d.verdict.name(), d.hook.name(), 1)),
+                EventDetail::File(d) => {
+                    Some((d.verdict.name(), Cow::Owned(format!("file_{}", d.op)), 1))
+                }
+                _ => None,
+            };
+            if let Some((verdict, hook, n)) = decided {
+                *decisions.entry((verdict, hook, agent)).or_default() += n;
+                continue;
             }
-            self.decisions.add(1, &attrs);
+            self.on_other(agent, &event.detail);
         }
-        let agent = event.agent_name().unwrap_or("");
-        match &event.detail {
-            EventDetail::Exec(d) => self.decisions.add(
-                1,
-                &[
-                    KeyValue::new(sc::VERDICT, d.verdict.to_string()),
-                    KeyValue::new(sc::HOOK, d.hook.to_string()),
-                    KeyValue::new(sc::GEN_AI_AGENT_NAME, agent.to_owned()),
-                ],
-            ),
-            EventDetail::File(d) => self.decisions.add(
-                1,
-                &[
-                    KeyValue::new(sc::VERDICT, d.verdict.to_string()),
-                    KeyValue::new(sc::HOOK, format!("file_{}", d.op)),
-                    KeyValue::new(sc::GEN_AI_AGENT_NAME, agent.to_owned()),
-                ],
-            ),
+        for ((verdict, hook, agent), n) in decisions {
+            let mut attrs = vec![
+                KeyValue::new(sc::VERDICT, verdict.into_owned()),
+                KeyValue::new(sc::HOOK, hook.into_owned()),
+            ];
+            if !agent.is_empty() {
+                attrs.push(KeyValue::new(sc::GEN_AI_AGENT_NAME, agent.to_owned()));
+            }
+            self.decisions.add(n, &attrs);
+        }
+    }
+
+    /// What application and budget events feed: tokens, cost, latencies, budget use.
+    fn on_other(&self, agent: &str, detail: &EventDetail) {
+        match detail {
             EventDetail::App(crate::events::AppEvent::ModelCall {
                 input_tokens,
                 output_tokens,

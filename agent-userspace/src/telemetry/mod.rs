@@ -1,10 +1,12 @@
-//! OpenTelemetry export: every event on the bus is appended to the durable [`crate::spool`]
-//! by one writer task, and exported from there as OTLP log records and spans by one task per
-//! signal; metrics go through the SDK's periodic reader (they are cumulative, so a collector
-//! that was away gets the totals when it is back).
+//! OpenTelemetry export: every event published on the bus is appended to the durable
+//! [`crate::spool`] as part of publishing (the bus's durable sink, `sink`), and exported from
+//! there as OTLP log records and spans by one task per signal; metrics go through the SDK's
+//! periodic reader (they are cumulative, so a collector that was away gets the totals when it
+//! is back).
 //!
-//! Nothing here is in the path of enforcement or of the bus: the writer only appends to a
-//! local file, and a dead or slow collector only makes the spool grow up to its bound.
+//! Nothing here is in the path of enforcement: the sink only appends to a local file (a slow
+//! disk slows the event reader, and the kernel counts what its ring could not hold), and a
+//! dead or slow collector only makes the spool grow up to its bound.
 
 mod config;
 mod export;
@@ -12,30 +14,29 @@ pub mod metrics;
 pub mod records;
 pub mod resource;
 pub mod semconv;
+mod sink;
 
-pub use config::{Protocol, TelemetryConfig};
+pub use config::{Compression, Protocol, TelemetryConfig};
 pub use resource::Identity;
 
 use std::sync::{Arc, Mutex};
 
 use opentelemetry::metrics::MeterProvider as _;
-use opentelemetry_otlp::{MetricExporter, WithExportConfig as _};
+use opentelemetry_otlp::MetricExporter;
 use opentelemetry_sdk::{
     metrics::{periodic_reader_with_async_runtime::PeriodicReader, SdkMeterProvider},
     runtime,
 };
-use tokio::{
-    sync::{broadcast::error::RecvError, watch},
-    task::JoinHandle,
-};
-use tracing::{error, info, warn};
+use tokio::{sync::watch, task::JoinHandle};
+use tracing::info;
 
 use crate::{
-    events::{Event, EventBus},
-    spool::{now_unix_nano, Entry, Spool, SpoolConfig, SpoolError},
+    events::EventBus,
+    spool::{Spool, SpoolConfig, SpoolError},
 };
 use export::{Exporter, Sink};
 use metrics::{Instruments, Observed};
+use sink::SpoolSink;
 
 /// Why telemetry could not start.
 #[derive(Debug, thiserror::Error)]
@@ -62,8 +63,6 @@ const READERS: [&str; 2] = ["logs", "traces"];
 
 /// The running telemetry tasks.
 pub struct Telemetry {
-    stop: watch::Sender<bool>,
-    writer: JoinHandle<()>,
     exporters: Vec<JoinHandle<()>>,
     meters: SdkMeterProvider,
     /// The instruments, for producers of application events (issue 4).
@@ -71,8 +70,8 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Opens the spool, subscribes to `bus` (so call it before events are published) and
-    /// starts the writer, the exporters and the metrics.
+    /// Opens the spool, makes it `bus`'s durable sink (so call it before events are
+    /// published) and starts the exporters and the metrics.
     pub fn start(
         config: &TelemetryConfig,
         spool: &SpoolConfig,
@@ -88,17 +87,18 @@ impl Telemetry {
 
         let metrics_endpoint = config.endpoint_for("metrics")?;
         let metric_exporter = match config.protocol {
-            Protocol::Grpc => MetricExporter::builder()
-                .with_tonic()
-                .with_endpoint(metrics_endpoint)
-                .with_timeout(config.timeout())
-                .build(),
-            Protocol::HttpProtobuf => MetricExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(metrics_endpoint)
-                .with_timeout(config.timeout())
-                .build(),
+            Protocol::Grpc => export::grpc(
+                MetricExporter::builder().with_tonic(),
+                config,
+                metrics_endpoint,
+            )
+            .build(),
+            Protocol::HttpProtobuf => export::http(
+                MetricExporter::builder().with_http(),
+                config,
+                metrics_endpoint,
+            )
+            .build(),
         }
         .map_err(|source| TelemetryError::Exporter {
             signal: "metrics",
@@ -138,14 +138,12 @@ impl Telemetry {
             .stats()
             .last_seq;
         let (written, written_rx) = watch::channel(last);
-        let (stop, stop_rx) = watch::channel(false);
-        let writer = tokio::spawn(write_spool(
-            bus.subscribe(),
-            Arc::clone(&spool),
+        bus.set_durable(Arc::new(SpoolSink {
+            spool: Arc::clone(&spool),
             written,
-            stop_rx,
-            instruments.clone(),
-        ));
+            instruments: instruments.clone(),
+            unwritten: Mutex::new(0),
+        }));
         let exporters = [logs, traces]
             .into_iter()
             .map(|sink| {
@@ -170,19 +168,15 @@ impl Telemetry {
             "telemetry: exporting events over OTLP from the spool"
         );
         Ok(Self {
-            stop,
-            writer,
             exporters,
             meters,
             instruments,
         })
     }
 
-    /// Writes what the bus still holds to the spool and stops; what was not exported yet is
-    /// exported by the next daemon, from the spool.
+    /// Stops exporting; what was not exported yet is exported by the next daemon, from the
+    /// spool (every published event is already in it).
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let _ = self.writer.await;
         for e in &self.exporters {
             e.abort();
         }
@@ -195,67 +189,5 @@ impl Telemetry {
             meters.shutdown_with_timeout(std::time::Duration::from_secs(1))
         })
         .await;
-    }
-}
-
-/// Appends every event from the bus to the spool, and counts what the bus made it miss.
-async fn write_spool(
-    mut rx: tokio::sync::broadcast::Receiver<Arc<Event>>,
-    spool: Arc<Mutex<Spool>>,
-    written: watch::Sender<u64>,
-    mut stop: watch::Receiver<bool>,
-    instruments: Instruments,
-) {
-    // Events whose append failed (disk full, I/O error): counted and reported as soon as the
-    // spool takes writes again.
-    let mut unwritten: u64 = 0;
-    let mut append = |entry: Result<Arc<Event>, u64>| {
-        let mut s = spool.lock().unwrap_or_else(|p| p.into_inner());
-        if unwritten > 0 && s.record_loss(unwritten, "write_error").is_ok() {
-            unwritten = 0;
-        }
-        // Appends are small writes to a local file (page cache): cheap enough to do here,
-        // and doing them in order keeps the spool in bus order.
-        let result = match entry {
-            Ok(event) => {
-                instruments.on_event(&event, now_unix_nano());
-                s.append(Entry::Event(Box::new((*event).clone())))
-                    .map(drop)
-                    .map_err(|e| (e, 1))
-            }
-            Err(missed) => s.record_loss(missed, "bus_lag").map_err(|e| (e, missed)),
-        };
-        match result {
-            Ok(()) => {
-                let _ = written.send(s.stats().last_seq);
-            }
-            Err((e, lost)) => {
-                unwritten += lost;
-                error!(error = %e, unwritten, "telemetry: events could not be written to the spool");
-            }
-        }
-    };
-    loop {
-        tokio::select! {
-            biased;
-            received = rx.recv() => match received {
-                Ok(event) => append(Ok(event)),
-                Err(RecvError::Lagged(missed)) => {
-                    warn!(missed, "telemetry: the spool writer fell behind the event bus");
-                    append(Err(missed));
-                }
-                Err(RecvError::Closed) => return,
-            },
-            _ = stop.changed() => {
-                // Drain what was published before the stop.
-                loop {
-                    match rx.try_recv() {
-                        Ok(event) => append(Ok(event)),
-                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => append(Err(n)),
-                        Err(_) => return,
-                    }
-                }
-            }
-        }
     }
 }

@@ -19,14 +19,30 @@ pub const NODE_ID: &str = "agentcage.node.id";
 pub const K8S_NODE_NAME: &str = "k8s.node.name";
 /// SHA-256 of the policy in force when the daemon started.
 pub const POLICY_HASH: &str = "agentcage.policy.hash";
-/// The identity certificate's id (issue 4's agent credentials); empty until configured.
+/// A behavior certificate's id: on the resource when configured, and on the records of an
+/// agent while a valid certificate is in force for it.
 pub const CERTIFICATE_ID: &str = "agentcage.certificate.id";
+
+// Containers and Kubernetes (the container a caged process runs in).
+/// `container.id`.
+pub const CONTAINER_ID: &str = "container.id";
+/// `container.name`.
+pub const CONTAINER_NAME: &str = "container.name";
+/// `container.image.name`.
+pub const CONTAINER_IMAGE_NAME: &str = "container.image.name";
+/// `k8s.pod.name`.
+pub const K8S_POD_NAME: &str = "k8s.pod.name";
+/// `k8s.namespace.name`.
+pub const K8S_NAMESPACE_NAME: &str = "k8s.namespace.name";
 
 // GenAI (agents, tools, tokens).
 /// `gen_ai.agent.name`: the agent's name as the policy knows it.
 pub const GEN_AI_AGENT_NAME: &str = "gen_ai.agent.name";
-/// `gen_ai.agent.id`: the agent's identity (`agent:NAME`).
+/// `gen_ai.agent.id`: the agent's SPIFFE ID (`spiffe://TRUST_DOMAIN/agent/NAME`). Until
+/// agent identities it carried `agent:NAME`, now in [`AGENT_IDENTITY`].
 pub const GEN_AI_AGENT_ID: &str = "gen_ai.agent.id";
+/// The agent's local identity, `agent:NAME` (what events' `agent` field says).
+pub const AGENT_IDENTITY: &str = "agentcage.agent.identity";
 /// `gen_ai.operation.name` (`invoke_agent`, `execute_tool`).
 pub const GEN_AI_OPERATION_NAME: &str = "gen_ai.operation.name";
 /// `gen_ai.tool.name`.
@@ -85,7 +101,7 @@ pub const SOCKET_TYPE: &str = "agentcage.socket.type";
 pub const SESSION_ACTION: &str = "agentcage.session.action";
 /// How many events a drop record stands for.
 pub const DROPPED_COUNT: &str = "agentcage.dropped.count";
-/// Why events were dropped (`size_bound`, `bus_lag`).
+/// Why events were dropped (`size_bound`, `write_error`; `bus_lag` from earlier versions).
 pub const DROPPED_REASON: &str = "agentcage.dropped.reason";
 /// `applied` or `refused` (policy reloads).
 pub const POLICY_RESULT: &str = "agentcage.policy.result";
@@ -205,3 +221,23 @@ pub const BUDGET_VALUE: &str = "agentcage.budget.value";
 pub const BUDGET_LIMIT: &str = "agentcage.budget.limit";
 /// A temporal assertion's text.
 pub const ASSERTION: &str = "agentcage.assertion";
+/// A credential granted, refused or revoked.
+pub const EVENT_CREDENTIAL: &str = "agentcage.credential";
+/// `granted`, `refused` or `revoked`.
+pub const CREDENTIAL_ACTION: &str = "agentcage.credential.action";
+/// The method a credential is for.
+pub const CREDENTIAL_METHOD: &str = "agentcage.credential.method";
+/// The resource a credential is for.
+pub const CREDENTIAL_RESOURCE: &str = "agentcage.credential.resource";
+/// The user an agent asked on behalf of.
+pub const CREDENTIAL_ON_BEHALF_OF: &str = "agentcage.credential.on_behalf_of";
+/// A token's id.
+pub const CREDENTIAL_JTI: &str = "agentcage.credential.jti";
+/// Why a credential was refused or revoked.
+pub const CREDENTIAL_REASON: &str = "agentcage.credential.reason";
+/// Repeats of one egress decision, summarized (a flood).
+pub const EVENT_EGRESS_SUMMARY: &str = "agentcage.egress.summary";
+/// How many decisions a summary stands for (none of them was exported on its own).
+pub const SUMMARY_COUNT: &str = "agentcage.summary.count";
+/// When the first decision a summary counts was made, ns since the Unix epoch.
+pub const SUMMARY_FIRST: &str = "agentcage.summary.first_time_unix_nano";

@@ -1,14 +1,15 @@
 //! What the benchmarks share: a scratch directory, agentcaged in the background, reading a
 //! workload's figure, medians, and where cgroup v2 is mounted.
 
+use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::io::ErrorKind;
+use std::io::{BufRead as _, BufReader, ErrorKind};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::util::{capture, cargo, cmd, describe, output, repo_root, run};
 
@@ -71,6 +72,16 @@ pub(super) struct Daemon {
 impl Daemon {
     /// Builds (release) and starts agentcaged on `yaml`, parent cgroup `cgroup_name`.
     pub(super) fn start_with_policy(work: &Path, yaml: &str, cgroup_name: &str) -> Result<Self> {
+        Self::start_with_args(work, yaml, cgroup_name, &[])
+    }
+
+    /// [`Self::start_with_policy`] with more arguments for agentcaged (`--config FILE`).
+    pub(super) fn start_with_args(
+        work: &Path,
+        yaml: &str,
+        cgroup_name: &str,
+        args: &[&OsStr],
+    ) -> Result<Self> {
         run(cargo().args(["build", "--release", "--bins", "-p", "agent-userspace"]))?;
         let bin = repo_root().join("target/release");
         let policy = work.join("bench-policy.yaml");
@@ -89,6 +100,7 @@ impl Daemon {
             .arg("--snapshot-dir")
             .arg(work.join("snapshots"))
             .args(["--cgroup-name", cgroup_name])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
@@ -164,6 +176,11 @@ impl Daemon {
         &self.sock
     }
 
+    /// The daemon's process id.
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `agentcage run --agent bench -- ARGV`.
     pub(super) fn run_cmd(&self, argv: &[String]) -> Command {
         let mut c = self.cli_cmd();
@@ -198,6 +215,28 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The argv of a command, for `agentcage run -- ARGV`.
+pub(super) fn argv(c: &Command) -> Vec<String> {
+    std::iter::once(c.get_program())
+        .chain(c.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Starts a holder (`xtask __hold`) and waits for its `ready`.
+pub(super) fn spawn_ready(mut c: Command) -> Result<Child> {
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the holder")?;
+    let out = child.stdout.take().context("holder stdout")?;
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line)?;
+    ensure!(line.trim() == "ready", "the holder said {line:?}");
+    Ok(child)
 }
 
 pub(super) fn make_dir(dir: &Path) -> Result<()> {

@@ -13,14 +13,16 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 
-use super::common::{cgroup2_mount, make_dir, median, Daemon, WorkDir, AGENT, POLL};
+use super::common::{
+    argv, cgroup2_mount, make_dir, median, spawn_ready, Daemon, WorkDir, AGENT, POLL,
+};
 use crate::{setup::run_setup, util::require_root};
 
 /// The daemon's parent cgroup, apart from any real one.
@@ -165,28 +167,6 @@ fn report(n: usize, ours: &[Timing], base: &[Timing]) {
         Some(ms) => println!("   target < {ms} ms: {}", verdict(empty < ms)),
         None => println!(),
     }
-}
-
-/// The argv of a command, for `agentcage run -- ARGV`.
-fn argv(c: &Command) -> Vec<String> {
-    std::iter::once(c.get_program())
-        .chain(c.get_args())
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect()
-}
-
-/// Starts the holder and waits for its `ready`.
-fn spawn_ready(mut c: Command) -> Result<Child> {
-    let mut child = c
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting the holder")?;
-    let out = child.stdout.take().context("holder stdout")?;
-    let mut line = String::new();
-    BufReader::new(out).read_line(&mut line)?;
-    ensure!(line.trim() == "ready", "the holder said {line:?}");
-    Ok(child)
 }
 
 fn reap(mut child: Child) -> Result<()> {

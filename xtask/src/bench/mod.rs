@@ -4,6 +4,7 @@
 pub mod capture;
 mod common;
 pub mod egress;
+pub mod events;
 pub mod kill;
 
 use anyhow::Result;
@@ -20,6 +21,10 @@ pub enum Bench {
     /// is empty, beside the same processes frozen and killed by the cgroup files directly
     /// (root).
     Kill(kill::KillArgs),
+    /// Events under load: distinct events per second into the spool with nothing lost, the
+    /// daemon's CPU per thousand, spool bytes per event, a 1,000,000-denial flood, and the
+    /// OTLP export rate to a local Rotel (root).
+    Events(events::EventsArgs),
 }
 
 pub fn run_bench(bench: Bench) -> Result<()> {
@@ -27,5 +32,6 @@ pub fn run_bench(bench: Bench) -> Result<()> {
         Bench::Egress(args) => egress::bench_egress(&args),
         Bench::Capture(args) => capture::bench_capture(&args),
         Bench::Kill(args) => kill::bench_kill(&args),
+        Bench::Events(args) => events::bench_events(&args),
     }
 }

@@ -140,6 +140,16 @@ pub struct Binary {
     pub exit: Option<i32>,
 }
 
+/// One step's (a command run before the tests) output as the console told it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct StepOutput {
+    pub name: String,
+    /// Its lines, as printed.
+    pub lines: Vec<String>,
+    /// Its exit status.
+    pub exit: Option<i32>,
+}
+
 /// What one boot's console said.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -150,6 +160,8 @@ pub struct Report {
     pub kernel: Option<String>,
     /// Executables in the order they started; the last may still be running.
     pub binaries: Vec<Binary>,
+    /// Steps in the order they started; the last may still be running.
+    pub steps: Vec<StepOutput>,
     /// /init reached its end.
     pub done: bool,
     /// Reasons for failing that are not a test's.
@@ -173,25 +185,52 @@ impl Report {
                     ..Binary::default()
                 }),
                 "exit" => {
-                    let (name, code) = arg.rsplit_once(' ').unwrap_or((arg, ""));
-                    match self.binaries.last_mut() {
-                        Some(b) if b.name == name && b.exit.is_none() => {
-                            b.exit = code.parse().ok();
-                        }
-                        _ => self
-                            .problems
-                            .push(format!("an exit marker for {name} that never started")),
-                    }
+                    let last = self
+                        .binaries
+                        .last_mut()
+                        .map(|b| (b.name.as_str(), &mut b.exit));
+                    close(&mut self.problems, last, arg, "");
+                }
+                "step" => self.steps.push(StepOutput {
+                    name: arg.to_owned(),
+                    ..StepOutput::default()
+                }),
+                "step-exit" => {
+                    let last = self
+                        .steps
+                        .last_mut()
+                        .map(|st| (st.name.as_str(), &mut st.exit));
+                    close(&mut self.problems, last, arg, "step ");
                 }
                 "done" => self.done = true,
                 "fatal" => self.problems.push(format!("/init failed: {arg}")),
                 _ => self.problems.push(format!("unknown marker line: {line}")),
             }
+        } else if let Some(st) = self.steps.last_mut().filter(|st| st.exit.is_none()) {
+            st.lines.push(line.to_owned());
         } else if let Some(rest) = line.trim_start().strip_prefix("test result: ") {
             if let Some(b) = self.binaries.last_mut().filter(|b| b.exit.is_none()) {
                 b.summary = Some((count(rest, " passed"), count(rest, " failed")));
             }
         }
+    }
+}
+
+/// Reads an exit marker's `NAME CODE` into the exit status of `last` (the executable or step
+/// that started last, with its name), which must be NAME and still running; a stray marker
+/// is a problem.
+fn close(
+    problems: &mut Vec<String>,
+    last: Option<(&str, &mut Option<i32>)>,
+    arg: &str,
+    what: &str,
+) {
+    let (name, code) = arg.rsplit_once(' ').unwrap_or((arg, ""));
+    match last {
+        Some((started, exit)) if started == name && exit.is_none() => *exit = code.parse().ok(),
+        _ => problems.push(format!(
+            "an exit marker for {what}{name} that never started"
+        )),
     }
 }
 
@@ -204,10 +243,24 @@ pub struct Verdict {
     pub errors: Vec<String>,
 }
 
+/// What a boot must show.
+pub struct Expect<'a> {
+    /// The boot /init must run.
+    pub boot: &'a str,
+    /// How `uname -r` must begin.
+    pub release: &'a str,
+    /// Whether BPF LSM must be active.
+    pub bpf_lsm: bool,
+    /// The steps it runs, in order; each must exit 0.
+    pub steps: &'a [&'a str],
+    /// The test targets it runs, in order.
+    pub tests: &'a [&'a str],
+}
+
 impl Report {
-    /// Judges the report: `expected` are the test targets the boot should have run, in order,
-    /// and `bpf_lsm` whether BPF LSM must be active.
-    pub fn verdict(&self, expected: &[&str], boot: &str, bpf_lsm: bool) -> Verdict {
+    /// Judges the report against what the boot must show.
+    pub fn verdict(&self, e: &Expect<'_>) -> Verdict {
+        let (expected, boot, bpf_lsm) = (e.tests, e.boot, e.bpf_lsm);
         let mut v = Verdict::default();
         let error = |v: &mut Verdict, e: String| {
             v.failed += 1;
@@ -241,6 +294,29 @@ impl Report {
                         ),
                     );
                 }
+            }
+        }
+        match &self.kernel {
+            Some(k) if !k.starts_with(e.release) => error(
+                &mut v,
+                format!("the VM runs kernel {k}, not {}*", e.release),
+            ),
+            None if self.boot.is_some() => {
+                error(&mut v, "/init did not report the kernel".to_owned());
+            }
+            _ => {}
+        }
+        for (i, name) in e.steps.iter().enumerate() {
+            match self.steps.get(i).filter(|st| st.name == *name) {
+                Some(StepOutput { exit: Some(0), .. }) => {}
+                Some(StepOutput {
+                    exit: Some(code), ..
+                }) => error(&mut v, format!("step {name}: exited with {code}")),
+                Some(_) => error(&mut v, format!("step {name}: did not finish")),
+                None if self.boot.is_some() => {
+                    error(&mut v, format!("step {name}: never started"));
+                }
+                None => {}
             }
         }
         for (i, name) in expected.iter().enumerate() {
@@ -296,7 +372,7 @@ impl Report {
 mod tests {
     use std::time::Duration;
 
-    use super::{plain, Report};
+    use super::{plain, Expect, Report};
 
     fn report(lines: &[&str]) -> Report {
         let mut r = Report::default();
@@ -306,10 +382,23 @@ mod tests {
         r
     }
 
+    fn expect<'a>(tests: &'a [&'a str], boot: &'a str, bpf_lsm: bool) -> Expect<'a> {
+        Expect {
+            boot,
+            release: "6.1.",
+            bpf_lsm,
+            steps: &["doctor"],
+            tests,
+        }
+    }
+
     const GOOD: &[&str] = &[
         "@@vmtest boot deny",
         "@@vmtest kernel 6.1.0-28-cloud-amd64",
         "@@vmtest lsm lockdown,capability,landlock,yama,apparmor,tomoyo,bpf",
+        "@@vmtest step doctor",
+        "kernel            6.1.0-28-cloud-amd64",
+        "@@vmtest step-exit doctor 0",
         "@@vmtest start egress",
         "running 3 tests",
         "test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 9.1s",
@@ -319,14 +408,14 @@ mod tests {
 
     #[test]
     fn a_clean_boot_passes() {
-        let v = report(GOOD).verdict(&["egress"], "deny", true);
+        let v = report(GOOD).verdict(&expect(&["egress"], "deny", true));
         assert_eq!((v.passed, v.failed), (3, 0), "{:?}", v.errors);
         assert!(v.errors.is_empty());
     }
 
     #[test]
     fn a_wrong_lsm_list_fails() {
-        let v = report(GOOD).verdict(&["egress"], "deny", false);
+        let v = report(GOOD).verdict(&expect(&["egress"], "deny", false));
         assert_eq!(v.failed, 1);
         assert!(v.errors[0].contains("inactive"), "{:?}", v.errors);
     }
@@ -334,36 +423,57 @@ mod tests {
     #[test]
     fn failing_tests_are_counted() {
         let mut lines = GOOD.to_vec();
-        lines[5] = "test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured";
-        lines[6] = "@@vmtest exit egress 101";
-        let v = report(&lines).verdict(&["egress"], "deny", true);
+        lines[8] = "test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured";
+        lines[9] = "@@vmtest exit egress 101";
+        let v = report(&lines).verdict(&expect(&["egress"], "deny", true));
         assert_eq!((v.passed, v.failed), (2, 1));
     }
 
     #[test]
     fn a_crash_without_summary_is_a_failure() {
         let mut lines = GOOD.to_vec();
-        lines.remove(5);
-        lines[5] = "@@vmtest exit egress 134";
-        let v = report(&lines).verdict(&["egress"], "deny", true);
+        lines.remove(8);
+        lines[8] = "@@vmtest exit egress 134";
+        let v = report(&lines).verdict(&expect(&["egress"], "deny", true));
         assert_eq!((v.passed, v.failed), (0, 1));
         assert!(v.errors[0].contains("134"), "{:?}", v.errors);
     }
 
     #[test]
     fn a_timeout_or_a_missing_target_fails() {
-        let mut r = report(&GOOD[..5]);
+        let mut r = report(&GOOD[..8]);
         r.timed_out = Some(Duration::from_secs(300));
-        let v = r.verdict(&["egress", "kill_tier"], "deny", true);
+        let v = r.verdict(&expect(&["egress", "kill_tier"], "deny", true));
         assert_eq!(v.failed, 2, "{:?}", v.errors);
         assert!(v.errors[0].contains("still running at the 300s timeout"));
         assert!(v.errors[1].contains("kill_tier: never started"));
     }
 
     #[test]
+    fn steps_are_collected_and_judged() {
+        let r = report(GOOD);
+        assert_eq!(r.steps.len(), 1);
+        assert_eq!(r.steps[0].lines, ["kernel            6.1.0-28-cloud-amd64"]);
+        let mut lines = GOOD.to_vec();
+        lines[5] = "@@vmtest step-exit doctor 1";
+        let v = report(&lines).verdict(&expect(&["egress"], "deny", true));
+        assert_eq!(v.failed, 1, "{:?}", v.errors);
+        assert!(v.errors[0].contains("step doctor: exited with 1"));
+    }
+
+    #[test]
+    fn another_kernel_than_claimed_fails() {
+        let mut e = expect(&["egress"], "deny", true);
+        e.release = "5.10.";
+        let v = report(GOOD).verdict(&e);
+        assert_eq!(v.failed, 1, "{:?}", v.errors);
+        assert!(v.errors[0].contains("not 5.10.*"), "{:?}", v.errors);
+    }
+
+    #[test]
     fn a_boot_that_never_reached_init_fails() {
         let r = report(&["Kernel panic - not syncing: VFS: Unable to mount root fs"]);
-        let v = r.verdict(&["egress"], "kill", false);
+        let v = r.verdict(&expect(&["egress"], "kill", false));
         assert!(v.failed >= 1);
         assert!(v.errors[0].contains("never reached"), "{:?}", v.errors);
     }

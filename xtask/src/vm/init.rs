@@ -26,11 +26,24 @@ pub struct Run<'a> {
     pub exe: &'a Path,
 }
 
+/// A command /init runs before the tests, its output printed between markers (collected by
+/// [`super::console`]).
+pub struct StepRun<'a> {
+    pub name: &'a str,
+    /// The `agentcage` CLI and its arguments.
+    pub argv: Vec<String>,
+    /// Whether `agentcaged` runs meanwhile (started before, on [`POLICY`], stopped after).
+    pub daemon: bool,
+}
+
 /// One boot's part of /init.
 pub struct BootScript<'a> {
-    pub name: &'a str,
-    pub env: &'a [(&'a str, &'a str)],
+    pub name: String,
+    pub env: Vec<(&'a str, String)>,
+    pub steps: Vec<StepRun<'a>>,
     pub runs: Vec<Run<'a>>,
+    /// Extra arguments for this boot's test executables (its skip list).
+    pub args: Vec<String>,
 }
 
 /// How the test executables run in every boot.
@@ -42,7 +55,17 @@ pub struct TestRun<'a> {
     pub test_threads: u32,
     /// Extra arguments for every executable.
     pub args: &'a [String],
+    /// The daemon the steps start.
+    pub agentcaged: &'a Path,
 }
+
+/// The policy of the daemon that steps run beside: no agents (the steps look at the kernel
+/// and the daemon's hooks, not at cages).
+pub const POLICY: &str = "/vmtest/policy.yaml";
+
+/// Seconds a step's daemon may take to answer (loading the programs under emulation takes
+/// up to a minute on a loaded machine).
+const DAEMON_READY_SECS: u32 = 300;
 
 /// The /init script for all boots.
 pub fn script(boots: &[BootScript<'_>], run: &TestRun<'_>) -> String {
@@ -90,8 +113,41 @@ echo "{MARKER} boot $boot"
 echo "{MARKER} kernel $(uname -r)"
 echo "{MARKER} lsm $(cat /sys/kernel/security/lsm)"
 must cd {cwd}
+
+# step NAME DAEMON(0|1) CLI ARGS...: runs `CLI ARGS...` between step markers; with DAEMON 1
+# beside an agentcaged on {POLICY}, waited for (its status answers) with a deadline.
+step() {{
+    name=$1; daemon=$2; cli=$3; shift 3
+    pid=
+    if [ "$daemon" = 1 ]; then
+        {agentcaged} --policy {POLICY} >/tmp/vmtest-agentcaged.log 2>&1 &
+        pid=$!
+        i=0
+        until "$cli" status >/dev/null 2>&1 || ! kill -0 $pid 2>/dev/null \
+            || [ $i -ge {DAEMON_READY_SECS} ]; do
+            sleep 1
+            i=$((i + 1))
+        done
+    fi
+    echo "{MARKER} step $name"
+    failed=0
+    if [ -n "$pid" ] && ! "$cli" status >/dev/null 2>&1; then
+        echo "agentcaged did not answer within {DAEMON_READY_SECS}s; its log:"
+        cat /tmp/vmtest-agentcaged.log
+        failed=1
+    fi
+    "$cli" "$@"
+    rc=$?
+    [ $failed = 1 ] && rc=1
+    if [ -n "$pid" ]; then
+        kill $pid 2>/dev/null
+        wait $pid
+    fi
+    echo "{MARKER} step-exit $name $rc"
+}}
 "#,
         cwd = quote(&run.cwd.to_string_lossy()),
+        agentcaged = quote(&run.agentcaged.to_string_lossy()),
     ));
     for (k, v) in run.env {
         writeln!(s, "export {k}={}", quote(v)).unwrap();
@@ -99,9 +155,16 @@ must cd {cwd}
     s.push('\n');
     s.push_str("case \"$boot\" in\n");
     for boot in boots {
-        writeln!(s, "{})", quote(boot.name)).unwrap();
-        for (k, v) in boot.env {
+        writeln!(s, "{})", quote(&boot.name)).unwrap();
+        for (k, v) in &boot.env {
             writeln!(s, "    export {k}={}", quote(v)).unwrap();
+        }
+        for st in &boot.steps {
+            write!(s, "    step {} {}", st.name, u8::from(st.daemon)).unwrap();
+            for a in &st.argv {
+                write!(s, " {}", quote(a)).unwrap();
+            }
+            s.push('\n');
         }
         for exe in &boot.runs {
             writeln!(s, "    echo \"{MARKER} start {}\"", exe.name).unwrap();
@@ -112,7 +175,7 @@ must cd {cwd}
                 run.test_threads
             )
             .unwrap();
-            for a in run.args {
+            for a in run.args.iter().chain(&boot.args) {
                 write!(s, " {}", quote(a)).unwrap();
             }
             s.push('\n');
@@ -135,7 +198,7 @@ fn quote(s: &str) -> String {
 mod tests {
     use std::path::Path;
 
-    use super::{quote, script, BootScript, Run, TestRun};
+    use super::{quote, script, BootScript, Run, StepRun, TestRun};
 
     #[test]
     fn quotes_for_the_shell() {
@@ -144,14 +207,20 @@ mod tests {
     }
 
     #[test]
-    fn runs_each_boots_tests_between_markers() {
+    fn runs_each_boots_steps_and_tests_between_markers() {
         let boots = [BootScript {
-            name: "deny",
-            env: &[("AGENTCAGE_EXPECT_TIER", "deny")],
+            name: "6.1/deny".to_owned(),
+            env: vec![("AGENTCAGE_EXPECT_TIER", "deny".to_owned())],
+            steps: vec![StepRun {
+                name: "doctor",
+                argv: vec!["/r/target/debug/agentcage".into(), "doctor".into()],
+                daemon: true,
+            }],
             runs: vec![Run {
                 name: "egress",
                 exe: Path::new("/r/target/debug/deps/egress-1"),
             }],
+            args: vec!["--skip".into(), "slow".into()],
         }];
         let s = script(
             &boots,
@@ -160,15 +229,21 @@ mod tests {
                 env: &[("AGENTCAGE_TEST_DEADLINE_SECS", "60")],
                 test_threads: 2,
                 args: &["udp".into()],
+                agentcaged: Path::new("/r/target/debug/agentcaged"),
             },
         );
         assert!(s.starts_with("#!/bin/busybox sh\n"));
-        let expected = "'deny')\n    export AGENTCAGE_EXPECT_TIER='deny'\n    \
+        let expected = "'6.1/deny')\n    export AGENTCAGE_EXPECT_TIER='deny'\n    \
+                        step doctor 1 '/r/target/debug/agentcage' 'doctor'\n    \
                         echo \"@@vmtest start egress\"\n    \
-                        '/r/target/debug/deps/egress-1' --test-threads=2 'udp'\n    \
+                        '/r/target/debug/deps/egress-1' --test-threads=2 'udp' '--skip' 'slow'\n    \
                         echo \"@@vmtest exit egress $?\"\n    ;;\n";
         assert!(s.contains(expected), "{s}");
         assert!(s.contains("must cd '/r/agent-userspace'"), "{s}");
+        assert!(
+            s.contains("'/r/target/debug/agentcaged' --policy /vmtest/policy.yaml"),
+            "{s}"
+        );
         assert!(
             s.contains("\nexport AGENTCAGE_TEST_DEADLINE_SECS='60'\n"),
             "{s}"

@@ -1,6 +1,6 @@
-//! The application socket: application events only, each from a process inside the cage it
-//! speaks for (checked on every message, by the sender's pid as the kernel reported it at
-//! connect time).
+//! The application socket: application events and credential requests, each from a process
+//! inside the cage it speaks for (checked on every message, by the sender's pid as the
+//! kernel reported it at connect time).
 
 use std::sync::Arc;
 
@@ -10,6 +10,7 @@ use tracing::warn;
 use super::{next_line, send, Line, Shared, MAX_REQUEST};
 use crate::{
     control::app::{sender_agent, start_time, AppMessage, AppReply},
+    control::credential::{CredentialMessage, CredentialReply},
     control::Peer,
 };
 
@@ -28,7 +29,16 @@ pub async fn serve_app(shared: Arc<Shared>, stream: UnixStream) {
     let mut reader = BufReader::new(read);
     // The sender's cage, from the start: a connection from outside every cage is refused at
     // once, and each cage holds only its own share of connections.
-    let cage = sender_agent(shared.state().root(), &peer, started, None);
+    let cage = {
+        let state = shared.state();
+        sender_agent(
+            state.root(),
+            |cgroup| state.container_agent(cgroup),
+            &peer,
+            started,
+            None,
+        )
+    };
     let _slot = match cage.map(|agent| (shared.app_share.take(&agent), agent)) {
         Ok((Some(slot), _)) => slot,
         Ok((None, agent)) => {
@@ -57,6 +67,13 @@ pub async fn serve_app(shared: Arc<Shared>, stream: UnixStream) {
                 break;
             }
         };
+        if let Some(message) = CredentialMessage::parse(&line) {
+            let reply = credential(&shared, &peer, started, message);
+            if send(&mut write, &reply).await.is_err() {
+                break;
+            }
+            continue;
+        }
         let reply = match serde_json::from_str::<AppMessage>(&line) {
             // The stream is not this protocol: answer once and close.
             Err(e) => {
@@ -66,7 +83,14 @@ pub async fn serve_app(shared: Arc<Shared>, stream: UnixStream) {
             }
             Ok(msg) => {
                 let mut state = shared.state();
-                match sender_agent(state.root(), &peer, started, msg.agent.as_deref()) {
+                let agent = sender_agent(
+                    state.root(),
+                    |cgroup| state.container_agent(cgroup),
+                    &peer,
+                    started,
+                    msg.agent.as_deref(),
+                );
+                match agent {
                     Err(message) => {
                         warn!(pid = peer.pid, uid = peer.uid, "{message}");
                         AppReply::Error { message }
@@ -78,5 +102,33 @@ pub async fn serve_app(shared: Arc<Shared>, stream: UnixStream) {
         if send(&mut write, &reply).await.is_err() {
             break;
         }
+    }
+}
+
+/// Answers a credential request: who asks is the sender's cage, as for events.
+fn credential(
+    shared: &Shared,
+    peer: &Peer,
+    started: Option<u64>,
+    message: Result<CredentialMessage, String>,
+) -> CredentialReply {
+    let message = match message {
+        Ok(m) => m,
+        Err(message) => return CredentialReply::Error { message },
+    };
+    let mut state = shared.state();
+    let agent = sender_agent(
+        state.root(),
+        |cgroup| state.container_agent(cgroup),
+        peer,
+        started,
+        message.agent.as_deref(),
+    );
+    match agent {
+        Err(message) => {
+            warn!(pid = peer.pid, uid = peer.uid, "{message}");
+            CredentialReply::Error { message }
+        }
+        Ok(agent) => state.on_credential_request(&agent, peer.pid, &message.credential),
     }
 }

@@ -4,9 +4,9 @@
 use std::{os::fd::OwnedFd, sync::Arc};
 
 use tokio::{
-    io::BufReader,
+    io::{AsyncWriteExt as _, BufReader},
     net::{unix::OwnedWriteHalf, UnixStream},
-    sync::broadcast::error::RecvError,
+    sync::broadcast::error::{RecvError, TryRecvError},
 };
 use tracing::{debug, info, warn};
 
@@ -14,6 +14,7 @@ use super::{contain, next_line, send, send_with_fd, Line, Shared, MAX_REQUEST};
 use crate::{
     control::{Peer, Request, Response},
     daemon::state::StateError,
+    events::Event,
 };
 
 /// Serves one connection until the client goes away.
@@ -104,7 +105,7 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream) {
 
 /// Why a peer inside a cage (or one whose cgroup cannot be read) is refused, if it is.
 fn caged_peer(shared: &Shared, peer: &Peer) -> Option<String> {
-    let message = match shared.state().root().holds_pid(peer.pid) {
+    let message = match shared.state().holds_pid(peer.pid) {
         Ok(false) => return None,
         Ok(true) => format!(
             "refused: process {} is inside an agentcage cage, and caged processes may not use \
@@ -176,6 +177,30 @@ fn handle(
         Request::Adopt { agent, pid } => state
             .move_into(&agent, pid, peer.uid, true)
             .map(|cgroup| Response::Adopted { agent, pid, cgroup }),
+        Request::ContainerPrepare { agent } => {
+            state
+                .container_prepare(&agent)
+                .map(|(raw_sockets, app_socket)| Response::ContainerPrepared {
+                    policy_hash: state.policy().hash().to_owned(),
+                    agent,
+                    raw_sockets,
+                    app_socket,
+                })
+        }
+        // Only root may make a cgroup it did not make a cage (the engine's runtime is root).
+        Request::ContainerCage { .. } if peer.uid != 0 => Err(StateError::Usage(
+            "only root (a container engine's runtime) may cage containers".into(),
+        )),
+        Request::ContainerCage {
+            agent,
+            pid,
+            container,
+        } => {
+            let id = container.id.clone();
+            state
+                .cage_container(&agent, pid, container)
+                .map(|cgroup| Response::ContainerCaged { agent, id, cgroup })
+        }
         Request::Status {} => Ok(Response::Status(state.status())),
         Request::Reload {} => state.reload().map(|p| Response::Reloaded {
             source: p.source().to_owned(),
@@ -232,6 +257,12 @@ fn handle(
         Request::Deny { id } => state
             .deny(id, &who(peer))
             .map(|request| Response::Approval { request }),
+        r @ (Request::Agents {}
+        | Request::Keys {}
+        | Request::KeysRotate {}
+        | Request::CertSign { .. }
+        | Request::Credentials {}
+        | Request::Revoke { .. }) => super::identity::handle(&mut state, &who(peer), r),
     };
     result.unwrap_or_else(|e| {
         warn!(error = %e, uid = peer.uid, pid = peer.pid, "request refused");
@@ -280,16 +311,33 @@ async fn stream_events(shared: &Shared, write: &mut OwnedWriteHalf, follow: bool
     if send(write, &Response::Subscribed).await.is_err() {
         return false;
     }
+    // What has arrived is written together: one write for a burst, not one per event.
+    let event = |event: Arc<Event>| Response::Event {
+        event: Arc::unwrap_or_clone(event),
+    };
+    let mut lines = Vec::new();
     loop {
-        let response = match rx.recv().await {
-            Ok(event) => Response::Event {
-                event: (*event).clone(),
-            },
+        let mut batch = match rx.recv().await {
+            Ok(e) => vec![event(e)],
             // A slow reader is told exactly how many it missed.
-            Err(RecvError::Lagged(count)) => Response::Lost { count },
+            Err(RecvError::Lagged(count)) => vec![Response::Lost { count }],
             Err(RecvError::Closed) => return false,
         };
-        if send(write, &response).await.is_err() {
+        while batch.len() < 256 {
+            match rx.try_recv() {
+                Ok(e) => batch.push(event(e)),
+                Err(TryRecvError::Lagged(count)) => batch.push(Response::Lost { count }),
+                Err(_) => break,
+            }
+        }
+        lines.clear();
+        for r in &batch {
+            if serde_json::to_writer(&mut lines, r).is_err() {
+                return false;
+            }
+            lines.push(b'\n');
+        }
+        if write.write_all(&lines).await.is_err() {
             return false;
         }
     }

@@ -6,6 +6,7 @@
 mod app;
 mod contain;
 mod control;
+mod identity;
 mod share;
 
 pub use app::serve_app;

@@ -60,16 +60,25 @@ pub enum StateError {
         /// Why.
         why: String,
     },
-    /// The agent's policy needs the deny tier and this kernel gives only the kill tier.
+    /// A container may not be caged as it is.
+    #[error("refused to cage container {id}: {why}")]
+    Container {
+        /// The container's id.
+        id: String,
+        /// Why.
+        why: String,
+    },
+    /// The agent's policy has rules this kernel cannot enforce (the kill tier, or a deny
+    /// tier without a hook they need).
     #[error(
-        "refused to start agent {agent:?}: its policy needs the deny tier ({needs}), but this \
-         kernel cannot refuse operations: {missing}. Run it on a kernel with BPF LSM active \
-         (see `agentcage doctor`), or remove {needs} from its policy"
+        "refused to start agent {agent:?}: its policy has {needs}, which this kernel cannot \
+         enforce: {missing}. Run it on a kernel that can (see `agentcage doctor`), or remove \
+         {needs} from its policy"
     )]
     TierUnavailable {
         /// The agent.
         agent: String,
-        /// What in its policy needs the deny tier.
+        /// What in its policy cannot be enforced.
         needs: String,
         /// What the kernel lacks.
         missing: String,
@@ -135,6 +144,20 @@ pub enum StateError {
     /// A recording the policy requires could not be made.
     #[error(transparent)]
     Recording(#[from] crate::recording::RecordingError),
+    /// The node's keys or the revocations could not be read or written.
+    #[error(transparent)]
+    Credential(crate::credentials::CredentialError),
+    /// The agent needs a valid behavior certificate and has none.
+    #[error(
+        "refused to start agent {agent:?}: its policy requires a behavior certificate \
+         (certificate: required) valid for the policy in force, and {reason}"
+    )]
+    Certificate {
+        /// The agent.
+        agent: String,
+        /// What is wrong with its certificate.
+        reason: String,
+    },
     /// Watching a cage for emptiness failed.
     #[error("watching {path}: {source}")]
     Watch {

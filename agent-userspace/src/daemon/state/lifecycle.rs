@@ -20,7 +20,12 @@ impl State {
     /// Installs the kernel state for a cage directory; `strict` refuses agents the policy
     /// does not name (new cages), otherwise they are caged with nothing allowed (cages found
     /// from an earlier daemon, whose processes must never run unrestricted).
-    fn install(&mut self, agent: &str, dir: CgroupDir, strict: bool) -> Result<(), StateError> {
+    pub(super) fn install(
+        &mut self,
+        agent: &str,
+        dir: CgroupDir,
+        strict: bool,
+    ) -> Result<(), StateError> {
         let policy = Arc::clone(&self.policy);
         let compiled = self.compile_for(&policy, agent, strict, !strict, CageMode::default())?;
         let cgroup_id = dir.id()?;
@@ -49,6 +54,7 @@ impl State {
                 .and_then(|pids| self.users.of_processes(agent, &pids))
         };
         let now = crate::clock::boot_ns();
+        let certificate = self.certificate_for(agent, false)?;
         let agent_policy = self.policy.agent(agent);
         self.containment.start(agent);
         self.budgets.start(agent, now);
@@ -64,6 +70,7 @@ impl State {
                 holds: 0,
                 watch,
                 started_unix_nano: crate::clock::now_unix_nano(),
+                certificate,
                 dynamic,
                 joiners: HashMap::new(),
             },
@@ -94,7 +101,7 @@ impl State {
     }
 
     /// The cage of `agent`, created (and enforced) if it does not exist yet.
-    fn ensure_cage(&mut self, agent: &str) -> Result<&Cage, StateError> {
+    pub(super) fn ensure_cage(&mut self, agent: &str) -> Result<&Cage, StateError> {
         if self.stopping {
             return Err(StateError::Stopping);
         }
@@ -150,13 +157,19 @@ impl State {
 
     /// Creates the cage if needed and holds it until [`Self::release`], granting the account
     /// the agent runs as (`requested` is `agentcage run --user`, `caller` the client's uid).
+    /// An agent whose policy requires a behavior certificate is refused without a valid one.
     pub fn hold(
         &mut self,
         agent: &str,
         requested: Option<&str>,
         caller: u32,
     ) -> Result<Held, StateError> {
+        validate_agent_name(agent)?;
+        let certificate = self.certificate_for(agent, true)?;
         self.ensure_cage(agent)?;
+        if let Some(cage) = self.registry.get_mut(agent) {
+            cage.certificate = certificate;
+        }
         let raw_sockets = self
             .policy
             .agent(agent)
@@ -190,7 +203,7 @@ impl State {
     }
 
     /// Whether the agent's policy requires its sessions to be recorded.
-    fn requires_recording(&self, agent: &str) -> bool {
+    pub(super) fn requires_recording(&self, agent: &str) -> bool {
         self.policy
             .agent(agent)
             .is_some_and(|p| p.record == crate::policy::Record::Always)
@@ -200,13 +213,21 @@ impl State {
     /// it is empty.
     pub fn release(&mut self, agent: &str, joiner: crate::accounts::Joiner) {
         if let Some(cage) = self.registry.get_mut(agent) {
-            cage.holds = cage.holds.saturating_sub(1);
             if let Some(n) = cage.joiners.get_mut(&joiner) {
                 *n -= 1;
                 if *n == 0 {
                     cage.joiners.remove(&joiner);
                 }
             }
+        }
+        self.drop_hold(agent);
+    }
+
+    /// Drops one hold (a run's or a container's); removes the cage if nothing holds it and
+    /// it is empty.
+    pub(super) fn drop_hold(&mut self, agent: &str) {
+        if let Some(cage) = self.registry.get_mut(agent) {
+            cage.holds = cage.holds.saturating_sub(1);
         }
         self.remove_if_idle(agent);
     }
@@ -243,6 +264,7 @@ impl State {
         if adopting {
             self.check_cageable(agent, pid, adopting)?;
             self.check_adoptable(agent, pid, owner)?;
+            self.certificate_for(agent, true)?;
         } else {
             self.check_joiner(agent, pid)?;
             self.check_cageable(agent, pid, adopting)?;
@@ -280,7 +302,7 @@ impl State {
             return refuse("it is a kernel thread".into());
         }
         // A process whose cgroup cannot be read is refused too: fail closed.
-        if self.root.holds_pid(pid).unwrap_or(true) {
+        if self.holds_pid(pid).unwrap_or(true) {
             return refuse("it is in a cage already; an agent does not change cages".into());
         }
         let raw_sockets = self
@@ -328,6 +350,9 @@ impl State {
 
     /// A cage's cgroup.events changed: remove the cage if it emptied and nothing holds it.
     pub fn on_watch(&mut self, watch: WatchDescriptor) {
+        if self.on_container_watch(watch) {
+            return;
+        }
         if let Some(agent) = self.registry.watched(watch).map(str::to_owned) {
             self.remove_if_idle(&agent);
         }
@@ -345,6 +370,8 @@ impl State {
             warn!(agent, error = %e, "cage not removed");
             return;
         }
+        // Tokens die with the session that asked for them.
+        self.revoke_live(agent, "session ended");
         self.publish_session(agent, SessionAction::End);
         if let Some(cage) = self.registry.remove(agent) {
             let _ = self.inotify.rm_watch(cage.watch);
@@ -365,8 +392,14 @@ impl State {
     /// that still hold processes.
     pub fn shutdown(&mut self) -> Vec<String> {
         self.stopping = true;
+        // Containers keep their agent's cage: their pins go on enforcing its slot.
+        let holds: HashMap<u32, usize> = self
+            .registry
+            .iter()
+            .map(|(_, c)| (c.agent_id, self.container_holds(c.agent_id)))
+            .collect();
         for (_, cage) in self.registry.iter_mut() {
-            cage.holds = 0;
+            cage.holds = holds.get(&cage.agent_id).copied().unwrap_or(0);
         }
         self.tidy();
         self.registry.names_of_cages()

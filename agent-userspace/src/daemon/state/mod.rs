@@ -8,8 +8,10 @@
 //! interleave; nothing slow runs under it (snapshots are written by the containment worker,
 //! binary hashes by the event reader).
 
+mod containers;
 mod enforce;
 mod error;
+mod inventory;
 mod lifecycle;
 mod publish;
 mod registry;
@@ -19,7 +21,7 @@ mod status;
 mod users;
 mod watch;
 
-pub use enforce::{ContainJob, Contained, JobOutcome};
+pub use enforce::{ContainJob, Contained, CredentialSetup, JobOutcome};
 pub use error::StateError;
 
 use std::{path::PathBuf, sync::Arc};
@@ -36,7 +38,7 @@ use crate::{
         CompiledAgent, Policy,
     },
 };
-use enforce::{ApprovalState, AssertionState, BudgetState, ContainmentState};
+use enforce::{ApprovalState, AssertionState, BudgetState, ContainmentState, CredentialState};
 use registry::Registry;
 use slots::Slots;
 
@@ -59,12 +61,8 @@ pub struct Held {
 /// What the kernel gives, found at start.
 #[derive(Clone, Debug)]
 pub struct KernelInfo {
-    /// The enforcement tier.
-    pub tier: Tier,
-    /// Why the tier is not deny, if it is not.
-    pub missing: Option<String>,
-    /// Whether exec rules by content are enforced.
-    pub content_hashes: bool,
+    /// What the programs can enforce here: the tier and the deny tier's optional hooks.
+    pub caps: crate::bpf::Capabilities,
     /// The host-wide hooks' states.
     pub hooks: Vec<HookStatus>,
     /// The cgroup v2 controllers the hierarchy offers (`policy::kernel::CONTROLLER_*`).
@@ -75,8 +73,13 @@ impl KernelInfo {
     /// What the policy compiler needs to know of the kernel.
     fn caps(&self) -> KernelCaps {
         KernelCaps {
-            can_refuse: self.tier == Tier::Deny,
-            content_hashes: self.content_hashes,
+            can_refuse: self.caps.tier == Tier::Deny,
+            // The deny tier hashes with IMA; the kill tier's exec watch reads the file.
+            content_hashes: match self.caps.tier {
+                Tier::Deny => self.caps.content_hashes,
+                Tier::Kill => self.caps.exec_watch,
+            },
+            userns_hook: self.caps.userns_hook,
             controllers: self.controllers,
         }
     }
@@ -94,6 +97,8 @@ pub struct RuntimeParts {
     pub recording_dir: PathBuf,
     /// Where containment jobs (snapshots, kills) go, to run outside the state lock.
     pub jobs: tokio::sync::mpsc::UnboundedSender<ContainJob>,
+    /// Keys, certificates and the trust domain.
+    pub credentials: CredentialSetup,
     /// The dynamic uids agents run under, and their homes.
     pub users: crate::accounts::DynamicUsers,
     /// The kill tier's exec watch (exec rules by content), where the kernel has it.
@@ -124,6 +129,8 @@ pub struct State {
     approvals: ApprovalState,
     budgets: BudgetState,
     assertions: AssertionState,
+    containers: containers::Containers,
+    credentials: CredentialState,
     users: crate::accounts::DynamicUsers,
     exec_watch: Option<Arc<crate::execwatch::ExecWatch>>,
 }
@@ -135,7 +142,7 @@ struct Filled {
 }
 
 impl State {
-    /// A state with no cages yet.
+    /// A state with no cages yet; opens (or makes) the node's keys.
     pub fn new(
         policy: Policy,
         policy_path: PathBuf,
@@ -144,8 +151,8 @@ impl State {
         inotify: Arc<Inotify>,
         kernel: KernelInfo,
         parts: RuntimeParts,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, StateError> {
+        Ok(Self {
             kernel,
             policy: Arc::new(policy),
             policy_path,
@@ -163,9 +170,11 @@ impl State {
             approvals: ApprovalState::new(parts.approval_map),
             budgets: BudgetState::default(),
             assertions: AssertionState::default(),
+            containers: containers::Containers::default(),
+            credentials: CredentialState::open(parts.credentials)?,
             users: parts.users,
             exec_watch: parts.exec_watch,
-        }
+        })
     }
 
     /// The policy in force.
@@ -228,33 +237,31 @@ impl State {
         }
         let (settings, shortfall) =
             cage_settings(policy.agent(agent), &compiled, self.kernel.caps(), mode);
-        let err = match shortfall {
-            None => None,
-            Some(Shortfall::DenyTier(needs)) => Some(StateError::TierUnavailable {
-                agent: agent.to_owned(),
-                needs,
-                missing: self
-                    .kernel
-                    .missing
-                    .clone()
-                    .unwrap_or_else(|| "the kernel's IMA cannot hash files for BPF".to_owned()),
-            }),
-            Some(Shortfall::Controller { limit, controller }) => {
-                Some(StateError::ControllerUnavailable {
-                    agent: agent.to_owned(),
-                    limit,
-                    controller,
-                    hierarchy: self.root.mount().display().to_string(),
-                })
-            }
-        };
-        if let Some(err) = err {
+        if let Some(shortfall) = shortfall {
+            let err = self.shortfall_error(agent, shortfall);
             if !adopting {
                 return Err(err);
             }
             tracing::warn!(agent, error = %err, "cage enforced without what this kernel lacks");
         }
         Ok((compiled, settings))
+    }
+
+    /// The refusal for what this kernel cannot enforce of an agent's policy.
+    fn shortfall_error(&self, agent: &str, shortfall: Shortfall) -> StateError {
+        match shortfall {
+            Shortfall::Feature(feature) => StateError::TierUnavailable {
+                agent: agent.to_owned(),
+                needs: feature.describe().to_owned(),
+                missing: self.kernel.caps.lacks(feature).unwrap_or_default(),
+            },
+            Shortfall::Controller { limit, controller } => StateError::ControllerUnavailable {
+                agent: agent.to_owned(),
+                limit,
+                controller,
+                hierarchy: self.root.mount().display().to_string(),
+            },
+        }
     }
 
     /// Writes compiled rules into a fresh slot (not yet any cage's).
@@ -287,6 +294,7 @@ impl State {
             self.maps.clear_slot(&filled.entries);
             return Err(e.into());
         }
+        self.switch_containers(agent_id, config);
         Ok(filled.entries)
     }
 

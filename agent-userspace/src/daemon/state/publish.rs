@@ -7,9 +7,10 @@ use super::{registry::Registry, slots::Slots, State};
 use crate::{
     clock::wall_of_boot,
     events::{
-        self, Event, EventDetail, InodePaths, Lookups, RawEvent, SessionAction, SessionDetail,
+        self, coalesce::Summary, Event, EventDetail, InodePaths, Lookups, RawEvent, SessionAction,
+        SessionDetail,
     },
-    identity::AgentIdentity,
+    identity::{AgentIdentity, SpiffeId, TrustDomain},
     policy::Policy,
 };
 
@@ -18,12 +19,30 @@ struct View<'a> {
     registry: &'a mut Registry,
     slots: &'a Slots,
     policy: &'a Arc<Policy>,
+    trust_domain: &'a TrustDomain,
     boot_to_wall_ns: i128,
+}
+
+/// What every event of `agent` carries besides its name: its SPIFFE ID, and the id of its
+/// behavior certificate while a valid one is in force.
+fn stamp(
+    registry: &Registry,
+    trust_domain: &TrustDomain,
+    agent: &AgentIdentity,
+) -> (SpiffeId, Option<String>) {
+    let certificate = registry
+        .get(agent.name())
+        .and_then(|c| c.certificate.clone());
+    (trust_domain.agent(agent), certificate)
 }
 
 impl Lookups for View<'_> {
     fn agent_name(&self, agent_id: u32) -> Option<&str> {
         self.registry.name(agent_id)
+    }
+
+    fn identity(&self, agent: &AgentIdentity) -> (SpiffeId, Option<String>) {
+        stamp(self.registry, self.trust_domain, agent)
     }
 
     fn slot_policy(&self, slot: u32) -> Arc<Policy> {
@@ -46,15 +65,42 @@ impl Lookups for View<'_> {
 impl State {
     /// The event a kernel record says; keeps the agent's process tree in step.
     pub fn enrich(&mut self, raw: &RawEvent) -> Event {
-        let mut view = View {
+        let mut event = events::enrich(raw, &mut self.view());
+        self.stamp_container(&mut event);
+        self.registry.observe(raw.header().agent_id, &event);
+        event
+    }
+
+    /// The event a summary of counted egress repeats says.
+    pub fn enrich_summary(&mut self, summary: &Summary) -> Event {
+        let mut event = events::enrich_summary(summary, &mut self.view());
+        self.stamp_container(&mut event);
+        event
+    }
+
+    /// The container the event's cgroup belongs to, if it is a caged container's.
+    fn stamp_container(&self, event: &mut Event) {
+        event.container = self
+            .containers
+            .meta_of(event.cgroup_id)
+            .map(|m| Box::new(m.clone()));
+    }
+
+    /// The state's lookups, borrowed.
+    fn view(&mut self) -> View<'_> {
+        View {
             registry: &mut self.registry,
             slots: &self.slots,
             policy: &self.policy,
+            trust_domain: &self.credentials.trust_domain,
             boot_to_wall_ns: self.boot_to_wall_ns,
-        };
-        let event = events::enrich(raw, &mut view);
-        self.registry.observe(raw.header().agent_id, &event);
-        event
+        }
+    }
+
+    /// The cgroups of the cages whose session ends wait for the reader: what it counted of
+    /// them goes out before the ends.
+    pub fn ending_cages(&self) -> Vec<u64> {
+        self.pending_ends.iter().map(|(_, e)| e.cgroup_id).collect()
     }
 
     /// Publishes an event the daemon raises itself for `agent`.
@@ -65,16 +111,22 @@ impl State {
             .map_or(0, |id| self.registry.next_seq(id));
         let now = crate::clock::boot_ns();
         let cgroup_id = self.registry.get(agent).map_or(0, |c| c.cgroup_id);
+        let identity = AgentIdentity::for_agent(agent);
+        let (spiffe_id, certificate) =
+            stamp(&self.registry, &self.credentials.trust_domain, &identity);
         self.bus.publish(Event {
             time_unix_nano: wall_of_boot(now, self.boot_to_wall_ns),
             kernel_ts_ns: now,
-            agent: Some(AgentIdentity::for_agent(agent)),
+            agent: Some(identity),
+            spiffe_id: Some(spiffe_id),
+            container: None,
             agent_seq,
             pid,
             tgid: pid,
             comm: String::new(),
             cgroup_id,
             policy_hash: self.policy.hash().to_owned(),
+            certificate,
             detail,
         });
     }
@@ -107,16 +159,22 @@ impl State {
         let (agent_id, cgroup_id, started) =
             (cage.agent_id, cage.cgroup_id, cage.started_unix_nano);
         let now = crate::clock::now_unix_nano();
+        let identity = AgentIdentity::for_agent(agent);
+        let (spiffe_id, certificate) =
+            stamp(&self.registry, &self.credentials.trust_domain, &identity);
         let mut event = Event {
             time_unix_nano: now,
             kernel_ts_ns: u64::try_from(i128::from(now) - self.boot_to_wall_ns).unwrap_or(0),
-            agent: Some(AgentIdentity::for_agent(agent)),
+            agent: Some(identity),
+            spiffe_id: Some(spiffe_id),
+            container: None,
             agent_seq: 0,
             pid: 0,
             tgid: 0,
             comm: String::new(),
             cgroup_id,
             policy_hash: self.policy.hash().to_owned(),
+            certificate,
             detail: EventDetail::Session(SessionDetail {
                 action,
                 started_unix_nano: started,

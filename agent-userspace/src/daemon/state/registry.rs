@@ -33,6 +33,8 @@ pub(super) struct Cage {
     pub(super) dynamic: Option<crate::accounts::DynamicUser>,
     /// The ids processes may join with: one entry per hold that was granted an account.
     pub(super) joiners: HashMap<crate::accounts::Joiner, usize>,
+    /// The id of the agent's valid behavior certificate, stamped on its events.
+    pub(super) certificate: Option<String>,
 }
 
 /// Every cage, and what outlives them: names, sequences, process trees.

@@ -52,6 +52,7 @@ impl State {
     /// Swaps `policy` in: compile everything first, fill fresh slots, then switch each cage
     /// with one map update, then retire the old slots.
     pub fn apply(&mut self, policy: Policy) -> Result<Arc<Policy>, StateError> {
+        self.check_container_policy(&policy)?;
         let policy = Arc::new(policy);
         let agents = self.registry.names_of_cages();
         let mut compiled = Vec::with_capacity(agents.len());
@@ -94,6 +95,7 @@ impl State {
         }
         self.assertions.follow(&self.policy);
         self.approvals.lapse_changed_rules(&self.policy);
+        self.recheck_identities();
         info!(
             source = self.policy.source(),
             policy_hash = self.policy.hash(),

@@ -33,6 +33,13 @@ impl State {
                         .policy(cage.slot.slot())
                         .map(|p| p.hash().to_owned())
                         .unwrap_or_default(),
+                    containers: self.container_status(cage.agent_id),
+                    spiffe_id: self
+                        .credentials
+                        .trust_domain
+                        .agent(&cage.identity)
+                        .to_string(),
+                    certificate: cage.certificate.clone(),
                 }
             })
             .collect();
@@ -42,9 +49,10 @@ impl State {
             policy_hash: self.policy.hash().to_owned(),
             cgroup_root: self.root.dir().path().display().to_string(),
             global_lost: self.maps.global_lost(),
-            tier: self.kernel.tier.to_string(),
-            tier_missing: self.kernel.missing.clone(),
-            content_hashes: self.kernel.content_hashes,
+            tier: self.kernel.caps.tier.to_string(),
+            tier_missing: self.kernel.caps.missing.clone(),
+            content_hashes: self.kernel.caps().content_hashes,
+            refused: self.kernel.caps.refused(),
             hooks: self.kernel.hooks.clone(),
             agents,
         }

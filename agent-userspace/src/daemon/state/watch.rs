@@ -14,8 +14,8 @@ impl State {
     /// The watch, if a cage with `flags` needs its processes watched (kill tier, content
     /// rules).
     fn watch_for(&self, flags: Option<u32>) -> Option<&ExecWatch> {
-        let needed =
-            self.kernel.tier == Tier::Kill && flags.is_some_and(|f| f & CAGE_F_EXEC_HASHES != 0);
+        let needed = self.kernel.caps.tier == Tier::Kill
+            && flags.is_some_and(|f| f & CAGE_F_EXEC_HASHES != 0);
         self.exec_watch.as_deref().filter(|_| needed)
     }
 
@@ -29,7 +29,7 @@ impl State {
         pid: u32,
         adopting: bool,
     ) -> Result<(), StateError> {
-        let Some(watch) = self.watch_for(self.maps.cage_flags(cgroup_id)) else {
+        let Some(watch) = self.watch_for(self.maps.cage(cgroup_id).map(|c| c.flags)) else {
             return Ok(());
         };
         let refused = |source| StateError::Unwatchable {
@@ -43,9 +43,9 @@ impl State {
         watch.watch_process(pid).map(drop).map_err(refused)
     }
 
-    /// Watches the mount namespaces of every process in `agent`'s cage, if its `flags` (the
-    /// settings it has or is about to get) need it. A process that cannot be watched is
-    /// reported: its execs of content the daemon has not read are killed.
+    /// Watches the mount namespaces of every process in `agent`'s cage and its containers'
+    /// cages, if its `flags` (the settings it has or is about to get) need it. A process that
+    /// cannot be watched is reported: its execs of content the daemon has not read are killed.
     pub(super) fn watch_cage(&self, agent: &str, flags: u32) {
         let Some(watch) = self.watch_for(Some(flags)) else {
             return;
@@ -53,9 +53,11 @@ impl State {
         let Some(cage) = self.registry.get(agent) else {
             return;
         };
+        let dirs = std::iter::once(&cage.dir)
+            .chain(self.containers.of_agent(cage.agent_id).map(|c| &c.dir));
         // One process per namespace is enough to mark it.
         let mut namespaces = BTreeMap::new();
-        for pid in cage.dir.procs().unwrap_or_default() {
+        for pid in dirs.flat_map(|d| d.procs().unwrap_or_default()) {
             if let Ok(ns) = crate::execwatch::marks::namespace_of(pid) {
                 namespaces.entry(ns).or_insert(pid);
             }

@@ -5,7 +5,8 @@ use opentelemetry::{logs::Severity, KeyValue};
 use super::{sc, time_of, KindParts, SpanPlan};
 use crate::events::{
     ApprovalDetail, ApprovalState, AssertionDetail, BudgetDetail, BudgetLevel, ContainmentDetail,
-    Event, PolicyDetail, PolicyResult, RungState, SessionAction, SessionDetail,
+    CredentialAction, CredentialDetail, Event, PolicyDetail, PolicyResult, RungState,
+    SessionAction, SessionDetail,
 };
 
 pub(super) fn session(event: &Event, d: &SessionDetail) -> KindParts {
@@ -226,5 +227,56 @@ pub(super) fn assertion(d: &AssertionDetail) -> KindParts {
             KeyValue::new(sc::ASSERTION, d.assertion.clone()),
             KeyValue::new(sc::ERROR_MESSAGE, d.violation.clone()),
         ],
+    )
+}
+
+pub(super) fn credential(event: &Event, d: &CredentialDetail) -> KindParts {
+    let mut attrs = vec![
+        KeyValue::new(sc::CREDENTIAL_ACTION, d.action.to_string()),
+        KeyValue::new(sc::GEN_AI_TOOL_NAME, d.tool.clone()),
+        KeyValue::new(sc::CREDENTIAL_METHOD, d.method.clone()),
+        KeyValue::new(sc::CREDENTIAL_RESOURCE, d.resource.clone()),
+    ];
+    let optional = [
+        (sc::CREDENTIAL_ON_BEHALF_OF, &d.on_behalf_of),
+        (sc::CREDENTIAL_JTI, &d.jti),
+        (sc::RULE, &d.rule),
+        (sc::CREDENTIAL_REASON, &d.reason),
+    ];
+    for (key, value) in optional {
+        if let Some(v) = value {
+            attrs.push(KeyValue::new(key, v.clone()));
+        }
+    }
+    if let Some(id) = d.approval_id {
+        attrs.push(KeyValue::new(sc::APPROVAL_ID, id as i64));
+    }
+    let on_behalf = d
+        .on_behalf_of
+        .as_ref()
+        .map(|u| format!(" for {u}"))
+        .unwrap_or_default();
+    let why = d
+        .reason
+        .as_ref()
+        .map(|r| format!(": {r}"))
+        .unwrap_or_default();
+    let time = time_of(event.time_unix_nano);
+    (
+        sc::EVENT_CREDENTIAL,
+        super::warn_if(d.action != CredentialAction::Granted),
+        format!(
+            "credential {} {} {} on {}{on_behalf}{why}",
+            d.action, d.method, d.resource, d.tool
+        ),
+        Some(SpanPlan {
+            name: format!("credential {} {}", d.action, d.tool),
+            start: time,
+            end: time,
+            root: false,
+            error: (d.action == CredentialAction::Refused).then(|| format!("refused{why}")),
+            attributes: Vec::new(),
+        }),
+        attrs,
     )
 }

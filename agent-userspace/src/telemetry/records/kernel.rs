@@ -2,8 +2,10 @@
 
 use opentelemetry::{logs::Severity, KeyValue, Value};
 
-use super::{decision_span, sc, time_of, KindParts, SpanPlan};
-use crate::events::{EgressDetail, Event, ExecDetail, ExitDetail, FileDetail, Verdict};
+use super::{decision_span, sc, time_of, warn_if, KindParts, SpanPlan};
+use crate::events::{
+    EgressDetail, EgressSummary, Event, ExecDetail, ExitDetail, FileDetail, Verdict,
+};
 
 pub(super) fn egress(event: &Event, d: &EgressDetail) -> KindParts {
     let mut attrs = vec![
@@ -41,9 +43,29 @@ pub(super) fn egress(event: &Event, d: &EgressDetail) -> KindParts {
     };
     (
         sc::EVENT_EGRESS_DECISION,
-        if deny { Severity::Warn } else { Severity::Info },
+        warn_if(deny),
         body,
         Some(span),
+        attrs,
+    )
+}
+
+/// A summary: the decision's record with the count and the first time; its span runs from
+/// the first repeat to the last.
+pub(super) fn egress_summary(event: &Event, s: &EgressSummary) -> KindParts {
+    let (_, severity, body, span, mut attrs) = egress(event, &s.decision);
+    attrs.push(KeyValue::new(sc::SUMMARY_COUNT, s.count as i64));
+    attrs.push(KeyValue::new(sc::SUMMARY_FIRST, s.first_unix_nano as i64));
+    let span = span.map(|plan| SpanPlan {
+        name: format!("egress {} x{}", s.decision.hook, s.count),
+        start: time_of(s.first_unix_nano),
+        ..plan
+    });
+    (
+        sc::EVENT_EGRESS_SUMMARY,
+        severity,
+        format!("{} more: {body}", s.count),
+        span,
         attrs,
     )
 }
@@ -68,21 +90,10 @@ pub(super) fn exec(event: &Event, d: &ExecDetail) -> KindParts {
     if let Some(text) = &d.rule_text {
         attrs.push(KeyValue::new(sc::RULE_TEXT, text.clone()));
     }
-    let refused = d.verdict != Verdict::Allow;
     let body = format!("{} exec {}: {}", d.verdict, d.filename, d.rule);
-    let rule = d.rule.to_string();
-    let span = decision_span(event, format!("exec {}", d.filename), d.verdict, &rule);
-    (
-        sc::EVENT_EXEC,
-        if refused {
-            Severity::Warn
-        } else {
-            Severity::Info
-        },
-        body,
-        Some(span),
-        attrs,
-    )
+    let span = decision_span(event, format!("exec {}", d.filename), d.verdict, d.rule);
+    let severity = warn_if(d.verdict != Verdict::Allow);
+    (sc::EVENT_EXEC, severity, body, Some(span), attrs)
 }
 
 pub(super) fn exit(event: &Event, d: &ExitDetail) -> KindParts {
@@ -115,17 +126,7 @@ pub(super) fn file(event: &Event, d: &FileDetail) -> KindParts {
         attrs.push(KeyValue::new(sc::RULE_TEXT, text.clone()));
     }
     let body = format!("{} {} ({}): {}", d.verdict, d.op, d.access, d.rule);
-    let rule = d.rule.to_string();
-    let span = decision_span(event, format!("file {}", d.op), d.verdict, &rule);
-    (
-        sc::EVENT_FILE,
-        if d.verdict == Verdict::Deny {
-            Severity::Warn
-        } else {
-            Severity::Info
-        },
-        body,
-        Some(span),
-        attrs,
-    )
+    let span = decision_span(event, format!("file {}", d.op), d.verdict, d.rule);
+    let severity = warn_if(d.verdict == Verdict::Deny);
+    (sc::EVENT_FILE, severity, body, Some(span), attrs)
 }

@@ -23,12 +23,12 @@ use sha2::{Digest as _, Sha256};
 mod daemon;
 mod kernel;
 
-use daemon::{app, approval, assertion, budget, containment, policy, session};
-use kernel::{egress, exec, exit, file};
+use daemon::{app, approval, assertion, budget, containment, credential, policy, session};
+use kernel::{egress, egress_summary, exec, exit, file};
 
 use super::semconv as sc;
 use crate::{
-    events::{Event, EventDetail, Verdict},
+    events::{Event, EventDetail, RuleRef, Verdict},
     spool::{Entry, Record},
 };
 
@@ -137,6 +137,7 @@ pub fn describe(record: &Record, node: &str) -> Described {
             let ids = ids(node, identity, event.cgroup_id, record.seq);
             let (event_name, severity, body, span, more) = match &event.detail {
                 EventDetail::Egress(d) => egress(event, d),
+                EventDetail::EgressSummary(s) => egress_summary(event, s),
                 EventDetail::Session(d) => session(event, d),
                 EventDetail::Policy(d) => policy(d),
                 EventDetail::Containment(d) => containment(event, d),
@@ -144,6 +145,7 @@ pub fn describe(record: &Record, node: &str) -> Described {
                 EventDetail::Approval(d) => approval(event, d),
                 EventDetail::Budget(d) => budget(d),
                 EventDetail::Assertion(d) => assertion(d),
+                EventDetail::Credential(d) => credential(event, d),
                 EventDetail::Exec(d) => exec(event, d),
                 EventDetail::Fork(d) => (
                     sc::EVENT_PROCESS_FORK,
@@ -194,12 +196,32 @@ fn common(event: &Event) -> Vec<KeyValue> {
         KeyValue::new(sc::CGROUP_ID, event.cgroup_id as i64),
         KeyValue::new(sc::POLICY_HASH, event.policy_hash.clone()),
     ];
+    if let Some(c) = &event.certificate {
+        out.push(KeyValue::new(sc::CERTIFICATE_ID, c.clone()));
+    }
     if let Some(identity) = &event.agent {
-        out.push(KeyValue::new(sc::GEN_AI_AGENT_ID, identity.to_string()));
+        // Records spooled before agents had SPIFFE IDs carry none.
+        if let Some(spiffe) = &event.spiffe_id {
+            out.push(KeyValue::new(sc::GEN_AI_AGENT_ID, spiffe.to_string()));
+        }
+        out.push(KeyValue::new(sc::AGENT_IDENTITY, identity.to_string()));
         out.push(KeyValue::new(
             sc::GEN_AI_AGENT_NAME,
             identity.name().to_owned(),
         ));
+    }
+    if let Some(c) = &event.container {
+        out.push(KeyValue::new(sc::CONTAINER_ID, c.id.clone()));
+        for (key, value) in [
+            (sc::CONTAINER_NAME, &c.name),
+            (sc::CONTAINER_IMAGE_NAME, &c.image),
+            (sc::K8S_POD_NAME, &c.pod),
+            (sc::K8S_NAMESPACE_NAME, &c.namespace),
+        ] {
+            if let Some(v) = value {
+                out.push(KeyValue::new(key, v.clone()));
+            }
+        }
     }
     if event.tgid != 0 {
         out.push(KeyValue::new(sc::PROCESS_PID, i64::from(event.tgid)));
@@ -222,7 +244,12 @@ pub(super) type KindParts = (
 );
 
 /// A decision span at the event's time, failed when the verdict refused or killed.
-pub(super) fn decision_span(event: &Event, name: String, verdict: Verdict, rule: &str) -> SpanPlan {
+pub(super) fn decision_span(
+    event: &Event,
+    name: String,
+    verdict: Verdict,
+    rule: RuleRef,
+) -> SpanPlan {
     let time = time_of(event.time_unix_nano);
     SpanPlan {
         name,
@@ -232,6 +259,15 @@ pub(super) fn decision_span(event: &Event, name: String, verdict: Verdict, rule:
         error: (verdict != Verdict::Allow && verdict != Verdict::Observed)
             .then(|| format!("{verdict} by {rule}")),
         attributes: Vec::new(),
+    }
+}
+
+/// Warn for what was refused, info otherwise.
+pub(super) fn warn_if(refused: bool) -> Severity {
+    if refused {
+        Severity::Warn
+    } else {
+        Severity::Info
     }
 }
 
@@ -297,16 +333,23 @@ mod tests {
     fn record(seq: u64, detail: EventDetail) -> Record {
         Record {
             seq,
-            entry: Entry::Event(Box::new(Event {
+            entry: Entry::Event(std::sync::Arc::new(Event {
                 time_unix_nano: 2_000_000_000,
                 kernel_ts_ns: 1,
                 agent: Some(crate::identity::AgentIdentity::for_agent("a")),
+                container: None,
+                spiffe_id: Some(
+                    crate::identity::TrustDomain::new("td")
+                        .unwrap()
+                        .agent(&crate::identity::AgentIdentity::for_agent("a")),
+                ),
                 agent_seq: 1,
                 pid: 11,
                 tgid: 10,
                 comm: "curl".into(),
                 cgroup_id: 99,
                 policy_hash: "h".into(),
+                certificate: None,
                 detail,
             })),
         }
@@ -353,6 +396,39 @@ mod tests {
     }
 
     #[test]
+    fn a_containers_events_carry_its_container_and_pod_under_the_semantic_convention_names() {
+        let mut r = record(1, deny());
+        let Entry::Event(e) = &mut r.entry else {
+            unreachable!()
+        };
+        std::sync::Arc::make_mut(e).container = Some(Box::new(crate::events::ContainerMeta {
+            id: "c0ffee".into(),
+            name: Some("web-1".into()),
+            image: Some("bb:1".into()),
+            pod: Some("agent-pod".into()),
+            namespace: Some("agents".into()),
+        }));
+        let attrs = describe(&r, "n").attributes;
+        let get = |k: &str| {
+            attrs
+                .iter()
+                .find(|kv| kv.key.as_str() == k)
+                .map(|kv| kv.value.to_string())
+        };
+        assert_eq!(get(sc::CONTAINER_ID).as_deref(), Some("c0ffee"));
+        assert_eq!(get(sc::CONTAINER_NAME).as_deref(), Some("web-1"));
+        assert_eq!(get(sc::CONTAINER_IMAGE_NAME).as_deref(), Some("bb:1"));
+        assert_eq!(get(sc::K8S_POD_NAME).as_deref(), Some("agent-pod"));
+        assert_eq!(get(sc::K8S_NAMESPACE_NAME).as_deref(), Some("agents"));
+        assert_eq!(get(sc::GEN_AI_AGENT_NAME).as_deref(), Some("a"));
+        // Without a container, none of them.
+        let plain = describe(&record(1, deny()), "n").attributes;
+        assert!(!plain
+            .iter()
+            .any(|kv| kv.key.as_str().starts_with("container.")));
+    }
+
+    #[test]
     fn a_denial_is_a_warning_with_typed_network_and_process_attributes() {
         let d = describe(&record(1, deny()), "n");
         assert_eq!(d.event_name, sc::EVENT_EGRESS_DECISION);
@@ -367,6 +443,11 @@ mod tests {
         assert_eq!(get(sc::PROCESS_PID), Some(Value::I64(10)));
         assert_eq!(get(sc::SERVER_ADDRESS), Some(Value::from("127.0.0.2")));
         assert_eq!(get(sc::GEN_AI_AGENT_NAME), Some(Value::from("a")));
+        assert_eq!(
+            get(sc::GEN_AI_AGENT_ID),
+            Some(Value::from("spiffe://td/agent/a"))
+        );
+        assert_eq!(get(sc::AGENT_IDENTITY), Some(Value::from("agent:a")));
         assert_eq!(get(sc::EVENT_SEQ), Some(Value::I64(1)));
     }
 }

@@ -58,7 +58,7 @@ impl State {
             } => {
                 let key = format!("tool {name} {}", args_digest.as_deref().unwrap_or(""));
                 let mut b = self.meter(agent, Metric::ToolCalls, 1.0);
-                b.extend(self.budgets.repeat(agent, &policy.budgets, &key, now));
+                b.extend(self.budgets.repeat(agent, &policy.budgets, &key, (now, 1)));
                 self.breaches(agent, b);
                 refusal = self.tool_refusal(
                     agent,

@@ -21,6 +21,9 @@ use crate::{
 pub(crate) struct ApprovalState {
     requests: Approvals,
     kernel: ApprovalMap,
+    /// The cgroups of an agent's containers, by the agent's own cage: a grant for the cage
+    /// is a grant for each of them (the kernel keys grants by the caller's cgroup).
+    mirrors: std::collections::HashMap<u64, Vec<u64>>,
 }
 
 impl ApprovalState {
@@ -28,13 +31,54 @@ impl ApprovalState {
         Self {
             requests: Approvals::default(),
             kernel,
+            mirrors: std::collections::HashMap::new(),
         }
+    }
+
+    /// The kernel keys of a request: for the agent's cage and each of its containers.
+    fn keys(&self, r: &Request) -> Vec<agent_common::approval::ApprovalKey> {
+        std::iter::once(r.cgroup_id)
+            .chain(
+                self.mirrors
+                    .get(&r.cgroup_id)
+                    .into_iter()
+                    .flatten()
+                    .copied(),
+            )
+            .filter_map(|c| r.subject.kernel_key(c))
+            .collect()
+    }
+
+    /// Container cgroup `mirror` takes the grants of the agent's cage `cage`, now and later.
+    pub(crate) fn mirror(&mut self, cage: u64, mirror: u64) {
+        self.mirrors.entry(cage).or_default().push(mirror);
+        for r in self.requests.list() {
+            if let (true, Status::Approved { until_boot_ns, .. }) = (r.cgroup_id == cage, &r.status)
+            {
+                if let Some(key) = r.subject.kernel_key(mirror) {
+                    if let Err(e) = self.kernel.grant(&key, *until_boot_ns) {
+                        warn!(id = r.id, error = %e, "a container did not get an approval's grant");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Container cgroup `mirror` is no longer a cage: its grants go.
+    pub(crate) fn unmirror(&mut self, mirror: u64) {
+        for list in self.mirrors.values_mut() {
+            list.retain(|m| *m != mirror);
+        }
+        self.kernel.revoke_cage(mirror);
     }
 
     /// A cage is gone: its open requests are closed and its grants revoked.
     pub(crate) fn forget_cage(&mut self, cgroup_id: u64) {
         self.requests.forget_cage(cgroup_id);
         self.kernel.revoke_cage(cgroup_id);
+        for m in self.mirrors.remove(&cgroup_id).unwrap_or_default() {
+            self.kernel.revoke_cage(m);
+        }
     }
 
     /// A grant names a rule by its index: where the rule there is no longer the one a person
@@ -55,7 +99,7 @@ impl ApprovalState {
             }
         }
         for r in lapsed {
-            if let Some(key) = r.subject.kernel_key(r.cgroup_id) {
+            for key in self.keys(&r) {
                 self.kernel.revoke(&key);
             }
             let _ = self.requests.expire_one(r.id);
@@ -66,7 +110,7 @@ impl ApprovalState {
     fn expire(&mut self, now: u64) -> Vec<Request> {
         let expired = self.requests.expire(now);
         for r in &expired {
-            if let Some(key) = r.subject.kernel_key(r.cgroup_id) {
+            for key in self.keys(r) {
                 self.kernel.revoke(&key);
             }
         }
@@ -113,8 +157,11 @@ impl State {
         self.approvals
             .requests
             .approve(id, approver, until_boot, until_unix)?;
-        if let Some(key) = request.subject.kernel_key(request.cgroup_id) {
+        for key in self.approvals.keys(&request) {
             if let Err(e) = self.approvals.kernel.grant(&key, until_boot) {
+                for key in self.approvals.keys(&request) {
+                    self.approvals.kernel.revoke(&key);
+                }
                 let _ = self.approvals.requests.expire_one(id);
                 return Err(e.into());
             }

@@ -98,13 +98,13 @@ impl BudgetState {
         agent: &str,
         budgets: &Budgets,
         key: &str,
-        now: u64,
+        (now, n): (u64, u64),
     ) -> Option<ScopedBreach> {
         let b = self
             .agents
             .get_mut(agent)?
             .meter
-            .repeat(budgets, key, now)?;
+            .repeat(budgets, key, now, n)?;
         Some(("agent".to_owned(), b))
     }
 
@@ -252,10 +252,9 @@ impl State {
     /// over.
     pub(super) fn tick_budgets(&mut self, agent: &str, now: u64) -> Option<Rung> {
         let policy = self.policy.agent(agent).cloned()?;
-        let allowed = self
-            .registry
-            .get(agent)
-            .map_or(0, |c| self.maps.stats(c.cgroup_id).allowed);
+        let allowed = self.registry.get(agent).map_or(0, |c| {
+            self.maps.stats(c.cgroup_id).allowed + self.containers_allowed(c.agent_id)
+        });
         // The grace only matters while the rung is still below the one it leads to.
         let below = self.containment.rung(agent) < policy.containment.on_budget;
         let grace = below.then_some(policy.containment.budget_grace.0);

@@ -16,7 +16,7 @@ use super::super::{State, StateError};
 use crate::{
     cage::CgroupDir,
     events::{ContainmentDetail, Event, EventDetail},
-    runtime::{containment, snapshot::SnapshotPlan, Rung},
+    runtime::{containment, snapshot::SnapshotPlan, tally::Tally, Rung},
 };
 
 /// Each agent's rung, its last events (for snapshots) and its recent denials (for the
@@ -24,7 +24,7 @@ use crate::{
 pub(crate) struct ContainmentState {
     rungs: HashMap<String, Rung>,
     recent: HashMap<String, VecDeque<Arc<Event>>>,
-    denials: HashMap<String, VecDeque<u64>>,
+    denials: HashMap<String, Tally>,
     snapshot_dir: PathBuf,
     /// Where recordings the policy requires are made; a snapshot includes the live ones.
     recording_dir: PathBuf,
@@ -87,23 +87,19 @@ impl ContainmentState {
         recent.push_back(event);
     }
 
-    /// Counts a denial at `now`; true when `denials` fell within `window` ns and the rate
-    /// can still act (`acting`: the agent is below the rung it leads to); the count then
-    /// starts again.
+    /// Counts `n` denials at `now`; true when `denials` fell within `window` ns and the
+    /// rate can still act (`acting`: the agent is below the rung it leads to); the count
+    /// then starts again.
     pub(crate) fn denial_rate_reached(
         &mut self,
         agent: &str,
-        now: u64,
+        (now, n): (u64, u64),
         window: u64,
         denials: u32,
         acting: bool,
     ) -> bool {
         let d = self.denials.entry(agent.to_owned()).or_default();
-        d.push_back(now);
-        while d.front().is_some_and(|&t| now.saturating_sub(t) >= window) {
-            d.pop_front();
-        }
-        if acting && d.len() >= denials as usize {
+        if d.add(now, n, window) >= u64::from(denials) && acting {
             d.clear();
             return true;
         }
@@ -167,6 +163,13 @@ impl ContainJob {
             }
         }
         if self.kill {
+            // The containers first: the agent's own cage may be removed once it empties.
+            for dir in &self.plan.containers {
+                if let Err(e) = containment::kill(dir) {
+                    error!(agent = outcome.agent, cgroup = %dir.path().display(), error = %e, "kill of a container failed");
+                    outcome.error = Some(format!("kill: {e}"));
+                }
+            }
             match containment::kill(&self.dir) {
                 Ok(()) => outcome.emptied = true,
                 Err(e) => {
@@ -210,6 +213,11 @@ impl State {
             .map(|c| c.dir.clone())
             .ok_or_else(|| StateError::NoCage(agent.to_owned()))?;
         let previous = self.containment.rung(agent);
+        // Credentials are for observe only: revoked before the rung changes anything else.
+        if rung > Rung::Observe {
+            self.revoke_live(agent, &format!("containment: {rung}"));
+        }
+        let containers = self.container_dirs(agent);
         let mut job = None;
         match rung {
             Rung::Observe | Rung::ReadOnly | Rung::ApprovalRequired => {
@@ -219,6 +227,9 @@ impl State {
                     return Err(e);
                 }
                 if previous >= Rung::Paused {
+                    for c in &containers {
+                        containment::thaw(c)?;
+                    }
                     containment::thaw(&dir)?;
                 }
             }
@@ -230,12 +241,14 @@ impl State {
                     warn!(agent, error = %e, "could not narrow egress before freezing");
                 }
                 let kill = rung == Rung::Killed;
-                if let Err(e) = containment::freeze(&dir) {
-                    if !kill {
-                        return Err(e.into());
+                for d in containers.iter().chain(std::iter::once(&dir)) {
+                    if let Err(e) = containment::freeze(d) {
+                        if !kill {
+                            return Err(e.into());
+                        }
+                        // The kill switch must kill: a failed freeze is logged, not fatal.
+                        error!(agent, cgroup = %d.path().display(), error = %e, "freeze before kill failed; killing anyway");
                     }
-                    // The kill switch must kill: a failed freeze is logged, not fatal.
-                    error!(agent, error = %e, "freeze before kill failed; killing anyway");
                 }
                 let events = self.containment.recent(agent);
                 let mut plan = SnapshotPlan::new(
@@ -247,6 +260,7 @@ impl State {
                     events,
                 );
                 plan.recording_dir = Some(self.containment.recording_dir.clone());
+                plan.containers = containers;
                 let (tx, rx) = oneshot::channel();
                 job = Some((
                     ContainJob {

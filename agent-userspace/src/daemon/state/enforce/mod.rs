@@ -1,19 +1,23 @@
 //! The run-time enforcement concerns, each owning its state: containment (`contain`),
-//! approvals (`approve`), budgets (`budget`), assertions (`assert`) and application events
-//! (`app`). This module feeds them what the kernel decided (from the event bus) and the
+//! approvals (`approve`), budgets (`budget`), assertions (`assert`), application events
+//! (`app`), credentials (`credential`) and behavior certificates (`certificate`). This module feeds them what the kernel decided (from the event bus) and the
 //! passing of time; the logic itself is `crate::runtime`'s.
 
 mod app;
 mod approve;
 mod assert;
 mod budget;
+mod certificate;
 mod contain;
+mod credential;
 
 pub(crate) use approve::ApprovalState;
 pub(crate) use assert::AssertionState;
 pub(crate) use budget::BudgetState;
 pub(crate) use contain::ContainmentState;
 pub use contain::{ContainJob, Contained, JobOutcome};
+pub use credential::CredentialSetup;
+pub(crate) use credential::CredentialState;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -45,7 +49,19 @@ impl State {
         self.containment.remember(&agent, Arc::clone(event), keep);
         match &event.detail {
             EventDetail::Exec(x) => self.on_exec(&agent, agent_policy, x, event.kernel_ts_ns),
-            EventDetail::Egress(e) => self.on_egress(&agent, agent_policy, e, event.kernel_ts_ns),
+            EventDetail::Egress(e) => {
+                self.on_egress(&agent, agent_policy, e, (event.kernel_ts_ns, 1));
+            }
+            // A flood's repeats count at the time of the last of them: the checks see every
+            // decision (fail closed: a summary never makes a rate look lower).
+            EventDetail::EgressSummary(s) => {
+                self.on_egress(
+                    &agent,
+                    agent_policy,
+                    &s.decision,
+                    (event.kernel_ts_ns, s.count),
+                );
+            }
             _ => {}
         }
     }
@@ -87,7 +103,14 @@ impl State {
         }
     }
 
-    fn on_egress(&mut self, agent: &str, policy: Option<&AgentPolicy>, e: &EgressDetail, at: u64) {
+    /// `n` decisions of the same kind, the last at `at` (more than one for a summary).
+    fn on_egress(
+        &mut self,
+        agent: &str,
+        policy: Option<&AgentPolicy>,
+        e: &EgressDetail,
+        (at, n): (u64, u64),
+    ) {
         let rule = e
             .rule
             .egress_allow()
@@ -117,9 +140,9 @@ impl State {
                 if let Some(subject) = subject {
                     self.request_approval(agent, subject);
                 }
-                self.denied(agent, policy, e, at);
+                self.denied(agent, policy, e, (at, n));
             }
-            Verdict::Deny => self.denied(agent, policy, e, at),
+            Verdict::Deny => self.denied(agent, policy, e, (at, n)),
             Verdict::Budget => {
                 let on_budget = policy.map_or(Rung::Paused, |p| p.containment.on_budget);
                 if self.containment.rung(agent) < on_budget {
@@ -130,8 +153,14 @@ impl State {
         }
     }
 
-    /// Deny-rate anomaly and loop detection on denied destinations.
-    fn denied(&mut self, agent: &str, policy: Option<&AgentPolicy>, e: &EgressDetail, now: u64) {
+    /// Deny-rate anomaly and loop detection on `n` denials of one destination.
+    fn denied(
+        &mut self,
+        agent: &str,
+        policy: Option<&AgentPolicy>,
+        e: &EgressDetail,
+        (now, n): (u64, u64),
+    ) {
         let Some(policy) = policy else { return };
         let mut contain = None;
         if let Some(rate) = policy.containment.deny_rate {
@@ -139,7 +168,7 @@ impl State {
             let below = self.containment.rung(agent) < rate.rung;
             if self
                 .containment
-                .denial_rate_reached(agent, now, window, rate.denials, below)
+                .denial_rate_reached(agent, (now, n), window, rate.denials, below)
             {
                 contain = Some(rate.rung);
             }
@@ -149,7 +178,7 @@ impl State {
             e.dst_addr.map(|a| a.to_string()).unwrap_or_default(),
             e.dst_port
         );
-        if let Some(b) = self.budgets.repeat(agent, &policy.budgets, &key, now) {
+        if let Some(b) = self.budgets.repeat(agent, &policy.budgets, &key, (now, n)) {
             self.breaches(agent, vec![b]);
         }
         if let Some(rung) = contain {
