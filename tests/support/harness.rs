@@ -38,7 +38,7 @@ pub fn deadline() -> Duration {
 /// The policy features (`deny_enforcement`, `file_rules`, `content_rules`, in that order)
 /// the daemon must refuse in `tier`: AGENTCAGE_EXPECT_REFUSED (comma-separated) where the
 /// test runner names what its kernel lacks (`cargo xtask vm-test` does, per boot), else
-/// none in the deny tier and all in the kill tier.
+/// none in the deny tier and in the kill tier all but `content_rules` (its exec watch).
 pub fn expected_refused(tier: &str) -> Vec<&'static str> {
     const ALL: [&str; 3] = ["deny_enforcement", "file_rules", "content_rules"];
     match std::env::var("AGENTCAGE_EXPECT_REFUSED") {
@@ -49,7 +49,8 @@ pub fn expected_refused(tier: &str) -> Vec<&'static str> {
             }
             ALL.into_iter().filter(|f| named.contains(f)).collect()
         }
-        Err(_) if tier == "kill" => ALL.to_vec(),
+        // Exec rules by content hold in the kill tier too (the daemon's exec watch).
+        Err(_) if tier == "kill" => ALL[..2].to_vec(),
         Err(_) => Vec::new(),
     }
 }
@@ -159,7 +160,7 @@ impl Daemon {
     /// Starts agentcaged with a configuration file (`config.yaml` in its directory, where a
     /// restart finds it again) holding `config_yaml`.
     pub fn start_with_config(policy_yaml: &str, config_yaml: &str) -> Self {
-        Self::try_start_in(policy_yaml, Some(config_yaml), |_| {})
+        Self::try_start_in(policy_yaml, Some(config_yaml), |_| {}, deadline())
             .expect("agentcaged did not become ready")
     }
 
@@ -169,16 +170,34 @@ impl Daemon {
         policy_yaml: &str,
         customize: impl FnOnce(&mut Command),
     ) -> Result<Self, String> {
-        Self::try_start_in(policy_yaml, None, customize)
+        Self::try_start_in(policy_yaml, None, customize, deadline())
+    }
+
+    /// Starts agentcaged with extra arguments, allowing it `within` to become ready (a
+    /// daemon that runs its self-test first takes a while).
+    pub fn start_args_within(policy_yaml: &str, args: &[&str], within: Duration) -> Self {
+        Self::try_start_in(
+            policy_yaml,
+            None,
+            |c| {
+                c.args(args);
+            },
+            within,
+        )
+        .expect("agentcaged did not become ready")
     }
 
     fn try_start_in(
         policy_yaml: &str,
         config_yaml: Option<&str>,
         customize: impl FnOnce(&mut Command),
+        within: Duration,
     ) -> Result<Self, String> {
         require_root();
         let dir = tempfile::tempdir().expect("tempdir");
+        // Agents under dynamic uids pass through to their homes (`home/NAME`, each 0700).
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o711)).expect("chmod");
         let config = config_yaml.map(|config| {
             let path = dir.path().join("config.yaml");
             fs::write(&path, config).expect("write config");
@@ -192,12 +211,19 @@ impl Daemon {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         let socket = dir.path().join("agentcage.sock");
-        Self::launch(dir, policy, socket, cgroup_name, |c| {
-            if let Some(config) = &config {
-                c.arg("--config").arg(config);
-            }
-            customize(c);
-        })
+        Self::launch(
+            dir,
+            policy,
+            socket,
+            cgroup_name,
+            |c| {
+                if let Some(config) = &config {
+                    c.arg("--config").arg(config);
+                }
+                customize(c);
+            },
+            within,
+        )
     }
 
     /// Starts a daemon on existing paths (e.g. a restart); Err(log) if it exits instead.
@@ -208,9 +234,16 @@ impl Daemon {
         cgroup_name: String,
         args: &[&str],
     ) -> Result<Self, String> {
-        Self::launch(dir, policy, socket, cgroup_name, |c| {
-            c.args(args);
-        })
+        Self::launch(
+            dir,
+            policy,
+            socket,
+            cgroup_name,
+            |c| {
+                c.args(args);
+            },
+            deadline(),
+        )
     }
 
     fn launch(
@@ -219,6 +252,7 @@ impl Daemon {
         socket: PathBuf,
         cgroup_name: String,
         customize: impl FnOnce(&mut Command),
+        within: Duration,
     ) -> Result<Self, String> {
         let mut command = Command::new(agentcaged());
         customize(&mut command);
@@ -231,6 +265,8 @@ impl Daemon {
             .arg(app_socket_of(&socket))
             .arg("--snapshot-dir")
             .arg(snapshots_of(&socket))
+            .arg("--home-dir")
+            .arg(homes_of(&socket))
             .arg("--state-dir")
             .arg(state_of(&socket))
             .arg("--certificate-dir")
@@ -246,7 +282,7 @@ impl Daemon {
             .expect("spawn agentcaged");
         let log = Lines::spawn(child.stderr.take().unwrap());
         let ready = {
-            let deadline = std::time::Instant::now() + deadline();
+            let deadline = std::time::Instant::now() + within;
             loop {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
                 match log.rx.recv_timeout(left) {
@@ -487,6 +523,10 @@ fn app_socket_of(socket: &Path) -> PathBuf {
 
 fn snapshots_of(socket: &Path) -> PathBuf {
     socket.with_file_name("snapshots")
+}
+
+fn homes_of(socket: &Path) -> PathBuf {
+    socket.with_file_name("home")
 }
 
 fn state_of(socket: &Path) -> PathBuf {

@@ -295,7 +295,32 @@ pub fn kernel_settings(btf: &Btf) -> Result<KernelSettings, BtfError> {
         sock_cgroup: btf.offset_of("sock.sk_cgrp_data.cgroup")?,
         cgroup_kn: btf.offset_of("cgroup.kn")?,
         kernfs_id: btf.offset_of("kernfs_node.id")?,
+        inode_size: btf.offset_of("inode.i_size")?,
+        inode_ctime_sec: first_offset(btf, &CTIME_SEC)?,
+        inode_ctime_nsec: first_offset(btf, &CTIME_NSEC)?,
     })
+}
+
+/// Where kernels keep an inode's change time: separate fields since 6.11, a `timespec64`
+/// named `__i_ctime` in 6.6-6.10 and `i_ctime` before.
+const CTIME_SEC: [&str; 3] = [
+    "inode.i_ctime_sec",
+    "inode.__i_ctime.tv_sec",
+    "inode.i_ctime.tv_sec",
+];
+/// As [`CTIME_SEC`], for the nanoseconds (read as a u32 either way: little-endian, below 2^30).
+const CTIME_NSEC: [&str; 3] = [
+    "inode.i_ctime_nsec",
+    "inode.__i_ctime.tv_nsec",
+    "inode.i_ctime.tv_nsec",
+];
+
+/// The offset of the first of `paths` this kernel has.
+fn first_offset(btf: &Btf, paths: &[&str]) -> Result<u32, BtfError> {
+    paths
+        .iter()
+        .find_map(|p| btf.offset_of(p).ok())
+        .ok_or_else(|| BtfError::Missing(paths.join(" or ")))
 }
 
 #[cfg(test)]
@@ -315,6 +340,10 @@ mod tests {
             "pid and tgid are adjacent in task_struct"
         );
         assert!(s.mm_arg_end > s.mm_arg_start);
+        assert!(
+            s.inode_ctime_nsec > s.inode_ctime_sec && s.inode_ctime_nsec - s.inode_ctime_sec <= 32,
+            "the change time's nanoseconds follow its seconds closely"
+        );
         assert_eq!(s.mm_arg_end, s.mm_arg_start + 8);
         // f_path is { vfsmount *mnt; dentry *dentry }.
         assert_eq!(

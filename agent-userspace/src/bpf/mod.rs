@@ -162,6 +162,7 @@ fn load_tiers() -> Result<Loaded, BpfError> {
                         missing: None,
                         content_hashes: lsm.content_hashes,
                         userns_hook: lsm.userns_hook,
+                        exec_watch: false,
                     },
                 })
             }
@@ -183,6 +184,8 @@ fn load_tiers() -> Result<Loaded, BpfError> {
             missing,
             content_hashes: false,
             userns_hook: false,
+            // The daemon's exec watch sets it once it starts.
+            exec_watch: false,
         },
     })
 }

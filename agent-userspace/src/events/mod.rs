@@ -24,7 +24,7 @@ pub(crate) mod named;
 pub mod process;
 mod runtime;
 
-pub use app::{AppEvent, Phase};
+pub use app::{duration_of_ms, AppEvent, Phase};
 pub use bus::{Durable, EventBus};
 pub use container::ContainerMeta;
 pub use credential::{CredentialAction, CredentialDetail};

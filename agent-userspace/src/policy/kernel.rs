@@ -21,22 +21,25 @@ pub struct KernelCaps {
     /// BPF LSM is active: operations can be refused with EPERM (the deny tier); without it
     /// forbidden execs are killed (the kill tier) and file rules cannot be enforced.
     pub can_refuse: bool,
-    /// Exec rules by content (`bpf_ima_file_hash`) are enforced.
+    /// Exec rules by content are enforced: in the deny tier by IMA (`bpf_ima_file_hash`), in
+    /// the kill tier by the daemon's exec watch (fanotify permission events).
     pub content_hashes: bool,
     /// The `userns_create` LSM hook is there (file rules need it, so that a caged process
     /// cannot mount over protected paths in a user namespace of its own).
     pub userns_hook: bool,
+    /// The cgroup v2 controllers the hierarchy offers (`CONTROLLER_*` bits).
+    pub controllers: u8,
 }
 
 impl KernelCaps {
-    /// Whether this kernel enforces `feature`.
+    /// Whether this kernel enforces `feature`. Content rules hold in either tier: by IMA
+    /// hashing in the deny tier, by the daemon's exec watch in the kill tier.
     pub fn enforces(self, feature: Feature) -> bool {
-        self.can_refuse
-            && match feature {
-                Feature::DenyEnforcement => true,
-                Feature::FileRules => self.userns_hook,
-                Feature::ContentRules => self.content_hashes,
-            }
+        match feature {
+            Feature::DenyEnforcement => self.can_refuse,
+            Feature::FileRules => self.can_refuse && self.userns_hook,
+            Feature::ContentRules => self.content_hashes,
+        }
     }
 }
 
@@ -65,6 +68,54 @@ impl Feature {
             Self::ContentRules => "exec rules by sha256",
         }
     }
+}
+
+/// The cgroup v2 `pids` controller.
+pub const CONTROLLER_PIDS: u8 = 1 << 0;
+/// The cgroup v2 `memory` controller.
+pub const CONTROLLER_MEMORY: u8 = 1 << 1;
+/// The cgroup v2 `cpu` controller.
+pub const CONTROLLER_CPU: u8 = 1 << 2;
+
+/// The controller bits of a `cgroup.controllers` text.
+pub fn controllers_of(text: &str) -> u8 {
+    text.split_whitespace().fold(0, |bits, c| {
+        bits | match c {
+            "pids" => CONTROLLER_PIDS,
+            "memory" => CONTROLLER_MEMORY,
+            "cpu" => CONTROLLER_CPU,
+            _ => 0,
+        }
+    })
+}
+
+/// What in an agent's policy this kernel cannot enforce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shortfall {
+    /// A feature the loaded programs cannot enforce here.
+    Feature(Feature),
+    /// A limit whose cgroup v2 controller the hierarchy lacks.
+    Controller {
+        /// The limit, e.g. `limits.memory`.
+        limit: &'static str,
+        /// The controller, e.g. `memory`.
+        controller: &'static str,
+    },
+}
+
+/// The first limit of the policy whose controller the cgroup v2 hierarchy lacks.
+pub fn needs_controller(p: &AgentPolicy, caps: KernelCaps) -> Option<Shortfall> {
+    p.limits.controllers().into_iter().find_map(|c| {
+        let (bit, limit) = match c {
+            "pids" => (CONTROLLER_PIDS, "limits.pids"),
+            "memory" => (CONTROLLER_MEMORY, "limits.memory"),
+            _ => (CONTROLLER_CPU, "limits.cpu"),
+        };
+        (caps.controllers & bit == 0).then_some(Shortfall::Controller {
+            limit,
+            controller: c,
+        })
+    })
 }
 
 /// A cage's mode besides its policy.
@@ -150,7 +201,7 @@ pub fn cage_settings(
     compiled: &CompiledAgent,
     caps: KernelCaps,
     mode: CageMode,
-) -> (CageSettings, Option<Feature>) {
+) -> (CageSettings, Option<Shortfall>) {
     let mut flags = mode_flags(mode, caps);
     let Some(p) = p else {
         return (
@@ -183,7 +234,10 @@ pub fn cage_settings(
         flags,
         allow_sample: p.egress.allow_events.sample_rate(),
     };
-    (settings, needs_deny_tier(p, compiled, caps))
+    let shortfall = needs_deny_tier(p, compiled, caps)
+        .map(Shortfall::Feature)
+        .or_else(|| needs_controller(p, caps));
+    (settings, shortfall)
 }
 
 #[cfg(test)]
@@ -194,11 +248,13 @@ mod tests {
         can_refuse: false,
         content_hashes: false,
         userns_hook: false,
+        controllers: 0,
     };
     const DENY: KernelCaps = KernelCaps {
         can_refuse: true,
         content_hashes: true,
         userns_hook: true,
+        controllers: CONTROLLER_PIDS | CONTROLLER_MEMORY | CONTROLLER_CPU,
     };
 
     fn agent(yaml: &str) -> (AgentPolicy, CompiledAgent) {
@@ -237,7 +293,7 @@ mod tests {
     fn what_the_kill_tier_cannot_enforce_is_named() {
         let (p, c) = agent("    files:\n      protect: [{path: /etc/hostname}]\n");
         let (kill, shortfall) = cage_settings(Some(&p), &c, KILL, CageMode::default());
-        assert_eq!(shortfall, Some(Feature::FileRules));
+        assert_eq!(shortfall, Some(Shortfall::Feature(Feature::FileRules)));
         let (deny, shortfall) = cage_settings(Some(&p), &c, DENY, CageMode::default());
         assert_eq!((deny.flags & CAGE_F_FILES, shortfall), (CAGE_F_FILES, None));
         assert_eq!(
@@ -248,7 +304,7 @@ mod tests {
         let (p, c) = agent("    enforcement: deny\n");
         assert_eq!(
             cage_settings(Some(&p), &c, KILL, CageMode::default()).1,
-            Some(Feature::DenyEnforcement)
+            Some(Shortfall::Feature(Feature::DenyEnforcement))
         );
         let digest = "0".repeat(64);
         let (p, c) = agent(&format!("    exec:\n      deny: [\"sha256:{digest}\"]\n"));
@@ -257,7 +313,7 @@ mod tests {
             ..DENY
         };
         let (s, shortfall) = cage_settings(Some(&p), &c, no_ima, CageMode::default());
-        assert_eq!(shortfall, Some(Feature::ContentRules));
+        assert_eq!(shortfall, Some(Shortfall::Feature(Feature::ContentRules)));
         assert_eq!(
             s.flags & CAGE_F_EXEC_HASHES,
             0,
@@ -267,6 +323,48 @@ mod tests {
         assert_eq!(
             s.flags & (CAGE_F_EXEC_HASHES | CAGE_F_EXEC_DIGESTS_REQUIRED),
             CAGE_F_EXEC_HASHES | CAGE_F_EXEC_DIGESTS_REQUIRED
+        );
+        // The kill tier with the exec watch judges content too.
+        let watched = KernelCaps {
+            content_hashes: true,
+            ..KILL
+        };
+        let (s, shortfall) = cage_settings(Some(&p), &c, watched, CageMode::default());
+        assert_eq!(shortfall, None);
+        assert_ne!(s.flags & CAGE_F_EXEC_HASHES, 0);
+        let (s, shortfall) = cage_settings(Some(&p), &c, KILL, CageMode::default());
+        assert_eq!(shortfall, Some(Shortfall::Feature(Feature::ContentRules)));
+        assert_eq!(s.flags & CAGE_F_EXEC_HASHES, 0);
+    }
+
+    #[test]
+    fn a_limit_without_its_controller_is_named() {
+        let (p, c) = agent("    limits: {pids: 10, memory: 64M}\n");
+        let hybrid = KernelCaps {
+            controllers: controllers_of("hugetlb"),
+            ..DENY
+        };
+        assert_eq!(
+            cage_settings(Some(&p), &c, hybrid, CageMode::default()).1,
+            Some(Shortfall::Controller {
+                limit: "limits.pids",
+                controller: "pids"
+            })
+        );
+        let pids_only = KernelCaps {
+            controllers: controllers_of("cpuset pids io"),
+            ..DENY
+        };
+        assert_eq!(
+            needs_controller(&p, pids_only),
+            Some(Shortfall::Controller {
+                limit: "limits.memory",
+                controller: "memory"
+            })
+        );
+        assert_eq!(
+            cage_settings(Some(&p), &c, DENY, CageMode::default()).1,
+            None
         );
     }
 
