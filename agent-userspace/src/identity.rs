@@ -230,10 +230,10 @@ mod tests {
             TrustDomain::of_host().is_ok(),
             "the host name makes a trust domain"
         );
-        assert_eq!(super::host_domain("(none)\n"), "localhost");
-        assert_eq!(super::host_domain(""), "localhost");
-        assert_eq!(super::host_domain("Build Host 7"), "build-host-7");
-        assert_eq!(super::host_domain("node-1.example"), "node-1.example");
+        assert_eq!(host_domain("(none)\n"), "localhost");
+        assert_eq!(host_domain(""), "localhost");
+        assert_eq!(host_domain("Build Host 7"), "build-host-7");
+        assert_eq!(host_domain("node-1.example"), "node-1.example");
         let e = serde_json::from_str::<TrustDomain>("\"UPPER\"").unwrap_err();
         assert!(e.to_string().contains("'U'"), "{e}");
     }
