@@ -292,7 +292,10 @@ pub fn kernel_settings(btf: &Btf) -> Result<KernelSettings, BtfError> {
         mmap_prot_arg: btf.param_index("bpf_lsm_mmap_file", "prot").unwrap_or(2),
         inode_mode: btf.offset_of("inode.i_mode")?,
         socket_sk: btf.offset_of("socket.sk")?,
-        sock_cgroup: btf.offset_of("sock.sk_cgrp_data.cgroup")?,
+        // Before 5.15 the cgroup pointer is the union's `val` (when no v1 net_cls/net_prio
+        // data is stored there). Read wrong, the id matches no cage and the one use of it
+        // (DNS on a socket made outside every cage) is refused: it fails closed.
+        sock_cgroup: first_offset(btf, &["sock.sk_cgrp_data.cgroup", "sock.sk_cgrp_data.val"])?,
         cgroup_kn: btf.offset_of("cgroup.kn")?,
         kernfs_id: btf.offset_of("kernfs_node.id")?,
         inode_size: btf.offset_of("inode.i_size")?,
