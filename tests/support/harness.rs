@@ -6,19 +6,19 @@
 
 use std::{
     fs,
-    io::{BufRead as _, BufReader, Write as _},
-    net::{TcpListener, UdpSocket},
+    io::Write as _,
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio},
-    sync::{
-        atomic::{AtomicU32, Ordering},
-        mpsc, Arc, Mutex,
-    },
+    sync::atomic::{AtomicU32, Ordering},
     thread,
     time::Duration,
 };
 
 pub use crate::bins::{agentcage, agentcaged, probe};
+pub use crate::lines::Lines;
+pub use crate::sockets::{
+    assert_refused, listener_pair, stderr, stdout, tcp_listener, tcp_listener_at, udp_listener,
+};
 
 /// How long an awaited condition may take on the host before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -65,67 +65,6 @@ pub fn require_root() {
         euid, 0,
         "the end-to-end tests need root (real eBPF, real cgroups)"
     );
-}
-
-/// Lines of a child's output, collected by a thread and awaited with a deadline.
-pub struct Lines {
-    rx: mpsc::Receiver<String>,
-    /// Every line so far, for failure messages.
-    pub all: Arc<Mutex<Vec<String>>>,
-}
-
-impl Lines {
-    /// Reads `reader` line by line on a thread of its own until it ends.
-    pub fn spawn(reader: impl std::io::Read + Send + 'static) -> Self {
-        let (tx, rx) = mpsc::channel();
-        let all = Arc::new(Mutex::new(Vec::new()));
-        let keep = Arc::clone(&all);
-        thread::spawn(move || {
-            for line in BufReader::new(reader).lines() {
-                let Ok(line) = line else { break };
-                keep.lock().unwrap().push(line.clone());
-                if tx.send(line).is_err() {
-                    // Nobody waits any more; keep draining so the child never blocks.
-                }
-            }
-        });
-        Self { rx, all }
-    }
-
-    /// The next line satisfying `pred`, or a panic naming `what` after the deadline.
-    pub fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        self.wait_for_within(what, deadline(), pred)
-    }
-
-    /// [`Lines::wait_for`] with a deadline of `within`: for a workload whose own length
-    /// grows with the machine's load (thousands of execs), not for the daemon's answers.
-    pub fn wait_for_within(
-        &self,
-        what: &str,
-        within: Duration,
-        pred: impl Fn(&str) -> bool,
-    ) -> String {
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(line) if pred(&line) => return line,
-                Ok(_) => {}
-                Err(_) => panic!(
-                    "timed out waiting for {what}; output so far:\n{}",
-                    self.all.lock().unwrap().join("\n")
-                ),
-            }
-        }
-    }
-}
-
-impl Lines {
-    /// The next line within `within`, if one comes: for asserting that nothing happens
-    /// (a frozen process makes no progress), never for waiting on something.
-    pub fn next_within(&self, within: Duration) -> Option<String> {
-        self.rx.recv_timeout(within).ok()
-    }
 }
 
 /// One running daemon.
@@ -680,51 +619,6 @@ pub fn cgroup2_mount() -> PathBuf {
                 .then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap()))
         })
         .expect("cgroup2 mounted")
-}
-
-/// A TCP listener on a loopback address; accepted connections are simply dropped.
-pub fn tcp_listener(ip: &str) -> (TcpListener, u16) {
-    let l = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}: {e}"));
-    let port = l.local_addr().unwrap().port();
-    (l, port)
-}
-
-/// Listeners on 127.0.0.1 and 127.0.0.2 at the same port: the allowed and the denied
-/// destination of most tests. Keep the pair alive while connecting.
-pub fn listener_pair() -> ((TcpListener, TcpListener), u16) {
-    let (allowed, port) = tcp_listener("127.0.0.1");
-    let denied = tcp_listener_at("127.0.0.2", port);
-    ((allowed, denied), port)
-}
-
-/// Asserts that a command failed and said `needle` on stderr.
-pub fn assert_refused(output: &Output, needle: &str) {
-    assert!(!output.status.success(), "expected a failure: {output:?}");
-    let err = stderr(output);
-    assert!(err.contains(needle), "expected {needle:?} in: {err}");
-}
-
-/// A TCP listener on `ip` at a given port.
-pub fn tcp_listener_at(ip: &str, port: u16) -> TcpListener {
-    TcpListener::bind((ip, port)).unwrap_or_else(|e| panic!("bind {ip}:{port}: {e}"))
-}
-
-/// A non-blocking UDP socket on a loopback address.
-pub fn udp_listener(ip: &str) -> (UdpSocket, u16) {
-    let s = UdpSocket::bind((ip, 0)).unwrap();
-    s.set_nonblocking(true).unwrap();
-    let port = s.local_addr().unwrap().port();
-    (s, port)
-}
-
-/// Stdout of an output, trimmed.
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
-}
-
-/// Stderr of an output.
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// How many programs `bpftool` says are attached to `cgroup` itself.
