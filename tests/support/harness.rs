@@ -331,7 +331,9 @@ impl Daemon {
 
     /// `agentcage status -o json`, parsed.
     pub fn status(&self) -> serde_json::Value {
-        let out = self.cli().args(["status", "-o", "json"]).output().unwrap();
+        let mut cli = self.cli();
+        cli.args(["status", "-o", "json"]);
+        let out = crate::lines::output_within(cli, "agentcage status");
         assert!(out.status.success(), "status failed: {}", stderr(&out));
         serde_json::from_slice(&out.stdout).expect("status is JSON")
     }

@@ -16,4 +16,5 @@ pub mod identity;
 pub mod lines;
 pub mod sockets;
 pub mod spool;
+pub mod stall;
 pub mod tmux;
