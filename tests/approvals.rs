@@ -210,6 +210,9 @@ fn tool_calls_needing_approval_are_refused_until_approved() {
 #[test]
 fn a_gated_program_runs_only_once_approved() {
     let bins = tempfile::tempdir().unwrap();
+    // The agent (a uid of its own) writes its marks here.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(bins.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let gated = bins.path().join("gated-touch");
     std::fs::copy("/bin/touch", &gated).unwrap();
     let g = gated.display().to_string();

@@ -593,3 +593,41 @@ fn exec_rules_hold_in_a_container_and_rules_by_host_path_are_refused() {
         .rewrite_policy("version: 1\nagents:\n  web:\n    exec:\n      deny: [/usr/bin/dd]\n");
     harness::assert_refused(&reload, "has caged containers");
 }
+
+/// Exec rules by content hold in a container in either tier: the probe, denied by its
+/// digest, is stopped in the image while the image's other programs run (in the kill tier
+/// the daemon's exec watch reads each exec's file in the container's own mount namespace;
+/// unread content would be killed too).
+#[test]
+fn exec_rules_by_content_hold_in_a_container() {
+    let sum = Command::new("sha256sum")
+        .arg(bins::probe())
+        .output()
+        .unwrap();
+    let text = stdout(&sum);
+    let digest = text.split_whitespace().next().expect("a digest");
+    let daemon = Daemon::start(&format!(
+        "version: 1\nagents:\n  web:\n    exec:\n      deny: [\"sha256:{digest}\"]\n"
+    ));
+    let engine = Engine::start(&daemon);
+    let out = run(
+        &engine,
+        "agentcage",
+        true,
+        &[
+            "--rm",
+            IMAGE,
+            "/bin/sh",
+            "-c",
+            "/bin/true && echo ran; /probe connect 127.0.0.1:1; echo $?",
+        ],
+    );
+    let text = stdout(&out);
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("ran"), "{text}\n{}", stderr(&out));
+    let status = lines.last().unwrap_or_default();
+    assert!(
+        status == "137" || status == "126",
+        "the probe is killed (kill tier) or refused (deny tier): {text}"
+    );
+}

@@ -17,7 +17,7 @@ use harness::{
 
 fn allow_port(port: u16) -> String {
     format!(
-        "version: 1\nagents:\n  tester:\n    egress:\n      allow:\n        - cidr: 127.0.0.1/32\n          ports: [{port}]\n          protocols: [tcp]\n"
+        "version: 1\nagents:\n  tester:\n    run_as: [root, caller]\n    egress:\n      allow:\n        - cidr: 127.0.0.1/32\n          ports: [{port}]\n          protocols: [tcp]\n"
     )
 }
 
@@ -28,12 +28,12 @@ fn a_broken_policy_is_refused_with_its_location_and_the_old_one_keeps_enforcing(
     let mut cage = daemon.serve_in("tester");
     assert_eq!(cage.op(&format!("connect 127.0.0.1:{port}")), "ok");
 
-    // Line 6, column 17: the CIDR value.
+    // Line 7, column 17: the CIDR value.
     let broken = allow_port(port).replace("127.0.0.1/32", "127.0.0.1/33");
     let reload = daemon.rewrite_policy(&broken);
     assert!(!reload.status.success(), "a broken policy must be refused");
     let message = stderr(&reload);
-    let location = format!("{}:6:17", daemon.policy.display());
+    let location = format!("{}:7:17", daemon.policy.display());
     assert!(
         message.contains(&location),
         "error must point at {location}: {message}"
@@ -61,7 +61,7 @@ fn a_broken_policy_is_refused_with_its_location_and_the_old_one_keeps_enforcing(
     )
     .err()
     .expect("agentcaged must not start on a broken policy");
-    assert!(log.contains(&format!("{}:6:17", policy.display())), "{log}");
+    assert!(log.contains(&format!("{}:7:17", policy.display())), "{log}");
     daemon.stop();
 }
 
@@ -267,7 +267,7 @@ fn run_takes_away_what_could_undo_the_cage() {
 fn a_connection_opened_before_caging_is_refused_after_it() {
     // The outsider runs as nobody: let its group use the control socket.
     let daemon = Daemon::start_args(
-        "version: 1\nagents:\n  tester:\n    egress:\n      allow: []\n  lax:\n    egress:\n      allow:\n        - cidr: 0.0.0.0/0\n",
+        "version: 1\nagents:\n  tester:\n    run_as: caller\n    egress:\n      allow: []\n  lax:\n    egress:\n      allow:\n        - cidr: 0.0.0.0/0\n",
         &["--group", "65534"],
     );
     use std::os::unix::fs::PermissionsExt as _;
@@ -401,7 +401,7 @@ fn become_nobody_with_dac_override() -> std::io::Result<()> {
 #[test]
 fn caged_processes_cannot_use_the_control_socket() {
     let daemon = Daemon::start(
-        "version: 1\nagents:\n  tester:\n    egress:\n      allow: []\n  lax:\n    egress:\n      allow:\n        - cidr: 0.0.0.0/0\n",
+        "version: 1\nagents:\n  tester:\n    run_as: root\n    egress:\n      allow: []\n  lax:\n    egress:\n      allow:\n        - cidr: 0.0.0.0/0\n",
     );
     // A (root) agent trying to start itself again as a laxer agent, or to read the daemon.
     let socket = daemon.socket.to_str().unwrap().to_owned();

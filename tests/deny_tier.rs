@@ -26,7 +26,7 @@ fn denied_execs_fail_with_eperm_even_renamed_and_allowed_ones_run() {
     let bins = tempfile::tempdir().unwrap();
     let denied = copy_of("/bin/true", bins.path(), "denied-true");
     let daemon = Daemon::start(&format!(
-        "version: 1\nagents:\n  t:\n    exec:\n      deny: [{denied}]\n"
+        "version: 1\nagents:\n  t:\n    run_as: root\n    exec:\n      deny: [{denied}]\n"
     ));
     daemon.expect_tier("deny");
     // Linux before 5.18 (and kernels without IMA) cannot hash for BPF: there a deny rule by
@@ -71,7 +71,7 @@ fn an_allow_list_refuses_everything_else() {
     let listed = copy_of("/bin/true", bins.path(), "listed");
     let probe = harness::probe();
     let daemon = Daemon::start(&format!(
-        "version: 1\nagents:\n  t:\n    exec:\n      default: deny\n      allow: [{}, {listed}]\n",
+        "version: 1\nagents:\n  t:\n    run_as: root\n    exec:\n      default: deny\n      allow: [{}, {listed}]\n",
         probe.display()
     ));
     daemon.expect_tier("deny");
@@ -93,7 +93,7 @@ fn protected_files_cannot_be_opened_even_through_a_symlink() {
     let link = dir.path().join("link-to-secret");
     std::os::unix::fs::symlink(&secret, &link).unwrap();
     let daemon = Daemon::start(&format!(
-        "version: 1\nagents:\n  t:\n    files:\n      protect:\n        - path: {}\n        - path: {}/**\n        - path: {}\n          access: write\n",
+        "version: 1\nagents:\n  t:\n    run_as: root\n    files:\n      protect:\n        - path: {}\n        - path: {}/**\n        - path: {}\n          access: write\n",
         secret.display(),
         vault.display(),
         readable.display()
@@ -135,7 +135,7 @@ fn protected_files_cannot_be_opened_even_through_a_symlink() {
 fn the_lsm_connect_hook_refuses_first_and_reports_once() {
     let (_listeners, port) = harness::listener_pair();
     let daemon = Daemon::start(&format!(
-        "version: 1\nagents:\n  t:\n    egress:\n      allow:\n        - cidr: 127.0.0.1/32\n          ports: [{port}]\n"
+        "version: 1\nagents:\n  t:\n    run_as: root\n    egress:\n      allow:\n        - cidr: 127.0.0.1/32\n          ports: [{port}]\n"
     ));
     daemon.expect_tier("deny");
     let events = daemon.follow_events();
@@ -167,7 +167,7 @@ fn protected_places_cannot_be_escaped_or_changed_by_other_calls() {
     fs::write(&outside, "o").unwrap();
     let d = dir.path().display();
     let daemon = Daemon::start(&format!(
-        "version: 1\nagents:\n  t:\n    files:\n      protect:\n        - path: {}/**\n",
+        "version: 1\nagents:\n  t:\n    run_as: root\n    files:\n      protect:\n        - path: {}/**\n",
         vault.display()
     ));
     daemon.expect_tier("deny");
@@ -206,30 +206,43 @@ fn protected_places_cannot_be_escaped_or_changed_by_other_calls() {
     assert_eq!(cage.op(&format!("create {d}/fresh")), "ok");
 }
 
-/// A denied program run through the dynamic loader is mapped, not exec'd: `mmap_file`
-/// refuses it all the same.
+/// A program run through the dynamic loader is mapped, not exec'd. So in a cage with exec
+/// rules the loader may not be the program of an exec; where a policy names the loader to
+/// allow it, `mmap_file` still refuses a denied program it maps.
 #[test]
 fn a_denied_program_cannot_run_through_the_dynamic_loader() {
     let bins = tempfile::tempdir().unwrap();
     let denied = copy_of("/bin/touch", bins.path(), "denied-touch");
+    let loader = "/lib64/ld-linux-x86-64.so.2";
     let daemon = Daemon::start(&format!(
-        "version: 1\nagents:\n  t:\n    exec:\n      deny: [{denied}]\n"
+        "version: 1\nagents:\n  t:\n    run_as: root\n    exec:\n      deny: [{denied}]\n  \
+         named:\n    run_as: root\n    exec:\n      allow: [{loader}]\n      deny: [{denied}]\n"
     ));
     daemon.expect_tier("deny");
     let events = daemon.follow_events();
-    let mut cage = daemon.serve_in("t");
     let marker = bins.path().join("ran");
-    let loader = "/lib64/ld-linux-x86-64.so.2";
-    let answer = cage.op(&format!("exec {loader} {denied} {}", marker.display()));
-    assert_ne!(answer, "ok");
-    assert!(!marker.exists(), "nothing of the denied program ran");
+
+    let mut cage = daemon.serve_in("t");
+    let by_loader = format!("exec {loader} {denied} {}", marker.display());
+    assert_eq!(cage.op(&by_loader), EPERM);
+    assert_eq!(cage.op(&format!("exec {loader} /bin/true")), EPERM);
+    let e = events.wait_event("the refused loader", |e| {
+        e["kind"] == "exec" && e["rule"] == "loader"
+    });
+    assert_eq!((&e["verdict"], &e["hook"]), (&"deny".into(), &"lsm".into()));
+    // Dynamic programs still map it as their interpreter.
+    assert_eq!(cage.op("exec /bin/true"), "ok");
+
+    let mut named = daemon.serve_in("named");
+    assert_ne!(named.op(&by_loader), "ok");
     let e = events.wait_event("the refused mapping", |e| {
         e["kind"] == "exec" && e["hook"] == "lsm_mmap"
     });
     assert_eq!(e["verdict"], "deny");
     assert_eq!(e["rule"], "exec.deny[0]");
-    // The loader itself is fine with an allowed program.
-    assert_eq!(cage.op(&format!("exec {loader} /bin/true")), "ok");
+    assert!(!marker.exists(), "nothing of the denied program ran");
+    // The loader named in the policy runs an allowed program.
+    assert_eq!(named.op(&format!("exec {loader} /bin/true")), "ok");
 }
 
 /// The read-only rung also stops writes where the kernel can refuse them: no regular file
@@ -239,7 +252,7 @@ fn the_read_only_rung_refuses_file_writes() {
     let dir = tempfile::tempdir().unwrap();
     let notes = dir.path().join("notes");
     fs::write(&notes, "n").unwrap();
-    let daemon = Daemon::start("version: 1\nagents:\n  t: {}\n");
+    let daemon = Daemon::start("version: 1\nagents:\n  t: {run_as: root}\n");
     daemon.expect_tier("deny");
     let mut cage = daemon.serve_in("t");
     let n = notes.display();

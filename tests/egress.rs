@@ -178,7 +178,8 @@ fn raw_and_packet_sockets_are_refused_in_the_cage_only() {
 #[test]
 fn raw_sockets_can_be_allowed_by_policy() {
     let daemon = Daemon::start(
-        "version: 1\nagents:\n  tester:\n    egress:\n      allow: []\n      raw_sockets: true\n",
+        // Raw sockets need CAP_NET_RAW, which only a root agent keeps.
+        "version: 1\nagents:\n  tester:\n    run_as: root\n    egress:\n      allow: []\n      raw_sockets: true\n",
     );
     let caged = daemon.probe_in("tester", &["raw"]);
     assert_eq!(stdout(&caged), "ok", "{caged:?}");

@@ -21,7 +21,7 @@ fn a_denied_exec_is_killed_before_the_binary_runs() {
     let bins = tempfile::tempdir().unwrap();
     let denied = toucher(bins.path(), "denied-touch");
     let daemon = Daemon::start(&format!(
-        "version: 1\nagents:\n  t:\n    exec:\n      deny: [{denied}]\n"
+        "version: 1\nagents:\n  t:\n    run_as: root\n    exec:\n      deny: [{denied}]\n"
     ));
     daemon.expect_tier("kill");
     let events = daemon.follow_events();
@@ -71,7 +71,7 @@ fn an_allow_list_kills_everything_else_and_counts_it() {
     let other = toucher(bins.path(), "other-touch");
     let sh = fs::canonicalize("/bin/sh").unwrap();
     let daemon = Daemon::start(&format!(
-        "version: 1\nagents:\n  t:\n    exec:\n      default: deny\n      allow: [{}, {allowed}]\n",
+        "version: 1\nagents:\n  t:\n    run_as: root\n    exec:\n      default: deny\n      allow: [{}, {allowed}]\n",
         sh.display()
     ));
     daemon.expect_tier("kill");
@@ -125,4 +125,145 @@ fn a_policy_demanding_the_deny_tier_is_refused_naming_what_is_missing() {
             "no cage is made for a refused agent"
         );
     }
+}
+
+/// A shell in agent `agent`'s cage (run under its dynamic uid), fed commands line by line.
+struct Shell {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    out: harness::Lines,
+}
+
+impl Shell {
+    fn start(daemon: &Daemon, agent: &str) -> Self {
+        let mut child = daemon
+            .cli()
+            .args(["run", "--agent", agent, "--", "/bin/sh", "-s"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let input = child.stdin.take().unwrap();
+        let out = harness::Lines::spawn(child.stdout.take().unwrap());
+        Self { child, input, out }
+    }
+
+    /// Runs `command` and returns its exit status as the shell saw it (137: SIGKILL).
+    fn status_of(&mut self, tag: &str, command: &str) -> String {
+        use std::io::Write as _;
+        writeln!(self.input, "{command}; echo {tag}=$?").unwrap();
+        let line = self
+            .out
+            .wait_for(tag, |l| l.starts_with(&format!("{tag}=")));
+        line[tag.len() + 1..].to_owned()
+    }
+
+    fn finish(mut self) {
+        drop(self.input);
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+/// A directory the agent's dynamic uid may write and run files in.
+fn shared_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    dir
+}
+
+/// A kill-tier daemon whose agent `t` (with `run_as`, if given) denies a copy of touch in a
+/// directory its uid may use; returns the directory, the denied binary and the daemon.
+fn denying_touch(run_as: Option<&str>) -> (tempfile::TempDir, String, Daemon) {
+    let bins = shared_dir();
+    let denied = toucher(bins.path(), "denied-touch");
+    let run_as = run_as.map_or(String::new(), |r| format!("    run_as: {r}\n"));
+    let daemon = Daemon::start(&format!(
+        "version: 1\nagents:\n  t:\n{run_as}    exec:\n      deny: [{denied}]\n"
+    ));
+    daemon.expect_tier("kill");
+    (bins, denied, daemon)
+}
+
+#[test]
+fn a_copy_of_a_denied_binary_and_the_loader_running_it_are_killed() {
+    let loader = agentcage::policy::loaders()
+        .into_iter()
+        .next()
+        .expect("this host runs dynamic programs, so it has a loader");
+    let (bins, denied, daemon) = denying_touch(None);
+    let events = daemon.follow_events();
+    let mut shell = Shell::start(&daemon, "t");
+    let at = |name: &str| bins.path().join(name).display().to_string();
+
+    // The agent makes its own copy under another name: same content, so killed.
+    let copy = at("renamed");
+    assert_eq!(shell.status_of("cp", &format!("cp {denied} {copy}")), "0");
+    assert_eq!(
+        shell.status_of("copy", &format!("{copy} {}", at("by-copy"))),
+        "137"
+    );
+    let e = events.wait_event("the killed copy", |e| {
+        e["kind"] == "exec" && e["filename"] == copy.as_str()
+    });
+    assert_eq!(
+        (&e["verdict"], &e["rule"]),
+        (&"killed".into(), &"exec.deny[0]".into())
+    );
+
+    // The loader would map the denied binary without an exec of it: the loader is killed.
+    let by_loader = format!("{} {denied} {}", loader.display(), at("by-loader"));
+    assert_eq!(shell.status_of("loader", &by_loader), "137");
+    let e = events.wait_event("the killed loader", |e| {
+        e["kind"] == "exec" && e["verdict"] == "killed" && e["rule"] == "loader"
+    });
+    assert_eq!(e["filename"], loader.display().to_string());
+
+    // What the policy does not deny still runs, dynamic programs included (they map the
+    // loader as their interpreter).
+    assert_eq!(
+        shell.status_of("mkdir", &format!("mkdir {}", at("made"))),
+        "0"
+    );
+    assert!(bins.path().join("made").is_dir());
+    for ran in ["by-copy", "by-loader"] {
+        assert!(
+            !bins.path().join(ran).exists(),
+            "{ran}: nothing of the denied binary ran"
+        );
+    }
+    shell.finish();
+}
+
+#[test]
+fn with_the_daemon_dead_an_exec_of_unread_content_is_killed_not_run() {
+    let (bins, _denied, daemon) = denying_touch(None);
+    let mut shell = Shell::start(&daemon, "t");
+    // /bin/true runs (and is read) while the daemon lives; a fresh copy of it is not yet
+    // read. (Exit statuses tell: 0 ran, 137 killed.)
+    let fresh = bins.path().join("fresh-true").display().to_string();
+    assert_eq!(shell.status_of("before", "/bin/true"), "0");
+    assert_eq!(shell.status_of("cp", &format!("cp /bin/true {fresh}")), "0");
+
+    let (dir, policy, socket, name) = daemon.kill_keeping_paths();
+    // Nobody reads the fresh copy: its exec is killed, whatever its content.
+    assert_eq!(shell.status_of("fresh", &fresh), "137");
+    // Content read before, unchanged since, is still judged (and allowed).
+    assert_eq!(shell.status_of("known", "/bin/true"), "0");
+
+    // The next daemon watches the cage it finds: the fresh copy is read and runs.
+    let daemon = Daemon::start_with(dir, policy, socket, name, &[]).expect("restart");
+    assert_eq!(shell.status_of("after", &fresh), "0");
+    shell.finish();
+    drop(daemon);
+}
+
+#[test]
+fn adopting_into_a_cage_that_judges_content_is_refused_saying_why() {
+    let (_bins, _denied, daemon) = denying_touch(Some("nobody"));
+    // In the host's mount namespace: its execs could not be made to wait for the daemon,
+    // so its copies of the denied binary would run unjudged.
+    let outsider = harness::serve_outside(harness::Outsider::Cageable);
+    let adopt = daemon.adopt("t", outsider.pid);
+    harness::assert_refused(&adopt, "mount namespace");
+    assert!(outsider.finish().success());
 }

@@ -134,6 +134,10 @@ fn what_the_operator_types_after_the_agent_exited_is_not_readable_by_it() {
     let tmux = Tmux::start(&daemon, 100, 30);
     let script = tmux.path("steal.py");
     fs::write(&script, STEAL).unwrap();
+    // The agent (a uid of its own) writes what it stole and its log beside the script.
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = script.parent().unwrap();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o777)).unwrap();
     let (stolen, log, typed) = (tmux.path("stolen"), tmux.path("log"), tmux.path("typed"));
     let status = tmux.run(&format!(
         "$A run --agent t -- /usr/bin/python3 {} {} {}",
@@ -298,8 +302,9 @@ fn job_control_of_the_agents_own_shell_works() {
     let daemon = Daemon::start(POLICY);
     let tmux = Tmux::start(&daemon, 100, 30);
     let n = tmux.start_command("$A run --agent t -- env PS1='INNER$ ' bash --norc --noprofile -i");
-    tmux.wait_for("the agent's shell", |s| s.contains("INNER$"));
     let prompts = |s: &str| s.lines().filter(|l| l.starts_with("INNER$")).count();
+    // The shell's own prompt, at the start of a line (the command line above names it too).
+    tmux.wait_for("the agent's shell", |s| prompts(s) == 1);
     tmux.line("sleep 1000");
     tmux.wait_for("sleep to start", |s| s.contains("INNER$ sleep 1000"));
     // Ctrl-Z stops the shell's foreground job, not the shell.

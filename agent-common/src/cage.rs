@@ -6,7 +6,9 @@ use crate::event::EventKind;
 pub const CAGE_F_ALLOW_RAW: u32 = 1 << 0;
 /// An exec that no exec rule allows is refused (default deny).
 pub const CAGE_F_EXEC_DEFAULT_DENY: u32 = 1 << 1;
-/// The policy slot has exec rules by content: hash each executed file (deny tier only).
+/// The policy slot has exec rules by content: each executed file is judged by its SHA-256
+/// too (deny tier: hashed by IMA; kill tier: looked up in the content map the daemon fills,
+/// an exec of unknown content killed).
 pub const CAGE_F_EXEC_HASHES: u32 = 1 << 2;
 /// The policy slot has file rules: look opened files up (deny tier only).
 pub const CAGE_F_FILES: u32 = 1 << 3;

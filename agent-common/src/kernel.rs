@@ -108,4 +108,10 @@ pub struct KernelSettings {
     pub msg_name: u32,
     /// `msghdr.msg_namelen`.
     pub msg_namelen: u32,
+    /// `inode.i_size`.
+    pub inode_size: u32,
+    /// `inode.i_ctime_sec` (6.11 and later), or `inode.i_ctime.tv_sec` / `__i_ctime.tv_sec`.
+    pub inode_ctime_sec: u32,
+    /// `inode.i_ctime_nsec` (a u32 since 6.11), or the low half of `tv_nsec` before.
+    pub inode_ctime_nsec: u32,
 }

@@ -12,6 +12,11 @@ pub const EGRESS_V6: &str = "EGRESS_V6";
 pub const EXEC_INODES: &str = "EXEC_INODES";
 /// [`crate::process::HashKey`] → [`crate::process::ExecRule`]: exec rules by content.
 pub const EXEC_HASHES: &str = "EXEC_HASHES";
+/// [`crate::process::ContentKey`] → [`crate::process::ContentEntry`]: executed files' content
+/// as the daemon hashed it (kill tier), least recently used first out.
+pub const EXEC_CONTENT: &str = "EXEC_CONTENT";
+/// Files whose content the kill tier keeps at once.
+pub const MAX_CONTENT_ENTRIES: u32 = 16_384;
 /// [`crate::file::InodeKey`] → [`crate::file::FileRule`]: file rules.
 pub const FILE_RULES: &str = "FILE_RULES";
 /// IPv4 ingress allow list (who may connect to the agent's listeners): [`crate::egress::Key4`]

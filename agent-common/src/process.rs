@@ -25,6 +25,12 @@ pub const EXEC_F_KILLED: u32 = 1 << 4;
 
 /// The default decision applied (no exec rule matched).
 pub const EXEC_RULE_DEFAULT: u32 = u32::MAX;
+/// The file is a dynamic loader run as the main program (`ld.so PROGRAM` maps PROGRAM
+/// without an exec): refused in a cage with exec rules.
+pub const EXEC_RULE_LOADER: u32 = u32::MAX - 1;
+/// Kill tier: the cage's rules name content, and the executed file's content is not known
+/// (never hashed by the daemon, or changed since): killed, fail closed.
+pub const EXEC_RULE_CONTENT_UNKNOWN: u32 = u32::MAX - 2;
 
 /// An exec, as the kernel saw it. `header.pid/tgid` are the process after exec.
 #[repr(C)]
@@ -87,7 +93,7 @@ pub struct ExitEvent {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExecRule {
-    /// [`EXEC_ALLOW`] or [`EXEC_DENY`].
+    /// [`EXEC_ALLOW`], [`EXEC_DENY`], [`EXEC_APPROVAL`] or [`EXEC_DENY_MAIN`].
     pub action: u32,
     /// Index of the rule in the policy's exec lists (allow first, then deny).
     pub rule_id: u32,
@@ -101,6 +107,9 @@ pub const EXEC_DENY: u32 = 2;
 /// verdict `pending-approval` unless `APPROVALS` holds an unexpired grant for
 /// (cage, `rule_id`).
 pub const EXEC_APPROVAL: u32 = 3;
+/// The file may not be the main program of an exec (a dynamic loader): refused (or killed)
+/// there, while programs still map it as their interpreter (the `mmap_file` hook lets it be).
+pub const EXEC_DENY_MAIN: u32 = 4;
 /// Rule ids of `approvals.exec` entries start here (index added), apart from the egress
 /// rule ids that share the `APPROVALS` map.
 pub const EXEC_APPROVAL_RULE_BASE: u32 = 0x4000_0000;
@@ -114,3 +123,38 @@ pub struct HashKey {
     /// SHA-256 of the file's contents.
     pub sha256: [u8; 32],
 }
+
+/// Key of the content map: a file by device and inode (no policy slot: content belongs to
+/// the file, not to a policy).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ContentKey {
+    /// Device, in the kernel's encoding (`MAJOR << 20 | MINOR`).
+    pub dev: u32,
+    /// Padding, zero.
+    pub _pad: u32,
+    /// Inode number.
+    pub ino: u64,
+}
+
+/// A file's SHA-256 as the daemon read it, with the change time and size it had then: the
+/// kill tier's exec tracepoint takes the digest only while the inode still has both (any
+/// write changes the change time, which the daemon waited to be in the past before reading).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContentEntry {
+    /// `inode.i_ctime` seconds.
+    pub ctime_sec: i64,
+    /// `inode.i_ctime` nanoseconds.
+    pub ctime_nsec: u32,
+    /// Padding, zero.
+    pub _pad: u32,
+    /// `inode.i_size`.
+    pub size: i64,
+    /// SHA-256 of the content.
+    pub sha256: [u8; 32],
+}
+
+/// The bits of `inode.i_ctime_nsec` that hold nanoseconds: since Linux 6.13 the top bit
+/// marks a change time someone has read (multigrain timestamps).
+pub const CTIME_NSEC_MASK: u32 = 0x3fff_ffff;

@@ -7,7 +7,7 @@ use crate::{
     egress::{Key4, Key6, PortRules},
     file::{FileRule, InodeKey},
     kernel::KernelSettings,
-    process::{ExecRule, HashKey},
+    process::{ContentEntry, ContentKey, ExecRule, HashKey},
     unix::{ByteClasses, DfaKey, DfaNext},
 };
 
@@ -32,6 +32,10 @@ unsafe impl aya::Pod for ExecRule {}
 unsafe impl aya::Pod for HashKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for KernelSettings {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ContentKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ContentEntry {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ApprovalKey {}
 // SAFETY: as above.

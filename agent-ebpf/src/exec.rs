@@ -9,7 +9,7 @@ use agent_common::{
     cage::{CAGE_F_EXEC_DIGESTS_REQUIRED, CAGE_F_EXEC_HASHES},
     event::Verdict,
     file::InodeKey,
-    process::{HashKey, EXEC_F_FROM_LSM, EXEC_F_MMAP, EXEC_RULE_DEFAULT},
+    process::{HashKey, EXEC_DENY, EXEC_F_FROM_LSM, EXEC_F_MMAP, EXEC_RULE_DEFAULT},
 };
 use aya_ebpf::{
     helpers::generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ima_file_hash},
@@ -20,7 +20,7 @@ use aya_ebpf::{
 use crate::{
     egress::cage_of,
     events::{count, Counter},
-    exec_rules::{default_of, verdict_of, verdict_with_approval},
+    exec_rules::{by_inode, default_of, verdict_of},
     kernel::{bprm_file_offset, file_id, settings},
     maps::{EXEC_HASHES, EXEC_INODES},
     process::emit_exec,
@@ -63,13 +63,7 @@ fn bprm_check(ctx: &LsmContext, hashes: bool) -> i32 {
     // SAFETY: bprm is the hook's valid argument and `offset` that of its `file` field.
     let file = unsafe { *(bprm.add(offset as usize) as *const *mut core::ffi::c_void) };
     let (dev, ino) = file_id(&s, file as *const u8);
-    let key = InodeKey {
-        slot: cage.policy_slot,
-        dev,
-        ino,
-    };
-    // SAFETY: as in judge_inode.
-    let by_inode = unsafe { EXEC_INODES.get(key) }.map(|r| verdict_with_approval(r, cgroup_id));
+    let by_inode = by_inode(&cage, cgroup_id, dev, ino);
     // A deny (or a missing approval) by file settles it; otherwise content is checked
     // before an allow by file, so an allowed file overwritten with a denied binary's bytes
     // is still denied.
@@ -154,8 +148,13 @@ pub fn agentcage_mmap_file(ctx: LsmContext) -> i32 {
         dev,
         ino,
     };
+    // Only a plain deny: a loader's "not as the main program" rule must let every program
+    // map it as its interpreter.
     // SAFETY: as in judge_inode.
-    let Some((Verdict::Deny, rule_id)) = (unsafe { EXEC_INODES.get(key) }).map(verdict_of) else {
+    let Some(rule_id) = (unsafe { EXEC_INODES.get(key) })
+        .filter(|r| r.action == EXEC_DENY)
+        .map(|r| r.rule_id)
+    else {
         return 0;
     };
     count(cgroup_id, Counter::Denied);

@@ -55,6 +55,9 @@ static SETTINGS: KernelSettings = KernelSettings {
     sock_protocol: 0,
     msg_name: 0,
     msg_namelen: 0,
+    inode_size: 0,
+    inode_ctime_sec: 0,
+    inode_ctime_nsec: 0,
 };
 
 /// The settings user space wrote. A volatile read, so the compiler cannot fold the zeros
@@ -95,6 +98,11 @@ pub fn inode_id(s: &KernelSettings, inode: *const u8) -> (u32, u64) {
 /// Device and inode of the file behind a `file *`.
 #[inline(always)]
 pub fn file_id(s: &KernelSettings, file: *const u8) -> (u32, u64) {
-    let inode = read::<*const u8>(file, s.file_inode).unwrap_or_default();
-    inode_id(s, inode)
+    inode_id(s, file_inode(s, file))
+}
+
+/// The `inode *` of a `file *` (null if unreadable).
+#[inline(always)]
+pub fn file_inode(s: &KernelSettings, file: *const u8) -> *const u8 {
+    read::<*const u8>(file, s.file_inode).unwrap_or_default()
 }

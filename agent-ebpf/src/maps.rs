@@ -8,10 +8,10 @@ use agent_common::{
     egress::{Key4, Key6, PortRules},
     file::{FileRule, InodeKey},
     maps::{
-        EGRESS_TRIE_ENTRIES, EVENTS_BYTES, MAX_APPROVALS, MAX_CAGES, MAX_DNS_REVNAT,
-        MAX_INGRESS_ENTRIES, MAX_INODE_RULES, MAX_UNIX_DFA_ENTRIES, MAX_UNIX_SLOTS,
+        EGRESS_TRIE_ENTRIES, EVENTS_BYTES, MAX_APPROVALS, MAX_CAGES, MAX_CONTENT_ENTRIES,
+        MAX_DNS_REVNAT, MAX_INGRESS_ENTRIES, MAX_INODE_RULES, MAX_UNIX_DFA_ENTRIES, MAX_UNIX_SLOTS,
     },
-    process::{ExecRule, HashKey},
+    process::{ContentEntry, ContentKey, ExecRule, HashKey},
     unix::{ByteClasses, DfaKey, DfaNext},
 };
 use aya_ebpf::{
@@ -59,6 +59,10 @@ pub static EXEC_INODES: HashMap<InodeKey, ExecRule> = HashMap::with_max_entries(
 
 #[map]
 pub static EXEC_HASHES: HashMap<HashKey, ExecRule> = HashMap::with_max_entries(MAX_INODE_RULES, 0);
+
+#[map]
+pub static EXEC_CONTENT: LruHashMap<ContentKey, ContentEntry> =
+    LruHashMap::with_max_entries(MAX_CONTENT_ENTRIES, 0);
 
 #[map]
 pub static FILE_RULES: HashMap<InodeKey, FileRule> = HashMap::with_max_entries(MAX_INODE_RULES, 0);

@@ -26,8 +26,8 @@ use aya_ebpf::{
 use crate::{
     egress::cage_of,
     events::{batched_wakeup, count, header, Counter},
-    exec_rules::judge_inode,
-    kernel::{file_id, read, settings},
+    exec_rules::{judge_exec, judge_inode},
+    kernel::{file_inode, inode_id, read, settings},
     maps::EVENTS,
 };
 
@@ -45,9 +45,17 @@ pub fn agentcage_exec(ctx: RawTracePointContext) -> i32 {
     let task: *const u8 = ctx.arg(0);
     let bprm: *const u8 = ctx.arg(2);
     let file = read::<*const u8>(bprm, s.bprm_file).unwrap_or_default();
-    let (dev, ino) = file_id(&s, file);
+    let inode = file_inode(&s, file);
+    let (dev, ino) = inode_id(&s, inode);
     let mut flags = 0;
-    let (verdict, rule_id) = match judge_inode(&cage, cgroup_id, dev, ino) {
+    // The deny tier judged before the exec (this only names the rule for the event); the
+    // kill tier judges here, content included.
+    let judged = if s.tier == TIER_KILL {
+        judge_exec(&s, &cage, cgroup_id, inode, (dev, ino))
+    } else {
+        judge_inode(&cage, cgroup_id, dev, ino)
+    };
+    let (verdict, rule_id) = match judged {
         // The deny tier's LSM hook has already refused what it refuses; what reaches here
         // was allowed (a race with a reload is settled in favour of the decision made).
         (v @ (Verdict::Deny | Verdict::PendingApproval), rule) if s.tier == TIER_KILL => {

@@ -88,10 +88,11 @@ impl TrustDomain {
         Ok(Self(domain.to_owned()))
     }
 
-    /// The host's name (from the kernel), lowercased, as the default trust domain.
+    /// The host's name (from the kernel) as the default trust domain, made fit for one
+    /// (see [`host_domain`]).
     pub fn of_host() -> Result<Self, IdentityError> {
         let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        Self::new(&name.trim().to_ascii_lowercase())
+        Self::new(&host_domain(&name))
     }
 
     /// The domain.
@@ -110,6 +111,34 @@ impl TrustDomain {
     pub fn node(&self, node: &str) -> Result<SpiffeId, IdentityError> {
         check_segment("the node id", node)?;
         Ok(SpiffeId(format!("spiffe://{}/node/{node}", self.0)))
+    }
+}
+
+/// A host name as a trust domain: lowercased, every character SPIFFE does not allow made
+/// `-`; a host without a name (the kernel's `(none)`, as in an initramfs or a fresh
+/// container) is `localhost`, so that the daemon starts there and says which domain it uses.
+pub fn host_domain(name: &str) -> String {
+    let name = name.trim();
+    if name.is_empty() || name == "(none)" {
+        return "localhost".to_owned();
+    }
+    let domain: String = name
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(255)
+        .collect();
+    let domain = domain.trim_matches('-');
+    if domain.is_empty() {
+        "localhost".to_owned()
+    } else {
+        domain.to_owned()
     }
 }
 
@@ -201,6 +230,10 @@ mod tests {
             TrustDomain::of_host().is_ok(),
             "the host name makes a trust domain"
         );
+        assert_eq!(host_domain("(none)\n"), "localhost");
+        assert_eq!(host_domain(""), "localhost");
+        assert_eq!(host_domain("Build Host 7"), "build-host-7");
+        assert_eq!(host_domain("node-1.example"), "node-1.example");
         let e = serde_json::from_str::<TrustDomain>("\"UPPER\"").unwrap_err();
         assert!(e.to_string().contains("'U'"), "{e}");
     }

@@ -6,19 +6,19 @@
 
 use std::{
     fs,
-    io::{BufRead as _, BufReader, Write as _},
-    net::{TcpListener, UdpSocket},
+    io::Write as _,
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio},
-    sync::{
-        atomic::{AtomicU32, Ordering},
-        mpsc, Arc, Mutex,
-    },
+    sync::atomic::{AtomicU32, Ordering},
     thread,
     time::Duration,
 };
 
 pub use crate::bins::{agentcage, agentcaged, probe};
+pub use crate::lines::Lines;
+pub use crate::sockets::{
+    assert_refused, listener_pair, stderr, stdout, tcp_listener, tcp_listener_at, udp_listener,
+};
 
 /// How long an awaited condition may take on the host before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -38,8 +38,9 @@ pub fn deadline() -> Duration {
 /// The policy features (`deny_enforcement`, `file_rules`, `content_rules`, `unix_sockets`,
 /// in that order) the daemon must refuse in `tier`: AGENTCAGE_EXPECT_REFUSED
 /// (comma-separated) where the test runner names what its kernel lacks (`cargo xtask
-/// vm-test` does, per boot), else none in the deny tier and in the kill tier all but Unix
-/// sockets, which it confines from Linux 6.7 (the cgroup Unix socket hooks).
+/// vm-test` does, per boot), else none in the deny tier, and in the kill tier what needs
+/// BPF LSM (not `content_rules`: the daemon's exec watch judges those) and, before Linux 6.7
+/// (no cgroup Unix socket hooks), `unix_sockets`.
 pub fn expected_refused(tier: &str) -> Vec<&'static str> {
     const ALL: [&str; 4] = [
         "deny_enforcement",
@@ -55,7 +56,7 @@ pub fn expected_refused(tier: &str) -> Vec<&'static str> {
             }
             ALL.into_iter().filter(|f| named.contains(f)).collect()
         }
-        Err(_) if tier == "kill" => ALL
+        Err(_) if tier == "kill" => ["deny_enforcement", "file_rules", "unix_sockets"]
             .into_iter()
             .filter(|&f| f != "unix_sockets" || kernel_version() < (6, 7))
             .collect(),
@@ -91,67 +92,6 @@ pub fn require_root() {
     );
 }
 
-/// Lines of a child's output, collected by a thread and awaited with a deadline.
-pub struct Lines {
-    rx: mpsc::Receiver<String>,
-    /// Every line so far, for failure messages.
-    pub all: Arc<Mutex<Vec<String>>>,
-}
-
-impl Lines {
-    /// Reads `reader` line by line on a thread of its own until it ends.
-    pub fn spawn(reader: impl std::io::Read + Send + 'static) -> Self {
-        let (tx, rx) = mpsc::channel();
-        let all = Arc::new(Mutex::new(Vec::new()));
-        let keep = Arc::clone(&all);
-        thread::spawn(move || {
-            for line in BufReader::new(reader).lines() {
-                let Ok(line) = line else { break };
-                keep.lock().unwrap().push(line.clone());
-                if tx.send(line).is_err() {
-                    // Nobody waits any more; keep draining so the child never blocks.
-                }
-            }
-        });
-        Self { rx, all }
-    }
-
-    /// The next line satisfying `pred`, or a panic naming `what` after the deadline.
-    pub fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        self.wait_for_within(what, deadline(), pred)
-    }
-
-    /// [`Lines::wait_for`] with a deadline of `within`: for a workload whose own length
-    /// grows with the machine's load (thousands of execs), not for the daemon's answers.
-    pub fn wait_for_within(
-        &self,
-        what: &str,
-        within: Duration,
-        pred: impl Fn(&str) -> bool,
-    ) -> String {
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(line) if pred(&line) => return line,
-                Ok(_) => {}
-                Err(_) => panic!(
-                    "timed out waiting for {what}; output so far:\n{}",
-                    self.all.lock().unwrap().join("\n")
-                ),
-            }
-        }
-    }
-}
-
-impl Lines {
-    /// The next line within `within`, if one comes: for asserting that nothing happens
-    /// (a frozen process makes no progress), never for waiting on something.
-    pub fn next_within(&self, within: Duration) -> Option<String> {
-        self.rx.recv_timeout(within).ok()
-    }
-}
-
 /// One running daemon.
 pub struct Daemon {
     child: Option<Child>,
@@ -184,7 +124,7 @@ impl Daemon {
     /// Starts agentcaged with a configuration file (`config.yaml` in its directory, where a
     /// restart finds it again) holding `config_yaml`.
     pub fn start_with_config(policy_yaml: &str, config_yaml: &str) -> Self {
-        Self::try_start_in(policy_yaml, Some(config_yaml), |_| {})
+        Self::try_start_in(policy_yaml, Some(config_yaml), |_| {}, deadline())
             .expect("agentcaged did not become ready")
     }
 
@@ -194,16 +134,34 @@ impl Daemon {
         policy_yaml: &str,
         customize: impl FnOnce(&mut Command),
     ) -> Result<Self, String> {
-        Self::try_start_in(policy_yaml, None, customize)
+        Self::try_start_in(policy_yaml, None, customize, deadline())
+    }
+
+    /// Starts agentcaged with extra arguments, allowing it `within` to become ready (a
+    /// daemon that runs its self-test first takes a while).
+    pub fn start_args_within(policy_yaml: &str, args: &[&str], within: Duration) -> Self {
+        Self::try_start_in(
+            policy_yaml,
+            None,
+            |c| {
+                c.args(args);
+            },
+            within,
+        )
+        .expect("agentcaged did not become ready")
     }
 
     fn try_start_in(
         policy_yaml: &str,
         config_yaml: Option<&str>,
         customize: impl FnOnce(&mut Command),
+        within: Duration,
     ) -> Result<Self, String> {
         require_root();
         let dir = tempfile::tempdir().expect("tempdir");
+        // Agents under dynamic uids pass through to their homes (`home/NAME`, each 0700).
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o711)).expect("chmod");
         let config = config_yaml.map(|config| {
             let path = dir.path().join("config.yaml");
             fs::write(&path, config).expect("write config");
@@ -217,12 +175,19 @@ impl Daemon {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         let socket = dir.path().join("agentcage.sock");
-        Self::launch(dir, policy, socket, cgroup_name, |c| {
-            if let Some(config) = &config {
-                c.arg("--config").arg(config);
-            }
-            customize(c);
-        })
+        Self::launch(
+            dir,
+            policy,
+            socket,
+            cgroup_name,
+            |c| {
+                if let Some(config) = &config {
+                    c.arg("--config").arg(config);
+                }
+                customize(c);
+            },
+            within,
+        )
     }
 
     /// Starts a daemon on existing paths (e.g. a restart); Err(log) if it exits instead.
@@ -233,9 +198,16 @@ impl Daemon {
         cgroup_name: String,
         args: &[&str],
     ) -> Result<Self, String> {
-        Self::launch(dir, policy, socket, cgroup_name, |c| {
-            c.args(args);
-        })
+        Self::launch(
+            dir,
+            policy,
+            socket,
+            cgroup_name,
+            |c| {
+                c.args(args);
+            },
+            deadline(),
+        )
     }
 
     fn launch(
@@ -244,6 +216,7 @@ impl Daemon {
         socket: PathBuf,
         cgroup_name: String,
         customize: impl FnOnce(&mut Command),
+        within: Duration,
     ) -> Result<Self, String> {
         let mut command = Command::new(agentcaged());
         customize(&mut command);
@@ -256,6 +229,8 @@ impl Daemon {
             .arg(app_socket_of(&socket))
             .arg("--snapshot-dir")
             .arg(snapshots_of(&socket))
+            .arg("--home-dir")
+            .arg(homes_of(&socket))
             .arg("--state-dir")
             .arg(state_of(&socket))
             .arg("--certificate-dir")
@@ -271,7 +246,7 @@ impl Daemon {
             .expect("spawn agentcaged");
         let log = Lines::spawn(child.stderr.take().unwrap());
         let ready = {
-            let deadline = std::time::Instant::now() + deadline();
+            let deadline = std::time::Instant::now() + within;
             loop {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
                 match log.rx.recv_timeout(left) {
@@ -381,7 +356,9 @@ impl Daemon {
 
     /// `agentcage status -o json`, parsed.
     pub fn status(&self) -> serde_json::Value {
-        let out = self.cli().args(["status", "-o", "json"]).output().unwrap();
+        let mut cli = self.cli();
+        cli.args(["status", "-o", "json"]);
+        let out = crate::lines::output_within(cli, "agentcage status");
         assert!(out.status.success(), "status failed: {}", stderr(&out));
         serde_json::from_slice(&out.stdout).expect("status is JSON")
     }
@@ -527,6 +504,10 @@ fn app_socket_of(socket: &Path) -> PathBuf {
 
 fn snapshots_of(socket: &Path) -> PathBuf {
     socket.with_file_name("snapshots")
+}
+
+fn homes_of(socket: &Path) -> PathBuf {
+    socket.with_file_name("home")
 }
 
 fn state_of(socket: &Path) -> PathBuf {
@@ -687,51 +668,6 @@ pub fn cgroup2_mount() -> PathBuf {
                 .then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap()))
         })
         .expect("cgroup2 mounted")
-}
-
-/// A TCP listener on a loopback address; accepted connections are simply dropped.
-pub fn tcp_listener(ip: &str) -> (TcpListener, u16) {
-    let l = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}: {e}"));
-    let port = l.local_addr().unwrap().port();
-    (l, port)
-}
-
-/// Listeners on 127.0.0.1 and 127.0.0.2 at the same port: the allowed and the denied
-/// destination of most tests. Keep the pair alive while connecting.
-pub fn listener_pair() -> ((TcpListener, TcpListener), u16) {
-    let (allowed, port) = tcp_listener("127.0.0.1");
-    let denied = tcp_listener_at("127.0.0.2", port);
-    ((allowed, denied), port)
-}
-
-/// Asserts that a command failed and said `needle` on stderr.
-pub fn assert_refused(output: &Output, needle: &str) {
-    assert!(!output.status.success(), "expected a failure: {output:?}");
-    let err = stderr(output);
-    assert!(err.contains(needle), "expected {needle:?} in: {err}");
-}
-
-/// A TCP listener on `ip` at a given port.
-pub fn tcp_listener_at(ip: &str, port: u16) -> TcpListener {
-    TcpListener::bind((ip, port)).unwrap_or_else(|e| panic!("bind {ip}:{port}: {e}"))
-}
-
-/// A non-blocking UDP socket on a loopback address.
-pub fn udp_listener(ip: &str) -> (UdpSocket, u16) {
-    let s = UdpSocket::bind((ip, 0)).unwrap();
-    s.set_nonblocking(true).unwrap();
-    let port = s.local_addr().unwrap().port();
-    (s, port)
-}
-
-/// Stdout of an output, trimmed.
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
-}
-
-/// Stderr of an output.
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// How many programs are attached to `cgroup` itself: those `bpftool` lists, and those on

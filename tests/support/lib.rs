@@ -13,5 +13,8 @@ pub mod engine;
 pub mod harness;
 pub mod http;
 pub mod identity;
+pub mod lines;
+pub mod sockets;
 pub mod spool;
+pub mod stall;
 pub mod tmux;

@@ -104,6 +104,22 @@ fn op(args: &[&str]) -> io::Result<()> {
         // One line to the application socket; ok if the daemon accepted it.
         ["app", socket, line] => app_event(socket, line),
         ["list", dir] => std::fs::read_dir(dir).map(drop),
+        // Whether a signal could be sent (signal 0 sends none: only the permission check).
+        ["signal", pid] => {
+            let pid: i32 = pid
+                .parse()
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            // SAFETY: kill with signal 0 only checks.
+            check(unsafe { libc::kill(pid, 0) })
+        }
+        // Who this process is: printed as `ids UID GID HOME` before the result.
+        ["ids"] => {
+            // SAFETY: getters without preconditions.
+            let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+            let home = std::env::var("HOME").unwrap_or_default();
+            println!("ids {uid} {gid} {home}");
+            Ok(())
+        }
         // Opens a file for reading (r), writing (w) or both (rw).
         ["open", path, mode] => std::fs::OpenOptions::new()
             .read(mode.contains('r'))
@@ -520,6 +536,8 @@ fn main() {
         // `ctl-send JSON` prints the daemon's first response line.
         let mut control: Option<BufReader<UnixStream>> = None;
         let mut servers = Servers::default();
+        // Application connections held open by `app-conns`.
+        let mut held: Vec<UnixStream> = Vec::new();
         for line in io::stdin().lock().lines() {
             let Ok(line) = line else { break };
             if let Some(answer) = servers.handle(&line) {
@@ -564,6 +582,23 @@ fn main() {
                     })
                     .count();
                 println!("ok {ok}");
+            } else if let Some(rest) = line.strip_prefix("app-conns ") {
+                // `app-conns PATH N`: N more connections, held open, each reporting a plan;
+                // prints the last answer.
+                let mut words = rest.split_whitespace();
+                let path = words.next().unwrap_or_default().to_owned();
+                let n: usize = words.next().and_then(|n| n.parse().ok()).unwrap_or(1);
+                let mut last = String::new();
+                let result = (0..n).try_for_each(|_| {
+                    let mut c = BufReader::new(UnixStream::connect(&path)?);
+                    last = ctl_send(&mut c, r#"{"event":{"app":"plan"}}"#)?;
+                    held.push(c.into_inner());
+                    Ok::<_, io::Error>(())
+                });
+                match result {
+                    Ok(()) => println!("ok {last}"),
+                    Err(e) => println!("err {}", errno(&e)),
+                }
             } else if line == "fork-hold" {
                 match fork_hold() {
                     Ok(child) => println!("ok {child}"),

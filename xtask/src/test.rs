@@ -74,6 +74,21 @@ pub fn test(extra: &[String]) -> Result<()> {
         }
         run_counting(&mut c, &totals)
     }));
+    // The self-test on the host kernel: a throwaway daemon and cage, every way out tried.
+    steps.push(Step::non_blocking("selftest", || {
+        let cli = crate::util::repo_root().join("target/debug/agentcage");
+        let mut c = Command::new(&cli);
+        c.arg("selftest");
+        let line = describe(&c);
+        eprintln!("+ {line}");
+        let status = c
+            .status()
+            .with_context(|| format!("could not start `{line}`"))?;
+        if !status.success() {
+            bail!("`{line}` failed ({status}): something was not contained");
+        }
+        Ok(())
+    }));
     steps.push(Step::non_blocking("vm-test", || {
         let outcomes = vm::run(&vm::VmArgs {
             kernels: Vec::new(),

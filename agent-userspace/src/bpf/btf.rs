@@ -313,7 +313,10 @@ pub fn kernel_settings(btf: &Btf) -> Result<KernelSettings, BtfError> {
         mmap_prot_arg: btf.param_index("bpf_lsm_mmap_file", "prot").unwrap_or(2),
         inode_mode: btf.offset_of("inode.i_mode")?,
         socket_sk: btf.offset_of("socket.sk")?,
-        sock_cgroup: btf.offset_of("sock.sk_cgrp_data.cgroup")?,
+        // Before 5.15 the cgroup pointer is the union's `val` (when no v1 net_cls/net_prio
+        // data is stored there). Read wrong, the id matches no cage and the one use of it
+        // (DNS on a socket made outside every cage) is refused: it fails closed.
+        sock_cgroup: first_offset(btf, &["sock.sk_cgrp_data.cgroup", "sock.sk_cgrp_data.val"])?,
         cgroup_kn: btf.offset_of("cgroup.kn")?,
         kernfs_id: btf.offset_of("kernfs_node.id")?,
         sock_family: btf.offset_of("sock.__sk_common.skc_family")?,
@@ -334,7 +337,32 @@ pub fn kernel_settings(btf: &Btf) -> Result<KernelSettings, BtfError> {
         sock_protocol: btf.offset_of("sock.sk_protocol")?,
         msg_name: btf.offset_of("msghdr.msg_name")?,
         msg_namelen: btf.offset_of("msghdr.msg_namelen")?,
+        inode_size: btf.offset_of("inode.i_size")?,
+        inode_ctime_sec: first_offset(btf, &CTIME_SEC)?,
+        inode_ctime_nsec: first_offset(btf, &CTIME_NSEC)?,
     })
+}
+
+/// Where kernels keep an inode's change time: separate fields since 6.11, a `timespec64`
+/// named `__i_ctime` in 6.6-6.10 and `i_ctime` before.
+const CTIME_SEC: [&str; 3] = [
+    "inode.i_ctime_sec",
+    "inode.__i_ctime.tv_sec",
+    "inode.i_ctime.tv_sec",
+];
+/// As [`CTIME_SEC`], for the nanoseconds (read as a u32 either way: little-endian, below 2^30).
+const CTIME_NSEC: [&str; 3] = [
+    "inode.i_ctime_nsec",
+    "inode.__i_ctime.tv_nsec",
+    "inode.i_ctime.tv_nsec",
+];
+
+/// The offset of the first of `paths` this kernel has.
+fn first_offset(btf: &Btf, paths: &[&str]) -> Result<u32, BtfError> {
+    paths
+        .iter()
+        .find_map(|p| btf.offset_of(p).ok())
+        .ok_or_else(|| BtfError::Missing(paths.join(" or ")))
 }
 
 #[cfg(test)]
@@ -354,6 +382,10 @@ mod tests {
             "pid and tgid are adjacent in task_struct"
         );
         assert!(s.mm_arg_end > s.mm_arg_start);
+        assert!(
+            s.inode_ctime_nsec > s.inode_ctime_sec && s.inode_ctime_nsec - s.inode_ctime_sec <= 32,
+            "the change time's nanoseconds follow its seconds closely"
+        );
         assert_eq!(s.mm_arg_end, s.mm_arg_start + 8);
         // f_path is { vfsmount *mnt; dentry *dentry }.
         assert_eq!(

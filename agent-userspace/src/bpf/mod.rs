@@ -190,6 +190,7 @@ fn load_tiers() -> Result<Loaded, BpfError> {
                         content_hashes: lsm.content_hashes,
                         userns_hook: lsm.userns_hook,
                         unix: UnixConfinement::Lsm,
+                        exec_watch: false,
                     },
                     unix: Vec::new(),
                 })
@@ -237,6 +238,8 @@ fn load_tiers() -> Result<Loaded, BpfError> {
             content_hashes: false,
             userns_hook: false,
             unix: unix_confinement,
+            // The daemon's exec watch sets it once it starts.
+            exec_watch: false,
         },
         unix,
     })

@@ -49,6 +49,11 @@ impl fmt::Display for Tier {
 pub const NO_IMA_HASH: &str = "the kernel cannot hash files for BPF programs \
      (bpf_ima_file_hash: Linux 5.18+ with IMA)";
 
+/// Why exec rules by content are not enforced in the kill tier of a kernel whose fanotify
+/// has no permission events (the daemon's exec watch could not start).
+pub const NO_EXEC_WATCH: &str = "the kill tier judges exec content with fanotify permission \
+     events (CONFIG_FANOTIFY_ACCESS_PERMISSIONS), which this kernel did not give the daemon";
+
 /// Why file rules are not enforced in the deny tier of a kernel without the `userns_create`
 /// LSM hook: a caged process could make a user namespace and mount over protected paths.
 pub const NO_USERNS_HOOK: &str = "the kernel has no userns_create LSM hook (Linux 6.1+) to keep \
@@ -68,6 +73,10 @@ pub struct Capabilities {
     pub userns_hook: bool,
     /// How Unix sockets are confined here, or why they cannot be.
     pub unix: super::UnixConfinement,
+    /// In the kill tier: the daemon's exec watch (fanotify permission events) started, so
+    /// exec rules by content are judged there too.
+    #[serde(default)]
+    pub exec_watch: bool,
 }
 
 impl Capabilities {
@@ -79,6 +88,9 @@ impl Capabilities {
                 super::UnixConfinement::Unavailable(why) => Some(why.clone()),
                 _ => None,
             };
+        }
+        if self.tier != Tier::Deny && feature == Feature::ContentRules {
+            return (!self.exec_watch).then(|| NO_EXEC_WATCH.to_owned());
         }
         if self.tier != Tier::Deny {
             return Some(
@@ -262,7 +274,7 @@ pub fn lsm_loads() -> Result<(), LsmProbeError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Capabilities, Feature, Tier, NO_IMA_HASH, NO_USERNS_HOOK};
+    use super::{Capabilities, Feature, Tier, NO_EXEC_WATCH, NO_IMA_HASH, NO_USERNS_HOOK};
     use crate::bpf::UnixConfinement;
 
     /// A kill tier here also lacks the cgroup Unix socket hooks (a kernel before 6.7).
@@ -277,6 +289,7 @@ mod tests {
             missing,
             content_hashes,
             userns_hook,
+            exec_watch: false,
         }
     }
 
@@ -297,13 +310,30 @@ mod tests {
     }
 
     #[test]
-    fn the_kill_tier_refuses_every_feature_naming_the_missing_lsm() {
+    fn the_kill_tier_refuses_what_needs_the_lsm_and_content_rules_without_its_watch() {
         let r = caps(Tier::Kill, false, false).refused();
         assert_eq!(
             r.iter().map(|r| r.feature).collect::<Vec<_>>(),
             Feature::ALL
         );
-        assert!(r.iter().all(|r| r.why.contains("BPF LSM")), "{r:?}");
+        assert!(r[..2].iter().all(|r| r.why.contains("BPF LSM")), "{r:?}");
+        assert_eq!(r[2].why, NO_EXEC_WATCH);
+        let watched = Capabilities {
+            exec_watch: true,
+            ..caps(Tier::Kill, false, false)
+        };
+        assert_eq!(
+            watched
+                .refused()
+                .iter()
+                .map(|r| r.feature)
+                .collect::<Vec<_>>(),
+            [
+                Feature::DenyEnforcement,
+                Feature::FileRules,
+                Feature::UnixSockets
+            ]
+        );
     }
 
     /// Linux 5.10 with BPF LSM: exec rules by file are refused with EPERM, but content rules

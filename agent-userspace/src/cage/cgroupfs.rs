@@ -29,7 +29,7 @@ fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo` octal.
-fn unescape_mountinfo(s: &str) -> String {
+pub fn unescape_mountinfo(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -112,6 +112,12 @@ impl CgroupDir {
     /// cgroup.events: the file whose modification signals a change of `populated`.
     pub fn events_file(&self) -> PathBuf {
         self.path.join("cgroup.events")
+    }
+
+    /// Writes one of the cgroup's interface files (`pids.max`, `memory.max`...).
+    pub fn write(&self, file: &str, value: &str) -> Result<(), CageError> {
+        let path = self.path.join(file);
+        fs::write(&path, value).map_err(io_err("writing", &path))
     }
 
     /// Removes the (empty) cgroup.

@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use cgroupfs::{cgroup_of_pid, find_cgroup2_mount, CgroupDir};
+pub use cgroupfs::{cgroup_of_pid, find_cgroup2_mount, unescape_mountinfo, CgroupDir};
 
 /// Errors of cage management.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +64,8 @@ pub struct CageRoot {
     /// The parent's path as /proc/PID/cgroup shows it (relative to the mount), e.g.
     /// `/agentcage`.
     relative: String,
+    /// Where cgroup v2 is mounted.
+    mount: PathBuf,
 }
 
 impl CageRoot {
@@ -78,7 +80,38 @@ impl CageRoot {
         Ok(Self {
             dir: CgroupDir::new(path),
             relative: format!("/{name}"),
+            mount: mount.to_path_buf(),
         })
+    }
+
+    /// Where cgroup v2 is mounted.
+    pub fn mount(&self) -> &Path {
+        &self.mount
+    }
+
+    /// The controllers the cgroup v2 hierarchy offers (the root's `cgroup.controllers`).
+    pub fn available_controllers(&self) -> Result<String, CageError> {
+        let path = self.mount.join("cgroup.controllers");
+        fs::read_to_string(&path).map_err(io_err("reading", &path))
+    }
+
+    /// Makes `controllers` available to the cages: enabled in the root's and the parent's
+    /// `cgroup.subtree_control` where they are not yet.
+    pub fn enable_controllers(&self, controllers: &[&str]) -> Result<(), CageError> {
+        for dir in [self.mount.as_path(), self.dir.path()] {
+            let path = dir.join("cgroup.subtree_control");
+            let enabled = fs::read_to_string(&path).map_err(io_err("reading", &path))?;
+            let missing: Vec<String> = controllers
+                .iter()
+                .filter(|c| !enabled.split_whitespace().any(|e| e == **c))
+                .map(|c| format!("+{c}"))
+                .collect();
+            if !missing.is_empty() {
+                fs::write(&path, missing.join(" "))
+                    .map_err(io_err("enabling controllers in", &path))?;
+            }
+        }
+        Ok(())
     }
 
     /// Takes the exclusive lock on the parent cgroup directory that says this process

@@ -70,6 +70,25 @@ pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
             super::assets::manpages(&dir)?;
             Ok(0)
         }
+        Command::Selftest { output, timeout } => {
+            let bins = crate::selftest::Binaries::beside_this_one()
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            let lines = crate::selftest::run(&bins, std::time::Duration::from_secs(timeout))
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            let sealed = match output {
+                Output::Json => {
+                    for l in &lines {
+                        println!("{}", serde_json::to_string(l)?);
+                    }
+                    lines
+                        .iter()
+                        .all(|l| !matches!(l.outcome, crate::selftest::Outcome::Escaped(_)))
+                }
+                Output::Text => crate::selftest::print(&lines),
+            };
+            Ok(if sealed { 0 } else { 1 })
+        }
+        Command::SelftestAttempts { context } => Ok(crate::selftest::run_attempts(&context)),
         Command::Doctor { output } => {
             let mut report = doctor::probe();
             let status = Client::connect(&cli.socket)

@@ -11,7 +11,6 @@ mod identity;
 mod pty;
 mod relay;
 mod run;
-mod shield;
 mod stream;
 mod top;
 
@@ -131,6 +130,23 @@ pub enum Command {
         /// Output format.
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
+    },
+    /// Try a catalogue of ways out of a cage (egress, forbidden programs, protected files,
+    /// leaving the cage, stopping enforcement) in a throwaway cage of a throwaway daemon under
+    /// a deny-all policy; exits 1 if anything was not contained.
+    Selftest {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+        /// Seconds the throwaway daemon may take to start.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Runs the self-test's attempts inside its cage.
+    #[command(name = "__selftest-attempts", hide = true)]
+    SelftestAttempts {
+        /// The context (JSON).
+        context: String,
     },
     /// What this kernel can do for agentcage, probed.
     Doctor {
@@ -327,6 +343,10 @@ pub struct RunArgs {
     /// `spiffe://TRUST_DOMAIN/agent/NAME`).
     #[arg(long)]
     pub agent: String,
+    /// The account to run the agent as, among those its policy's run_as lists (`dynamic` is
+    /// always allowed: a uid of the agent's own).
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
     /// Let the agent share your terminal and session instead of giving it a pseudo-terminal
     /// of its own. It can then push input into your shell (TIOCSTI), change your terminal's
     /// settings and read what you type after it exits.

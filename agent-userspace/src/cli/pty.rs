@@ -141,6 +141,21 @@ pub struct ChildSide {
 }
 
 impl ChildSide {
+    /// Gives the agent's terminal (when it has one) to the account it runs as.
+    pub fn give_terminal(&self, uid: u32, gid: Option<u32>) -> Result<(), CliError> {
+        if let Some(fd) = self.controlling {
+            // SAFETY: fd is the pty's slave, open in this process until the child has it.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            nix::unistd::fchown(
+                fd,
+                Some(nix::unistd::Uid::from_raw(uid)),
+                gid.map(nix::unistd::Gid::from_raw),
+            )
+            .map_err(os("fchown of the agent's terminal"))?;
+        }
+        Ok(())
+    }
+
     /// In the child: a new session, the pty as its controlling terminal, the standard
     /// descriptors connected. Async-signal-safe (reads memory prepared before fork).
     pub fn apply(&self) -> io::Result<()> {

@@ -27,10 +27,11 @@ use nix::{
 use super::{
     pty::{self, Mode, RawMode},
     relay::{self, Session, Signals},
-    shield::Shield,
     CliError, RunArgs,
 };
 use crate::{
+    accounts::RunAsGrant,
+    confine::Confinement,
     control::{Client, Request, Response},
     policy::validate_agent_name,
     recording::{Header, Recorder},
@@ -72,9 +73,10 @@ pub fn run(socket: &Path, args: &RunArgs) -> Result<i32, CliError> {
     // Prepare: the daemon checks the agent against the policy, creates the cage and holds it
     // while this connection stays open, so it cannot vanish before the child joins.
     let mut hold = Client::connect(socket)?;
-    let (policy_hash, raw_sockets, policy_source, required) =
+    let (policy_hash, raw_sockets, policy_source, required, grant) =
         match hold.call_receiving_fd(&Request::Prepare {
             agent: args.agent.clone(),
+            user: args.user.clone(),
         })? {
             (
                 Response::Prepared {
@@ -82,6 +84,7 @@ pub fn run(socket: &Path, args: &RunArgs) -> Result<i32, CliError> {
                     raw_sockets,
                     policy_source,
                     recording,
+                    run_as,
                     ..
                 },
                 fd,
@@ -90,6 +93,7 @@ pub fn run(socket: &Path, args: &RunArgs) -> Result<i32, CliError> {
                 raw_sockets,
                 policy_source,
                 recording.map(|r| (r, fd)),
+                run_as,
             ),
             (other, _) => return Err(CliError::unexpected(&other)),
         };
@@ -158,7 +162,12 @@ pub fn run(socket: &Path, args: &RunArgs) -> Result<i32, CliError> {
         );
     }
     let join = JoinRequest::new(socket, &args.agent)?;
-    let shield = Shield::for_root_agent(&policy_source)?;
+    let confinement = Confinement::prepare(grant.as_ref(), raw_sockets, &policy_source)
+        .map_err(CliError::os("preparing the agent's confinement"))?;
+    if let (Some(g), true) = (&grant, confinement.switches()) {
+        // Its terminal is its own to reopen (`tty`, programs that open /dev/pts/N).
+        child_side.give_terminal(g.uid, g.gid)?;
+    }
     // Block the handled signals before spawning so none is lost; the loop reads them from a
     // signalfd, and the child restores the original mask before exec.
     let handled = relay::handled(&FORWARDED);
@@ -185,19 +194,22 @@ pub fn run(socket: &Path, args: &RunArgs) -> Result<i32, CliError> {
         .args(rest)
         .env("AGENTCAGE_AGENT", &args.agent)
         .env("AGENTCAGE_POLICY_HASH", &policy_hash);
+    if let (Some(g), true) = (&grant, confinement.switches()) {
+        account_environment(&mut command, g);
+    }
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe calls (unshare, mount, prctl, socket, connect, write, read, close,
-    // setsid, ioctl, dup2, sigprocmask) on memory prepared before the fork; it allocates
-    // nothing.
+    // async-signal-safe calls (unshare, mount, prctl, set*id, socket, connect, write, read,
+    // close, setsid, ioctl, dup2, sigprocmask) on memory prepared before the fork; it
+    // allocates nothing.
     unsafe {
         command.pre_exec(move || {
-            // Hide what a root agent could undo its cage with, while we may still mount;
-            // then the capabilities: the daemon refuses to cage a process that could undo it.
-            if let Some(shield) = &shield {
-                shield.raise()?;
-            }
-            crate::caps::drop_for_cage(raw_sockets)?;
-            join.send_from_child()?;
+            // Connected while the child may still (the control socket is root's and its
+            // group's), used once it holds its account, which the daemon checks.
+            let fd = join.connect()?;
+            let confined = confinement.apply();
+            let joined = confined.and_then(|()| join.exchange(fd));
+            libc::close(fd);
+            joined?;
             child_side.apply()?;
             libc::pthread_sigmask(libc::SIG_SETMASK, original.as_ref(), std::ptr::null_mut());
             Ok(())
@@ -205,8 +217,17 @@ pub fn run(socket: &Path, args: &RunArgs) -> Result<i32, CliError> {
     }
     let child = command.spawn().map_err(|e| {
         unblock();
+        let account = match (&grant, e.raw_os_error()) {
+            (Some(g), Some(libc::EACCES)) if g.uid != 0 => format!(
+                " as uid {} (run_as: {}), which must be able to enter the working directory \
+                 and run the program",
+                g.uid, g.account
+            ),
+            _ => String::new(),
+        };
         CliError::os(format!(
-            "starting {program:?} in the cage of agent:{} (the daemon must move it in before it runs)",
+            "starting {program:?} in the cage of agent:{}{account} (the daemon must move it in \
+             before it runs)",
             args.agent
         ))(e)
     })?;
@@ -247,6 +268,15 @@ pub fn run(socket: &Path, args: &RunArgs) -> Result<i32, CliError> {
     })
 }
 
+/// HOME, USER and LOGNAME of the account the agent runs as.
+fn account_environment(command: &mut Command, grant: &RunAsGrant) {
+    if let Some(home) = &grant.home {
+        command.env("HOME", home);
+    }
+    let name = grant.name.clone().unwrap_or_else(|| grant.uid.to_string());
+    command.env("USER", &name).env("LOGNAME", &name);
+}
+
 /// Everything the child needs to join the cage, prepared before fork.
 struct JoinRequest {
     addr: libc::sockaddr_un,
@@ -281,25 +311,27 @@ impl JoinRequest {
         })
     }
 
-    /// In the child: connect, ask to be moved, wait for the answer. Async-signal-safe.
-    fn send_from_child(&self) -> io::Result<()> {
-        // SAFETY: plain syscalls on a descriptor this function owns and buffers it holds.
+    /// In the child: a connection to the control socket; the caller closes it.
+    /// Async-signal-safe.
+    fn connect(&self) -> io::Result<i32> {
+        // SAFETY: plain syscalls on a descriptor this function owns; addr is a valid
+        // sockaddr_un of addr_len bytes.
         unsafe {
             let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
             if fd < 0 {
                 return Err(io::Error::last_os_error());
             }
-            let result = self.exchange(fd);
-            libc::close(fd);
-            result
+            if libc::connect(fd, (&raw const self.addr).cast(), self.addr_len) != 0 {
+                let e = io::Error::last_os_error();
+                libc::close(fd);
+                return Err(e);
+            }
+            Ok(fd)
         }
     }
 
-    unsafe fn exchange(&self, fd: i32) -> io::Result<()> {
-        // SAFETY: addr is a valid sockaddr_un of addr_len bytes.
-        if unsafe { libc::connect(fd, (&raw const self.addr).cast(), self.addr_len) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+    /// In the child: ask to be moved, wait for the answer. Async-signal-safe.
+    fn exchange(&self, fd: i32) -> io::Result<()> {
         let mut sent = 0;
         while sent < self.line.len() {
             // SAFETY: the slice bounds are checked by the loop.

@@ -197,18 +197,18 @@ mod tests {
             Some("dns tcp exfil.example.org TXT  dns-query-type")
         );
         let named = event(&format!(
-            r#"{{{HEAD},"kind":"egress","hook":"connect4","family":"ipv4","protocol":"tcp","sock_type":"stream","dst_addr":"192.0.2.1","dst_name":"api.example.com","dst_port":22,"verdict":"deny","rule":"default-deny"}}"#
+            r#"{{{HEAD},"kind":"egress","hook":"connect4","family":"ipv4","protocol":"tcp","sock_type":"stream","dst_addr":"127.0.0.2","dst_name":"api.example.com","dst_port":22,"verdict":"deny","rule":"default-deny"}}"#
         ));
         assert_eq!(
             denial_of(&named).as_deref(),
-            Some("connect4 tcp api.example.com (192.0.2.1:22)  default-deny")
+            Some("connect4 tcp api.example.com (127.0.0.2:22)  default-deny")
         );
         let plain = event(&format!(
-            r#"{{{HEAD},"kind":"egress","hook":"connect4","family":"ipv4","protocol":"tcp","sock_type":"stream","dst_addr":"192.0.2.1","dst_port":22,"verdict":"deny","rule":"default-deny"}}"#
+            r#"{{{HEAD},"kind":"egress","hook":"connect4","family":"ipv4","protocol":"tcp","sock_type":"stream","dst_addr":"127.0.0.2","dst_port":22,"verdict":"deny","rule":"default-deny"}}"#
         ));
         assert_eq!(
             denial_of(&plain).as_deref(),
-            Some("connect4 tcp 192.0.2.1:22  default-deny")
+            Some("connect4 tcp 127.0.0.2:22  default-deny")
         );
         // Answered queries and allowed connects are not denials.
         let answered = event(&format!(

@@ -17,6 +17,9 @@ pub enum Request {
     Prepare {
         /// The agent's name.
         agent: String,
+        /// The account asked for (`agentcage run --user`), within the policy's `run_as`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
     },
     /// Move the calling process itself (by its kernel-reported pid) into the agent's cage.
     Join {
@@ -165,6 +168,10 @@ pub enum Response {
         /// session into it or not start the agent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         recording: Option<crate::recording::RecordingGrant>,
+        /// The account the agent runs as: `run` switches its child to it before the child
+        /// joins, and the daemon refuses a joiner that holds another.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run_as: Option<crate::accounts::RunAsGrant>,
     },
     /// The caller is now in the cage.
     Joined {

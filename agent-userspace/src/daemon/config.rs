@@ -51,6 +51,14 @@ pub struct DaemonConfig {
         default_value = "/var/lib/agentcage/recordings"
     )]
     pub recording_dir: PathBuf,
+    /// Where agents running under a dynamic uid (`run_as: dynamic`) get their HOME: one
+    /// directory per agent, owned by its uid, removed when its cage goes.
+    #[arg(
+        long,
+        env = "AGENTCAGE_HOME_DIR",
+        default_value = "/var/lib/agentcage/home"
+    )]
+    pub home_dir: PathBuf,
     /// The size bound of each such recording, in bytes; a note in the file says where the
     /// bound cut it.
     #[arg(long, env = "AGENTCAGE_RECORDING_MAX_BYTES", default_value_t = 64 << 20,

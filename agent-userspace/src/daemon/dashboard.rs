@@ -17,6 +17,7 @@ use std::{
     convert::Infallible,
     net::{IpAddr, SocketAddr},
     sync::Arc,
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -93,11 +94,18 @@ pub fn new_token() -> Result<String, DaemonError> {
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener, token: Arc<str>) {
     let addr = listener.local_addr().ok();
     info!(address = ?addr, "dashboard listening (loopback only; `agentcage dashboard` prints its address)");
+    // Bounded: a local process opening connection after connection, or sending its
+    // headers a byte a minute, cannot take the dashboard (or the daemon's descriptors).
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                warn!(error = %e, "dashboard accept failed");
+                warn!(error = %e, "dashboard accept failed; pausing it for 100 ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
@@ -118,12 +126,23 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, token: Arc<str>) 
                     Ok::<_, Infallible>(response)
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+            drop(slot);
         });
     }
 }
+
+/// Dashboard connections served at once; more wait in the backlog.
+pub const MAX_CONNECTIONS: usize = 32;
+/// How long a client may take to send a request's headers (and, between requests on a
+/// kept-alive connection, to start the next).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a connection lasts: the page polls, one short request at a time.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn reply(status: StatusCode, kind: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));

@@ -44,8 +44,22 @@ pub struct ConfigFile {
     pub dashboard: super::DashboardConfig,
     /// The cages' resolver: upstream servers and grant lifetimes.
     pub dns: crate::dns::DnsConfig,
+    /// `on_start`: run `agentcage selftest` before enforcing anything, and refuse to start if
+    /// anything got out; `off` (the default): do not.
+    pub selftest: SelftestMode,
     /// Agents' SPIFFE IDs and who may sign their behavior certificates.
     pub identity: IdentityConfig,
+}
+
+/// When the daemon runs the self-test.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SelftestMode {
+    /// Never by itself.
+    #[default]
+    Off,
+    /// At every start, before anything is enforced.
+    OnStart,
 }
 
 /// The `identity:` section.

@@ -80,6 +80,9 @@ pub enum DaemonError {
     /// The dashboard cannot be served as configured.
     #[error("dashboard: {0}")]
     Dashboard(String),
+    /// The self-test found a way out (or could not run): nothing is enforced.
+    #[error("the self-test (selftest: on_start) failed, so nothing is enforced:\n{0}")]
+    Selftest(String),
     /// The trust domain (the host name when none is configured) is not a valid one.
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
@@ -89,6 +92,28 @@ pub enum DaemonError {
     /// The kernel refused something else.
     #[error("{0}: {1}")]
     Sys(&'static str, #[source] io::Error),
+}
+
+/// `selftest: on_start`: the catalogue in a throwaway daemon's cage (the binaries beside
+/// this one), before this daemon binds or enforces anything.
+fn selftest_on_start() -> Result<(), DaemonError> {
+    let bins = crate::selftest::Binaries::beside_this_one()
+        .map_err(|e| DaemonError::Selftest(e.to_string()))?;
+    let lines = crate::selftest::run(&bins, std::time::Duration::from_secs(120))
+        .map_err(|e| DaemonError::Selftest(e.to_string()))?;
+    let escaped: Vec<String> = lines
+        .iter()
+        .filter(|l| matches!(l.outcome, crate::selftest::Outcome::Escaped(_)))
+        .map(crate::selftest::Line::text)
+        .collect();
+    if !escaped.is_empty() {
+        return Err(DaemonError::Selftest(escaped.join("\n")));
+    }
+    info!(
+        attempts = lines.len(),
+        "self-test passed: every attempt was contained"
+    );
+    Ok(())
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -111,6 +136,9 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         return Err(DaemonError::Dashboard(format!(
             "dashboard.listen {listen} is not a loopback address: the dashboard is local only"
         )));
+    }
+    if file.selftest == file::SelftestMode::OnStart {
+        selftest_on_start()?;
     }
     let access = match &config.group {
         Some(g) => AccessPolicy::with_group(g).map_err(DaemonError::Group)?,

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use agent_common::maps::EVENTS;
+use agent_common::maps::{EVENTS, EXEC_CONTENT};
 use aya::maps::RingBuf;
 use nix::sys::inotify::{InitFlags, Inotify};
 use tracing::{info, warn};
@@ -21,6 +21,7 @@ use crate::{
     cage::CageRoot,
     control::AccessPolicy,
     events::EventBus,
+    execwatch::{ContentMap, ExecWatch},
     policy::Policy,
 };
 
@@ -60,11 +61,13 @@ pub(super) async fn start(
 ) -> Result<(), DaemonError> {
     let bpf::Loaded {
         mut ebpf,
-        caps,
+        mut caps,
         unix,
     } = bpf::load()?;
     let tier = caps.tier;
     info!(unix = %caps.unix, "Unix sockets of policies with unix: are confined by");
+    let exec_watch = start_exec_watch(&mut ebpf, tier)?;
+    caps.exec_watch = exec_watch.is_some();
     match &caps.missing {
         None => {
             info!(%tier, refused = ?caps.refused(), "enforcement tier: deny (BPF LSM refuses forbidden execs and opens)")
@@ -82,7 +85,8 @@ pub(super) async fn start(
     };
     let maps = EgressMaps::take(&mut ebpf)?;
     let approval_map = ApprovalMap::take(&mut ebpf)?;
-    // The resolver's answers need the shared state, which exists only once the state does.
+    // The resolver's answers (and the spool's readers) need the shared state, which exists
+    // only once the state does.
     let shared_slot = Arc::new(std::sync::OnceLock::<std::sync::Weak<Shared>>::new());
     let dns = super::state::DnsState::new(
         file.dns.clone(),
@@ -111,6 +115,9 @@ pub(super) async fn start(
     let kernel = KernelInfo {
         caps: caps.clone(),
         hooks: Vec::new(),
+        controllers: root
+            .available_controllers()
+            .map_or(0, |c| crate::policy::kernel::controllers_of(&c)),
     };
     // Snapshots and kills run outside the state lock, on the containment worker.
     let (jobs, job_queue) = tokio::sync::mpsc::unbounded_channel();
@@ -130,6 +137,8 @@ pub(super) async fn start(
             app_socket: config.app_socket.clone(),
             credentials: credential_setup(&config, &file)?,
             dns,
+            users: crate::accounts::DynamicUsers::new(config.home_dir.clone(), &config.cgroup_name),
+            exec_watch,
         },
     )?;
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -237,6 +246,7 @@ pub(super) async fn start(
             config.recording_dir.clone(),
             config.recording_max_bytes,
         ),
+        app_share: Arc::default(),
     });
     let _ = shared_slot.set(Arc::downgrade(&shared));
     {
@@ -321,4 +331,40 @@ pub(super) async fn start(
         );
     }
     Ok(())
+}
+
+/// The kill tier's exec watch (exec rules by content), serving on a thread of its own; None
+/// in the deny tier (IMA hashes there) or where the kernel lacks fanotify permission events
+/// (content rules then refuse the agents that have them, or cover files only).
+fn start_exec_watch(
+    ebpf: &mut aya::Ebpf,
+    tier: bpf::Tier,
+) -> Result<Option<Arc<ExecWatch>>, DaemonError> {
+    if tier != bpf::Tier::Kill {
+        return Ok(None);
+    }
+    let take = || {
+        ebpf.take_map(EXEC_CONTENT)
+            .ok_or(BpfError::MissingMap(EXEC_CONTENT))
+            .and_then(|m| {
+                ContentMap::try_from(m).map_err(|source| BpfError::Map {
+                    name: EXEC_CONTENT,
+                    source,
+                })
+            })
+    };
+    let watch = match ExecWatch::new(take) {
+        Ok(w) => Arc::new(w?),
+        Err(e) => {
+            warn!(error = %e, "exec rules by content are not enforced in the kill tier: deny rules cover the named files only");
+            return Ok(None);
+        }
+    };
+    let serving = Arc::clone(&watch);
+    std::thread::Builder::new()
+        .name("exec-watch".into())
+        .spawn(move || serving.serve())
+        .map_err(|e| DaemonError::Sys("starting the exec watch", e))?;
+    info!("exec watch: kill-tier exec rules judge content (fanotify permission events)");
+    Ok(Some(watch))
 }

@@ -97,29 +97,39 @@ pub async fn report_losses(shared: Arc<Shared>) {
 /// At most this many control connections are served at once; more wait in the backlog.
 const MAX_CONNECTIONS: usize = 256;
 
+/// At most this many application connections are served at once, each cage holding at most
+/// its share (`server::share::PER_CAGE`) of them.
+const MAX_APP_CONNECTIONS: usize = 1024;
+
 /// Accepts control connections, one task each, at most [`MAX_CONNECTIONS`] at once.
 pub async fn accept(shared: Arc<Shared>, listener: UnixListener) {
-    accept_with(shared, listener, "the control socket", server::serve).await;
+    let what = "the control socket";
+    accept_with(shared, listener, (what, MAX_CONNECTIONS), server::serve).await;
 }
 
 /// Accepts connections on the application socket, one task each, at most
-/// [`MAX_CONNECTIONS`] at once.
+/// [`MAX_APP_CONNECTIONS`] at once.
 pub async fn accept_app(shared: Arc<Shared>, listener: UnixListener) {
+    let what = "the application socket";
     accept_with(
         shared,
         listener,
-        "the application socket",
+        (what, MAX_APP_CONNECTIONS),
         server::serve_app,
     )
     .await;
 }
 
-async fn accept_with<F, Fut>(shared: Arc<Shared>, listener: UnixListener, what: &str, serve: F)
-where
+async fn accept_with<F, Fut>(
+    shared: Arc<Shared>,
+    listener: UnixListener,
+    (what, most): (&str, usize),
+    serve: F,
+) where
     F: Fn(Arc<Shared>, tokio::net::UnixStream) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(tokio::sync::Semaphore::new(most));
     loop {
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;

@@ -88,42 +88,85 @@ pub enum AppEvent {
     },
 }
 
+/// The longest duration an application event may report: 30 days, in milliseconds.
+pub const MAX_MS: f64 = 30.0 * 24.0 * 3600.0 * 1000.0;
+/// The most tokens one model call may report.
+pub const MAX_TOKENS: u64 = 1 << 40;
+/// The highest cost one model call may report, in US dollars.
+pub const MAX_USD: f64 = 1e9;
+/// The longest text field, in bytes.
+pub const MAX_TEXT: usize = 1024;
+
+/// A reported duration in milliseconds as a [`std::time::Duration`]; out-of-range values
+/// (records spooled before they were checked) saturate instead of panicking.
+pub fn duration_of_ms(ms: f64) -> std::time::Duration {
+    std::time::Duration::try_from_secs_f64(ms / 1e3).unwrap_or(if ms > 0.0 {
+        std::time::Duration::MAX
+    } else {
+        std::time::Duration::ZERO
+    })
+}
+
 impl AppEvent {
-    /// Checks sizes and values; the message names the field.
+    /// Checks sizes and values, so that every number the daemon computes with is in range;
+    /// the message names the field and what it must be.
     pub fn validate(&self) -> Result<(), String> {
         let text = |field: &str, v: &str| {
-            if v.is_empty() || v.len() > 1024 {
-                Err(format!("{field} must be 1-1024 bytes long"))
+            if v.is_empty() || v.len() > MAX_TEXT {
+                Err(format!("{field} must be 1-{MAX_TEXT} bytes long"))
             } else {
                 Ok(())
             }
         };
+        let optional =
+            |field: &str, v: &Option<String>| v.as_deref().map_or(Ok(()), |v| text(field, v));
         let ms = |field: &str, v: Option<f64>| match v {
-            Some(x) if !(x.is_finite() && x >= 0.0) => Err(format!(
-                "{field} must be a non-negative number of milliseconds"
+            Some(x) if !(x.is_finite() && (0.0..=MAX_MS).contains(&x)) => Err(format!(
+                "{field} must be a number of milliseconds from 0 to {MAX_MS}"
             )),
             _ => Ok(()),
         };
         match self {
             Self::ToolCall {
-                name, latency_ms, ..
+                name,
+                args_digest,
+                call_id,
+                latency_ms,
+                ..
             } => {
                 text("name", name)?;
+                optional("args_digest", args_digest)?;
+                optional("call_id", call_id)?;
                 ms("latency_ms", *latency_ms)
             }
-            Self::Plan { .. } => Ok(()),
-            Self::Approval { name, .. } => text("name", name),
-            Self::TicketComment { ticket, .. } => text("ticket", ticket),
+            Self::Plan { summary } => optional("summary", summary),
+            Self::Approval { name, approver } => {
+                text("name", name)?;
+                optional("approver", approver)
+            }
+            Self::TicketComment { ticket, digest } => {
+                text("ticket", ticket)?;
+                optional("digest", digest)
+            }
             Self::ModelCall {
                 model,
+                input_tokens,
+                output_tokens,
                 cost_usd,
                 queue_ms,
                 model_ms,
-                ..
             } => {
                 text("model", model)?;
-                if !(cost_usd.is_finite() && *cost_usd >= 0.0) {
-                    return Err("cost_usd must be a non-negative number".into());
+                for (field, n) in [
+                    ("input_tokens", input_tokens),
+                    ("output_tokens", output_tokens),
+                ] {
+                    if *n > MAX_TOKENS {
+                        return Err(format!("{field} must be at most {MAX_TOKENS}"));
+                    }
+                }
+                if !(cost_usd.is_finite() && (0.0..=MAX_USD).contains(cost_usd)) {
+                    return Err(format!("cost_usd must be a number from 0 to {MAX_USD}"));
                 }
                 ms("queue_ms", *queue_ms)?;
                 ms("model_ms", *model_ms)

@@ -79,6 +79,10 @@ pub enum RuleRef {
     ApprovalsExec(u32),
     /// `default`: no exec rule matched; `exec.default` decided.
     ExecDefault,
+    /// `loader`: a dynamic loader run as a program, in a cage with exec rules.
+    Loader,
+    /// `content-unknown`: kill tier, content rules, and content the daemon had not read.
+    ContentUnknown,
     /// `files.protect[N]`.
     FilesProtect(u32),
     /// `files.watch[N]`.
@@ -137,6 +141,8 @@ impl RuleRef {
             Self::RoutingHeader => "routing-header",
             Self::Budget => "budget",
             Self::ExecDefault => "default",
+            Self::Loader => "loader",
+            Self::ContentUnknown => "content-unknown",
             Self::TooDeep => "too-deep",
             Self::NoUserns => "no-userns",
             Self::ReadOnly => "read-only",
@@ -213,6 +219,8 @@ impl FromStr for RuleRef {
             Self::RoutingHeader,
             Self::Budget,
             Self::ExecDefault,
+            Self::Loader,
+            Self::ContentUnknown,
             Self::TooDeep,
             Self::NoUserns,
             Self::ReadOnly,
@@ -261,6 +269,8 @@ mod tests {
             RuleRef::ExecRule(9),
             RuleRef::ApprovalsExec(2),
             RuleRef::ExecDefault,
+            RuleRef::Loader,
+            RuleRef::ContentUnknown,
             RuleRef::FilesProtect(4),
             RuleRef::FilesWatch(5),
             RuleRef::FileRule(6),

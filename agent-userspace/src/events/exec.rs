@@ -4,7 +4,7 @@ use agent_common::{
     event::Verdict as KernelVerdict,
     process::{
         ExecEvent, EXEC_APPROVAL_RULE_BASE, EXEC_F_ARGV_TRUNCATED, EXEC_F_FROM_LSM, EXEC_F_KILLED,
-        EXEC_F_MMAP, EXEC_RULE_DEFAULT,
+        EXEC_F_MMAP, EXEC_RULE_CONTENT_UNKNOWN, EXEC_RULE_DEFAULT, EXEC_RULE_LOADER,
     },
 };
 use serde::{Deserialize, Serialize};
@@ -62,8 +62,9 @@ pub struct ExecDetail {
     pub killed: bool,
     /// Where the exec was seen.
     pub hook: ExecHook,
-    /// The rule that decided: `exec.allow[N]`, `exec.deny[N]`, `approvals.exec[N]` or
-    /// `default`.
+    /// The rule that decided: `exec.allow[N]`, `exec.deny[N]`, `approvals.exec[N]`,
+    /// `default`, `loader` (a dynamic loader run as a program) or `content-unknown` (kill
+    /// tier: content the daemon had not read).
     pub rule: RuleRef,
     /// The rule's text.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -80,6 +81,18 @@ impl ExecDetail {
 
 /// The rule a kernel rule id names under `policy`, and its text.
 fn rule(rule_id: u32, policy: Option<&AgentPolicy>) -> (RuleRef, Option<String>) {
+    if rule_id == EXEC_RULE_LOADER {
+        return (
+            RuleRef::Loader,
+            Some("loader: a dynamic loader may not run a program past the exec rules".into()),
+        );
+    }
+    if rule_id == EXEC_RULE_CONTENT_UNKNOWN {
+        return (
+            RuleRef::ContentUnknown,
+            Some("content-unknown: the daemon had not read this file's content (or it changed since)".into()),
+        );
+    }
     if rule_id == EXEC_RULE_DEFAULT {
         let default = match policy.map(|p| p.exec.default) {
             Some(ExecDefault::Deny) => "deny",
@@ -168,5 +181,10 @@ mod tests {
             Some("approvals.exec[0] make deploy (needs a person's approval)")
         );
         assert_eq!(rule(EXEC_RULE_DEFAULT, None).0, RuleRef::ExecDefault);
+        assert_eq!(rule(EXEC_RULE_LOADER, p).0.to_string(), "loader");
+        assert_eq!(
+            rule(EXEC_RULE_CONTENT_UNKNOWN, p).0.to_string(),
+            "content-unknown"
+        );
     }
 }

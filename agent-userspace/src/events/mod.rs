@@ -25,7 +25,7 @@ pub mod process;
 mod runtime;
 mod unix;
 
-pub use app::{AppEvent, Phase};
+pub use app::{duration_of_ms, AppEvent, Phase};
 pub use bus::{Durable, EventBus};
 pub use container::ContainerMeta;
 pub use credential::{CredentialAction, CredentialDetail};

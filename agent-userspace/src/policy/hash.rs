@@ -9,6 +9,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use sha2::{Digest, Sha256};
 
 use super::{
+    account::RunAs,
     egress::{protocol_names, AllowRule},
     exec::Enforcement,
     identity::{CertificateRequirement, Users},
@@ -138,6 +139,12 @@ fn write_agent(out: &mut String, agent: &AgentPolicy) {
     }
     if agent.certificate != CertificateRequirement::Optional {
         let _ = writeln!(out, "  certificate {}", agent.certificate);
+    }
+    if agent.run_as != RunAs::default() {
+        let _ = writeln!(out, "  run_as {}", agent.run_as);
+    }
+    if !agent.limits.is_empty() {
+        let _ = writeln!(out, "  limits {}", json(&agent.limits));
     }
 }
 

@@ -15,7 +15,9 @@ use std::{
 
 use agent_common::{
     file::FileRule,
-    process::{ExecRule, EXEC_ALLOW, EXEC_APPROVAL, EXEC_APPROVAL_RULE_BASE, EXEC_DENY},
+    process::{
+        ExecRule, EXEC_ALLOW, EXEC_APPROVAL, EXEC_APPROVAL_RULE_BASE, EXEC_DENY, EXEC_DENY_MAIN,
+    },
 };
 use sha2::{Digest, Sha256};
 
@@ -135,11 +137,11 @@ fn resolve(pattern: &str) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-fn glob_chars(s: &str) -> bool {
+pub(super) fn glob_chars(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
-fn identity(path: &Path) -> io::Result<(u32, u64)> {
+pub(super) fn identity(path: &Path) -> io::Result<(u32, u64)> {
     use std::os::unix::fs::OpenOptionsExt as _;
     // Follow symlinks (the kernel sees the file they point to); O_PATH opens nothing.
     let f = std::fs::OpenOptions::new()
@@ -248,6 +250,10 @@ pub fn compile_exec(at: &str, exec: &ExecPolicy, approvals: &[String]) -> Compil
                 .push(format!("{name} {}: {e}", path.display())),
         }
     }
+    // With any exec rule, the loader may not run a program past them.
+    if !exec.is_empty() || !approvals.is_empty() {
+        super::loader::add_loader_rules(&mut out, exec);
+    }
     out
 }
 
@@ -269,10 +275,15 @@ fn find_program(program: &str) -> Option<PathBuf> {
     .find(|p| p.is_file())
 }
 
-/// Deny beats approval beats allow for the same file.
-fn insert_inode(map: &mut BTreeMap<(u32, u64), ExecRule>, key: (u32, u64), rule: ExecRule) {
+/// Deny beats "not as the main program" beats approval beats allow for the same file.
+pub(super) fn insert_inode(
+    map: &mut BTreeMap<(u32, u64), ExecRule>,
+    key: (u32, u64),
+    rule: ExecRule,
+) {
     let rank = |action| match action {
-        EXEC_DENY => 2,
+        EXEC_DENY => 3,
+        EXEC_DENY_MAIN => 2,
         EXEC_APPROVAL => 1,
         _ => 0,
     };
@@ -284,7 +295,7 @@ fn insert_inode(map: &mut BTreeMap<(u32, u64), ExecRule>, key: (u32, u64), rule:
     }
 }
 
-fn insert_hash(map: &mut BTreeMap<[u8; 32], ExecRule>, key: [u8; 32], rule: ExecRule) {
+pub(super) fn insert_hash(map: &mut BTreeMap<[u8; 32], ExecRule>, key: [u8; 32], rule: ExecRule) {
     let keep_existing_deny = map.get(&key).is_some_and(|r| r.action == EXEC_DENY);
     if !keep_existing_deny {
         map.insert(key, rule);
@@ -362,7 +373,7 @@ mod tests {
             deny: vec![ExecMatch::Path(p)],
         };
         let c = compile_exec("agents.a.exec", &exec, &[]);
-        let rule = c.inodes.values().next().unwrap();
+        let rule = c.inodes[&identity(&bin).unwrap()];
         assert_eq!((rule.action, rule.rule_id), (EXEC_DENY, 1));
         let digest = sha256_file(&bin).unwrap();
         assert_eq!(c.hashes[&digest].action, EXEC_DENY);

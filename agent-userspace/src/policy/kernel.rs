@@ -22,7 +22,8 @@ pub struct KernelCaps {
     /// BPF LSM is active: operations can be refused with EPERM (the deny tier); without it
     /// forbidden execs are killed (the kill tier) and file rules cannot be enforced.
     pub can_refuse: bool,
-    /// Exec rules by content (`bpf_ima_file_hash`) are enforced.
+    /// Exec rules by content are enforced: in the deny tier by IMA (`bpf_ima_file_hash`), in
+    /// the kill tier by the daemon's exec watch (fanotify permission events).
     pub content_hashes: bool,
     /// The `userns_create` LSM hook is there (file rules need it, so that a caged process
     /// cannot mount over protected paths in a user namespace of its own).
@@ -30,17 +31,20 @@ pub struct KernelCaps {
     /// Unix sockets can be confined: by BPF LSM (deny tier) or by the cgroup Unix socket
     /// hooks (Linux 6.7 and later).
     pub unix_sockets: bool,
+    /// The cgroup v2 controllers the hierarchy offers (`CONTROLLER_*` bits).
+    pub controllers: u8,
 }
 
 impl KernelCaps {
-    /// Whether this kernel enforces `feature`.
+    /// Whether this kernel enforces `feature`. Content rules hold in either tier: by IMA
+    /// hashing in the deny tier, by the daemon's exec watch in the kill tier.
     pub fn enforces(self, feature: Feature) -> bool {
         match feature {
             // The kill tier confines Unix sockets too, with the cgroup Unix socket hooks.
             Feature::UnixSockets => self.unix_sockets,
             Feature::DenyEnforcement => self.can_refuse,
             Feature::FileRules => self.can_refuse && self.userns_hook,
-            Feature::ContentRules => self.can_refuse && self.content_hashes,
+            Feature::ContentRules => self.content_hashes,
         }
     }
 }
@@ -78,6 +82,54 @@ impl Feature {
             Self::UnixSockets => "unix: (Unix sockets confined)",
         }
     }
+}
+
+/// The cgroup v2 `pids` controller.
+pub const CONTROLLER_PIDS: u8 = 1 << 0;
+/// The cgroup v2 `memory` controller.
+pub const CONTROLLER_MEMORY: u8 = 1 << 1;
+/// The cgroup v2 `cpu` controller.
+pub const CONTROLLER_CPU: u8 = 1 << 2;
+
+/// The controller bits of a `cgroup.controllers` text.
+pub fn controllers_of(text: &str) -> u8 {
+    text.split_whitespace().fold(0, |bits, c| {
+        bits | match c {
+            "pids" => CONTROLLER_PIDS,
+            "memory" => CONTROLLER_MEMORY,
+            "cpu" => CONTROLLER_CPU,
+            _ => 0,
+        }
+    })
+}
+
+/// What in an agent's policy this kernel cannot enforce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shortfall {
+    /// A feature the loaded programs cannot enforce here.
+    Feature(Feature),
+    /// A limit whose cgroup v2 controller the hierarchy lacks.
+    Controller {
+        /// The limit, e.g. `limits.memory`.
+        limit: &'static str,
+        /// The controller, e.g. `memory`.
+        controller: &'static str,
+    },
+}
+
+/// The first limit of the policy whose controller the cgroup v2 hierarchy lacks.
+pub fn needs_controller(p: &AgentPolicy, caps: KernelCaps) -> Option<Shortfall> {
+    p.limits.controllers().into_iter().find_map(|c| {
+        let (bit, limit) = match c {
+            "pids" => (CONTROLLER_PIDS, "limits.pids"),
+            "memory" => (CONTROLLER_MEMORY, "limits.memory"),
+            _ => (CONTROLLER_CPU, "limits.cpu"),
+        };
+        (caps.controllers & bit == 0).then_some(Shortfall::Controller {
+            limit,
+            controller: c,
+        })
+    })
 }
 
 /// A cage's mode besides its policy.
@@ -178,7 +230,7 @@ pub fn cage_settings(
     compiled: &CompiledAgent,
     caps: KernelCaps,
     mode: CageMode,
-) -> (CageSettings, Option<Feature>) {
+) -> (CageSettings, Option<Shortfall>) {
     let mut flags = mode_flags(mode, caps);
     let Some(p) = p else {
         return (
@@ -214,7 +266,10 @@ pub fn cage_settings(
         flags,
         allow_sample: p.egress.allow_events.sample_rate(),
     };
-    (settings, unenforced(p, compiled, caps))
+    let shortfall = unenforced(p, compiled, caps)
+        .map(Shortfall::Feature)
+        .or_else(|| needs_controller(p, caps));
+    (settings, shortfall)
 }
 
 #[cfg(test)]
@@ -226,12 +281,14 @@ mod tests {
         content_hashes: false,
         userns_hook: false,
         unix_sockets: true,
+        controllers: 0,
     };
     const DENY: KernelCaps = KernelCaps {
         can_refuse: true,
         content_hashes: true,
         userns_hook: true,
         unix_sockets: true,
+        controllers: CONTROLLER_PIDS | CONTROLLER_MEMORY | CONTROLLER_CPU,
     };
 
     fn agent(yaml: &str) -> (AgentPolicy, CompiledAgent) {
@@ -272,7 +329,7 @@ mod tests {
     fn what_the_kill_tier_cannot_enforce_is_named() {
         let (p, c) = agent("    files:\n      protect: [{path: /etc/hostname}]\n");
         let (kill, shortfall) = cage_settings(Some(&p), &c, KILL, CageMode::default());
-        assert_eq!(shortfall, Some(Feature::FileRules));
+        assert_eq!(shortfall, Some(Shortfall::Feature(Feature::FileRules)));
         let (deny, shortfall) = cage_settings(Some(&p), &c, DENY, CageMode::default());
         assert_eq!((deny.flags & CAGE_F_FILES, shortfall), (CAGE_F_FILES, None));
         assert_eq!(
@@ -283,7 +340,7 @@ mod tests {
         let (p, c) = agent("    enforcement: deny\n");
         assert_eq!(
             cage_settings(Some(&p), &c, KILL, CageMode::default()).1,
-            Some(Feature::DenyEnforcement)
+            Some(Shortfall::Feature(Feature::DenyEnforcement))
         );
         let digest = "0".repeat(64);
         let (p, c) = agent(&format!("    exec:\n      deny: [\"sha256:{digest}\"]\n"));
@@ -292,7 +349,7 @@ mod tests {
             ..DENY
         };
         let (s, shortfall) = cage_settings(Some(&p), &c, no_ima, CageMode::default());
-        assert_eq!(shortfall, Some(Feature::ContentRules));
+        assert_eq!(shortfall, Some(Shortfall::Feature(Feature::ContentRules)));
         assert_eq!(
             s.flags & CAGE_F_EXEC_HASHES,
             0,
@@ -302,6 +359,48 @@ mod tests {
         assert_eq!(
             s.flags & (CAGE_F_EXEC_HASHES | CAGE_F_EXEC_DIGESTS_REQUIRED),
             CAGE_F_EXEC_HASHES | CAGE_F_EXEC_DIGESTS_REQUIRED
+        );
+        // The kill tier with the exec watch judges content too.
+        let watched = KernelCaps {
+            content_hashes: true,
+            ..KILL
+        };
+        let (s, shortfall) = cage_settings(Some(&p), &c, watched, CageMode::default());
+        assert_eq!(shortfall, None);
+        assert_ne!(s.flags & CAGE_F_EXEC_HASHES, 0);
+        let (s, shortfall) = cage_settings(Some(&p), &c, KILL, CageMode::default());
+        assert_eq!(shortfall, Some(Shortfall::Feature(Feature::ContentRules)));
+        assert_eq!(s.flags & CAGE_F_EXEC_HASHES, 0);
+    }
+
+    #[test]
+    fn a_limit_without_its_controller_is_named() {
+        let (p, c) = agent("    limits: {pids: 10, memory: 64M}\n");
+        let hybrid = KernelCaps {
+            controllers: controllers_of("hugetlb"),
+            ..DENY
+        };
+        assert_eq!(
+            cage_settings(Some(&p), &c, hybrid, CageMode::default()).1,
+            Some(Shortfall::Controller {
+                limit: "limits.pids",
+                controller: "pids"
+            })
+        );
+        let pids_only = KernelCaps {
+            controllers: controllers_of("cpuset pids io"),
+            ..DENY
+        };
+        assert_eq!(
+            needs_controller(&p, pids_only),
+            Some(Shortfall::Controller {
+                limit: "limits.memory",
+                controller: "memory"
+            })
+        );
+        assert_eq!(
+            cage_settings(Some(&p), &c, DENY, CageMode::default()).1,
+            None
         );
     }
 
@@ -315,7 +414,7 @@ mod tests {
             ..KILL
         };
         let (_, shortfall) = cage_settings(Some(&p), &c, neither, CageMode::default());
-        assert_eq!(shortfall, Some(Feature::UnixSockets));
+        assert_eq!(shortfall, Some(Shortfall::Feature(Feature::UnixSockets)));
         // Without `unix:` nothing is confined and nothing is missing.
         let (p, c) = agent("    egress: {}\n");
         let (s, shortfall) = cage_settings(Some(&p), &c, neither, CageMode::default());

@@ -5,6 +5,7 @@
 //! known. A policy that loads is also known to compile: [`Policy::from_yaml`] compiles every
 //! agent once, so the daemon's later [`compile_egress`] calls cannot fail on it.
 
+mod account;
 pub mod assertions;
 mod compile;
 mod egress;
@@ -15,6 +16,8 @@ mod hash;
 mod identity;
 mod inodes;
 pub mod kernel;
+mod limits;
+mod loader;
 mod locate;
 mod runtime;
 mod schema;
@@ -22,6 +25,7 @@ mod unix;
 
 use std::{collections::BTreeMap, fs, path::Path};
 
+pub use account::{Account, RunAs};
 pub use compile::compile_read_only;
 pub use compile::{compile_egress, CompiledEgress, CompiledHost};
 pub use egress::{
@@ -42,6 +46,8 @@ pub use identity::{
 pub use inodes::{
     compile_exec, compile_files, kernel_dev, kernel_dev_of, CompiledExec, CompiledFiles,
 };
+pub use limits::{Cpu, Limits, Memory, Pids, CPU_PERIOD_US};
+pub use loader::loaders;
 pub use runtime::{
     ApprovalPolicy, Budgets, Collective, Collectives, ContainmentPolicy, DenyRate, Limit, LoopRule,
     Rung, Span, TimeLimit,

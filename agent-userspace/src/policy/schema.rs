@@ -18,9 +18,11 @@ use serde::{
 
 use super::assertions::Assertion;
 use super::{
+    account::RunAs,
     egress::{EgressPolicy, IngressPolicy},
     exec::{Enforcement, ExecPolicy, FilesPolicy},
     identity::{CertificateRequirement, CredentialRule, IdentityPolicy, Users},
+    limits::Limits,
     runtime::{ApprovalPolicy, Budgets, Collectives, ContainmentPolicy},
     unix::UnixPolicy,
     validate_agent_name,
@@ -83,6 +85,13 @@ pub struct AgentPolicy {
     /// Whether the agent needs a valid behavior certificate for the policy in force.
     #[serde(default)]
     pub certificate: CertificateRequirement,
+    /// The account the agent's processes run under: `dynamic` (default: a uid of its own),
+    /// `root`, `caller`, an account name, or a list (`agentcage run --user` picks one).
+    #[serde(default)]
+    pub run_as: RunAs,
+    /// Resource limits of the agent's cage (cgroup v2 controllers).
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// Whether sessions of an agent are recorded (asciicast files).

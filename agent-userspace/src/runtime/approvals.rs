@@ -197,8 +197,11 @@ const KEEP_DECIDED: usize = 1024;
 /// request (they are still denied): a person said no, and a retrying agent must not flood them.
 pub const ASK_AGAIN_AFTER_NS: u64 = 60_000_000_000;
 /// How many requests may wait at once; past it no new one is raised (the kernel keeps
-/// denying), so an agent probing many destinations cannot grow the daemon's memory.
+/// denying), so agents probing many destinations cannot grow the daemon's memory.
 const MAX_PENDING: usize = 1024;
+/// How many of them one agent may have waiting: its share, so that one agent cannot crowd
+/// out every other agent's requests.
+pub const MAX_PENDING_PER_AGENT: usize = 64;
 
 /// Every request of this daemon.
 #[derive(Debug, Default)]
@@ -228,12 +231,15 @@ impl Approvals {
                     Status::Expired { .. } => false,
                 }
         });
-        let pending = self
-            .requests
-            .values()
-            .filter(|r| matches!(r.status, Status::Pending))
-            .count();
-        if open || pending >= MAX_PENDING {
+        let pending = || {
+            self.requests
+                .values()
+                .filter(|r| matches!(r.status, Status::Pending))
+        };
+        if open
+            || pending().count() >= MAX_PENDING
+            || pending().filter(|r| r.agent == agent).count() >= MAX_PENDING_PER_AGENT
+        {
             return None;
         }
         self.next_id += 1;
@@ -433,6 +439,22 @@ mod tests {
         assert_eq!(
             a.deny(999, "me", 0).unwrap_err(),
             ApprovalError::Unknown(999)
+        );
+    }
+
+    #[test]
+    fn one_agent_cannot_fill_the_queue_for_the_others() {
+        let mut a = Approvals::default();
+        for i in 0..MAX_PENDING_PER_AGENT {
+            assert!(a.request("flood", 1, tool(&format!("t{i}")), 0).is_some());
+        }
+        assert!(
+            a.request("flood", 1, tool("one-more"), 0).is_none(),
+            "its share is full"
+        );
+        assert!(
+            a.request("quiet", 2, tool("t0"), 0).is_some(),
+            "another agent still asks"
         );
     }
 

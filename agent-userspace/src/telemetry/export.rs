@@ -203,6 +203,49 @@ fn lock(spool: &Mutex<Spool>) -> std::sync::MutexGuard<'_, Spool> {
 }
 
 impl Exporter {
+    /// The batch described for export. A record that cannot be (its description panics: a
+    /// value out of range, spooled by an older daemon) is dropped and counted in the
+    /// spool's `dropped` (once, by the logs exporter), never retried: it would stop the
+    /// export at that record for good, after every restart too.
+    async fn describe_all(&self, reader: &'static str, batch: &[Record]) -> Vec<Described> {
+        let mut described = Vec::with_capacity(batch.len());
+        let mut unencodable = 0;
+        for r in batch {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| describe(r, &self.node)))
+            {
+                Ok(d) => described.push(d),
+                Err(_) => {
+                    unencodable += 1;
+                    warn!(
+                        signal = reader,
+                        seq = r.seq,
+                        "a spooled event cannot be encoded for export: dropped and counted"
+                    );
+                }
+            }
+        }
+        if unencodable > 0 && reader == "logs" {
+            let spool = Arc::clone(&self.spool);
+            let counted = tokio::task::spawn_blocking(move || {
+                lock(&spool).record_loss(unencodable, "unencodable")
+            })
+            .await;
+            if let Ok(Err(e)) = counted {
+                warn!(error = %e, "counting unencodable events in the spool failed");
+            }
+        }
+        described
+    }
+
+    /// Moves `reader`'s cursor past `last`.
+    async fn ack(&self, reader: &'static str, last: u64) {
+        let spool = Arc::clone(&self.spool);
+        let acked = tokio::task::spawn_blocking(move || lock(&spool).ack(reader, last)).await;
+        if let Ok(Err(e)) = acked {
+            warn!(signal = reader, error = %e, "recording the export in the spool failed");
+        }
+    }
+
     /// Runs until aborted.
     pub async fn run(mut self) {
         let reader = self.sink.reader();
@@ -229,7 +272,12 @@ impl Exporter {
                 }
                 continue;
             };
-            let described: Vec<Described> = batch.iter().map(|r| describe(r, &self.node)).collect();
+            let described = self.describe_all(reader, &batch).await;
+            if described.is_empty() {
+                // Nothing encodable: acknowledged as is, so it is never read again.
+                self.ack(reader, last).await;
+                continue;
+            }
             let result = tokio::time::timeout(self.timeout, self.sink.send(&described)).await;
             match result {
                 Ok(Ok(())) => {
@@ -241,12 +289,7 @@ impl Exporter {
                         );
                     }
                     pause = Duration::from_millis(100);
-                    let spool = Arc::clone(&self.spool);
-                    let acked =
-                        tokio::task::spawn_blocking(move || lock(&spool).ack(reader, last)).await;
-                    if let Ok(Err(e)) = acked {
-                        warn!(signal = reader, error = %e, "recording the export in the spool failed");
-                    }
+                    self.ack(reader, last).await;
                 }
                 failed => {
                     let error = match failed {

@@ -21,9 +21,12 @@ fn read_trimmed(path: &str) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// The host's name (from the kernel, no library needed).
+/// The host's name (from the kernel, no library needed); `localhost` for a host without
+/// one (the kernel's `(none)`, as in an initramfs), which is no name to put in an ID.
 pub fn host_name() -> String {
-    read_trimmed("/proc/sys/kernel/hostname").unwrap_or_else(|| "unknown".into())
+    read_trimmed("/proc/sys/kernel/hostname")
+        .filter(|n| n != "(none)")
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// The node identity: configured, else `AGENTCAGE_NODE_ID`, else the host name.

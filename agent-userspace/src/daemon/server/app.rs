@@ -27,6 +27,36 @@ pub async fn serve_app(shared: Arc<Shared>, stream: UnixStream) {
     let started = start_time(peer.pid);
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
+    // The sender's cage, from the start: a connection from outside every cage is refused at
+    // once, and each cage holds only its own share of connections.
+    let cage = {
+        let state = shared.state();
+        sender_agent(
+            state.root(),
+            |cgroup| state.container_agent(cgroup),
+            &peer,
+            started,
+            None,
+        )
+    };
+    let _slot = match cage.map(|agent| (shared.app_share.take(&agent), agent)) {
+        Ok((Some(slot), _)) => slot,
+        Ok((None, agent)) => {
+            // One answer per line, as ever: the refusal answers the first one.
+            let _ = next_line(&mut reader).await;
+            let message = format!(
+                "refused: agent:{agent} already holds {} application connections, its share",
+                super::share::PER_CAGE
+            );
+            let _ = send(&mut write, &AppReply::Error { message }).await;
+            return;
+        }
+        Err(message) => {
+            let _ = next_line(&mut reader).await;
+            let _ = send(&mut write, &AppReply::Error { message }).await;
+            return;
+        }
+    };
     loop {
         let line = match next_line(&mut reader).await {
             Line::Read(line) => line,
@@ -45,9 +75,12 @@ pub async fn serve_app(shared: Arc<Shared>, stream: UnixStream) {
             continue;
         }
         let reply = match serde_json::from_str::<AppMessage>(&line) {
-            Err(e) => AppReply::Error {
-                message: format!("malformed application event: {e}"),
-            },
+            // The stream is not this protocol: answer once and close.
+            Err(e) => {
+                let message = format!("malformed application event: {e}: connection closed");
+                let _ = send(&mut write, &AppReply::Error { message }).await;
+                break;
+            }
             Ok(msg) => {
                 let mut state = shared.state();
                 let agent = sender_agent(

@@ -37,7 +37,7 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream) {
         let _ = send(&mut write, &Response::Error { message }).await;
         return;
     }
-    let mut held: Vec<String> = Vec::new();
+    let mut held: Vec<(String, crate::accounts::Joiner)> = Vec::new();
     let mut reader = BufReader::new(read);
     loop {
         let line = match next_line(&mut reader).await {
@@ -97,8 +97,8 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream) {
     }
     if !held.is_empty() {
         let mut state = shared.state();
-        for agent in held {
-            state.release(&agent);
+        for (agent, joiner) in held {
+            state.release(&agent, joiner);
         }
     }
 }
@@ -126,7 +126,7 @@ fn handle(
     shared: &Shared,
     peer: &Peer,
     request: Request,
-    held: &mut Vec<String>,
+    held: &mut Vec<(String, crate::accounts::Joiner)>,
     attach: &mut Option<OwnedFd>,
 ) -> Response {
     let mut state = shared.state();
@@ -135,34 +135,39 @@ fn handle(
             version: env!("CARGO_PKG_VERSION").to_owned(),
             policy_hash: state.policy().hash().to_owned(),
         }),
-        Request::Prepare { agent } => state.hold(&agent).and_then(|h| {
-            // Released when the connection closes, refused or not.
-            held.push(agent.clone());
-            let recording = if h.record {
-                let (grant, fd) = shared.recordings.create(&agent, peer.pid)?;
-                *attach = Some(fd);
-                Some(grant)
-            } else {
-                None
-            };
-            info!(
-                agent,
-                pid = peer.pid,
-                uid = peer.uid,
-                policy_hash = h.policy_hash,
-                recording = recording.as_ref().map(|r| r.path.as_str()),
-                "agent run starting"
-            );
-            Ok(Response::Prepared {
-                identity: crate::identity::AgentIdentity::for_agent(&agent).to_string(),
-                agent,
-                cgroup: h.cgroup,
-                policy_hash: h.policy_hash,
-                raw_sockets: h.raw_sockets,
-                policy_source: h.policy_source,
-                recording,
+        Request::Prepare { agent, user } => {
+            state.hold(&agent, user.as_deref(), peer.uid).and_then(|h| {
+                // Released when the connection closes, refused or not.
+                held.push((agent.clone(), h.run_as.joiner()));
+                let recording = if h.record {
+                    let (grant, fd) = shared.recordings.create(&agent, peer.pid)?;
+                    *attach = Some(fd);
+                    Some(grant)
+                } else {
+                    None
+                };
+                info!(
+                    agent,
+                    pid = peer.pid,
+                    uid = peer.uid,
+                    policy_hash = h.policy_hash,
+                    recording = recording.as_ref().map(|r| r.path.as_str()),
+                    run_as = h.run_as.account,
+                    run_uid = h.run_as.uid,
+                    "agent run starting"
+                );
+                Ok(Response::Prepared {
+                    identity: crate::identity::AgentIdentity::for_agent(&agent).to_string(),
+                    agent,
+                    cgroup: h.cgroup,
+                    policy_hash: h.policy_hash,
+                    raw_sockets: h.raw_sockets,
+                    policy_source: h.policy_source,
+                    recording,
+                    run_as: Some(h.run_as),
+                })
             })
-        }),
+        }
         Request::Join { agent } => state
             .move_into(&agent, peer.pid, peer.uid, false)
             .map(|cgroup| Response::Joined { agent, cgroup }),

@@ -7,9 +7,11 @@ mod app;
 mod contain;
 mod control;
 mod identity;
+mod share;
 
 pub use app::serve_app;
 pub use control::serve;
+pub use share::CageShare;
 
 use std::{
     fs, io,
@@ -47,6 +49,8 @@ pub struct Shared {
     pub dashboard: Option<String>,
     /// Where recordings the policy requires are made.
     pub recordings: crate::recording::RecordingStore,
+    /// Each cage's share of the application socket's connections.
+    pub app_share: std::sync::Arc<CageShare>,
 }
 
 impl Shared {

@@ -217,7 +217,12 @@ impl State {
                 .map_err(|_| StateError::NoCage(r.agent.clone()))?
                 .display()
         );
+        let agent = r.agent.clone();
         self.cage_cgroup(&r.agent, r.container, dir, relative, r.cgroup_id)?;
+        // Its processes' execs wait for this daemon now, as the agent's own cage's do.
+        if let Some(config) = self.maps.cage(r.cgroup_id) {
+            self.watch_cage(&agent, config.flags);
+        }
         Ok(())
     }
 
@@ -313,7 +318,10 @@ impl State {
         self.refuse_recorded(agent)?;
         let relative = cgroup_of_pid(pid).map_err(|_| StateError::NoProcess(pid))?;
         let (dir, cgroup_id) = self.container_cgroup(pid, &relative).map_err(&refuse)?;
-        self.ensure_cage(agent)?;
+        let agent_cgroup = self.ensure_cage(agent)?.cgroup_id;
+        // Before it is caged: where the agent's rules judge content in the kill tier, the
+        // container's execs wait for the daemon to read them (its mount namespace is its own).
+        self.watch_joiner(agent, agent_cgroup, pid, false)?;
         self.cage_cgroup(agent, meta, dir, relative, cgroup_id)
     }
 
@@ -599,7 +607,7 @@ impl State {
         }
         self.containers.recent.push_back((id, c.meta));
         // The hold the container took on the agent's cage.
-        self.release(&c.agent);
+        self.drop_hold(&c.agent);
         true
     }
 }

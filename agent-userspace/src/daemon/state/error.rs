@@ -96,6 +96,40 @@ pub enum StateError {
         /// What the kernel lacks.
         missing: String,
     },
+    /// The agent's policy sets a limit whose cgroup v2 controller the hierarchy lacks.
+    #[error(
+        "refused to start agent {agent:?}: its policy sets {limit}, but the cgroup v2 \
+         hierarchy at {hierarchy} has no {controller} controller (it may be bound to a cgroup \
+         v1 hierarchy on this host: see {hierarchy}/cgroup.controllers). Boot with cgroup v2 \
+         only (systemd.unified_cgroup_hierarchy=1), or remove {limit} from its policy"
+    )]
+    ControllerUnavailable {
+        /// The agent.
+        agent: String,
+        /// The limit, e.g. `limits.memory`.
+        limit: &'static str,
+        /// The controller it needs.
+        controller: &'static str,
+        /// Where cgroup v2 is mounted.
+        hierarchy: String,
+    },
+    /// The agent's exec rules judge content in the kill tier, and the process cannot be
+    /// watched (it shares the host's mount namespace, or marking it failed).
+    #[error(
+        "refused to cage process {pid} as agent {agent:?}: its exec rules judge content, which \
+         the kill tier checks only for processes in a mount namespace of their own that the \
+         daemon watches ({source}). Start it with `agentcage run` as root (which gives it \
+         that namespace), or use rules by file only (an allow list, exec.default: deny)"
+    )]
+    Unwatchable {
+        /// The agent.
+        agent: String,
+        /// The process.
+        pid: u32,
+        /// Why it cannot be watched.
+        #[source]
+        source: crate::execwatch::WatchError,
+    },
     /// The request cannot be carried out as given.
     #[error("{0}")]
     Usage(String),
@@ -117,6 +151,9 @@ pub enum StateError {
     /// Freezing, killing or the snapshot failed.
     #[error(transparent)]
     Contain(#[from] ContainError),
+    /// The account the agent runs as cannot be granted.
+    #[error(transparent)]
+    Account(#[from] crate::accounts::AccountError),
     /// A recording the policy requires could not be made.
     #[error(transparent)]
     Recording(#[from] crate::recording::RecordingError),

@@ -8,7 +8,7 @@ use crate::{
     control::credential::AgentInventory,
     identity::AgentIdentity,
     policy::{
-        kernel::{cage_settings, compile_agent, CageMode},
+        kernel::{cage_settings, compile_agent, CageMode, Shortfall},
         Policy, Rung,
     },
 };
@@ -66,10 +66,14 @@ impl State {
         let caps = self.kernel.caps();
         match cage_settings(policy.agent(agent), &compiled, caps, CageMode::default()).1 {
             None => self.kernel.caps.tier.to_string(),
-            Some(feature) => format!(
+            Some(Shortfall::Feature(feature)) => format!(
                 "refused: {} cannot be enforced here; {}",
                 feature.describe(),
                 self.kernel.caps.lacks(feature).unwrap_or_default()
+            ),
+            Some(Shortfall::Controller { limit, controller }) => format!(
+                "refused: {limit} cannot be enforced here; the cgroup v2 hierarchy has no \
+                 {controller} controller"
             ),
         }
     }

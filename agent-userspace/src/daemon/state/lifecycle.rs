@@ -1,7 +1,7 @@
 //! A cage's life: made (or taken over from an earlier daemon) and enforced before any
 //! process enters, held by clients, filled, and removed once empty and unheld.
 
-use std::{fs, os::unix::fs::MetadataExt as _, sync::Arc};
+use std::{collections::HashMap, fs, os::unix::fs::MetadataExt as _, sync::Arc};
 
 use nix::sys::inotify::{AddWatchFlags, WatchDescriptor};
 use tracing::{info, warn};
@@ -31,6 +31,7 @@ impl State {
         let cgroup_id = dir.id()?;
         let agent_id = self.registry.agent_id(agent);
         let filled = self.fill(&policy, compiled)?;
+        let flags = filled.settings.flags;
         let entries = self.switch_in(cgroup_id, agent_id, filled)?;
         if let Err(e) = self.dns_start(agent, cgroup_id) {
             self.dns_stop(cgroup_id);
@@ -51,6 +52,14 @@ impl State {
                 });
             }
         };
+        // A cage an earlier daemon left keeps the dynamic uid its processes hold.
+        let dynamic = if strict {
+            None
+        } else {
+            dir.procs()
+                .ok()
+                .and_then(|pids| self.users.of_processes(agent, &pids))
+        };
         let now = crate::clock::boot_ns();
         let certificate = self.certificate_for(agent, false)?;
         let agent_policy = self.policy.agent(agent);
@@ -69,8 +78,12 @@ impl State {
                 watch,
                 started_unix_nano: crate::clock::now_unix_nano(),
                 certificate,
+                dynamic,
+                joiners: HashMap::new(),
             },
         );
+        // A cage an earlier daemon left: its processes' execs wait for this daemon now.
+        self.watch_cage(agent, flags);
         Ok(())
     }
 
@@ -105,7 +118,11 @@ impl State {
             let policy = Arc::clone(&self.policy);
             self.compile_for(&policy, agent, true, false, CageMode::default())?;
             let dir = self.root.ensure_cage(agent)?;
-            if let Err(e) = self.install(agent, dir.clone(), true) {
+            // Limits first: no process may enter the cage before they hold.
+            if let Err(e) = self
+                .apply_limits(agent, &dir)
+                .and_then(|()| self.install(agent, dir.clone(), true))
+            {
                 let _ = dir.remove();
                 return Err(e);
             }
@@ -117,9 +134,43 @@ impl State {
             .ok_or_else(|| StateError::NoCage(agent.to_owned()))
     }
 
-    /// Creates the cage if needed and holds it until [`Self::release`]. An agent whose
-    /// policy requires a behavior certificate is refused without a valid one.
-    pub fn hold(&mut self, agent: &str) -> Result<Held, StateError> {
+    /// Writes the policy's resource limits into the cage's cgroup files (a limit the policy
+    /// no longer sets goes back to `max`), enabling the controllers they need first.
+    pub(super) fn apply_limits(&self, agent: &str, dir: &CgroupDir) -> Result<(), StateError> {
+        let limits = self
+            .policy
+            .agent(agent)
+            .map(|p| p.limits)
+            .unwrap_or_default();
+        let wanted = limits.controllers();
+        if !wanted.is_empty() {
+            self.root.enable_controllers(&wanted)?;
+        }
+        let files = limits.files();
+        for (file, unlimited) in [
+            ("pids.max", "max"),
+            ("memory.max", "max"),
+            ("cpu.max", "max 100000"),
+        ] {
+            match files.iter().find(|(f, _)| *f == file) {
+                Some((_, value)) => dir.write(file, value)?,
+                // Lift an earlier limit, where the controller is on for the cage at all.
+                None if dir.path().join(file).exists() => dir.write(file, unlimited)?,
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the cage if needed and holds it until [`Self::release`], granting the account
+    /// the agent runs as (`requested` is `agentcage run --user`, `caller` the client's uid).
+    /// An agent whose policy requires a behavior certificate is refused without a valid one.
+    pub fn hold(
+        &mut self,
+        agent: &str,
+        requested: Option<&str>,
+        caller: u32,
+    ) -> Result<Held, StateError> {
         validate_agent_name(agent)?;
         let certificate = self.certificate_for(agent, true)?;
         self.ensure_cage(agent)?;
@@ -130,18 +181,28 @@ impl State {
             .policy
             .agent(agent)
             .is_some_and(|p| p.egress.raw_sockets);
+        let grant = match self.grant_account(agent, requested, caller) {
+            Ok(g) => g,
+            Err(e) => {
+                // The cage may have been made for this request alone.
+                self.remove_if_idle(agent);
+                return Err(e);
+            }
+        };
         let held = Held {
             cgroup: String::new(),
             policy_hash: self.policy.hash().to_owned(),
             raw_sockets,
             policy_source: self.policy.source().to_owned(),
             record: self.requires_recording(agent),
+            run_as: grant.clone(),
         };
         let cage = self
             .registry
             .get_mut(agent)
             .ok_or_else(|| StateError::NoCage(agent.to_owned()))?;
         cage.holds += 1;
+        *cage.joiners.entry(grant.joiner()).or_default() += 1;
         Ok(Held {
             cgroup: cage.dir.path().display().to_string(),
             ..held
@@ -155,8 +216,23 @@ impl State {
             .is_some_and(|p| p.record == crate::policy::Record::Always)
     }
 
-    /// Drops one hold; removes the cage if nothing holds it and it is empty.
-    pub fn release(&mut self, agent: &str) {
+    /// Drops one hold (and the account it granted); removes the cage if nothing holds it and
+    /// it is empty.
+    pub fn release(&mut self, agent: &str, joiner: crate::accounts::Joiner) {
+        if let Some(cage) = self.registry.get_mut(agent) {
+            if let Some(n) = cage.joiners.get_mut(&joiner) {
+                *n -= 1;
+                if *n == 0 {
+                    cage.joiners.remove(&joiner);
+                }
+            }
+        }
+        self.drop_hold(agent);
+    }
+
+    /// Drops one hold (a run's or a container's); removes the cage if nothing holds it and
+    /// it is empty.
+    pub(super) fn drop_hold(&mut self, agent: &str) {
         if let Some(cage) = self.registry.get_mut(agent) {
             cage.holds = cage.holds.saturating_sub(1);
         }
@@ -190,11 +266,24 @@ impl State {
                  process's terminal cannot be: start it with `agentcage run` instead"
             )));
         }
-        self.check_cageable(agent, pid, adopting)?;
+        // A joiner's account first (a run that skipped the switch is told so); an adopted
+        // process is first checked for what may never be caged.
         if adopting {
+            self.check_cageable(agent, pid, adopting)?;
+            self.check_adoptable(agent, pid, owner)?;
             self.certificate_for(agent, true)?;
+        } else {
+            self.check_joiner(agent, pid)?;
+            self.check_cageable(agent, pid, adopting)?;
         }
-        let cage = self.ensure_cage(agent)?;
+        let cgroup_id = self.ensure_cage(agent)?.cgroup_id;
+        // Before it is caged (and may exec): where the cage judges content in the kill tier,
+        // its execs must wait for the daemon to read them.
+        self.watch_joiner(agent, cgroup_id, pid, adopting)?;
+        let cage = self
+            .registry
+            .get(agent)
+            .ok_or_else(|| StateError::NoCage(agent.to_owned()))?;
         cage.dir.add_process(pid)?;
         let path = cage.dir.path().display().to_string();
         let agent_id = cage.agent_id;
@@ -300,6 +389,9 @@ impl State {
             self.assertions.forget(agent);
             self.approvals.forget_cage(cage.cgroup_id);
             self.slots.retire(cage.slot, &mut self.maps);
+            if let Some(user) = &cage.dynamic {
+                self.users.release(agent, user);
+            }
             info!(agent, "cage removed: its last process exited");
         }
     }
@@ -309,7 +401,7 @@ impl State {
     pub fn shutdown(&mut self) -> Vec<String> {
         self.stopping = true;
         // Containers keep their agent's cage: their pins go on enforcing its slot.
-        let holds: std::collections::HashMap<u32, usize> = self
+        let holds: HashMap<u32, usize> = self
             .registry
             .iter()
             .map(|(_, c)| (c.agent_id, self.container_holds(c.agent_id)))

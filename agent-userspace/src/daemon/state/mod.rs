@@ -19,6 +19,8 @@ mod registry;
 mod reload;
 mod slots;
 mod status;
+mod users;
+mod watch;
 
 pub(crate) use dns::DnsState;
 pub use enforce::{ContainJob, Contained, CredentialSetup, JobOutcome};
@@ -34,7 +36,9 @@ use crate::{
     cage::CageRoot,
     events::{Event, EventBus},
     policy::{
-        kernel::{cage_settings, compile_agent, CageMode, CageSettings, Feature, KernelCaps},
+        kernel::{
+            cage_settings, compile_agent, CageMode, CageSettings, Feature, KernelCaps, Shortfall,
+        },
         CompiledAgent, Policy,
     },
 };
@@ -54,6 +58,8 @@ pub struct Held {
     pub policy_source: String,
     /// The policy requires the session to be recorded (`record: always`).
     pub record: bool,
+    /// The account the run's processes must hold when they join.
+    pub run_as: crate::accounts::RunAsGrant,
 }
 
 /// What the kernel gives, found at start.
@@ -64,6 +70,8 @@ pub struct KernelInfo {
     pub caps: crate::bpf::Capabilities,
     /// The host-wide hooks' states.
     pub hooks: Vec<HookStatus>,
+    /// The cgroup v2 controllers the hierarchy offers (`policy::kernel::CONTROLLER_*`).
+    pub controllers: u8,
 }
 
 impl KernelInfo {
@@ -71,9 +79,14 @@ impl KernelInfo {
     fn caps(&self) -> KernelCaps {
         KernelCaps {
             can_refuse: self.caps.tier == Tier::Deny,
-            content_hashes: self.caps.content_hashes,
+            // The deny tier hashes with IMA; the kill tier's exec watch reads the file.
+            content_hashes: match self.caps.tier {
+                Tier::Deny => self.caps.content_hashes,
+                Tier::Kill => self.caps.exec_watch,
+            },
             userns_hook: self.caps.userns_hook,
             unix_sockets: self.caps.unix.available(),
+            controllers: self.controllers,
         }
     }
 }
@@ -96,6 +109,10 @@ pub struct RuntimeParts {
     pub credentials: CredentialSetup,
     /// The cages' resolver: its configuration, maps and the daemon's answers.
     pub dns: DnsState,
+    /// The dynamic uids agents run under, and their homes.
+    pub users: crate::accounts::DynamicUsers,
+    /// The kill tier's exec watch (exec rules by content), where the kernel has it.
+    pub exec_watch: Option<Arc<crate::execwatch::ExecWatch>>,
 }
 
 /// Everything the daemon manages.
@@ -127,6 +144,8 @@ pub struct State {
     containers: containers::Containers,
     credentials: CredentialState,
     dns: DnsState,
+    users: crate::accounts::DynamicUsers,
+    exec_watch: Option<Arc<crate::execwatch::ExecWatch>>,
 }
 
 /// A slot filled with an agent's rules, not yet switched in.
@@ -171,6 +190,8 @@ impl State {
             containers: containers::Containers::default(),
             credentials: CredentialState::open(parts.credentials)?,
             dns: parts.dns,
+            users: parts.users,
+            exec_watch: parts.exec_watch,
         })
     }
 
@@ -236,26 +257,39 @@ impl State {
         }
         let (settings, shortfall) =
             cage_settings(policy.agent(agent), &compiled, self.kernel.caps(), mode);
-        if let Some(feature) = shortfall {
-            let missing = self.kernel.caps.lacks(feature).unwrap_or_default();
-            let err = if feature == Feature::UnixSockets {
-                StateError::UnixUnavailable {
-                    agent: agent.to_owned(),
-                    missing,
-                }
-            } else {
-                StateError::TierUnavailable {
-                    agent: agent.to_owned(),
-                    needs: feature.describe().to_owned(),
-                    missing,
-                }
-            };
+        if let Some(shortfall) = shortfall {
+            let err = self.shortfall_error(agent, shortfall);
             if !adopting {
                 return Err(err);
             }
-            tracing::warn!(agent, error = %err, "cage enforced with the kill tier only");
+            tracing::warn!(agent, error = %err, "cage enforced without what this kernel lacks");
         }
         Ok((compiled, settings))
+    }
+
+    /// The refusal for what this kernel cannot enforce of an agent's policy.
+    fn shortfall_error(&self, agent: &str, shortfall: Shortfall) -> StateError {
+        match shortfall {
+            Shortfall::Feature(Feature::UnixSockets) => StateError::UnixUnavailable {
+                agent: agent.to_owned(),
+                missing: self
+                    .kernel
+                    .caps
+                    .lacks(Feature::UnixSockets)
+                    .unwrap_or_default(),
+            },
+            Shortfall::Feature(feature) => StateError::TierUnavailable {
+                agent: agent.to_owned(),
+                needs: feature.describe().to_owned(),
+                missing: self.kernel.caps.lacks(feature).unwrap_or_default(),
+            },
+            Shortfall::Controller { limit, controller } => StateError::ControllerUnavailable {
+                agent: agent.to_owned(),
+                limit,
+                controller,
+                hierarchy: self.root.mount().display().to_string(),
+            },
+        }
     }
 
     /// Writes compiled rules into a fresh slot (not yet any cage's).

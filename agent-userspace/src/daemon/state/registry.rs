@@ -29,6 +29,10 @@ pub(super) struct Cage {
     pub(super) watch: WatchDescriptor,
     /// When the cage was made (or taken over): the start of the agent's session.
     pub(super) started_unix_nano: u64,
+    /// Its dynamic uid, once a run under `run_as: dynamic` asked for one.
+    pub(super) dynamic: Option<crate::accounts::DynamicUser>,
+    /// The ids processes may join with: one entry per hold that was granted an account.
+    pub(super) joiners: HashMap<crate::accounts::Joiner, usize>,
     /// The id of the agent's valid behavior certificate, stamped on its events.
     pub(super) certificate: Option<String>,
 }

@@ -80,12 +80,19 @@ impl State {
                 self.maps.clear_slot(&f.entries);
                 continue;
             };
+            // Content rules may be new to it: its execs wait for the daemon before they count.
+            self.watch_cage(&agent, f.settings.flags);
             match self.switch_in(cgroup_id, agent_id, f) {
                 Ok(entries) => self.replace_slot(&agent, entries),
                 Err(e) => warn!(agent, error = %e, "cage kept its previous policy"),
             }
         }
         self.policy = policy;
+        for (agent, cage) in self.registry.iter() {
+            if let Err(e) = self.apply_limits(agent, &cage.dir) {
+                warn!(agent, error = %e, "cage kept its previous limits");
+            }
+        }
         self.assertions.follow(&self.policy);
         self.approvals.lapse_changed_rules(&self.policy);
         self.recheck_identities();

@@ -54,7 +54,7 @@ impl State {
             global_lost: self.maps.global_lost(),
             tier: self.kernel.caps.tier.to_string(),
             tier_missing: self.kernel.caps.missing.clone(),
-            content_hashes: self.kernel.caps.content_hashes,
+            content_hashes: self.kernel.caps().content_hashes,
             refused: self.kernel.caps.refused(),
             unix: Some(self.kernel.caps.unix.clone()),
             hooks: self.kernel.hooks.clone(),

@@ -1,7 +1,5 @@
 //! OTLP descriptions of the daemon's own events and the application's.
 
-use std::time::Duration;
-
 use opentelemetry::{logs::Severity, KeyValue};
 
 use super::{sc, time_of, KindParts, SpanPlan};
@@ -116,7 +114,7 @@ pub(super) fn app(event: &Event, a: &crate::events::AppEvent) -> KindParts {
             }
             // The span is complete at the call's end: it starts latency_ms before.
             let span = (*phase == Phase::End).then(|| {
-                let took = Duration::from_secs_f64(latency_ms.unwrap_or(0.0) / 1e3);
+                let took = crate::events::duration_of_ms(latency_ms.unwrap_or(0.0));
                 SpanPlan {
                     name: format!("{} {name}", sc::OP_EXECUTE_TOOL),
                     start: time.checked_sub(took).unwrap_or(time),

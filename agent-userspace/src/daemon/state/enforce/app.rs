@@ -1,7 +1,5 @@
 //! Application events: recorded, metered, checked, and answered.
 
-use std::time::Duration;
-
 use super::super::State;
 use crate::{
     clock::boot_ns,
@@ -45,7 +43,7 @@ impl State {
                 b.extend(self.meter(agent, Metric::Usd, *cost_usd));
                 for (which, ms) in [(Latency::Queue, queue_ms), (Latency::Model, model_ms)] {
                     if let Some(ms) = ms {
-                        let took = Duration::from_secs_f64(ms / 1000.0);
+                        let took = crate::events::duration_of_ms(*ms);
                         b.extend(self.budgets.latency(agent, &policy.budgets, which, took));
                     }
                 }
@@ -75,7 +73,7 @@ impl State {
                 ..
             } => {
                 if let Some(ms) = latency_ms {
-                    let took = Duration::from_secs_f64(ms / 1000.0);
+                    let took = crate::events::duration_of_ms(*ms);
                     let b = self
                         .budgets
                         .latency(agent, &policy.budgets, Latency::Tool, took);
