@@ -18,7 +18,6 @@
 //! - [`daemon`]: the daemon's state and main loop;
 //! - [`cli`]: the command line;
 //! - [`runtime`]: containment, approvals, budgets, assertions, application events;
-//! - [`selftest_net`]: the self-test's network attempts (wildcards, Unix sockets);
 //! - [`recording`]: asciicast recordings of agents' terminals;
 //! - [`oci`]: `agentcage-runtime`, the OCI runtime wrapper that cages containers;
 //! - [`selftest`]: `agentcage selftest`, the catalogue of ways out tried in a throwaway cage;
@@ -49,6 +48,5 @@ pub mod policy;
 pub mod recording;
 pub mod runtime;
 pub mod selftest;
-pub mod selftest_net;
 pub mod spool;
 pub mod telemetry;
