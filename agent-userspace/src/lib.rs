@@ -42,6 +42,7 @@ pub mod doctor;
 pub mod errors;
 pub mod events;
 pub mod execwatch;
+pub mod fuzzing;
 pub mod identity;
 pub mod oci;
 pub mod policy;

@@ -3,6 +3,7 @@
 
 mod bench;
 mod build;
+mod fuzz;
 mod image;
 mod lint;
 mod package;
@@ -73,6 +74,9 @@ enum Cmd {
         #[arg(long)]
         debug: bool,
     },
+    /// The cargo-fuzz targets (policy, control and application protocols, ring-buffer
+    /// records), each for a given time; needs nightly. Not part of `test`.
+    Fuzz(fuzz::FuzzArgs),
     /// Benchmarks (they measure and report; they pass or fail nothing).
     Bench {
         #[command(subcommand)]
@@ -125,6 +129,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::VmTest(args) => setup::run_setup().and_then(|()| vm::vm_test(&args)),
         Cmd::Package => package::package(),
         Cmd::Image { debug } => image::image(debug),
+        Cmd::Fuzz(args) => fuzz::fuzz(&args),
         Cmd::Bench { bench } => bench::run_bench(bench),
         Cmd::ConnectLoop(args) => bench::egress::connect_loop(&args),
         Cmd::ConnectProbe(args) => bench::egress::connect_probe(&args),
