@@ -196,9 +196,39 @@ fn hot_reload_under_load_changes_decisions_and_never_mixes_policies() {
         reloader.join().unwrap();
         i
     });
-    // A marker after everything: events arrive in order, so once it is seen all are.
+    // A marker after everything: full events arrive in order, so once it is seen all are;
+    // the summaries of the last repeats come at their window's end, so they are awaited
+    // until the decisions add up (more would fail below too).
     assert_eq!(cage.op(&format!("connect 127.0.0.3:{a}")), "err 1");
     events.wait_event("the marker", |e| e["dst_addr"] == "127.0.0.3");
+    let counted = |line: &str| -> usize {
+        let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
+            return 0;
+        };
+        match (e["kind"].as_str(), e["dst_addr"] == "127.0.0.1") {
+            (Some("egress"), true) => 1,
+            (Some("egress_summary"), true) => e["count"].as_u64().unwrap_or(0) as usize,
+            _ => 0,
+        }
+    };
+    // Up to the marker: the lines after it are still to be read from the follower.
+    let so_far: usize = {
+        let all = events.lines.all.lock().unwrap();
+        let marker = all
+            .iter()
+            .rposition(|l| l.contains("\"127.0.0.3\""))
+            .unwrap();
+        all[..marker].iter().map(|l| counted(l)).sum()
+    };
+    if so_far < ops {
+        let total = std::cell::Cell::new(so_far);
+        events
+            .lines
+            .wait_for("the summaries of the last decisions", |l| {
+                total.set(total.get() + counted(l));
+                total.get() >= ops
+            });
+    }
 
     let lines = events.lines.all.lock().unwrap().clone();
     let mut seen = BTreeSet::new();

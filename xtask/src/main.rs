@@ -85,6 +85,9 @@ enum Cmd {
     /// The benchmark's workload, run as a separate process so every variant runs the same code.
     #[command(name = "__connect-loop", hide = true)]
     ConnectLoop(bench::egress::ConnectLoopArgs),
+    /// A/AAAA queries in a loop, each timed, for `bench dns`.
+    #[command(name = "__dns-loop", hide = true)]
+    DnsLoop(bench::dns::DnsLoopArgs),
     /// One connect with a timeout, to check that a variant's filter really filters.
     #[command(name = "__connect-probe", hide = true)]
     ConnectProbe(bench::egress::ConnectProbeArgs),
@@ -133,6 +136,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Bench { bench } => bench::run_bench(bench),
         Cmd::ConnectLoop(args) => bench::egress::connect_loop(&args),
         Cmd::ConnectProbe(args) => bench::egress::connect_probe(&args),
+        Cmd::DnsLoop(args) => bench::dns::dns_loop(&args),
         Cmd::SyscallLoop(args) => bench::capture::syscall_loop(&args),
         Cmd::ExecLoop(args) => bench::capture::exec_loop(&args),
         Cmd::Hold(args) => bench::kill::hold(&args),

@@ -108,8 +108,10 @@ pub fn kill(dir: &CgroupDir) -> Result<(), ContainError> {
         .and_then(|mut f| f.write_all(b"1"));
     match written {
         Ok(()) => {}
-        // Emptied and removed by itself before the kill: nothing is left to kill.
-        Err(e) if e.kind() == io::ErrorKind::NotFound && !dir.path().exists() => return Ok(()),
+        // Emptied and removed by itself before the kill: nothing is left to kill. A cgroup
+        // removed while the write was under way says ENODEV (rmdir needs it empty).
+        Err(e) if removed(&e) && !dir.path().exists() => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Ok(()),
         // Before Linux 5.14 there is no cgroup.kill: SIGKILL each process, in the cage and
         // below it, until it is empty (a fatal signal ends a frozen process too). The cage
         // is frozen first, so nothing forks meanwhile; should it not be, each round signals
@@ -133,11 +135,15 @@ pub fn kill(dir: &CgroupDir) -> Result<(), ContainError> {
 /// Whether the cage is empty: its `populated` flag is 0, or the cgroup is gone.
 fn populated_or_gone(dir: &CgroupDir) -> Result<bool, ContainError> {
     match event_flag(dir, "populated ") {
-        Err(ContainError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-            Ok(true)
-        }
+        Err(ContainError::Io { source, .. }) if removed(&source) => Ok(true),
         other => other.map(|populated| !populated),
     }
+}
+
+/// Whether an error says the cgroup is gone: removed (ENOENT) or being removed (ENODEV, as
+/// cgroupfs answers on a file of a cgroup rmdir took meanwhile). rmdir needs it empty.
+fn removed(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENODEV)
 }
 
 /// Sends SIGKILL to every process in cgroup `path` and its descendants.

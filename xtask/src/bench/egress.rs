@@ -44,7 +44,7 @@ const TARGET_B_OVER_C: f64 = 1.0;
 const PROBE_TIMEOUT_MS: u64 = 500;
 /// The loopback address that no variant's rules allow; a listener waits there too, so that a
 /// failed connect means filtered, not refused.
-const DENIED_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+pub(super) const DENIED_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const LISTEN_BACKLOG: libc::c_int = 4096;
 
 #[derive(Args)]
@@ -73,6 +73,9 @@ pub struct ConnectLoopArgs {
     /// Close with SO_LINGER 0 (a RST) instead of a FIN, leaving no TIME_WAIT socket.
     #[arg(long)]
     abort: bool,
+    /// Ask the cage's resolver for this name first (`bench dns`: the grant is per cage).
+    #[arg(long)]
+    resolve_first: Option<String>,
 }
 
 #[derive(Args)]
@@ -91,6 +94,9 @@ pub fn connect_loop(args: &ConnectLoopArgs) -> Result<()> {
     ensure!(args.iterations > 0, "--iterations must be at least 1");
     if let Some(dir) = &args.cgroup {
         join_cgroup(dir)?;
+    }
+    if let Some(name) = &args.resolve_first {
+        super::dns::resolve_first(name)?;
     }
     let start = Instant::now();
     for i in 0..args.iterations {
@@ -408,7 +414,7 @@ impl Bench {
 
 /// Listeners on 127.0.0.1:PORT and 127.0.0.2:PORT that accept and close, on threads that live
 /// as long as the process. Returns PORT.
-fn start_listeners() -> Result<u16> {
+pub(super) fn start_listeners() -> Result<u16> {
     let mut last_err = None;
     // The kernel picks a port free on 127.0.0.1; it may be taken on 127.0.0.2, so retry.
     for _ in 0..20 {

@@ -3,6 +3,7 @@
 
 pub mod capture;
 mod common;
+pub mod dns;
 pub mod egress;
 pub mod events;
 pub mod kill;
@@ -25,6 +26,9 @@ pub enum Bench {
     /// daemon's CPU per thousand, spool bytes per event, a 1,000,000-denial flood, and the
     /// OTLP export rate to a local Rotel (root).
     Events(events::EventsArgs),
+    /// Egress by name: resolution through the cage's resolver vs straight to the same
+    /// upstream, and connect() to a name-granted address vs a CIDR-allowed one (root).
+    Dns(dns::DnsArgs),
 }
 
 pub fn run_bench(bench: Bench) -> Result<()> {
@@ -33,5 +37,6 @@ pub fn run_bench(bench: Bench) -> Result<()> {
         Bench::Capture(args) => capture::bench_capture(&args),
         Bench::Kill(args) => kill::bench_kill(&args),
         Bench::Events(args) => events::bench_events(&args),
+        Bench::Dns(args) => dns::bench_dns(&args),
     }
 }
