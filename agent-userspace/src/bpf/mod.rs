@@ -245,6 +245,36 @@ fn load_tiers() -> Result<Loaded, BpfError> {
     })
 }
 
+/// bpf(2)'s command that loads a program.
+pub(super) const BPF_PROG_LOAD: libc::c_long = 5;
+
+/// The `BPF_PROG_LOAD` member of `union bpf_attr`, up to `attach_btf_id` (the kernel
+/// zero-fills the rest; every kernel from 5.5 knows these fields).
+#[repr(C)]
+#[derive(Default)]
+pub(super) struct ProgLoad {
+    pub(super) prog_type: u32,
+    pub(super) insn_cnt: u32,
+    pub(super) insns: u64,
+    pub(super) license: u64,
+    pub(super) log_level: u32,
+    pub(super) log_size: u32,
+    pub(super) log_buf: u64,
+    pub(super) kern_version: u32,
+    pub(super) prog_flags: u32,
+    pub(super) prog_name: [u8; 16],
+    pub(super) prog_ifindex: u32,
+    pub(super) expected_attach_type: u32,
+    pub(super) prog_btf_fd: u32,
+    pub(super) func_info_rec_size: u32,
+    pub(super) func_info: u64,
+    pub(super) func_info_cnt: u32,
+    pub(super) line_info_rec_size: u32,
+    pub(super) line_info: u64,
+    pub(super) line_info_cnt: u32,
+    pub(super) attach_btf_id: u32,
+}
+
 /// The bpf(2) syscall for `cmd` with `attr`; its result, if not negative.
 ///
 /// # Safety

@@ -221,32 +221,6 @@ pub enum LsmProbeError {
 /// their failure still falls back to the kill tier.
 pub fn lsm_loads() -> Result<(), LsmProbeError> {
     use std::os::fd::{FromRawFd as _, OwnedFd};
-    /// `union bpf_attr` for BPF_PROG_LOAD, up to `attach_btf_id`.
-    #[repr(C)]
-    #[derive(Default)]
-    struct ProgLoad {
-        prog_type: u32,
-        insn_cnt: u32,
-        insns: u64,
-        license: u64,
-        log_level: u32,
-        log_size: u32,
-        log_buf: u64,
-        kern_version: u32,
-        prog_flags: u32,
-        prog_name: [u8; 16],
-        prog_ifindex: u32,
-        expected_attach_type: u32,
-        prog_btf_fd: u32,
-        func_info_rec_size: u32,
-        func_info: u64,
-        func_info_cnt: u32,
-        line_info_rec_size: u32,
-        line_info: u64,
-        line_info_cnt: u32,
-        attach_btf_id: u32,
-    }
-    const BPF_PROG_LOAD: libc::c_long = 5;
     const BPF_PROG_TYPE_LSM: u32 = 29;
     const BPF_LSM_MAC: u32 = 27;
     // `r0 = 0` (BPF_ALU64 | BPF_MOV | BPF_K), then `exit` (BPF_JMP | BPF_EXIT).
@@ -255,18 +229,19 @@ pub fn lsm_loads() -> Result<(), LsmProbeError> {
     let attach_btf_id = super::btf::Btf::from_sys_fs()?
         .func_id(PROBE_HOOK)
         .ok_or(LsmProbeError::NoHook)?;
-    let mut attr = ProgLoad {
+    let mut attr = super::ProgLoad {
         prog_type: BPF_PROG_TYPE_LSM,
         insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
         expected_attach_type: BPF_LSM_MAC,
         attach_btf_id,
-        ..ProgLoad::default()
+        ..super::ProgLoad::default()
     };
     // SAFETY: attr is a valid bpf_attr prefix for BPF_PROG_LOAD; insns and license outlive
     // the call.
-    let fd = unsafe { super::sys_bpf(BPF_PROG_LOAD, &mut attr) }.map_err(LsmProbeError::Load)?;
+    let fd =
+        unsafe { super::sys_bpf(super::BPF_PROG_LOAD, &mut attr) }.map_err(LsmProbeError::Load)?;
     // SAFETY: the kernel returned a new descriptor that nothing else owns.
     drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
     Ok(())

@@ -21,7 +21,7 @@ use std::{
 use aya::{maps::Map, Ebpf};
 use aya_obj::generated::bpf_insn;
 
-use super::{btf::Btf, BpfError};
+use super::{btf::Btf, BpfError, ProgLoad};
 
 /// The programs and the `enum bpf_attach_type` names of their hooks.
 pub const UNIX_PROGRAMS: [(&str, &str); 2] = [
@@ -33,7 +33,6 @@ pub const UNIX_PROGRAMS: [(&str, &str); 2] = [
 pub const UNIX_HOOKS_MISSING: &str =
     "cgroup Unix socket hooks (cgroup/connect_unix and sendmsg_unix, Linux 6.7 and later)";
 
-const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
@@ -180,24 +179,6 @@ fn map_fd(map: &Map) -> Option<RawFd> {
     Some(data.fd().as_fd().as_raw_fd())
 }
 
-/// The `BPF_PROG_LOAD` member of `union bpf_attr`, up to `expected_attach_type`.
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoad {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-}
-
 fn bpf(cmd: libc::c_long, attr: *mut u8, size: usize) -> io::Result<libc::c_long> {
     // SAFETY: every caller passes a valid bpf_attr member of `size` bytes.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size) };
@@ -228,13 +209,8 @@ fn prog_load(
         expected_attach_type: attach_type,
         ..ProgLoad::default()
     };
-    let load = |attr: &mut ProgLoad| {
-        bpf(
-            BPF_PROG_LOAD,
-            (attr as *mut ProgLoad).cast(),
-            size_of::<ProgLoad>(),
-        )
-    };
+    // SAFETY: a BPF_PROG_LOAD attr whose insns, license and log buffer outlive the call.
+    let load = |attr: &mut ProgLoad| unsafe { super::sys_bpf(super::BPF_PROG_LOAD, attr) };
     let source = match load(&mut attr) {
         // SAFETY: a new descriptor the kernel handed us.
         Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }),
