@@ -98,20 +98,25 @@ impl Sink {
     }
 
     /// Sends one batch; Ok means the collector acknowledged all of it.
-    async fn send(&self, batch: &[Described]) -> OTelSdkResult {
+    /// The batch is taken, not borrowed: its strings move into the records instead of being
+    /// copied (a failed batch is read and described again).
+    async fn send(&self, batch: Vec<Described>) -> OTelSdkResult {
         let scope = scope();
         match self {
             Self::Logs {
                 exporter, logger, ..
             } => {
                 let records: Vec<SdkLogRecord> =
-                    batch.iter().map(|d| log_record(logger, d)).collect();
+                    batch.into_iter().map(|d| log_record(logger, d)).collect();
                 let pairs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
                     records.iter().map(|r| (r, &scope)).collect();
                 exporter.export(LogBatch::new(&pairs)).await
             }
             Self::Traces(exporter) => {
-                let spans: Vec<_> = batch.iter().filter_map(|d| span_data(d, &scope)).collect();
+                let spans: Vec<_> = batch
+                    .into_iter()
+                    .filter_map(|d| span_data(d, &scope))
+                    .collect();
                 if spans.is_empty() {
                     return Ok(());
                 }
@@ -160,23 +165,23 @@ pub fn scope() -> InstrumentationScope {
         .build()
 }
 
-fn log_record(logger: &SdkLogger, d: &Described) -> SdkLogRecord {
+fn log_record(logger: &SdkLogger, d: Described) -> SdkLogRecord {
     let mut r = logger.create_log_record();
     r.set_event_name(d.event_name);
     r.set_timestamp(d.time);
     r.set_observed_timestamp(std::time::SystemTime::now());
     r.set_severity_number(d.severity);
     r.set_severity_text(d.severity.name());
-    r.set_body(d.body.clone().into());
-    for kv in &d.attributes {
-        r.add_attribute(kv.key.clone(), any_value(&kv.value));
-    }
     // Correlation: the record's own span when it has one, else the session's root span.
     let span = match &d.span {
         Some(plan) if !plan.root => d.ids.span_id,
         _ => d.ids.root_span_id,
     };
     r.set_trace_context(d.ids.trace_id, span, Some(TraceFlags::SAMPLED));
+    r.set_body(d.body.into());
+    for kv in d.attributes {
+        r.add_attribute(kv.key, any_value(kv.value));
+    }
     r
 }
 
@@ -278,7 +283,7 @@ impl Exporter {
                 self.ack(reader, last).await;
                 continue;
             }
-            let result = tokio::time::timeout(self.timeout, self.sink.send(&described)).await;
+            let result = tokio::time::timeout(self.timeout, self.sink.send(described)).await;
             match result {
                 Ok(Ok(())) => {
                     if let Some(since) = failing_since.take() {
