@@ -434,7 +434,18 @@ impl Spool {
 
     /// Up to `max` records after `reader`'s cursor, in sequence order.
     pub fn read(&mut self, reader: &str, max: usize) -> Result<Vec<Record>, SpoolError> {
-        let after = self.cursors.get(reader)?;
+        self.read_after(reader, 0, max)
+    }
+
+    /// Up to `max` records after `reader`'s cursor and after `after`: a reader with batches
+    /// in flight reads past them before they are acknowledged.
+    pub fn read_after(
+        &mut self,
+        reader: &str,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<Record>, SpoolError> {
+        let after = self.cursors.get(reader)?.max(after);
         if let Some(hit) = window(&self.recent, after, max) {
             return Ok(hit);
         }
