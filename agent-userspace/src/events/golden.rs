@@ -640,7 +640,8 @@ fn otlp_records_of_every_kind_are_pinned() {
         for kv in &d.attributes {
             let _ = writeln!(got, "  {}={}", kv.key, value(&kv.value));
         }
-        if let Some(s) = span_data(&d, &scope) {
+        let shared = d.attributes.len();
+        if let Some(s) = span_data(d, &scope) {
             let _ = writeln!(
                 got,
                 "  span {:?} {:?} {:?}->{:?} {:?} parent={}",
@@ -651,7 +652,7 @@ fn otlp_records_of_every_kind_are_pinned() {
                 s.span_context.span_id(),
                 s.parent_span_id
             );
-            for kv in &s.attributes[d.attributes.len()..] {
+            for kv in &s.attributes[shared..] {
                 let _ = writeln!(got, "  span {}={}", kv.key, value(&kv.value));
             }
         }

@@ -23,6 +23,7 @@ use std::{
     fs, io,
     path::{Path, PathBuf},
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
@@ -169,6 +170,23 @@ pub struct SpoolStats {
 /// How many of the most recent records the spool keeps in memory for its readers.
 const RECENT: usize = 16 * 1024;
 
+/// The longest an acknowledgement waits to be written to the cursor file.
+const CURSOR_SAVE_EVERY: Duration = Duration::from_millis(200);
+
+/// How many records decoded from the segment files the spool keeps for the other readers.
+const DECODED: usize = 8 * 1024;
+
+/// Records read from the segment files at once, at least: the readers' batches are smaller,
+/// and a file is opened and positioned once for all of them.
+const READ_AHEAD: usize = 2048;
+
+/// Up to `max` of the consecutive `records` after `after`, if they hold the one after it.
+fn window(records: &VecDeque<Record>, after: u64, max: usize) -> Option<Vec<Record>> {
+    let first = records.front()?.seq;
+    let start = usize::try_from(after.checked_add(1)?.checked_sub(first)?).ok()?;
+    (start < records.len()).then(|| records.range(start..).take(max).cloned().collect())
+}
+
 /// The spool. Not thread-safe by itself: the daemon keeps it behind a mutex.
 pub struct Spool {
     dir: PathBuf,
@@ -180,6 +198,27 @@ pub struct Spool {
     /// The last records written, consecutive: a reader that keeps up gets them from here,
     /// without reading and parsing the file again.
     recent: VecDeque<Record>,
+    /// The last records decoded from the segment files, consecutive: the readers read the
+    /// same records, and each file line is decoded once for all of them.
+    decoded: VecDeque<Record>,
+    /// When the cursor file was last written by [`Self::ack`].
+    saved: Option<Instant>,
+    /// Whether an acknowledgement is not in the cursor file yet.
+    unsaved: bool,
+    /// [`CURSOR_SAVE_EVERY`] (longer in tests).
+    save_every: Duration,
+}
+
+impl Drop for Spool {
+    /// Writes the acknowledgements not written yet, so that a daemon that stops sends
+    /// nothing again.
+    fn drop(&mut self) {
+        if self.unsaved {
+            if let Err(e) = self.cursors.save(&self.dir) {
+                tracing::warn!(error = %e, "spool: the last acknowledgements were not saved");
+            }
+        }
+    }
 }
 
 impl Spool {
@@ -219,6 +258,10 @@ impl Spool {
             cursors,
             next_seq,
             recent: VecDeque::with_capacity(RECENT),
+            decoded: VecDeque::new(),
+            saved: None,
+            unsaved: false,
+            save_every: CURSOR_SAVE_EVERY,
         };
         spool.collect_acknowledged()?;
         Ok(spool)
@@ -391,13 +434,42 @@ impl Spool {
 
     /// Up to `max` records after `reader`'s cursor, in sequence order.
     pub fn read(&mut self, reader: &str, max: usize) -> Result<Vec<Record>, SpoolError> {
-        let after = self.cursors.get(reader)?;
-        if let Some(first) = self.recent.front().map(|r| r.seq) {
-            if first <= after + 1 && after + 1 < self.next_seq {
-                let start = usize::try_from(after + 1 - first).unwrap_or(usize::MAX);
-                return Ok(self.recent.range(start..).take(max).cloned().collect());
-            }
+        self.read_after(reader, 0, max)
+    }
+
+    /// Up to `max` records after `reader`'s cursor and after `after`: a reader with batches
+    /// in flight reads past them before they are acknowledged.
+    pub fn read_after(
+        &mut self,
+        reader: &str,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<Record>, SpoolError> {
+        let after = self.cursors.get(reader)?.max(after);
+        if let Some(hit) = window(&self.recent, after, max) {
+            return Ok(hit);
         }
+        if let Some(mut hit) = window(&self.decoded, after, max) {
+            // The records written since may follow in memory.
+            let last = hit.last().map_or(after, |r| r.seq);
+            if let Some(more) = window(&self.recent, last, max - hit.len()) {
+                hit.extend(more);
+            }
+            return Ok(hit);
+        }
+        let out = self.read_segments(after, max.max(READ_AHEAD))?;
+        // Kept for the other readers, which mostly read the same records next.
+        if self.decoded.back().map(|r| r.seq + 1) != out.first().map(|r| r.seq) {
+            self.decoded.clear();
+        }
+        self.decoded.extend(out.iter().cloned());
+        let excess = self.decoded.len().saturating_sub(DECODED);
+        self.decoded.drain(..excess);
+        Ok(out.into_iter().take(max).collect())
+    }
+
+    /// Up to `max` records after `after`, read from the segment files.
+    fn read_segments(&mut self, after: u64, max: usize) -> Result<Vec<Record>, SpoolError> {
         let mut out = Vec::new();
         // The segment holding after+1 is the last one that starts at or before it.
         let start = self
@@ -416,9 +488,21 @@ impl Spool {
 
     /// Records that `reader` has delivered everything up to `seq`; removes segments every
     /// reader is done with.
+    ///
+    /// The cursor file is written (with an fsync, tens of ms on a busy disk, under the
+    /// spool's lock) when the reader has caught up or [`CURSOR_SAVE_EVERY`] after the last
+    /// write, not for every batch: a crash in between sends that much again, which
+    /// at-least-once allows (records carry their sequence numbers); nothing is skipped, as
+    /// the file never runs ahead of what was delivered.
     pub fn ack(&mut self, reader: &str, seq: u64) -> Result<(), SpoolError> {
         self.cursors.set(reader, seq)?;
-        self.cursors.save(&self.dir)?;
+        let caught_up = seq + 1 >= self.next_seq;
+        self.unsaved = true;
+        if caught_up || self.saved.is_none_or(|t| t.elapsed() >= self.save_every) {
+            self.cursors.save(&self.dir)?;
+            self.saved = Some(Instant::now());
+            self.unsaved = false;
+        }
         self.collect_acknowledged()
     }
 

@@ -222,3 +222,79 @@ fn batches_keep_the_bound_and_count_what_it_dropped() {
         .iter()
         .any(|r| matches!(&r.entry, Entry::Dropped { reason, .. } if reason == "size_bound")));
 }
+
+#[test]
+fn readers_behind_memory_get_every_record_from_the_files_once_decoded_for_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1 << 24, 1 << 16);
+    let total = {
+        let mut spool = Spool::open(&cfg, &["logs", "traces"]).unwrap();
+        spool.append_events(&events(1, 3000)).unwrap();
+        // An entry of another kind in the middle is decoded the generic way.
+        spool.record_loss(2, "write_error").unwrap();
+        spool.append_events(&events(3001, 3000)).unwrap()
+    };
+    // Reopened: nothing in memory, everything from the files.
+    let mut spool = Spool::open(&cfg, &["logs", "traces"]).unwrap();
+    let mut got = [Vec::new(), Vec::new()];
+    for round in 0.. {
+        let mut progressed = false;
+        // Interleaved, unequal batches, as the two exporters read.
+        for (i, (reader, max)) in [("logs", 512), ("traces", 300 + round % 7)]
+            .into_iter()
+            .enumerate()
+        {
+            let batch = spool.read(reader, max).unwrap();
+            assert!(batch.len() <= max);
+            if let Some(last) = batch.last() {
+                spool.ack(reader, last.seq).unwrap();
+                progressed = true;
+            }
+            got[i].extend(batch);
+        }
+        if !progressed {
+            break;
+        }
+    }
+    assert_eq!(seqs(&got[0]), (1..=total).collect::<Vec<_>>());
+    assert_eq!(got[0], got[1]);
+    assert!(matches!(
+        &got[0][3000].entry,
+        Entry::Dropped { count: 2, reason, .. } if reason == "write_error"
+    ));
+    assert_eq!(got[0][0].entry, Entry::Event(events(1, 1).remove(0)));
+}
+
+#[test]
+fn acknowledgements_not_yet_in_the_cursor_file_are_sent_again_never_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1 << 20, 1 << 16);
+    let open = || {
+        let mut spool = Spool::open(&cfg, &["r"]).unwrap();
+        // However slow the machine, the acknowledgements below come within the interval.
+        spool.save_every = Duration::from_secs(3600);
+        spool
+    };
+    let mut spool = open();
+    spool.append_events(&events(1, 100)).unwrap();
+    spool.ack("r", 10).unwrap();
+    // Right after: kept in memory only (the next read starts after it all the same).
+    spool.ack("r", 20).unwrap();
+    assert_eq!(spool.read("r", 1).unwrap()[0].seq, 21);
+    // A crash now: the file says 10, so 11..=20 are sent again.
+    std::mem::forget(spool);
+    let mut spool = open();
+    assert_eq!(spool.read("r", 1).unwrap()[0].seq, 11);
+    spool.ack("r", 20).unwrap();
+    spool.ack("r", 30).unwrap();
+    // A stop writes what was acknowledged.
+    drop(spool);
+    let mut spool = open();
+    assert_eq!(spool.read("r", 1).unwrap()[0].seq, 31);
+    // Caught up: written at once.
+    spool.ack("r", 99).unwrap();
+    spool.ack("r", 100).unwrap();
+    std::mem::forget(spool);
+    let mut spool = open();
+    assert!(spool.read("r", 1).unwrap().is_empty());
+}

@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use futures_util::{stream::FuturesOrdered, StreamExt as _};
 use opentelemetry::{
     logs::{LogRecord as _, Logger as _, LoggerProvider as _},
     trace::TraceFlags,
@@ -98,20 +99,25 @@ impl Sink {
     }
 
     /// Sends one batch; Ok means the collector acknowledged all of it.
-    async fn send(&self, batch: &[Described]) -> OTelSdkResult {
+    /// The batch is taken, not borrowed: its strings move into the records instead of being
+    /// copied (a failed batch is read and described again).
+    async fn send(&self, batch: Vec<Described>) -> OTelSdkResult {
         let scope = scope();
         match self {
             Self::Logs {
                 exporter, logger, ..
             } => {
                 let records: Vec<SdkLogRecord> =
-                    batch.iter().map(|d| log_record(logger, d)).collect();
+                    batch.into_iter().map(|d| log_record(logger, d)).collect();
                 let pairs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
                     records.iter().map(|r| (r, &scope)).collect();
                 exporter.export(LogBatch::new(&pairs)).await
             }
             Self::Traces(exporter) => {
-                let spans: Vec<_> = batch.iter().filter_map(|d| span_data(d, &scope)).collect();
+                let spans: Vec<_> = batch
+                    .into_iter()
+                    .filter_map(|d| span_data(d, &scope))
+                    .collect();
                 if spans.is_empty() {
                     return Ok(());
                 }
@@ -160,25 +166,28 @@ pub fn scope() -> InstrumentationScope {
         .build()
 }
 
-fn log_record(logger: &SdkLogger, d: &Described) -> SdkLogRecord {
+fn log_record(logger: &SdkLogger, d: Described) -> SdkLogRecord {
     let mut r = logger.create_log_record();
     r.set_event_name(d.event_name);
     r.set_timestamp(d.time);
     r.set_observed_timestamp(std::time::SystemTime::now());
     r.set_severity_number(d.severity);
     r.set_severity_text(d.severity.name());
-    r.set_body(d.body.clone().into());
-    for kv in &d.attributes {
-        r.add_attribute(kv.key.clone(), any_value(&kv.value));
-    }
     // Correlation: the record's own span when it has one, else the session's root span.
     let span = match &d.span {
         Some(plan) if !plan.root => d.ids.span_id,
         _ => d.ids.root_span_id,
     };
     r.set_trace_context(d.ids.trace_id, span, Some(TraceFlags::SAMPLED));
+    r.set_body(d.body.into());
+    for kv in d.attributes {
+        r.add_attribute(kv.key, any_value(kv.value));
+    }
     r
 }
+
+/// Batches a signal has sent and not yet seen answered, at most.
+const IN_FLIGHT: usize = 4;
 
 /// What an exporter task needs.
 pub struct Exporter {
@@ -246,39 +255,70 @@ impl Exporter {
         }
     }
 
-    /// Runs until aborted.
+    /// Reads the batch after `after` (and the cursor); None when the spool failed (said).
+    async fn read(&self, reader: &'static str, after: u64) -> Result<Option<Vec<Record>>, ()> {
+        let spool = Arc::clone(&self.spool);
+        let max = self.batch_size;
+        match tokio::task::spawn_blocking(move || lock(&spool).read_after(reader, after, max)).await
+        {
+            Ok(Ok(b)) => Ok(Some(b)),
+            Ok(Err(e)) => {
+                warn!(signal = reader, error = %e, "reading the spool failed; retrying");
+                Ok(None)
+            }
+            Err(_) => Err(()),
+        }
+    }
+
+    /// Runs until aborted. Up to [`IN_FLIGHT`] batches are sent at once (one round trip to
+    /// the collector per batch, one after the other, left it idle most of the time), and
+    /// acknowledged in order: the cursor passes a batch only once it and every batch before
+    /// it were accepted. A failure drops what is in flight; all of it is read again from the
+    /// cursor (at-least-once).
     pub async fn run(mut self) {
         let reader = self.sink.reader();
         let mut failing_since: Option<std::time::Instant> = None;
         let mut pause = Duration::from_millis(100);
+        let mut inflight = FuturesOrdered::new();
+        // The last sequence number read and sent (or being sent); 0: from the cursor.
+        let mut read_to = 0;
         loop {
-            // Marks what this read sees; a write after it wakes the wait below.
-            self.written.borrow_and_update();
-            let spool = Arc::clone(&self.spool);
-            let max = self.batch_size;
-            let batch = tokio::task::spawn_blocking(move || lock(&spool).read(reader, max)).await;
-            let batch: Vec<Record> = match batch {
-                Ok(Ok(b)) => b,
-                Ok(Err(e)) => {
-                    warn!(signal = reader, error = %e, "reading the spool failed; retrying");
+            let mut read_failed = false;
+            while inflight.len() < IN_FLIGHT {
+                // Marks what this read sees; a write after it wakes the wait below.
+                self.written.borrow_and_update();
+                let batch = match self.read(reader, read_to).await {
+                    Ok(Some(b)) => b,
+                    Ok(None) => {
+                        read_failed = true;
+                        break;
+                    }
+                    Err(()) => return,
+                };
+                let Some(last) = batch.last().map(|r| r.seq) else {
+                    break;
+                };
+                read_to = last;
+                let described = self.describe_all(reader, &batch).await;
+                let (sink, timeout) = (&self.sink, self.timeout);
+                inflight.push_back(async move {
+                    // Nothing encodable: acknowledged as is, so it is never read again.
+                    let result = if described.is_empty() {
+                        Ok(Ok(()))
+                    } else {
+                        tokio::time::timeout(timeout, sink.send(described)).await
+                    };
+                    (last, result)
+                });
+            }
+            let Some((last, result)) = inflight.next().await else {
+                if read_failed {
                     tokio::time::sleep(self.retry_max).await;
-                    continue;
-                }
-                Err(_) => return,
-            };
-            let Some(last) = batch.last().map(|r| r.seq) else {
-                if self.written.changed().await.is_err() {
+                } else if self.written.changed().await.is_err() {
                     return;
                 }
                 continue;
             };
-            let described = self.describe_all(reader, &batch).await;
-            if described.is_empty() {
-                // Nothing encodable: acknowledged as is, so it is never read again.
-                self.ack(reader, last).await;
-                continue;
-            }
-            let result = tokio::time::timeout(self.timeout, self.sink.send(&described)).await;
             match result {
                 Ok(Ok(())) => {
                     if let Some(since) = failing_since.take() {
@@ -304,6 +344,9 @@ impl Exporter {
                             "collector unreachable; events stay in the spool and are retried"
                         );
                     }
+                    // What was sent after the failed batch is sent again, from the cursor.
+                    inflight.clear();
+                    read_to = 0;
                     // Backoff while the collector is down (not a synchronisation).
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(self.retry_max);

@@ -274,28 +274,29 @@ pub(super) fn warn_if(refused: bool) -> Severity {
 }
 
 /// The log attribute value of a span attribute value.
-pub fn any_value(v: &Value) -> AnyValue {
+pub fn any_value(v: Value) -> AnyValue {
     match v {
-        Value::Bool(b) => AnyValue::Boolean(*b),
-        Value::I64(i) => AnyValue::Int(*i),
-        Value::F64(f) => AnyValue::Double(*f),
+        Value::Bool(b) => AnyValue::Boolean(b),
+        Value::I64(i) => AnyValue::Int(i),
+        Value::F64(f) => AnyValue::Double(f),
+        Value::String(s) => AnyValue::String(s),
         other => AnyValue::String(other.as_str().into_owned().into()),
     }
 }
 
-/// The SDK span of a described record.
+/// The SDK span of a described record (its attributes, then the span's own).
 pub fn span_data(
-    d: &Described,
+    d: Described,
     scope: &InstrumentationScope,
 ) -> Option<opentelemetry_sdk::trace::SpanData> {
-    let plan = d.span.as_ref()?;
+    let plan = d.span?;
     let span_id = if plan.root {
         d.ids.root_span_id
     } else {
         d.ids.span_id
     };
-    let mut attributes = d.attributes.clone();
-    attributes.extend(plan.attributes.iter().cloned());
+    let mut attributes = d.attributes;
+    attributes.extend(plan.attributes);
     Some(opentelemetry_sdk::trace::SpanData {
         span_context: SpanContext::new(
             d.ids.trace_id,
@@ -311,15 +312,15 @@ pub fn span_data(
         },
         parent_span_is_remote: false,
         span_kind: SpanKind::Internal,
-        name: Cow::Owned(plan.name.clone()),
+        name: Cow::Owned(plan.name),
         start_time: plan.start,
         end_time: plan.end,
         attributes,
         dropped_attributes_count: 0,
         events: Default::default(),
         links: Default::default(),
-        status: match &plan.error {
-            Some(e) => Status::error(e.clone()),
+        status: match plan.error {
+            Some(e) => Status::error(e),
             None => Status::Unset,
         },
         instrumentation_scope: scope.clone(),
@@ -383,8 +384,9 @@ mod tests {
             "node",
         );
         let scope = InstrumentationScope::builder("t").build();
-        let root = span_data(&end, &scope).expect("the end of a session is its root span");
-        let child = span_data(&a, &scope).unwrap();
+        let a_ids = a.ids;
+        let root = span_data(end, &scope).expect("the end of a session is its root span");
+        let child = span_data(a, &scope).unwrap();
         assert_eq!(root.name, "invoke_agent a");
         assert_eq!(root.parent_span_id, SpanId::INVALID);
         assert_eq!(child.parent_span_id, root.span_context.span_id());
@@ -393,7 +395,7 @@ mod tests {
         // Another node's session with the same cgroup id is another trace.
         assert_ne!(
             describe(&record(7, deny()), "other").ids.trace_id,
-            a.ids.trace_id
+            a_ids.trace_id
         );
     }
 
