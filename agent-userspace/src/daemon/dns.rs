@@ -1,10 +1,9 @@
 //! The daemon's answers to the cages' resolver endpoints: each query is decided and granted
-//! under the state lock (briefly; upstream is asked without it), and reported once its answer
-//! has left.
+//! under the state lock (briefly; upstream is asked without it).
 
 use std::sync::{Arc, OnceLock, Weak};
 
-use super::{server::Shared, state::DnsReport};
+use super::server::Shared;
 use crate::dns::{
     wire::{Chain, Question},
     Resolve, Transport,
@@ -22,8 +21,6 @@ impl DaemonResolver {
 }
 
 impl Resolve for DaemonResolver {
-    type Report = DnsReport;
-
     fn admit(
         &self,
         cage: u64,
@@ -35,21 +32,8 @@ impl Resolve for DaemonResolver {
         self.shared()?.state().dns_admit(cage, q, t)
     }
 
-    fn grant(
-        &self,
-        cage: u64,
-        q: &Question,
-        t: Transport,
-        chain: &Chain,
-    ) -> Option<(u32, DnsReport)> {
+    fn grant(&self, cage: u64, q: &Question, t: Transport, chain: &Chain) -> Option<u32> {
         self.shared()?.state().dns_grant(cage, q, t, chain)
-    }
-
-    fn report(&self, report: DnsReport) {
-        // The daemon may have gone meanwhile; its events went with it.
-        if let Some(s) = self.shared() {
-            s.state().dns_report(report);
-        }
     }
 
     fn failed(&self, cage: u64, q: &Question, t: Transport, error: &str) {

@@ -5,7 +5,7 @@
 use std::{
     io,
     net::{Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
@@ -31,23 +31,12 @@ pub enum Transport {
 
 /// What the daemon decides for a cage's queries. `cage` is the cage's cgroup id.
 pub trait Resolve: Send + Sync + 'static {
-    /// What a grant leaves to report once its answer has left.
-    type Report: Send;
     /// Whether to ask upstream (the servers and how long to wait for each), or refuse
     /// (None; the handler has reported the refusal).
     fn admit(&self, cage: u64, q: &Question, t: Transport) -> Option<(Vec<SocketAddr>, Duration)>;
     /// Grants the chain's addresses to the cage in the kernel; returns the longest TTL the
-    /// answer may carry and what to report once it has left, or None to refuse after all
-    /// (the rule went away meanwhile).
-    fn grant(
-        &self,
-        cage: u64,
-        q: &Question,
-        t: Transport,
-        chain: &Chain,
-    ) -> Option<(u32, Self::Report)>;
-    /// Reports a grant after its answer has left: the report is off the answer's path.
-    fn report(&self, report: Self::Report);
+    /// answer may carry, or None to refuse after all (the rule went away meanwhile).
+    fn grant(&self, cage: u64, q: &Question, t: Transport, chain: &Chain) -> Option<u32>;
     /// The upstream failed; the cage gets SERVFAIL.
     fn failed(&self, cage: u64, q: &Question, t: Transport, error: &str);
 }
@@ -98,44 +87,20 @@ fn bind_pair(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener, u16)> {
     Err(last.unwrap_or_else(|| io::Error::other("no free port")))
 }
 
-/// The resolvers' own runtime, on one thread of its own: a query's hand-offs (its datagram,
-/// the task that answers it, the upstream's answer) stay on the thread that was woken for
-/// it, instead of waking the daemon's other workers on the way (measured: a good part of
-/// the latency the cage's resolver added on a busy machine).
-fn runtime() -> io::Result<tokio::runtime::Handle> {
-    static RUNTIME: Mutex<Option<tokio::runtime::Handle>> = Mutex::new(None);
-    let mut slot = RUNTIME.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(handle) = &*slot {
-        return Ok(handle.clone());
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let handle = runtime.handle().clone();
-    std::thread::Builder::new()
-        .name("agentcage-dns".to_owned())
-        .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
-    *slot = Some(handle.clone());
-    Ok(handle)
-}
-
 /// Serves `endpoint` for cage `cage` until the returned set is dropped or aborted.
 pub fn serve_endpoint<R: Resolve + ?Sized>(
     endpoint: Endpoint,
     cage: u64,
     resolve: Arc<R>,
 ) -> io::Result<JoinSet<()>> {
-    let runtime = runtime()?;
-    // The sockets register with the runtime that polls them.
-    let _entered = runtime.enter();
     let mut tasks = JoinSet::new();
     let mut pairs = vec![(endpoint.udp4, endpoint.tcp4)];
     pairs.extend(endpoint.v6);
     for (udp, tcp) in pairs {
         let udp = Arc::new(tokio::net::UdpSocket::from_std(udp)?);
         let tcp = tokio::net::TcpListener::from_std(tcp)?;
-        tasks.spawn_on(serve_udp(udp, cage, Arc::clone(&resolve)), &runtime);
-        tasks.spawn_on(serve_tcp(tcp, cage, Arc::clone(&resolve)), &runtime);
+        tasks.spawn(serve_udp(udp, cage, Arc::clone(&resolve)));
+        tasks.spawn(serve_tcp(tcp, cage, Arc::clone(&resolve)));
     }
     Ok(tasks)
 }
@@ -154,13 +119,8 @@ async fn serve_udp<R: Resolve + ?Sized>(
         let (socket, resolve) = (Arc::clone(&socket), Arc::clone(&resolve));
         // Each query on its own task: a slow upstream never holds up the next one.
         tokio::spawn(async move {
-            let mut asked = None;
-            let handled = handle(&*resolve, cage, &bytes, Transport::Udp, &mut asked).await;
-            if let Some((answer, report)) = handled {
+            if let Some(answer) = handle(&*resolve, cage, &bytes, Transport::Udp).await {
                 let _ = socket.send_to(&answer, from).await;
-                if let Some(report) = report {
-                    resolve.report(report);
-                }
             }
         });
     }
@@ -189,22 +149,15 @@ async fn serve_tcp<R: Resolve + ?Sized>(
                 let Ok(Ok(q)) = tokio::time::timeout(Duration::from_secs(10), read).await else {
                     return;
                 };
-                let mut asked = None;
-                let handled = handle(&*resolve, cage, &q, Transport::Tcp, &mut asked).await;
-                let Some((answer, report)) = handled else {
+                let Some(answer) = handle(&*resolve, cage, &q, Transport::Tcp).await else {
                     return;
                 };
-                let sent = match u16::try_from(answer.len()) {
-                    Ok(len) => {
-                        stream.write_all(&len.to_be_bytes()).await.is_ok()
-                            && stream.write_all(&answer).await.is_ok()
-                    }
-                    Err(_) => false,
+                let Ok(len) = u16::try_from(answer.len()) else {
+                    return;
                 };
-                if let Some(report) = report {
-                    resolve.report(report);
-                }
-                if !sent {
+                if stream.write_all(&len.to_be_bytes()).await.is_err()
+                    || stream.write_all(&answer).await.is_err()
+                {
                     return;
                 }
             }
@@ -212,39 +165,36 @@ async fn serve_tcp<R: Resolve + ?Sized>(
     }
 }
 
-/// The answer to one query, and the grant's report to make once it has left. The socket
-/// upstream was asked on is left in `asked`, to be closed after the answer has left.
+/// The answer to one query.
 async fn handle<R: Resolve + ?Sized>(
     resolve: &R,
     cage: u64,
     bytes: &[u8],
     t: Transport,
-    asked: &mut Option<tokio::net::UdpSocket>,
-) -> Option<(Vec<u8>, Option<R::Report>)> {
+) -> Option<Vec<u8>> {
     let q = match wire::parse_query(bytes) {
         Ok(q) => q,
-        Err(_) => return wire::formerr(bytes).map(|a| (a, None)),
+        Err(_) => return wire::formerr(bytes),
     };
-    let refused = || Some((wire::error_answer(&q.message, ResponseCode::Refused), None));
+    let refused = || Some(wire::error_answer(&q.message, ResponseCode::Refused));
     let Some((servers, wait)) = resolve.admit(cage, &q, t) else {
         return refused();
     };
-    let answer = match upstream::resolve(&servers, &q.name, q.qtype, wait, asked).await {
+    let answer = match upstream::resolve(&servers, &q.name, q.qtype, wait).await {
         Ok(a) => a,
         Err(e) => {
             resolve.failed(cage, &q, t, &e);
-            return Some((wire::error_answer(&q.message, ResponseCode::ServFail), None));
+            return Some(wire::error_answer(&q.message, ResponseCode::ServFail));
         }
     };
     let chain = wire::chain(&q.name, q.qtype, &answer);
     // The grants are in the kernel before the cage sees an address.
-    let Some((max_ttl, report)) = resolve.grant(cage, &q, t, &chain) else {
+    let Some(max_ttl) = resolve.grant(cage, &q, t, &chain) else {
         return refused();
     };
     let bytes = wire::answer(&q.message, &chain, max_ttl);
-    let answer = match t {
+    Some(match t {
         Transport::Udp => wire::fit_udp(&q.message, bytes),
         Transport::Tcp => bytes,
-    };
-    Some((answer, Some(report)))
+    })
 }

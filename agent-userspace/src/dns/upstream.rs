@@ -15,19 +15,17 @@ use tokio::{
 
 use super::wire::upstream_query;
 
-/// Asks `servers` for `name`/`qtype`; the first answer that matches the question wins. The
-/// last UDP socket used is left in `asked`: closing it can wait until the cage has its answer.
+/// Asks `servers` for `name`/`qtype`; the first answer that matches the question wins.
 pub async fn resolve(
     servers: &[SocketAddr],
     name: &Name,
     qtype: RecordType,
     wait: Duration,
-    asked: &mut Option<UdpSocket>,
 ) -> Result<Message, String> {
     let mut last = "no upstream resolver is configured (dns.upstream, /etc/resolv.conf)".to_owned();
     for &server in servers {
         let query = upstream_query(name, qtype);
-        match timeout(wait, ask(server, &query, asked)).await {
+        match timeout(wait, ask(server, &query)).await {
             Ok(Ok(answer)) => return Ok(answer),
             Ok(Err(e)) => last = format!("{server}: {e}"),
             Err(_) => last = format!("{server}: no answer within {wait:?}"),
@@ -36,19 +34,14 @@ pub async fn resolve(
     Err(last)
 }
 
-async fn ask(
-    server: SocketAddr,
-    query: &Message,
-    asked: &mut Option<UdpSocket>,
-) -> std::io::Result<Message> {
+async fn ask(server: SocketAddr, query: &Message) -> std::io::Result<Message> {
     let bytes = query.to_vec().map_err(std::io::Error::other)?;
     let local: SocketAddr = if server.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    // A fresh socket, so a fresh random source port, for every query (anti-spoofing).
-    let socket = asked.insert(UdpSocket::bind(local).await?);
+    let socket = UdpSocket::bind(local).await?;
     socket.connect(server).await?;
     socket.send(&bytes).await?;
     let mut buf = vec![0u8; 4096];

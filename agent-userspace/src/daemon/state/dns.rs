@@ -40,21 +40,12 @@ struct CageDns {
     _tasks: Option<JoinSet<()>>,
 }
 
-/// A grant's event, published once its answer has left.
-pub(crate) struct DnsReport {
-    agent: String,
-    detail: DnsDetail,
-    rule_id: u32,
-    /// The policy the grant was made under (the rule's text comes from it).
-    policy: Arc<crate::policy::Policy>,
-}
-
 /// The daemon's DNS state.
 pub(crate) struct DnsState {
     config: DnsConfig,
     servers: Vec<SocketAddr>,
     maps: DnsMaps,
-    resolver: Arc<dyn Resolve<Report = DnsReport>>,
+    resolver: Arc<dyn Resolve>,
     cages: HashMap<u64, CageDns>,
     names: Names,
 }
@@ -109,11 +100,7 @@ impl Names {
 
 impl DnsState {
     /// The state, with nothing served yet.
-    pub(crate) fn new(
-        config: DnsConfig,
-        maps: DnsMaps,
-        resolver: Arc<dyn Resolve<Report = DnsReport>>,
-    ) -> Self {
+    pub(crate) fn new(config: DnsConfig, maps: DnsMaps, resolver: Arc<dyn Resolve>) -> Self {
         let servers = config.servers();
         if servers.is_empty() {
             warn!("no upstream DNS resolver (dns.upstream, /etc/resolv.conf): names in host: rules will not resolve");
@@ -267,15 +254,14 @@ impl State {
     }
 
     /// The upstream answered an allowed query: grant the chain's addresses in the kernel
-    /// (before the answer leaves), and say how long the answer may be cached and what to
-    /// report once it has left ([`State::dns_report`]).
+    /// (before the answer leaves), report it, and say how long the answer may be cached.
     pub fn dns_grant(
         &mut self,
         cgroup_id: u64,
         q: &Question,
         t: Transport,
         chain: &Chain,
-    ) -> Option<(u32, DnsReport)> {
+    ) -> Option<u32> {
         let now = crate::clock::boot_ns();
         let cage = self.dns.cages.get(&cgroup_id)?;
         let agent = cage.agent.clone();
@@ -299,32 +285,16 @@ impl State {
             .filter(|(addr, _)| self.grant_one(cgroup_id, *addr, &q.normalized, expiry_ns))
             .map(|(addr, _)| *addr)
             .collect();
-        let ttl_s = u32::try_from(life.as_secs()).unwrap_or(u32::MAX);
+        let policy = Arc::clone(&self.policy);
         let mut detail = dns_detail(q, t, Verdict::Allow, RuleRef::EgressAllow(rule_id));
-        detail.answers = granted;
-        detail.ttl_s = Some(ttl_s);
-        let report = DnsReport {
-            agent,
-            detail,
-            rule_id,
-            policy: Arc::clone(&self.policy),
-        };
-        Some((ttl_s, report))
-    }
-
-    /// Publishes a grant's event (its answer has left).
-    pub fn dns_report(&mut self, report: DnsReport) {
-        let DnsReport {
-            agent,
-            mut detail,
-            rule_id,
-            policy,
-        } = report;
         detail.rule_text = policy
             .agent(&agent)
             .and_then(|p| p.egress.allow.get(rule_id as usize))
             .map(|r| r.describe());
+        detail.answers = granted;
+        detail.ttl_s = Some(u32::try_from(life.as_secs()).unwrap_or(u32::MAX));
         self.publish(&agent, 0, EventDetail::Dns(detail));
+        Some(u32::try_from(life.as_secs()).unwrap_or(u32::MAX))
     }
 
     /// Grants `addr` to the cage for `name` until `expiry_ns`, in the kernel (the cage's

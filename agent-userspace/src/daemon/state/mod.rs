@@ -22,7 +22,7 @@ mod status;
 mod users;
 mod watch;
 
-pub(crate) use dns::{DnsReport, DnsState};
+pub(crate) use dns::DnsState;
 pub use enforce::{ContainJob, Contained, CredentialSetup, JobOutcome};
 pub use error::StateError;
 
