@@ -1,6 +1,6 @@
 //! Budgets: metering usage per agent, group and workflow, reporting breaches, throttling.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tracing::{error, warn};
 
@@ -216,7 +216,9 @@ impl State {
 
     /// Adds usage to the agent's meter and to its groups' and workflows'.
     pub(crate) fn meter(&mut self, agent: &str, metric: Metric, amount: f64) -> Vec<ScopedBreach> {
-        let Some(policy) = self.policy.agent(agent).cloned() else {
+        // Borrowed through its own handle, not cloned: this runs for every DNS query.
+        let whole = Arc::clone(&self.policy);
+        let Some(policy) = whole.agent(agent) else {
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -226,20 +228,18 @@ impl State {
         let scopes = policy
             .groups
             .iter()
-            .map(|g| (format!("group:{g}"), self.policy.groups.get(g)))
+            .filter_map(|g| Some((format!("group:{g}"), whole.groups.get(g)?)))
             .chain(
                 policy
                     .workflows
                     .iter()
-                    .map(|w| (format!("workflow:{w}"), self.policy.workflows.get(w))),
-            )
-            .filter_map(|(s, c)| c.map(|c| (s, c.budgets.clone())))
-            .collect::<Vec<_>>();
-        for (scope, budgets) in scopes {
+                    .filter_map(|w| Some((format!("workflow:{w}"), whole.workflows.get(w)?))),
+            );
+        for (scope, c) in scopes {
             let meter = self.budgets.scopes.entry(scope.clone()).or_default();
             out.extend(
                 meter
-                    .add(&budgets, metric, amount)
+                    .add(&c.budgets, metric, amount)
                     .into_iter()
                     .map(|b| (scope.clone(), b)),
             );
