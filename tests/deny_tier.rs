@@ -286,6 +286,7 @@ fn a_unix_socket_is_judged_by_its_listeners_own_address() {
     let allowed = UnixListener::bind(dir.path().join("ok.sock")).unwrap();
     std::os::unix::fs::symlink(dir.path().join("denied.sock"), dir.path().join("link.sock"))
         .unwrap();
+    harness::open_to_all(dir.path());
     let daemon = Daemon::start(&format!(
         "version: 1\nagents:\n  t:\n    unix:\n      allow: [{d}/ok.sock, {d}/link.sock]\n"
     ));
@@ -304,6 +305,7 @@ fn a_unix_socket_is_judged_by_its_listeners_own_address() {
 #[test]
 fn unix_listeners_in_the_same_cage_are_reachable() {
     let dir = tempfile::tempdir().unwrap();
+    harness::open_to_all(dir.path());
     let daemon = Daemon::start("version: 1\nagents:\n  t:\n    unix:\n      allow: []\n");
     daemon.expect_tier("deny");
     let mut cage = daemon.serve_in("t");
@@ -355,6 +357,7 @@ fn a_socket_passed_in_from_outside_is_judged_by_its_peer() {
     let dir = tempfile::tempdir().unwrap();
     let hand = dir.path().join("hand.sock");
     let handoff = UnixListener::bind(&hand).unwrap();
+    harness::open_to_all(dir.path());
     let denied_server = TcpListener::bind("127.0.0.2:0").unwrap();
     let allowed_server = TcpListener::bind("127.0.0.1:0").unwrap();
     let allowed_port = allowed_server.local_addr().unwrap().port();
@@ -368,7 +371,7 @@ fn a_socket_passed_in_from_outside_is_judged_by_its_peer() {
     let outside = TcpStream::connect(denied_server.local_addr().unwrap()).unwrap();
     let (mut far_end, _) = denied_server.accept().unwrap();
     cage.send(&format!("fd-recv-from {}", hand.display()));
-    let (courier, _) = handoff.accept().unwrap();
+    let courier = harness::accept_within(&handoff, "the cage's fd-recv-from");
     send_fd(&courier, outside.as_raw_fd());
     assert_eq!(cage.read_answer(), "ok");
     assert_eq!(cage.op("fd-send leak"), EPERM);
@@ -395,7 +398,7 @@ fn a_socket_passed_in_from_outside_is_judged_by_its_peer() {
     let allowed = TcpStream::connect(("127.0.0.1", allowed_port)).unwrap();
     let (mut allowed_end, _) = allowed_server.accept().unwrap();
     cage.send(&format!("fd-recv-from {}", hand.display()));
-    let (courier, _) = handoff.accept().unwrap();
+    let courier = harness::accept_within(&handoff, "the cage's fd-recv-from");
     send_fd(&courier, allowed.as_raw_fd());
     assert_eq!(cage.read_answer(), "ok");
     assert_eq!(cage.op("fd-send hello"), "ok");

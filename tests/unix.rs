@@ -47,17 +47,6 @@ fn mechanism(daemon: &Daemon) -> Mechanism {
     m
 }
 
-/// Opens `dir` and the sockets in it to every uid: agents run under uids of their own, and
-/// only the hooks, not file modes, may stop them here.
-fn open_to_all(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt as _;
-    let mode = |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
-    mode(dir, 0o755).unwrap();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        mode(&entry.unwrap().path(), 0o777).unwrap();
-    }
-}
-
 fn abstract_addr(name: &str) -> UnixAddr {
     UnixAddr::from_abstract_name(name.as_bytes()).unwrap()
 }
@@ -109,7 +98,7 @@ fn only_the_unix_addresses_the_policy_names_are_reachable() {
         UnixListener::bind_addr(&abstract_addr(&format!("agentcage-test-{tag}-denied"))).unwrap();
     let ok_dgram = UnixDatagram::bind(dir.path().join("ok-dgram.sock")).unwrap();
     let denied_dgram = UnixDatagram::bind(dir.path().join("denied-dgram.sock")).unwrap();
-    open_to_all(dir.path());
+    harness::open_to_all(dir.path());
     let events = daemon.follow_events();
     let mut cage = daemon.serve_in("a");
 
@@ -179,7 +168,7 @@ fn an_agent_confining_unix_sockets_runs_only_where_the_kernel_can_confine_them()
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("any.sock");
     let listener = UnixListener::bind(&path).unwrap();
-    open_to_all(dir.path());
+    harness::open_to_all(dir.path());
     let daemon =
         Daemon::start("version: 1\nagents:\n  free: {}\n  confined:\n    unix:\n      allow: []\n");
     let p = path.display().to_string();

@@ -1,4 +1,4 @@
-//! `cargo xtask fuzz --target app`: see `agent_userspace::fuzzing::app`.
+//! `cargo xtask fuzz --target app`: see `agentcage::fuzzing::app`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| agent_userspace::fuzzing::app(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| agentcage::fuzzing::app(data));

@@ -1,4 +1,4 @@
-//! `cargo xtask fuzz --target control`: see `agent_userspace::fuzzing::control`.
+//! `cargo xtask fuzz --target control`: see `agentcage::fuzzing::control`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| agent_userspace::fuzzing::control(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| agentcage::fuzzing::control(data));

@@ -1,4 +1,4 @@
-//! `cargo xtask fuzz --target event`: see `agent_userspace::fuzzing::event`.
+//! `cargo xtask fuzz --target event`: see `agentcage::fuzzing::event`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| agent_userspace::fuzzing::event(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| agentcage::fuzzing::event(data));

@@ -1,4 +1,4 @@
-//! `cargo xtask fuzz --target policy`: see `agent_userspace::fuzzing::policy`.
+//! `cargo xtask fuzz --target policy`: see `agentcage::fuzzing::policy`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| agent_userspace::fuzzing::policy(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| agentcage::fuzzing::policy(data));

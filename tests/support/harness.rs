@@ -17,7 +17,8 @@ use std::{
 pub use crate::bins::{agentcage, agentcaged, probe};
 pub use crate::lines::Lines;
 pub use crate::sockets::{
-    assert_refused, listener_pair, stderr, stdout, tcp_listener, tcp_listener_at, udp_listener,
+    accept_within, assert_refused, listener_pair, open_to_all, stderr, stdout, tcp_listener,
+    tcp_listener_at, udp_listener,
 };
 
 /// How long an awaited condition may take on the host before the test fails.

@@ -1,7 +1,9 @@
 //! `cargo xtask fuzz`: the cargo-fuzz targets in `fuzz/` (policy file, control and
 //! application protocols, ring-buffer records), each for a given time. Not part of `test`:
 //! a fuzzing run finds what it finds in its own time; `test` runs the same entry points as
-//! property tests (a few thousand inputs each).
+//! property tests (a few thousand inputs each). `fuzz/Cargo.lock` is committed, the main
+//! lock file's versions plus libFuzzer's: a fresh resolution picks crates newer than the
+//! toolchains this project pins.
 
 use std::fs;
 
@@ -57,7 +59,12 @@ pub fn fuzz(args: &FuzzArgs) -> Result<()> {
             .arg(format!("-max_total_time={}", args.seconds))
             // A parser that allocates without bound fails here, not only one that panics.
             .args(["-rss_limit_mb=2048", "-malloc_limit_mb=512"]))
-        .with_context(|| format!("fuzz target {t} found a failure (see fuzz/artifacts/{t}/)"))?;
+        .with_context(|| {
+            format!(
+                "fuzz target {t} failed: an input that fails it is in fuzz/artifacts/{t}/, or \
+                 its build failed (above)"
+            )
+        })?;
     }
     Ok(())
 }
