@@ -12,9 +12,7 @@ mod files;
 mod kernel;
 mod maps;
 mod packets;
-mod passed;
 mod process;
-mod unix;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -6,7 +6,6 @@ mod cert;
 mod commands;
 mod contain;
 mod cred;
-mod fds;
 mod identity;
 mod pty;
 mod relay;
