@@ -105,8 +105,14 @@ fn top_shows_the_agents_and_their_recent_denials() {
 fn the_dashboard_in_headless_chromium_shows_agents_trees_and_decisions() {
     let (_listener, port) = tcp_listener("127.0.0.1");
     let (daemon, _conf) = daemon_with_dashboard(port);
+    let events = daemon.follow_events();
     let mut cage = daemon.serve_in("tester");
     assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), EPERM);
+    // The reader takes the ring buffer in order: once the denial is out, the probe's exec
+    // (before it) is in the daemon's process tree, which the page shows.
+    events.wait_event("the denial", |e| {
+        e["kind"] == "egress" && e["verdict"] == "deny" && e["dst_port"] == port
+    });
     let (authority, token) = dashboard_url(&daemon);
     let dom = render(&format!("http://{authority}/#token={token}"));
     assert!(
