@@ -88,7 +88,7 @@ pub fn dns_loop(args: &DnsLoopArgs) -> Result<()> {
 /// One A query for `name` to `server` over a fresh UDP socket (as a stub resolver makes);
 /// Ok once an answer with at least one record came back.
 pub(super) fn resolve(server: SocketAddr, name: &str, id: u16) -> Result<()> {
-    let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("binding a UDP socket")?;
+    let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a UDP socket")?;
     sock.set_read_timeout(Some(QUERY_TIMEOUT))?;
     sock.connect(server).context("connect()")?;
     sock.send(&query(name, id)?).context("send()")?;
