@@ -1,6 +1,7 @@
 //! Agents are not root unless the policy says so: `run_as` (dynamic by default), `--user`,
 //! the daemon's check of every joiner, and the shield of root agents (issue 11, case 4).
 
+use agentcage_tests::bounded::Bounded as _;
 use std::{fs, os::unix::fs::FileTypeExt as _, process::Command};
 
 use agentcage_tests::harness::{self, assert_refused, stderr, stdout, Daemon, Outsider};
@@ -15,7 +16,11 @@ fn policy(run_as: &str) -> String {
 fn ids(daemon: &Daemon, agent: &str, extra: &[&str]) -> (u32, u32, String) {
     let mut cmd = daemon.cli();
     cmd.args(["run", "--agent", agent]).args(extra).arg("--");
-    let out = cmd.arg(harness::probe()).arg("ids").output().unwrap();
+    let out = cmd
+        .arg(harness::probe())
+        .arg("ids")
+        .output_bounded()
+        .unwrap();
     let text = stdout(&out);
     let line = text
         .lines()
@@ -98,7 +103,7 @@ fn root_must_be_written_out_and_run_user_chooses_within_the_policy() {
     let out = daemon
         .cli()
         .args(["run", "--agent", "tester", "--", "true"])
-        .output()
+        .output_bounded()
         .unwrap();
     assert_refused(&out, "root must be written out");
     assert_eq!(ids(&daemon, "tester", &["--user", "nobody"]).0, 65534);
@@ -108,7 +113,7 @@ fn root_must_be_written_out_and_run_user_chooses_within_the_policy() {
     let out = daemon
         .cli()
         .args(["run", "--agent", "other", "--user", "root", "--", "true"])
-        .output()
+        .output_bounded()
         .unwrap();
     assert_refused(&out, "--user root is not allowed");
     daemon.stop();
@@ -123,7 +128,7 @@ fn only_root_starts_an_agent_under_another_account() {
             .arg(harness::probe())
             .arg("ids");
         use std::os::unix::process::CommandExt as _;
-        cmd.uid(65534).gid(65534).output().unwrap()
+        cmd.uid(65534).gid(65534).output_bounded().unwrap()
     };
     let caller = as_nobody("tester");
     assert!(stdout(&caller).contains("ids 65534 65534"), "{caller:?}");
@@ -189,7 +194,7 @@ fn a_root_agent_cannot_change_kernel_settings_or_open_block_devices() {
     // Outside, nothing changed: the host's own /proc/sys is writable to root.
     let outside = Command::new(harness::probe())
         .args(["open", "/proc/sys/kernel/core_pattern", "w"])
-        .output()
+        .output_bounded()
         .unwrap();
     assert_eq!(stdout(&outside), "ok");
     daemon.stop();
@@ -205,7 +210,7 @@ fn a_limit_is_enforced_where_its_controller_exists_and_refused_where_not() {
         let out = daemon
             .cli()
             .args(["run", "--agent", "tester", "--", "true"])
-            .output()
+            .output_bounded()
             .unwrap();
         assert_refused(&out, "has no pids controller");
     } else {
@@ -214,8 +219,12 @@ fn a_limit_is_enforced_where_its_controller_exists_and_refused_where_not() {
         assert_eq!(cage.op("fork-hold 40"), "err 11", "EAGAIN at pids.max");
         let pids = fs::read_to_string(daemon.cgroup_root().join("tester/pids.current")).unwrap();
         assert!(pids.trim().parse::<u32>().unwrap() <= 16, "{pids}");
-        assert!(Command::new("true").status().unwrap().success());
-        let killed = daemon.cli().args(["kill", "tester"]).output().unwrap();
+        assert!(Command::new("true").status_bounded().unwrap().success());
+        let killed = daemon
+            .cli()
+            .args(["kill", "tester"])
+            .output_bounded()
+            .unwrap();
         assert!(killed.status.success(), "{}", stderr(&killed));
         cage.finish();
     }

@@ -2,6 +2,7 @@
 //! verdict `pending-approval`, the daemon raises a request, `agentcage approve` lets it
 //! through, and the kernel denies again once the approval lapses.
 
+use agentcage_tests::bounded::Bounded as _;
 use agentcage_tests::harness;
 
 use harness::{stderr, stdout, tcp_listener, Daemon, Follower};
@@ -47,7 +48,7 @@ fn pending_approval_is_denied_then_allowed_then_denied_after_expiry() {
     assert_eq!(e["verdict"], "pending-approval");
     assert_eq!(e["rule"], "egress.allow[0]");
     let id = requested(&events);
-    let list = daemon.cli().args(["approvals"]).output().unwrap();
+    let list = daemon.cli().args(["approvals"]).output_bounded().unwrap();
     assert!(
         stdout(&list).contains("egress payments"),
         "{}",
@@ -58,7 +59,7 @@ fn pending_approval_is_denied_then_allowed_then_denied_after_expiry() {
     let ok = daemon
         .cli()
         .args(["approve", &id.to_string(), "--for", "2s"])
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(ok.status.success(), "{}", stderr(&ok));
     assert!(
@@ -82,7 +83,7 @@ fn pending_approval_is_denied_then_allowed_then_denied_after_expiry() {
     let json = daemon
         .cli()
         .args(["approvals", "-o", "json"])
-        .output()
+        .output_bounded()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     let first = v
@@ -113,23 +114,27 @@ fn denied_and_overlong_approvals() {
     let long = daemon
         .cli()
         .args(["approve", &id.to_string(), "--for", "2h"])
-        .output()
+        .output_bounded()
         .unwrap();
     harness::assert_refused(&long, "longer than the policy's max_for");
     let no = daemon
         .cli()
         .args(["deny", &id.to_string()])
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(no.status.success(), "{}", stderr(&no));
     assert_eq!(cage.op(&dst), "err 1");
     let late = daemon
         .cli()
         .args(["approve", &id.to_string()])
-        .output()
+        .output_bounded()
         .unwrap();
     harness::assert_refused(&late, "is denied already");
-    let unknown = daemon.cli().args(["approve", "9999"]).output().unwrap();
+    let unknown = daemon
+        .cli()
+        .args(["approve", "9999"])
+        .output_bounded()
+        .unwrap();
     harness::assert_refused(&unknown, "no approval request 9999");
     cage.finish();
     daemon.stop();
@@ -150,7 +155,7 @@ fn approval_required_rung_holds_destinations_outside_the_allow_list() {
     let out = daemon
         .cli()
         .args(["contain", "payer", "approval_required"])
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(cage.op(&dst), "err 1");
@@ -162,7 +167,7 @@ fn approval_required_rung_holds_destinations_outside_the_allow_list() {
     let ok = daemon
         .cli()
         .args(["approve", &id.to_string()])
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(ok.status.success(), "{}", stderr(&ok));
     assert_eq!(cage.op(&dst), "ok", "that destination, approved");
@@ -196,7 +201,7 @@ fn tool_calls_needing_approval_are_refused_until_approved() {
     let ok = daemon
         .cli()
         .args(["approve", &id.to_string()])
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(ok.status.success(), "{}", stderr(&ok));
     let allowed = cage.op(call);
@@ -253,7 +258,7 @@ fn a_gated_program_runs_only_once_approved() {
     let ok = daemon
         .cli()
         .args(["approve", &id.to_string(), "--for", "10m"])
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(ok.status.success(), "{}", stderr(&ok));
     use std::io::Write as _;

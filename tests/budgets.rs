@@ -2,6 +2,7 @@
 //! the kernel (verdict `budget`) and then pauses the cage (its processes make no progress);
 //! an application-event sender can speak only for its own cage.
 
+use agentcage_tests::bounded::Bounded as _;
 use agentcage_tests::harness;
 
 use std::{
@@ -104,7 +105,11 @@ fn a_token_budget_breach_throttles_egress_then_pauses_the_cage() {
     let other = daemon.probe_in("bystander", &["connect", &format!("127.0.0.1:{port}")]);
     assert_eq!(harness::stdout(&other), "ok");
 
-    let out = daemon.cli().args(["kill", "spender"]).output().unwrap();
+    let out = daemon
+        .cli()
+        .args(["kill", "spender"])
+        .output_bounded()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     cage.finish();
     daemon.stop();
@@ -208,7 +213,7 @@ fn agentcage_event_reports_from_inside_the_cage() {
             "--model-ms",
             "120",
         ])
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(harness::stdout(&out).contains(r#""decision":"allow""#));
@@ -225,7 +230,7 @@ fn agentcage_event_reports_from_inside_the_cage() {
         .arg("--app-socket")
         .arg(&app)
         .args(["event", "plan"])
-        .output()
+        .output_bounded()
         .unwrap();
     harness::assert_refused(&outside, "is in no agentcage cage");
     daemon.stop();

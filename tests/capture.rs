@@ -2,6 +2,7 @@
 //! processes, the process tree `agentcage ps` rebuilds from them, and loss accounting.
 //! These hold in both tiers.
 
+use agentcage_tests::bounded::Bounded as _;
 use agentcage_tests::harness;
 
 use std::{
@@ -26,7 +27,7 @@ fn a_shell_three_levels_deep_gives_the_right_tree_and_exit_codes() {
         .cli()
         .args(["run", "--agent", "t", "--", "/bin/sh", "-c"])
         .arg(r#"/bin/sh -c '/bin/sh -c "/bin/echo leaf; exit 7"; exit 6'; exit 5"#)
-        .output()
+        .output_bounded()
         .unwrap();
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     // The top shell's exit event is the last of the run: once it is in, the tree is whole.
@@ -36,7 +37,7 @@ fn a_shell_three_levels_deep_gives_the_right_tree_and_exit_codes() {
     let ps = daemon
         .cli()
         .args(["ps", "t", "-o", "json"])
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(ps.status.success(), "{}", stderr(&ps));
     let nodes: Vec<serde_json::Value> = serde_json::from_slice(&ps.stdout).unwrap();
@@ -60,7 +61,7 @@ fn a_shell_three_levels_deep_gives_the_right_tree_and_exit_codes() {
     assert_eq!(nodes.len(), 4, "exactly the four processes: {nodes:#?}");
 
     // The text form draws the same tree.
-    let text = daemon.cli().args(["ps", "t"]).output().unwrap();
+    let text = daemon.cli().args(["ps", "t"]).output_bounded().unwrap();
     let text = String::from_utf8_lossy(&text.stdout).into_owned();
     let depth_of = |needle: &str| {
         text.lines()
@@ -90,7 +91,7 @@ fn exec_events_carry_arguments_identity_and_the_binary_hash() {
             "-c",
             "/bin/true one 'two words'",
         ])
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let e = events.wait_event("the exec of /bin/true", |e| is_exec_of(e, "t", "/bin/true"));
@@ -116,7 +117,7 @@ fn exec_events_carry_arguments_identity_and_the_binary_hash() {
     let out = daemon
         .cli()
         .args(["run", "--agent", "t", "--", "/bin/echo", &long])
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(out.status.success());
     let e = events.wait_event("the long exec", |e| is_exec_of(e, "t", "/bin/echo"));
@@ -125,7 +126,10 @@ fn exec_events_carry_arguments_identity_and_the_binary_hash() {
 }
 
 fn sha256_of(path: &str) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output_bounded()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .next()

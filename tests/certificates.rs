@@ -2,6 +2,7 @@
 //! `certificate: required` the real daemon starts the agent and issues it credentials only
 //! with a valid certificate for the policy in force, and stamps its id on the agent's events.
 
+use agentcage_tests::bounded::Bounded as _;
 use std::{fs, path::Path, process::Command};
 
 use agentcage_tests::{harness, identity};
@@ -44,7 +45,7 @@ fn create(daemon: &Daemon, policy: &Path, cert: &Path, dir: &Path) {
         .arg(&trace)
         .arg("-o")
         .arg(cert)
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
@@ -58,7 +59,7 @@ fn verify(daemon: &Daemon, cert: &Path, policy: &Path, trust: &[&Path]) -> std::
     for t in trust {
         c.arg("--trust").arg(t);
     }
-    c.output().unwrap()
+    c.output_bounded().unwrap()
 }
 
 fn sign(daemon: &Daemon, cert: &Path, key: Option<&Path>) {
@@ -67,7 +68,7 @@ fn sign(daemon: &Daemon, cert: &Path, key: Option<&Path>) {
     if let Some(k) = key {
         c.arg("--key").arg(k);
     }
-    let out = c.output().unwrap();
+    let out = c.output_bounded().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
@@ -143,7 +144,7 @@ fn unsigned_tampered_and_foreign_certificates_fail_verification() {
     let gen = Command::new("openssl")
         .args(["genpkey", "-algorithm", "ed25519", "-out"])
         .arg(&key)
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(gen.status.success(), "{}", stderr(&gen));
     fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
@@ -152,7 +153,7 @@ fn unsigned_tampered_and_foreign_certificates_fail_verification() {
         .arg(&key)
         .arg("-out")
         .arg(&public)
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(pubout.status.success(), "{}", stderr(&pubout));
     let ci = dir.path().join("ci-signed.json");
@@ -173,7 +174,7 @@ fn unsigned_tampered_and_foreign_certificates_fail_verification() {
         .cli()
         .args(["cert", "show"])
         .arg(&cert)
-        .output()
+        .output_bounded()
         .unwrap();
     let text = stdout(&show);
     let statement: serde_json::Value =
@@ -204,7 +205,7 @@ fn unsigned_tampered_and_foreign_certificates_fail_verification() {
         .arg(&failing)
         .arg("-o")
         .arg(dir.path().join("no.json"))
-        .output()
+        .output_bounded()
         .unwrap();
     assert_refused(&out, "1 test(s) failed");
     daemon.stop();
@@ -234,7 +235,7 @@ fn a_required_certificate_gates_run_and_credentials_and_a_policy_change_invalida
         .cli()
         .args(["cert", "show"])
         .arg(&installed)
-        .output()
+        .output_bounded()
         .unwrap();
     let id = stdout(&show)
         .lines()
@@ -259,7 +260,7 @@ fn a_required_certificate_gates_run_and_credentials_and_a_policy_change_invalida
     let agents = daemon
         .cli()
         .args(["agents", "-o", "json"])
-        .output()
+        .output_bounded()
         .unwrap();
     let inventory: serde_json::Value = serde_json::from_slice(&agents.stdout).unwrap();
     let payer = inventory

@@ -3,6 +3,7 @@
 //! thaws, kill leaves no process alive and keeps the snapshot, `kill --all` kills every cage,
 //! and an assertion violation contains the agent by itself.
 
+use agentcage_tests::bounded::Bounded as _;
 use agentcage_tests::{harness, stall::Stall};
 
 use std::{fs, path::Path, process::Stdio, time::Duration};
@@ -87,7 +88,7 @@ fn read_only_rung_limits_egress_to_the_read_only_set_in_the_kernel() {
     let out = daemon
         .cli()
         .args(["contain", "tester", "read-only"])
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
@@ -110,7 +111,7 @@ fn read_only_rung_limits_egress_to_the_read_only_set_in_the_kernel() {
     let back = daemon
         .cli()
         .args(["contain", "tester", "observe"])
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(back.status.success(), "{}", stderr(&back));
     assert_eq!(cage.op(&format!("connect 127.0.0.1:{ro}")), "ok");
@@ -127,7 +128,11 @@ fn pause_freezes_the_cage_and_resume_thaws_it() {
     let mut cage = daemon.serve_in("tester");
     assert_eq!(cage.op(&format!("connect 127.0.0.1:{ro}")), "ok");
 
-    let out = daemon.cli().args(["pause", "tester"]).output().unwrap();
+    let out = daemon
+        .cli()
+        .args(["pause", "tester"])
+        .output_bounded()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let snap = snapshot_path(&stdout(&out));
     assert!(Path::new(&snap).is_file(), "{snap}");
@@ -141,7 +146,11 @@ fn pause_freezes_the_cage_and_resume_thaws_it() {
         "a paused agent must make no progress"
     );
 
-    let out = daemon.cli().args(["resume", "tester"]).output().unwrap();
+    let out = daemon
+        .cli()
+        .args(["resume", "tester"])
+        .output_bounded()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!frozen(&cage_dir(&daemon, "tester")));
     // The operation sent while frozen now completes.
@@ -176,7 +185,11 @@ fn kill_leaves_no_process_of_the_cage_and_keeps_the_snapshot() {
         v["policy_hash"].as_str().unwrap().to_owned()
     };
 
-    let out = daemon.cli().args(["kill", "tester"]).output().unwrap();
+    let out = daemon
+        .cli()
+        .args(["kill", "tester"])
+        .output_bounded()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let snap = snapshot_path(&stdout(&out));
     // The daemon answers once the cgroup is empty; the exiting tasks finish dying at once.
@@ -229,7 +242,11 @@ fn kill_all_is_the_kill_switch() {
     let daemon = Daemon::start(&two_ports(ro, ro + 1));
     let one = daemon.serve_in("tester");
     let two = daemon.serve_in("other");
-    let out = daemon.cli().args(["kill", "--all"]).output().unwrap();
+    let out = daemon
+        .cli()
+        .args(["kill", "--all"])
+        .output_bounded()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.contains("agent:tester: observe -> killed"), "{text}");
@@ -243,7 +260,7 @@ fn kill_all_is_the_kill_switch() {
     let bad = daemon
         .cli()
         .args(["kill", "tester", "--all"])
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(!bad.status.success());
     daemon.stop();
@@ -284,7 +301,11 @@ agents:
     assert_eq!(c["rung"], "paused");
     assert!(c["reason"].as_str().unwrap().starts_with("assertion"));
     assert!(frozen(&cage_dir(&daemon, "payer")));
-    let out = daemon.cli().args(["kill", "payer"]).output().unwrap();
+    let out = daemon
+        .cli()
+        .args(["kill", "payer"])
+        .output_bounded()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     cage.finish();
     daemon.stop();
@@ -357,13 +378,17 @@ agents:
 #[test]
 fn containment_of_an_unknown_agent_or_rung_is_refused() {
     let daemon = Daemon::start(&two_ports(1, 2));
-    let out = daemon.cli().args(["pause", "nobody"]).output().unwrap();
+    let out = daemon
+        .cli()
+        .args(["pause", "nobody"])
+        .output_bounded()
+        .unwrap();
     harness::assert_refused(&out, "agent \"nobody\" has no cage");
     let cage = daemon.serve_in("tester");
     let out = daemon
         .cli()
         .args(["contain", "tester", "frozen"])
-        .output()
+        .output_bounded()
         .unwrap();
     harness::assert_refused(&out, "unknown containment rung \"frozen\"");
     cage.finish();

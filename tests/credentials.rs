@@ -2,6 +2,7 @@
 //! daemon for a token on the application socket; the token is checked the way tools check
 //! it (`agentcage cred verify`, the daemon's verify endpoint, PyJWT against `keys jwks`).
 
+use agentcage_tests::bounded::Bounded as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agentcage_tests::{harness, identity};
@@ -193,7 +194,7 @@ fn a_caged_process_gets_nothing_for_another_agent_or_beyond_its_users_envelope()
         .arg(daemon.app_socket())
         .args(["cred", "request", "--tool", "payments", "--method", "post"])
         .args(["--resource", "/payouts/7", "--ttl", "30s"])
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(inside.status.success(), "{}", stderr(&inside));
     let ok = cred_verify(&daemon, &stdout(&inside), "payments", "POST", "/payouts/7");
@@ -207,7 +208,7 @@ fn a_caged_process_gets_nothing_for_another_agent_or_beyond_its_users_envelope()
             "cred", "request", "--tool", "payments", "--method", "DELETE",
         ])
         .args(["--resource", "/payouts/7"])
-        .output()
+        .output_bounded()
         .unwrap();
     assert_eq!(beyond.status.code(), Some(3), "{}", stderr(&beyond));
     assert!(
@@ -223,7 +224,7 @@ fn a_caged_process_gets_nothing_for_another_agent_or_beyond_its_users_envelope()
         .arg(daemon.app_socket())
         .args(["cred", "request", "--tool", "payments", "--method", "POST"])
         .args(["--resource", "/payouts/42"])
-        .output()
+        .output_bounded()
         .unwrap();
     assert_refused(&outside, "is in no agentcage cage");
     cage.finish();
@@ -245,7 +246,11 @@ fn revocation_and_containment_are_seen_by_the_verify_endpoint() {
 
     // Revoked by hand: the endpoint refuses it (offline verification cannot know).
     let jti = reply["jti"].as_str().unwrap();
-    let out = daemon.cli().args(["cred", "revoke", jti]).output().unwrap();
+    let out = daemon
+        .cli()
+        .args(["cred", "revoke", jti])
+        .output_bounded()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let (code, body) = http_verify(&at, &token, "payments", "POST", "/payouts/42");
     assert_eq!((code, &body["revoked"]), (401, &json!(true)), "{body}");
@@ -260,14 +265,14 @@ fn revocation_and_containment_are_seen_by_the_verify_endpoint() {
     let listed = daemon
         .cli()
         .args(["cred", "list", "-o", "json"])
-        .output()
+        .output_bounded()
         .unwrap();
     let live: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(live.as_array().unwrap().len(), 2, "{live}");
     let out = daemon
         .cli()
         .args(["contain", "payer", "read_only"])
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     for (t, r) in [(&a, "/payouts/1"), (&b, "/payouts/2")] {
@@ -279,7 +284,7 @@ fn revocation_and_containment_are_seen_by_the_verify_endpoint() {
     let out = daemon
         .cli()
         .args(["contain", "payer", "observe"])
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     grant(&mut cage, &payout("/payouts/3"));
@@ -300,7 +305,7 @@ fn an_approval_gates_a_credential_and_requests_count_toward_the_tool_call_budget
     let waiting = request(&mut cage, &entry);
     assert_eq!(waiting["reason"], "pending-approval", "{waiting}");
     let id = waiting["approval_id"].as_u64().unwrap();
-    let list = daemon.cli().args(["approvals"]).output().unwrap();
+    let list = daemon.cli().args(["approvals"]).output_bounded().unwrap();
     assert!(
         stdout(&list).contains("credential ledger GET /entries/2024/7"),
         "{}",
@@ -309,7 +314,7 @@ fn an_approval_gates_a_credential_and_requests_count_toward_the_tool_call_budget
     let ok = daemon
         .cli()
         .args(["approve", &id.to_string()])
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(ok.status.success(), "{}", stderr(&ok));
     grant(&mut cage, &entry);
@@ -332,7 +337,11 @@ fn pyjwt_verifies_tokens_and_a_rotation_keeps_old_ones_until_they_expire() {
         &mut cage,
         &json!({"tool":"payments","method":"POST","resource":"/payouts/42","ttl":"30s"}),
     );
-    let out = daemon.cli().args(["keys", "rotate"]).output().unwrap();
+    let out = daemon
+        .cli()
+        .args(["keys", "rotate"])
+        .output_bounded()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let jwks = identity::save_jwks(&daemon, &jwks_file);
     let still = now() <= old_reply["expires_unix"].as_u64().unwrap();
@@ -363,7 +372,7 @@ fn pyjwt_verifies_tokens_and_a_rotation_keeps_old_ones_until_they_expire() {
     let keys = daemon
         .cli()
         .args(["keys", "show", "-o", "json"])
-        .output()
+        .output_bounded()
         .unwrap();
     let keys: serde_json::Value = serde_json::from_slice(&keys.stdout).unwrap();
     assert_eq!(keys[0]["current"], true, "{keys}");

@@ -2,6 +2,7 @@
 //! enforcement, adoption, the control socket's access checks, and `agentcage run` standing in
 //! for its command.
 
+use agentcage_tests::bounded::Bounded as _;
 use agentcage_tests::harness;
 
 use std::{
@@ -260,7 +261,10 @@ fn run_takes_away_what_could_undo_the_cage() {
     // Root inside the cage still cannot reach the BPF programs that cage it.
     let caged = daemon.probe_in("tester", &["bpf"]);
     assert_eq!(stdout(&caged), "err 1", "{caged:?}");
-    let outside = Command::new(harness::probe()).arg("bpf").output().unwrap();
+    let outside = Command::new(harness::probe())
+        .arg("bpf")
+        .output_bounded()
+        .unwrap();
     assert_eq!(stdout(&outside), "ok");
     daemon.stop();
 }
@@ -295,7 +299,7 @@ fn unknown_agents_and_bad_names_get_clear_errors() {
     let unknown = daemon
         .cli()
         .args(["run", "--agent", "nobody", "--", "true"])
-        .output()
+        .output_bounded()
         .unwrap();
     assert_eq!(unknown.status.code(), Some(2));
     assert!(
@@ -306,7 +310,7 @@ fn unknown_agents_and_bad_names_get_clear_errors() {
     let bad = daemon
         .cli()
         .args(["run", "--agent", "../etc", "--", "true"])
-        .output()
+        .output_bounded()
         .unwrap();
     assert_refused(&bad, "../etc");
     assert!(!daemon.cgroup_root().join("nobody").exists());
@@ -319,7 +323,7 @@ fn run_passes_on_exit_codes_and_signals() {
     let code = daemon
         .cli()
         .args(["run", "--agent", "tester", "--", "sh", "-c", "exit 7"])
-        .status()
+        .status_bounded()
         .unwrap();
     assert_eq!(code.code(), Some(7));
 
@@ -361,7 +365,7 @@ fn the_control_socket_refuses_other_users() {
         .arg("status")
         .uid(65534)
         .gid(65534)
-        .output()
+        .output_bounded()
         .unwrap();
     assert_refused(&plain, "permission denied");
 
@@ -371,7 +375,7 @@ fn the_control_socket_refuses_other_users() {
     cmd.arg("status");
     // SAFETY: only async-signal-safe calls (prctl, setgroups, setres[ug]id, capset).
     unsafe { cmd.pre_exec(become_nobody_with_dac_override) };
-    let sneaky = cmd.output().unwrap();
+    let sneaky = cmd.output_bounded().unwrap();
     assert!(!sneaky.status.success(), "{}", stdout(&sneaky));
     let message = stderr(&sneaky);
     assert!(
@@ -414,7 +418,7 @@ fn caged_processes_cannot_use_the_control_socket() {
     let out = daemon
         .cli()
         .args(["run", "--agent", "tester", "--", "sh", "-c", &inner])
-        .output()
+        .output_bounded()
         .unwrap();
     let text = stdout(&out);
     assert!(
@@ -445,7 +449,7 @@ fn the_configured_group_may_use_the_control_socket() {
         .arg("status")
         .uid(65534)
         .gid(65534)
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(member.status.success(), "{}", stderr(&member));
     assert!(stdout(&member).contains("no agents are running"));
@@ -455,7 +459,7 @@ fn the_configured_group_may_use_the_control_socket() {
         .arg("status")
         .uid(65534)
         .gid(100)
-        .output()
+        .output_bounded()
         .unwrap();
     assert_refused(&outsider, "permission denied");
     daemon.stop();
@@ -511,7 +515,7 @@ fn a_second_daemon_refuses_to_start_and_leaves_the_first_intact() {
     assert!(daemon
         .cli()
         .arg("status")
-        .output()
+        .output_bounded()
         .unwrap()
         .status
         .success());
@@ -564,7 +568,7 @@ fn a_detached_program_is_put_back() {
     };
     let links = Command::new("bpftool")
         .args(["-j", "link", "show"])
-        .output()
+        .output_bounded()
         .unwrap();
     let links: serde_json::Value = serde_json::from_slice(&links.stdout).unwrap();
     let link = links
@@ -576,7 +580,7 @@ fn a_detached_program_is_put_back() {
     let id = link["id"].to_string();
     let detach = Command::new("bpftool")
         .args(["link", "detach", "id", &id])
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(detach.status.success(), "{}", stderr(&detach));
     // The daemon notices and attaches it again.

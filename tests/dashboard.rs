@@ -1,6 +1,7 @@
 //! `agentcage top` and the loopback web dashboard, end to end: the real daemon, a real cage,
 //! the page rendered by headless Chromium, and the API's authorisation checked over raw HTTP.
 
+use agentcage_tests::bounded::Bounded as _;
 use agentcage_tests::{dns::TestDns, harness};
 
 use std::{fs, process::Command};
@@ -26,7 +27,7 @@ fn daemon_with_dashboard(port: u16) -> (Daemon, tempfile::TempDir) {
 
 /// `agentcage dashboard`: the address with its token.
 fn dashboard_url(daemon: &Daemon) -> (String, String) {
-    let out = daemon.cli().arg("dashboard").output().unwrap();
+    let out = daemon.cli().arg("dashboard").output_bounded().unwrap();
     let url = stdout(&out);
     assert!(out.status.success(), "{out:?}");
     let (base, token) = url.split_once("#token=").expect("a token in the fragment");
@@ -52,7 +53,7 @@ fn render(url: &str) -> String {
         .arg("--virtual-time-budget=10000")
         .arg("--dump-dom")
         .arg(url)
-        .output()
+        .output_bounded()
         .expect("chromium (Debian's chromium package; cargo xtask setup installs it)");
     assert!(out.status.success(), "{out:?}");
     String::from_utf8(out.stdout).unwrap()
@@ -81,7 +82,11 @@ fn top_shows_the_agents_and_their_recent_denials() {
     events.wait_event("the denial", |e| {
         e["kind"] == "egress" && e["verdict"] == "deny"
     });
-    let out = daemon.cli().args(["top", "--once"]).output().unwrap();
+    let out = daemon
+        .cli()
+        .args(["top", "--once"])
+        .output_bounded()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     let frame = stdout(&out);
     let row = frame

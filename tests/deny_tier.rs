@@ -6,6 +6,7 @@
 //! AGENTCAGE_EXPECT_REFUSED names what the kernel lacks (5.10: file and content rules, whose
 //! tests that boot skips; `kernel` checks the refusals).
 
+use agentcage_tests::bounded::Bounded as _;
 use agentcage_tests::harness;
 
 use std::{fs, os::unix::fs::PermissionsExt as _};
@@ -60,7 +61,7 @@ fn denied_execs_fail_with_eperm_even_renamed_and_allowed_ones_run() {
     assert_eq!(e["rule"], "exec.deny[0]");
     // Outside the cage, the denied binary runs.
     assert!(std::process::Command::new(&denied)
-        .status()
+        .status_bounded()
         .unwrap()
         .success());
 }
@@ -260,7 +261,7 @@ fn the_read_only_rung_refuses_file_writes() {
     let out = daemon
         .cli()
         .args(["contain", "t", "read_only"])
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(out.status.success(), "{}", harness::stderr(&out));
     assert_eq!(cage.op(&format!("open {n} w")), EPERM);
@@ -270,7 +271,7 @@ fn the_read_only_rung_refuses_file_writes() {
     );
     assert_eq!(cage.op(&format!("open {n} r")), "ok", "reads go on");
     assert_eq!(cage.op("open /dev/null w"), "ok", "devices are not files");
-    let out = daemon.cli().args(["resume", "t"]).output().unwrap();
+    let out = daemon.cli().args(["resume", "t"]).output_bounded().unwrap();
     assert!(out.status.success(), "{}", harness::stderr(&out));
     assert_eq!(cage.op(&format!("open {n} w")), "ok", "writable again");
 }

@@ -2,6 +2,7 @@
 //! the kernel per cage. The upstream is the test's own DNS server on loopback; every query
 //! a cage sends, to whatever address, must reach agentcage's resolver and nothing else.
 
+use agentcage_tests::bounded::Bounded as _;
 use agentcage_tests::{dns::TestDns, harness};
 
 use std::net::{TcpListener, UdpSocket};
@@ -109,7 +110,11 @@ fn dns_names_no_rule_allows_and_other_types_are_refused_and_never_sent_upstream(
     });
     assert_eq!(e["rule"], "dns-query-type");
     // `agentcage top` lists the refusals among the recent denials, by name.
-    let out = daemon.cli().args(["top", "--once"]).output().unwrap();
+    let out = daemon
+        .cli()
+        .args(["top", "--once"])
+        .output_bounded()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     let view = String::from_utf8_lossy(&out.stdout);
     assert!(

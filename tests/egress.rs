@@ -2,6 +2,7 @@
 //! 127.0.0.1 (and ::1) are allowed where the policy says so; 127.0.0.2 and other loopback
 //! addresses stand in for denied destinations.
 
+use agentcage_tests::bounded::Bounded as _;
 use agentcage_tests::harness;
 
 use std::{io::ErrorKind, net::TcpStream};
@@ -164,7 +165,7 @@ fn raw_and_packet_sockets_are_refused_in_the_cage_only() {
         assert_eq!(stdout(&caged), EPERM, "{op} in the cage: {caged:?}");
         let outside = std::process::Command::new(harness::probe())
             .arg(op)
-            .output()
+            .output_bounded()
             .unwrap();
         assert_eq!(
             stdout(&outside),
@@ -286,7 +287,7 @@ fn packets_with_routing_headers_are_dropped_even_to_allowed_destinations() {
     // Outside any cage the same send goes out.
     let outside = std::process::Command::new(harness::probe())
         .args(["udp6-rthdr", &format!("[::1]:{port}"), "routed"])
-        .output()
+        .output_bounded()
         .unwrap();
     assert_eq!(stdout(&outside), "ok");
     daemon.stop();

@@ -3,6 +3,7 @@
 //! share of the application socket, and the dashboard drops clients that send their headers
 //! too slowly.
 
+use agentcage_tests::bounded::Bounded as _;
 use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
@@ -93,7 +94,7 @@ fn the_dashboard_drops_a_client_that_sends_its_headers_too_slowly() {
     let file = conf.path().join("agentcaged.yaml");
     std::fs::write(&file, "dashboard:\n  listen: 127.0.0.1:0\n").unwrap();
     let daemon = Daemon::start_args(POLICY, &["--config", file.to_str().unwrap()]);
-    let url = harness::stdout(&daemon.cli().arg("dashboard").output().unwrap());
+    let url = harness::stdout(&daemon.cli().arg("dashboard").output_bounded().unwrap());
     let addr = url
         .trim_start_matches("http://")
         .split('/')

@@ -3,6 +3,7 @@
 //! RLIMIT_MEMLOCK (before Linux 5.11), and the policy features this kernel cannot enforce,
 //! each refused naming what is missing.
 
+use agentcage_tests::bounded::Bounded as _;
 use std::os::unix::process::CommandExt as _;
 
 use agentcage_tests::harness::{self, stderr, Daemon};
@@ -85,7 +86,7 @@ fn refusals_name_what_this_kernel_lacks() {
         let out = daemon
             .cli()
             .args(["run", "--agent", agent, "--", "/bin/true"])
-            .output()
+            .output_bounded()
             .unwrap();
         if !refused.contains(&feature) {
             assert!(out.status.success(), "{agent}: {}", stderr(&out));

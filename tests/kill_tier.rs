@@ -2,6 +2,7 @@
 //! `bpf` in `lsm=`): a forbidden exec cannot be refused, so the process is killed with SIGKILL
 //! in the kernel before the new image runs; policies that need refusal are not started.
 
+use agentcage_tests::bounded::Bounded as _;
 use agentcage_tests::harness;
 
 use std::{fs, os::unix::fs::PermissionsExt as _};
@@ -31,7 +32,7 @@ fn a_denied_exec_is_killed_before_the_binary_runs() {
         .cli()
         .args(["run", "--agent", "t", "--", &denied])
         .arg(&marker)
-        .output()
+        .output_bounded()
         .unwrap();
     // `run` passes a death by signal on as 128 + signal, as shells do.
     assert_eq!(out.status.code(), Some(128 + 9), "{}", stderr(&out));
@@ -49,7 +50,7 @@ fn a_denied_exec_is_killed_before_the_binary_runs() {
     // Outside the cage the same binary runs: the hook judges caged processes only.
     assert!(std::process::Command::new(&denied)
         .arg(&marker)
-        .status()
+        .status_bounded()
         .unwrap()
         .success());
     assert!(marker.exists());
@@ -111,7 +112,7 @@ fn a_policy_demanding_the_deny_tier_is_refused_naming_what_is_missing() {
         let out = daemon
             .cli()
             .args(["run", "--agent", agent, "--", "/bin/true"])
-            .output()
+            .output_bounded()
             .unwrap();
         assert!(!out.status.success(), "{agent} must not start");
         let err = stderr(&out);

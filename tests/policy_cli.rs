@@ -2,6 +2,7 @@
 //! a change of the policy file, and hot reloads under load that change decisions without a
 //! restart and never mix two policies.
 
+use agentcage_tests::bounded::Bounded as _;
 use agentcage_tests::harness;
 
 use std::{collections::BTreeSet, fs, path::Path};
@@ -22,7 +23,7 @@ fn hash_of(daemon: &Daemon, yaml: &str) -> String {
         .cli()
         .args(["policy", "check"])
         .arg(&file)
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     stdout(&out)
@@ -53,7 +54,11 @@ fn apply_diff_and_show() {
     let mut cage = daemon.serve_in("tester");
     assert_eq!(cage.op(&format!("connect 127.0.0.1:{b}")), "err 1");
 
-    let show = daemon.cli().args(["policy", "show"]).output().unwrap();
+    let show = daemon
+        .cli()
+        .args(["policy", "show"])
+        .output_bounded()
+        .unwrap();
     assert!(show.status.success(), "{}", stderr(&show));
     let text = stdout(&show);
     assert!(text.contains(&in_force(&daemon)), "{text}");
@@ -65,7 +70,7 @@ fn apply_diff_and_show() {
         .cli()
         .args(["policy", "diff"])
         .arg(&next)
-        .output()
+        .output_bounded()
         .unwrap();
     assert_eq!(diff.status.code(), Some(1), "they differ");
     let d = stdout(&diff);
@@ -86,7 +91,7 @@ fn apply_diff_and_show() {
         .cli()
         .args(["policy", "apply"])
         .arg(&next)
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(apply.status.success(), "{}", stderr(&apply));
     assert_eq!(in_force(&daemon), hash_of(&daemon, &allow_port(b)));
@@ -99,7 +104,7 @@ fn apply_diff_and_show() {
         .cli()
         .args(["policy", "diff"])
         .arg(&next)
-        .output()
+        .output_bounded()
         .unwrap();
     assert!(same.status.success(), "{}", stdout(&same));
     assert!(stdout(&same).contains("same as the policy in force"));
@@ -115,7 +120,7 @@ fn apply_diff_and_show() {
         .cli()
         .args(["policy", "apply"])
         .arg(&broken)
-        .output()
+        .output_bounded()
         .unwrap();
     harness::assert_refused(&refused, &format!("{}:6:17", broken.display()));
     assert_eq!(in_force(&daemon), hash_of(&daemon, &allow_port(b)));
@@ -180,7 +185,7 @@ fn hot_reload_under_load_changes_decisions_and_never_mixes_policies() {
                     .arg("--socket")
                     .arg(&socket)
                     .args(["policy", "reload"])
-                    .output()
+                    .output_bounded()
                     .unwrap();
                 assert!(out.status.success(), "{}", stderr(&out));
             }
@@ -287,11 +292,11 @@ fn check_and_schema_work_offline() {
         let out = cli()
             .args(["policy", "check"])
             .arg(repo.join(f))
-            .output()
+            .output_bounded()
             .unwrap();
         assert!(out.status.success(), "{f}: {}", stderr(&out));
     }
-    let schema = cli().args(["policy", "schema"]).output().unwrap();
+    let schema = cli().args(["policy", "schema"]).output_bounded().unwrap();
     assert!(schema.status.success());
     let committed = fs::read_to_string(repo.join("policies/schema.json")).unwrap();
     assert_eq!(String::from_utf8(schema.stdout).unwrap(), committed);
@@ -304,7 +309,7 @@ fn check_and_schema_work_offline() {
     let out = cli()
         .args(["policy", "check"])
         .arg(bad.path())
-        .output()
+        .output_bounded()
         .unwrap();
     harness::assert_refused(&out, "invalid assertion");
     assert!(stderr(&out).contains(":5:9:"), "{}", stderr(&out));

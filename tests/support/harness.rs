@@ -15,6 +15,7 @@ use std::{
 };
 
 pub use crate::bins::{agentcage, agentcaged, probe};
+pub use crate::bounded::Bounded;
 pub use crate::lines::Lines;
 pub use crate::sockets::{
     assert_refused, listener_pair, stderr, stdout, tcp_listener, tcp_listener_at, udp_listener,
@@ -302,7 +303,7 @@ impl Daemon {
             .args(["run", "--agent", agent, "--"])
             .arg(probe())
             .args(op)
-            .output()
+            .output_bounded()
             .expect("run agentcage")
     }
 
@@ -319,21 +320,24 @@ impl Daemon {
     pub fn adopt(&self, agent: &str, pid: u32) -> Output {
         self.cli()
             .args(["adopt", "--agent", agent, "--pid", &pid.to_string()])
-            .output()
+            .output_bounded()
             .expect("run agentcage")
     }
 
     /// Reloads the policy file after replacing it with `yaml`.
     pub fn rewrite_policy(&self, yaml: &str) -> Output {
         fs::write(&self.policy, yaml).unwrap();
-        self.cli().args(["policy", "reload"]).output().unwrap()
+        self.cli()
+            .args(["policy", "reload"])
+            .output_bounded()
+            .unwrap()
     }
 
     /// `agentcage status -o json`, parsed.
     pub fn status(&self) -> serde_json::Value {
         let mut cli = self.cli();
         cli.args(["status", "-o", "json"]);
-        let out = crate::lines::output_within(cli, "agentcage status");
+        let out = cli.output_bounded().expect("run agentcage status");
         assert!(out.status.success(), "status failed: {}", stderr(&out));
         serde_json::from_slice(&out.stdout).expect("status is JSON")
     }
@@ -411,10 +415,10 @@ impl Daemon {
     }
 
     fn terminate(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        if let Some(child) = self.child.take() {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let status = child.wait().unwrap();
+            let status = crate::bounded::wait_bounded(child, "agentcaged's stop after SIGTERM");
             assert!(
                 status.success(),
                 "agentcaged exited with {status}:\n{}",
@@ -578,7 +582,7 @@ impl Served {
     /// Closes stdin and waits for the probe (and `agentcage run`) to exit.
     pub fn finish(mut self) -> std::process::ExitStatus {
         drop(self.stdin.take());
-        self.child.wait().unwrap()
+        crate::bounded::wait_bounded(self.child, "the served probe's exit after its stdin closed")
     }
 }
 
@@ -628,7 +632,7 @@ pub fn attached_programs(cgroup: &Path) -> usize {
     let out = Command::new("bpftool")
         .args(["-j", "cgroup", "show"])
         .arg(cgroup)
-        .output()
+        .output_bounded()
         .expect("bpftool (installed by `cargo xtask setup`)");
     assert!(out.status.success(), "bpftool failed: {}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);

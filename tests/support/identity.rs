@@ -3,6 +3,7 @@
 //! `agentcage cred verify`, the daemon's verify endpoint over raw HTTP, and PyJWT (installed
 //! by `cargo xtask setup` into `.tools/pyjwt`) as a tool's backend in another language.
 
+use crate::bounded::Bounded as _;
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -72,13 +73,13 @@ pub fn cred_verify(
         .cli()
         .args(["cred", "verify", token, "--tool", tool, "--method", method])
         .args(["--resource", resource])
-        .output()
+        .output_bounded()
         .unwrap()
 }
 
 /// The loopback listener's address (`agentcage dashboard` prints it).
 pub fn listener(daemon: &Daemon) -> String {
-    let out = daemon.cli().arg("dashboard").output().unwrap();
+    let out = daemon.cli().arg("dashboard").output_bounded().unwrap();
     assert!(out.status.success(), "{out:?}");
     let url = stdout(&out);
     let base = url.split_once("#token=").map_or(url.as_str(), |(b, _)| b);
@@ -113,7 +114,11 @@ pub fn http_verify(
 
 /// `agentcage keys jwks`, written to `file`.
 pub fn save_jwks(daemon: &Daemon, file: &Path) -> serde_json::Value {
-    let out = daemon.cli().args(["keys", "jwks"]).output().unwrap();
+    let out = daemon
+        .cli()
+        .args(["keys", "jwks"])
+        .output_bounded()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     fs::write(file, &out.stdout).unwrap();
     serde_json::from_slice(&out.stdout).unwrap()
@@ -137,7 +142,7 @@ pub fn pyjwt_verify(jwks: &Path, token: &str, tool: &str) -> Result<serde_json::
         .arg(token)
         .arg(tool)
         .env("PYTHONPATH", &tools)
-        .output()
+        .output_bounded()
         .expect("python3");
     let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     if out.status.success() {

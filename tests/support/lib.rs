@@ -7,6 +7,7 @@
 //! build as any user.
 
 pub mod bins;
+pub mod bounded;
 pub mod collector;
 pub mod dns;
 pub mod engine;

@@ -73,26 +73,7 @@ impl Lines {
 /// Runs `cmd` to its end and returns its output, or kills it and fails the test when it
 /// has not ended within the deadline: a daemon that stops answering is a failure, not a hang.
 pub fn output_within(mut cmd: std::process::Command, what: &str) -> std::process::Output {
-    use std::process::Stdio;
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(deadline()) {
-        Ok(out) => out.unwrap_or_else(|e| panic!("{what}: {e}")),
-        Err(_) => {
-            // Not yet reaped (the waiting thread holds it), so the pid is still the child's.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            panic!("{what} did not answer within {:?}", deadline());
-        }
-    }
+    use crate::bounded::Bounded as _;
+    cmd.output_bounded()
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
 }

@@ -138,6 +138,22 @@ pub struct Binary {
     pub summary: Option<(u64, u64)>,
     /// Its exit status.
     pub exit: Option<i32>,
+    /// The tests it was to run (`--list` before the run).
+    pub listed: Vec<String>,
+    /// The tests that reported a result, and those of them that failed.
+    pub finished: Vec<String>,
+    pub failed: Vec<String>,
+}
+
+impl Binary {
+    /// Listed tests that never reported a result.
+    fn unfinished(&self) -> Vec<&str> {
+        self.listed
+            .iter()
+            .filter(|t| !self.finished.contains(t))
+            .map(String::as_str)
+            .collect()
+    }
 }
 
 /// One step's (a command run before the tests) output as the console told it.
@@ -202,15 +218,28 @@ impl Report {
                         .map(|st| (st.name.as_str(), &mut st.exit));
                     close(&mut self.problems, last, arg, "step ");
                 }
+                "listed" => {
+                    if let Some(b) = self.binaries.last_mut() {
+                        b.listed.push(arg.to_owned());
+                    }
+                }
                 "done" => self.done = true,
                 "fatal" => self.problems.push(format!("/init failed: {arg}")),
                 _ => self.problems.push(format!("unknown marker line: {line}")),
             }
         } else if let Some(st) = self.steps.last_mut().filter(|st| st.exit.is_none()) {
             st.lines.push(line.to_owned());
-        } else if let Some(rest) = line.trim_start().strip_prefix("test result: ") {
-            if let Some(b) = self.binaries.last_mut().filter(|b| b.exit.is_none()) {
+        } else if let Some(b) = self.binaries.last_mut().filter(|b| b.exit.is_none()) {
+            let l = line.trim_start();
+            if let Some(rest) = l.strip_prefix("test result: ") {
                 b.summary = Some((count(rest, " passed"), count(rest, " failed")));
+            } else if let Some((name, result)) =
+                l.strip_prefix("test ").and_then(|t| t.rsplit_once(" ... "))
+            {
+                b.finished.push(name.to_owned());
+                if result.starts_with("FAILED") {
+                    b.failed.push(name.to_owned());
+                }
             }
         }
     }
@@ -335,8 +364,10 @@ impl Report {
             match (b.exit, b.summary) {
                 (Some(0), Some(_)) => {}
                 (Some(code), Some((_, failed))) if failed > 0 => {
-                    v.errors
-                        .push(format!("{name}: {failed} failed (exit {code})"));
+                    v.errors.push(format!(
+                        "{name}: {failed} failed (exit {code}): {}",
+                        b.failed.join(", ")
+                    ));
                 }
                 (Some(code), _) => error(
                     &mut v,
@@ -345,8 +376,15 @@ impl Report {
                 (None, _) => error(
                     &mut v,
                     match self.timed_out {
-                        Some(t) => format!("{name}: still running at the {}s timeout", t.as_secs()),
-                        None => format!("{name}: did not finish (the VM stopped)"),
+                        Some(t) => format!(
+                            "{name}: still running at the {}s timeout; unfinished: {}",
+                            t.as_secs(),
+                            b.unfinished().join(", ")
+                        ),
+                        None => format!(
+                            "{name}: did not finish (the VM stopped); unfinished: {}",
+                            b.unfinished().join(", ")
+                        ),
                     },
                 ),
             }
@@ -437,6 +475,34 @@ mod tests {
         let v = report(&lines).verdict(&expect(&["egress"], "deny", true));
         assert_eq!((v.passed, v.failed), (0, 1));
         assert!(v.errors[0].contains("134"), "{:?}", v.errors);
+    }
+
+    #[test]
+    fn a_cut_short_run_names_its_unfinished_and_failed_tests() {
+        let mut r = report(&[
+            "@@vmtest start egress",
+            "@@vmtest listed udp_works",
+            "@@vmtest listed tcp_works",
+            "@@vmtest listed ipv6_works",
+            "running 3 tests",
+            "test udp_works ... ok",
+            "test ipv6_works ... FAILED",
+        ]);
+        r.timed_out = Some(Duration::from_secs(300));
+        let v = r.verdict(&expect(&["egress"], "deny", true));
+        assert!(
+            v.errors
+                .iter()
+                .any(|e| e.ends_with("timeout; unfinished: tcp_works")),
+            "{:?}",
+            v.errors
+        );
+        let mut lines = GOOD.to_vec();
+        lines.insert(8, "test ipv6_works ... FAILED");
+        lines[9] = "test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured";
+        lines[10] = "@@vmtest exit egress 101";
+        let v = report(&lines).verdict(&expect(&["egress"], "deny", true));
+        assert_eq!(v.errors, ["egress: 1 failed (exit 101): ipv6_works"]);
     }
 
     #[test]

@@ -168,6 +168,22 @@ step() {{
         }
         for exe in &boot.runs {
             writeln!(s, "    echo \"{MARKER} start {}\"", exe.name).unwrap();
+            // The tests it will run, by name: a run cut short by the timeout then names the
+            // tests that never finished.
+            write!(
+                s,
+                "    {} --list --format terse",
+                quote(&exe.exe.to_string_lossy())
+            )
+            .unwrap();
+            for a in run.args.iter().chain(&boot.args) {
+                write!(s, " {}", quote(a)).unwrap();
+            }
+            writeln!(
+                s,
+                " | while read -r t; do echo \"{MARKER} listed ${{t%: test}}\"; done"
+            )
+            .unwrap();
             write!(
                 s,
                 "    {} --test-threads={}",
@@ -236,6 +252,8 @@ mod tests {
         let expected = "'6.1/deny')\n    export AGENTCAGE_EXPECT_TIER='deny'\n    \
                         step doctor 1 '/r/target/debug/agentcage' 'doctor'\n    \
                         echo \"@@vmtest start egress\"\n    \
+                        '/r/target/debug/deps/egress-1' --list --format terse 'udp' '--skip' 'slow' \
+                        | while read -r t; do echo \"@@vmtest listed ${t%: test}\"; done\n    \
                         '/r/target/debug/deps/egress-1' --test-threads=2 'udp' '--skip' 'slow'\n    \
                         echo \"@@vmtest exit egress $?\"\n    ;;\n";
         assert!(s.contains(expected), "{s}");
