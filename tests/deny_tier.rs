@@ -255,6 +255,12 @@ fn the_read_only_rung_refuses_file_writes() {
     fs::write(&notes, "n").unwrap();
     let daemon = Daemon::start("version: 1\nagents:\n  t: {run_as: root}\n");
     daemon.expect_tier("deny");
+    // No cage needs the file hooks yet: they are not attached (nor verified) yet.
+    assert!(
+        file_open_state(&daemon).starts_with("not loaded yet"),
+        "{}",
+        file_open_state(&daemon)
+    );
     let mut cage = daemon.serve_in("t");
     let n = notes.display();
     assert_eq!(cage.op(&format!("open {n} w")), "ok", "writable before");
@@ -264,7 +270,9 @@ fn the_read_only_rung_refuses_file_writes() {
         .output_bounded()
         .unwrap();
     assert!(out.status.success(), "{}", harness::stderr(&out));
+    // The rung's first write is refused: the hooks were attached before it took effect.
     assert_eq!(cage.op(&format!("open {n} w")), EPERM);
+    assert_eq!(file_open_state(&daemon), "attached");
     assert_eq!(
         cage.op(&format!("create {}/new", dir.path().display())),
         EPERM
@@ -274,4 +282,35 @@ fn the_read_only_rung_refuses_file_writes() {
     let out = daemon.cli().args(["resume", "t"]).output_bounded().unwrap();
     assert!(out.status.success(), "{}", harness::stderr(&out));
     assert_eq!(cage.op(&format!("open {n} w")), "ok", "writable again");
+}
+
+/// The state `status` gives the `file_open` hook.
+fn file_open_state(daemon: &Daemon) -> String {
+    let status = daemon.status();
+    status["hooks"]
+        .as_array()
+        .and_then(|hs| hs.iter().find(|h| h["hook"] == "lsm/file_open"))
+        .and_then(|h| h["state"].as_str())
+        .unwrap_or_else(|| panic!("no lsm/file_open in {status}"))
+        .to_owned()
+}
+
+/// File rules that arrive with a reload are enforced from the first cage that has them: the
+/// file hooks, not attached while no cage needed them, are attached before it runs.
+#[test]
+fn file_rules_that_arrive_with_a_reload_hold_from_the_first_cage() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    fs::write(&secret, "s3cret").unwrap();
+    let daemon = Daemon::start("version: 1\nagents:\n  t: {run_as: root}\n");
+    daemon.expect_tier("deny");
+    assert!(file_open_state(&daemon).starts_with("not loaded yet"));
+    let out = daemon.rewrite_policy(&format!(
+        "version: 1\nagents:\n  t:\n    run_as: root\n    files:\n      protect:\n        - path: {}\n",
+        secret.display()
+    ));
+    assert!(out.status.success(), "{}", harness::stderr(&out));
+    let read = daemon.probe_in("t", &["open", &secret.display().to_string(), "r"]);
+    assert_eq!(harness::stdout(&read), EPERM, "{read:?}");
+    assert_eq!(file_open_state(&daemon), "attached");
 }

@@ -47,8 +47,8 @@ const TRACEPOINTS: [(&str, &str, &str); 3] = [
 
 const FILES: &str = "deny tier: file rules (refuse protected, report watched)";
 
-/// The deny tier's LSM hooks other than exec and `userns_create`: (program, hook, purpose).
-const LSM_HOOKS: [(&str, &str, &str); 12] = [
+/// The deny tier's LSM hooks attached at start besides exec: (program, hook, purpose).
+const LSM_HOOKS: [(&str, &str, &str); 2] = [
     (
         "agentcage_mmap_file",
         "mmap_file",
@@ -59,6 +59,10 @@ const LSM_HOOKS: [(&str, &str, &str); 12] = [
         "socket_connect",
         "deny tier: egress second line, judges the caller's cage (also for passed-in sockets)",
     ),
+];
+
+/// The file hooks, attached when a cage first needs them (see [`super::file_hooks`]).
+pub(super) const FILE_HOOKS: [(&str, &str, &str); 10] = [
     ("agentcage_file_open", "file_open", FILES),
     ("agentcage_path_truncate", "path_truncate", FILES),
     ("agentcage_inode_unlink", "inode_unlink", FILES),
@@ -73,7 +77,7 @@ const LSM_HOOKS: [(&str, &str, &str); 12] = [
 
 /// The `userns_create` hook (Linux 6.1+): where the kernel lacks it, the deny tier runs
 /// without it and file rules are refused (see [`super::tier::NO_USERNS_HOOK`]).
-const USERNS_HOOK: (&str, &str, &str) = (
+pub(super) const USERNS_HOOK: (&str, &str, &str) = (
     "agentcage_userns_create",
     "userns_create",
     "deny tier: no user namespaces in cages with file rules",
@@ -102,7 +106,8 @@ pub struct GlobalHooks {
 }
 
 impl GlobalHooks {
-    /// Attaches the tracepoints and, in the deny tier, the LSM hooks that `caps` says loaded;
+    /// Attaches the tracepoints and, in the deny tier, the LSM hooks that `caps` says loaded
+    /// (the file hooks come later, when a cage needs them: [`super::FileHooks`]);
     /// pins each link as `DIR/NAME-TAG`. An LSM hook that fails is an error: the caller loads
     /// again for the kill tier rather than run the deny tier half-attached.
     pub fn attach(
@@ -140,10 +145,9 @@ impl GlobalHooks {
         }
         let lsm = [(BPRM_HASH, "bprm_check_security", BPRM_PURPOSE)]
             .into_iter()
-            .chain(LSM_HOOKS)
-            .chain([USERNS_HOOK]);
+            .chain(LSM_HOOKS);
         if caps.tier == Tier::Kill {
-            for (name, hook, purpose) in lsm {
+            for (name, hook, purpose) in lsm.chain(FILE_HOOKS).chain([USERNS_HOOK]) {
                 hooks.note(
                     name,
                     &format!("lsm/{hook}"),
@@ -159,15 +163,6 @@ impl GlobalHooks {
                 BPRM_HASH if !caps.content_hashes => BPRM_INODE,
                 _ => name,
             };
-            if name == USERNS_HOOK.0 && !caps.userns_hook {
-                hooks.note(
-                    name,
-                    &format!("lsm/{hook}"),
-                    purpose,
-                    "not loaded: no such hook in this kernel (Linux 6.1+); files rules are refused",
-                );
-                continue;
-            }
             if let Err(e) = hooks.attach_lsm(ebpf, &btf, name, hook, dir, tag) {
                 hooks.drop_all();
                 return Err(e);
@@ -182,10 +177,11 @@ impl GlobalHooks {
         Ok(hooks)
     }
 
-    /// Loads the deny tier's LSM programs (without attaching them): the exec program with
-    /// content hashes if the kernel's IMA can hash for BPF, else the inode-only one; and
-    /// `userns_create` if the kernel has that hook. An error means this kernel cannot give
-    /// the deny tier after all.
+    /// Loads the deny tier's LSM programs attached at start (without attaching them): the
+    /// exec program with content hashes if the kernel's IMA can hash for BPF, else the
+    /// inode-only one. Says whether the kernel has the `userns_create` hook, which the file
+    /// hooks load with when a cage needs them. An error means this kernel cannot give the
+    /// deny tier after all.
     pub fn load_lsm(
         ebpf: &mut Ebpf,
         btf: &Btf,
@@ -206,11 +202,8 @@ impl GlobalHooks {
         for (name, hook, _) in LSM_HOOKS {
             load_one_lsm(ebpf, btf, name, hook)?;
         }
-        let (name, hook, _) = USERNS_HOOK;
-        let userns_hook = kernel.has_func(&format!("bpf_lsm_{hook}"));
-        if userns_hook {
-            load_one_lsm(ebpf, btf, name, hook)?;
-        } else {
+        let userns_hook = kernel.has_func(&format!("bpf_lsm_{}", USERNS_HOOK.1));
+        if !userns_hook {
             tracing::warn!(
                 "no userns_create LSM hook in this kernel (Linux 6.1+): files rules are refused"
             );
@@ -284,7 +277,7 @@ pub fn lsm_btf() -> Result<Btf, BpfError> {
     Btf::from_sys_fs().map_err(BpfError::KernelBtf)
 }
 
-fn load_one_lsm(
+pub(super) fn load_one_lsm(
     ebpf: &mut Ebpf,
     btf: &Btf,
     name: &'static str,
@@ -303,7 +296,7 @@ fn load_one_lsm(
     }
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, BpfError>
+pub(super) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, BpfError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program>,
 {

@@ -54,6 +54,8 @@ pub struct EgressMaps {
     file_rules: HashMap<MapData, InodeKey, FileRule>,
     global_lost: PerCpuArray<MapData, u64>,
     cpus: usize,
+    /// The deny tier's file hooks, attached before the first cage that needs them.
+    file_hooks: Option<std::sync::Arc<super::FileHooks>>,
 }
 
 pub(super) fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
@@ -82,7 +84,29 @@ impl EgressMaps {
             file_rules: take(ebpf, maps::FILE_RULES)?,
             global_lost: take(ebpf, maps::GLOBAL_LOST)?,
             cpus,
+            file_hooks: None,
         })
+    }
+
+    /// From now on a cage whose flags need the file hooks gets them attached before its
+    /// configuration is written; cages already in the map (left by an earlier daemon) that
+    /// need them get them now.
+    pub fn set_file_hooks(
+        &mut self,
+        hooks: std::sync::Arc<super::FileHooks>,
+    ) -> Result<(), BpfError> {
+        let needed = self
+            .cages
+            .iter()
+            .flatten()
+            .any(|(_, c)| super::FileHooks::needed_for(c.flags));
+        if needed {
+            hooks
+                .ensure()
+                .map_err(|e| BpfError::FileHooks(Box::new(e)))?;
+        }
+        self.file_hooks = Some(hooks);
+        Ok(())
     }
 
     /// Writes a compiled policy into `slot`. On failure, whatever was written is removed.
@@ -236,6 +260,13 @@ impl EgressMaps {
     /// Installs or replaces a cage's configuration in one map update, and makes sure it has
     /// counters.
     pub fn set_cage(&mut self, cgroup_id: u64, config: CageConfig) -> Result<(), BpfError> {
+        if let Some(hooks) = &self.file_hooks {
+            if super::FileHooks::needed_for(config.flags) {
+                hooks
+                    .ensure()
+                    .map_err(|e| BpfError::FileHooks(Box::new(e)))?;
+            }
+        }
         let new = self.stats.get(&cgroup_id, 0).is_err();
         if new {
             let zeros = PerCpuValues::try_from(vec![CageStats::default(); self.cpus]).map_err(

@@ -5,6 +5,7 @@ mod approvals;
 pub mod btf;
 mod cgroup_links;
 mod dns;
+mod file_hooks;
 mod hooks;
 mod loader;
 mod maps;
@@ -14,6 +15,7 @@ pub mod tier;
 pub use approvals::ApprovalMap;
 pub use cgroup_links::{CgroupPrograms, PinnedLinks};
 pub use dns::DnsMaps;
+pub use file_hooks::FileHooks;
 pub use hooks::{lsm_btf, GlobalHooks, HookStatus};
 pub use loader::{ensure_bpffs, release_pinned, AttachedPrograms, ProgramKind, PROGRAMS};
 pub use maps::{EgressMaps, SlotEntries};
@@ -78,6 +80,9 @@ pub enum BpfError {
         #[source]
         source: aya::programs::links::LinkError,
     },
+    /// The file hooks a cage needs (its file rules, the read-only rung) could not be attached.
+    #[error("the file hooks (file rules, the read-only rung's refused writes) could not be attached: {0}")]
+    FileHooks(#[source] Box<BpfError>),
     /// The kernel's BTF, which LSM programs load against, could not be read.
     #[error("reading the kernel's BTF: {0}")]
     KernelBtf(#[source] aya::BtfError),

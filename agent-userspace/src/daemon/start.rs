@@ -110,6 +110,7 @@ pub(super) async fn start(
     let kernel = KernelInfo {
         caps: caps.clone(),
         hooks: Vec::new(),
+        file_hooks: None,
         controllers: root
             .available_controllers()
             .map_or(0, |c| crate::policy::kernel::controllers_of(&c)),
@@ -216,6 +217,35 @@ pub(super) async fn start(
             warn!(error = %e, "containers cannot be caged: the cgroup programs' descriptors are unavailable")
         }
     }
+    let ebpf = Arc::new(std::sync::Mutex::new(ebpf));
+    // The file hooks attach when a cage first needs them; at once if a cage taken over
+    // does (before the earlier daemon's links go), or if the policy has file rules (so no
+    // `run` waits, under the state lock, for their verification).
+    if caps.tier == bpf::Tier::Deny {
+        let file_hooks = Arc::new(bpf::FileHooks::new(
+            Arc::clone(&ebpf),
+            caps.userns_hook,
+            &pin_dir,
+            &tag,
+        ));
+        let attached = state
+            .set_file_hooks(Arc::clone(&file_hooks))
+            .and_then(|()| {
+                if state.policy().has_file_rules() {
+                    file_hooks
+                        .ensure()
+                        .map_err(|e| BpfError::FileHooks(Box::new(e)))
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err(e) = attached {
+            file_hooks.detach();
+            hooks.detach();
+            programs.detach();
+            return Err(e.into());
+        }
+    }
     // Only now drop the earlier daemon's links: there was no moment without enforcement.
     let released = bpf::release_pinned(&pin_dir, &tag);
     if released > 0 {
@@ -282,7 +312,7 @@ pub(super) async fn start(
 
     signals
         .wait_for_stop(&shared, || {
-            watch_links(&mut programs, &mut ebpf, root.dir().path(), &shared);
+            watch_links(&mut programs, &ebpf, root.dir().path(), &shared);
             let mut state = shared.state();
             state.watch_container_links();
             state.reap_retired();
@@ -304,7 +334,11 @@ pub(super) async fn start(
         shared.state().dns_save(&dns_saved);
     }
     let removed = kept.is_empty() && root.remove().is_ok();
+    let file_hooks = shared.state().kernel_file_hooks();
     if removed {
+        if let Some(f) = &file_hooks {
+            f.detach();
+        }
         // Hooks first: detaching the cgroup programs also removes the (then empty) pin dir,
         // once the (empty) directory of containers' links is gone.
         hooks.detach();
@@ -314,6 +348,9 @@ pub(super) async fn start(
     } else {
         programs.keep();
         hooks.keep();
+        if let Some(f) = &file_hooks {
+            f.keep();
+        }
         warn!(
             agents = ?kept,
             pins = %pin_dir.display(),

@@ -14,11 +14,13 @@ pub(super) const WATCHDOG_PERIOD: std::time::Duration = std::time::Duration::fro
 /// says so loudly: the kernel would otherwise stop judging the cages.
 pub(super) fn watch_links(
     programs: &mut AttachedPrograms,
-    ebpf: &mut aya::Ebpf,
+    ebpf: &std::sync::Mutex<aya::Ebpf>,
     root: &std::path::Path,
     shared: &Shared,
 ) {
-    let missing = match programs.missing(ebpf) {
+    // The program object is locked only while it is used: the state lock is taken below,
+    // and the file hooks take this one under the state lock.
+    let missing = match programs.missing(&ebpf.lock().unwrap_or_else(|p| p.into_inner())) {
         Ok(m) if m.is_empty() => return,
         Ok(m) => m,
         Err(e) => {
@@ -27,7 +29,11 @@ pub(super) fn watch_links(
         }
     };
     error!(programs = ?missing, "programs were detached from the cages by someone else; re-attaching");
-    match programs.repair(ebpf, &missing) {
+    let repaired = programs.repair(
+        &mut ebpf.lock().unwrap_or_else(|p| p.into_inner()),
+        &missing,
+    );
+    match repaired {
         Ok(()) => warn!(programs = ?missing, "programs re-attached"),
         Err(e) => {
             // Fail closed: with a hook missing, nothing in a cage may run until it is back.

@@ -196,6 +196,14 @@ impl Policy {
         self.agents.get(name).or(self.default_agent.as_ref())
     }
 
+    /// Whether any agent (or the default agent) has file rules.
+    pub fn has_file_rules(&self) -> bool {
+        self.agents
+            .values()
+            .chain(self.default_agent.as_ref())
+            .any(|a| !a.files.is_empty())
+    }
+
     /// Lowercase hex SHA-256 of the canonical form: the same for files that differ only in
     /// key order, whitespace, comments or quoting.
     pub fn hash(&self) -> &str {

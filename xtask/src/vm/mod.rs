@@ -158,6 +158,10 @@ pub const VM_SUITES: &[Boot] = &[
                 "protected_places_cannot_be_escaped_or_changed_by_other_calls",
                 "files rules are refused on 5.10 (no userns_create hook)",
             ),
+            (
+                "file_rules_that_arrive_with_a_reload_hold_from_the_first_cage",
+                "files rules are refused on 5.10 (no userns_create hook)",
+            ),
         ],
         // 5.10's default list lacks `bpf`: the deny boot adds it, as a Debian 11 user would.
         ..Boot::deny(

@@ -67,6 +67,8 @@ pub struct KernelInfo {
     pub caps: crate::bpf::Capabilities,
     /// The host-wide hooks' states.
     pub hooks: Vec<HookStatus>,
+    /// The deny tier's file hooks, attached on first need (their states come from them).
+    pub file_hooks: Option<Arc<crate::bpf::FileHooks>>,
     /// The cgroup v2 controllers the hierarchy offers (`policy::kernel::CONTROLLER_*`).
     pub controllers: u8,
 }
@@ -199,6 +201,31 @@ impl State {
     /// Records the host-wide hooks' states once they are attached.
     pub fn set_hooks(&mut self, hooks: Vec<HookStatus>) {
         self.kernel.hooks = hooks;
+    }
+
+    /// Hands over the deny tier's file hooks: attached now if a cage taken over needs them,
+    /// else before the first cage that does.
+    pub fn set_file_hooks(
+        &mut self,
+        hooks: Arc<crate::bpf::FileHooks>,
+    ) -> Result<(), crate::bpf::BpfError> {
+        self.maps.set_file_hooks(Arc::clone(&hooks))?;
+        self.kernel.file_hooks = Some(hooks);
+        Ok(())
+    }
+
+    /// The deny tier's file hooks, if this is the deny tier.
+    pub fn kernel_file_hooks(&self) -> Option<Arc<crate::bpf::FileHooks>> {
+        self.kernel.file_hooks.clone()
+    }
+
+    /// Every host-wide hook's state.
+    pub fn hooks(&self) -> Vec<HookStatus> {
+        let mut hooks = self.kernel.hooks.clone();
+        if let Some(f) = &self.kernel.file_hooks {
+            hooks.extend(f.status());
+        }
+        hooks
     }
 
     /// Empties the retired slots whose grace period is over.
