@@ -142,7 +142,11 @@ fn ipv4_mapped_ipv6_is_judged_as_ipv4() {
 #[test]
 fn ipv6_rules_apply_to_ipv6_destinations() {
     let (_l, port) = tcp_listener("::1");
-    let (_l4, port4) = tcp_listener("127.0.0.1");
+    // A port other than the allowed one: bind(0) on another address may hand out the same
+    // number, and [::1] on the allowed port is allowed.
+    let (_l4, port4) = std::iter::repeat_with(|| tcp_listener("127.0.0.1"))
+        .find(|&(_, p)| p != port)
+        .unwrap();
     // ::1 allowed on one port; IPv4 loopback not listed at all.
     let daemon = Daemon::start(&policy(&format!(
         "        - cidr: ::1/128\n          ports: [{port}]\n          protocols: [tcp]"
@@ -236,7 +240,10 @@ fn cidr_edges_are_exact() {
 fn longest_prefix_match_still_sees_broader_rules() {
     // A narrow rule for one port must not hide a broad rule for another.
     let (_l, port) = tcp_listener("127.0.0.1");
-    let (_u, uport) = udp_listener("127.0.0.1");
+    // TCP and UDP number their ports apart: a UDP port equal to the TCP one would be allowed.
+    let (_u, uport) = std::iter::repeat_with(|| udp_listener("127.0.0.1"))
+        .find(|&(_, p)| p != port)
+        .unwrap();
     let daemon = Daemon::start(&policy(&format!(
         "        - cidr: 127.0.0.0/8\n          ports: [{uport}]\n          protocols: [udp]\n        - cidr: 127.0.0.1/32\n          ports: [{port}]\n          protocols: [tcp]"
     )));
