@@ -407,9 +407,11 @@ fn a_restarted_daemon_takes_over_a_caged_container() {
     let (_listeners, port, daemon, engine) = web();
     sleeper(&engine, "r1", true);
     let pins = daemon.pin_dir().join("containers");
+    // The cgroup programs, the kill tier's Unix-socket programs included where they load.
+    let programs = daemon.cgroup_programs();
     let (dir, policy_file, socket, name) = daemon.stop_keeping_paths();
     // No daemon now: its pinned links keep the container's cgroup judged.
-    assert_eq!(pinned_links(&pins), agentcage::bpf::PROGRAMS.len());
+    assert_eq!(pinned_links(&pins), programs);
     let denied = engine.docker(&[
         "exec",
         "r1",
@@ -429,7 +431,7 @@ fn a_restarted_daemon_takes_over_a_caged_container() {
         "{status}"
     );
     // This daemon's links replaced the earlier ones.
-    assert_eq!(pinned_links(&pins), agentcage::bpf::PROGRAMS.len());
+    assert_eq!(pinned_links(&pins), programs);
     let denied = engine.docker(&[
         "exec",
         "r1",
@@ -533,7 +535,7 @@ fn a_program_detached_from_a_container_is_put_back() {
     });
     assert_eq!(
         harness::attached_programs(&cgroup),
-        agentcage::bpf::PROGRAMS.len()
+        daemon.cgroup_programs()
     );
     let denied = engine.docker(&[
         "exec",

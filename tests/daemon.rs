@@ -16,9 +16,6 @@ use harness::{
     Outsider,
 };
 
-/// How many programs the daemon attaches (and pins).
-const PROGRAMS: usize = agentcage::bpf::PROGRAMS.len();
-
 fn allow_port(port: u16) -> String {
     format!(
         "version: 1\nagents:\n  tester:\n    run_as: [root, caller]\n    egress:\n      allow:\n        - cidr: 127.0.0.1/32\n          ports: [{port}]\n          protocols: [tcp]\n"
@@ -89,16 +86,17 @@ fn restarts_keep_enforcing_and_never_attach_twice() {
     let (_listeners, port) = listener_pair();
     let daemon = Daemon::start(&allow_port(port));
     let root = daemon.cgroup_root();
+    let programs = daemon.cgroup_programs();
     assert_eq!(
         attached_programs(&root),
-        PROGRAMS,
-        "connect4/6, sendmsg4/6, sock_create, skb egress"
+        programs,
+        "connect4/6, sendmsg4/6, sock_create, skb egress and ingress (and the Unix hooks)"
     );
     let mut cage = daemon.serve_in("tester");
 
     // Stopped while a cage holds a process: the programs stay, pinned.
     let (dir, policy, socket, name) = daemon.stop_keeping_paths();
-    assert_eq!(attached_programs(&root), PROGRAMS);
+    assert_eq!(attached_programs(&root), programs);
     assert_eq!(
         cage.op(&format!("connect 127.0.0.2:{port}")),
         "err 1",
@@ -110,7 +108,7 @@ fn restarts_keep_enforcing_and_never_attach_twice() {
     let daemon = Daemon::start_with(dir, policy, socket, name, &[]).expect("restart");
     assert_eq!(
         attached_programs(&root),
-        PROGRAMS,
+        programs,
         "a restart must not attach the programs twice"
     );
     assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), "err 1");
@@ -132,9 +130,9 @@ fn restarts_keep_enforcing_and_never_attach_twice() {
         "err 1",
         "still enforced after SIGKILL"
     );
-    assert_eq!(attached_programs(&root), PROGRAMS);
+    assert_eq!(attached_programs(&root), programs);
     let daemon = Daemon::start_with(dir, policy, socket, name, &[]).expect("restart after SIGKILL");
-    assert_eq!(attached_programs(&root), PROGRAMS);
+    assert_eq!(attached_programs(&root), programs);
     assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), "err 1");
 
     // Once the cage empties, a stop leaves nothing behind.
@@ -470,6 +468,7 @@ fn a_second_daemon_refuses_to_start_and_leaves_the_first_intact() {
     let (_listeners, port) = listener_pair();
     let daemon = Daemon::start(&allow_port(port));
     let root = daemon.cgroup_root();
+    let programs = daemon.cgroup_programs();
     let mut cage = daemon.serve_in("tester");
     let pins = || fs::read_dir(daemon.pin_dir()).unwrap().count();
     assert_eq!(pins(), daemon.expected_pins());
@@ -510,7 +509,7 @@ fn a_second_daemon_refuses_to_start_and_leaves_the_first_intact() {
 
     // The first daemon is untouched: its pins, its programs, its enforcement, its socket.
     assert_eq!(pins(), daemon.expected_pins());
-    assert_eq!(attached_programs(&root), PROGRAMS);
+    assert_eq!(attached_programs(&root), programs);
     assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), "err 1");
     assert!(daemon
         .cli()
@@ -560,6 +559,7 @@ fn a_detached_program_is_put_back() {
     let (_listeners, port) = listener_pair();
     let daemon = Daemon::start(&allow_port(port));
     let root = daemon.cgroup_root();
+    let programs = daemon.cgroup_programs();
     let mut cage = daemon.serve_in("tester");
     // Root outside every cage detaches the connect4 link, as bpftool lets it.
     let cgroup_id = {
@@ -587,7 +587,7 @@ fn a_detached_program_is_put_back() {
     daemon
         .log
         .wait_for("the repair", |l| l.contains("programs re-attached"));
-    assert_eq!(attached_programs(&root), PROGRAMS);
+    assert_eq!(attached_programs(&root), programs);
     assert_eq!(cage.op(&format!("connect 127.0.0.2:{port}")), "err 1");
     assert_eq!(cage.op(&format!("connect 127.0.0.1:{port}")), "ok");
     cage.finish();

@@ -314,3 +314,135 @@ fn file_rules_that_arrive_with_a_reload_hold_from_the_first_cage() {
     assert_eq!(harness::stdout(&read), EPERM, "{read:?}");
     assert_eq!(file_open_state(&daemon), "attached");
 }
+
+/// In the deny tier a Unix socket is judged by the address its listener bound: a symlink
+/// with an allowed name leads nowhere the policy does not name.
+#[test]
+fn a_unix_socket_is_judged_by_its_listeners_own_address() {
+    use std::os::unix::net::UnixListener;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let _denied = UnixListener::bind(dir.path().join("denied.sock")).unwrap();
+    let allowed = UnixListener::bind(dir.path().join("ok.sock")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("denied.sock"), dir.path().join("link.sock"))
+        .unwrap();
+    harness::open_to_all(dir.path());
+    let daemon = Daemon::start(&format!(
+        "version: 1\nagents:\n  t:\n    unix:\n      allow: [{d}/ok.sock, {d}/link.sock]\n"
+    ));
+    daemon.expect_tier("deny");
+    let events = daemon.follow_events();
+    let mut cage = daemon.serve_in("t");
+    assert_eq!(cage.op(&format!("unix-connect {d}/link.sock leak")), EPERM);
+    let e = events.wait_event("the refusal", |e| e["kind"] == "unix");
+    assert_eq!(e["path"], format!("{d}/denied.sock"), "{e}");
+    assert_eq!(e["hook"], "lsm_unix_stream_connect");
+    assert_eq!(cage.op(&format!("unix-connect {d}/ok.sock hi")), "ok");
+    drop(allowed);
+}
+
+/// A listener in the agent's own cage is always reachable, whatever `unix:` lists.
+#[test]
+fn unix_listeners_in_the_same_cage_are_reachable() {
+    let dir = tempfile::tempdir().unwrap();
+    harness::open_to_all(dir.path());
+    let daemon = Daemon::start("version: 1\nagents:\n  t:\n    unix:\n      allow: []\n");
+    daemon.expect_tier("deny");
+    let mut cage = daemon.serve_in("t");
+    let path = dir.path().join("own.sock");
+    assert_eq!(cage.op(&format!("unix-self {}", path.display())), "ok");
+    assert_eq!(cage.op("unix-self @agentcage-own-listener"), "ok");
+}
+
+/// Sends `fd` over `stream` with SCM_RIGHTS.
+fn send_fd(stream: &std::os::unix::net::UnixStream, fd: std::os::fd::RawFd) {
+    use std::os::fd::AsRawFd as _;
+    let byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_ptr() as *mut _,
+        iov_len: 1,
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call, and the
+    // cmsg header and data stay inside `control`.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(size_of::<libc::c_int>() as u32) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::c_int>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd);
+        assert_eq!(
+            libc::sendmsg(stream.as_raw_fd(), &raw const msg, 0),
+            1,
+            "sendmsg: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// A connection made outside the cage and passed in carries no data to or from a peer the
+/// agent's policy does not allow; one to an allowed peer works.
+#[test]
+fn a_socket_passed_in_from_outside_is_judged_by_its_peer() {
+    use std::{
+        io::{Read as _, Write as _},
+        net::{TcpListener, TcpStream},
+        os::{fd::AsRawFd as _, unix::net::UnixListener},
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let hand = dir.path().join("hand.sock");
+    let handoff = UnixListener::bind(&hand).unwrap();
+    harness::open_to_all(dir.path());
+    let denied_server = TcpListener::bind("127.0.0.2:0").unwrap();
+    let allowed_server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let allowed_port = allowed_server.local_addr().unwrap().port();
+    let daemon = Daemon::start(&format!(
+        "version: 1\nagents:\n  t:\n    egress:\n      allow:\n        - cidr: 127.0.0.1/32\n          ports: [{allowed_port}]\n"
+    ));
+    daemon.expect_tier("deny");
+    let events = daemon.follow_events();
+    let mut cage = daemon.serve_in("t");
+
+    let outside = TcpStream::connect(denied_server.local_addr().unwrap()).unwrap();
+    let (mut far_end, _) = denied_server.accept().unwrap();
+    cage.send(&format!("fd-recv-from {}", hand.display()));
+    let courier = harness::accept_within(&handoff, "the cage's fd-recv-from");
+    send_fd(&courier, outside.as_raw_fd());
+    assert_eq!(cage.read_answer(), "ok");
+    assert_eq!(cage.op("fd-send leak"), EPERM);
+    let e = events.wait_event("the refused send", |e| {
+        e["kind"] == "egress" && e["hook"] == "lsm_socket_sendmsg"
+    });
+    assert_eq!(e["dst_addr"], "127.0.0.2", "{e}");
+    assert_eq!(e["verdict"], "deny");
+    far_end.write_all(b"orders").unwrap();
+    assert_eq!(
+        cage.op("fd-read"),
+        EPERM,
+        "nothing from that peer reaches the agent"
+    );
+    far_end.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        far_end.read(&mut buf).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "nothing reached the peer"
+    );
+
+    // A connection to an allowed peer, passed in the same way, works.
+    let allowed = TcpStream::connect(("127.0.0.1", allowed_port)).unwrap();
+    let (mut allowed_end, _) = allowed_server.accept().unwrap();
+    cage.send(&format!("fd-recv-from {}", hand.display()));
+    let courier = harness::accept_within(&handoff, "the cage's fd-recv-from");
+    send_fd(&courier, allowed.as_raw_fd());
+    assert_eq!(cage.read_answer(), "ok");
+    assert_eq!(cage.op("fd-send hello"), "ok");
+    let mut got = [0u8; 5];
+    allowed_end.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"hello");
+}

@@ -202,6 +202,31 @@ fn dns_queries_to_any_address_over_udp_or_tcp_reach_agentcage_and_answers_come_f
     daemon.stop();
 }
 
+/// The wildcard is judged as the address it reaches (loopback here) before DNS is
+/// recognized: a query to 0.0.0.0:53 or [::]:53 still goes to the cage's resolver, and its
+/// answer comes from where the kernel would have sent it.
+#[test]
+fn dns_queries_to_the_wildcard_address_reach_agentcage_too() {
+    let upstream = TestDns::start(60);
+    let (_l, port) = tcp_listener("127.0.0.1");
+    let daemon = start(&upstream, &host_rule("allowed.test", port), "");
+    let mut cage = daemon.serve_in("tester");
+    for mode in ["udp", "connected", "tcp"] {
+        let got = cage.op(&format!("dns 0.0.0.0:53 allowed.test A {mode}"));
+        assert!(
+            got.starts_with("ok NOERROR 127.0.0.1") && got.ends_with("from=127.0.0.1:53"),
+            "{mode}: {got}"
+        );
+    }
+    let v6 = cage.op("dns [::]:53 allowed.test AAAA");
+    assert!(
+        v6.starts_with("ok NOERROR ::1") && v6.ends_with("from=[::1]:53"),
+        "{v6}"
+    );
+    drop(cage);
+    daemon.stop();
+}
+
 #[test]
 fn dns_an_address_nobody_resolved_or_whose_ttl_passed_is_denied() {
     let upstream = TestDns::start(1);

@@ -299,3 +299,63 @@ fn packets_with_routing_headers_are_dropped_even_to_allowed_destinations() {
     assert_eq!(stdout(&outside), "ok");
     daemon.stop();
 }
+
+/// Issue 11, case 2: with an allow rule `0.0.0.0/5` (the first line of the usual "public IPv4
+/// only" lists), a connect to 0.0.0.0 reached a server on 127.0.0.1: the hook judged the
+/// literal address, the kernel then sent it to the local host. Now the wildcard (and `::`,
+/// and `::ffff:0.0.0.0`) is judged as the address it reaches: the socket's bound address,
+/// else loopback.
+#[test]
+fn the_wildcard_address_is_judged_as_the_address_it_reaches() {
+    let (_pair, port) = listener_pair();
+    let (_other, other) = tcp_listener("127.0.0.1");
+    let (_v6, port6) = tcp_listener("::1");
+    let (_v6_other, other6) = tcp_listener("::1");
+    let (udp_rx, uport) = udp_listener("127.0.0.1");
+    let daemon = Daemon::start(&policy(&format!(
+        "        - cidr: 0.0.0.0/5\n        - cidr: 127.0.0.1/32\n          ports: [{port}]\n        - cidr: ::/128\n        - cidr: ::1/128\n          ports: [{port6}]"
+    )));
+    let events = daemon.follow_events();
+    let mut cage = daemon.serve_in("tester");
+
+    // 127.0.0.1 on the port its own rule names: allowed, and reported as 127.0.0.1.
+    assert_eq!(cage.op(&format!("connect 0.0.0.0:{port}")), "ok");
+    let e = events.wait_event("the allowed wildcard connect", |e| {
+        e["kind"] == "egress" && e["dst_port"] == port
+    });
+    assert_eq!(e["dst_addr"], "127.0.0.1", "{e}");
+    assert_eq!(e["rule"], "egress.allow[1]");
+    // Any other local port: 0.0.0.0/5 does not hold 127.0.0.1.
+    for target in [
+        format!("0.0.0.0:{other}"),
+        format!("[::ffff:0.0.0.0]:{other}"),
+    ] {
+        assert_eq!(cage.op(&format!("connect {target}")), EPERM, "{target}");
+    }
+    let e = events.wait_event("the refused wildcard connect", |e| {
+        e["verdict"] == "deny" && e["dst_port"] == other
+    });
+    assert_eq!(e["dst_addr"], "127.0.0.1", "{e}");
+    // Bound to 127.0.0.2, the wildcard reaches 127.0.0.2.
+    assert_eq!(
+        cage.op(&format!("connect-from 127.0.0.2 0.0.0.0:{port}")),
+        EPERM
+    );
+    let e = events.wait_event("the refused bound connect", |e| {
+        e["verdict"] == "deny" && e["dst_addr"] == "127.0.0.2"
+    });
+    assert_eq!(e["dst_port"], port, "{e}");
+    // `::` is ::1.
+    assert_eq!(cage.op(&format!("connect [::]:{port6}")), "ok");
+    assert_eq!(cage.op(&format!("connect [::]:{other6}")), EPERM);
+    // Datagrams too.
+    assert_eq!(cage.op(&format!("udp 0.0.0.0:{uport} leak")), EPERM);
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        udp_rx.recv_from(&mut buf).unwrap_err().kind(),
+        ErrorKind::WouldBlock,
+        "nothing reached the local UDP server"
+    );
+    cage.finish();
+    daemon.stop();
+}

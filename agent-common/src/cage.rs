@@ -28,6 +28,9 @@ pub const CAGE_F_READ_ONLY: u32 = 1 << 7;
 /// The policy has `host:` rules: an address no CIDR rule admits is looked up in the cage's
 /// DNS grants.
 pub const CAGE_F_HOSTS: u32 = 1 << 8;
+/// The policy confines Unix sockets (`unix:`): a connect or send to a socket whose listener
+/// is outside the cage needs an allow rule for its address.
+pub const CAGE_F_UNIX: u32 = 1 << 9;
 
 /// What the kernel needs to know about one cage. Written by user space only.
 #[repr(C)]

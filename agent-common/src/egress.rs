@@ -60,6 +60,15 @@ pub enum Hook {
     /// The deny tier's BPF LSM `socket_connect`, a second line that judges the caller's
     /// cage even for a socket made outside it.
     LsmConnect = 7,
+    /// cgroup_skb/ingress: a packet for a caged listening socket (a connection being
+    /// accepted) or a datagram for a caged UDP socket, judged by its source. The event's
+    /// address is the peer's, its port the agent's own; the rule is an `ingress.allow` index.
+    SkbIngress = 8,
+    /// The deny tier's BPF LSM `socket_sendmsg`: a send on a socket made outside the
+    /// caller's cage, judged by its peer.
+    LsmSendmsg = 9,
+    /// The deny tier's BPF LSM `socket_recvmsg`: a receive on such a socket.
+    LsmRecvmsg = 10,
 }
 
 impl Hook {
@@ -73,6 +82,9 @@ impl Hook {
             5 => Self::SockCreate,
             6 => Self::SkbEgress,
             7 => Self::LsmConnect,
+            8 => Self::SkbIngress,
+            9 => Self::LsmSendmsg,
+            10 => Self::LsmRecvmsg,
             _ => return None,
         })
     }
@@ -87,6 +99,9 @@ impl Hook {
             Self::SockCreate => "sock_create",
             Self::SkbEgress => "skb_egress",
             Self::LsmConnect => "lsm_socket_connect",
+            Self::SkbIngress => "skb_ingress",
+            Self::LsmSendmsg => "lsm_socket_sendmsg",
+            Self::LsmRecvmsg => "lsm_socket_recvmsg",
         }
     }
 }

@@ -16,14 +16,23 @@ pub enum EventKind {
     Exit = 4,
     /// An open of a watched or protected file ([`crate::file::FileEvent`]).
     File = 5,
+    /// A Unix-socket connect or send judged ([`crate::unix::UnixEvent`]).
+    Unix = 6,
 }
 
 impl EventKind {
     /// Every kind, in numeric order.
-    pub const ALL: [Self; 5] = [Self::Egress, Self::Exec, Self::Fork, Self::Exit, Self::File];
+    pub const ALL: [Self; 6] = [
+        Self::Egress,
+        Self::Exec,
+        Self::Fork,
+        Self::Exit,
+        Self::File,
+        Self::Unix,
+    ];
 
     /// One more than the largest kind: the length of per-kind counter arrays.
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
 
     /// The kind of a raw header value, if it is one.
     pub const fn from_u32(v: u32) -> Option<Self> {
@@ -33,6 +42,7 @@ impl EventKind {
             3 => Self::Fork,
             4 => Self::Exit,
             5 => Self::File,
+            6 => Self::Unix,
             _ => return None,
         })
     }
@@ -45,6 +55,7 @@ impl EventKind {
             Self::Fork => "fork",
             Self::Exit => "exit",
             Self::File => "file",
+            Self::Unix => "unix",
         }
     }
 }

@@ -73,6 +73,41 @@ pub struct KernelSettings {
     pub cgroup_kn: u32,
     /// `kernfs_node.id`: a cgroup v2 id.
     pub kernfs_id: u32,
+    /// `sock.__sk_common.skc_family`.
+    pub sock_family: u32,
+    /// `sock.sk_type`.
+    pub sock_type: u32,
+    /// `sock.__sk_common.skc_rcv_saddr`: the IPv4 address the socket is bound to.
+    pub sock_rcv_saddr: u32,
+    /// `sock.__sk_common.skc_v6_rcv_saddr`: the IPv6 address the socket is bound to.
+    pub sock_v6_rcv_saddr: u32,
+    /// `unix_sock.addr`: the address a Unix socket is bound to (NULL if none).
+    pub unix_addr: u32,
+    /// `unix_sock.peer`: a connected Unix socket's peer.
+    pub unix_peer: u32,
+    /// `unix_address.len`: the bound address's length, `sun_family` included.
+    pub unix_addr_len: u32,
+    /// `unix_address.name`: the bound `sockaddr_un`.
+    pub unix_addr_name: u32,
+    /// `bpf_sock_addr_kern.uaddr`: the address a cgroup sock_addr program judges.
+    pub sock_addr_uaddr: u32,
+    /// `bpf_sock_addr_kern.uaddrlen`; 0 on kernels before 6.7, which have no Unix
+    /// sock_addr hooks.
+    pub sock_addr_uaddrlen: u32,
+    /// `sock.__sk_common.skc_daddr`: a connected IPv4 socket's peer.
+    pub sock_daddr: u32,
+    /// `sock.__sk_common.skc_v6_daddr`: a connected IPv6 socket's peer.
+    pub sock_v6_daddr: u32,
+    /// `sock.__sk_common.skc_dport`: the peer's port, network order.
+    pub sock_dport: u32,
+    /// `sock.__sk_common.skc_num`: the socket's own port, host order.
+    pub sock_num: u32,
+    /// `sock.sk_protocol`.
+    pub sock_protocol: u32,
+    /// `msghdr.msg_name`: the address a send names (kernel memory by then), or NULL.
+    pub msg_name: u32,
+    /// `msghdr.msg_namelen`.
+    pub msg_namelen: u32,
     /// `inode.i_size`.
     pub inode_size: u32,
     /// `inode.i_ctime_sec` (6.11 and later), or `inode.i_ctime.tv_sec` / `__i_ctime.tv_sec`.

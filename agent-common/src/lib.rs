@@ -14,6 +14,7 @@ pub mod file;
 pub mod kernel;
 pub mod maps;
 pub mod process;
+pub mod unix;
 
 #[cfg(feature = "user")]
 mod user;

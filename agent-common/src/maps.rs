@@ -19,6 +19,23 @@ pub const EXEC_CONTENT: &str = "EXEC_CONTENT";
 pub const MAX_CONTENT_ENTRIES: u32 = 16_384;
 /// [`crate::file::InodeKey`] → [`crate::file::FileRule`]: file rules.
 pub const FILE_RULES: &str = "FILE_RULES";
+/// IPv4 ingress allow list (who may connect to the agent's listeners): [`crate::egress::Key4`]
+/// (the peer's address) → [`crate::egress::PortRules`] (the agent's ports).
+pub const INGRESS_V4: &str = "INGRESS_V4";
+/// IPv6 ingress allow list; see [`INGRESS_V4`].
+pub const INGRESS_V6: &str = "INGRESS_V6";
+/// Unix-socket allow lists as automata: [`crate::unix::DfaKey`] → [`crate::unix::DfaNext`].
+pub const UNIX_DFA: &str = "UNIX_DFA";
+/// The automata's byte classes: policy slot → [`crate::unix::ByteClasses`].
+pub const UNIX_CLASSES: &str = "UNIX_CLASSES";
+/// Policy slots with Unix-socket rules at once: every cage's, and as many again for slots
+/// being replaced (allocated as used).
+pub const MAX_UNIX_SLOTS: u32 = 2 * MAX_CAGES;
+/// Entries in each ingress trie, across all agents and policy slots.
+pub const MAX_INGRESS_ENTRIES: u32 = 16_384;
+/// Transitions in the Unix-socket automata, across all agents and policy slots (allocated
+/// as used).
+pub const MAX_UNIX_DFA_ENTRIES: u32 = 262_144;
 /// One [`crate::kernel::KernelSettings`] at index 0.
 pub const SETTINGS: &str = "SETTINGS";
 /// Approvals: [`crate::approval::ApprovalKey`] → expiry (boot-time ns).

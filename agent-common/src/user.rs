@@ -8,6 +8,7 @@ use crate::{
     file::{FileRule, InodeKey},
     kernel::KernelSettings,
     process::{ContentEntry, ContentKey, ExecRule, HashKey},
+    unix::{ByteClasses, DfaKey, DfaNext},
 };
 
 // SAFETY: all are #[repr(C)] plain data with no padding-sensitive invariants; any bit pattern
@@ -37,6 +38,12 @@ unsafe impl aya::Pod for ContentKey {}
 unsafe impl aya::Pod for ContentEntry {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ApprovalKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for DfaKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for DfaNext {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ByteClasses {}
 // SAFETY: as above.
 unsafe impl aya::Pod for DnsTarget {}
 // SAFETY: as above.

@@ -92,17 +92,23 @@ impl Attempt {
 #[inline(always)]
 fn on_v4(ctx: &SockAddrContext, hook: Hook) -> i32 {
     // SAFETY: the kernel hands every sock_addr program a valid context.
-    let sa = unsafe { &*ctx.sock_addr };
-    let mut addr = [0u8; 16];
+    let sa = unsafe { &mut *ctx.sock_addr };
     // user_ip4 holds the address in network order; its in-memory bytes are the address.
-    addr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+    let dst = sa.user_ip4.to_ne_bytes();
+    let reached = reached_v4(dst, source_v4(sa, hook));
+    if reached != dst {
+        // The kernel goes exactly where the decision looked.
+        sa.user_ip4 = u32::from_ne_bytes(reached);
+    }
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&reached);
     decide(ctx.sock_addr, &Attempt::of(sa, AF_INET as u16, addr, hook))
 }
 
 #[inline(always)]
 fn on_v6(ctx: &SockAddrContext, hook: Hook) -> i32 {
     // SAFETY: as in on_v4.
-    let sa = unsafe { &*ctx.sock_addr };
+    let sa = unsafe { &mut *ctx.sock_addr };
     // The verifier allows only 4-byte loads of user_ip6, one word at a time.
     let words = [
         sa.user_ip6[0],
@@ -112,10 +118,30 @@ fn on_v6(ctx: &SockAddrContext, hook: Hook) -> i32 {
     ];
     let mut addr = [0u8; 16];
     let mut family = AF_INET6 as u16;
-    // ::ffff:a.b.c.d is an IPv4 destination: judge it by the IPv4 list.
-    if words[0] == 0 && words[1] == 0 && words[2] == u32::from_be(0x0000_ffff) {
+    let mapped = u32::from_be(0x0000_ffff);
+    if words == [0; 4] {
+        // `::` means this host. A socket bound to an IPv4-mapped address connects to
+        // 127.0.0.1 (as IPv4); any other goes to ::1 (tcp_v6_connect, ip6_datagram_connect,
+        // udpv6_sendmsg).
+        if hook == Hook::Connect6 && bound_v4_mapped(sa) {
+            family = AF_INET as u16;
+            addr[..4].copy_from_slice(&LOOPBACK_V4);
+            sa.user_ip6[2] = mapped;
+            sa.user_ip6[3] = u32::from_ne_bytes(LOOPBACK_V4);
+        } else {
+            addr[15] = 1;
+            sa.user_ip6[3] = u32::from_be(1);
+        }
+    } else if words[0] == 0 && words[1] == 0 && words[2] == mapped {
+        // ::ffff:a.b.c.d is an IPv4 destination: judge it by the IPv4 list, with 0.0.0.0
+        // resolved as the IPv4 stack resolves it.
         family = AF_INET as u16;
-        addr[..4].copy_from_slice(&words[3].to_ne_bytes());
+        let dst = words[3].to_ne_bytes();
+        let reached = reached_v4(dst, source_v4(sa, hook));
+        if reached != dst {
+            sa.user_ip6[3] = u32::from_ne_bytes(reached);
+        }
+        addr[..4].copy_from_slice(&reached);
     } else {
         addr[0..4].copy_from_slice(&words[0].to_ne_bytes());
         addr[4..8].copy_from_slice(&words[1].to_ne_bytes());
@@ -125,8 +151,46 @@ fn on_v6(ctx: &SockAddrContext, hook: Hook) -> i32 {
     decide(ctx.sock_addr, &Attempt::of(sa, family, addr, hook))
 }
 
+/// 127.0.0.1, network order.
+pub(crate) const LOOPBACK_V4: [u8; 4] = [127, 0, 0, 1];
+
+/// Where a connect or send to the IPv4 destination `dst` goes. The kernel sends one for
+/// 0.0.0.0 to the socket's own source address, or to 127.0.0.1 when it has none
+/// (`ip_route_output_key_hash_rcu`), so that is the address judged: an allow rule that
+/// covers 0.0.0.0 must not reach the local host's servers.
+#[inline(always)]
+pub(crate) fn reached_v4(dst: [u8; 4], source: [u8; 4]) -> [u8; 4] {
+    if dst != [0; 4] {
+        dst
+    } else if source != [0; 4] {
+        source
+    } else {
+        LOOPBACK_V4
+    }
+}
+
+/// The source address the IPv4 stack will use: for a send, the one `IP_PKTINFO` or the bound
+/// address gives (`msg_src_ip4`); for a connect, the bound address.
+#[inline(always)]
+fn source_v4(sa: &bpf_sock_addr, hook: Hook) -> [u8; 4] {
+    if hook == Hook::Sendmsg4 {
+        return sa.msg_src_ip4.to_ne_bytes();
+    }
+    // SAFETY: sock_addr programs always get the socket (PTR_TO_SOCKET, never null).
+    unsafe { (*sa.__bindgen_anon_1.sk).src_ip4 }.to_ne_bytes()
+}
+
+/// Whether the socket is bound to an IPv4-mapped IPv6 address.
+#[inline(always)]
+fn bound_v4_mapped(sa: &bpf_sock_addr) -> bool {
+    // SAFETY: as in source_v4.
+    let sk = unsafe { &*sa.__bindgen_anon_1.sk };
+    sk.src_ip6[0] == 0 && sk.src_ip6[1] == 0 && sk.src_ip6[2] == u32::from_be(0x0000_ffff)
+}
+
 /// Looks the destination up in the caller's cage policy and reports the decision; DNS goes
-/// to the cage's resolver instead (`sa` is rewritten).
+/// to the cage's resolver instead (`sa` is rewritten). The wildcard was already resolved to
+/// what it reaches, so a query to 0.0.0.0:53 is redirected like one to 127.0.0.1:53.
 #[inline(always)]
 fn decide(sa: *mut bpf_sock_addr, attempt: &Attempt) -> i32 {
     // SAFETY: a helper without preconditions.
@@ -251,7 +315,7 @@ pub(crate) fn approved(key: &ApprovalKey) -> bool {
 /// was granted for (0 unless a name grant's rule), or `RULE_DEFAULT_DENY`. A name grant's
 /// own rules lapse at its expiry; the CIDR rules merged into its entry do not.
 #[inline(always)]
-fn matching_rule(rules: &PortRules, port: u16, proto_bit: u8) -> (u32, u8, u32) {
+pub(crate) fn matching_rule(rules: &PortRules, port: u16, proto_bit: u8) -> (u32, u8, u32) {
     // SAFETY: a helper without preconditions.
     let lapsed = rules.name_id != 0 && unsafe { bpf_ktime_get_boot_ns() } >= rules.expiry_ns;
     let count = rules.count as usize;
@@ -307,7 +371,10 @@ pub(crate) fn report_named(
         }
         Verdict::Killed | Verdict::Observed | Verdict::KillFailed => true,
         Verdict::Allow => {
-            count(cgroup_id, Counter::Allowed);
+            // An accepted connection is not new egress (the budgets meter this counter).
+            if attempt.hook != Hook::SkbIngress {
+                count(cgroup_id, Counter::Allowed);
+            }
             match cage.map_or(1, |c| c.allow_sample) {
                 0 => false,
                 1 => true,
@@ -326,7 +393,7 @@ pub(crate) fn report_named(
     entry.write(EgressEvent {
         // A constant per call site once inlined, so a packet program never contains the
         // task helpers.
-        header: if attempt.hook == Hook::SkbEgress {
+        header: if matches!(attempt.hook, Hook::SkbEgress | Hook::SkbIngress) {
             header_without_task(
                 EventKind::Egress,
                 cage.map_or(0, |c| c.agent_id),

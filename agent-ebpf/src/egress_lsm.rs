@@ -10,7 +10,7 @@ use aya_ebpf::{helpers::generated::bpf_get_current_cgroup_id, macros::lsm, progr
 
 use crate::{
     dns::is_dns,
-    egress::{cage_of, judge, report, Attempt},
+    egress::{cage_of, judge, reached_v4, report, Attempt, LOOPBACK_V4},
     kernel::{read, settings},
 };
 
@@ -40,16 +40,32 @@ pub fn agentcage_socket_connect(ctx: LsmContext) -> i32 {
         return 0;
     }
     let port = u16::from_be(read::<u16>(sa, 2).unwrap_or(0));
+    // The socket's bound addresses: where the kernel sends a connect to the wildcard.
+    let sk = read::<*const u8>(sock, s.socket_sk).unwrap_or_default();
+    let bound_v4 = read::<[u8; 4]>(sk, s.sock_rcv_saddr).unwrap_or_default();
     let mut addr = [0u8; 16];
     let mut judged = family;
     if family == AF_INET {
-        addr[..4].copy_from_slice(&read::<[u8; 4]>(sa, 4).unwrap_or_default());
+        let dst = read::<[u8; 4]>(sa, 4).unwrap_or_default();
+        addr[..4].copy_from_slice(&reached_v4(dst, bound_v4));
     } else {
         let a6 = read::<[u8; 16]>(sa, 8).unwrap_or_default();
-        // ::ffff:a.b.c.d is judged as IPv4, as the cgroup hooks do.
-        if a6[..10] == [0; 10] && a6[10] == 0xff && a6[11] == 0xff {
+        let is_mapped = |a: &[u8; 16]| a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff;
+        if a6 == [0; 16] {
+            // `::`, judged as the cgroup hook judges (and rewrites) it.
+            let bound_v6 = read::<[u8; 16]>(sk, s.sock_v6_rcv_saddr).unwrap_or_default();
+            if is_mapped(&bound_v6) {
+                judged = AF_INET;
+                addr[..4].copy_from_slice(&LOOPBACK_V4);
+            } else {
+                addr[15] = 1;
+            }
+        } else if is_mapped(&a6) {
+            // ::ffff:a.b.c.d is judged as IPv4, as the cgroup hooks do.
             judged = AF_INET;
-            addr[..4].copy_from_slice(&a6[12..]);
+            let mut dst = [0u8; 4];
+            dst.copy_from_slice(&a6[12..]);
+            addr[..4].copy_from_slice(&reached_v4(dst, bound_v4));
         } else {
             addr = a6;
         }

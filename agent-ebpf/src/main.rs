@@ -12,7 +12,9 @@ mod files;
 mod kernel;
 mod maps;
 mod packets;
+mod passed;
 mod process;
+mod unix;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -9,11 +9,13 @@ use agent_common::{
     file::{FileRule, InodeKey},
     maps::{
         EGRESS_TRIE_ENTRIES, EVENTS_BYTES, MAX_APPROVALS, MAX_CAGES, MAX_CONTENT_ENTRIES,
-        MAX_DNS_REVNAT, MAX_INODE_RULES,
+        MAX_DNS_REVNAT, MAX_INGRESS_ENTRIES, MAX_INODE_RULES, MAX_UNIX_DFA_ENTRIES, MAX_UNIX_SLOTS,
     },
     process::{ContentEntry, ContentKey, ExecRule, HashKey},
+    unix::{ByteClasses, DfaKey, DfaNext},
 };
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
@@ -30,6 +32,21 @@ pub static EGRESS_V4: LpmTrie<Key4, PortRules> = LpmTrie::with_max_entries(EGRES
 
 #[map]
 pub static EGRESS_V6: LpmTrie<Key6, PortRules> = LpmTrie::with_max_entries(EGRESS_TRIE_ENTRIES, 0);
+
+#[map]
+pub static INGRESS_V4: LpmTrie<Key4, PortRules> = LpmTrie::with_max_entries(MAX_INGRESS_ENTRIES, 0);
+
+#[map]
+pub static INGRESS_V6: LpmTrie<Key6, PortRules> = LpmTrie::with_max_entries(MAX_INGRESS_ENTRIES, 0);
+
+/// Allocated as used (`BPF_F_NO_PREALLOC`): most cages have no Unix rules at all.
+#[map]
+pub static UNIX_DFA: HashMap<DfaKey, DfaNext> =
+    HashMap::with_max_entries(MAX_UNIX_DFA_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static UNIX_CLASSES: HashMap<u32, ByteClasses> =
+    HashMap::with_max_entries(MAX_UNIX_SLOTS, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);

@@ -52,6 +52,8 @@ pub struct DoctorReport {
     /// The enforcement tier this kernel gives for exec and file rules, and what is missing
     /// for the deny tier.
     pub tier: crate::bpf::TierProbe,
+    /// How policies' `unix:` sections are enforced here, or why they cannot be.
+    pub unix: crate::bpf::UnixConfinement,
     /// The running daemon's hooks and their states, when a daemon answers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hooks: Option<Vec<crate::bpf::HookStatus>>,
@@ -148,7 +150,7 @@ pub fn probe() -> DoctorReport {
         ),
         program(
             "cgroup_skb",
-            "future: packet accounting",
+            "egress: packets (ingress: who may reach listeners; egress: header checks)",
             ProgramType::CgroupSkb,
         ),
         program(
@@ -173,6 +175,8 @@ pub fn probe() -> DoctorReport {
             crate::bpf::tier::lsm_loads().map(|()| true),
         ),
     ];
+    let tier = crate::bpf::tier::probe();
+    let unix = unix_confinement(&tier);
     DoctorReport {
         as_root: nix::unistd::Uid::effective().is_root(),
         kernel,
@@ -184,11 +188,30 @@ pub fn probe() -> DoctorReport {
         active_lsms,
         bpf_lsm_active,
         probes,
-        tier: crate::bpf::tier::probe(),
+        tier,
+        unix,
         hooks: None,
         daemon_tier: None,
         refused: None,
         hooks_unknown: None,
+    }
+}
+
+/// Which mechanism confines Unix sockets: the deny tier's LSM hooks, else the cgroup Unix
+/// socket hooks if this kernel's BTF names their attach types (Linux 6.7 and later).
+fn unix_confinement(tier: &crate::bpf::TierProbe) -> crate::bpf::UnixConfinement {
+    use crate::bpf::{btf::Btf, unix, UnixConfinement};
+    if tier.tier == crate::bpf::Tier::Deny {
+        return UnixConfinement::Lsm;
+    }
+    let lsm = tier.missing.as_deref().unwrap_or("BPF LSM");
+    match Btf::from_sys_fs() {
+        Ok(btf) if unix::attach_types(&btf).is_some() => UnixConfinement::CgroupHooks,
+        Ok(_) => UnixConfinement::Unavailable(format!(
+            "{lsm}; and this kernel has no {}",
+            unix::UNIX_HOOKS_MISSING
+        )),
+        Err(e) => UnixConfinement::Unavailable(format!("{lsm}; and {}", render(&e))),
     }
 }
 
@@ -278,6 +301,23 @@ impl fmt::Display for DoctorReport {
                 "exec/file tier    kill (forbidden execs are killed with SIGKILL; file rules and \
                  enforcement: deny are refused)\n  missing: {}",
                 missing.as_deref().unwrap_or("BPF LSM")
+            )?,
+        }
+        match &self.unix {
+            crate::bpf::UnixConfinement::Lsm => writeln!(
+                f,
+                "unix sockets      BPF LSM (unix_stream_connect, unix_may_send): the listener's \
+                 own address is judged; listeners in the agent's cage pass"
+            )?,
+            crate::bpf::UnixConfinement::CgroupHooks => writeln!(
+                f,
+                "unix sockets      cgroup/connect_unix and sendmsg_unix: the address the caller \
+                 gives is judged"
+            )?,
+            crate::bpf::UnixConfinement::Unavailable(why) => writeln!(
+                f,
+                "unix sockets      CANNOT be confined: agents whose policy has unix: are \
+                 refused\n  missing: {why}"
             )?,
         }
         if let Some(tier) = &self.daemon_tier {

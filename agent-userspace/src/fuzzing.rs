@@ -32,7 +32,7 @@ pub fn policy(data: &[u8]) {
         .map(String::as_str)
         .chain(["not-named"])
     {
-        let _ = compile_agent(&policy, name, Rung::Observe);
+        let _ = compile_agent(&policy, name, Rung::Observe, None);
     }
 }
 

@@ -3,10 +3,11 @@
 //! policy denial (EPERM) from anything else. Run inside cages by `agentcage run`.
 
 use std::{
-    io::{self, BufRead as _, BufReader, Write as _},
-    net::{SocketAddr, TcpStream, UdpSocket},
+    io::{self, BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::linux::net::SocketAddrExt as _,
     os::unix::fs::OpenOptionsExt as _,
-    os::unix::net::UnixStream,
+    os::unix::net::{SocketAddr as UnixAddr, UnixDatagram, UnixListener, UnixStream},
     process::exit,
 };
 
@@ -69,6 +70,31 @@ fn op(args: &[&str]) -> io::Result<()> {
         ["bpf"] => bpf_next_link_id(),
         ["packet"] => socket(libc::AF_PACKET, libc::SOCK_RAW, 0),
         ["fork-connect", a] => fork_connect(a),
+        // Binds to SRC (port 0) first, then connects: where 0.0.0.0 goes depends on it.
+        ["connect-from", src, a] => {
+            let dst = addr(a)?;
+            let s = socket2_tcp(&dst)?;
+            bind_any(&s, &addr(&format!("{src}:0"))?)?;
+            connect_fd(&s, &dst)
+        }
+        // A Unix stream connect and one message; PATH starting with @ is an abstract name.
+        ["unix-connect", path, payload] => {
+            let mut s = UnixStream::connect_addr(&unix_addr(path)?)?;
+            s.write_all(payload.as_bytes())
+        }
+        // A Unix datagram sent to PATH (or @name) from an unbound socket.
+        ["unix-send", path, payload] => {
+            let s = UnixDatagram::unbound()?;
+            s.send_to_addr(payload.as_bytes(), &unix_addr(path)?)
+                .map(drop)
+        }
+        // A listener and a connect to it by the same process: a socket of its own cage.
+        ["unix-self", path] => {
+            let addr = unix_addr(path)?;
+            let _listener = UnixListener::bind_addr(&addr)?;
+            let mut s = UnixStream::connect_addr(&addr)?;
+            s.write_all(b"self")
+        }
         ["udp6-rthdr", a, payload] => udp6_with_routing_header(a, payload),
         // Try to leave the cage: move ourselves into the cgroup at DIR.
         ["escape-cgroup", dir] => std::fs::write(
@@ -199,6 +225,81 @@ fn udp6_with_routing_header(a: &str, payload: &str) -> io::Result<()> {
     s.send_to(payload.as_bytes(), dst).map(drop)
 }
 
+/// A Unix socket address: `@name` is abstract, anything else a path.
+fn unix_addr(s: &str) -> io::Result<UnixAddr> {
+    match s.strip_prefix('@') {
+        Some(name) => UnixAddr::from_abstract_name(name.as_bytes()),
+        None => UnixAddr::from_pathname(s),
+    }
+}
+
+/// A TCP socket of `dst`'s family, not yet bound or connected.
+fn socket2_tcp(dst: &SocketAddr) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    let family = if dst.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
+    // SAFETY: a plain syscall; the descriptor is owned at once.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// `sockaddr_in` or `sockaddr_in6` of an address, and its length.
+fn raw_sockaddr(a: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is valid.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match a {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in and suitably aligned.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: as above.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+fn bind_any(s: &std::os::fd::OwnedFd, a: &SocketAddr) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let (sa, len) = raw_sockaddr(a);
+    // SAFETY: a valid address of the length given.
+    check(unsafe { libc::bind(s.as_raw_fd(), (&raw const sa).cast(), len) })
+}
+
+fn connect_fd(s: &std::os::fd::OwnedFd, a: &SocketAddr) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let (sa, len) = raw_sockaddr(a);
+    // SAFETY: a valid address of the length given.
+    check(unsafe { libc::connect(s.as_raw_fd(), (&raw const sa).cast(), len) })
+}
+
 fn socket(family: i32, ty: i32, proto: i32) -> io::Result<()> {
     // SAFETY: plain syscalls on a descriptor we own.
     let fd = unsafe { libc::socket(family, ty, proto) };
@@ -283,6 +384,147 @@ fn ctl_send(control: &mut BufReader<UnixStream>, json: &str) -> io::Result<Strin
     Ok(answer.trim().to_owned())
 }
 
+/// What a serving probe listens on, between lines: a TCP listener, a UDP socket, a Unix
+/// listener.
+#[derive(Default)]
+struct Servers {
+    tcp: Option<TcpListener>,
+    udp: Option<UdpSocket>,
+    unix: Option<UnixListener>,
+    /// A socket made outside the cage and passed in (SCM_RIGHTS).
+    passed: Option<std::os::fd::OwnedFd>,
+}
+
+impl Servers {
+    /// Runs a line that is one of the servers' operations; None for any other line.
+    fn handle(&mut self, line: &str) -> Option<String> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let answer = |r: io::Result<String>| match r {
+            Ok(s) if s.is_empty() => "ok".to_owned(),
+            Ok(s) => format!("ok {s}"),
+            Err(e) => format!("err {}", errno(&e)),
+        };
+        Some(match words.as_slice() {
+            // Listens on ADDR (port 0: any); answers the port.
+            ["listen-tcp", a] => answer(addr(a).and_then(|a| {
+                let l = TcpListener::bind(a)?;
+                let port = l.local_addr()?.port();
+                self.tcp = Some(l);
+                Ok(port.to_string())
+            })),
+            // Takes a waiting connection without blocking (err 11: none), sends TEXT on it.
+            ["accept-send", text] => answer(self.tcp.as_ref().ok_or_else(none).and_then(|l| {
+                l.set_nonblocking(true)?;
+                let (mut s, peer) = l.accept()?;
+                s.set_nonblocking(false)?;
+                s.write_all(text.as_bytes())?;
+                Ok(peer.ip().to_string())
+            })),
+            // The same, waiting for a connection (one the test has made).
+            ["accept-wait-send", text] => {
+                answer(self.tcp.as_ref().ok_or_else(none).and_then(|l| {
+                    l.set_nonblocking(false)?;
+                    let (mut s, peer) = l.accept()?;
+                    s.write_all(text.as_bytes())?;
+                    Ok(peer.ip().to_string())
+                }))
+            }
+            ["bind-udp", a] => answer(addr(a).and_then(|a| {
+                let s = UdpSocket::bind(a)?;
+                let port = s.local_addr()?.port();
+                self.udp = Some(s);
+                Ok(port.to_string())
+            })),
+            // A datagram waiting on the UDP socket (err 11: none), as text.
+            ["recv-udp"] => answer(self.udp.as_ref().ok_or_else(none).and_then(|s| {
+                s.set_nonblocking(true)?;
+                let mut buf = [0u8; 256];
+                let n = s.recv(&mut buf)?;
+                Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+            })),
+            ["unix-listen", path] => answer(unix_addr(path).and_then(|a| {
+                self.unix = Some(UnixListener::bind_addr(&a)?);
+                Ok(String::new())
+            })),
+            // Takes a waiting Unix connection without blocking and reads what it sent.
+            ["unix-accept"] => answer(self.unix.as_ref().ok_or_else(none).and_then(|l| {
+                l.set_nonblocking(true)?;
+                let (mut s, _) = l.accept()?;
+                s.set_nonblocking(false)?;
+                let mut text = String::new();
+                s.read_to_string(&mut text)?;
+                Ok(text)
+            })),
+            // Connects to PATH and takes the descriptor sent there (SCM_RIGHTS).
+            ["fd-recv-from", path] => answer(unix_addr(path).and_then(|a| {
+                let s = UnixStream::connect_addr(&a)?;
+                self.passed = Some(recv_fd(&s)?);
+                Ok(String::new())
+            })),
+            ["fd-send", text] => answer(self.passed.as_ref().ok_or_else(none).and_then(|fd| {
+                use std::os::fd::AsRawFd as _;
+                // SAFETY: a write from a buffer of the length given.
+                let n = unsafe { libc::write(fd.as_raw_fd(), text.as_ptr().cast(), text.len()) };
+                if n < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(String::new())
+            })),
+            ["fd-read"] => answer(self.passed.as_ref().ok_or_else(none).and_then(|fd| {
+                use std::os::fd::AsRawFd as _;
+                let mut buf = [0u8; 256];
+                // SAFETY: a read into a buffer of the length given.
+                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                if n < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(String::from_utf8_lossy(&buf[..n as usize]).into_owned())
+            })),
+            _ => return None,
+        })
+    }
+}
+
+/// Receives one descriptor sent with SCM_RIGHTS on `s`.
+fn recv_fd(s: &UnixStream) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // Room for one cmsghdr and one descriptor, aligned.
+    let mut control = [0u64; 8];
+    // SAFETY: an all-zero msghdr is valid; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of_val(&control);
+    // SAFETY: recvmsg writes within the buffers msg describes.
+    let n = unsafe { libc::recvmsg(s.as_raw_fd(), &raw mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: msg was filled by recvmsg; CMSG_FIRSTHDR/CMSG_DATA stay inside `control`.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        if cmsg.is_null() || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no descriptor sent",
+            ));
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
+        Ok(std::os::fd::OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// The error of an operation on a server that was never started.
+fn none() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "no such server")
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -293,11 +535,14 @@ fn main() {
         // A control-socket connection kept across lines: `ctl-connect PATH`, then
         // `ctl-send JSON` prints the daemon's first response line.
         let mut control: Option<BufReader<UnixStream>> = None;
+        let mut servers = Servers::default();
         // Application connections held open by `app-conns`.
         let mut held: Vec<UnixStream> = Vec::new();
         for line in io::stdin().lock().lines() {
             let Ok(line) = line else { break };
-            if let Some(path) = line.strip_prefix("ctl-connect ") {
+            if let Some(answer) = servers.handle(&line) {
+                println!("{answer}");
+            } else if let Some(path) = line.strip_prefix("ctl-connect ") {
                 report(UnixStream::connect(path).map(|s| control = Some(BufReader::new(s))));
             } else if let Some(json) = line.strip_prefix("ctl-send ") {
                 match control.as_mut().map(|c| ctl_send(c, json)) {

@@ -49,3 +49,42 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// Opens `dir` and every file in it to every uid (the directory as /tmp is: anyone may add
+/// a socket): agents run under uids of their own, and only the hooks, not file modes, may
+/// stop them in these tests.
+pub fn open_to_all(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode =
+        |p: &std::path::Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+    mode(dir, 0o1777).unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.is_symlink() {
+            mode(&path, 0o777).unwrap();
+        }
+    }
+}
+
+/// Accepts one connection on `listener` within the deadline, or fails the test: a caged
+/// peer that never connects is a failure, not a hang.
+pub fn accept_within(
+    listener: &std::os::unix::net::UnixListener,
+    what: &str,
+) -> std::os::unix::net::UnixStream {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd as _;
+    let ms = crate::harness::deadline().as_millis().min(i32::MAX as u128) as i32;
+    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+    let ready = poll(
+        &mut fds,
+        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+    )
+    .unwrap_or_else(|e| panic!("poll for {what}: {e}"));
+    assert!(
+        ready > 0,
+        "no connection for {what} within {:?}",
+        crate::harness::deadline()
+    );
+    listener.accept().unwrap().0
+}

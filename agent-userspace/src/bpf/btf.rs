@@ -63,6 +63,8 @@ pub struct Btf {
     strings: Vec<u8>,
     structs_by_name: HashMap<String, u32>,
     funcs_by_name: HashMap<String, u32>,
+    /// Enumerators (`BPF_CGROUP_UNIX_CONNECT`...) and their values.
+    enumerators: HashMap<String, i64>,
 }
 
 fn u32_at(data: &[u8], at: usize) -> Option<u32> {
@@ -103,6 +105,7 @@ impl Btf {
             referee: 0,
             members: Vec::new(),
         }];
+        let mut enumerators = Vec::new();
         let mut at = 0;
         while at < types_data.len() {
             let name_off = u32_at(types_data, at)?;
@@ -144,7 +147,14 @@ impl Btf {
                     }
                     8 * vlen
                 }
-                6 => 8 * vlen,             // enum
+                6 => {
+                    for i in 0..vlen {
+                        let m = at + i * 8;
+                        let value = u32_at(types_data, m + 4)? as i32;
+                        enumerators.push((u32_at(types_data, m)?, i64::from(value)));
+                    }
+                    8 * vlen
+                }
                 15 | 19 => 12 * vlen,      // datasec, enum64
                 2 | 7..=12 | 16 | 18 => 0, // ptr, fwd, typedef, modifiers, func, float, type_tag
                 _ => return None,
@@ -162,7 +172,12 @@ impl Btf {
             strings,
             structs_by_name: HashMap::new(),
             funcs_by_name: HashMap::new(),
+            enumerators: HashMap::new(),
         };
+        for (name_off, value) in enumerators {
+            let name = btf.name(name_off).to_owned();
+            btf.enumerators.entry(name).or_insert(value);
+        }
         for (id, t) in btf.types.iter().enumerate() {
             if t.kind == KIND_FUNC {
                 let name = btf.name(t.name_off).to_owned();
@@ -241,6 +256,12 @@ impl Btf {
             .ok_or_else(missing)
     }
 
+    /// The value of the enumerator `name` (e.g. `BPF_CGROUP_UNIX_CONNECT`), if this kernel
+    /// has it: how a program learns what the kernel it runs on can do.
+    pub fn enum_value(&self, name: &str) -> Option<i64> {
+        self.enumerators.get(name).copied()
+    }
+
     /// Byte offset of `path` (e.g. `file.f_path.dentry`): a struct name, then fields.
     pub fn offset_of(&self, path: &str) -> Result<u32, BtfError> {
         let missing = || BtfError::Missing(path.to_owned());
@@ -298,6 +319,24 @@ pub fn kernel_settings(btf: &Btf) -> Result<KernelSettings, BtfError> {
         sock_cgroup: first_offset(btf, &["sock.sk_cgrp_data.cgroup", "sock.sk_cgrp_data.val"])?,
         cgroup_kn: btf.offset_of("cgroup.kn")?,
         kernfs_id: btf.offset_of("kernfs_node.id")?,
+        sock_family: btf.offset_of("sock.__sk_common.skc_family")?,
+        sock_type: btf.offset_of("sock.sk_type")?,
+        sock_rcv_saddr: btf.offset_of("sock.__sk_common.skc_rcv_saddr")?,
+        sock_v6_rcv_saddr: btf.offset_of("sock.__sk_common.skc_v6_rcv_saddr")?,
+        unix_addr: btf.offset_of("unix_sock.addr")?,
+        unix_peer: btf.offset_of("unix_sock.peer")?,
+        unix_addr_len: btf.offset_of("unix_address.len")?,
+        unix_addr_name: btf.offset_of("unix_address.name")?,
+        sock_addr_uaddr: btf.offset_of("bpf_sock_addr_kern.uaddr")?,
+        // Added with the Unix sock_addr hooks (6.7); without them nothing reads it.
+        sock_addr_uaddrlen: btf.offset_of("bpf_sock_addr_kern.uaddrlen").unwrap_or(0),
+        sock_daddr: btf.offset_of("sock.__sk_common.skc_daddr")?,
+        sock_v6_daddr: btf.offset_of("sock.__sk_common.skc_v6_daddr")?,
+        sock_dport: btf.offset_of("sock.__sk_common.skc_dport")?,
+        sock_num: btf.offset_of("sock.__sk_common.skc_num")?,
+        sock_protocol: btf.offset_of("sock.sk_protocol")?,
+        msg_name: btf.offset_of("msghdr.msg_name")?,
+        msg_namelen: btf.offset_of("msghdr.msg_namelen")?,
         inode_size: btf.offset_of("inode.i_size")?,
         inode_ctime_sec: first_offset(btf, &CTIME_SEC)?,
         inode_ctime_nsec: first_offset(btf, &CTIME_NSEC)?,
@@ -363,6 +402,15 @@ mod tests {
         assert_eq!(btf.param_index("security_file_open", "file").unwrap(), 0);
         let prot = btf.param_index("security_mmap_file", "prot").unwrap();
         assert!((1..=2).contains(&prot), "prot is parameter {prot}");
+    }
+
+    #[test]
+    fn reads_enumerators() {
+        let btf = Btf::from_sys_fs().unwrap();
+        // BPF_CGROUP_INET_INGRESS is the first attach type, in every kernel.
+        assert_eq!(btf.enum_value("BPF_CGROUP_INET_INGRESS"), Some(0));
+        assert_eq!(btf.enum_value("BPF_CGROUP_INET4_CONNECT"), Some(10));
+        assert_eq!(btf.enum_value("NO_SUCH_ENUMERATOR"), None);
     }
 
     #[test]

@@ -12,41 +12,49 @@ use std::{
     fs::{self, File},
     io,
     os::{
-        fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+        fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
         unix::ffi::OsStrExt as _,
     },
     path::{Path, PathBuf},
 };
 
-use aya::{programs::ProgramFd, Ebpf};
+use aya::Ebpf;
 
-use super::{loader::attached_program_ids, BpfError, PROGRAMS};
+use super::{loader::attached_program_ids, BpfError, UnixProgram, PROGRAMS};
 
 /// `enum bpf_cmd` values used here.
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_LINK_CREATE: libc::c_long = 28;
 
-/// Descriptors of the loaded cgroup programs ([`PROGRAMS`]), to attach them elsewhere.
+/// Descriptors of the loaded cgroup programs ([`PROGRAMS`] and the kill tier's Unix-socket
+/// programs), to attach them elsewhere.
 pub struct CgroupPrograms {
-    programs: Vec<(&'static str, u32, ProgramFd, u32)>,
+    programs: Vec<(&'static str, u32, OwnedFd, u32)>,
 }
 
 impl CgroupPrograms {
-    /// Duplicates the descriptors of every cgroup program; call after they are loaded (the
-    /// parent's attach loads them).
-    pub fn of(ebpf: &Ebpf) -> Result<Self, BpfError> {
-        let mut programs = Vec::with_capacity(PROGRAMS.len());
-        for (name, _, attach_type) in PROGRAMS {
-            let program = ebpf.program(name).ok_or(BpfError::MissingProgram(name))?;
-            let wrap = |source| BpfError::Program { name, source };
-            let fd = program.fd().map_err(wrap)?;
-            let fd = fd.try_clone().map_err(|source| BpfError::Io {
+    /// Duplicates the descriptors of every cgroup program and of the loaded `unix` programs
+    /// (so a container's cgroup confines Unix sockets as a cage's does); call after they are
+    /// loaded (the parent's attach loads them).
+    pub fn of(ebpf: &Ebpf, unix: &[UnixProgram]) -> Result<Self, BpfError> {
+        let dup = |name: &'static str, fd: BorrowedFd<'_>| {
+            fd.try_clone_to_owned().map_err(|source| BpfError::Io {
                 op: "duplicating the descriptor of program",
                 path: name.into(),
                 source,
-            })?;
+            })
+        };
+        let mut programs = Vec::with_capacity(PROGRAMS.len() + unix.len());
+        for (name, _, attach_type) in PROGRAMS {
+            let program = ebpf.program(name).ok_or(BpfError::MissingProgram(name))?;
+            let wrap = |source| BpfError::Program { name, source };
+            let fd = dup(name, program.fd().map_err(wrap)?.as_fd())?;
             let id = program.info().map_err(wrap)?.id();
             programs.push((name, attach_type, fd, id));
+        }
+        for program in unix {
+            let fd = dup(program.name, program.fd())?;
+            programs.push((program.name, program.attach_type, fd, program.id));
         }
         Ok(Self { programs })
     }
@@ -125,7 +133,7 @@ impl PinnedLinks {
 }
 
 /// `BPF_LINK_CREATE` for a cgroup program: a multi-attach link (the only kind for cgroups).
-fn link_create(prog: &ProgramFd, cgroup: &File, attach_type: u32) -> io::Result<OwnedFd> {
+fn link_create(prog: &OwnedFd, cgroup: &File, attach_type: u32) -> io::Result<OwnedFd> {
     /// The `link_create` member of `union bpf_attr`, up to the fields used.
     #[repr(C)]
     #[derive(Default)]
@@ -137,7 +145,7 @@ fn link_create(prog: &ProgramFd, cgroup: &File, attach_type: u32) -> io::Result<
         _rest: [u64; 4],
     }
     let mut attr = LinkCreate {
-        prog_fd: prog.as_fd().as_raw_fd() as u32,
+        prog_fd: prog.as_raw_fd() as u32,
         target_fd: cgroup.as_raw_fd() as u32,
         attach_type,
         ..Default::default()

@@ -48,7 +48,7 @@ const TRACEPOINTS: [(&str, &str, &str); 3] = [
 const FILES: &str = "deny tier: file rules (refuse protected, report watched)";
 
 /// The deny tier's LSM hooks attached at start besides exec: (program, hook, purpose).
-const LSM_HOOKS: [(&str, &str, &str); 2] = [
+const LSM_HOOKS: [(&str, &str, &str); 6] = [
     (
         "agentcage_mmap_file",
         "mmap_file",
@@ -58,6 +58,26 @@ const LSM_HOOKS: [(&str, &str, &str); 2] = [
         "agentcage_socket_connect",
         "socket_connect",
         "deny tier: egress second line, judges the caller's cage (also for passed-in sockets)",
+    ),
+    (
+        "agentcage_unix_stream_connect",
+        "unix_stream_connect",
+        "deny tier: Unix stream connects of cages with unix: rules, judged by the listener",
+    ),
+    (
+        "agentcage_unix_may_send",
+        "unix_may_send",
+        "deny tier: Unix datagrams of cages with unix: rules, judged by the receiver",
+    ),
+    (
+        "agentcage_socket_sendmsg",
+        "socket_sendmsg",
+        "deny tier: sends on sockets made outside the cage, judged by their peer",
+    ),
+    (
+        "agentcage_socket_recvmsg",
+        "socket_recvmsg",
+        "deny tier: receives on sockets made outside the cage, judged by their peer",
     ),
 ];
 

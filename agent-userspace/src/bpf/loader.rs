@@ -16,7 +16,7 @@ use aya::{
 };
 use nix::mount::{mount, MsFlags};
 
-use super::BpfError;
+use super::{unix::UnixProgram, BpfError};
 
 /// Which kind of cgroup program a name is.
 #[derive(Clone, Copy, Debug)]
@@ -27,11 +27,14 @@ pub enum ProgramKind {
     Sock,
     /// cgroup_skb/egress (`BPF_PROG_TYPE_CGROUP_SKB`).
     SkbEgress,
+    /// cgroup_skb/ingress.
+    SkbIngress,
 }
 
-/// Every program the daemon attaches to the parent cgroup, with its kernel attach type
-/// (`enum bpf_attach_type`), by which the kernel lists what is attached.
-pub const PROGRAMS: [(&str, ProgramKind, u32); 10] = [
+/// Every program the daemon attaches to the parent cgroup through aya, with its kernel attach
+/// type (`enum bpf_attach_type`), by which the kernel lists what is attached. The kill tier's
+/// Unix-socket programs are loaded and attached beside them by `bpf::unix`.
+pub const PROGRAMS: [(&str, ProgramKind, u32); 11] = [
     ("agentcage_connect4", ProgramKind::SockAddr, 10),
     ("agentcage_connect6", ProgramKind::SockAddr, 11),
     ("agentcage_sendmsg4", ProgramKind::SockAddr, 14),
@@ -43,6 +46,7 @@ pub const PROGRAMS: [(&str, ProgramKind, u32); 10] = [
     ("agentcage_getpeername6", ProgramKind::SockAddr, 30),
     ("agentcage_sock_create", ProgramKind::Sock, 2),
     ("agentcage_skb_egress", ProgramKind::SkbEgress, 1),
+    ("agentcage_skb_ingress", ProgramKind::SkbIngress, 0),
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";
@@ -81,17 +85,26 @@ pub fn ensure_bpffs() -> Result<bool, BpfError> {
 /// in any way (even SIGKILL), the pins keep the programs attached and enforcing.
 pub struct AttachedPrograms {
     pins: Vec<(PathBuf, PinnedLink)>,
+    /// The Unix-socket programs (kill tier on kernels that have their hooks), loaded outside
+    /// aya.
+    unix: Vec<UnixProgram>,
     dir: PathBuf,
     cgroup: PathBuf,
     tag: String,
 }
 
 impl AttachedPrograms {
-    /// Loads and attaches every program in [`PROGRAMS`] to `cgroup` with bpf links, and pins
-    /// each as `DIR/NAME-TAG` (bpffs refuses dots in names). Cgroup links are always multi-attach (the kernel refuses any
-    /// flag on them), so an earlier daemon's pinned links overlap with these during a
-    /// restart, leaving no gap.
-    pub fn attach(ebpf: &mut Ebpf, cgroup: &Path, dir: &Path, tag: &str) -> Result<Self, BpfError> {
+    /// Loads and attaches every program in [`PROGRAMS`], and the loaded `unix` programs, to
+    /// `cgroup` with bpf links, and pins each as `DIR/NAME-TAG` (bpffs refuses dots in
+    /// names). Cgroup links are always multi-attach (the kernel refuses any flag on them), so
+    /// an earlier daemon's pinned links overlap with these during a restart, leaving no gap.
+    pub fn attach(
+        ebpf: &mut Ebpf,
+        unix: Vec<UnixProgram>,
+        cgroup: &Path,
+        dir: &Path,
+        tag: &str,
+    ) -> Result<Self, BpfError> {
         let cgroup_file = File::open(cgroup).map_err(|source| BpfError::Io {
             op: "opening cgroup",
             path: cgroup.to_path_buf(),
@@ -103,7 +116,8 @@ impl AttachedPrograms {
             source,
         })?;
         let mut attached = Self {
-            pins: Vec::with_capacity(PROGRAMS.len()),
+            pins: Vec::with_capacity(PROGRAMS.len() + unix.len()),
+            unix: Vec::new(),
             dir: dir.to_path_buf(),
             cgroup: cgroup.to_path_buf(),
             tag: tag.to_owned(),
@@ -126,7 +140,28 @@ impl AttachedPrograms {
                 }
             }
         }
+        for program in unix {
+            if let Err(e) = attached.attach_unix(&program, &cgroup_file) {
+                attached.detach();
+                return Err(e);
+            }
+            attached.unix.push(program);
+        }
         Ok(attached)
+    }
+
+    /// Attaches and pins one Unix-socket program, replacing a pin of the same name.
+    fn attach_unix(&mut self, program: &UnixProgram, cgroup: &File) -> Result<(), BpfError> {
+        let path = self.dir.join(format!("{}-{}", program.name, self.tag));
+        self.pins.retain(|(p, _)| p != &path);
+        let _ = fs::remove_file(&path);
+        program.attach_and_pin(cgroup, &path)?;
+        let pinned = PinnedLink::from_pin(&path).map_err(|source| BpfError::Link {
+            name: program.name,
+            source,
+        })?;
+        self.pins.push((path, pinned));
+        Ok(())
     }
 
     /// The programs of ours that the kernel no longer lists on the cgroup: someone (root,
@@ -154,6 +189,19 @@ impl AttachedPrograms {
                 missing.push(name);
             }
         }
+        for program in &self.unix {
+            let attached =
+                attached_program_ids(&cgroup, program.attach_type).map_err(|source| {
+                    BpfError::Io {
+                        op: "querying the programs attached to",
+                        path: self.cgroup.clone(),
+                        source,
+                    }
+                })?;
+            if !attached.contains(&program.id) {
+                missing.push(program.name);
+            }
+        }
         Ok(missing)
     }
 
@@ -176,7 +224,13 @@ impl AttachedPrograms {
             })?;
             self.pins.push((path, pinned));
         }
-        Ok(())
+        let unix = std::mem::take(&mut self.unix);
+        let result = unix
+            .iter()
+            .filter(|p| names.contains(&p.name))
+            .try_for_each(|p| self.attach_unix(p, &cgroup));
+        self.unix = unix;
+        result
     }
 
     /// Unpins and detaches every program (no cage needs them any more).
@@ -189,6 +243,38 @@ impl AttachedPrograms {
             }
         }
         let _ = fs::remove_dir(&self.dir);
+    }
+
+    /// The Unix-socket programs attached here (kill tier, 6.7+), for containers' cgroups.
+    pub fn unix_programs(&self) -> &[UnixProgram] {
+        &self.unix
+    }
+
+    /// The Unix-socket hooks' states, for `doctor` and `status`.
+    pub fn unix_status(&self, confinement: &super::UnixConfinement) -> Vec<super::HookStatus> {
+        let purpose = "kill tier: Unix connects and sends of cages with unix: rules";
+        super::unix::UNIX_PROGRAMS
+            .iter()
+            .map(|(name, _)| {
+                let hook = format!("cgroup/{}", name.trim_start_matches("agentcage_"));
+                let state = if self.unix.iter().any(|p| p.name == *name) {
+                    "attached".to_owned()
+                } else {
+                    match confinement {
+                        super::UnixConfinement::Lsm => {
+                            "not loaded: deny tier (the LSM hooks confine Unix sockets)".to_owned()
+                        }
+                        other => format!("not loaded: {other}"),
+                    }
+                };
+                super::HookStatus {
+                    program: (*name).to_owned(),
+                    hook,
+                    purpose: purpose.to_owned(),
+                    state,
+                }
+            })
+            .collect()
     }
 
     /// Leaves the programs pinned and attached after this process exits.
@@ -229,8 +315,15 @@ fn attach_one(
         ProgramKind::SockAddr => attach_as!(CgroupSockAddr),
         ProgramKind::Sock => attach_as!(CgroupSock),
         ProgramKind::SkbEgress => attach_as!(CgroupSkb, CgroupSkbAttachType::Egress),
+        ProgramKind::SkbIngress => attach_as!(CgroupSkb, CgroupSkbAttachType::Ingress),
     }
     .map_err(|source| BpfError::Link { name, source })
+}
+
+/// The ids of the programs attached to the cgroup at `path` for `attach_type`
+/// (BPF_PROG_QUERY), which tools that predate an attach type (bpftool) do not list.
+pub fn attached_ids(path: &Path, attach_type: u32) -> io::Result<Vec<u32>> {
+    attached_program_ids(&File::open(path)?, attach_type)
 }
 
 /// The ids of the programs attached to `cgroup` for `attach_type` (BPF_PROG_QUERY).

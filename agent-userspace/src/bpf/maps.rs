@@ -10,6 +10,7 @@ use agent_common::{
     file::{FileRule, InodeKey},
     maps,
     process::{ExecRule, HashKey},
+    unix::{ByteClasses, DfaKey, DfaNext},
 };
 use aya::{
     maps::{
@@ -21,7 +22,7 @@ use aya::{
 };
 
 use super::BpfError;
-use crate::policy::{canonical, CompiledAgent};
+use crate::policy::{canonical, CompiledAgent, CompiledEgress};
 
 /// The keys one policy slot put in the tries, so the slot can be emptied later.
 #[derive(Default)]
@@ -29,6 +30,10 @@ pub struct SlotEntries {
     slot: u32,
     v4: Vec<Key<Key4>>,
     v6: Vec<Key<Key6>>,
+    ingress_v4: Vec<Key<Key4>>,
+    ingress_v6: Vec<Key<Key6>>,
+    unix: Vec<DfaKey>,
+    unix_classes: bool,
     exec_inodes: Vec<InodeKey>,
     exec_hashes: Vec<HashKey>,
     files: Vec<InodeKey>,
@@ -49,6 +54,10 @@ pub struct EgressMaps {
     stats: PerCpuHashMap<MapData, u64, CageStats>,
     v4: LpmTrie<MapData, Key4, PortRules>,
     v6: LpmTrie<MapData, Key6, PortRules>,
+    ingress_v4: LpmTrie<MapData, Key4, PortRules>,
+    ingress_v6: LpmTrie<MapData, Key6, PortRules>,
+    unix: HashMap<MapData, DfaKey, DfaNext>,
+    unix_classes: HashMap<MapData, u32, ByteClasses>,
     exec_inodes: HashMap<MapData, InodeKey, ExecRule>,
     exec_hashes: HashMap<MapData, HashKey, ExecRule>,
     file_rules: HashMap<MapData, InodeKey, FileRule>,
@@ -79,6 +88,10 @@ impl EgressMaps {
             stats: take(ebpf, maps::CAGE_STATS)?,
             v4: take(ebpf, maps::EGRESS_V4)?,
             v6: take(ebpf, maps::EGRESS_V6)?,
+            ingress_v4: take(ebpf, maps::INGRESS_V4)?,
+            ingress_v6: take(ebpf, maps::INGRESS_V6)?,
+            unix: take(ebpf, maps::UNIX_DFA)?,
+            unix_classes: take(ebpf, maps::UNIX_CLASSES)?,
             exec_inodes: take(ebpf, maps::EXEC_INODES)?,
             exec_hashes: take(ebpf, maps::EXEC_HASHES)?,
             file_rules: take(ebpf, maps::FILE_RULES)?,
@@ -157,22 +170,46 @@ impl EgressMaps {
                 .map_err(|e| capacity(maps::FILE_RULES, e))?;
             entries.files.push(key);
         }
-        let compiled = &compiled.egress;
-        for (addr, prefix, rules) in &compiled.v4 {
-            let key = key4(slot, *addr, *prefix);
-            self.v4
-                .insert(&key, rules, 0)
-                .map_err(|e| capacity(maps::EGRESS_V4, e))?;
-            entries.v4.push(key);
+        if !compiled.unix.transitions.is_empty() {
+            self.unix_classes
+                .insert(slot, compiled.unix.classes, 0)
+                .map_err(|e| capacity(maps::UNIX_CLASSES, e))?;
+            entries.unix_classes = true;
         }
-        for (addr, prefix, rules) in &compiled.v6 {
-            let key = key6(slot, *addr, *prefix);
-            self.v6
-                .insert(&key, rules, 0)
-                .map_err(|e| capacity(maps::EGRESS_V6, e))?;
-            entries.v6.push(key);
+        for (key, next) in compiled.unix.entries(slot) {
+            self.unix
+                .insert(key, next, 0)
+                .map_err(|e| capacity(maps::UNIX_DFA, e))?;
+            entries.unix.push(key);
         }
-        Ok(())
+        let tries = [
+            (
+                &compiled.egress,
+                &mut self.v4,
+                &mut self.v6,
+                [maps::EGRESS_V4, maps::EGRESS_V6],
+            ),
+            (
+                &compiled.ingress,
+                &mut self.ingress_v4,
+                &mut self.ingress_v6,
+                [maps::INGRESS_V4, maps::INGRESS_V6],
+            ),
+        ];
+        let mut keys = [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
+        let mut result = Ok(());
+        for ((compiled, v4, v6, names), (k4, k6)) in tries.into_iter().zip(&mut keys) {
+            result = fill_tries(slot, compiled, (v4, v6), names, (k4, k6));
+            if result.is_err() {
+                break;
+            }
+        }
+        let [(v4, v6), (ingress_v4, ingress_v6)] = keys;
+        entries.v4 = v4;
+        entries.v6 = v6;
+        entries.ingress_v4 = ingress_v4;
+        entries.ingress_v6 = ingress_v6;
+        result
     }
 
     /// Deletes a slot's entries (best effort: a missing entry is already gone).
@@ -182,6 +219,18 @@ impl EgressMaps {
         }
         for key in &entries.v6 {
             let _ = self.v6.remove(key);
+        }
+        for key in &entries.ingress_v4 {
+            let _ = self.ingress_v4.remove(key);
+        }
+        for key in &entries.ingress_v6 {
+            let _ = self.ingress_v6.remove(key);
+        }
+        for key in &entries.unix {
+            let _ = self.unix.remove(key);
+        }
+        if entries.unix_classes {
+            let _ = self.unix_classes.remove(&entries.slot);
         }
         for key in &entries.exec_inodes {
             let _ = self.exec_inodes.remove(key);
@@ -324,6 +373,44 @@ impl EgressMaps {
             .map(|v| v.iter().sum())
             .unwrap_or_default()
     }
+}
+
+/// The trie entries of `compiled` for `slot`, written into one pair of tries; the keys
+/// written so far are kept in `keys` so the slot can be emptied whatever happens.
+fn fill_tries(
+    slot: u32,
+    compiled: &CompiledEgress,
+    (v4, v6): (
+        &mut LpmTrie<MapData, Key4, PortRules>,
+        &mut LpmTrie<MapData, Key6, PortRules>,
+    ),
+    [name4, name6]: [&'static str; 2],
+    (keys4, keys6): (&mut Vec<Key<Key4>>, &mut Vec<Key<Key6>>),
+) -> Result<(), BpfError> {
+    let slot_be = slot.to_be_bytes();
+    for (addr, prefix, rules) in &compiled.v4 {
+        let key = Key::new(
+            SLOT_BITS + prefix,
+            Key4 {
+                slot_be,
+                addr: *addr,
+            },
+        );
+        v4.insert(&key, rules, 0).map_err(|e| capacity(name4, e))?;
+        keys4.push(key);
+    }
+    for (addr, prefix, rules) in &compiled.v6 {
+        let key = Key::new(
+            SLOT_BITS + prefix,
+            Key6 {
+                slot_be,
+                addr: *addr,
+            },
+        );
+        v6.insert(&key, rules, 0).map_err(|e| capacity(name6, e))?;
+        keys6.push(key);
+    }
+    Ok(())
 }
 
 fn capacity(name: &'static str, source: MapError) -> BpfError {

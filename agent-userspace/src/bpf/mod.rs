@@ -11,15 +11,19 @@ mod loader;
 mod maps;
 pub mod memlock;
 pub mod tier;
+pub mod unix;
 
 pub use approvals::ApprovalMap;
 pub use cgroup_links::{CgroupPrograms, PinnedLinks};
 pub use dns::DnsMaps;
 pub use file_hooks::FileHooks;
 pub use hooks::{lsm_btf, GlobalHooks, HookStatus};
-pub use loader::{ensure_bpffs, release_pinned, AttachedPrograms, ProgramKind, PROGRAMS};
+pub use loader::{
+    attached_ids, ensure_bpffs, release_pinned, AttachedPrograms, ProgramKind, PROGRAMS,
+};
 pub use maps::{EgressMaps, SlotEntries};
 pub use tier::{Capabilities, Feature, Refusal, Tier, TierProbe};
+pub use unix::{UnixConfinement, UnixProgram};
 
 use std::{io, path::PathBuf};
 
@@ -44,6 +48,26 @@ pub enum BpfError {
     /// A map expected in the object is missing.
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
+    /// The embedded object could not be parsed for the Unix-socket programs.
+    #[error("parsing the eBPF object for the Unix-socket programs: {0}")]
+    UnixObject(#[source] aya_obj::ParseError),
+    /// The Unix-socket programs' map references could not be resolved.
+    #[error("relocating the Unix-socket programs: {0}")]
+    UnixRelocation(#[source] aya_obj::relocation::EbpfRelocationError),
+    /// A map the Unix-socket programs reference was not created by aya.
+    #[error("the Unix-socket programs reference map {0}, which the loaded object lacks")]
+    UnixMap(String),
+    /// A Unix-socket program could not be loaded or attached.
+    #[error("program {name}: {source}{}", if log.is_empty() { String::new() } else { format!("; verifier log:\n{log}") })]
+    UnixLoad {
+        /// The program's name.
+        name: &'static str,
+        /// What the kernel said.
+        #[source]
+        source: io::Error,
+        /// The verifier's log, if the load failed.
+        log: String,
+    },
     /// A map is of the wrong type, or an operation on it failed.
     #[error("map {name}: {source}")]
     Map {
@@ -137,8 +161,11 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub struct Loaded {
     /// The object, with `SETTINGS` written and, in the deny tier, the LSM programs loaded.
     pub ebpf: aya::Ebpf,
-    /// What the programs can enforce here.
+    /// What the programs can enforce here (Unix sockets included).
     pub caps: Capabilities,
+    /// The kill tier's Unix-socket programs, loaded (none in the deny tier, where LSM hooks
+    /// confine Unix sockets, or where the kernel lacks their hooks).
+    pub unix: Vec<UnixProgram>,
 }
 
 /// Loads the object for the best tier this kernel gives: the probe's, and if the LSM
@@ -167,8 +194,10 @@ fn load_tiers() -> Result<Loaded, BpfError> {
                         missing: None,
                         content_hashes: lsm.content_hashes,
                         userns_hook: lsm.userns_hook,
+                        unix: UnixConfinement::Lsm,
                         exec_watch: false,
                     },
+                    unix: Vec::new(),
                 })
             }
             Err(e) => {
@@ -182,17 +211,73 @@ fn load_tiers() -> Result<Loaded, BpfError> {
         }
     }
     settings.tier = Tier::Kill.code();
+    let ebpf = load_with(&settings)?;
+    let lsm_missing = missing.clone().unwrap_or_default();
+    // Before any map is taken out of `ebpf`: the Unix programs share them.
+    let (unix, unix_confinement) = match unix::attach_types(&kernel_btf) {
+        None => (
+            Vec::new(),
+            UnixConfinement::Unavailable(format!(
+                "{lsm_missing}; and this kernel has no {}",
+                unix::UNIX_HOOKS_MISSING
+            )),
+        ),
+        Some(types) => match unix::load(&ebpf, EBPF_OBJECT, types) {
+            Ok(programs) => (programs, UnixConfinement::CgroupHooks),
+            Err(e) => {
+                let why = format!(
+                    "{lsm_missing}; and the {} do not load: {}",
+                    unix::UNIX_HOOKS_MISSING,
+                    crate::errors::render(&e)
+                );
+                tracing::warn!(reason = %why, "Unix sockets cannot be confined");
+                (Vec::new(), UnixConfinement::Unavailable(why))
+            }
+        },
+    };
     Ok(Loaded {
-        ebpf: load_with(&settings)?,
+        ebpf,
         caps: Capabilities {
             tier: Tier::Kill,
             missing,
             content_hashes: false,
             userns_hook: false,
+            unix: unix_confinement,
             // The daemon's exec watch sets it once it starts.
             exec_watch: false,
         },
+        unix,
     })
+}
+
+/// bpf(2)'s command that loads a program.
+pub(super) const BPF_PROG_LOAD: libc::c_long = 5;
+
+/// The `BPF_PROG_LOAD` member of `union bpf_attr`, up to `attach_btf_id` (the kernel
+/// zero-fills the rest; every kernel from 5.5 knows these fields).
+#[repr(C)]
+#[derive(Default)]
+pub(super) struct ProgLoad {
+    pub(super) prog_type: u32,
+    pub(super) insn_cnt: u32,
+    pub(super) insns: u64,
+    pub(super) license: u64,
+    pub(super) log_level: u32,
+    pub(super) log_size: u32,
+    pub(super) log_buf: u64,
+    pub(super) kern_version: u32,
+    pub(super) prog_flags: u32,
+    pub(super) prog_name: [u8; 16],
+    pub(super) prog_ifindex: u32,
+    pub(super) expected_attach_type: u32,
+    pub(super) prog_btf_fd: u32,
+    pub(super) func_info_rec_size: u32,
+    pub(super) func_info: u64,
+    pub(super) func_info_cnt: u32,
+    pub(super) line_info_rec_size: u32,
+    pub(super) line_info: u64,
+    pub(super) line_info_cnt: u32,
+    pub(super) attach_btf_id: u32,
 }
 
 /// The bpf(2) syscall for `cmd` with `attr`; its result, if not negative.

@@ -71,6 +71,8 @@ pub struct Capabilities {
     pub content_hashes: bool,
     /// The `userns_create` LSM hook loaded (file rules need it).
     pub userns_hook: bool,
+    /// How Unix sockets are confined here, or why they cannot be.
+    pub unix: super::UnixConfinement,
     /// In the kill tier: the daemon's exec watch (fanotify permission events) started, so
     /// exec rules by content are judged there too.
     #[serde(default)]
@@ -80,6 +82,13 @@ pub struct Capabilities {
 impl Capabilities {
     /// Why `feature` cannot be enforced on this kernel, or None if it can.
     pub fn lacks(&self, feature: Feature) -> Option<String> {
+        if feature == Feature::UnixSockets {
+            // The kill tier confines them too, with the cgroup Unix socket hooks.
+            return match &self.unix {
+                super::UnixConfinement::Unavailable(why) => Some(why.clone()),
+                _ => None,
+            };
+        }
         if self.tier != Tier::Deny && feature == Feature::ContentRules {
             return (!self.exec_watch).then(|| NO_EXEC_WATCH.to_owned());
         }
@@ -94,6 +103,7 @@ impl Capabilities {
             Feature::DenyEnforcement => None,
             Feature::FileRules => (!self.userns_hook).then(|| NO_USERNS_HOOK.to_owned()),
             Feature::ContentRules => (!self.content_hashes).then(|| NO_IMA_HASH.to_owned()),
+            Feature::UnixSockets => None,
         }
     }
 
@@ -211,32 +221,6 @@ pub enum LsmProbeError {
 /// their failure still falls back to the kill tier.
 pub fn lsm_loads() -> Result<(), LsmProbeError> {
     use std::os::fd::{FromRawFd as _, OwnedFd};
-    /// `union bpf_attr` for BPF_PROG_LOAD, up to `attach_btf_id`.
-    #[repr(C)]
-    #[derive(Default)]
-    struct ProgLoad {
-        prog_type: u32,
-        insn_cnt: u32,
-        insns: u64,
-        license: u64,
-        log_level: u32,
-        log_size: u32,
-        log_buf: u64,
-        kern_version: u32,
-        prog_flags: u32,
-        prog_name: [u8; 16],
-        prog_ifindex: u32,
-        expected_attach_type: u32,
-        prog_btf_fd: u32,
-        func_info_rec_size: u32,
-        func_info: u64,
-        func_info_cnt: u32,
-        line_info_rec_size: u32,
-        line_info: u64,
-        line_info_cnt: u32,
-        attach_btf_id: u32,
-    }
-    const BPF_PROG_LOAD: libc::c_long = 5;
     const BPF_PROG_TYPE_LSM: u32 = 29;
     const BPF_LSM_MAC: u32 = 27;
     // `r0 = 0` (BPF_ALU64 | BPF_MOV | BPF_K), then `exit` (BPF_JMP | BPF_EXIT).
@@ -245,18 +229,19 @@ pub fn lsm_loads() -> Result<(), LsmProbeError> {
     let attach_btf_id = super::btf::Btf::from_sys_fs()?
         .func_id(PROBE_HOOK)
         .ok_or(LsmProbeError::NoHook)?;
-    let mut attr = ProgLoad {
+    let mut attr = super::ProgLoad {
         prog_type: BPF_PROG_TYPE_LSM,
         insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
         expected_attach_type: BPF_LSM_MAC,
         attach_btf_id,
-        ..ProgLoad::default()
+        ..super::ProgLoad::default()
     };
     // SAFETY: attr is a valid bpf_attr prefix for BPF_PROG_LOAD; insns and license outlive
     // the call.
-    let fd = unsafe { super::sys_bpf(BPF_PROG_LOAD, &mut attr) }.map_err(LsmProbeError::Load)?;
+    let fd =
+        unsafe { super::sys_bpf(super::BPF_PROG_LOAD, &mut attr) }.map_err(LsmProbeError::Load)?;
     // SAFETY: the kernel returned a new descriptor that nothing else owns.
     drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
     Ok(())
@@ -265,15 +250,33 @@ pub fn lsm_loads() -> Result<(), LsmProbeError> {
 #[cfg(test)]
 mod tests {
     use super::{Capabilities, Feature, Tier, NO_EXEC_WATCH, NO_IMA_HASH, NO_USERNS_HOOK};
+    use crate::bpf::UnixConfinement;
 
+    /// A kill tier here also lacks the cgroup Unix socket hooks (a kernel before 6.7).
     fn caps(tier: Tier, content_hashes: bool, userns_hook: bool) -> Capabilities {
+        let missing = (tier == Tier::Kill).then(|| "BPF LSM: `bpf` is not active".to_owned());
         Capabilities {
             tier,
-            missing: (tier == Tier::Kill).then(|| "BPF LSM: `bpf` is not active".to_owned()),
+            unix: match &missing {
+                Some(m) => UnixConfinement::Unavailable(format!("{m}; and no Unix hooks")),
+                None => UnixConfinement::Lsm,
+            },
+            missing,
             content_hashes,
             userns_hook,
             exec_watch: false,
         }
+    }
+
+    /// From Linux 6.7 the kill tier confines Unix sockets with the cgroup Unix socket hooks.
+    #[test]
+    fn a_kill_tier_with_unix_hooks_enforces_unix_rules() {
+        let c = Capabilities {
+            unix: UnixConfinement::CgroupHooks,
+            ..caps(Tier::Kill, false, false)
+        };
+        assert_eq!(c.lacks(Feature::UnixSockets), None);
+        assert!(c.lacks(Feature::DenyEnforcement).is_some());
     }
 
     #[test]
@@ -300,7 +303,11 @@ mod tests {
                 .iter()
                 .map(|r| r.feature)
                 .collect::<Vec<_>>(),
-            [Feature::DenyEnforcement, Feature::FileRules]
+            [
+                Feature::DenyEnforcement,
+                Feature::FileRules,
+                Feature::UnixSockets
+            ]
         );
     }
 

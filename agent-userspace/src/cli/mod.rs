@@ -6,6 +6,7 @@ mod cert;
 mod commands;
 mod contain;
 mod cred;
+mod fds;
 mod identity;
 mod pty;
 mod relay;

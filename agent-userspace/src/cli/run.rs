@@ -149,6 +149,18 @@ pub fn run(socket: &Path, args: &RunArgs) -> Result<i32, CliError> {
     }
     let (child_side, side, handoff) = pty::plumb(&mode, !recorders.is_empty(), args.record_input)?;
 
+    let kept_out = super::fds::keep_ip_sockets_out();
+    if !kept_out.is_empty() {
+        eprintln!(
+            "agentcage: not handing the agent the network socket(s) it would inherit (fd {}): \
+             they were made outside its cage",
+            kept_out
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let join = JoinRequest::new(socket, &args.agent)?;
     let confinement = Confinement::prepare(grant.as_ref(), raw_sockets, &policy_source)
         .map_err(CliError::os("preparing the agent's confinement"))?;

@@ -331,6 +331,9 @@ pub struct StatusReport {
     /// Policy features this kernel cannot enforce, with why: an agent using one is refused.
     #[serde(default)]
     pub refused: Vec<crate::bpf::Refusal>,
+    /// How policies' `unix:` sections are enforced, or why they cannot be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unix: Option<crate::bpf::UnixConfinement>,
     /// Every host-wide hook and its state.
     #[serde(default)]
     pub hooks: Vec<crate::bpf::HookStatus>,

@@ -59,8 +59,13 @@ pub(super) async fn start(
     (listener, app_listener): (tokio::net::UnixListener, tokio::net::UnixListener),
     signals: Signals,
 ) -> Result<(), DaemonError> {
-    let bpf::Loaded { mut ebpf, mut caps } = bpf::load()?;
+    let bpf::Loaded {
+        mut ebpf,
+        mut caps,
+        unix,
+    } = bpf::load()?;
     let tier = caps.tier;
+    info!(unix = %caps.unix, "Unix sockets of policies with unix: are confined by");
     let exec_watch = start_exec_watch(&mut ebpf, tier)?;
     caps.exec_watch = exec_watch.is_some();
     match &caps.missing {
@@ -130,6 +135,7 @@ pub(super) async fn start(
             snapshot_dir: config.snapshot_dir.clone(),
             recording_dir: config.recording_dir.clone(),
             jobs,
+            app_socket: config.app_socket.clone(),
             credentials: credential_setup(&config, &file)?,
             dns,
             users: crate::accounts::DynamicUsers::new(config.home_dir.clone(), &config.cgroup_name),
@@ -187,7 +193,8 @@ pub(super) async fn start(
     }
     let pin_dir = config.pin_dir();
     let tag = pin_tag();
-    let mut programs = AttachedPrograms::attach(&mut ebpf, root.dir().path(), &pin_dir, &tag)?;
+    let mut programs =
+        AttachedPrograms::attach(&mut ebpf, unix, root.dir().path(), &pin_dir, &tag)?;
     let hooks = match GlobalHooks::attach(&mut ebpf, &caps, &pin_dir, &tag) {
         Ok(h) => h,
         Err(e) => {
@@ -195,8 +202,10 @@ pub(super) async fn start(
             return Err(e.into());
         }
     };
-    state.set_hooks(hooks.status.clone());
-    match bpf::CgroupPrograms::of(&ebpf) {
+    let mut statuses = hooks.status.clone();
+    statuses.extend(programs.unix_status(&caps.unix));
+    state.set_hooks(statuses);
+    match bpf::CgroupPrograms::of(&ebpf, programs.unix_programs()) {
         Ok(p) => {
             let records = config
                 .socket

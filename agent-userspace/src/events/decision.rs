@@ -95,6 +95,14 @@ pub enum RuleRef {
     NoUserns,
     /// `read-only`: the cage is on the read-only rung.
     ReadOnly,
+    /// `ingress.allow[N]`: a peer the ingress list admits.
+    IngressAllow(u32),
+    /// `unix.allow[N]`: a Unix-socket address the list admits.
+    UnixAllow(u32),
+    /// `unnamed-socket`: a Unix socket with no address (a socket pair made outside the cage).
+    Unnamed,
+    /// `app-socket`: the daemon's application socket, which every cage may reach.
+    AppSocket,
     /// `dns-unredirected`: DNS that could not go to the cage's resolver (a socket made
     /// outside the cage, or no resolver of that family), refused.
     DnsUnredirected,
@@ -117,6 +125,8 @@ const INDEXED: &[(&str, Indexed)] = &[
     ("files.protect", RuleRef::FilesProtect),
     ("files.watch", RuleRef::FilesWatch),
     ("files", RuleRef::FileRule),
+    ("ingress.allow", RuleRef::IngressAllow),
+    ("unix.allow", RuleRef::UnixAllow),
 ];
 
 impl RuleRef {
@@ -136,6 +146,8 @@ impl RuleRef {
             Self::TooDeep => "too-deep",
             Self::NoUserns => "no-userns",
             Self::ReadOnly => "read-only",
+            Self::Unnamed => "unnamed-socket",
+            Self::AppSocket => "app-socket",
             Self::DnsUnredirected => "dns-unredirected",
             Self::DnsNameNotAllowed => "dns-name-not-allowed",
             Self::DnsQueryType => "dns-query-type",
@@ -154,6 +166,8 @@ impl RuleRef {
             Self::FilesProtect(i) => ("files.protect", i),
             Self::FilesWatch(i) => ("files.watch", i),
             Self::FileRule(i) => ("files", i),
+            Self::IngressAllow(i) => ("ingress.allow", i),
+            Self::UnixAllow(i) => ("unix.allow", i),
             _ => return None,
         })
     }
@@ -210,6 +224,8 @@ impl FromStr for RuleRef {
             Self::TooDeep,
             Self::NoUserns,
             Self::ReadOnly,
+            Self::Unnamed,
+            Self::AppSocket,
             Self::DnsUnredirected,
             Self::DnsNameNotAllowed,
             Self::DnsQueryType,
@@ -261,6 +277,10 @@ mod tests {
             RuleRef::TooDeep,
             RuleRef::NoUserns,
             RuleRef::ReadOnly,
+            RuleRef::IngressAllow(7),
+            RuleRef::UnixAllow(8),
+            RuleRef::Unnamed,
+            RuleRef::AppSocket,
             RuleRef::DnsUnredirected,
             RuleRef::DnsNameNotAllowed,
             RuleRef::DnsQueryType,

@@ -5,6 +5,7 @@ use agent_common::{
     event::EventKind,
     file::FileEvent,
     process::{ExecEvent, ExitEvent, ForkEvent},
+    unix::UnixEvent,
 };
 
 /// A record from the ring buffer, copied out of it.
@@ -20,6 +21,8 @@ pub enum RawEvent {
     Exit(ExitEvent),
     /// An open of a watched or protected file.
     File(FileEvent),
+    /// A Unix-socket decision (boxed: it carries the address).
+    Unix(Box<UnixEvent>),
 }
 
 impl RawEvent {
@@ -31,6 +34,7 @@ impl RawEvent {
             Self::Fork(e) => &e.header,
             Self::Exit(e) => &e.header,
             Self::File(e) => &e.header,
+            Self::Unix(e) => &e.header,
         }
     }
 }
@@ -68,6 +72,7 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
         EventKind::Fork => read::<ForkEvent>(bytes).map(RawEvent::Fork),
         EventKind::Exit => read::<ExitEvent>(bytes).map(RawEvent::Exit),
         EventKind::File => read::<FileEvent>(bytes).map(RawEvent::File),
+        EventKind::Unix => read::<UnixEvent>(bytes).map(|e| RawEvent::Unix(Box::new(e))),
     }
 }
 

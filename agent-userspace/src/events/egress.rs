@@ -31,6 +31,12 @@ named_enum! {
         SkbEgress = "skb_egress",
         /// BPF LSM socket_connect (the deny tier's second line).
         LsmConnect = "lsm_socket_connect",
+        /// cgroup_skb/ingress: a peer reaching the agent.
+        SkbIngress = "skb_ingress",
+        /// BPF LSM socket_sendmsg: a send on a socket made outside the cage.
+        LsmSendmsg = "lsm_socket_sendmsg",
+        /// BPF LSM socket_recvmsg: a receive on a socket made outside the cage.
+        LsmRecvmsg = "lsm_socket_recvmsg",
     }
 }
 
@@ -45,6 +51,9 @@ impl EgressHook {
             Some(Hook::SockCreate) => Self::SockCreate,
             Some(Hook::SkbEgress) => Self::SkbEgress,
             Some(Hook::LsmConnect) => Self::LsmConnect,
+            Some(Hook::SkbIngress) => Self::SkbIngress,
+            Some(Hook::LsmSendmsg) => Self::LsmSendmsg,
+            Some(Hook::LsmRecvmsg) => Self::LsmRecvmsg,
             None => Self::Other(u16::from(v)),
         }
     }
@@ -127,14 +136,17 @@ pub struct EgressDetail {
     pub protocol: Protocol,
     /// The socket type.
     pub sock_type: SockType,
-    /// Destination address (none for sock_create).
+    /// Destination address (none for sock_create, and for a peer reaching the agent).
     pub dst_addr: Option<IpAddr>,
     /// The allowed name whose resolution by the cage's resolver granted `dst_addr`, when
     /// a `host:` rule decided.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub dst_name: Option<String>,
-    /// Destination port (0 for sock_create).
+    /// Destination port (0 for sock_create; the agent's own port for a peer reaching it).
     pub dst_port: u16,
+    /// The peer that tried to reach the agent (`skb_ingress` only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub src_addr: Option<IpAddr>,
     /// `allow`, `deny`, `pending-approval` or `budget`.
     pub verdict: Verdict,
     /// The rule that decided.
@@ -173,6 +185,7 @@ impl EgressDetail {
             dst_addr: Some(addr),
             dst_name: None,
             dst_port: port,
+            src_addr: None,
             verdict: Verdict::Deny,
             rule: RuleRef::DefaultDeny,
             rule_text: None,
@@ -198,17 +211,28 @@ pub fn rule_ref(rule_id: u32) -> RuleRef {
 /// The event detail of a kernel record, with the rule's text from the policy that decided
 /// and the name behind a granted address (`name`, looked up by the record's name id).
 pub fn detail(e: &EgressEvent, policy: Option<&AgentPolicy>, name: Option<String>) -> EgressDetail {
-    let rule = rule_ref(e.rule_id);
-    let rule_text = rule
-        .egress_allow()
-        .and_then(|i| policy?.egress.allow.get(i))
-        .map(|r| r.describe());
     let hook = EgressHook::from_raw(e.hook);
-    let dst_addr = match (hook, e.family) {
+    let ingress = hook == EgressHook::SkbIngress;
+    let rule = match rule_ref(e.rule_id) {
+        // The ingress hook's rule ids index the ingress list.
+        RuleRef::EgressAllow(i) if ingress => RuleRef::IngressAllow(i),
+        r => r,
+    };
+    let rule_text = match rule {
+        RuleRef::EgressAllow(i) => policy
+            .and_then(|p| p.egress.allow.get(i as usize))
+            .map(|r| r.describe()),
+        RuleRef::IngressAllow(i) => policy
+            .and_then(|p| p.ingress.allow.get(i as usize))
+            .map(|r| r.describe()),
+        _ => None,
+    };
+    let addr = match (hook, e.family) {
         (EgressHook::SockCreate, _) => None,
         (_, 2) => Some(IpAddr::from([e.addr[0], e.addr[1], e.addr[2], e.addr[3]])),
         (_, _) => Some(IpAddr::from(e.addr)),
     };
+    let (dst_addr, src_addr) = if ingress { (None, addr) } else { (addr, None) };
     EgressDetail {
         hook,
         family: Family::from_raw(e.family),
@@ -217,6 +241,7 @@ pub fn detail(e: &EgressEvent, policy: Option<&AgentPolicy>, name: Option<String
         dst_addr,
         dst_name: name,
         dst_port: e.port,
+        src_addr,
         verdict: Verdict::from_raw(e.verdict),
         rule,
         rule_text,

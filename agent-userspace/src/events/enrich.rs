@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{
     coalesce::Summary,
-    egress, exec, file, EgressSummary, ExitDetail, ForkDetail, InodePaths, RawEvent,
+    egress, exec, file, unix, EgressSummary, ExitDetail, ForkDetail, InodePaths, RawEvent,
     {Event, EventDetail},
 };
 use crate::{
@@ -60,6 +60,7 @@ pub fn enrich(raw: &RawEvent, lookups: &mut impl Lookups) -> Event {
             let paths = lookups.slot_paths(h.policy_slot);
             EventDetail::File(file::detail(e, agent_policy, paths.as_deref()))
         }
+        RawEvent::Unix(e) => EventDetail::Unix(unix::detail(e, agent_policy)),
     };
     Event {
         time_unix_nano: wall_of_boot(h.ts_ns, lookups.boot_to_wall_ns()),

@@ -13,9 +13,10 @@ use agent_common::{
         ExecEvent, ARGV_BYTES, EXEC_APPROVAL_RULE_BASE, EXEC_F_FROM_LSM, EXEC_F_KILLED,
         EXEC_RULE_DEFAULT, FILENAME_BYTES,
     },
+    unix::{UnixEvent, RULE_APP_SOCKET, RULE_UNNAMED, UNIX_PATH_MAX},
 };
 
-use super::{egress, exec, file, *};
+use super::{egress, exec, file, unix, *};
 use crate::identity::{AgentIdentity, TrustDomain};
 use crate::{
     policy::Policy,
@@ -50,6 +51,13 @@ agents:
           access: write
       watch:
         - path: /var/lib/agentcage-golden
+    ingress:
+      allow:
+        - cidr: 127.0.0.0/8
+          ports: [8080]
+          protocols: [tcp]
+    unix:
+      allow: [/run/user/1000/bus, "@/tmp/.X11-unix/X*"]
 "#;
 
 fn header(kind: u32, pid: u32) -> EventHeader {
@@ -448,7 +456,61 @@ fn samples() -> Vec<Event> {
             error: None,
         }),
     ));
+    // Added with ingress and unix: after every earlier line, which stay as they were.
+    for raw in [
+        egress_raw([127, 0, 0, 9], 8080, Verdict::Allow as u8, 0, 8),
+        egress_raw(
+            [127, 0, 0, 9],
+            9090,
+            Verdict::Deny as u8,
+            RULE_DEFAULT_DENY,
+            8,
+        ),
+    ] {
+        out.push(event(
+            0,
+            "",
+            EventDetail::Egress(egress::detail(&raw, p, None)),
+        ));
+    }
+    for raw in [
+        unix_raw(
+            b"/var/run/docker.sock\0",
+            Verdict::Deny,
+            RULE_DEFAULT_DENY,
+            1,
+        ),
+        unix_raw(b"\0/tmp/.X11-unix/X0", Verdict::Allow, 1, 3),
+        unix_raw(
+            b"/run/agentcage/app.sock",
+            Verdict::Allow,
+            RULE_APP_SOCKET,
+            3,
+        ),
+        unix_raw(b"", Verdict::Deny, RULE_UNNAMED, 4),
+    ] {
+        out.push(event(
+            100,
+            "probe",
+            EventDetail::Unix(unix::detail(&raw, p)),
+        ));
+    }
     out
+}
+
+fn unix_raw(addr: &[u8], verdict: Verdict, rule_id: u32, hook: u8) -> UnixEvent {
+    let mut a = [0u8; UNIX_PATH_MAX];
+    a[..addr.len()].copy_from_slice(addr);
+    UnixEvent {
+        header: header(EventKind::Unix as u32, 100),
+        addr: a,
+        len: addr.len() as u16,
+        sock_type: if hook == 4 { 2 } else { 1 },
+        rule_id,
+        verdict: verdict as u8,
+        hook,
+        _pad: [0; 6],
+    }
 }
 
 /// A grant (to an agent with a certificate in force), a refusal waiting for an approval,

@@ -1,8 +1,8 @@
 //! Events: decoded from the kernel's ring buffer, enriched with the agent's identity and the
 //! policy that decided, and fanned out on a bus to independent consumers.
 //!
-//! One module per event family (`egress`, `exec`, `process`, `file` from the kernel; `app`,
-//! `runtime`, `dns` and the session/policy events from the daemon), each holding its typed detail
+//! One module per event family (`egress`, `exec`, `process`, `file`, `unix` from the kernel;
+//! `app`, `runtime`, `dns` and the session/policy events from the daemon), each holding its typed detail
 //! and how a kernel record becomes it. `enrich` puts the families together; the daemon only
 //! supplies the lookups (agent names, policy slots, sequence numbers).
 
@@ -23,6 +23,7 @@ mod golden;
 pub(crate) mod named;
 pub mod process;
 mod runtime;
+mod unix;
 
 pub use app::{duration_of_ms, AppEvent, Phase};
 pub use bus::{Durable, EventBus};
@@ -40,6 +41,7 @@ pub use runtime::{
     ApprovalDetail, ApprovalState, AssertionDetail, BudgetDetail, BudgetLevel, ContainmentDetail,
     RungState,
 };
+pub use unix::{UnixDetail, UnixHook};
 
 use serde::{Deserialize, Serialize};
 
@@ -130,6 +132,8 @@ pub enum EventDetail {
     Exit(ExitDetail),
     /// An operation on a watched or protected file.
     File(FileDetail),
+    /// A Unix-socket connect or send.
+    Unix(UnixDetail),
     /// An agent session began (its cage was made) or ended (the cage was removed).
     Session(SessionDetail),
     /// The policy was reloaded, or a reload was refused.
@@ -161,6 +165,7 @@ impl EventDetail {
             Self::Fork(_) => "fork",
             Self::Exit(_) => "exit",
             Self::File(_) => "file",
+            Self::Unix(_) => "unix",
             Self::Session(_) => "session",
             Self::Policy(_) => "policy",
             Self::App(_) => "app",

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     account::RunAs,
-    egress::protocol_names,
+    egress::{protocol_names, AllowRule},
     exec::Enforcement,
     identity::{CertificateRequirement, Users},
     runtime::{ApprovalPolicy, Collectives, ContainmentPolicy},
@@ -94,39 +94,19 @@ fn write_agent(out: &mut String, agent: &AgentPolicy) {
         e.raw_sockets, e.allow_events
     );
     for rule in &e.allow {
-        let ports = if rule.ports.is_empty() {
-            "*".to_owned()
-        } else {
-            rule.ports
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        // CIDR rules keep the form they always had, so their policies keep their hash.
-        let dest = match &rule.dest {
-            crate::policy::Destination::Cidr(n) => format!("cidr={n}"),
-            crate::policy::Destination::Host(h) => format!("host={h}"),
-        };
-        let _ = write!(
-            out,
-            "  allow {dest} protocols={} ports={ports}",
-            protocol_names(rule.protocols)
-        );
-        if let Some(c) = &rule.comment {
-            out.push_str(" comment=");
-            quote(out, c);
+        write_rule(out, "allow", rule);
+    }
+    // Only written when present, so policies without them keep the hash they had.
+    for rule in &agent.ingress.allow {
+        write_rule(out, "ingress", &rule.0);
+    }
+    if let Some(unix) = &agent.unix {
+        out.push_str("  unix\n");
+        for entry in &unix.allow {
+            out.push_str("    allow ");
+            quote(out, entry.as_str());
+            out.push('\n');
         }
-        if let Some(n) = &rule.name {
-            let _ = write!(out, " name={n}");
-        }
-        if rule.requires_approval {
-            out.push_str(" requires_approval");
-        }
-        if rule.read_only {
-            out.push_str(" read_only");
-        }
-        out.push('\n');
     }
     // The run-time sections, each only when it differs from its default (so policies
     // without them keep the hash they had).
@@ -166,6 +146,43 @@ fn write_agent(out: &mut String, agent: &AgentPolicy) {
     if !agent.limits.is_empty() {
         let _ = writeln!(out, "  limits {}", json(&agent.limits));
     }
+}
+
+/// One `cidr`/`ports`/`protocols` rule, as the line `  WHAT cidr=... protocols=... ports=...`.
+fn write_rule(out: &mut String, what: &str, rule: &AllowRule) {
+    let ports = if rule.ports.is_empty() {
+        "*".to_owned()
+    } else {
+        rule.ports
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    // CIDR rules keep the form they always had, so their policies keep their hash.
+    let dest = match &rule.dest {
+        crate::policy::Destination::Cidr(n) => format!("cidr={n}"),
+        crate::policy::Destination::Host(h) => format!("host={h}"),
+    };
+    let _ = write!(
+        out,
+        "  {what} {dest} protocols={} ports={ports}",
+        protocol_names(rule.protocols)
+    );
+    if let Some(c) = &rule.comment {
+        out.push_str(" comment=");
+        quote(out, c);
+    }
+    if let Some(n) = &rule.name {
+        let _ = write!(out, " name={n}");
+    }
+    if rule.requires_approval {
+        out.push_str(" requires_approval");
+    }
+    if rule.read_only {
+        out.push_str(" read_only");
+    }
+    out.push('\n');
 }
 
 /// `"..."` with every character outside printable ASCII (and `"`, `\`) as `\u{hex}`, so that

@@ -6,13 +6,14 @@
 use agent_common::cage::{
     CAGE_F_ALLOW_RAW, CAGE_F_APPROVAL_ALL, CAGE_F_EXEC_DEFAULT_DENY, CAGE_F_EXEC_DIGESTS_REQUIRED,
     CAGE_F_EXEC_HASHES, CAGE_F_FILES, CAGE_F_HOSTS, CAGE_F_READ_ONLY, CAGE_F_THROTTLED,
+    CAGE_F_UNIX,
 };
 
 use serde::{Deserialize, Serialize};
 
 use super::{
-    compile_egress, compile_exec, compile_files, compile_read_only, AgentPolicy, CompiledAgent,
-    Enforcement, Policy, PolicyError, Rung,
+    compile::compile_at, compile_egress, compile_exec, compile_files, compile_read_only,
+    compile_unix, AgentPolicy, CompiledAgent, Enforcement, Policy, PolicyError, Rung,
 };
 
 /// What this kernel can enforce, probed at start.
@@ -27,6 +28,9 @@ pub struct KernelCaps {
     /// The `userns_create` LSM hook is there (file rules need it, so that a caged process
     /// cannot mount over protected paths in a user namespace of its own).
     pub userns_hook: bool,
+    /// Unix sockets can be confined: by BPF LSM (deny tier) or by the cgroup Unix socket
+    /// hooks (Linux 6.7 and later).
+    pub unix_sockets: bool,
     /// The cgroup v2 controllers the hierarchy offers (`CONTROLLER_*` bits).
     pub controllers: u8,
 }
@@ -36,6 +40,8 @@ impl KernelCaps {
     /// hashing in the deny tier, by the daemon's exec watch in the kill tier.
     pub fn enforces(self, feature: Feature) -> bool {
         match feature {
+            // The kill tier confines Unix sockets too, with the cgroup Unix socket hooks.
+            Feature::UnixSockets => self.unix_sockets,
             Feature::DenyEnforcement => self.can_refuse,
             Feature::FileRules => self.can_refuse && self.userns_hook,
             Feature::ContentRules => self.content_hashes,
@@ -54,11 +60,18 @@ pub enum Feature {
     FileRules,
     /// `sha256:` exec rules.
     ContentRules,
+    /// `unix:` rules (Unix sockets confined): BPF LSM, or the cgroup Unix socket hooks.
+    UnixSockets,
 }
 
 impl Feature {
     /// Every feature, in the order `refused` lists them.
-    pub const ALL: [Self; 3] = [Self::DenyEnforcement, Self::FileRules, Self::ContentRules];
+    pub const ALL: [Self; 4] = [
+        Self::DenyEnforcement,
+        Self::FileRules,
+        Self::ContentRules,
+        Self::UnixSockets,
+    ];
 
     /// How the feature reads in a policy, for messages.
     pub fn describe(self) -> &'static str {
@@ -66,6 +79,7 @@ impl Feature {
             Self::DenyEnforcement => "enforcement: deny",
             Self::FileRules => "files rules",
             Self::ContentRules => "exec rules by sha256",
+            Self::UnixSockets => "unix: (Unix sockets confined)",
         }
     }
 }
@@ -137,11 +151,14 @@ pub struct CageSettings {
 }
 
 /// The agent's rules compiled for its rung, or None when the policy does not know the agent.
-/// Exec and file rules are resolved to inodes now (this reads the file system).
+/// Exec and file rules are resolved to inodes now (this reads the file system). `app_socket`
+/// (the daemon's application socket, as bound) stays reachable when `unix:` confines the
+/// agent.
 pub fn compile_agent(
     policy: &Policy,
     agent: &str,
     rung: Rung,
+    app_socket: Option<&[u8]>,
 ) -> Result<Option<CompiledAgent>, PolicyError> {
     let Some(p) = policy.agent(agent) else {
         return Ok(None);
@@ -157,8 +174,19 @@ pub fn compile_agent(
         Rung::ReadOnly | Rung::Paused | Rung::Killed => compile_read_only(agent, &p.egress)?,
         Rung::Observe | Rung::ApprovalRequired => compile_egress(agent, &p.egress)?,
     };
+    // Compiled when the policy was loaded, so these cannot fail here.
+    let ingress = compile_at(&format!("{at}.ingress"), &p.ingress.as_rules(), false)?;
+    let unix =
+        compile_unix(&format!("{at}.unix"), p.unix.as_ref(), app_socket).map_err(|message| {
+            PolicyError::InvalidUnlocated {
+                file: policy.source().to_owned(),
+                message,
+            }
+        })?;
     Ok(Some(CompiledAgent {
         egress,
+        ingress,
+        unix,
         exec: compile_exec(&format!("{at}.exec"), &p.exec, &p.approvals.exec),
         files: compile_files(&format!("{at}.files"), &p.files),
     }))
@@ -181,11 +209,12 @@ fn mode_flags(mode: CageMode, caps: KernelCaps) -> u32 {
 }
 
 /// What in the agent's policy this kernel cannot enforce, if anything.
-pub fn needs_deny_tier(p: &AgentPolicy, c: &CompiledAgent, caps: KernelCaps) -> Option<Feature> {
+pub fn unenforced(p: &AgentPolicy, c: &CompiledAgent, caps: KernelCaps) -> Option<Feature> {
     [
         (Feature::DenyEnforcement, p.enforcement == Enforcement::Deny),
         (Feature::FileRules, !p.files.is_empty()),
         (Feature::ContentRules, c.exec.has_digest_rules),
+        (Feature::UnixSockets, c.unix.confined),
     ]
     .into_iter()
     .find(|&(f, used)| used && !caps.enforces(f))
@@ -230,11 +259,14 @@ pub fn cage_settings(
     if !compiled.egress.hosts.is_empty() {
         flags |= CAGE_F_HOSTS;
     }
+    if compiled.unix.confined {
+        flags |= CAGE_F_UNIX;
+    }
     let settings = CageSettings {
         flags,
         allow_sample: p.egress.allow_events.sample_rate(),
     };
-    let shortfall = needs_deny_tier(p, compiled, caps)
+    let shortfall = unenforced(p, compiled, caps)
         .map(Shortfall::Feature)
         .or_else(|| needs_controller(p, caps));
     (settings, shortfall)
@@ -248,19 +280,23 @@ mod tests {
         can_refuse: false,
         content_hashes: false,
         userns_hook: false,
+        unix_sockets: true,
         controllers: 0,
     };
     const DENY: KernelCaps = KernelCaps {
         can_refuse: true,
         content_hashes: true,
         userns_hook: true,
+        unix_sockets: true,
         controllers: CONTROLLER_PIDS | CONTROLLER_MEMORY | CONTROLLER_CPU,
     };
 
     fn agent(yaml: &str) -> (AgentPolicy, CompiledAgent) {
         let text = format!("version: 1\nagents:\n  a:\n{yaml}");
         let policy = Policy::from_yaml(&text, "t.yaml").unwrap();
-        let compiled = compile_agent(&policy, "a", Rung::Observe).unwrap().unwrap();
+        let compiled = compile_agent(&policy, "a", Rung::Observe, None)
+            .unwrap()
+            .unwrap();
         (policy.agent("a").unwrap().clone(), compiled)
     }
 
@@ -366,6 +402,23 @@ mod tests {
             cage_settings(Some(&p), &c, DENY, CageMode::default()).1,
             None
         );
+    }
+
+    #[test]
+    fn confined_unix_sockets_set_their_flag_or_name_the_missing_hooks() {
+        let (p, c) = agent("    unix: {allow: [/run/x.sock]}\n");
+        let (s, shortfall) = cage_settings(Some(&p), &c, KILL, CageMode::default());
+        assert_eq!((s.flags & CAGE_F_UNIX, shortfall), (CAGE_F_UNIX, None));
+        let neither = KernelCaps {
+            unix_sockets: false,
+            ..KILL
+        };
+        let (_, shortfall) = cage_settings(Some(&p), &c, neither, CageMode::default());
+        assert_eq!(shortfall, Some(Shortfall::Feature(Feature::UnixSockets)));
+        // Without `unix:` nothing is confined and nothing is missing.
+        let (p, c) = agent("    egress: {}\n");
+        let (s, shortfall) = cage_settings(Some(&p), &c, neither, CageMode::default());
+        assert_eq!((s.flags & CAGE_F_UNIX, shortfall), (0, None));
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod loader;
 mod locate;
 mod runtime;
 mod schema;
+mod unix;
 
 use std::{collections::BTreeMap, fs, path::Path};
 
@@ -28,7 +29,8 @@ pub use account::{Account, RunAs};
 pub use compile::compile_read_only;
 pub use compile::{compile_egress, CompiledEgress, CompiledHost};
 pub use egress::{
-    normalize_name, AllowEvents, AllowRule, Destination, EgressPolicy, HostPattern, PortRange,
+    normalize_name, AllowEvents, AllowRule, Destination, EgressPolicy, HostPattern, IngressPolicy,
+    IngressRule, PortRange,
 };
 pub use error::PolicyError;
 pub use exec::{
@@ -51,15 +53,21 @@ pub use runtime::{
     Rung, Span, TimeLimit,
 };
 pub use schema::{json_schema, AgentPolicy, Record, SCHEMA_VERSION};
+pub use unix::{compile_unix, CompiledUnix, UnixPattern, UnixPolicy};
 
 use locate::{locate, Step};
 use schema::RawPolicy;
 
-/// Everything the kernel needs for one agent: egress tries, exec and file rules.
+/// Everything the kernel needs for one agent: egress and ingress tries, the Unix-socket
+/// automaton, exec and file rules.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CompiledAgent {
     /// Egress trie entries.
     pub egress: CompiledEgress,
+    /// Ingress trie entries (the peers' networks, the agent's ports).
+    pub ingress: CompiledEgress,
+    /// The Unix-socket automaton.
+    pub unix: CompiledUnix,
     /// Exec rules by inode and by digest.
     pub exec: CompiledExec,
     /// File rules by inode.
@@ -121,43 +129,40 @@ impl Policy {
 
         // Compile now, so that a policy the kernel cannot hold is refused when it is loaded,
         // with a position, rather than when an agent starts.
-        let mut entries = (0, 0);
-        let mut add = |(v4, v6): (usize, usize)| {
-            entries.0 += v4;
-            entries.1 += v6;
-        };
-        for (name, agent) in &agents {
-            let path = [Step::Key("agents"), Step::Key(name)];
-            add(check_compiles(
-                text,
-                source,
-                &format!("agents.{name}.egress"),
-                &path,
-                agent,
-            )?);
-        }
-        if let Some(agent) = &default_agent {
-            let path = [Step::Key("default_agent")];
-            add(check_compiles(
-                text,
-                source,
-                "default_agent.egress",
-                &path,
-                agent,
-            )?);
+        let mut needed = [0usize; KERNEL_TABLES.len()];
+        let all = agents
+            .iter()
+            .map(|(name, agent)| {
+                (
+                    format!("agents.{name}"),
+                    vec![Step::Key("agents"), Step::Key(name)],
+                    agent,
+                )
+            })
+            .chain(default_agent.iter().map(|a| {
+                (
+                    "default_agent".to_owned(),
+                    vec![Step::Key("default_agent")],
+                    a,
+                )
+            }));
+        for (at, path, agent) in all {
+            let entries = check_compiles(text, source, &at, &path, agent)?;
+            for (total, n) in needed.iter_mut().zip(entries) {
+                *total += n;
+            }
         }
         // A reload holds the old and the new policy in the maps side by side: a policy may
         // take half of each.
-        let room = (agent_common::maps::MAX_EGRESS_ENTRIES / 2) as usize;
-        for (family, needed) in [("IPv4", entries.0), ("IPv6", entries.1)] {
+        for ((what, capacity, advice), needed) in KERNEL_TABLES.into_iter().zip(needed) {
+            let room = (capacity / 2) as usize;
             if needed > room {
                 return Err(PolicyError::InvalidUnlocated {
                     file: source.to_owned(),
                     message: format!(
-                        "the policy needs {needed} {family} allow-list entries in the kernel \
-                         (one per distinct CIDR per agent), more than the {room} that fit \
-                         (half the map, so a reload can hold old and new side by side); \
-                         merge CIDRs into wider prefixes"
+                        "the policy needs {needed} {what} in the kernel, more than the {room} \
+                         that fit (half the map, so a reload can hold old and new side by \
+                         side); {advice}"
                     ),
                 });
             }
@@ -365,37 +370,92 @@ fn yaml_error(file: &str, err: &serde_norway::Error) -> PolicyError {
     }
 }
 
-/// Compiles one agent's egress policy, placing any error at the rule (or list) it names;
-/// returns how many IPv4 and IPv6 trie entries it takes.
+/// The kernel tables a policy fills: what their entries are, the map's size, and what to do
+/// when a policy needs too many.
+const KERNEL_TABLES: [(&str, u32, &str); 5] = {
+    use agent_common::maps::{MAX_EGRESS_ENTRIES, MAX_INGRESS_ENTRIES, MAX_UNIX_DFA_ENTRIES};
+    const MERGE: &str = "merge CIDRs into wider prefixes";
+    [
+        (
+            "IPv4 allow-list entries (one per distinct CIDR per agent)",
+            MAX_EGRESS_ENTRIES,
+            MERGE,
+        ),
+        (
+            "IPv6 allow-list entries (one per distinct CIDR per agent)",
+            MAX_EGRESS_ENTRIES,
+            MERGE,
+        ),
+        (
+            "IPv4 ingress entries (one per distinct CIDR per agent)",
+            MAX_INGRESS_ENTRIES,
+            MERGE,
+        ),
+        (
+            "IPv6 ingress entries (one per distinct CIDR per agent)",
+            MAX_INGRESS_ENTRIES,
+            MERGE,
+        ),
+        (
+            "Unix-socket automaton transitions",
+            MAX_UNIX_DFA_ENTRIES,
+            "use fewer or simpler unix.allow globs",
+        ),
+    ]
+};
+
+/// Compiles one agent's egress, ingress and Unix-socket sections (`at` names the agent:
+/// `agents.NAME` or `default_agent`), placing any error at the rule (or list) it names;
+/// returns how many entries of each of [`KERNEL_TABLES`] it takes.
 fn check_compiles(
     text: &str,
     file: &str,
-    label: &str,
+    at: &str,
     agent_path: &[Step<'_>],
     agent: &AgentPolicy,
-) -> Result<(usize, usize), PolicyError> {
-    let err = match compile::compile_at(label, &agent.egress, false) {
-        Ok(c) => return Ok((c.v4.len(), c.v6.len())),
-        Err(e) => e,
+) -> Result<[usize; KERNEL_TABLES.len()], PolicyError> {
+    let placed = |section: &'static str, rule: Option<usize>, message: String| {
+        let mut path = agent_path.to_vec();
+        path.extend([Step::Key(section), Step::Key("allow")]);
+        path.extend(rule.map(Step::Index));
+        match locate(text, &path) {
+            Some((line, column)) => PolicyError::Invalid {
+                file: file.to_owned(),
+                line,
+                column,
+                message,
+            },
+            None => PolicyError::InvalidUnlocated {
+                file: file.to_owned(),
+                message,
+            },
+        }
     };
-    let mut path = agent_path.to_vec();
-    path.extend([Step::Key("egress"), Step::Key("allow")]);
-    if let PolicyError::TooManyPortRules { rule, .. } = &err {
-        path.push(Step::Index(*rule));
+    let mut tries = [(0, 0); 2];
+    for (slot, (section, rules)) in tries.iter_mut().zip([
+        ("egress", agent.egress.clone()),
+        ("ingress", agent.ingress.as_rules()),
+    ]) {
+        match compile::compile_at(&format!("{at}.{section}"), &rules, false) {
+            Ok(c) => *slot = (c.v4.len(), c.v6.len()),
+            Err(e) => {
+                let rule = match &e {
+                    PolicyError::TooManyPortRules { rule, .. } => Some(*rule),
+                    _ => None,
+                };
+                return Err(placed(section, rule, e.to_string()));
+            }
+        }
     }
-    let message = err.to_string();
-    Err(match locate(text, &path) {
-        Some((line, column)) => PolicyError::Invalid {
-            file: file.to_owned(),
-            line,
-            column,
-            message,
-        },
-        None => PolicyError::InvalidUnlocated {
-            file: file.to_owned(),
-            message,
-        },
-    })
+    let unix = compile_unix(&format!("{at}.unix"), agent.unix.as_ref(), None)
+        .map_err(|message| placed("unix", None, message))?;
+    Ok([
+        tries[0].0,
+        tries[0].1,
+        tries[1].0,
+        tries[1].1,
+        unix.transitions.len(),
+    ])
 }
 
 #[cfg(test)]

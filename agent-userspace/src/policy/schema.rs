@@ -19,11 +19,12 @@ use serde::{
 use super::assertions::Assertion;
 use super::{
     account::RunAs,
-    egress::EgressPolicy,
+    egress::{EgressPolicy, IngressPolicy},
     exec::{Enforcement, ExecPolicy, FilesPolicy},
     identity::{CertificateRequirement, CredentialRule, IdentityPolicy, Users},
     limits::Limits,
     runtime::{ApprovalPolicy, Budgets, Collectives, ContainmentPolicy},
+    unix::UnixPolicy,
     validate_agent_name,
 };
 
@@ -37,6 +38,13 @@ pub struct AgentPolicy {
     /// Outbound network access.
     #[serde(default)]
     pub egress: EgressPolicy,
+    /// Who may connect to the agent's listeners; nobody unless a rule says so.
+    #[serde(default)]
+    pub ingress: IngressPolicy,
+    /// Unix sockets: present, only the listed addresses (and listeners in the agent's own
+    /// cage) may be reached; absent, Unix sockets are not confined.
+    #[serde(default)]
+    pub unix: Option<UnixPolicy>,
     /// The kernel tier the agent needs: `any` (default) or `deny`.
     #[serde(default)]
     pub enforcement: Enforcement,

@@ -10,6 +10,7 @@
 //! the account switch, the capability drop and every program are part of what is tested.
 
 pub mod attempts;
+pub mod net;
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -24,8 +25,13 @@ use serde::{Deserialize, Serialize};
 
 /// The hidden `agentcage` subcommand that runs the catalogue inside the cage.
 pub const ATTEMPTS_COMMAND: &str = "__selftest-attempts";
-/// The agent the self-test's cage belongs to.
+/// The agent the self-test's cage belongs to: Unix sockets confined (`unix: {allow: []}`).
 const AGENT: &str = "selftest";
+/// The same without `unix:`, for kernels that cannot confine Unix sockets (where an agent
+/// with `unix:` is refused); the Unix attempts then say why they do not apply.
+const AGENT_UNIX_OPEN: &str = "selftest-unix-open";
+/// What the daemon says when it refuses an agent with `unix:` for want of hooks.
+const UNIX_REFUSAL: &str = "its policy confines Unix sockets";
 
 /// What one attempt came to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +94,70 @@ pub struct Context {
     pub runner_pid: u32,
     /// The daemon.
     pub daemon_pid: u32,
+    /// The Unix sockets outside the cage.
+    pub unix: UnixTargets,
+}
+
+/// Unix sockets outside the cage for the attempts to reach, and whether the cage confines
+/// Unix sockets at all.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UnixTargets {
+    /// The cage's policy has `unix:` (the kernel can confine Unix sockets).
+    pub confined: bool,
+    /// If not, what the kernel lacks.
+    pub why: String,
+    /// A stream listener's path.
+    pub path: String,
+    /// A datagram socket's path.
+    pub dgram_path: String,
+    /// An abstract stream listener's name (without the leading NUL).
+    pub abstract_name: String,
+}
+
+/// The sockets [`UnixTargets`] names, held open while the attempts run.
+pub struct HeldUnix(
+    #[expect(dead_code, reason = "held only so that the sockets stay open")]
+    (
+        std::os::unix::net::UnixListener,
+        std::os::unix::net::UnixDatagram,
+        std::os::unix::net::UnixListener,
+    ),
+);
+
+impl UnixTargets {
+    /// Binds the three sockets in `dir`, open to every uid (the agent runs under one of its
+    /// own): only a hook can stop the attempts, not a file mode.
+    pub fn bind(dir: &Path, confined: bool, why: String) -> std::io::Result<(Self, HeldUnix)> {
+        use std::os::{
+            linux::net::SocketAddrExt as _,
+            unix::net::{SocketAddr, UnixDatagram, UnixListener},
+        };
+        let path = dir.join("listener.sock");
+        let dgram_path = dir.join("dgram.sock");
+        let stream = UnixListener::bind(&path)?;
+        let dgram = UnixDatagram::bind(&dgram_path)?;
+        for p in [&path, &dgram_path] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777))?;
+        }
+        let abstract_name = format!("agentcage-selftest-{}", std::process::id());
+        let abstract_listener =
+            UnixListener::bind_addr(&SocketAddr::from_abstract_name(abstract_name.as_bytes())?)?;
+        Ok((
+            Self {
+                confined,
+                why,
+                path: path.display().to_string(),
+                dgram_path: dgram_path.display().to_string(),
+                abstract_name,
+            },
+            HeldUnix((stream, dgram, abstract_listener)),
+        ))
+    }
+}
+
+/// Every attempt, in report order: the catalogue's, then the network ones.
+pub fn catalogue() -> impl Iterator<Item = &'static attempts::Attempt> {
+    attempts::CATALOGUE.iter().chain(net::ATTEMPTS)
 }
 
 /// Inside the cage: runs the catalogue and prints one JSON [`Line`] per attempt.
@@ -96,7 +166,7 @@ pub fn run_attempts(context: &str) -> i32 {
         eprintln!("agentcage selftest: unreadable context");
         return 2;
     };
-    for a in attempts::CATALOGUE {
+    for a in catalogue() {
         let line = Line {
             name: a.name.to_owned(),
             what: a.what.to_owned(),
@@ -164,8 +234,8 @@ pub fn run(bins: &Binaries, deadline: Duration) -> Result<Vec<Line>, SelftestErr
     std::fs::write(
         &policy,
         format!(
-            "version: 1\nagents:\n  {AGENT}:\n    exec:\n      default: deny\n      allow: [{}]\n",
-            serde_json::to_string(&cli.display().to_string()).unwrap_or_default()
+            "version: 1\nagents:\n  {AGENT}:\n    unix: {{allow: []}}\n    exec:\n      default: deny\n      allow: [{cli}]\n  {AGENT_UNIX_OPEN}:\n    exec:\n      default: deny\n      allow: [{cli}]\n",
+            cli = serde_json::to_string(&cli.display().to_string()).unwrap_or_default()
         ),
     )
     .map_err(setup("the policy"))?;
@@ -204,7 +274,13 @@ pub fn run(bins: &Binaries, deadline: Duration) -> Result<Vec<Line>, SelftestErr
         let forbidden = Path::new("/bin/true")
             .canonicalize()
             .map_err(setup("/bin/true"))?;
-        let context = Context {
+        let unix_dir = dir.path().join("unix");
+        std::fs::create_dir(&unix_dir).map_err(setup("a directory for Unix sockets"))?;
+        std::fs::set_permissions(&unix_dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(setup("chmod"))?;
+        let (unix, _held) =
+            UnixTargets::bind(&unix_dir, true, String::new()).map_err(setup("Unix sockets"))?;
+        let mut context = Context {
             tcp_port: port(tcp.local_addr().ok()),
             tcp6_port: port(tcp6.as_ref().and_then(|l| l.local_addr().ok())),
             udp_port: port(udp.local_addr().ok()),
@@ -218,26 +294,44 @@ pub fn run(bins: &Binaries, deadline: Duration) -> Result<Vec<Line>, SelftestErr
                 .unwrap_or_default(),
             runner_pid: std::process::id(),
             daemon_pid: daemon.id(),
+            unix,
         };
-        let out = Command::new(&cli)
-            .arg("--socket")
-            .arg(&socket)
-            .args(["run", "--no-pty", "--agent", AGENT, "--"])
-            .arg(&cli)
-            .arg(ATTEMPTS_COMMAND)
-            .arg(serde_json::to_string(&context).unwrap_or_default())
-            .stdin(Stdio::null())
-            .output()
-            .map_err(setup("agentcage run"))?;
+        let attempt = |agent: &str, context: &Context| {
+            Command::new(&cli)
+                .arg("--socket")
+                .arg(&socket)
+                .args(["run", "--no-pty", "--agent", agent, "--"])
+                .arg(&cli)
+                .arg(ATTEMPTS_COMMAND)
+                .arg(serde_json::to_string(context).unwrap_or_default())
+                .stdin(Stdio::null())
+                .output()
+                .map_err(setup("agentcage run"))
+        };
+        let mut out = attempt(AGENT, &context)?;
+        let refusal = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() && refusal.contains(UNIX_REFUSAL) {
+            // This kernel cannot confine Unix sockets: the rest runs without unix:.
+            context.unix.confined = false;
+            context.unix.why = refusal
+                .split_once("has neither: ")
+                .map_or(refusal.as_str(), |(_, why)| why)
+                .split(". Run it")
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned();
+            out = attempt(AGENT_UNIX_OPEN, &context)?;
+        }
         let lines: Vec<Line> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect();
-        if lines.len() != attempts::CATALOGUE.len() {
+        let expected = catalogue().count();
+        if lines.len() != expected {
             return Err(SelftestError::Setup(format!(
-                "the attempts did not all report ({} of {}): {}\n{log}",
+                "the attempts did not all report ({} of {expected}): {}\n{log}",
                 lines.len(),
-                attempts::CATALOGUE.len(),
                 String::from_utf8_lossy(&out.stderr)
             )));
         }

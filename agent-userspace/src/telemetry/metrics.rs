@@ -125,6 +125,7 @@ impl Instruments {
                 EventDetail::File(d) => {
                     Some((d.verdict.name(), Cow::Owned(format!("file_{}", d.op)), 1))
                 }
+                EventDetail::Unix(d) => Some((d.verdict.name(), Cow::Owned(d.hook.to_string()), 1)),
                 _ => None,
             };
             if let Some((verdict, hook, n)) = decided {

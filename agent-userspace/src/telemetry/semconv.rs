@@ -65,6 +65,8 @@ pub const OP_EXECUTE_TOOL: &str = "execute_tool";
 // Network and process (stable).
 /// `server.address`: the destination of an egress attempt.
 pub const SERVER_ADDRESS: &str = "server.address";
+/// The peer that reached (or tried to reach) the agent's listener.
+pub const CLIENT_ADDRESS: &str = "client.address";
 /// `server.port`.
 pub const SERVER_PORT: &str = "server.port";
 /// `network.peer.address`: the address of an egress attempt whose `server.address` is the
@@ -146,6 +148,8 @@ pub const EVENT_PROCESS_FORK: &str = "agentcage.process.fork";
 pub const EVENT_PROCESS_EXIT: &str = "agentcage.process.exit";
 /// An operation on a watched or protected file.
 pub const EVENT_FILE: &str = "agentcage.file.access";
+/// A Unix-socket connect or send, judged.
+pub const EVENT_UNIX_DECISION: &str = "agentcage.unix.decision";
 /// Stable process conventions for exec and exit.
 pub const PROCESS_COMMAND_ARGS: &str = "process.command_args";
 /// The parent's pid.

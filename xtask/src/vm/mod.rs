@@ -102,6 +102,9 @@ impl Boot {
 /// which every Debian kernel has).
 const KILL_REFUSED: &[&str] = &["deny_enforcement", "file_rules"];
 
+/// And before Linux 6.7, which has no cgroup Unix socket hooks, Unix sockets too.
+const KILL_REFUSED_BEFORE_6_7: &[&str] = &["deny_enforcement", "file_rules", "unix_sockets"];
+
 /// What every boot runs: egress, capture, what the kernel is refused, and the tier's own
 /// suite (each boot's `agentcage selftest` step comes first). Under TCG each deny-tier
 /// daemon start verifies every LSM program (a minute on a busy machine), so the suites of
@@ -109,8 +112,26 @@ const KILL_REFUSED: &[&str] = &["deny_enforcement", "file_rules"];
 /// the tier in its cheaper kill boot; the host runs them all.
 const DENY_TESTS: &[&str] = &["egress", "capture", "kernel", "deny_tier"];
 const KILL_TESTS: &[&str] = &["egress", "capture", "kernel", "kill_tier"];
-/// Debian 12 (6.1), the reference kernel, deny tier: the LSM's agreement with the resolver.
-const FULL_DENY_TESTS: &[&str] = &["egress", "capture", "dns", "kernel", "deny_tier"];
+/// Debian 12 (6.1), the reference kernel, deny tier: the LSM's agreement with the resolver,
+/// and Unix sockets and inbound connections judged by the LSM.
+const FULL_DENY_TESTS: &[&str] = &[
+    "egress",
+    "ingress",
+    "unix",
+    "capture",
+    "dns",
+    "kernel",
+    "deny_tier",
+];
+/// Debian 13 (6.12), kill tier: Unix sockets confined by the cgroup Unix socket hooks (6.7).
+const UNIX_HOOK_KILL_TESTS: &[&str] = &[
+    "egress",
+    "ingress",
+    "unix",
+    "capture",
+    "kernel",
+    "kill_tier",
+];
 /// Debian 12's kill tier: also accounts and limits (the VM's unified hierarchy has the
 /// controllers the host lacks). The resolver's kill-tier path, bounded inputs and the
 /// self-test's suite run on the host (the boot's selftest step runs the catalogue here).
@@ -134,7 +155,7 @@ impl Boot {
     const fn kill(kernel: &'static Kernel, lsm: Option<&'static str>) -> Self {
         Self {
             tier: Tier::Kill,
-            refused: KILL_REFUSED,
+            refused: KILL_REFUSED_BEFORE_6_7,
             tests: KILL_TESTS,
             ..Self::deny(kernel, lsm)
         }
@@ -187,10 +208,14 @@ pub const VM_SUITES: &[Boot] = &[
         )
     },
     Boot::deny(&KERNELS[2], None),
-    Boot::kill(
-        &KERNELS[2],
-        Some("lockdown,capability,landlock,yama,apparmor,tomoyo,ipe,ima,evm"),
-    ),
+    Boot {
+        refused: KILL_REFUSED,
+        tests: UNIX_HOOK_KILL_TESTS,
+        ..Boot::kill(
+            &KERNELS[2],
+            Some("lockdown,capability,landlock,yama,apparmor,tomoyo,ipe,ima,evm"),
+        )
+    },
 ];
 
 /// Host programs the tests run, by path (`/bin/sh -c ...`, copies of `/bin/true`) or by name
@@ -553,7 +578,7 @@ fn is_executable(p: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{select, Tier, KILL_REFUSED, VM_SUITES};
+    use super::{select, Tier, KILL_REFUSED, KILL_REFUSED_BEFORE_6_7, VM_SUITES};
 
     fn names(kernels: &[&str], boots: &[&str]) -> Vec<String> {
         let own = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
@@ -603,11 +628,23 @@ mod tests {
                 assert_eq!(has_bpf, b.tier == Tier::Deny, "boot {}", b.name());
             }
             if b.tier == Tier::Kill {
-                assert_eq!(b.refused, KILL_REFUSED, "boot {}", b.name());
+                // Unix sockets are confined in the kill tier from 6.7 (cgroup Unix hooks).
+                let want = if b.kernel.name == "6.12" {
+                    KILL_REFUSED
+                } else {
+                    KILL_REFUSED_BEFORE_6_7
+                };
+                assert_eq!(b.refused, want, "boot {}", b.name());
             }
             for r in b.refused {
                 assert!(
-                    ["deny_enforcement", "file_rules", "content_rules"].contains(r),
+                    [
+                        "deny_enforcement",
+                        "file_rules",
+                        "content_rules",
+                        "unix_sockets"
+                    ]
+                    .contains(r),
                     "boot {}: {r}",
                     b.name()
                 );

@@ -83,6 +83,19 @@ pub enum StateError {
         /// What the kernel lacks.
         missing: String,
     },
+    /// The agent's policy confines Unix sockets and this kernel has no way to.
+    #[error(
+        "refused to start agent {agent:?}: its policy confines Unix sockets (unix:), which \
+         needs BPF LSM or the cgroup Unix socket hooks of Linux 6.7 and later, and this kernel \
+         has neither: {missing}. Run it on such a kernel (see `agentcage doctor`), or remove \
+         unix: from its policy"
+    )]
+    UnixUnavailable {
+        /// The agent.
+        agent: String,
+        /// What the kernel lacks.
+        missing: String,
+    },
     /// The agent's policy sets a limit whose cgroup v2 controller the hierarchy lacks.
     #[error(
         "refused to start agent {agent:?}: its policy sets {limit}, but the cgroup v2 \

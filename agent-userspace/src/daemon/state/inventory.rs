@@ -57,7 +57,8 @@ impl State {
     /// The tier the agent gets here, or why it would be refused (as `run` would say, without
     /// the warnings a real start logs).
     fn tier_of(&self, policy: &Policy, agent: &str) -> String {
-        let compiled = match compile_agent(policy, agent, Rung::Observe) {
+        // Only what the kernel must enforce matters here, not the application socket.
+        let compiled = match compile_agent(policy, agent, Rung::Observe, None) {
             Ok(Some(c)) => c,
             Ok(None) => return "refused: the policy defines no such agent".to_owned(),
             Err(e) => return format!("refused: {e}"),

@@ -36,7 +36,9 @@ use crate::{
     cage::CageRoot,
     events::{Event, EventBus},
     policy::{
-        kernel::{cage_settings, compile_agent, CageMode, CageSettings, KernelCaps, Shortfall},
+        kernel::{
+            cage_settings, compile_agent, CageMode, CageSettings, Feature, KernelCaps, Shortfall,
+        },
         CompiledAgent, Policy,
     },
 };
@@ -63,7 +65,8 @@ pub struct Held {
 /// What the kernel gives, found at start.
 #[derive(Clone, Debug)]
 pub struct KernelInfo {
-    /// What the programs can enforce here: the tier and the deny tier's optional hooks.
+    /// What the programs can enforce here: the tier, the deny tier's optional hooks and how
+    /// Unix sockets are confined.
     pub caps: crate::bpf::Capabilities,
     /// The host-wide hooks' states.
     pub hooks: Vec<HookStatus>,
@@ -84,6 +87,7 @@ impl KernelInfo {
                 Tier::Kill => self.caps.exec_watch,
             },
             userns_hook: self.caps.userns_hook,
+            unix_sockets: self.caps.unix.available(),
             controllers: self.controllers,
         }
     }
@@ -101,6 +105,8 @@ pub struct RuntimeParts {
     pub recording_dir: PathBuf,
     /// Where containment jobs (snapshots, kills) go, to run outside the state lock.
     pub jobs: tokio::sync::mpsc::UnboundedSender<ContainJob>,
+    /// The application socket, which agents reach even where `unix:` confines them.
+    pub app_socket: PathBuf,
     /// Keys, certificates and the trust domain.
     pub credentials: CredentialSetup,
     /// The cages' resolver: its configuration, maps and the daemon's answers.
@@ -116,6 +122,8 @@ pub struct State {
     kernel: KernelInfo,
     policy: Arc<Policy>,
     policy_path: PathBuf,
+    /// The application socket's path, as bound.
+    app_socket: PathBuf,
     maps: EgressMaps,
     root: CageRoot,
     inotify: Arc<Inotify>,
@@ -166,6 +174,7 @@ impl State {
             kernel,
             policy: Arc::new(policy),
             policy_path,
+            app_socket: parts.app_socket,
             maps,
             root,
             inotify,
@@ -253,7 +262,9 @@ impl State {
         adopting: bool,
         mode: CageMode,
     ) -> Result<(CompiledAgent, CageSettings), StateError> {
-        let compiled = match compile_agent(policy, agent, mode.rung)? {
+        use std::os::unix::ffi::OsStrExt as _;
+        let app_socket = Some(self.app_socket.as_os_str().as_bytes());
+        let compiled = match compile_agent(policy, agent, mode.rung, app_socket)? {
             Some(c) => c,
             None if strict => {
                 return Err(StateError::UnknownAgent {
@@ -286,6 +297,14 @@ impl State {
     /// The refusal for what this kernel cannot enforce of an agent's policy.
     fn shortfall_error(&self, agent: &str, shortfall: Shortfall) -> StateError {
         match shortfall {
+            Shortfall::Feature(Feature::UnixSockets) => StateError::UnixUnavailable {
+                agent: agent.to_owned(),
+                missing: self
+                    .kernel
+                    .caps
+                    .lacks(Feature::UnixSockets)
+                    .unwrap_or_default(),
+            },
             Shortfall::Feature(feature) => StateError::TierUnavailable {
                 agent: agent.to_owned(),
                 needs: feature.describe().to_owned(),

@@ -56,6 +56,7 @@ impl State {
             tier_missing: self.kernel.caps.missing.clone(),
             content_hashes: self.kernel.caps().content_hashes,
             refused: self.kernel.caps.refused(),
+            unix: Some(self.kernel.caps.unix.clone()),
             hooks: self.hooks(),
             agents,
         }

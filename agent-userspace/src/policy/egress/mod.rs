@@ -3,6 +3,7 @@
 //! error points at the offending text (see `schema`).
 
 mod host;
+mod ingress;
 
 use std::{fmt, net::IpAddr};
 
@@ -609,6 +610,8 @@ impl<'de> Deserialize<'de> for Protocol {
         d.deserialize_str(V)
     }
 }
+
+pub use ingress::{IngressPolicy, IngressRule};
 
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,8 @@ use opentelemetry::{logs::Severity, KeyValue, Value};
 
 use super::{decision_span, sc, time_of, warn_if, KindParts, SpanPlan};
 use crate::events::{
-    DnsDetail, EgressDetail, EgressSummary, Event, ExecDetail, ExitDetail, FileDetail, Verdict,
+    DnsDetail, EgressDetail, EgressSummary, Event, ExecDetail, ExitDetail, FileDetail, UnixDetail,
+    Verdict,
 };
 
 pub(super) fn egress(event: &Event, d: &EgressDetail) -> KindParts {
@@ -29,14 +30,20 @@ pub(super) fn egress(event: &Event, d: &EgressDetail) -> KindParts {
         }
         (None, _) => {}
     }
+    if let Some(peer) = d.src_addr {
+        // A peer reaching the agent: the agent is the server, on its own port.
+        attrs.push(KeyValue::new(sc::CLIENT_ADDRESS, peer.to_string()));
+        attrs.push(KeyValue::new(sc::SERVER_PORT, i64::from(d.dst_port)));
+    }
     if let Some(text) = &d.rule_text {
         attrs.push(KeyValue::new(sc::RULE_TEXT, text.clone()));
     }
     let deny = d.verdict == Verdict::Deny;
-    let target = d
-        .dst_addr
-        .map(|a| format!(" {}", std::net::SocketAddr::new(a, d.dst_port)))
-        .unwrap_or_default();
+    let target = match (d.dst_addr, d.src_addr) {
+        (Some(a), _) => format!(" {}", std::net::SocketAddr::new(a, d.dst_port)),
+        (None, Some(peer)) => format!(" from {peer} to port {}", d.dst_port),
+        (None, None) => String::new(),
+    };
     let target = match &d.dst_name {
         Some(name) => format!("{target} ({name})"),
         None => target,
@@ -79,6 +86,37 @@ pub(super) fn egress_summary(event: &Event, s: &EgressSummary) -> KindParts {
         severity,
         format!("{} more: {body}", s.count),
         span,
+        attrs,
+    )
+}
+
+pub(super) fn unix(event: &Event, d: &UnixDetail) -> KindParts {
+    let mut attrs = vec![
+        KeyValue::new(sc::VERDICT, d.verdict.to_string()),
+        KeyValue::new(sc::RULE, d.rule.to_string()),
+        KeyValue::new(sc::HOOK, d.hook.to_string()),
+        KeyValue::new(sc::NETWORK_TRANSPORT, "unix"),
+        KeyValue::new(sc::SOCKET_TYPE, d.sock_type.to_string()),
+    ];
+    if let Some(path) = &d.path {
+        attrs.push(KeyValue::new(sc::SERVER_ADDRESS, path.clone()));
+    }
+    if let Some(text) = &d.rule_text {
+        attrs.push(KeyValue::new(sc::RULE_TEXT, text.clone()));
+    }
+    let body = format!(
+        "{} {} {}: {}",
+        d.verdict,
+        d.hook,
+        d.path.as_deref().unwrap_or("(unnamed)"),
+        d.rule
+    );
+    let span = decision_span(event, format!("unix {}", d.hook), d.verdict, d.rule);
+    (
+        sc::EVENT_UNIX_DECISION,
+        warn_if(d.verdict == Verdict::Deny),
+        body,
+        Some(span),
         attrs,
     )
 }

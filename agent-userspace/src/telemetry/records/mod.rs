@@ -24,7 +24,7 @@ mod daemon;
 mod kernel;
 
 use daemon::{app, approval, assertion, budget, containment, credential, policy, session};
-use kernel::{dns, egress, egress_summary, exec, exit, file};
+use kernel::{dns, egress, egress_summary, exec, exit, file, unix};
 
 use super::semconv as sc;
 use crate::{
@@ -156,6 +156,7 @@ pub fn describe(record: &Record, node: &str) -> Described {
                 ),
                 EventDetail::Exit(d) => exit(event, d),
                 EventDetail::File(d) => file(event, d),
+                EventDetail::Unix(d) => unix(event, d),
                 EventDetail::Dns(d) => dns(event, d),
             };
             attributes.extend(more);

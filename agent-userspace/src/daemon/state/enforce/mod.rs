@@ -24,7 +24,7 @@ use std::{net::SocketAddr, sync::Arc};
 use super::State;
 use crate::{
     clock::boot_ns,
-    events::{EgressDetail, Event, EventDetail, ExecDetail, RuleRef, Verdict},
+    events::{EgressDetail, EgressHook, Event, EventDetail, ExecDetail, RuleRef, Verdict},
     policy::AgentPolicy,
     runtime::{
         approvals::Subject,
@@ -49,6 +49,10 @@ impl State {
         self.containment.remember(&agent, Arc::clone(event), keep);
         match &event.detail {
             EventDetail::Exec(x) => self.on_exec(&agent, agent_policy, x, event.kernel_ts_ns),
+            // A peer reaching the agent is not the agent's doing: it feeds neither assertions
+            // nor the deny rate (an outsider must not be able to get an agent contained).
+            EventDetail::Egress(e) if e.hook == EgressHook::SkbIngress => {}
+            EventDetail::EgressSummary(s) if s.decision.hook == EgressHook::SkbIngress => {}
             EventDetail::Egress(e) => {
                 self.on_egress(&agent, agent_policy, e, (event.kernel_ts_ns, 1));
             }
