@@ -48,7 +48,7 @@ const TRACEPOINTS: [(&str, &str, &str); 3] = [
 const FILES: &str = "deny tier: file rules (refuse protected, report watched)";
 
 /// The deny tier's LSM hooks attached at start besides exec: (program, hook, purpose).
-const LSM_HOOKS: [(&str, &str, &str); 6] = [
+const LSM_HOOKS: [(&str, &str, &str); 4] = [
     (
         "agentcage_mmap_file",
         "mmap_file",
@@ -58,16 +58,6 @@ const LSM_HOOKS: [(&str, &str, &str); 6] = [
         "agentcage_socket_connect",
         "socket_connect",
         "deny tier: egress second line, judges the caller's cage (also for passed-in sockets)",
-    ),
-    (
-        "agentcage_unix_stream_connect",
-        "unix_stream_connect",
-        "deny tier: Unix stream connects of cages with unix: rules, judged by the listener",
-    ),
-    (
-        "agentcage_unix_may_send",
-        "unix_may_send",
-        "deny tier: Unix datagrams of cages with unix: rules, judged by the receiver",
     ),
     (
         "agentcage_socket_sendmsg",
@@ -81,7 +71,21 @@ const LSM_HOOKS: [(&str, &str, &str); 6] = [
     ),
 ];
 
-/// The file hooks, attached when a cage first needs them (see [`super::file_hooks`]).
+/// The Unix socket hooks, attached when a cage first needs them (see [`super::lazy_hooks`]).
+pub(super) const UNIX_HOOKS: [(&str, &str, &str); 2] = [
+    (
+        "agentcage_unix_stream_connect",
+        "unix_stream_connect",
+        "deny tier: Unix stream connects of cages with unix: rules, judged by the listener",
+    ),
+    (
+        "agentcage_unix_may_send",
+        "unix_may_send",
+        "deny tier: Unix datagrams of cages with unix: rules, judged by the receiver",
+    ),
+];
+
+/// The file hooks, attached when a cage first needs them (see [`super::lazy_hooks`]).
 pub(super) const FILE_HOOKS: [(&str, &str, &str); 10] = [
     ("agentcage_file_open", "file_open", FILES),
     ("agentcage_path_truncate", "path_truncate", FILES),
@@ -127,7 +131,8 @@ pub struct GlobalHooks {
 
 impl GlobalHooks {
     /// Attaches the tracepoints and, in the deny tier, the LSM hooks that `caps` says loaded
-    /// (the file hooks come later, when a cage needs them: [`super::FileHooks`]);
+    /// (the file and Unix socket hooks come later, when a cage needs them:
+    /// [`super::LazyHooks`]);
     /// pins each link as `DIR/NAME-TAG`. An LSM hook that fails is an error: the caller loads
     /// again for the kill tier rather than run the deny tier half-attached.
     pub fn attach(
@@ -167,7 +172,7 @@ impl GlobalHooks {
             .into_iter()
             .chain(LSM_HOOKS);
         if caps.tier == Tier::Kill {
-            for (name, hook, purpose) in lsm.chain(FILE_HOOKS).chain([USERNS_HOOK]) {
+            for (name, hook, purpose) in lsm.chain(UNIX_HOOKS).chain(FILE_HOOKS).chain([USERNS_HOOK]) {
                 hooks.note(
                     name,
                     &format!("lsm/{hook}"),

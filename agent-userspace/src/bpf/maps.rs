@@ -63,8 +63,8 @@ pub struct EgressMaps {
     file_rules: HashMap<MapData, InodeKey, FileRule>,
     global_lost: PerCpuArray<MapData, u64>,
     cpus: usize,
-    /// The deny tier's file hooks, attached before the first cage that needs them.
-    file_hooks: Option<std::sync::Arc<super::FileHooks>>,
+    /// The deny tier's hooks that only some cages need, attached before the first of them.
+    lazy_hooks: Vec<std::sync::Arc<super::LazyHooks>>,
 }
 
 pub(super) fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
@@ -97,28 +97,24 @@ impl EgressMaps {
             file_rules: take(ebpf, maps::FILE_RULES)?,
             global_lost: take(ebpf, maps::GLOBAL_LOST)?,
             cpus,
-            file_hooks: None,
+            lazy_hooks: Vec::new(),
         })
     }
 
-    /// From now on a cage whose flags need the file hooks gets them attached before its
+    /// From now on a cage whose flags need `hooks` gets them attached before its
     /// configuration is written; cages already in the map (left by an earlier daemon) that
     /// need them get them now.
-    pub fn set_file_hooks(
+    pub fn add_lazy_hooks(
         &mut self,
-        hooks: std::sync::Arc<super::FileHooks>,
+        hooks: std::sync::Arc<super::LazyHooks>,
     ) -> Result<(), BpfError> {
-        let needed = self
+        let flags = self
             .cages
             .iter()
             .flatten()
-            .any(|(_, c)| super::FileHooks::needed_for(c.flags));
-        if needed {
-            hooks
-                .ensure()
-                .map_err(|e| BpfError::FileHooks(Box::new(e)))?;
-        }
-        self.file_hooks = Some(hooks);
+            .fold(0, |flags, (_, c)| flags | c.flags);
+        hooks.ensure_for(flags)?;
+        self.lazy_hooks.push(hooks);
         Ok(())
     }
 
@@ -309,12 +305,8 @@ impl EgressMaps {
     /// Installs or replaces a cage's configuration in one map update, and makes sure it has
     /// counters.
     pub fn set_cage(&mut self, cgroup_id: u64, config: CageConfig) -> Result<(), BpfError> {
-        if let Some(hooks) = &self.file_hooks {
-            if super::FileHooks::needed_for(config.flags) {
-                hooks
-                    .ensure()
-                    .map_err(|e| BpfError::FileHooks(Box::new(e)))?;
-            }
+        for hooks in &self.lazy_hooks {
+            hooks.ensure_for(config.flags)?;
         }
         let new = self.stats.get(&cgroup_id, 0).is_err();
         if new {

@@ -5,8 +5,8 @@ mod approvals;
 pub mod btf;
 mod cgroup_links;
 mod dns;
-mod file_hooks;
 mod hooks;
+mod lazy_hooks;
 mod loader;
 mod maps;
 pub mod memlock;
@@ -16,7 +16,7 @@ pub mod unix;
 pub use approvals::ApprovalMap;
 pub use cgroup_links::{CgroupPrograms, PinnedLinks};
 pub use dns::DnsMaps;
-pub use file_hooks::FileHooks;
+pub use lazy_hooks::LazyHooks;
 pub use hooks::{lsm_btf, GlobalHooks, HookStatus};
 pub use loader::{
     attached_ids, ensure_bpffs, release_pinned, AttachedPrograms, ProgramKind, PROGRAMS,
@@ -104,9 +104,16 @@ pub enum BpfError {
         #[source]
         source: aya::programs::links::LinkError,
     },
-    /// The file hooks a cage needs (its file rules, the read-only rung) could not be attached.
-    #[error("the file hooks (file rules, the read-only rung's refused writes) could not be attached: {0}")]
-    FileHooks(#[source] Box<BpfError>),
+    /// Hooks a cage needs (its file rules, the read-only rung, its `unix:` rules) could not
+    /// be attached.
+    #[error("the {what} this cage needs could not be attached: {source}")]
+    LazyHooks {
+        /// Which set.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: Box<BpfError>,
+    },
     /// The kernel's BTF, which LSM programs load against, could not be read.
     #[error("reading the kernel's BTF: {0}")]
     KernelBtf(#[source] aya::BtfError),

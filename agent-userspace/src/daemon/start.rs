@@ -115,7 +115,7 @@ pub(super) async fn start(
     let kernel = KernelInfo {
         caps: caps.clone(),
         hooks: Vec::new(),
-        file_hooks: None,
+        lazy_hooks: Vec::new(),
         controllers: root
             .available_controllers()
             .map_or(0, |c| crate::policy::kernel::controllers_of(&c)),
@@ -227,32 +227,33 @@ pub(super) async fn start(
         }
     }
     let ebpf = Arc::new(std::sync::Mutex::new(ebpf));
-    // The file hooks attach when a cage first needs them; at once if a cage taken over
-    // does (before the earlier daemon's links go), or if the policy has file rules (so no
-    // `run` waits, under the state lock, for their verification).
+    // The file and Unix socket hooks attach when a cage first needs them; at once if a cage
+    // taken over does (before the earlier daemon's links go), or if the policy has such rules
+    // (so no `run` waits, under the state lock, for their verification).
     if caps.tier == bpf::Tier::Deny {
-        let file_hooks = Arc::new(bpf::FileHooks::new(
-            Arc::clone(&ebpf),
-            caps.userns_hook,
-            &pin_dir,
-            &tag,
-        ));
-        let attached = state
-            .set_file_hooks(Arc::clone(&file_hooks))
-            .and_then(|()| {
-                if state.policy().has_file_rules() {
-                    file_hooks
-                        .ensure()
-                        .map_err(|e| BpfError::FileHooks(Box::new(e)))
-                } else {
-                    Ok(())
+        let sets = [
+            (
+                bpf::LazyHooks::files(Arc::clone(&ebpf), caps.userns_hook, &pin_dir, &tag),
+                state.policy().has_file_rules(),
+            ),
+            (
+                bpf::LazyHooks::unix(Arc::clone(&ebpf), &pin_dir, &tag),
+                state.policy().has_unix_rules(),
+            ),
+        ];
+        for (set, now) in sets {
+            let set = Arc::new(set);
+            let attached = state
+                .add_lazy_hooks(Arc::clone(&set))
+                .and_then(|()| if now { set.ensure_for(u32::MAX) } else { Ok(()) });
+            if let Err(e) = attached {
+                for lazy in state.lazy_hooks() {
+                    lazy.detach();
                 }
-            });
-        if let Err(e) = attached {
-            file_hooks.detach();
-            hooks.detach();
-            programs.detach();
-            return Err(e.into());
+                hooks.detach();
+                programs.detach();
+                return Err(e.into());
+            }
         }
     }
     // Only now drop the earlier daemon's links: there was no moment without enforcement.
@@ -343,10 +344,10 @@ pub(super) async fn start(
         shared.state().dns_save(&dns_saved);
     }
     let removed = kept.is_empty() && root.remove().is_ok();
-    let file_hooks = shared.state().kernel_file_hooks();
+    let lazy_hooks = shared.state().lazy_hooks();
     if removed {
-        if let Some(f) = &file_hooks {
-            f.detach();
+        for lazy in &lazy_hooks {
+            lazy.detach();
         }
         // Hooks first: detaching the cgroup programs also removes the (then empty) pin dir,
         // once the (empty) directory of containers' links is gone.
@@ -357,8 +358,8 @@ pub(super) async fn start(
     } else {
         programs.keep();
         hooks.keep();
-        if let Some(f) = &file_hooks {
-            f.keep();
+        for lazy in &lazy_hooks {
+            lazy.keep();
         }
         warn!(
             agents = ?kept,

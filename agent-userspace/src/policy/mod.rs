@@ -209,6 +209,14 @@ impl Policy {
             .any(|a| !a.files.is_empty())
     }
 
+    /// Whether any agent (or the default agent) confines Unix sockets (`unix:`).
+    pub fn has_unix_rules(&self) -> bool {
+        self.agents
+            .values()
+            .chain(self.default_agent.as_ref())
+            .any(|a| a.unix.is_some())
+    }
+
     /// Lowercase hex SHA-256 of the canonical form: the same for files that differ only in
     /// key order, whitespace, comments or quoting.
     pub fn hash(&self) -> &str {

@@ -70,8 +70,8 @@ pub struct KernelInfo {
     pub caps: crate::bpf::Capabilities,
     /// The host-wide hooks' states.
     pub hooks: Vec<HookStatus>,
-    /// The deny tier's file hooks, attached on first need (their states come from them).
-    pub file_hooks: Option<Arc<crate::bpf::FileHooks>>,
+    /// The deny tier's hooks attached on first need (their states come from them).
+    pub lazy_hooks: Vec<Arc<crate::bpf::LazyHooks>>,
     /// The cgroup v2 controllers the hierarchy offers (`policy::kernel::CONTROLLER_*`).
     pub controllers: u8,
 }
@@ -212,27 +212,27 @@ impl State {
         self.kernel.hooks = hooks;
     }
 
-    /// Hands over the deny tier's file hooks: attached now if a cage taken over needs them,
-    /// else before the first cage that does.
-    pub fn set_file_hooks(
+    /// Hands over a set of the deny tier's hooks attached on first need: attached now if a
+    /// cage taken over needs them, else before the first cage that does.
+    pub fn add_lazy_hooks(
         &mut self,
-        hooks: Arc<crate::bpf::FileHooks>,
+        hooks: Arc<crate::bpf::LazyHooks>,
     ) -> Result<(), crate::bpf::BpfError> {
-        self.maps.set_file_hooks(Arc::clone(&hooks))?;
-        self.kernel.file_hooks = Some(hooks);
+        self.maps.add_lazy_hooks(Arc::clone(&hooks))?;
+        self.kernel.lazy_hooks.push(hooks);
         Ok(())
     }
 
-    /// The deny tier's file hooks, if this is the deny tier.
-    pub fn kernel_file_hooks(&self) -> Option<Arc<crate::bpf::FileHooks>> {
-        self.kernel.file_hooks.clone()
+    /// The deny tier's hooks attached on first need.
+    pub fn lazy_hooks(&self) -> Vec<Arc<crate::bpf::LazyHooks>> {
+        self.kernel.lazy_hooks.clone()
     }
 
     /// Every host-wide hook's state.
     pub fn hooks(&self) -> Vec<HookStatus> {
         let mut hooks = self.kernel.hooks.clone();
-        if let Some(f) = &self.kernel.file_hooks {
-            hooks.extend(f.status());
+        for lazy in &self.kernel.lazy_hooks {
+            hooks.extend(lazy.status());
         }
         hooks
     }
