@@ -172,7 +172,9 @@ impl GlobalHooks {
             .into_iter()
             .chain(LSM_HOOKS);
         if caps.tier == Tier::Kill {
-            for (name, hook, purpose) in lsm.chain(UNIX_HOOKS).chain(FILE_HOOKS).chain([USERNS_HOOK]) {
+            for (name, hook, purpose) in
+                lsm.chain(UNIX_HOOKS).chain(FILE_HOOKS).chain([USERNS_HOOK])
+            {
                 hooks.note(
                     name,
                     &format!("lsm/{hook}"),

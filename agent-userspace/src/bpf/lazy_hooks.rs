@@ -70,7 +70,10 @@ impl LazyHooks {
             ));
         }
         Self::new(
-            ("file hooks", "attached when a cage has file rules or goes read-only"),
+            (
+                "file hooks",
+                "attached when a cage has file rules or goes read-only",
+            ),
             CAGE_F_FILES | CAGE_F_READ_ONLY,
             hooks,
             absent,
@@ -186,7 +189,6 @@ impl LazyHooks {
     pub fn keep(&self) {
         drop(self.pins.lock().unwrap_or_else(|p| p.into_inner()).take());
     }
-
 }
 
 fn attach(

@@ -16,8 +16,8 @@ pub mod unix;
 pub use approvals::ApprovalMap;
 pub use cgroup_links::{CgroupPrograms, PinnedLinks};
 pub use dns::DnsMaps;
-pub use lazy_hooks::LazyHooks;
 pub use hooks::{lsm_btf, GlobalHooks, HookStatus};
+pub use lazy_hooks::LazyHooks;
 pub use loader::{
     attached_ids, ensure_bpffs, release_pinned, AttachedPrograms, ProgramKind, PROGRAMS,
 };

@@ -243,9 +243,13 @@ pub(super) async fn start(
         ];
         for (set, now) in sets {
             let set = Arc::new(set);
-            let attached = state
-                .add_lazy_hooks(Arc::clone(&set))
-                .and_then(|()| if now { set.ensure_for(u32::MAX) } else { Ok(()) });
+            let attached = state.add_lazy_hooks(Arc::clone(&set)).and_then(|()| {
+                if now {
+                    set.ensure_for(u32::MAX)
+                } else {
+                    Ok(())
+                }
+            });
             if let Err(e) = attached {
                 for lazy in state.lazy_hooks() {
                     lazy.detach();
