@@ -111,7 +111,7 @@ impl FileHooks {
                 } else if attached {
                     "attached"
                 } else {
-                    "not loaded yet: attached when a cage has file rules or goes read-only"
+                    "not loaded yet (attached when a cage has file rules or goes read-only)"
                 }
                 .to_owned(),
             })
