@@ -163,7 +163,7 @@ impl LazyHooks {
         let state = if attached {
             "attached".to_owned()
         } else {
-            format!("not loaded yet: {}", self.when)
+            format!("not loaded yet ({})", self.when)
         };
         let status = |(name, hook, purpose): Hook, state: &str| HookStatus {
             program: name.to_owned(),
