@@ -73,7 +73,7 @@ fn on_data(sock: *const u8, msg: *const u8, hook: Hook) -> i32 {
     };
     let local_port = read::<u16>(sk, s.sock_num).unwrap_or(0);
     let (judged, addr, port) = peer(sk, msg, family, hook);
-    let mut attempt = Attempt {
+    let attempt = Attempt {
         family: judged,
         addr,
         port,
@@ -81,43 +81,31 @@ fn on_data(sock: *const u8, msg: *const u8, hook: Hook) -> i32 {
         sock_type: u32::from(sock_type),
         hook,
     };
-    if addr == [0; 16] {
+    // One report site for every refusal: each inlined copy of `report` is verified again.
+    let (verdict, rule_id) = if addr == [0; 16] {
         // No peer: a send without one fails anyway; a receive would take anyone's data.
         if hook == Hook::LsmSendmsg {
             return 0;
         }
-        report(
-            &attempt,
-            Some(&cage),
-            cgroup_id,
-            Verdict::Deny,
-            RULE_DEFAULT_DENY,
-        );
-        return -EPERM;
-    }
-    if is_dns(&attempt) {
+        (Verdict::Deny, RULE_DEFAULT_DENY)
+    } else if is_dns(&attempt) {
         // Only a socket made in the cage is redirected to the cage's resolver: DNS on this one
         // would reach another resolver (as `socket_connect` refuses it too).
-        report(
-            &attempt,
-            Some(&cage),
-            cgroup_id,
-            Verdict::Deny,
-            RULE_DNS_UNREDIRECTED,
-        );
-        return -EPERM;
-    }
-    let (verdict, rule_id) = judge(&attempt, &cage, cgroup_id);
-    if verdict == Verdict::Allow {
-        return 0;
-    }
-    // A peer that may reach the agent's own port (an accepted connection passed in).
-    if verdict == Verdict::Deny
-        && lookup(&cage, judged, &addr, Direction::In, local_port, proto_bit) != RULE_DEFAULT_DENY
-    {
-        return 0;
-    }
-    attempt.port = port;
+        (Verdict::Deny, RULE_DNS_UNREDIRECTED)
+    } else {
+        let (verdict, rule_id) = judge(&attempt, &cage, cgroup_id);
+        if verdict == Verdict::Allow {
+            return 0;
+        }
+        // A peer that may reach the agent's own port (an accepted connection passed in).
+        if verdict == Verdict::Deny
+            && lookup(&cage, judged, &addr, Direction::In, local_port, proto_bit)
+                != RULE_DEFAULT_DENY
+        {
+            return 0;
+        }
+        (verdict, rule_id)
+    };
     report(&attempt, Some(&cage), cgroup_id, verdict, rule_id);
     -EPERM
 }
