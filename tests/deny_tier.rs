@@ -253,14 +253,7 @@ fn the_read_only_rung_refuses_file_writes() {
     let dir = tempfile::tempdir().unwrap();
     let notes = dir.path().join("notes");
     fs::write(&notes, "n").unwrap();
-    let daemon = Daemon::start("version: 1\nagents:\n  t: {run_as: root}\n");
-    daemon.expect_tier("deny");
-    // No cage needs the file hooks yet: they are not attached (nor verified) yet.
-    assert!(
-        file_open_state(&daemon).starts_with("not loaded yet"),
-        "{}",
-        file_open_state(&daemon)
-    );
+    let daemon = root_agent_without_file_hooks();
     let mut cage = daemon.serve_in("t");
     let n = notes.display();
     assert_eq!(cage.op(&format!("open {n} w")), "ok", "writable before");
@@ -284,6 +277,16 @@ fn the_read_only_rung_refuses_file_writes() {
     assert_eq!(cage.op(&format!("open {n} w")), "ok", "writable again");
 }
 
+/// A deny-tier daemon for one root agent `t` with no file rules: no cage needs the file hooks
+/// yet, so they are not attached (nor verified) yet.
+fn root_agent_without_file_hooks() -> Daemon {
+    let daemon = Daemon::start("version: 1\nagents:\n  t: {run_as: root}\n");
+    daemon.expect_tier("deny");
+    let state = file_open_state(&daemon);
+    assert!(state.starts_with("not loaded yet"), "{state}");
+    daemon
+}
+
 /// The state `status` gives the `file_open` hook.
 fn file_open_state(daemon: &Daemon) -> String {
     let status = daemon.status();
@@ -302,9 +305,7 @@ fn file_rules_that_arrive_with_a_reload_hold_from_the_first_cage() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("secret");
     fs::write(&secret, "s3cret").unwrap();
-    let daemon = Daemon::start("version: 1\nagents:\n  t: {run_as: root}\n");
-    daemon.expect_tier("deny");
-    assert!(file_open_state(&daemon).starts_with("not loaded yet"));
+    let daemon = root_agent_without_file_hooks();
     let out = daemon.rewrite_policy(&format!(
         "version: 1\nagents:\n  t:\n    run_as: root\n    files:\n      protect:\n        - path: {}\n",
         secret.display()

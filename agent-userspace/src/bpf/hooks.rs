@@ -250,24 +250,12 @@ impl GlobalHooks {
         dir: &Path,
         tag: &str,
     ) -> Result<(), BpfError> {
-        load_one_lsm(ebpf, btf, name, hook)?;
-        let p: &mut Lsm = program(ebpf, name)?;
-        let id = p
-            .attach()
-            .map_err(|source| BpfError::Program { name, source })?;
-        let link = p
-            .take_link(id)
-            .map_err(|source| BpfError::Program { name, source })?;
-        self.pin(FdLink::from(link), name, dir, tag)
+        self.pins.push(attach_lsm(ebpf, btf, name, hook, dir, tag)?);
+        Ok(())
     }
 
     fn pin(&mut self, link: FdLink, name: &str, dir: &Path, tag: &str) -> Result<(), BpfError> {
-        let path = dir.join(format!("{name}-{tag}"));
-        let pinned = link.pin(&path).map_err(|source| BpfError::Pin {
-            path: path.clone(),
-            source,
-        })?;
-        self.pins.push((path, pinned));
+        self.pins.push(pin(link, name, dir, tag)?);
         Ok(())
     }
 
@@ -281,11 +269,7 @@ impl GlobalHooks {
     }
 
     fn drop_all(&mut self) {
-        for (path, pinned) in self.pins.drain(..) {
-            if let Err(e) = pinned.unpin() {
-                tracing::warn!(path = %path.display(), error = %e, "could not unpin");
-            }
-        }
+        unpin(self.pins.drain(..));
     }
 
     /// Unpins and detaches every hook.
@@ -299,12 +283,51 @@ impl GlobalHooks {
     }
 }
 
+/// Loads (if need be) and attaches LSM program `name` to `hook`, pinned as `DIR/NAME-TAG`.
+pub(super) fn attach_lsm(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    name: &'static str,
+    hook: &str,
+    dir: &Path,
+    tag: &str,
+) -> Result<(PathBuf, PinnedLink), BpfError> {
+    load_one_lsm(ebpf, btf, name, hook)?;
+    let p: &mut Lsm = program(ebpf, name)?;
+    let id = p
+        .attach()
+        .map_err(|source| BpfError::Program { name, source })?;
+    let link = p
+        .take_link(id)
+        .map_err(|source| BpfError::Program { name, source })?;
+    pin(FdLink::from(link), name, dir, tag)
+}
+
+/// Pins `link` as `DIR/NAME-TAG`.
+fn pin(link: FdLink, name: &str, dir: &Path, tag: &str) -> Result<(PathBuf, PinnedLink), BpfError> {
+    let path = dir.join(format!("{name}-{tag}"));
+    let pinned = link.pin(&path).map_err(|source| BpfError::Pin {
+        path: path.clone(),
+        source,
+    })?;
+    Ok((path, pinned))
+}
+
+/// Unpins (and so detaches) every link of `pins`.
+pub(super) fn unpin(pins: impl IntoIterator<Item = (PathBuf, PinnedLink)>) {
+    for (path, pinned) in pins {
+        if let Err(e) = pinned.unpin() {
+            tracing::warn!(path = %path.display(), error = %e, "could not unpin");
+        }
+    }
+}
+
 /// The kernel's BTF, which LSM programs are loaded against.
 pub fn lsm_btf() -> Result<Btf, BpfError> {
     Btf::from_sys_fs().map_err(BpfError::KernelBtf)
 }
 
-pub(super) fn load_one_lsm(
+fn load_one_lsm(
     ebpf: &mut Ebpf,
     btf: &Btf,
     name: &'static str,
@@ -323,7 +346,7 @@ pub(super) fn load_one_lsm(
     }
 }
 
-pub(super) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, BpfError>
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, BpfError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program>,
 {

@@ -16,13 +16,10 @@ use std::{
 };
 
 use agent_common::cage::{CAGE_F_FILES, CAGE_F_READ_ONLY, CAGE_F_UNIX};
-use aya::{
-    programs::{links::FdLink, links::PinnedLink, Lsm},
-    Ebpf,
-};
+use aya::{programs::links::PinnedLink, Ebpf};
 
 use super::{
-    hooks::{load_one_lsm, lsm_btf, program, FILE_HOOKS, UNIX_HOOKS, USERNS_HOOK},
+    hooks::{attach_lsm, lsm_btf, unpin, FILE_HOOKS, UNIX_HOOKS, USERNS_HOOK},
     BpfError, HookStatus,
 };
 
@@ -140,7 +137,7 @@ impl LazyHooks {
         let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
         let mut attached = Vec::new();
         for &(name, hook, _) in &self.hooks {
-            match attach(&mut ebpf, &btf, name, hook, &self.dir, &self.tag) {
+            match attach_lsm(&mut ebpf, &btf, name, hook, &self.dir, &self.tag) {
                 Ok(pin) => attached.push(pin),
                 Err(e) => {
                     unpin(attached);
@@ -188,39 +185,5 @@ impl LazyHooks {
     /// Leaves them pinned and attached after this process exits.
     pub fn keep(&self) {
         drop(self.pins.lock().unwrap_or_else(|p| p.into_inner()).take());
-    }
-}
-
-fn attach(
-    ebpf: &mut Ebpf,
-    btf: &aya::Btf,
-    name: &'static str,
-    hook: &str,
-    dir: &Path,
-    tag: &str,
-) -> Result<(PathBuf, PinnedLink), BpfError> {
-    load_one_lsm(ebpf, btf, name, hook)?;
-    let p: &mut Lsm = program(ebpf, name)?;
-    let id = p
-        .attach()
-        .map_err(|source| BpfError::Program { name, source })?;
-    let link = p
-        .take_link(id)
-        .map_err(|source| BpfError::Program { name, source })?;
-    let path = dir.join(format!("{name}-{tag}"));
-    let pinned = FdLink::from(link)
-        .pin(&path)
-        .map_err(|source| BpfError::Pin {
-            path: path.clone(),
-            source,
-        })?;
-    Ok((path, pinned))
-}
-
-fn unpin(pins: Vec<(PathBuf, PinnedLink)>) {
-    for (path, pinned) in pins {
-        if let Err(e) = pinned.unpin() {
-            tracing::warn!(path = %path.display(), error = %e, "could not unpin");
-        }
     }
 }

@@ -95,7 +95,7 @@ fn servers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error>
                 .map_err(|_| {
                     de::Error::custom(format!(
                         "invalid upstream {t:?}; expected an address with an optional port, \
-                         like 127.0.0.53:53, 192.0.2.1 or [2001:db8::1]:53"
+                         like 127.0.0.53:53, 127.0.0.1 or [::1]:53"
                     ))
                 })
         })
