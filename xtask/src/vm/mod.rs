@@ -105,15 +105,30 @@ const KILL_REFUSED: &[&str] = &["deny_enforcement", "file_rules"];
 /// And before Linux 6.7, which has no cgroup Unix socket hooks, Unix sockets too.
 const KILL_REFUSED_BEFORE_6_7: &[&str] = &["deny_enforcement", "file_rules", "unix_sockets"];
 
-/// What every boot runs: egress, capture, what the kernel is refused, and the tier's own
-/// suite (each boot's `agentcage selftest` step comes first). Under TCG each deny-tier
-/// daemon start verifies every LSM program (a minute on a busy machine), so the suites of
-/// the newer features run once, in Debian 12's boots, and the ones that do not depend on
-/// the tier in its cheaper kill boot; the host runs them all.
-const DENY_TESTS: &[&str] = &["egress", "capture", "kernel", "deny_tier"];
-const KILL_TESTS: &[&str] = &["egress", "capture", "kernel", "kill_tier"];
-/// Debian 12 (6.1), the reference kernel, deny tier: the LSM's agreement with the resolver,
-/// and Unix sockets and inbound connections judged by the LSM.
+/// What every boot runs: egress, inbound connections and Unix sockets (each judged by the
+/// tier's own hooks, or refused where the kernel has none), capture, what the kernel is
+/// refused, and the tier's own suite (each boot's `agentcage selftest` step comes first).
+/// Under TCG each deny-tier daemon start verifies the LSM programs (most of a minute on a
+/// busy machine), so the suites that do not depend on the tier or the kernel run once, in
+/// Debian 12's boots; the host runs them all.
+const DENY_TESTS: &[&str] = &[
+    "egress",
+    "ingress",
+    "unix",
+    "capture",
+    "kernel",
+    "deny_tier",
+];
+const KILL_TESTS: &[&str] = &[
+    "egress",
+    "ingress",
+    "unix",
+    "capture",
+    "kernel",
+    "kill_tier",
+];
+/// Debian 12 (6.1), the reference kernel, deny tier: also the LSM's agreement with the
+/// resolver.
 const FULL_DENY_TESTS: &[&str] = &[
     "egress",
     "ingress",
@@ -123,19 +138,18 @@ const FULL_DENY_TESTS: &[&str] = &[
     "kernel",
     "deny_tier",
 ];
-/// Debian 13 (6.12), kill tier: Unix sockets confined by the cgroup Unix socket hooks (6.7).
-const UNIX_HOOK_KILL_TESTS: &[&str] = &[
+/// Debian 12's kill tier: also accounts and limits (the VM's unified hierarchy has the
+/// controllers the host lacks). The resolver's kill-tier path, bounded inputs and the
+/// self-test's suite run on the host (the boot's selftest step runs the catalogue here).
+const FULL_KILL_TESTS: &[&str] = &[
     "egress",
     "ingress",
     "unix",
     "capture",
     "kernel",
     "kill_tier",
+    "accounts",
 ];
-/// Debian 12's kill tier: also accounts and limits (the VM's unified hierarchy has the
-/// controllers the host lacks). The resolver's kill-tier path, bounded inputs and the
-/// self-test's suite run on the host (the boot's selftest step runs the catalogue here).
-const FULL_KILL_TESTS: &[&str] = &["egress", "capture", "kernel", "kill_tier", "accounts"];
 
 impl Boot {
     /// A boot with BPF LSM active that enforces every policy feature.
@@ -192,7 +206,15 @@ pub const VM_SUITES: &[Boot] = &[
     },
     Boot {
         // Containment too: 5.10 has no cgroup.kill (5.14), so a kill signals each process.
-        tests: &["egress", "capture", "kernel", "kill_tier", "containment"],
+        tests: &[
+            "egress",
+            "ingress",
+            "unix",
+            "capture",
+            "kernel",
+            "kill_tier",
+            "containment",
+        ],
         // The default list: no `bpf`.
         ..Boot::kill(&KERNELS[0], None)
     },
@@ -210,7 +232,6 @@ pub const VM_SUITES: &[Boot] = &[
     Boot::deny(&KERNELS[2], None),
     Boot {
         refused: KILL_REFUSED,
-        tests: UNIX_HOOK_KILL_TESTS,
         ..Boot::kill(
             &KERNELS[2],
             Some("lockdown,capability,landlock,yama,apparmor,tomoyo,ipe,ima,evm"),
