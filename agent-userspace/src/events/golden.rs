@@ -431,6 +431,7 @@ fn samples() -> Vec<Event> {
             answers: vec![[127, 0, 0, 1].into()],
             ttl_s: Some(60),
             error: None,
+            cached: false,
         }),
     ));
     out.push(event(
@@ -446,6 +447,7 @@ fn samples() -> Vec<Event> {
             answers: Vec::new(),
             ttl_s: None,
             error: None,
+            cached: false,
         }),
     ));
     out
