@@ -269,6 +269,91 @@ fn dns_another_cage_cannot_use_what_one_resolved() {
     daemon.stop();
 }
 
+/// How many times the upstream was asked for `name`/`qtype`.
+fn asked_times(upstream: &TestDns, name: &str, qtype: &str) -> usize {
+    upstream
+        .received()
+        .iter()
+        .filter(|r| r.name == name && r.qtype == qtype)
+        .count()
+}
+
+/// A name asked again within its TTL is answered from the cage's own cache (upstream is
+/// asked once, the event says so), and the address still connects; another cage has a cache
+/// of its own, so it cannot tell by timing what the first one resolved.
+#[test]
+fn dns_a_name_asked_again_is_answered_from_the_cages_own_cache() {
+    let upstream = TestDns::start(60);
+    let (_l, port) = tcp_listener("127.0.0.1");
+    let daemon = start(&upstream, &host_rule("allowed.test", port), "");
+    let events = daemon.follow_events();
+    let mut first = daemon.serve_in("tester");
+    for _ in 0..3 {
+        let answer = first.op("dns 127.0.0.2:53 allowed.test A");
+        assert!(answer.starts_with("ok NOERROR 127.0.0.1"), "{answer}");
+    }
+    assert_eq!(asked_times(&upstream, "allowed.test", "A"), 1);
+    let cached = events.wait_event("a dns event answered from the cache", |e| {
+        e["kind"] == "dns" && e["name"] == "allowed.test" && e["cached"] == true
+    });
+    assert_eq!(cached["verdict"], "allow");
+    assert_eq!(cached["answers"][0], "127.0.0.1");
+    assert_eq!(first.op(&format!("connect 127.0.0.1:{port}")), "ok");
+    // AAAA is another question: asked upstream in its own right.
+    assert!(first
+        .op("dns 127.0.0.2:53 allowed.test AAAA")
+        .starts_with("ok NOERROR ::1"));
+    assert_eq!(asked_times(&upstream, "allowed.test", "AAAA"), 1);
+
+    let mut second = daemon.serve_in("other");
+    assert!(second
+        .op("dns 127.0.0.2:53 allowed.test A")
+        .starts_with("ok NOERROR 127.0.0.1"));
+    assert_eq!(asked_times(&upstream, "allowed.test", "A"), 2);
+    assert_eq!(second.op(&format!("connect 127.0.0.1:{port}")), "ok");
+    drop((first, second));
+    daemon.stop();
+}
+
+/// An answer from the cache is granted again when its grant went meanwhile (evicted past
+/// the cage's bound): the cache never answers with an address the kernel would refuse.
+#[test]
+fn dns_an_answer_from_the_cache_whose_grant_was_evicted_is_granted_again() {
+    let upstream = TestDns::start(600);
+    let first = tcp_listener_at("127.1.0.1", 0);
+    let port = first.local_addr().unwrap().port();
+    let _second = tcp_listener_at("127.1.0.2", port);
+    let daemon = start(
+        &upstream,
+        &host_rule("*.wild.test", port),
+        "  max_grants: 1\n",
+    );
+    let mut cage = daemon.serve_in("tester");
+    let resolve = |cage: &mut harness::Served, n: u32| {
+        let answer = cage.op(&format!("dns 127.0.0.2:53 n{n}.wild.test A"));
+        assert!(
+            answer.starts_with(&format!("ok NOERROR 127.1.0.{n}")),
+            "{answer}"
+        );
+    };
+    resolve(&mut cage, 1);
+    resolve(&mut cage, 2);
+    assert_eq!(
+        cage.op(&format!("connect 127.1.0.1:{port}")),
+        EPERM,
+        "n1's grant was evicted by n2's"
+    );
+    resolve(&mut cage, 1);
+    assert_eq!(
+        asked_times(&upstream, "n1.wild.test", "A"),
+        1,
+        "from the cache"
+    );
+    assert_eq!(cage.op(&format!("connect 127.1.0.1:{port}")), "ok");
+    drop(cage);
+    daemon.stop();
+}
+
 #[test]
 fn dns_a_reload_that_removes_the_rule_revokes_its_grants_at_once() {
     let upstream = TestDns::start(600);

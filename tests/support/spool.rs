@@ -4,7 +4,9 @@
 use std::{fs, path::Path};
 
 /// A daemon configuration file in `dir` exporting to `endpoint` over `protocol`, with its
-/// spool in `spool` (4 MiB in 64 KiB segments); returns its path.
+/// spool in `spool` (4 MiB in 64 KiB segments); returns its path. The export timeout is the
+/// default's 10 s: a collector slow to answer on a loaded machine makes the exporter send
+/// a batch again (OTLP is at least once), which the exactly-once test would count.
 pub fn telemetry_config(dir: &Path, endpoint: &str, protocol: &str, spool: &Path) -> String {
     telemetry_config_bound(dir, (endpoint, protocol), spool, (4 << 20, 64 << 10))
 }
@@ -20,7 +22,7 @@ pub fn telemetry_config_bound(
     fs::write(
         &path,
         format!(
-            "telemetry:\n  endpoint: {endpoint}\n  protocol: {protocol}\n  timeout_ms: 2000\n  \
+            "telemetry:\n  endpoint: {endpoint}\n  protocol: {protocol}\n  timeout_ms: 10000\n  \
              retry_max_ms: 200\n  metrics_interval_ms: 500\n  node_id: test-node\n\
              spool:\n  dir: {}\n  max_bytes: {max_bytes}\n  segment_bytes: {segment_bytes}\n",
             spool.display()

@@ -6,8 +6,11 @@
 //! decides ([`Resolve`]): a name no `host:` rule admits, or a type other than A/AAAA, is
 //! answered REFUSED and never sent upstream; an allowed one is asked upstream
 //! ([`upstream`]), its addresses are granted to that cage in the kernel, and only then is
-//! the answer sent back.
+//! the answer sent back. Each cage's resolver keeps the answers it got ([`cache`]) for their
+//! TTL; an answer from there still has its grants checked, or written again, before it
+//! leaves.
 
+pub mod cache;
 pub mod config;
 mod grants;
 mod server;

@@ -5,10 +5,14 @@
 use std::{
     io,
     net::{Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
+use futures_util::{
+    future::BoxFuture,
+    stream::{FuturesUnordered, StreamExt as _},
+};
 use hickory_proto::op::ResponseCode;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -16,6 +20,7 @@ use tokio::{
 };
 
 use super::{
+    cache::AnswerCache,
     upstream,
     wire::{self, Chain, Question},
 };
@@ -87,56 +92,93 @@ fn bind_pair(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener, u16)> {
     Err(last.unwrap_or_else(|| io::Error::other("no free port")))
 }
 
-/// Serves `endpoint` for cage `cage` until the returned set is dropped or aborted.
+/// What the endpoint's tasks share: the cage, the daemon's decisions and the cage's answers.
+struct Ctx<R: ?Sized> {
+    cage: u64,
+    cache: Mutex<AnswerCache>,
+    resolve: Arc<R>,
+}
+
+/// Serves `endpoint` for cage `cage` until the returned set is dropped or aborted, keeping
+/// answers in `cache`.
 pub fn serve_endpoint<R: Resolve + ?Sized>(
     endpoint: Endpoint,
     cage: u64,
     resolve: Arc<R>,
+    cache: AnswerCache,
 ) -> io::Result<JoinSet<()>> {
+    let ctx = Arc::new(Ctx {
+        cage,
+        cache: Mutex::new(cache),
+        resolve,
+    });
     let mut tasks = JoinSet::new();
     let mut pairs = vec![(endpoint.udp4, endpoint.tcp4)];
     pairs.extend(endpoint.v6);
     for (udp, tcp) in pairs {
         let udp = Arc::new(tokio::net::UdpSocket::from_std(udp)?);
         let tcp = tokio::net::TcpListener::from_std(tcp)?;
-        tasks.spawn(serve_udp(udp, cage, Arc::clone(&resolve)));
-        tasks.spawn(serve_tcp(tcp, cage, Arc::clone(&resolve)));
+        tasks.spawn(serve_udp(udp, Arc::clone(&ctx)));
+        tasks.spawn(serve_tcp(tcp, Arc::clone(&ctx)));
     }
     Ok(tasks)
 }
 
-async fn serve_udp<R: Resolve + ?Sized>(
-    socket: Arc<tokio::net::UdpSocket>,
-    cage: u64,
-    resolve: Arc<R>,
-) {
+/// Upstream questions one UDP socket has in flight at most; past it a query gets SERVFAIL
+/// (the stub asks again later).
+const UDP_IN_FLIGHT: usize = 256;
+
+async fn serve_udp<R: Resolve + ?Sized>(socket: Arc<tokio::net::UdpSocket>, ctx: Arc<Ctx<R>>) {
     let mut buf = vec![0u8; 4096];
+    // The upstream questions in flight, driven by this task rather than a task each: a slow
+    // upstream never holds up the next query, their number is bounded, and an answer needs
+    // no other task to be scheduled.
+    let mut asking: FuturesUnordered<BoxFuture<'static, (Vec<u8>, SocketAddr)>> =
+        FuturesUnordered::new();
     loop {
-        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
-            continue;
-        };
-        let bytes = buf[..n].to_vec();
-        let (socket, resolve) = (Arc::clone(&socket), Arc::clone(&resolve));
-        // Each query on its own task: a slow upstream never holds up the next one.
-        tokio::spawn(async move {
-            if let Some(answer) = handle(&*resolve, cage, &bytes, Transport::Udp).await {
-                let _ = socket.send_to(&answer, from).await;
+        let (n, from) = tokio::select! {
+            received = socket.recv_from(&mut buf) => match received {
+                Ok(r) => r,
+                Err(_) => continue,
+            },
+            Some((answer, to)) = asking.next(), if !asking.is_empty() => {
+                // A full send buffer drops it; the stub asks again.
+                let _ = socket.try_send_to(&answer, to);
+                continue;
             }
-        });
+        };
+        let answer = match start(&ctx, &buf[..n], Transport::Udp) {
+            // Answered without waiting: a refusal, or from the cache.
+            Some(Ok(answer)) => answer,
+            Some(Err(ask)) if asking.len() < UDP_IN_FLIGHT => {
+                let ctx = Arc::clone(&ctx);
+                asking.push(Box::pin(async move {
+                    (finish(&ctx, ask, Transport::Udp).await, from)
+                }));
+                continue;
+            }
+            Some(Err(ask)) => {
+                ctx.resolve.failed(
+                    ctx.cage,
+                    &ask.q,
+                    Transport::Udp,
+                    "too many queries in flight",
+                );
+                wire::error_answer(&ask.q.message, ResponseCode::ServFail)
+            }
+            None => continue,
+        };
+        let _ = socket.try_send_to(&answer, from);
     }
 }
 
-async fn serve_tcp<R: Resolve + ?Sized>(
-    listener: tokio::net::TcpListener,
-    cage: u64,
-    resolve: Arc<R>,
-) {
+async fn serve_tcp<R: Resolve + ?Sized>(listener: tokio::net::TcpListener, ctx: Arc<Ctx<R>>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let resolve = Arc::clone(&resolve);
+        let ctx = Arc::clone(&ctx);
         tokio::spawn(async move {
             // Queries in a row on one connection, until it closes or idles for 10 s.
             loop {
@@ -149,8 +191,10 @@ async fn serve_tcp<R: Resolve + ?Sized>(
                 let Ok(Ok(q)) = tokio::time::timeout(Duration::from_secs(10), read).await else {
                     return;
                 };
-                let Some(answer) = handle(&*resolve, cage, &q, Transport::Tcp).await else {
-                    return;
+                let answer = match start(&ctx, &q, Transport::Tcp) {
+                    Some(Ok(answer)) => answer,
+                    Some(Err(ask)) => finish(&ctx, ask, Transport::Tcp).await,
+                    None => return,
                 };
                 let Ok(len) = u16::try_from(answer.len()) else {
                     return;
@@ -165,36 +209,76 @@ async fn serve_tcp<R: Resolve + ?Sized>(
     }
 }
 
-/// The answer to one query.
-async fn handle<R: Resolve + ?Sized>(
-    resolve: &R,
-    cage: u64,
+/// A query that needs upstream: where to ask and how long to wait for each server.
+struct Ask {
+    q: Question,
+    servers: Vec<SocketAddr>,
+    wait: Duration,
+}
+
+/// What needs no waiting: Ok(the answer) for a refusal or an answer from the cage's cache
+/// (its grants in the kernel first), Err(what to ask upstream) otherwise; None for bytes
+/// too short to answer at all.
+fn start<R: Resolve + ?Sized>(
+    ctx: &Ctx<R>,
     bytes: &[u8],
     t: Transport,
-) -> Option<Vec<u8>> {
+) -> Option<Result<Vec<u8>, Ask>> {
     let q = match wire::parse_query(bytes) {
         Ok(q) => q,
-        Err(_) => return wire::formerr(bytes),
+        Err(_) => return wire::formerr(bytes).map(Ok),
     };
-    let refused = || Some(wire::error_answer(&q.message, ResponseCode::Refused));
-    let Some((servers, wait)) = resolve.admit(cage, &q, t) else {
-        return refused();
+    let Some((servers, wait)) = ctx.resolve.admit(ctx.cage, &q, t) else {
+        return Some(Ok(refused(&q)));
     };
+    let cached = lock(&ctx.cache).get(&q.normalized, q.qtype, crate::clock::boot_ns());
+    Some(match cached {
+        Some(chain) => Ok(grant_and_answer(ctx, &q, t, &chain).unwrap_or_else(|| refused(&q))),
+        None => Err(Ask { q, servers, wait }),
+    })
+}
+
+/// Asks upstream, grants, keeps the answer and returns it.
+async fn finish<R: Resolve + ?Sized>(ctx: &Ctx<R>, ask: Ask, t: Transport) -> Vec<u8> {
+    let Ask { q, servers, wait } = ask;
     let answer = match upstream::resolve(&servers, &q.name, q.qtype, wait).await {
         Ok(a) => a,
         Err(e) => {
-            resolve.failed(cage, &q, t, &e);
-            return Some(wire::error_answer(&q.message, ResponseCode::ServFail));
+            ctx.resolve.failed(ctx.cage, &q, t, &e);
+            return wire::error_answer(&q.message, ResponseCode::ServFail);
         }
     };
+    let now = crate::clock::boot_ns();
     let chain = wire::chain(&q.name, q.qtype, &answer);
-    // The grants are in the kernel before the cage sees an address.
-    let Some(max_ttl) = resolve.grant(cage, &q, t, &chain) else {
-        return refused();
+    let Some(bytes) = grant_and_answer(ctx, &q, t, &chain) else {
+        return refused(&q);
     };
-    let bytes = wire::answer(&q.message, &chain, max_ttl);
+    lock(&ctx.cache).put(&q.normalized, q.qtype, &chain, now);
+    bytes
+}
+
+/// The answer carrying `chain`, once its addresses are granted to the cage in the kernel;
+/// None when no rule admits the name any more (it changed while upstream was asked).
+fn grant_and_answer<R: Resolve + ?Sized>(
+    ctx: &Ctx<R>,
+    q: &Question,
+    t: Transport,
+    chain: &Chain,
+) -> Option<Vec<u8>> {
+    let max_ttl = ctx.resolve.grant(ctx.cage, q, t, chain)?;
+    let bytes = wire::answer(&q.message, chain, max_ttl);
     Some(match t {
         Transport::Udp => wire::fit_udp(&q.message, bytes),
         Transport::Tcp => bytes,
     })
+}
+
+fn refused(q: &Question) -> Vec<u8> {
+    wire::error_answer(&q.message, ResponseCode::Refused)
+}
+
+fn lock(cache: &Mutex<AnswerCache>) -> std::sync::MutexGuard<'_, AnswerCache> {
+    cache
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -91,6 +91,7 @@ pub fn upstream_query(name: &Name, qtype: RecordType) -> Message {
 /// (CNAMEs, then the addresses of the last name), and each address with the smallest TTL
 /// along its chain. Records for any other name are dropped: a CNAME chain grants addresses
 /// only under the allowed name it started from, and nothing else reaches the stub's cache.
+#[derive(Clone, Debug)]
 pub struct Chain {
     /// The upstream's response code (NOERROR, NXDOMAIN...).
     pub code: ResponseCode,
@@ -98,6 +99,8 @@ pub struct Chain {
     pub records: Vec<Record>,
     /// The addresses and their TTL (seconds).
     pub addrs: Vec<(IpAddr, u32)>,
+    /// Kept by the cage's resolver from an earlier answer, not asked upstream just now.
+    pub cached: bool,
 }
 
 /// Follows the chain from `name` in `answer` (at most 16 CNAMEs).
@@ -134,6 +137,7 @@ pub fn chain(name: &Name, qtype: RecordType, answer: &Message) -> Chain {
         code: answer.metadata.response_code,
         records,
         addrs,
+        cached: false,
     }
 }
 

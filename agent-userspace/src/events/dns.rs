@@ -36,4 +36,8 @@ pub struct DnsDetail {
     /// Why an allowed query got no answer (the upstream failed); the agent got SERVFAIL.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
+    /// Answered from the cage's resolver's cache (an earlier answer within its TTL), not
+    /// asked upstream again; its grants were checked before the answer left.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub cached: bool,
 }

@@ -439,6 +439,7 @@ fn samples() -> Vec<Event> {
             answers: vec![[127, 0, 0, 1].into()],
             ttl_s: Some(60),
             error: None,
+            cached: false,
         }),
     ));
     out.push(event(
@@ -454,6 +455,7 @@ fn samples() -> Vec<Event> {
             answers: Vec::new(),
             ttl_s: None,
             error: None,
+            cached: false,
         }),
     ));
     // Added with ingress and unix: after every earlier line, which stay as they were.

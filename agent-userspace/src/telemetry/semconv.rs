@@ -78,6 +78,9 @@ pub const DNS_QUESTION_NAME: &str = "dns.question.name";
 pub const DNS_QUESTION_TYPE: &str = "agentcage.dns.question.type";
 /// `dns.answers`: the addresses an allowed query granted.
 pub const DNS_ANSWERS: &str = "dns.answers";
+/// Whether an allowed query was answered from the cage's resolver's cache (true) rather
+/// than asked upstream.
+pub const DNS_CACHED: &str = "agentcage.dns.cached";
 /// The log record event name of DNS queries.
 pub const EVENT_DNS: &str = "agentcage.dns.query";
 /// `network.transport` (`tcp`, `udp`, or the protocol number).

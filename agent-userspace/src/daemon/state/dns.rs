@@ -17,6 +17,7 @@ use super::{State, StateError};
 use crate::{
     bpf::{DnsMaps, SlotEntries},
     dns::{
+        cache::{AnswerCache, CACHE_ENTRIES},
         serve_endpoint,
         wire::{Chain, Question},
         CageGrants, DnsConfig, Endpoint, Resolve, Transport,
@@ -147,12 +148,16 @@ impl State {
             .set(cgroup_id, endpoint.port4, endpoint.port6)?;
         let tasks = match tokio::runtime::Handle::try_current() {
             Ok(_) => Some(
-                serve_endpoint(endpoint, cgroup_id, Arc::clone(&self.dns.resolver)).map_err(
-                    |source| StateError::Dns {
-                        agent: agent.to_owned(),
-                        source,
-                    },
-                )?,
+                serve_endpoint(
+                    endpoint,
+                    cgroup_id,
+                    Arc::clone(&self.dns.resolver),
+                    AnswerCache::new(CACHE_ENTRIES, self.dns.config.max_ttl),
+                )
+                .map_err(|source| StateError::Dns {
+                    agent: agent.to_owned(),
+                    source,
+                })?,
             ),
             Err(_) => None,
         };
@@ -292,6 +297,7 @@ impl State {
             .and_then(|p| p.egress.allow.get(rule_id as usize))
             .map(|r| r.describe());
         detail.answers = granted;
+        detail.cached = chain.cached;
         detail.ttl_s = Some(u32::try_from(life.as_secs()).unwrap_or(u32::MAX));
         self.publish(&agent, 0, EventDetail::Dns(detail));
         Some(u32::try_from(life.as_secs()).unwrap_or(u32::MAX))
@@ -309,6 +315,15 @@ impl State {
         let Some(entries) = self.registry.get_mut(&cage.agent).map(|c| &mut c.slot) else {
             return false;
         };
+        // Granted already for this name at least as long (an answer from the cage's cache,
+        // or upstream's again within the TTL): the kernel holds it, so no write.
+        if let Some(g) = cage.grants.get(&addr) {
+            if g.name == name && g.expiry_ns >= expiry_ns {
+                let expiry_ns = g.expiry_ns;
+                cage.grants.grant(addr, name, name_id, expiry_ns, max);
+                return true;
+            }
+        }
         let Some(value) = cage.egress.grant_entry(addr, name, name_id, expiry_ns) else {
             return false;
         };
@@ -445,6 +460,7 @@ fn dns_detail(q: &Question, t: Transport, verdict: Verdict, rule: RuleRef) -> Dn
         answers: Vec::<IpAddr>::new(),
         ttl_s: None,
         error: None,
+        cached: false,
     }
 }
 

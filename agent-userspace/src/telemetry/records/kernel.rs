@@ -206,6 +206,9 @@ pub(super) fn dns(event: &Event, d: &DnsDetail) -> KindParts {
     if let Some(e) = &d.error {
         attrs.push(KeyValue::new(sc::ERROR_MESSAGE, e.clone()));
     }
+    if d.verdict == Verdict::Allow && d.error.is_none() {
+        attrs.push(KeyValue::new(sc::DNS_CACHED, d.cached));
+    }
     let refused = d.verdict != Verdict::Allow;
     let body = format!("dns {} {} {}: {}", d.verdict, d.qtype, d.name, d.rule);
     let time = time_of(event.time_unix_nano);
