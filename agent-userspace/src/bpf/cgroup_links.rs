@@ -133,7 +133,7 @@ impl PinnedLinks {
 }
 
 /// `BPF_LINK_CREATE` for a cgroup program: a multi-attach link (the only kind for cgroups).
-fn link_create(prog: &OwnedFd, cgroup: &File, attach_type: u32) -> io::Result<OwnedFd> {
+pub(super) fn link_create(prog: &OwnedFd, cgroup: &File, attach_type: u32) -> io::Result<OwnedFd> {
     /// The `link_create` member of `union bpf_attr`, up to the fields used.
     #[repr(C)]
     #[derive(Default)]
@@ -168,7 +168,7 @@ fn link_create(prog: &OwnedFd, cgroup: &File, attach_type: u32) -> io::Result<Ow
 }
 
 /// `BPF_OBJ_PIN`: gives the link a name in bpffs, which keeps it alive after `link` closes.
-fn obj_pin(link: &OwnedFd, path: &Path) -> io::Result<()> {
+pub(super) fn obj_pin(link: &OwnedFd, path: &Path) -> io::Result<()> {
     /// The `obj_pin` member of `union bpf_attr`.
     #[repr(C)]
     #[derive(Default)]

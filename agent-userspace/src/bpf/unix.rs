@@ -21,7 +21,11 @@ use std::{
 use aya::{maps::Map, Ebpf};
 use aya_obj::generated::bpf_insn;
 
-use super::{btf::Btf, BpfError, ProgLoad};
+use super::{
+    btf::Btf,
+    cgroup_links::{link_create, obj_pin},
+    BpfError, ProgLoad,
+};
 
 /// The programs and the `enum bpf_attach_type` names of their hooks.
 pub const UNIX_PROGRAMS: [(&str, &str); 2] = [
@@ -33,7 +37,6 @@ pub const UNIX_PROGRAMS: [(&str, &str); 2] = [
 pub const UNIX_HOOKS_MISSING: &str =
     "cgroup Unix socket hooks (cgroup/connect_unix and sendmsg_unix, Linux 6.7 and later)";
 
-const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
 /// Size of the verifier log asked for when a load fails.
@@ -155,7 +158,7 @@ impl UnixProgram {
                 log: String::new(),
             }
         })?;
-        pin(&link, path).map_err(|source| BpfError::Io {
+        obj_pin(&link, path).map_err(|source| BpfError::Io {
             op: "pinning",
             path: path.to_path_buf(),
             source,
@@ -227,53 +230,6 @@ fn prog_load(
         source,
         log: String::from_utf8_lossy(&log[..end]).into_owned(),
     })
-}
-
-/// The `BPF_LINK_CREATE` member of `union bpf_attr`, without its per-type tail.
-#[repr(C)]
-#[derive(Default)]
-struct LinkCreate {
-    prog_fd: u32,
-    target_fd: u32,
-    attach_type: u32,
-    flags: u32,
-    _tail: [u64; 4],
-}
-
-fn link_create(prog: &OwnedFd, cgroup: &File, attach_type: u32) -> io::Result<OwnedFd> {
-    let mut attr = LinkCreate {
-        prog_fd: prog.as_raw_fd() as u32,
-        target_fd: cgroup.as_raw_fd() as u32,
-        attach_type,
-        ..LinkCreate::default()
-    };
-    let fd = bpf(
-        BPF_LINK_CREATE,
-        (&raw mut attr).cast(),
-        size_of::<LinkCreate>(),
-    )?;
-    // SAFETY: a new descriptor the kernel handed us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// Pins a link at `path` (`BPF_OBJ_PIN`); the pin keeps it attached.
-fn pin(link: &OwnedFd, path: &Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt as _;
-    #[repr(C)]
-    struct ObjPin {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-    }
-    const BPF_OBJ_PIN: libc::c_long = 6;
-    let path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut attr = ObjPin {
-        pathname: path.as_ptr() as u64,
-        bpf_fd: link.as_raw_fd() as u32,
-        file_flags: 0,
-    };
-    bpf(BPF_OBJ_PIN, (&raw mut attr).cast(), size_of::<ObjPin>()).map(drop)
 }
 
 /// The kernel's id of a loaded program (`BPF_OBJ_GET_INFO_BY_FD`).
