@@ -169,16 +169,15 @@ fn a_collector_down_during_the_flood_receives_all_of_it_when_it_returns() {
     let lost = flood(&s.daemon, &events);
     assert_eq!(lost, 0, "the kernel's ring overflowed");
     collector.restart();
-    // Logs are exported in spool order: once the session's end is in, all before it is.
-    collector.wait_for("the session's end", |items| {
-        items
-            .iter()
-            .any(|i| {
-                i.kind == "log"
-                    && i.name == "agentcage.session"
-                    && i.attr("agentcage.session.action") == Some("Str(end)")
-            })
-            .then_some(())
+    // The session's end is the last record; batches may arrive in any order, so wait for
+    // every record up to it.
+    collector.wait_for("every record up to the session's end", |items| {
+        let end = items.iter().find(|i| {
+            i.kind == "log"
+                && i.name == "agentcage.session"
+                && i.attr("agentcage.session.action") == Some("Str(end)")
+        })?;
+        collector::logs_through(items, end.seq()?).then_some(())
     });
     let items = collector.items();
     let logs: Vec<&Item> = items.iter().filter(|i| i.kind == "log").collect();

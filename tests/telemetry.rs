@@ -26,6 +26,13 @@ fn logs_named<'a>(items: &'a [Item], name: &str) -> Vec<&'a Item> {
         .collect()
 }
 
+fn egress_spans(items: &[Item]) -> Vec<&Item> {
+    items
+        .iter()
+        .filter(|i| i.kind == "span" && i.name.starts_with("egress "))
+        .collect()
+}
+
 fn check_typed_export(protocol: &str) {
     let collector = Collector::start();
     let endpoint = match protocol {
@@ -46,17 +53,22 @@ fn check_typed_export(protocol: &str) {
     assert!(cage.finish().success());
 
     // The session ends when the cage goes: its root span closes the trace. Logs and spans
-    // are exported independently, so wait for both ends.
-    let root = collector.wait_for("the invoke_agent span and the session's end", |items| {
-        let ended = logs_named(items, "agentcage.session")
-            .iter()
-            .any(|i| i.attr("agentcage.session.action") == Some("Str(end)"));
-        items
-            .iter()
-            .find(|i| i.kind == "span" && i.name == "invoke_agent tester")
-            .filter(|_| ended)
-            .cloned()
-    });
+    // are exported independently, and batches in flight together may reach the collector
+    // in any order, so wait for every record this test reads.
+    let root = collector.wait_for(
+        "every log record up to the session's end, the decisions' spans and the root span",
+        |items| {
+            let end = logs_named(items, "agentcage.session")
+                .into_iter()
+                .find(|i| i.attr("agentcage.session.action") == Some("Str(end)"))?;
+            let logged = collector::logs_through(items, end.seq()?);
+            items
+                .iter()
+                .find(|i| i.kind == "span" && i.name == "invoke_agent tester")
+                .filter(|_| logged && egress_spans(items).len() >= 2)
+                .cloned()
+        },
+    );
     let items = collector.items();
     let decisions = logs_named(&items, "agentcage.egress.decision");
     let deny = decisions
@@ -101,10 +113,7 @@ fn check_typed_export(protocol: &str) {
         root.attr("gen_ai.operation.name"),
         Some("Str(invoke_agent)")
     );
-    let children: Vec<&Item> = items
-        .iter()
-        .filter(|i| i.kind == "span" && i.name.starts_with("egress "))
-        .collect();
+    let children = egress_spans(&items);
     assert_eq!(children.len(), 2, "{children:#?}");
     for c in &children {
         assert_eq!(c.field("Trace ID"), Some(trace.as_str()));
@@ -158,16 +167,22 @@ fn events_arrive_over_http_protobuf_too() {
 /// each sequence number was received.
 fn received_seqs(collector: &Collector, marker_port: u16) -> BTreeMap<u64, usize> {
     let marker = format!("Int({marker_port})");
-    // Each signal is exported in spool order, so once the marker (the last event) arrived as
-    // a log record and as a span, a repeat of anything before it would have arrived too.
-    collector.wait_for("the marker event as a log record and a span", |items| {
-        let arrived = |kind| {
-            items
-                .iter()
-                .any(|i| i.kind == kind && i.attr("server.port") == Some(marker.as_str()))
-        };
-        (arrived("log") && arrived("span")).then_some(())
-    });
+    // Each signal is read in spool order, but batches in flight together may reach the
+    // collector in any order: wait for the marker (the last event) as a log record and as a
+    // span, and for a log record of every sequence number up to the marker's.
+    collector.wait_for(
+        "every log record up to the marker's, and its span",
+        |items| {
+            let marked = |kind| {
+                items
+                    .iter()
+                    .find(|i| i.kind == kind && i.attr("server.port") == Some(marker.as_str()))
+            };
+            let last = marked("log")?.seq()?;
+            marked("span")?;
+            collector::logs_through(items, last).then_some(())
+        },
+    );
     let mut seen = BTreeMap::new();
     for i in collector.items().iter().filter(|i| i.kind == "log") {
         *seen

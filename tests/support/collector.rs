@@ -69,6 +69,18 @@ impl Item {
     }
 }
 
+/// Whether `items` hold a log record of every sequence number from 1 to `last`. The
+/// exporters read the spool in order, but batches in flight together may reach the
+/// collector in any order: a test waits for this rather than for its last record alone.
+pub fn logs_through(items: &[Item], last: u64) -> bool {
+    let seen: std::collections::BTreeSet<u64> = items
+        .iter()
+        .filter(|i| i.kind == "log")
+        .filter_map(Item::seq)
+        .collect();
+    (1..=last).all(|s| seen.contains(&s))
+}
+
 /// Splits Rotel's output into received items (resource attributes are skipped).
 pub fn parse(lines: &[String]) -> Vec<Item> {
     let mut items: Vec<Item> = Vec::new();
