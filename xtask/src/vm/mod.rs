@@ -168,7 +168,7 @@ pub fn run(args: &VmArgs) -> Result<Vec<Outcome>> {
             })
             .collect::<Result<Vec<_>>>()?;
         let mut args = Vec::new();
-        for (name, why) in boot.skip {
+        for (name, why) in boot.skip.iter().copied().flatten() {
             eprintln!("vm({}): skipping {name}: {why}", boot.name());
             args.extend(["--skip".to_owned(), (*name).to_owned()]);
         }
