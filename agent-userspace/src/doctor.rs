@@ -204,14 +204,12 @@ fn unix_confinement(tier: &crate::bpf::TierProbe) -> crate::bpf::UnixConfinement
     if tier.tier == crate::bpf::Tier::Deny {
         return UnixConfinement::Lsm;
     }
-    let lsm = tier.missing.as_deref().unwrap_or("BPF LSM");
     match Btf::from_sys_fs() {
         Ok(btf) if unix::attach_types(&btf).is_some() => UnixConfinement::CgroupHooks,
-        Ok(_) => UnixConfinement::Unavailable(format!(
-            "{lsm}; and this kernel has no {}",
-            unix::UNIX_HOOKS_MISSING
-        )),
-        Err(e) => UnixConfinement::Unavailable(format!("{lsm}; and {}", render(&e))),
+        Ok(_) => {
+            UnixConfinement::Unavailable(format!("this kernel has no {}", unix::UNIX_HOOKS_MISSING))
+        }
+        Err(e) => UnixConfinement::Unavailable(render(&e)),
     }
 }
 

@@ -264,15 +264,7 @@ impl AttachedPrograms {
                         super::UnixConfinement::Lsm => {
                             "not loaded: deny tier (the LSM hooks confine Unix sockets)".to_owned()
                         }
-                        // Why these hooks are missing, not why the LSM is: the reason
-                        // names both, the LSM's first.
-                        other => {
-                            let why = other.to_string();
-                            let own = why
-                                .split_once("; and ")
-                                .map_or(why.as_str(), |(_, own)| own);
-                            format!("not loaded: {own}")
-                        }
+                        other => format!("not loaded: {other}"),
                     }
                 };
                 super::HookStatus {

@@ -219,13 +219,12 @@ fn load_tiers() -> Result<Loaded, BpfError> {
     }
     settings.tier = Tier::Kill.code();
     let ebpf = load_with(&settings)?;
-    let lsm_missing = missing.clone().unwrap_or_default();
     // Before any map is taken out of `ebpf`: the Unix programs share them.
     let (unix, unix_confinement) = match unix::attach_types(&kernel_btf) {
         None => (
             Vec::new(),
             UnixConfinement::Unavailable(format!(
-                "{lsm_missing}; and this kernel has no {}",
+                "this kernel has no {}",
                 unix::UNIX_HOOKS_MISSING
             )),
         ),
@@ -233,7 +232,7 @@ fn load_tiers() -> Result<Loaded, BpfError> {
             Ok(programs) => (programs, UnixConfinement::CgroupHooks),
             Err(e) => {
                 let why = format!(
-                    "{lsm_missing}; and the {} do not load: {}",
+                    "the {} do not load: {}",
                     unix::UNIX_HOOKS_MISSING,
                     crate::errors::render(&e)
                 );

@@ -85,7 +85,10 @@ impl Capabilities {
         if feature == Feature::UnixSockets {
             // The kill tier confines them too, with the cgroup Unix socket hooks.
             return match &self.unix {
-                super::UnixConfinement::Unavailable(why) => Some(why.clone()),
+                super::UnixConfinement::Unavailable(why) => Some(match &self.missing {
+                    Some(lsm) => format!("{lsm}; and {why}"),
+                    None => why.clone(),
+                }),
                 _ => None,
             };
         }
@@ -258,7 +261,7 @@ mod tests {
         Capabilities {
             tier,
             unix: match &missing {
-                Some(m) => UnixConfinement::Unavailable(format!("{m}; and no Unix hooks")),
+                Some(_) => UnixConfinement::Unavailable("no Unix hooks".to_owned()),
                 None => UnixConfinement::Lsm,
             },
             missing,

@@ -51,7 +51,8 @@ pub enum UnixConfinement {
     Lsm,
     /// The cgroup Unix socket-address hooks: the address the caller gives is judged.
     CgroupHooks,
-    /// Neither: why (agents whose policy has `unix:` are refused).
+    /// Neither: why the cgroup hooks are missing (the LSM's reason is the tier's own);
+    /// agents whose policy has `unix:` are refused.
     Unavailable(String),
 }
 
