@@ -6,7 +6,7 @@
 //! keeps its BTF accessors private and btf-rs is LGPL, while the format is short and stable
 //! (Documentation/bpf/btf.rst).
 
-use std::{collections::HashMap, path::Path};
+use std::path::Path;
 
 use agent_common::kernel::KernelSettings;
 
@@ -33,8 +33,13 @@ pub enum BtfError {
     Missing(String),
 }
 
+const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
+const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_FUNC_PROTO: u32 = 13;
 const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
@@ -42,33 +47,51 @@ const KIND_RESTRICT: u32 = 11;
 const KIND_TYPE_TAG: u32 = 18;
 const KIND_FUNC: u32 = 12;
 
-#[derive(Clone, Copy)]
-struct Member {
-    name_off: u32,
-    type_id: u32,
-    bit_offset: u32,
-}
-
-struct Type {
+/// One type's record: its fixed part and the `vlen` entries after it.
+struct Record<'a> {
     name_off: u32,
     kind: u32,
+    kind_flag: bool,
     /// For modifiers and typedefs, the type they refer to.
     referee: u32,
-    members: Vec<Member>,
+    /// The entries (members, parameters, enumerators), raw.
+    entries: &'a [u8],
 }
 
-/// The parsed types of one BTF blob.
+/// Names looked up by their hash: `(hash, id or entry offset)` in the order the types came
+/// (the first definition wins). Searched from the start: a start looks up a few dozen
+/// names, which costs less than sorting or hashing 100,000 into a map.
+type NameIndex = Vec<(u64, u32)>;
+
+/// The types of one BTF blob, read where they lie: the vmlinux BTF holds some 130,000 types,
+/// and a daemon start reads a few dozen of them, so only where each starts and an index of
+/// the names looked up (structs, functions, enumerators) are made up front.
 pub struct Btf {
-    types: Vec<Type>,
+    /// The type section.
+    types: Vec<u8>,
     strings: Vec<u8>,
-    structs_by_name: HashMap<String, u32>,
-    funcs_by_name: HashMap<String, u32>,
-    /// Enumerators (`BPF_CGROUP_UNIX_CONNECT`...) and their values.
-    enumerators: HashMap<String, i64>,
+    /// Where each type's record starts in `types`, by id (id 0, void, has none).
+    starts: Vec<u32>,
+    structs: NameIndex,
+    funcs: NameIndex,
+    /// Enumerators (`BPF_CGROUP_UNIX_CONNECT`...): their hash and the offset of their entry.
+    enumerators: NameIndex,
 }
 
 fn u32_at(data: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// FNV-1a of a name, read up to its NUL (or the end).
+fn hash_name(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        if b == 0 {
+            break;
+        }
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 impl Btf {
@@ -94,104 +117,65 @@ impl Btf {
         let hdr_len = u32_at(data, 4)? as usize;
         let (type_off, type_len) = (u32_at(data, 8)? as usize, u32_at(data, 12)? as usize);
         let (str_off, str_len) = (u32_at(data, 16)? as usize, u32_at(data, 20)? as usize);
-        let types_data = data.get(hdr_len + type_off..hdr_len + type_off + type_len)?;
+        let types = data
+            .get(hdr_len + type_off..hdr_len + type_off + type_len)?
+            .to_vec();
         let strings = data
             .get(hdr_len + str_off..hdr_len + str_off + str_len)?
             .to_vec();
+        let name_hash = |off: u32| strings.get(off as usize..).map(hash_name);
         // Type id 0 is void.
-        let mut types = vec![Type {
-            name_off: 0,
-            kind: 0,
-            referee: 0,
-            members: Vec::new(),
-        }];
-        let mut enumerators = Vec::new();
+        let mut starts = vec![0];
+        let (mut structs, mut funcs, mut enumerators) = (Vec::new(), Vec::new(), Vec::new());
         let mut at = 0;
-        while at < types_data.len() {
-            let name_off = u32_at(types_data, at)?;
-            let info = u32_at(types_data, at + 4)?;
-            let size_type = u32_at(types_data, at + 8)?;
-            at += 12;
+        while at < types.len() {
+            let id = starts.len() as u32;
+            starts.push(at as u32);
+            let name_off = u32_at(&types, at)?;
+            let info = u32_at(&types, at + 4)?;
             let vlen = (info & 0xffff) as usize;
             let kind = (info >> 24) & 0x1f;
-            let kind_flag = info >> 31 == 1;
-            let mut members = Vec::new();
+            let entries = at + 12;
             let extra = match kind {
-                1 | 14 | 17 => 4, // int, var, decl_tag
-                3 => 12,          // array
+                KIND_INT | 14 | 17 => 4, // int, var, decl_tag
+                KIND_ARRAY => 12,
                 KIND_STRUCT | KIND_UNION => {
-                    for i in 0..vlen {
-                        let m = at + i * 12;
-                        let offset = u32_at(types_data, m + 8)?;
-                        members.push(Member {
-                            name_off: u32_at(types_data, m)?,
-                            type_id: u32_at(types_data, m + 4)?,
-                            bit_offset: if kind_flag {
-                                offset & 0x00ff_ffff
-                            } else {
-                                offset
-                            },
-                        });
+                    // Forward declarations and empty duplicates carry no members; the
+                    // definition wins.
+                    if vlen > 0 && name_off != 0 {
+                        structs.push((name_hash(name_off)?, id));
                     }
                     12 * vlen
                 }
-                13 => {
-                    // func_proto: parameters (name, type); kept as members, index as offset.
+                KIND_FUNC_PROTO => 8 * vlen,
+                KIND_ENUM => {
                     for i in 0..vlen {
-                        let m = at + i * 8;
-                        members.push(Member {
-                            name_off: u32_at(types_data, m)?,
-                            type_id: u32_at(types_data, m + 4)?,
-                            bit_offset: i as u32,
-                        });
+                        let e = entries + i * 8;
+                        enumerators.push((name_hash(u32_at(&types, e)?)?, e as u32));
                     }
                     8 * vlen
                 }
-                6 => {
-                    for i in 0..vlen {
-                        let m = at + i * 8;
-                        let value = u32_at(types_data, m + 4)? as i32;
-                        enumerators.push((u32_at(types_data, m)?, i64::from(value)));
-                    }
-                    8 * vlen
+                KIND_FUNC => {
+                    funcs.push((name_hash(name_off)?, id));
+                    0
                 }
-                15 | 19 => 12 * vlen,      // datasec, enum64
-                2 | 7..=12 | 16 | 18 => 0, // ptr, fwd, typedef, modifiers, func, float, type_tag
+                15 | 19 => 12 * vlen,                        // datasec, enum64
+                KIND_PTR | 7..=11 | 16 | KIND_TYPE_TAG => 0, // fwd, typedef, modifiers, float
                 _ => return None,
             };
-            at += extra;
-            types.push(Type {
-                name_off,
-                kind,
-                referee: size_type,
-                members,
-            });
+            at = entries + extra;
+            if at > types.len() {
+                return None;
+            }
         }
-        let mut btf = Self {
+        Some(Self {
             types,
             strings,
-            structs_by_name: HashMap::new(),
-            funcs_by_name: HashMap::new(),
-            enumerators: HashMap::new(),
-        };
-        for (name_off, value) in enumerators {
-            let name = btf.name(name_off).to_owned();
-            btf.enumerators.entry(name).or_insert(value);
-        }
-        for (id, t) in btf.types.iter().enumerate() {
-            if t.kind == KIND_FUNC {
-                let name = btf.name(t.name_off).to_owned();
-                btf.funcs_by_name.entry(name).or_insert(id as u32);
-            }
-            // Forward declarations and empty duplicates carry no members; the definition wins.
-            if (t.kind == KIND_STRUCT || t.kind == KIND_UNION) && !t.members.is_empty() {
-                let name = btf.name(t.name_off).to_owned();
-                if !name.is_empty() {
-                    btf.structs_by_name.entry(name).or_insert(id as u32);
-                }
-            }
-        }
-        Some(btf)
+            starts,
+            structs,
+            funcs,
+            enumerators,
+        })
     }
 
     fn name(&self, off: u32) -> &str {
@@ -200,12 +184,52 @@ impl Btf {
         std::str::from_utf8(&rest[..end]).unwrap_or("")
     }
 
+    /// The first value of `index` whose name (at `name_off_of(value)`) is `name`.
+    fn find(&self, index: &NameIndex, name: &str, name_off_of: impl Fn(u32) -> u32) -> Option<u32> {
+        let h = hash_name(name.as_bytes());
+        index
+            .iter()
+            .filter(|&&(x, _)| x == h)
+            .map(|&(_, v)| v)
+            .find(|&v| self.name(name_off_of(v)) == name)
+    }
+
+    /// The type with id `id`.
+    fn record(&self, id: u32) -> Option<Record<'_>> {
+        let at = *self.starts.get(id as usize).filter(|_| id != 0)? as usize;
+        let info = u32_at(&self.types, at + 4)?;
+        let kind = (info >> 24) & 0x1f;
+        let entry = match kind {
+            KIND_STRUCT | KIND_UNION => 12,
+            KIND_FUNC_PROTO | KIND_ENUM => 8,
+            _ => 0,
+        };
+        let len = entry * (info & 0xffff) as usize;
+        Some(Record {
+            name_off: u32_at(&self.types, at)?,
+            kind,
+            kind_flag: info >> 31 == 1,
+            referee: u32_at(&self.types, at + 8)?,
+            entries: self.types.get(at + 12..at + 12 + len)?,
+        })
+    }
+
+    /// Where the name of type `id` is in the strings (0, the empty name, if it has none).
+    fn type_name_off(&self, id: u32) -> u32 {
+        self.record(id).map_or(0, |r| r.name_off)
+    }
+
     /// Strips typedefs and qualifiers.
     fn resolve(&self, mut id: u32) -> u32 {
         for _ in 0..32 {
-            match self.types.get(id as usize).map(|t| t.kind) {
-                Some(KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG) => {
-                    id = self.types[id as usize].referee
+            match self.record(id) {
+                Some(r)
+                    if matches!(
+                        r.kind,
+                        KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG
+                    ) =>
+                {
+                    id = r.referee
                 }
                 _ => break,
             }
@@ -216,15 +240,24 @@ impl Btf {
     /// Bit offset and type of `field` in the struct or union `id`, looking through
     /// anonymous members (as in `mm_struct`, whose fields sit in an unnamed struct).
     fn member(&self, id: u32, field: &str) -> Option<(u32, u32)> {
-        let t = self.types.get(self.resolve(id) as usize)?;
-        for m in &t.members {
-            let name = self.name(m.name_off);
+        let r = self.record(self.resolve(id))?;
+        if !matches!(r.kind, KIND_STRUCT | KIND_UNION) {
+            return None;
+        }
+        for m in r.entries.chunks_exact(12) {
+            let (name_off, type_id, offset) = (u32_at(m, 0)?, u32_at(m, 4)?, u32_at(m, 8)?);
+            let bit_offset = if r.kind_flag {
+                offset & 0x00ff_ffff
+            } else {
+                offset
+            };
+            let name = self.name(name_off);
             if name == field {
-                return Some((m.bit_offset, m.type_id));
+                return Some((bit_offset, type_id));
             }
             if name.is_empty() {
-                if let Some((off, ty)) = self.member(m.type_id, field) {
-                    return Some((m.bit_offset + off, ty));
+                if let Some((off, ty)) = self.member(type_id, field) {
+                    return Some((bit_offset + off, ty));
                 }
             }
         }
@@ -234,32 +267,39 @@ impl Btf {
     /// Whether the kernel has function `name` (e.g. `bpf_lsm_userns_create`: an LSM hook that
     /// BPF programs can attach to exists only if its `bpf_lsm_` stub does).
     pub fn has_func(&self, name: &str) -> bool {
-        self.funcs_by_name.contains_key(name)
+        self.func_id(name).is_some()
     }
 
     /// The BTF type id of function `name` (what a tracing or LSM program is loaded for).
     pub fn func_id(&self, name: &str) -> Option<u32> {
-        self.funcs_by_name.get(name).copied()
+        self.find(&self.funcs, name, |id| self.type_name_off(id))
     }
 
     /// Position (from 0) of parameter `param` of function `func`: LSM hooks gain and lose
     /// parameters across kernel versions.
     pub fn param_index(&self, func: &str, param: &str) -> Result<u32, BtfError> {
         let missing = || BtfError::Missing(format!("parameter {param} of {func}"));
-        let id = *self.funcs_by_name.get(func).ok_or_else(missing)?;
-        let proto = self.types.get(id as usize).ok_or_else(missing)?.referee;
-        let t = self.types.get(proto as usize).ok_or_else(missing)?;
-        t.members
-            .iter()
-            .find(|m| self.name(m.name_off) == param)
-            .map(|m| m.bit_offset)
+        let id = self.func_id(func).ok_or_else(missing)?;
+        let proto = self.record(id).ok_or_else(missing)?.referee;
+        let r = self.record(proto).filter(|r| r.kind == KIND_FUNC_PROTO);
+        let params = r.as_ref().map_or(&[][..], |r| r.entries);
+        (0..)
+            .zip(params.chunks_exact(8))
+            .find(|(_, p)| u32_at(p, 0).is_some_and(|off| self.name(off) == param))
+            .map(|(i, _)| i)
             .ok_or_else(missing)
     }
 
     /// The value of the enumerator `name` (e.g. `BPF_CGROUP_UNIX_CONNECT`), if this kernel
     /// has it: how a program learns what the kernel it runs on can do.
     pub fn enum_value(&self, name: &str) -> Option<i64> {
-        self.enumerators.get(name).copied()
+        let entry = self.find(&self.enumerators, name, |at| {
+            u32_at(&self.types, at as usize).unwrap_or(0)
+        })?;
+        // Enumerator values are signed 32-bit unless the enum's kind_flag says unsigned;
+        // the attach types looked up are small either way.
+        let value = u32_at(&self.types, entry as usize + 4)? as i32;
+        Some(i64::from(value))
     }
 
     /// Byte offset of `path` (e.g. `file.f_path.dentry`): a struct name, then fields.
@@ -267,9 +307,8 @@ impl Btf {
         let missing = || BtfError::Missing(path.to_owned());
         let mut parts = path.split('.');
         let name = parts.next().ok_or_else(missing)?;
-        let mut id = *self
-            .structs_by_name
-            .get(name)
+        let mut id = self
+            .find(&self.structs, name, |id| self.type_name_off(id))
             .ok_or_else(|| BtfError::Missing(format!("struct {name}")))?;
         let mut bits = 0;
         for field in parts {

@@ -184,13 +184,13 @@ impl GlobalHooks {
             }
             return Ok(hooks);
         }
-        let btf = lsm_btf()?;
+        let mut btf = LsmBtf::default();
         for (name, hook, purpose) in lsm {
             let name = match name {
                 BPRM_HASH if !caps.content_hashes => BPRM_INODE,
                 _ => name,
             };
-            if let Err(e) = hooks.attach_lsm(ebpf, &btf, name, hook, dir, tag) {
+            if let Err(e) = hooks.attach_lsm(ebpf, &mut btf, name, hook, dir, tag) {
                 hooks.drop_all();
                 return Err(e);
             }
@@ -211,7 +211,7 @@ impl GlobalHooks {
     /// deny tier after all.
     pub fn load_lsm(
         ebpf: &mut Ebpf,
-        btf: &Btf,
+        btf: &mut LsmBtf,
         kernel: &super::btf::Btf,
     ) -> Result<LsmLoaded, BpfError> {
         let content_hashes = match load_one_lsm(ebpf, btf, BPRM_HASH, "bprm_check_security") {
@@ -244,7 +244,7 @@ impl GlobalHooks {
     fn attach_lsm(
         &mut self,
         ebpf: &mut Ebpf,
-        btf: &Btf,
+        btf: &mut LsmBtf,
         name: &'static str,
         hook: &str,
         dir: &Path,
@@ -286,7 +286,7 @@ impl GlobalHooks {
 /// Loads (if need be) and attaches LSM program `name` to `hook`, pinned as `DIR/NAME-TAG`.
 pub(super) fn attach_lsm(
     ebpf: &mut Ebpf,
-    btf: &Btf,
+    btf: &mut LsmBtf,
     name: &'static str,
     hook: &str,
     dir: &Path,
@@ -322,20 +322,35 @@ pub(super) fn unpin(pins: impl IntoIterator<Item = (PathBuf, PinnedLink)>) {
     }
 }
 
-/// The kernel's BTF, which LSM programs are loaded against.
-pub fn lsm_btf() -> Result<Btf, BpfError> {
-    Btf::from_sys_fs().map_err(BpfError::KernelBtf)
+/// The kernel's BTF, which LSM programs are loaded against, read when a program first needs
+/// it: reading it takes long (seconds under emulation), and attaching a program loaded
+/// before needs none.
+#[derive(Default)]
+pub struct LsmBtf(Option<Btf>);
+
+impl LsmBtf {
+    /// The BTF, read now if it was not yet.
+    pub fn get(&mut self) -> Result<&Btf, BpfError> {
+        let btf = match self.0.take() {
+            Some(btf) => btf,
+            None => Btf::from_sys_fs().map_err(BpfError::KernelBtf)?,
+        };
+        Ok(self.0.insert(btf))
+    }
 }
 
 fn load_one_lsm(
     ebpf: &mut Ebpf,
-    btf: &Btf,
+    btf: &mut LsmBtf,
     name: &'static str,
     hook: &str,
 ) -> Result<(), BpfError> {
     let p: &mut Lsm = program(ebpf, name)?;
+    if p.fd().is_ok() {
+        return Ok(());
+    }
     let t = std::time::Instant::now();
-    match p.load(hook, btf) {
+    match p.load(hook, btf.get()?) {
         Ok(()) => {
             // Verifying takes long on old kernels (and under emulation): say how long.
             tracing::debug!(program = name, ms = t.elapsed().as_millis(), "loaded");

@@ -19,7 +19,7 @@ use agent_common::cage::{CAGE_F_FILES, CAGE_F_READ_ONLY, CAGE_F_UNIX};
 use aya::{programs::links::PinnedLink, Ebpf};
 
 use super::{
-    hooks::{attach_lsm, lsm_btf, unpin, FILE_HOOKS, UNIX_HOOKS, USERNS_HOOK},
+    hooks::{attach_lsm, unpin, LsmBtf, FILE_HOOKS, UNIX_HOOKS, USERNS_HOOK},
     BpfError, HookStatus,
 };
 
@@ -133,11 +133,11 @@ impl LazyHooks {
             return Ok(());
         }
         let t = std::time::Instant::now();
-        let btf = lsm_btf()?;
+        let mut btf = LsmBtf::default();
         let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
         let mut attached = Vec::new();
         for &(name, hook, _) in &self.hooks {
-            match attach_lsm(&mut ebpf, &btf, name, hook, &self.dir, &self.tag) {
+            match attach_lsm(&mut ebpf, &mut btf, name, hook, &self.dir, &self.tag) {
                 Ok(pin) => attached.push(pin),
                 Err(e) => {
                     unpin(attached);

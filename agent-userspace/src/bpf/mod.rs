@@ -16,7 +16,7 @@ pub mod unix;
 pub use approvals::ApprovalMap;
 pub use cgroup_links::{CgroupPrograms, PinnedLinks};
 pub use dns::DnsMaps;
-pub use hooks::{lsm_btf, GlobalHooks, HookStatus};
+pub use hooks::{GlobalHooks, HookStatus, LsmBtf};
 pub use lazy_hooks::LazyHooks;
 pub use loader::{
     attached_ids, ensure_bpffs, release_pinned, AttachedPrograms, ProgramKind, PROGRAMS,
@@ -187,12 +187,12 @@ pub fn load() -> Result<Loaded, BpfError> {
 fn load_tiers() -> Result<Loaded, BpfError> {
     let kernel_btf = btf::Btf::from_sys_fs()?;
     let mut settings = btf::kernel_settings(&kernel_btf)?;
-    let probe = tier::probe();
+    let probe = tier::probe_kernel(&kernel_btf);
     let mut missing = probe.missing;
     if probe.tier == Tier::Deny {
         settings.tier = Tier::Deny.code();
         let mut ebpf = load_with(&settings)?;
-        match lsm_btf().and_then(|btf| GlobalHooks::load_lsm(&mut ebpf, &btf, &kernel_btf)) {
+        match GlobalHooks::load_lsm(&mut ebpf, &mut LsmBtf::default(), &kernel_btf) {
             Ok(lsm) => {
                 return Ok(Loaded {
                     ebpf,

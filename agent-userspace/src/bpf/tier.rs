@@ -167,6 +167,16 @@ pub fn active_lsms() -> Option<Vec<String>> {
 
 /// Probes the running kernel.
 pub fn probe() -> TierProbe {
+    probe_with(lsm_loads)
+}
+
+/// [`probe`], with the kernel's BTF the caller already read (reading it is most of a daemon
+/// start under emulation).
+pub fn probe_kernel(kernel: &super::btf::Btf) -> TierProbe {
+    probe_with(|| lsm_loads_for(kernel))
+}
+
+fn probe_with(lsm_loads: impl FnOnce() -> Result<(), LsmProbeError>) -> TierProbe {
     let kill = |missing: String| TierProbe {
         tier: Tier::Kill,
         missing: Some(missing),
@@ -223,15 +233,18 @@ pub enum LsmProbeError {
 /// "Oops: int3" in `bpf_lsm_bpf`.) The daemon's own LSM programs load for real right after;
 /// their failure still falls back to the kill tier.
 pub fn lsm_loads() -> Result<(), LsmProbeError> {
+    lsm_loads_for(&super::btf::Btf::from_sys_fs()?)
+}
+
+/// [`lsm_loads`], with the kernel's BTF read.
+pub fn lsm_loads_for(kernel: &super::btf::Btf) -> Result<(), LsmProbeError> {
     use std::os::fd::{FromRawFd as _, OwnedFd};
     const BPF_PROG_TYPE_LSM: u32 = 29;
     const BPF_LSM_MAC: u32 = 27;
     // `r0 = 0` (BPF_ALU64 | BPF_MOV | BPF_K), then `exit` (BPF_JMP | BPF_EXIT).
     let insns: [u64; 2] = [0xb7, 0x95];
     let license = c"GPL";
-    let attach_btf_id = super::btf::Btf::from_sys_fs()?
-        .func_id(PROBE_HOOK)
-        .ok_or(LsmProbeError::NoHook)?;
+    let attach_btf_id = kernel.func_id(PROBE_HOOK).ok_or(LsmProbeError::NoHook)?;
     let mut attr = super::ProgLoad {
         prog_type: BPF_PROG_TYPE_LSM,
         insn_cnt: insns.len() as u32,
