@@ -173,7 +173,7 @@ const RECENT: usize = 16 * 1024;
 /// The longest an acknowledgement waits to be written to the cursor file.
 const CURSOR_SAVE_EVERY: Duration = Duration::from_millis(200);
 
-/// How many records decoded from the segment files the spool keeps for the other readers.
+/// How many records decoded from the segment files the spool keeps per reader.
 const DECODED: usize = 8 * 1024;
 
 /// Records read from the segment files at once, at least: the readers' batches are smaller,
@@ -198,9 +198,14 @@ pub struct Spool {
     /// The last records written, consecutive: a reader that keeps up gets them from here,
     /// without reading and parsing the file again.
     recent: VecDeque<Record>,
-    /// The last records decoded from the segment files, consecutive: the readers read the
-    /// same records, and each file line is decoded once for all of them.
-    decoded: VecDeque<Record>,
+    /// The last records each reader had decoded from the segment files, consecutive, by
+    /// reader: one reader's read-ahead serves the others too, and a reader far behind
+    /// another does not throw away what the other decoded (the two exporters, thousands of
+    /// records apart after an outage, each decoded every batch four times over).
+    decoded: BTreeMap<String, VecDeque<Record>>,
+    /// Lines decoded from the segment files so far (what the cache saves is tested).
+    #[cfg(test)]
+    decodes: usize,
     /// When the cursor file was last written by [`Self::ack`].
     saved: Option<Instant>,
     /// Whether an acknowledgement is not in the cursor file yet.
@@ -258,7 +263,9 @@ impl Spool {
             cursors,
             next_seq,
             recent: VecDeque::with_capacity(RECENT),
-            decoded: VecDeque::new(),
+            decoded: BTreeMap::new(),
+            #[cfg(test)]
+            decodes: 0,
             saved: None,
             unsaved: false,
             save_every: CURSOR_SAVE_EVERY,
@@ -449,7 +456,7 @@ impl Spool {
         if let Some(hit) = window(&self.recent, after, max) {
             return Ok(hit);
         }
-        if let Some(mut hit) = window(&self.decoded, after, max) {
+        if let Some(mut hit) = self.decoded.values().find_map(|d| window(d, after, max)) {
             // The records written since may follow in memory.
             let last = hit.last().map_or(after, |r| r.seq);
             if let Some(more) = window(&self.recent, last, max - hit.len()) {
@@ -458,13 +465,15 @@ impl Spool {
             return Ok(hit);
         }
         let out = self.read_segments(after, max.max(READ_AHEAD))?;
-        // Kept for the other readers, which mostly read the same records next.
-        if self.decoded.back().map(|r| r.seq + 1) != out.first().map(|r| r.seq) {
-            self.decoded.clear();
+        // Kept for this reader's next batches and for the others, which mostly read the
+        // same records next.
+        let mine = self.decoded.entry(reader.to_owned()).or_default();
+        if mine.back().map(|r| r.seq + 1) != out.first().map(|r| r.seq) {
+            mine.clear();
         }
-        self.decoded.extend(out.iter().cloned());
-        let excess = self.decoded.len().saturating_sub(DECODED);
-        self.decoded.drain(..excess);
+        mine.extend(out.iter().cloned());
+        let excess = mine.len().saturating_sub(DECODED);
+        mine.drain(..excess);
         Ok(out.into_iter().take(max).collect())
     }
 
@@ -482,6 +491,10 @@ impl Spool {
                 break;
             }
             segment.read_after(after, max - out.len(), &mut out)?;
+        }
+        #[cfg(test)]
+        {
+            self.decodes += out.len();
         }
         Ok(out)
     }

@@ -266,6 +266,48 @@ fn readers_behind_memory_get_every_record_from_the_files_once_decoded_for_both()
 }
 
 #[test]
+fn a_reader_far_behind_another_decodes_each_line_once_not_each_batch_anew() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1 << 26, 1 << 20);
+    let total = {
+        let mut spool = Spool::open(&cfg, &["logs", "traces"]).unwrap();
+        spool.append_events(&events(1, 30_000)).unwrap()
+    };
+    let mut spool = Spool::open(&cfg, &["logs", "traces"]).unwrap();
+    // Logs got 20,000 ahead (traces' collector was away), then both read in turns.
+    while spool.cursor("logs").unwrap() < 20_000 {
+        let batch = spool.read("logs", 512).unwrap();
+        spool.ack("logs", batch.last().unwrap().seq).unwrap();
+    }
+    let mut got = Vec::new();
+    loop {
+        let mut progressed = false;
+        for reader in ["logs", "traces"] {
+            let batch = spool.read(reader, 512).unwrap();
+            if let Some(last) = batch.last() {
+                spool.ack(reader, last.seq).unwrap();
+                progressed = true;
+            }
+            if reader == "traces" {
+                got.extend(batch);
+            }
+        }
+        if !progressed {
+            break;
+        }
+    }
+    assert_eq!(seqs(&got), (1..=total).collect::<Vec<_>>());
+    // Each reader decodes its lines once at most (plus one read-ahead each at the end);
+    // throwing the other's read-ahead away at every turn decoded each batch four times.
+    let bound = 2 * total as usize + 2 * READ_AHEAD;
+    assert!(
+        spool.decodes <= bound,
+        "{} lines decoded for {total} records and two readers",
+        spool.decodes
+    );
+}
+
+#[test]
 fn acknowledgements_not_yet_in_the_cursor_file_are_sent_again_never_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 1 << 20, 1 << 16);
