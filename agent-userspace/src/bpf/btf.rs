@@ -49,19 +49,18 @@ const KIND_FUNC: u32 = 12;
 
 /// One type's record: its fixed part and the `vlen` entries after it.
 struct Record<'a> {
-    name_off: u32,
     kind: u32,
     kind_flag: bool,
     /// For modifiers and typedefs, the type they refer to.
     referee: u32,
-    /// The entries (members, parameters, enumerators), raw.
+    /// What follows the fixed part (members, parameters, enumerators...), raw.
     entries: &'a [u8],
 }
 
-/// Names looked up by their hash: `(hash, id or entry offset)` in the order the types came
-/// (the first definition wins). Searched from the start: a start looks up a few dozen
-/// names, which costs less than sorting or hashing 100,000 into a map.
-type NameIndex = Vec<(u64, u32)>;
+/// Names looked up by their hash: `(hash, name offset, id or entry offset)` in the order the
+/// types came (the first definition wins). Searched from the start: a start looks up a few
+/// dozen names, which costs less than sorting or hashing 100,000 into a map.
+type NameIndex = Vec<(u64, u32, u32)>;
 
 /// The types of one BTF blob, read where they lie: the vmlinux BTF holds some 130,000 types,
 /// and a daemon start reads a few dozen of them, so only where each starts and an index of
@@ -80,6 +79,20 @@ pub struct Btf {
 
 fn u32_at(data: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// The bytes that follow a type's fixed 12 in its record; `None` for a kind this reader does
+/// not know.
+fn extra_len(kind: u32, vlen: usize) -> Option<usize> {
+    Some(match kind {
+        KIND_INT | 14 | 17 => 4, // int, var, decl_tag
+        KIND_ARRAY => 12,
+        KIND_STRUCT | KIND_UNION => 12 * vlen,
+        KIND_FUNC_PROTO | KIND_ENUM => 8 * vlen,
+        15 | 19 => 12 * vlen,                        // datasec, enum64
+        KIND_PTR | 7..=12 | 16 | KIND_TYPE_TAG => 0, // fwd, typedef, modifiers, func, float
+        _ => return None,
+    })
 }
 
 /// FNV-1a of a name, read up to its NUL (or the end).
@@ -123,7 +136,8 @@ impl Btf {
         let strings = data
             .get(hdr_len + str_off..hdr_len + str_off + str_len)?
             .to_vec();
-        let name_hash = |off: u32| strings.get(off as usize..).map(hash_name);
+        let named =
+            |off: u32, value: u32| Some((hash_name(strings.get(off as usize..)?), off, value));
         // Type id 0 is void.
         let mut starts = vec![0];
         let (mut structs, mut funcs, mut enumerators) = (Vec::new(), Vec::new(), Vec::new());
@@ -136,34 +150,22 @@ impl Btf {
             let vlen = (info & 0xffff) as usize;
             let kind = (info >> 24) & 0x1f;
             let entries = at + 12;
-            let extra = match kind {
-                KIND_INT | 14 | 17 => 4, // int, var, decl_tag
-                KIND_ARRAY => 12,
-                KIND_STRUCT | KIND_UNION => {
-                    // Forward declarations and empty duplicates carry no members; the
-                    // definition wins.
-                    if vlen > 0 && name_off != 0 {
-                        structs.push((name_hash(name_off)?, id));
-                    }
-                    12 * vlen
+            match kind {
+                // Forward declarations and empty duplicates carry no members; the
+                // definition wins.
+                KIND_STRUCT | KIND_UNION if vlen > 0 && name_off != 0 => {
+                    structs.push(named(name_off, id)?)
                 }
-                KIND_FUNC_PROTO => 8 * vlen,
                 KIND_ENUM => {
                     for i in 0..vlen {
                         let e = entries + i * 8;
-                        enumerators.push((name_hash(u32_at(&types, e)?)?, e as u32));
+                        enumerators.push(named(u32_at(&types, e)?, e as u32)?);
                     }
-                    8 * vlen
                 }
-                KIND_FUNC => {
-                    funcs.push((name_hash(name_off)?, id));
-                    0
-                }
-                15 | 19 => 12 * vlen,                        // datasec, enum64
-                KIND_PTR | 7..=11 | 16 | KIND_TYPE_TAG => 0, // fwd, typedef, modifiers, float
-                _ => return None,
-            };
-            at = entries + extra;
+                KIND_FUNC => funcs.push(named(name_off, id)?),
+                _ => {}
+            }
+            at = entries + extra_len(kind, vlen)?;
             if at > types.len() {
                 return None;
             }
@@ -184,14 +186,13 @@ impl Btf {
         std::str::from_utf8(&rest[..end]).unwrap_or("")
     }
 
-    /// The first value of `index` whose name (at `name_off_of(value)`) is `name`.
-    fn find(&self, index: &NameIndex, name: &str, name_off_of: impl Fn(u32) -> u32) -> Option<u32> {
+    /// The first value of `index` named `name`.
+    fn find(&self, index: &NameIndex, name: &str) -> Option<u32> {
         let h = hash_name(name.as_bytes());
         index
             .iter()
-            .filter(|&&(x, _)| x == h)
-            .map(|&(_, v)| v)
-            .find(|&v| self.name(name_off_of(v)) == name)
+            .find(|&&(x, off, _)| x == h && self.name(off) == name)
+            .map(|&(_, _, v)| v)
     }
 
     /// The type with id `id`.
@@ -199,24 +200,13 @@ impl Btf {
         let at = *self.starts.get(id as usize).filter(|_| id != 0)? as usize;
         let info = u32_at(&self.types, at + 4)?;
         let kind = (info >> 24) & 0x1f;
-        let entry = match kind {
-            KIND_STRUCT | KIND_UNION => 12,
-            KIND_FUNC_PROTO | KIND_ENUM => 8,
-            _ => 0,
-        };
-        let len = entry * (info & 0xffff) as usize;
+        let len = extra_len(kind, (info & 0xffff) as usize)?;
         Some(Record {
-            name_off: u32_at(&self.types, at)?,
             kind,
             kind_flag: info >> 31 == 1,
             referee: u32_at(&self.types, at + 8)?,
             entries: self.types.get(at + 12..at + 12 + len)?,
         })
-    }
-
-    /// Where the name of type `id` is in the strings (0, the empty name, if it has none).
-    fn type_name_off(&self, id: u32) -> u32 {
-        self.record(id).map_or(0, |r| r.name_off)
     }
 
     /// Strips typedefs and qualifiers.
@@ -272,7 +262,7 @@ impl Btf {
 
     /// The BTF type id of function `name` (what a tracing or LSM program is loaded for).
     pub fn func_id(&self, name: &str) -> Option<u32> {
-        self.find(&self.funcs, name, |id| self.type_name_off(id))
+        self.find(&self.funcs, name)
     }
 
     /// Position (from 0) of parameter `param` of function `func`: LSM hooks gain and lose
@@ -293,9 +283,7 @@ impl Btf {
     /// The value of the enumerator `name` (e.g. `BPF_CGROUP_UNIX_CONNECT`), if this kernel
     /// has it: how a program learns what the kernel it runs on can do.
     pub fn enum_value(&self, name: &str) -> Option<i64> {
-        let entry = self.find(&self.enumerators, name, |at| {
-            u32_at(&self.types, at as usize).unwrap_or(0)
-        })?;
+        let entry = self.find(&self.enumerators, name)?;
         // Enumerator values are signed 32-bit unless the enum's kind_flag says unsigned;
         // the attach types looked up are small either way.
         let value = u32_at(&self.types, entry as usize + 4)? as i32;
@@ -308,7 +296,7 @@ impl Btf {
         let mut parts = path.split('.');
         let name = parts.next().ok_or_else(missing)?;
         let mut id = self
-            .find(&self.structs, name, |id| self.type_name_off(id))
+            .find(&self.structs, name)
             .ok_or_else(|| BtfError::Missing(format!("struct {name}")))?;
         let mut bits = 0;
         for field in parts {
