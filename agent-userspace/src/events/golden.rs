@@ -21,7 +21,7 @@ use crate::identity::{AgentIdentity, TrustDomain};
 use crate::{
     policy::Policy,
     spool::{Entry, Record},
-    telemetry::records::{describe, span_data},
+    telemetry::records::{describe, sdk::span_data},
 };
 
 const POLICY: &str = r#"

@@ -1,6 +1,6 @@
 //! The `telemetry:` section of the daemon's configuration file, with the OpenTelemetry
 //! environment variables (`OTEL_EXPORTER_OTLP_*` including `_COMPRESSION`, `OTEL_SERVICE_NAME`,
-//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_SDK_DISABLED`, `OTEL_METRIC_EXPORT_INTERVAL`) applied
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_SDK_DISABLED`, `OTEL_EXPORTER_OTLP_*HEADERS`, `OTEL_METRIC_EXPORT_INTERVAL`) applied
 //! over it.
 
 use std::{collections::BTreeMap, time::Duration};
@@ -88,6 +88,12 @@ pub struct TelemetryConfig {
     pub certificate_id: Option<String>,
     /// More resource attributes.
     pub resource_attributes: BTreeMap<String, String>,
+    /// Headers sent with every export (an authorization token, a tenant), to which
+    /// `OTEL_EXPORTER_OTLP_HEADERS` adds.
+    pub headers: BTreeMap<String, String>,
+    /// Per-signal headers, from `OTEL_EXPORTER_OTLP_{LOGS,TRACES,METRICS}_HEADERS`.
+    #[serde(skip)]
+    pub signal_headers: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Default for TelemetryConfig {
@@ -106,6 +112,8 @@ impl Default for TelemetryConfig {
             node_id: None,
             certificate_id: None,
             resource_attributes: BTreeMap::new(),
+            headers: BTreeMap::new(),
+            signal_headers: BTreeMap::new(),
         }
     }
 }
@@ -128,10 +136,26 @@ impl TelemetryConfig {
         if let Some(v) = get("OTEL_EXPORTER_OTLP_ENDPOINT") {
             self.endpoint = Some(v);
         }
+        let headers = |var: &str| match get(var) {
+            None => Ok(None),
+            Some(v) => super::transport::parse_headers(&v)
+                .map(Some)
+                .ok_or_else(|| {
+                    TelemetryError::Config(format!(
+                        "{var}: {v:?} is not key=value pairs separated by commas"
+                    ))
+                }),
+        };
+        if let Some(h) = headers("OTEL_EXPORTER_OTLP_HEADERS")? {
+            self.headers.extend(h);
+        }
         for signal in SIGNALS {
-            let var = format!("OTEL_EXPORTER_OTLP_{}_ENDPOINT", signal.to_uppercase());
-            if let Some(v) = get(&var) {
+            let upper = signal.to_uppercase();
+            if let Some(v) = get(&format!("OTEL_EXPORTER_OTLP_{upper}_ENDPOINT")) {
                 self.signal_endpoints.insert(signal.to_owned(), v);
+            }
+            if let Some(h) = headers(&format!("OTEL_EXPORTER_OTLP_{upper}_HEADERS"))? {
+                self.signal_headers.insert(signal.to_owned(), h);
             }
         }
         if let Some(v) = get("OTEL_EXPORTER_OTLP_PROTOCOL") {
@@ -184,6 +208,15 @@ impl TelemetryConfig {
         })
     }
 
+    /// The headers of `signal`'s exports: the common ones, then the signal's own over them.
+    pub fn headers_for(&self, signal: &str) -> BTreeMap<String, String> {
+        let mut h = self.headers.clone();
+        if let Some(own) = self.signal_headers.get(signal) {
+            h.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        h
+    }
+
     /// [`Self::timeout_ms`] as a duration.
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
@@ -224,8 +257,16 @@ mod tests {
             ),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "250"),
             ("OTEL_EXPORTER_OTLP_COMPRESSION", "none"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "authorization=Bearer%20t0k,x-tenant=a",
+            ),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-tenant=b"),
         ]))
         .unwrap();
+        assert_eq!(c.headers_for("logs")["authorization"], "Bearer t0k");
+        assert_eq!(c.headers_for("logs")["x-tenant"], "a");
+        assert_eq!(c.headers_for("traces")["x-tenant"], "b");
         assert_eq!(c.compression, Compression::None);
         assert!(c.active());
         assert_eq!(
@@ -254,6 +295,10 @@ mod tests {
             .apply_env(env(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd")]))
             .unwrap_err();
         assert!(e.to_string().contains("\"zstd\""), "{e}");
+        let e = c
+            .apply_env(env(&[("OTEL_EXPORTER_OTLP_HEADERS", "authorization")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("OTEL_EXPORTER_OTLP_HEADERS"), "{e}");
         assert!(
             !TelemetryConfig::default().active(),
             "no endpoint, no export"

@@ -8,121 +8,86 @@ use std::{
 };
 
 use futures_util::{stream::FuturesOrdered, StreamExt as _};
-use opentelemetry::{
-    logs::{LogRecord as _, Logger as _, LoggerProvider as _},
-    trace::TraceFlags,
-    InstrumentationScope,
-};
-use opentelemetry_otlp::{
-    LogExporter, SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig,
-};
-use opentelemetry_sdk::{
-    error::OTelSdkResult,
-    logs::{LogBatch, LogExporter as _, SdkLogRecord, SdkLogger, SdkLoggerProvider},
-    trace::SpanExporter as _,
-    Resource,
-};
+use opentelemetry::InstrumentationScope;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_sdk::Resource;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{
-    config::{Compression, Protocol},
-    records::{any_value, describe, span_data, Described},
+    config::Compression,
+    proto::{self, Envelope},
+    records::{describe, Described},
+    transport::{SendError, Transport},
     TelemetryConfig, TelemetryError,
 };
-use crate::spool::{Record, Spool};
+use crate::spool::{now_unix_nano, Record, Spool};
+
+/// The signals exported from the spool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// Log records: one per spooled record.
+    Logs,
+    /// Spans: one per record of a kind that has one.
+    Traces,
+}
 
 /// Where one signal goes.
-pub enum Sink {
-    /// Log records.
-    Logs {
-        /// The OTLP exporter, driven directly.
-        exporter: LogExporter,
-        /// Makes SDK log records (it has no processor: records are exported here).
-        logger: SdkLogger,
-        /// Kept alive for the logger.
-        _provider: SdkLoggerProvider,
-    },
-    /// Spans.
-    Traces(SpanExporter),
+pub struct Sink {
+    signal: Signal,
+    transport: Transport,
+    envelope: Envelope,
 }
 
 impl Sink {
-    /// The spool reader name of this signal.
-    pub fn reader(&self) -> &'static str {
-        match self {
-            Self::Logs { .. } => "logs",
-            Self::Traces(_) => "traces",
-        }
-    }
-
-    /// The logs sink.
-    pub fn logs(config: &TelemetryConfig, resource: &Resource) -> Result<Self, TelemetryError> {
-        let endpoint = config.endpoint_for("logs")?;
-        let mut exporter = match config.protocol {
-            Protocol::Grpc => grpc(LogExporter::builder().with_tonic(), config, endpoint).build(),
-            Protocol::HttpProtobuf => {
-                http(LogExporter::builder().with_http(), config, endpoint).build()
-            }
-        }
-        .map_err(|source| TelemetryError::Exporter {
-            signal: "logs",
-            source,
-        })?;
-        exporter.set_resource(resource);
-        let provider = SdkLoggerProvider::builder()
-            .with_resource(resource.clone())
-            .build();
-        let logger = provider.logger_with_scope(scope());
-        Ok(Self::Logs {
-            exporter,
-            logger,
-            _provider: provider,
+    /// The sink of `signal` as configured.
+    pub fn new(
+        signal: Signal,
+        config: &TelemetryConfig,
+        resource: &Resource,
+    ) -> Result<Self, TelemetryError> {
+        Ok(Self {
+            signal,
+            transport: Transport::new(config, signal.reader())?,
+            envelope: Envelope::new(resource),
         })
     }
 
-    /// The traces sink.
-    pub fn traces(config: &TelemetryConfig, resource: &Resource) -> Result<Self, TelemetryError> {
-        let endpoint = config.endpoint_for("traces")?;
-        let mut exporter = match config.protocol {
-            Protocol::Grpc => grpc(SpanExporter::builder().with_tonic(), config, endpoint).build(),
-            Protocol::HttpProtobuf => {
-                http(SpanExporter::builder().with_http(), config, endpoint).build()
-            }
-        }
-        .map_err(|source| TelemetryError::Exporter {
-            signal: "traces",
-            source,
-        })?;
-        exporter.set_resource(resource);
-        Ok(Self::Traces(exporter))
+    /// The spool reader name of this signal.
+    pub fn reader(&self) -> &'static str {
+        self.signal.reader()
     }
 
     /// Sends one batch; Ok means the collector acknowledged all of it.
-    /// The batch is taken, not borrowed: its strings move into the records instead of being
+    /// The batch is taken, not borrowed: its strings move into the messages instead of being
     /// copied (a failed batch is read and described again).
-    async fn send(&self, batch: Vec<Described>) -> OTelSdkResult {
-        let scope = scope();
-        match self {
-            Self::Logs {
-                exporter, logger, ..
-            } => {
-                let records: Vec<SdkLogRecord> =
-                    batch.into_iter().map(|d| log_record(logger, d)).collect();
-                let pairs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
-                    records.iter().map(|r| (r, &scope)).collect();
-                exporter.export(LogBatch::new(&pairs)).await
-            }
-            Self::Traces(exporter) => {
-                let spans: Vec<_> = batch
+    async fn send(&self, batch: Vec<Described>) -> Result<(), SendError> {
+        match self.signal {
+            Signal::Logs => {
+                let observed = now_unix_nano();
+                let records = batch
                     .into_iter()
-                    .filter_map(|d| span_data(d, &scope))
+                    .map(|d| proto::log_record(d, observed))
                     .collect();
+                self.transport.logs(self.envelope.logs(records)).await
+            }
+            Signal::Traces => {
+                let spans: Vec<_> = batch.into_iter().filter_map(proto::span).collect();
                 if spans.is_empty() {
                     return Ok(());
                 }
-                exporter.export(spans).await
+                self.transport.traces(self.envelope.traces(spans)).await
             }
+        }
+    }
+}
+
+impl Signal {
+    /// The spool reader (and endpoint) name of this signal.
+    pub fn reader(self) -> &'static str {
+        match self {
+            Self::Logs => "logs",
+            Self::Traces => "traces",
         }
     }
 }
@@ -164,26 +129,6 @@ pub fn scope() -> InstrumentationScope {
     InstrumentationScope::builder(super::semconv::SCOPE)
         .with_version(env!("CARGO_PKG_VERSION"))
         .build()
-}
-
-fn log_record(logger: &SdkLogger, d: Described) -> SdkLogRecord {
-    let mut r = logger.create_log_record();
-    r.set_event_name(d.event_name);
-    r.set_timestamp(d.time);
-    r.set_observed_timestamp(std::time::SystemTime::now());
-    r.set_severity_number(d.severity);
-    r.set_severity_text(d.severity.name());
-    // Correlation: the record's own span when it has one, else the session's root span.
-    let span = match &d.span {
-        Some(plan) if !plan.root => d.ids.span_id,
-        _ => d.ids.root_span_id,
-    };
-    r.set_trace_context(d.ids.trace_id, span, Some(TraceFlags::SAMPLED));
-    r.set_body(d.body.into());
-    for kv in d.attributes {
-        r.add_attribute(kv.key, any_value(kv.value));
-    }
-    r
 }
 
 /// Batches a signal has sent and not yet seen answered, at most.

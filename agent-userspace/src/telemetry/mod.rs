@@ -11,10 +11,12 @@
 mod config;
 mod export;
 pub mod metrics;
+mod proto;
 pub mod records;
 pub mod resource;
 pub mod semconv;
 mod sink;
+mod transport;
 
 pub use config::{Compression, Protocol, TelemetryConfig};
 pub use resource::Identity;
@@ -22,7 +24,7 @@ pub use resource::Identity;
 use std::sync::{Arc, Mutex};
 
 use opentelemetry::metrics::MeterProvider as _;
-use opentelemetry_otlp::MetricExporter;
+use opentelemetry_otlp::{MetricExporter, WithHttpConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::{
     metrics::{periodic_reader_with_async_runtime::PeriodicReader, SdkMeterProvider},
     runtime,
@@ -34,7 +36,7 @@ use crate::{
     events::EventBus,
     spool::{Spool, SpoolConfig, SpoolError},
 };
-use export::{Exporter, Sink};
+use export::{Exporter, Signal, Sink};
 use metrics::{Instruments, Observed};
 use sink::SpoolSink;
 
@@ -82,8 +84,8 @@ impl Telemetry {
         let resource = resource::build(config, identity);
         let node = resource::node_id(config);
         let spool = Arc::new(Mutex::new(Spool::open(spool, &READERS)?));
-        let logs = Sink::logs(config, &resource)?;
-        let traces = Sink::traces(config, &resource)?;
+        let logs = Sink::new(Signal::Logs, config, &resource)?;
+        let traces = Sink::new(Signal::Traces, config, &resource)?;
 
         let metrics_endpoint = config.endpoint_for("metrics")?;
         let metric_exporter = match config.protocol {
@@ -92,12 +94,14 @@ impl Telemetry {
                 config,
                 metrics_endpoint,
             )
+            .with_metadata(transport::metadata(config, "metrics")?)
             .build(),
             Protocol::HttpProtobuf => export::http(
                 MetricExporter::builder().with_http(),
                 config,
                 metrics_endpoint,
             )
+            .with_headers(config.headers_for("metrics").into_iter().collect())
             .build(),
         }
         .map_err(|source| TelemetryError::Exporter {

@@ -8,20 +8,19 @@
 //! (and the same `agentcage.event.seq`), so a consumer can recognise the repeat, and a
 //! decision exported before its session ended still lands in the session's trace.
 
-use std::{
-    borrow::Cow,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::{
-    logs::{AnyValue, Severity},
-    trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
-    InstrumentationScope, KeyValue, Value,
+    logs::Severity,
+    trace::{SpanId, TraceId},
+    KeyValue,
 };
 use sha2::{Digest as _, Sha256};
 
 mod daemon;
 mod kernel;
+#[cfg(test)]
+pub mod sdk;
 
 use daemon::{app, approval, assertion, budget, containment, credential, policy, session};
 use kernel::{dns, egress, egress_summary, exec, exit, file, unix};
@@ -273,65 +272,12 @@ pub(super) fn warn_if(refused: bool) -> Severity {
     }
 }
 
-/// The log attribute value of a span attribute value.
-pub fn any_value(v: Value) -> AnyValue {
-    match v {
-        Value::Bool(b) => AnyValue::Boolean(b),
-        Value::I64(i) => AnyValue::Int(i),
-        Value::F64(f) => AnyValue::Double(f),
-        Value::String(s) => AnyValue::String(s),
-        other => AnyValue::String(other.as_str().into_owned().into()),
-    }
-}
-
-/// The SDK span of a described record (its attributes, then the span's own).
-pub fn span_data(
-    d: Described,
-    scope: &InstrumentationScope,
-) -> Option<opentelemetry_sdk::trace::SpanData> {
-    let plan = d.span?;
-    let span_id = if plan.root {
-        d.ids.root_span_id
-    } else {
-        d.ids.span_id
-    };
-    let mut attributes = d.attributes;
-    attributes.extend(plan.attributes);
-    Some(opentelemetry_sdk::trace::SpanData {
-        span_context: SpanContext::new(
-            d.ids.trace_id,
-            span_id,
-            TraceFlags::SAMPLED,
-            false,
-            TraceState::default(),
-        ),
-        parent_span_id: if plan.root {
-            SpanId::INVALID
-        } else {
-            d.ids.root_span_id
-        },
-        parent_span_is_remote: false,
-        span_kind: SpanKind::Internal,
-        name: Cow::Owned(plan.name),
-        start_time: plan.start,
-        end_time: plan.end,
-        attributes,
-        dropped_attributes_count: 0,
-        events: Default::default(),
-        links: Default::default(),
-        status: match plan.error {
-            Some(e) => Status::error(e),
-            None => Status::Unset,
-        },
-        instrumentation_scope: scope.clone(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{sdk::span_data, *};
     use crate::events::EgressDetail;
     use crate::events::{SessionAction, SessionDetail};
+    use opentelemetry::{InstrumentationScope, Value};
 
     fn record(seq: u64, detail: EventDetail) -> Record {
         Record {

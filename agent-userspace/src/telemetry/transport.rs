@@ -1,0 +1,261 @@
+//! Sending OTLP requests for one signal: over gRPC with the generated tonic clients, or as
+//! HTTP/protobuf bodies with reqwest. One attempt per call: the exporter retries from the
+//! spool, so a failed request is never retried here as well.
+
+use std::{collections::BTreeMap, io::Write as _};
+
+use flate2::{write::GzEncoder, Compression as GzLevel};
+use opentelemetry_proto::tonic::collector::{
+    logs::v1::{
+        logs_service_client::LogsServiceClient, ExportLogsServiceRequest, ExportLogsServiceResponse,
+    },
+    trace::v1::{
+        trace_service_client::TraceServiceClient, ExportTraceServiceRequest,
+        ExportTraceServiceResponse,
+    },
+};
+use prost::Message as _;
+use tonic::{
+    codec::CompressionEncoding,
+    metadata::{MetadataKey, MetadataMap, MetadataValue},
+    transport::{Channel, Endpoint},
+};
+use tracing::warn;
+
+use super::{
+    config::{Compression, Protocol},
+    TelemetryConfig, TelemetryError,
+};
+
+/// Why one export failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The gRPC call failed (the collector is down, or refused the request).
+    #[error("gRPC export: {0}")]
+    Grpc(#[from] tonic::Status),
+    /// The HTTP request failed before an answer.
+    #[error("HTTP export: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The collector answered with an error status.
+    #[error("HTTP export: the collector answered {0}")]
+    Status(reqwest::StatusCode),
+    /// The request could not be compressed.
+    #[error("compressing the export: {0}")]
+    Compress(#[from] std::io::Error),
+}
+
+/// How one signal reaches its collector.
+pub enum Transport {
+    /// OTLP/gRPC.
+    Grpc {
+        /// The connection, opened on first use and shared by the calls.
+        channel: Channel,
+        /// gzip when configured.
+        compression: Option<CompressionEncoding>,
+        /// Headers sent with every call.
+        metadata: MetadataMap,
+    },
+    /// OTLP/HTTP with protobuf bodies.
+    Http {
+        /// The client (a connection pool).
+        client: reqwest::Client,
+        /// The signal's URL.
+        url: String,
+        /// Whether bodies are gzipped.
+        gzip: bool,
+        /// Headers sent with every request.
+        headers: reqwest::header::HeaderMap,
+    },
+}
+
+fn bad_header(signal: &str, name: &str) -> TelemetryError {
+    TelemetryError::Config(format!(
+        "OTLP {signal} header {name:?} is not a valid header name and value"
+    ))
+}
+
+/// The gRPC metadata of `signal`'s configured headers.
+pub(super) fn metadata(
+    config: &TelemetryConfig,
+    signal: &str,
+) -> Result<MetadataMap, TelemetryError> {
+    let mut metadata = MetadataMap::new();
+    for (k, v) in &config.headers_for(signal) {
+        let key = MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
+            .map_err(|_| bad_header(signal, k))?;
+        let value = MetadataValue::try_from(v.as_str()).map_err(|_| bad_header(signal, k))?;
+        metadata.insert(key, value);
+    }
+    Ok(metadata)
+}
+
+impl Transport {
+    /// The transport of `signal` (`logs`, `traces`) as configured. Connects lazily: a
+    /// collector that is down at start only delays the export.
+    pub fn new(config: &TelemetryConfig, signal: &str) -> Result<Self, TelemetryError> {
+        let endpoint = config.endpoint_for(signal)?;
+        match config.protocol {
+            Protocol::Grpc => {
+                let channel = Endpoint::from_shared(endpoint.clone())
+                    .map_err(|e| {
+                        TelemetryError::Config(format!("OTLP {signal} endpoint {endpoint:?}: {e}"))
+                    })?
+                    .timeout(config.timeout())
+                    .connect_lazy();
+                let metadata = metadata(config, signal)?;
+                Ok(Self::Grpc {
+                    channel,
+                    compression: (config.compression == Compression::Gzip)
+                        .then_some(CompressionEncoding::Gzip),
+                    metadata,
+                })
+            }
+            Protocol::HttpProtobuf => {
+                let client = reqwest::Client::builder()
+                    .timeout(config.timeout())
+                    .build()
+                    .map_err(|e| TelemetryError::Config(format!("OTLP {signal} client: {e}")))?;
+                let mut map = reqwest::header::HeaderMap::new();
+                for (k, v) in &config.headers_for(signal) {
+                    let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                        .map_err(|_| bad_header(signal, k))?;
+                    let value = reqwest::header::HeaderValue::from_str(v)
+                        .map_err(|_| bad_header(signal, k))?;
+                    map.insert(name, value);
+                }
+                Ok(Self::Http {
+                    client,
+                    url: endpoint,
+                    gzip: config.compression == Compression::Gzip,
+                    headers: map,
+                })
+            }
+        }
+    }
+
+    fn grpc_request<T>(metadata: &MetadataMap, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        *request.metadata_mut() = metadata.clone();
+        request
+    }
+
+    /// Sends one logs request; Ok once the collector accepted it.
+    pub async fn logs(&self, request: ExportLogsServiceRequest) -> Result<(), SendError> {
+        let rejected = match self {
+            Self::Grpc {
+                channel,
+                compression,
+                metadata,
+            } => {
+                let mut client = LogsServiceClient::new(channel.clone());
+                if let Some(c) = compression {
+                    client = client.send_compressed(*c).accept_compressed(*c);
+                }
+                let answer = client.export(Self::grpc_request(metadata, request)).await?;
+                answer
+                    .into_inner()
+                    .partial_success
+                    .map(|p| (p.rejected_log_records, p.error_message))
+            }
+            Self::Http { .. } => {
+                let body = self.post(request.encode_to_vec()).await?;
+                ExportLogsServiceResponse::decode(body.as_ref())
+                    .ok()
+                    .and_then(|r| r.partial_success)
+                    .map(|p| (p.rejected_log_records, p.error_message))
+            }
+        };
+        partly_rejected("logs", rejected);
+        Ok(())
+    }
+
+    /// Sends one traces request; Ok once the collector accepted it.
+    pub async fn traces(&self, request: ExportTraceServiceRequest) -> Result<(), SendError> {
+        let rejected = match self {
+            Self::Grpc {
+                channel,
+                compression,
+                metadata,
+            } => {
+                let mut client = TraceServiceClient::new(channel.clone());
+                if let Some(c) = compression {
+                    client = client.send_compressed(*c).accept_compressed(*c);
+                }
+                let answer = client.export(Self::grpc_request(metadata, request)).await?;
+                answer
+                    .into_inner()
+                    .partial_success
+                    .map(|p| (p.rejected_spans, p.error_message))
+            }
+            Self::Http { .. } => {
+                let body = self.post(request.encode_to_vec()).await?;
+                ExportTraceServiceResponse::decode(body.as_ref())
+                    .ok()
+                    .and_then(|r| r.partial_success)
+                    .map(|p| (p.rejected_spans, p.error_message))
+            }
+        };
+        partly_rejected("traces", rejected);
+        Ok(())
+    }
+
+    /// POSTs an encoded request; the answer's body.
+    async fn post(&self, body: Vec<u8>) -> Result<bytes::Bytes, SendError> {
+        let Self::Http {
+            client,
+            url,
+            gzip,
+            headers,
+        } = self
+        else {
+            unreachable!("only the HTTP transport posts");
+        };
+        let mut request = client
+            .post(url)
+            .headers(headers.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf");
+        request = if *gzip {
+            let mut encoder = GzEncoder::new(Vec::with_capacity(body.len() / 4), GzLevel::fast());
+            encoder.write_all(&body)?;
+            request
+                .header(reqwest::header::CONTENT_ENCODING, "gzip")
+                .body(encoder.finish()?)
+        } else {
+            request.body(body)
+        };
+        let answer = request.send().await?;
+        let status = answer.status();
+        if !status.is_success() {
+            return Err(SendError::Status(status));
+        }
+        Ok(answer.bytes().await?)
+    }
+}
+
+/// Says what a collector accepted only in part (OTLP's partial success: not retried, as the
+/// specification says, since the same records would be refused again).
+fn partly_rejected(signal: &str, rejected: Option<(i64, String)>) {
+    if let Some((count, message)) = rejected.filter(|(n, m)| *n > 0 || !m.is_empty()) {
+        warn!(
+            signal,
+            rejected = count,
+            message = %message,
+            "the collector accepted an export only in part"
+        );
+    }
+}
+
+/// The headers of `OTEL_EXPORTER_OTLP_HEADERS` (`key=value,key2=value2`, values
+/// percent-encoded), or None when it is malformed.
+pub(super) fn parse_headers(text: &str) -> Option<BTreeMap<String, String>> {
+    text.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            let v = percent_encoding::percent_decode_str(v.trim())
+                .decode_utf8()
+                .ok()?;
+            Some((k.trim().to_owned(), v.into_owned()))
+        })
+        .collect()
+}
