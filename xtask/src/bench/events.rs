@@ -381,6 +381,7 @@ fn measure_export(
     let last = last_seq(&spool)?;
     let base = cursors(&spool)?.0;
     let cpu0 = cpu_ms(daemon.pid())?;
+    let resident_before = memory_kb(daemon.pid(), "VmRSS")?;
     let rotel = Rotel::start(port)?;
     let mut started = None;
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -400,12 +401,17 @@ fn measure_export(
     }
     let secs = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
     let cpu = cpu_ms(daemon.pid())? - cpu0;
+    let (resident_after, peak) = (
+        memory_kb(daemon.pid(), "VmRSS")?,
+        memory_kb(daemon.pid(), "VmHWM")?,
+    );
     drop(rotel);
     kill_holder(holder)?;
     Ok(Export {
         events: last - base,
         rate: (last - base) as f64 / secs.max(1e-3),
         cpu_ms_per_k: cpu / ((last - base).max(1) as f64 / 1e3),
+        resident_mb: [resident_before, resident_after, peak].map(|kb| kb as f64 / 1024.0),
     })
 }
 
@@ -413,6 +419,8 @@ struct Export {
     events: u64,
     rate: f64,
     cpu_ms_per_k: f64,
+    /// The daemon's resident memory before the export, after it, and its peak, in MiB.
+    resident_mb: [f64; 3],
 }
 
 /// A Rotel collector (from `cargo xtask setup`) discarding what it receives.
@@ -507,7 +515,21 @@ fn report(steps: &[Step], flood: &Flood, export: &[(&str, Export)]) {
             e.cpu_ms_per_k,
             verdict(e.rate >= TARGET_EXPORT_RATE)
         );
+        let [before, after, peak] = e.resident_mb;
+        println!(
+            "    daemon resident memory: {before:.1} MiB before the export, {after:.1} MiB after it, peak {peak:.1} MiB"
+        );
     }
+}
+
+/// A memory figure of /proc/PID/status (`VmRSS`, `VmHWM`), in KiB.
+fn memory_kb(pid: u32, field: &str) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
 /// The daemon's CPU time (user + system) so far, in ms.
