@@ -13,6 +13,7 @@
 pub mod cache;
 pub mod config;
 mod grants;
+mod poll;
 mod server;
 pub mod upstream;
 pub mod wire;

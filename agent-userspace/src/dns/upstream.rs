@@ -1,11 +1,7 @@
 //! Asking the upstream resolvers: UDP first, TCP when the answer is truncated, each server in
 //! turn until one answers in time. Only queries the cage's policy allows get here.
 
-use std::{
-    net::SocketAddr,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, time::Duration};
 
 use hickory_proto::{
     op::{Message, MessageType},
@@ -53,7 +49,7 @@ async fn ask(server: SocketAddr, query: &Message) -> std::io::Result<Message> {
     socket.send(&bytes)?;
     let mut buf = vec![0u8; 4096];
     let polled = if server.ip().is_loopback() {
-        poll_for_answer(&socket, query, &mut buf)?
+        super::poll::answer(&socket, query, &mut buf)?
     } else {
         None
     };
@@ -78,56 +74,10 @@ async fn ask(server: SocketAddr, query: &Message) -> std::io::Result<Message> {
 }
 
 /// The answer to `query` in a datagram, if it is one.
-fn answer_in(query: &Message, datagram: &[u8]) -> Option<Message> {
+pub(super) fn answer_in(query: &Message, datagram: &[u8]) -> Option<Message> {
     Message::from_vec(datagram)
         .ok()
         .filter(|a| answers(query, a))
-}
-
-/// The longest a query polls for its answer.
-const POLL_MAX: Duration = Duration::from_micros(300);
-/// The CPU time all cages' queries may spend polling in vain, per second.
-const POLL_BUDGET: Duration = Duration::from_millis(50);
-
-/// What polling has spent in the current second.
-static POLL_SPENT: Mutex<Option<(Instant, Duration)>> = Mutex::new(None);
-
-/// Polls a resolver on this host for the answer for up to [`POLL_MAX`], while the budget
-/// lasts; None when it has not answered by then. Sleeping on the socket instead costs a
-/// wakeup of this thread when the answer comes, about 75 us from idle on a VM: most of
-/// what a new name added to a query. The budget bounds what an agent that floods new names
-/// to a slow resolver can burn this way to 5% of a CPU.
-fn poll_for_answer(
-    socket: &std::net::UdpSocket,
-    query: &Message,
-    buf: &mut [u8],
-) -> std::io::Result<Option<Message>> {
-    let start = Instant::now();
-    let allowance = {
-        let mut spent = POLL_SPENT.lock().unwrap_or_else(|p| p.into_inner());
-        let (since, used) = spent.get_or_insert((start, Duration::ZERO));
-        if start.duration_since(*since) >= Duration::from_secs(1) {
-            (*since, *used) = (start, Duration::ZERO);
-        }
-        POLL_BUDGET.saturating_sub(*used).min(POLL_MAX)
-    };
-    let mut found = None;
-    while found.is_none() && start.elapsed() < allowance {
-        match socket.recv(buf) {
-            Ok(n) => found = answer_in(query, &buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
-            Err(e) => return Err(e),
-        }
-    }
-    // Only polls that found nothing are charged: one that found the answer took what the
-    // resolver took, and saved the wakeup.
-    if found.is_none() {
-        let mut spent = POLL_SPENT.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, used)) = spent.as_mut() {
-            *used += start.elapsed();
-        }
-    }
-    Ok(found)
 }
 
 async fn ask_tcp(server: SocketAddr, query: &Message) -> std::io::Result<Message> {
@@ -157,36 +107,4 @@ fn answers(query: &Message, answer: &Message) -> bool {
             let a = &answer.queries[0];
             a.query_type == q.query_type && a.name.eq_ignore_root(&q.name)
         })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn polling_a_silent_resolver_stops_at_the_budget() {
-        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket.connect(silent.local_addr().unwrap()).unwrap();
-        socket.set_nonblocking(true).unwrap();
-        let query = upstream_query(&Name::from_ascii("a.test.").unwrap(), RecordType::A);
-        let mut buf = [0u8; 512];
-        let started = Instant::now();
-        let mut polled = Duration::ZERO;
-        for _ in 0..1_000 {
-            let t = Instant::now();
-            assert!(poll_for_answer(&socket, &query, &mut buf)
-                .unwrap()
-                .is_none());
-            polled += t.elapsed();
-        }
-        // Unbounded, 1,000 queries would poll 300 ms; the budget allows 50 ms a second, and
-        // each call its few microseconds of bookkeeping. The calls span this many of the
-        // budget's seconds at most (another test may have started the first one).
-        let seconds = started.elapsed().as_secs() + 2;
-        let allowed = POLL_BUDGET * u32::try_from(seconds).unwrap()
-            + POLL_MAX
-            + Duration::from_micros(20) * 1_000;
-        assert!(polled <= allowed, "{polled:?} polled, {allowed:?} allowed");
-    }
 }

@@ -94,6 +94,9 @@ pub struct TelemetryConfig {
     /// Per-signal headers, from `OTEL_EXPORTER_OTLP_{LOGS,TRACES,METRICS}_HEADERS`.
     #[serde(skip)]
     pub signal_headers: BTreeMap<String, BTreeMap<String, String>>,
+    /// Per-signal compression, from `OTEL_EXPORTER_OTLP_{LOGS,TRACES,METRICS}_COMPRESSION`.
+    #[serde(skip)]
+    pub signal_compression: BTreeMap<String, Compression>,
 }
 
 impl Default for TelemetryConfig {
@@ -114,6 +117,7 @@ impl Default for TelemetryConfig {
             resource_attributes: BTreeMap::new(),
             headers: BTreeMap::new(),
             signal_headers: BTreeMap::new(),
+            signal_compression: BTreeMap::new(),
         }
     }
 }
@@ -136,17 +140,23 @@ impl TelemetryConfig {
         if let Some(v) = get("OTEL_EXPORTER_OTLP_ENDPOINT") {
             self.endpoint = Some(v);
         }
+        // The value is not in the error: it usually holds a token.
         let headers = |var: &str| match get(var) {
             None => Ok(None),
             Some(v) => super::transport::parse_headers(&v)
                 .map(Some)
                 .ok_or_else(|| {
                     TelemetryError::Config(format!(
-                        "{var}: {v:?} is not key=value pairs separated by commas"
+                        "{var} is not key=value pairs separated by commas (values percent-encoded)"
                     ))
                 }),
         };
         if let Some(h) = headers("OTEL_EXPORTER_OTLP_HEADERS")? {
+            // The file's names in lower case first, so the variable's replace them.
+            self.headers = std::mem::take(&mut self.headers)
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect();
             self.headers.extend(h);
         }
         for signal in SIGNALS {
@@ -156,6 +166,10 @@ impl TelemetryConfig {
             }
             if let Some(h) = headers(&format!("OTEL_EXPORTER_OTLP_{upper}_HEADERS"))? {
                 self.signal_headers.insert(signal.to_owned(), h);
+            }
+            if let Some(v) = get(&format!("OTEL_EXPORTER_OTLP_{upper}_COMPRESSION")) {
+                self.signal_compression
+                    .insert(signal.to_owned(), Compression::parse(v.trim())?);
             }
         }
         if let Some(v) = get("OTEL_EXPORTER_OTLP_PROTOCOL") {
@@ -208,13 +222,24 @@ impl TelemetryConfig {
         })
     }
 
-    /// The headers of `signal`'s exports: the common ones, then the signal's own over them.
+    /// The headers of `signal`'s exports: the common ones, then the signal's own over them;
+    /// names in lower case (HTTP's are case-insensitive, gRPC's lower case), empty values
+    /// left out.
     pub fn headers_for(&self, signal: &str) -> BTreeMap<String, String> {
-        let mut h = self.headers.clone();
-        if let Some(own) = self.signal_headers.get(signal) {
-            h.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
-        }
-        h
+        self.headers
+            .iter()
+            .chain(self.signal_headers.get(signal).into_iter().flatten())
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect()
+    }
+
+    /// How `signal`'s exports are compressed.
+    pub fn compression_for(&self, signal: &str) -> Compression {
+        self.signal_compression
+            .get(signal)
+            .copied()
+            .unwrap_or(self.compression)
     }
 
     /// [`Self::timeout_ms`] as a duration.
@@ -245,6 +270,7 @@ mod tests {
     fn environment_overrides_the_file() {
         let mut c = TelemetryConfig {
             endpoint: Some("http://127.0.0.1:1".into()),
+            headers: [("AUTHORIZATION".to_owned(), "from the file".to_owned())].into(),
             ..Default::default()
         };
         c.apply_env(env(&[
@@ -259,11 +285,15 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_COMPRESSION", "none"),
             (
                 "OTEL_EXPORTER_OTLP_HEADERS",
-                "authorization=Bearer%20t0k,x-tenant=a",
+                "Authorization=Bearer%20t0k,x-tenant=a",
             ),
-            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-tenant=b"),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "X-Tenant=b,x-empty="),
+            ("OTEL_EXPORTER_OTLP_LOGS_COMPRESSION", "gzip"),
         ]))
         .unwrap();
+        assert_eq!(c.compression_for("logs"), Compression::Gzip);
+        assert_eq!(c.compression_for("traces"), Compression::None);
+        assert!(!c.headers_for("traces").contains_key("x-empty"));
         assert_eq!(c.headers_for("logs")["authorization"], "Bearer t0k");
         assert_eq!(c.headers_for("logs")["x-tenant"], "a");
         assert_eq!(c.headers_for("traces")["x-tenant"], "b");
@@ -296,8 +326,15 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("\"zstd\""), "{e}");
         let e = c
-            .apply_env(env(&[("OTEL_EXPORTER_OTLP_HEADERS", "authorization")]))
+            .apply_env(env(&[(
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "authorization Bearer s3cret",
+            )]))
             .unwrap_err();
+        assert!(
+            !e.to_string().contains("s3cret"),
+            "no token in the error: {e}"
+        );
         assert!(e.to_string().contains("OTEL_EXPORTER_OTLP_HEADERS"), "{e}");
         assert!(
             !TelemetryConfig::default().active(),

@@ -58,7 +58,8 @@ impl Sink {
         self.signal.reader()
     }
 
-    /// Sends one batch; Ok means the collector acknowledged all of it.
+    /// Sends one batch; Ok means the collector accepted it (perhaps in part: said in the log,
+    /// and not sent again, as OTLP asks).
     /// The batch is taken, not borrowed: its strings move into the messages instead of being
     /// copied (a failed batch is read and described again).
     async fn send(&self, batch: Vec<Described>) -> Result<(), SendError> {
@@ -92,7 +93,8 @@ impl Signal {
     }
 }
 
-/// A gRPC exporter's builder with the configuration's endpoint, timeout and compression.
+/// The metrics exporter's gRPC builder with the configuration's endpoint, timeout and
+/// compression.
 pub(super) fn grpc<B: WithExportConfig + WithTonicConfig>(
     builder: B,
     config: &TelemetryConfig,
@@ -101,14 +103,14 @@ pub(super) fn grpc<B: WithExportConfig + WithTonicConfig>(
     let b = builder
         .with_endpoint(endpoint)
         .with_timeout(config.timeout());
-    match config.compression {
+    match config.compression_for("metrics") {
         Compression::Gzip => b.with_compression(opentelemetry_otlp::Compression::Gzip),
         Compression::None => b,
     }
 }
 
-/// An HTTP/protobuf exporter's builder with the configuration's endpoint, timeout and
-/// compression.
+/// The metrics exporter's HTTP/protobuf builder with the configuration's endpoint, timeout
+/// and compression.
 pub(super) fn http<B: WithExportConfig + WithHttpConfig>(
     builder: B,
     config: &TelemetryConfig,
@@ -118,7 +120,7 @@ pub(super) fn http<B: WithExportConfig + WithHttpConfig>(
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
         .with_endpoint(endpoint)
         .with_timeout(config.timeout());
-    match config.compression {
+    match config.compression_for("metrics") {
         Compression::Gzip => b.with_compression(opentelemetry_otlp::Compression::Gzip),
         Compression::None => b,
     }

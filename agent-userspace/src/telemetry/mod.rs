@@ -101,7 +101,14 @@ impl Telemetry {
                 config,
                 metrics_endpoint,
             )
-            .with_headers(config.headers_for("metrics").into_iter().collect())
+            // The SDK decodes these values once more: a literal % is passed as %25.
+            .with_headers(
+                config
+                    .headers_for("metrics")
+                    .into_iter()
+                    .map(|(k, v)| (k, v.replace('%', "%25")))
+                    .collect(),
+            )
             .build(),
         }
         .map_err(|source| TelemetryError::Exporter {

@@ -30,8 +30,9 @@ use super::{
 /// Why one export failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    /// The gRPC call failed (the collector is down, or refused the request).
-    #[error("gRPC export: {0}")]
+    /// The gRPC call failed (the collector is down, or refused the request). Said by its
+    /// code and cause, not the collector's message, which may echo a request's headers.
+    #[error("gRPC export: {}", grpc_reason(.0))]
     Grpc(#[from] tonic::Status),
     /// The HTTP request failed before an answer.
     #[error("HTTP export: {0}")]
@@ -68,6 +69,19 @@ pub enum Transport {
     },
 }
 
+fn grpc_reason(status: &tonic::Status) -> String {
+    let mut reason = format!("{:?}", status.code());
+    let mut cause = std::error::Error::source(status);
+    while let Some(c) = cause {
+        reason.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    reason
+}
+
+/// What the exporter calls itself (OTLP exporters should say who they are).
+const USER_AGENT: &str = concat!("agentcaged/", env!("CARGO_PKG_VERSION"), " (OTLP, Rust)");
+
 fn bad_header(signal: &str, name: &str) -> TelemetryError {
     TelemetryError::Config(format!(
         "OTLP {signal} header {name:?} is not a valid header name and value"
@@ -94,6 +108,14 @@ impl Transport {
     /// collector that is down at start only delays the export.
     pub fn new(config: &TelemetryConfig, signal: &str) -> Result<Self, TelemetryError> {
         let endpoint = config.endpoint_for(signal)?;
+        // Built without TLS (the collector is node-local): an https endpoint could never be
+        // reached, so it is refused here rather than retried for ever.
+        if !endpoint.starts_with("http://") {
+            return Err(TelemetryError::Config(format!(
+                "OTLP {signal} endpoint {endpoint:?}: only http:// endpoints are supported (no TLS)"
+            )));
+        }
+        let gzip = config.compression_for(signal) == Compression::Gzip;
         match config.protocol {
             Protocol::Grpc => {
                 let channel = Endpoint::from_shared(endpoint.clone())
@@ -101,18 +123,20 @@ impl Transport {
                         TelemetryError::Config(format!("OTLP {signal} endpoint {endpoint:?}: {e}"))
                     })?
                     .timeout(config.timeout())
+                    .user_agent(USER_AGENT)
+                    .map_err(|e| TelemetryError::Config(format!("OTLP {signal} client: {e}")))?
                     .connect_lazy();
                 let metadata = metadata(config, signal)?;
                 Ok(Self::Grpc {
                     channel,
-                    compression: (config.compression == Compression::Gzip)
-                        .then_some(CompressionEncoding::Gzip),
+                    compression: gzip.then_some(CompressionEncoding::Gzip),
                     metadata,
                 })
             }
             Protocol::HttpProtobuf => {
                 let client = reqwest::Client::builder()
                     .timeout(config.timeout())
+                    .user_agent(USER_AGENT)
                     .build()
                     .map_err(|e| TelemetryError::Config(format!("OTLP {signal} client: {e}")))?;
                 let mut map = reqwest::header::HeaderMap::new();
@@ -126,7 +150,7 @@ impl Transport {
                 Ok(Self::Http {
                     client,
                     url: endpoint,
-                    gzip: config.compression == Compression::Gzip,
+                    gzip,
                     headers: map,
                 })
             }
@@ -139,7 +163,8 @@ impl Transport {
         request
     }
 
-    /// Sends one logs request; Ok once the collector accepted it.
+    /// Sends one logs request; Ok once the collector accepted it, perhaps in part (said in
+    /// the log).
     pub async fn logs(&self, request: ExportLogsServiceRequest) -> Result<(), SendError> {
         let rejected = match self {
             Self::Grpc {
@@ -169,7 +194,8 @@ impl Transport {
         Ok(())
     }
 
-    /// Sends one traces request; Ok once the collector accepted it.
+    /// Sends one traces request; Ok once the collector accepted it, perhaps in part (said in
+    /// the log).
     pub async fn traces(&self, request: ExportTraceServiceRequest) -> Result<(), SendError> {
         let rejected = match self {
             Self::Grpc {
@@ -214,6 +240,8 @@ impl Transport {
             .post(url)
             .headers(headers.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf");
+        // Level 1 ("fast"), where the SDK's exporter used 6: a little more to send over
+        // loopback for a fraction of the CPU.
         request = if *gzip {
             let mut encoder = GzEncoder::new(Vec::with_capacity(body.len() / 4), GzLevel::fast());
             encoder.write_all(&body)?;
@@ -255,7 +283,37 @@ pub(super) fn parse_headers(text: &str) -> Option<BTreeMap<String, String>> {
             let v = percent_encoding::percent_decode_str(v.trim())
                 .decode_utf8()
                 .ok()?;
-            Some((k.trim().to_owned(), v.into_owned()))
+            Some((k.trim().to_ascii_lowercase(), v.into_owned()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_that_needs_tls_is_refused_at_start_not_retried_for_ever() {
+        for (protocol, endpoint) in [
+            (Protocol::Grpc, "https://collector.internal:4317"),
+            (Protocol::HttpProtobuf, "https://collector.internal:4318"),
+            (Protocol::Grpc, "collector.internal:4317"),
+        ] {
+            let config = TelemetryConfig {
+                endpoint: Some(endpoint.into()),
+                protocol,
+                ..Default::default()
+            };
+            let e = Transport::new(&config, "logs").err().expect(endpoint);
+            assert!(e.to_string().contains("no TLS"), "{e}");
+        }
+    }
+
+    #[test]
+    fn header_values_are_percent_decoded_and_names_lower_cased() {
+        let h = parse_headers("Authorization=Bearer%20a%2Cb, x-t = v ").unwrap();
+        assert_eq!(h["authorization"], "Bearer a,b");
+        assert_eq!(h["x-t"], "v");
+        assert!(parse_headers("novalue").is_none());
+    }
 }
