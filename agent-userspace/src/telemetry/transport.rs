@@ -110,7 +110,10 @@ impl Transport {
         let endpoint = config.endpoint_for(signal)?;
         // Built without TLS (the collector is node-local): an https endpoint could never be
         // reached, so it is refused here rather than retried for ever.
-        if !endpoint.starts_with("http://") {
+        if !endpoint
+            .get(..7)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"))
+        {
             return Err(TelemetryError::Config(format!(
                 "OTLP {signal} endpoint {endpoint:?}: only http:// endpoints are supported (no TLS)"
             )));
@@ -298,6 +301,7 @@ mod tests {
             (Protocol::Grpc, "https://collector.internal:4317"),
             (Protocol::HttpProtobuf, "https://collector.internal:4318"),
             (Protocol::Grpc, "collector.internal:4317"),
+            (Protocol::Grpc, "h"),
         ] {
             let config = TelemetryConfig {
                 endpoint: Some(endpoint.into()),
