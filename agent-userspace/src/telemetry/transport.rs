@@ -6,15 +6,9 @@ use std::{collections::BTreeMap, io::Write as _};
 
 use flate2::{write::GzEncoder, Compression as GzLevel};
 use opentelemetry_proto::tonic::collector::{
-    logs::v1::{
-        logs_service_client::LogsServiceClient, ExportLogsServiceRequest, ExportLogsServiceResponse,
-    },
-    trace::v1::{
-        trace_service_client::TraceServiceClient, ExportTraceServiceRequest,
-        ExportTraceServiceResponse,
-    },
+    logs::v1::{logs_service_client::LogsServiceClient, ExportLogsServiceRequest},
+    trace::v1::{trace_service_client::TraceServiceClient, ExportTraceServiceRequest},
 };
-use prost::Message as _;
 use tonic::{
     codec::CompressionEncoding,
     metadata::{MetadataKey, MetadataMap, MetadataValue},
@@ -169,67 +163,64 @@ impl Transport {
     /// Sends one logs request; Ok once the collector accepted it, perhaps in part (said in
     /// the log).
     pub async fn logs(&self, request: ExportLogsServiceRequest) -> Result<(), SendError> {
-        let rejected = match self {
+        let answer = match self {
             Self::Grpc {
                 channel,
                 compression,
                 metadata,
             } => {
-                let mut client = LogsServiceClient::new(channel.clone());
-                if let Some(c) = compression {
-                    client = client.send_compressed(*c).accept_compressed(*c);
-                }
-                let answer = client.export(Self::grpc_request(metadata, request)).await?;
-                answer
-                    .into_inner()
-                    .partial_success
-                    .map(|p| (p.rejected_log_records, p.error_message))
+                let client = LogsServiceClient::new(channel.clone());
+                let mut client = match compression {
+                    Some(c) => client.send_compressed(*c).accept_compressed(*c),
+                    None => client,
+                };
+                let request = Self::grpc_request(metadata, request);
+                Some(client.export(request).await?.into_inner())
             }
-            Self::Http { .. } => {
-                let body = self.post(request.encode_to_vec()).await?;
-                ExportLogsServiceResponse::decode(body.as_ref())
-                    .ok()
-                    .and_then(|r| r.partial_success)
-                    .map(|p| (p.rejected_log_records, p.error_message))
-            }
+            Self::Http { .. } => self.post(&request).await?,
         };
-        partly_rejected("logs", rejected);
+        let rejected = answer.and_then(|a| a.partial_success);
+        partly_rejected(
+            "logs",
+            rejected.map(|p| (p.rejected_log_records, p.error_message)),
+        );
         Ok(())
     }
 
     /// Sends one traces request; Ok once the collector accepted it, perhaps in part (said in
     /// the log).
     pub async fn traces(&self, request: ExportTraceServiceRequest) -> Result<(), SendError> {
-        let rejected = match self {
+        let answer = match self {
             Self::Grpc {
                 channel,
                 compression,
                 metadata,
             } => {
-                let mut client = TraceServiceClient::new(channel.clone());
-                if let Some(c) = compression {
-                    client = client.send_compressed(*c).accept_compressed(*c);
-                }
-                let answer = client.export(Self::grpc_request(metadata, request)).await?;
-                answer
-                    .into_inner()
-                    .partial_success
-                    .map(|p| (p.rejected_spans, p.error_message))
+                let client = TraceServiceClient::new(channel.clone());
+                let mut client = match compression {
+                    Some(c) => client.send_compressed(*c).accept_compressed(*c),
+                    None => client,
+                };
+                let request = Self::grpc_request(metadata, request);
+                Some(client.export(request).await?.into_inner())
             }
-            Self::Http { .. } => {
-                let body = self.post(request.encode_to_vec()).await?;
-                ExportTraceServiceResponse::decode(body.as_ref())
-                    .ok()
-                    .and_then(|r| r.partial_success)
-                    .map(|p| (p.rejected_spans, p.error_message))
-            }
+            Self::Http { .. } => self.post(&request).await?,
         };
-        partly_rejected("traces", rejected);
+        let rejected = answer.and_then(|a| a.partial_success);
+        partly_rejected(
+            "traces",
+            rejected.map(|p| (p.rejected_spans, p.error_message)),
+        );
         Ok(())
     }
 
-    /// POSTs an encoded request; the answer's body.
-    async fn post(&self, body: Vec<u8>) -> Result<bytes::Bytes, SendError> {
+    /// POSTs `request`; the collector's answer, None when its body is not one (a 2xx is
+    /// an acceptance all the same).
+    async fn post<A: prost::Message + Default>(
+        &self,
+        request: &impl prost::Message,
+    ) -> Result<Option<A>, SendError> {
+        let body = request.encode_to_vec();
         let Self::Http {
             client,
             url,
@@ -259,7 +250,7 @@ impl Transport {
         if !status.is_success() {
             return Err(SendError::Status(status));
         }
-        Ok(answer.bytes().await?)
+        Ok(A::decode(answer.bytes().await?).ok())
     }
 }
 
