@@ -97,6 +97,21 @@ pub(super) fn metadata(
     Ok(metadata)
 }
 
+/// One export call with a generated client (each signal's is a type of its own), compressed
+/// as configured and carrying the headers; the collector's answer.
+macro_rules! grpc_export {
+    ($client:ident, $channel:expr, $compression:expr, $metadata:expr, $request:expr) => {{
+        let client = $client::new($channel.clone());
+        let mut client = match $compression {
+            Some(c) => client.send_compressed(*c).accept_compressed(*c),
+            None => client,
+        };
+        let mut request = tonic::Request::new($request);
+        *request.metadata_mut() = $metadata.clone();
+        client.export(request).await?.into_inner()
+    }};
+}
+
 impl Transport {
     /// The transport of `signal` (`logs`, `traces`) as configured. Connects lazily: a
     /// collector that is down at start only delays the export.
@@ -154,12 +169,6 @@ impl Transport {
         }
     }
 
-    fn grpc_request<T>(metadata: &MetadataMap, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        *request.metadata_mut() = metadata.clone();
-        request
-    }
-
     /// Sends one logs request; Ok once the collector accepted it, perhaps in part (said in
     /// the log).
     pub async fn logs(&self, request: ExportLogsServiceRequest) -> Result<(), SendError> {
@@ -168,15 +177,13 @@ impl Transport {
                 channel,
                 compression,
                 metadata,
-            } => {
-                let client = LogsServiceClient::new(channel.clone());
-                let mut client = match compression {
-                    Some(c) => client.send_compressed(*c).accept_compressed(*c),
-                    None => client,
-                };
-                let request = Self::grpc_request(metadata, request);
-                Some(client.export(request).await?.into_inner())
-            }
+            } => Some(grpc_export!(
+                LogsServiceClient,
+                channel,
+                compression,
+                metadata,
+                request
+            )),
             Self::Http { .. } => self.post(&request).await?,
         };
         let rejected = answer.and_then(|a| a.partial_success);
@@ -195,15 +202,13 @@ impl Transport {
                 channel,
                 compression,
                 metadata,
-            } => {
-                let client = TraceServiceClient::new(channel.clone());
-                let mut client = match compression {
-                    Some(c) => client.send_compressed(*c).accept_compressed(*c),
-                    None => client,
-                };
-                let request = Self::grpc_request(metadata, request);
-                Some(client.export(request).await?.into_inner())
-            }
+            } => Some(grpc_export!(
+                TraceServiceClient,
+                channel,
+                compression,
+                metadata,
+                request
+            )),
             Self::Http { .. } => self.post(&request).await?,
         };
         let rejected = answer.and_then(|a| a.partial_success);
