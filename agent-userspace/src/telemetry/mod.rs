@@ -36,7 +36,7 @@ use crate::{
     events::EventBus,
     spool::{Spool, SpoolConfig, SpoolError},
 };
-use export::{Exporter, Signal, Sink};
+use export::{Exporter, Shared, Signal, Sink};
 use metrics::{Instruments, Observed};
 use sink::SpoolSink;
 
@@ -155,6 +155,7 @@ impl Telemetry {
             instruments: instruments.clone(),
             unwritten: Mutex::new(0),
         }));
+        let shared = Arc::new(Shared::default());
         let exporters = [logs, traces]
             .into_iter()
             .map(|sink| {
@@ -165,6 +166,7 @@ impl Telemetry {
                         written: written_rx.clone(),
                         node: node.clone(),
                         batch_size: config.batch_size.max(1),
+                        shared: Arc::clone(&shared),
                         retry_max: std::time::Duration::from_millis(config.retry_max_ms.max(1)),
                         timeout: config.timeout(),
                     }

@@ -1,16 +1,18 @@
-//! Sending OTLP requests for one signal: over gRPC with the generated tonic clients, or as
-//! HTTP/protobuf bodies with reqwest. One attempt per call: the exporter retries from the
+//! Sending OTLP requests for one signal, encoded ahead ([`Request`]): over gRPC with tonic's
+//! unary call and prost codec (as the generated clients make it), or as HTTP/protobuf bodies
+//! with reqwest. One attempt per call: the exporter retries from the
 //! spool, so a failed request is never retried here as well.
 
 use std::{collections::BTreeMap, io::Write as _};
 
 use flate2::{write::GzEncoder, Compression as GzLevel};
+use prost::Message as _;
 use opentelemetry_proto::tonic::collector::{
-    logs::v1::{logs_service_client::LogsServiceClient, ExportLogsServiceRequest},
-    trace::v1::{trace_service_client::TraceServiceClient, ExportTraceServiceRequest},
+    logs::v1::ExportLogsServiceResponse, trace::v1::ExportTraceServiceResponse,
 };
 use tonic::{
     codec::CompressionEncoding,
+    codegen::http::uri::PathAndQuery,
     metadata::{MetadataKey, MetadataMap, MetadataValue},
     transport::{Channel, Endpoint},
 };
@@ -18,6 +20,7 @@ use tracing::warn;
 
 use super::{
     config::{Compression, Protocol},
+    proto::Request,
     TelemetryConfig, TelemetryError,
 };
 
@@ -97,20 +100,9 @@ pub(super) fn metadata(
     Ok(metadata)
 }
 
-/// One export call with a generated client (each signal's is a type of its own), compressed
-/// as configured and carrying the headers; the collector's answer.
-macro_rules! grpc_export {
-    ($client:ident, $channel:expr, $compression:expr, $metadata:expr, $request:expr) => {{
-        let client = $client::new($channel.clone());
-        let mut client = match $compression {
-            Some(c) => client.send_compressed(*c).accept_compressed(*c),
-            None => client,
-        };
-        let mut request = tonic::Request::new($request);
-        *request.metadata_mut() = $metadata.clone();
-        client.export(request).await?.into_inner()
-    }};
-}
+/// The gRPC methods of the two signals.
+const LOGS_EXPORT: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+const TRACES_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 impl Transport {
     /// The transport of `signal` (`logs`, `traces`) as configured. Connects lazily: a
@@ -171,21 +163,8 @@ impl Transport {
 
     /// Sends one logs request; Ok once the collector accepted it, perhaps in part (said in
     /// the log).
-    pub async fn logs(&self, request: ExportLogsServiceRequest) -> Result<(), SendError> {
-        let answer = match self {
-            Self::Grpc {
-                channel,
-                compression,
-                metadata,
-            } => Some(grpc_export!(
-                LogsServiceClient,
-                channel,
-                compression,
-                metadata,
-                request
-            )),
-            Self::Http { .. } => self.post(&request).await?,
-        };
+    pub async fn logs(&self, request: Request) -> Result<(), SendError> {
+        let answer: Option<ExportLogsServiceResponse> = self.call(LOGS_EXPORT, request).await?;
         let rejected = answer.and_then(|a| a.partial_success);
         partly_rejected(
             "logs",
@@ -196,21 +175,9 @@ impl Transport {
 
     /// Sends one traces request; Ok once the collector accepted it, perhaps in part (said in
     /// the log).
-    pub async fn traces(&self, request: ExportTraceServiceRequest) -> Result<(), SendError> {
-        let answer = match self {
-            Self::Grpc {
-                channel,
-                compression,
-                metadata,
-            } => Some(grpc_export!(
-                TraceServiceClient,
-                channel,
-                compression,
-                metadata,
-                request
-            )),
-            Self::Http { .. } => self.post(&request).await?,
-        };
+    pub async fn traces(&self, request: Request) -> Result<(), SendError> {
+        let answer: Option<ExportTraceServiceResponse> =
+            self.call(TRACES_EXPORT, request).await?;
         let rejected = answer.and_then(|a| a.partial_success);
         partly_rejected(
             "traces",
@@ -219,11 +186,43 @@ impl Transport {
         Ok(())
     }
 
+    /// One export call of gRPC method `path` (or a POST), compressed as configured and
+    /// carrying the headers; the collector's answer, None when an HTTP answer's body is not
+    /// one (a 2xx is an acceptance all the same).
+    async fn call<A: prost::Message + Default + 'static>(
+        &self,
+        path: &'static str,
+        request: Request,
+    ) -> Result<Option<A>, SendError> {
+        let Self::Grpc {
+            channel,
+            compression,
+            metadata,
+        } = self
+        else {
+            return self.post(&request).await;
+        };
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        if let Some(c) = compression {
+            grpc = grpc.send_compressed(*c).accept_compressed(*c);
+        }
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("connecting: {e}")))?;
+        let mut request = tonic::Request::new(request);
+        *request.metadata_mut() = metadata.clone();
+        let codec = tonic_prost::ProstCodec::<Request, A>::default();
+        let answer = grpc
+            .unary(request, PathAndQuery::from_static(path), codec)
+            .await?;
+        Ok(Some(answer.into_inner()))
+    }
+
     /// POSTs `request`; the collector's answer, None when its body is not one (a 2xx is
     /// an acceptance all the same).
     async fn post<A: prost::Message + Default>(
         &self,
-        request: &impl prost::Message,
+        request: &Request,
     ) -> Result<Option<A>, SendError> {
         let body = request.encode_to_vec();
         let Self::Http {
