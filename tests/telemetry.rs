@@ -33,7 +33,7 @@ fn egress_spans(items: &[Item]) -> Vec<&Item> {
         .collect()
 }
 
-fn check_typed_export(protocol: &str) {
+fn check_typed_export(protocol: &str, compression: &str) {
     let collector = Collector::start();
     let endpoint = match protocol {
         "grpc" => collector.grpc(),
@@ -44,6 +44,11 @@ fn check_typed_export(protocol: &str) {
     let _denied = tcp_listener_at("127.0.0.2", port);
     let conf_dir = tempfile::tempdir().unwrap();
     let conf = config(conf_dir.path(), &endpoint, protocol, spool.path());
+    let text = fs::read_to_string(&conf).unwrap().replace(
+        "  protocol:",
+        &format!("  compression: {compression}\n  protocol:"),
+    );
+    fs::write(&conf, text).unwrap();
     let daemon = Daemon::start_args(&policy(port), &["--config", &conf]);
 
     let mut cage = daemon.serve_in("tester");
@@ -155,12 +160,19 @@ fn check_typed_export(protocol: &str) {
 
 #[test]
 fn events_arrive_over_grpc_as_typed_log_records_and_spans_of_one_session_trace() {
-    check_typed_export("grpc");
+    check_typed_export("grpc", "none");
 }
 
 #[test]
 fn events_arrive_over_http_protobuf_too() {
-    check_typed_export("http/protobuf");
+    check_typed_export("http/protobuf", "none");
+}
+
+/// gzip is framed by the exporter itself over gRPC (telemetry/transport/grpc.rs).
+#[test]
+fn events_arrive_gzipped_over_grpc_and_http_protobuf() {
+    check_typed_export("grpc", "gzip");
+    check_typed_export("http/protobuf", "gzip");
 }
 
 /// Waits until every log record up to the marker's has arrived, and returns how many times

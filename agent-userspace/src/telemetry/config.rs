@@ -76,7 +76,8 @@ pub struct TelemetryConfig {
     pub timeout_ms: u64,
     /// Metric export period, in milliseconds.
     pub metrics_interval_ms: u64,
-    /// At most this many records per export.
+    /// At most this many records per export (and at most 3 MiB a request: a batch of large
+    /// records is sent in several).
     pub batch_size: usize,
     /// The longest pause between retries while the collector is unreachable, in milliseconds.
     pub retry_max_ms: u64,
@@ -109,7 +110,7 @@ impl Default for TelemetryConfig {
             compression: Compression::Gzip,
             timeout_ms: 10_000,
             metrics_interval_ms: 10_000,
-            batch_size: 512,
+            batch_size: 1024,
             retry_max_ms: 5_000,
             service_name: "agentcaged".into(),
             node_id: None,

@@ -24,9 +24,9 @@ use super::{
     transport::{SendError, Transport},
     TelemetryConfig, TelemetryError,
 };
-pub use shared::Shared;
-use shared::{Encoded, Range};
 use crate::spool::{now_unix_nano, Record, Spool};
+pub use shared::Shared;
+use shared::{Encoded, Range, Written};
 
 /// The signals exported from the spool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,18 +63,18 @@ impl Sink {
         self.signal.reader()
     }
 
-    /// Sends this signal's part of one batch; Ok means the collector accepted it (perhaps
-    /// in part: said in the log, and not sent again, as OTLP asks).
+    /// Sends this signal's part of one batch, in requests of at most [`MAX_REQUEST`] bytes;
+    /// Ok means the collector accepted all of it (perhaps in part: said in the log, and not
+    /// sent again, as OTLP asks). After a failure the whole batch is sent again.
     async fn send(&self, batch: &Encoded) -> Result<(), SendError> {
-        let records = batch.of(self.signal);
-        if records.is_empty() {
-            return Ok(());
+        for records in batch.of(self.signal).requests(MAX_REQUEST) {
+            let request = self.envelope.request(records);
+            match self.signal {
+                Signal::Logs => self.transport.logs(request).await?,
+                Signal::Traces => self.transport.traces(request).await?,
+            }
         }
-        let request = self.envelope.request(records.clone());
-        match self.signal {
-            Signal::Logs => self.transport.logs(request).await,
-            Signal::Traces => self.transport.traces(request).await,
-        }
+        Ok(())
     }
 }
 
@@ -138,6 +138,11 @@ pub fn scope() -> InstrumentationScope {
 
 /// Batches a signal has sent and not yet seen answered, at most.
 const IN_FLIGHT: usize = 4;
+
+/// The records of one request, at most, in bytes: collectors refuse gRPC messages over
+/// 4 MiB by default (the OpenTelemetry Collector, Rotel), and a refused batch would be
+/// retried for ever.
+const MAX_REQUEST: usize = 3 << 20;
 
 /// What an exporter task needs.
 pub struct Exporter {
@@ -308,12 +313,16 @@ fn encode(batch: &[Record], node: &str) -> Encoded {
         Vec::with_capacity(batch.len() * 1536),
         Vec::with_capacity(batch.len() * 1536),
     );
+    let (mut log_ends, mut span_ends) = (Vec::with_capacity(batch.len()), Vec::new());
     let mut unencodable = 0;
     for r in batch {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| describe(r, node))) {
             Ok(d) => {
                 proto::put_log_record(&d, observed, &mut logs);
-                proto::put_span(&d, &mut spans);
+                log_ends.push(logs.len());
+                if proto::put_span(&d, &mut spans) {
+                    span_ends.push(spans.len());
+                }
             }
             Err(_) => {
                 unencodable += 1;
@@ -325,8 +334,14 @@ fn encode(batch: &[Record], node: &str) -> Encoded {
         }
     }
     Encoded {
-        logs: logs.into(),
-        spans: spans.into(),
+        logs: Written {
+            bytes: logs.into(),
+            ends: log_ends,
+        },
+        spans: Written {
+            bytes: spans.into(),
+            ends: span_ends,
+        },
         unencodable,
     }
 }

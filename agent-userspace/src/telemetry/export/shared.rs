@@ -13,20 +13,50 @@ use bytes::Bytes;
 
 use super::Signal;
 
+/// One signal's records of a batch, written one after the other.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// The records, each written as a `ScopeLogs` or `ScopeSpans` field.
+    pub bytes: Bytes,
+    /// Where each record ends in `bytes`.
+    pub ends: Vec<usize>,
+}
+
+impl Written {
+    /// The records in runs of at most `max` bytes (a record longer than that alone): one
+    /// request each.
+    pub fn requests(&self, max: usize) -> Vec<Bytes> {
+        let mut requests = Vec::new();
+        // The run being gathered starts at `start`; `fits` is where its last record ends.
+        let (mut start, mut fits) = (0, 0);
+        for &end in &self.ends {
+            if end - start > max && fits > start {
+                requests.push(self.bytes.slice(start..fits));
+                start = fits;
+            }
+            fits = end;
+        }
+        if fits > start {
+            requests.push(self.bytes.slice(start..fits));
+        }
+        requests
+    }
+}
+
 /// One batch of spool records, encoded for both signals.
 #[derive(Debug, Default)]
 pub struct Encoded {
-    /// The log records, each written as a `ScopeLogs` field.
-    pub logs: Bytes,
-    /// The spans of the kinds that have one, each written as a `ScopeSpans` field.
-    pub spans: Bytes,
+    /// The log records.
+    pub logs: Written,
+    /// The spans of the kinds that have one.
+    pub spans: Written,
     /// Records that could not be described (counted once, by the logs exporter).
     pub unencodable: u64,
 }
 
 impl Encoded {
     /// What `signal` sends of it.
-    pub fn of(&self, signal: Signal) -> &Bytes {
+    pub fn of(&self, signal: Signal) -> &Written {
         match signal {
             Signal::Logs => &self.logs,
             Signal::Traces => &self.spans,
@@ -109,9 +139,33 @@ mod tests {
 
     fn batch(n: u8) -> Arc<Encoded> {
         Arc::new(Encoded {
-            logs: Bytes::from(vec![n]),
+            logs: Written {
+                bytes: Bytes::from(vec![n]),
+                ends: vec![1],
+            },
             ..Default::default()
         })
+    }
+
+    #[test]
+    fn requests_hold_whole_records_up_to_the_bound_and_a_longer_record_alone() {
+        let lengths = [3usize, 4, 2, 9, 1, 1, 5];
+        let mut ends = Vec::new();
+        let mut bytes = Vec::new();
+        for (i, n) in lengths.iter().enumerate() {
+            bytes.extend(std::iter::repeat_n(i as u8, *n));
+            ends.push(bytes.len());
+        }
+        let written = Written {
+            bytes: Bytes::from(bytes.clone()),
+            ends,
+        };
+        let requests = written.requests(7);
+        let sizes: Vec<usize> = requests.iter().map(|r| r.len()).collect();
+        assert_eq!(sizes, [7, 2, 9, 7]);
+        assert_eq!(requests.concat(), bytes, "every record once, in order");
+        assert_eq!(written.requests(100).len(), 1);
+        assert!(Written::default().requests(7).is_empty());
     }
 
     #[test]
@@ -123,7 +177,10 @@ mod tests {
             shared.take(Signal::Traces, (1, 300)).is_none(),
             "another range is other records"
         );
-        assert_eq!(shared.take(Signal::Traces, (1, 512)).unwrap().logs[..], [1]);
+        assert_eq!(
+            shared.take(Signal::Traces, (1, 512)).unwrap().logs.bytes[..],
+            [1]
+        );
         assert_eq!(shared.len(), 0, "both signals have it: nothing kept");
     }
 
@@ -143,6 +200,9 @@ mod tests {
         }
         assert_eq!(shared.len(), SLOTS);
         assert!(shared.take(Signal::Traces, (1, 10)).is_none(), "evicted");
-        assert_eq!(shared.take(Signal::Traces, (191, 200)).unwrap().logs[..], [19]);
+        assert_eq!(
+            shared.take(Signal::Traces, (191, 200)).unwrap().logs.bytes[..],
+            [19]
+        );
     }
 }

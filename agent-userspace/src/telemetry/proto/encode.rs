@@ -219,7 +219,10 @@ pub fn put_span(d: &Described, out: &mut Vec<u8>) -> bool {
     let (span_id, parent) = if plan.root {
         (d.ids.root_span_id.to_bytes(), None)
     } else {
-        (d.ids.span_id.to_bytes(), Some(d.ids.root_span_id.to_bytes()))
+        (
+            d.ids.span_id.to_bytes(),
+            Some(d.ids.root_span_id.to_bytes()),
+        )
     };
     let parent: &[u8] = parent.as_ref().map_or(&[], |p| p.as_slice());
     let (start, end) = (nanos(plan.start), nanos(plan.end));

@@ -14,7 +14,7 @@ mod reference;
 #[cfg(test)]
 mod tests;
 
-use bytes::{BufMut, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
 use opentelemetry::Value;
 use opentelemetry_proto::tonic::{
     common::v1::{any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue},
@@ -23,8 +23,8 @@ use opentelemetry_proto::tonic::{
 use opentelemetry_sdk::Resource as SdkResource;
 use prost::Message as _;
 
-pub use encode::{put_log_record, put_span};
 use encode::{delimited_len, put_delimited, RECORDS_FIELD};
+pub use encode::{put_log_record, put_span};
 
 /// `TraceFlags::SAMPLED`: every exported record is.
 const SAMPLED: u32 = 1;
@@ -77,23 +77,23 @@ impl Envelope {
         if !self.schema_url.is_empty() {
             resourced += delimited_len(3, self.schema_url.len());
         }
-        let mut head = Vec::with_capacity(resource.len() + scope.len() + 32);
+        let mut head = BytesMut::with_capacity(resource.len() + scope.len() + 32);
         put_delimited(1, resourced, &mut head);
         put_delimited(1, resource.len(), &mut head);
         head.put_slice(resource);
         put_delimited(2, scoped, &mut head);
         put_delimited(1, scope.len(), &mut head);
         head.put_slice(scope);
-        let mut tail = Vec::new();
+        let mut tail = BytesMut::new();
         if !self.schema_url.is_empty() {
             put_delimited(3, self.schema_url.len(), &mut tail);
             tail.put_slice(self.schema_url.as_bytes());
         }
         debug_assert_eq!(RECORDS_FIELD, 2);
         Request {
-            head,
+            head: head.freeze(),
             records,
-            tail,
+            tail: tail.freeze(),
         }
     }
 }
@@ -102,9 +102,16 @@ impl Envelope {
 /// body take it as it is; it is never decoded.
 #[derive(Clone, Debug, Default)]
 pub struct Request {
-    head: Vec<u8>,
+    head: Bytes,
     records: Bytes,
-    tail: Vec<u8>,
+    tail: Bytes,
+}
+
+impl Request {
+    /// Its bytes, in three parts (the records are not copied to put them together).
+    pub fn parts(&self) -> [&Bytes; 3] {
+        [&self.head, &self.records, &self.tail]
+    }
 }
 
 impl prost::Message for Request {

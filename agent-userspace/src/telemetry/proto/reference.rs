@@ -5,8 +5,8 @@
 use opentelemetry_proto::tonic::{
     collector::{logs::v1::ExportLogsServiceRequest, trace::v1::ExportTraceServiceRequest},
     common::v1::{any_value, AnyValue, InstrumentationScope},
-    resource::v1::Resource,
     logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
+    resource::v1::Resource,
     trace::v1::{span::SpanKind, status::StatusCode, ResourceSpans, ScopeSpans, Span, Status},
 };
 

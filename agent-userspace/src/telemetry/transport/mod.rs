@@ -1,18 +1,17 @@
-//! Sending OTLP requests for one signal, encoded ahead ([`Request`]): over gRPC with tonic's
-//! unary call and prost codec (as the generated clients make it), or as HTTP/protobuf bodies
-//! with reqwest. One attempt per call: the exporter retries from the
+//! Sending OTLP requests for one signal, encoded ahead ([`Request`]): over gRPC on tonic's
+//! channel ([`grpc`]), or as HTTP/protobuf bodies with reqwest. One attempt per call: the exporter retries from the
 //! spool, so a failed request is never retried here as well.
+
+mod grpc;
 
 use std::{collections::BTreeMap, io::Write as _};
 
 use flate2::{write::GzEncoder, Compression as GzLevel};
-use prost::Message as _;
 use opentelemetry_proto::tonic::collector::{
     logs::v1::ExportLogsServiceResponse, trace::v1::ExportTraceServiceResponse,
 };
+use prost::Message as _;
 use tonic::{
-    codec::CompressionEncoding,
-    codegen::http::uri::PathAndQuery,
     metadata::{MetadataKey, MetadataMap, MetadataValue},
     transport::{Channel, Endpoint},
 };
@@ -48,8 +47,8 @@ pub enum Transport {
     Grpc {
         /// The connection, opened on first use and shared by the calls.
         channel: Channel,
-        /// gzip when configured.
-        compression: Option<CompressionEncoding>,
+        /// Whether requests are gzipped.
+        gzip: bool,
         /// Headers sent with every call.
         metadata: MetadataMap,
     },
@@ -133,7 +132,7 @@ impl Transport {
                 let metadata = metadata(config, signal)?;
                 Ok(Self::Grpc {
                     channel,
-                    compression: gzip.then_some(CompressionEncoding::Gzip),
+                    gzip,
                     metadata,
                 })
             }
@@ -176,8 +175,7 @@ impl Transport {
     /// Sends one traces request; Ok once the collector accepted it, perhaps in part (said in
     /// the log).
     pub async fn traces(&self, request: Request) -> Result<(), SendError> {
-        let answer: Option<ExportTraceServiceResponse> =
-            self.call(TRACES_EXPORT, request).await?;
+        let answer: Option<ExportTraceServiceResponse> = self.call(TRACES_EXPORT, request).await?;
         let rejected = answer.and_then(|a| a.partial_success);
         partly_rejected(
             "traces",
@@ -187,35 +185,22 @@ impl Transport {
     }
 
     /// One export call of gRPC method `path` (or a POST), compressed as configured and
-    /// carrying the headers; the collector's answer, None when an HTTP answer's body is not
-    /// one (a 2xx is an acceptance all the same).
-    async fn call<A: prost::Message + Default + 'static>(
+    /// carrying the headers; the collector's answer, None when there is none (a trailers-only
+    /// gRPC answer, an HTTP body that is not one: an acceptance all the same).
+    async fn call<A: prost::Message + Default + Send + 'static>(
         &self,
         path: &'static str,
         request: Request,
     ) -> Result<Option<A>, SendError> {
         let Self::Grpc {
             channel,
-            compression,
+            gzip,
             metadata,
         } = self
         else {
             return self.post(&request).await;
         };
-        let mut grpc = tonic::client::Grpc::new(channel.clone());
-        if let Some(c) = compression {
-            grpc = grpc.send_compressed(*c).accept_compressed(*c);
-        }
-        grpc.ready()
-            .await
-            .map_err(|e| tonic::Status::unavailable(format!("connecting: {e}")))?;
-        let mut request = tonic::Request::new(request);
-        *request.metadata_mut() = metadata.clone();
-        let codec = tonic_prost::ProstCodec::<Request, A>::default();
-        let answer = grpc
-            .unary(request, PathAndQuery::from_static(path), codec)
-            .await?;
-        Ok(Some(answer.into_inner()))
+        Ok(grpc::unary(channel, path, &request, *gzip, metadata).await?)
     }
 
     /// POSTs `request`; the collector's answer, None when its body is not one (a 2xx is
