@@ -43,6 +43,8 @@ const CAGED_SERVER: SocketAddr =
 /// The TTL the test upstream gives: longer than any run, so no grant lapses mid-run.
 const TTL_S: u32 = 3600;
 const TARGET_ADDED_P50_US: f64 = 100.0;
+/// connect() pairs (CIDR-allowed, name-granted) per round.
+const CONNECT_PAIRS: u32 = 3;
 const TARGET_ADDED_P99_US: f64 = 1000.0;
 const TARGET_NAMED_OVER_CIDR: f64 = 1.02;
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -241,12 +243,30 @@ pub fn bench_dns(args: &DnsArgs) -> Result<()> {
 
     let (mut a, mut b, mut c, mut d) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut fa, mut fb) = (Vec::new(), Vec::new());
+    // connect() takes about 35 us here and the machine's speed drifts by more than the 2%
+    // asked: the two cases run in adjacent pairs, in alternating order, and each pair gives
+    // a ratio.
+    let mut ratios = Vec::new();
     for round in 1..=args.rounds {
+        let pair = |first_named: bool| -> Result<(f64, f64)> {
+            Ok(if first_named {
+                let n = named(args.iterations)?;
+                (cidr(args.iterations)?, n)
+            } else {
+                let c = cidr(args.iterations)?;
+                (c, named(args.iterations)?)
+            })
+        };
+        let mut pairs = Vec::new();
+        for i in 0..CONNECT_PAIRS {
+            pairs.push(pair((round + i) % 2 == 0)?);
+        }
+        ratios.extend(pairs.iter().map(|(c, d)| d / c));
         let r = (
             direct(args.queries, None)?,
             caged(args.queries, None)?,
-            cidr(args.iterations)?,
-            named(args.iterations)?,
+            median(&pairs.iter().map(|p| p.0).collect::<Vec<_>>()),
+            median(&pairs.iter().map(|p| p.1).collect::<Vec<_>>()),
         );
         let f = (
             direct(args.queries, Some(format!("d{round}")))?,
@@ -308,10 +328,15 @@ pub fn bench_dns(args: &DnsArgs) -> Result<()> {
     let (mc, md) = (median(&c), median(&d));
     let _ = writeln!(s, "  (c) connect, CIDR-allowed        {mc:>10.0} ns/op");
     let _ = writeln!(s, "  (d) connect, name-granted        {md:>10.0} ns/op");
-    let ratio = md / mc;
+    let ratio = median(&ratios);
+    let mut sorted = ratios.clone();
+    sorted.sort_by(f64::total_cmp);
     let _ = writeln!(
         s,
-        "  d/c = {ratio:.3}   target <= {TARGET_NAMED_OVER_CIDR:.2}: {}",
+        "  d/c = {ratio:.3} (median of {} adjacent pairs; they ranged {:.3}-{:.3})   target <= {TARGET_NAMED_OVER_CIDR:.2}: {}",
+        ratios.len(),
+        sorted[0],
+        sorted[sorted.len() - 1],
         met(ratio <= TARGET_NAMED_OVER_CIDR)
     );
     print!("{s}");
