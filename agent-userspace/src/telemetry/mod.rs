@@ -167,6 +167,7 @@ impl Telemetry {
                         node: node.clone(),
                         batch_size: config.batch_size.max(1),
                         shared: Arc::clone(&shared),
+                        unencodable_counted: Default::default(),
                         retry_max: std::time::Duration::from_millis(config.retry_max_ms.max(1)),
                         timeout: config.timeout(),
                     }

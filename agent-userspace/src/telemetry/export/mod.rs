@@ -6,7 +6,10 @@
 mod shared;
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -158,6 +161,8 @@ pub struct Exporter {
     pub batch_size: usize,
     /// Batches encoded by either signal's exporter for the other.
     pub shared: Arc<Shared>,
+    /// Records that could not be encoded are counted up to this sequence number.
+    pub unencodable_counted: AtomicU64,
     /// Longest pause between retries.
     pub retry_max: Duration,
     /// Longest wait for one export.
@@ -184,15 +189,21 @@ impl Exporter {
                 e
             }
         };
-        let unencodable = encoded.unencodable;
-        if unencodable > 0 && signal == Signal::Logs {
-            let spool = Arc::clone(&self.spool);
-            let counted = tokio::task::spawn_blocking(move || {
-                lock(&spool).record_loss(unencodable, "unencodable")
-            })
-            .await;
-            if let Ok(Err(e)) = counted {
-                warn!(error = %e, "counting unencodable events in the spool failed");
+        if signal == Signal::Logs {
+            // Counted once: after a failed export a batch is read, and encoded, again.
+            let counted = self
+                .unencodable_counted
+                .fetch_max(range.1, Ordering::Relaxed);
+            let unencodable = encoded.unencodable.iter().filter(|s| **s > counted).count();
+            if unencodable > 0 {
+                let spool = Arc::clone(&self.spool);
+                let recorded = tokio::task::spawn_blocking(move || {
+                    lock(&spool).record_loss(unencodable as u64, "unencodable")
+                })
+                .await;
+                if let Ok(Err(e)) = recorded {
+                    warn!(error = %e, "counting unencodable events in the spool failed");
+                }
             }
         }
         encoded
@@ -305,16 +316,22 @@ impl Exporter {
     }
 }
 
+/// Bytes per record of the last batch encoded, of log records and of spans.
+static LOG_BYTES: AtomicUsize = AtomicUsize::new(1536);
+static SPAN_BYTES: AtomicUsize = AtomicUsize::new(1536);
+
 /// Describes and writes every record of `batch` for both signals; see [`Exporter::encoded`].
 fn encode(batch: &[Record], node: &str) -> Encoded {
     let observed = now_unix_nano();
-    // About 1.3 KiB of each per record: one allocation each instead of a doubling series.
+    // Sized from the last batch's bytes per record: one allocation each, rather than a
+    // doubling series, and little to spare (a cached batch holds its buffers' capacity).
+    let estimate = |per: &AtomicUsize| batch.len() * per.load(Ordering::Relaxed) * 9 / 8;
     let (mut logs, mut spans) = (
-        Vec::with_capacity(batch.len() * 1536),
-        Vec::with_capacity(batch.len() * 1536),
+        Vec::with_capacity(estimate(&LOG_BYTES)),
+        Vec::with_capacity(estimate(&SPAN_BYTES)),
     );
     let (mut log_ends, mut span_ends) = (Vec::with_capacity(batch.len()), Vec::new());
-    let mut unencodable = 0;
+    let mut unencodable = Vec::new();
     for r in batch {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| describe(r, node))) {
             Ok(d) => {
@@ -325,13 +342,17 @@ fn encode(batch: &[Record], node: &str) -> Encoded {
                 }
             }
             Err(_) => {
-                unencodable += 1;
+                unencodable.push(r.seq);
                 warn!(
                     seq = r.seq,
                     "a spooled event cannot be encoded for export: dropped and counted"
                 );
             }
         }
+    }
+    if !batch.is_empty() {
+        LOG_BYTES.store(logs.len().div_ceil(batch.len()).max(1), Ordering::Relaxed);
+        SPAN_BYTES.store(spans.len().div_ceil(batch.len()).max(1), Ordering::Relaxed);
     }
     Encoded {
         logs: Written {

@@ -50,8 +50,9 @@ pub struct Encoded {
     pub logs: Written,
     /// The spans of the kinds that have one.
     pub spans: Written,
-    /// Records that could not be described (counted once, by the logs exporter).
-    pub unencodable: u64,
+    /// The sequence numbers of records that could not be described (counted once, by the
+    /// logs exporter).
+    pub unencodable: Vec<u64>,
 }
 
 impl Encoded {
