@@ -15,6 +15,7 @@ pub mod config;
 mod grants;
 mod poll;
 mod server;
+mod sockets;
 pub mod upstream;
 pub mod wire;
 

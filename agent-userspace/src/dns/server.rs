@@ -144,6 +144,7 @@ async fn serve_udp<R: Resolve + ?Sized>(socket: Arc<tokio::net::UdpSocket>, ctx:
             Some((answer, to)) = asking.next(), if !asking.is_empty() => {
                 // A full send buffer drops it; the stub asks again.
                 let _ = socket.try_send_to(&answer, to);
+                super::sockets::tidy();
                 continue;
             }
         };
@@ -204,6 +205,7 @@ async fn serve_tcp<R: Resolve + ?Sized>(listener: tokio::net::TcpListener, ctx: 
                 {
                     return;
                 }
+                super::sockets::tidy();
             }
         });
     }

@@ -36,16 +36,9 @@ pub async fn resolve(
 
 async fn ask(server: SocketAddr, query: &Message) -> std::io::Result<Message> {
     let bytes = query.to_vec().map_err(std::io::Error::other)?;
-    let local: SocketAddr = if server.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
     // Sent before the socket is registered with the runtime: a new registration is not yet
     // known writable, so an async send would first wait a turn of the event loop for it.
-    let socket = std::net::UdpSocket::bind(local)?;
-    socket.connect(server)?;
-    socket.set_nonblocking(true)?;
+    let socket = super::sockets::connected(server)?;
     socket.send(&bytes)?;
     let mut buf = vec![0u8; 4096];
     let polled = if server.ip().is_loopback() {
@@ -54,7 +47,10 @@ async fn ask(server: SocketAddr, query: &Message) -> std::io::Result<Message> {
         None
     };
     let answer = match polled {
-        Some(answer) => answer,
+        Some(answer) => {
+            super::sockets::done(socket);
+            answer
+        }
         None => {
             let socket = UdpSocket::from_std(socket)?;
             loop {
