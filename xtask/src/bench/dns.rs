@@ -43,7 +43,7 @@ const CAGED_SERVER: SocketAddr =
 /// The TTL the test upstream gives: longer than any run, so no grant lapses mid-run.
 const TTL_S: u32 = 3600;
 const TARGET_ADDED_P50_US: f64 = 100.0;
-/// connect() pairs (CIDR-allowed, name-granted) per round.
+/// Runs of connect() pairs (CIDR-allowed, name-granted, alternated) per round.
 const CONNECT_PAIRS: u32 = 3;
 const TARGET_ADDED_P99_US: f64 = 1000.0;
 const TARGET_NAMED_OVER_CIDR: f64 = 1.02;
@@ -233,6 +233,15 @@ pub fn bench_dns(args: &DnsArgs) -> Result<()> {
     };
     let cidr = |n: u32| measure(&mut daemon.run_cmd(&connect_argv(DENIED_IP, n, false)));
     let named = |n: u32| measure(&mut daemon.run_cmd(&connect_argv(Ipv4Addr::LOCALHOST, n, true)));
+    // (CIDR-allowed, name-granted) ns per connect, alternated in one process.
+    let paired = |n: u32| -> Result<(f64, f64)> {
+        let mut argv = connect_argv(DENIED_IP, n, true);
+        argv.extend([
+            "--versus".into(),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)).to_string(),
+        ]);
+        two(&output(&mut daemon.run_cmd(&argv))?)
+    };
 
     // Warm-up, which also proves each path works before it is measured.
     direct(10, None).context("the test upstream does not answer")?;
@@ -243,23 +252,14 @@ pub fn bench_dns(args: &DnsArgs) -> Result<()> {
 
     let (mut a, mut b, mut c, mut d) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut fa, mut fb) = (Vec::new(), Vec::new());
-    // connect() takes about 35 us here and the machine's speed drifts by more than the 2%
-    // asked: the two cases run in adjacent pairs, in alternating order, and each pair gives
-    // a ratio.
+    // connect() takes about 35 us here and the machine's speed drifts by far more than the
+    // 2% asked between two runs: one process alternates the two cases, connect by connect,
+    // and each run gives a ratio.
     let mut ratios = Vec::new();
     for round in 1..=args.rounds {
-        let pair = |first_named: bool| -> Result<(f64, f64)> {
-            Ok(if first_named {
-                let n = named(args.iterations)?;
-                (cidr(args.iterations)?, n)
-            } else {
-                let c = cidr(args.iterations)?;
-                (c, named(args.iterations)?)
-            })
-        };
         let mut pairs = Vec::new();
-        for i in 0..CONNECT_PAIRS {
-            pairs.push(pair((round + i) % 2 == 0)?);
+        for _ in 0..CONNECT_PAIRS {
+            pairs.push(paired(args.iterations)?);
         }
         ratios.extend(pairs.iter().map(|(c, d)| d / c));
         let r = (

@@ -76,6 +76,10 @@ pub struct ConnectLoopArgs {
     /// Ask the cage's resolver for this name first (`bench dns`: the grant is per cage).
     #[arg(long)]
     resolve_first: Option<String>,
+    /// Alternate with connects to this listener, each timed apart: prints two figures, the
+    /// second for this one. Both cases then see the same machine, whose speed drifts.
+    #[arg(long)]
+    versus: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -98,17 +102,42 @@ pub fn connect_loop(args: &ConnectLoopArgs) -> Result<()> {
     if let Some(name) = &args.resolve_first {
         super::dns::resolve_first(name)?;
     }
-    let start = Instant::now();
-    for i in 0..args.iterations {
-        let stream = TcpStream::connect(args.addr)
-            .with_context(|| format!("connect #{i} to {} failed", args.addr))?;
+    let once = |addr: SocketAddr, i: u32| -> Result<()> {
+        let stream =
+            TcpStream::connect(addr).with_context(|| format!("connect #{i} to {addr} failed"))?;
         if args.abort {
             set_linger_zero(&stream)?;
         }
         // Dropping the stream closes it.
+        Ok(())
+    };
+    let n = f64::from(args.iterations);
+    let Some(versus) = args.versus else {
+        let start = Instant::now();
+        for i in 0..args.iterations {
+            once(args.addr, i)?;
+        }
+        println!("{:.1}", start.elapsed().as_nanos() as f64 / n);
+        return Ok(());
+    };
+    let (mut mine, mut theirs) = (Duration::ZERO, Duration::ZERO);
+    for i in 0..args.iterations {
+        // Which goes first alternates too.
+        for (addr, total) in if i % 2 == 0 {
+            [(args.addr, &mut mine), (versus, &mut theirs)]
+        } else {
+            [(versus, &mut theirs), (args.addr, &mut mine)]
+        } {
+            let start = Instant::now();
+            once(addr, i)?;
+            *total += start.elapsed();
+        }
     }
-    let ns = start.elapsed().as_nanos() as f64 / f64::from(args.iterations);
-    println!("{ns:.1}");
+    println!(
+        "{:.1} {:.1}",
+        mine.as_nanos() as f64 / n,
+        theirs.as_nanos() as f64 / n
+    );
     Ok(())
 }
 
