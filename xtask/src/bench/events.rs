@@ -8,8 +8,7 @@
 //! kernel as lost (its ring was full), and reports the daemon's CPU (from /proc/PID/stat)
 //! per thousand events and the spool's bytes per event. Then a flood of 1,000,000 datagrams
 //! to one destination: how many records it became and whether their counts add up. Then the
-//! export: a spool of distinct events sent to a local Rotel (blackhole exporter) once it
-//! starts, timed until both exporters' cursors reach the end, without and with gzip.
+//! export, without and with gzip ([`super::export`]).
 
 use std::{
     collections::HashMap,
@@ -18,7 +17,7 @@ use std::{
     io::{Read as _, Seek as _, SeekFrom},
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
@@ -32,14 +31,13 @@ use crate::{
 };
 
 /// The daemon's parent cgroup, apart from any real one.
-const DAEMON_CGROUP: &str = "agentcage-bench-events";
+pub(super) const DAEMON_CGROUP: &str = "agentcage-bench-events";
 /// Targets from the issue.
 const TARGET_SPOOL_RATE: f64 = 200_000.0;
-const TARGET_EXPORT_RATE: f64 = 50_000.0;
 const FLOOD: u64 = 1_000_000;
 const TARGET_FLOOD_RECORDS: u64 = 1_000;
 /// How long the decisions of one step may take to settle after the producer is done.
-const SETTLE: Duration = Duration::from_secs(60);
+pub(super) const SETTLE: Duration = Duration::from_secs(60);
 /// The destination of the flood (denied, like every destination of the bench).
 const FLOOD_TO: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 2), 9);
 
@@ -143,11 +141,17 @@ pub fn bench_events(args: &EventsArgs) -> Result<()> {
     let mut export = Vec::new();
     for run in 0..args.export_runs.max(1) {
         for compression in ["none", "gzip"] {
-            let e = measure_export(&work, &exe, &policy, (args.export_events, run), compression)?;
+            let e = super::export::measure_export(
+                &work,
+                &exe,
+                &policy,
+                (args.export_events, run),
+                compression,
+            )?;
             export.push((compression, e));
         }
     }
-    report_export(&export);
+    super::export::report_export(&export);
     Ok(())
 }
 
@@ -208,7 +212,7 @@ fn measure_intake(
 }
 
 /// `xtask __hold --children 0`: keeps the cage (and its counters) between the steps.
-fn hold(exe: &Path) -> Command {
+pub(super) fn hold(exe: &Path) -> Command {
     let mut c = Command::new(exe);
     c.args(["__hold", "--children", "0"]);
     c
@@ -216,7 +220,7 @@ fn hold(exe: &Path) -> Command {
 
 /// Stops the holder: SIGTERM to `agentcage run`, which passes it on to the caged process,
 /// so the cage empties and the daemon can remove it.
-fn kill_holder(mut holder: Child) -> Result<()> {
+pub(super) fn kill_holder(mut holder: Child) -> Result<()> {
     let pid = libc::pid_t::try_from(holder.id()).context("the holder's pid")?;
     // SAFETY: kill has no memory preconditions; the pid is our own unreaped child.
     if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
@@ -228,7 +232,13 @@ fn kill_holder(mut holder: Child) -> Result<()> {
 
 /// The daemon's configuration: telemetry to 127.0.0.1:`port`, the spool in `spool` with a
 /// bound far above what the bench sends.
-fn config(work: &Path, name: &str, port: u16, spool: &Path, compression: &str) -> Result<PathBuf> {
+pub(super) fn config(
+    work: &Path,
+    name: &str,
+    port: u16,
+    spool: &Path,
+    compression: &str,
+) -> Result<PathBuf> {
     let path = work.join(format!("{name}.yaml"));
     fs::write(
         &path,
@@ -245,14 +255,14 @@ fn config(work: &Path, name: &str, port: u16, spool: &Path, compression: &str) -
     Ok(path)
 }
 
-fn free_port() -> Result<u16> {
+pub(super) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
 /// Runs the producer in the held cage; returns (sent, seconds it took).
-fn produce(daemon: &Daemon, exe: &Path, args: &[String]) -> Result<(u64, f64)> {
+pub(super) fn produce(daemon: &Daemon, exe: &Path, args: &[String]) -> Result<(u64, f64)> {
     let mut c = Command::new(exe);
     c.arg("__udp-send").args(args);
     let out = output_of(&mut daemon.run_cmd(&argv(&c)))?;
@@ -351,136 +361,6 @@ fn run_flood(daemon: &Daemon, exe: &Path, tail: &mut SpoolTail) -> Result<Flood>
     }
 }
 
-/// Times the export of `n` distinct events from the spool to a local Rotel.
-fn measure_export(
-    work: &WorkDir,
-    exe: &Path,
-    policy: &str,
-    (n, run): (u64, u32),
-    compression: &str,
-) -> Result<Export> {
-    let port = free_port()?;
-    let spool = work.0.join(format!("spool-export-{compression}-{run}"));
-    let conf = config(
-        &work.0,
-        &format!("export-{compression}-{run}"),
-        port,
-        &spool,
-        compression,
-    )?;
-    let daemon = Daemon::start_with_args(
-        &work.0,
-        policy,
-        DAEMON_CGROUP,
-        &[OsStr::new("--config"), conf.as_os_str()],
-    )?;
-    let holder = spawn_ready(daemon.run_cmd(&argv(&hold(exe))))?;
-    let mut tail = SpoolTail::new(&spool);
-    // Paced well below the spool's rate: this measures the export, not the intake.
-    let (sent, _) = produce(
-        &daemon,
-        exe,
-        &[
-            "--count".into(),
-            n.to_string(),
-            "--rate".into(),
-            "100000".into(),
-        ],
-    )?;
-    let deadline = Instant::now() + SETTLE;
-    while tail.scan()?.egress < sent {
-        ensure!(
-            Instant::now() < deadline,
-            "the spool never held the export's events"
-        );
-        std::thread::sleep(POLL);
-    }
-    let last = last_seq(&spool)?;
-    let base = cursors(&spool)?.0;
-    let cpu0 = cpu_ms(daemon.pid())?;
-    let resident_before = memory_kb(daemon.pid(), "VmRSS")?;
-    let rotel = Rotel::start(port)?;
-    let rotel_cpu0 = cpu_ms(rotel.0.id())?;
-    let mut started = None;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let (logs, traces) = cursors(&spool)?;
-        if started.is_none() && logs > base {
-            started = Some(Instant::now());
-        }
-        if logs >= last && traces >= last {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "the export did not finish: logs at {logs}, traces at {traces} of {last}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let secs = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
-    let cpu = cpu_ms(daemon.pid())? - cpu0;
-    let rotel_cpu = cpu_ms(rotel.0.id())? - rotel_cpu0;
-    let (resident_after, peak) = (
-        memory_kb(daemon.pid(), "VmRSS")?,
-        memory_kb(daemon.pid(), "VmHWM")?,
-    );
-    drop(rotel);
-    kill_holder(holder)?;
-    Ok(Export {
-        events: last - base,
-        rate: (last - base) as f64 / secs.max(1e-3),
-        cpu_ms_per_k: cpu / ((last - base).max(1) as f64 / 1e3),
-        collector_ms_per_k: rotel_cpu / ((last - base).max(1) as f64 / 1e3),
-        resident_mb: [resident_before, resident_after, peak].map(|kb| kb as f64 / 1024.0),
-    })
-}
-
-struct Export {
-    events: u64,
-    rate: f64,
-    cpu_ms_per_k: f64,
-    /// The collector's CPU per thousand events.
-    collector_ms_per_k: f64,
-    /// The daemon's resident memory before the export, after it, and its peak, in MiB.
-    resident_mb: [f64; 3],
-}
-
-/// A Rotel collector (from `cargo xtask setup`) discarding what it receives.
-struct Rotel(Child);
-
-impl Rotel {
-    fn start(port: u16) -> Result<Self> {
-        let bin = crate::util::tools_dir().join("rotel/rotel/rotel-agent");
-        let dir = std::env::temp_dir().join(format!("agentcage-bench-rotel-{port}"));
-        fs::create_dir_all(&dir)?;
-        let child = Command::new(&bin)
-            .arg("start")
-            .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{port}")])
-            .args([
-                "--otlp-http-endpoint",
-                &format!("127.0.0.1:{}", free_port()?),
-            ])
-            .args(["--exporter", "blackhole"])
-            .arg("--pid-file")
-            .arg(dir.join("rotel.pid"))
-            .arg("--log-file")
-            .arg(dir.join("rotel.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        Ok(Self(child))
-    }
-}
-
-impl Drop for Rotel {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn report(steps: &[Step], flood: &Flood) {
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     println!("  asked/s    sent/s   in spool  kernel lost  spool dropped  CPU ms/1k  bytes/event");
@@ -531,36 +411,8 @@ fn report(steps: &[Step], flood: &Flood) {
     );
 }
 
-fn report_export(export: &[(&str, Export)]) {
-    for (compression, e) in export {
-        println!(
-            "  export to Rotel over gRPC ({compression}): {} events at {:.0} /s, daemon {:.1} ms CPU per 1,000 \
-             (Rotel {:.1})   target >= {TARGET_EXPORT_RATE:.0}: {}",
-            e.events,
-            e.rate,
-            e.cpu_ms_per_k,
-            e.collector_ms_per_k,
-            if e.rate >= TARGET_EXPORT_RATE { "met" } else { "NOT met" }
-        );
-        let [before, after, peak] = e.resident_mb;
-        println!(
-            "    daemon resident memory: {before:.1} MiB before the export, {after:.1} MiB after it, peak {peak:.1} MiB"
-        );
-    }
-}
-
-/// A memory figure of /proc/PID/status (`VmRSS`, `VmHWM`), in KiB.
-fn memory_kb(pid: u32, field: &str) -> Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no {field} in /proc/{pid}/status"))
-}
-
 /// The daemon's CPU time (user + system) so far, in ms.
-fn cpu_ms(pid: u32) -> Result<f64> {
+pub(super) fn cpu_ms(pid: u32) -> Result<f64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name may hold spaces: fields are counted after its closing parenthesis.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
@@ -592,7 +444,7 @@ fn kernel_lost(daemon: &Daemon) -> Result<u64> {
         .sum())
 }
 
-fn read_cursor(spool: &Path) -> Result<serde_json::Value> {
+pub(super) fn read_cursor(spool: &Path) -> Result<serde_json::Value> {
     let path = spool.join("cursor.json");
     match fs::read(&path) {
         Ok(b) => Ok(serde_json::from_slice(&b)?),
@@ -605,21 +457,14 @@ fn spool_dropped(spool: &Path) -> Result<u64> {
     Ok(read_cursor(spool)?["dropped"].as_u64().unwrap_or(0))
 }
 
-/// The logs and traces exporters' positions.
-fn cursors(spool: &Path) -> Result<(u64, u64)> {
-    let c = read_cursor(spool)?;
-    let at = |r: &str| c["readers"][r].as_u64().unwrap_or(0);
-    Ok((at("logs"), at("traces")))
-}
-
 /// The last sequence number in the spool.
-fn last_seq(spool: &Path) -> Result<u64> {
+pub(super) fn last_seq(spool: &Path) -> Result<u64> {
     let mut t = SpoolTail::new(spool);
     Ok(t.scan()?.last_seq)
 }
 
 /// Reads the spool's segments as they grow, each byte once.
-struct SpoolTail {
+pub(super) struct SpoolTail {
     dir: PathBuf,
     offsets: HashMap<PathBuf, u64>,
     /// Bytes read so far.
@@ -628,16 +473,16 @@ struct SpoolTail {
 }
 
 #[derive(Clone, Copy, Default)]
-struct Counts {
+pub(super) struct Counts {
     /// `egress` events.
-    egress: u64,
+    pub(super) egress: u64,
     /// Records about the flood's destination, and the decisions they stand for.
     to_flood: (u64, u64),
     last_seq: u64,
 }
 
 impl SpoolTail {
-    fn new(dir: &Path) -> Self {
+    pub(super) fn new(dir: &Path) -> Self {
         Self {
             dir: dir.to_path_buf(),
             offsets: HashMap::new(),
@@ -651,7 +496,7 @@ impl SpoolTail {
     }
 
     /// Reads what was added since the last scan; returns the counts so far.
-    fn scan(&mut self) -> Result<Counts> {
+    pub(super) fn scan(&mut self) -> Result<Counts> {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return Ok(self.counts);
         };

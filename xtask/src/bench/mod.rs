@@ -6,6 +6,7 @@ mod common;
 pub mod dns;
 pub mod egress;
 pub mod events;
+mod export;
 pub mod kill;
 
 use anyhow::Result;
