@@ -31,7 +31,7 @@ use crate::{
 };
 
 /// The daemon's parent cgroup, apart from any real one.
-pub(super) const DAEMON_CGROUP: &str = "agentcage-bench-events";
+const DAEMON_CGROUP: &str = "agentcage-bench-events";
 /// Targets from the issue.
 const TARGET_SPOOL_RATE: f64 = 200_000.0;
 const FLOOD: u64 = 1_000_000;
@@ -165,14 +165,7 @@ fn measure_intake(
     // The spool alone: an endpoint nobody listens on, a bound far above what is sent.
     let spool = work.0.join("spool");
     let conf = config(&work.0, "spool", free_port()?, &spool, "none")?;
-    let daemon = Daemon::start_with_args(
-        &work.0,
-        policy,
-        DAEMON_CGROUP,
-        &[OsStr::new("--config"), conf.as_os_str()],
-    )?;
-    let holder = spawn_ready(daemon.run_cmd(&argv(&hold(exe))))?;
-    let mut tail = SpoolTail::new(&spool);
+    let (daemon, holder, mut tail) = start_held(work, exe, policy, (&conf, &spool))?;
     let mut first = 0;
     println!(
         "bench events: distinct denied UDP datagrams from a caged producer, {} s a step; \
@@ -211,8 +204,26 @@ fn measure_intake(
     Ok((steps, flood))
 }
 
+/// A daemon on configuration `conf` whose spool is `spool`, the cage held open in it, and
+/// the spool's tail.
+pub(super) fn start_held(
+    work: &WorkDir,
+    exe: &Path,
+    policy: &str,
+    (conf, spool): (&Path, &Path),
+) -> Result<(Daemon, Child, SpoolTail)> {
+    let daemon = Daemon::start_with_args(
+        &work.0,
+        policy,
+        DAEMON_CGROUP,
+        &[OsStr::new("--config"), conf.as_os_str()],
+    )?;
+    let holder = spawn_ready(daemon.run_cmd(&argv(&hold(exe))))?;
+    Ok((daemon, holder, SpoolTail::new(spool)))
+}
+
 /// `xtask __hold --children 0`: keeps the cage (and its counters) between the steps.
-pub(super) fn hold(exe: &Path) -> Command {
+fn hold(exe: &Path) -> Command {
     let mut c = Command::new(exe);
     c.args(["__hold", "--children", "0"]);
     c

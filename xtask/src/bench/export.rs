@@ -3,7 +3,6 @@
 //! end, with the daemon's and the collector's CPU and the daemon's resident memory.
 
 use std::{
-    ffi::OsStr,
     fs,
     path::Path,
     process::{Child, Command, Stdio},
@@ -13,10 +12,9 @@ use std::{
 use anyhow::{ensure, Context, Result};
 
 use super::{
-    common::{argv, spawn_ready, Daemon, WorkDir, POLL},
+    common::{WorkDir, POLL},
     events::{
-        config, cpu_ms, free_port, hold, kill_holder, last_seq, produce, read_cursor, SpoolTail,
-        DAEMON_CGROUP, SETTLE,
+        config, cpu_ms, free_port, kill_holder, last_seq, produce, read_cursor, start_held, SETTLE,
     },
 };
 
@@ -40,14 +38,7 @@ pub(super) fn measure_export(
         &spool,
         compression,
     )?;
-    let daemon = Daemon::start_with_args(
-        &work.0,
-        policy,
-        DAEMON_CGROUP,
-        &[OsStr::new("--config"), conf.as_os_str()],
-    )?;
-    let holder = spawn_ready(daemon.run_cmd(&argv(&hold(exe))))?;
-    let mut tail = SpoolTail::new(&spool);
+    let (daemon, holder, mut tail) = start_held(work, exe, policy, (&conf, &spool))?;
     // Paced well below the spool's rate: this measures the export, not the intake.
     let (sent, _) = produce(
         &daemon,
