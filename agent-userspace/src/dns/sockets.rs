@@ -23,6 +23,8 @@ static SOCKETS: Sockets = Sockets::new();
 
 /// Used sockets kept for [`tidy`] at most; past it they close at once.
 const DONE_MAX: usize = 64;
+/// Datagrams a spare may have waiting, at most, before a fresh socket is bound instead.
+const DRAIN_MAX: usize = 64;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -78,15 +80,19 @@ impl Sockets {
         };
         socket.connect(server)?;
         let mut sink = [0u8; 1];
-        loop {
+        for _ in 0..DRAIN_MAX {
             match socket.recv(&mut sink) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // A datagram, or a pending error of the unconnected socket (an ICMP answer
-                // to nothing of ours): dropped.
-                _ => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(socket),
+                // A datagram, or an ICMP error to nothing of ours: dropped.
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                Err(e) => return Err(e),
             }
         }
-        Ok(socket)
+        // Flooded while it waited: a fresh one instead.
+        let fresh = bind(server.is_ipv4())?;
+        fresh.connect(server)?;
+        Ok(fresh)
     }
 
     fn done(&self, socket: UdpSocket) {
@@ -159,5 +165,30 @@ mod tests {
         sockets.done(first);
         sockets.tidy();
         assert!(lock(&sockets.done).is_empty());
+    }
+
+    #[test]
+    fn a_spare_flooded_while_it_waited_is_replaced_by_a_fresh_socket() {
+        let sockets = Sockets::new();
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        drop(sockets.connected(server.local_addr().unwrap()).unwrap());
+        sockets.tidy();
+        let spare = lock(&sockets.spares)[0]
+            .0
+            .as_ref()
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let forger = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..DRAIN_MAX + 1 {
+            forger.send_to(b"x", ("127.0.0.1", spare.port())).unwrap();
+        }
+        let socket = sockets.connected(server.local_addr().unwrap()).unwrap();
+        assert_ne!(socket.local_addr().unwrap().port(), spare.port());
+        let mut buf = [0u8; 4];
+        assert_eq!(
+            socket.recv(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
     }
 }
