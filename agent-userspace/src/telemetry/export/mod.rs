@@ -72,10 +72,7 @@ impl Sink {
     async fn send(&self, batch: &Encoded) -> Result<(), SendError> {
         for records in batch.of(self.signal).requests(MAX_REQUEST) {
             let request = self.envelope.request(records);
-            match self.signal {
-                Signal::Logs => self.transport.logs(request).await?,
-                Signal::Traces => self.transport.traces(request).await?,
-            }
+            self.transport.send(self.signal, request).await?;
         }
         Ok(())
     }

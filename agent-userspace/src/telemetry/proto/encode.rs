@@ -18,7 +18,7 @@ use super::{HAS_IS_REMOTE, SAMPLED};
 use crate::telemetry::records::Described;
 
 /// `ScopeLogs.log_records` and `ScopeSpans.spans`: the field each record is written as.
-pub(super) const RECORDS_FIELD: u32 = 2;
+const RECORDS_FIELD: u32 = 2;
 /// `Span.kind` = `SPAN_KIND_INTERNAL`.
 const INTERNAL: u64 = 1;
 /// `Status.code` = `STATUS_CODE_ERROR`.
@@ -159,7 +159,8 @@ fn put_attributes<'a>(tag: u32, kvs: impl Iterator<Item = &'a KeyValue>, out: &m
     }
 }
 
-fn nanos(t: std::time::SystemTime) -> u64 {
+/// Unix nanoseconds of `t` (0 before the epoch).
+pub(super) fn nanos(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)

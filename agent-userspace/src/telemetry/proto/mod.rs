@@ -23,7 +23,7 @@ use opentelemetry_proto::tonic::{
 use opentelemetry_sdk::Resource as SdkResource;
 use prost::Message as _;
 
-use encode::{delimited_len, put_delimited, RECORDS_FIELD};
+use encode::{delimited_len, put_delimited};
 pub use encode::{put_log_record, put_span};
 
 /// `TraceFlags::SAMPLED`: every exported record is.
@@ -89,7 +89,6 @@ impl Envelope {
             put_delimited(3, self.schema_url.len(), &mut tail);
             tail.put_slice(self.schema_url.as_bytes());
         }
-        debug_assert_eq!(RECORDS_FIELD, 2);
         Request {
             head: head.freeze(),
             records,

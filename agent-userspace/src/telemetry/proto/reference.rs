@@ -12,14 +12,8 @@ use opentelemetry_proto::tonic::{
 
 use prost::Message as _;
 
-use super::{attributes, Envelope, HAS_IS_REMOTE, SAMPLED};
+use super::{attributes, encode::nanos, Envelope, HAS_IS_REMOTE, SAMPLED};
 use crate::telemetry::records::Described;
-
-fn nanos(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
 
 /// The envelope's resource, scope and schema as messages.
 pub fn envelope(e: &Envelope) -> (Resource, InstrumentationScope, String) {

@@ -5,10 +5,9 @@
 //! not, the message's length as a big-endian u32, the message); the answer, whose status
 //! may come in headers or trailers, is read by tonic's own decoder.
 
-use std::{convert::Infallible, future::poll_fn, io::Write as _};
+use std::{convert::Infallible, future::poll_fn};
 
 use bytes::{BufMut as _, BytesMut};
-use flate2::{write::GzEncoder, Compression as GzLevel};
 use http_body_util::StreamBody;
 use hyper::body::Frame;
 use tonic::{
@@ -38,14 +37,7 @@ fn body(request: &Request, gzip: bool) -> Result<Body, Status> {
     if gzip {
         let mut out = BytesMut::with_capacity(PREFIX + len / 4);
         out.put_slice(&[1, 0, 0, 0, 0]);
-        let mut encoder = GzEncoder::new(out.writer(), GzLevel::fast());
-        for p in parts {
-            encoder
-                .write_all(p)
-                .map_err(|e| Status::internal(format!("compressing: {e}")))?;
-        }
-        let mut out = encoder
-            .finish()
+        let mut out = super::gzip(request, out.writer())
             .map_err(|e| Status::internal(format!("compressing: {e}")))?
             .into_inner();
         let compressed = u32::try_from(out.len() - PREFIX)
@@ -137,10 +129,10 @@ pub(super) async fn unary<A: prost::Message + Default + Send + 'static>(
 
 #[cfg(test)]
 mod tests {
-    use std::io::Read as _;
+    use std::io::{Read as _, Write as _};
 
     use bytes::Bytes;
-    use flate2::read::GzDecoder;
+    use flate2::{read::GzDecoder, write::GzEncoder, Compression as GzLevel};
     use http_body_util::BodyExt as _;
     use opentelemetry_proto::tonic::collector::logs::v1::{
         ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,

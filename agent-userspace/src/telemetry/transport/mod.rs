@@ -4,7 +4,7 @@
 
 mod grpc;
 
-use std::{collections::BTreeMap, io::Write as _};
+use std::{collections::BTreeMap, io::Write};
 
 use flate2::{write::GzEncoder, Compression as GzLevel};
 use opentelemetry_proto::tonic::collector::{
@@ -19,6 +19,7 @@ use tracing::warn;
 
 use super::{
     config::{Compression, Protocol},
+    export::Signal,
     proto::Request,
     TelemetryConfig, TelemetryError,
 };
@@ -160,27 +161,22 @@ impl Transport {
         }
     }
 
-    /// Sends one logs request; Ok once the collector accepted it, perhaps in part (said in
-    /// the log).
-    pub async fn logs(&self, request: Request) -> Result<(), SendError> {
-        let answer: Option<ExportLogsServiceResponse> = self.call(LOGS_EXPORT, request).await?;
-        let rejected = answer.and_then(|a| a.partial_success);
-        partly_rejected(
-            "logs",
-            rejected.map(|p| (p.rejected_log_records, p.error_message)),
-        );
-        Ok(())
-    }
-
-    /// Sends one traces request; Ok once the collector accepted it, perhaps in part (said in
-    /// the log).
-    pub async fn traces(&self, request: Request) -> Result<(), SendError> {
-        let answer: Option<ExportTraceServiceResponse> = self.call(TRACES_EXPORT, request).await?;
-        let rejected = answer.and_then(|a| a.partial_success);
-        partly_rejected(
-            "traces",
-            rejected.map(|p| (p.rejected_spans, p.error_message)),
-        );
+    /// Sends one request of `signal`; Ok once the collector accepted it, perhaps in part
+    /// (said in the log).
+    pub async fn send(&self, signal: Signal, request: Request) -> Result<(), SendError> {
+        let rejected = match signal {
+            Signal::Logs => self
+                .call::<ExportLogsServiceResponse>(LOGS_EXPORT, request)
+                .await?
+                .and_then(|a| a.partial_success)
+                .map(|p| (p.rejected_log_records, p.error_message)),
+            Signal::Traces => self
+                .call::<ExportTraceServiceResponse>(TRACES_EXPORT, request)
+                .await?
+                .and_then(|a| a.partial_success)
+                .map(|p| (p.rejected_spans, p.error_message)),
+        };
+        partly_rejected(signal.reader(), rejected);
         Ok(())
     }
 
@@ -209,38 +205,44 @@ impl Transport {
         &self,
         request: &Request,
     ) -> Result<Option<A>, SendError> {
-        let body = request.encode_to_vec();
         let Self::Http {
             client,
             url,
-            gzip,
+            gzip: gzipped,
             headers,
         } = self
         else {
             unreachable!("only the HTTP transport posts");
         };
-        let mut request = client
+        let post = client
             .post(url)
             .headers(headers.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf");
-        // Level 1 ("fast"), where the SDK's exporter used 6: a little more to send over
-        // loopback for a fraction of the CPU.
-        request = if *gzip {
-            let mut encoder = GzEncoder::new(Vec::with_capacity(body.len() / 4), GzLevel::fast());
-            encoder.write_all(&body)?;
-            request
-                .header(reqwest::header::CONTENT_ENCODING, "gzip")
-                .body(encoder.finish()?)
+        let post = if *gzipped {
+            let size = request.encoded_len() / 4;
+            post.header(reqwest::header::CONTENT_ENCODING, "gzip")
+                .body(gzip(request, Vec::with_capacity(size))?)
         } else {
-            request.body(body)
+            post.body(request.encode_to_vec())
         };
-        let answer = request.send().await?;
+        let answer = post.send().await?;
         let status = answer.status();
         if !status.is_success() {
             return Err(SendError::Status(status));
         }
         Ok(A::decode(answer.bytes().await?).ok())
     }
+}
+
+/// `request` gzipped onto `out`, part by part. Level 1 ("fast"), where the SDK's exporters
+/// use 6 (tonic's is fixed there): a little more to send over loopback for a fraction of the
+/// CPU.
+pub(super) fn gzip<W: Write>(request: &Request, out: W) -> std::io::Result<W> {
+    let mut encoder = GzEncoder::new(out, GzLevel::fast());
+    for part in request.parts() {
+        encoder.write_all(part)?;
+    }
+    encoder.finish()
 }
 
 /// Says what a collector accepted only in part (OTLP's partial success: not retried, as the
