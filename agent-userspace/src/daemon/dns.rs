@@ -36,6 +36,12 @@ impl Resolve for DaemonResolver {
         self.shared()?.state().dns_grant(cage, q, t, chain)
     }
 
+    fn settle(&self) {
+        if let Some(s) = self.shared() {
+            s.state().dns_settle();
+        }
+    }
+
     fn failed(&self, cage: u64, q: &Question, t: Transport, error: &str) {
         if let Some(s) = self.shared() {
             s.state().dns_failed(cage, q, t, error);

@@ -42,6 +42,9 @@ pub trait Resolve: Send + Sync + 'static {
     /// Grants the chain's addresses to the cage in the kernel; returns the longest TTL the
     /// answer may carry, or None to refuse after all (the rule went away meanwhile).
     fn grant(&self, cage: u64, q: &Question, t: Transport, chain: &Chain) -> Option<u32>;
+    /// Reports the grants made so far; called once their answers have gone out, so that
+    /// reporting is not on the agent's wait.
+    fn settle(&self);
     /// The upstream failed; the cage gets SERVFAIL.
     fn failed(&self, cage: u64, q: &Question, t: Transport, error: &str);
 }
@@ -133,7 +136,7 @@ async fn serve_udp<R: Resolve + ?Sized>(socket: Arc<tokio::net::UdpSocket>, ctx:
     // The upstream questions in flight, driven by this task rather than a task each: a slow
     // upstream never holds up the next query, their number is bounded, and an answer needs
     // no other task to be scheduled.
-    let mut asking: FuturesUnordered<BoxFuture<'static, (Vec<u8>, SocketAddr)>> =
+    let mut asking: FuturesUnordered<BoxFuture<'static, (Reply, SocketAddr)>> =
         FuturesUnordered::new();
     loop {
         let (n, from) = tokio::select! {
@@ -141,10 +144,10 @@ async fn serve_udp<R: Resolve + ?Sized>(socket: Arc<tokio::net::UdpSocket>, ctx:
                 Ok(r) => r,
                 Err(_) => continue,
             },
-            Some((answer, to)) = asking.next(), if !asking.is_empty() => {
+            Some((reply, to)) = asking.next(), if !asking.is_empty() => {
                 // A full send buffer drops it; the stub asks again.
-                let _ = socket.try_send_to(&answer, to);
-                super::sockets::tidy();
+                let _ = socket.try_send_to(&reply.bytes, to);
+                after(&ctx, reply.keep);
                 continue;
             }
         };
@@ -170,6 +173,7 @@ async fn serve_udp<R: Resolve + ?Sized>(socket: Arc<tokio::net::UdpSocket>, ctx:
             None => continue,
         };
         let _ = socket.try_send_to(&answer, from);
+        after(&ctx, None);
     }
 }
 
@@ -192,20 +196,22 @@ async fn serve_tcp<R: Resolve + ?Sized>(listener: tokio::net::TcpListener, ctx: 
                 let Ok(Ok(q)) = tokio::time::timeout(Duration::from_secs(10), read).await else {
                     return;
                 };
-                let answer = match start(&ctx, &q, Transport::Tcp) {
-                    Some(Ok(answer)) => answer,
+                let reply = match start(&ctx, &q, Transport::Tcp) {
+                    Some(Ok(bytes)) => Reply { bytes, keep: None },
                     Some(Err(ask)) => finish(&ctx, ask, Transport::Tcp).await,
                     None => return,
                 };
-                let Ok(len) = u16::try_from(answer.len()) else {
-                    return;
+                let sent = match u16::try_from(reply.bytes.len()) {
+                    Ok(len) => {
+                        stream.write_all(&len.to_be_bytes()).await.is_ok()
+                            && stream.write_all(&reply.bytes).await.is_ok()
+                    }
+                    Err(_) => false,
                 };
-                if stream.write_all(&len.to_be_bytes()).await.is_err()
-                    || stream.write_all(&answer).await.is_err()
-                {
+                after(&ctx, reply.keep);
+                if !sent {
                     return;
                 }
-                super::sockets::tidy();
             }
         });
     }
@@ -240,23 +246,45 @@ fn start<R: Resolve + ?Sized>(
     })
 }
 
-/// Asks upstream, grants, keeps the answer and returns it.
-async fn finish<R: Resolve + ?Sized>(ctx: &Ctx<R>, ask: Ask, t: Transport) -> Vec<u8> {
+/// An answer for the agent, and what upstream said, for the cage's cache once it has gone.
+struct Reply {
+    bytes: Vec<u8>,
+    keep: Option<(Question, Chain, u64)>,
+}
+
+/// Asks upstream and grants; returns the answer.
+async fn finish<R: Resolve + ?Sized>(ctx: &Ctx<R>, ask: Ask, t: Transport) -> Reply {
     let Ask { q, servers, wait } = ask;
     let answer = match upstream::resolve(&servers, &q.name, q.qtype, wait).await {
         Ok(a) => a,
         Err(e) => {
             ctx.resolve.failed(ctx.cage, &q, t, &e);
-            return wire::error_answer(&q.message, ResponseCode::ServFail);
+            let bytes = wire::error_answer(&q.message, ResponseCode::ServFail);
+            return Reply { bytes, keep: None };
         }
     };
     let now = crate::clock::boot_ns();
     let chain = wire::chain(&q.name, q.qtype, &answer);
-    let Some(bytes) = grant_and_answer(ctx, &q, t, &chain) else {
-        return refused(&q);
-    };
-    lock(&ctx.cache).put(&q.normalized, q.qtype, &chain, now);
-    bytes
+    match grant_and_answer(ctx, &q, t, &chain) {
+        Some(bytes) => Reply {
+            bytes,
+            keep: Some((q, chain, now)),
+        },
+        None => Reply {
+            bytes: refused(&q),
+            keep: None,
+        },
+    }
+}
+
+/// What follows an answer once it has gone out, off the agent's wait: upstream's answer
+/// kept in the cage's cache, the grants reported, the upstream sockets tidied.
+fn after<R: Resolve + ?Sized>(ctx: &Ctx<R>, keep: Option<(Question, Chain, u64)>) {
+    if let Some((q, chain, now)) = keep {
+        lock(&ctx.cache).put(&q.normalized, q.qtype, &chain, now);
+    }
+    ctx.resolve.settle();
+    super::sockets::tidy();
 }
 
 /// The answer carrying `chain`, once its addresses are granted to the cage in the kernel;

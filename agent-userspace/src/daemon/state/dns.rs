@@ -13,7 +13,7 @@ use hickory_proto::rr::RecordType;
 use tokio::task::JoinSet;
 use tracing::warn;
 
-use super::{State, StateError};
+use super::{publish::Reserved, State, StateError};
 use crate::{
     bpf::{DnsMaps, SlotEntries},
     dns::{
@@ -49,6 +49,24 @@ pub(crate) struct DnsState {
     resolver: Arc<dyn Resolve>,
     cages: HashMap<u64, CageDns>,
     names: Names,
+    /// Grants whose answers are on their way to the agents, reported once they have gone.
+    reports: Vec<GrantReport>,
+}
+
+/// Grants whose reports wait for their answers at most; past it they are reported at once.
+const REPORTS_MAX: usize = 1024;
+
+/// A grant to report: its event's place, taken at the grant, and what it granted.
+struct GrantReport {
+    agent: String,
+    at: Reserved,
+    name: String,
+    qtype: RecordType,
+    t: Transport,
+    rule_id: u32,
+    answers: Vec<IpAddr>,
+    ttl_s: u32,
+    cached: bool,
 }
 
 /// Numbers for the allowed names that granted addresses (kernel records carry the number).
@@ -113,6 +131,7 @@ impl DnsState {
             resolver,
             cages: HashMap::new(),
             names: Names::default(),
+            reports: Vec::new(),
         }
     }
 
@@ -243,7 +262,7 @@ impl State {
         let Some((verdict, rule)) = refusal else {
             return Some((self.dns.servers.clone(), self.dns.config.timeout));
         };
-        let detail = dns_detail(q, t, verdict, rule);
+        let detail = dns_detail(q.normalized.clone(), q.qtype, t, verdict, rule);
         self.publish(&agent, 0, EventDetail::Dns(detail));
         if verdict == Verdict::Deny {
             let policy = Arc::clone(&self.policy);
@@ -259,7 +278,8 @@ impl State {
     }
 
     /// The upstream answered an allowed query: grant the chain's addresses in the kernel
-    /// (before the answer leaves), report it, and say how long the answer may be cached.
+    /// (before the answer leaves), keep its report for [`State::dns_settle`], and say how
+    /// long the answer may be cached.
     pub fn dns_grant(
         &mut self,
         cgroup_id: u64,
@@ -277,7 +297,13 @@ impl State {
             .next()
             .map(|h| h.rule_id);
         let Some(rule_id) = first else {
-            let detail = dns_detail(q, t, Verdict::Deny, RuleRef::DnsNameNotAllowed);
+            let detail = dns_detail(
+                q.normalized.clone(),
+                q.qtype,
+                t,
+                Verdict::Deny,
+                RuleRef::DnsNameNotAllowed,
+            );
             self.publish(&agent, 0, EventDetail::Dns(detail));
             return None;
         };
@@ -290,17 +316,46 @@ impl State {
             .filter(|(addr, _)| self.grant_one(cgroup_id, *addr, &q.normalized, expiry_ns))
             .map(|(addr, _)| *addr)
             .collect();
-        let policy = Arc::clone(&self.policy);
-        let mut detail = dns_detail(q, t, Verdict::Allow, RuleRef::EgressAllow(rule_id));
-        detail.rule_text = policy
-            .agent(&agent)
-            .and_then(|p| p.egress.allow.get(rule_id as usize))
-            .map(|r| r.describe());
-        detail.answers = granted;
-        detail.cached = chain.cached;
-        detail.ttl_s = Some(u32::try_from(life.as_secs()).unwrap_or(u32::MAX));
-        self.publish(&agent, 0, EventDetail::Dns(detail));
-        Some(u32::try_from(life.as_secs()).unwrap_or(u32::MAX))
+        let ttl_s = u32::try_from(life.as_secs()).unwrap_or(u32::MAX);
+        let at = self.reserve(&agent);
+        self.dns.reports.push(GrantReport {
+            agent,
+            at,
+            name: q.normalized.clone(),
+            qtype: q.qtype,
+            t,
+            rule_id,
+            answers: granted,
+            ttl_s,
+            cached: chain.cached,
+        });
+        if self.dns.reports.len() > REPORTS_MAX {
+            self.dns_settle();
+        }
+        Some(ttl_s)
+    }
+
+    /// Publishes the events of the grants made so far; called once their answers have gone
+    /// out, so that building and publishing them is not on the agents' wait.
+    pub fn dns_settle(&mut self) {
+        for r in std::mem::take(&mut self.dns.reports) {
+            let mut detail = dns_detail(
+                r.name,
+                r.qtype,
+                r.t,
+                Verdict::Allow,
+                RuleRef::EgressAllow(r.rule_id),
+            );
+            detail.rule_text =
+                r.at.policy()
+                    .agent(&r.agent)
+                    .and_then(|p| p.egress.allow.get(r.rule_id as usize))
+                    .map(|rule| rule.describe());
+            detail.answers = r.answers;
+            detail.cached = r.cached;
+            detail.ttl_s = Some(r.ttl_s);
+            self.publish_reserved(&r.agent, 0, r.at, EventDetail::Dns(detail));
+        }
     }
 
     /// Grants `addr` to the cage for `name` until `expiry_ns`, in the kernel (the cage's
@@ -417,7 +472,7 @@ impl State {
             .map_or(RuleRef::DnsNameNotAllowed, |h| {
                 RuleRef::EgressAllow(h.rule_id)
             });
-        let mut detail = dns_detail(q, t, Verdict::Allow, rule);
+        let mut detail = dns_detail(q.normalized.clone(), q.qtype, t, Verdict::Allow, rule);
         detail.error = Some(error.to_owned());
         self.publish(&agent, 0, EventDetail::Dns(detail));
     }
@@ -446,10 +501,16 @@ impl State {
     }
 }
 
-fn dns_detail(q: &Question, t: Transport, verdict: Verdict, rule: RuleRef) -> DnsDetail {
+fn dns_detail(
+    name: String,
+    qtype: RecordType,
+    t: Transport,
+    verdict: Verdict,
+    rule: RuleRef,
+) -> DnsDetail {
     DnsDetail {
-        name: q.normalized.clone(),
-        qtype: q.qtype.to_string(),
+        name,
+        qtype: qtype.to_string(),
         transport: match t {
             Transport::Udp => Protocol::Udp,
             Transport::Tcp => Protocol::Tcp,

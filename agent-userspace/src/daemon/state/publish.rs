@@ -14,6 +14,22 @@ use crate::{
     policy::Policy,
 };
 
+/// An event's place among its agent's, taken when it happens: the number, the time and the
+/// policy in force. The resolver reports a grant only once its answer has gone out (off the
+/// agent's wait), in the place of the grant.
+pub(super) struct Reserved {
+    agent_seq: u64,
+    now: u64,
+    policy: Arc<Policy>,
+}
+
+impl Reserved {
+    /// The policy in force when the event happened.
+    pub(super) fn policy(&self) -> &Policy {
+        &self.policy
+    }
+}
+
 /// The state's lookups for [`events::enrich`], borrowed for one record.
 struct View<'a> {
     registry: &'a mut Registry,
@@ -111,27 +127,47 @@ impl State {
 
     /// Publishes an event the daemon raises itself for `agent`.
     pub(super) fn publish(&mut self, agent: &str, pid: u32, detail: EventDetail) {
-        let agent_seq = self
-            .registry
-            .known_id(agent)
-            .map_or(0, |id| self.registry.next_seq(id));
-        let now = crate::clock::boot_ns();
+        let at = self.reserve(agent);
+        self.publish_reserved(agent, pid, at, detail);
+    }
+
+    /// The number, time and policy of an event of `agent` happening now, to be published
+    /// later with [`State::publish_reserved`].
+    pub(super) fn reserve(&mut self, agent: &str) -> Reserved {
+        Reserved {
+            agent_seq: self
+                .registry
+                .known_id(agent)
+                .map_or(0, |id| self.registry.next_seq(id)),
+            now: crate::clock::boot_ns(),
+            policy: Arc::clone(&self.policy),
+        }
+    }
+
+    /// Publishes an event of `agent` in the place [`State::reserve`] took for it.
+    pub(super) fn publish_reserved(
+        &mut self,
+        agent: &str,
+        pid: u32,
+        at: Reserved,
+        detail: EventDetail,
+    ) {
         let cgroup_id = self.registry.get(agent).map_or(0, |c| c.cgroup_id);
         let identity = AgentIdentity::for_agent(agent);
         let (spiffe_id, certificate) =
             stamp(&self.registry, &self.credentials.trust_domain, &identity);
         self.bus.publish(Event {
-            time_unix_nano: wall_of_boot(now, self.boot_to_wall_ns),
-            kernel_ts_ns: now,
+            time_unix_nano: wall_of_boot(at.now, self.boot_to_wall_ns),
+            kernel_ts_ns: at.now,
             agent: Some(identity),
             spiffe_id: Some(spiffe_id),
             container: None,
-            agent_seq,
+            agent_seq: at.agent_seq,
             pid,
             tgid: pid,
             comm: String::new(),
             cgroup_id,
-            policy_hash: self.policy.hash().to_owned(),
+            policy_hash: at.policy.hash().to_owned(),
             certificate,
             detail,
         });
