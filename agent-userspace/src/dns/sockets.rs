@@ -1,8 +1,9 @@
 //! The sockets upstream questions are sent on: one each, on a port of the kernel's choosing,
-//! as before, but bound ahead and closed behind. Making one (socket, bind) and closing it
-//! were about a tenth of the daemon's CPU for a new name, spent while the agent waited: now a
-//! spare of each family in use is bound after an answer has gone out ([`tidy`]), and a used
-//! socket is closed then too.
+//! as before, but bound ahead and closed behind. Making one (socket, bind, connect) and
+//! closing it were about a tenth of the daemon's CPU for a new name, spent while the agent
+//! waited: now a spare of each family in use is bound and connected to the server that
+//! family last asked once an answer has gone out ([`tidy`]), and a used socket is closed
+//! then too.
 
 use std::{
     io,
@@ -10,10 +11,17 @@ use std::{
     sync::{Mutex, MutexGuard, PoisonError},
 };
 
+/// One family's (IPv4, IPv6) spare.
+struct Family {
+    /// The spare, and the server it is connected to (None: not connected).
+    spare: Option<(UdpSocket, Option<SocketAddr>)>,
+    /// The server this family asked last; None while the family is not in use.
+    last: Option<SocketAddr>,
+}
+
 /// The spares and the used sockets.
 struct Sockets {
-    /// The spare of each family (IPv4, IPv6) and whether that family is used at all.
-    spares: Mutex<[(Option<UdpSocket>, bool); 2]>,
+    spares: Mutex<[Family; 2]>,
     /// Used sockets, closed by the next [`tidy`].
     done: Mutex<Vec<UdpSocket>>,
 }
@@ -42,8 +50,9 @@ fn bind(v4: bool) -> io::Result<UdpSocket> {
 }
 
 /// A socket of its own for one question to `server`, connected and non-blocking. A spare
-/// may have had datagrams sent to its port while it waited: they are dropped here, before
-/// the question goes, as a fresh socket would never have seen them.
+/// may have had datagrams sent to its port while it waited (from anywhere before it was
+/// connected, from the server's address since): they are dropped here, before the question
+/// goes, as a fresh socket would never have seen them.
 pub(super) fn connected(server: SocketAddr) -> io::Result<UdpSocket> {
     SOCKETS.connected(server)
 }
@@ -53,7 +62,7 @@ pub(super) fn done(socket: UdpSocket) {
     SOCKETS.done(socket);
 }
 
-/// Closes the used sockets and binds a spare for each family in use; called once an answer
+/// Closes the used sockets and makes a spare for each family in use; called once an answer
 /// has gone out.
 pub fn tidy() {
     SOCKETS.tidy();
@@ -62,7 +71,16 @@ pub fn tidy() {
 impl Sockets {
     const fn new() -> Self {
         Self {
-            spares: Mutex::new([(None, false), (None, false)]),
+            spares: Mutex::new([
+                Family {
+                    spare: None,
+                    last: None,
+                },
+                Family {
+                    spare: None,
+                    last: None,
+                },
+            ]),
             done: Mutex::new(Vec::new()),
         }
     }
@@ -71,14 +89,21 @@ impl Sockets {
         let family = usize::from(!server.is_ipv4());
         let spare = {
             let mut spares = lock(&self.spares);
-            spares[family].1 = true;
-            spares[family].0.take()
+            spares[family].last = Some(server);
+            spares[family].spare.take()
         };
         let socket = match spare {
-            Some(s) => s,
-            None => bind(server.is_ipv4())?,
+            Some((s, Some(peer))) if peer == server => s,
+            Some((s, _)) => {
+                s.connect(server)?;
+                s
+            }
+            None => {
+                let s = bind(server.is_ipv4())?;
+                s.connect(server)?;
+                s
+            }
         };
-        socket.connect(server)?;
         let mut sink = [0u8; 1];
         for _ in 0..DRAIN_MAX {
             match socket.recv(&mut sink) {
@@ -104,18 +129,20 @@ impl Sockets {
 
     fn tidy(&self) {
         drop(std::mem::take(&mut *lock(&self.done)));
-        let wanted: Vec<usize> = lock(&self.spares)
+        let wanted: Vec<(usize, SocketAddr)> = lock(&self.spares)
             .iter()
             .enumerate()
-            .filter(|(_, (spare, used))| *used && spare.is_none())
-            .map(|(i, _)| i)
+            .filter(|(_, f)| f.spare.is_none())
+            .filter_map(|(i, f)| f.last.map(|server| (i, server)))
             .collect();
-        for family in wanted {
-            // Bound outside the lock; a spare that failed to bind is made when needed.
+        for (family, server) in wanted {
+            // Made outside the lock; a spare that failed to bind is made when needed, and
+            // one that failed to connect is connected then.
             if let Ok(socket) = bind(family == 0) {
+                let peer = socket.connect(server).ok().map(|()| server);
                 let mut spares = lock(&self.spares);
-                if spares[family].0.is_none() {
-                    spares[family].0 = Some(socket);
+                if spares[family].spare.is_none() {
+                    spares[family].spare = Some((socket, peer));
                 }
             }
         }
@@ -129,7 +156,7 @@ mod tests {
     /// The address of the IPv4 spare.
     fn spare_of(sockets: &Sockets) -> SocketAddr {
         let spares = lock(&sockets.spares);
-        spares[0].0.as_ref().unwrap().local_addr().unwrap()
+        spares[0].spare.as_ref().unwrap().0.local_addr().unwrap()
     }
 
     /// Whether `socket` has nothing waiting.
@@ -145,22 +172,26 @@ mod tests {
         let sockets = Sockets::new();
         let server = UdpSocket::bind("127.0.0.1:0").unwrap();
         let first = sockets.connected(server.local_addr().unwrap()).unwrap();
-        assert!(lock(&sockets.spares)[1].0.is_none());
+        assert!(lock(&sockets.spares)[1].spare.is_none());
         sockets.tidy();
         let spare = spare_of(&sockets);
         assert!(
-            lock(&sockets.spares)[1].0.is_none(),
+            lock(&sockets.spares)[1].spare.is_none(),
             "no spare for a family not in use"
         );
         assert_ne!(spare.port(), first.local_addr().unwrap().port());
-        // A datagram to the spare's port from anywhere, before it is used: a forged answer
-        // sent ahead must not be read as the answer.
+        // Datagrams to the spare's port before it is used, from anywhere and from the
+        // server's own address: a forged answer sent ahead must not be read as the answer.
         let forger = UdpSocket::bind("127.0.0.1:0").unwrap();
         forger
             .send_to(b"forged", ("127.0.0.1", spare.port()))
             .unwrap();
+        server
+            .send_to(b"forged", ("127.0.0.1", spare.port()))
+            .unwrap();
         let second = sockets.connected(server.local_addr().unwrap()).unwrap();
         assert_eq!(second.local_addr().unwrap().port(), spare.port());
+        assert_eq!(second.peer_addr().unwrap(), server.local_addr().unwrap());
         assert!(nothing_waiting(&second));
         // The server sees the question from the spare's port, and answers reach it.
         second.send(b"q").unwrap();
@@ -180,12 +211,35 @@ mod tests {
         drop(sockets.connected(server.local_addr().unwrap()).unwrap());
         sockets.tidy();
         let spare = spare_of(&sockets);
-        let forger = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Connected ahead to the server, the spare takes datagrams from its address only.
         for _ in 0..DRAIN_MAX + 1 {
-            forger.send_to(b"x", ("127.0.0.1", spare.port())).unwrap();
+            server.send_to(b"x", ("127.0.0.1", spare.port())).unwrap();
         }
         let socket = sockets.connected(server.local_addr().unwrap()).unwrap();
         assert_ne!(socket.local_addr().unwrap().port(), spare.port());
         assert!(nothing_waiting(&socket));
+    }
+
+    #[test]
+    fn a_spare_connected_to_another_server_is_connected_to_the_one_asked() {
+        let sockets = Sockets::new();
+        let (one, two) = (
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+        );
+        drop(sockets.connected(one.local_addr().unwrap()).unwrap());
+        sockets.tidy();
+        let spare = spare_of(&sockets);
+        let socket = sockets.connected(two.local_addr().unwrap()).unwrap();
+        assert_eq!(socket.local_addr().unwrap(), spare);
+        assert_eq!(socket.peer_addr().unwrap(), two.local_addr().unwrap());
+        two.send_to(b"a", spare).unwrap();
+        socket.set_nonblocking(false).unwrap();
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(socket.recv(&mut buf).unwrap(), 1);
+        assert_eq!(&buf[..1], b"a");
     }
 }
