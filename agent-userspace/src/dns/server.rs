@@ -140,16 +140,20 @@ async fn serve_udp<R: Resolve + ?Sized>(socket: Arc<tokio::net::UdpSocket>, ctx:
         FuturesUnordered::new();
     loop {
         let (n, from) = tokio::select! {
-            received = socket.recv_from(&mut buf) => match received {
-                Ok(r) => r,
-                Err(_) => continue,
-            },
+            // Questions first: one just pushed goes upstream before the socket is read again
+            // (a read that mostly finds nothing, on the agent's wait). Each turn takes one
+            // answer, and at most UDP_IN_FLIGHT are in flight, so reads are not starved.
+            biased;
             Some((reply, to)) = asking.next(), if !asking.is_empty() => {
                 // A full send buffer drops it; the stub asks again.
                 let _ = socket.try_send_to(&reply.bytes, to);
                 after(&ctx, reply.keep);
                 continue;
             }
+            received = socket.recv_from(&mut buf) => match received {
+                Ok(r) => r,
+                Err(_) => continue,
+            },
         };
         let answer = match start(&ctx, &buf[..n], Transport::Udp) {
             // Answered without waiting: a refusal, or from the cache.
