@@ -4,17 +4,38 @@
 //! waited: now a spare of each family in use is bound and connected to the server that
 //! family last asked once an answer has gone out ([`tidy`]), and a used socket is closed
 //! then too.
+//!
+//! connect() also fixes the socket's source address, and a later connect() keeps it: a spare
+//! serves only the server it is connected to, and one for a server off this host only while
+//! fresh ([`FRESH`]), since the host's addresses and routes may have changed since.
 
 use std::{
     io,
     net::{Ipv6Addr, SocketAddr, UdpSocket},
     sync::{Mutex, MutexGuard, PoisonError},
+    time::{Duration, Instant},
 };
+
+/// How long a spare connected to a server off this host may wait to be used.
+const FRESH: Duration = Duration::from_secs(1);
+
+/// A spare: the socket, the server it is connected to, and when.
+struct Spare {
+    socket: UdpSocket,
+    peer: SocketAddr,
+    made: Instant,
+}
+
+impl Spare {
+    /// Whether it may carry a question to `server`.
+    fn serves(&self, server: SocketAddr) -> bool {
+        self.peer == server && (server.ip().is_loopback() || self.made.elapsed() < FRESH)
+    }
+}
 
 /// One family's (IPv4, IPv6) spare.
 struct Family {
-    /// The spare, and the server it is connected to (None: not connected).
-    spare: Option<(UdpSocket, Option<SocketAddr>)>,
+    spare: Option<Spare>,
     /// The server this family asked last; None while the family is not in use.
     last: Option<SocketAddr>,
 }
@@ -93,12 +114,9 @@ impl Sockets {
             spares[family].spare.take()
         };
         let socket = match spare {
-            Some((s, Some(peer))) if peer == server => s,
-            Some((s, _)) => {
-                s.connect(server)?;
-                s
-            }
-            None => {
+            Some(spare) if spare.serves(server) => spare.socket,
+            // Connected elsewhere (its source address chosen for there), or stale: closed.
+            _ => {
                 let s = bind(server.is_ipv4())?;
                 s.connect(server)?;
                 s
@@ -136,13 +154,18 @@ impl Sockets {
             .filter_map(|(i, f)| f.last.map(|server| (i, server)))
             .collect();
         for (family, server) in wanted {
-            // Made outside the lock; a spare that failed to bind is made when needed, and
-            // one that failed to connect is connected then.
-            if let Ok(socket) = bind(family == 0) {
-                let peer = socket.connect(server).ok().map(|()| server);
+            // Made outside the lock; one that failed to bind or connect is made when needed.
+            let Ok(socket) = bind(family == 0) else {
+                continue;
+            };
+            if socket.connect(server).is_ok() {
                 let mut spares = lock(&self.spares);
                 if spares[family].spare.is_none() {
-                    spares[family].spare = Some((socket, peer));
+                    spares[family].spare = Some(Spare {
+                        socket,
+                        peer: server,
+                        made: Instant::now(),
+                    });
                 }
             }
         }
@@ -156,7 +179,13 @@ mod tests {
     /// The address of the IPv4 spare.
     fn spare_of(sockets: &Sockets) -> SocketAddr {
         let spares = lock(&sockets.spares);
-        spares[0].spare.as_ref().unwrap().0.local_addr().unwrap()
+        spares[0]
+            .spare
+            .as_ref()
+            .unwrap()
+            .socket
+            .local_addr()
+            .unwrap()
     }
 
     /// Whether `socket` has nothing waiting.
@@ -180,8 +209,9 @@ mod tests {
             "no spare for a family not in use"
         );
         assert_ne!(spare.port(), first.local_addr().unwrap().port());
-        // Datagrams to the spare's port before it is used, from anywhere and from the
-        // server's own address: a forged answer sent ahead must not be read as the answer.
+        // Datagrams to the spare's port before it is used: from anywhere (the kernel drops
+        // those, as the spare is connected) and from the server's own address (dropped
+        // before the question goes). A forged answer sent ahead is never read as the answer.
         let forger = UdpSocket::bind("127.0.0.1:0").unwrap();
         forger
             .send_to(b"forged", ("127.0.0.1", spare.port()))
@@ -221,7 +251,7 @@ mod tests {
     }
 
     #[test]
-    fn a_spare_connected_to_another_server_is_connected_to_the_one_asked() {
+    fn a_spare_connected_to_another_server_is_not_used_for_the_one_asked() {
         let sockets = Sockets::new();
         let (one, two) = (
             UdpSocket::bind("127.0.0.1:0").unwrap(),
@@ -230,16 +260,31 @@ mod tests {
         drop(sockets.connected(one.local_addr().unwrap()).unwrap());
         sockets.tidy();
         let spare = spare_of(&sockets);
+        // What the first server sent the spare must not reach a question to the second.
+        one.send_to(b"early", spare).unwrap();
         let socket = sockets.connected(two.local_addr().unwrap()).unwrap();
-        assert_eq!(socket.local_addr().unwrap(), spare);
+        assert_ne!(socket.local_addr().unwrap(), spare);
         assert_eq!(socket.peer_addr().unwrap(), two.local_addr().unwrap());
-        two.send_to(b"a", spare).unwrap();
-        socket.set_nonblocking(false).unwrap();
-        socket
-            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .unwrap();
-        let mut buf = [0u8; 4];
-        assert_eq!(socket.recv(&mut buf).unwrap(), 1);
-        assert_eq!(&buf[..1], b"a");
+        assert!(nothing_waiting(&socket));
+        assert!(lock(&sockets.spares)[0].spare.is_none());
+    }
+
+    #[test]
+    fn a_spare_for_a_server_off_this_host_serves_only_while_fresh() {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        // `there` is any address that is not loopback; nothing is sent.
+        let (here, there): (SocketAddr, SocketAddr) = (
+            "127.0.0.53:53".parse().unwrap(),
+            "0.0.0.0:53".parse().unwrap(),
+        );
+        let spare = |peer, age| Spare {
+            socket: socket.try_clone().unwrap(),
+            peer,
+            made: Instant::now() - age,
+        };
+        assert!(spare(there, Duration::ZERO).serves(there));
+        assert!(!spare(there, FRESH).serves(there));
+        assert!(spare(here, FRESH * 2).serves(here));
+        assert!(!spare(here, Duration::ZERO).serves(there));
     }
 }
