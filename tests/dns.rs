@@ -74,8 +74,8 @@ fn dns_an_allowed_name_resolves_connects_on_its_ports_and_events_name_it() {
     assert_eq!(allow["dst_name"], "allowed.test");
     assert_eq!(allow["dst_addr"], "127.0.0.1");
     assert_eq!(allow["dst_port"], port);
-    // The grant is reported after its answer has gone, in its own place: before the
-    // connect that used it.
+    // The grant's event is numbered before the connect that used it (it is published just
+    // after the answer, with the number taken at the grant).
     let seq = |e: &serde_json::Value| e["agent_seq"].as_u64().unwrap_or(0);
     assert!(0 < seq(&dns) && seq(&dns) < seq(&allow), "{dns}\n{allow}");
     let deny = events.wait_event("the deny event", |e| {

@@ -5,7 +5,10 @@
 use std::{
     io,
     net::{Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -42,8 +45,8 @@ pub trait Resolve: Send + Sync + 'static {
     /// Grants the chain's addresses to the cage in the kernel; returns the longest TTL the
     /// answer may carry, or None to refuse after all (the rule went away meanwhile).
     fn grant(&self, cage: u64, q: &Question, t: Transport, chain: &Chain) -> Option<u32>;
-    /// Reports the grants made so far; called once their answers have gone out, so that
-    /// reporting is not on the agent's wait.
+    /// Reports the grants made so far; called once their answers have gone out over UDP
+    /// (or before a TCP answer is written), so that reporting does not delay the answer.
     fn settle(&self);
     /// The upstream failed; the cage gets SERVFAIL.
     fn failed(&self, cage: u64, q: &Question, t: Transport, error: &str);
@@ -100,6 +103,9 @@ struct Ctx<R: ?Sized> {
     cage: u64,
     cache: Mutex<AnswerCache>,
     resolve: Arc<R>,
+    /// Whether a grant of this endpoint waits to be reported ([`Resolve::settle`]): answers
+    /// that grant nothing (refusals, failures) need not take the daemon's lock again.
+    granted: AtomicBool,
 }
 
 /// Serves `endpoint` for cage `cage` until the returned set is dropped or aborted, keeping
@@ -114,6 +120,7 @@ pub fn serve_endpoint<R: Resolve + ?Sized>(
         cage,
         cache: Mutex::new(cache),
         resolve,
+        granted: AtomicBool::new(false),
     });
     let mut tasks = JoinSet::new();
     let mut pairs = vec![(endpoint.udp4, endpoint.tcp4)];
@@ -205,15 +212,15 @@ async fn serve_tcp<R: Resolve + ?Sized>(listener: tokio::net::TcpListener, ctx: 
                     Some(Err(ask)) => finish(&ctx, ask, Transport::Tcp).await,
                     None => return,
                 };
-                let sent = match u16::try_from(reply.bytes.len()) {
-                    Ok(len) => {
-                        stream.write_all(&len.to_be_bytes()).await.is_ok()
-                            && stream.write_all(&reply.bytes).await.is_ok()
-                    }
-                    Err(_) => false,
-                };
+                // Before the write, which waits on the agent reading: a grant's report must
+                // not wait on it.
                 after(&ctx, reply.keep);
-                if !sent {
+                let Ok(len) = u16::try_from(reply.bytes.len()) else {
+                    return;
+                };
+                if stream.write_all(&len.to_be_bytes()).await.is_err()
+                    || stream.write_all(&reply.bytes).await.is_err()
+                {
                     return;
                 }
             }
@@ -281,13 +288,15 @@ async fn finish<R: Resolve + ?Sized>(ctx: &Ctx<R>, ask: Ask, t: Transport) -> Re
     }
 }
 
-/// What follows an answer once it has gone out, off the agent's wait: upstream's answer
-/// kept in the cage's cache, the grants reported, the upstream sockets tidied.
+/// What follows an answer, after it has gone out (UDP) so as not to delay it: upstream's
+/// answer kept in the cage's cache, the grants reported, the upstream sockets tidied.
 fn after<R: Resolve + ?Sized>(ctx: &Ctx<R>, keep: Option<(Question, Chain, u64)>) {
     if let Some((q, chain, now)) = keep {
         lock(&ctx.cache).put(&q.normalized, q.qtype, &chain, now);
     }
-    ctx.resolve.settle();
+    if ctx.granted.swap(false, Ordering::Relaxed) {
+        ctx.resolve.settle();
+    }
     super::sockets::tidy();
 }
 
@@ -300,6 +309,7 @@ fn grant_and_answer<R: Resolve + ?Sized>(
     chain: &Chain,
 ) -> Option<Vec<u8>> {
     let max_ttl = ctx.resolve.grant(ctx.cage, q, t, chain)?;
+    ctx.granted.store(true, Ordering::Relaxed);
     let bytes = wire::answer(&q.message, chain, max_ttl);
     Some(match t {
         Transport::Udp => wire::fit_udp(&q.message, bytes),

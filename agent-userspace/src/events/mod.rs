@@ -66,8 +66,8 @@ pub struct Event {
     pub spiffe_id: Option<SpiffeId>,
     /// Position among the agent's events, from 1, in the order they were published (a
     /// resolver's grant, reported just after its answer has gone out, keeps the number it
-    /// took at the grant); a gap never occurs without a loss being counted. An `egress_summary` takes one number; the
-    /// repeats it counts take none.
+    /// took at the grant); a gap never occurs without a loss being counted. An
+    /// `egress_summary` takes one number; the repeats it counts take none.
     #[serde(default)]
     pub agent_seq: u64,
     /// Thread id.

@@ -336,7 +336,7 @@ impl State {
     }
 
     /// Publishes the events of the grants made so far; called once their answers have gone
-    /// out, so that building and publishing them is not on the agents' wait.
+    /// out, so that building and publishing them does not delay the answers.
     pub fn dns_settle(&mut self) {
         for r in std::mem::take(&mut self.dns.reports) {
             let mut detail = dns_detail(

@@ -379,6 +379,8 @@ impl State {
         }
         // Tokens die with the session that asked for them.
         self.revoke_live(agent, "session ended");
+        // Its last grants' reports, if their answers are still on their way, go first.
+        self.dns_settle();
         self.publish_session(agent, SessionAction::End);
         if let Some(cage) = self.registry.remove(agent) {
             let _ = self.inotify.rm_watch(cage.watch);
@@ -400,6 +402,7 @@ impl State {
     /// that still hold processes.
     pub fn shutdown(&mut self) -> Vec<String> {
         self.stopping = true;
+        self.dns_settle();
         // Containers keep their agent's cage: their pins go on enforcing its slot.
         let holds: HashMap<u32, usize> = self
             .registry

@@ -15,8 +15,8 @@ use crate::{
 };
 
 /// An event's place among its agent's, taken when it happens: the number, the time and the
-/// policy in force. The resolver reports a grant only once its answer has gone out (off the
-/// agent's wait), in the place of the grant.
+/// policy in force. The resolver reports a grant only once its answer has gone out (so as
+/// not to delay it), in the place of the grant.
 pub(super) struct Reserved {
     agent_seq: u64,
     now: u64,
