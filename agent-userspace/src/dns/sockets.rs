@@ -40,6 +40,13 @@ struct Family {
     last: Option<SocketAddr>,
 }
 
+impl Family {
+    const UNUSED: Self = Self {
+        spare: None,
+        last: None,
+    };
+}
+
 /// The spares and the used sockets.
 struct Sockets {
     spares: Mutex<[Family; 2]>,
@@ -59,14 +66,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn bind(v4: bool) -> io::Result<UdpSocket> {
-    let local: SocketAddr = if v4 {
+/// A new non-blocking socket on a port of the kernel's choosing, connected to `server`.
+fn fresh(server: SocketAddr) -> io::Result<UdpSocket> {
+    let local: SocketAddr = if server.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     };
     let socket = UdpSocket::bind(local)?;
     socket.set_nonblocking(true)?;
+    socket.connect(server)?;
     Ok(socket)
 }
 
@@ -92,16 +101,7 @@ pub fn tidy() {
 impl Sockets {
     const fn new() -> Self {
         Self {
-            spares: Mutex::new([
-                Family {
-                    spare: None,
-                    last: None,
-                },
-                Family {
-                    spare: None,
-                    last: None,
-                },
-            ]),
+            spares: Mutex::new([Family::UNUSED, Family::UNUSED]),
             done: Mutex::new(Vec::new()),
         }
     }
@@ -116,11 +116,7 @@ impl Sockets {
         let socket = match spare {
             Some(spare) if spare.serves(server) => spare.socket,
             // Connected elsewhere (its source address chosen for there), or stale: closed.
-            _ => {
-                let s = bind(server.is_ipv4())?;
-                s.connect(server)?;
-                s
-            }
+            _ => fresh(server)?,
         };
         let mut sink = [0u8; 1];
         for _ in 0..DRAIN_MAX {
@@ -133,9 +129,7 @@ impl Sockets {
             }
         }
         // Flooded while it waited: a fresh one instead.
-        let fresh = bind(server.is_ipv4())?;
-        fresh.connect(server)?;
-        Ok(fresh)
+        fresh(server)
     }
 
     fn done(&self, socket: UdpSocket) {
@@ -154,11 +148,8 @@ impl Sockets {
             .filter_map(|(i, f)| f.last.map(|server| (i, server)))
             .collect();
         for (family, server) in wanted {
-            // Made outside the lock; one that failed to bind or connect is made when needed.
-            let Ok(socket) = bind(family == 0) else {
-                continue;
-            };
-            if socket.connect(server).is_ok() {
+            // Made outside the lock; one that failed is made when needed.
+            if let Ok(socket) = fresh(server) {
                 let mut spares = lock(&self.spares);
                 if spares[family].spare.is_none() {
                     spares[family].spare = Some(Spare {

@@ -56,17 +56,13 @@ pub(crate) struct DnsState {
 /// Grants whose reports wait for their answers at most; past it they are reported at once.
 const REPORTS_MAX: usize = 1024;
 
-/// A grant to report: its event's place, taken at the grant, and what it granted.
+/// A grant to report: its event's place, taken at the grant, and its event but for the
+/// rule's text (described when reported).
 struct GrantReport {
     agent: String,
     at: Reserved,
-    name: String,
-    qtype: RecordType,
-    t: Transport,
     rule_id: u32,
-    answers: Vec<IpAddr>,
-    ttl_s: u32,
-    cached: bool,
+    detail: DnsDetail,
 }
 
 /// Numbers for the allowed names that granted addresses (kernel records carry the number).
@@ -317,17 +313,22 @@ impl State {
             .map(|(addr, _)| *addr)
             .collect();
         let ttl_s = u32::try_from(life.as_secs()).unwrap_or(u32::MAX);
+        let mut detail = dns_detail(
+            q.normalized.clone(),
+            q.qtype,
+            t,
+            Verdict::Allow,
+            RuleRef::EgressAllow(rule_id),
+        );
+        detail.answers = granted;
+        detail.cached = chain.cached;
+        detail.ttl_s = Some(ttl_s);
         let at = self.reserve(&agent);
         self.dns.reports.push(GrantReport {
             agent,
             at,
-            name: q.normalized.clone(),
-            qtype: q.qtype,
-            t,
             rule_id,
-            answers: granted,
-            ttl_s,
-            cached: chain.cached,
+            detail,
         });
         if self.dns.reports.len() > REPORTS_MAX {
             self.dns_settle();
@@ -338,23 +339,13 @@ impl State {
     /// Publishes the events of the grants made so far; called once their answers have gone
     /// out, so that building and publishing them does not delay the answers.
     pub fn dns_settle(&mut self) {
-        for r in std::mem::take(&mut self.dns.reports) {
-            let mut detail = dns_detail(
-                r.name,
-                r.qtype,
-                r.t,
-                Verdict::Allow,
-                RuleRef::EgressAllow(r.rule_id),
-            );
-            detail.rule_text =
+        for mut r in std::mem::take(&mut self.dns.reports) {
+            r.detail.rule_text =
                 r.at.policy()
                     .agent(&r.agent)
                     .and_then(|p| p.egress.allow.get(r.rule_id as usize))
                     .map(|rule| rule.describe());
-            detail.answers = r.answers;
-            detail.cached = r.cached;
-            detail.ttl_s = Some(r.ttl_s);
-            self.publish_reserved(&r.agent, 0, r.at, EventDetail::Dns(detail));
+            self.publish_reserved(&r.agent, 0, r.at, EventDetail::Dns(r.detail));
         }
     }
 
